@@ -1,0 +1,181 @@
+"""Byte-level corpora (vocab 256) from files: the embedded one and the ``text`` kind.
+
+**Embedded**: the ``.py`` files of the standard library (``sysconfig`` path ``stdlib``,
+which includes ``pydoc_data/topics.py``, the long prose of ``help()``), and with
+``include_site_packages`` every ``.py`` under ``purelib`` / ``platlib``. It skips:
+
+- files that are not valid UTF-8 (the stdlib's encoding tests ship some on purpose);
+- files over `MAX_FILE_BYTES` (2 MiB): generated tables, not code anyone writes;
+- ``__pycache__``, and ``site-packages`` / ``dist-packages`` inside the stdlib (they come in
+  only with ``include_site_packages``, under their own root);
+- ``_sysconfigdata*.py``: generated at build time with the install's paths, so it would make
+  two identical Pythons installed in different places disagree.
+
+Skipped names are listed in ``meta["skipped"]``. **Text**: the files or globs given, all of
+which must be UTF-8 (a binary file matched by a glob is an error, not a silent skip).
+
+Split by file: a file goes to validation when the first 8 bytes of sha256(name), read as a
+fraction of 2^64, fall below ``val_fraction``, where ``name`` is the path relative to its
+root (``stdlib/json/decoder.py``; for text files, relative to their common parent). So the
+split is the same on every machine with the same files. Should the hash leave a split empty,
+the file with the smallest hash goes to validation (largest to training). A single text file
+is split instead by bytes: its last ``val_fraction`` is validation.
+
+Within a split, files are joined in name order with byte 0xFF between them: 0xFF never occurs
+in UTF-8 (RFC 3629), so it marks file boundaries without colliding with any text.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import platform
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sqa_nas.data.cache import CorpusWriter, Split, cache_key, cached_corpus, progress
+from sqa_nas.data.spec import EmbeddedSpec, TextSpec
+from sqa_nas.data.stream import TokenStream
+from sqa_nas.errors import UserError
+
+MAX_FILE_BYTES = 2 * 2**20
+SEPARATOR = 0xFF
+_SKIPPED_DIRS = {"__pycache__", "site-packages", "dist-packages"}
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    name: str  # relative to its root; decides the split and enters the fingerprint
+    path: Path
+    size: int
+    mtime_ns: int
+
+
+def load_embedded(spec: EmbeddedSpec, root: Path) -> TokenStream:
+    """The embedded corpus, built into ``root/corpus`` on first use."""
+    roots = {"stdlib": Path(sysconfig.get_paths()["stdlib"])}
+    if spec.include_site_packages:
+        for label in ("purelib", "platlib"):
+            path = Path(sysconfig.get_paths()[label])
+            if path.resolve() not in {p.resolve() for p in roots.values()}:
+                roots[label] = path
+    meta = {"kind": "embedded", "python": platform.python_version(),
+            "sources": {label: str(path) for label, path in roots.items()}}
+    return load_files(python_files(roots), val_fraction=spec.val_fraction, root=root,
+                      meta=meta, strict=False)
+
+
+def load_text(spec: TextSpec, root: Path) -> TokenStream:
+    """Local text files as bytes, built into ``root/corpus`` on first use."""
+    files = text_files(spec.paths)
+    meta = {"kind": "text", "sources": sorted(str(f.path) for f in files)}
+    return load_files(files, val_fraction=spec.val_fraction, root=root, meta=meta, strict=True)
+
+
+def python_files(roots: dict[str, Path]) -> list[SourceFile]:
+    """Every ``.py`` file under ``roots`` (label -> directory), named ``label/relative/path``
+    and sorted by name, minus the directories and files the module docstring lists."""
+    files = []
+    for label, top in roots.items():
+        for dirpath, dirnames, filenames in os.walk(top):
+            dirnames[:] = [d for d in dirnames if d not in _SKIPPED_DIRS]
+            for filename in filenames:
+                if filename.endswith(".py") and not filename.startswith("_sysconfigdata"):
+                    path = Path(dirpath, filename)
+                    files.append(_source(f"{label}/{path.relative_to(top).as_posix()}", path))
+    return sorted(files, key=lambda f: f.name)
+
+
+def text_files(patterns: list[str]) -> list[SourceFile]:
+    """The files that ``patterns`` (paths or globs) name, each named relative to the common
+    parent of them all (just the file name for a single file)."""
+    paths: set[Path] = set()
+    for pattern in patterns:
+        expanded = os.path.expanduser(pattern)
+        if any(c in expanded for c in "*?["):  # a glob pattern
+            matched = [Path(p) for p in glob.glob(expanded, recursive=True) if Path(p).is_file()]
+            if not matched:
+                raise UserError(f"text data: pattern {pattern!r} matches no file")
+            paths.update(p.resolve() for p in matched)
+        elif Path(expanded).is_dir():
+            raise UserError(f"text data: {pattern!r} is a directory; name files or a glob "
+                            f"such as '{pattern.rstrip('/')}/**/*.txt'")
+        elif Path(expanded).is_file():
+            paths.add(Path(expanded).resolve())
+        else:
+            raise UserError(f"text data: no such file {pattern!r}")
+    parent = Path(os.path.commonpath(paths)) if len(paths) > 1 else next(iter(paths)).parent
+    return sorted((_source(p.relative_to(parent).as_posix(), p) for p in paths),
+                  key=lambda f: f.name)
+
+
+def _source(name: str, path: Path) -> SourceFile:
+    stat = path.stat()
+    return SourceFile(name=name, path=path, size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+
+
+def in_val(name: str, val_fraction: float) -> bool:
+    """Whether file ``name`` belongs to the validation split (see the module docstring)."""
+    return _unit_hash(name) < val_fraction
+
+
+def _unit_hash(name: str) -> float:
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") / 2**64
+
+
+def split_files(files: list[SourceFile], val_fraction: float) -> dict[str, Split]:
+    """name -> split for every file; both splits non-empty when there are two files or more."""
+    splits: dict[str, Split] = {
+        f.name: "val" if in_val(f.name, val_fraction) else "train" for f in files}
+    if len(files) > 1:
+        by_hash = sorted(files, key=lambda f: _unit_hash(f.name))
+        if "val" not in splits.values():
+            splits[by_hash[0].name] = "val"
+        if "train" not in splits.values():
+            splits[by_hash[-1].name] = "train"
+    return splits
+
+
+def load_files(files: list[SourceFile], *, val_fraction: float, root: Path,
+               meta: dict[str, Any], strict: bool) -> TokenStream:
+    """Build (once) and open the byte corpus of ``files``. ``strict``: a file that is not
+    UTF-8 is an error (text kind) instead of a skip (embedded kind, which also skips files
+    over `MAX_FILE_BYTES`)."""
+    key = cache_key({"kind": meta["kind"], "val_fraction": val_fraction, "strict": strict,
+                     "files": [(f.name, str(f.path), f.size, f.mtime_ns) for f in files]})
+    meta = {**meta, "vocab_size": 256, "val_fraction": val_fraction}
+
+    def build(directory: Path) -> None:
+        skipped: dict[str, list[str]] = {"not_utf8": [], "over_2MiB": []}
+        splits = split_files(files, val_fraction)
+        with CorpusWriter(directory, dtype="uint8", separator=SEPARATOR) as writer, \
+                progress(f"building the {meta['kind']} corpus",
+                         sum(f.size for f in files)) as advance:
+            for f in files:
+                advance(f.size)
+                if not strict and f.size > MAX_FILE_BYTES:
+                    skipped["over_2MiB"].append(f.name)
+                    continue
+                data = f.path.read_bytes()
+                try:
+                    data.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    if strict:
+                        raise UserError(f"text data: {f.path} is not UTF-8 text (byte "
+                                        f"{exc.start}: {exc.reason})") from None
+                    skipped["not_utf8"].append(f.name)
+                    continue
+                if len(files) == 1:  # split a single file by bytes: the tail is validation
+                    cut = int(len(data) * (1 - val_fraction))
+                    writer.add("train", f"{f.name}[:{cut}]", np.frombuffer(data[:cut], np.uint8))
+                    writer.add("val", f"{f.name}[{cut}:]", np.frombuffer(data[cut:], np.uint8))
+                else:
+                    writer.add(splits[f.name], f.name, np.frombuffer(data, np.uint8))
+        writer.finish({**meta, "skipped": skipped})
+
+    return cached_corpus(root / "corpus" / f"{meta['kind']}-{key}", build)
