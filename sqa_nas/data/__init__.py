@@ -36,8 +36,7 @@ from sqa_nas.data.spec import (
     TokensSpec,
 )
 from sqa_nas.data.tokens import load_tokens
-from sqa_nas.errors import UserError
-from sqa_nas.model import _first_error
+from sqa_nas.errors import UserError, first_error
 
 __all__ = [
     "IGNORE_INDEX", "AnySpec", "Batch", "DataSpec", "Dataset", "EmbeddedSpec", "HFSpec",
@@ -62,7 +61,7 @@ def load_dataset(spec: DataSpec | AnySpec | Mapping[str, Any], *,
         try:
             spec = DataSpec.model_validate(dict(spec))
         except ValidationError as exc:
-            raise UserError(f"data: {_first_error(exc)}") from None
+            raise UserError(f"data: {first_error(exc)}") from None
     if isinstance(spec, DataSpec):
         spec = spec.root
     return _LOADERS[spec.kind](spec, cache_root(cache_dir))

@@ -1,0 +1,1 @@
+"""Attention backends, one file each; installed as `sqa_nas.kernels`."""

@@ -1,0 +1,75 @@
+"""torch's `scaled_dot_product_attention`: cuDNN / flash / efficient / math sub-kernels.
+
+The reference path on CPU. Dense and causal problems run without a mask tensor; windows,
+global tokens and block-sparse layouts are passed as a materialised (N, N) bool mask, which
+is exact but costs O(N^2) memory and time, so it is refused past `MAX_MASKED_SEQ_LEN`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from sqa_nas.attention.masks import MaskSpec, dense_mask
+
+from .base import AttentionBackend, AttentionProblem
+
+# 16k x 16k bool mask = 256 MiB; beyond that use a backend that never builds it.
+MAX_MASKED_SEQ_LEN = 16_384
+
+# On Hopper cuDNN is the fastest SDPA kernel (555-678 TFLOP/s fwd at head_dim 128 on the
+# H200 vs ~340 for torch's flash), but torch does not try it first: ask for it explicitly.
+_CUDA_ORDER = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION,
+               SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_mask(spec: MaskSpec, n: int, device: torch.device) -> torch.Tensor | None:
+    return dense_mask(spec, n, device)
+
+
+class SdpaBackend(AttentionBackend):
+    name = "sdpa"
+    description = "torch scaled_dot_product_attention (cuDNN > flash > efficient > math)"
+
+    def unsupported(self, problem: AttentionProblem) -> str | None:
+        if _needs_mask_tensor(problem.mask) and problem.seq_len > MAX_MASKED_SEQ_LEN:
+            return (f"sdpa would materialise an N x N mask for {problem.mask.pattern} "
+                    f"attention; N={problem.seq_len} > {MAX_MASKED_SEQ_LEN}")
+        return None
+
+    def priority(self, problem: AttentionProblem) -> tuple[int, str]:
+        masked = _needs_mask_tensor(problem.mask)
+        if problem.device_type == "cuda":
+            if masked:
+                return 10, "sdpa with a materialised mask (O(N^2) memory): last resort"
+            return 80, "cuDNN through SDPA: the fastest torch kernel for dense attention"
+        if masked:
+            return 90, "CPU: SDPA with a materialised mask (exact, fine at CPU sizes)"
+        return 100, "CPU: SDPA's fused CPU kernel"
+
+    def forward(self, q, k, v, problem: AttentionProblem) -> torch.Tensor:
+        spec = problem.mask
+        gqa = problem.gqa_group > 1
+        mask = None
+        if _needs_mask_tensor(spec):
+            mask = _cached_mask(spec, problem.seq_len, q.device)
+            if gqa and q.is_cuda:
+                # The masked CUDA kernels refuse enable_gqa; expanding K/V costs only K/V memory.
+                k = k.repeat_interleave(problem.gqa_group, dim=1)  # (B, H_q, N, D)
+                v = v.repeat_interleave(problem.gqa_group, dim=1)
+                gqa = False
+        kwargs = dict(attn_mask=mask, is_causal=spec.causal and mask is None,
+                      scale=problem.scale, enable_gqa=gqa)
+        if q.is_cuda:
+            with sdpa_kernel(_CUDA_ORDER, set_priority=True):
+                return F.scaled_dot_product_attention(q, k, v, **kwargs)
+        return F.scaled_dot_product_attention(q, k, v, **kwargs)
+
+
+def _needs_mask_tensor(spec: MaskSpec) -> bool:
+    """Plain causal and full attention run without a mask tensor."""
+    return spec.pattern != "dense"

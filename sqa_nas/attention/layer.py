@@ -1,0 +1,123 @@
+"""`SparseQueryAttention`: the attention layer of every variant, run through a kernel backend."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sqa_nas.attention.config import AttentionConfig
+from sqa_nas.attention.masks import MaskSpec, dense_mask
+from sqa_nas.kernels.base import AttentionProblem
+
+
+def rope_tables(n: int, head_dim: int, theta: float, device=None, dtype=torch.float32):
+    """cos, sin of shape (N, D) for rotary embeddings, rotate-half layout (LLaMA / NeoX)."""
+    inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float64)
+                         / head_dim)
+    angles = torch.arange(n, device=device, dtype=torch.float64)[:, None] * inv_freq  # (N, D/2)
+    angles = torch.cat([angles, angles], dim=-1)  # (N, D)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (B, H, N, D) by position: x * cos + rotate_half(x) * sin."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+class SparseQueryAttention(nn.Module):
+    """Multi-head attention with H_q query heads and H_kv key/value heads.
+
+    x: (B, N, d_model) -> (B, N, d_model). Projections (paper section 3.2, and the authors'
+    code): ``q_proj`` d_model -> H_q * D, ``k_proj`` / ``v_proj`` d_model -> H_kv * D,
+    ``o_proj`` max(H_q, H_kv) * D -> d_model. The kernel is chosen per device and dtype by
+    `sqa_nas.registry.select_backend`; `backend_name` / `backend_reason` say which and why.
+    """
+
+    def __init__(self, config: AttentionConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        d = c.head_dim
+        self.q_proj = nn.Linear(c.d_model, c.n_q_heads * d, bias=c.bias)
+        self.k_proj = nn.Linear(c.d_model, c.n_kv_heads * d, bias=c.bias)
+        self.v_proj = nn.Linear(c.d_model, c.n_kv_heads * d, bias=c.bias)
+        # H_q (or H_kv for rSQA), not H, sets W_O's input: paper section 3.2.
+        self.o_proj = nn.Linear(c.attn_heads * d, c.d_model, bias=c.bias)
+        self.mask_spec = MaskSpec.of(c)
+        self._choices: dict[AttentionProblem, tuple] = {}  # problem -> (backend, reason)
+        self._last: tuple | None = None
+        self._rope: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        if c.backend != "auto":
+            from sqa_nas.registry import get_backend
+
+            get_backend(c.backend)  # unknown names fail here, not at the first forward
+
+    def problem(self, seq_len: int, device_type: str, dtype: torch.dtype,
+                requires_grad: bool = False) -> AttentionProblem:
+        c = self.config
+        return AttentionProblem(self.mask_spec, c.attn_heads, c.n_kv_heads, c.head_dim, seq_len,
+                                dtype, device_type, c.scale, requires_grad)
+
+    def select(self, problem: AttentionProblem):
+        """(backend, reason) for `problem`, cached per layer."""
+        if problem not in self._choices:
+            from sqa_nas.registry import select_backend
+
+            self._choices[problem] = select_backend(problem, self.config.backend)
+        return self._choices[problem]
+
+    def _current_choice(self):
+        if self._last is None:  # before any forward: what a training call here would use
+            w = self.q_proj.weight
+            return self.select(self.problem(1024, w.device.type, w.dtype, w.requires_grad))
+        return self._last
+
+    @property
+    def backend_name(self) -> str:
+        return self._current_choice()[0].name
+
+    @property
+    def backend_reason(self) -> str:
+        return self._current_choice()[1]
+
+    def mask(self, n: int) -> torch.Tensor | None:
+        """Which keys each query may see: bool (N, N), True = may attend; None when every
+        query sees every key (dense, non-causal)."""
+        return dense_mask(self.mask_spec, n, self.q_proj.weight.device)
+
+    def _rope_tables(self, n: int, x: torch.Tensor):
+        key = (n, x.device, x.dtype)
+        if key not in self._rope:
+            self._rope = {key: rope_tables(n, self.config.head_dim, self.config.rope_theta,
+                                           x.device, x.dtype)}
+        return self._rope[key]
+
+    def project(self, x: torch.Tensor):
+        """q (B, H_attn, N, D), k and v (B, H_kv, N, D): projected, rotated, rSQA-tiled."""
+        c = self.config
+        b, n, _ = x.shape
+        q = self.q_proj(x).view(b, n, c.n_q_heads, c.head_dim).transpose(1, 2)  # (B, H_q, N, D)
+        k = self.k_proj(x).view(b, n, c.n_kv_heads, c.head_dim).transpose(1, 2)  # (B, H_kv, N, D)
+        v = self.v_proj(x).view(b, n, c.n_kv_heads, c.head_dim).transpose(1, 2)
+        if c.rope_theta is not None:
+            cos, sin = self._rope_tables(n, q)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if c.is_reverse:
+            # rSQA: tile the queries so KV head j is read by query head j % H_q.
+            q = q.repeat(1, c.n_kv_heads // c.n_q_heads, 1, 1)  # (B, H_kv, N, D)
+        return q, k, v
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q, k, v = self.project(x)
+        grad = torch.is_grad_enabled() and q.requires_grad
+        problem = self.problem(n, q.device.type, q.dtype, grad)
+        self._last = backend, _ = self.select(problem)
+        y = backend.forward(q, k, v, problem)  # (B, H_attn, N, D)
+        y = y.transpose(1, 2).reshape(b, n, self.config.attn_heads * self.config.head_dim)
+        return self.o_proj(y)
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (f"H={c.n_heads}, H_q={c.n_q_heads}, H_kv={c.n_kv_heads}, head_dim={c.head_dim}, "
+                f"{self.mask_spec.describe()}, backend={c.backend}")

@@ -1,0 +1,71 @@
+"""The machine header every benchmark and trial records: what ran, where, with which software."""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import os
+import platform
+import socket
+import subprocess
+
+import torch
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+@functools.cache
+def _driver() -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return None
+
+
+def device_name(device: torch.device | str = "cpu") -> str:
+    """'NVIDIA H200' for a GPU, the processor for the CPU: the key results are grouped by."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {platform.processor() or platform.machine()} x{os.cpu_count()}"
+
+
+def machine_info(device: torch.device | str = "cpu") -> dict:
+    device = torch.device(device)
+    info = {
+        "device": device_name(device),
+        "device_type": device.type,
+        "host": socket.gethostname(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "triton": _version("triton"),
+        "flash_attn": _version("flash-attn-4") or _version("flash-attn"),
+        "xformers": _version("xformers"),
+        "sqa_nas": _version("sqa-nas"),
+        "cpu_threads": torch.get_num_threads(),
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(driver=_driver(), gpu_memory_gb=round(props.total_memory / 2**30, 1),
+                    sm_count=props.multi_processor_count,
+                    capability=f"{props.major}.{props.minor}")
+    return info
+
+
+def header_line(info: dict) -> str:
+    parts = [info["device"], f"torch {info['torch']}"]
+    for key, label in (("cuda", "CUDA"), ("cudnn", "cuDNN"), ("driver", "driver"),
+                       ("triton", "triton"), ("flash_attn", "flash-attn")):
+        if info.get(key):
+            parts.append(f"{label} {info[key]}")
+    return " | ".join(parts)

@@ -1,0 +1,203 @@
+"""Names -> attention variants and kernel backends, extensible by plugins.
+
+    >>> from sqa_nas.registry import variant
+    >>> variant("xSQA", d_model=256, n_heads=16).n_q_heads
+    4
+
+Third-party packages add variants and backends with `register_variant` / `register_backend`
+(usable as decorators) or through entry points in the groups ``sqa_nas.variants`` (a
+`Variant`, or a callable returning one) and ``sqa_nas.backends`` (an `AttentionBackend`
+subclass or instance). Entry points load on the first lookup.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any
+
+from sqa_nas.attention.config import AttentionConfig, BlockSparseLayout
+from sqa_nas.errors import UserError
+from sqa_nas.kernels.base import AttentionBackend, AttentionProblem
+
+_HEADS = re.compile(r"^(?:(\d*)H(?:/(\d+))?|(\d+))$")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A named head allocation. ``q`` and ``kv`` are head counts written in terms of the
+    reference H: ``"H"``, ``"H/4"``, ``"3H/4"``, or an absolute number such as ``"1"``."""
+
+    name: str
+    q: str
+    kv: str
+    description: str
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for expr in (self.q, self.kv):
+            if not _HEADS.match(expr):
+                raise ValueError(f"variant {self.name!r}: head count {expr!r} is not of the "
+                                 "form 'H', 'H/4', '3H/4' or a number")
+
+    def heads(self, n_heads: int) -> tuple[int, int]:
+        return _eval_heads(self.q, n_heads), _eval_heads(self.kv, n_heads)
+
+    def config(self, *, d_model: int, n_heads: int, **overrides: Any) -> AttentionConfig:
+        n_q, n_kv = self.heads(n_heads)
+        fields = {"n_q_heads": n_q, "n_kv_heads": n_kv, **self.defaults, **overrides}
+        return AttentionConfig(d_model=d_model, n_heads=n_heads, **fields)
+
+    @property
+    def pattern(self) -> str:
+        if "block_sparse" in self.defaults:
+            return "block_sparse"
+        if self.defaults.get("global_tokens"):
+            return "flex"
+        return "window" if "window" in self.defaults else "dense"
+
+
+def _eval_heads(expr: str, n_heads: int) -> int:
+    num, den, absolute = _HEADS.match(expr).groups()
+    if absolute:
+        return int(absolute)
+    return max(1, n_heads * int(num or 1) // int(den or 1))
+
+
+_BUILTIN_VARIANTS = [
+    Variant("MHA", "H", "H", "multi-head attention, the reference"),
+    Variant("GQA", "H", "H/4", "grouped-query attention: 4 query heads per KV head"),
+    Variant("MQA", "H", "1", "multi-query attention: one shared KV head"),
+    Variant("SQA", "H/2", "H/4", "Sparse Query Attention: half the query heads (2x FLOPs)"),
+    Variant("sSQA", "H/2", "H/2", "symmetric SQA: H_q = H_kv = H/2"),
+    Variant("xSQA", "H/4", "H/4", "extreme SQA: a quarter of the query heads (4x FLOPs)"),
+    Variant("xSMQA", "H/4", "1", "extreme SQA with a single KV head"),
+    Variant("lSQA", "3H/4", "H/4", "light SQA: three quarters of the query heads"),
+    Variant("rSQA", "H/4", "H/2", "reverse SQA: fewer query than KV heads, queries tiled"),
+    Variant("SW-SQA", "H/2", "H/4", "SQA heads with a sliding window", {"window": 512}),
+    Variant("Flex-SQA", "H/2", "H/2", "sSQA heads, sliding window and global tokens",
+            {"window": 512, "global_tokens": 16}),
+    Variant("BS-SQA", "H/2", "H/4", "SQA heads with a BigBird-style block-sparse layout",
+            {"block_sparse": BlockSparseLayout()}),
+]
+
+_variants: dict[str, Variant] = {}
+_backends: dict[str, AttentionBackend] = {}
+_plugins_loaded = False
+
+
+def register_variant(obj):
+    """Register a `Variant` (or, as a decorator, a function returning one). Returns `obj`."""
+    v = obj() if callable(obj) and not isinstance(obj, Variant) else obj
+    if not isinstance(v, Variant):
+        raise TypeError(f"register_variant expects a Variant, got {type(v).__name__}")
+    _variants[v.name] = v
+    return obj
+
+
+def register_backend(obj):
+    """Register an `AttentionBackend` subclass (instantiated with no arguments) or instance.
+    Usable as a class decorator. Returns `obj`."""
+    backend = obj() if isinstance(obj, type) else obj
+    if not isinstance(backend, AttentionBackend):
+        raise TypeError(f"register_backend expects an AttentionBackend, got {type(obj)}")
+    _backends[backend.name] = backend
+    return obj
+
+
+def _load_plugins() -> None:
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    for group, register in (("sqa_nas.variants", register_variant),
+                            ("sqa_nas.backends", register_backend)):
+        for ep in entry_points(group=group):
+            try:
+                register(ep.load())
+            except Exception as exc:  # a broken plugin must not break the tool
+                import warnings
+
+                warnings.warn(f"plugin {ep.name!r} ({ep.value}) failed to load: {exc}",
+                              stacklevel=2)
+
+
+def list_variants() -> list[Variant]:
+    _load_plugins()
+    return list(_variants.values())
+
+
+def get_variant(name: str) -> Variant:
+    _load_plugins()
+    if name in _variants:
+        return _variants[name]
+    folded = {k.lower(): v for k, v in _variants.items()}
+    if name.lower() in folded:
+        return folded[name.lower()]
+    raise UserError(f"unknown variant {name!r}; known variants: {', '.join(_variants)}")
+
+
+def variant(name: str, *, d_model: int, n_heads: int, **overrides: Any) -> AttentionConfig:
+    """The `AttentionConfig` of a named variant; any keyword overrides its defaults."""
+    return get_variant(name).config(d_model=d_model, n_heads=n_heads, **overrides)
+
+
+def list_backends() -> list[AttentionBackend]:
+    _load_plugins()
+    return list(_backends.values())
+
+
+def get_backend(name: str) -> AttentionBackend:
+    _load_plugins()
+    if name not in _backends:
+        raise UserError(f"unknown backend {name!r}; known backends: {', '.join(_backends)}, "
+                        "or 'auto'")
+    return _backends[name]
+
+
+def select_backend(problem: AttentionProblem, requested: str = "auto"):
+    """(backend, reason) for `problem`. ``requested="auto"`` picks the highest-priority
+    backend that is available and supports the problem; a named backend that cannot run it
+    raises `UserError` saying why and which backends can."""
+    candidates, refusals = [], {}
+    for backend in list_backends():
+        why_not = backend.availability() or backend.unsupported(problem)
+        if why_not:
+            refusals[backend.name] = why_not
+        else:
+            candidates.append(backend)
+    if requested != "auto":
+        backend = get_backend(requested)
+        if backend.name in refusals:
+            able = ", ".join(b.name for b in candidates) or "none"
+            raise UserError(f"backend {requested!r} cannot run this layer "
+                            f"({problem.mask.describe()}, {problem.dtype}, "
+                            f"{problem.device_type}): {refusals[backend.name]}; backends that "
+                            f"can: {able}")
+        return backend, f"requested by the config; {backend.priority(problem)[1]}"
+    if not candidates:
+        raise UserError("no backend can run this layer: " +
+                        "; ".join(f"{k}: {v}" for k, v in refusals.items()))
+    ranked = sorted(candidates, key=lambda b: b.priority(problem)[0], reverse=True)
+    best = ranked[0]
+    others = ", ".join(b.name for b in ranked[1:])
+    reason = best.priority(problem)[1] + (f" (also able: {others})" if others else "")
+    return best, reason
+
+
+for _v in _BUILTIN_VARIANTS:
+    register_variant(_v)
+
+
+def _register_builtin_backends() -> None:
+    from sqa_nas.kernels.flash_attn import FlashAttnBackend
+    from sqa_nas.kernels.flex import FlexBackend
+    from sqa_nas.kernels.sdpa import SdpaBackend
+    from sqa_nas.kernels.xformers import XformersBackend
+
+    for cls in (SdpaBackend, FlexBackend, FlashAttnBackend, XformersBackend):
+        register_backend(cls)
+
+
+_register_builtin_backends()

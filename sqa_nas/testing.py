@@ -1,0 +1,119 @@
+"""`BackendContract`: the test class every attention backend must pass.
+
+A plugin author subclasses it in their own test suite (optuna's `BasicSamplerTestCase`
+habit)::
+
+    from sqa_nas.testing import BackendContract
+
+    class TestMyBackend(BackendContract):
+        backend = MyBackend()
+        device = "cuda"
+        dtype = torch.bfloat16
+
+For every mask family and head layout the backend either runs and matches the float64
+reference within twice the error of the plain formula in the working dtype, or refuses in
+words through `unsupported()`, and an explicit request for it then fails with that reason.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sqa_nas.attention import BlockSparseLayout, MaskSpec, dense_mask
+from sqa_nas.attention.reference import reference_attention
+from sqa_nas.errors import UserError
+from sqa_nas.kernels.base import AttentionBackend, AttentionProblem
+
+CONTRACT_MASKS = {
+    "full": MaskSpec(False),
+    "causal": MaskSpec(True),
+    "window": MaskSpec(False, window=9),
+    "window-causal": MaskSpec(True, window=17),
+    "flex": MaskSpec(False, window=5, global_tokens=4),
+    "flex-causal": MaskSpec(True, window=12, global_tokens=8),
+    "block-causal": MaskSpec(True, block_sparse=BlockSparseLayout(
+        block_size=32, local_blocks=1, global_blocks=1, random_blocks=1, seed=2)),
+}
+CONTRACT_HEADS = [(8, 8), (8, 2), (8, 1), (4, 4)]  # (H_q, H_kv) as the kernel sees them
+
+
+class BackendContract:
+    backend: AttentionBackend
+    device: str = "cpu"
+    dtype: torch.dtype = torch.float32
+    seq_len: int = 131
+    head_dim: int = 32
+
+    @pytest.fixture(autouse=True)
+    def _available(self):
+        why_not = self.backend.availability()
+        if why_not:
+            pytest.skip(f"{self.backend.name}: {why_not}")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            pytest.skip("needs a CUDA GPU")
+
+    def _problem(self, mask: MaskSpec, hq: int, hkv: int, grad: bool) -> AttentionProblem:
+        return AttentionProblem(mask, hq, hkv, self.head_dim, self.seq_len, self.dtype,
+                                torch.device(self.device).type, self.head_dim**-0.5, grad)
+
+    def _inputs(self, hq: int, hkv: int, grad: bool):
+        gen = torch.Generator().manual_seed(hq * 31 + hkv)
+        shape = (2, None, self.seq_len, self.head_dim)
+        return [torch.randn(shape[0], h, *shape[2:], generator=gen).to(self.device, self.dtype)
+                .requires_grad_(grad) for h in (hq, hkv, hkv)]
+
+    def test_describes_itself(self):
+        assert self.backend.name and self.backend.name != "?"
+        assert isinstance(self.backend.description, str) and self.backend.description
+
+    @pytest.mark.parametrize("heads", CONTRACT_HEADS, ids=lambda h: f"{h[0]}q{h[1]}kv")
+    @pytest.mark.parametrize("mask", list(CONTRACT_MASKS))
+    def test_forward_matches_reference_or_refuses(self, mask, heads):
+        self._run(CONTRACT_MASKS[mask], *heads, grad=False)
+
+    @pytest.mark.parametrize("mask", ["causal", "window-causal", "flex-causal"])
+    def test_backward_matches_reference_or_refuses(self, mask):
+        self._run(CONTRACT_MASKS[mask], 8, 2, grad=True)
+
+    def _run(self, mask: MaskSpec, hq: int, hkv: int, grad: bool) -> None:
+        from sqa_nas.registry import select_backend
+
+        problem = self._problem(mask, hq, hkv, grad)
+        why_not = self.backend.unsupported(problem)
+        if why_not is not None:
+            assert isinstance(why_not, str) and why_not.strip(), "refusals must say why"
+            if self.backend.name in _registered():
+                with pytest.raises(UserError, match="cannot run this layer"):
+                    select_backend(problem, self.backend.name)
+            return
+        score, why = self.backend.priority(problem)
+        assert isinstance(score, int | float) and isinstance(why, str) and why
+        q, k, v = self._inputs(hq, hkv, grad)
+        out = self.backend.forward(q, k, v, problem)
+        assert out.shape == q.shape and out.dtype == q.dtype
+        m = dense_mask(mask, self.seq_len, q.device)
+        leaves = [t.detach().double().requires_grad_(grad) for t in (q, k, v)]
+        ref64 = reference_attention(*leaves, m, problem.scale)
+        low = [t.detach().requires_grad_(grad) for t in (q, k, v)]
+        ref_low = reference_attention(*low, m, problem.scale)
+        _assert_close(out, ref64, ref_low, "out")
+        if grad:
+            g = torch.randn_like(out)
+            grads = torch.autograd.grad(out, (q, k, v), g)
+            grads64 = torch.autograd.grad(ref64, leaves, g.double())
+            grads_low = torch.autograd.grad(ref_low, low, g)
+            for name, a, r64, rl in zip("qkv", grads, grads64, grads_low):
+                _assert_close(a, r64, rl, f"d{name}")
+
+
+def _registered() -> set[str]:
+    from sqa_nas.registry import list_backends
+
+    return {b.name for b in list_backends()}
+
+
+def _assert_close(out, ref64, ref_low, what: str) -> None:
+    err = (out.double() - ref64).abs().max().item()
+    tol = 2 * (ref_low.double() - ref64).abs().max().item() + 1e-5 * ref64.abs().max().item()
+    assert err <= tol, f"{what}: error {err:.3g} > tolerance {tol:.3g}"

@@ -1,0 +1,125 @@
+"""Every variant x mask x CPU backend against the float64 reference, forward and backward.
+
+Tolerance relative to torch's own error: |out - ref64| <= 2 |ref32 - ref64| + 1e-6, where
+ref32 is the same plain formula evaluated in float32 (the flash-attention test habit).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sqa_nas.attention import AttentionConfig, BlockSparseLayout, SparseQueryAttention
+from sqa_nas.registry import variant
+from tests.reference import sqa_reference
+
+HEADS = ["MHA", "GQA", "MQA", "SQA", "sSQA", "xSQA", "xSMQA", "lSQA", "rSQA"]
+MASKS = {
+    "full": dict(causal=False),
+    "causal": dict(causal=True),
+    "window-causal": dict(causal=True, window=7),
+    "window": dict(causal=False, window=5),
+    "flex-causal": dict(causal=True, window=6, global_tokens=3),
+    "flex": dict(causal=False, window=4, global_tokens=2),
+    "block-causal": dict(causal=True, block_sparse=BlockSparseLayout(
+        block_size=16, local_blocks=1, global_blocks=1, random_blocks=2, seed=3)),
+    "block": dict(causal=False, block_sparse=BlockSparseLayout(
+        block_size=32, local_blocks=0, global_blocks=1, random_blocks=1, seed=1)),
+}
+SIZES = [(1, 8), (97, 40), (257, 8)]  # (N, head_dim): odd lengths, head_dim not a power of 2
+
+
+def _layer(name, mask, head_dim, backend, rope, bias=False, seed=0):
+    torch.manual_seed(seed)
+    cfg = variant(name, d_model=8 * head_dim, n_heads=8, head_dim=head_dim, backend=backend,
+                  rope_theta=10_000.0 if rope else None, bias=bias, **mask)
+    return SparseQueryAttention(cfg)
+
+
+def _weights(layer):
+    return [getattr(layer, p).weight for p in ("q_proj", "k_proj", "v_proj", "o_proj")]
+
+
+def _biases(layer):
+    if layer.q_proj.bias is None:
+        return None
+    return [getattr(layer, p).bias for p in ("q_proj", "k_proj", "v_proj", "o_proj")]
+
+
+def _check(out, ref64, ref32, what):
+    err = (out.double() - ref64).abs().max().item()
+    tol = 2 * (ref32.double() - ref64).abs().max().item() + 1e-6
+    assert err <= tol, f"{what}: max error {err:.3g} > tolerance {tol:.3g}"
+
+
+@pytest.mark.parametrize("n,head_dim", SIZES)
+@pytest.mark.parametrize("mask", list(MASKS))
+@pytest.mark.parametrize("name", HEADS)
+def test_forward_and_backward_sdpa(name, mask, n, head_dim):
+    rope = (n + head_dim) % 2 == 1 or mask == "causal"  # rope on for about half the cases
+    layer = _layer(name, MASKS[mask], head_dim, "sdpa", rope, bias=mask == "window")
+    x = torch.randn(2, n, layer.config.d_model, requires_grad=True)
+    out = layer(x)
+    assert layer.backend_name == "sdpa"
+    ref64 = sqa_reference(x, *_weights(layer), layer.config, biases=_biases(layer))
+    ref32 = sqa_reference(x, *_weights(layer), layer.config, torch.float32,
+                          biases=_biases(layer))
+    _check(out, ref64, ref32, "output")
+
+    # Backward: gradients of the input and of all four projections.
+    g = torch.randn_like(out)
+    params = [x, *_weights(layer)]
+    grads = torch.autograd.grad(out, params, g)
+    grads64 = torch.autograd.grad(ref64, params, g.double())
+    grads32 = torch.autograd.grad(ref32, params, g)
+    for what, a, r64, r32 in zip(["dx", "dWq", "dWk", "dWv", "dWo"], grads, grads64, grads32):
+        _check(a, r64, r32, what)
+
+
+@pytest.mark.parametrize("n,head_dim", SIZES)
+@pytest.mark.parametrize("mask", list(MASKS))
+@pytest.mark.parametrize("name", HEADS)
+def test_forward_flex(name, mask, n, head_dim):
+    """FlexAttention on CPU (eager; torch has no flex backward on CPU)."""
+    layer = _layer(name, MASKS[mask], head_dim, "flex", rope=head_dim == 8)
+    x = torch.randn(2, n, layer.config.d_model)
+    with torch.no_grad():
+        out = layer(x)
+        ref64 = sqa_reference(x, *_weights(layer), layer.config)
+        ref32 = sqa_reference(x, *_weights(layer), layer.config, torch.float32)
+    assert layer.backend_name == "flex"
+    _check(out, ref64, ref32, "output")
+
+
+def test_flex_refuses_backward_on_cpu_with_reason():
+    layer = _layer("SQA", MASKS["causal"], 8, "flex", rope=False)
+    x = torch.randn(1, 16, layer.config.d_model, requires_grad=True)
+    with pytest.raises(ValueError, match="no backward on CPU.*backends that can: sdpa"):
+        layer(x)
+
+
+def test_auto_backend_on_cpu_is_recorded_with_reason():
+    layer = _layer("xSQA", MASKS["flex-causal"], 8, "auto", rope=True)
+    layer(torch.randn(1, 33, layer.config.d_model))
+    assert layer.backend_name == "sdpa"
+    assert "CPU" in layer.backend_reason
+
+
+def test_mask_shape_and_none_for_full_attention():
+    full = _layer("MHA", MASKS["full"], 8, "auto", rope=False)
+    assert full.mask(10) is None
+    causal = _layer("MHA", MASKS["window-causal"], 8, "auto", rope=False)
+    m = causal.mask(10)
+    assert m.dtype == torch.bool and m.shape == (10, 10)
+    assert m[9, 2] and not m[9, 1] and not m[2, 3]  # window 7: 9 sees 2..9
+
+
+def test_projection_shapes_follow_the_paper():
+    c = AttentionConfig(d_model=256, n_heads=16, n_q_heads=8, n_kv_heads=4)
+    layer = SparseQueryAttention(c)
+    assert layer.q_proj.weight.shape == (8 * 16, 256)
+    assert layer.k_proj.weight.shape == (4 * 16, 256)
+    assert layer.v_proj.weight.shape == (4 * 16, 256)
+    assert layer.o_proj.weight.shape == (256, 8 * 16)  # H_q, not H, feeds W_O
+    rsqa = SparseQueryAttention(variant("rSQA", d_model=256, n_heads=16))
+    assert rsqa.o_proj.weight.shape == (256, 8 * 16)  # rSQA: H_kv = 8 heads feed W_O

@@ -1,0 +1,33 @@
+"""The README's examples run, and its two commands are the ones CI uses."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+def _blocks(lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", README, flags=re.S)
+
+
+def test_python_examples_run_in_order():
+    namespace: dict = {}  # one session, like a reader pasting the blocks in order
+    blocks = _blocks("python")
+    assert blocks
+    for index, code in enumerate(blocks):
+        exec(compile(code, f"README.md:python[{index}]", "exec"), namespace)
+
+
+def command(marker: str) -> str:
+    match = re.search(rf"<!-- {marker} -->\s*```bash\n(.*?)```", README, flags=re.S)
+    assert match, f"README lacks the {marker} block"
+    return match.group(1).strip()
+
+
+def test_readme_has_both_commands_and_ci_runs_the_test_command():
+    assert "cli.py" in command("main-command")
+    assert "pytest" in command("test-command")
+    ci = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
+    assert "test-command" in ci, ".ci/run must take its command from the README"
