@@ -8,16 +8,21 @@ and the speedup over the MHA (and GQA) baseline of the same shape and mask.
 
 from __future__ import annotations
 
+import argparse
+import json
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from sqa_nas.attention import SparseQueryAttention
 from sqa_nas.attention.masks import count_visible
 from sqa_nas.attention.reference import reference_layer
+from sqa_nas.cli import csv, positive
 from sqa_nas.errors import UserError
 from sqa_nas.machine import machine_info
 from sqa_nas.registry import get_variant
@@ -234,3 +239,81 @@ def _add_speedups(rows: list[dict], baselines: Sequence[str]) -> None:
 def _settings_dict(s: BenchSettings) -> dict:
     return {k: (list(v) if isinstance(v, tuple | list) else v)
             for k, v in s.__dict__.items() if k != "extra"} | s.extra
+
+
+# --------------------------------------------------------------------------------------- CLI
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--variants", type=csv(str), default=["MHA", "GQA", "SQA", "sSQA", "xSQA"])
+    p.add_argument("--seq-lens", type=csv(int), default=[1024, 4096])
+    p.add_argument("--batch", type=positive, default=1)
+    p.add_argument("--n-heads", type=positive, default=16, help="reference H (default 16)")
+    p.add_argument("--head-dim", type=positive, default=64)
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                   help="default: bfloat16 on GPU, float32 on CPU")
+    p.add_argument("--device", help="cpu or cuda[:N] (default: cuda when visible)")
+    p.add_argument("--backend", default="auto", help="auto or a backend name (see `variants`)")
+    p.add_argument("--mode", choices=["fwd", "bwd", "fwd+bwd"], default="fwd")
+    p.add_argument("--scope", choices=["kernel", "layer"], default="kernel",
+                   help="kernel: attention only; layer: with the projections")
+    p.add_argument("--causal", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--window", type=int, help="sliding window for every variant")
+    p.add_argument("--global-tokens", type=int, help="global tokens (needs --window)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeats", type=positive, default=10)
+    p.add_argument("--baselines", type=csv(str), default=["MHA", "GQA"],
+                   help="variants every row is compared to (default MHA,GQA)")
+    p.add_argument("--no-check", action="store_true", help="skip the correctness check")
+    p.add_argument("--json", type=Path, help="write the results as JSON here")
+
+
+def run_bench_command(args) -> int:
+    from rich import box
+    from rich.table import Table
+
+    from sqa_nas.cli import console
+    from sqa_nas.machine import header_line
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    settings = BenchSettings(
+        variants=args.variants, seq_lens=args.seq_lens, batch=args.batch, n_heads=args.n_heads,
+        head_dim=args.head_dim, dtype=dtype, device=device, backend=args.backend,
+        mode=args.mode, scope=args.scope, causal=args.causal, window=args.window,
+        global_tokens=args.global_tokens, warmup=args.warmup, repeats=args.repeats,
+        baselines=args.baselines, check=not args.no_check,
+        extra={"command": " ".join(["sqa-nas", "bench", *sys.argv[2:]])})
+    settings.validate()
+    with console.status("benchmarking") as status:
+        result = run_bench(settings, progress=lambda s: status.update(f"benchmarking {s}"))
+    console.print(f"[bold]{header_line(result['machine'])}[/]")
+    table = Table(title=f"attention {settings.scope}, {settings.mode}, {dtype}, batch "
+                        f"{settings.batch}, head_dim {settings.head_dim}", box=box.SIMPLE_HEAD)
+    cols = ["variant", "N", "heads", "pattern", "backend", "ms", "TFLOP/s"]
+    cols += [f"vs {b}" for b in settings.baselines] + ["check"]
+    for col in cols:
+        table.add_column(col, no_wrap=True, justify="left" if col in (
+            "variant", "pattern", "backend") else "right")
+    failed = False
+    for r in result["rows"]:
+        if "error" in r:
+            failed = failed or "correctness" in r["error"]
+            table.add_row(r["variant"], str(r["seq_len"]), f"{r['n_q_heads']}/{r['n_kv_heads']}",
+                          r["pattern"], r.get("backend", "-"), "[red]" + r["error"] + "[/]",
+                          *[""] * (len(cols) - 6))
+            continue
+        check = ("ok" if r.get("check_ok") else "") if settings.check else "skipped"
+        table.add_row(r["variant"], str(r["seq_len"]), f"{r['n_q_heads']}/{r['n_kv_heads']}",
+                      r["pattern"], r["backend"], f"{r['ms']:.3f}", f"{r['tflops']:.2f}",
+                      *[f"{r[f'speedup_vs_{b}']:.2f}x" if f"speedup_vs_{b}" in r else "-"
+                        for b in settings.baselines], check)
+    console.print(table)
+    for mask in sorted({r["mask"] for r in result["rows"]}):
+        console.print(f"  [dim]mask: {mask}[/]")
+    for backend, reason in sorted({(r["backend"], r["backend_reason"])
+                                   for r in result["rows"] if "backend" in r}):
+        console.print(f"  [dim]{backend}: {reason}[/]")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        console.print(f"wrote {args.json}")
+    return 1 if failed else 0
