@@ -19,6 +19,7 @@ from sqa_nas.errors import UserError
 COMMANDS = [
     ("variants", "sqa_nas.cli", "list attention variants and kernel backends on this machine"),
     ("bench", "sqa_nas.bench", "time attention variants (correctness check first)"),
+    ("export", "sqa_nas.export.cli", "write a trial as standalone PyTorch (or HF) model code"),
 ]
 
 # Logs and pipes get wide tables; terminals use their own width.

@@ -1,0 +1,74 @@
+"""Export a trial as model code: a standalone PyTorch `model.py` (or a Hugging Face folder),
+the `config.yaml` sqa-nas builds the same model from, and a README about the trial.
+
+    from sqa_nas.export import export_trial, find_trial
+    study = load_study("demo")
+    export_trial(study, find_trial(study, pick="knee"), Path("winner"))
+
+Everything written comes from values `validate.validate_trial` checked first; a trial that
+fails a check is refused with a `UserError` and nothing is written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+
+from sqa_nas.errors import UserError
+from sqa_nas.export.validate import ValidTrial, validate_trial
+from sqa_nas.search.records import TrialRecord, objective_names, trial_records
+
+FORMATS = ("torch", "hf")
+
+
+def find_trial(study: optuna.Study, number: int | None = None,
+               pick: str | None = None) -> TrialRecord:
+    """The trial with `number`, or the one a picker names (`sqa_nas.pareto.pick`)."""
+    records = trial_records(study)
+    if number is not None:
+        for record in records:
+            if record.number == number:
+                return record
+        known = f"0..{max(r.number for r in records)}" if records else "none"
+        raise UserError(f"study {study.study_name!r} has no trial {number} (trials: {known})")
+    if pick is None:
+        raise UserError("name a trial (--trial N) or a picker (--pick knee | best:OBJECTIVE)")
+    from sqa_nas.pareto import pick as pick_trial
+
+    return pick_trial(records, objective_names(study), pick)
+
+
+def export_trial(study: optuna.Study, record: TrialRecord, out_dir: Path, fmt: str = "torch",
+                 *, force_hf: bool = False) -> Path:
+    """Write `record` as model code into `out_dir` (created if needed); returns `out_dir`.
+
+    fmt="torch": model.py, config.yaml, README.md. fmt="hf": those plus config.json,
+    configuration_sqa.py and modeling_sqa.py; refused when transformers is not installed
+    (the folder could not be loaded here), unless `force_hf`.
+    """
+    from sqa_nas.export import hf
+    from sqa_nas.export.readme import config_yaml, readme
+    from sqa_nas.export.torch_code import render_model_py
+
+    if fmt not in FORMATS:
+        raise UserError(f"unknown export format {fmt!r}; formats: {', '.join(FORMATS)}")
+    trial = validate_trial(study.study_name, record)
+    files = {"model.py": render_model_py(trial), "config.yaml": config_yaml(trial)}
+    if fmt == "hf":
+        missing = hf.transformers_missing()
+        if missing and not force_hf:
+            raise UserError(f"skipped the Hugging Face export: {missing}; nothing was written. "
+                            "Pass --force-hf to write the folder anyway")
+        files |= hf.hf_files(trial)
+    files["README.md"] = readme(trial, [*files, "README.md"])
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} exists and is not a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (out_dir / name).write_text(text, encoding="utf-8")
+    return out_dir
+
+
+__all__ = ["FORMATS", "ValidTrial", "export_trial", "find_trial", "validate_trial"]

@@ -1,0 +1,48 @@
+"""`sqa-nas export STUDY --trial N | --pick SPEC --out DIR [--format torch|hf]`."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _trial_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a trial number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"trial numbers start at 0, got {value}")
+    return value
+
+
+def add_export_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("study", help="study name")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--trial", type=_trial_number, metavar="N", help="trial number")
+    which.add_argument("--pick", metavar="SPEC",
+                       help="knee | best:OBJECTIVE | best:OBJECTIVE:within=OTHER+1%%")
+    p.add_argument("--storage", metavar="URL",
+                   help="Optuna storage (default sqlite:///runs/STUDY/study.db)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write into")
+    p.add_argument("--format", dest="fmt", choices=("torch", "hf"), default="torch",
+                   help="torch: model.py + config.yaml + README.md (default); hf: also a "
+                        "Hugging Face folder loadable with trust_remote_code=True")
+    p.add_argument("--force-hf", action="store_true",
+                   help="write the hf folder even when transformers is not installed here")
+
+
+def run_export_command(args) -> int:
+    from pathlib import Path
+
+    from sqa_nas.cli import console
+    from sqa_nas.export import export_trial, find_trial
+    from sqa_nas.search.records import load_study
+
+    study = load_study(args.study, args.storage)
+    record = find_trial(study, args.trial, args.pick)
+    out = export_trial(study, record, Path(args.out), args.fmt, force_hf=args.force_hf)
+    how = f"--pick {args.pick}" if args.pick else "--trial"
+    values = ", ".join(f"{k} {v:.4g}" for k, v in (record.values or {}).items())
+    console.print(f"exported trial {record.number} ({how}; {values}) as {args.fmt} to {out}/; "
+                  f"see {out / 'README.md'}")
+    return 0
