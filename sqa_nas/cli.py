@@ -19,6 +19,8 @@ from sqa_nas.errors import UserError
 COMMANDS = [
     ("variants", "sqa_nas.cli", "list attention variants and kernel backends on this machine"),
     ("bench", "sqa_nas.bench", "time attention variants (correctness check first)"),
+    ("dashboard", "sqa_nas.dashboard.cli",
+     "Pareto fronts of a study: live terminal app, or --once / --png / --json"),
     ("export", "sqa_nas.export.cli", "write a trial as standalone PyTorch (or HF) model code"),
 ]
 

@@ -1,44 +1,61 @@
 """Pareto fronts and pickers over study records.
 
 Only COMPLETE, feasible trials with finite values are candidates; FAIL, PRUNED, RUNNING and
-infeasible trials never reach a front. Two objectives use the O(n log n) sweep; more use the
-O(n^2) pairwise test.
+infeasible trials never reach a front. Two objectives use the O(n log n) sweep; more compare
+each trial with the front found so far, O(n * front size), in numpy blocks.
 
 Pickers (`pick`), shared by the dashboard, `--pick` and export:
 
 - ``knee``: on the front of the first two objectives, normalised to [0, 1], the trial
   farthest from the straight line between the two extreme trials (the "knee" of the curve).
-- ``best:OBJ``: the best trial for one objective.
+- ``best:OBJ``: the best trial for one objective (ties go to the trial that is better on the
+  other objectives, in order, so the pick is on the front).
 - ``best:OBJ:within=OTHER+1%``: the best OBJ among trials whose OTHER is within 1% of the
   best OTHER, e.g. ``best:throughput_tokens_per_s:within=val_loss+1%`` = the fastest trial
   within 1% of the best validation loss. An absolute margin is written without ``%``.
+
+Hypervolume (`hypervolume_2d`, `hypervolume_history`): the area dominated by a two-objective
+front and bounded by a reference point, and how it grew trial after trial, for the
+dashboard's progress view.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
+
+import numpy as np
 
 from sqa_nas.errors import UserError
 from sqa_nas.search.records import OBJECTIVES, TrialRecord
 
+_BLOCK = 32  # trials per numpy comparison for 3+ objectives (fastest here: 16 to 256 tried)
 _PICK = re.compile(r"^best:(?P<obj>\w+)(?::within=(?P<other>\w+)\+(?P<tol>[0-9.]+)(?P<pct>%)?)?$")
 
 
 def candidates(records: Sequence[TrialRecord], objectives: Sequence[str]) -> list[TrialRecord]:
-    return [r for r in records if r.state == "COMPLETE" and r.feasible and r.values
-            and all(_finite(r.values.get(o)) for o in objectives)]
+    out = []
+    for r in records:
+        if r.state != "COMPLETE" or not r.values or not r.feasible:
+            continue
+        try:
+            if all(math.isfinite(r.values[o]) for o in objectives):
+                out.append(r)
+        except (KeyError, TypeError):  # a missing or non-numeric value
+            continue
+    return out
 
 
-def _finite(x) -> bool:
-    return isinstance(x, int | float) and math.isfinite(x)
-
-
-def _keys(r: TrialRecord, objectives, directions) -> tuple[float, ...]:
-    """Values turned into 'smaller is better'."""
-    return tuple(r.values[o] if d == "minimize" else -r.values[o]
-                 for o, d in zip(objectives, directions))
+def _keyer(objectives: Sequence[str], directions: Sequence[str]):
+    """A function of a trial: its values turned into 'smaller is better'."""
+    signs = [1.0 if d == "minimize" else -1.0 for d in directions]
+    if len(objectives) == 2:  # the common case, unrolled: it runs once per trial per redraw
+        (a, b), (sa, sb) = objectives, signs
+        return lambda r: (sa * r.values[a], sb * r.values[b])
+    pairs = list(zip(objectives, signs))
+    return lambda r: tuple(s * r.values[o] for o, s in pairs)
 
 
 def pareto_front(records: Sequence[TrialRecord], objectives: Sequence[str],
@@ -47,7 +64,8 @@ def pareto_front(records: Sequence[TrialRecord], objectives: Sequence[str],
     equal values are all kept (none dominates the other)."""
     directions = directions or [OBJECTIVES[o] for o in objectives]
     pool = candidates(records, objectives)
-    keyed = sorted((_keys(r, objectives, directions), r.number, r) for r in pool)
+    key = _keyer(objectives, directions)
+    keyed = sorted((key(r), r.number, r) for r in pool)
     if len(objectives) == 1:
         best = keyed[0][0] if keyed else None
         return [r for k, _, r in keyed if k == best]
@@ -58,15 +76,21 @@ def pareto_front(records: Sequence[TrialRecord], objectives: Sequence[str],
                 front.append(r)
                 best_second, last = min(best_second, k[1]), k
         return front
-    front = []
-    for k, _, r in keyed:
-        if not any(_dominates(o, k) for o, _, _ in keyed):
-            front.append(r)
-    return front
-
-
-def _dominates(a: tuple, b: tuple) -> bool:
-    return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+    # In lexicographic order a trial can only be dominated by an earlier one, and whoever
+    # dominates it, some front member does too (dominance is transitive). So trials are tested
+    # in blocks, with numpy, against the front found so far and against the block itself.
+    keys = np.array([k for k, _, _ in keyed]).reshape(len(keyed), len(objectives))
+    front_keys, on_front = keys[:0], np.zeros(len(keyed), dtype=bool)
+    for start in range(0, len(keys), _BLOCK):
+        block = keys[start:start + _BLOCK]
+        dominated = np.zeros(len(block), dtype=bool)
+        for other in (front_keys, block):  # [i, j]: does other[j] dominate block[i]?
+            le = (other[None, :, :] <= block[:, None, :]).all(axis=2)
+            lt = (other[None, :, :] < block[:, None, :]).any(axis=2)
+            dominated |= (le & lt).any(axis=1)
+        on_front[start:start + _BLOCK] = ~dominated
+        front_keys = np.concatenate([front_keys, block[~dominated]])
+    return [r for (_, _, r), keep in zip(keyed, on_front) if keep]
 
 
 def pick(records: Sequence[TrialRecord], objectives: Sequence[str], spec: str,
@@ -78,7 +102,8 @@ def pick(records: Sequence[TrialRecord], objectives: Sequence[str], spec: str,
     if not pool:
         raise UserError("no completed feasible trial to pick from")
     if spec == "knee":
-        return _knee(pareto_front(pool, objectives, directions), objectives, directions)
+        front = pareto_front(pool, objectives[:2], directions[:2])
+        return _knee(front, objectives, directions)
     m = _PICK.match(spec)
     if not m:
         raise UserError(f"--pick {spec!r}: expected 'knee', 'best:OBJECTIVE' or "
@@ -90,24 +115,21 @@ def pick(records: Sequence[TrialRecord], objectives: Sequence[str], spec: str,
                             f"({', '.join(objectives)})")
     if other:
         d = directions[objectives.index(other)]
-        best = min(pool, key=lambda r: _signed(r, other, d)).values[other]
+        best = min(pool, key=_keyer([other], [d])).values[other]
         tol = float(m["tol"]) * (abs(best) / 100 if m["pct"] else 1.0)
         limit = best + tol if d == "minimize" else best - tol
         pool = [r for r in pool if (r.values[other] <= limit if d == "minimize"
                                     else r.values[other] >= limit)]
-    d = directions[objectives.index(obj)]
-    return min(pool, key=lambda r: (_signed(r, obj, d), r.number))
-
-
-def _signed(r: TrialRecord, objective: str, direction: str) -> float:
-    v = r.values[objective]
-    return v if direction == "minimize" else -v
+    order = [obj] + [o for o in objectives if o != obj]
+    key = _keyer(order, [directions[objectives.index(o)] for o in order])
+    return min(pool, key=lambda r: (key(r), r.number))
 
 
 def _knee(front: list[TrialRecord], objectives, directions) -> TrialRecord:
     if len(objectives) < 2 or len(front) <= 2:
         return front[0]
-    pts = [_keys(r, objectives[:2], directions[:2]) for r in front]
+    key = _keyer(objectives[:2], directions[:2])
+    pts = [key(r) for r in front]
     lo = [min(p[i] for p in pts) for i in (0, 1)]
     span = [max(p[i] for p in pts) - lo[i] or 1.0 for i in (0, 1)]
     norm = [((p[0] - lo[0]) / span[0], (p[1] - lo[1]) / span[1]) for p in pts]
@@ -118,3 +140,57 @@ def _knee(front: list[TrialRecord], objectives, directions) -> TrialRecord:
 
     best = max(range(len(front)), key=lambda i: (distance(norm[i]), -front[i].number))
     return front[best]
+
+
+# ------------------------------------------------------------------------------ hypervolume
+def hypervolume_2d(points: Sequence[tuple[float, float]], ref: tuple[float, float]) -> float:
+    """Area dominated by `points` and bounded by `ref`, both objectives minimised. Points not
+    strictly better than `ref` in both coordinates add nothing."""
+    rx, ry = ref
+    area, best_y = 0.0, ry
+    for x, y in sorted(p for p in points if p[0] < rx and p[1] < ry):
+        if y < best_y:  # a new step of the staircase: the strip [x, rx] x [y, best_y]
+            area += (rx - x) * (best_y - y)
+            best_y = y
+    return area
+
+
+def hypervolume_history(records: Sequence[TrialRecord], objectives: Sequence[str],
+                        directions: Sequence[str] | None = None,
+                        ref: tuple[float, float] | None = None,
+                        ) -> list[tuple[TrialRecord, float]]:
+    """The hypervolume of the two-objective front after each candidate trial, in completion
+    order: ``[(trial, hypervolume), ...]``. `ref` is in the objectives' own units and
+    defaults to the worst value seen for each; O(n log n) plus list moves, as each trial
+    updates a staircase front and only the steps it touches."""
+    if len(objectives) != 2:
+        raise ValueError(f"hypervolume_history needs two objectives, got {len(objectives)}")
+    directions = directions or [OBJECTIVES[o] for o in objectives]
+    pool = sorted(candidates(records, objectives),
+                  key=lambda r: (r.datetime_complete is None, r.datetime_complete or 0,
+                                 r.number))
+    keys = list(map(_keyer(objectives, directions), pool))
+    if ref is None:
+        rx, ry = (max((k[i] for k in keys), default=0.0) for i in (0, 1))
+    else:
+        rx, ry = (v if d == "minimize" else -v for v, d in zip(ref, directions))
+    xs: list[float] = []  # the staircase: x ascending, y strictly descending
+    ys: list[float] = []
+
+    def steps(lo: int, hi: int) -> float:
+        return sum(((xs[i + 1] if i + 1 < len(xs) else rx) - xs[i]) * (ry - ys[i])
+                   for i in range(max(lo, 0), hi))
+
+    area, out = 0.0, []
+    for r, (x, y) in zip(pool, keys):
+        i = bisect_right(xs, x)
+        if x < rx and y < ry and not (i and ys[i - 1] <= y):  # inside and not dominated
+            lo = bisect_left(xs, x)
+            hi = lo
+            while hi < len(ys) and ys[hi] >= y:  # the steps the new trial dominates
+                hi += 1
+            area -= steps(lo - 1, hi)
+            xs[lo:hi], ys[lo:hi] = [x], [y]
+            area += steps(lo - 1, lo + 1)
+        out.append((r, area))
+    return out

@@ -1,0 +1,296 @@
+"""The interactive dashboard (Textual): Pareto scatter, trials table, trial detail and the
+search's progress, re-read from the storage every few seconds while a search writes it.
+
+Keys: x / y cycle the scatter's axes, p shows only the Pareto front, s / S sort by the next
+column / reverse (or click a header), k selects the knee, b cycles the best-under-constraint
+pickers, g cycles the GPU-type filter, e exports the selected trial, r reloads now, q quits.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from datetime import datetime
+from pathlib import Path
+
+from rich.text import Text
+from textual import work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.widget import Widget
+from textual.widgets import Footer, Header, Static
+
+from sqa_nas.dashboard import render
+from sqa_nas.dashboard.plots import text_scatter
+from sqa_nas.dashboard.table import TrialTable
+from sqa_nas.dashboard.view import Source, StudyView
+from sqa_nas.errors import UserError
+from sqa_nas.search.records import TrialRecord
+
+# Trial number and state of every trial: a reload that changes neither redraws nothing.
+Signature = tuple[tuple[int, str], ...]
+
+
+class Scatter(Widget):
+    """The braille Pareto scatter; re-rendered at whatever size the layout gives it."""
+
+    DEFAULT_CSS = "Scatter { height: 1fr; min-height: 10; }"
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.view: StudyView | None = None
+        self.axes: tuple[str, str] = ("", "")
+        self.selected: int | None = None
+
+    def show(self, view: StudyView, axes: tuple[str, str], selected: int | None) -> None:
+        self.view, self.axes, self.selected = view, axes, selected
+        self.refresh()
+
+    def render(self) -> Text:
+        if self.view is None:
+            return Text("loading…", "dim")
+        return text_scatter(self.view, *self.axes, self.size.width, self.size.height,
+                            selected=self.selected)
+
+
+class Dashboard(App):
+    TITLE = "sqa-nas dashboard"
+    CSS = """
+    #top { height: 3fr; }
+    #scatter { width: 3fr; border: round $primary; }
+    #detail-box { width: 2fr; border: round $secondary; }
+    #progress { height: auto; max-height: 9; padding: 0 1; border: round $secondary; }
+    #trials { height: 2fr; border: round $secondary; }
+    """
+    BINDINGS = [
+        Binding("x", "next_axis(0)", "x axis"),
+        Binding("y", "next_axis(1)", "y axis"),
+        Binding("p", "toggle_front", "Pareto only"),
+        Binding("s", "sort(False)", "sort"),
+        Binding("S", "sort(True)", "reverse", show=False),
+        Binding("k", "knee", "knee"),
+        Binding("b", "best", "best pick"),
+        Binding("g", "gpu", "GPU filter"),
+        Binding("e", "export", "export"),
+        Binding("r", "reload", "reload"),
+        Binding("q", "quit", "quit"),
+    ]
+
+    def __init__(self, source: Source, *, records: list[TrialRecord] | None = None,
+                 axes: tuple[str, str] | None = None, gpu_type: str | None = None,
+                 pick: str | None = None, refresh_s: float = 2.0,
+                 export_dir: str | Path = "exports"):
+        super().__init__()
+        self.source = source
+        self.records = records if records is not None else source.records()
+        self.signature: Signature = _signature(self.records)
+        self.gpu_type = gpu_type
+        self.view = self._make_view()
+        self.axes = axes or self.view.default_axes()
+        self.front_only = False
+        self.sort_key, self.sort_reverse = "number", False
+        self.selected: int | None = None
+        self.initial_pick = pick
+        self.pick_index = -1
+        self.refresh_s = refresh_s
+        self.export_dir = Path(export_dir)
+        self.reloads = 0  # reads of the storage that changed something (tests watch it)
+        self._loading = False
+
+    def _make_view(self) -> StudyView:
+        return StudyView(self.records, self.source.objectives, self.source.directions,
+                         gpu_type=self.gpu_type, now=datetime.now())  # Optuna's clock
+
+    # ---------------------------------------------------------------------------- layout
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="top"):
+            yield Scatter(id="scatter")
+            with VerticalScroll(id="detail-box"):
+                yield Static(id="detail")
+        yield Static(id="progress")
+        yield TrialTable(id="trials")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.title = f"sqa-nas · {self.source.name}"
+        self.sub_title = self.source.where
+        self.query_one("#scatter").border_title = "Pareto front"
+        self.query_one("#detail-box").border_title = "trial"
+        self.query_one("#progress").border_title = "search"
+        self.redraw()
+        if self.initial_pick:
+            self.apply_pick(self.initial_pick)
+        self.set_interval(self.refresh_s, self.action_reload)
+        self.query_one(TrialTable).focus()
+
+    # ---------------------------------------------------------------------------- reload
+    def action_reload(self) -> None:
+        if not self._loading:
+            self._loading = True
+            self._load()
+
+    @work(thread=True, group="reload")
+    def _load(self) -> None:
+        try:
+            records = self.source.records()
+        except Exception as exc:  # a locked or vanished database: say so, keep the old data
+            self.call_from_thread(self.notify, f"reload failed: {exc}", severity="warning")
+            records = None
+        self.call_from_thread(self._loaded, records)
+
+    def _loaded(self, records: list[TrialRecord] | None) -> None:
+        self._loading = False
+        if records is None or _signature(records) == self.signature:
+            return
+        self.records, self.signature = records, _signature(records)
+        self.view = self._make_view()
+        self.reloads += 1
+        self.redraw()
+
+    # ---------------------------------------------------------------------------- drawing
+    def redraw(self) -> None:
+        self.fill_table()
+        self.draw_progress()
+        self.draw_selection()
+
+    def rows(self) -> list[TrialRecord]:
+        return self.view.sorted_records(self.sort_key, self.sort_reverse,
+                                        front_only=self.front_only)
+
+    def fill_table(self) -> None:
+        table = self.query_one(TrialTable)
+        labels = [c.label + ((" ▼" if self.sort_reverse else " ▲") if c.key == self.sort_key
+                             else "") for c in self.view.columns]
+        table.set_rows(self.view, self.rows(), labels=labels, select=self.selected)
+        self.selected = table.selected.number if table.selected else None
+        table.border_title = f"{len(table.records)} trials" + (
+            " on the Pareto front" if self.front_only else "")
+
+    def draw_progress(self) -> None:
+        title = f"{self.source.name}" + (" · Pareto only" if self.front_only else "")
+        self.query_one("#progress", Static).update(
+            render.summary(self.view, self.view.progress(self.axes), title=title))
+
+    def draw_selection(self) -> None:
+        r = self.view.by_number.get(self.selected) if self.selected is not None else None
+        self.query_one("#detail", Static).update(render.detail(self.view, r))
+        self.query_one(Scatter).show(self.view, self.axes, self.selected)
+        self.query_one("#scatter").border_title = f"Pareto front · {self.axes[1]} vs " \
+                                                  f"{self.axes[0]}"
+
+    def select(self, number: int) -> None:
+        """Select a trial, showing it in the table (leaving Pareto-only if needed)."""
+        self.selected = number
+        table = self.query_one(TrialTable)
+        if not table.move_to(number):
+            self.front_only = False
+            self.fill_table()
+        self.draw_selection()
+
+    def on_trial_table_highlighted(self, event: TrialTable.Highlighted) -> None:
+        if event.number != self.selected:
+            self.selected = event.number
+            self.draw_selection()
+
+    def on_trial_table_header_selected(self, event: TrialTable.HeaderSelected) -> None:
+        self.sort_reverse = not self.sort_reverse if event.key == self.sort_key else False
+        self.sort_key = event.key
+        self.fill_table()
+
+    # ---------------------------------------------------------------------------- actions
+    def action_next_axis(self, which: int) -> None:
+        axes = self.view.axes
+        other = self.axes[1 - which]
+        i = axes.index(self.axes[which]) if self.axes[which] in axes else -1
+        for step in range(1, len(axes) + 1):
+            candidate = axes[(i + step) % len(axes)]
+            if candidate != other or len(axes) == 1:
+                break
+        new = list(self.axes)
+        new[which] = candidate
+        if candidate == other:  # two axes only: swap them
+            new[1 - which] = self.axes[which]
+        self.axes = (new[0], new[1])
+        self.draw_progress()
+        self.draw_selection()
+
+    def action_toggle_front(self) -> None:
+        self.front_only = not self.front_only
+        self.fill_table()
+        self.draw_progress()
+        self.notify("showing the Pareto front only" if self.front_only else "showing all "
+                    "trials", timeout=2)
+
+    def action_sort(self, reverse: bool) -> None:
+        keys = [c.key for c in self.view.columns]
+        if reverse:
+            self.sort_reverse = not self.sort_reverse
+        else:
+            self.sort_key = keys[(keys.index(self.sort_key) + 1) % len(keys)]
+            self.sort_reverse = False
+        self.fill_table()
+
+    def action_knee(self) -> None:
+        self.apply_pick("knee")
+
+    def action_best(self) -> None:
+        specs = self.view.picker_specs()[1:]
+        self.pick_index = (self.pick_index + 1) % len(specs)
+        self.apply_pick(specs[self.pick_index])
+
+    def apply_pick(self, spec: str) -> None:
+        try:
+            r = self.view.pick(spec, self.axes)
+        except UserError as exc:
+            self.notify(str(exc), severity="warning")
+            return
+        self.select(r.number)
+        self.notify(f"{spec}: trial #{r.number}", timeout=3)
+
+    def action_gpu(self) -> None:
+        choices = [None] + self.view.gpu_types
+        self.gpu_type = choices[(choices.index(self.gpu_type) + 1) % len(choices)]
+        self.view = self._make_view()
+        self.redraw()
+        self.notify(f"GPU type: {self.gpu_type or 'all'}", timeout=2)
+
+    def action_export(self) -> None:
+        r = self.view.by_number.get(self.selected) if self.selected is not None else None
+        if r is None:
+            self.notify("select a trial to export", severity="warning")
+            return
+        export = _export_function()
+        if export is None:
+            self.notify("export is not available in this sqa-nas (no sqa_nas.export."
+                        "export_trial)", severity="warning")
+            return
+        if self.source.study is None:
+            self.notify("export needs a study in a storage", severity="warning")
+            return
+        out = self.export_dir / f"{self.source.name}-trial{r.number}"
+        self.notify(f"exporting trial #{r.number} to {out} …", timeout=3)
+        self._export(export, r, out)
+
+    @work(thread=True, group="export")
+    def _export(self, export, r: TrialRecord, out: Path) -> None:
+        try:
+            path = export(self.source.study, r, out)
+        except Exception as exc:  # shown, not raised: the dashboard keeps running
+            self.call_from_thread(self.notify, f"export of trial #{r.number} failed: {exc}",
+                                  severity="error", timeout=10)
+            return
+        self.call_from_thread(self.notify, f"exported trial #{r.number} to {path}",
+                              timeout=10)
+
+
+def _export_function():
+    """`sqa_nas.export.export_trial` when that package provides it."""
+    if importlib.util.find_spec("sqa_nas.export") is None:
+        return None
+    return getattr(importlib.import_module("sqa_nas.export"), "export_trial", None)
+
+
+def _signature(records: list[TrialRecord]) -> Signature:
+    return tuple((r.number, r.state) for r in records)

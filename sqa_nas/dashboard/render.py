@@ -1,0 +1,183 @@
+"""Rich renderables shared by the interactive app and `--once`: the progress summary, the
+Pareto table, and a trial's detail (per-layer strip, analytics, training curve)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from sqa_nas.dashboard.view import Progress, StudyView, fmt_number
+from sqa_nas.search.records import TrialRecord
+
+BARS = "▁▂▃▄▅▆▇█"
+STATE_STYLE = {"COMPLETE": "green", "RUNNING": "cyan", "FAIL": "red", "PRUNED": "yellow",
+               "WAITING": "dim"}
+# layer strip shades, light to strong: a layer's share of the reference head count H
+SHADES = ["grey23", "grey39", "dark_cyan", "cyan3", "turquoise2"]
+
+
+def sparkline(values: Sequence[float], width: int = 40, lo: float | None = None,
+              hi: float | None = None) -> str:
+    """Values as block characters, resampled to at most `width` (last value kept)."""
+    if not values:
+        return ""
+    if len(values) > width:
+        step = len(values) / width
+        values = [values[min(len(values) - 1, int((i + 1) * step) - 1)] for i in range(width)]
+    lo = min(values) if lo is None else lo
+    hi = max(values) if hi is None else hi
+    span = hi - lo
+    return "".join(BARS[0 if span <= 0 else min(7, int((v - lo) / span * 7.999))]
+                   for v in values)
+
+
+def summary(view: StudyView, progress: Progress, *, title: str) -> Table:
+    """Counts, rate, front size, hypervolume trend and the pickers' choices."""
+    c = progress.counts
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    grid.add_row("study", title)
+    objectives = ", ".join(f"{o} ({'↓' if d == 'minimize' else '↑'})"
+                           for o, d in zip(view.objectives, view.directions))
+    grid.add_row("objectives", objectives)
+    states = Text()
+    for state in ("COMPLETE", "RUNNING", "FAIL", "PRUNED", "WAITING"):
+        if c[state] or state in ("COMPLETE", "RUNNING", "FAIL"):
+            label = {"COMPLETE": "done", "FAIL": "failed"}.get(state, state.lower())
+            states.append(f"{c[state]} {label}", STATE_STYLE[state]).append("  ")
+    states.append(f"of {sum(c.values())}")
+    if view.gpu_type:
+        states.append(f"  (GPU {view.gpu_type} only)", "italic")
+    grid.add_row("trials", states)
+    rate = "-" if progress.per_hour is None else f"{progress.per_hour:.1f}/h overall"
+    grid.add_row("rate", f"{rate}, {progress.last_hour} in the last hour")
+    grid.add_row("front", f"{len(view.front)} Pareto-optimal of "
+                          f"{sum(1 for r in view.records if r.state == 'COMPLETE')} done")
+    if progress.hv_axes:
+        hv = progress.hypervolume
+        line = Text(sparkline(hv, 40, 0.0, 1.0), "green")
+        line.append(f"  {hv[-1]:.3f}" if hv else "  -")
+        line.append(f"  ({progress.hv_axes[0]} x {progress.hv_axes[1]})", "dim")
+        grid.add_row("hypervolume", line)
+    if view.front:
+        picks = []
+        for spec in view.picker_specs()[:1 + len(view.objectives)]:
+            picks.append(f"{spec} #{view.pick(spec).number}")
+        grid.add_row("picks", " · ".join(picks))
+    return grid
+
+
+def pareto_table(view: StudyView, records: Sequence[TrialRecord] | None = None, *,
+                 title: str = "Pareto front", highlight: int | None = None) -> Table:
+    """The trials (the front by default) with every column of the dashboard's table."""
+    rows = view.front if records is None else records
+    table = Table(title=title, title_justify="left", header_style="bold")
+    cols = [c for c in view.columns if c.key not in ("state", "front")]
+    for col in cols:
+        table.add_column(col.label, justify="left" if col.key in ("allocation", "gpu", "seed")
+                         else "right", overflow="fold")
+    for r in rows:
+        style = "bold yellow" if r.number == highlight else None
+        table.add_row(*(col.text(col.value(r)) for col in cols), style=style)
+    if not rows:
+        table.add_row(*(["-"] + [""] * (len(cols) - 1)))
+    return table
+
+
+def layer_strip(r: TrialRecord) -> Table | Text:
+    """One column per layer: H_q and H_kv shaded by their share of H (darker = sparser),
+    the mask pattern, the window and the backend."""
+    layers = r.layers
+    if not layers:
+        return Text("no per-layer allocation recorded", "dim")
+    n_heads = (r.model or {}).get("n_heads") or max(x["n_q_heads"] for x in layers)
+    table = Table(show_header=True, header_style="bold", box=None, padding=(0, 1),
+                  pad_edge=False)
+    table.add_column("layer", style="bold")
+    for i in range(len(layers)):
+        table.add_column(str(i), justify="center", min_width=5)
+
+    def shade(n: int) -> str:
+        share = min(1.0, n / n_heads)
+        return f"bold white on {SHADES[min(len(SHADES) - 1, int(share * len(SHADES)))]}"
+
+    table.add_row("H_q", *(Text(f"{x['n_q_heads']:^5}", shade(x["n_q_heads"]))
+                           for x in layers))
+    table.add_row("H_kv", *(Text(f"{x['n_kv_heads']:^5}", shade(x["n_kv_heads"]))
+                            for x in layers))
+    table.add_row("mask", *(_pattern(x) for x in layers))
+    table.add_row("window", *("" if x.get("window") is None else
+                              f"{x['window']}" + (f"+{x['global_tokens']}g"
+                                                  if x.get("global_tokens") else "")
+                              for x in layers))
+    table.add_row("backend", *(x.get("backend") or "-" for x in layers))
+    return table
+
+
+def _pattern(layer: dict) -> str:
+    pattern = layer.get("pattern")
+    if pattern:
+        return {"block_sparse": "block", "sliding_window": "window"}.get(pattern, pattern)
+    if layer.get("block_sparse"):
+        return "block"
+    if layer.get("window") is not None:
+        return "flex" if layer.get("global_tokens") else "window"
+    return "dense"
+
+
+def detail(view: StudyView, r: TrialRecord | None) -> RenderableType:
+    """Everything about one trial that fits a side pane."""
+    if r is None:
+        return Text("no trial selected", "dim")
+    head = Text()
+    head.append(f"trial #{r.number} ", "bold")
+    head.append(r.state, STATE_STYLE.get(r.state, ""))
+    if view.on_front(r):
+        head.append("  ★ Pareto", "bold green")
+    if r.seed_variant:
+        head.append(f"  baseline {r.seed_variant}", "magenta")
+    if r.gpu_type:
+        head.append(f"  {r.gpu_type}", "dim")
+    parts: list[RenderableType] = [head, Text(r.allocation or "", "italic")]
+    if r.attrs.get("fail_reason"):
+        parts.append(Text(f"failed: {r.attrs['fail_reason']}", "red"))
+    if r.attrs.get("infeasible"):
+        parts.append(Text("infeasible: " + "; ".join(map(str, r.attrs["infeasible"])), "red"))
+    parts += [Text(""), layer_strip(r), Text("")]
+
+    numbers = Table.grid(padding=(0, 2))
+    numbers.add_column(style="bold")
+    numbers.add_column(justify="right")
+    numbers.add_column(style="bold")
+    numbers.add_column(justify="right")
+    cells = [(o, view.value(r, o)) for o in view.objectives]
+    metrics = r.attrs.get("metrics") or {}
+    cells += [(k, metrics[k]) for k in ("perplexity", "accuracy", "speedup_vs_mha")
+              if k in metrics and k not in view.objectives]
+    analytics = r.attrs.get("analytics") or {}
+    cells += [(label, analytics.get(key)) for label, key in (
+        ("params", "params"), ("FLOPs/token", "flops_per_token"),
+        ("attn FLOPs/token", "attention_flops_per_token"),
+        ("KV bytes/token", "kv_cache_bytes_per_token"),
+        ("analytic × MHA", "analytic_speedup_vs_mha")) if analytics.get(key) is not None]
+    cells = [(k, fmt_number(v)) for k, v in cells if v is not None]
+    for i in range(0, len(cells), 2):
+        pair = cells[i:i + 2] + [("", "")] * (2 - len(cells[i:i + 2]))
+        numbers.add_row(pair[0][0], pair[0][1], pair[1][0], pair[1][1])
+    parts.append(numbers)
+
+    curve = r.attrs.get("curve") or []
+    losses = [row[2] for row in curve if len(row) > 2 and isinstance(row[2], int | float)]
+    if losses:
+        line = Text("train loss ", "bold")
+        line.append(f"{fmt_number(losses[0])} → {fmt_number(losses[-1])} "
+                    f"over {fmt_number(curve[-1][0])} steps", "dim")
+        parts += [Text(""), line, Text(sparkline(losses, 48), "cyan")]
+    timings = r.attrs.get("timings") or {}
+    if timings.get("total_s") is not None:
+        parts.append(Text(f"took {timings['total_s']:.1f} s", "dim"))
+    return Group(*parts)

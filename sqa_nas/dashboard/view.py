@@ -1,0 +1,289 @@
+"""What the dashboard shows, computed once per reload from the study's records: the front,
+the per-trial columns, the search's progress. No rich or Textual here, so the interactive
+app, `--once`, `--json` and `--png` all read the same numbers.
+
+A `Source` yields the records: `StorageSource` reads an Optuna storage (and re-reads it on
+every refresh; Optuna's cached storage only re-fetches unfinished trials), `MemorySource`
+holds a list (tests, benchmarks of the renderer).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cached_property
+from typing import Any
+
+from sqa_nas.errors import UserError
+from sqa_nas.pareto import hypervolume_history, pareto_front, pick
+from sqa_nas.search.records import OBJECTIVES, TrialRecord, finite
+
+# metric name -> where a trial stores it when it is not one of the study's objectives
+_ANALYTICS = {"kv_cache_bytes": "kv_cache_bytes_per_token", "params": "params",
+              "attention_flops": "attention_flops_per_token",
+              "speedup_vs_mha": "analytic_speedup_vs_mha"}
+
+
+class Source:
+    """Where records come from. `study` is the Optuna study when there is one (export)."""
+
+    name: str
+    where: str
+    objectives: list[str]
+    directions: list[str]
+    study: Any = None
+
+    def records(self) -> list[TrialRecord]:
+        raise NotImplementedError
+
+
+class StorageSource(Source):
+    def __init__(self, name: str, storage: str | None = None):
+        from sqa_nas.search.records import default_storage, load_study, objective_names
+
+        self.name = name
+        self.where = storage or default_storage(name)
+        self.study = load_study(name, storage)  # UserError: unknown study or storage
+        self.objectives = objective_names(self.study)
+        self.directions = [d.name.lower() for d in self.study.directions]
+        if len(self.objectives) != len(self.directions):
+            raise UserError(f"study {name!r} in {self.where} names {len(self.objectives)} "
+                            f"objectives but has {len(self.directions)} directions")
+
+    def records(self) -> list[TrialRecord]:
+        from sqa_nas.search.records import trial_records
+
+        return trial_records(self.study)
+
+
+class MemorySource(Source):
+    def __init__(self, name: str, objectives: Sequence[str], records: list[TrialRecord],
+                 directions: Sequence[str] | None = None):
+        self.name, self.where = name, "memory"
+        self.objectives = list(objectives)
+        self.directions = list(directions or [OBJECTIVES[o] for o in objectives])
+        self._records = records
+
+    def records(self) -> list[TrialRecord]:
+        return list(self._records)
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column of the trials table: its label, its cell text and its sort key."""
+
+    key: str
+    label: str
+    value: Callable[[TrialRecord], Any]  # a number or a string; None sorts last
+    text: Callable[[Any], str]
+
+
+@dataclass(frozen=True)
+class Progress:
+    counts: Counter
+    per_hour: float | None  # finished trials per hour since the first trial started
+    last_hour: int  # trials finished in the hour before the newest event
+    hypervolume: list[float]  # after each completed trial, normalised to [0, 1]
+    hv_axes: tuple[str, str] | None
+
+
+class StudyView:
+    """The records of one reload, optionally restricted to one GPU type, and everything the
+    dashboard derives from them."""
+
+    def __init__(self, records: Sequence[TrialRecord], objectives: Sequence[str],
+                 directions: Sequence[str], *, gpu_type: str | None = None,
+                 now: datetime | None = None):
+        self.all_records = list(records)
+        self.gpu_types = sorted({r.gpu_type for r in self.all_records if r.gpu_type})
+        if gpu_type is not None and gpu_type not in self.gpu_types:
+            raise UserError(f"no trial ran on GPU type {gpu_type!r}; GPU types in this study: "
+                            f"{', '.join(self.gpu_types) or 'none recorded'}")
+        self.gpu_type = gpu_type
+        self.records = [r for r in self.all_records
+                        if gpu_type is None or r.gpu_type == gpu_type]
+        self.objectives = list(objectives)
+        self.directions = list(directions)
+        self.front = pareto_front(self.records, self.objectives, self.directions)
+        self.front_numbers = {r.number for r in self.front}
+        self.by_number = {r.number: r for r in self.records}
+        self.now = now
+        # per-view memos: a view lives for one reload, and redraws (axis switch, sort,
+        # filter) must not recompute 5,000 rows
+        self._cells: dict[int, tuple[list, list[str]]] = {}
+        self._picks: dict[tuple, TrialRecord | UserError] = {}
+        self._progress: dict[tuple, Progress] = {}
+
+    # ------------------------------------------------------------------------- metrics
+    @cached_property
+    def axes(self) -> list[str]:
+        """Metrics a scatter axis can show: the objectives first, then any other known
+        metric that the trials record (e.g. KV cache when only loss and speed are searched)."""
+        extra = [m for m in OBJECTIVES if m not in self.objectives
+                 and any(self.value(r, m) is not None for r in self.front or self.records)]
+        return self.objectives + extra
+
+    def default_axes(self) -> tuple[str, str]:
+        """(x, y): the second objective across, the first up (e.g. loss against speed)."""
+        return (self.axes[1] if len(self.axes) > 1 else self.axes[0]), self.axes[0]
+
+    def direction(self, metric: str) -> str:
+        if metric in self.objectives:
+            return self.directions[self.objectives.index(metric)]
+        return OBJECTIVES.get(metric, "minimize")
+
+    def value(self, r: TrialRecord, metric: str) -> float | None:
+        """An objective's value, else the trial's measured metric, else its analytic cost."""
+        for source in (r.values, r.attrs.get("metrics")):
+            if source and finite(source.get(metric)):
+                return float(source[metric])
+        analytics = r.attrs.get("analytics") or {}
+        key = _ANALYTICS.get(metric)
+        if key and finite(analytics.get(key)):
+            return float(analytics[key])
+        return None
+
+    def points(self, x: str, y: str) -> list[tuple[TrialRecord, float, float]]:
+        """Completed, feasible trials with finite values on both axes."""
+        out = []
+        for r in self.records:
+            if r.state != "COMPLETE" or not r.feasible:
+                continue
+            vx, vy = self.value(r, x), self.value(r, y)
+            if vx is not None and vy is not None:
+                out.append((r, vx, vy))
+        return out
+
+    def on_front(self, r: TrialRecord) -> bool:
+        return r.number in self.front_numbers
+
+    # ------------------------------------------------------------------------- columns
+    @cached_property
+    def columns(self) -> list[Column]:
+        def metric(m):
+            return lambda r: self.value(r, m)
+
+        cols = [Column("number", "#", lambda r: r.number, str),
+                Column("state", "state", lambda r: r.state, str),
+                Column("front", "front", lambda r: "★" if self.on_front(r) else "",
+                       str),
+                Column("seed", "seed", lambda r: r.seed_variant or "", str)]
+        cols += [Column(o, f"{o} {'↓' if d == 'minimize' else '↑'}", metric(o), fmt_number)
+                 for o, d in zip(self.objectives, self.directions)]
+        cols += [Column(m, label, metric(m), text) for m, label, text in (
+            ("params", "params", fmt_number),
+            ("kv_cache_bytes", "KV B/token", fmt_number),
+            ("speedup_vs_mha", "× MHA", lambda v: "" if v is None else f"{v:.2f}x"))
+            if m not in self.objectives]
+        cols += [Column("gpu", "GPU", lambda r: r.gpu_type or "", str),
+                 Column("allocation", "allocation", lambda r: r.allocation, str)]
+        return cols
+
+    def cells(self, r: TrialRecord) -> tuple[list, list[str]]:
+        """A trial's values and texts for `columns`, computed once per view."""
+        got = self._cells.get(r.number)
+        if got is None:
+            values = [c.value(r) for c in self.columns]
+            got = self._cells[r.number] = (values, [c.text(v) for c, v in
+                                                    zip(self.columns, values)])
+        return got
+
+    def sorted_records(self, column: str = "number", reverse: bool = False, *,
+                       front_only: bool = False) -> list[TrialRecord]:
+        """Rows for the table; missing values sort last whatever the direction."""
+        i = [c.key for c in self.columns].index(column)
+        rows = [(self.cells(r)[0][i], r) for r in (self.front if front_only else self.records)]
+        present = [(v, r.number, r) for v, r in rows if v is not None]
+        present.sort(key=lambda t: t[:2], reverse=reverse)
+        return [r for _, _, r in present] + [r for v, r in rows if v is None]
+
+    # ------------------------------------------------------------------------- pickers
+    def picker_specs(self) -> list[str]:
+        """Pickers the dashboard cycles through: the knee, the best of each objective, and the
+        best of each within 1% of the best of another."""
+        specs = ["knee"] + [f"best:{o}" for o in self.objectives]
+        specs += [f"best:{a}:within={b}+1%" for a in self.objectives for b in self.objectives
+                  if a != b]
+        return specs
+
+    def pick(self, spec: str, axes: Sequence[str] | None = None) -> TrialRecord:
+        """The trial a picker spec names (`sqa_nas.pareto.pick`). The knee is taken on `axes`
+        when both are objectives (the pair on screen), else on the first two objectives."""
+        objectives, directions = self.objectives, self.directions
+        if spec == "knee" and axes and all(a in self.objectives for a in axes) \
+                and len(set(axes)) == 2:
+            # in the study's order, so that swapping the axes does not change the answer
+            objectives = [o for o in self.objectives if o in axes]
+            directions = [self.direction(o) for o in objectives]
+        memo = (spec, tuple(objectives))
+        if memo not in self._picks:
+            try:
+                self._picks[memo] = pick(self.records, objectives, spec, directions)
+            except UserError as exc:
+                self._picks[memo] = exc
+        got = self._picks[memo]
+        if isinstance(got, UserError):
+            raise got
+        return got
+
+    # ------------------------------------------------------------------------ progress
+    def progress(self, axes: Sequence[str] | None = None) -> Progress:
+        memo = tuple(axes or ())
+        if memo not in self._progress:
+            self._progress[memo] = self._compute_progress(axes)
+        return self._progress[memo]
+
+    def _compute_progress(self, axes: Sequence[str] | None) -> Progress:
+        counts = Counter(r.state for r in self.records)
+        starts = [r.datetime_start for r in self.records if r.datetime_start]
+        ends = [r.datetime_complete for r in self.records if r.datetime_complete]
+        per_hour, last_hour = None, 0
+        if starts and ends:
+            last = max(ends)
+            newest = self.now if self.now and counts["RUNNING"] else last
+            hours = (newest - min(starts)).total_seconds() / 3600
+            per_hour = len(ends) / hours if hours > 0 else None
+            last_hour = sum(1 for e in ends if (last - e).total_seconds() <= 3600)
+        hv_axes = self._hv_axes(axes)
+        return Progress(counts, per_hour, last_hour,
+                        self.hypervolume(hv_axes) if hv_axes else [], hv_axes)
+
+    def _hv_axes(self, axes) -> tuple[str, str] | None:
+        if axes and len(set(axes)) == 2 and all(a in self.objectives for a in axes):
+            return tuple(axes)
+        return tuple(self.objectives[:2]) if len(self.objectives) >= 2 else None
+
+    def hypervolume(self, axes: tuple[str, str]) -> list[float]:
+        """Hypervolume of the front of `axes` after each completed trial, as a fraction of
+        the box between the best and the worst values seen (1.0 = one trial best at both)."""
+        directions = [self.direction(a) for a in axes]
+        history = hypervolume_history(self.records, axes, directions)
+        if not history:
+            return []
+        spans = []
+        for a in axes:
+            vals = [r.values[a] for r, _ in history]
+            spans.append(max(vals) - min(vals))
+        box = spans[0] * spans[1]
+        return [area / box if box > 0 else 0.0 for _, area in history]
+
+
+def fmt_number(v: Any) -> str:
+    """Compact numbers for narrow columns: 2.2905, 0.0012, 183.2k, 1.05M, 12.0G."""
+    if v is None:
+        return ""
+    if isinstance(v, str):
+        return v
+    if not math.isfinite(v):
+        return str(v)
+    a = abs(v)
+    if a >= 1e4:
+        for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+            if a >= scale:
+                return f"{v / scale:.4g}{unit}"
+    if isinstance(v, int) or float(v).is_integer():
+        return str(int(v))
+    return f"{v:.5g}"
