@@ -22,11 +22,14 @@ COMMANDS = [
     ("dashboard", "sqa_nas.dashboard.cli",
      "Pareto fronts of a study: live terminal app, or --once / --png / --json"),
     ("export", "sqa_nas.export.cli", "write a trial as standalone PyTorch (or HF) model code"),
+    ("space", "sqa_nas.search.cli", "validate a search space YAML and describe what it holds"),
+    ("search", "sqa_nas.search.cli", "search per-layer attention allocations (Optuna)"),
 ]
 
 # Logs and pipes get wide tables; terminals use their own width.
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
-err_console = Console(stderr=True, highlight=False)
+console = Console(highlight=False, log_path=False,
+                  width=None if sys.stdout.isatty() else 120)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)  # one line per error
 
 
 def csv(kind):

@@ -31,3 +31,14 @@ def test_readme_has_both_commands_and_ci_runs_the_test_command():
     assert "pytest" in command("test-command")
     ci = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
     assert "test-command" in ci, ".ci/run must take its command from the README"
+
+
+def test_yaml_examples_are_valid_search_spaces():
+    import yaml
+
+    from sqa_nas.search.space import parse_space
+
+    blocks = _blocks("yaml")
+    assert blocks
+    for code in blocks:
+        parse_space(yaml.safe_load(code), "README.md")

@@ -1,0 +1,74 @@
+"""What the search driver needs from an executor: slots, submit, poll, shutdown.
+
+The driver owns the Optuna study and its storage; an executor only runs `TrialJob`s and
+reports `Event`s: progress of a running trial, or its `TrialOutcome`. A trial whose worker
+dies or that outlives its time limit comes back as a FAIL outcome with the reason.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqa_nas.search.objective import TrialJob, TrialOutcome
+
+
+@dataclass
+class Event:
+    kind: str  # "progress" or "done"
+    number: int
+    info: dict[str, Any] = field(default_factory=dict)  # progress: step, of, loss
+    outcome: TrialOutcome | None = None
+
+
+@dataclass
+class Running:
+    job: TrialJob
+    where: str  # "cpu worker 0", "node-a GPU 1 (NVIDIA H200)"
+    started: float = field(default_factory=time.monotonic)
+    progress: dict[str, Any] = field(default_factory=dict)
+
+
+class Executor(ABC):
+    """Runs trials somewhere. Implementations: `local.LocalExecutor`, `ray.RayExecutor`."""
+
+    def __init__(self) -> None:
+        self.running: dict[int, Running] = {}
+
+    @abstractmethod
+    def start(self) -> None: ...
+
+    @abstractmethod
+    def free_slots(self) -> int:
+        """How many more trials can start now."""
+
+    @abstractmethod
+    def submit(self, job: TrialJob) -> None: ...
+
+    @abstractmethod
+    def poll(self, timeout: float) -> list[Event]:
+        """Wait up to `timeout` seconds for events; finished trials leave `running`."""
+
+    @abstractmethod
+    def shutdown(self, *, cancel: bool = False) -> list[int]:
+        """Stop the workers; with `cancel`, kill in-flight trials and return their numbers."""
+
+    def describe(self) -> str:
+        return type(self).__name__
+
+    def stats(self) -> dict[str, Any]:
+        """Executor-specific figures for the end-of-search summary (e.g. GPU busy fraction)."""
+        return {}
+
+    def _finish(self, number: int, outcome: TrialOutcome) -> Event:
+        self.running.pop(number, None)
+        return Event("done", number, outcome=outcome)
+
+    @staticmethod
+    def failed(job: TrialJob, reason: str, where: str = "") -> TrialOutcome:
+        attrs = {"fail_reason": reason}
+        if where:
+            attrs["device"] = {"name": where}
+        return TrialOutcome(job.number, "FAIL", attrs=attrs)

@@ -1,0 +1,157 @@
+"""Trials in long-lived worker processes on this machine: one per visible GPU, or
+``workers`` on the CPU. Workers keep torch, CUDA contexts and compiled kernels between trials.
+
+A worker that dies (killed, out of host memory, segfault) fails only its trial and is
+restarted; a trial past ``budget.trial_timeout_s`` is killed with its worker and recorded.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import time
+from multiprocessing.connection import Connection, wait
+
+from sqa_nas.search.executors.base import Event, Executor, Running
+from sqa_nas.search.objective import TrialJob
+
+
+def _worker_main(conn: Connection, device: str, threads: int) -> None:
+    # The driver decides what Ctrl-C means; a worker just keeps computing until told.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import torch
+
+    from sqa_nas.search.objective import run_trial
+
+    torch.set_num_threads(threads)
+    parent = os.getppid()
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    while True:
+        try:
+            job = conn.recv()
+        except EOFError:
+            return
+        if job is None:
+            return
+
+        def progress(info, number=job.number):
+            if os.getppid() != parent:  # the driver was killed: stop instead of orphaning
+                os._exit(1)
+            conn.send(("progress", number, info))
+
+        conn.send(("done", job.number, run_trial(job, device=dev, progress=progress)))
+
+
+class _Worker:
+    def __init__(self, ctx, index: int, device: str, threads: int) -> None:
+        self.index, self.device = index, device
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_worker_main, args=(child, device, threads),
+                                   name=f"sqa-nas-worker-{index}", daemon=True)
+        self.process.start()
+        child.close()
+        self.job: TrialJob | None = None
+
+    @property
+    def where(self) -> str:
+        return f"worker {self.index} ({self.device}, pid {self.process.pid})"
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(timeout=10)
+        self.conn.close()
+
+
+class LocalExecutor(Executor):
+    def __init__(self, *, workers: int | None = None, device: str = "auto",
+                 trial_timeout_s: float = 1800.0) -> None:
+        super().__init__()
+        import torch
+
+        gpus = torch.cuda.device_count() if device != "cpu" else 0
+        if device == "cuda" and gpus == 0:
+            from sqa_nas.errors import UserError
+
+            raise UserError("execution.device: cuda was asked for but no CUDA GPU is visible")
+        n = workers or max(1, gpus)
+        self.devices = [f"cuda:{i % gpus}" for i in range(n)] if gpus else ["cpu"] * n
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+            os.cpu_count() or 1)
+        self.threads = max(1, cpus // n)
+        self.timeout = trial_timeout_s
+        self.ctx = mp.get_context("spawn")
+        self.workers: list[_Worker] = []
+
+    def describe(self) -> str:
+        kinds = sorted(set(self.devices))
+        return f"local: {len(self.devices)} worker(s) on {', '.join(kinds)}"
+
+    def start(self) -> None:
+        self.workers = [_Worker(self.ctx, i, d, self.threads) for i, d in enumerate(self.devices)]
+
+    def free_slots(self) -> int:
+        return sum(w.job is None for w in self.workers)
+
+    def submit(self, job: TrialJob) -> None:
+        worker = next(w for w in self.workers if w.job is None)
+        worker.job = job
+        worker.conn.send(job)
+        self.running[job.number] = Running(job, worker.where)
+
+    def poll(self, timeout: float) -> list[Event]:
+        events: list[Event] = []
+        busy = {w.conn: w for w in self.workers if w.job is not None}
+        ready = wait(list(busy), timeout=timeout) if busy else time.sleep(timeout) or []
+        for conn in ready:
+            worker = busy[conn]
+            try:
+                while worker.conn.poll():
+                    kind, number, payload = worker.conn.recv()
+                    if kind == "progress":
+                        self.running[number].progress = payload
+                        events.append(Event("progress", number, payload))
+                    else:
+                        worker.job = None
+                        events.append(self._finish(number, payload))
+            except (EOFError, OSError):
+                pass  # the worker died: handled below
+        for worker in list(self.workers):
+            job = worker.job
+            if job is None:
+                continue
+            if not worker.process.is_alive():
+                code = worker.process.exitcode
+                events.append(self._finish(job.number, self.failed(
+                    job, f"worker process died (exit code {code}) during the trial")))
+                self._replace(worker)
+            elif time.monotonic() - self.running[job.number].started > self.timeout:
+                events.append(self._finish(job.number, self.failed(
+                    job, f"exceeded the trial time limit ({self.timeout:g} s); killed")))
+                self._replace(worker)
+        return events
+
+    def _replace(self, worker: _Worker) -> None:
+        worker.kill()
+        self.workers[worker.index] = _Worker(self.ctx, worker.index, worker.device, self.threads)
+
+    def shutdown(self, *, cancel: bool = False) -> list[int]:
+        cancelled = [w.job.number for w in self.workers if w.job is not None]
+        for w in self.workers:
+            if w.job is None and not cancel:
+                try:
+                    w.conn.send(None)
+                except OSError:
+                    pass
+        deadline = time.monotonic() + 5
+        for w in self.workers:
+            if cancel or w.job is not None:
+                w.kill()
+            else:
+                w.process.join(timeout=max(0.1, deadline - time.monotonic()))
+                w.kill()
+        self.running.clear()
+        return cancelled if cancel else []

@@ -1,0 +1,378 @@
+"""The search driver: owns the Optuna study (ask / tell), its storage and the budget;
+dispatches trials to an executor and shows progress.
+
+Resuming is rerunning the same command: completed trials are kept, and trials left RUNNING
+by a driver that is gone are marked FAIL and their params re-enqueued. Whether a driver is
+gone is decided by its process (same host) or, on a database storage shared across
+machines, by Optuna's heartbeat, so several drivers can share one study without reaping
+each other's live trials. Ctrl-C records in-flight trials as FAIL, re-enqueues them, and
+exits; nothing completed is lost.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+import sqa_nas
+from sqa_nas.data import load_dataset
+from sqa_nas.errors import UserError
+from sqa_nas.search.executors.base import Executor
+from sqa_nas.search.objective import TrialJob, TrialOutcome
+from sqa_nas.search.records import (
+    FORMAT,
+    check_format,
+    default_storage,
+    open_storage,
+    trial_records,
+)
+from sqa_nas.search.space import SearchSpec
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+# Metric names, heartbeats and fail_stale_trials are stable in practice; the driver drives
+# heartbeats itself (ask/tell), which Optuna's warning does not foresee.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+
+# Flags in a trial's user attrs that keep it out of the trial budget.
+NOT_COUNTED = ("infeasible", "reaped", "interrupted")
+MAX_INFEASIBLE_IN_A_ROW = 500
+
+
+@dataclass
+class SearchResult:
+    study: optuna.Study
+    storage_url: str
+    finished: int  # evaluated trials in the study (the budget's count)
+    interrupted: bool = False
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
+    s = spec.sampler
+    name = s.name or ("nsga2" if len(spec.objectives) > 1 else "tpe")
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(population_size=s.population, seed=s.seed)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=s.seed, multivariate=True,
+                                          warn_independent_sampling=False)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=s.seed)
+    if name == "grid":
+        space = {k: list(d.choices) for k, d in spec.distributions().items()}
+        return optuna.samplers.GridSampler(space, seed=s.seed)
+    try:
+        return optuna.samplers.GPSampler(seed=s.seed)
+    except ImportError as exc:
+        raise UserError(f"sampler.name: gp needs {exc.name} (pip install scipy)") from None
+
+
+def _driver_identity() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "id": uuid.uuid4().hex[:10],
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Driver:
+    def __init__(self, spec: SearchSpec, executor: Executor, *, storage_url: str | None = None,
+                 console: Console | None = None) -> None:
+        self.spec = spec
+        self.executor = executor
+        self.url = storage_url or spec.storage or default_storage(spec.study_name)
+        self.console = console or Console()
+        self.identity = _driver_identity()
+        self.storage = open_storage(self.url, heartbeat=self._heartbeat_storage)
+        self.distributions = spec.distributions()
+        self.events: list[str] = []
+        self._lock = threading.Lock()
+
+    @property
+    def _heartbeat_storage(self) -> bool:
+        return "://" in self.url and not self.url.startswith("journal:")
+
+    # ------------------------------------------------------------------------- the study
+    def open_study(self) -> optuna.Study:
+        spec = self.spec
+        data = load_dataset(spec.data.model_dump(mode="json"))
+        self.vocab_size = data.vocab_size
+        study = optuna.create_study(study_name=spec.study_name, storage=self.storage,
+                                    directions=spec.directions, sampler=make_sampler(spec),
+                                    load_if_exists=True)
+        attrs = study.user_attrs
+        if not attrs:
+            study.set_metric_names(list(spec.objectives))
+            study.set_user_attr("sqa_nas", {"format": FORMAT, "version": sqa_nas.__version__})
+            study.set_user_attr("objectives", list(spec.objectives))
+            study.set_user_attr("space", spec.model_dump(mode="json"))
+            study.set_user_attr("space_hash", spec.space_hash())
+            study.set_user_attr("units", dict(spec.units()))
+            study.set_user_attr("corpus", {**_corpus_summary(data.meta),
+                                           "fingerprint": data.fingerprint})
+            study.set_user_attr("mha_reference", {})
+        else:
+            check_format(study, self.url)
+            if attrs.get("space_hash") != spec.space_hash():
+                raise UserError(
+                    f"study {spec.study_name!r} in {self.url} was created from a different "
+                    "search space (model, choices, objectives, data or per-trial budget "
+                    "changed); use --study NEW_NAME, or the original file")
+            if attrs.get("corpus", {}).get("fingerprint") != data.fingerprint:
+                raise UserError(
+                    f"study {spec.study_name!r} was run on another corpus (fingerprint "
+                    f"{attrs['corpus'].get('fingerprint')}, this machine has "
+                    f"{data.fingerprint}); validation losses on different corpora are never "
+                    "compared: use --study NEW_NAME")
+        self.study = study
+        return study
+
+    def reap(self) -> int:
+        """Fail and re-enqueue RUNNING trials whose driver is gone. Returns how many."""
+        study = self.study
+        if self._heartbeat_storage:
+            optuna.storages.fail_stale_trials(study)  # other machines: heartbeat expired
+        reaped = 0
+        for t in study.get_trials(deepcopy=False):
+            if t.state == TrialState.FAIL and "fail_reason" not in t.user_attrs:
+                # Failed by fail_stale_trials: its driver stopped sending heartbeats.
+                self._mark(t, reaped=True, fail_reason="reaped: its driver stopped sending "
+                                                       "heartbeats")
+                self._requeue(t)
+                reaped += 1
+                continue
+            if t.state != TrialState.RUNNING:
+                continue
+            d = t.user_attrs.get("driver") or {}
+            same_host = d.get("host") == self.identity["host"]
+            if d.get("id") == self.identity["id"]:
+                continue
+            if same_host and d.get("pid") and _pid_alive(d["pid"]):
+                continue  # a live driver on this machine
+            if not same_host and self._heartbeat_storage and d:
+                continue  # another machine: its heartbeat decides (fail_stale_trials above)
+            who = f"{d.get('host')} pid {d.get('pid')}" if d else "unknown"
+            self._mark(t, reaped=True, fail_reason=f"reaped: its driver ({who}) is gone")
+            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+            self._requeue(t)
+            reaped += 1
+        return reaped
+
+    def _mark(self, t, **attrs) -> None:
+        for key, value in attrs.items():
+            self.storage.set_trial_user_attr(t._trial_id, key, value)
+
+    def _requeue(self, t) -> None:
+        extra = {k: t.user_attrs[k] for k in ("seed_variant",) if k in t.user_attrs}
+        self.study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, **extra})
+
+    def enqueue_seeds(self) -> None:
+        present = {t.user_attrs.get("seed_variant") for t in self.study.get_trials(deepcopy=False)}
+        for name, params in self.spec.seed_params():
+            if name not in present:
+                self.study.enqueue_trial(params, user_attrs={"seed_variant": name})
+
+    def counts(self) -> dict[str, int]:
+        c = {"complete": 0, "failed": 0, "pruned": 0, "infeasible": 0, "running": 0,
+             "counted": 0, "waiting": 0}
+        for t in self.study.get_trials(deepcopy=False):
+            flags = [k for k in NOT_COUNTED if t.user_attrs.get(k)]
+            if t.state == TrialState.RUNNING:
+                c["running"] += 1
+            elif t.state == TrialState.WAITING:
+                c["waiting"] += 1
+            elif "infeasible" in flags:
+                c["infeasible"] += 1
+            elif t.state == TrialState.COMPLETE:
+                c["complete"] += 1
+            elif t.state == TrialState.FAIL:
+                c["failed"] += 1
+            elif t.state == TrialState.PRUNED:
+                c["pruned"] += 1
+            if t.state.is_finished() and not flags:
+                c["counted"] += 1
+        return c
+
+    # ------------------------------------------------------------------------- the loop
+    def run(self, n_trials: int, max_wall_seconds: float | None = None) -> SearchResult:
+        self.open_study()
+        reaped = self.reap()
+        if reaped:
+            self.log(f"reaped {reaped} trial(s) left RUNNING by a stopped driver; re-queued")
+        self.enqueue_seeds()
+        counts = self.counts()
+        if counts["counted"] >= n_trials:
+            self.log(f"study already holds {counts['counted']} evaluated trials "
+                     f"(n_trials={n_trials}): nothing to run")
+            return SearchResult(self.study, self.url, counts["counted"])
+        self.executor.start()
+        start = time.monotonic()
+        interrupted, infeasible_row = False, 0
+        heartbeat = self._start_heartbeat()
+        try:
+            with Live(self._render(n_trials), console=self.console, refresh_per_second=4,
+                      transient=True) as live:
+                while True:
+                    counts = self.counts()
+                    out_of_time = max_wall_seconds and time.monotonic() - start > max_wall_seconds
+                    while (not out_of_time and self.executor.free_slots() > 0
+                           and counts["counted"] + counts["running"] < n_trials):
+                        if self._dispatch():
+                            infeasible_row = 0
+                            counts["running"] += 1
+                        else:
+                            infeasible_row += 1
+                            if infeasible_row >= MAX_INFEASIBLE_IN_A_ROW:
+                                raise UserError(
+                                    f"{infeasible_row} sampled architectures in a row violate "
+                                    "the constraints: loosen them or narrow the search space")
+                    if not self.executor.running and (
+                            out_of_time or counts["counted"] >= n_trials):
+                        break
+                    for event in self.executor.poll(timeout=0.5):
+                        if event.kind == "done":
+                            self._tell(event.outcome)
+                    live.update(self._render(n_trials))
+        except KeyboardInterrupt:
+            interrupted = True
+            for number in self.executor.shutdown(cancel=True):
+                self._tell(TrialOutcome(number, "FAIL", attrs={
+                    "interrupted": True, "fail_reason": "interrupted (Ctrl-C) mid-trial"}),
+                    requeue=True)
+            self.log("interrupted: in-flight trials recorded as FAIL and re-queued; rerun "
+                     "the same command to resume")
+        else:
+            self.executor.shutdown()
+        finally:
+            heartbeat.set()
+        return SearchResult(self.study, self.url, self.counts()["counted"], interrupted,
+                            self.executor.stats())
+
+    def _dispatch(self) -> bool:
+        """Ask for a trial; refuse it if it violates a constraint, else submit it. Returns
+        whether it was submitted."""
+        from sqa_nas.analytics import analyze
+
+        trial = self.study.ask(self.distributions)
+        trial.set_user_attr("driver", self.identity)
+        if self._heartbeat_storage:
+            self.storage.record_heartbeat(trial._trial_id)
+        spec = self.spec
+        config = spec.build_config(trial.params, self.vocab_size)
+        cost = analyze(config, spec.model.seq_len)
+        mha = spec.mha_cost(config)
+        for key, value in spec.constraints.values(cost, mha).items():
+            trial.set_constraint(key, value)
+        violations = spec.constraints.violations(cost, mha)
+        if violations:
+            trial.set_user_attr("infeasible", violations)
+            trial.set_user_attr("fail_reason", "infeasible: " + "; ".join(violations))
+            self.study.tell(trial, state=TrialState.PRUNED)
+            return False
+        job = TrialJob(trial.number, dict(trial.params), spec.model_dump(mode="json"),
+                       trial.user_attrs.get("seed_variant"),
+                       dict(self.study.user_attrs.get("mha_reference", {})))
+        self.executor.submit(job)
+        return True
+
+    def _tell(self, outcome: TrialOutcome, requeue: bool = False) -> None:
+        study = self.study
+        t = study.get_trials(deepcopy=False)[outcome.number]
+        if t.state.is_finished():
+            return
+        for key, value in outcome.attrs.items():
+            self.storage.set_trial_user_attr(t._trial_id, key, value)
+        if outcome.mha_reference:
+            ref = dict(study.user_attrs.get("mha_reference", {}))
+            for k, v in outcome.mha_reference.items():
+                ref.setdefault(k, v)
+            study.set_user_attr("mha_reference", ref)
+        state = TrialState[outcome.state]
+        if state == TrialState.COMPLETE:
+            study.tell(outcome.number, [outcome.values[o] for o in self.spec.objectives],
+                       skip_if_finished=True)
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in outcome.values.items())
+            self.log(f"trial {outcome.number} [{outcome.attrs.get('allocation', '')}]: {shown}")
+        else:
+            study.tell(outcome.number, state=state, skip_if_finished=True)
+            self.log(f"trial {outcome.number} {state.name}: {outcome.attrs.get('fail_reason')}")
+        if requeue:
+            self._requeue(t)
+
+    def _start_heartbeat(self) -> threading.Event:
+        stop = threading.Event()
+        if not self._heartbeat_storage:
+            return stop
+
+        def beat():
+            while not stop.wait(5):
+                for number in list(self.executor.running):
+                    try:
+                        t = self.study.get_trials(deepcopy=False)[number]
+                        self.storage.record_heartbeat(t._trial_id)
+                    except Exception:  # a transient database error must not stop the search
+                        pass
+
+        threading.Thread(target=beat, daemon=True, name="sqa-nas-heartbeat").start()
+        return stop
+
+    # ------------------------------------------------------------------------- display
+    def log(self, text: str) -> None:
+        self.console.log(text)
+
+    def _render(self, n_trials: int):
+        from sqa_nas.pareto import pareto_front
+
+        counts = self.counts() if hasattr(self, "study") else {}
+        done = counts.get("counted", 0)
+        bar_width = 30
+        filled = int(bar_width * min(done, n_trials) / max(n_trials, 1))
+        head = (f"[bold]{self.spec.study_name}[/] {'█' * filled}{'░' * (bar_width - filled)} "
+                f"{done}/{n_trials} evaluated | complete {counts.get('complete', 0)}, running "
+                f"{counts.get('running', 0)}, failed {counts.get('failed', 0)}, pruned "
+                f"{counts.get('pruned', 0)}, infeasible {counts.get('infeasible', 0)}")
+        lines = [head, f"[dim]{self.executor.describe()} | storage {self.url}[/]"]
+        if hasattr(self, "study"):
+            records = trial_records(self.study)
+            front = pareto_front(records, self.spec.objectives)
+            best = []
+            for o, d in zip(self.spec.objectives, self.spec.directions):
+                vals = [r.values[o] for r in records if r.values and r.feasible]
+                if vals:
+                    best.append(f"{o} {(min if d == 'minimize' else max)(vals):.4g}")
+            lines.append(f"best: {', '.join(best) or '-'} | Pareto front: {len(front)} trials")
+        table = Table(box=None, padding=(0, 1), show_header=bool(self.executor.running))
+        for col in ("trial", "where", "step", "loss", "elapsed"):
+            table.add_column(col)
+        for number, r in sorted(self.executor.running.items()):
+            p = r.progress
+            step = f"{p['step']}/{p['of']}" if p.get("of", -1) > 0 else str(p.get("step", "-"))
+            table.add_row(str(number), r.where, step,
+                          f"{p['loss']:.3f}" if "loss" in p else "-",
+                          f"{time.monotonic() - r.started:.0f}s")
+        return Group(*lines, table)
+
+
+def _corpus_summary(meta: dict) -> dict:
+    keep = ("kind", "vocab_size", "tokens", "documents", "bytes")
+    return {k: meta[k] for k in keep if k in meta}
