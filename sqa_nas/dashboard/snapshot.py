@@ -22,7 +22,8 @@ def snapshot(view: StudyView, *, title: str, axes: tuple[str, str] | None = None
     """Summary, Pareto table, and the picked trial's detail when there is one."""
     parts: list[RenderableType] = [
         summary(view, view.progress(axes), title=title), Text(""),
-        pareto_table(view, title=f"Pareto front ({len(view.front)} trials, best "
+        pareto_table(view, title=f"Pareto front ({len(view.front)} "
+                                 f"trial{'' if len(view.front) == 1 else 's'}, best "
                                  f"{view.objectives[0]} first)",
                      highlight=picked[1].number if picked else None)]
     if picked:
