@@ -114,7 +114,8 @@ def _evaluate(job: TrialJob, spec: SearchSpec, device: torch.device, outcome: Tr
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     data = _dataset(json.dumps(spec.data.model_dump(mode="json"), sort_keys=True))
-    attrs["corpus"] = {"kind": data.meta.get("kind"), "fingerprint": data.fingerprint}
+    attrs["corpus"] = {"kind": data.meta.get("kind"), "fingerprint": data.fingerprint,
+                       "tokens": data.meta.get("tokens")}
     config = spec.build_config(job.params, data.vocab_size)
     cost = analyze(config, spec.model.seq_len)
     model = build_model(config).to(device)

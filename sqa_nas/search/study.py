@@ -187,6 +187,8 @@ class Driver:
         self.study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, **extra})
 
     def enqueue_seeds(self) -> None:
+        if self.spec.sampler.name == "grid":
+            return  # the grid holds every seed allocation already; `_dispatch` labels them
         present = {t.user_attrs.get("seed_variant") for t in self.study.get_trials(deepcopy=False)}
         for name, params in self.spec.seed_params():
             if name not in present:
@@ -275,6 +277,10 @@ class Driver:
 
         trial = self.study.ask(self.distributions)
         trial.set_user_attr("driver", self.identity)
+        if "seed_variant" not in trial.user_attrs:  # a sampled baseline is still a baseline
+            name = next((n for n, p in self.spec.seed_params() if p == trial.params), None)
+            if name:
+                trial.set_user_attr("seed_variant", name)
         if self._heartbeat_storage:
             self.storage.record_heartbeat(trial._trial_id)
         spec = self.spec
