@@ -86,13 +86,19 @@ def run_variants_command(args) -> int:
 
 
 # -------------------------------------------------------------------------------------- main
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser. Only the chosen command's module is imported (the others may import
+    torch), so `sqa-nas --help` and errors in the command name answer at once."""
+    argv = sys.argv[1:] if argv is None else argv
+    chosen = next((a for a in argv if not a.startswith("-")), None)
     parser = argparse.ArgumentParser(
         prog="sqa-nas", description="Search and benchmark Sparse Query Attention architectures.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module, help_text in COMMANDS:
-        mod = sys.modules[__name__] if module == __name__ else importlib.import_module(module)
         p = sub.add_parser(name, help=help_text, description=help_text)
+        if name != chosen:
+            continue
+        mod = sys.modules[__name__] if module == __name__ else importlib.import_module(module)
         key = name.replace("-", "_")
         getattr(mod, f"add_{key}_arguments")(p)
         p.set_defaults(run=getattr(mod, f"run_{key}_command"))
@@ -100,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     try:
         return args.run(args)
     except UserError as exc:

@@ -34,6 +34,7 @@ from sqa_nas.search.space import SearchSpec
 
 Progress = Callable[[dict[str, Any]], None]
 CURVE_POINTS = 50
+WARMUP_S = 0.5
 
 
 @dataclass
@@ -183,7 +184,14 @@ def measure_throughput(model, spec: SearchSpec, device: torch.device) -> float:
 
     model.train(backward)
     with torch.set_grad_enabled(backward):
-        samples = time_call(step, device=device, warmup=t.warmup, repeats=t.repeats)
+        # Warm up for at least `warmup` calls and half a second: the first calls in a fresh
+        # worker pay one-time costs (kernel selection, allocator growth, oneDNN primitives
+        # per shape) that would otherwise land in the timed samples.
+        start, calls = time.perf_counter(), 0
+        while calls < t.warmup or time.perf_counter() - start < WARMUP_S:
+            step(None)
+            calls += 1
+        samples = time_call(step, device=device, warmup=0, repeats=t.repeats)
     model.zero_grad(set_to_none=True)
     return t.batch_size * n / statistics.median(samples)
 
