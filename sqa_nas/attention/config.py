@@ -124,15 +124,21 @@ class AttentionConfig(BaseModel):
 
     @property
     def pattern(self) -> Pattern:
-        if self.block_sparse is not None:
-            return "block_sparse"
-        if self.window is not None:
-            return "flex" if self.global_tokens else "window"
-        return "dense"
+        return pattern_of(self.window, self.global_tokens, self.block_sparse)
 
     @property
     def scale(self) -> float:
         return self.head_dim**-0.5
+
+
+def pattern_of(window: int | None, global_tokens: int,
+               block_sparse: BlockSparseLayout | None) -> Pattern:
+    """The mask family: dense (maybe causal), window, flex (window + globals), block_sparse."""
+    if block_sparse is not None:
+        return "block_sparse"
+    if window is not None:
+        return "flex" if global_tokens else "window"
+    return "dense"
 
 
 def _divisors(n: int) -> list[int]:

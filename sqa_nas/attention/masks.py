@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sqa_nas.attention.config import AttentionConfig, BlockSparseLayout, Pattern
+from sqa_nas.attention.config import AttentionConfig, BlockSparseLayout, Pattern, pattern_of
 
 MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -33,11 +33,7 @@ class MaskSpec:
 
     @property
     def pattern(self) -> Pattern:
-        if self.block_sparse is not None:
-            return "block_sparse"
-        if self.window is not None:
-            return "flex" if self.global_tokens else "window"
-        return "dense"
+        return pattern_of(self.window, self.global_tokens, self.block_sparse)
 
     @property
     def is_full(self) -> bool:
