@@ -65,12 +65,20 @@ class AttentionBackend:
 
     def priority(self, problem: AttentionProblem) -> tuple[int, str]:
         """(score, why) for automatic selection; the highest score among backends that
-        support the problem wins. Scores come from measurements (shared in the README's
-        Performance section), not from guesses."""
+        support the problem wins. Scores come from measurements: on a calibrated GPU the
+        measured order of `sqa_nas.kernels.calibration` decides (see `calibrated_priority`),
+        elsewhere each backend's own score, which cites what it rests on."""
         return 0, "no preference"
 
     def forward(self, q, k, v, problem: AttentionProblem) -> torch.Tensor:
         raise NotImplementedError
+
+    def kernel_name(self, problem: AttentionProblem, inputs=None) -> str:
+        """Which kernel runs `problem`, for result tables ('flash-attn-4', 'sdpa/cuDNN').
+        `inputs`, the (q, k, v) a call would get, lets a backend that dispatches on the
+        tensors themselves (SDPA) ask its dispatcher; without them it may answer less
+        precisely."""
+        return self.name
 
     def __repr__(self) -> str:
         return f"<backend {self.name}>"

@@ -17,6 +17,7 @@ import importlib
 import torch
 
 from .base import AttentionBackend, AttentionProblem
+from .calibration import calibrated_priority
 
 
 @functools.cache
@@ -38,8 +39,21 @@ def _load():
 
 
 class FlashAttnBackend(AttentionBackend):
+    """flash-attn's `flash_attn_func`.
+
+    ``pack_gqa`` (flash-attn-4 only): fold the H_q / H_kv query heads that share a KV head
+    into one tile row, so each KV tile is loaded once per group. None keeps flash-attn-4's
+    own rule (pack whenever H_q > H_kv); False / True force it, for measuring. Split-KV
+    (``num_splits``), the other remedy for grids too small to fill the GPU, is refused by
+    flash-attn-4 on SM90 ("SplitKV not supported on SM 9.0"), so a small head count at
+    batch 1 is filled by batching or packing only.
+    """
+
     name = "flash_attn"
     description = "flash-attn (FA4 CuTe DSL, else FA3/FA2), GQA and windows native"
+
+    def __init__(self, *, pack_gqa: bool | None = None) -> None:
+        self.pack_gqa = pack_gqa
 
     def availability(self) -> str | None:
         fn, _, error = _load()
@@ -65,17 +79,33 @@ class FlashAttnBackend(AttentionBackend):
         return None
 
     def priority(self, problem: AttentionProblem) -> tuple[int, str]:
+        measured = calibrated_priority(self.name, problem)
+        if measured is not None and self.flavour == "flash-attn-4":
+            return measured[0], f"flash-attn-4, {measured[1]}"
         if self.flavour == "flash-attn-4":
             return 100, "flash-attn-4: the fastest measured kernel for dense and window masks"
+        # The calibrated measurements are of flash-attn-4; FA2/FA3 keep their own score.
         return 75, f"{self.flavour}: native GQA and sliding windows"
+
+    def _packs(self, problem: AttentionProblem) -> bool:
+        return self.pack_gqa if self.pack_gqa is not None else problem.gqa_group > 1
+
+    def kernel_name(self, problem: AttentionProblem, inputs=None) -> str:
+        flavour = self.flavour or self.name
+        if flavour == "flash-attn-4" and problem.gqa_group > 1:
+            return f"{flavour} (pack_gqa={self._packs(problem)})"
+        return flavour
 
     def forward(self, q, k, v, problem: AttentionProblem) -> torch.Tensor:
         fn, flavour, _ = _load()
         w = problem.mask.window
-        none = None if flavour == "flash-attn-4" else -1  # "no limit" spelled per version
+        fa4 = flavour == "flash-attn-4"
+        none = None if fa4 else -1  # "no limit" spelled per version
         window = (none, none) if w is None else (w, 0 if problem.mask.causal else w)
+        extra = {"pack_gqa": self.pack_gqa} if fa4 and self.pack_gqa is not None else {}
         out = fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),  # (B, N, H, D)
-                 softmax_scale=problem.scale, causal=problem.mask.causal, window_size=window)
+                 softmax_scale=problem.scale, causal=problem.mask.causal, window_size=window,
+                 **extra)
         if isinstance(out, tuple):  # flash-attn-4 returns (out, lse)
             out = out[0]
         return out.transpose(1, 2)  # (B, H_q, N, D)

@@ -5,12 +5,14 @@ out of memory at 128k on an H200) and block masks are built with the compiled
 `create_block_mask`, cached per (pattern, length, device). When flash-attn-4 is installed,
 ``kernel_options={"BACKEND": "FLASH"}`` runs the masks on its CuTe DSL kernel (window +
 16 global tokens at 128k: 485-630 effective TFLOP/s against 369-400 for the Triton backend,
-measured on the H200). On CPU the eager path is used: exact, and free of the ~30 s compile
-that every new shape costs there.
+measured on the H200); a layout on which that experimental backend fails to build runs on
+the Triton backend instead, and `kernel_name` says so. On CPU the eager path is used: exact,
+and free of the ~30 s compile that every new shape costs there.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import warnings
@@ -20,6 +22,7 @@ import torch
 from sqa_nas.attention.masks import MaskSpec, dense_mask, mask_mod
 
 from .base import AttentionBackend, AttentionProblem
+from .calibration import calibrated_priority
 
 # Eager flex materialises (B, H, N, N) scores; keep it to sizes a CPU handles anyway.
 MAX_EAGER_SEQ_LEN = 8_192
@@ -40,10 +43,13 @@ def _block_mask(spec: MaskSpec, n: int, device: torch.device, compiled: bool):
     mod = mask_mod(spec, n, device)
     if mod is None:
         return None
-    if not compiled:
-        return _block_mask_from_dense(spec, n, device, mod)
-    # The uncompiled builder allocates N x N; the compiled one is needed past ~64k tokens.
-    return create_block_mask(mod, None, None, n, n, device=device, _compile=True)
+    # Cached across calls: never build it as an inference tensor, or a later training step
+    # that reuses it fails ("Inference tensors cannot be saved for backward").
+    with torch.inference_mode(False):
+        if not compiled:
+            return _block_mask_from_dense(spec, n, device, mod)
+        # The uncompiled builder allocates N x N; the compiled one is needed past ~64k tokens.
+        return create_block_mask(mod, None, None, n, n, device=device, _compile=True)
 
 
 def _block_mask_from_dense(spec: MaskSpec, n: int, device, mod, block: int = 128):
@@ -85,6 +91,9 @@ class FlexBackend(AttentionBackend):
     def __init__(self, *, compile: bool | None = None) -> None:
         # None: compile on CUDA, eager elsewhere.
         self.compile = compile
+        # Layouts on which the FLASH backend failed to build, with the error: they run on
+        # the Triton backend instead, and `kernel_name` says so.
+        self.flash_failures: dict[AttentionProblem, str] = {}
 
     def availability(self) -> str | None:
         if importlib.util.find_spec("torch.nn.attention.flex_attention") is None:
@@ -96,7 +105,7 @@ class FlexBackend(AttentionBackend):
 
     def _flash(self, problem: AttentionProblem) -> bool:
         return (problem.device_type == "cuda" and problem.dtype in (torch.float16, torch.bfloat16)
-                and flash_backend_available())
+                and flash_backend_available() and _layout(problem) not in self.flash_failures)
 
     def unsupported(self, problem: AttentionProblem) -> str | None:
         if problem.device_type == "cpu" and problem.requires_grad:
@@ -107,6 +116,9 @@ class FlexBackend(AttentionBackend):
         return None
 
     def priority(self, problem: AttentionProblem) -> tuple[int, str]:
+        measured = calibrated_priority(self.name, problem)
+        if measured is not None and self._compiled(problem.device_type):
+            return measured[0], f"{self.kernel_name(problem)}, {measured[1]}"
         masked = problem.mask.pattern in ("flex", "block_sparse")
         if problem.device_type != "cuda":
             return (50 if masked else 20), "CPU: eager FlexAttention (exact, materialises scores)"
@@ -116,15 +128,41 @@ class FlexBackend(AttentionBackend):
         why = "compiled FlexAttention (Triton backend)"
         return (70 if masked else 55 if problem.mask.pattern == "window" else 30), why
 
+    def kernel_name(self, problem: AttentionProblem, inputs=None) -> str:
+        if not self._compiled(problem.device_type):
+            return "flex (eager)"
+        if _layout(problem) in self.flash_failures:
+            return f"flex (Triton; FLASH failed: {self.flash_failures[_layout(problem)]})"
+        return "flex (FLASH)" if self._flash(problem) else "flex (Triton)"
+
     def forward(self, q, k, v, problem: AttentionProblem) -> torch.Tensor:
         from torch.nn.attention.flex_attention import flex_attention
 
         compiled = self._compiled(q.device.type)
         block_mask = _block_mask(problem.mask, problem.seq_len, q.device, compiled)
         fn = _compiled_flex() if compiled else flex_attention
-        options = {"BACKEND": "FLASH"} if self._flash(problem) else None
-        with warnings.catch_warnings():
-            # The eager path is chosen on purpose on CPU; torch warns that it is unfused.
-            warnings.filterwarnings("ignore", message="flex_attention called without")
-            return fn(q, k, v, block_mask=block_mask, scale=problem.scale,
-                      enable_gqa=problem.gqa_group > 1, kernel_options=options)
+
+        def call(options):
+            with warnings.catch_warnings():
+                # The eager path is chosen on purpose on CPU; torch warns that it is unfused.
+                warnings.filterwarnings("ignore", message="flex_attention called without")
+                return fn(q, k, v, block_mask=block_mask, scale=problem.scale,
+                          enable_gqa=problem.gqa_group > 1, kernel_options=options)
+
+        if not (compiled and self._flash(problem)):
+            return call(None)
+        try:
+            return call({"BACKEND": "FLASH"})
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as exc:  # FLASH is experimental in torch: keep the Triton path
+            why = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:200]
+            self.flash_failures[_layout(problem)] = why
+            warnings.warn(f"FlexAttention's FLASH backend failed ({why}); using its Triton "
+                          "backend for this layout", stacklevel=2)
+            return call(None)
+
+
+def _layout(problem: AttentionProblem) -> AttentionProblem:
+    """The problem without its length: a FLASH failure is taken to hold at every length."""
+    return dataclasses.replace(problem, seq_len=0)

@@ -8,6 +8,7 @@ is exact but costs O(N^2) memory and time, so it is refused past `MAX_MASKED_SEQ
 from __future__ import annotations
 
 import functools
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from sqa_nas.attention.masks import MaskSpec, dense_mask
 
 from .base import AttentionBackend, AttentionProblem
+from .calibration import calibrated_priority
 
 # 16k x 16k bool mask = 256 MiB; beyond that use a backend that never builds it.
 MAX_MASKED_SEQ_LEN = 16_384
@@ -26,9 +28,14 @@ _CUDA_ORDER = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION,
                SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
+_SDPA_NAMES = {SDPBackend.CUDNN_ATTENTION: "cuDNN", SDPBackend.FLASH_ATTENTION: "flash",
+               SDPBackend.EFFICIENT_ATTENTION: "efficient", SDPBackend.MATH: "math"}
+
+
 @functools.lru_cache(maxsize=8)
 def _cached_mask(spec: MaskSpec, n: int, device: torch.device) -> torch.Tensor | None:
-    return dense_mask(spec, n, device)
+    with torch.inference_mode(False):  # cached: must stay usable by a later training step
+        return dense_mask(spec, n, device)
 
 
 class SdpaBackend(AttentionBackend):
@@ -44,12 +51,38 @@ class SdpaBackend(AttentionBackend):
     def priority(self, problem: AttentionProblem) -> tuple[int, str]:
         masked = _needs_mask_tensor(problem.mask)
         if problem.device_type == "cuda":
+            measured = calibrated_priority(self.name, problem)
+            if measured is not None:
+                what = "SDPA with a materialised mask" if masked else "cuDNN through SDPA"
+                return measured[0], f"{what}, {measured[1]}"
             if masked:
                 return 10, "sdpa with a materialised mask (O(N^2) memory): last resort"
             return 80, "cuDNN through SDPA: the fastest torch kernel for dense attention"
         if masked:
             return 90, "CPU: SDPA with a materialised mask (exact, fine at CPU sizes)"
         return 100, "CPU: SDPA's fused CPU kernel"
+
+    def kernel_name(self, problem: AttentionProblem, inputs=None) -> str:
+        """'sdpa/cuDNN', 'sdpa/flash', ...: torch's own dispatcher asked which kernel it
+        would run for `inputs`, in the order `forward` requests (needs the tensors: the
+        choice depends on their strides and sizes)."""
+        if inputs is None:
+            return "sdpa"
+        q, k, v = inputs
+        spec = problem.mask
+        mask = _cached_mask(spec, problem.seq_len, q.device) if _needs_mask_tensor(spec) else None
+        gqa = problem.gqa_group > 1 and not (mask is not None and q.is_cuda)
+        if mask is not None and problem.gqa_group > 1 and q.is_cuda:
+            k = k.repeat_interleave(problem.gqa_group, dim=1)  # as `forward` does
+            v = v.repeat_interleave(problem.gqa_group, dim=1)
+        try:
+            with sdpa_kernel(_CUDA_ORDER, set_priority=True) if q.is_cuda else nullcontext():
+                choice = torch._fused_sdp_choice(q, k, v, attn_mask=mask, dropout_p=0.0,
+                                                 is_causal=spec.causal and mask is None,
+                                                 scale=problem.scale, enable_gqa=gqa)
+            return f"sdpa/{_SDPA_NAMES.get(SDPBackend(choice), SDPBackend(choice).name)}"
+        except Exception:  # a private torch API: never let the label break a benchmark
+            return "sdpa"
 
     def forward(self, q, k, v, problem: AttentionProblem) -> torch.Tensor:
         spec = problem.mask

@@ -1,15 +1,28 @@
 """Attention benchmarks: correctness first, then timing (CUDA events after warm-up).
 
 `time_call` is the one timing routine of the project; the search's throughput measurement
-uses it too. `run_bench` times the attention kernel or the whole layer for a grid of
-variants x sequence lengths and returns rows with ms, TFLOP/s (from the mask's real density)
-and the speedup over the MHA (and GQA) baseline of the same shape and mask.
+uses it too. `run_bench` times one cell (a dtype, head_dim, batch, mask, mode, scope and
+backend) over variants x sequence lengths; `run_grid` runs many cells under one machine
+header. Every row carries its whole configuration, the backend and kernel that ran, ms,
+TFLOP/s from the mask's real density (`count_visible`), the speedup over the MHA and GQA
+rows of the same cell, and, when several backends were timed on the same cell, the fraction
+of the fastest one's TFLOP/s. A cell that fails (out of memory, a kernel error, a backend
+that refuses) records the error in its row and the run goes on.
+
+Scopes: ``kernel`` times the attention call alone on (B, H, N, D) inputs; ``layer`` the
+whole `SparseQueryAttention` (projections, RoPE when set); ``model`` a forward (or training
+step) of the paper's model family under autocast, as the paper's Table 3 does.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import gc
+import itertools
 import json
+import re
 import statistics
 import sys
 import time
@@ -18,30 +31,52 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
-from sqa_nas.attention import SparseQueryAttention
+from sqa_nas.attention import AttentionConfig, BlockSparseLayout, SparseQueryAttention
 from sqa_nas.attention.masks import count_visible
 from sqa_nas.attention.reference import reference_layer
 from sqa_nas.cli import csv, positive
 from sqa_nas.errors import UserError
 from sqa_nas.machine import machine_info
-from sqa_nas.registry import get_variant
+from sqa_nas.registry import get_backend, get_variant, register_backend
 
+SCHEMA = "sqa-nas/bench/2"
 MODES = ("fwd", "bwd", "fwd+bwd")
-SCOPES = ("kernel", "layer")
+SCOPES = ("kernel", "layer", "model")
+# "native": each variant's own mask (SW-SQA its window, ...); the others override every
+# variant's mask family, so that MHA heads can be compared with SQA heads under one mask.
+PATTERNS = ("native", "dense", "window", "flex", "block_sparse")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# The issue's long-context masks: a 4096-token window, plus 16 global tokens for Flex-SQA.
+DEFAULT_WINDOW = 4096
+DEFAULT_GLOBAL_TOKENS = 16
 # Backward costs 2.5x the forward (flash-attention's convention: 5 matmuls vs 2).
 _MODE_FACTOR = {"fwd": 1.0, "bwd": 2.5, "fwd+bwd": 3.5}
 _PROJ_FACTOR = {"fwd": 1.0, "bwd": 2.0, "fwd+bwd": 3.0}
+# Keys that, with the variant and length, identify a cell: rows equal on these but for the
+# backend are compared for `fraction_of_best`.
+_CELL_KEYS = ("variant", "seq_len", "batch", "n_heads", "head_dim", "dtype", "causal",
+              "pattern", "mask", "mode", "scope")
 
 
 def time_call(fn: Callable[[object], object], *, device: torch.device, warmup: int = 3,
-              repeats: int = 10, setup: Callable[[], object] | None = None) -> list[float]:
+              repeats: int = 10, setup: Callable[[], object] | None = None,
+              budget_s: float | None = None, min_repeats: int = 2) -> list[float]:
     """Seconds per call of ``fn(setup())``, `repeats` samples after `warmup` calls. Only
-    `fn` is timed; CUDA events on GPU, `perf_counter` on CPU."""
+    `fn` is timed; CUDA events on GPU, `perf_counter` on CPU.
+
+    With `budget_s`, long calls shorten the run: whenever the fastest call so far says the
+    plan would not fit in `budget_s`, the remaining warm-up calls (all but one) are dropped
+    and the repeats cut to what fits, never below `min_repeats` (a 6 s call is timed twice,
+    not ten times). Judging by the fastest call keeps a first call that paid a compile from
+    cutting the repeats of a fast kernel.
+    """
     cuda = device.type == "cuda"
-    samples = []
-    for i in range(warmup + repeats):
+    samples: list[float] = []
+    seen: list[float] = []
+    warm, reps = warmup, repeats
+    while len(samples) < reps:
         arg = setup() if setup else None
         if cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -55,13 +90,38 @@ def time_call(fn: Callable[[object], object], *, device: torch.device, warmup: i
             t0 = time.perf_counter()
             fn(arg)
             elapsed = time.perf_counter() - t0
-        if i >= warmup:
+        if len(seen) >= warm:
             samples.append(elapsed)
+        seen.append(elapsed)
+        if budget_s is not None:
+            per = min(seen)
+            if per * (warmup + repeats) > budget_s:
+                warm = min(warm, 1)
+                reps = max(min(repeats, int(budget_s // per)), min(min_repeats, repeats))
+            else:
+                reps = repeats
     return samples
+
+
+def paper_family(head_dim: int, n_heads: int = 16) -> tuple[str, dict]:
+    """(name, ModelConfig fields) of the paper's Table 3 model at `head_dim`: d_model =
+    H * head_dim, 8 layers, SwiGLU 3 * d_model, vocab 10,000. head_dim 16 is the paper's own
+    model; 64 and 128 are the presets "paper-hd64" / "paper-hd128" where kernels run well."""
+    from sqa_nas.model import PRESETS
+
+    fields = dict(vocab_size=10_000, d_model=n_heads * head_dim, n_layers=8, n_heads=n_heads,
+                  ffn_dim=3 * n_heads * head_dim)
+    for name, preset in PRESETS.items():
+        if preset == fields:
+            return name, fields
+    return f"paper-family-hd{head_dim}-h{n_heads}", fields
 
 
 @dataclass(frozen=True)
 class BenchSettings:
+    """One benchmark cell: every field fixed but the variants and lengths it loops over.
+    `expand_grid` makes the cells of a sweep; `run_bench` runs one, `run_grid` many."""
+
     variants: Sequence[str]
     seq_lens: Sequence[int]
     batch: int = 1
@@ -81,6 +141,12 @@ class BenchSettings:
     check: bool = True
     seed: int = 0
     extra: dict = field(default_factory=dict)
+    pattern: str = "native"
+    preset: str | None = None  # model scope: a PRESETS name; None: `paper_family(head_dim)`
+    n_layers: int | None = None  # model scope: override the preset's layer count
+    check_len: int = 512  # the correctness check runs at min(N, check_len) tokens
+    budget_s: float | None = None  # see `time_call`
+    min_repeats: int = 2
 
     def validate(self) -> None:
         for name in list(self.variants) + list(self.baselines):
@@ -95,24 +161,91 @@ class BenchSettings:
             raise UserError(f"--scope: {self.scope!r} is not one of {', '.join(SCOPES)}")
         if self.dtype not in DTYPES:
             raise UserError(f"--dtype: {self.dtype!r} is not one of {', '.join(DTYPES)}")
+        if self.pattern not in PATTERNS:
+            raise UserError(f"--patterns: {self.pattern!r} is not one of {', '.join(PATTERNS)}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise UserError(f"--device {self.device}: no CUDA GPU is visible on this machine; "
                             "use --device cpu")
         if self.device not in ("cpu",) and not self.device.startswith("cuda"):
             raise UserError(f"--device: {self.device!r} is not 'cpu' or 'cuda[:N]'")
-        for name in ("batch", "n_heads", "head_dim", "repeats"):
+        for name in ("batch", "n_heads", "head_dim", "repeats", "check_len"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.backend != "auto":
+            get_backend(backend_spec(self.backend))  # unknown names fail before any timing
+        if self.preset is not None:
+            from sqa_nas.model import PRESETS
 
-    def layer_config(self, name: str):
-        overrides: dict = {"causal": self.causal, "backend": self.backend}
+            if self.preset not in PRESETS:
+                raise UserError(f"--preset: unknown model preset {self.preset!r}; presets: "
+                                f"{', '.join(PRESETS)}")
+
+    def mask_overrides(self) -> dict:
+        """AttentionConfig fields that set the mask, per `pattern`."""
+        window = self.window if self.window is not None else DEFAULT_WINDOW
+        globals_ = self.global_tokens if self.global_tokens is not None else DEFAULT_GLOBAL_TOKENS
+        if self.pattern == "dense":
+            return {"window": None, "global_tokens": 0, "block_sparse": None}
+        if self.pattern == "window":
+            return {"window": window, "global_tokens": 0, "block_sparse": None}
+        if self.pattern == "flex":
+            return {"window": window, "global_tokens": globals_, "block_sparse": None}
+        if self.pattern == "block_sparse":
+            return {"window": None, "global_tokens": 0, "block_sparse": BlockSparseLayout()}
+        out = {}  # native: the variant's own mask, unless --window / --global-tokens say
         if self.window is not None:
-            overrides["window"] = self.window
+            out["window"] = self.window
         if self.global_tokens is not None:
-            overrides["global_tokens"] = self.global_tokens
+            out["global_tokens"] = self.global_tokens
+        return out
+
+    def layer_config(self, name: str) -> AttentionConfig:
+        if self.scope == "model":
+            return self.model_config(name).layer_configs[0]
+        overrides: dict = {"causal": self.causal, "backend": backend_spec(self.backend),
+                           **self.mask_overrides()}
         return get_variant(name).config(d_model=self.n_heads * self.head_dim,
                                         n_heads=self.n_heads, head_dim=self.head_dim,
                                         **overrides)
+
+    def model_config(self, name: str):
+        from sqa_nas.model import PRESETS, ModelConfig
+
+        fields = (dict(PRESETS[self.preset]) if self.preset
+                  else paper_family(self.head_dim, self.n_heads)[1])
+        if self.n_layers is not None:
+            fields["n_layers"] = self.n_layers
+        attention = {"variant": name, "backend": backend_spec(self.backend),
+                     **self.mask_overrides()}
+        return ModelConfig(**fields, causal=self.causal, attention=attention)
+
+
+def backend_spec(spec: str) -> str:
+    """The registered name of a backend spec. ``"flash_attn:pack_gqa=0"`` builds, once,
+    the backend's class with those keyword options and registers it under the spec itself,
+    so options can be benchmarked side by side with the default instance."""
+    if ":" not in spec:
+        return spec
+    from sqa_nas.registry import list_backends
+
+    if any(b.name == spec for b in list_backends()):
+        return spec
+    base, *options = spec.split(":")
+    kwargs = {}
+    for option in options:
+        key, sep, value = option.partition("=")
+        if not sep:
+            raise UserError(f"backend {spec!r}: options are key=value, got {option!r}")
+        kwargs[key] = {"0": False, "1": True, "false": False, "true": True,
+                       "none": None}.get(value.lower(), value)
+    cls = type(get_backend(base))
+    try:
+        backend = cls(**kwargs)
+    except TypeError:
+        raise UserError(f"backend {base!r} takes no option {', '.join(kwargs)}") from None
+    backend.name = spec
+    register_backend(backend)
+    return spec
 
 
 def check_layer(layer: SparseQueryAttention, n: int, dtype: torch.dtype,
@@ -141,10 +274,54 @@ def _proj_flops(layer: SparseQueryAttention, batch: int, n: int, mode: str) -> f
     return 2.0 * batch * n * params * _PROJ_FACTOR[mode]
 
 
-def _timed_fn(layer, settings: BenchSettings, n: int, device, dtype):
-    """(setup, fn) for the configured scope and mode; `time_call` times only `fn`."""
+def model_flops(config, batch: int, n: int, mode: str = "fwd") -> float:
+    """Whole-model FLOPs (`sqa_nas.analytics`, LM head included); the attention products
+    scale by the backward factor of attention, the rest by that of matmuls."""
+    from sqa_nas.analytics import analyze
+
+    cost = analyze(config, n)
+    tokens = batch * n
+    return tokens * (cost.attn_flops * _MODE_FACTOR[mode]
+                     + (cost.flops - cost.attn_flops) * _PROJ_FACTOR[mode])
+
+
+def _autocast(device: torch.device, dtype: torch.dtype):
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _timed_fn(layer, settings: BenchSettings, n: int, device, dtype, name: str):
+    """(setup, fn, model) for the configured scope and mode; `time_call` times only `fn`.
+    `model` is the SQATransformer in model scope (to read the backends it used), else None."""
     b, c = settings.batch, layer.config
     grad = settings.mode != "fwd"
+    model = None
+    if settings.scope == "model":
+        from sqa_nas.model import build_model
+
+        with torch.device(device):  # initialised where it runs: 0.5B parameters at hd128
+            model = build_model(settings.model_config(name))  # float32 weights
+        model.train(grad)
+        tokens = torch.randint(0, model.config.vocab_size, (b, n), device=device)
+
+        def run():
+            with _autocast(device, dtype):  # the paper's Table 3 setup: bf16 autocast
+                return model(tokens)
+
+        def loss():
+            with _autocast(device, dtype):
+                logits = model(tokens)
+            return F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten())
+
+        if settings.mode == "fwd":
+            def forward(_):
+                with torch.inference_mode():
+                    run()
+            return None, forward, model
+        if settings.mode == "fwd+bwd":
+            return None, lambda _: loss().backward(), model
+        return loss, (lambda value: value.backward()), model
     if settings.scope == "layer":
         inputs = (torch.randn(b, n, c.d_model, device=device, dtype=dtype, requires_grad=grad),)
         run = layer
@@ -162,16 +339,34 @@ def _timed_fn(layer, settings: BenchSettings, n: int, device, dtype):
         def forward(_):
             with torch.no_grad():
                 run(*inputs)
-        return None, forward
+        return None, forward, model
     if settings.mode == "fwd+bwd":
-        return None, lambda _: run(*inputs).sum().backward()
+        return None, lambda _: run(*inputs).sum().backward(), model
     # bwd: the forward runs untimed in setup.
-    return (lambda: run(*inputs).sum()), (lambda loss: loss.backward())
+    return (lambda: run(*inputs).sum()), (lambda loss: loss.backward()), model
+
+
+def timed_step(settings: BenchSettings, name: str, n: int):
+    """(setup, fn) of one benchmark row, as `time_call` takes them: for profiling a row
+    outside `run_bench` (``profile_call(fn, device)``)."""
+    device, dtype = torch.device(settings.device), DTYPES[settings.dtype]
+    with torch.device(device):
+        layer = SparseQueryAttention(settings.layer_config(name)).to(dtype)
+    setup, fn, _ = _timed_fn(layer, settings, n, device, dtype, name)
+    return setup, fn
 
 
 def run_bench(settings: BenchSettings, progress: Callable[[str], None] | None = None) -> dict:
-    """Benchmark every (variant, seq_len); returns {"machine", "settings", "rows"}."""
+    """Benchmark every (variant, seq_len) of one cell; returns {"schema", "machine",
+    "settings", "rows"}."""
     settings.validate()
+    device = torch.device(settings.device)
+    rows = _bench_cell(settings, progress)
+    return {"schema": SCHEMA, "machine": machine_info(device),
+            "settings": _settings_dict(settings), "rows": rows}
+
+
+def _bench_cell(settings: BenchSettings, progress) -> list[dict]:
     device = torch.device(settings.device)
     dtype = DTYPES[settings.dtype]
     names = list(dict.fromkeys(list(settings.baselines) + list(settings.variants)))
@@ -180,52 +375,159 @@ def run_bench(settings: BenchSettings, progress: Callable[[str], None] | None = 
     for n in settings.seq_lens:
         for name in names:
             if progress:
-                progress(f"{name} @ {n}")
+                progress(f"{name} @ {n} ({_cell_label(settings)})")
             rows.append(_bench_one(settings, name, n, device, dtype))
+            _release(device)
         _add_speedups([r for r in rows if r["seq_len"] == n], settings.baselines)
-    return {"machine": machine_info(device), "settings": _settings_dict(settings), "rows": rows}
+    return rows
+
+
+def expand_grid(base: BenchSettings, **axes: Sequence) -> list[BenchSettings]:
+    """Cells of the cross product of `axes` (BenchSettings field -> values) over `base`.
+    Fields not named keep base's value."""
+    names = [k for k, v in axes.items() if v]
+    for k in names:
+        if not hasattr(base, k):
+            raise UserError(f"no benchmark setting named {k!r}")
+    return [dataclasses.replace(base, **dict(zip(names, combo)))
+            for combo in itertools.product(*(axes[k] for k in names))]
+
+
+def run_grid(cells: Sequence[BenchSettings], progress: Callable[[str], None] | None = None,
+             extra: dict | None = None,
+             on_cell: Callable[[dict], None] | None = None) -> dict:
+    """Run every cell under one machine header; rows of the same cell timed with several
+    backends get `fraction_of_best`. Returns {"schema", "machine", "settings", "grid",
+    "rows"}. `on_cell` gets the result so far (``"partial": True``) after every cell, so a
+    run stopped by a time limit still leaves its finished rows behind."""
+    if not cells:
+        raise UserError("the benchmark grid is empty")
+    for cell in cells:
+        cell.validate()
+    device = torch.device(cells[0].device)
+    dicts = [_settings_dict(c) for c in cells]
+    grid = {}  # what varies across cells, summarised before anything runs
+    for k in dicts[0]:
+        values = list(dict.fromkeys(json.dumps(d[k], default=str) for d in dicts))
+        if len(values) > 1:
+            grid[k] = [json.loads(v) for v in values]
+    result = {"schema": SCHEMA, "machine": machine_info(device),
+              "settings": dicts[0] | (extra or {}), "grid": grid, "rows": []}
+    for cell in cells:
+        result["rows"] += _bench_cell(cell, progress)
+        if on_cell is not None:
+            on_cell(result | {"partial": True})
+    add_fraction_of_best(result["rows"])
+    return result
+
+
+_CHECKS: dict[tuple, tuple[float, float]] = {}
+
+
+def _check(config: AttentionConfig, backend: str, n: int, dtype, device) -> dict:
+    """The correctness check of `config` on `backend` at min(N, check_len) tokens; cached
+    per process, since it does not depend on the timed length (and each new shape costs a
+    compile on FlexAttention)."""
+    key = (config.model_copy(update={"backend": backend}).model_dump_json(), str(dtype),
+           str(device), n)
+    if key not in _CHECKS:
+        checked = SparseQueryAttention(config.model_copy(update={"backend": backend}))
+        _CHECKS[key] = check_layer(checked.to(device, dtype), n, dtype, device)
+    err, tol = _CHECKS[key]
+    return {"check_error": err, "check_tolerance": tol, "check_ok": err <= tol, "check_len": n}
 
 
 def _bench_one(settings: BenchSettings, name: str, n: int, device, dtype) -> dict:
-    config = settings.layer_config(name)
-    layer = SparseQueryAttention(config).to(device, dtype)
-    row = {"variant": name, "seq_len": n, "batch": settings.batch,
-           "n_q_heads": config.n_q_heads, "n_kv_heads": config.n_kv_heads,
-           "head_dim": config.head_dim, "pattern": config.pattern,
-           "mask": layer.mask_spec.describe(), "mode": settings.mode, "scope": settings.scope,
-           "dtype": settings.dtype, "baseline": name in settings.baselines,
-           "density": count_visible(layer.mask_spec, n) / n**2}
+    grad = settings.mode != "fwd"
+    row: dict = {"variant": name, "seq_len": n, "batch": settings.batch,
+                 "n_heads": settings.n_heads, "head_dim": settings.head_dim,
+                 "mode": settings.mode, "scope": settings.scope, "dtype": settings.dtype,
+                 "causal": settings.causal, "pattern": settings.pattern,
+                 "backend_requested": settings.backend,
+                 "baseline": name in settings.baselines}
     try:
-        grad = settings.mode != "fwd"
-        backend, reason = layer.select(layer.problem(n, device.type, dtype, grad))
-        row.update(backend=backend.name, backend_reason=reason)
+        config = settings.layer_config(name)
+        with torch.device(device):
+            layer = SparseQueryAttention(config).to(dtype)
+        row.update(n_q_heads=config.n_q_heads, n_kv_heads=config.n_kv_heads,
+                   head_dim=config.head_dim, n_heads=config.n_heads, pattern=config.pattern,
+                   window=config.window, global_tokens=config.global_tokens,
+                   mask=layer.mask_spec.describe(),
+                   density=count_visible(layer.mask_spec, n) / n**2)
+        if settings.scope == "model":
+            row["model"] = settings.preset or paper_family(settings.head_dim,
+                                                           settings.n_heads)[0]
+        problem = layer.problem(n, device.type, dtype, grad)
+        backend, reason = layer.select(problem)
+        row.update(backend=backend.name, backend_reason=reason,
+                   kernel=backend.kernel_name(problem, _probe_inputs(backend, problem,
+                                                                     device, dtype)))
         if settings.check:
-            check_n = min(n, 512)
-            checked = SparseQueryAttention(config.model_copy(update={"backend": backend.name}))
-            checked.load_state_dict(layer.state_dict())
-            err, tol = check_layer(checked.to(device, dtype), check_n, dtype, device)
-            row.update(check_error=err, check_tolerance=tol, check_ok=err <= tol)
-            if err > tol:
-                row["error"] = f"correctness check failed: error {err:.3g} > tolerance {tol:.3g}"
+            row.update(_check(config, backend.name, min(n, settings.check_len), dtype, device))
+            if not row["check_ok"]:
+                row["error"] = (f"correctness check failed: error {row['check_error']:.3g} > "
+                                f"tolerance {row['check_tolerance']:.3g}")
                 return row
-        setup, fn = _timed_fn(layer, settings, n, device, dtype)
+        setup, fn, model = _timed_fn(layer, settings, n, device, dtype, name)
         samples = time_call(fn, device=device, warmup=settings.warmup,
-                            repeats=settings.repeats, setup=setup)
+                            repeats=settings.repeats, setup=setup,
+                            budget_s=settings.budget_s, min_repeats=settings.min_repeats)
+        # What ran, read again after the calls (a backend may have fallen back inside).
+        row["kernel"] = backend.kernel_name(problem, _probe_inputs(backend, problem, device,
+                                                                   dtype))
+        if model is not None:
+            row["backend"] = "+".join(sorted({b for b, _ in model.backends()}))
     except torch.cuda.OutOfMemoryError:
         row["error"] = "out of memory"
-        torch.cuda.empty_cache()
         return row
     except UserError as exc:
         row["error"] = str(exc)
         return row
+    except Exception as exc:  # a kernel that fails must not end the whole sweep
+        row["error"] = _one_line(exc)
+        return row
     median = statistics.median(samples)
-    flops = _kernel_flops(layer, settings.batch, n, settings.mode)
-    if settings.scope == "layer":
-        flops += _proj_flops(layer, settings.batch, n, settings.mode)
+    if settings.scope == "model":
+        flops = model_flops(model.config, settings.batch, n, settings.mode)
+    else:
+        flops = _kernel_flops(layer, settings.batch, n, settings.mode)
+        if settings.scope == "layer":
+            flops += _proj_flops(layer, settings.batch, n, settings.mode)
     row.update(ms=median * 1e3, ms_min=min(samples) * 1e3,
                ms_spread=(max(samples) - min(samples)) * 1e3, repeats=len(samples),
-               flops=flops, tflops=flops / median / 1e12)
+               flops=flops, tflops=flops / median / 1e12,
+               tokens_per_s=settings.batch * n / median)
     return row
+
+
+def _probe_inputs(backend, problem, device, dtype):
+    """Uninitialised (q, k, v) of the problem's shape, for backends whose kernel choice
+    depends on the tensors (SDPA's dispatcher); None for the others."""
+    if backend.name != "sdpa":
+        return None
+    shape = (1, problem.seq_len, problem.head_dim)
+    return tuple(torch.empty(shape[0], h, *shape[1:], device=device, dtype=dtype)
+                 for h in (problem.n_q_heads, problem.n_kv_heads, problem.n_kv_heads))
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    message = text[0] if text else ""
+    if "out of memory" in message.lower():
+        return "out of memory"
+    return f"{type(exc).__name__}: {message}"[:300]
+
+
+def _release(device: torch.device) -> None:
+    """Free the previous row's tensors before the next (a 1M-token row needs the room)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _cell_label(s: BenchSettings) -> str:
+    return (f"{s.scope} {s.mode} {s.dtype} hd{s.head_dim} b{s.batch} "
+            f"{'causal' if s.causal else 'non-causal'} {s.pattern} {s.backend}")
 
 
 def _add_speedups(rows: list[dict], baselines: Sequence[str]) -> None:
@@ -236,34 +538,205 @@ def _add_speedups(rows: list[dict], baselines: Sequence[str]) -> None:
                 r[f"speedup_vs_{base}"] = ref["ms"] / r["ms"]
 
 
+def add_fraction_of_best(rows: list[dict]) -> None:
+    """Where several backends timed the same cell, every row gets the best explicitly named
+    backend (`best_backend`) and its own share of that backend's TFLOP/s
+    (`fraction_of_best`): the measure of how good `auto`'s choice was."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple(json.dumps(r.get(k)) for k in _CELL_KEYS), []).append(r)
+    for group in groups.values():
+        named = [r for r in group if r.get("backend_requested") != "auto" and "tflops" in r]
+        if len({r["backend_requested"] for r in group}) < 2 or not named:
+            continue
+        best = max(named, key=lambda r: r["tflops"])
+        for r in group:
+            if "tflops" in r:
+                r["best_backend"] = best["backend_requested"]
+                r["fraction_of_best"] = r["tflops"] / best["tflops"]
+
+
 def _settings_dict(s: BenchSettings) -> dict:
     return {k: (list(v) if isinstance(v, tuple | list) else v)
             for k, v in s.__dict__.items() if k != "extra"} | s.extra
 
 
+# ------------------------------------------------------------------------- profile and plot
+_ATTENTION_KERNEL = re.compile(r"flash|fmha|attention|attn|cudnn|sdpa|flex|tem_fused", re.I)
+
+
+def profile_call(fn: Callable[[object], object], device: torch.device, top: int = 8) -> dict:
+    """One call of ``fn(None)`` under torch.profiler: total device (CPU: self CPU) time, the
+    `top` kernels by self time, and the share of kernels whose names look like attention
+    (flash / fmha / cuDNN / flex / sdpa). Answers "where does the step go?" for a miss."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        fn(None)
+        if cuda:
+            torch.cuda.synchronize(device)
+    events = list(prof.key_averages())
+    if cuda:  # the kernels themselves, not the CPU ops that launched them (no double count)
+        kernels = [e for e in events if "CUDA" in str(getattr(e, "device_type", "")).upper()]
+        events = kernels or events
+    times = [(e.key, _self_time(e, cuda) / 1e3) for e in events]  # ms
+    times = [(k, t) for k, t in times if t > 0]
+    total = sum(t for _, t in times) or 1e-12
+    ranked = sorted(times, key=lambda kt: -kt[1])[:top]
+    attention = sum(t for k, t in times if _ATTENTION_KERNEL.search(k))
+    return {"total_ms": total, "attention_share": attention / total,
+            "top": [{"name": k[:120], "ms": t, "share": t / total} for k, t in ranked]}
+
+
+def _self_time(event, cuda: bool) -> float:
+    if not cuda:
+        return event.self_cpu_time_total
+    for attr in ("self_device_time_total", "self_cuda_time_total"):
+        if hasattr(event, attr):
+            return getattr(event, attr)
+    return 0.0
+
+
+# One panel row per value of these (when they vary); inside a panel, colour = variant and
+# line style = backend.
+_PANEL_KEYS = ("model", "scope", "mode", "dtype", "head_dim", "batch", "causal", "mask")
+_STYLES = ("-", "--", ":", "-.")
+
+
+def plot_rows(rows: Sequence[dict], path: str | Path, title: str = "",
+              baseline: str = "MHA", panel_keys: Sequence[str] = _PANEL_KEYS) -> Path:
+    """PNG with time (left, log-log) and speedup over `baseline` (right) against sequence
+    length: one panel row per value of the `panel_keys` that vary, a colour per variant, a
+    line style per backend."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    timed = [r for r in rows if "ms" in r]
+    varying = [k for k in panel_keys if len({json.dumps(r.get(k)) for r in timed}) > 1]
+    panels: dict[str, list[dict]] = {}
+    for r in timed:
+        panels.setdefault(", ".join(f"{k}={r.get(k)}" for k in varying), []).append(r)
+    variants = list(dict.fromkeys(r["variant"] for r in timed))
+    backends = list(dict.fromkeys(r.get("backend_requested", "auto") for r in timed))
+    colors = {v: f"C{i % 10}" for i, v in enumerate(variants)}
+    styles = {b: _STYLES[i % len(_STYLES)] for i, b in enumerate(backends)}
+    fig = Figure(figsize=(13, 0.6 + 3.6 * max(1, len(panels))))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(max(1, len(panels)), 2, squeeze=False)
+    tokens = FuncFormatter(lambda x, _: f"{x / 1024:g}k" if x >= 1024 else f"{x:g}")
+    for (ax_t, ax_s), (panel, pts_all) in zip(axes, panels.items()):
+        lines: dict[tuple, list[dict]] = {}
+        for r in pts_all:
+            lines.setdefault((r["variant"], r.get("backend_requested", "auto")), []).append(r)
+        for (variant, backend), pts in lines.items():
+            pts = sorted(pts, key=lambda r: r["seq_len"])
+            label = variant + (f" ({backend})" if len(backends) > 1 else "")
+            style = dict(color=colors[variant], linestyle=styles[backend], marker="o",
+                         markersize=3, label=label)
+            ax_t.plot([r["seq_len"] for r in pts], [r["ms"] for r in pts], **style)
+            speed = [(r["seq_len"], r[f"speedup_vs_{baseline}"]) for r in pts
+                     if f"speedup_vs_{baseline}" in r]
+            if speed:
+                ax_s.plot(*zip(*speed), **style)
+        ax_t.set(xscale="log", yscale="log", ylabel="ms per call", title=f"time  {panel}")
+        ax_t.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax_t.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
+        ax_t.yaxis.set_minor_formatter(NullFormatter())
+        ax_s.set(xscale="log", ylabel=f"speedup vs {baseline} (x)",
+                 title=f"speedup vs {baseline}  {panel}")
+        lengths = sorted({r["seq_len"] for r in pts_all})
+        for ax in (ax_t, ax_s):
+            ax.set_xlabel("sequence length (tokens)")
+            ax.set_xticks(lengths)
+            ax.xaxis.set_major_formatter(tokens)
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.grid(True, which="both", alpha=0.3)
+            ax.title.set_fontsize(9)
+        ax_s.legend(*ax_t.get_legend_handles_labels(), fontsize=7, loc="center left",
+                    bbox_to_anchor=(1.01, 0.5))
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
 # --------------------------------------------------------------------------------------- CLI
+def _choices(allowed: Sequence[str]):
+    def parse(text: str) -> list[str]:
+        items = csv(str)(text)
+        for item in items:
+            if item not in allowed:
+                raise argparse.ArgumentTypeError(
+                    f"invalid choice: {item!r} (choose from {', '.join(allowed)})")
+        return items
+    return parse
+
+
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variants", type=csv(str), default=["MHA", "GQA", "SQA", "sSQA", "xSQA"])
     p.add_argument("--seq-lens", type=csv(int), default=[1024, 4096])
-    p.add_argument("--batch", type=positive, default=1)
+    p.add_argument("--batch", type=csv(positive), default=[1], help="batch sizes (list)")
     p.add_argument("--n-heads", type=positive, default=16, help="reference H (default 16)")
-    p.add_argument("--head-dim", type=positive, default=64)
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
-                   help="default: bfloat16 on GPU, float32 on CPU")
+    p.add_argument("--head-dim", type=csv(positive), default=[64], help="head dims (list)")
+    p.add_argument("--dtype", type=_choices(list(DTYPES)),
+                   help="dtypes (list); default: bfloat16 on GPU, float32 on CPU")
     p.add_argument("--device", help="cpu or cuda[:N] (default: cuda when visible)")
-    p.add_argument("--backend", default="auto", help="auto or a backend name (see `variants`)")
-    p.add_argument("--mode", choices=["fwd", "bwd", "fwd+bwd"], default="fwd")
-    p.add_argument("--scope", choices=["kernel", "layer"], default="kernel",
-                   help="kernel: attention only; layer: with the projections")
+    p.add_argument("--backend", "--backends", dest="backend", type=csv(str), default=["auto"],
+                   help="auto and/or backend names (list); options as flash_attn:pack_gqa=0")
+    p.add_argument("--mode", type=_choices(MODES), default=["fwd"], help="fwd, bwd, fwd+bwd")
+    p.add_argument("--scope", choices=SCOPES, default="kernel",
+                   help="kernel: attention only; layer: with the projections; model: the "
+                        "paper's model family under autocast")
+    p.add_argument("--preset", help="model scope: a model preset (default: the paper family "
+                                    "at --head-dim)")
+    p.add_argument("--n-layers", type=positive, help="model scope: override the layer count")
     p.add_argument("--causal", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--causal-modes", type=_choices(["causal", "noncausal"]),
+                   help="both masks in one run, e.g. causal,noncausal (overrides --causal)")
+    p.add_argument("--patterns", type=_choices(PATTERNS), default=["native"],
+                   help="mask families (list): native = each variant's own; window / flex "
+                        f"use --window (default {DEFAULT_WINDOW}) and --global-tokens "
+                        f"(default {DEFAULT_GLOBAL_TOKENS})")
     p.add_argument("--window", type=int, help="sliding window for every variant")
     p.add_argument("--global-tokens", type=int, help="global tokens (needs --window)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=positive, default=10)
+    p.add_argument("--budget-s", type=float,
+                   help="cap the timed seconds per row: long calls get fewer repeats (>= 2)")
     p.add_argument("--baselines", type=csv(str), default=["MHA", "GQA"],
                    help="variants every row is compared to (default MHA,GQA)")
     p.add_argument("--no-check", action="store_true", help="skip the correctness check")
+    p.add_argument("--check-len", type=positive, default=512,
+                   help="tokens of the correctness check (default 512)")
     p.add_argument("--json", type=Path, help="write the results as JSON here")
+    p.add_argument("--png", type=Path, help="plot time and speedup vs length to this PNG")
+    p.add_argument("--calibration-out", type=Path,
+                   help="write the backend order measured here (needs 2+ named backends); "
+                        "SQA_NAS_CALIBRATION=FILE makes `auto` follow it")
+
+
+def settings_from_args(args) -> list[BenchSettings]:
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtypes = args.dtype or ["bfloat16" if device.startswith("cuda") else "float32"]
+    causal = ([m == "causal" for m in args.causal_modes] if args.causal_modes
+              else [args.causal])
+    base = BenchSettings(
+        variants=args.variants, seq_lens=args.seq_lens, n_heads=args.n_heads, device=device,
+        scope=args.scope, preset=args.preset, n_layers=args.n_layers, window=args.window,
+        global_tokens=args.global_tokens, warmup=args.warmup, repeats=args.repeats,
+        budget_s=args.budget_s, baselines=args.baselines, check=not args.no_check,
+        check_len=args.check_len,
+        extra={"command": getattr(args, "command_line", None)
+               or " ".join(["sqa-nas", "bench", *sys.argv[2:]])})
+    return expand_grid(base, dtype=dtypes, head_dim=args.head_dim, batch=args.batch,
+                       causal=causal, pattern=args.patterns, mode=args.mode,
+                       backend=args.backend)
 
 
 def run_bench_command(args) -> int:
@@ -273,47 +746,102 @@ def run_bench_command(args) -> int:
     from sqa_nas.cli import console
     from sqa_nas.machine import header_line
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
-    settings = BenchSettings(
-        variants=args.variants, seq_lens=args.seq_lens, batch=args.batch, n_heads=args.n_heads,
-        head_dim=args.head_dim, dtype=dtype, device=device, backend=args.backend,
-        mode=args.mode, scope=args.scope, causal=args.causal, window=args.window,
-        global_tokens=args.global_tokens, warmup=args.warmup, repeats=args.repeats,
-        baselines=args.baselines, check=not args.no_check,
-        extra={"command": " ".join(["sqa-nas", "bench", *sys.argv[2:]])})
-    settings.validate()
+    cells = settings_from_args(args)
+    for cell in cells:
+        cell.validate()
+    def save(partial: dict) -> None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(partial, indent=2) + "\n")
+
     with console.status("benchmarking") as status:
-        result = run_bench(settings, progress=lambda s: status.update(f"benchmarking {s}"))
+        result = run_grid(cells, progress=lambda s: status.update(f"benchmarking {s}"),
+                          on_cell=save if args.json else None)
     console.print(f"[bold]{header_line(result['machine'])}[/]")
-    table = Table(title=f"attention {settings.scope}, {settings.mode}, {dtype}, batch "
-                        f"{settings.batch}, head_dim {settings.head_dim}", box=box.SIMPLE_HEAD)
-    cols = ["variant", "N", "heads", "pattern", "backend", "ms", "TFLOP/s"]
-    cols += [f"vs {b}" for b in settings.baselines] + ["check"]
-    for col in cols:
-        table.add_column(col, no_wrap=True, justify="left" if col in (
-            "variant", "pattern", "backend") else "right")
+    baselines = list(cells[0].baselines)
+    several = any("fraction_of_best" in r for r in result["rows"])
     failed = False
-    for r in result["rows"]:
-        if "error" in r:
-            failed = failed or "correctness" in r["error"]
-            table.add_row(r["variant"], str(r["seq_len"]), f"{r['n_q_heads']}/{r['n_kv_heads']}",
-                          r["pattern"], r.get("backend", "-"), "[red]" + r["error"] + "[/]",
-                          *[""] * (len(cols) - 6))
-            continue
-        check = ("ok" if r.get("check_ok") else "") if settings.check else "skipped"
-        table.add_row(r["variant"], str(r["seq_len"]), f"{r['n_q_heads']}/{r['n_kv_heads']}",
-                      r["pattern"], r["backend"], f"{r['ms']:.3f}", f"{r['tflops']:.2f}",
-                      *[f"{r[f'speedup_vs_{b}']:.2f}x" if f"speedup_vs_{b}" in r else "-"
-                        for b in settings.baselines], check)
-    console.print(table)
-    for mask in sorted({r["mask"] for r in result["rows"]}):
+    for key, rows in _tables(result["rows"]).items():
+        table = Table(title=key, box=box.SIMPLE_HEAD)
+        cols = ["variant", "N", "heads", "backend", "kernel", "ms", "TFLOP/s"]
+        cols += [f"vs {b}" for b in baselines] + (["of best"] if several else []) + ["check"]
+        for col in cols:
+            table.add_column(col, no_wrap=True, justify="left" if col in (
+                "variant", "backend", "kernel") else "right")
+        for r in rows:
+            heads = f"{r.get('n_q_heads', '?')}/{r.get('n_kv_heads', '?')}"
+            if "error" in r:
+                failed = failed or "correctness" in r["error"]
+                table.add_row(r["variant"], str(r["seq_len"]), heads,
+                              r.get("backend", r["backend_requested"]), r.get("kernel", "-"),
+                              "[red]" + r["error"] + "[/]", *[""] * (len(cols) - 6))
+                continue
+            check = ("ok" if r.get("check_ok") else "") if "check_ok" in r else "skipped"
+            table.add_row(r["variant"], str(r["seq_len"]), heads, r["backend"], r["kernel"],
+                          f"{r['ms']:.3f}", f"{r['tflops']:.2f}",
+                          *[f"{r[f'speedup_vs_{b}']:.2f}x" if f"speedup_vs_{b}" in r else "-"
+                            for b in baselines],
+                          *([f"{r['fraction_of_best']:.0%}" if "fraction_of_best" in r
+                             else "-"] if several else []), check)
+        console.print(table)
+    for mask in sorted({r["mask"] for r in result["rows"] if "mask" in r}):
         console.print(f"  [dim]mask: {mask}[/]")
     for backend, reason in sorted({(r["backend"], r["backend_reason"])
-                                   for r in result["rows"] if "backend" in r}):
+                                   for r in result["rows"] if "backend_reason" in r}):
         console.print(f"  [dim]{backend}: {reason}[/]")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")
         console.print(f"wrote {args.json}")
+    if args.png:
+        try:
+            title = header_line(result["machine"])
+            console.print(f"wrote {plot_rows(result['rows'], args.png, title=title)}")
+        except ImportError:
+            console.print("[yellow]matplotlib is not installed: no plot (experiments/report.py "
+                          "draws it later from the JSON)[/]")
+    if args.calibration_out:
+        from sqa_nas.kernels.calibration import order_from_rows
+
+        entries = order_from_rows(result["rows"], result["machine"]["device"],
+                                  source=f"{result['settings']['command']} "
+                                         f"({time.strftime('%Y-%m-%d')})")
+        args.calibration_out.parent.mkdir(parents=True, exist_ok=True)
+        args.calibration_out.write_text(json.dumps(
+            {"machine": result["machine"], "entries": [e.as_dict() for e in entries]},
+            indent=2) + "\n")
+        console.print(f"wrote {args.calibration_out} ({len(entries)} measured orders)")
     return 1 if failed else 0
+
+
+def _tables(rows: list[dict]) -> dict[str, list[dict]]:
+    """Rows grouped into one table per cell setting (all but variant, length, backend)."""
+    out: dict[str, list[dict]] = {}
+    for r in rows:
+        key = (f"attention {r['scope']}, {r['mode']}, {r['dtype']}, batch {r['batch']}, "
+               f"head_dim {r['head_dim']}, {'causal' if r['causal'] else 'non-causal'}, "
+               f"{r['pattern']}")
+        out.setdefault(key, []).append(r)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m sqa_nas.bench ...``: the bench command alone, without importing the other
+    commands' modules (for machines that have only what the benchmark needs)."""
+    from sqa_nas.cli import err_console
+
+    parser = argparse.ArgumentParser(prog="python -m sqa_nas.bench",
+                                     description="time attention variants (correctness "
+                                                 "check first)")
+    add_bench_arguments(parser)
+    args = parser.parse_args(argv)
+    args.command_line = " ".join(["python -m sqa_nas.bench",
+                                  *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return run_bench_command(args)
+    except UserError as exc:
+        err_console.print(f"[red]error:[/] {exc}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

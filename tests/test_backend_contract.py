@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import pytest
 import torch
 
 from sqa_nas.attention import MaskSpec, dense_mask
+from sqa_nas.kernels import calibration
+from sqa_nas.kernels.base import AttentionProblem
 from sqa_nas.kernels.flash_attn import FlashAttnBackend
 from sqa_nas.kernels.flex import FlexBackend
 from sqa_nas.kernels.sdpa import SdpaBackend
 from sqa_nas.kernels.xformers import XformersBackend, attn_bias_for
+from sqa_nas.registry import select_backend
 from sqa_nas.testing import BackendContract
 
 
@@ -68,3 +74,105 @@ def test_xformers_refuses_global_tokens():
     pytest.importorskip("xformers.ops")
     with pytest.raises(ValueError, match="no bias for flex"):
         attn_bias_for(MaskSpec(True, window=4, global_tokens=2))
+
+
+# --------------------------------------------------------------------------- calibration
+def _cuda_problem(grad=False, dtype=torch.bfloat16, **mask):
+    return AttentionProblem(MaskSpec(**{"causal": True, **mask}), 16, 4, 128, 4096, dtype,
+                            "cuda", 128**-0.5, grad)
+
+
+def test_builtin_calibration_cites_measurements_and_names_real_backends():
+    from sqa_nas.registry import list_backends
+
+    names = {b.name for b in list_backends()}
+    for entry in calibration.BUILTIN:
+        assert set(entry.order) <= names, entry
+        assert "measure" in entry.source and "TFLOP/s" in entry.source or "only" in entry.source
+    assert {e.pattern for e in calibration.BUILTIN} == {"dense", "window", "flex",
+                                                        "block_sparse"}
+
+
+def test_measured_order_drives_auto_and_falls_back_in_order(monkeypatch):
+    """On an H200 the measured order decides; without flash-attn-4 (this machine) `auto`
+    takes the next backend of that order, and its reason says whose order it followed."""
+    monkeypatch.setattr(calibration, "gpu_name", lambda index=None: "NVIDIA H200")
+    backend, reason = select_backend(_cuda_problem())
+    assert backend.name == "sdpa" and "measured order on H200" in reason
+    assert "flash_attn > sdpa > flex" in reason
+    backend, _ = select_backend(_cuda_problem(window=512))
+    assert backend.name == "flex"  # flash_attn first, then flex; sdpa would build N x N
+    assert SdpaBackend().priority(_cuda_problem())[0] > FlexBackend().priority(
+        _cuda_problem())[0] > 100  # above every uncalibrated score
+    # Another GPU, or the CPU, keeps the backends' own scores.
+    monkeypatch.setattr(calibration, "gpu_name", lambda index=None: "NVIDIA A100-SXM4-40GB")
+    assert SdpaBackend().priority(_cuda_problem())[0] == 80
+    cpu = AttentionProblem(MaskSpec(True), 16, 4, 128, 4096, torch.float32, "cpu", 0.1)
+    assert calibration.lookup(cpu, gpu="NVIDIA H200") is None
+
+
+def test_a_measured_file_overrides_the_builtin_order(monkeypatch, tmp_path):
+    monkeypatch.setattr(calibration, "gpu_name", lambda index=None: "NVIDIA H200")
+    measured = calibration.Calibration("H200", "dense", "bfloat16", ("flex", "sdpa"),
+                                       "a test measurement", causal=True, train=False)
+    path = tmp_path / "cal.json"
+    path.write_text(json.dumps({"entries": [measured.as_dict()]}))
+    monkeypatch.setenv(calibration.ENV_VAR, str(path))
+    assert select_backend(_cuda_problem())[0].name == "flex"
+    # Only where it applies: training and bidirectional problems keep the built-in order.
+    assert select_backend(_cuda_problem(grad=True))[0].name == "sdpa"
+    assert calibration.lookup(_cuda_problem(causal=False)).source.startswith("shared/gpu")
+
+
+def test_order_from_rows_ranks_backends_by_share_of_the_best():
+    def row(backend, variant, tflops):
+        return {"backend_requested": backend, "variant": variant, "tflops": tflops,
+                "pattern": "dense", "dtype": "bfloat16", "causal": True, "mode": "fwd",
+                "seq_len": 4096, "batch": 1, "head_dim": 128, "scope": "kernel"}
+
+    rows = [row("auto", "MHA", 9.0), row("sdpa", "MHA", 6.0), row("flash_attn", "MHA", 7.0),
+            row("sdpa", "xSQA", 5.0), row("flash_attn", "xSQA", 4.0)]
+    (entry,) = calibration.order_from_rows(rows, "NVIDIA H200", "test")
+    # flash_attn: (1 + 0.8) / 2 = 0.9; sdpa: (6/7 + 1) / 2 = 0.93
+    assert entry.order == ("sdpa", "flash_attn") and entry.gpu == "H200"
+    assert (entry.causal, entry.train) == (True, False)
+
+
+def test_kernel_names_say_what_runs():
+    problem = AttentionProblem(MaskSpec(True), 8, 2, 16, 64, torch.float32, "cpu", 0.25)
+    q, k = torch.randn(1, 8, 64, 16), torch.randn(1, 2, 64, 16)
+    assert SdpaBackend().kernel_name(problem, (q, k, k)).startswith("sdpa/")
+    assert SdpaBackend().kernel_name(problem) == "sdpa"
+    assert FlexBackend(compile=False).kernel_name(problem) == "flex (eager)"
+    assert FlashAttnBackend(pack_gqa=False).kernel_name(problem) in ("flash_attn",
+                                                                     "flash-attn-4 "
+                                                                     "(pack_gqa=False)")
+
+
+def test_flex_falls_back_to_triton_when_flash_fails(monkeypatch):
+    """FlexAttention's FLASH backend is experimental: a layout it cannot build runs on the
+    Triton backend, is remembered (every length), and the kernel name says what ran."""
+    from sqa_nas.kernels import flex
+
+    calls = []
+
+    def fake_flex(q, k, v, block_mask, scale, enable_gqa, kernel_options):
+        calls.append(kernel_options)
+        if kernel_options:
+            raise RuntimeError("BACKEND='FLASH' but flash attention cannot be used: test")
+        return q
+
+    monkeypatch.setattr(flex, "flash_backend_available", lambda: True)
+    monkeypatch.setattr(flex, "_compiled_flex", lambda: fake_flex)
+    monkeypatch.setattr(flex, "_block_mask", lambda *args: None)
+    backend = FlexBackend(compile=True)
+    problem = _cuda_problem(window=64)
+    assert backend.kernel_name(problem) == "flex (FLASH)"
+    q = torch.randn(1, 16, 8, 128)
+    with pytest.warns(UserWarning, match="FLASH backend failed"):
+        assert backend.forward(q, q[:, :4], q[:, :4], problem) is q
+    assert calls == [{"BACKEND": "FLASH"}, None]
+    longer = dataclasses.replace(problem, seq_len=65536)
+    assert backend.kernel_name(longer).startswith("flex (Triton; FLASH failed: RuntimeError")
+    backend.forward(q, q[:, :4], q[:, :4], longer)
+    assert calls[-1] is None  # not retried

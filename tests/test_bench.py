@@ -8,7 +8,18 @@ import pytest
 import torch
 
 from sqa_nas import registry
-from sqa_nas.bench import BenchSettings, run_bench, time_call
+from sqa_nas.attention import MaskSpec, dense_mask
+from sqa_nas.attention.config import BlockSparseLayout
+from sqa_nas.bench import (
+    BenchSettings,
+    add_fraction_of_best,
+    backend_spec,
+    expand_grid,
+    model_flops,
+    run_bench,
+    run_grid,
+    time_call,
+)
 from sqa_nas.cli import main
 from sqa_nas.errors import UserError
 from sqa_nas.kernels.sdpa import SdpaBackend
@@ -110,3 +121,165 @@ def test_cli_bad_arguments_exit_2(argv, message, capsys):
         rc = exc.code
     assert rc == 2
     assert message in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------- grid, masks and FLOPs
+
+@pytest.mark.parametrize("pattern,causal,spec", [
+    ("dense", True, MaskSpec(True)),
+    ("dense", False, MaskSpec(False)),
+    ("window", True, MaskSpec(True, window=9)),
+    ("window", False, MaskSpec(False, window=9)),
+    ("flex", True, MaskSpec(True, window=9, global_tokens=3)),
+    ("flex", False, MaskSpec(False, window=9, global_tokens=3)),
+    ("block_sparse", True, MaskSpec(True, block_sparse=BlockSparseLayout())),
+])
+def test_flops_follow_each_masks_density(pattern, causal, spec):
+    """TFLOP/s come from the keys each query really sees: the row's density and FLOPs equal
+    the count of True entries of the dense mask, for every mask family."""
+    n = 150
+    result = run_bench(_settings(variants=["SW-SQA"], baselines=[], seq_lens=[n],
+                                 pattern=pattern, causal=causal, window=9, global_tokens=3,
+                                 repeats=1, warmup=0))
+    (row,) = result["rows"]
+    mask = dense_mask(spec, n)
+    visible = n * n if mask is None else int(mask.sum())
+    assert row["pattern"] == pattern and row["causal"] == causal and row["check_ok"]
+    assert row["density"] == pytest.approx(visible / n**2)
+    assert row["flops"] == pytest.approx(4 * row["n_q_heads"] * 16 * visible)
+
+
+def test_grid_over_backends_reports_fraction_of_best_and_machine_header():
+    base = _settings(variants=["xSQA"], seq_lens=[48], repeats=1, warmup=0)
+    cells = expand_grid(base, backend=["auto", "sdpa", "flex"], pattern=["window"],
+                        head_dim=[8])
+    assert len(cells) == 3
+    saved = []
+    result = run_grid(cells, on_cell=lambda partial: saved.append(
+        (partial["partial"], len(partial["rows"]))))
+    assert saved == [(True, 2), (True, 4), (True, 6)]  # a cut-short run keeps its rows
+    assert "partial" not in result
+    assert result["schema"].startswith("sqa-nas/bench/")
+    assert {"device", "torch", "cuda", "cudnn", "triton", "flash_attn"} <= set(result["machine"])
+    assert result["grid"] == {"backend": ["auto", "sdpa", "flex"]}
+    assert len(result["rows"]) == 3 * 2  # MHA baseline + xSQA per cell
+    for r in result["rows"]:
+        assert r["backend"] == (r["backend_requested"] if r["backend_requested"] != "auto"
+                                else "sdpa")
+        assert r["kernel"].startswith(r["backend"])
+        assert 0 < r["fraction_of_best"] <= 1.0 or r["backend_requested"] == "auto"
+        named = [x for x in result["rows"] if x["variant"] == r["variant"]
+                 and x["head_dim"] == r["head_dim"] and x["backend_requested"] != "auto"]
+        assert r["best_backend"] == max(named, key=lambda x: x["tflops"])["backend_requested"]
+
+
+def test_fraction_of_best_needs_two_backends_on_one_cell():
+    rows = [{"variant": "MHA", "seq_len": 8, "backend_requested": b, "tflops": t}
+            for b, t in (("auto", 5.0), ("sdpa", 4.0), ("flex", 2.0))]
+    rows.append({"variant": "MHA", "seq_len": 16, "backend_requested": "sdpa", "tflops": 1.0})
+    add_fraction_of_best(rows)
+    assert [r.get("fraction_of_best") for r in rows] == [1.25, 1.0, 0.5, None]
+    assert rows[0]["best_backend"] == "sdpa"
+
+
+def test_model_scope_times_the_paper_family_with_its_flops():
+    settings = _settings(variants=["xSQA"], scope="model", n_layers=1, head_dim=8,
+                         seq_lens=[40], batch=2, repeats=1, warmup=0, check_len=40)
+    (mha, xsqa) = run_bench(settings)["rows"]
+    assert xsqa["model"] == "paper-family-hd8-h8" and xsqa["check_ok"]
+    assert xsqa["backend"] == "sdpa" and xsqa["n_q_heads"] == 2
+    config = settings.model_config("xSQA")
+    assert (config.d_model, config.ffn_dim, config.vocab_size) == (64, 192, 10_000)
+    assert xsqa["flops"] == pytest.approx(model_flops(config, 2, 40))
+    assert mha["flops"] > xsqa["flops"]
+
+
+def test_paper_presets_are_the_paper_family():
+    from sqa_nas.bench import paper_family
+
+    assert paper_family(16) == ("paper", dict(vocab_size=10_000, d_model=256, n_layers=8,
+                                              n_heads=16, ffn_dim=768))
+    assert paper_family(128)[0] == "paper-hd128"
+
+
+def test_a_failing_kernel_is_recorded_and_the_run_goes_on():
+    class Flaky(SdpaBackend):
+        name = "flaky"
+
+        def forward(self, q, k, v, problem):
+            if problem.seq_len > 64:  # passes the check at 64 tokens, fails when timed
+                raise RuntimeError("CUDA error: an illegal memory access\nmore lines")
+            return super().forward(q, k, v, problem)
+
+    registry.register_backend(Flaky)
+    try:
+        result = run_bench(_settings(backend="flaky", seq_lens=[32, 96], check_len=64))
+    finally:
+        registry._backends.pop("flaky")
+    by_len = {n: [r for r in result["rows"] if r["seq_len"] == n] for n in (32, 96)}
+    assert all("ms" in r for r in by_len[32])
+    assert all(r["error"] == "RuntimeError: CUDA error: an illegal memory access"
+               and r["check_ok"] for r in by_len[96])
+
+
+def test_time_call_budget_cuts_long_calls_but_keeps_min_repeats():
+    import time as _time
+
+    calls = []
+
+    def slow(_):
+        calls.append(1)
+        _time.sleep(0.03)
+
+    samples = time_call(slow, device=torch.device("cpu"), warmup=3, repeats=10, budget_s=0.05)
+    assert len(samples) == 2 and len(calls) == 3  # one warm-up, two timed
+    calls.clear()
+    samples = time_call(lambda _: calls.append(1), device=torch.device("cpu"), warmup=2,
+                        repeats=4, budget_s=10.0)
+    assert len(samples) == 4 and len(calls) == 6  # fast calls: untouched
+
+
+def test_backend_options_are_benchmarked_under_their_spec():
+    name = backend_spec("flex:compile=0")
+    assert name == "flex:compile=0" and registry.get_backend(name).compile is False
+    (mha,) = run_bench(_settings(variants=["MHA"], backend=name, repeats=1, warmup=0))["rows"]
+    assert mha["backend"] == name and mha["kernel"] == "flex (eager)"
+    with pytest.raises(UserError, match="takes no option"):
+        backend_spec("sdpa:tiles=3")
+    with pytest.raises(UserError, match="key=value"):
+        backend_spec("sdpa:tiles")
+
+
+def test_cli_grid_json_png_and_calibration(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    out, png, cal = tmp_path / "b.json", tmp_path / "b.png", tmp_path / "cal.json"
+    rc = main(["bench", "--variants", "xSQA", "--seq-lens", "32", "--device", "cpu",
+               "--n-heads", "8", "--head-dim", "8", "--repeats", "1", "--warmup", "0",
+               "--backend", "sdpa,flex", "--causal-modes", "causal,noncausal",
+               "--patterns", "window", "--window", "8", "--baselines", "MHA",
+               "--json", str(out), "--png", str(png), "--calibration-out", str(cal)])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    assert len(data["rows"]) == 2 * 2 * 2  # backends x masks x variants
+    assert {r["causal"] for r in data["rows"]} == {True, False}
+    assert png.stat().st_size > 10_000
+    entries = json.loads(cal.read_text())["entries"]
+    assert {(e["pattern"], e["causal"], e["train"]) for e in entries} == \
+        {("window", True, False), ("window", False, False)}
+    assert all(set(e["order"]) == {"sdpa", "flex"} for e in entries)
+    assert "of best" in capsys.readouterr().out
+
+
+def test_bench_module_runs_alone(tmp_path, capsys):
+    """`python -m sqa_nas.bench` parses only the bench's own arguments (the GPU machine
+    lacks the other commands' dependencies) and records its own command line."""
+    from sqa_nas.bench import main as bench_main
+
+    out = tmp_path / "b.json"
+    assert bench_main(["--variants", "xSQA", "--seq-lens", "24", "--device", "cpu",
+                       "--n-heads", "4", "--head-dim", "8", "--repeats", "1",
+                       "--baselines", "MHA", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["settings"]["command"].startswith(
+        "python -m sqa_nas.bench --variants xSQA")
+    assert bench_main(["--variants", "Nope", "--device", "cpu"]) == 2
+    assert "unknown variant 'Nope'" in capsys.readouterr().err

@@ -1,0 +1,191 @@
+"""Sliding-window SQA at 128k, 512k and 1M tokens on one GPU: the paper's open question 2.
+
+The paper (arXiv 2510.01817) leaves open whether SW-SQA and Flex-SQA (SQA heads with a
+sliding window, plus a few global tokens) make million-token attention practical. Two parts,
+attention kernel scope by default (`--scope layer` adds the projections), head_dim 128,
+causal, bf16, `backend="auto"`:
+
+- heads, at `--sweep-len` (128k): the same 4096-token window (and window + 16 global tokens)
+  on MHA, GQA, SQA, sSQA and xSQA heads, forward: effective TFLOP/s from the mask's real
+  density, and the speedup over MHA heads under the same mask.
+- lengths, at each of `--seq-lens`: SW-SQA (window) and Flex-SQA (window + global tokens)
+  forward, and forward + backward with `--backward`, against dense causal MHA, GQA and SQA
+  forward up to `--dense-max-len`.
+
+Few distinct shapes, since compiled FlexAttention compiles once per shape: the flex pattern
+runs on three head layouts at the sweep length and on Flex-SQA's at the others. Long calls
+are timed fewer times (`--budget-s`): dense MHA at 1M tokens takes seconds a call.
+
+    python experiments/long_context.py                       # ~3 min on an H200
+    python experiments/long_context.py --dense-max-len 524288 --no-backward
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from sqa_nas.bench import (
+    DEFAULT_GLOBAL_TOKENS,
+    DEFAULT_WINDOW,
+    BenchSettings,
+    expand_grid,
+    run_grid,
+)
+from sqa_nas.cli import csv, positive
+from sqa_nas.machine import header_line
+
+SCHEMA = "sqa-nas/long_context/1"
+HERE = Path(__file__).resolve().parent
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seq-lens", type=csv(positive), default=[131_072, 524_288, 1_048_576])
+    p.add_argument("--sweep-len", type=positive, default=131_072,
+                   help="length of the heads sweep (default 131072)")
+    p.add_argument("--head-dim", type=positive, default=128)
+    p.add_argument("--n-heads", type=positive, default=16, help="reference H (default 16)")
+    p.add_argument("--batch", type=positive, default=1)
+    p.add_argument("--window", type=positive, default=DEFAULT_WINDOW)
+    p.add_argument("--global-tokens", type=positive, default=DEFAULT_GLOBAL_TOKENS)
+    p.add_argument("--window-heads", type=csv(str), default=["MHA", "GQA", "SQA", "sSQA", "xSQA"],
+                   help="variants whose heads run the window at the sweep length")
+    p.add_argument("--flex-heads", type=csv(str), default=["MHA", "sSQA", "xSQA"],
+                   help="variants whose heads run window + global tokens at the sweep length")
+    p.add_argument("--dense", type=csv(str), default=["MHA", "GQA", "SQA"],
+                   help="dense causal baselines of the length sweep")
+    p.add_argument("--dense-max-len", type=positive, default=1_048_576,
+                   help="longest length the dense baselines run at (1M MHA: ~7 s a call)")
+    p.add_argument("--backward", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time forward + backward of SW-SQA and Flex-SQA (default on)")
+    p.add_argument("--backends", type=csv(str), default=["auto"],
+                   help="backends of the heads sweep, e.g. auto,flash_attn,flex (default auto)")
+    p.add_argument("--scope", choices=["kernel", "layer"], default="kernel")
+    p.add_argument("--device", help="default: cuda when visible")
+    p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
+                   help="default: bfloat16 on GPU, float32 on CPU")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=positive, default=10)
+    p.add_argument("--budget-s", type=float, default=6.0,
+                   help="timed seconds per row before repeats are cut (>= 2 kept)")
+    p.add_argument("--quick", action="store_true", help="3 repeats, 3 s per row")
+    p.add_argument("--check-len", type=positive,
+                   help="tokens of the correctness check (default 2 x window + 64, so the "
+                        "check sees the window's edge and the global tokens)")
+    p.add_argument("--no-check", action="store_true")
+    p.add_argument("--out", type=Path, help="JSON path (default: experiments/results/"
+                                            "long_context_<gpu>.json)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.repeats, args.budget_s = 3, 3.0
+    return args
+
+
+def plan(args, device: str, dtype: str) -> dict[str, list[BenchSettings]]:
+    """The cells of both parts: {"heads": [...], "lengths": [...]}."""
+    base = BenchSettings(
+        variants=["MHA"], seq_lens=[args.sweep_len], batch=args.batch, n_heads=args.n_heads,
+        head_dim=args.head_dim, dtype=dtype, device=device, mode="fwd", scope=args.scope,
+        causal=True, window=args.window, global_tokens=args.global_tokens,
+        warmup=args.warmup, repeats=args.repeats, budget_s=args.budget_s, baselines=(),
+        check=not args.no_check, check_len=args.check_len or 2 * args.window + 64)
+    heads = []
+    for pattern, names in (("window", args.window_heads), ("flex", args.flex_heads)):
+        if names:
+            baselines = ("MHA",) if "MHA" in names else ()
+            heads += expand_grid(base, backend=args.backends, variants=[names],
+                                 pattern=[pattern], baselines=[baselines])
+    lengths = []
+    modes = ["fwd", "fwd+bwd"] if args.backward else ["fwd"]
+    for n in args.seq_lens:
+        for variant, pattern in (("SW-SQA", "window"), ("Flex-SQA", "flex")):
+            lengths += expand_grid(base, seq_lens=[[n]], variants=[[variant]],
+                                   pattern=[pattern], mode=modes)
+        if args.dense and n <= args.dense_max_len:
+            lengths += expand_grid(base, seq_lens=[[n]], variants=[args.dense],
+                                   pattern=["dense"], baselines=[("MHA",)])
+    return {"heads": heads, "lengths": lengths}
+
+
+def add_dense_speedups(rows: list[dict]) -> None:
+    """`speedup_vs_dense_MHA`: forward time of dense causal MHA at the same length over the
+    row's; the question is how much a window buys against full attention."""
+    dense = {r["seq_len"]: r["ms"] for r in rows
+             if r.get("part") == "lengths" and r["variant"] == "MHA"
+             and r["pattern"] == "dense" and r["mode"] == "fwd" and "ms" in r}
+    for r in rows:
+        if r.get("part") == "lengths" and r["mode"] == "fwd" and "ms" in r \
+                and r["seq_len"] in dense:
+            r["speedup_vs_dense_MHA"] = dense[r["seq_len"]] / r["ms"]
+
+
+def run(args) -> dict:
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    parts = plan(args, device, dtype)
+    t0 = time.perf_counter()
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    settings |= {"device": device, "dtype": dtype, "command": " ".join(["python", *sys.argv])}
+    rows: list[dict] = []
+
+    def assemble(machine: dict, new_rows: list[dict], **extra) -> dict:
+        everything = rows + new_rows
+        add_dense_speedups(everything)
+        return {"schema": SCHEMA, "machine": machine, "settings": settings,
+                "rows": everything, "wall_s": time.perf_counter() - t0, **extra,
+                "notes": ["TFLOP/s are effective: FLOPs of the keys each query sees "
+                          "(count_visible), so a window's TFLOP/s compare with dense ones",
+                          "speedup_vs_MHA: against MHA heads under the same mask (heads "
+                          "part); speedup_vs_dense_MHA: against dense causal MHA at the "
+                          "same length"]}
+
+    result = None
+    for part, grid in parts.items():
+        if not grid:
+            continue
+
+        def save_partial(partial: dict, part=part) -> None:  # a cut-short run keeps its rows
+            if args.out is not None:
+                _write(args.out, assemble(partial["machine"], [r | {"part": part}
+                                                               for r in partial["rows"]],
+                                          partial=True))
+
+        result = run_grid(grid, progress=lambda s, p=part: print(f"  {p}: {s}",
+                                                                  file=sys.stderr, flush=True),
+                          extra={"command": settings["command"]}, on_cell=save_partial)
+        rows += [r | {"part": part} for r in result["rows"]]
+    return assemble(result["machine"], [])
+
+
+def _write(path: Path, result: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    from paper_table3 import default_out  # beside this file
+    from report import long_context_markdown  # no matplotlib needed for the tables
+
+    args.out = args.out or default_out("long_context", args.device)
+    result = run(args)
+    out = args.out
+    _write(out, result)
+    print(header_line(result["machine"]))
+
+    print(long_context_markdown(result))
+    print(f"wrote {out} ({result['wall_s']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

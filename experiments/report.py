@@ -1,0 +1,442 @@
+"""Result JSON -> markdown tables, target checks and PNGs: the README's Performance section.
+
+Reads what `sqa-nas bench --json`, `paper_table3.py` and `long_context.py` wrote, checks the
+project's performance targets against it (each with its margin, and for a miss the numbers
+that explain it), draws the plots, and writes `docs/performance.md`. Nothing here runs a
+benchmark, and nothing is typed in by hand: every number comes from a result file.
+
+    python experiments/report.py                       # experiments/results/*.json
+    python experiments/report.py FILE.json ... --out docs/performance.md
+    python experiments/report.py --section             # print the README section
+
+Only the PNG step needs matplotlib, so the GPU scripts import the table functions from here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results"
+DOC = ROOT / "docs" / "performance.md"
+H200_SMS = 132  # streaming multiprocessors of an H200 SXM; used only in explanations
+PAPER_VARIANTS = ("MHA", "GQA", "MQA", "SQA", "sSQA", "xSQA")
+
+
+# ------------------------------------------------------------------------------ loading
+def device_slug(machine: dict) -> str:
+    """'NVIDIA H200' -> 'h200', any CPU -> 'cpu': the suffix of result file names."""
+    if machine.get("device_type") != "cuda":
+        return "cpu"
+    name = machine["device"].lower().removeprefix("nvidia ").strip()
+    return "".join(c if c.isalnum() else "-" for c in name).strip("-")
+
+
+def kind(result: dict) -> str:
+    schema = result.get("schema", "")
+    for name in ("paper_table3", "long_context", "bench"):
+        if f"/{name}/" in schema:
+            return name
+    return "bench" if "rows" in result and "machine" in result else "unknown"
+
+
+def load(paths: Iterable[str | Path]) -> list[dict]:
+    """Result files (with "rows") and calibration files (with "entries"), each tagged with
+    its path; other JSON is skipped."""
+    out = []
+    for path in sorted(Path(p) for p in paths):
+        data = json.loads(path.read_text())
+        if isinstance(data, dict) and "machine" in data and ("rows" in data
+                                                             or "entries" in data):
+            data["_path"] = str(path)
+            out.append(data)
+    return out
+
+
+def calibration_markdown(cal: dict) -> str:
+    """The backend order `bench --calibration-out` measured, per mask family."""
+    body = [[e["pattern"], e["dtype"], {True: "causal", False: "bidirectional",
+                                        None: "both"}[e.get("causal")],
+             {True: "fwd+bwd", False: "fwd", None: "both"}[e.get("train")],
+             " > ".join(e["order"]), e["source"].rpartition("; ")[2]]
+            for e in cal["entries"]]
+    return _table(["pattern", "dtype", "mask", "mode", "measured order", "score"], body)
+
+
+# ------------------------------------------------------------------------------ formatting
+def _n(n: int) -> str:
+    return f"{n:,}"
+
+
+def _sec(s: float) -> str:
+    return f"{s:.4f}" if s < 10 else f"{s:.2f}"
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _kernels(rows: list[dict]) -> str:
+    seen = sorted({f"{r.get('backend', '?')} ({r['kernel']})" if r.get("kernel") else
+                   r.get("backend", "?") for r in rows if "ms" in r})
+    return ", ".join(seen) or "none"
+
+
+def _errors(rows: list[dict]) -> list[str]:
+    return sorted({f"{r['variant']} @ {_n(r['seq_len'])}: {r['error']}"
+                   for r in rows if "error" in r})
+
+
+def _machine_line(machine: dict) -> str:
+    from sqa_nas.machine import header_line
+
+    return header_line(machine)
+
+
+# ------------------------------------------------------------------------------ tables
+def paper_table3_markdown(result: dict, h: str = "###") -> str:
+    """Seconds per forward step, one table per head_dim; at head_dim 16 each cell also
+    gives its share of the paper's A100 time, and the last column xSQA's speedup over GQA
+    (the paper's in brackets)."""
+    rows = result["rows"]
+    ref = result.get("reference", {}).get("paper_a100_s", {})
+    out = []
+    for hd in sorted({r["head_dim"] for r in rows}):
+        sub = [r for r in rows if r["head_dim"] == hd]
+        variants = list(dict.fromkeys(r["variant"] for r in sub))
+        d_model = sub[0]["n_heads"] * hd
+        what = "the paper's model" if hd == 16 else "the same family"
+        out.append(f"{h} head_dim {hd} ({what}: d_model {d_model}, "
+                   f"{sub[0].get('n_layers', 8)} layers), seconds per forward step")
+        body = []
+        for n in sorted({r["seq_len"] for r in sub}):
+            at = {r["variant"]: r for r in sub if r["seq_len"] == n}
+            batch = next(iter(at.values()))["batch"]
+            cells = []
+            for v in variants:
+                r = at.get(v, {})
+                if "ms" not in r:
+                    cells.append("error" if "error" in r else "-")
+                    continue
+                text = _sec(r["ms"] / 1e3)
+                if "fraction_of_paper" in r:
+                    text += f" ({r['fraction_of_paper']:.0%})"
+                cells.append(text)
+            gain = ""
+            if "ms" in at.get("xSQA", {}) and "ms" in at.get("GQA", {}):
+                gain = f"{at['GQA']['ms'] / at['xSQA']['ms']:.2f}x"
+                paper = ref.get(str(n)) or ref.get(n)
+                if paper and "fraction_of_paper" in at["xSQA"]:
+                    gain += f" ({paper['GQA'] / paper['xSQA']:.2f}x)"
+            body.append([f"{_n(n)} ({batch})", *cells, gain])
+        out.append(_table(["seq (batch)", *variants, "xSQA vs GQA"], body))
+        notes = [f"kernels: {_kernels(sub)}"]
+        if hd == 16 and any("fraction_of_paper" in r for r in sub):
+            notes.append("in brackets: share of the paper's A100 time (target <= 33%), and "
+                         "the paper's own xSQA vs GQA")
+        notes += [f"failed: {e}" for e in _errors(sub)]
+        out.append("\n".join(f"- {x}" for x in notes))
+    return "\n\n".join(out)
+
+
+def long_context_markdown(result: dict, h: str = "###") -> str:
+    rows = result["rows"]
+    out = []
+    heads = [r for r in rows if r.get("part") == "heads"]
+    if heads:
+        n = heads[0]["seq_len"]
+        out.append(f"{h} Same mask, different heads: {_n(n)} tokens, causal forward, "
+                   f"head_dim {heads[0]['head_dim']}")
+        body = [[r["variant"], f"{r.get('n_q_heads', '?')}/{r.get('n_kv_heads', '?')}",
+                 r.get("mask", r["pattern"]), r.get("backend_requested", "auto"),
+                 r.get("kernel", "-"), *_timing(r, "speedup_vs_MHA")] for r in heads]
+        out.append(_table(["heads of", "H_q/H_kv", "mask", "backend", "kernel", "ms",
+                           "TFLOP/s (effective)", "vs MHA heads"], body))
+    lengths = [r for r in rows if r.get("part") == "lengths"]
+    if lengths:
+        out.append(f"{h} SW-SQA and Flex-SQA against dense attention, by length")
+        body = [[_n(r["seq_len"]), r["variant"],
+                 f"{r.get('n_q_heads', '?')}/{r.get('n_kv_heads', '?')}",
+                 r.get("mask", r["pattern"]), r["mode"], r.get("kernel", "-"),
+                 *_timing(r, "speedup_vs_dense_MHA")]
+                for r in sorted(lengths, key=lambda r: (r["seq_len"], r["pattern"] == "dense",
+                                                        r["variant"], r["mode"]))]
+        out.append(_table(["seq", "variant", "H_q/H_kv", "mask", "mode", "kernel", "ms",
+                           "TFLOP/s (effective)", "vs dense MHA"], body))
+    errors = _errors(rows)
+    if errors:
+        out.append("\n".join(f"- failed: {e}" for e in errors))
+    return "\n\n".join(out)
+
+
+def _timing(r: dict, speedup_key: str) -> list[str]:
+    if "ms" not in r:
+        return [r.get("error", "-")[:80], "", ""]
+    speed = f"{r[speedup_key]:.2f}x" if speedup_key in r else "-"
+    return [f"{r['ms']:.2f}", f"{r['tflops']:.0f}" if r["tflops"] >= 10 else
+            f"{r['tflops']:.2g}", speed]
+
+
+def bench_markdown(result: dict, h: str = "###") -> str:
+    from sqa_nas.bench import _tables
+
+    out = []
+    several = any("fraction_of_best" in r for r in result["rows"])
+    for title, rows in _tables(result["rows"]).items():
+        out.append(f"{h} {title[0].upper() + title[1:]}")
+        header = ["variant", "N", "H_q/H_kv", "backend", "kernel", "ms", "TFLOP/s", "vs MHA",
+                  "vs GQA"] + (["of best"] if several else [])
+        body = []
+        for r in rows:
+            base = [r["variant"], _n(r["seq_len"]),
+                    f"{r.get('n_q_heads', '?')}/{r.get('n_kv_heads', '?')}",
+                    r.get("backend_requested", "auto"), r.get("kernel", "-")]
+            if "ms" not in r:
+                body.append(base + [r.get("error", "-")[:80]] + [""] * (len(header) - 6))
+                continue
+            body.append(base + [f"{r['ms']:.3f}", f"{r['tflops']:.1f}",
+                                *[f"{r[k]:.2f}x" if k in r else "-"
+                                  for k in ("speedup_vs_MHA", "speedup_vs_GQA")]]
+                        + ([f"{r['fraction_of_best']:.0%}" if "fraction_of_best" in r
+                            else "-"] if several else []))
+        out.append(_table(header, body))
+    return "\n\n".join(out)
+
+
+# ------------------------------------------------------------------------------ targets
+def _target(name: str, value: float | None, goal: float, *, at_most: bool = False,
+            unit: str = "x", note: str = "") -> dict:
+    def fmt(x):
+        return (f"{x:.0%}" if unit == "%" else f"{x:.1f}" if unit == "TFLOP/s"
+                else f"{x:.4f} s" if unit == "s" else f"{x:.2f}x")
+
+    goal_text = ("<= " if at_most else ">= ") + fmt(goal) + \
+        (" TFLOP/s" if unit == "TFLOP/s" else "")
+    if value is None:
+        return {"target": name, "goal": goal_text, "measured": "not measured", "ok": None,
+                "margin": "", "note": note}
+    ok = value <= goal if at_most else value >= goal
+    margin = (goal / value - 1) if at_most else (value / goal - 1)
+    return {"target": name, "goal": goal_text,
+            "measured": fmt(value) + (" TFLOP/s" if unit == "TFLOP/s" else ""), "ok": ok,
+            "margin": f"{margin:+.0%}", "note": "" if ok else note}
+
+
+def _grid_note(r: dict) -> str:
+    """Why a small head count can fall short: the kernel's grid of 128-query tiles."""
+    tiles = r["batch"] * r.get("n_q_heads", 1) * math.ceil(r["seq_len"] / 128)
+    return (f"{r.get('kernel', r.get('backend', '?'))}: {tiles:,} query tiles of 128 for "
+            f"{H200_SMS} SMs ({tiles / H200_SMS:.1f} waves)")
+
+
+def targets(results: list[dict]) -> list[dict]:
+    """Every target of issue 7 that the loaded results can answer; None = not measured."""
+    out: list[dict] = []
+    results = [r for r in results if "rows" in r]
+    bench = [r for res in results if kind(res) == "bench" for r in res["rows"]]
+
+    def pick(rows, **want):
+        return [r for r in rows if all(r.get(k) == v for k, v in want.items())]
+
+    # 1. 128k, head_dim 128, non-causal forward: SQA >= 1.95x, xSQA >= 3.8x over MHA (auto).
+    for scope in ("kernel", "layer"):
+        cell = pick(bench, head_dim=128, seq_len=131072, causal=False, pattern="dense",
+                    mode="fwd", scope=scope, backend_requested="auto")
+        for variant, goal in (("SQA", 1.95), ("xSQA", 3.8)):
+            for r in pick(cell, variant=variant):
+                mha = pick(cell, variant="MHA", batch=r["batch"])
+                note = (f"MHA {mha[0]['tflops']:.0f} TFLOP/s vs {variant} {r['tflops']:.0f}; "
+                        + _grid_note(r)) if mha and "tflops" in mha[0] and "tflops" in r else ""
+                out.append(_target(f"{scope}, hd128, 128k, non-causal fwd: {variant} vs MHA "
+                                   f"(auto, batch {r['batch']})", r.get("speedup_vs_MHA"),
+                                   goal, note=note))
+        # 2. auto >= 90% of the best raw kernel on that cell.
+        for r in cell:
+            if "fraction_of_best" in r:
+                out.append(_target(f"{scope}, hd128, 128k, non-causal fwd: auto ({r['backend']})"
+                                   f" vs best kernel ({r['best_backend']}), {r['variant']}",
+                                   r["fraction_of_best"], 0.9, unit="%",
+                                   note="auto picked a slower kernel: update the calibration"))
+    # 3. Dense causal forward, head_dim 128, 32k: >= 650 TFLOP/s, MHA, SQA and xSQA heads.
+    for r in pick(bench, head_dim=128, seq_len=32768, causal=True, pattern="dense",
+                  mode="fwd", scope="kernel", backend_requested="auto"):
+        if r["variant"] in ("MHA", "SQA", "xSQA"):
+            out.append(_target(f"kernel, hd128, 32k, causal fwd: {r['variant']} heads "
+                               f"(batch {r['batch']})", r.get("tflops"), 650, unit="TFLOP/s",
+                               note=_grid_note(r)))
+    # 4. Window 4096 (+ 16 global) at 128k causal fwd: >= 550 TFLOP/s; xSQA >= 3.5x MHA.
+    long = [r | {"_file": res["_path"]} for res in results if kind(res) == "long_context"
+            for r in res["rows"]]
+    for pattern in ("window", "flex"):
+        cell = pick(long, part="heads", seq_len=131072, mode="fwd", pattern=pattern,
+                    backend_requested="auto")
+        label = "SW (window)" if pattern == "window" else "Flex (window + global)"
+        for r in cell:
+            if r["variant"] in ("MHA", "sSQA", "xSQA"):
+                out.append(_target(f"{label}, 128k causal fwd: {r['variant']} heads",
+                                   r.get("tflops"), 550, unit="TFLOP/s", note=_grid_note(r)))
+        for r in pick(cell, variant="xSQA"):
+            out.append(_target(f"{label}, 128k causal fwd: xSQA heads vs MHA heads",
+                               r.get("speedup_vs_MHA"), 3.5))
+    # 5. 1M-token SW-SQA forward runs and is reported.
+    if long:
+        million = pick(long, part="lengths", seq_len=1_048_576, variant="SW-SQA", mode="fwd")
+        ran = [r for r in million if "ms" in r]
+        out.append({"target": "SW-SQA forward at 1M tokens on one GPU", "goal": "runs",
+                    "measured": f"{ran[0]['ms']:.1f} ms" if ran else
+                    (million[0].get("error", "not run") if million else "not measured"),
+                    "ok": bool(ran) if million else None, "margin": "", "note": ""})
+    # 6. Paper Table 3, head_dim 16: every cell <= 1/3 of the A100 time; xSQA/GQA >= 3.5x.
+    for res in results:
+        if kind(res) != "paper_table3":
+            continue
+        rows = [r for r in res["rows"] if r["head_dim"] == 16 and "paper_a100_s" in r]
+        profiles = {(p["variant"], p["seq_len"]): p for p in res.get("profiles", [])
+                    if p.get("head_dim") == 16}
+        for r in rows:
+            note = ""
+            if "ms" in r:
+                step = r["ms"] / 1e3
+                note = (f"softmax exp floor {r.get('softmax_exp_floor_s', 0):.3f} s "
+                        f"({r.get('softmax_exp_floor_s', 0) / step:.0%} of the step)")
+                prof = profiles.get((r["variant"], r["seq_len"]))
+                if prof and "attention_share" in prof:
+                    note += f"; attention kernels {prof['attention_share']:.0%} of GPU time"
+            out.append(_target(f"Table 3, hd16, {_n(r['seq_len'])}: {r['variant']} / A100",
+                               r.get("fraction_of_paper"), 1 / 3, at_most=True, unit="%",
+                               note=note or r.get("error", "")))
+        for n in (131072, 200000):
+            at = {r["variant"]: r for r in rows if r["seq_len"] == n and "ms" in r}
+            if "xSQA" in at and "GQA" in at:
+                out.append(_target(f"Table 3, hd16, {_n(n)}: xSQA vs GQA",
+                                   at["GQA"]["ms"] / at["xSQA"]["ms"], 3.5,
+                                   note=f"GQA {at['GQA']['ms']:.0f} ms, xSQA "
+                                        f"{at['xSQA']['ms']:.0f} ms"))
+    return out
+
+
+def targets_markdown(items: list[dict]) -> str:
+    if not items:
+        return "No result file answers a target yet."
+    mark = {True: "met", False: "**missed**", None: "not measured"}
+    return _table(["target", "goal", "measured", "margin", "", "why (for a miss)"],
+                  [[t["target"], t["goal"], t["measured"], t["margin"], mark[t["ok"]],
+                    t["note"]] for t in items])
+
+
+# ------------------------------------------------------------------------------ plots
+def write_pngs(result: dict, png_dir: Path) -> list[Path]:
+    """One PNG per result file: time and speedup vs length (see `sqa_nas.bench.plot_rows`)."""
+    from sqa_nas.bench import plot_rows
+
+    stem = Path(result.get("_path", "result.json")).stem
+    title = _machine_line(result["machine"])
+    k = kind(result)
+    if k == "paper_table3":
+        return [plot_rows(result["rows"], png_dir / f"{stem}.png", title=title,
+                          panel_keys=("head_dim",))]
+    if k == "long_context":
+        rows = [r for r in result["rows"] if r.get("part") == "lengths"]
+        return [plot_rows(rows, png_dir / f"{stem}.png", title=title, panel_keys=("mode",),
+                          baseline="dense_MHA")]
+    return [plot_rows(result["rows"], png_dir / f"{stem}.png", title=title)]
+
+
+# ------------------------------------------------------------------------------ the page
+def body(results: list[dict], pngs: dict[str, list[Path]], relative_to: Path,
+         level: int = 2) -> str:
+    """The Performance section's content, headings starting at `level`."""
+    h, hh = "#" * level, "#" * (level + 1)
+    calibrations = [r for r in results if "entries" in r]
+    results = [r for r in results if "rows" in r]
+    parts = []
+    machines = sorted({_machine_line(r["machine"]) for r in results})
+    parts.append(f"{h} Where and how\n\n" + "\n".join(f"- {m}" for m in machines)
+                 + "\n- every number below comes from a committed JSON file under "
+                 "`experiments/results/` (file names in each subsection); rerun the command "
+                 "recorded in the file to reproduce it")
+    parts.append(f"{h} Targets\n\n" + targets_markdown(targets(results)))
+    order = {"paper_table3": 0, "bench": 1, "long_context": 2}
+    for res in sorted(results, key=lambda r: (order.get(kind(r), 9), r["_path"])):
+        k = kind(res)
+        path = Path(res["_path"])
+        rel = os.path.relpath(path, relative_to)
+        title = {"paper_table3": "Paper Table 3 (whole model, forward)",
+                 "long_context": "Long context: SW-SQA and Flex-SQA",
+                 "bench": "Attention kernels"}.get(k, k)
+        command = res.get("settings", {}).get("command", "")
+        if res.get("partial"):
+            title += " (partial: the run stopped before its last cell)"
+        text = [f"{h} {title}", f"From [`{path.name}`]({rel})"
+                + (f", made by `{command}`." if command else ".")]
+        text.append({"paper_table3": paper_table3_markdown, "long_context":
+                     long_context_markdown, "bench": bench_markdown}[k](res, hh)
+                    if k in order else "")
+        for png in pngs.get(res["_path"], []):
+            text.append(f"![{png.stem}]({os.path.relpath(png, relative_to)})")
+        parts.append("\n\n".join(text))
+    for cal in calibrations:
+        path = Path(cal["_path"])
+        parts.append(f"{h} Measured backend order\n\nFrom [`{path.name}`]"
+                     f"({os.path.relpath(path, relative_to)}); `SQA_NAS_CALIBRATION="
+                     f"{path.name}` makes `backend=\"auto\"` follow it.\n\n"
+                     + calibration_markdown(cal))
+    return "\n\n".join(parts) + "\n"
+
+
+HOW = """How this page is made: the GPU scripts write JSON with a machine header into
+`experiments/results/`, and `python experiments/report.py` turns every JSON there into
+the tables, target checks and PNGs below (the same text, one heading level down, is the
+README's Performance section: `python experiments/report.py --section`). The commands
+that made each file are recorded in it and listed in `experiments/README.md`."""
+
+
+def page(results: list[dict], pngs: dict[str, list[Path]], out: Path) -> str:
+    head = ("# Performance\n\n<!-- generated by experiments/report.py from "
+            "experiments/results/*.json: do not edit by hand -->\n\n" + HOW + "\n\n")
+    if not results:
+        return head + "No results yet: run the commands in `experiments/README.md` on a GPU.\n"
+    return head + body(results, pngs, out.parent, level=2)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("results", nargs="*", type=Path,
+                   help="result JSON files (default: experiments/results/*.json)")
+    p.add_argument("--out", type=Path, default=DOC, help="the page to write")
+    p.add_argument("--png-dir", type=Path, help="where PNGs go (default: beside each JSON)")
+    p.add_argument("--no-png", action="store_true")
+    p.add_argument("--section", action="store_true",
+                   help="print the README's Performance section instead of writing the page")
+    args = p.parse_args(argv)
+    results = load(args.results or sorted(RESULTS.glob("*.json")))
+    pngs: dict[str, list[Path]] = {}
+    if not args.no_png:
+        for res in (r for r in results if "rows" in r):
+            folder = args.png_dir or Path(res["_path"]).parent
+            pngs[res["_path"]] = write_pngs(res, folder)
+    if args.section:
+        print("## Performance\n\n" + (body(results, pngs, ROOT, level=3) if results
+                                      else "No results yet.\n"))
+        return 0
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(page(results, pngs, args.out))
+    print(f"wrote {args.out} from {len(results)} result file(s)")
+    for t in targets([r for r in results if "rows" in r]):
+        state = {True: "met", False: "MISSED", None: "not measured"}[t["ok"]]
+        print(f"  {state:>12}  {t['target']}: {t['measured']} (goal {t['goal']}) {t['margin']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""The GPU experiment scripts at CPU sizes: paper_table3.py, long_context.py, report.py.
+
+The sizes are tiny so the suite stays fast; what is checked is the plumbing the GPU run
+relies on: every cell is a row with its machine header and configuration, failures are rows
+too, the paper's numbers are attached where they apply, and the report turns the files into
+tables, target checks and PNGs without a hand-typed number.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+@pytest.fixture(scope="module")
+def scripts():
+    sys.path.insert(0, str(EXPERIMENTS))
+    try:
+        yield {name: importlib.import_module(name)
+               for name in ("paper_table3", "long_context", "report")}
+    finally:
+        sys.path.remove(str(EXPERIMENTS))
+
+
+@pytest.fixture(scope="module")
+def runs(scripts, tmp_path_factory):
+    """One tiny run of each script, shared by the tests below."""
+    out = tmp_path_factory.mktemp("results")
+    paper, long = out / "paper_table3_cpu.json", out / "long_context_cpu.json"
+    assert scripts["paper_table3"].main([
+        "--device", "cpu", "--head-dims", "8", "--seq-lens", "32,64", "--batch", "1",
+        "--variants", "MHA,GQA,xSQA,SW-SQA", "--window", "16", "--n-layers", "1",
+        "--repeats", "1", "--warmup", "0", "--check-len", "48", "--profile", "64",
+        "--out", str(paper)]) == 0
+    assert scripts["long_context"].main([
+        "--device", "cpu", "--seq-lens", "64,96", "--sweep-len", "64", "--head-dim", "8",
+        "--n-heads", "8", "--window", "8", "--global-tokens", "2", "--dense-max-len", "64",
+        "--window-heads", "MHA,xSQA", "--flex-heads", "MHA,xSQA", "--dense", "MHA,SQA",
+        "--repeats", "1", "--warmup", "0", "--out", str(long)]) == 0
+    return {"dir": out, "paper": json.loads(paper.read_text()),
+            "long": json.loads(long.read_text())}
+
+
+def test_paper_table3_rows_header_and_profile(runs):
+    result = runs["paper"]
+    assert result["schema"] == "sqa-nas/paper_table3/1"
+    assert {"device", "torch", "cuda", "cudnn", "triton", "flash_attn"} <= set(result["machine"])
+    rows = result["rows"]
+    assert [(r["seq_len"], r["variant"]) for r in rows] == [
+        (n, v) for n in (32, 64) for v in ("MHA", "GQA", "xSQA", "SW-SQA")]
+    for r in rows:
+        assert r["scope"] == "model" and r["check_ok"] and r["ms"] > 0 and r["n_layers"] == 1
+        assert r["speedup_vs_MHA"] > 0 and r["speedup_vs_GQA"] > 0
+        assert r["softmax_exp_floor_s"] > 0
+    sw = next(r for r in rows if r["variant"] == "SW-SQA" and r["seq_len"] == 64)
+    assert sw["window"] == 16 and sw["density"] < 0.5
+    assert {p["variant"] for p in result["profiles"]} == {"MHA", "GQA", "xSQA", "SW-SQA"}
+    assert all(p["top"] and 0 <= p["attention_share"] <= 1 for p in result["profiles"])
+    assert result["reference"]["paper_a100_s"]["131072"]["xSQA"] == 0.3759
+
+
+def test_paper_numbers_attach_to_the_paper_cells_only(scripts):
+    annotate = scripts["paper_table3"].annotate
+    row = {"variant": "GQA", "seq_len": 131072, "batch": 1, "head_dim": 16, "ms": 400.0,
+           "density": 0.5, "n_q_heads": 16, "n_kv_heads": 4}
+    annotate(row)
+    assert row["paper_a100_s"] == 1.2558 and row["anchor_h200_sdpa_s"] == 0.5831
+    assert row["fraction_of_paper"] == pytest.approx(0.4 / 1.2558)
+    # exponentials: 8 layers x 16 heads x N^2 / 2 visible pairs, at 3.9e12 per second
+    assert row["softmax_exp_floor_s"] == pytest.approx(8 * 16 * 131072**2 / 2 / 3.9e12)
+    other = {"variant": "GQA", "seq_len": 131072, "batch": 1, "head_dim": 64, "ms": 1.0}
+    annotate(other)
+    assert "paper_a100_s" not in other
+    assert scripts["paper_table3"].batch_for(32768) == 4
+    assert scripts["paper_table3"].batch_for(65536) == 2
+
+
+def test_long_context_parts_and_dense_speedups(runs):
+    result = runs["long"]
+    assert result["schema"] == "sqa-nas/long_context/1"
+    heads = [r for r in result["rows"] if r["part"] == "heads"]
+    assert {(r["variant"], r["pattern"]) for r in heads} == {
+        (v, p) for v in ("MHA", "xSQA") for p in ("window", "flex")}
+    for r in heads:
+        assert r["seq_len"] == 64 and r["mode"] == "fwd" and r["check_ok"]
+        assert r["check_len"] == 64 and r["window"] == 8
+    assert {r["global_tokens"] for r in heads if r["pattern"] == "flex"} == {2}
+    lengths = [r for r in result["rows"] if r["part"] == "lengths"]
+    windowed = {(r["variant"], r["seq_len"], r["mode"]) for r in lengths
+                if r["pattern"] != "dense"}
+    assert windowed == {(v, n, m) for v in ("SW-SQA", "Flex-SQA") for n in (64, 96)
+                        for m in ("fwd", "fwd+bwd")}
+    # the check covers twice the window and the global tokens (2 x 8 + 64 tokens)
+    assert {r["check_len"] for r in lengths if r["seq_len"] == 96} == {80}
+    dense = {(r["variant"], r["seq_len"]) for r in lengths if r["pattern"] == "dense"}
+    assert dense == {("MHA", 64), ("SQA", 64)}  # --dense-max-len 64
+    at64 = [r for r in lengths if r["seq_len"] == 64 and r["mode"] == "fwd"]
+    assert all("speedup_vs_dense_MHA" in r for r in at64)
+    assert not any("speedup_vs_dense_MHA" in r for r in lengths if r["seq_len"] == 96)
+
+
+def test_report_writes_page_section_and_pngs(scripts, runs, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    report = scripts["report"]
+    page = tmp_path / "docs" / "performance.md"
+    files = sorted(str(p) for p in runs["dir"].glob("*.json"))
+    assert report.main([*files, "--out", str(page), "--png-dir", str(tmp_path)]) == 0
+    text = page.read_text()
+    for heading in ("# Performance", "## Targets", "## Paper Table 3",
+                    "## Long context", "### head_dim 8", "| seq (batch) | MHA | GQA |"):
+        assert heading in text
+    assert "paper_table3_cpu.json" in text and "experiments/report.py" in text
+    for name in ("paper_table3_cpu.png", "long_context_cpu.png"):
+        assert (tmp_path / name).stat().st_size > 10_000
+        assert f"](../{name})" in text  # linked relative to the page, one folder up
+    capsys.readouterr()
+    assert report.main([*files, "--section", "--no-png"]) == 0
+    section = capsys.readouterr().out
+    assert section.startswith("## Performance") and "### Targets" in section
+
+
+def test_report_targets_measure_margins_from_the_rows(scripts):
+    report = scripts["report"]
+
+    def row(variant, speedup, tflops, **kw):
+        base = {"variant": variant, "seq_len": 131072, "batch": 1, "head_dim": 128,
+                "causal": False, "pattern": "dense", "mode": "fwd", "scope": "kernel",
+                "backend_requested": "auto", "backend": "flash_attn", "n_q_heads": 4,
+                "kernel": "flash-attn-4", "ms": 10.0 / speedup, "tflops": tflops,
+                "speedup_vs_MHA": speedup}
+        return base | kw
+
+    bench = {"schema": "sqa-nas/bench/2", "machine": {"device": "NVIDIA H200"}, "rows": [
+        row("MHA", 1.0, 600.0), row("SQA", 2.0, 600.0), row("xSQA", 3.7, 560.0),
+        row("MHA", 1.0, 660.0, seq_len=32768, causal=True)], "_path": "b.json"}
+    paper = {"schema": "sqa-nas/paper_table3/1", "machine": {}, "_path": "p.json", "rows": [
+        {"variant": v, "seq_len": 131072, "head_dim": 16, "batch": 1, "ms": ms,
+         "paper_a100_s": paper_s, "fraction_of_paper": ms / 1e3 / paper_s,
+         "softmax_exp_floor_s": 0.28}
+        for v, ms, paper_s in (("GQA", 380.0, 1.2558), ("xSQA", 150.0, 0.3759))],
+        "profiles": [{"variant": "GQA", "seq_len": 131072, "head_dim": 16,
+                      "attention_share": 0.8}]}
+    found = {t["target"]: t for t in report.targets([bench, paper])}
+    sqa = found["kernel, hd128, 128k, non-causal fwd: SQA vs MHA (auto, batch 1)"]
+    assert sqa["ok"] and sqa["margin"] == "+3%"
+    xsqa = found["kernel, hd128, 128k, non-causal fwd: xSQA vs MHA (auto, batch 1)"]
+    assert xsqa["ok"] is False and xsqa["margin"] == "-3%" and "4,096 query tiles" in xsqa["note"]
+    assert found["kernel, hd128, 32k, causal fwd: MHA heads (batch 1)"]["ok"]
+    gqa = found["Table 3, hd16, 131,072: GQA / A100"]
+    assert gqa["ok"] is True  # 0.380 / 1.2558 = 30% <= 33%
+    xsqa_cell = found["Table 3, hd16, 131,072: xSQA / A100"]
+    assert xsqa_cell["ok"] is False and "softmax exp floor" in xsqa_cell["note"]
+    assert found["Table 3, hd16, 131,072: xSQA vs GQA"]["measured"] == "2.53x"
+    markdown = report.targets_markdown(list(found.values()))
+    assert "**missed**" in markdown and "met" in markdown
