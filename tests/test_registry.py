@@ -114,3 +114,11 @@ def test_plugin_package_registers_through_entry_points(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, check=True).stdout
     assert out.split() == ["demo", "4"]
+
+
+@pytest.mark.parametrize("module", ["sqa_nas.kernels.base", "sqa_nas.kernels.calibration",
+                                    "sqa_nas.kernels.flex", "sqa_nas.attention.layer"])
+def test_every_module_imports_first(module):
+    """No import cycle bites whichever module a program imports first."""
+    subprocess.run([sys.executable, "-c", f"import {module}"], check=True,
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})

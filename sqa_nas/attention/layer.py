@@ -7,7 +7,10 @@ from torch import nn
 
 from sqa_nas.attention.config import AttentionConfig
 from sqa_nas.attention.masks import MaskSpec, dense_mask
-from sqa_nas.kernels.base import AttentionProblem
+
+# A module import, not a name import: `sqa_nas.kernels.base` itself imports
+# `sqa_nas.attention`, so importing it first must not need its names yet.
+from sqa_nas.kernels import base as kernels_base
 
 
 def rope_tables(n: int, head_dim: int, theta: float, device=None, dtype=torch.float32):
@@ -44,7 +47,8 @@ class SparseQueryAttention(nn.Module):
         # H_q (or H_kv for rSQA), not H, sets W_O's input: paper section 3.2.
         self.o_proj = nn.Linear(c.attn_heads * d, c.d_model, bias=c.bias)
         self.mask_spec = MaskSpec.of(c)
-        self._choices: dict[AttentionProblem, tuple] = {}  # problem -> (backend, reason)
+        # problem -> (backend, reason)
+        self._choices: dict[kernels_base.AttentionProblem, tuple] = {}
         self._last: tuple | None = None
         self._rope: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         if c.backend != "auto":
@@ -53,12 +57,13 @@ class SparseQueryAttention(nn.Module):
             get_backend(c.backend)  # unknown names fail here, not at the first forward
 
     def problem(self, seq_len: int, device_type: str, dtype: torch.dtype,
-                requires_grad: bool = False) -> AttentionProblem:
+                requires_grad: bool = False) -> kernels_base.AttentionProblem:
         c = self.config
-        return AttentionProblem(self.mask_spec, c.attn_heads, c.n_kv_heads, c.head_dim, seq_len,
-                                dtype, device_type, c.scale, requires_grad)
+        return kernels_base.AttentionProblem(self.mask_spec, c.attn_heads, c.n_kv_heads,
+                                             c.head_dim, seq_len, dtype, device_type, c.scale,
+                                             requires_grad)
 
-    def select(self, problem: AttentionProblem):
+    def select(self, problem: kernels_base.AttentionProblem):
         """(backend, reason) for `problem`, cached per layer."""
         if problem not in self._choices:
             from sqa_nas.registry import select_backend
