@@ -35,8 +35,14 @@ def run(args) -> dict:
         data["budget"]["throughput"].update(batch_size=4, repeats=2)
         data["data"] = {"kind": "embedded"}
         data["budget"]["n_trials"] = 4
-    elif args.tokens:
-        train["tokens"] = args.tokens
+    else:
+        if args.small:  # a CPU-sized member of the family: H = 16 kept, so 3H/4 = 12 exists
+            data["model"].update(d_model=128, n_layers=4, ffn_dim=384, seq_len=256)
+            train.update(batch_size=8, compile=False, eval_batches=16)
+            data["budget"]["throughput"].update(batch_size=8, repeats=5)
+            data["data"] = {"kind": "embedded"}
+        if args.tokens:
+            train["tokens"] = args.tokens
     data["study"] = "light_sqa" + ("_smoke" if args.smoke else "")
     spec = parse_space(data, str(SPACE))
     storage = args.storage or f"sqlite:///{tempfile.mkdtemp()}/light_sqa.db"
@@ -92,6 +98,8 @@ def main(argv=None) -> None:
     p.add_argument("--tokens", type=int, help="training tokens per trial (default: the YAML)")
     p.add_argument("--storage", help="Optuna storage (default: a temporary SQLite file)")
     p.add_argument("--smoke", action="store_true", help="tiny model and budget (CPU test)")
+    p.add_argument("--small", action="store_true",
+                   help="d_model 128, 4 layers, context 256: a real run that fits a CPU")
     p.add_argument("--out", type=Path, help="result JSON (default experiments/results/...)")
     args = p.parse_args(argv)
     payload = run(args)

@@ -42,3 +42,17 @@ def test_yaml_examples_are_valid_search_spaces():
     assert blocks
     for code in blocks:
         parse_space(yaml.safe_load(code), "README.md")
+
+
+def test_performance_section_is_generated_from_the_result_files():
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    generated = subprocess.run([sys.executable, str(root / "experiments" / "report.py"),
+                                "--section", "--no-png"], capture_output=True, text=True,
+                               check=True).stdout
+    block = re.search(r"<!-- performance:begin[^\n]*-->\n(.*?)<!-- performance:end -->",
+                      README, flags=re.S)
+    assert block, "README lacks the generated Performance section"
+    assert block.group(1) == generated, "rerun: python experiments/report.py --section"
