@@ -44,6 +44,11 @@ SCHEMA = "sqa-nas/long_context/1"
 HERE = Path(__file__).resolve().parent
 
 
+def names_or_none(text: str) -> list[str]:
+    """A comma-separated list of variant names, or 'none' for an empty list."""
+    return [] if text.strip().lower() == "none" else csv(str)(text)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -55,10 +60,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch", type=positive, default=1)
     p.add_argument("--window", type=positive, default=DEFAULT_WINDOW)
     p.add_argument("--global-tokens", type=positive, default=DEFAULT_GLOBAL_TOKENS)
-    p.add_argument("--window-heads", type=csv(str), default=["MHA", "GQA", "SQA", "sSQA", "xSQA"],
-                   help="variants whose heads run the window at the sweep length")
-    p.add_argument("--flex-heads", type=csv(str), default=["MHA", "sSQA", "xSQA"],
-                   help="variants whose heads run window + global tokens at the sweep length")
+    p.add_argument("--window-heads", type=names_or_none,
+                   default=["MHA", "GQA", "SQA", "sSQA", "xSQA"],
+                   help="variants whose heads run the window at the sweep length ('none')")
+    p.add_argument("--flex-heads", type=names_or_none, default=["MHA", "sSQA", "xSQA"],
+                   help="variants whose heads run window + global tokens at the sweep length "
+                        "('none')")
+    p.add_argument("--length-variants", type=names_or_none, default=["SW-SQA", "Flex-SQA"],
+                   help="windowed variants of the length sweep (default SW-SQA,Flex-SQA)")
     p.add_argument("--dense", type=csv(str), default=["MHA", "GQA", "SQA"],
                    help="dense causal baselines of the length sweep")
     p.add_argument("--dense-max-len", type=positive, default=1_048_576,
@@ -106,6 +115,8 @@ def plan(args, device: str, dtype: str) -> dict[str, list[BenchSettings]]:
     modes = ["fwd", "fwd+bwd"] if args.backward else ["fwd"]
     for n in args.seq_lens:
         for variant, pattern in (("SW-SQA", "window"), ("Flex-SQA", "flex")):
+            if variant not in args.length_variants:
+                continue
             lengths += expand_grid(base, seq_lens=[[n]], variants=[[variant]],
                                    pattern=[pattern], mode=modes)
         if args.dense and n <= args.dense_max_len:
