@@ -122,7 +122,8 @@ def test_report_writes_page_section_and_pngs(scripts, runs, tmp_path, capsys):
     capsys.readouterr()
     assert report.main([*files, "--section", "--no-png"]) == 0
     section = capsys.readouterr().out
-    assert section.startswith("## Performance") and "### Targets" in section
+    assert section.startswith("## Performance") and "Targets: " in section
+    assert "docs/performance.md" in section and "### Paper Table 3" in section
 
 
 def test_report_targets_measure_margins_from_the_rows(scripts):
