@@ -113,6 +113,10 @@ class FlexBackend(AttentionBackend):
         if not self._compiled(problem.device_type) and problem.seq_len > MAX_EAGER_SEQ_LEN:
             return (f"eager FlexAttention materialises the N x N scores; N={problem.seq_len} > "
                     f"{MAX_EAGER_SEQ_LEN} (compile it on a GPU instead)")
+        if self._compiled(problem.device_type) and problem.head_dim < 16:
+            # Seen on the H200: the compiled kernel refuses "embedding dimension ... must be
+            # at least 16".
+            return f"compiled FlexAttention needs head_dim >= 16, got {problem.head_dim}"
         return None
 
     def priority(self, problem: AttentionProblem) -> tuple[int, str]:

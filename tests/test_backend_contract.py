@@ -176,3 +176,13 @@ def test_flex_falls_back_to_triton_when_flash_fails(monkeypatch):
     assert backend.kernel_name(longer).startswith("flex (Triton; FLASH failed: RuntimeError")
     backend.forward(q, q[:, :4], q[:, :4], longer)
     assert calls[-1] is None  # not retried
+
+
+def test_compiled_flex_refuses_small_head_dim():
+    from sqa_nas.kernels.base import AttentionProblem
+
+    problem = AttentionProblem(MaskSpec(True, window=4, global_tokens=2), 8, 2, 8, 256,
+                               torch.bfloat16, "cuda", 8**-0.5)
+    assert "head_dim >= 16" in FlexBackend(compile=True).unsupported(problem)
+    assert FlexBackend(compile=False).unsupported(
+        AttentionProblem(MaskSpec(True), 8, 2, 8, 256, torch.float32, "cpu", 8**-0.5)) is None
