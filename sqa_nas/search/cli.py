@@ -47,8 +47,12 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     ray = p.add_argument_group("ray executor")
     ray.add_argument("--address", help="join this Ray cluster (auto or HOST:PORT); default: "
                                        "start a local Ray instance on loopback")
-    ray.add_argument("--gpus-per-trial", type=float)
-    ray.add_argument("--max-concurrent", type=positive)
+    ray.add_argument("--gpus-per-trial", type=float, help="GPUs each trial asks Ray for "
+                     "(a fraction shares a GPU; 0: CPU trials); default 1")
+    ray.add_argument("--max-concurrent", type=positive, help="at most this many trials at "
+                     "once (default: as many as the cluster's GPUs hold)")
+    p.add_argument("--gpu-type", metavar="NAME", help="show the final Pareto front of trials "
+                   "measured on this GPU type only (default: one front per GPU type)")
 
 
 def make_executor(spec):
@@ -73,21 +77,49 @@ def run_search_command(args) -> int:
                   f"{spec.cardinality():,} architectures, objectives "
                   f"{', '.join(spec.objectives)}, storage {driver.url}")
     result = driver.run(spec.budget.n_trials, spec.budget.max_wall_seconds)
-    print_front(result.study, spec.objectives, console)
-    for key, value in result.stats.items():
-        console.print(f"{key}: {value}")
+    print_front(result.study, spec.objectives, console, getattr(args, "gpu_type", None))
+    print_stats(result.stats, console)
     return 130 if result.interrupted else 0
 
 
-def print_front(study, objectives, console) -> None:
-    from rich.table import Table
+def print_stats(stats: dict, console) -> None:
+    """The executor's end-of-search figures, fractions as percentages."""
+    def shown(key, value):
+        if isinstance(value, float) and "fraction" in key:
+            return f"{value:.1%}"
+        return str(value)
 
-    from sqa_nas.pareto import pareto_front
+    for key, value in stats.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {shown(key, v)}" for k, v in value.items()) or "-"
+        console.print(f"{key}: {shown(key, value)}")
+
+
+def print_front(study, objectives, console, gpu_type: str | None = None) -> None:
+    """The Pareto front, one per GPU type when trials ran on several: measured throughput
+    on different GPUs is not comparable (`gpu_type` shows one)."""
     from sqa_nas.search.records import trial_records
 
     records = trial_records(study)
+    types = sorted({r.gpu_type for r in records if r.state == "COMPLETE" and r.gpu_type})
+    if gpu_type is not None and gpu_type not in types:
+        raise UserError(f"--gpu-type: no completed trial ran on {gpu_type!r}; GPU types in "
+                        f"this study: {', '.join(types) or 'none recorded'}")
+    if gpu_type is not None or len(types) > 1:
+        for name in [gpu_type] if gpu_type else types:
+            _print_front([r for r in records if r.gpu_type == name], study.study_name,
+                         objectives, console, f" on {name}")
+    else:
+        _print_front(records, study.study_name, objectives, console, "")
+
+
+def _print_front(records, name, objectives, console, where: str) -> None:
+    from rich.table import Table
+
+    from sqa_nas.pareto import pareto_front
+
     front = pareto_front(records, objectives)
-    table = Table(title=f"Pareto front of {study.study_name}: {len(front)} of "
+    table = Table(title=f"Pareto front of {name}{where}: {len(front)} of "
                         f"{sum(r.state == 'COMPLETE' for r in records)} completed trials")
     for col in ["trial", "baseline", "per-layer H_q/H_kv", *objectives, "params",
                 "KV B/token", "speedup vs MHA"]:

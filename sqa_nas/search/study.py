@@ -3,14 +3,19 @@ dispatches trials to an executor and shows progress.
 
 Resuming is rerunning the same command: completed trials are kept, and trials left RUNNING
 by a driver that is gone are marked FAIL and their params re-enqueued. Whether a driver is
-gone is decided by its process (same host) or, on a database storage shared across
-machines, by Optuna's heartbeat, so several drivers can share one study without reaping
-each other's live trials. Ctrl-C records in-flight trials as FAIL, re-enqueues them, and
+gone is decided by its process (same host: pid and process start time) or, on a database
+storage shared across machines, by Optuna's heartbeat, so several drivers can share one study
+without reaping each other's live trials. Steps that read and then write the study (creating
+it, enqueueing the seed trials, reaping, checking the budget before an ask) run under a
+per-study lock (`study_lock`), so drivers started together neither enqueue a seed twice nor
+overrun the trial budget. Ctrl-C records in-flight trials as FAIL, re-enqueues them, and
 exits; nothing completed is lost.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import socket
 import threading
@@ -19,6 +24,7 @@ import uuid
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -50,6 +56,9 @@ warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to b
 # Flags in a trial's user attrs that keep it out of the trial budget.
 NOT_COUNTED = ("infeasible", "reaped", "interrupted")
 MAX_INFEASIBLE_IN_A_ROW = 500
+REAP_EVERY_S = 60.0  # a long search also picks up trials of drivers that died meanwhile
+SETUP_GRACE_S = 120.0  # a RUNNING trial this young may not carry its driver's identity yet
+KEEP_STATS = 20  # executor figures of the last runs kept in the study
 
 
 @dataclass
@@ -67,8 +76,9 @@ def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(population_size=s.population, seed=s.seed)
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=s.seed, multivariate=True,
-                                          warn_independent_sampling=False)
+        # The search space is static: TPE never falls back to independent sampling (and
+        # Optuna >= 4.9 deprecates the switch that silenced that warning).
+        return optuna.samplers.TPESampler(seed=s.seed, multivariate=True)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=s.seed)
     if name == "grid":
@@ -82,17 +92,85 @@ def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
 
 def _driver_identity() -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": os.getpid(), "id": uuid.uuid4().hex[:10],
+            "proc_start": _proc_start(os.getpid()),
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
-def _pid_alive(pid: int) -> bool:
+def _proc_start(pid: int) -> int | None:
+    """When a process started (clock ticks since boot, Linux), to tell a reused pid apart."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _driver_alive(d: dict[str, Any]) -> bool:
+    """Whether the driver `d` (an identity recorded on this host) still runs."""
+    pid = d.get("pid")
+    if not pid:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    recorded, now = d.get("proc_start"), _proc_start(pid)
+    return recorded is None or now is None or recorded == now
+
+
+@contextlib.contextmanager
+def study_lock(storage: Any, url: str, name: str):
+    """Serialise a read-then-write step on study `name` among drivers sharing it.
+
+    PostgreSQL: a session advisory lock (released if the driver dies with its connection);
+    MySQL: GET_LOCK; SQLite and journal files: an flock on a file next to them (drivers on
+    one host; neither is shared across machines). Other storages: no lock. `storage` may be
+    None (before it is opened: Optuna creating its tables in a fresh database)."""
+    key = f"sqa-nas:{name}"
+    if url.startswith(("postgresql", "postgres://", "mysql")):
+        import sqlalchemy
+
+        engine = getattr(storage, "engine", None)
+        try:
+            if engine is None:
+                engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+            conn = engine.connect()
+        except Exception:  # no server, no driver module: opening the storage says so
+            yield
+            return
+        if url.startswith("mysql"):
+            lock = ("SELECT GET_LOCK(:k, -1)", "SELECT RELEASE_LOCK(:k)")
+            arg: Any = hashlib.sha256(key.encode()).hexdigest()[:60]
+        else:
+            lock = ("SELECT pg_advisory_lock(:k)", "SELECT pg_advisory_unlock(:k)")
+            arg = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
+        with conn:
+            conn.execute(sqlalchemy.text(lock[0]), {"k": arg})
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text(lock[1]), {"k": arg})
+                conn.commit()
+        return
+    path = None
+    if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
+        path = url.removeprefix("sqlite:///")
+    elif url.startswith("journal:") or url.endswith((".log", ".journal")):
+        path = url.removeprefix("journal:")
+    try:
+        import fcntl
+    except ImportError:  # Windows: one driver per study
+        path = None
+    if path is None:
+        yield
+        return
+    lock_path = Path(f"{path}.sqa-nas.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield  # closing the file releases the lock
 
 
 class Driver:
@@ -103,10 +181,15 @@ class Driver:
         self.url = storage_url or spec.storage or default_storage(spec.study_name)
         self.console = console or Console()
         self.identity = _driver_identity()
-        self.storage = open_storage(self.url, heartbeat=self._heartbeat_storage)
+        # Drivers started together on a fresh database would race to create Optuna's tables.
+        with study_lock(None, self.url, "schema"):
+            self.storage = open_storage(self.url, heartbeat=self._heartbeat_storage)
         self.distributions = spec.distributions()
         self.events: list[str] = []
         self._lock = threading.Lock()
+
+    def _study_lock(self):
+        return study_lock(self.storage, self.url, self.spec.study_name)
 
     @property
     def _heartbeat_storage(self) -> bool:
@@ -117,13 +200,20 @@ class Driver:
         spec = self.spec
         data = load_dataset(spec.data.model_dump(mode="json"))
         self.vocab_size = data.vocab_size
-        study = optuna.create_study(study_name=spec.study_name, storage=self.storage,
-                                    directions=spec.directions, sampler=make_sampler(spec),
-                                    load_if_exists=True)
+        with self._study_lock():  # another driver may be creating it right now
+            study = optuna.create_study(study_name=spec.study_name, storage=self.storage,
+                                        directions=spec.directions,
+                                        sampler=make_sampler(spec), load_if_exists=True)
+            self._init_or_check(study, data)
+            self.study = study
+            self.enqueue_seeds()
+        return study
+
+    def _init_or_check(self, study: optuna.Study, data) -> None:
+        spec = self.spec
         attrs = study.user_attrs
         if not attrs:
             study.set_metric_names(list(spec.objectives))
-            study.set_user_attr("sqa_nas", {"format": FORMAT, "version": sqa_nas.__version__})
             study.set_user_attr("objectives", list(spec.objectives))
             study.set_user_attr("space", spec.model_dump(mode="json"))
             study.set_user_attr("space_hash", spec.space_hash())
@@ -131,6 +221,8 @@ class Driver:
             study.set_user_attr("corpus", {**_corpus_summary(data.meta),
                                            "fingerprint": data.fingerprint})
             study.set_user_attr("mha_reference", {})
+            # Last: a study carrying "sqa_nas" is complete.
+            study.set_user_attr("sqa_nas", {"format": FORMAT, "version": sqa_nas.__version__})
         else:
             check_format(study, self.url)
             if attrs.get("space_hash") != spec.space_hash():
@@ -144,39 +236,61 @@ class Driver:
                     f"{attrs['corpus'].get('fingerprint')}, this machine has "
                     f"{data.fingerprint}); validation losses on different corpora are never "
                     "compared: use --study NEW_NAME")
-        self.study = study
-        return study
 
     def reap(self) -> int:
-        """Fail and re-enqueue RUNNING trials whose driver is gone. Returns how many."""
+        """Fail and re-enqueue RUNNING trials whose driver is gone. Returns how many.
+
+        Gone: on this host, its process has ended (pid and start time); elsewhere, on a
+        database storage, its heartbeat is older than the grace period (Optuna's
+        `fail_stale_trials`). A live driver's trial is never reaped."""
+        with self._study_lock():  # two drivers reaping at once would re-enqueue twice
+            return self._reap()
+
+    def _reap(self) -> int:
         study = self.study
-        if self._heartbeat_storage:
-            optuna.storages.fail_stale_trials(study)  # other machines: heartbeat expired
+        stale = set(self._stale_trial_ids())
         reaped = 0
+        now = datetime.now()  # Optuna stores naive local times
         for t in study.get_trials(deepcopy=False):
-            if t.state == TrialState.FAIL and "fail_reason" not in t.user_attrs:
-                # Failed by fail_stale_trials: its driver stopped sending heartbeats.
-                self._mark(t, reaped=True, fail_reason="reaped: its driver stopped sending "
-                                                       "heartbeats")
-                self._requeue(t)
-                reaped += 1
-                continue
             if t.state != TrialState.RUNNING:
                 continue
             d = t.user_attrs.get("driver") or {}
             same_host = d.get("host") == self.identity["host"]
+            who = f"{d.get('host')} pid {d.get('pid')}" if d else "unknown"
             if d.get("id") == self.identity["id"]:
                 continue
-            if same_host and d.get("pid") and _pid_alive(d["pid"]):
-                continue  # a live driver on this machine
-            if not same_host and self._heartbeat_storage and d:
-                continue  # another machine: its heartbeat decides (fail_stale_trials above)
-            who = f"{d.get('host')} pid {d.get('pid')}" if d else "unknown"
-            self._mark(t, reaped=True, fail_reason=f"reaped: its driver ({who}) is gone")
-            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
-            self._requeue(t)
-            reaped += 1
+            if same_host and _driver_alive(d):
+                continue  # a live driver on this machine: its process is the authority
+            if t._trial_id in stale:
+                reason = f"reaped: its driver ({who}) stopped sending heartbeats"
+            elif not d and t.datetime_start and (
+                    now - t.datetime_start).total_seconds() < SETUP_GRACE_S:
+                continue  # just asked by a driver that has not written its identity yet
+            elif not same_host and self._heartbeat_storage and d:
+                continue  # another machine, heartbeat fresh (or none yet)
+            else:
+                reason = f"reaped: its driver ({who}) is gone"
+            # Marked while RUNNING (a finished trial takes no attributes), then failed; if
+            # its driver told it in between after all, that outcome stands.
+            self._mark(t, reaped=True, fail_reason=reason)
+            told = study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+            if told.state == TrialState.FAIL and told.user_attrs.get("fail_reason") == reason:
+                self._requeue(t)
+                reaped += 1
         return reaped
+
+    def _stale_trial_ids(self) -> list[int]:
+        """RUNNING trials whose heartbeat is older than the storage's grace period: what
+        Optuna's `fail_stale_trials` would fail, found before failing them so that they can
+        still be marked (`_get_stale_trial_ids` is the heartbeat interface it uses)."""
+        from optuna.storages._heartbeat import is_heartbeat_enabled
+
+        if not (self._heartbeat_storage and is_heartbeat_enabled(self.storage)):
+            return []
+        try:
+            return self.storage._get_stale_trial_ids(self.study._study_id)
+        except Exception:  # a storage without the interface: heartbeats do not decide
+            return []
 
     def _mark(self, t, **attrs) -> None:
         for key, value in attrs.items():
@@ -187,6 +301,7 @@ class Driver:
         self.study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, **extra})
 
     def enqueue_seeds(self) -> None:
+        """Enqueue the seed variants the study does not hold yet (under the study lock)."""
         if self.spec.sampler.name == "grid":
             return  # the grid holds every seed allocation already; `_dispatch` labels them
         present = {t.user_attrs.get("seed_variant") for t in self.study.get_trials(deepcopy=False)}
@@ -198,7 +313,9 @@ class Driver:
         c = {"complete": 0, "failed": 0, "pruned": 0, "infeasible": 0, "running": 0,
              "counted": 0, "waiting": 0}
         for t in self.study.get_trials(deepcopy=False):
-            flags = [k for k in NOT_COUNTED if t.user_attrs.get(k)]
+            # A completed trial counts, whatever a reaper marked on it meanwhile.
+            flags = [k for k in NOT_COUNTED if t.user_attrs.get(k)
+                     and t.state != TrialState.COMPLETE]
             if t.state == TrialState.RUNNING:
                 c["running"] += 1
             elif t.state == TrialState.WAITING:
@@ -221,39 +338,45 @@ class Driver:
         reaped = self.reap()
         if reaped:
             self.log(f"reaped {reaped} trial(s) left RUNNING by a stopped driver; re-queued")
-        self.enqueue_seeds()
         counts = self.counts()
         if counts["counted"] >= n_trials:
             self.log(f"study already holds {counts['counted']} evaluated trials "
                      f"(n_trials={n_trials}): nothing to run")
             return SearchResult(self.study, self.url, counts["counted"])
         self.executor.start()
-        start = time.monotonic()
+        start = last_reap = time.monotonic()
         interrupted, infeasible_row = False, 0
         heartbeat = self._start_heartbeat()
         try:
             with Live(self._render(n_trials), console=self.console, refresh_per_second=4,
                       transient=True) as live:
                 while True:
-                    counts = self.counts()
                     out_of_time = max_wall_seconds and time.monotonic() - start > max_wall_seconds
-                    while (not out_of_time and self.executor.free_slots() > 0
-                           and counts["counted"] + counts["running"] < n_trials):
-                        if self._dispatch():
+                    while not out_of_time and self.executor.free_slots() > 0:
+                        submitted = self._dispatch(n_trials)
+                        if submitted is None:
+                            break  # the budget is taken (by this or other drivers)
+                        if submitted:
                             infeasible_row = 0
-                            counts["running"] += 1
                         else:
                             infeasible_row += 1
                             if infeasible_row >= MAX_INFEASIBLE_IN_A_ROW:
                                 raise UserError(
                                     f"{infeasible_row} sampled architectures in a row violate "
                                     "the constraints: loosen them or narrow the search space")
+                    counts = self.counts()
+                    # Nothing of ours runs: stop when the budget is done or held by trials
+                    # other drivers are running (they tell them; a rerun reaps them if not).
                     if not self.executor.running and (
-                            out_of_time or counts["counted"] >= n_trials):
+                            out_of_time or counts["counted"] + counts["running"] >= n_trials):
                         break
                     for event in self.executor.poll(timeout=0.5):
                         if event.kind == "done":
                             self._tell(event.outcome)
+                    if time.monotonic() - last_reap > REAP_EVERY_S:
+                        last_reap = time.monotonic()
+                        if self.reap():
+                            self.log("reaped trial(s) of a driver that stopped; re-queued")
                     live.update(self._render(n_trials))
         except KeyboardInterrupt:
             interrupted = True
@@ -263,26 +386,45 @@ class Driver:
                     requeue=True)
             self.log("interrupted: in-flight trials recorded as FAIL and re-queued; rerun "
                      "the same command to resume")
+        except BaseException:
+            self.executor.shutdown(cancel=True)  # trials left RUNNING: a rerun reaps them
+            raise
         else:
             self.executor.shutdown()
         finally:
             heartbeat.set()
-        return SearchResult(self.study, self.url, self.counts()["counted"], interrupted,
-                            self.executor.stats())
+        stats = self.executor.stats()
+        if stats:
+            self._store_stats(stats)
+        return SearchResult(self.study, self.url, self.counts()["counted"], interrupted, stats)
 
-    def _dispatch(self) -> bool:
+    def _store_stats(self, stats: dict[str, Any]) -> None:
+        """Keep the executor's figures (e.g. GPU busy fraction) in the study, per run."""
+        run = {"driver": self.identity["id"], "host": self.identity["host"],
+               "ended": datetime.now(timezone.utc).isoformat(timespec="seconds"), **stats}
+        with self._study_lock():
+            runs = list(self.study.user_attrs.get("executor_stats", []))
+            self.study.set_user_attr("executor_stats", (runs + [run])[-KEEP_STATS:])
+
+    def _dispatch(self, n_trials: int) -> bool | None:
         """Ask for a trial; refuse it if it violates a constraint, else submit it. Returns
-        whether it was submitted."""
+        whether it was submitted, or None when the study already holds `n_trials` trials
+        evaluated or running (checked with the ask under the study lock, so drivers sharing
+        the study never overrun the budget together)."""
         from sqa_nas.analytics import analyze
 
-        trial = self.study.ask(self.distributions)
-        trial.set_user_attr("driver", self.identity)
+        with self._study_lock():
+            counts = self.counts()
+            if counts["counted"] + counts["running"] >= n_trials:
+                return None
+            trial = self.study.ask(self.distributions)
+            trial.set_user_attr("driver", self.identity)
+            if self._heartbeat_storage:
+                self.storage.record_heartbeat(trial._trial_id)
         if "seed_variant" not in trial.user_attrs:  # a sampled baseline is still a baseline
             name = next((n for n, p in self.spec.seed_params() if p == trial.params), None)
             if name:
                 trial.set_user_attr("seed_variant", name)
-        if self._heartbeat_storage:
-            self.storage.record_heartbeat(trial._trial_id)
         spec = self.spec
         config = spec.build_config(trial.params, self.vocab_size)
         cost = analyze(config, spec.model.seq_len)
@@ -309,10 +451,11 @@ class Driver:
         for key, value in outcome.attrs.items():
             self.storage.set_trial_user_attr(t._trial_id, key, value)
         if outcome.mha_reference:
-            ref = dict(study.user_attrs.get("mha_reference", {}))
-            for k, v in outcome.mha_reference.items():
-                ref.setdefault(k, v)
-            study.set_user_attr("mha_reference", ref)
+            with self._study_lock():  # a read-modify-write other drivers also do
+                ref = dict(study.user_attrs.get("mha_reference", {}))
+                for k, v in outcome.mha_reference.items():
+                    ref.setdefault(k, v)
+                study.set_user_attr("mha_reference", ref)
         state = TrialState[outcome.state]
         if state == TrialState.COMPLETE:
             study.tell(outcome.number, [outcome.values[o] for o in self.spec.objectives],
@@ -332,12 +475,13 @@ class Driver:
 
         def beat():
             while not stop.wait(5):
-                for number in list(self.executor.running):
-                    try:
-                        t = self.study.get_trials(deepcopy=False)[number]
-                        self.storage.record_heartbeat(t._trial_id)
-                    except Exception:  # a transient database error must not stop the search
-                        pass
+                try:
+                    numbers = list(self.executor.running)  # changes under us: may raise
+                    trials = self.study.get_trials(deepcopy=False)
+                    for number in numbers:
+                        self.storage.record_heartbeat(trials[number]._trial_id)
+                except Exception:  # a transient error must not stop the heartbeat
+                    pass
 
         threading.Thread(target=beat, daemon=True, name="sqa-nas-heartbeat").start()
         return stop

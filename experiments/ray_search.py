@@ -1,0 +1,186 @@
+"""Distributed search through Ray: a throughput-only search, then a quality search, both on
+Ray workers holding one GPU each (`sqa_nas.search.executors.ray`), with the GPUs' busy
+fraction measured.
+
+    python experiments/ray_search.py                         # a private Ray instance, all GPUs
+    python experiments/ray_search.py --address auto          # a running cluster (docs/cluster.md)
+    python experiments/ray_search.py --smoke --gpus-per-trial 0   # CPU check, about a minute
+
+Phase "throughput" searches `throughput_tokens_per_s` alone: short trials, the case where a
+fresh process per trial would idle the GPUs. Phase "quality" runs the space as written (val
+loss and throughput). For each phase the result holds the executor's busy fraction per GPU
+(time inside trials / wall time from the GPU's first trial start to its last trial end, and to
+the end of the phase), nvidia-smi's mean utilization over the phase when nvidia-smi exists,
+and every trial (state, allocation, objectives, node, GPU, timings). Writes
+results/ray_search_<gpu>_x<GPUs>.json and the console log next to it (.txt).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from rich.console import Console
+from science import RESULTS, device_slug, write_result
+
+from sqa_nas.search.cli import print_front, print_stats
+from sqa_nas.search.executors.ray import RayExecutor
+from sqa_nas.search.records import trial_records
+from sqa_nas.search.space import load_space, parse_space
+from sqa_nas.search.study import Driver
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class GpuUtilization:
+    """nvidia-smi's utilization.gpu (share of time a kernel ran), sampled every 200 ms."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, int, float]] = []  # (time, GPU index, percent)
+        self.proc = None
+
+    def start(self) -> None:
+        exe = shutil.which("nvidia-smi")
+        if exe is None:
+            return
+        self.proc = subprocess.Popen([exe, "--query-gpu=index,utilization.gpu",
+                                      "--format=csv,noheader,nounits", "-lms", "200"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     text=True)
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            try:
+                index, util = (x.strip() for x in line.split(","))
+                self.samples.append((time.time(), int(index), float(util)))
+            except ValueError:
+                continue
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+    def mean(self, since: float, until: float) -> dict[str, float]:
+        by_gpu: dict[int, list[float]] = {}
+        for t, index, util in self.samples:
+            if since <= t <= until:
+                by_gpu.setdefault(index, []).append(util)
+        return {f"GPU {i}": round(statistics.mean(v) / 100, 4) for i, v in sorted(by_gpu.items())}
+
+
+def phase_spec(args, phase: str):
+    data = load_space(args.space).model_dump(mode="json")
+    data["execution"]["executor"] = "ray"
+    ray = data["execution"]["ray"]
+    if args.address:
+        ray["address"] = args.address
+    if args.gpus_per_trial is not None:
+        ray["gpus_per_trial"] = args.gpus_per_trial
+    if args.smoke:
+        data["model"].update(d_model=32, n_layers=2, n_heads=4, ffn_dim=64, seq_len=32)
+        data["search"].update(n_q_heads=["H", "H/2"], n_kv_heads=["H/2", 1], tying="per_layer",
+                              group_size=None)
+        data["budget"]["train"].update(steps=8, batch_size=2, eval_batches=2)
+        data["budget"]["throughput"].update(batch_size=2, repeats=2)
+        ray["cpus_per_trial"] = 1
+    if phase == "throughput":
+        data["study"] = f"{data['study']}_throughput"
+        data["objectives"] = ["throughput_tokens_per_s"]
+        data["sampler"]["name"] = None  # TPE for one objective
+        data["budget"]["n_trials"] = args.throughput_trials
+    elif args.trials:
+        data["budget"]["n_trials"] = args.trials
+    return parse_space(data, f"{args.space} ({phase} phase)")
+
+
+def run_phase(args, phase: str, storage_dir: Path, console: Console, util: GpuUtilization):
+    spec = phase_spec(args, phase)
+    console.rule(f"phase {phase}: study {spec.study_name}, {spec.budget.n_trials} trials, "
+                 f"objectives {', '.join(spec.objectives)}")
+    started = time.time()
+    driver = Driver(spec, RayExecutor(spec), console=console,
+                    storage_url=f"sqlite:///{storage_dir}/{spec.study_name}.db")
+    result = driver.run(spec.budget.n_trials, spec.budget.max_wall_seconds)
+    ended = time.time()
+    print_front(result.study, spec.objectives, console)
+    print_stats(result.stats, console)
+    records = trial_records(result.study)
+    starts = [r.datetime_start.timestamp() for r in records if r.datetime_start]
+    first = min(starts) if starts else started
+    utilization = util.mean(first, ended)
+    if utilization:
+        console.print("nvidia-smi utilization from the first trial to the end: " + ", ".join(
+            f"{k} {v:.1%}" for k, v in utilization.items()))
+    return {
+        "study": spec.study_name, "objectives": spec.objectives,
+        "n_trials": spec.budget.n_trials, "wall_s": round(ended - started, 1),
+        "first_trial_after_s": round(first - started, 1),
+        "executor": result.stats, "nvidia_smi_utilization": utilization,
+        "mha_reference": result.study.user_attrs.get("mha_reference", {}),
+        "trials": [trial_row(r) for r in records],
+    }
+
+
+def trial_row(r) -> dict:
+    a = r.attrs
+    return {"number": r.number, "state": r.state, "seed_variant": r.seed_variant,
+            "allocation": r.allocation, "values": r.values,
+            "speedup_vs_mha": (a.get("metrics") or {}).get("speedup_vs_mha"),
+            "device": a.get("device"), "timings": a.get("timings"),
+            "start": str(r.datetime_start), "complete": str(r.datetime_complete),
+            "fail_reason": a.get("fail_reason"), "worker_deaths": a.get("worker_deaths")}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--space", type=Path, default=ROOT / "search_spaces" / "ray_demo.yaml")
+    p.add_argument("--address", help="join this Ray cluster (default: a private instance)")
+    p.add_argument("--gpus-per-trial", type=float)
+    p.add_argument("--throughput-trials", type=int, default=24)
+    p.add_argument("--trials", type=int, help="quality-phase trials (default: the space's)")
+    p.add_argument("--phases", default="throughput,quality")
+    p.add_argument("--smoke", action="store_true", help="tiny model (CPU check)")
+    p.add_argument("--out-dir", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+
+    console = Console(record=True, width=120, highlight=False, log_path=False)
+    util = GpuUtilization()
+    util.start()
+    phases = {}
+    with tempfile.TemporaryDirectory() as storage_dir:
+        try:
+            for phase in args.phases.split(","):
+                phases[phase] = run_phase(args, phase, Path(storage_dir), console, util)
+        finally:
+            util.stop()
+    gpus = {k for ph in phases.values() for k in ph["executor"].get("busy_fraction_by_gpu", {})
+            if " GPU " in k}
+    name = f"ray_search_{device_slug()}" + (f"_x{len(gpus)}" if gpus else "") + \
+        ("_smoke" if args.smoke else "")
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    versions = {k: _version(k) for k in ("ray", "optuna", "torch")}
+    write_result(name, {"versions": versions, "gpus_used": sorted(gpus), "phases": phases},
+                 out=args.out_dir / f"{name}.json")
+    (args.out_dir / f"{name}.txt").write_text(console.export_text())
+    print(f"wrote {args.out_dir / f'{name}.txt'}", file=sys.stderr)
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,326 @@
+"""The Ray executor on a real two-node Ray cluster on loopback: a head started with
+`ray start --head` and a second node joined with `ray start --address`, each declaring one
+logical GPU (workers see no CUDA here and run on the CPU, as the objective does without a
+GPU). Searches run through `cli.py search --executor ray --address`; a worker, the driver and
+a whole node are SIGKILLed mid-search; trials that outlive their limit are cancelled; requests
+no node can hold are refused; and with no cluster a private CPU instance runs the search.
+
+The cluster is shared by the module and kept small (one CPU and one GPU per node, a 80 MB
+object store); the node-loss test runs last because it takes the second node down.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import secrets
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import pytest
+
+from sqa_nas.cli import main
+from tests.test_search import ROOT, TINY, _wait_for, _write
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs ray"),
+]
+
+# `ray start` replaces 127.0.0.1 with the machine's network address unless
+# RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, and with that setting it refuses to start a second node
+# ("not supported on Windows and OSX"). So the head starts with the setting, and the second
+# node starts through Ray's own CLI with loopback addresses kept as given. Drivers need the
+# setting too, to reach a cluster at 127.0.0.1.
+LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+# Ray turns token authentication on when ~/.ray/auth_token exists (a local `ray.init()`
+# writes one): every process of the test cluster gets the same token explicitly instead.
+AUTH = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+JOIN = ("import sys, ray._private.services as s; s.resolve_ip_for_localhost = lambda h: h; "
+        "from ray.scripts.scripts import main; sys.argv[0] = 'ray'; main()")
+# A lost node is declared dead after ~3 s instead of Ray's default ~30 s.
+FAST_NODE_DEATH = {"RAY_health_check_initial_delay_ms": "1000",
+                   "RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "1000",
+                   "RAY_health_check_failure_threshold": "3"}
+NODE_ARGS = ["--block", "--node-ip-address=127.0.0.1", "--num-gpus=1", "--num-cpus=1",
+             "--object-store-memory=80000000", "--disable-usage-stats"]
+
+
+@dataclass
+class Node:
+    proc: subprocess.Popen  # `ray start --block`, leader of its process group
+    log: Path
+
+    def _children(self, pid: int) -> list[int]:
+        out = []
+        for p in Path("/proc").iterdir():
+            if p.name.isdigit():
+                try:
+                    stat = (p / "stat").read_text()
+                except OSError:
+                    continue
+                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(p.name))
+        return out
+
+    def trial_workers(self) -> list[int]:
+        """Pids of this node's trial workers (children of its raylet; Ray gives each worker
+        its own process group, so they are found by parent, not by group)."""
+        return [worker for raylet in self._children(self.proc.pid)
+                if "/raylet" in _cmdline(raylet).split(" ")[0]
+                for worker in self._children(raylet)
+                if _cmdline(worker).startswith("ray::TrialWorker")]
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=30)
+
+
+@dataclass
+class Cluster:
+    address: str
+    head: Node
+    worker: Node
+
+    @property
+    def env(self) -> dict:
+        """What a driver needs to join it."""
+        return {**os.environ, **LOOPBACK, **AUTH}
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _start_node(cmd: list[str], env: dict, log: Path) -> Node:
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    node = Node(proc, log)
+    ok = _wait_for(lambda: "Ray runtime started" in log.read_text() or proc.poll() is not None,
+                   timeout=120)
+    if not ok or proc.poll() is not None:
+        node.kill()
+        pytest.fail(f"ray start failed: {log.read_text()[-2000:]}")
+    return node
+
+
+@pytest.fixture(scope="module")
+def cluster(free_port):
+    # Ray's socket paths must fit in 107 bytes: a short directory, not pytest's tmp_path.
+    temp = Path(tempfile.mkdtemp(prefix="sqr", dir="/tmp"))
+    port = free_port()
+    ray = str(Path(sys.executable).with_name("ray"))
+    env = {**os.environ, **LOOPBACK, **AUTH, **FAST_NODE_DEATH}
+    nodes = []
+    try:
+        nodes.append(_start_node(
+            [ray, "start", "--head", f"--port={port}", "--include-dashboard=false",
+             f"--ray-client-server-port={free_port()}",
+             f"--dashboard-agent-listen-port={free_port()}", f"--temp-dir={temp}",
+             *NODE_ARGS], env, temp / "head.log"))
+        join_env = {k: v for k, v in env.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+        nodes.append(_start_node(
+            [sys.executable, "-c", JOIN, "start", f"--address=127.0.0.1:{port}",
+             f"--dashboard-agent-listen-port={free_port()}", f"--temp-dir={temp}",
+             *NODE_ARGS], join_env, temp / "worker.log"))
+        address = f"127.0.0.1:{port}"
+
+        def both_nodes_up() -> bool:
+            status = subprocess.run([ray, "status", f"--address={address}"], env=env,
+                                    capture_output=True, text=True, timeout=60).stdout
+            return status.count(" node_") == 2 and "0.0/2.0 GPU" in status
+
+        assert _wait_for(both_nodes_up, timeout=60), "`ray status` does not show two nodes"
+        yield Cluster(address, *nodes)
+    finally:
+        for node in reversed(nodes):
+            node.kill()
+        time.sleep(1)  # workers leave when their raylet is gone
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _space(tmp_path: Path, name: str, n_trials: int, steps: int, **budget) -> Path:
+    return _write(tmp_path, {**TINY, "study": name, "budget": {
+        **TINY["budget"], "n_trials": n_trials, **budget,
+        "train": {**TINY["budget"]["train"], "steps": steps}}}, f"{name}.yaml")
+
+
+def _search_cmd(space: Path, *args: str) -> list[str]:
+    return [sys.executable, str(ROOT / "cli.py"), "search", str(space), "--executor", "ray",
+            *args]
+
+
+def _private_env(tmp_path: Path) -> dict:
+    """Ray's defaults, with the token a local instance writes to ~/.ray kept in tmp_path."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")},
+            "HOME": str(tmp_path)}
+
+
+def _states(db: Path) -> list[str]:
+    if not db.exists():
+        return []
+    try:
+        with sqlite3.connect(db) as con:
+            return [s for (s,) in con.execute("select state from trials order by number")]
+    except sqlite3.Error:
+        return []
+
+
+def _study(tmp_path: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name,
+                             storage=f"sqlite:///{tmp_path}/runs/{name}/study.db")
+
+
+def _finished(study: optuna.Study) -> dict[str, int]:
+    states = [t.state.name for t in study.get_trials()]
+    assert "RUNNING" not in states and "WAITING" not in states, states
+    return {s: states.count(s) for s in set(states)}
+
+
+def test_trials_spread_over_both_nodes_and_survive_a_killed_worker(cluster, tmp_path):
+    space = _space(tmp_path, "spread", n_trials=4, steps=150)
+    db = tmp_path / "runs" / "spread" / "study.db"
+    proc = subprocess.Popen(_search_cmd(space, "--address", cluster.address), cwd=tmp_path,
+                            env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        # Trials are asked only for workers that are up: two RUNNING = both workers busy.
+        assert _wait_for(lambda: _states(db).count("RUNNING") >= 2
+                         and cluster.worker.trial_workers()), "no trial started on both nodes"
+        os.kill(cluster.worker.trial_workers()[0], signal.SIGKILL)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    study = _study(tmp_path, "spread")
+    assert _finished(study) == {"COMPLETE": 4}
+    complete = study.get_trials()
+    assert len({t.user_attrs["device"]["ray_node_id"] for t in complete}) == 2  # both nodes
+    assert all(re.fullmatch(r".+/[0-9a-f]{8}", t.user_attrs["device"]["node"]) for t in complete)
+    retried = [t for t in complete if t.user_attrs.get("worker_deaths")]
+    assert len(retried) == 1 and "died" not in retried[0].user_attrs.get("fail_reason", "")
+    stats = study.user_attrs["executor_stats"][-1]
+    assert stats["worker_deaths"] == 1 and stats["retries"] == 1
+    assert stats["workers_started"] == 3  # two, and the replacement of the killed one
+    assert len(stats["busy_fraction_by_gpu"]) == 2
+    assert all(0 < f <= 1 for f in stats["busy_fraction_by_gpu"].values())
+    assert "busy_fraction:" in out and "(raylet)" not in err  # Ray's death notices stay out
+
+
+def test_killed_driver_resumes_with_completed_trials_intact(cluster, tmp_path):
+    space = _space(tmp_path, "resume", n_trials=3, steps=100)
+    db = tmp_path / "runs" / "resume" / "study.db"
+    cmd = _search_cmd(space, "--address", cluster.address)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=cluster.env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        assert _wait_for(lambda: "COMPLETE" in _states(db) and "RUNNING" in _states(db),
+                         timeout=180), "no trial completed"
+        os.kill(proc.pid, signal.SIGKILL)  # Ray drops the actors of a driver that is gone
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    study = _study(tmp_path, "resume")
+    before = {t.number: t.values for t in study.get_trials() if t.state.name == "COMPLETE"}
+    assert "RUNNING" in [t.state.name for t in study.get_trials()]
+    rerun = subprocess.run(cmd, cwd=tmp_path, env=cluster.env, capture_output=True, text=True,
+                           timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    study = _study(tmp_path, "resume")
+    counts = _finished(study)
+    assert counts["COMPLETE"] == 3 and counts["FAIL"] >= 1, counts
+    after = {t.number: t.values for t in study.get_trials()}
+    assert all(after[n] == v for n, v in before.items())  # nothing completed was lost
+    reaped = [t for t in study.get_trials() if t.user_attrs.get("reaped")]
+    retries = {t.user_attrs.get("retry_of"): t for t in study.get_trials()}
+    assert reaped and all(retries[t.number].params == t.params for t in reaped)
+
+
+def test_trial_past_its_time_limit_is_cancelled_and_recorded(cluster, tmp_path):
+    space = _space(tmp_path, "slow", n_trials=2, steps=100_000, trial_timeout_s=3)
+    run = subprocess.run(_search_cmd(space, "--address", cluster.address), cwd=tmp_path,
+                         env=cluster.env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    study = _study(tmp_path, "slow")
+    assert _finished(study) == {"FAIL": 2}
+    for t in study.get_trials():
+        assert "exceeded the trial time limit (3 s)" in t.user_attrs["fail_reason"]
+    assert study.user_attrs["executor_stats"][-1]["timeouts"] == 2
+
+
+def test_requests_no_node_can_hold_are_refused_up_front(cluster, tmp_path):
+    space = _space(tmp_path, "big", n_trials=2, steps=4)
+    run = subprocess.run(_search_cmd(space, "--address", cluster.address, "--gpus-per-trial",
+                                     "2"), cwd=tmp_path, env=cluster.env, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 2
+    assert "2 GPUs per trial, but the largest node" in run.stderr
+    assert "has 1" in run.stderr and "lower --gpus-per-trial" in run.stderr
+    assert not {"RUNNING", "COMPLETE"} & set(_states(tmp_path / "runs" / "big" / "study.db"))
+
+
+
+def test_default_gpu_per_trial_is_refused_without_gpus(tmp_path, monkeypatch, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    monkeypatch.chdir(tmp_path)
+    space = _space(tmp_path, "nogpu", n_trials=2, steps=4)
+    assert main(["search", str(space), "--executor", "ray"]) == 2  # before Ray starts
+    err = capsys.readouterr().err
+    assert "1 GPU per trial, but this machine has no GPU" in err and "--gpus-per-trial 0" in err
+
+
+def test_cpu_trials_on_a_private_local_instance(tmp_path):
+    space = _space(tmp_path, "local", n_trials=2, steps=4)
+    run = subprocess.run(_search_cmd(space, "--gpus-per-trial", "0"), cwd=tmp_path,
+                         env=_private_env(tmp_path), capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    study = _study(tmp_path, "local")
+    assert _finished(study) == {"COMPLETE": 2}
+    device = study.get_trials()[0].user_attrs["device"]
+    assert device["type"] == "cpu" and device["node_ip"] == "127.0.0.1"  # loopback only
+    assert study.user_attrs["executor_stats"][-1]["busy_fraction"] > 0
+
+
+def test_search_survives_losing_a_node(cluster, tmp_path):
+    """Last in the module: the second node does not come back."""
+    space = _space(tmp_path, "nodeloss", n_trials=4, steps=150)
+    db = tmp_path / "runs" / "nodeloss" / "study.db"
+    proc = subprocess.Popen(_search_cmd(space, "--address", cluster.address), cwd=tmp_path,
+                            env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        assert _wait_for(lambda: _states(db).count("RUNNING") >= 2
+                         and cluster.worker.trial_workers()), "no trial started on both nodes"
+        cluster.worker.kill()  # the raylet, its workers, everything of that node
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    study = _study(tmp_path, "nodeloss")
+    assert _finished(study) == {"COMPLETE": 4}
+    lost = [t for t in study.get_trials() if t.user_attrs.get("worker_deaths")]
+    assert lost, "the trial on the lost node was not retried"
+    assert study.user_attrs["executor_stats"][-1]["worker_deaths"] >= 1
