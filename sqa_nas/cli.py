@@ -87,16 +87,16 @@ def run_variants_command(args) -> int:
 
 # -------------------------------------------------------------------------------------- main
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
-    """The parser. Only the chosen command's module is imported (the others may import
-    torch), so `sqa-nas --help` and errors in the command name answer at once."""
-    argv = sys.argv[1:] if argv is None else argv
-    chosen = next((a for a in argv if not a.startswith("-")), None)
+    """The parser for `argv`: only the chosen command's module is imported (the others may
+    import torch), so `sqa-nas --help` and a mistyped command answer at once. Without
+    `argv`, every command is complete (for documentation and tests)."""
+    chosen = None if argv is None else next((a for a in argv if not a.startswith("-")), "")
     parser = argparse.ArgumentParser(
         prog="sqa-nas", description="Search and benchmark Sparse Query Attention architectures.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module, help_text in COMMANDS:
         p = sub.add_parser(name, help=help_text, description=help_text)
-        if name != chosen:
+        if chosen is not None and name != chosen:
             continue
         mod = sys.modules[__name__] if module == __name__ else importlib.import_module(module)
         key = name.replace("-", "_")
@@ -106,6 +106,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
     try:
         return args.run(args)

@@ -194,15 +194,27 @@ def _finished(study: optuna.Study) -> dict[str, int]:
 
 
 def test_trials_spread_over_both_nodes_and_survive_a_killed_worker(cluster, tmp_path):
-    space = _space(tmp_path, "spread", n_trials=4, steps=150)
+    space = _space(tmp_path, "spread", n_trials=6, steps=150)
     db = tmp_path / "runs" / "spread" / "study.db"
     proc = subprocess.Popen(_search_cmd(space, "--address", cluster.address), cwd=tmp_path,
                             env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
+
+    def nodes_done() -> int:
+        if not db.exists():
+            return 0
+        try:
+            done = [t for t in _study(tmp_path, "spread").get_trials()
+                    if t.state.name == "COMPLETE"]
+        except Exception:  # the driver may be creating the tables right now
+            return 0
+        return len({t.user_attrs["device"]["ray_node_id"] for t in done})
+
     try:
-        # Trials are asked only for workers that are up: two RUNNING = both workers busy.
-        assert _wait_for(lambda: _states(db).count("RUNNING") >= 2
-                         and cluster.worker.trial_workers()), "no trial started on both nodes"
+        # Both nodes have finished a trial, and both workers are busy again (trials are
+        # asked only for workers that are up: two RUNNING = both busy): kill one mid-trial.
+        assert _wait_for(lambda: nodes_done() == 2 and _states(db).count("RUNNING") >= 2
+                         and cluster.worker.trial_workers()), "trials did not spread"
         os.kill(cluster.worker.trial_workers()[0], signal.SIGKILL)
         out, err = proc.communicate(timeout=300)
     finally:
@@ -210,7 +222,7 @@ def test_trials_spread_over_both_nodes_and_survive_a_killed_worker(cluster, tmp_
             proc.kill()
     assert proc.returncode == 0, err
     study = _study(tmp_path, "spread")
-    assert _finished(study) == {"COMPLETE": 4}
+    assert _finished(study) == {"COMPLETE": 6}
     complete = study.get_trials()
     assert len({t.user_attrs["device"]["ray_node_id"] for t in complete}) == 2  # both nodes
     assert all(re.fullmatch(r".+/[0-9a-f]{8}", t.user_attrs["device"]["node"]) for t in complete)

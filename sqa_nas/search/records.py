@@ -6,7 +6,8 @@ Study
   - metric names (`study.set_metric_names`) = the objective names, in order.
   - user attrs: ``sqa_nas`` {"format", "version"}, ``space`` (the resolved search space),
     ``space_hash``, ``objectives`` (names), ``corpus`` {"kind", "fingerprint", ...},
-    ``mha_reference`` {device name: MHA tokens/s}, ``units`` {unit: [layer indices]}.
+    ``mha_reference`` {device name: MHA tokens/s}, ``units`` {unit: [layer indices]},
+    ``executor_stats`` [one entry per run: GPU busy fractions and the like].
 Trial
   - params: per unit (``layer3``, ``layers0-3`` or ``all``): ``<unit>.heads`` = "H_q/H_kv",
     ``<unit>.mask`` = "dense" | "window:W" | "flex:W+G" | "block_sparse", and
@@ -50,13 +51,18 @@ TRIAL_ATTRS = (
     "metrics",       # {val_loss, perplexity, accuracy, throughput_tokens_per_s,
                      #  speedup_vs_mha, train_tokens, train_steps, ...}
     "curve",         # [[step, tokens, train_loss], ...] (subsampled)
-    "device",        # {name, type, host, node, gpu}
+    "device",        # {name, type, host, node, gpu; on Ray also ray_node_id, node_ip,
+                     #  worker_pid}
     "versions",      # torch, CUDA, cuDNN, python, sqa_nas
     "corpus",        # {kind, fingerprint}
     "timings",       # {build_s, throughput_s, train_s, eval_s, total_s}
     "fail_reason",   # why a trial is FAIL or PRUNED
     "infeasible",    # [constraint violations] for trials refused before training
-    "driver",        # {host, pid, id} of the driver that ran it
+    "driver",        # {host, pid, proc_start, id} of the driver that ran it
+    "worker_deaths",  # how many times its worker or node died under it (Ray retries)
+    "retry_of",      # the trial number this one re-runs (reaped or interrupted)
+    "interrupted",   # True: stopped by Ctrl-C, re-enqueued
+    "reaped",        # True: left RUNNING by a driver that is gone, re-enqueued
 )
 
 
