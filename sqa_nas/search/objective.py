@@ -23,10 +23,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 
 from sqa_nas.analytics import analyze, mha_baseline
 from sqa_nas.bench import time_call
 from sqa_nas.data import IGNORE_INDEX, accuracy_counts, load_dataset
+from sqa_nas.errors import first_error
 from sqa_nas.machine import device_name, machine_info
 from sqa_nas.model import ModelConfig, build_model, layer_dict
 from sqa_nas.search.records import compact_allocation
@@ -99,7 +101,8 @@ def run_trial(job: TrialJob, *, device: torch.device | None = None,
         attrs["fail_reason"] = "out of memory: " + str(exc).splitlines()[0]
     except Exception as exc:  # a trial's own failure must not stop the search
         outcome.state = "FAIL"
-        attrs["fail_reason"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        message = first_error(exc) if isinstance(exc, ValidationError) else str(exc)
+        attrs["fail_reason"] = f"{type(exc).__name__}: {' '.join(message.split())}"[:500]
         attrs["traceback"] = traceback.format_exc(limit=6)[-4000:]
     finally:
         if device.type == "cuda":
