@@ -54,6 +54,7 @@ def test_search_stores_trials_and_resumes_without_repeating(tmp_path, capsys, mo
     assert main(["search", str(space)]) == 0
     out = capsys.readouterr().out
     assert "Pareto front of tiny" in out
+    assert "busy_fraction:" in out  # the local executor reports its workers' busy time
     study = load_study("tiny")
     records = trial_records(study)
     complete = [r for r in records if r.state == "COMPLETE"]

@@ -55,6 +55,7 @@ class _Worker:
         child.close()
         self.job: TrialJob | None = None
 
+
     @property
     def where(self) -> str:
         return f"worker {self.index} ({self.device}, pid {self.process.pid})"
@@ -64,6 +65,20 @@ class _Worker:
             self.process.kill()
         self.process.join(timeout=10)
         self.conn.close()
+
+
+class _Usage:
+    """Time a worker spends inside trials, for the busy fraction."""
+
+    def __init__(self) -> None:
+        self.busy = 0.0
+        self.first: float | None = None
+        self.last: float | None = None
+
+    def add(self, started: float, ended: float) -> None:
+        self.busy += ended - started
+        self.first = started if self.first is None else min(self.first, started)
+        self.last = ended if self.last is None else max(self.last, ended)
 
 
 class LocalExecutor(Executor):
@@ -85,6 +100,8 @@ class LocalExecutor(Executor):
         self.timeout = trial_timeout_s
         self.ctx = mp.get_context("spawn")
         self.workers: list[_Worker] = []
+        self.usage: dict[int, _Usage] = {}  # worker index -> time inside trials
+        self._worker_of: dict[int, int] = {}  # trial number -> worker index
 
     def describe(self) -> str:
         kinds = sorted(set(self.devices))
@@ -100,6 +117,7 @@ class LocalExecutor(Executor):
         worker = next(w for w in self.workers if w.job is None)
         worker.job = job
         worker.conn.send(job)
+        self._worker_of[job.number] = worker.index
         self.running[job.number] = Running(job, worker.where)
 
     def poll(self, timeout: float) -> list[Event]:
@@ -133,6 +151,26 @@ class LocalExecutor(Executor):
                     job, f"exceeded the trial time limit ({self.timeout:g} s); killed")))
                 self._replace(worker)
         return events
+
+    def _finish(self, number, outcome):
+        run, index = self.running.get(number), self._worker_of.pop(number, None)
+        if run is not None and index is not None:
+            self.usage.setdefault(index, _Usage()).add(run.started, time.monotonic())
+        return super()._finish(number, outcome)
+
+    def stats(self) -> dict:
+        """Busy fraction per worker: time inside trials over the span from its first trial's
+        start to its last trial's end (worker start-up, imports, idle gaps count as idle)."""
+        spans = {i: u for i, u in self.usage.items() if u.first is not None}
+        if not spans:
+            return {}
+        by_worker = {f"{self.devices[i]} worker {i}":
+                     round(u.busy / max(u.last - u.first, 1e-9), 4)
+                     for i, u in sorted(spans.items())}
+        busy = sum(u.busy for u in spans.values())
+        span = sum(u.last - u.first for u in spans.values())
+        return {"executor": self.describe(), "busy_fraction": round(busy / max(span, 1e-9), 4),
+                "busy_fraction_by_worker": by_worker}
 
     def _replace(self, worker: _Worker) -> None:
         worker.kill()
