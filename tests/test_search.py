@@ -208,3 +208,15 @@ def test_other_space_or_version_is_refused(tmp_path, monkeypatch, capsys):
     study.set_user_attr("sqa_nas", {"format": 99, "version": "9.9"})
     assert main(["search", str(space)]) == 2
     assert "format 99" in capsys.readouterr().err
+
+
+def test_grid_search_covers_the_grid_once(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    space = {**TINY, "study": "grid", "search": {**TINY["search"], "tying": "all"},
+             "sampler": {"name": "grid"}, "budget": {**TINY["budget"], "n_trials": 10}}
+    assert main(["search", str(_write(tmp_path, space))]) == 0
+    records = [r for r in trial_records(load_study("grid")) if r.state == "COMPLETE"]
+    allocations = [r.allocation for r in records]
+    # H in {4, 2} x H_kv in {2, 1} plus the MHA seed's 4/4: 5 architectures, each once.
+    assert sorted(allocations) == sorted(set(allocations)) and len(allocations) == 5
+    assert {r.seed_variant for r in records} >= {"MHA", "SQA"}  # baselines labelled

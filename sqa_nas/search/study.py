@@ -83,11 +83,20 @@ def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
         return optuna.samplers.RandomSampler(seed=s.seed)
     if name == "grid":
         space = {k: list(d.choices) for k, d in spec.distributions().items()}
-        return optuna.samplers.GridSampler(space, seed=s.seed)
+        return _Grid(space, seed=s.seed)
     try:
         return optuna.samplers.GPSampler(seed=s.seed)
     except ImportError as exc:
         raise UserError(f"sampler.name: gp needs {exc.name} (pip install scipy)") from None
+
+
+class _Grid(optuna.samplers.GridSampler):
+    """GridSampler without its `study.stop()` once the grid is covered: that call is only
+    allowed inside `study.optimize`, and the driver's budget (capped at the grid's size in
+    `Driver.run`) already ends an ask/tell search there."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        pass
 
 
 def _driver_identity() -> dict[str, Any]:
@@ -334,6 +343,10 @@ class Driver:
 
     # ------------------------------------------------------------------------- the loop
     def run(self, n_trials: int, max_wall_seconds: float | None = None) -> SearchResult:
+        if self.spec.sampler.name == "grid" and n_trials > self.spec.cardinality():
+            self.log(f"grid sampler: {self.spec.cardinality()} architectures, so "
+                     f"{self.spec.cardinality()} trials instead of n_trials={n_trials}")
+            n_trials = self.spec.cardinality()
         self.open_study()
         reaped = self.reap()
         if reaped:
