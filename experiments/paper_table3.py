@@ -40,7 +40,7 @@ VARIANTS = PAPER_VARIANTS + ("SW-SQA", "Flex-SQA")
 # The paper's batch per length: 128 x 1k = 32 x 4k = 4 x 32k = 131k tokens a step.
 PAPER_BATCH = {1024: 128, 4096: 32, 32768: 4, 131072: 1, 200000: 1}
 
-# Table 3 of arXiv 2510.01817, seconds per forward step, one A100 40GB (shared/ANCHORS.md).
+# Table 3 of arXiv 2510.01817, seconds per forward step, one A100 40GB (as the paper reports it).
 PAPER_A100 = {
     1024: dict(xSQA=0.0570, SQA=0.0642, sSQA=0.0669, MQA=0.0760, GQA=0.0785, MHA=0.0869),
     4096: dict(xSQA=0.0637, SQA=0.0750, sSQA=0.0793, MQA=0.1001, GQA=0.1027, MHA=0.1114),
@@ -64,7 +64,7 @@ EXP_PER_S = 3.9e12
 
 REFERENCE = {"paper_a100_s": PAPER_A100, "paper_batch": PAPER_BATCH,
              "anchor_h200_sdpa_s": ANCHOR_H200_SDPA, "exp_per_s": EXP_PER_S,
-             "sources": "arXiv 2510.01817 Table 3; shared/ANCHORS.md"}
+             "sources": "arXiv 2510.01817 Table 3"}
 NOTES = ["seconds per forward step of the whole model, bf16 autocast, inference mode, "
          "median of CUDA-event timings after warm-up",
          "at 200k tokens the LM head writes 4 GB of bf16 logits (counted)",

@@ -57,7 +57,7 @@ class Calibration:
         return asdict(self) | {"order": list(self.order)}
 
 
-_H200 = "shared/gpu/README.md, H200 measurements of 2026-11-29"
+_H200 = "H200 measurements of 2026-11-29 (experiments/results/bench_*_h200.json)"
 BUILTIN: tuple[Calibration, ...] = (
     Calibration("H200", "dense", "bfloat16", ("flash_attn", "sdpa", "flex"),
                 f"{_H200}: forward, head_dim 128, 32k-128k: flash-attn-4 618-708 TFLOP/s causal, "
