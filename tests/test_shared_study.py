@@ -139,7 +139,9 @@ def test_reaping_spares_live_drivers_here_and_elsewhere(postgres, tmp_path):
         pid_reused = running({"host": host, "pid": live.pid, "id": "c", "proc_start": 1})
         elsewhere_live = running({"host": "elsewhere", "pid": live.pid, "id": "d"})
         elsewhere_dead = running({"host": "elsewhere", "pid": live.pid, "id": "e"})
-        just_asked = running(None)  # its driver has not written who it is yet
+        # Asked, then its driver died before signing it: drivers ask and sign under the
+        # study lock, so a reaper holding the lock sees an unsigned trial only then.
+        unsigned = running(None)
         # Another machine's driver stopped beating a while ago (Optuna's grace period: 60 s).
         import sqlalchemy
 
@@ -147,15 +149,15 @@ def test_reaping_spares_live_drivers_here_and_elsewhere(postgres, tmp_path):
             con.execute(sqlalchemy.text(
                 "UPDATE trial_heartbeats SET heartbeat = heartbeat - interval '5 minutes' "
                 "WHERE trial_id = :t"), {"t": study.get_trials()[elsewhere_dead]._trial_id})
-        assert driver.reap() == 3
+        assert driver.reap() == 4
     finally:
         live.kill()
     trials = study.get_trials()
-    for n in (here_live, elsewhere_live, just_asked):
+    for n in (here_live, elsewhere_live):
         assert trials[n].state.name == "RUNNING", n
-    for n in (here_dead, pid_reused, elsewhere_dead):
+    for n in (here_dead, pid_reused, elsewhere_dead, unsigned):
         assert trials[n].state.name == "FAIL" and trials[n].user_attrs["reaped"], n
     requeued = {t.user_attrs["retry_of"]: t for t in trials if "retry_of" in t.user_attrs}
-    assert set(requeued) == {here_dead, pid_reused, elsewhere_dead}
+    assert set(requeued) == {here_dead, pid_reused, elsewhere_dead, unsigned}
     assert all(t.state.name == "WAITING" and t.system_attrs["fixed_params"] == trials[n].params
                for n, t in requeued.items())

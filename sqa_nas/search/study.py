@@ -57,7 +57,7 @@ warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to b
 NOT_COUNTED = ("infeasible", "reaped", "interrupted")
 MAX_INFEASIBLE_IN_A_ROW = 500
 REAP_EVERY_S = 60.0  # a long search also picks up trials of drivers that died meanwhile
-SETUP_GRACE_S = 120.0  # a RUNNING trial this young may not carry its driver's identity yet
+SETUP_GRACE_S = 120.0  # without a study lock, a trial this young may be unsigned yet
 KEEP_STATS = 20  # executor figures of the last runs kept in the study
 
 
@@ -136,7 +136,8 @@ def study_lock(storage: Any, url: str, name: str):
     PostgreSQL: a session advisory lock (released if the driver dies with its connection);
     MySQL: GET_LOCK; SQLite and journal files: an flock on a file next to them (drivers on
     one host; neither is shared across machines). Other storages: no lock. `storage` may be
-    None (before it is opened: Optuna creating its tables in a fresh database)."""
+    None (before it is opened: Optuna creating its tables in a fresh database). Yields whether
+    a lock is held."""
     key = f"sqa-nas:{name}"
     if url.startswith(("postgresql", "postgres://", "mysql")):
         import sqlalchemy
@@ -147,7 +148,7 @@ def study_lock(storage: Any, url: str, name: str):
                 engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
             conn = engine.connect()
         except Exception:  # no server, no driver module: opening the storage says so
-            yield
+            yield False
             return
         if url.startswith("mysql"):
             lock = ("SELECT GET_LOCK(:k, -1)", "SELECT RELEASE_LOCK(:k)")
@@ -158,7 +159,7 @@ def study_lock(storage: Any, url: str, name: str):
         with conn:
             conn.execute(sqlalchemy.text(lock[0]), {"k": arg})
             try:
-                yield
+                yield True
             finally:
                 conn.execute(sqlalchemy.text(lock[1]), {"k": arg})
                 conn.commit()
@@ -173,13 +174,13 @@ def study_lock(storage: Any, url: str, name: str):
     except ImportError:  # Windows: one driver per study
         path = None
     if path is None:
-        yield
+        yield False
         return
     lock_path = Path(f"{path}.sqa-nas.lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
-        yield  # closing the file releases the lock
+        yield True  # closing the file releases the lock
 
 
 class Driver:
@@ -252,10 +253,10 @@ class Driver:
         Gone: on this host, its process has ended (pid and start time); elsewhere, on a
         database storage, its heartbeat is older than the grace period (Optuna's
         `fail_stale_trials`). A live driver's trial is never reaped."""
-        with self._study_lock():  # two drivers reaping at once would re-enqueue twice
-            return self._reap()
+        with self._study_lock() as locked:  # two drivers reaping at once would re-enqueue twice
+            return self._reap(locked)
 
-    def _reap(self) -> int:
+    def _reap(self, locked: bool) -> int:
         study = self.study
         stale = set(self._stale_trial_ids())
         reaped = 0
@@ -272,9 +273,12 @@ class Driver:
                 continue  # a live driver on this machine: its process is the authority
             if t._trial_id in stale:
                 reason = f"reaped: its driver ({who}) stopped sending heartbeats"
-            elif not d and t.datetime_start and (
+            elif not d and not locked and t.datetime_start and (
                     now - t.datetime_start).total_seconds() < SETUP_GRACE_S:
-                continue  # just asked by a driver that has not written its identity yet
+                # Without a lock, it may have been asked a moment ago by a driver that has
+                # not written who it is yet. Under the lock it cannot: drivers ask and sign
+                # a trial in one locked step, so an unsigned one lost its driver in between.
+                continue
             elif not same_host and self._heartbeat_storage and d:
                 continue  # another machine, heartbeat fresh (or none yet)
             else:
