@@ -126,8 +126,8 @@ def test_reaping_spares_live_drivers_here_and_elsewhere(postgres, tmp_path):
     ended = subprocess.Popen(["true"])  # a driver on this host that has exited
     ended.wait()
     try:
-        def running(identity: dict | None) -> int:
-            trial = study.ask()
+        def running(identity: dict | None, drawn: bool = True) -> int:
+            trial = study.ask(driver.distributions if drawn else None)
             if identity is not None:
                 trial.set_user_attr("driver", {"started": "", **identity})
             storage.record_heartbeat(trial._trial_id)
@@ -139,8 +139,10 @@ def test_reaping_spares_live_drivers_here_and_elsewhere(postgres, tmp_path):
         pid_reused = running({"host": host, "pid": live.pid, "id": "c", "proc_start": 1})
         elsewhere_live = running({"host": "elsewhere", "pid": live.pid, "id": "d"})
         elsewhere_dead = running({"host": "elsewhere", "pid": live.pid, "id": "e"})
-        # Asked, then its driver died before signing it: drivers ask and sign under the
-        # study lock, so a reaper holding the lock sees an unsigned trial only then.
+        # Drivers ask, draw and sign a trial under the study lock, so a reaper holding the
+        # lock sees an unsigned one only when its driver died in between: before drawing its
+        # architecture (nothing to re-run) or after.
+        undrawn = running(None, drawn=False)
         unsigned = running(None)
         # Another machine's driver stopped beating a while ago (Optuna's grace period: 60 s).
         import sqlalchemy
@@ -149,13 +151,13 @@ def test_reaping_spares_live_drivers_here_and_elsewhere(postgres, tmp_path):
             con.execute(sqlalchemy.text(
                 "UPDATE trial_heartbeats SET heartbeat = heartbeat - interval '5 minutes' "
                 "WHERE trial_id = :t"), {"t": study.get_trials()[elsewhere_dead]._trial_id})
-        assert driver.reap() == 4
+        assert driver.reap() == 5
     finally:
         live.kill()
     trials = study.get_trials()
     for n in (here_live, elsewhere_live):
         assert trials[n].state.name == "RUNNING", n
-    for n in (here_dead, pid_reused, elsewhere_dead, unsigned):
+    for n in (here_dead, pid_reused, elsewhere_dead, unsigned, undrawn):
         assert trials[n].state.name == "FAIL" and trials[n].user_attrs["reaped"], n
     requeued = {t.user_attrs["retry_of"]: t for t in trials if "retry_of" in t.user_attrs}
     assert set(requeued) == {here_dead, pid_reused, elsewhere_dead, unsigned}

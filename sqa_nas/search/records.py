@@ -62,7 +62,7 @@ TRIAL_ATTRS = (
     "worker_deaths",  # how many times its worker or node died under it (Ray retries)
     "retry_of",      # the trial number this one re-runs (reaped or interrupted)
     "interrupted",   # True: stopped by Ctrl-C, re-enqueued
-    "reaped",        # True: left RUNNING by a driver that is gone, re-enqueued
+    "reaped",        # True: left RUNNING by a driver that is gone, re-enqueued (if drawn)
 )
 
 

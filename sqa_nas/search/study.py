@@ -310,8 +310,14 @@ class Driver:
             self.storage.set_trial_user_attr(t._trial_id, key, value)
 
     def _requeue(self, t) -> None:
-        extra = {k: t.user_attrs[k] for k in ("seed_variant",) if k in t.user_attrs}
-        self.study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, **extra})
+        seed = t.user_attrs.get("seed_variant")
+        params = t.params
+        if set(params) != set(self.distributions):  # its driver died while drawing it
+            params = dict(self.spec.seed_params()).get(seed)
+            if params is None:
+                return  # nothing to re-run: a fresh ask replaces it
+        extra = {"seed_variant": seed} if seed else {}
+        self.study.enqueue_trial(params, user_attrs={"retry_of": t.number, **extra})
 
     def enqueue_seeds(self) -> None:
         """Enqueue the seed variants the study does not hold yet (under the study lock)."""
