@@ -107,6 +107,10 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+class NodeStartError(Exception):
+    pass
+
+
 def _start_node(cmd: list[str], env: dict, log: Path) -> Node:
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT,
@@ -116,18 +120,16 @@ def _start_node(cmd: list[str], env: dict, log: Path) -> Node:
                    timeout=120)
     if not ok or proc.poll() is not None:
         node.kill()
-        pytest.fail(f"ray start failed: {log.read_text()[-2000:]}")
+        raise NodeStartError(f"{log.name}: {log.read_text()[-1500:]}")
     return node
 
 
-@pytest.fixture(scope="module")
-def cluster(free_port):
-    # Ray's socket paths must fit in 107 bytes: a short directory, not pytest's tmp_path.
-    temp = Path(tempfile.mkdtemp(prefix="sqr", dir="/tmp"))
+def _start_cluster(free_port, env: dict, temp: Path) -> tuple[str, list[Node]]:
+    """A head and a joined second node; on failure, nothing left running and an error that
+    carries both nodes' logs and the head's GCS log."""
     port = free_port()
     ray = str(Path(sys.executable).with_name("ray"))
-    env = {**os.environ, **LOOPBACK, **AUTH, **FAST_NODE_DEATH}
-    nodes = []
+    nodes: list[Node] = []
     try:
         nodes.append(_start_node(
             [ray, "start", "--head", f"--port={port}", "--include-dashboard=false",
@@ -139,8 +141,33 @@ def cluster(free_port):
             [sys.executable, "-c", JOIN, "start", f"--address=127.0.0.1:{port}",
              f"--dashboard-agent-listen-port={free_port()}", f"--temp-dir={temp}",
              *NODE_ARGS], join_env, temp / "worker.log"))
-        address = f"127.0.0.1:{port}"
+    except NodeStartError as exc:
+        head = nodes[0].proc.poll() if nodes else "not started"
+        gcs = sorted(temp.glob("session_*/logs/gcs_server.*"))
+        detail = "".join(f"\n--- {g.name}: {g.read_text(errors='replace')[-1500:]}" for g in gcs)
+        for node in reversed(nodes):
+            node.kill()
+        raise NodeStartError(f"{exc}\nhead exit status: {head}{detail}") from None
+    return f"127.0.0.1:{port}", nodes
 
+
+@pytest.fixture(scope="module")
+def cluster(free_port):
+    env = {**os.environ, **LOOPBACK, **AUTH, **FAST_NODE_DEATH}
+    errors = []
+    for _ in range(2):  # a picked free port may be taken by another process before Ray binds it
+        # Ray's socket paths must fit in 107 bytes: a short directory, not pytest's tmp_path.
+        temp = Path(tempfile.mkdtemp(prefix="sqr", dir="/tmp"))
+        try:
+            address, nodes = _start_cluster(free_port, env, temp)
+            break
+        except NodeStartError as exc:
+            errors.append(str(exc))
+            shutil.rmtree(temp, ignore_errors=True)
+    else:
+        pytest.fail("ray start failed twice:\n" + "\n\n".join(errors))
+    ray = str(Path(sys.executable).with_name("ray"))
+    try:
         def both_nodes_up() -> bool:
             status = subprocess.run([ray, "status", f"--address={address}"], env=env,
                                     capture_output=True, text=True, timeout=60).stdout
