@@ -34,10 +34,11 @@ from sqa_nas.bench import (
     DEFAULT_GLOBAL_TOKENS,
     DEFAULT_WINDOW,
     BenchSettings,
+    add_row_timeout_argument,
     expand_grid,
     run_grid,
 )
-from sqa_nas.cli import csv, positive
+from sqa_nas.cli import csv, positive, seconds
 from sqa_nas.machine import header_line
 
 SCHEMA = "sqa-nas/long_context/1"
@@ -82,9 +83,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="default: bfloat16 on GPU, float32 on CPU")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=positive, default=10)
-    p.add_argument("--budget-s", type=float, default=6.0,
+    p.add_argument("--budget-s", type=seconds, default=6.0,
                    help="timed seconds per row before repeats are cut (>= 2 kept)")
     p.add_argument("--quick", action="store_true", help="3 repeats, 3 s per row")
+    add_row_timeout_argument(p)
     p.add_argument("--check-len", type=positive,
                    help="tokens of the correctness check (default 2 x window + 64, so the "
                         "check sees the window's edge and the global tokens)")
@@ -164,13 +166,16 @@ def run(args) -> dict:
 
         def save_partial(partial: dict, part=part) -> None:  # a cut-short run keeps its rows
             if args.out is not None:
+                running = {"running": partial["running"] | {"part": part}} \
+                    if "running" in partial else {}
                 _write(args.out, assemble(partial["machine"], [r | {"part": part}
                                                                for r in partial["rows"]],
-                                          partial=True))
+                                          partial=True, **running))
 
         result = run_grid(grid, progress=lambda s, p=part: print(f"  {p}: {s}",
                                                                   file=sys.stderr, flush=True),
-                          extra={"command": settings["command"]}, on_cell=save_partial)
+                          extra={"command": settings["command"]}, on_cell=save_partial,
+                          row_timeout_s=args.row_timeout_s)
         rows += [r | {"part": part} for r in result["rows"]]
     return assemble(result["machine"], [])
 

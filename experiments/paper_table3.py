@@ -28,8 +28,14 @@ from pathlib import Path
 
 import torch
 
-from sqa_nas.bench import BenchSettings, profile_call, run_grid, timed_step
-from sqa_nas.cli import csv, positive
+from sqa_nas.bench import (
+    BenchSettings,
+    add_row_timeout_argument,
+    profile_call,
+    run_grid,
+    timed_step,
+)
+from sqa_nas.cli import csv, positive, seconds
 from sqa_nas.machine import header_line
 
 SCHEMA = "sqa-nas/paper_table3/1"
@@ -98,10 +104,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="autocast dtype (default: bfloat16 on GPU, float32 on CPU)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=positive, default=5)
-    p.add_argument("--budget-s", type=float, default=4.0,
+    p.add_argument("--budget-s", type=seconds, default=4.0,
                    help="timed seconds per cell before repeats are cut (>= 2 kept)")
     p.add_argument("--quick", action="store_true",
                    help="2 repeats, 2 s per cell: for a first look")
+    add_row_timeout_argument(p)
     p.add_argument("--check-len", type=positive, default=1024,
                    help="tokens of the per-variant correctness check (default 1024)")
     p.add_argument("--no-check", action="store_true")
@@ -168,13 +175,15 @@ def run(args) -> dict:
     def save_partial(result: dict) -> None:  # a run cut short keeps its finished cells
         if args.out is not None:
             _write(args.out, finish(result))
-        print(f"  saved {len(result['rows'])} rows to {args.out}", file=sys.stderr, flush=True)
+        if "running" not in result:  # also called before every row, with the row in flight
+            print(f"  saved {len(result['rows'])} rows to {args.out}", file=sys.stderr,
+                  flush=True)
 
     result = finish(run_grid(grid, progress=lambda s: print(f"  {s}", file=sys.stderr,
                                                              flush=True),
                              extra={"command": " ".join(["python", *sys.argv]),
                                     "paper_batch": args.batch is None},
-                             on_cell=save_partial))
+                             on_cell=save_partial, row_timeout_s=args.row_timeout_s))
     profiles = []
     for cell in grid:
         if cell.seq_lens[0] not in args.profile:

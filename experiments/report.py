@@ -374,7 +374,12 @@ def body(results: list[dict], pngs: dict[str, list[Path]], relative_to: Path,
                  "long_context": "Long context: SW-SQA and Flex-SQA",
                  "bench": "Attention kernels"}.get(k, k)
         command = res.get("settings", {}).get("command", "")
-        if res.get("partial"):
+        if res.get("running"):
+            hung = res["running"]
+            title += (f" (partial: stopped in {hung['variant']} @ {hung['seq_len']}, "
+                      f"{hung['cell']}, which did not return within "
+                      f"{hung.get('row_timeout_s') or '?'} s)")
+        elif res.get("partial"):
             title += " (partial: the run stopped before its last cell)"
         text = [f"{h} {title}", f"From [`{path.name}`]({rel})"
                 + (f", made by `{command}`." if command else ".")]

@@ -7,7 +7,10 @@ header. Every row carries its whole configuration, the backend and kernel that r
 TFLOP/s from the mask's real density (`count_visible`), the speedup over the MHA and GQA
 rows of the same cell, and, when several backends were timed on the same cell, the fraction
 of the fastest one's TFLOP/s. A cell that fails (out of memory, a kernel error, a backend
-that refuses) records the error in its row and the run goes on.
+that refuses) records the error in its row and the run goes on; a row that never returns (a
+kernel build that hangs cannot be interrupted from Python) is cut by `row_timeout_s`: every
+thread's stack is printed, the process exits, and the results file saved before the row names
+it under "running".
 
 Scopes: ``kernel`` times the attention call alone on (B, H, N, D) inputs; ``layer`` the
 whole `SparseQueryAttention` (projections, RoPE when set); ``model`` a forward (or training
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import faulthandler
 import gc
 import itertools
 import json
@@ -36,7 +40,7 @@ import torch.nn.functional as F
 from sqa_nas.attention import AttentionConfig, BlockSparseLayout, SparseQueryAttention
 from sqa_nas.attention.masks import count_visible
 from sqa_nas.attention.reference import reference_layer
-from sqa_nas.cli import csv, positive
+from sqa_nas.cli import csv, positive, seconds
 from sqa_nas.errors import UserError
 from sqa_nas.machine import machine_info
 from sqa_nas.registry import get_backend, get_variant, register_backend
@@ -51,6 +55,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 # The issue's long-context masks: a 4096-token window, plus 16 global tokens for Flex-SQA.
 DEFAULT_WINDOW = 4096
 DEFAULT_GLOBAL_TOKENS = 16
+# A row (check, compile, warm-up, repeats) past this is taken to hang; 1M-token dense MHA
+# rows take about a minute on an H200.
+DEFAULT_ROW_TIMEOUT_S = 900.0
 # Backward costs 2.5x the forward (flash-attention's convention: 5 matmuls vs 2).
 _MODE_FACTOR = {"fwd": 1.0, "bwd": 2.5, "fwd+bwd": 3.5}
 _PROJ_FACTOR = {"fwd": 1.0, "bwd": 2.0, "fwd+bwd": 3.0}
@@ -366,7 +373,30 @@ def run_bench(settings: BenchSettings, progress: Callable[[str], None] | None = 
             "settings": _settings_dict(settings), "rows": rows}
 
 
-def _bench_cell(settings: BenchSettings, progress) -> list[dict]:
+@contextlib.contextmanager
+def row_watchdog(seconds: float | None):
+    """Past `seconds`, print every thread's stack to stderr and exit with status 1.
+    faulthandler's timer runs in C, so it fires even when a hung call holds the GIL."""
+    stream = next((f for f in (sys.stderr, sys.__stderr__) if _has_fileno(f)), None)
+    if not seconds or stream is None:
+        yield
+        return
+    faulthandler.dump_traceback_later(seconds, exit=True, file=stream)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+
+
+def _has_fileno(f) -> bool:
+    try:
+        return f is not None and f.fileno() >= 0
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
+        return False
+
+
+def _bench_cell(settings: BenchSettings, progress, before_row=None,
+                row_timeout_s: float | None = None) -> list[dict]:
     device = torch.device(settings.device)
     dtype = DTYPES[settings.dtype]
     names = list(dict.fromkeys(list(settings.baselines) + list(settings.variants)))
@@ -376,7 +406,12 @@ def _bench_cell(settings: BenchSettings, progress) -> list[dict]:
         for name in names:
             if progress:
                 progress(f"{name} @ {n} ({_cell_label(settings)})")
-            rows.append(_bench_one(settings, name, n, device, dtype))
+            if before_row:
+                before_row(rows, {"variant": name, "seq_len": n, "cell": _cell_label(settings),
+                                  "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                  "row_timeout_s": row_timeout_s})
+            with row_watchdog(row_timeout_s):
+                rows.append(_bench_one(settings, name, n, device, dtype))
             _release(device)
         _add_speedups([r for r in rows if r["seq_len"] == n], settings.baselines)
     return rows
@@ -395,11 +430,14 @@ def expand_grid(base: BenchSettings, **axes: Sequence) -> list[BenchSettings]:
 
 def run_grid(cells: Sequence[BenchSettings], progress: Callable[[str], None] | None = None,
              extra: dict | None = None,
-             on_cell: Callable[[dict], None] | None = None) -> dict:
+             on_cell: Callable[[dict], None] | None = None,
+             row_timeout_s: float | None = None) -> dict:
     """Run every cell under one machine header; rows of the same cell timed with several
     backends get `fraction_of_best`. Returns {"schema", "machine", "settings", "grid",
     "rows"}. `on_cell` gets the result so far (``"partial": True``) after every cell, so a
-    run stopped by a time limit still leaves its finished rows behind."""
+    run stopped by a time limit still leaves its finished rows behind, and before every row
+    with that row under ``"running"``, so a run cut by `row_timeout_s` (see `row_watchdog`)
+    says which row hung."""
     if not cells:
         raise UserError("the benchmark grid is empty")
     for cell in cells:
@@ -413,8 +451,12 @@ def run_grid(cells: Sequence[BenchSettings], progress: Callable[[str], None] | N
             grid[k] = [json.loads(v) for v in values]
     result = {"schema": SCHEMA, "machine": machine_info(device),
               "settings": dicts[0] | (extra or {}), "grid": grid, "rows": []}
+    def before_row(done: list[dict], row: dict) -> None:  # done: this cell's rows so far
+        if on_cell is not None:
+            on_cell(result | {"rows": result["rows"] + done, "partial": True, "running": row})
+
     for cell in cells:
-        result["rows"] += _bench_cell(cell, progress)
+        result["rows"] += _bench_cell(cell, progress, before_row, row_timeout_s)
         if on_cell is not None:
             on_cell(result | {"partial": True})
     add_fraction_of_best(result["rows"])
@@ -707,18 +749,25 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--global-tokens", type=int, help="global tokens (needs --window)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=positive, default=10)
-    p.add_argument("--budget-s", type=float,
+    p.add_argument("--budget-s", type=seconds,
                    help="cap the timed seconds per row: long calls get fewer repeats (>= 2)")
     p.add_argument("--baselines", type=csv(str), default=["MHA", "GQA"],
                    help="variants every row is compared to (default MHA,GQA)")
     p.add_argument("--no-check", action="store_true", help="skip the correctness check")
     p.add_argument("--check-len", type=positive, default=512,
                    help="tokens of the correctness check (default 512)")
+    add_row_timeout_argument(p)
     p.add_argument("--json", type=Path, help="write the results as JSON here")
     p.add_argument("--png", type=Path, help="plot time and speedup vs length to this PNG")
     p.add_argument("--calibration-out", type=Path,
                    help="write the backend order measured here (needs 2+ named backends); "
                         "SQA_NAS_CALIBRATION=FILE makes `auto` follow it")
+
+
+def add_row_timeout_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--row-timeout-s", type=seconds, default=DEFAULT_ROW_TIMEOUT_S,
+                   help="a row running longer is taken to hang: print every thread's stack "
+                        f"and exit (default {DEFAULT_ROW_TIMEOUT_S:.0f}; 0 = never)")
 
 
 def settings_from_args(args) -> list[BenchSettings]:
@@ -755,7 +804,8 @@ def run_bench_command(args) -> int:
 
     with console.status("benchmarking") as status:
         result = run_grid(cells, progress=lambda s: status.update(f"benchmarking {s}"),
-                          on_cell=save if args.json else None)
+                          on_cell=save if args.json else None,
+                          row_timeout_s=args.row_timeout_s)
     console.print(f"[bold]{header_line(result['machine'])}[/]")
     baselines = list(cells[0].baselines)
     several = any("fraction_of_best" in r for r in result["rows"])

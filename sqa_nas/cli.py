@@ -55,6 +55,17 @@ def positive(text: str) -> int:
     return value
 
 
+def seconds(text: str) -> float:
+    """A duration in seconds, >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
 # ---------------------------------------------------------------------------------- variants
 def add_variants_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-heads", type=positive, default=16,

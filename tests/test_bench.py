@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -112,6 +115,8 @@ def test_cli_bench_writes_json(tmp_path, capsys):
     (["bench", "--seq-lens", "12,abc"], "comma-separated"),
     (["bench", "--repeats", "0"], "must be >= 1"),
     (["bench", "--mode", "up"], "invalid choice"),
+    (["bench", "--row-timeout-s", "-1"], "must be a finite number >= 0"),
+    (["bench", "--budget-s", "soon"], "expected a number of seconds"),
     (["nonsense"], "invalid choice"),
 ])
 def test_cli_bad_arguments_exit_2(argv, message, capsys):
@@ -156,8 +161,11 @@ def test_grid_over_backends_reports_fraction_of_best_and_machine_header():
     assert len(cells) == 3
     saved = []
     result = run_grid(cells, on_cell=lambda partial: saved.append(
-        (partial["partial"], len(partial["rows"]))))
-    assert saved == [(True, 2), (True, 4), (True, 6)]  # a cut-short run keeps its rows
+        (len(partial["rows"]), partial["partial"], partial.get("running", {}).get("variant"))))
+    # Saved before every row (naming it, should it hang) and after every cell, so a run cut
+    # short keeps its rows.
+    assert saved == [(n, True, v) for c in (0, 2, 4) for n, v in
+                     ((c, "MHA"), (c + 1, "xSQA"), (c + 2, None))]
     assert "partial" not in result
     assert result["schema"].startswith("sqa-nas/bench/")
     assert {"device", "torch", "cuda", "cudnn", "triton", "flash_attn"} <= set(result["machine"])
@@ -283,3 +291,41 @@ def test_bench_module_runs_alone(tmp_path, capsys):
         "python -m sqa_nas.bench --variants xSQA")
     assert bench_main(["--variants", "Nope", "--device", "cpu"]) == 2
     assert "unknown variant 'Nope'" in capsys.readouterr().err
+
+
+def test_a_hung_row_is_cut_with_its_stacks_and_named_in_the_json(tmp_path):
+    """A call that never returns cannot be interrupted from Python: past --row-timeout-s the
+    process prints every thread's stack and exits, and the JSON saved before the row keeps
+    the finished rows and names the one in flight."""
+    out = tmp_path / "b.json"
+    script = textwrap.dedent(f"""
+        import time
+        from sqa_nas import registry
+        from sqa_nas.bench import main
+        from sqa_nas.kernels.sdpa import SdpaBackend
+
+        class Hangs(SdpaBackend):
+            name = "hangs"
+
+            def forward(self, q, k, v, problem):
+                if problem.seq_len > 64:  # the check (64 tokens) passes; the timed call hangs
+                    while True:
+                        time.sleep(1)
+                return super().forward(q, k, v, problem)
+
+        registry.register_backend(Hangs)
+        argv = ["--variants", "xSQA", "--device", "cpu", "--n-heads", "4", "--head-dim", "8",
+                "--repeats", "1", "--warmup", "0", "--baselines", "MHA", "--backend", "hangs",
+                "--check-len", "64"]
+        main(argv + ["--seq-lens", "32", "--row-timeout-s", "0"])  # imports done, no timer
+        main(argv + ["--seq-lens", "32,96", "--row-timeout-s", "3", "--json", {str(out)!r}])
+        """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 1
+    assert "Timeout" in run.stderr and "in forward" in run.stderr  # where it hung
+    data = json.loads(out.read_text())
+    assert data["partial"] and [(r["variant"], r["seq_len"]) for r in data["rows"]] == \
+        [("MHA", 32), ("xSQA", 32)]
+    assert data["running"]["variant"] == "MHA" and data["running"]["seq_len"] == 96
+    assert data["running"]["row_timeout_s"] == 3

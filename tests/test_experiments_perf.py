@@ -160,3 +160,16 @@ def test_report_targets_measure_margins_from_the_rows(scripts):
     assert found["Table 3, hd16, 131,072: xSQA vs GQA"]["measured"] == "2.53x"
     markdown = report.targets_markdown(list(found.values()))
     assert "**missed**" in markdown and "met" in markdown
+
+
+def test_report_names_the_row_a_cut_run_hung_in(scripts, runs, tmp_path):
+    hung = runs["long"] | {"partial": True, "running": {
+        "variant": "MHA", "seq_len": 131072, "cell": "kernel fwd bfloat16 hd128 b1 causal "
+        "flex auto", "row_timeout_s": 900.0, "part": "heads"}}
+    path = tmp_path / "long_context_cpu.json"
+    path.write_text(json.dumps(hung))
+    page = tmp_path / "performance.md"
+    assert scripts["report"].main([str(path), "--out", str(page), "--no-png"]) == 0
+    assert ("Long context: SW-SQA and Flex-SQA (partial: stopped in MHA @ 131072, kernel fwd "
+            "bfloat16 hd128 b1 causal flex auto, which did not return within 900.0 s)"
+            ) in page.read_text()
