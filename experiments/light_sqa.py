@@ -12,11 +12,13 @@ by validation loss and measured training throughput, then plots the Pareto front
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 
-from science import RESULTS, SMOKE_MODEL, device_slug, write_result
+from science import SMOKE_MODEL, write_result
 
+from sqa_nas.cli import guarded
 from sqa_nas.pareto import pareto_front
 from sqa_nas.search.executors.local import LocalExecutor
 from sqa_nas.search.records import trial_records
@@ -108,9 +110,8 @@ def main(argv=None) -> None:
           f"{payload['lsqa_on_front']}")
     name = "light_sqa" + ("_smoke" if args.smoke else "")
     path = write_result(name, {"experiment": "light_sqa", **payload}, out=args.out)
-    plot(payload, path.with_suffix(".png") if args.out else RESULTS / f"{name}_{device_slug()}"
-         ".png")
+    plot(payload, path.with_suffix(".png"))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(guarded(main))

@@ -23,7 +23,6 @@ are timed fewer times (`--budget-s`): dense MHA at 1M tokens takes seconds a cal
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -37,8 +36,9 @@ from sqa_nas.bench import (
     add_row_timeout_argument,
     expand_grid,
     run_grid,
+    write_json,
 )
-from sqa_nas.cli import csv, positive, seconds
+from sqa_nas.cli import csv, guarded, positive, seconds
 from sqa_nas.machine import header_line
 
 SCHEMA = "sqa-nas/long_context/1"
@@ -168,7 +168,7 @@ def run(args) -> dict:
             if args.out is not None:
                 running = {"running": partial["running"] | {"part": part}} \
                     if "running" in partial else {}
-                _write(args.out, assemble(partial["machine"], [r | {"part": part}
+                write_json(args.out, assemble(partial["machine"], [r | {"part": part}
                                                                for r in partial["rows"]],
                                           partial=True, **running))
 
@@ -178,11 +178,6 @@ def run(args) -> dict:
                           row_timeout_s=args.row_timeout_s)
         rows += [r | {"part": part} for r in result["rows"]]
     return assemble(result["machine"], [])
-
-
-def _write(path: Path, result: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
 
 
 def main(argv=None) -> int:
@@ -195,7 +190,7 @@ def main(argv=None) -> int:
     args.out = args.out or default_out("long_context", args.device)
     result = run(args)
     out = args.out
-    _write(out, result)
+    write_json(out, result)
     print(header_line(result["machine"]))
 
     print(long_context_markdown(result))
@@ -204,4 +199,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guarded(main))

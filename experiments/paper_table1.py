@@ -14,6 +14,7 @@ with the paper's (MHA < GQA < sSQA < SQA < xSQA < MQA < xSMQA).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from science import (
@@ -27,6 +28,8 @@ from science import (
     train_allocation,
     write_result,
 )
+
+from sqa_nas.cli import guarded
 
 VARIANTS = ["MHA", "GQA", "MQA", "SQA", "sSQA", "xSQA", "xSMQA", "lSQA"]
 
@@ -79,4 +82,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(guarded(main))

@@ -21,7 +21,6 @@ step, as in the paper.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -34,8 +33,9 @@ from sqa_nas.bench import (
     profile_call,
     run_grid,
     timed_step,
+    write_json,
 )
-from sqa_nas.cli import csv, positive, seconds
+from sqa_nas.cli import csv, guarded, positive, seconds
 from sqa_nas.machine import header_line
 
 SCHEMA = "sqa-nas/paper_table3/1"
@@ -174,7 +174,7 @@ def run(args) -> dict:
 
     def save_partial(result: dict) -> None:  # a run cut short keeps its finished cells
         if args.out is not None:
-            _write(args.out, finish(result))
+            write_json(args.out, finish(result))
         if "running" not in result:  # also called before every row, with the row in flight
             print(f"  saved {len(result['rows'])} rows to {args.out}", file=sys.stderr,
                   flush=True)
@@ -201,11 +201,6 @@ def run(args) -> dict:
     return result
 
 
-def _write(path: Path, result: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-
-
 def default_out(stem: str, device: str | None) -> Path:
     """experiments/results/<stem>_<gpu>.json, e.g. paper_table3_h200.json."""
     if str(HERE) not in sys.path:
@@ -225,7 +220,7 @@ def main(argv=None) -> int:
     from report import paper_table3_markdown  # no matplotlib needed for the tables
 
     out = args.out
-    _write(out, result)
+    write_json(out, result)
     print(header_line(result["machine"]))
 
     print(paper_table3_markdown(result))
@@ -234,4 +229,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guarded(main))

@@ -15,11 +15,13 @@ throughput?
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 
 from science import aggregate, corpus_of, train_allocation, write_result
 
+from sqa_nas.cli import guarded
 from sqa_nas.errors import UserError
 from sqa_nas.pareto import pareto_front
 from sqa_nas.search.executors.local import LocalExecutor
@@ -136,4 +138,4 @@ def compare(agg: dict, tolerance: float) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(guarded(main))

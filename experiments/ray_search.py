@@ -28,11 +28,15 @@ import threading
 import time
 from pathlib import Path
 
+from report import device_slug  # beside this file
 from rich.console import Console
-from science import RESULTS, device_slug, write_result
+from science import RESULTS, write_result
 
+from sqa_nas.cli import guarded
+from sqa_nas.machine import machine_info
 from sqa_nas.search.cli import print_front, print_stats
 from sqa_nas.search.executors.ray import RayExecutor
+from sqa_nas.search.objective import pick_device
 from sqa_nas.search.records import trial_records
 from sqa_nas.search.space import load_space, parse_space
 from sqa_nas.search.study import Driver
@@ -165,8 +169,8 @@ def main(argv=None) -> None:
             util.stop()
     gpus = {k for ph in phases.values() for k in ph["executor"].get("busy_fraction_by_gpu", {})
             if " GPU " in k}
-    name = f"ray_search_{device_slug()}" + (f"_x{len(gpus)}" if gpus else "") + \
-        ("_smoke" if args.smoke else "")
+    name = f"ray_search_{device_slug(machine_info(pick_device()))}" + \
+        (f"_x{len(gpus)}" if gpus else "") + ("_smoke" if args.smoke else "")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     versions = {k: _version(k) for k in ("ray", "optuna", "torch")}
     write_result(name, {"versions": versions, "gpus_used": sorted(gpus), "phases": phases},
@@ -183,4 +187,4 @@ def _version(package: str) -> str | None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(guarded(main))

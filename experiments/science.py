@@ -7,15 +7,15 @@ fingerprint, and the command that made it.
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
-import torch
+from report import device_slug  # beside this file
 
+from sqa_nas.bench import write_json
 from sqa_nas.machine import machine_info
 from sqa_nas.search.objective import TrialJob, pick_device, run_trial
 from sqa_nas.search.space import SearchSpec, parse_space
@@ -124,19 +124,13 @@ def ordering_report(agg: dict, reference: dict[str, float]) -> dict[str, Any]:
             "kendall_tau": (concordant - discordant) / n if n else None, "pairs": pairs}
 
 
-def device_slug() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name().split()[-1].lower()
-    return "cpu"
-
-
 def write_result(name: str, payload: dict, out: Path | None = None) -> Path:
-    path = out or RESULTS / f"{name}_{device_slug()}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    device = pick_device()
-    payload = {"machine": machine_info(device),
-               "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), **payload}
-    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    """Write `payload` with the machine header and the command to `out`, by default
+    results/<name>_<gpu>.json."""
+    machine = machine_info(pick_device())
+    path = write_json(out or RESULTS / f"{name}_{device_slug(machine)}.json", {
+        "machine": machine, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        **payload})
     print(f"wrote {path}")
     return path
 

@@ -720,6 +720,13 @@ def _choices(allowed: Sequence[str]):
     return parse
 
 
+def write_json(path: Path, data: dict) -> Path:
+    """Write a results file (creating its folder); returns the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    return path
+
+
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variants", type=csv(str), default=["MHA", "GQA", "SQA", "sSQA", "xSQA"])
     p.add_argument("--seq-lens", type=csv(int), default=[1024, 4096])
@@ -798,13 +805,10 @@ def run_bench_command(args) -> int:
     cells = settings_from_args(args)
     for cell in cells:
         cell.validate()
-    def save(partial: dict) -> None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(partial, indent=2) + "\n")
-
     with console.status("benchmarking") as status:
         result = run_grid(cells, progress=lambda s: status.update(f"benchmarking {s}"),
-                          on_cell=save if args.json else None,
+                          on_cell=(lambda partial: write_json(args.json, partial))
+                          if args.json else None,
                           row_timeout_s=args.row_timeout_s)
     console.print(f"[bold]{header_line(result['machine'])}[/]")
     baselines = list(cells[0].baselines)
@@ -839,9 +843,7 @@ def run_bench_command(args) -> int:
                                    for r in result["rows"] if "backend_reason" in r}):
         console.print(f"  [dim]{backend}: {reason}[/]")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        console.print(f"wrote {args.json}")
+        console.print(f"wrote {write_json(args.json, result)}")
     if args.png:
         try:
             title = header_line(result["machine"])
@@ -855,10 +857,8 @@ def run_bench_command(args) -> int:
         entries = order_from_rows(result["rows"], result["machine"]["device"],
                                   source=f"{result['settings']['command']} "
                                          f"({time.strftime('%Y-%m-%d')})")
-        args.calibration_out.parent.mkdir(parents=True, exist_ok=True)
-        args.calibration_out.write_text(json.dumps(
-            {"machine": result["machine"], "entries": [e.as_dict() for e in entries]},
-            indent=2) + "\n")
+        write_json(args.calibration_out,
+                   {"machine": result["machine"], "entries": [e.as_dict() for e in entries]})
         console.print(f"wrote {args.calibration_out} ({len(entries)} measured orders)")
     return 1 if failed else 0
 
@@ -877,7 +877,7 @@ def _tables(rows: list[dict]) -> dict[str, list[dict]]:
 def main(argv: list[str] | None = None) -> int:
     """``python -m sqa_nas.bench ...``: the bench command alone, without importing the other
     commands' modules (for machines that have only what the benchmark needs)."""
-    from sqa_nas.cli import err_console
+    from sqa_nas.cli import guarded
 
     parser = argparse.ArgumentParser(prog="python -m sqa_nas.bench",
                                      description="time attention variants (correctness "
@@ -886,11 +886,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.command_line = " ".join(["python -m sqa_nas.bench",
                                   *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return run_bench_command(args)
-    except UserError as exc:
-        err_console.print(f"[red]error:[/] {exc}")
-        return 2
+    return guarded(lambda: run_bench_command(args))
 
 
 if __name__ == "__main__":

@@ -116,17 +116,23 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(argv).parse_args(argv)
+def guarded(run) -> int:
+    """Run a command (`run()` -> exit status or None): a UserError is printed without a
+    traceback and gives 2, Ctrl-C gives 130. Every command and experiment script uses it."""
     try:
-        return args.run(args)
+        return run() or 0
     except UserError as exc:
         err_console.print(f"[red]error:[/] {exc}")
         return 2
     except KeyboardInterrupt:
         err_console.print("interrupted")
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
+    return guarded(lambda: args.run(args))
 
 
 if __name__ == "__main__":
