@@ -10,7 +10,7 @@ import torch
 
 from sqa_nas.data import load_dataset
 from sqa_nas.model import build_model
-from sqa_nas.search.objective import TrialJob, evaluate, lr_at, run_trial, train
+from sqa_nas.search.objective import NonFinite, TrialJob, evaluate, lr_at, run_trial, train
 from sqa_nas.search.space import parse_space
 
 SPACE = {"model": {"d_model": 64, "n_layers": 2, "n_heads": 4, "ffn_dim": 128, "seq_len": 64},
@@ -50,3 +50,15 @@ def test_a_failing_trial_is_recorded_not_raised():
     out = run_trial(TrialJob(0, params, spec.model_dump(mode="json")))
     assert out.state == "FAIL" and "n_kv_heads=2 does not divide n_q_heads=3" in \
         out.attrs["fail_reason"]
+
+
+def test_a_diverging_training_loss_stops_the_trial(monkeypatch):
+    import torch.nn.functional as F
+
+    cross_entropy = F.cross_entropy
+    monkeypatch.setattr(F, "cross_entropy", lambda *a, **k: cross_entropy(*a, **k) * math.nan)
+    spec = parse_space(SPACE)
+    data = load_dataset(spec.data.model_dump(mode="json"))
+    model = build_model(spec.build_config(dict(spec.seed_params())["SQA"], data.vocab_size))
+    with pytest.raises(NonFinite, match=r"non-finite training loss \(nan\) at step 1$"):
+        train(model, data, spec, torch.device("cpu"), seed=0)

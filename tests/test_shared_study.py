@@ -144,6 +144,9 @@ def test_reaping_spares_live_drivers_here_and_elsewhere(postgres, tmp_path):
         # architecture (nothing to re-run) or after.
         undrawn = running(None, drawn=False)
         unsigned = running(None)
+        queued_params = {**study.get_trials()[here_live].params}
+        study.enqueue_trial(queued_params, user_attrs={"seed_variant": "MHA"})
+        queued_undrawn = running(None, drawn=False)  # takes the queued trial, dies drawing
         # Another machine's driver stopped beating a while ago (Optuna's grace period: 60 s).
         import sqlalchemy
 
@@ -151,15 +154,19 @@ def test_reaping_spares_live_drivers_here_and_elsewhere(postgres, tmp_path):
             con.execute(sqlalchemy.text(
                 "UPDATE trial_heartbeats SET heartbeat = heartbeat - interval '5 minutes' "
                 "WHERE trial_id = :t"), {"t": study.get_trials()[elsewhere_dead]._trial_id})
-        assert driver.reap() == 5
+        assert driver.reap() == 6
     finally:
         live.kill()
     trials = study.get_trials()
     for n in (here_live, elsewhere_live):
         assert trials[n].state.name == "RUNNING", n
-    for n in (here_dead, pid_reused, elsewhere_dead, unsigned, undrawn):
+    for n in (here_dead, pid_reused, elsewhere_dead, unsigned, undrawn, queued_undrawn):
         assert trials[n].state.name == "FAIL" and trials[n].user_attrs["reaped"], n
     requeued = {t.user_attrs["retry_of"]: t for t in trials if "retry_of" in t.user_attrs}
-    assert set(requeued) == {here_dead, pid_reused, elsewhere_dead, unsigned}
+    assert set(requeued) == {here_dead, pid_reused, elsewhere_dead, unsigned, queued_undrawn}
     assert all(t.state.name == "WAITING" and t.system_attrs["fixed_params"] == trials[n].params
-               for n, t in requeued.items())
+               for n, t in requeued.items() if n != queued_undrawn)
+    # A queued trial (a seed, a retry) whose driver died drawing it is queued again as it was.
+    again = requeued[queued_undrawn]
+    assert again.system_attrs["fixed_params"] == queued_params
+    assert again.user_attrs["seed_variant"] == "MHA"

@@ -251,8 +251,6 @@ def train(model, data, spec: SearchSpec, device: torch.device, seed: int,
             logits = step_fn(x)
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1),
                                ignore_index=IGNORE_INDEX)
-        if not torch.isfinite(loss):
-            raise NonFinite(f"non-finite training loss ({loss.item()}) at step {step}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if b.grad_clip:
@@ -261,7 +259,9 @@ def train(model, data, spec: SearchSpec, device: torch.device, seed: int,
         step += 1
         tokens += x.numel()
         if step % every == 0 or step == 1:
-            value = loss.item()
+            value = loss.item()  # the one host sync: at curve points, not every step
+            if not math.isfinite(value):
+                raise NonFinite(f"non-finite training loss ({value}) at step {step}")
             curve.append([step, tokens, round(value, 5)])
             if progress:
                 progress({"step": step, "of": total, "loss": value, "lr": lr})

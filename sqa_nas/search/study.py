@@ -310,13 +310,12 @@ class Driver:
             self.storage.set_trial_user_attr(t._trial_id, key, value)
 
     def _requeue(self, t) -> None:
-        seed = t.user_attrs.get("seed_variant")
         params = t.params
         if set(params) != set(self.distributions):  # its driver died while drawing it
-            params = dict(self.spec.seed_params()).get(seed)
-            if params is None:
+            params = t.system_attrs.get("fixed_params")  # what it was queued with, if anything
+            if not params:
                 return  # nothing to re-run: a fresh ask replaces it
-        extra = {"seed_variant": seed} if seed else {}
+        extra = {k: t.user_attrs[k] for k in ("seed_variant",) if k in t.user_attrs}
         self.study.enqueue_trial(params, user_attrs={"retry_of": t.number, **extra})
 
     def enqueue_seeds(self) -> None:
