@@ -220,3 +220,29 @@ def test_grid_search_covers_the_grid_once(tmp_path, monkeypatch):
     # H in {4, 2} x H_kv in {2, 1} plus the MHA seed's 4/4: 5 architectures, each once.
     assert sorted(allocations) == sorted(set(allocations)) and len(allocations) == 5
     assert {r.seed_variant for r in records} >= {"MHA", "SQA"}  # baselines labelled
+
+
+def test_an_outcome_for_a_trial_reaped_meanwhile_is_dropped_not_raised(tmp_path, monkeypatch):
+    from rich.console import Console
+
+    from sqa_nas.search.executors.local import LocalExecutor
+    from sqa_nas.search.objective import TrialOutcome
+    from sqa_nas.search.space import parse_space
+    from sqa_nas.search.study import Driver
+
+    spec = parse_space({**TINY, "study": "race", "seed_trials": []})
+    log = io.StringIO()
+    driver = Driver(spec, LocalExecutor(workers=1), storage_url=f"sqlite:///{tmp_path}/s.db",
+                    console=Console(file=log, width=200))
+    study = driver.open_study()
+    trial = study.ask(driver.distributions)
+    write = driver.storage.set_trial_user_attr
+
+    def reaped_meanwhile(trial_id, key, value):  # another driver fails it first
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+        write(trial_id, key, value)
+
+    monkeypatch.setattr(driver.storage, "set_trial_user_attr", reaped_meanwhile)
+    driver._tell(TrialOutcome(trial.number, "COMPLETE", {"val_loss": 1.0}, {"note": "late"}))
+    assert study.get_trials()[0].state.name == "FAIL"
+    assert f"trial {trial.number} was finished elsewhere meanwhile" in log.getvalue()

@@ -285,7 +285,10 @@ class Driver:
                 reason = f"reaped: its driver ({who}) is gone"
             # Marked while RUNNING (a finished trial takes no attributes), then failed; if
             # its driver told it in between after all, that outcome stands.
-            self._mark(t, reaped=True, fail_reason=reason)
+            try:
+                self._mark(t, reaped=True, fail_reason=reason)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # its driver told it just now after all: that outcome stands
             told = study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
             if told.state == TrialState.FAIL and told.user_attrs.get("fail_reason") == reason:
                 self._requeue(t)
@@ -470,8 +473,14 @@ class Driver:
         t = study.get_trials(deepcopy=False)[outcome.number]
         if t.state.is_finished():
             return
-        for key, value in outcome.attrs.items():
-            self.storage.set_trial_user_attr(t._trial_id, key, value)
+        try:
+            for key, value in outcome.attrs.items():
+                self.storage.set_trial_user_attr(t._trial_id, key, value)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # Another driver reaped it meanwhile (and re-queued it): its verdict stands.
+            self.log(f"trial {outcome.number} was finished elsewhere meanwhile; "
+                     "this outcome is not recorded")
+            return
         if outcome.mha_reference:
             with self._study_lock():  # a read-modify-write other drivers also do
                 ref = dict(study.user_attrs.get("mha_reference", {}))
