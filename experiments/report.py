@@ -393,7 +393,8 @@ def body(results: list[dict], pngs: dict[str, list[Path]], relative_to: Path,
         path = Path(cal["_path"])
         parts.append(f"{h} Measured backend order\n\nFrom [`{path.name}`]"
                      f"({os.path.relpath(path, relative_to)}); `SQA_NAS_CALIBRATION="
-                     f"{path.name}` makes `backend=\"auto\"` follow it.\n\n"
+                     f"{path.name}` makes `backend=\"auto\"` follow it where it measured "
+                     "every backend able to run the problem.\n\n"
                      + calibration_markdown(cal))
     return "\n\n".join(parts) + "\n"
 

@@ -65,10 +65,14 @@ class AttentionBackend:
 
     def priority(self, problem: AttentionProblem) -> tuple[int, str]:
         """(score, why) for automatic selection; the highest score among backends that
-        support the problem wins. Scores come from measurements: on a calibrated GPU the
-        measured order of `sqa_nas.kernels.calibration` decides (see `calibrated_priority`),
-        elsewhere each backend's own score, which cites what it rests on."""
+        support the problem wins, unless a measured order applies (`select_backend`, with
+        `sqa_nas.kernels.calibration.measured_order`). Each score cites what it rests on."""
         return 0, "no preference"
+
+    def measured_as(self) -> str:
+        """The name measured orders (`sqa_nas.kernels.calibration`) know this backend's
+        kernel by: its own name, unless what runs depends on what is installed."""
+        return self.name
 
     def forward(self, q, k, v, problem: AttentionProblem) -> torch.Tensor:
         raise NotImplementedError

@@ -1,12 +1,11 @@
 """Measured backend order per (GPU, mask pattern, dtype): what ``backend="auto"`` follows.
 
-An entry lists backends fastest first, as measured on one GPU model, with the measurement it
-comes from. Each backend's `priority()` asks `calibrated_priority` first: on a calibrated GPU,
-a listed backend scores ``CALIBRATED_BASE - 10 * rank``, above every uncalibrated score
-(those stay <= 100), so the measured order decides; backends the entry does not list, other
-GPUs and the CPU keep the backends' own scores. A listed backend that is not installed is
-skipped by `select_backend` like any unavailable one, so the next in the measured order runs
-and the reason names the order that was followed.
+An entry lists backends fastest first (by `AttentionBackend.measured_as`), as measured on one
+GPU model, with the measurement it comes from. `select_backend` follows it when every backend
+able to run the problem was measured (`measured_order`): a listed backend that is not
+installed is simply absent, so the next in the measured order runs, and the reason names the
+order followed. When an able backend was not measured (flash-attn-3 where flash-attn-4 was),
+on other GPUs and on the CPU, the backends' own scores decide.
 
 Measured tables override the built-in one: ``sqa-nas bench --backend sdpa,flash_attn,flex
 --calibration-out FILE`` writes the order it measured, and the environment variable
@@ -23,10 +22,10 @@ from pathlib import Path
 
 import torch
 
-from .base import AttentionProblem
+from sqa_nas.errors import UserError
 
-#: Scores of calibrated backends start here; uncalibrated defaults are at most 100.
-CALIBRATED_BASE = 1000
+from .base import AttentionBackend, AttentionProblem
+
 ENV_VAR = "SQA_NAS_CALIBRATION"
 
 _DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
@@ -58,29 +57,43 @@ class Calibration:
 
 
 _H200 = "H200 measurements of 2026-11-29 (experiments/results/bench_*_h200.json)"
+
+
+def _h200_forward(pattern: str, order: tuple[str, ...], source: str) -> Calibration:
+    """Built-in entries were measured forward only: training keeps the backends' scores."""
+    return Calibration("H200", pattern, "bfloat16", order, f"{_H200}: {source}", train=False)
+
+
 BUILTIN: tuple[Calibration, ...] = (
-    Calibration("H200", "dense", "bfloat16", ("flash_attn", "sdpa", "flex"),
-                f"{_H200}: forward, head_dim 128, 32k-128k: flash-attn-4 618-708 TFLOP/s causal, "
-                "cuDNN (SDPA) 555-678, compiled FlexAttention 360-465; head_dim 16 at 131k: "
-                "flash-attn-4 1.55x cuDNN. Backward of flash-attn-4 not yet measured there."),
-    Calibration("H200", "window", "bfloat16", ("flash_attn", "flex", "sdpa"),
-                f"{_H200}: window 4096 at 128k, forward: flash-attn-4 553-662 TFLOP/s, "
-                "FlexAttention 360-465; SDPA needs an N x N mask (O(N^2) memory)."),
-    Calibration("H200", "flex", "bfloat16", ("flex", "sdpa"),
-                f"{_H200}: window 4096 + 16 global tokens, causal, 128k: FlexAttention on the "
-                "flash-attn-4 FLASH backend 485-630 effective TFLOP/s, Triton backend 369-400; "
-                "flash_attn_func has no global-token mask."),
-    Calibration("H200", "block_sparse", "bfloat16", ("flex", "sdpa"),
-                f"{_H200}: only FlexAttention runs block-sparse layouts without an N x N mask."),
+    _h200_forward("dense", ("flash_attn", "sdpa", "flex"),
+                  "forward, head_dim 128, 32k-128k: flash-attn-4 618-708 TFLOP/s causal, cuDNN "
+                  "(SDPA) 555-678, compiled FlexAttention 360-465; head_dim 16 at 131k: "
+                  "flash-attn-4 1.55x cuDNN."),
+    _h200_forward("window", ("flash_attn", "flex", "sdpa"),
+                  "window 4096 at 128k, forward: flash-attn-4 553-662 TFLOP/s, FlexAttention "
+                  "360-465; SDPA needs an N x N mask (O(N^2) memory)."),
+    _h200_forward("flex", ("flex", "sdpa"),
+                  "window 4096 + 16 global tokens, causal, 128k: FlexAttention on the "
+                  "flash-attn-4 FLASH backend 485-630 effective TFLOP/s, Triton backend "
+                  "369-400; flash_attn_func has no global-token mask."),
+    _h200_forward("block_sparse", ("flex", "sdpa"),
+                  "only FlexAttention runs block-sparse layouts without an N x N mask."),
 )
 
 
 def load_file(path: str | Path) -> tuple[Calibration, ...]:
     """Entries from a JSON file: a list of objects with `Calibration`'s fields (or
     ``{"entries": [...]}``, what ``bench --calibration-out`` writes)."""
-    data = json.loads(Path(path).read_text())
-    items = data["entries"] if isinstance(data, dict) else data
-    return tuple(Calibration(**{**item, "order": tuple(item["order"])}) for item in items)
+    try:
+        data = json.loads(Path(path).read_text())
+        items = data["entries"] if isinstance(data, dict) else data
+        return tuple(Calibration(**{**item, "order": tuple(item["order"])}) for item in items)
+    except OSError as exc:
+        raise UserError(f"{ENV_VAR}: cannot read {path}: {exc.strerror}") from None
+    except (ValueError, TypeError, KeyError) as exc:
+        raise UserError(f"{ENV_VAR}: {path} is not a calibration file (a list of entries "
+                        "with gpu, pattern, dtype, order, source; as `sqa-nas bench "
+                        f"--calibration-out` writes): {type(exc).__name__}: {exc}") from None
 
 
 @functools.cache
@@ -91,11 +104,6 @@ def _from_env(value: str) -> tuple[Calibration, ...]:
     return tuple(entries)
 
 
-def entries() -> tuple[Calibration, ...]:
-    """Measured files named by ``SQA_NAS_CALIBRATION`` first, then the built-in table."""
-    return _from_env(os.environ.get(ENV_VAR, "")) + BUILTIN
-
-
 @functools.cache
 def gpu_name(index: int | None = None) -> str:
     idx = torch.cuda.current_device() if index is None else index
@@ -103,29 +111,34 @@ def gpu_name(index: int | None = None) -> str:
 
 
 def lookup(problem: AttentionProblem, gpu: str | None = None) -> Calibration | None:
-    """The entry for `problem` on `gpu` (default: the current CUDA device), or None. Files
-    named in the environment win over built-in entries; among those, the most specific."""
+    """The entry for `problem` on `gpu` (default: the current CUDA device), or None: among
+    the files named by ``SQA_NAS_CALIBRATION`` if one matches, else among the built-in
+    entries; the most specific (causal / train set) of those."""
     if problem.device_type != "cuda":
         return None
     dtype = _DTYPE_NAMES.get(problem.dtype)
     if dtype is None:
         return None
     gpu = gpu if gpu is not None else gpu_name()
-    found = [c for c in entries() if c.matches(gpu, problem.mask.pattern, dtype,
+    for table in (_from_env(os.environ.get(ENV_VAR, "")), BUILTIN):
+        found = [c for c in table if c.matches(gpu, problem.mask.pattern, dtype,
                                                problem.mask.causal, problem.requires_grad)]
-    return max(found, key=lambda c: c.specificity, default=None)  # max keeps the first tie
+        if found:
+            return max(found, key=lambda c: c.specificity)  # max keeps the first tie
+    return None
 
 
-def calibrated_priority(backend: str, problem: AttentionProblem,
-                        gpu: str | None = None) -> tuple[int, str] | None:
-    """(score, why) when a calibration for `problem` lists `backend`, else None."""
+def measured_order(problem: AttentionProblem, able: list[AttentionBackend],
+                   gpu: str | None = None) -> tuple[list[AttentionBackend], str] | None:
+    """`able` (the backends that can run `problem`) sorted by the measured order, and why;
+    None when no entry applies or one of them was not measured (then no measurement
+    compares it with the others, and the backends' own scores decide)."""
     entry = lookup(problem, gpu)
-    if entry is None or backend not in entry.order:
+    if entry is None or not able or any(b.measured_as() not in entry.order for b in able):
         return None
-    rank = entry.order.index(backend)
-    order = " > ".join(entry.order)
-    return CALIBRATED_BASE - 10 * rank, (f"measured order on {entry.gpu} for {entry.pattern} "
-                                         f"{entry.dtype}: {order} ({entry.source})")
+    ranked = sorted(able, key=lambda b: entry.order.index(b.measured_as()))
+    return ranked, (f"measured order on {entry.gpu} for {entry.pattern} {entry.dtype}: "
+                    f"{' > '.join(entry.order)} ({entry.source})")
 
 
 def order_from_rows(rows: list[dict], device: str, source: str) -> list[Calibration]:

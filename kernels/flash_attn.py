@@ -17,7 +17,6 @@ import importlib
 import torch
 
 from .base import AttentionBackend, AttentionProblem
-from .calibration import calibrated_priority
 
 
 @functools.cache
@@ -79,13 +78,13 @@ class FlashAttnBackend(AttentionBackend):
         return None
 
     def priority(self, problem: AttentionProblem) -> tuple[int, str]:
-        measured = calibrated_priority(self.name, problem)
-        if measured is not None and self.flavour == "flash-attn-4":
-            return measured[0], f"flash-attn-4, {measured[1]}"
         if self.flavour == "flash-attn-4":
             return 100, "flash-attn-4: the fastest measured kernel for dense and window masks"
-        # The calibrated measurements are of flash-attn-4; FA2/FA3 keep their own score.
         return 75, f"{self.flavour}: native GQA and sliding windows"
+
+    def measured_as(self) -> str:
+        # The measured orders name flash-attn-4 "flash_attn"; FA2 / FA3 were not measured.
+        return self.name if self.flavour == "flash-attn-4" else str(self.flavour)
 
     def _packs(self, problem: AttentionProblem) -> bool:
         return self.pack_gqa if self.pack_gqa is not None else problem.gqa_group > 1

@@ -22,7 +22,6 @@ import torch
 from sqa_nas.attention.masks import MaskSpec, dense_mask, mask_mod
 
 from .base import AttentionBackend, AttentionProblem
-from .calibration import calibrated_priority
 
 # Eager flex materialises (B, H, N, N) scores; keep it to sizes a CPU handles anyway.
 MAX_EAGER_SEQ_LEN = 8_192
@@ -120,9 +119,6 @@ class FlexBackend(AttentionBackend):
         return None
 
     def priority(self, problem: AttentionProblem) -> tuple[int, str]:
-        measured = calibrated_priority(self.name, problem)
-        if measured is not None and self._compiled(problem.device_type):
-            return measured[0], f"{self.kernel_name(problem)}, {measured[1]}"
         masked = problem.mask.pattern in ("flex", "block_sparse")
         if problem.device_type != "cuda":
             return (50 if masked else 20), "CPU: eager FlexAttention (exact, materialises scores)"

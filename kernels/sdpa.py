@@ -17,7 +17,6 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from sqa_nas.attention.masks import MaskSpec, dense_mask
 
 from .base import AttentionBackend, AttentionProblem
-from .calibration import calibrated_priority
 
 # 16k x 16k bool mask = 256 MiB; beyond that use a backend that never builds it.
 MAX_MASKED_SEQ_LEN = 16_384
@@ -51,10 +50,6 @@ class SdpaBackend(AttentionBackend):
     def priority(self, problem: AttentionProblem) -> tuple[int, str]:
         masked = _needs_mask_tensor(problem.mask)
         if problem.device_type == "cuda":
-            measured = calibrated_priority(self.name, problem)
-            if measured is not None:
-                what = "SDPA with a materialised mask" if masked else "cuDNN through SDPA"
-                return measured[0], f"{what}, {measured[1]}"
             if masked:
                 return 10, "sdpa with a materialised mask (O(N^2) memory): last resort"
             return 80, "cuDNN through SDPA: the fastest torch kernel for dense attention"

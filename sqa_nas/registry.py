@@ -157,9 +157,11 @@ def get_backend(name: str) -> AttentionBackend:
 
 
 def select_backend(problem: AttentionProblem, requested: str = "auto"):
-    """(backend, reason) for `problem`. ``requested="auto"`` picks the highest-priority
-    backend that is available and supports the problem; a named backend that cannot run it
-    raises `UserError` saying why and which backends can."""
+    """(backend, reason) for `problem`. ``requested="auto"`` picks, among the backends that
+    are available and support the problem, the first of the measured order for this GPU
+    (`sqa_nas.kernels.calibration`) when it covers them all, else the highest priority;
+    backends registered under an option spec ("flash_attn:pack_gqa=0") run only when named.
+    A named backend that cannot run it raises `UserError` saying why and which backends can."""
     candidates, refusals = [], {}
     for backend in list_backends():
         why_not = backend.availability() or backend.unsupported(problem)
@@ -179,11 +181,18 @@ def select_backend(problem: AttentionProblem, requested: str = "auto"):
     if not candidates:
         raise UserError("no backend can run this layer: " +
                         "; ".join(f"{k}: {v}" for k, v in refusals.items()))
-    ranked = sorted(candidates, key=lambda b: b.priority(problem)[0], reverse=True)
-    best = ranked[0]
+    from sqa_nas.kernels.calibration import measured_order
+
+    able = [b for b in candidates if ":" not in b.name] or candidates
+    measured = measured_order(problem, able)
+    if measured is not None:
+        ranked, why = measured
+        reason = f"{ranked[0].priority(problem)[1]}; {why}"
+    else:
+        ranked = sorted(able, key=lambda b: b.priority(problem)[0], reverse=True)
+        reason = ranked[0].priority(problem)[1]
     others = ", ".join(b.name for b in ranked[1:])
-    reason = best.priority(problem)[1] + (f" (also able: {others})" if others else "")
-    return best, reason
+    return ranked[0], reason + (f" (also able: {others})" if others else "")
 
 
 for _v in _BUILTIN_VARIANTS:

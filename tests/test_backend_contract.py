@@ -8,7 +8,10 @@ import json
 import pytest
 import torch
 
+from sqa_nas import registry
 from sqa_nas.attention import MaskSpec, dense_mask
+from sqa_nas.bench import backend_spec
+from sqa_nas.errors import UserError
 from sqa_nas.kernels import calibration
 from sqa_nas.kernels.base import AttentionProblem
 from sqa_nas.kernels.flash_attn import FlashAttnBackend
@@ -102,8 +105,6 @@ def test_measured_order_drives_auto_and_falls_back_in_order(monkeypatch):
     assert "flash_attn > sdpa > flex" in reason
     backend, _ = select_backend(_cuda_problem(window=512))
     assert backend.name == "flex"  # flash_attn first, then flex; sdpa would build N x N
-    assert SdpaBackend().priority(_cuda_problem())[0] > FlexBackend().priority(
-        _cuda_problem())[0] > 100  # above every uncalibrated score
     # Another GPU, or the CPU, keeps the backends' own scores.
     monkeypatch.setattr(calibration, "gpu_name", lambda index=None: "NVIDIA A100-SXM4-40GB")
     assert SdpaBackend().priority(_cuda_problem())[0] == 80
@@ -122,6 +123,46 @@ def test_a_measured_file_overrides_the_builtin_order(monkeypatch, tmp_path):
     # Only where it applies: training and bidirectional problems keep the built-in order.
     assert select_backend(_cuda_problem(grad=True))[0].name == "sdpa"
     assert calibration.lookup(_cuda_problem(causal=False)).source.startswith("H200 measurements")
+
+
+def test_an_unmeasured_able_backend_leaves_the_choice_to_the_scores(monkeypatch):
+    """flash-attn-3 where the order measured flash-attn-4: no measurement compares it with
+    the others, so every backend's own score decides (a measured order would put it last)."""
+    monkeypatch.setattr(calibration, "gpu_name", lambda index=None: "NVIDIA H200")
+
+    class Fa3Like(SdpaBackend):
+        name = "fa3like"
+
+        def priority(self, problem):
+            return 75, "an unmeasured kernel"
+
+    registry.register_backend(Fa3Like)
+    try:
+        backend, reason = select_backend(_cuda_problem(window=512))
+        assert backend.name == "fa3like" and "measured order" not in reason
+        # Backends under an option spec ("flex:compile=0") run only when named.
+        registry._backends.pop("fa3like")
+        backend_spec("flex:compile=0")
+        backend, reason = select_backend(_cuda_problem(window=512))
+        assert backend.name == "flex" and "flex:compile=0" not in reason
+    finally:
+        registry._backends.pop("fa3like", None)
+        registry._backends.pop("flex:compile=0", None)
+
+
+@pytest.mark.parametrize("content,message", [
+    (None, "cannot read"),
+    ('{"entries": [{"gpu": "H200", "sourc": "typo"}]}', "is not a calibration file"),
+    ("not json", "is not a calibration file"),
+])
+def test_a_bad_calibration_file_is_a_user_error(monkeypatch, tmp_path, content, message):
+    path = tmp_path / "cal.json"
+    if content is not None:
+        path.write_text(content)
+    monkeypatch.setenv(calibration.ENV_VAR, str(path))
+    monkeypatch.setattr(calibration, "gpu_name", lambda index=None: "NVIDIA H200")
+    with pytest.raises(UserError, match=f"SQA_NAS_CALIBRATION: .*{message}"):
+        select_backend(_cuda_problem())
 
 
 def test_order_from_rows_ranks_backends_by_share_of_the_best():
