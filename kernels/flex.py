@@ -27,6 +27,7 @@ from .base import AttentionBackend, AttentionProblem
 MAX_EAGER_SEQ_LEN = 8_192
 
 
+@functools.cache  # asked on every forward call
 def flash_backend_available() -> bool:
     """FlexAttention's FLASH backend needs flash-attn-4 (`flash_attn.cute`)."""
     try:

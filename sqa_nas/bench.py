@@ -36,12 +36,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 
 from sqa_nas.attention import AttentionConfig, BlockSparseLayout, SparseQueryAttention
 from sqa_nas.attention.masks import count_visible
 from sqa_nas.attention.reference import reference_layer
 from sqa_nas.cli import csv, positive, seconds
-from sqa_nas.errors import UserError
+from sqa_nas.errors import UserError, first_error
 from sqa_nas.machine import machine_info
 from sqa_nas.registry import get_backend, get_variant, register_backend
 
@@ -186,6 +187,13 @@ class BenchSettings:
             if self.preset not in PRESETS:
                 raise UserError(f"--preset: unknown model preset {self.preset!r}; presets: "
                                 f"{', '.join(PRESETS)}")
+        if self.warmup < 0:
+            raise UserError(f"--warmup must be >= 0, got {self.warmup}")
+        for name in list(self.baselines) + list(self.variants):
+            try:  # --window, --global-tokens and the variant together: refused before timing
+                self.layer_config(name)
+            except ValidationError as exc:
+                raise UserError(f"{name}: {first_error(exc)}") from None
 
     def mask_overrides(self) -> dict:
         """AttentionConfig fields that set the mask, per `pattern`."""

@@ -116,6 +116,9 @@ def test_cli_bench_writes_json(tmp_path, capsys):
     (["bench", "--repeats", "0"], "must be >= 1"),
     (["bench", "--mode", "up"], "invalid choice"),
     (["bench", "--row-timeout-s", "-1"], "must be a finite number >= 0"),
+    (["bench", "--device", "cpu", "--window", "-3"], "window"),
+    (["bench", "--device", "cpu", "--global-tokens", "4"], "global_tokens"),
+    (["bench", "--device", "cpu", "--warmup", "-1"], "--warmup must be >= 0"),
     (["bench", "--budget-s", "soon"], "expected a number of seconds"),
     (["nonsense"], "invalid choice"),
 ])
