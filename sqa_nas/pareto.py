@@ -32,7 +32,8 @@ from sqa_nas.errors import UserError
 from sqa_nas.search.records import OBJECTIVES, TrialRecord
 
 _BLOCK = 32  # trials per numpy comparison for 3+ objectives (fastest here: 16 to 256 tried)
-_PICK = re.compile(r"^best:(?P<obj>\w+)(?::within=(?P<other>\w+)\+(?P<tol>[0-9.]+)(?P<pct>%)?)?$")
+_PICK = re.compile(r"^best:(?P<obj>\w+)"
+                   r"(?::within=(?P<other>\w+)\+(?P<tol>\d+(?:\.\d+)?)(?P<pct>%)?)?$")
 
 
 def candidates(records: Sequence[TrialRecord], objectives: Sequence[str]) -> list[TrialRecord]:

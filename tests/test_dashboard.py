@@ -291,6 +291,12 @@ def test_png_is_a_png(storage, tmp_path):
         assert image.size[0] > 400 and image.size[1] > 300
 
 
+def test_png_without_a_suffix_gets_one_and_says_so(storage, tmp_path, capsys):
+    assert main(["dashboard", "demo", "--storage", storage, "--png", str(tmp_path / "f")]) == 0
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+    assert f"wrote {tmp_path / 'f.png'}" in capsys.readouterr().err.replace("\n", "")
+
+
 def test_json_lists_the_front_with_values_params_and_layers(storage, tmp_path):
     out = tmp_path / "front.json"
     assert main(["dashboard", "demo", "--storage", storage, "--json", str(out)]) == 0
@@ -318,6 +324,10 @@ def test_not_a_terminal_prints_the_snapshot(storage, capsys):
     (["demo", "--x", "speed"], "--x 'speed': not a metric of this study"),
     (["demo", "--pick", "fastest"], "expected 'knee'"),
     (["demo", "--gpu-type", "TPU"], "no trial ran on GPU type 'TPU'"),
+    (["demo", "--pick", "best:val_loss:within=throughput_tokens_per_s+1.2.3%"], "expected"),
+    (["demo", "--json", "-"], "--once and --json - both write to stdout"),
+    (["demo", "--json", "/proc/no/such.json"], "--json /proc/no/such.json: cannot write it"),
+    (["demo", "--png", "/proc/no/such.png"], "--png /proc/no/such.png: cannot write it"),
 ])
 def test_user_errors_exit_2_with_a_message(storage, capsys, argv, message):
     if "--storage" not in argv:
@@ -325,6 +335,13 @@ def test_user_errors_exit_2_with_a_message(storage, capsys, argv, message):
     assert main(["dashboard", *argv, "--once"]) == 2
     err = capsys.readouterr().err.replace("\n", " ")
     assert message in err
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1"])
+def test_refresh_must_be_a_finite_positive_number(value, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["dashboard", "demo", "--refresh", value])
+    assert exc.value.code == 2 and "--refresh" in capsys.readouterr().err
 
 
 def test_gpu_type_option_restricts_the_front(storage, capsys):

@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+
+from sqa_nas.cli import seconds
 
 
 def add_dashboard_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,7 +29,7 @@ def add_dashboard_arguments(p: argparse.ArgumentParser) -> None:
                    help="scatter y axis (default the first objective)")
     p.add_argument("--gpu-type", metavar="NAME",
                    help="only trials measured on this GPU type (e.g. 'NVIDIA H200')")
-    p.add_argument("--refresh", type=float, default=2.0, metavar="SECONDS",
+    p.add_argument("--refresh", type=seconds, default=2.0, metavar="SECONDS",
                    help="how often the app re-reads the storage (default 2)")
     p.add_argument("--export-dir", default="exports", metavar="DIR",
                    help="where the app's export key writes (DIR/STUDY-trialN)")
@@ -39,6 +42,8 @@ def run_dashboard_command(args) -> int:
 
     if args.refresh <= 0:
         raise UserError(f"--refresh must be > 0 seconds, got {args.refresh}")
+    if args.once and args.json == "-":
+        raise UserError("--once and --json - both write to stdout: give --json a file name")
     source = StorageSource(args.study, args.storage)
     records = source.records()
     view = StudyView(records, source.objectives, source.directions, gpu_type=args.gpu_type)
@@ -62,14 +67,16 @@ def run_dashboard_command(args) -> int:
     if args.json:
         from sqa_nas.dashboard.snapshot import write_json
 
-        path = write_json(view, args.json)
+        with _writing("--json", args.json):
+            path = write_json(view, args.json)
         if path:
             err_console.print(f"wrote {len(view.front)} Pareto trials to {path}")
     if args.png:
         from sqa_nas.dashboard.plots import write_png
 
-        path = write_png(view, *axes, args.png, title=f"{source.name}: Pareto front",
-                         selected=picked[1].number if picked else None)
+        with _writing("--png", args.png):
+            path = write_png(view, *axes, args.png, title=f"{source.name}: Pareto front",
+                             selected=picked[1].number if picked else None)
         err_console.print(f"wrote {path}")
     if args.once:
         from sqa_nas.dashboard.snapshot import snapshot
@@ -78,6 +85,17 @@ def run_dashboard_command(args) -> int:
     elif picked and args.json != "-":
         console.print(f"{picked[0]}: trial #{picked[1].number}")
     return 0
+
+
+@contextlib.contextmanager
+def _writing(flag: str, path: str):
+    """An output that cannot be written is the user's to fix: say which and why."""
+    from sqa_nas.errors import UserError
+
+    try:
+        yield
+    except OSError as exc:
+        raise UserError(f"{flag} {path}: cannot write it ({exc.strerror or exc})") from None
 
 
 def _axes(view, x: str | None, y: str | None) -> tuple[str, str]:

@@ -146,6 +146,7 @@ def write_png(view: StudyView, x: str, y: str, path: str | Path, *, title: str =
     import matplotlib.pyplot as plt
 
     path = Path(path)
+    path = path if path.suffix else path.with_suffix(".png")  # what matplotlib would write
     path.parent.mkdir(parents=True, exist_ok=True)
     pts = view.points(x, y)
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
