@@ -12,6 +12,6 @@ def first_error(exc) -> str:
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"])
     msg = err["msg"].removeprefix("Value error, ")
-    if loc and re.match(r"^[\w\[\]]+: ", msg):  # a validator naming a field inside loc
+    if loc and re.match(r"^[\w\[\].]+: ", msg):  # a validator naming a field inside loc
         return f"{loc}.{msg}"
     return f"{loc}: {msg}" if loc else msg

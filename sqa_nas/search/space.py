@@ -42,10 +42,10 @@ from sqa_nas.search.records import OBJECTIVES
 Objective = Literal["val_loss", "throughput_tokens_per_s", "speedup_vs_mha", "kv_cache_bytes",
                     "params", "attention_flops"]
 Pattern = Literal["dense", "window", "flex", "block_sparse"]
-HeadCount = int | Annotated[str, Field(pattern=r"^\d*H(/\d+)?$")]
+HeadCount = int | Annotated[str, Field(pattern=r"^\d*H(/[1-9]\d*)?$")]
 Positive = Annotated[int, Field(gt=0)]
 PositiveNumber = Annotated[float, Field(gt=0)]
-_HEADS = re.compile(r"^(\d*)H(?:/(\d+))?$")
+_HEADS = re.compile(r"^(\d*)H(?:/([1-9]\d*))?$")
 
 
 class _Section(BaseModel):
@@ -73,6 +73,14 @@ class ModelSection(_Section):
         if self.head_dim is None and self.d_model % self.n_heads:
             raise ValueError(f"n_heads: {self.n_heads} does not divide d_model={self.d_model}"
                              " (or set model.head_dim)")
+        fixed = self.model_dump(exclude={"searched"})
+        for key, values in self.searched.items():  # each searched value as the field takes it
+            for i, value in enumerate(values):
+                try:
+                    ModelSection.model_validate({**fixed, key: value})
+                except ValidationError as exc:
+                    message = first_error(exc).split(": ", 1)[-1]
+                    raise ValueError(f"searched.{key}[{i}]: {value!r}: {message}") from None
         return self
 
     @property
@@ -83,6 +91,17 @@ class ModelSection(_Section):
 class SearchSection(_Section):
     n_q_heads: Annotated[list[HeadCount], Field(min_length=1)] = ["H", "H/2", "H/4"]
     n_kv_heads: Annotated[list[HeadCount], Field(min_length=1)] = ["H", "H/2", "H/4", 1]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _head_counts(cls, data: Any) -> Any:
+        for key in ("n_q_heads", "n_kv_heads"):
+            values = data.get(key) if isinstance(data, dict) else None
+            for i, v in enumerate(values if isinstance(values, list) else []):
+                if isinstance(v, str) and not _HEADS.match(v):
+                    raise ValueError(f"{key}[{i}]: {v!r} is not a head count: an integer, or "
+                                     "H, H/k, mH/k with whole m, k >= 1 (H = model.n_heads)")
+        return data
     allow_reverse: bool = False  # also offer rSQA pairs (H_q < H_kv)
     patterns: Annotated[list[Pattern], Field(min_length=1)] = ["dense"]
     windows: list[Annotated[int, Field(ge=0)]] = []
@@ -179,7 +198,7 @@ class Budget(_Section):
 
 class RaySection(_Section):
     address: str | None = None  # None: start a local Ray instance on loopback
-    gpus_per_trial: Annotated[float, Field(ge=0)] = 1.0
+    gpus_per_trial: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.0
     cpus_per_trial: PositiveNumber = 1.0
     max_concurrent: Positive | None = None
     max_retries: Annotated[int, Field(ge=0)] = 2
