@@ -74,17 +74,16 @@ def time_call(fn: Callable[[object], object], *, device: torch.device, warmup: i
     """Seconds per call of ``fn(setup())``, `repeats` samples after `warmup` calls. Only
     `fn` is timed; CUDA events on GPU, `perf_counter` on CPU.
 
-    With `budget_s`, long calls shorten the run: whenever the fastest call so far says the
-    plan would not fit in `budget_s`, the remaining warm-up calls (all but one) are dropped
-    and the repeats cut to what fits, never below `min_repeats` (a 6 s call is timed twice,
-    not ten times). Judging by the fastest call keeps a first call that paid a compile from
-    cutting the repeats of a fast kernel.
+    With `budget_s`, long calls shorten the run: while the fastest call so far says the plan
+    would not fit in `budget_s`, one warm-up call is kept and the repeats are cut to what
+    fits, never below `min_repeats` (a 6 s call is timed twice, not ten times). Judging by
+    the fastest call, re-judged after every call, keeps a first call that paid a compile from
+    cutting the warm-up or the repeats of a fast kernel.
     """
     cuda = device.type == "cuda"
-    samples: list[float] = []
-    seen: list[float] = []
+    seen: list[float] = []  # every call; the first `warm` are the warm-up
     warm, reps = warmup, repeats
-    while len(samples) < reps:
+    while len(seen) - warm < reps:
         arg = setup() if setup else None
         if cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -98,17 +97,14 @@ def time_call(fn: Callable[[object], object], *, device: torch.device, warmup: i
             t0 = time.perf_counter()
             fn(arg)
             elapsed = time.perf_counter() - t0
-        if len(seen) >= warm:
-            samples.append(elapsed)
         seen.append(elapsed)
         if budget_s is not None:
             per = min(seen)
-            if per * (warmup + repeats) > budget_s:
-                warm = min(warm, 1)
-                reps = max(min(repeats, int(budget_s // per)), min(min_repeats, repeats))
-            else:
-                reps = repeats
-    return samples
+            over = per * (warmup + repeats) > budget_s
+            warm = min(warmup, 1) if over else warmup
+            reps = (max(min(repeats, int(budget_s // per)), min(min_repeats, repeats))
+                    if over else repeats)
+    return seen[warm:warm + reps]
 
 
 def paper_family(head_dim: int, n_heads: int = 16) -> tuple[str, dict]:

@@ -248,6 +248,15 @@ def test_time_call_budget_cuts_long_calls_but_keeps_min_repeats():
     samples = time_call(lambda _: calls.append(1), device=torch.device("cpu"), warmup=2,
                         repeats=4, budget_s=10.0)
     assert len(samples) == 4 and len(calls) == 6  # fast calls: untouched
+    calls.clear()
+
+    def compiles_first(_):  # a slow first call (a compile), then a fast kernel
+        calls.append(1)
+        _time.sleep(0.3 if len(calls) == 1 else 0.0)
+
+    samples = time_call(compiles_first, device=torch.device("cpu"), warmup=3, repeats=4,
+                        budget_s=1.0)
+    assert len(calls) == 7 and len(samples) == 4 and max(samples) < 0.1  # full warm-up kept
 
 
 def test_backend_options_are_benchmarked_under_their_spec():
