@@ -369,7 +369,7 @@ class Driver:
                      f"(n_trials={n_trials}): nothing to run")
             return SearchResult(self.study, self.url, counts["counted"])
         self.executor.start()
-        start = last_reap = time.monotonic()
+        start = last_reap = last_render = time.monotonic()
         interrupted, infeasible_row = False, 0
         heartbeat = self._start_heartbeat()
         try:
@@ -389,20 +389,24 @@ class Driver:
                                 raise UserError(
                                     f"{infeasible_row} sampled architectures in a row violate "
                                     "the constraints: loosen them or narrow the search space")
-                    counts = self.counts()
                     # Nothing of ours runs: stop when the budget is done or held by trials
                     # other drivers are running (they tell them; a rerun reaps them if not).
-                    if not self.executor.running and (
-                            out_of_time or counts["counted"] + counts["running"] >= n_trials):
+                    if not self.executor.running and (out_of_time or sum(
+                            self.counts()[k] for k in ("counted", "running")) >= n_trials):
                         break
+                    told = False
                     for event in self.executor.poll(timeout=0.5):
                         if event.kind == "done":
                             self._tell(event.outcome)
+                            told = True
                     if time.monotonic() - last_reap > REAP_EVERY_S:
                         last_reap = time.monotonic()
                         if self.reap():
                             self.log("reaped trial(s) of a driver that stopped; re-queued")
-                    live.update(self._render(n_trials))
+                    # The panel reads the whole study: on a result, else about once a second.
+                    if told or time.monotonic() - last_render > 1.0:
+                        last_render = time.monotonic()
+                        live.update(self._render(n_trials))
         except KeyboardInterrupt:
             interrupted = True
             for number in self.executor.shutdown(cancel=True):
