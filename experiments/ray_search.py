@@ -3,7 +3,7 @@ Ray workers holding one GPU each (`sqa_nas.search.executors.ray`), with the GPUs
 fraction measured.
 
     python experiments/ray_search.py                         # a private Ray instance, all GPUs
-    python experiments/ray_search.py --address auto          # a running cluster (docs/cluster.md)
+    python experiments/ray_search.py --address auto          # a running cluster (see the README)
     python experiments/ray_search.py --smoke --gpus-per-trial 0   # CPU check, about a minute
 
 Phase "throughput" searches `throughput_tokens_per_s` alone: short trials, the case where a

@@ -56,3 +56,39 @@ def test_performance_section_is_generated_from_the_result_files():
                       README, flags=re.S)
     assert block, "README lacks the generated Performance section"
     assert block.group(1) == generated, "rerun: python experiments/report.py --section"
+
+
+def _cli_lines() -> list[tuple[str, list[str]]]:
+    """(where, argv) of every `python cli.py ...` / `sqa-nas ...` line in the bash blocks of
+    the README and docs/, continuation lines joined and leading VAR=value settings dropped."""
+    import shlex
+
+    root = Path(__file__).resolve().parents[1]
+    out = []
+    for path in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        for block in re.findall(r"```bash\n(.*?)```", path.read_text(), flags=re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                words = shlex.split(line, comments=True)
+                while words and re.match(r"^[A-Z_]+=", words[0]):
+                    words = words[1:]
+                if words[:2] == ["python", "cli.py"]:
+                    out.append((f"{path.name}: {line.strip()}", words[2:]))
+                elif words[:1] == ["sqa-nas"]:
+                    out.append((f"{path.name}: {line.strip()}", words[1:]))
+    return out
+
+
+def test_every_cli_example_in_the_docs_parses_and_names_files_that_exist(capsys):
+    from sqa_nas.cli import build_parser
+
+    root = Path(__file__).resolve().parents[1]
+    lines = _cli_lines()
+    assert len(lines) >= 10
+    for where, argv in lines:
+        try:
+            build_parser(argv).parse_args(argv)
+        except SystemExit:
+            raise AssertionError(f"{where}\n{capsys.readouterr().err}") from None
+        for word in argv:
+            if word.startswith(("search_spaces/", "experiments/")):
+                assert (root / word).exists(), f"{where}: {word} does not exist"

@@ -25,9 +25,9 @@ per trial would pay a worker start, the torch import and CUDA initialisation eac
 
 With no ``address`` a private Ray instance starts on this machine, bound to loopback, with
 no dashboard unless ``include_dashboard``; with one, the driver joins that cluster (started
-with ``ray start --head`` / ``ray start --address=...``, see docs/cluster.md). Every node
-needs the same environment (torch, sqa-nas); Ray puts the driver's ``sys.path`` on its
-workers' path, which is enough on one machine.
+with ``ray start --head`` / ``ray start --address=...``, see the README's "Running on a
+cluster"). Every node needs the same environment (torch, sqa-nas); Ray puts the driver's
+``sys.path`` on its workers' path, which is enough on one machine.
 """
 
 from __future__ import annotations
@@ -225,7 +225,7 @@ class RayExecutor(Executor):
                 raise UserError(
                     f"execution.ray.address: cannot join the Ray cluster at {self.address!r}: "
                     f"{str(exc).splitlines()[0]} (start one with `ray start --head`, see "
-                    "docs/cluster.md)") from None
+                    "the README's 'Running on a cluster')") from None
             self._owns_ray = True
         self._quiet_worker_deaths()
         try:
