@@ -335,15 +335,28 @@ def test_cli_refuses_failed_running_and_unknown_trials(study, tmp_path, capsys):
 
 
 def test_cli_picks_a_trial_and_writes_the_torch_files(study, tmp_path, capsys):
-    assert _cli(study, "--pick", "best:val_loss", "--out", str(tmp_path / "best")) == 0
+    h200 = ("--gpu-type", "NVIDIA H200")
+    assert _cli(study, "--pick", "best:val_loss", *h200, "--out", str(tmp_path / "best")) == 0
     data = yaml.safe_load((tmp_path / "best" / "config.yaml").read_text())
-    best = min((t for t in load_study("demo", study.url).trials
-                if t.state.name == "COMPLETE"), key=lambda t: (t.values[0], t.number))
+    best = min((t for t in load_study("demo", study.url).trials if t.state.name == "COMPLETE"
+                and t.user_attrs["device"]["name"] == "NVIDIA H200"),
+               key=lambda t: (t.values[0], t.number))
     assert data["provenance"]["trial"] == best.number
     assert sorted(p.name for p in (tmp_path / "best").iterdir()) == \
         ["README.md", "config.yaml", "model.py"]
-    assert _cli(study, "--pick", "knee", "--out", str(tmp_path / "knee")) == 0
+    assert _cli(study, "--pick", "knee", *h200, "--out", str(tmp_path / "knee")) == 0
     assert "exported trial" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args,message", [
+    ((), "ran on several GPU types ('NVIDIA A100', 'NVIDIA H200'"),
+    (("--gpu-type", "TPU"), "no trial ran on GPU type 'TPU'"),
+])
+def test_cli_pick_needs_one_gpu_type(study, tmp_path, capsys, args, message):
+    """Throughputs measured on different GPUs do not compare: a pick takes one GPU type."""
+    assert _cli(study, "--pick", "knee", *args, "--out", str(tmp_path / "o")) == 2
+    assert message in " ".join(capsys.readouterr().err.split())
+    assert not (tmp_path / "o").exists()
 
 
 # ---------------------------------------------------------------------------------- HF

@@ -19,7 +19,7 @@ from typing import Any
 
 from sqa_nas.errors import UserError
 from sqa_nas.pareto import hypervolume_history, pareto_front, pick
-from sqa_nas.search.records import OBJECTIVES, TrialRecord, finite
+from sqa_nas.search.records import OBJECTIVES, TrialRecord, finite, of_gpu_type
 
 # metric name -> where a trial stores it when it is not one of the study's objectives
 _ANALYTICS = {"kv_cache_bytes": "kv_cache_bytes_per_token", "params": "params",
@@ -98,13 +98,8 @@ class StudyView:
                  directions: Sequence[str], *, gpu_type: str | None = None,
                  now: datetime | None = None):
         self.all_records = list(records)
-        self.gpu_types = sorted({r.gpu_type for r in self.all_records if r.gpu_type})
-        if gpu_type is not None and gpu_type not in self.gpu_types:
-            raise UserError(f"no trial ran on GPU type {gpu_type!r}; GPU types in this study: "
-                            f"{', '.join(self.gpu_types) or 'none recorded'}")
+        self.records, self.gpu_types = of_gpu_type(self.all_records, gpu_type)
         self.gpu_type = gpu_type
-        self.records = [r for r in self.all_records
-                        if gpu_type is None or r.gpu_type == gpu_type]
         self.objectives = list(objectives)
         self.directions = list(directions)
         self.front = pareto_front(self.records, self.objectives, self.directions)

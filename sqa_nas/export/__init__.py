@@ -17,14 +17,15 @@ import optuna
 
 from sqa_nas.errors import UserError
 from sqa_nas.export.validate import ValidTrial, validate_trial
-from sqa_nas.search.records import TrialRecord, objective_names, trial_records
+from sqa_nas.search.records import TrialRecord, objective_names, of_gpu_type, trial_records
 
 FORMATS = ("torch", "hf")
 
 
 def find_trial(study: optuna.Study, number: int | None = None,
-               pick: str | None = None) -> TrialRecord:
-    """The trial with `number`, or the one a picker names (`sqa_nas.pareto.pick`)."""
+               pick: str | None = None, gpu_type: str | None = None) -> TrialRecord:
+    """The trial with `number`, or the one a picker names (`sqa_nas.pareto.pick`) among the
+    trials measured on `gpu_type`, required when the study holds several."""
     records = trial_records(study)
     if number is not None:
         for record in records:
@@ -36,7 +37,13 @@ def find_trial(study: optuna.Study, number: int | None = None,
         raise UserError("name a trial (--trial N) or a picker (--pick knee | best:OBJECTIVE)")
     from sqa_nas.pareto import pick as pick_trial
 
-    return pick_trial(records, objective_names(study), pick)
+    records, types = of_gpu_type(records, gpu_type)
+    if gpu_type is None and len(types) > 1:
+        raise UserError(f"--pick: this study's trials ran on several GPU types "
+                        f"({', '.join(map(repr, types))}) whose throughputs do not compare; "
+                        "choose one with --gpu-type")
+    directions = [d.name.lower() for d in study.directions]
+    return pick_trial(records, objective_names(study), pick, directions)
 
 
 def export_trial(study: optuna.Study, record: TrialRecord, out_dir: Path, fmt: str = "torch",

@@ -23,6 +23,9 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
                        help="knee | best:OBJECTIVE | best:OBJECTIVE:within=OTHER+1%%")
     p.add_argument("--storage", metavar="URL",
                    help="Optuna storage (default sqlite:///runs/STUDY/study.db)")
+    p.add_argument("--gpu-type", metavar="NAME",
+                   help="--pick among trials measured on this GPU type (needed when the "
+                        "study holds several)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write into")
     p.add_argument("--format", dest="fmt", choices=("torch", "hf"), default="torch",
                    help="torch: model.py + config.yaml + README.md (default); hf: also a "
@@ -39,7 +42,7 @@ def run_export_command(args) -> int:
     from sqa_nas.search.records import load_study
 
     study = load_study(args.study, args.storage)
-    record = find_trial(study, args.trial, args.pick)
+    record = find_trial(study, args.trial, args.pick, args.gpu_type)
     out = export_trial(study, record, Path(args.out), args.fmt, force_hf=args.force_hf)
     how = f"--pick {args.pick}" if args.pick else "--trial"
     values = ", ".join(f"{k} {v:.4g}" for k, v in (record.values or {}).items())

@@ -109,6 +109,19 @@ class TrialRecord:
         return None
 
 
+def of_gpu_type(records: list[TrialRecord], gpu_type: str | None
+                ) -> tuple[list[TrialRecord], list[str]]:
+    """(the records measured on `gpu_type`, all for None; the study's GPU types). Throughput
+    is comparable only on one GPU type: an unknown one is a `UserError` naming those there."""
+    types = sorted({r.gpu_type for r in records if r.gpu_type})
+    if gpu_type is None:
+        return list(records), types
+    if gpu_type not in types:
+        raise UserError(f"no trial ran on GPU type {gpu_type!r}; GPU types in this study: "
+                        f"{', '.join(map(repr, types)) or 'none recorded'}")
+    return [r for r in records if r.gpu_type == gpu_type], types
+
+
 def objective_names(study: optuna.Study) -> list[str]:
     names = study.metric_names
     if names:
