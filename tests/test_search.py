@@ -246,3 +246,19 @@ def test_an_outcome_for_a_trial_reaped_meanwhile_is_dropped_not_raised(tmp_path,
     driver._tell(TrialOutcome(trial.number, "COMPLETE", {"val_loss": 1.0}, {"note": "late"}))
     assert study.get_trials()[0].state.name == "FAIL"
     assert f"trial {trial.number} was finished elsewhere meanwhile" in log.getvalue()
+
+
+def test_an_idle_local_worker_that_died_is_replaced_before_it_gets_a_trial():
+    from sqa_nas.search.executors.local import LocalExecutor
+
+    executor = LocalExecutor(workers=1, device="cpu")
+    executor.start()
+    try:
+        dead = executor.workers[0].process
+        os.kill(dead.pid, signal.SIGKILL)  # e.g. the OOM killer, between two trials
+        dead.join(timeout=30)
+        assert executor.free_slots() == 1
+        fresh = executor.workers[0].process
+        assert fresh is not dead and fresh.is_alive()
+    finally:
+        executor.shutdown(cancel=True)

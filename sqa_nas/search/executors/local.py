@@ -111,12 +111,20 @@ class LocalExecutor(Executor):
         self.workers = [_Worker(self.ctx, i, d, self.threads) for i, d in enumerate(self.devices)]
 
     def free_slots(self) -> int:
+        for worker in list(self.workers):
+            if worker.job is None and not worker.process.is_alive():
+                self._replace(worker)  # an idle worker died (the OOM killer): a fresh one
         return sum(w.job is None for w in self.workers)
 
     def submit(self, job: TrialJob) -> None:
         worker = next(w for w in self.workers if w.job is None)
+        try:
+            worker.conn.send(job)
+        except OSError:  # it died since free_slots: a fresh one takes the trial
+            self._replace(worker)
+            worker = self.workers[worker.index]
+            worker.conn.send(job)
         worker.job = job
-        worker.conn.send(job)
         self._worker_of[job.number] = worker.index
         self.running[job.number] = Running(job, worker.where)
 
