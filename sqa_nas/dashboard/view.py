@@ -85,7 +85,7 @@ class Column:
 class Progress:
     counts: Counter
     per_hour: float | None  # finished trials per hour since the first trial started
-    last_hour: int  # trials finished in the hour before the newest event
+    last_hour: int  # trials finished in the last hour (of the search, once it has stopped)
     hypervolume: list[float]  # after each completed trial, normalised to [0, 1]
     hv_axes: tuple[str, str] | None
 
@@ -241,7 +241,7 @@ class StudyView:
             newest = self.now if self.now and counts["RUNNING"] else last
             hours = (newest - min(starts)).total_seconds() / 3600
             per_hour = len(ends) / hours if hours > 0 else None
-            last_hour = sum(1 for e in ends if (last - e).total_seconds() <= 3600)
+            last_hour = sum(1 for e in ends if (newest - e).total_seconds() <= 3600)
         hv_axes = self._hv_axes(axes)
         return Progress(counts, per_hour, last_hour,
                         self.hypervolume(hv_axes) if hv_axes else [], hv_axes)
