@@ -39,7 +39,6 @@ from sqa_nas.bench import (
     write_json,
 )
 from sqa_nas.cli import csv, guarded, positive, seconds
-from sqa_nas.machine import header_line
 
 SCHEMA = "sqa-nas/long_context/1"
 HERE = Path(__file__).resolve().parent
@@ -184,18 +183,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if str(HERE) not in sys.path:
         sys.path.insert(0, str(HERE))
-    from paper_table3 import default_out  # beside this file
+    from paper_table3 import default_out, save_and_print  # beside this file
     from report import long_context_markdown  # no matplotlib needed for the tables
 
     args.out = args.out or default_out("long_context", args.device)
-    result = run(args)
-    out = args.out
-    write_json(out, result)
-    print(header_line(result["machine"]))
-
-    print(long_context_markdown(result))
-    print(f"wrote {out} ({result['wall_s']:.0f} s)")
-    return 0
+    return save_and_print(run(args), args.out, long_context_markdown)
 
 
 if __name__ == "__main__":

@@ -213,19 +213,21 @@ def default_out(stem: str, device: str | None) -> Path:
     return RESULTS / f"{stem}_{device_slug(machine)}.json"
 
 
+def save_and_print(result: dict, out: Path, markdown) -> int:
+    """Write the results file, then print its machine header, its tables and where it went."""
+    write_json(out, result)
+    print(header_line(result["machine"]))
+    print(markdown(result))
+    print(f"wrote {out} ({result['wall_s']:.0f} s)")
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     args.out = args.out or default_out("paper_table3", args.device)
-    result = run(args)
     from report import paper_table3_markdown  # no matplotlib needed for the tables
 
-    out = args.out
-    write_json(out, result)
-    print(header_line(result["machine"]))
-
-    print(paper_table3_markdown(result))
-    print(f"wrote {out} ({result['wall_s']:.0f} s)")
-    return 0
+    return save_and_print(run(args), args.out, paper_table3_markdown)
 
 
 if __name__ == "__main__":

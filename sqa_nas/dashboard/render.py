@@ -119,9 +119,11 @@ def layer_strip(r: TrialRecord) -> Table | Text:
 
 
 def _pattern(layer: dict) -> str:
+    """The layer's mask family, 'block' for short: as recorded, else as `pattern_of` tells
+    it (not imported: it would bring torch into the dashboard)."""
     pattern = layer.get("pattern")
     if pattern:
-        return {"block_sparse": "block", "sliding_window": "window"}.get(pattern, pattern)
+        return "block" if pattern == "block_sparse" else pattern
     if layer.get("block_sparse"):
         return "block"
     if layer.get("window") is not None:
