@@ -367,3 +367,27 @@ def test_search_survives_losing_a_node(cluster, tmp_path):
     lost = [t for t in study.get_trials() if t.user_attrs.get("worker_deaths")]
     assert lost, "the trial on the lost node was not retried"
     assert study.user_attrs["executor_stats"][-1]["worker_deaths"] >= 1
+
+
+def test_a_retry_no_worker_takes_fails_after_the_trial_time_limit():
+    """A trial whose worker died waits for another; if none comes up (every node lost), it
+    fails after the trial time limit instead of keeping the search waiting for ever."""
+    from collections import Counter, deque
+
+    from sqa_nas.search.executors.base import Running
+    from sqa_nas.search.executors.ray import RayExecutor, _Attempt
+    from sqa_nas.search.objective import TrialJob
+
+    executor = RayExecutor.__new__(RayExecutor)  # no cluster: only the bookkeeping
+    executor.slots, executor.timeout, executor.counts = [], 5.0, Counter()
+    stale = _Attempt(TrialJob(3, {}, {}), deaths=["node-b: lost"],
+                     waiting_since=time.monotonic() - 6)
+    fresh = _Attempt(TrialJob(4, {}, {}), waiting_since=time.monotonic())
+    executor.retry = deque([stale, fresh])
+    executor.running = {a.job.number: Running(a.job, "waiting for a worker (retry)")
+                        for a in (stale, fresh)}
+    (event,) = executor._check_timeouts()
+    assert event.number == 3 and "for a Ray worker to retry it on; none came up" in \
+        event.outcome.attrs["fail_reason"]
+    assert event.outcome.attrs["worker_deaths"] == ["node-b: lost"]
+    assert list(executor.retry) == [fresh] and list(executor.running) == [4]

@@ -125,6 +125,7 @@ class TrialWorker:
 class _Attempt:
     job: TrialJob
     deaths: list[str] = field(default_factory=list)  # why earlier attempts' workers died
+    waiting_since: float = 0.0  # when it was queued for a retry (monotonic)
 
 
 @dataclass
@@ -481,10 +482,10 @@ class RayExecutor(Executor):
         return [self._finish(job.number, outcome)]
 
     @staticmethod
-    def _failed(attempt: _Attempt, reason: str, slot: _Slot) -> TrialOutcome:
+    def _failed(attempt: _Attempt, reason: str, slot: _Slot | None = None) -> TrialOutcome:
         """A FAIL outcome recording where it ran, as a finished trial's would."""
         outcome = Executor.failed(attempt.job, reason)
-        if slot.info is not None:
+        if slot is not None and slot.info is not None:
             i = slot.info
             outcome.attrs["device"] = {
                 "name": i["device_name"], "type": i["device"].split(":")[0],
@@ -517,6 +518,7 @@ class RayExecutor(Executor):
                         slot)))
                     continue
                 self.counts["retries"] += 1
+            attempt.waiting_since = time.monotonic()
             self.retry.append(attempt)
             if attempt.job.number in self.running:
                 self.running[attempt.job.number].where = "waiting for a worker (retry)"
@@ -535,9 +537,17 @@ class RayExecutor(Executor):
                 events.append(self._finish(attempt.job.number, self._failed(
                     attempt, f"exceeded the trial time limit ({self.timeout:g} s) on "
                     f"{slot.where}; cancelled (its worker was killed and replaced)", slot)))
-                self.retry.extend(a for a, _ in slot.jobs)  # not started: no attempt spent
+                for waiting, _ in slot.jobs:  # not started: no attempt spent
+                    waiting.waiting_since = now
+                    self.retry.append(waiting)
                 slot.jobs.clear()
                 self._drop(slot)
+        for attempt in [a for a in self.retry if now - a.waiting_since > self.timeout]:
+            self.retry.remove(attempt)  # no worker came up for it (every node lost?)
+            self.counts["timeouts"] += 1
+            events.append(self._finish(attempt.job.number, self._failed(
+                attempt, f"waited {self.timeout:g} s (the trial time limit) for a Ray worker "
+                "to retry it on; none came up")))
         return events
 
     def _place_retries(self) -> None:
