@@ -21,7 +21,8 @@ from sqa_nas.attention.config import AttentionConfig, BlockSparseLayout
 from sqa_nas.errors import UserError
 from sqa_nas.kernels.base import AttentionBackend, AttentionProblem
 
-_HEADS = re.compile(r"^(?:(\d*)H(?:/(\d+))?|(\d+))$")
+#: A head count against the reference H: "H", "H/4", "3H/4", or a number such as "1".
+HEAD_COUNT = re.compile(r"^(?:(\d*)H(?:/([1-9]\d*))?|(\d+))$")
 
 
 @dataclass(frozen=True)
@@ -37,12 +38,12 @@ class Variant:
 
     def __post_init__(self) -> None:
         for expr in (self.q, self.kv):
-            if not _HEADS.match(expr):
+            if not HEAD_COUNT.match(expr):
                 raise ValueError(f"variant {self.name!r}: head count {expr!r} is not of the "
                                  "form 'H', 'H/4', '3H/4' or a number")
 
     def heads(self, n_heads: int) -> tuple[int, int]:
-        return _eval_heads(self.q, n_heads), _eval_heads(self.kv, n_heads)
+        return heads_of(self.q, n_heads), heads_of(self.kv, n_heads)
 
     def config(self, *, d_model: int, n_heads: int, **overrides: Any) -> AttentionConfig:
         n_q, n_kv = self.heads(n_heads)
@@ -58,11 +59,19 @@ class Variant:
         return "window" if "window" in self.defaults else "dense"
 
 
-def _eval_heads(expr: str, n_heads: int) -> int:
-    num, den, absolute = _HEADS.match(expr).groups()
-    if absolute:
-        return int(absolute)
-    return max(1, n_heads * int(num or 1) // int(den or 1))
+def heads_of(expr: str | int, n_heads: int, *, exact: bool = False) -> int | None:
+    """The head count `expr` (`HEAD_COUNT`) means at H = `n_heads`. A variant rounds down,
+    to at least 1, so it applies at any H; `exact` (a search space) gives None unless the
+    count divides evenly and lies in 1..H."""
+    if isinstance(expr, int):
+        value, whole = expr, True
+    else:
+        num, den, absolute = HEAD_COUNT.match(expr).groups()
+        scaled = int(absolute) if absolute else n_heads * int(num or 1)
+        value, whole = divmod(scaled, int(den or 1))[0], scaled % int(den or 1) == 0
+    if not exact:
+        return max(1, value)
+    return value if whole and 1 <= value <= n_heads else None
 
 
 _BUILTIN_VARIANTS = [

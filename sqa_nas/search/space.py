@@ -17,7 +17,6 @@ import hashlib
 import itertools
 import json
 import math
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -37,15 +36,15 @@ from sqa_nas.attention import BlockSparseLayout
 from sqa_nas.data import DataSpec
 from sqa_nas.errors import UserError, first_error
 from sqa_nas.model import ModelConfig
+from sqa_nas.registry import HEAD_COUNT, heads_of
 from sqa_nas.search.records import OBJECTIVES
 
 Objective = Literal["val_loss", "throughput_tokens_per_s", "speedup_vs_mha", "kv_cache_bytes",
                     "params", "attention_flops"]
 Pattern = Literal["dense", "window", "flex", "block_sparse"]
-HeadCount = int | Annotated[str, Field(pattern=r"^\d*H(/[1-9]\d*)?$")]
+HeadCount = int | str  # a string is checked against registry.HEAD_COUNT
 Positive = Annotated[int, Field(gt=0)]
 PositiveNumber = Annotated[float, Field(gt=0)]
-_HEADS = re.compile(r"^(\d*)H(?:/([1-9]\d*))?$")
 
 
 class _Section(BaseModel):
@@ -98,7 +97,7 @@ class SearchSection(_Section):
         for key in ("n_q_heads", "n_kv_heads"):
             values = data.get(key) if isinstance(data, dict) else None
             for i, v in enumerate(values if isinstance(values, list) else []):
-                if isinstance(v, str) and not _HEADS.match(v):
+                if isinstance(v, str) and not HEAD_COUNT.match(v):
                     raise ValueError(f"{key}[{i}]: {v!r} is not a head count: an integer, or "
                                      "H, H/k, mH/k with whole m, k >= 1 (H = model.n_heads)")
         return data
@@ -250,7 +249,7 @@ class SearchSpec(_Section):
                              f"exceeds model.seq_len={m.seq_len}")
         for field in ("n_q_heads", "n_kv_heads"):
             for i, h in enumerate(getattr(s, field)):
-                n = _resolve_heads(h, m.n_heads)
+                n = heads_of(h, m.n_heads, exact=True)
                 if n is None:
                     raise ValueError(f"search.{field}[{i}]: {h!r} is not a whole number of "
                                      f"heads in 1..{m.n_heads} at model.n_heads={m.n_heads}")
@@ -297,8 +296,9 @@ class SearchSpec(_Section):
 
     def head_choices(self) -> list[str]:
         h = self.model.n_heads
-        qs = sorted({_resolve_heads(x, h) for x in self.search.n_q_heads} - {None}, reverse=True)
-        kvs = sorted({_resolve_heads(x, h) for x in self.search.n_kv_heads} - {None},
+        qs = sorted({heads_of(x, h, exact=True) for x in self.search.n_q_heads} - {None},
+                    reverse=True)
+        kvs = sorted({heads_of(x, h, exact=True) for x in self.search.n_kv_heads} - {None},
                      reverse=True)
         pairs = [(q, kv) for q, kv in itertools.product(qs, kvs)
                  if (q >= kv and q % kv == 0)
@@ -408,17 +408,6 @@ class SearchSpec(_Section):
                                                      "constraints"})
         keep["budget"] = self.budget.model_dump(mode="json", include={"train", "throughput"})
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _resolve_heads(h: int | str, n_heads: int) -> int | None:
-    if isinstance(h, int):
-        return h if 1 <= h <= n_heads else None
-    num, den = _HEADS.match(h).groups()
-    value = n_heads * int(num or 1)
-    if value % int(den or 1):
-        return None
-    value //= int(den or 1)
-    return value if 1 <= value <= n_heads else None
 
 
 def _mask_fields(mask: str, layout: BlockSparseLayout | None, seq_len: int) -> dict[str, Any]:
