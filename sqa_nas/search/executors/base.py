@@ -31,6 +31,35 @@ class Running:
     progress: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class Usage:
+    """When one worker (or GPU) was inside trials, in one clock: for the busy fraction."""
+
+    intervals: list[tuple[float, float]] = field(default_factory=list)
+
+    def add(self, started: float, ended: float) -> None:
+        self.intervals.append((started, ended))
+
+    def busy(self) -> float:
+        total, reach = 0.0, float("-inf")
+        for a, b in sorted(self.intervals):  # the union: fractional GPUs overlap
+            if b > reach:
+                total += b - max(a, reach)
+                reach = b
+        return total
+
+    def span(self) -> float:
+        """From its first trial's start to its last trial's end (start-up not counted)."""
+        return max(b for _, b in self.intervals) - min(a for a, _ in self.intervals)
+
+
+def busy_fraction(usages) -> float:
+    """Time inside trials over the spans of `usages` (idle gaps between trials count)."""
+    usages = [u for u in usages if u.intervals]
+    span = sum(u.span() for u in usages)
+    return round(sum(u.busy() for u in usages) / span, 4) if span > 0 else 1.0
+
+
 class Executor(ABC):
     """Runs trials somewhere. Implementations: `local.LocalExecutor`, `ray.RayExecutor`."""
 

@@ -13,7 +13,7 @@ import signal
 import time
 from multiprocessing.connection import Connection, wait
 
-from sqa_nas.search.executors.base import Event, Executor, Running
+from sqa_nas.search.executors.base import Event, Executor, Running, Usage, busy_fraction
 from sqa_nas.search.objective import TrialJob
 
 
@@ -67,20 +67,6 @@ class _Worker:
         self.conn.close()
 
 
-class _Usage:
-    """Time a worker spends inside trials, for the busy fraction."""
-
-    def __init__(self) -> None:
-        self.busy = 0.0
-        self.first: float | None = None
-        self.last: float | None = None
-
-    def add(self, started: float, ended: float) -> None:
-        self.busy += ended - started
-        self.first = started if self.first is None else min(self.first, started)
-        self.last = ended if self.last is None else max(self.last, ended)
-
-
 class LocalExecutor(Executor):
     def __init__(self, *, workers: int | None = None, device: str = "auto",
                  trial_timeout_s: float = 1800.0) -> None:
@@ -100,7 +86,7 @@ class LocalExecutor(Executor):
         self.timeout = trial_timeout_s
         self.ctx = mp.get_context("spawn")
         self.workers: list[_Worker] = []
-        self.usage: dict[int, _Usage] = {}  # worker index -> time inside trials
+        self.usage: dict[int, Usage] = {}  # worker index -> time inside trials
         self._worker_of: dict[int, int] = {}  # trial number -> worker index
 
     def describe(self) -> str:
@@ -163,21 +149,17 @@ class LocalExecutor(Executor):
     def _finish(self, number, outcome):
         run, index = self.running.get(number), self._worker_of.pop(number, None)
         if run is not None and index is not None:
-            self.usage.setdefault(index, _Usage()).add(run.started, time.monotonic())
+            self.usage.setdefault(index, Usage()).add(run.started, time.monotonic())
         return super()._finish(number, outcome)
 
     def stats(self) -> dict:
         """Busy fraction per worker: time inside trials over the span from its first trial's
         start to its last trial's end (worker start-up, imports, idle gaps count as idle)."""
-        spans = {i: u for i, u in self.usage.items() if u.first is not None}
-        if not spans:
+        if not self.usage:
             return {}
-        by_worker = {f"{self.devices[i]} worker {i}":
-                     round(u.busy / max(u.last - u.first, 1e-9), 4)
-                     for i, u in sorted(spans.items())}
-        busy = sum(u.busy for u in spans.values())
-        span = sum(u.last - u.first for u in spans.values())
-        return {"executor": self.describe(), "busy_fraction": round(busy / max(span, 1e-9), 4),
+        by_worker = {f"{self.devices[i]} worker {i}": busy_fraction([u])
+                     for i, u in sorted(self.usage.items())}
+        return {"executor": self.describe(), "busy_fraction": busy_fraction(self.usage.values()),
                 "busy_fraction_by_worker": by_worker}
 
     def _replace(self, worker: _Worker) -> None:

@@ -45,7 +45,7 @@ from typing import Any
 import ray
 
 from sqa_nas.errors import UserError
-from sqa_nas.search.executors.base import Event, Executor, Running
+from sqa_nas.search.executors.base import Event, Executor, Running, Usage, busy_fraction
 from sqa_nas.search.objective import TrialJob, TrialOutcome
 from sqa_nas.search.space import SearchSpec
 
@@ -157,22 +157,8 @@ class _Slot:
 
 
 @dataclass
-class _Usage:
-    """Busy intervals of one GPU, in its node's clock, and the driver's view of its end."""
-
-    intervals: list[tuple[float, float]] = field(default_factory=list)
+class _Usage(Usage):
     last_done_driver: float = 0.0  # driver clock, when its last trial's outcome arrived
-
-    def busy(self) -> float:
-        total, reach = 0.0, float("-inf")
-        for a, b in sorted(self.intervals):  # union: fractional GPUs overlap
-            if b > reach:
-                total += b - max(a, reach)
-                reach = b
-        return total
-
-    def span(self) -> float:
-        return max(b for _, b in self.intervals) - min(a for a, _ in self.intervals)
 
 
 class RayExecutor(Executor):
@@ -473,7 +459,7 @@ class RayExecutor(Executor):
         now = time.monotonic()
         self._advance(slot, now)
         usage = self.usage.setdefault(slot.key, _Usage())
-        usage.intervals.append((start, end))
+        usage.add(start, end)
         usage.last_done_driver = now
         self.recent.append(end - start)
         self.by_node[slot.info["node_id"]] += 1
@@ -582,16 +568,16 @@ class RayExecutor(Executor):
         """Busy fraction per GPU (or CPU worker) and overall, workers, retries, nodes."""
         end = self._ended or time.monotonic()
         by_gpu, to_end = {}, {}
-        busy_sum = span_sum = end_sum = 0.0
+        busy_sum = end_sum = 0.0
         for key, u in sorted(self.usage.items()):
             busy, span = u.busy(), u.span()
             tail = max(0.0, end - u.last_done_driver)  # idle after its last trial
-            by_gpu[key] = round(busy / span, 4) if span > 0 else 1.0
+            by_gpu[key] = busy_fraction([u])
             to_end[key] = round(busy / (span + tail), 4) if span + tail > 0 else 1.0
-            busy_sum, span_sum, end_sum = busy_sum + busy, span_sum + span, end_sum + span + tail
+            busy_sum, end_sum = busy_sum + busy, end_sum + span + tail
         out: dict[str, Any] = {"executor": f"ray ({self._cluster})"}
         if by_gpu:
-            out.update(busy_fraction=round(busy_sum / span_sum, 4) if span_sum else 1.0,
+            out.update(busy_fraction=busy_fraction(self.usage.values()),
                        busy_fraction_to_end=round(busy_sum / end_sum, 4) if end_sum else 1.0,
                        busy_fraction_by_gpu=by_gpu, busy_fraction_to_end_by_gpu=to_end)
         out["trials_by_node"] = {self._names.get(k, k[:8]): v
