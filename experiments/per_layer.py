@@ -9,6 +9,8 @@ throughput?
    larger of the two seed spreads.
 
     python experiments/per_layer.py --space search_spaces/quickstart.yaml --n-trials 16
+    python experiments/per_layer.py --space search_spaces/paper_dense.yaml --n-trials 20 \
+        --tokens 15000000                                   # on a GPU
     python experiments/per_layer.py --smoke
 """
 
@@ -45,6 +47,8 @@ def _search(args):
         data["seed_trials"] = ["MHA"]
     if args.n_trials:
         data["budget"]["n_trials"] = args.n_trials
+    if args.tokens:
+        data["budget"]["train"].update(tokens=args.tokens, steps=None)
     spec = parse_space(data, str(args.space))
     storage = args.storage or f"sqlite:///{tempfile.mkdtemp()}/per_layer.db"
     result = Driver(spec, LocalExecutor(workers=1, trial_timeout_s=3600),
@@ -58,6 +62,7 @@ def main(argv=None) -> None:
     p.add_argument("--study", help="use this finished study instead of searching")
     p.add_argument("--storage", help="its storage URL")
     p.add_argument("--n-trials", type=int)
+    p.add_argument("--tokens", type=int, help="training tokens per run (default: the space's)")
     p.add_argument("--seeds", default="100,101", help="fresh seeds for the retraining")
     p.add_argument("--uniform", default=",".join(UNIFORM), help="uniform baselines")
     p.add_argument("--tolerance", type=float, default=0.05,
