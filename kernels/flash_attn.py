@@ -18,6 +18,11 @@ import torch
 
 from .base import AttentionBackend, AttentionProblem
 
+#: Below this head_dim flash-attn-4's backward is wrong (experiments/fa4_backward_check.py
+#: on an H200, 4.0.0b36: head_dim 16 wrong, 32 / 64 / 128 within bf16 error), so training
+#: there goes to the next backend.
+FA4_MIN_BACKWARD_HEAD_DIM = 32
+
 
 @functools.cache
 def _load():
@@ -75,6 +80,13 @@ class FlashAttnBackend(AttentionBackend):
             return f"flash-attn needs head_dim in 8..256 divisible by 8, got {problem.head_dim}"
         if problem.mask.pattern in ("flex", "block_sparse"):
             return f"flash_attn_func has no {problem.mask.pattern} mask here; use 'flex'"
+        if (problem.requires_grad and problem.head_dim < FA4_MIN_BACKWARD_HEAD_DIM
+                and self.flavour == "flash-attn-4"):
+            return (f"flash-attn-4's backward gives wrong gradients at head_dim "
+                    f"{problem.head_dim} (measured on an H200 with 4.0.0b36 at head_dim 16: "
+                    f"dQ off by ~100% for every head layout, dK/dV too with GQA; "
+                    f"experiments/fa4_backward_check.py); it runs forward-only below head_dim "
+                    f"{FA4_MIN_BACKWARD_HEAD_DIM}")
         return None
 
     def priority(self, problem: AttentionProblem) -> tuple[int, str]:

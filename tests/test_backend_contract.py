@@ -52,6 +52,15 @@ class TestFlashAttnContract(BackendContract):
 
 
 @pytest.mark.gpu
+class TestFlashAttnContractHeadDim16(BackendContract):
+    """The paper's head_dim: flash-attn-4's backward is wrong there, so it must refuse."""
+    backend = FlashAttnBackend()
+    device = "cuda"
+    dtype = torch.bfloat16
+    head_dim = 16
+
+
+@pytest.mark.gpu
 class TestXformersContract(BackendContract):
     backend = XformersBackend()
     device = "cuda"
@@ -227,3 +236,30 @@ def test_compiled_flex_refuses_small_head_dim():
     assert "head_dim >= 16" in FlexBackend(compile=True).unsupported(problem)
     assert FlexBackend(compile=False).unsupported(
         AttentionProblem(MaskSpec(True), 8, 2, 8, 256, torch.float32, "cpu", 8**-0.5)) is None
+
+
+def test_flash_attn_4_trains_only_where_its_backward_is_right(monkeypatch):
+    """flash-attn-4's backward is wrong at head_dim 16 (measured on an H200): it keeps the
+    forward there, and training goes to the next backend with the reason stated."""
+    from sqa_nas.kernels import flash_attn
+
+    monkeypatch.setattr(flash_attn, "_load", lambda: (lambda *a, **k: None, "flash-attn-4",
+                                                      None))
+    monkeypatch.setattr(calibration, "gpu_name", lambda index=None: "NVIDIA H200")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    backend = FlashAttnBackend()
+
+    def problem(head_dim, grad, hkv=4):
+        return AttentionProblem(MaskSpec(True), 16, hkv, head_dim, 1024, torch.bfloat16,
+                                "cuda", head_dim**-0.5, grad)
+
+    assert backend.unsupported(problem(16, grad=False)) is None
+    why = backend.unsupported(problem(16, grad=True))
+    assert "backward" in why and "head_dim 16" in why
+    assert backend.unsupported(problem(16, grad=True, hkv=16))  # MHA too: dQ is wrong
+    assert backend.unsupported(problem(32, grad=True)) is None
+    assert select_backend(problem(16, grad=False))[0].name == "flash_attn"
+    chosen, _ = select_backend(problem(16, grad=True))
+    assert chosen.name == "sdpa"
+    with pytest.raises(UserError, match="backward gives wrong gradients"):
+        select_backend(problem(16, grad=True), "flash_attn")
