@@ -36,6 +36,13 @@ def flash_backend_available() -> bool:
         return False
 
 
+#: Up to this length the block mask is built from the dense mask (N x N bools, 256 MiB at
+#: the limit) instead of by compiling `create_block_mask`: on the H200 that compile stalled
+#: in Triton's LLVM step for window 4096 + 16 global tokens at the 8,256-token correctness
+#: check (experiments/results/long_context_flex_h200.log).
+DENSE_BLOCK_MASK_MAX_LEN = 16_384
+
+
 @functools.lru_cache(maxsize=32)
 def _block_mask(spec: MaskSpec, n: int, device: torch.device, compiled: bool):
     from torch.nn.attention.flex_attention import create_block_mask
@@ -46,9 +53,9 @@ def _block_mask(spec: MaskSpec, n: int, device: torch.device, compiled: bool):
     # Cached across calls: never build it as an inference tensor, or a later training step
     # that reuses it fails ("Inference tensors cannot be saved for backward").
     with torch.inference_mode(False):
-        if not compiled:
+        if not compiled or n <= DENSE_BLOCK_MASK_MAX_LEN:
             return _block_mask_from_dense(spec, n, device, mod)
-        # The uncompiled builder allocates N x N; the compiled one is needed past ~64k tokens.
+        # The dense build allocates N x N; the compiled one is needed past ~64k tokens.
         return create_block_mask(mod, None, None, n, n, device=device, _compile=True)
 
 

@@ -123,3 +123,23 @@ def test_projection_shapes_follow_the_paper():
     assert layer.o_proj.weight.shape == (256, 8 * 16)  # H_q, not H, feeds W_O
     rsqa = SparseQueryAttention(variant("rSQA", d_model=256, n_heads=16))
     assert rsqa.o_proj.weight.shape == (256, 8 * 16)  # rSQA: H_kv = 8 heads feed W_O
+
+
+def test_short_flex_masks_are_built_without_compiling_create_block_mask(monkeypatch):
+    """Up to DENSE_BLOCK_MASK_MAX_LEN the block mask comes from the dense mask (the compiled
+    builder stalled on the H200 at the 8k correctness check); past it, the compiled one."""
+    import torch.nn.attention.flex_attention as fa
+
+    from sqa_nas.attention import MaskSpec
+    from sqa_nas.kernels import flex
+
+    calls = []
+    monkeypatch.setattr(fa, "create_block_mask", lambda *a, **k: calls.append(a[3]) or "compiled")
+    spec = MaskSpec(True, window=8, global_tokens=2)
+    flex._block_mask.cache_clear()
+    short = flex._block_mask(spec, 300, torch.device("cpu"), True)
+    assert calls == [] and short.seq_lengths == (300, 300)
+    assert flex._block_mask(spec, flex.DENSE_BLOCK_MASK_MAX_LEN + 1, torch.device("cpu"),
+                            True) == "compiled"
+    assert calls == [flex.DENSE_BLOCK_MASK_MAX_LEN + 1]
+    flex._block_mask.cache_clear()
