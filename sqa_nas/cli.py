@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 
 from sqa_nas.errors import UserError
 
@@ -122,7 +123,7 @@ def guarded(run) -> int:
     try:
         return run() or 0
     except UserError as exc:
-        err_console.print(f"[red]error:[/] {exc}")
+        err_console.print(f"[red]error:[/] {escape(str(exc))}")
         return 2
     except KeyboardInterrupt:
         err_console.print("interrupted")

@@ -122,3 +122,16 @@ def test_every_module_imports_first(module):
     """No import cycle bites whichever module a program imports first."""
     subprocess.run([sys.executable, "-c", f"import {module}"], check=True,
                    env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_error_messages_keep_their_brackets(capsys):
+    """A UserError is printed as written: '[flash]' in an install hint is not rich markup."""
+    from sqa_nas.cli import guarded
+    from sqa_nas.errors import UserError
+
+    def fail():
+        raise UserError("pip install 'sqa-nas[flash]' or name [bold]another[/bold] backend")
+
+    assert guarded(fail) == 2
+    err = capsys.readouterr().err
+    assert "sqa-nas[flash]" in err and "[bold]another[/bold]" in err
