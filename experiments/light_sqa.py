@@ -48,6 +48,7 @@ def run(args) -> dict:
     data["study"] = "light_sqa" + ("_smoke" if args.smoke else "")
     spec = parse_space(data, str(SPACE))
     storage = args.storage or f"sqlite:///{tempfile.mkdtemp()}/light_sqa.db"
+    print(f"study storage: {storage} (rerun with --storage {storage} to resume)", flush=True)
     result = Driver(spec, LocalExecutor(workers=1, trial_timeout_s=3600),
                     storage_url=storage).run(spec.budget.n_trials)
     records = [r for r in trial_records(result.study) if r.state == "COMPLETE"]

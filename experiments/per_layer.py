@@ -51,6 +51,7 @@ def _search(args):
         data["budget"]["train"].update(tokens=args.tokens, steps=None)
     spec = parse_space(data, str(args.space))
     storage = args.storage or f"sqlite:///{tempfile.mkdtemp()}/per_layer.db"
+    print(f"study storage: {storage} (rerun with --storage {storage} to resume)", flush=True)
     result = Driver(spec, LocalExecutor(workers=1, trial_timeout_s=3600),
                     storage_url=storage).run(spec.budget.n_trials)
     return spec, result.study
@@ -92,7 +93,16 @@ def main(argv=None) -> None:
                            "seed_trials": args.uniform.split(",")}, "retraining")
     candidates = [("mixed", best.params)] + retrain.seed_params()
     rows, reference = [], {}
-    for seed in (int(s) for s in args.seeds.split(",")):
+    seeds = [int(s) for s in args.seeds.split(",")]
+    name = "per_layer" + ("_smoke" if args.smoke else "")
+    header = {
+        "experiment": "per_layer", "space": spec.model_dump(mode="json"),
+        "search": {"study": study.study_name, "trials": len(records),
+                   "front": [r.allocation for r in front]},
+        "mixed": {"trial": best.number, "allocation": best.allocation, "params": best.params,
+                  "search_values": best.values, "on_front": best in front},
+        "seeds": seeds, "tolerance": args.tolerance}
+    for seed in seeds:
         seeded = parse_space({**retrain.model_dump(mode="json"), "sampler": {
             **retrain.sampler.model_dump(), "seed": seed}}, "retraining")
         for label, params in candidates:
@@ -101,6 +111,9 @@ def main(argv=None) -> None:
             rows.append(row)
             print(f"seed {seed} {label:6s} [{row['allocation']}] val_loss {row['val_loss']:.4f} "
                   f"throughput {row['throughput_tokens_per_s']:.4g}", flush=True)
+            # Completed runs survive a stop: the file is rewritten after each one.
+            write_result(name, {**header, "partial": True, "runs": rows}, out=args.out,
+                         quiet=True)
     agg = aggregate(rows)
     verdicts = compare(agg, args.tolerance)
     comparable = [k for k, v in verdicts.items() if v["comparable"]]
@@ -110,15 +123,9 @@ def main(argv=None) -> None:
         if comparable else None
     print(f"mixed beats every uniform variant at equal or lower throughput "
           f"({', '.join(comparable) or 'none comparable'}): {beats_all}")
-    write_result("per_layer" + ("_smoke" if args.smoke else ""), {
-        "experiment": "per_layer", "space": spec.model_dump(mode="json"),
-        "search": {"study": study.study_name, "trials": len(records),
-                   "front": [r.allocation for r in front]},
-        "mixed": {"trial": best.number, "allocation": best.allocation, "params": best.params,
-                  "search_values": best.values, "on_front": best in front},
-        "seeds": [int(s) for s in args.seeds.split(",")], "tolerance": args.tolerance,
-        "corpus": corpus_of(rows), "runs": rows, "summary": agg, "verdicts": verdicts,
-        "mixed_beats_all_comparable": beats_all,
+    write_result(name, {
+        **header, "corpus": corpus_of(rows), "runs": rows, "summary": agg,
+        "verdicts": verdicts, "mixed_beats_all_comparable": beats_all,
     }, out=args.out)
 
 

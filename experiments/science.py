@@ -124,14 +124,16 @@ def ordering_report(agg: dict, reference: dict[str, float]) -> dict[str, Any]:
             "kendall_tau": (concordant - discordant) / n if n else None, "pairs": pairs}
 
 
-def write_result(name: str, payload: dict, out: Path | None = None) -> Path:
+def write_result(name: str, payload: dict, out: Path | None = None, quiet: bool = False
+                 ) -> Path:
     """Write `payload` with the machine header and the command to `out`, by default
     results/<name>_<gpu>.json."""
     machine = machine_info(pick_device())
     path = write_json(out or RESULTS / f"{name}_{device_slug(machine)}.json", {
         "machine": machine, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         **payload})
-    print(f"wrote {path}")
+    if not quiet:
+        print(f"wrote {path}")
     return path
 
 

@@ -57,7 +57,28 @@ def test_per_layer_smoke(tmp_path):
                     "--out", str(out)])
     data = _load(out)
     assert data["mixed"]["allocation"] and len(data["runs"]) == 2 * 3
-    assert set(data["verdicts"]) == {"MHA", "xSQA"}
+    assert set(data["verdicts"]) == {"MHA", "xSQA"} and "partial" not in data
+
+
+def test_per_layer_keeps_the_runs_it_finished_when_stopped(tmp_path, monkeypatch):
+    import per_layer
+
+    real, calls = per_layer.train_allocation, []
+
+    def stop_on_the_third(*args, **kwargs):
+        calls.append(kwargs["label"])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(per_layer, "train_allocation", stop_on_the_third)
+    out = tmp_path / "pl.json"
+    with pytest.raises(KeyboardInterrupt):
+        per_layer.main(["--smoke", "--n-trials", "5", "--uniform", "MHA,xSQA",
+                        "--out", str(out)])
+    data = _load(out)
+    assert data["partial"] is True and [r["label"] for r in data["runs"]] == ["mixed", "MHA"]
+    assert data["mixed"]["allocation"]
 
 
 def test_results_page_is_generated_from_result_files(tmp_path):
