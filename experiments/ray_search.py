@@ -167,13 +167,16 @@ def main(argv=None) -> None:
                 phases[phase] = run_phase(args, phase, Path(storage_dir), console, util)
         finally:
             util.stop()
-    gpus = {k for ph in phases.values() for k in ph["executor"].get("busy_fraction_by_gpu", {})
-            if " GPU " in k}
+    # Each phase starts its own Ray instance, so one GPU has a new node id per phase: the
+    # count is the most GPUs one phase used.
+    gpus = {name: sorted(k for k in ph["executor"].get("busy_fraction_by_gpu", {})
+                         if " GPU " in k) for name, ph in phases.items()}
+    n_gpus = max(map(len, gpus.values()), default=0)
     name = f"ray_search_{device_slug(machine_info(pick_device()))}" + \
-        (f"_x{len(gpus)}" if gpus else "") + ("_smoke" if args.smoke else "")
+        (f"_x{n_gpus}" if n_gpus else "") + ("_smoke" if args.smoke else "")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     versions = {k: _version(k) for k in ("ray", "optuna", "torch")}
-    write_result(name, {"versions": versions, "gpus_used": sorted(gpus), "phases": phases},
+    write_result(name, {"versions": versions, "gpus_used": gpus, "phases": phases},
                  out=args.out_dir / f"{name}.json")
     (args.out_dir / f"{name}.txt").write_text(console.export_text())
     print(f"wrote {args.out_dir / f'{name}.txt'}", file=sys.stderr)
