@@ -173,3 +173,16 @@ def test_report_names_the_row_a_cut_run_hung_in(scripts, runs, tmp_path):
     assert ("Long context: SW-SQA and Flex-SQA (partial: stopped in MHA @ 131072, kernel fwd "
             "bfloat16 hd128 b1 causal flex auto, which did not return within 900.0 s)"
             ) in page.read_text()
+
+
+def test_a_target_whose_run_hung_is_listed_as_not_measured_with_why(scripts, runs, tmp_path):
+    report = scripts["report"]
+    hung = runs["long"] | {"rows": [r for r in runs["long"]["rows"] if r["pattern"] != "flex"],
+                           "partial": True, "_path": str(tmp_path / "long_context_x.json"),
+                           "running": {"variant": "MHA", "seq_len": 131072, "row_timeout_s": 120.0,
+                                       "cell": "kernel fwd bfloat16 hd128 b1 causal flex auto"}}
+    flex = [t for t in report.targets([hung]) if t["target"].startswith("Flex")]
+    assert [(t["measured"], t["ok"]) for t in flex] == [("not measured", None)]
+    assert "within 120 s and was cut (long_context_x.json)" in flex[0]["note"]
+    # Nothing timed: no PNG of empty axes.
+    assert report.write_pngs(hung | {"rows": []}, tmp_path) == []
