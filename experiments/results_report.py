@@ -61,7 +61,9 @@ def light(d: dict, png: Path | None) -> str:
     lines = [f"### Light SQA (open question 3) ({_machine(d)})", "",
              f"One allocation for all layers, {len(d['trials'])} trials, "
              f"{space['budget']['train'].get('tokens') or space['budget']['train'].get('steps')}"
-             f" training tokens/steps each; {_corpus(d)}. Command: `{d['command']}`.", "",
+             f" training tokens/steps each, one training run (seed) per allocation, so "
+             f"differences smaller than the seed spread of Table 1 are noise; {_corpus(d)}. "
+             f"Command: `{d['command']}`.", "",
              f"**lSQA ({d['light']}) on the Pareto front: {d['lsqa_on_front']}.**", "",
              "| H_q/H_kv | baseline | val loss | tokens/s | speedup vs MHA | on front |",
              "|---|---|---|---|---|---|"]
@@ -79,8 +81,15 @@ def per_layer(d: dict) -> str:
     lines = [f"### Per-layer allocation vs uniform variants ({_machine(d)})", "",
              f"Search: study {d['search']['study']}, {d['search']['trials']} trials; best mixed "
              f"allocation [{d['mixed']['allocation']}] retrained with seeds {d['seeds']}; "
-             f"{_corpus(d)}. Command: `{d['command']}`.", "",
-             "| allocation | val loss (mean ± std) | tokens/s | verdict at equal throughput |",
+             f"{_corpus(d)}. Command: `{d['command']}`.", ""]
+    if d.get("partial"):
+        lines += [f"**Stopped after {len(d['runs'])} retraining runs; no verdict.**", "",
+                  "| allocation | seed | val loss | tokens/s |", "|---|---|---|---|"]
+        lines += [f"| {r['label']} [{r['allocation']}] | {r['seed']} | {r['val_loss']:.4f} | "
+                  f"{r['throughput_tokens_per_s']:.4g} |" for r in d["runs"]
+                  if r.get("val_loss") is not None]
+        return "\n".join(lines)
+    lines += ["| allocation | val loss (mean ± std) | tokens/s | verdict at equal throughput |",
              "|---|---|---|---|"]
     for name, s in d["summary"].items():
         v = d["verdicts"].get(name, {})

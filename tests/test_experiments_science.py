@@ -79,6 +79,9 @@ def test_per_layer_keeps_the_runs_it_finished_when_stopped(tmp_path, monkeypatch
     data = _load(out)
     assert data["partial"] is True and [r["label"] for r in data["runs"]] == ["mixed", "MHA"]
     assert data["mixed"]["allocation"]
+    import results_report
+
+    assert "Stopped after 2 retraining runs" in results_report.per_layer(data)
 
 
 def test_results_page_is_generated_from_result_files(tmp_path):
