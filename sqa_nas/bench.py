@@ -518,7 +518,11 @@ def _bench_one(settings: BenchSettings, name: str, n: int, device, dtype) -> dic
         samples = time_call(fn, device=device, warmup=settings.warmup,
                             repeats=settings.repeats, setup=setup,
                             budget_s=settings.budget_s, min_repeats=settings.min_repeats)
-        # What ran, read again after the calls (a backend may have fallen back inside).
+        # What ran, read again after the calls (a backend may have fallen back inside), once
+        # the timed tensors are freed: the probe's own q / k / v then reuse their memory
+        # instead of adding to it (GBs at 1M tokens).
+        del setup, fn
+        _release(device)
         row["kernel"] = backend.kernel_name(problem, _probe_inputs(backend, problem, device,
                                                                    dtype))
         if model is not None:

@@ -341,3 +341,24 @@ def test_a_hung_row_is_cut_with_its_stacks_and_named_in_the_json(tmp_path):
         [("MHA", 32), ("xSQA", 32)]
     assert data["running"]["variant"] == "MHA" and data["running"]["seq_len"] == 96
     assert data["running"]["row_timeout_s"] == 3
+
+
+def test_the_kernel_is_read_again_only_after_the_timed_tensors_are_freed(monkeypatch):
+    """The second kernel probe allocates q / k / v of its own: at 1M tokens they must reuse
+    the timed tensors' memory, not add to it."""
+    import gc
+
+    timed_shape = (3, 8, 64, 16)  # batch 3: the probe's own tensors have batch 1
+    live_at_probe = []
+    real = SdpaBackend.kernel_name
+
+    def probe(self, problem, inputs=None):
+        live_at_probe.append(sum(isinstance(o, torch.Tensor) and tuple(o.shape) == timed_shape
+                                 for o in gc.get_objects()))
+        return real(self, problem, inputs)
+
+    monkeypatch.setattr(SdpaBackend, "kernel_name", probe)
+    result = run_bench(_settings(variants=["MHA"], baselines=[], batch=3, backend="sdpa",
+                                 check=False))
+    assert "ms" in result["rows"][0]
+    assert live_at_probe == [0, 0]  # before the timing, and after it once freed
