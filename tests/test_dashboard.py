@@ -225,6 +225,36 @@ def test_live_refresh_shows_trials_written_while_running(writable):
     assert "13 done" in text and "1 Pareto-optimal of 13 done" in text
 
 
+def test_a_reload_builds_its_view_off_the_ui_thread(writable, monkeypatch):
+    import threading
+
+    from sqa_nas.dashboard import view as view_module
+
+    built_on = []
+    real_init = view_module.StudyView.__init__
+
+    def init(self, *args, **kwargs):
+        built_on.append(threading.current_thread() is threading.main_thread())
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(view_module.StudyView, "__init__", init)
+
+    async def go():
+        app = Dashboard(StorageSource("demo", writable), refresh_s=0.2)
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.pause()
+            built_on.clear()  # the first view is built before the app runs
+            append_trial(writable, "demo", {"val_loss": 1.0, "throughput_tokens_per_s": 1e7})
+            for _ in range(50):
+                await pilot.pause(0.2)
+                if app.reloads:
+                    break
+            return app.reloads
+
+    assert run(go()) >= 1
+    assert built_on and not any(built_on)
+
+
 def test_export_key_calls_export_trial(storage, monkeypatch, tmp_path):
     calls = []
 

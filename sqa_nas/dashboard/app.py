@@ -133,19 +133,29 @@ class Dashboard(App):
 
     @work(thread=True, group="reload")
     def _load(self) -> None:
+        """Read the storage and build the new view here, off the UI thread: the Pareto
+        front, the table's cells in the current order and the progress panel are the slow
+        part at thousands of trials, and the UI keeps answering keys meanwhile."""
         try:
             records = self.source.records()
         except Exception as exc:  # a locked or vanished database: say so, keep the old data
             self.call_from_thread(self.notify, f"reload failed: {exc}", severity="warning")
             records = None
-        self.call_from_thread(self._loaded, records)
+        view = None
+        if records is not None and _signature(records) != self.signature:
+            view = StudyView(records, self.source.objectives, self.source.directions,
+                             gpu_type=self.gpu_type, now=datetime.now())
+            view.sorted_records(self.sort_key, self.sort_reverse, front_only=self.front_only)
+            view.progress(self.axes)
+        self.call_from_thread(self._loaded, records, view)
 
-    def _loaded(self, records: list[TrialRecord] | None) -> None:
+    def _loaded(self, records: list[TrialRecord] | None, view: StudyView | None) -> None:
         self._loading = False
-        if records is None or _signature(records) == self.signature:
+        if records is None or view is None:
             return
         self.records, self.signature = records, _signature(records)
-        self.view = self._make_view()
+        # The GPU filter may have changed while the worker built the view.
+        self.view = view if view.gpu_type == self.gpu_type else self._make_view()
         self.reloads += 1
         self.redraw()
 
