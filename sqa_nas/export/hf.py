@@ -117,7 +117,7 @@ def transformers_missing() -> str | None:
     """Why the folder cannot be checked here, or None when transformers is installed."""
     if importlib.util.find_spec("transformers") is None:
         return ("transformers is not installed, so the Hugging Face folder cannot be loaded or "
-                "checked here (pip install transformers)")
+                "checked here (pip install transformers, or sqa-nas[hf])")
     return None
 
 
