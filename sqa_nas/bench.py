@@ -260,18 +260,39 @@ def backend_spec(spec: str) -> str:
 
 
 def check_layer(layer: SparseQueryAttention, n: int, dtype: torch.dtype,
-                device: torch.device, seed: int = 0) -> tuple[float, float]:
+                device: torch.device, seed: int = 0, backward: bool = False
+                ) -> tuple[float, float]:
     """(error, tolerance) of the layer's output at length n against the float64 reference;
-    the tolerance is twice the error of the plain formula in `dtype`, plus a small floor."""
+    the tolerance is twice the error of the plain formula in `dtype`, plus a small floor.
+    With `backward`, the input's gradient is checked the same way (the layer then runs the
+    backend it trains with), and the worse of the two, relative to its tolerance, is
+    returned."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(1, n, layer.config.d_model, generator=gen).to(device, dtype)
-    with torch.no_grad():
-        out = layer(x).double()
-        ref = reference_layer(layer, x.double().cpu().to(device), torch.float64)
-        plain = reference_layer(layer, x, dtype).double()
+    if not backward:
+        with torch.no_grad():
+            outs = [layer(x), reference_layer(layer, x.double(), torch.float64),
+                    reference_layer(layer, x, dtype)]
+        return _error_and_tolerance(*outs)
+    grad_out = torch.randn(1, n, layer.config.d_model, generator=gen).to(device, dtype)
+    outs, grads = [], []
+    for run, leaf in ((layer, x), (lambda t: reference_layer(layer, t, torch.float64),
+                                   x.double()), (lambda t: reference_layer(layer, t, dtype), x)):
+        leaf = leaf.detach().requires_grad_()
+        out = run(leaf)
+        outs.append(out.detach())
+        grads.append(torch.autograd.grad(out, leaf, grad_out.to(out.dtype))[0])
+    layer.zero_grad(set_to_none=True)
+    return max(_error_and_tolerance(*outs), _error_and_tolerance(*grads),
+               key=lambda et: et[0] / et[1])
+
+
+def _error_and_tolerance(out, ref, plain) -> tuple[float, float]:
+    """|out - ref| against twice |plain - ref| (ref in float64, plain in the working dtype)."""
+    out, ref, plain = out.double(), ref.double(), plain.double()
     scale = ref.abs().max().item() or 1.0
-    err = (out - ref).abs().max().item()
-    return err, 2 * (plain - ref).abs().max().item() + 1e-6 * scale
+    return ((out - ref).abs().max().item(),
+            2 * (plain - ref).abs().max().item() + 1e-6 * scale)
 
 
 def _kernel_flops(layer: SparseQueryAttention, batch: int, n: int, mode: str) -> float:
@@ -470,15 +491,17 @@ def run_grid(cells: Sequence[BenchSettings], progress: Callable[[str], None] | N
 _CHECKS: dict[tuple, tuple[float, float]] = {}
 
 
-def _check(config: AttentionConfig, backend: str, n: int, dtype, device) -> dict:
-    """The correctness check of `config` on `backend` at min(N, check_len) tokens; cached
-    per process, since it does not depend on the timed length (and each new shape costs a
-    compile on FlexAttention)."""
+def _check(config: AttentionConfig, backend: str, n: int, dtype, device,
+           backward: bool = False) -> dict:
+    """The correctness check of `config` on `backend` at min(N, check_len) tokens, of the
+    gradient too when the timed row runs a backward; cached per process, since it does not
+    depend on the timed length (and each new shape costs a compile on FlexAttention)."""
     key = (config.model_copy(update={"backend": backend}).model_dump_json(), str(dtype),
-           str(device), n)
+           str(device), n, backward)
     if key not in _CHECKS:
         checked = SparseQueryAttention(config.model_copy(update={"backend": backend}))
-        _CHECKS[key] = check_layer(checked.to(device, dtype), n, dtype, device)
+        _CHECKS[key] = check_layer(checked.to(device, dtype), n, dtype, device,
+                                   backward=backward)
     err, tol = _CHECKS[key]
     return {"check_error": err, "check_tolerance": tol, "check_ok": err <= tol, "check_len": n}
 
@@ -509,7 +532,8 @@ def _bench_one(settings: BenchSettings, name: str, n: int, device, dtype) -> dic
                    kernel=backend.kernel_name(problem, _probe_inputs(backend, problem,
                                                                      device, dtype)))
         if settings.check:
-            row.update(_check(config, backend.name, min(n, settings.check_len), dtype, device))
+            row.update(_check(config, backend.name, min(n, settings.check_len), dtype, device,
+                              backward=grad))
             if not row["check_ok"]:
                 row["error"] = (f"correctness check failed: error {row['check_error']:.3g} > "
                                 f"tolerance {row['check_tolerance']:.3g}")

@@ -79,6 +79,38 @@ def test_correctness_check_catches_a_wrong_kernel():
     assert all("ms" not in r for r in result["rows"])
 
 
+def test_correctness_check_catches_a_wrong_backward_in_backward_rows():
+    """A kernel right forward and wrong backward (flash-attn-4 at head_dim 16 on the H200)
+    passes a forward row and fails a fwd+bwd row before it is timed."""
+
+    class HalfGradient(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, t):
+            return t.view_as(t)
+
+        @staticmethod
+        def backward(ctx, g):
+            return g * 0.5
+
+    class WrongBackward(SdpaBackend):
+        name = "wrong_backward"
+
+        def forward(self, q, k, v, problem):
+            return super().forward(HalfGradient.apply(q), k, v, problem)
+
+    registry.register_backend(WrongBackward)
+    try:
+        fwd = run_bench(_settings(backend="wrong_backward", variants=["SQA"], baselines=[]))
+        both = run_bench(_settings(backend="wrong_backward", variants=["SQA"], baselines=[],
+                                   mode="fwd+bwd"))
+    finally:
+        registry._backends.pop("wrong_backward")
+    assert fwd["rows"][0]["check_ok"] and "ms" in fwd["rows"][0]
+    row = both["rows"][0]
+    assert not row["check_ok"] and "correctness check failed" in row["error"]
+    assert "ms" not in row
+
+
 def test_time_call_counts_only_the_timed_part():
     calls = []
     samples = time_call(lambda x: calls.append(x), device=torch.device("cpu"), warmup=2,
