@@ -1,8 +1,9 @@
 """FlexAttention (`torch.nn.attention.flex_attention`) with block masks for every pattern.
 
 On CUDA the call is compiled (the eager path materialises the N x N scores: 20 TFLOP/s and
-out of memory at 128k on an H200) and block masks are built with the compiled
-`create_block_mask`, cached per (pattern, length, device). When flash-attn-4 is installed,
+out of memory at 128k on an H200) and block masks, cached per (pattern, length, device),
+are built from the dense mask up to `DENSE_BLOCK_MASK_MAX_LEN` tokens and with the compiled
+`create_block_mask` past it. When flash-attn-4 is installed,
 ``kernel_options={"BACKEND": "FLASH"}`` runs the masks on its CuTe DSL kernel (window +
 16 global tokens at 128k: 485-630 effective TFLOP/s against 369-400 for the Triton backend,
 measured on the H200); a layout on which that experimental backend fails to build runs on
@@ -22,6 +23,7 @@ import torch
 from sqa_nas.attention.masks import MaskSpec, dense_mask, mask_mod
 
 from .base import AttentionBackend, AttentionProblem
+from .flash_attn import FA4_MIN_BACKWARD_HEAD_DIM
 
 # Eager flex materialises (B, H, N, N) scores; keep it to sizes a CPU handles anyway.
 MAX_EAGER_SEQ_LEN = 8_192
@@ -36,11 +38,13 @@ def flash_backend_available() -> bool:
         return False
 
 
-#: Up to this length the block mask is built from the dense mask (N x N bools, 256 MiB at
-#: the limit) instead of by compiling `create_block_mask`: on the H200 that compile stalled
-#: in Triton's LLVM step for window 4096 + 16 global tokens at the 8,256-token correctness
-#: check (experiments/results/long_context_flex_h200.log).
-DENSE_BLOCK_MASK_MAX_LEN = 16_384
+#: Up to this length the block mask is built from the dense mask (N x N temporaries: about
+#: 1.4 GiB at the limit) instead of by compiling `create_block_mask`: on the H200 that
+#: compile stalled in Triton's LLVM step for window 4096 + 16 global tokens at the 8,256-token
+#: correctness check (experiments/results/long_context_flex_h200.log). Whether it also
+#: stalls for that mask at 128k is not known yet; for window 512 + 16 global tokens (Table
+#: 3's Flex-SQA rows) it compiled at every length up to 200,000.
+DENSE_BLOCK_MASK_MAX_LEN = 12_288
 
 
 @functools.lru_cache(maxsize=32)
@@ -55,7 +59,6 @@ def _block_mask(spec: MaskSpec, n: int, device: torch.device, compiled: bool):
     with torch.inference_mode(False):
         if not compiled or n <= DENSE_BLOCK_MASK_MAX_LEN:
             return _block_mask_from_dense(spec, n, device, mod)
-        # The dense build allocates N x N; the compiled one is needed past ~64k tokens.
         return create_block_mask(mod, None, None, n, n, device=device, _compile=True)
 
 
@@ -111,8 +114,12 @@ class FlexBackend(AttentionBackend):
         return self.compile if self.compile is not None else device_type == "cuda"
 
     def _flash(self, problem: AttentionProblem) -> bool:
+        """Whether the FLASH backend (flash-attn-4's kernels) runs `problem`; not for training
+        below FA4_MIN_BACKWARD_HEAD_DIM, where flash-attn-4's backward is wrong."""
         return (problem.device_type == "cuda" and problem.dtype in (torch.float16, torch.bfloat16)
-                and flash_backend_available() and _layout(problem) not in self.flash_failures)
+                and flash_backend_available() and _layout(problem) not in self.flash_failures
+                and not (problem.requires_grad
+                         and problem.head_dim < FA4_MIN_BACKWARD_HEAD_DIM))
 
     def unsupported(self, problem: AttentionProblem) -> str | None:
         if problem.device_type == "cpu" and problem.requires_grad:

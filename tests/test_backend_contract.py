@@ -263,3 +263,14 @@ def test_flash_attn_4_trains_only_where_its_backward_is_right(monkeypatch):
     assert chosen.name == "sdpa"
     with pytest.raises(UserError, match="backward gives wrong gradients"):
         select_backend(problem(16, grad=True), "flash_attn")
+    # FlexAttention's FLASH backend runs flash-attn-4's kernels too, backward included: a
+    # windowed layer trains on flex's Triton backend there.
+    from sqa_nas.kernels import flex
+
+    monkeypatch.setattr(flex, "flash_backend_available", lambda: True)
+    window = dataclasses.replace(problem(16, grad=True), mask=MaskSpec(True, window=64))
+    chosen, _ = select_backend(window)
+    assert (chosen.name, chosen.kernel_name(window)) == ("flex", "flex (Triton)")
+    assert FlexBackend().kernel_name(dataclasses.replace(window, head_dim=32)) == "flex (FLASH)"
+    assert select_backend(dataclasses.replace(window, requires_grad=False))[0].name \
+        == "flash_attn"
