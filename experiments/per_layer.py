@@ -51,7 +51,7 @@ def _search(args):
         data["budget"]["train"].update(tokens=args.tokens, steps=None)
     spec = parse_space(data, str(args.space))
     storage = args.storage or f"sqlite:///{tempfile.mkdtemp()}/per_layer.db"
-    print(f"study storage: {storage} (rerun with --storage {storage} to resume)", flush=True)
+    print(f"study storage: {storage} (rerun with --storage {storage} to resume the search)", flush=True)
     result = Driver(spec, LocalExecutor(workers=1, trial_timeout_s=3600),
                     storage_url=storage).run(spec.budget.n_trials)
     return spec, result.study
@@ -89,10 +89,12 @@ def main(argv=None) -> None:
     best = min(mixed, key=lambda r: r.values["val_loss"])
     where = "on the front" if best in front else "off the front"
     print(f"best mixed allocation ({where}): trial {best.number} [{best.allocation}]")
-    retrain = parse_space({**spec.model_dump(mode="json"),
-                           "seed_trials": args.uniform.split(",")}, "retraining")
+    data = {**spec.model_dump(mode="json"), "seed_trials": args.uniform.split(",")}
+    if args.tokens:  # also for a study searched elsewhere (--study)
+        data["budget"]["train"].update(tokens=args.tokens, steps=None)
+    retrain = parse_space(data, "retraining")
     candidates = [("mixed", best.params)] + retrain.seed_params()
-    rows, reference = [], {}
+    rows, reference, partial = [], {}, None
     seeds = [int(s) for s in args.seeds.split(",")]
     name = "per_layer" + ("_smoke" if args.smoke else "")
     header = {
@@ -111,9 +113,11 @@ def main(argv=None) -> None:
             rows.append(row)
             print(f"seed {seed} {label:6s} [{row['allocation']}] val_loss {row['val_loss']:.4f} "
                   f"throughput {row['throughput_tokens_per_s']:.4g}", flush=True)
-            # Completed runs survive a stop: the file is rewritten after each one.
-            write_result(name, {**header, "partial": True, "runs": rows}, out=args.out,
-                         quiet=True)
+            # Completed runs survive a stop: a partial file beside the result (never over
+            # it) is rewritten after each one and removed once the result is written.
+            partial = write_result(name + "_partial", {
+                **header, "partial": True, "corpus": corpus_of(rows), "runs": rows},
+                out=args.out and args.out.with_suffix(".partial.json"), quiet=True)
     agg = aggregate(rows)
     verdicts = compare(agg, args.tolerance)
     comparable = [k for k, v in verdicts.items() if v["comparable"]]
@@ -127,6 +131,8 @@ def main(argv=None) -> None:
         **header, "corpus": corpus_of(rows), "runs": rows, "summary": agg,
         "verdicts": verdicts, "mixed_beats_all_comparable": beats_all,
     }, out=args.out)
+    if partial is not None:
+        partial.unlink(missing_ok=True)
 
 
 def compare(agg: dict, tolerance: float) -> dict:

@@ -124,7 +124,7 @@ def ordering_report(agg: dict, reference: dict[str, float]) -> dict[str, Any]:
             "kendall_tau": (concordant - discordant) / n if n else None, "pairs": pairs}
 
 
-def write_result(name: str, payload: dict, out: Path | None = None, quiet: bool = False
+def write_result(name: str, payload: dict, out: Path | None = None, *, quiet: bool = False
                  ) -> Path:
     """Write `payload` with the machine header and the command to `out`, by default
     results/<name>_<gpu>.json."""

@@ -26,6 +26,7 @@ import faulthandler
 import gc
 import itertools
 import json
+import os
 import re
 import statistics
 import sys
@@ -753,9 +754,12 @@ def _choices(allowed: Sequence[str]):
 
 
 def write_json(path: Path, data: dict) -> Path:
-    """Write a results file (creating its folder); returns the path."""
+    """Write a results file (creating its folder) through a temporary sibling and a rename,
+    so a stop mid-write leaves the old file whole; returns the path."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
     return path
 
 

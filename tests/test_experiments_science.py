@@ -58,6 +58,7 @@ def test_per_layer_smoke(tmp_path):
     data = _load(out)
     assert data["mixed"]["allocation"] and len(data["runs"]) == 2 * 3
     assert set(data["verdicts"]) == {"MHA", "xSQA"} and "partial" not in data
+    assert not (tmp_path / "pl.partial.json").exists()  # removed once the result is written
 
 
 def test_per_layer_keeps_the_runs_it_finished_when_stopped(tmp_path, monkeypatch):
@@ -73,12 +74,14 @@ def test_per_layer_keeps_the_runs_it_finished_when_stopped(tmp_path, monkeypatch
 
     monkeypatch.setattr(per_layer, "train_allocation", stop_on_the_third)
     out = tmp_path / "pl.json"
+    out.write_text('{"a finished result": "a stopped rerun must not overwrite"}')
     with pytest.raises(KeyboardInterrupt):
         per_layer.main(["--smoke", "--n-trials", "5", "--uniform", "MHA,xSQA",
                         "--out", str(out)])
-    data = _load(out)
+    assert "a finished result" in out.read_text()
+    data = _load(tmp_path / "pl.partial.json")
     assert data["partial"] is True and [r["label"] for r in data["runs"]] == ["mixed", "MHA"]
-    assert data["mixed"]["allocation"]
+    assert data["mixed"]["allocation"] and data["corpus"]["fingerprint"]
     import results_report
 
     assert "Stopped after 2 retraining runs" in results_report.per_layer(data)
