@@ -51,7 +51,8 @@ def _search(args):
         data["budget"]["train"].update(tokens=args.tokens, steps=None)
     spec = parse_space(data, str(args.space))
     storage = args.storage or f"sqlite:///{tempfile.mkdtemp()}/per_layer.db"
-    print(f"study storage: {storage} (rerun with --storage {storage} to resume the search)", flush=True)
+    print(f"study storage: {storage} (rerun with --storage {storage} to resume the search)",
+          flush=True)
     result = Driver(spec, LocalExecutor(workers=1, trial_timeout_s=3600),
                     storage_url=storage).run(spec.budget.n_trials)
     return spec, result.study

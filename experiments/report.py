@@ -238,6 +238,18 @@ def _grid_note(r: dict) -> str:
             f"{H200_SMS} SMs ({tiles / H200_SMS:.1f} waves)")
 
 
+def _stopped_in(files: list[dict], pattern: str) -> str:
+    """Why a long-context file has no rows of `pattern`: the row it was running when it
+    stopped (cut by its row limit, or ended from outside), if that row was one."""
+    for res in files:
+        running = res.get("running") or {}
+        if f" {pattern} " in running.get("cell", ""):
+            limit = running.get("row_timeout_s")
+            return (f"the run stopped while its first row was running ({Path(res['_path']).name}"
+                    + (f"; row limit {limit:.0f} s)" if limit else ")"))
+    return "no rows in the loaded files"
+
+
 def targets(results: list[dict]) -> list[dict]:
     """Every target of issue 7 that the loaded results can answer; None = not measured."""
     out: list[dict] = []
@@ -274,8 +286,8 @@ def targets(results: list[dict]) -> list[dict]:
                                f"(batch {r['batch']})", r.get("tflops"), 650, unit="TFLOP/s",
                                note=_grid_note(r)))
     # 4. Window 4096 (+ 16 global) at 128k causal fwd: >= 550 TFLOP/s; xSQA >= 3.5x MHA.
-    long = [r | {"_file": res["_path"]} for res in results if kind(res) == "long_context"
-            for r in res["rows"]]
+    long_files = [res for res in results if kind(res) == "long_context"]
+    long = [r | {"_file": res["_path"]} for res in long_files for r in res["rows"]]
     for pattern in ("window", "flex"):
         cell = pick(long, part="heads", seq_len=131072, mode="fwd", pattern=pattern,
                     backend_requested="auto")
@@ -287,15 +299,9 @@ def targets(results: list[dict]) -> list[dict]:
         for r in pick(cell, variant="xSQA"):
             out.append(_target(f"{label}, 128k causal fwd: xSQA heads vs MHA heads",
                                r.get("speedup_vs_MHA"), 3.5))
-        if long and not cell:  # say so, and why, rather than leave the target out
-            hung = [res for res in results if kind(res) == "long_context"
-                    and f" {pattern} " in (res.get("running") or {}).get("cell", "")]
-            cut = hung[0] if hung else None
-            note = (f"its first row did not finish within "
-                    f"{cut['running']['row_timeout_s']:.0f} s and was cut "
-                    f"({Path(cut['_path']).name})" if cut else "no rows in the loaded files")
+        if long_files and not cell:  # say so, and why, rather than leave the target out
             out.append(_target(f"{label}, 128k causal fwd", None, 550, unit="TFLOP/s",
-                               note=note))
+                               note=_stopped_in(long_files, pattern)))
     # 5. 1M-token SW-SQA forward runs and is reported.
     if long:
         million = pick(long, part="lengths", seq_len=1_048_576, variant="SW-SQA", mode="fwd")
