@@ -834,6 +834,7 @@ def settings_from_args(args) -> list[BenchSettings]:
 def run_bench_command(args) -> int:
     from rich import box
     from rich.table import Table
+    from rich.text import Text
 
     from sqa_nas.cli import console
     from sqa_nas.machine import header_line
@@ -863,7 +864,7 @@ def run_bench_command(args) -> int:
                 failed = failed or "correctness" in r["error"]
                 table.add_row(r["variant"], str(r["seq_len"]), heads,
                               r.get("backend", r["backend_requested"]), r.get("kernel", "-"),
-                              "[red]" + r["error"] + "[/]", *[""] * (len(cols) - 6))
+                              Text(r["error"], style="red"), *[""] * (len(cols) - 6))
                 continue
             check = ("ok" if r.get("check_ok") else "") if "check_ok" in r else "skipped"
             table.add_row(r["variant"], str(r["seq_len"]), heads, r["backend"], r["kernel"],
@@ -874,10 +875,10 @@ def run_bench_command(args) -> int:
                              else "-"] if several else []), check)
         console.print(table)
     for mask in sorted({r["mask"] for r in result["rows"] if "mask" in r}):
-        console.print(f"  [dim]mask: {mask}[/]")
+        console.print(Text(f"  mask: {mask}", style="dim"))
     for backend, reason in sorted({(r["backend"], r["backend_reason"])
                                    for r in result["rows"] if "backend_reason" in r}):
-        console.print(f"  [dim]{backend}: {reason}[/]")
+        console.print(Text(f"  {backend}: {reason}", style="dim"))
     if args.json:
         console.print(f"wrote {write_json(args.json, result)}")
     if args.png:

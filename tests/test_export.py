@@ -360,9 +360,14 @@ def test_cli_pick_needs_one_gpu_type(study, tmp_path, capsys, args, message):
 
 
 # ---------------------------------------------------------------------------------- HF
-def test_hf_format_without_transformers_is_skipped_with_a_message(study, tmp_path, capsys):
-    if importlib.util.find_spec("transformers") is not None:
-        pytest.skip("transformers is installed here")
+def test_hf_format_without_transformers_is_skipped_with_a_message(study, tmp_path, capsys,
+                                                                   monkeypatch):
+    from sqa_nas.export import hf
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "transformers" else real(name, *a))
+    assert hf.transformers_missing()
     number = str(study.numbers["mixed"])
     assert _cli(study, "--trial", number, "--out", str(tmp_path / "hf"), "--format", "hf") == 2
     err = " ".join(capsys.readouterr().err.split())

@@ -134,12 +134,13 @@ class Dashboard(App):
     @work(thread=True, group="reload")
     def _load(self) -> None:
         """Read the storage and build the new view here, off the UI thread: the Pareto
-        front, the table's cells in the current order and the progress panel are the slow
-        part at thousands of trials, and the UI keeps answering keys meanwhile."""
+        front, every row's table cells and the progress panel are the slow part at
+        thousands of trials, and the UI keeps answering keys meanwhile."""
         try:
             records = self.source.records()
         except Exception as exc:  # a locked or vanished database: say so, keep the old data
-            self.call_from_thread(self.notify, f"reload failed: {exc}", severity="warning")
+            self.call_from_thread(self.notify, f"reload failed: {exc}", severity="warning",
+                                  markup=False)
             records = None
         view = None
         if records is not None and _signature(records) != self.signature:
@@ -254,7 +255,7 @@ class Dashboard(App):
         try:
             r = self.view.pick(spec, self.axes)
         except UserError as exc:
-            self.notify(str(exc), severity="warning")
+            self.notify(str(exc), severity="warning", markup=False)
             return
         self.select(r.number)
         self.notify(f"{spec}: trial #{r.number}", timeout=3)
@@ -280,7 +281,7 @@ class Dashboard(App):
             self.notify("export needs a study in a storage", severity="warning")
             return
         out = self.export_dir / f"{self.source.name}-trial{r.number}"
-        self.notify(f"exporting trial #{r.number} to {out} …", timeout=3)
+        self.notify(f"exporting trial #{r.number} to {out} …", timeout=3, markup=False)
         self._export(export, r, out)
 
     @work(thread=True, group="export")
@@ -289,10 +290,10 @@ class Dashboard(App):
             path = export(self.source.study, r, out)
         except Exception as exc:  # shown, not raised: the dashboard keeps running
             self.call_from_thread(self.notify, f"export of trial #{r.number} failed: {exc}",
-                                  severity="error", timeout=10)
+                                  severity="error", timeout=10, markup=False)
             return
         self.call_from_thread(self.notify, f"exported trial #{r.number} to {path}",
-                              timeout=10)
+                              timeout=10, markup=False)
 
 
 def _export_function():
