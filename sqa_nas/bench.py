@@ -544,12 +544,14 @@ def _bench_one(settings: BenchSettings, name: str, n: int, device, dtype) -> dic
                             repeats=settings.repeats, setup=setup,
                             budget_s=settings.budget_s, min_repeats=settings.min_repeats)
         # What ran, read again after the calls (a backend may have fallen back inside), once
-        # the timed tensors are freed: the probe's own q / k / v then reuse their memory
-        # instead of adding to it (GBs at 1M tokens).
+        # the timed inputs are freed: the probe's own q / k / v then reuse their memory
+        # instead of adding to it (GBs at 1M tokens). Out of memory here keeps the timing
+        # and the kernel read before it.
         del setup, fn
         _release(device)
-        row["kernel"] = backend.kernel_name(problem, _probe_inputs(backend, problem, device,
-                                                                   dtype))
+        with contextlib.suppress(torch.cuda.OutOfMemoryError):
+            row["kernel"] = backend.kernel_name(problem, _probe_inputs(backend, problem,
+                                                                       device, dtype))
         if model is not None:
             row["backend"] = "+".join(sorted({b for b, _ in model.backends()}))
     except torch.cuda.OutOfMemoryError:
