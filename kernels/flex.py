@@ -2,13 +2,15 @@
 
 On CUDA the call is compiled (the eager path materialises the N x N scores: 20 TFLOP/s and
 out of memory at 128k on an H200) and block masks, cached per (pattern, length, device),
-are built from the dense mask up to `DENSE_BLOCK_MASK_MAX_LEN` tokens and with the compiled
-`create_block_mask` past it. When flash-attn-4 is installed,
-``kernel_options={"BACKEND": "FLASH"}`` runs the masks on its CuTe DSL kernel (window +
-16 global tokens at 128k: 485-630 effective TFLOP/s against 369-400 for the Triton backend,
-measured on the H200); a layout on which that experimental backend fails to build runs on
-the Triton backend instead, and `kernel_name` says so. On CPU the eager path is used: exact,
-and free of the ~30 s compile that every new shape costs there.
+are built without compiling: causal, window and global-token masks tile by tile from
+interval arithmetic (`_band_tiles`), block-sparse ones from the dense mask up to
+`DENSE_BLOCK_MASK_MAX_LEN` tokens and with the compiled `create_block_mask` past it. When
+flash-attn-4 is installed, ``kernel_options={"BACKEND": "FLASH"}`` runs the masks on its
+CuTe DSL kernel (window + 16 global tokens at 128k: 485-630 effective TFLOP/s against
+369-400 for the Triton backend, measured on the H200); a layout on which that experimental
+backend fails to build runs on the Triton backend instead, and `kernel_name` says so. On
+CPU the eager path is used: exact, and free of the ~30 s compile that every new shape
+costs there.
 """
 
 from __future__ import annotations
@@ -38,13 +40,13 @@ def flash_backend_available() -> bool:
         return False
 
 
-#: Up to this length the block mask is built from the dense mask (N x N temporaries: about
-#: 1.4 GiB at the limit) instead of by compiling `create_block_mask`: on the H200 that
-#: compile stalled in Triton's LLVM step for window 4096 + 16 global tokens at the 8,256-token
-#: correctness check (experiments/results/long_context_flex_h200.log). Whether it also
-#: stalls for that mask at 128k is not known yet; for window 512 + 16 global tokens (Table
-#: 3's Flex-SQA rows) it compiled at every length up to 200,000.
+#: Block-sparse masks up to this length are built from the dense mask (N x N temporaries:
+#: about 1.4 GiB at the limit); longer ones with the compiled `create_block_mask`. Causal,
+#: window and global-token masks never compile: their tiles are classified exactly by
+#: `_band_tiles`. (Compiling `create_block_mask` for window 4096 + 16 global tokens stalled
+#: in Triton's LLVM step on the H200: experiments/results/long_context_flex_h200.log.)
 DENSE_BLOCK_MASK_MAX_LEN = 12_288
+TILE = 128  # FlexAttention's block size
 
 
 @functools.lru_cache(maxsize=32)
@@ -57,27 +59,62 @@ def _block_mask(spec: MaskSpec, n: int, device: torch.device, compiled: bool):
     # Cached across calls: never build it as an inference tensor, or a later training step
     # that reuses it fails ("Inference tensors cannot be saved for backward").
     with torch.inference_mode(False):
-        if not compiled or n <= DENSE_BLOCK_MASK_MAX_LEN:
-            return _block_mask_from_dense(spec, n, device, mod)
-        return create_block_mask(mod, None, None, n, n, device=device, _compile=True)
+        if spec.block_sparse is None:
+            tiles = _band_tiles(spec, n, device)
+        elif not compiled or n <= DENSE_BLOCK_MASK_MAX_LEN:
+            tiles = _dense_tiles(spec, n, device)
+        else:
+            return create_block_mask(mod, None, None, n, n, device=device, _compile=True)
+        return _from_tiles(*tiles, n, mod)
 
 
-def _block_mask_from_dense(spec: MaskSpec, n: int, device, mod, block: int = 128):
-    """The same BlockMask built from the dense mask: at CPU sizes this skips the vmap
-    tracing that makes `create_block_mask` cost ~0.3 s per new mask."""
+def _dense_tiles(spec: MaskSpec, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(partial, full) bool (tiles, tiles) from the dense mask, padded with False to whole
+    tiles: which TILE x TILE tiles have some but not all, or all, of their pairs visible."""
+    nb = -(-n // TILE)
+    padded = torch.nn.functional.pad(dense_mask(spec, n, device), (0, nb * TILE - n) * 2)
+    tiles = padded.view(nb, TILE, nb, TILE).transpose(1, 2)  # (q tile, kv tile, TILE, TILE)
+    full = tiles.all(-1).all(-1)
+    return tiles.any(-1).any(-1) & ~full, full
+
+
+def _band_tiles(spec: MaskSpec, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_dense_tiles` of a causal / window / global-token mask without the N x N mask: per
+    tile, from its first and last query q0..q1 and key k0..k1 (memory ~ tiles^2).
+
+    A key k is visible to query q when (causal) k <= q and (q - k <= w or k < g), or
+    (bidirectional) |q - k| <= w or k < g or q < g; plain causal is k <= q. Some pair of a
+    tile is visible when q - k takes a value of the band or the tile holds a global row or
+    column; all are when the rows and columns that are not global stay in the band for the
+    tile's extreme pairs. A tile reaching past N is never full, as with padding."""
+    start = torch.arange(0, n, TILE, device=device)
+    end = (start + TILE - 1).clamp(max=n - 1)
+    q0, q1, k0, k1 = start[:, None], end[:, None], start[None, :], end[None, :]
+    w, g = spec.window, spec.global_tokens
+    if w is None:  # plain causal
+        some, every = k0 <= q1, k1 <= q0
+    elif spec.causal:
+        some = ((q1 - k0 >= 0) & (q0 - k1 <= w)) | ((k0 < g) & (k0 <= q1))
+        kc0 = k0.clamp(min=g)  # the first column that is not global
+        every = (k1 <= q0) & ((kc0 > k1) | (kc0 >= q1 - w))
+    else:
+        some = ((q0 - k1 <= w) & (q1 - k0 >= -w)) | (k0 < g) | (q0 < g)
+        qc0, kc0 = q0.clamp(min=g), k0.clamp(min=g)  # the first row / column not global
+        every = (qc0 > q1) | (kc0 > k1) | ((q1 - kc0 <= w) & (k1 - qc0 <= w))
+    whole = start + TILE <= n
+    full = some & every & whole[:, None] & whole[None, :]
+    return some & ~full, full
+
+
+def _from_tiles(partial: torch.Tensor, full: torch.Tensor, n: int, mod):
+    """The BlockMask of (partial, full) tiles; `mod` decides inside the partial ones."""
     from torch.nn.attention.flex_attention import BlockMask
 
-    nb = -(-n // block)
-    padded = torch.nn.functional.pad(dense_mask(spec, n, device), (0, nb * block - n) * 2)
-    tiles = padded.view(nb, block, nb, block).transpose(1, 2)  # (q block, kv block, 128, 128)
-    full = tiles.all(-1).all(-1)
-    partial = tiles.any(-1).any(-1) & ~full
-
-    def indexed(sel):  # (1, 1, nb) counts, (1, 1, nb, nb) indices, selected blocks first
+    def indexed(sel):  # (1, 1, nb) counts, (1, 1, nb, nb) indices, selected tiles first
         order = torch.argsort(sel.int(), dim=-1, descending=True, stable=True)
         return sel.sum(-1).int()[None, None], order.int()[None, None]
 
-    return BlockMask.from_kv_blocks(*indexed(partial), *indexed(full), BLOCK_SIZE=block,
+    return BlockMask.from_kv_blocks(*indexed(partial), *indexed(full), BLOCK_SIZE=TILE,
                                     mask_mod=mod, seq_lengths=(n, n))
 
 

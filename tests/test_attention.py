@@ -125,21 +125,40 @@ def test_projection_shapes_follow_the_paper():
     assert rsqa.o_proj.weight.shape == (256, 8 * 16)  # rSQA: H_kv = 8 heads feed W_O
 
 
-def test_short_flex_masks_are_built_without_compiling_create_block_mask(monkeypatch):
-    """Up to DENSE_BLOCK_MASK_MAX_LEN the block mask comes from the dense mask (the compiled
-    builder stalled on the H200 at the 8k correctness check); past it, the compiled one."""
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("window,global_tokens", [(None, 0), (1, 0), (5, 0), (127, 0),
+                                                  (128, 0), (300, 0), (5, 2), (64, 16),
+                                                  (100, 200), (129, 130)])
+@pytest.mark.parametrize("n", [1, 77, 128, 300, 513])
+def test_band_tiles_are_the_dense_masks_tiles(causal, window, global_tokens, n):
+    """Causal / window / global-token block masks are classified tile by tile without the
+    N x N mask; every tile agrees with the dense mask's, tails and globals included."""
+    from sqa_nas.attention import MaskSpec
+    from sqa_nas.kernels import flex
+
+    if window is None and not causal:
+        pytest.skip("bidirectional without a window is full attention: no block mask")
+    spec = MaskSpec(causal, window=window, global_tokens=global_tokens if window else 0)
+    for ours, dense in zip(flex._band_tiles(spec, n, None), flex._dense_tiles(spec, n, None)):
+        assert torch.equal(ours, dense)
+
+
+def test_only_long_block_sparse_masks_compile_create_block_mask(monkeypatch):
+    """Band masks never compile `create_block_mask` (it stalled on the H200 for window
+    4096 + 16 global tokens), even at 200k tokens; block-sparse ones do past the limit."""
     import torch.nn.attention.flex_attention as fa
 
-    from sqa_nas.attention import MaskSpec
+    from sqa_nas.attention import BlockSparseLayout, MaskSpec
     from sqa_nas.kernels import flex
 
     calls = []
     monkeypatch.setattr(fa, "create_block_mask", lambda *a, **k: calls.append(a[3]) or "compiled")
-    spec = MaskSpec(True, window=8, global_tokens=2)
     flex._block_mask.cache_clear()
-    short = flex._block_mask(spec, 300, torch.device("cpu"), True)
-    assert calls == [] and short.seq_lengths == (300, 300)
-    assert flex._block_mask(spec, flex.DENSE_BLOCK_MASK_MAX_LEN + 1, torch.device("cpu"),
-                            True) == "compiled"
-    assert calls == [flex.DENSE_BLOCK_MASK_MAX_LEN + 1]
+    cpu = torch.device("cpu")
+    long = flex._block_mask(MaskSpec(True, window=4096, global_tokens=16), 200_000, cpu, True)
+    assert calls == [] and long.seq_lengths == (200_000, 200_000)
+    sparse = MaskSpec(True, block_sparse=BlockSparseLayout(block_size=128, local_blocks=1))
+    assert flex._block_mask(sparse, 300, cpu, True).seq_lengths == (300, 300) and calls == []
+    n = flex.DENSE_BLOCK_MASK_MAX_LEN + 1
+    assert flex._block_mask(sparse, n, cpu, True) == "compiled" and calls == [n]
     flex._block_mask.cache_clear()
