@@ -32,6 +32,7 @@ import torch
 from sqa_nas.bench import (
     DEFAULT_GLOBAL_TOKENS,
     DEFAULT_WINDOW,
+    TIMING,
     BenchSettings,
     add_row_timeout_argument,
     expand_grid,
@@ -150,7 +151,7 @@ def run(args) -> dict:
     def assemble(machine: dict, new_rows: list[dict], **extra) -> dict:
         everything = rows + new_rows
         add_dense_speedups(everything)
-        return {"schema": SCHEMA, "machine": machine, "settings": settings,
+        return {"schema": SCHEMA, "machine": machine, "timing": TIMING, "settings": settings,
                 "rows": everything, "wall_s": time.perf_counter() - t0, **extra,
                 "notes": ["TFLOP/s are effective: FLOPs of the keys each query sees "
                           "(count_visible), so a window's TFLOP/s compare with dense ones",

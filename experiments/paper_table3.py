@@ -72,7 +72,7 @@ REFERENCE = {"paper_a100_s": PAPER_A100, "paper_batch": PAPER_BATCH,
              "anchor_h200_sdpa_s": ANCHOR_H200_SDPA, "exp_per_s": EXP_PER_S,
              "sources": "arXiv 2510.01817 Table 3"}
 NOTES = ["seconds per forward step of the whole model, bf16 autocast, inference mode, "
-         "median of CUDA-event timings after warm-up",
+         "median of CUDA-event timings after warm-up (repeats queued back to back)",
          "at 200k tokens the LM head writes 4 GB of bf16 logits (counted)",
          "softmax_exp_floor_s: exponentials / 3.9e12 per s, the bound at head_dim 16"]
 

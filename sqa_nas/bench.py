@@ -48,6 +48,9 @@ from sqa_nas.machine import machine_info
 from sqa_nas.registry import get_backend, get_variant, register_backend
 
 SCHEMA = "sqa-nas/bench/2"
+#: How the files' samples were taken (see `time_call`); files without it synchronised the
+#: device before every CUDA repeat, adding the host's launch time to each sample.
+TIMING = "CUDA events around each call; warm-up calls alone, repeats queued back to back"
 MODES = ("fwd", "bwd", "fwd+bwd")
 SCOPES = ("kernel", "layer", "model")
 # "native": each variant's own mask (SW-SQA its window, ...); the others override every
@@ -73,38 +76,72 @@ def time_call(fn: Callable[[object], object], *, device: torch.device, warmup: i
               repeats: int = 10, setup: Callable[[], object] | None = None,
               budget_s: float | None = None, min_repeats: int = 2) -> list[float]:
     """Seconds per call of ``fn(setup())``, `repeats` samples after `warmup` calls. Only
-    `fn` is timed; CUDA events on GPU, `perf_counter` on CPU.
+    `fn` is timed: `perf_counter` on CPU; on CUDA, a pair of events around it.
+
+    On CUDA the warm-up calls run one at a time (synchronised), and the repeats are queued
+    back to back with one synchronisation at the end, as triton's ``do_bench`` does: the
+    host's time to launch a call overlaps the kernels of the calls before it, as in a
+    model's steady state, and shows in the samples only where it is longer than they are.
+    (Synchronising before each repeat adds it to every sample: FlexAttention's FLASH
+    backend, for one, defines its CuTe mask function in Python on every call.) At least two
+    calls run synchronised, warm-up or not.
 
     With `budget_s`, long calls shorten the run: while the fastest call so far says the plan
     would not fit in `budget_s`, one warm-up call is kept and the repeats are cut to what
     fits, never below `min_repeats` (a 6 s call is timed twice, not ten times). Judging by
-    the fastest call, re-judged after every call, keeps a first call that paid a compile from
-    cutting the warm-up or the repeats of a fast kernel.
+    the fastest call, re-judged after every synchronised call, keeps a first call that paid
+    a compile from cutting the warm-up or the repeats of a fast kernel.
     """
     cuda = device.type == "cuda"
     seen: list[float] = []  # every call; the first `warm` are the warm-up
     warm, reps = warmup, repeats
-    while len(seen) - warm < reps:
+
+    def one() -> float:  # one call, alone on the device
         arg = setup() if setup else None
-        if cuda:
+        if not cuda:
+            t0 = time.perf_counter()
+            fn(arg)
+            return time.perf_counter() - t0
+        torch.cuda.synchronize(device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn(arg)
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+
+    def judge() -> None:
+        nonlocal warm, reps
+        if budget_s is None:
+            return
+        per = min(seen)
+        over = per * (warmup + repeats) > budget_s
+        warm = min(warmup, 1) if over else warmup
+        reps = (max(min(repeats, int(budget_s // per)), min(min_repeats, repeats))
+                if over else repeats)
+
+    def synchronised() -> bool:
+        # On CPU every call; on CUDA the warm-up and at least two calls (when the first one
+        # paid a compile, the second one judges the plan).
+        wanted = warm + reps if not cuda else max(warm, min(2, warm + reps))
+        return len(seen) < wanted
+
+    while synchronised():
+        seen.append(one())
+        judge()
+    left = warm + reps - len(seen)  # on CUDA: the repeats, queued
+    if left > 0:
+        events = []
+        for _ in range(left):
+            arg = setup() if setup else None
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize(device)
             start.record()
             fn(arg)
             end.record()
-            end.synchronize()
-            elapsed = start.elapsed_time(end) / 1e3
-        else:
-            t0 = time.perf_counter()
-            fn(arg)
-            elapsed = time.perf_counter() - t0
-        seen.append(elapsed)
-        if budget_s is not None:
-            per = min(seen)
-            over = per * (warmup + repeats) > budget_s
-            warm = min(warmup, 1) if over else warmup
-            reps = (max(min(repeats, int(budget_s // per)), min(min_repeats, repeats))
-                    if over else repeats)
+            events.append((start, end))
+            del arg
+        torch.cuda.synchronize(device)
+        seen += [start.elapsed_time(end) / 1e3 for start, end in events]
     return seen[warm:warm + reps]
 
 
@@ -395,7 +432,7 @@ def run_bench(settings: BenchSettings, progress: Callable[[str], None] | None = 
     settings.validate()
     device = torch.device(settings.device)
     rows = _bench_cell(settings, progress)
-    return {"schema": SCHEMA, "machine": machine_info(device),
+    return {"schema": SCHEMA, "machine": machine_info(device), "timing": TIMING,
             "settings": _settings_dict(settings), "rows": rows}
 
 
@@ -475,7 +512,7 @@ def run_grid(cells: Sequence[BenchSettings], progress: Callable[[str], None] | N
         values = list(dict.fromkeys(json.dumps(d[k], default=str) for d in dicts))
         if len(values) > 1:
             grid[k] = [json.loads(v) for v in values]
-    result = {"schema": SCHEMA, "machine": machine_info(device),
+    result = {"schema": SCHEMA, "machine": machine_info(device), "timing": TIMING,
               "settings": dicts[0] | (extra or {}), "grid": grid, "rows": []}
     def before_row(done: list[dict], row: dict) -> None:  # done: this cell's rows so far
         if on_cell is not None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import torch
@@ -289,6 +291,87 @@ def test_time_call_budget_cuts_long_calls_but_keeps_min_repeats():
     samples = time_call(compiles_first, device=torch.device("cpu"), warmup=3, repeats=4,
                         budget_s=1.0)
     assert len(calls) == 7 and len(samples) == 4 and max(samples) < 0.1  # full warm-up kept
+
+
+class _FakeCudaClock:
+    """torch.cuda's events and synchronize on a CPU clock, logging what time_call does."""
+
+    def __init__(self, monkeypatch):
+        self.log: list[str] = []
+        clock = self
+
+        class Event:
+            def __init__(self, enable_timing=False):
+                self.t = None
+
+            def record(self):
+                self.t = time.perf_counter()
+
+            def synchronize(self):
+                clock.log.append("sync")
+
+            def elapsed_time(self, end):
+                return (end.t - self.t) * 1e3
+
+        monkeypatch.setattr(torch.cuda, "Event", Event)
+        monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: self.log.append("sync"))
+
+
+def test_time_call_on_cuda_queues_the_repeats_after_a_synchronised_warm_up(monkeypatch):
+    clock = _FakeCudaClock(monkeypatch)
+    cuda = torch.device("cuda")
+    samples = time_call(lambda _: clock.log.append("call"), device=cuda, warmup=3, repeats=5)
+    # three warm-up calls, each alone (a synchronize before, the end event's after), then the
+    # five repeats back to back and one synchronize at the end
+    assert len(samples) == 5
+    assert clock.log == ["sync", "call", "sync"] * 3 + ["call"] * 5 + ["sync"]
+    clock.log.clear()
+    samples = time_call(lambda _: clock.log.append("call"), device=cuda, warmup=0, repeats=4)
+    assert len(samples) == 4  # no warm-up: the first two calls judge the plan, alone
+    assert clock.log == ["sync", "call", "sync"] * 2 + ["call"] * 2 + ["sync"]
+
+
+def test_time_call_on_cuda_does_not_let_a_compile_cut_the_plan(monkeypatch):
+    clock = _FakeCudaClock(monkeypatch)
+    calls = []
+
+    def compiles_first(_):
+        calls.append(1)
+        time.sleep(0.3 if len(calls) == 1 else 0.0)
+
+    samples = time_call(compiles_first, device=torch.device("cuda"), warmup=3, repeats=4,
+                        budget_s=1.0)
+    assert len(calls) == 7 and len(samples) == 4 and max(samples) < 0.1
+    clock.log.clear()
+    calls.clear()
+
+    def slow(_):
+        calls.append(1)
+        time.sleep(0.03)
+
+    samples = time_call(slow, device=torch.device("cuda"), warmup=3, repeats=10, budget_s=0.05)
+    assert len(samples) == 2 and len(calls) == 3  # one warm-up, two timed
+    assert clock.log.count("sync") == 5  # two calls alone, the last one queued
+
+
+@pytest.mark.gpu
+def test_time_call_hides_host_time_shorter_than_the_kernels():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    cuda = torch.device("cuda")
+    a = torch.randn(8192, 8192, device=cuda, dtype=torch.bfloat16)
+
+    def work(_):
+        a @ a
+
+    kernel = statistics.median(time_call(work, device=cuda, warmup=2, repeats=10))
+
+    def slow_host(_):  # half a kernel of host time before every launch
+        time.sleep(kernel / 2)
+        work(None)
+
+    queued = statistics.median(time_call(slow_host, device=cuda, warmup=2, repeats=10))
+    assert queued < 1.2 * kernel, (queued, kernel)  # synchronising per call: ~1.5x
 
 
 def test_backend_options_are_benchmarked_under_their_spec():

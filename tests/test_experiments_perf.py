@@ -1,4 +1,5 @@
-"""The GPU experiment scripts at CPU sizes: paper_table3.py, long_context.py, report.py.
+"""The GPU experiment scripts at CPU sizes: paper_table3.py, long_context.py, report.py,
+host_time.py.
 
 The sizes are tiny so the suite stays fast; what is checked is the plumbing the GPU run
 relies on: every cell is a row with its machine header and configuration, failures are rows
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from sqa_nas.cli import guarded
+
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 
@@ -23,7 +26,7 @@ def scripts():
     sys.path.insert(0, str(EXPERIMENTS))
     try:
         yield {name: importlib.import_module(name)
-               for name in ("paper_table3", "long_context", "report")}
+               for name in ("paper_table3", "long_context", "report", "host_time")}
     finally:
         sys.path.remove(str(EXPERIMENTS))
 
@@ -192,3 +195,19 @@ def test_a_target_whose_run_hung_is_listed_as_not_measured_with_why(scripts, run
         "(long_context_x.json)"
     # Nothing timed: no PNG of empty axes.
     assert report.write_pngs(hung | {"rows": []}, tmp_path) == []
+
+
+def test_host_time_rows_and_errors(scripts, tmp_path, capsys):
+    out = tmp_path / "host_time.json"
+    assert scripts["host_time"].main([
+        "--device", "cpu", "--variants", "MHA,xSQA", "--seq-len", "64", "--head-dim", "8",
+        "--window", "16", "--global-tokens", "2", "--repeats", "2", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["machine"]["device_type"] == "cpu" and data["command"].startswith("python")
+    assert [r["variant"] for r in data["rows"]] == ["MHA", "xSQA"]
+    for r in data["rows"]:
+        assert all(r[k] > 0 for k in ("synced_ms", "queued_ms", "device_ms", "host_ms"))
+    assert "| xSQA |" in capsys.readouterr().out
+    bad = ["--device", "cpu", "--variants", "Nope"]
+    assert guarded(lambda: scripts["host_time"].main(bad)) == 2
+    assert "unknown variant 'Nope'" in capsys.readouterr().err
