@@ -44,6 +44,8 @@ def kind(result: dict) -> str:
     for name in ("paper_table3", "long_context", "bench"):
         if f"/{name}/" in schema:
             return name
+    if schema:  # another script's result (host_time.py's diagnosis, ...)
+        return "unknown"
     return "bench" if "rows" in result and "machine" in result else "unknown"
 
 
@@ -53,8 +55,9 @@ def load(paths: Iterable[str | Path]) -> list[dict]:
     out = []
     for path in sorted(Path(p) for p in paths):
         data = json.loads(path.read_text())
-        if isinstance(data, dict) and "machine" in data and ("rows" in data
-                                                             or "entries" in data):
+        if not isinstance(data, dict) or ("rows" in data and kind(data) == "unknown"):
+            continue
+        if "machine" in data and ("rows" in data or "entries" in data):
             data["_path"] = str(path)
             out.append(data)
     return out

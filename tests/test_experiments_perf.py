@@ -1,5 +1,5 @@
 """The GPU experiment scripts at CPU sizes: paper_table3.py, long_context.py, report.py,
-host_time.py.
+host_time.py, clocks.py.
 
 The sizes are tiny so the suite stays fast; what is checked is the plumbing the GPU run
 relies on: every cell is a row with its machine header and configuration, failures are rows
@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from sqa_nas.cli import guarded
 
@@ -26,7 +28,8 @@ def scripts():
     sys.path.insert(0, str(EXPERIMENTS))
     try:
         yield {name: importlib.import_module(name)
-               for name in ("paper_table3", "long_context", "report", "host_time")}
+               for name in ("paper_table3", "long_context", "report", "host_time",
+                                    "clocks")}
     finally:
         sys.path.remove(str(EXPERIMENTS))
 
@@ -211,3 +214,29 @@ def test_host_time_rows_and_errors(scripts, tmp_path, capsys):
     bad = ["--device", "cpu", "--variants", "Nope"]
     assert guarded(lambda: scripts["host_time"].main(bad)) == 2
     assert "unknown variant 'Nope'" in capsys.readouterr().err
+
+
+FAKE_NVIDIA_SMI = """#!/bin/sh
+case "$*" in
+  *-lms*) while true; do echo "1980, 650.5, 61, 0x0000000000000000"; \
+          echo "1755, 699.9, 63, 0x0000000000000004"; sleep 0.05; done ;;
+  *) echo "clocks_event_reasons.active"; echo "0x0" ;;
+esac
+"""
+
+
+def test_clocks_summarises_the_sampled_clocks(scripts, tmp_path, monkeypatch):
+    from sqa_nas.bench import BenchSettings
+
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text(FAKE_NVIDIA_SMI)
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    settings = BenchSettings(variants=["MHA"], seq_lens=[64], batch=2, head_dim=8,
+                             baselines=())
+    r = scripts["clocks"].measure(settings, "MHA", 64, 0.05)
+    assert r["calls"] >= 3 and r["ms_per_sequence"] == pytest.approx(r["ms"] / 2)
+    assert r["sm_clock_min_mhz"] == 1755 and 1755 <= r["sm_clock_mhz"] <= 1980
+    assert r["event_reasons"] == ["0x0000000000000000", "0x0000000000000004"]
+    if not torch.cuda.is_available():
+        assert guarded(lambda: scripts["clocks"].main([])) == 2
