@@ -23,6 +23,7 @@ import warnings
 import torch
 
 from sqa_nas.attention.masks import MaskSpec, dense_mask, mask_mod
+from sqa_nas.compiling import allow_recompiles
 
 from .base import AttentionBackend, AttentionProblem
 from .flash_attn import FA4_MIN_BACKWARD_HEAD_DIM
@@ -122,12 +123,7 @@ def _from_tiles(partial: torch.Tensor, full: torch.Tensor, n: int, mod):
 def _compiled_flex():
     from torch.nn.attention.flex_attention import flex_attention
 
-    # Each (shape, mask) is a new graph: raise dynamo's limit so a sweep never falls back
-    # to the eager path (which materialises the scores) after eight recompiles.
-    dynamo = torch._dynamo.config
-    for knob in ("cache_size_limit", "recompile_limit"):
-        if hasattr(dynamo, knob):
-            setattr(dynamo, knob, max(getattr(dynamo, knob), 256))
+    allow_recompiles()  # each (shape, mask) is a new graph
     return torch.compile(flex_attention, dynamic=False)
 
 

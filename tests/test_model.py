@@ -89,3 +89,19 @@ def test_attention_flops_follow_head_counts_and_masks():
     windowed = load_config({**paper, "n_layers": 1, "attention": {"variant": "MHA",
                                                                   "window": 63}}).layer_configs[0]
     assert attention_flops(windowed, 1 << 16) < attention_flops(layer, 1 << 16) / 100
+
+
+def test_allow_recompiles_raises_dynamos_limit_and_never_lowers_it(monkeypatch):
+    from sqa_nas.compiling import RECOMPILE_LIMIT, allow_recompiles
+
+    dynamo = torch._dynamo.config
+    knobs = [k for k in ("cache_size_limit", "recompile_limit") if hasattr(dynamo, k)]
+    assert knobs
+    for knob in knobs:
+        monkeypatch.setattr(dynamo, knob, 8)
+    allow_recompiles()
+    assert all(getattr(dynamo, k) == RECOMPILE_LIMIT for k in knobs)
+    for knob in knobs:
+        monkeypatch.setattr(dynamo, knob, 1000)
+    allow_recompiles()
+    assert all(getattr(dynamo, k) == 1000 for k in knobs)

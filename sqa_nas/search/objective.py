@@ -27,6 +27,7 @@ from pydantic import ValidationError
 
 from sqa_nas.analytics import analyze, mha_baseline
 from sqa_nas.bench import time_call
+from sqa_nas.compiling import allow_recompiles
 from sqa_nas.data import IGNORE_INDEX, accuracy_counts, load_dataset
 from sqa_nas.errors import first_error
 from sqa_nas.machine import device_name, machine_info
@@ -236,6 +237,7 @@ def train(model, data, spec: SearchSpec, device: torch.device, seed: int,
                             betas=(0.9, 0.95), fused=device.type == "cuda")
     step_fn = model
     if b.compile and device.type == "cuda":
+        allow_recompiles()  # every trial's model is a new graph of the same forward
         step_fn = torch.compile(model)
     batches = data.train_batches(b.batch_size, n, seed=seed, device=device)
     model.train()
