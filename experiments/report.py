@@ -1,6 +1,7 @@
 """Result JSON -> markdown tables, target checks and PNGs: the README's Performance section.
 
-Reads what `sqa-nas bench --json`, `paper_table3.py` and `long_context.py` wrote, checks the
+Reads what `sqa-nas bench --json`, `paper_table3.py`, `long_context.py`, and the diagnoses
+`host_time.py` and `clocks.py` wrote, checks the
 project's performance targets against it (each with its margin, and for a miss the numbers
 that explain it), draws the plots, and writes `docs/performance.md`. Nothing here runs a
 benchmark, and nothing is typed in by hand: every number comes from a result file.
@@ -41,10 +42,10 @@ def device_slug(machine: dict) -> str:
 
 def kind(result: dict) -> str:
     schema = result.get("schema", "")
-    for name in ("paper_table3", "long_context", "bench"):
+    for name in ("paper_table3", "long_context", "bench", "host_time", "clocks"):
         if f"/{name}/" in schema:
             return name
-    if schema:  # another script's result (host_time.py's diagnosis, ...)
+    if schema:  # another script's result
         return "unknown"
     return "bench" if "rows" in result and "machine" in result else "unknown"
 
@@ -231,7 +232,8 @@ def _target(name: str, value: float | None, goal: float, *, at_most: bool = Fals
     margin = (goal / value - 1) if at_most else (value / goal - 1)
     return {"target": name, "goal": goal_text,
             "measured": fmt(value) + (" TFLOP/s" if unit == "TFLOP/s" else ""), "ok": ok,
-            "margin": f"{margin:+.0%}", "note": "" if ok else note}
+            "margin": f"{margin:+.0%}" if abs(margin) >= 0.01 else f"{margin:+.2%}",
+            "note": "" if ok else note}
 
 
 def _grid_note(r: dict) -> str:
@@ -282,12 +284,15 @@ def targets(results: list[dict]) -> list[dict]:
                                    r["fraction_of_best"], 0.9, unit="%",
                                    note="auto picked a slower kernel: update the calibration"))
     # 3. Dense causal forward, head_dim 128, 32k: >= 650 TFLOP/s, MHA, SQA and xSQA heads.
+    clocks = [c | {"head_dim": res["settings"]["head_dim"],
+                   "seconds": res["settings"]["seconds"], "_file": Path(res["_path"]).name}
+              for res in results if kind(res) == "clocks" for c in res["rows"]]
     for r in pick(bench, head_dim=128, seq_len=32768, causal=True, pattern="dense",
                   mode="fwd", scope="kernel", backend_requested="auto"):
         if r["variant"] in ("MHA", "SQA", "xSQA"):
             out.append(_target(f"kernel, hd128, 32k, causal fwd: {r['variant']} heads "
                                f"(batch {r['batch']})", r.get("tflops"), 650, unit="TFLOP/s",
-                               note=_grid_note(r)))
+                               note=_grid_note(r) + _clocks_note(clocks, r)))
     # 4. Window 4096 (+ 16 global) at 128k causal fwd: >= 550 TFLOP/s; xSQA >= 3.5x MHA.
     long_files = [res for res in results if kind(res) == "long_context"]
     long = [r | {"_file": res["_path"]} for res in long_files for r in res["rows"]]
@@ -342,6 +347,65 @@ def targets(results: list[dict]) -> list[dict]:
     return out
 
 
+# NVML's clock-event (throttle) reason bits, as nvidia-smi prints them
+CLOCK_EVENTS = {0x1: "idle", 0x2: "applications clocks", 0x4: "SW power cap",
+                0x8: "HW slowdown", 0x10: "sync boost", 0x20: "SW thermal",
+                0x40: "HW thermal", 0x80: "HW power brake", 0x100: "display clocks"}
+
+
+def clock_events(codes: Iterable[str]) -> str:
+    bits = 0
+    for code in codes:
+        try:
+            bits |= int(code, 16)
+        except ValueError:
+            continue
+    return ", ".join(name for bit, name in CLOCK_EVENTS.items() if bits & bit) or "none"
+
+
+def clocks_markdown(result: dict, h: str = "###") -> str:
+    """clocks.py: per row, time per call and per sequence under sustained load, with the
+    SM clock, power and clock-event reasons sampled meanwhile."""
+    s = result.get("settings", {})
+    body = [[r["variant"], r["batch"], r["calls"], f"{r['ms']:.3f}",
+             f"{r['ms_per_sequence']:.3f}",
+             f"{r['sm_clock_mhz']:.0f} / {r['sm_clock_min_mhz']:.0f}", f"{r['power_w']:.0f}",
+             f"{r['temperature_c']:.0f}", clock_events(r["event_reasons"])]
+            for r in result["rows"]]
+    return (f"Causal forward, head_dim {s.get('head_dim', '?')}, {s.get('seq_len', 0):,} "
+            f"tokens, each row's call queued back to back for {s.get('seconds', '?')} s.\n\n"
+            + _table(["variant", "batch", "calls", "ms", "ms per sequence",
+                      "SM MHz (median / min)", "W", "max C", "clock events"], body))
+
+
+def host_time_markdown(result: dict, h: str = "###") -> str:
+    """host_time.py: synchronised vs queued samples, device and host time per call."""
+    s = result.get("settings", {})
+    body = [[r["variant"], f"{r['synced_ms']:.3f}", f"{r['queued_ms']:.3f}",
+             f"{r['device_ms']:.3f}", f"{r['host_ms']:.3f}"] for r in result["rows"]]
+    return (f"{s.get('pattern', '?')} mask, {s.get('mode', '?')}, head_dim "
+            f"{s.get('head_dim', '?')}, {s.get('seq_len', 0):,} tokens.\n\n"
+            + _table(["variant", "synchronised ms", "queued ms", "device ms (profiler)",
+                      "host ms per call"], body))
+
+
+def _clocks_note(clocks: list[dict], r: dict) -> str:
+    """For a TFLOP/s miss: what the clocks did while the same row ran for seconds."""
+    same = [c for c in clocks if c["variant"] == r["variant"] and c["seq_len"] == r["seq_len"]
+            and c["head_dim"] == r["head_dim"]]
+    if not same:
+        return ""
+    c = min(same, key=lambda c: c["batch"] != r["batch"])
+    per_seq = ", ".join(f"batch {x['batch']} {x['ms_per_sequence']:.2f}"
+                        for x in sorted(same, key=lambda x: x["batch"]))
+    held = (f" = {r['flops'] / (c['ms'] / 1e3) / 1e12:.0f} TFLOP/s"
+            if c["batch"] == r["batch"] and r.get("flops") else "")
+    return (f"; held for {c['seconds']:g} s ({c['_file']}): {c['ms']:.2f} ms a call{held}, SM "
+            f"clock {c['sm_clock_mhz']:.0f} MHz median, {c['sm_clock_min_mhz']:.0f} min, at "
+            f"{c['power_w']:.0f} W ({clock_events(c['event_reasons'])}); ms per sequence "
+            f"{per_seq}")
+
+
 def targets_markdown(items: list[dict]) -> str:
     if not items:
         return "No result file answers a target yet."
@@ -368,7 +432,7 @@ def write_pngs(result: dict, png_dir: Path) -> list[Path]:
             return []
         return [plot_rows(rows, png_dir / f"{stem}.png", title=title, panel_keys=("mode",),
                           baseline="dense_MHA")]
-    if not any("ms" in r for r in result["rows"]):
+    if k != "bench" or not any("ms" in r for r in result["rows"]):  # diagnoses: tables only
         return []
     return [plot_rows(result["rows"], png_dir / f"{stem}.png", title=title)]
 
@@ -387,15 +451,17 @@ def body(results: list[dict], pngs: dict[str, list[Path]], relative_to: Path,
                  "`experiments/results/` (file names in each subsection); rerun the command "
                  "recorded in the file to reproduce it")
     parts.append(f"{h} Targets\n\n" + targets_markdown(targets(results)))
-    order = {"paper_table3": 0, "bench": 1, "long_context": 2}
+    order = {"paper_table3": 0, "bench": 1, "long_context": 2, "host_time": 3, "clocks": 4}
     for res in sorted(results, key=lambda r: (order.get(kind(r), 9), r["_path"])):
         k = kind(res)
         path = Path(res["_path"])
         rel = os.path.relpath(path, relative_to)
         title = {"paper_table3": "Paper Table 3 (whole model, forward)",
                  "long_context": "Long context: SW-SQA and Flex-SQA",
-                 "bench": "Attention kernels"}.get(k, k)
-        command = res.get("settings", {}).get("command", "")
+                 "bench": "Attention kernels",
+                 "host_time": "Host time per call (diagnosis)",
+                 "clocks": "Clocks under sustained load (diagnosis)"}.get(k, k)
+        command = res.get("settings", {}).get("command", "") or res.get("command", "")
         if res.get("running"):
             hung = res["running"]
             title += (f" (partial: stopped in {hung['variant']} @ {hung['seq_len']}, "
@@ -406,7 +472,8 @@ def body(results: list[dict], pngs: dict[str, list[Path]], relative_to: Path,
         text = [f"{h} {title}", f"From [`{path.name}`]({rel})"
                 + (f", made by `{command}`." if command else ".")]
         text.append({"paper_table3": paper_table3_markdown, "long_context":
-                     long_context_markdown, "bench": bench_markdown}[k](res, hh)
+                     long_context_markdown, "bench": bench_markdown,
+                     "host_time": host_time_markdown, "clocks": clocks_markdown}[k](res, hh)
                     if k in order else "")
         for png in pngs.get(res["_path"], []):
             text.append(f"![{png.stem}]({os.path.relpath(png, relative_to)})")

@@ -168,6 +168,40 @@ def test_report_targets_measure_margins_from_the_rows(scripts):
     assert "**missed**" in markdown and "met" in markdown
 
 
+def test_report_explains_a_tflops_miss_with_the_clocks_and_renders_the_diagnoses(
+        scripts, tmp_path):
+    report = scripts["report"]
+    h200 = {"device": "NVIDIA H200", "device_type": "cuda", "torch": "2.11.0"}
+    bench = {"schema": "sqa-nas/bench/2", "machine": h200,
+             "_path": "b.json", "rows": [
+                 {"variant": "MHA", "seq_len": 32768, "batch": 4, "head_dim": 128,
+                  "causal": True, "pattern": "dense", "mode": "fwd", "scope": "kernel",
+                  "backend_requested": "auto", "n_q_heads": 16, "kernel": "flash-attn-4",
+                  "ms": 27.0, "tflops": 640.0, "flops": 640e12 * 0.027}]}
+    clocks = {"schema": "sqa-nas/clocks/1", "machine": h200,
+              "_path": "clocks_x.json", "command": "python experiments/clocks.py",
+              "settings": {"head_dim": 128, "seq_len": 32768, "seconds": 3.0}, "rows": [
+                  {"variant": "MHA", "batch": b, "seq_len": 32768, "calls": 9, "ms": ms,
+                   "ms_min": ms, "ms_per_sequence": ms / b, "sm_clock_mhz": 1590.0,
+                   "sm_clock_min_mhz": 1395.0, "power_w": 689.0, "temperature_c": 61.0,
+                   "event_reasons": ["0x0000000000000004"], "samples": 9}
+                  for b, ms in ((1, 6.9), (4, 28.8))]}
+    host = {"schema": "sqa-nas/host_time/1", "machine": h200,
+            "_path": "host_x.json", "settings": {"pattern": "flex", "mode": "fwd",
+                                                  "head_dim": 128, "seq_len": 131072},
+            "rows": [{"variant": "xSQA", "synced_ms": 2.2, "queued_ms": 1.7, "device_ms": 1.8,
+                      "host_ms": 0.3}]}
+    (miss,) = report.targets([bench, clocks, host])
+    assert miss["ok"] is False and miss["margin"] == "-2%"
+    assert "28.80 ms a call = 600 TFLOP/s" in miss["note"] and "SW power cap" in miss["note"]
+    assert "batch 1 6.90, batch 4 7.20" in miss["note"]
+    assert report.clock_events(["0x4", "0x40", "[N/A]"]) == "SW power cap, HW thermal"
+    page = report.body([clocks, host], {}, tmp_path)
+    assert "| xSQA | 2.200 | 1.700 | 1.800 | 0.300 |" in page
+    assert "| MHA | 4 | 9 | 28.800 | 7.200 | 1590 / 1395 | 689 | 61 | SW power cap |" in page
+    assert "made by `python experiments/clocks.py`" in page
+
+
 def test_report_names_the_row_a_cut_run_hung_in(scripts, runs, tmp_path):
     hung = runs["long"] | {"partial": True, "running": {
         "variant": "MHA", "seq_len": 131072, "cell": "kernel fwd bfloat16 hd128 b1 causal "
