@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from sqa_nas.bench import BenchSettings, time_call, timed_step, write_json
+from sqa_nas.bench import BenchSettings, time_call, timed_step, write_rows
 from sqa_nas.cli import csv, guarded, positive, seconds
 from sqa_nas.errors import UserError
 from sqa_nas.machine import machine_info
@@ -107,11 +107,7 @@ def main(argv=None) -> int:
                   f"| {r['sm_clock_mhz']:.0f} / {r['sm_clock_min_mhz']:.0f} | "
                   f"{r['power_w']:.0f} | {r['temperature_c']:.0f} | "
                   f"{' '.join(r['event_reasons'])} |", flush=True)
-    if args.out:
-        write_json(args.out, {"schema": "sqa-nas/clocks/1", "machine": machine,
-                              "command": " ".join(["python", *sys.argv]),
-                              "settings": vars(args) | {"out": str(args.out)}, "rows": rows})
-        print(f"wrote {args.out}")
+    write_rows(args.out, "sqa-nas/clocks/1", machine, args, rows)
     return 0
 
 

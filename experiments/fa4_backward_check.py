@@ -4,7 +4,8 @@ torch.compile) against a float32 reference, per head_dim x (H_q, H_kv) x mask.
 A relative error above 5% in the output or any gradient is printed as BAD, and the exit
 status is then 1. On an H200 with flash-attn-4 4.0.0b36 every head_dim 16 row is BAD (dQ
 for every layout, dK / dV with GQA) while head_dim 32, 64 and 128 stay within bf16 error
-for every layout (experiments/results/fa4_backward_h200.log): why `FlashAttnBackend` refuses training below head_dim 32 (`FA4_MIN_BACKWARD_HEAD_DIM`).
+for every layout (experiments/results/fa4_backward_h200.log): why `FlashAttnBackend`
+refuses training below head_dim 32 (`FA4_MIN_BACKWARD_HEAD_DIM`).
 
     python experiments/fa4_backward_check.py --head-dims 16,32,64,128   # a CUDA GPU
 """

@@ -31,7 +31,7 @@ from sqa_nas.bench import (
     profile_call,
     time_call,
     timed_step,
-    write_json,
+    write_rows,
 )
 from sqa_nas.cli import csv, guarded, positive
 from sqa_nas.machine import machine_info
@@ -95,11 +95,7 @@ def main(argv=None) -> int:
         rows.append(r)
         print(f"| {name} | {r['synced_ms']:.3f} | {r['queued_ms']:.3f} | "
               f"{r['device_ms']:.3f} | {r['host_ms']:.3f} |", flush=True)
-    if args.out:
-        write_json(args.out, {"schema": "sqa-nas/host_time/1", "machine": machine,
-                              "command": " ".join(["python", *sys.argv]),
-                              "settings": vars(args) | {"out": str(args.out)}, "rows": rows})
-        print(f"wrote {args.out}")
+    write_rows(args.out, "sqa-nas/host_time/1", machine, args, rows)
     return 0
 
 

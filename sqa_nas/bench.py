@@ -802,6 +802,19 @@ def write_json(path: Path, data: dict) -> Path:
     return path
 
 
+def write_rows(path: Path | None, schema: str, machine: dict, args: argparse.Namespace,
+               rows: list[dict]) -> None:
+    """A diagnosis script's result (`path` None: none): its rows under the machine header,
+    with the command and the flags that made it."""
+    if path is None:
+        return
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    write_json(path, {"schema": schema, "machine": machine,
+                      "command": " ".join(["python", *sys.argv]), "settings": settings,
+                      "rows": rows})
+    print(f"wrote {path}")
+
+
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variants", type=csv(str), default=["MHA", "GQA", "SQA", "sSQA", "xSQA"])
     p.add_argument("--seq-lens", type=csv(int), default=[1024, 4096])
