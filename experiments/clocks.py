@@ -26,8 +26,9 @@ from sqa_nas.cli import csv, guarded, positive, seconds
 from sqa_nas.errors import UserError
 from sqa_nas.machine import machine_info
 
-FIELDS = ["clocks.sm", "power.draw", "temperature.gpu", "clocks_event_reasons.active"]
-OLD_REASONS = "clocks_throttle_reasons.active"  # the name before driver 535
+QUERY = "clocks.sm,power.draw,temperature.gpu,{reasons}"
+REASONS, OLD_REASONS = "clocks_event_reasons.active", "clocks_throttle_reasons.active"
+LOADED_W = 150  # samples drawing less are taken as before or after the row, not under it
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -42,24 +43,34 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def sampler() -> subprocess.Popen:
+    """nvidia-smi printing SM MHz, W, C and the clock-event reasons every 50 ms."""
     gpu = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0] or "0"
-    probe = subprocess.run(["nvidia-smi", f"--query-gpu={FIELDS[-1]}", "--format=csv", "-i", gpu],
-                           capture_output=True, text=True)
-    if probe.returncode != 0:
-        FIELDS[-1] = OLD_REASONS
+    try:
+        probe = subprocess.run(["nvidia-smi", f"--query-gpu={REASONS}", "--format=csv",
+                                "-i", gpu], capture_output=True, text=True)
+    except FileNotFoundError:
+        raise UserError("clocks.py needs nvidia-smi on PATH") from None
+    reasons = REASONS if probe.returncode == 0 else OLD_REASONS  # renamed in driver 535
     return subprocess.Popen(
-        ["nvidia-smi", f"--query-gpu={','.join(FIELDS)}", "--format=csv,noheader,nounits",
-         "-lms", "50", "-i", gpu], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        ["nvidia-smi", f"--query-gpu={QUERY.format(reasons=reasons)}",
+         "--format=csv,noheader,nounits", "-lms", "50", "-i", gpu],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def samples(proc: subprocess.Popen) -> list[list[str]]:
+def samples(proc: subprocess.Popen) -> list[tuple[float, float, float, str]]:
+    """Stop the sampler; (SM MHz, W, C, reasons) of every line that parses."""
     proc.terminate()
     out, _ = proc.communicate(timeout=10)
-    rows = [[c.strip() for c in line.split(",")] for line in out.splitlines()]
-    good = [r for r in rows if len(r) == len(FIELDS)]
-    if not good:
+    got = []
+    for line in out.splitlines():
+        fields = [c.strip() for c in line.split(",")]
+        try:
+            got.append((float(fields[0]), float(fields[1]), float(fields[2]), fields[3]))
+        except (ValueError, IndexError):  # "[N/A]", a warning line
+            continue
+    if not got:
         raise UserError(f"nvidia-smi gave no samples: {out.strip()[:300]}")
-    return good
+    return got
 
 
 def measure(settings: BenchSettings, name: str, n: int, budget_s: float) -> dict:
@@ -70,18 +81,15 @@ def measure(settings: BenchSettings, name: str, n: int, budget_s: float) -> dict
     time.sleep(0.3)  # the sampler's first lines
     ms = [1e3 * s for s in time_call(fn, device=device, setup=setup, warmup=0,
                                      repeats=max(3, int(budget_s / per)))]
-    rows = samples(proc)
-    busy = [r for r in rows if r[0].isdigit() and float(r[1]) > 150]  # under load
-    busy = busy or rows
-    reasons = sorted({r[3] for r in busy})
+    got = samples(proc)
+    busy = [x for x in got if x[1] > LOADED_W] or got
+    mhz, watts, celsius, reasons = zip(*busy)
     return {"variant": name, "batch": settings.batch, "seq_len": n, "calls": len(ms),
             "ms": statistics.median(ms), "ms_min": min(ms),
             "ms_per_sequence": statistics.median(ms) / settings.batch,
-            "sm_clock_mhz": statistics.median(float(r[0]) for r in busy),
-            "sm_clock_min_mhz": min(float(r[0]) for r in busy),
-            "power_w": statistics.median(float(r[1]) for r in busy),
-            "temperature_c": max(float(r[2]) for r in busy),
-            "event_reasons": reasons, "samples": len(busy)}
+            "sm_clock_mhz": statistics.median(mhz), "sm_clock_min_mhz": min(mhz),
+            "power_w": statistics.median(watts), "temperature_c": max(celsius),
+            "event_reasons": sorted(set(reasons)), "samples": len(busy)}
 
 
 def main(argv=None) -> int:

@@ -96,19 +96,27 @@ def time_call(fn: Callable[[object], object], *, device: torch.device, warmup: i
     seen: list[float] = []  # every call; the first `warm` are the warm-up
     warm, reps = warmup, repeats
 
-    def one() -> float:  # one call, alone on the device
-        arg = setup() if setup else None
-        if not cuda:
-            t0 = time.perf_counter()
+    def queued(k: int) -> list[float]:  # k calls back to back, one synchronisation after
+        events = []
+        for _ in range(k):
+            arg = setup() if setup else None
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
             fn(arg)
-            return time.perf_counter() - t0
+            end.record()
+            events.append((start, end))
+            del arg
         torch.cuda.synchronize(device)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
+        return [start.elapsed_time(end) / 1e3 for start, end in events]
+
+    def one() -> float:  # one call, alone on the device
+        if cuda:
+            torch.cuda.synchronize(device)
+            return queued(1)[0]
+        arg = setup() if setup else None
+        t0 = time.perf_counter()
         fn(arg)
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1e3
+        return time.perf_counter() - t0
 
     def judge() -> None:
         nonlocal warm, reps
@@ -129,19 +137,9 @@ def time_call(fn: Callable[[object], object], *, device: torch.device, warmup: i
     while synchronised():
         seen.append(one())
         judge()
-    left = warm + reps - len(seen)  # on CUDA: the repeats, queued
+    left = warm + reps - len(seen)  # on CUDA: the repeats
     if left > 0:
-        events = []
-        for _ in range(left):
-            arg = setup() if setup else None
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn(arg)
-            end.record()
-            events.append((start, end))
-            del arg
-        torch.cuda.synchronize(device)
-        seen += [start.elapsed_time(end) / 1e3 for start, end in events]
+        seen += queued(left)
     return seen[warm:warm + reps]
 
 

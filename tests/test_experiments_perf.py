@@ -253,7 +253,8 @@ def test_host_time_rows_and_errors(scripts, tmp_path, capsys):
 FAKE_NVIDIA_SMI = """#!/bin/sh
 case "$*" in
   *-lms*) while true; do echo "1980, 650.5, 61, 0x0000000000000000"; \
-          echo "1755, 699.9, 63, 0x0000000000000004"; sleep 0.05; done ;;
+          echo "1755, 699.9, 63, 0x0000000000000004"; echo "1400, [N/A], 63, 0x0"; \
+          sleep 0.05; done ;;
   *) echo "clocks_event_reasons.active"; echo "0x0" ;;
 esac
 """
