@@ -19,8 +19,8 @@ import torch
 from .base import AttentionBackend, AttentionProblem
 
 #: Below this head_dim flash-attn-4's backward is wrong (experiments/fa4_backward_check.py
-#: on an H200, 4.0.0b36: head_dim 16 wrong; 32 and 64 within bf16 error for every layout,
-#: 128 for MHA), so training there goes to the next backend.
+#: on an H200, 4.0.0b36: head_dim 16 wrong; 32, 64 and 128 within bf16 error for every
+#: layout), so training there goes to the next backend.
 FA4_MIN_BACKWARD_HEAD_DIM = 32
 
 
