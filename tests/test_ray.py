@@ -199,6 +199,62 @@ def _private_env(tmp_path: Path) -> dict:
             "HOME": str(tmp_path)}
 
 
+@dataclass
+class Search:
+    """A search driver in the background, its output in files (a pipe nobody reads while
+    the test waits could fill and stall it)."""
+    proc: subprocess.Popen
+    out: Path
+    err: Path
+    db: Path
+
+    @classmethod
+    def start(cls, cluster: Cluster, tmp_path: Path, space: Path, name: str) -> Search:
+        out, err = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
+        with open(out, "w") as o, open(err, "w") as e:
+            proc = subprocess.Popen(_search_cmd(space, "--address", cluster.address),
+                                    cwd=tmp_path, env=cluster.env, stdout=o, stderr=e)
+        return cls(proc, out, err, tmp_path / "runs" / name / "study.db")
+
+    def await_(self, predicate, what: str, cluster: Cluster, timeout: float = 300) -> None:
+        """Wait until `predicate()` holds while the search runs; otherwise stop it and fail
+        with what the driver printed, the trials' states and the second node's log."""
+        held = False
+
+        def settled() -> bool:
+            nonlocal held
+            held = bool(predicate())
+            return held or self.proc.poll() is not None
+
+        start = time.monotonic()
+        _wait_for(settled, timeout)
+        if held:
+            return
+        code = self.proc.poll()
+        self.stop()
+        out, err = self.output()
+        driver = (f"exited ({code})" if code is not None else "still running: stopped")
+        pytest.fail(f"{what} after {time.monotonic() - start:.0f} s; the driver was {driver}; "
+                    f"trials: {_states(self.db)}\n--- driver stdout:\n{out[-3000:]}"
+                    f"\n--- driver stderr:\n{err[-3000:]}\n--- {cluster.worker.log.name}:\n"
+                    f"{cluster.worker.log.read_text(errors='replace')[-1500:]}")
+
+    def wait(self, timeout: float = 300) -> tuple[str, str]:
+        try:
+            self.proc.wait(timeout=timeout)
+        finally:
+            self.stop()
+        return self.output()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+    def output(self) -> tuple[str, str]:
+        return self.out.read_text(errors="replace"), self.err.read_text(errors="replace")
+
+
 def _states(db: Path) -> list[str]:
     if not db.exists():
         return []
@@ -223,14 +279,11 @@ def _finished(study: optuna.Study) -> dict[str, int]:
 def test_trials_spread_over_both_nodes_and_survive_a_killed_worker(cluster, tmp_path):
     # Enough trials that both workers are still busy after the slower one's first trial, even
     # when one node starts its worker late on a loaded machine.
-    space = _space(tmp_path, "spread", n_trials=10, steps=150)
-    db = tmp_path / "runs" / "spread" / "study.db"
-    proc = subprocess.Popen(_search_cmd(space, "--address", cluster.address), cwd=tmp_path,
-                            env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    space = _space(tmp_path, "spread", n_trials=14, steps=120)
+    search = Search.start(cluster, tmp_path, space, "spread")
 
     def nodes_done() -> int:
-        if not db.exists():
+        if not search.db.exists():
             return 0
         try:
             done = [t for t in _study(tmp_path, "spread").get_trials()
@@ -240,18 +293,18 @@ def test_trials_spread_over_both_nodes_and_survive_a_killed_worker(cluster, tmp_
         return len({t.user_attrs["device"]["ray_node_id"] for t in done})
 
     try:
-        # Both nodes have finished a trial, and both workers are busy again (trials are
-        # asked only for workers that are up: two RUNNING = both busy): kill one mid-trial.
-        assert _wait_for(lambda: nodes_done() == 2 and _states(db).count("RUNNING") >= 2
-                         and cluster.worker.trial_workers()), "trials did not spread"
+        # Both nodes have finished a trial, and both workers are busy again (a trial is
+        # queued behind a running one only when no worker is idle: two RUNNING = both busy):
+        # kill one mid-trial.
+        search.await_(lambda: nodes_done() == 2 and _states(search.db).count("RUNNING") >= 2
+                      and cluster.worker.trial_workers(), "trials did not spread", cluster)
         os.kill(cluster.worker.trial_workers()[0], signal.SIGKILL)
-        out, err = proc.communicate(timeout=300)
+        out, err = search.wait()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, err
+        search.stop()
+    assert search.proc.returncode == 0, err
     study = _study(tmp_path, "spread")
-    assert _finished(study) == {"COMPLETE": 10}
+    assert _finished(study) == {"COMPLETE": 14}
     complete = study.get_trials()
     assert len({t.user_attrs["device"]["ray_node_id"] for t in complete}) == 2  # both nodes
     assert all(re.fullmatch(r".+/[0-9a-f]{8}", t.user_attrs["device"]["node"]) for t in complete)
@@ -349,19 +402,16 @@ def test_cpu_trials_on_a_private_local_instance(tmp_path):
 def test_search_survives_losing_a_node(cluster, tmp_path):
     """Last in the module: the second node does not come back."""
     space = _space(tmp_path, "nodeloss", n_trials=4, steps=150)
-    db = tmp_path / "runs" / "nodeloss" / "study.db"
-    proc = subprocess.Popen(_search_cmd(space, "--address", cluster.address), cwd=tmp_path,
-                            env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    search = Search.start(cluster, tmp_path, space, "nodeloss")
     try:
-        assert _wait_for(lambda: _states(db).count("RUNNING") >= 2
-                         and cluster.worker.trial_workers()), "no trial started on both nodes"
+        search.await_(lambda: _states(search.db).count("RUNNING") >= 2
+                      and cluster.worker.trial_workers(), "no trial started on both nodes",
+                      cluster)
         cluster.worker.kill()  # the raylet, its workers, everything of that node
-        out, err = proc.communicate(timeout=300)
+        out, err = search.wait()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, err
+        search.stop()
+    assert search.proc.returncode == 0, err
     study = _study(tmp_path, "nodeloss")
     assert _finished(study) == {"COMPLETE": 4}
     lost = [t for t in study.get_trials() if t.user_attrs.get("worker_deaths")]
