@@ -9,13 +9,21 @@ with the paper's (MHA < GQA < sSQA < SQA < xSQA < MQA < xSMQA).
 
     python experiments/paper_table1.py --tokens 20000000 --seeds 0,1      # on a GPU
     python experiments/paper_table1.py --smoke                            # CPU, seconds
+
+The result file is rewritten after every run (marked "partial" until the last), so a run cut
+short keeps what it finished. Seeds run apart (one per GPU, or one per session) are joined
+with `--merge`, which checks they share the model, budget and corpus:
+
+    python experiments/paper_table1.py --merge seed0.json seed1.json --out table1.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from pathlib import Path
 
 from science import (
     PAPER_MODEL,
@@ -30,6 +38,7 @@ from science import (
 )
 
 from sqa_nas.cli import guarded
+from sqa_nas.errors import UserError
 
 VARIANTS = ["MHA", "GQA", "MQA", "SQA", "sSQA", "xSQA", "xSMQA", "lSQA"]
 
@@ -47,39 +56,94 @@ def main(argv=None) -> None:
                    help="standard library only (a smaller corpus)")
     p.add_argument("--smoke", action="store_true", help="tiny model and budget (CPU test)")
     p.add_argument("--out", help="result file (default experiments/results/...)")
+    p.add_argument("--merge", nargs="+", metavar="RESULT",
+                   help="join result files of this script (other seeds, same model, budget "
+                        "and corpus) into --out instead of training")
     args = p.parse_args(argv)
+    out = args.out and Path(args.out)
+    if args.merge:
+        return merge([Path(f) for f in args.merge], out)
     variants = args.variants.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
     model, tokens, batch, evals = PAPER_MODEL, args.tokens, args.batch, args.eval_batches
     if args.smoke:
         model, tokens, batch, evals = SMOKE_MODEL, 2 * 4 * 64, 4, 2
+    budget = {"tokens_per_run": tokens, "batch_size": batch, "seq_len": model["seq_len"],
+              "lr": args.lr, "eval_batches": evals, "compile": args.compile}
     rows, reference, start = [], {}, time.perf_counter()
+    name = "paper_table1" + ("_smoke" if args.smoke else "")
     for seed in seeds:
         spec = make_spec(study="paper_table1", model=model, variants=variants, tokens=tokens,
                          batch=batch, lr=args.lr, seed=seed, compile=args.compile,
                          site_packages=not (args.smoke or args.no_site_packages),
                          eval_batches=evals)
-        for name, params in spec.seed_params():
-            row = train_allocation(spec, params, seed_index=seed, label=name,
+        for label, params in spec.seed_params():
+            row = train_allocation(spec, params, seed_index=seed, label=label,
                                    mha_reference=reference)
             rows.append(row)
-            print(f"seed {seed} {name:6s} {row['allocation']:8s} val_loss "
+            print(f"seed {seed} {label:6s} {row['allocation']:8s} val_loss "
                   f"{row['val_loss'] or float('nan'):.4f} acc {row['accuracy'] or 0:.3f} "
                   f"{row['train_s'] or 0:.1f}s {row['state']} {row['fail_reason'] or ''}",
                   flush=True)
-    agg = aggregate(rows)
-    order = ordering_report(agg, PAPER_TABLE1)
+            last = len(rows) == len(seeds) * len(variants)
+            out = write_result(name, _payload(rows, budget, model, seeds, variants,
+                                              time.perf_counter() - start, partial=not last),
+                               out=out, quiet=not last)
+    order = ordering_report(aggregate(rows), PAPER_TABLE1)
     print(f"our order: {' < '.join(order['our_order'])}; paper: "
           f"{' < '.join(order['paper_order'])}; Kendall tau {order['kendall_tau']}")
-    write_result("paper_table1" + ("_smoke" if args.smoke else ""), {
-        "experiment": "paper_table1",
-        "budget": {"tokens_per_run": tokens, "batch_size": batch, "seq_len": model["seq_len"],
-                   "lr": args.lr, "eval_batches": evals, "compile": args.compile},
-        "model": model, "seeds": seeds, "variants": variants, "corpus": corpus_of(rows),
-        "wall_s": time.perf_counter() - start, "paper": PAPER_TABLE1,
-        "runs": rows, "summary": agg, "ordering": order,
-    }, out=args.out and __import__("pathlib").Path(args.out))
 
+
+def _payload(rows: list[dict], budget: dict, model: dict, seeds: list[int],
+             variants: list[str], wall_s: float, partial: bool = False) -> dict:
+    agg = aggregate(rows)
+    return {"experiment": "paper_table1", "budget": budget, "model": model, "seeds": seeds,
+            "variants": variants, "corpus": corpus_of(rows), "wall_s": wall_s,
+            "paper": PAPER_TABLE1, "runs": rows, "summary": agg,
+            "ordering": ordering_report(agg, PAPER_TABLE1), **({"partial": True} if partial
+                                                               else {})}
+
+
+def merge(paths: list[Path], out: Path | None) -> None:
+    """One result from several runs of this script that differ only in their seeds."""
+    parts = []
+    for path in paths:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise UserError(f"--merge: cannot read {path}: {exc}") from None
+        if data.get("experiment") != "paper_table1":
+            raise UserError(f"--merge: {path} is not a paper_table1 result")
+        parts.append((path, data))
+    first_path, first = parts[0]
+    for path, data in parts[1:]:
+        for key in ("model", "budget"):
+            if data[key] != first[key]:
+                raise UserError(f"--merge: {path} has another {key} than {first_path} "
+                                f"({data[key]} vs {first[key]})")
+        if data["machine"]["device"] != first["machine"]["device"]:
+            raise UserError(f"--merge: {path} ran on {data['machine']['device']}, "
+                            f"{first_path} on {first['machine']['device']}: train times would "
+                            "not compare")
+        fingerprint = (data.get("corpus") or {}).get("fingerprint")
+        if fingerprint != (first.get("corpus") or {}).get("fingerprint"):
+            raise UserError(f"--merge: {path} trained on another corpus than {first_path}")
+    rows = [r for _, d in parts for r in d["runs"]]
+    seen = set()
+    for path, data in parts:
+        for r in data["runs"]:
+            if (r["label"], r["seed"]) in seen:
+                raise UserError(f"--merge: {r['label']} seed {r['seed']} is in more than one "
+                                f"file (again in {path})")
+            seen.add((r["label"], r["seed"]))
+    seeds = sorted({r["seed"] for r in rows})
+    variants = list(dict.fromkeys(v for _, d in parts for v in d["variants"]))
+    payload = _payload(rows, first["budget"], first["model"], seeds, variants,
+                       sum(d["wall_s"] for _, d in parts),
+                       partial=any(d.get("partial") for _, d in parts))
+    payload["merged_from"] = [{"file": p.name, "command": d["command"],
+                               "machine": d["machine"].get("device")} for p, d in parts]
+    write_result("paper_table1", payload, out=out, machine=first["machine"])
 
 if __name__ == "__main__":
     sys.exit(guarded(main))

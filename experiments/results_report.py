@@ -33,9 +33,14 @@ def table1(d: dict) -> str:
              f"Model d_model {d['model']['d_model']}, {d['model']['n_layers']} layers, "
              f"H {d['model']['n_heads']}, context {b['seq_len']}; {b['tokens_per_run']:,} "
              f"training tokens per run (batch {b['batch_size']}, lr {b['lr']}), seeds "
-             f"{d['seeds']}; {_corpus(d)}. Command: `{d['command']}`.", "",
-             "| variant | H_q/H_kv | val loss (mean ± std) | perplexity | accuracy | train s | "
-             "paper val loss |", "|---|---|---|---|---|---|---|"]
+             f"{d['seeds']}; {_corpus(d)}. Command: `{d['command']}`"
+             + "".join(f"; joined from `{m['command']}`" for m in d.get("merged_from", []))
+             + ".", ""]
+    if d.get("partial"):
+        lines += [f"**Partial: the run stopped after {len(d['runs'])} of "
+                  f"{len(d['seeds']) * len(d['variants'])} runs.**", ""]
+    lines += ["| variant | H_q/H_kv | val loss (mean ± std) | perplexity | accuracy | train s | "
+              "paper val loss |", "|---|---|---|---|---|---|---|"]
     for name, s in sorted(d["summary"].items(), key=lambda kv: kv[1].get(
             "val_loss", {}).get("mean", 1e9)):
         if "val_loss" not in s:

@@ -124,11 +124,12 @@ def ordering_report(agg: dict, reference: dict[str, float]) -> dict[str, Any]:
             "kendall_tau": (concordant - discordant) / n if n else None, "pairs": pairs}
 
 
-def write_result(name: str, payload: dict, out: Path | None = None, *, quiet: bool = False
-                 ) -> Path:
-    """Write `payload` with the machine header and the command to `out`, by default
+def write_result(name: str, payload: dict, out: Path | None = None, *, quiet: bool = False,
+                 machine: dict | None = None) -> Path:
+    """Write `payload` with the machine header (this machine's unless `machine` is given:
+    results joined from another machine's files) and the command to `out`, by default
     results/<name>_<gpu>.json."""
-    machine = machine_info(pick_device())
+    machine = machine or machine_info(pick_device())
     path = write_json(out or RESULTS / f"{name}_{device_slug(machine)}.json", {
         "machine": machine, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         **payload})

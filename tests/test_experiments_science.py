@@ -38,6 +38,64 @@ def test_paper_table1_smoke(tmp_path):
     assert data["ordering"]["our_order"] and data["ordering"]["pairs"]
 
 
+def test_paper_table1_seeds_run_apart_are_merged(tmp_path, capsys):
+    import paper_table1
+    import results_report
+
+    def run(seed: int, *extra: str) -> dict:
+        out = tmp_path / f"s{seed}.json"
+        paper_table1.main(["--smoke", "--variants", "MHA,xSQA", "--seeds", str(seed),
+                           "--out", str(out), *extra])
+        return _load(out)
+
+    one, two = run(0), run(1)
+    assert "partial" not in one and len(one["runs"]) == 2
+    out = tmp_path / "joined.json"
+    paper_table1.main(["--merge", str(tmp_path / "s0.json"), str(tmp_path / "s1.json"),
+                       "--out", str(out)])
+    joined = _load(out)
+    assert joined["seeds"] == [0, 1] and len(joined["runs"]) == 4
+    assert joined["machine"] == one["machine"]  # the runs' machine, not the merging one
+    losses = [r["val_loss"] for r in one["runs"] + two["runs"] if r["label"] == "xSQA"]
+    assert joined["summary"]["xSQA"]["val_loss"]["min"] == min(losses)
+    assert [m["command"] for m in joined["merged_from"]] == [one["command"], two["command"]]
+    assert "joined from `" in results_report.table1(joined)
+
+    # The same seed twice, or another budget, is refused with exit status 2.
+    from sqa_nas.cli import guarded
+
+    paper_table1.main(["--smoke", "--variants", "MHA", "--seeds", "2", "--lr", "0.01",
+                       "--out", str(tmp_path / "lr.json")])
+    for other, message in (("s0.json", "MHA seed 0 is in more than one"),
+                           ("lr.json", "has another budget")):
+        capsys.readouterr()
+        args = ["--merge", str(tmp_path / "s0.json"), str(tmp_path / other),
+                "--out", str(tmp_path / "x.json")]
+        assert guarded(lambda args=args: paper_table1.main(args)) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_paper_table1_keeps_finished_runs_when_cut_short(tmp_path, monkeypatch):
+    import paper_table1
+
+    real, calls = paper_table1.train_allocation, []
+
+    def train_then_stop(*args, **kwargs):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(paper_table1, "train_allocation", train_then_stop)
+    out = tmp_path / "cut.json"
+    with pytest.raises(KeyboardInterrupt):
+        paper_table1.main(["--smoke", "--variants", "MHA,SQA,xSQA", "--seeds", "0",
+                           "--out", str(out)])
+    data = _load(out)
+    assert data["partial"] and [r["label"] for r in data["runs"]] == ["MHA", "SQA"]
+
+
 def test_light_sqa_smoke(tmp_path):
     import light_sqa
 
