@@ -10,9 +10,9 @@ with the paper's (MHA < GQA < sSQA < SQA < xSQA < MQA < xSMQA).
     python experiments/paper_table1.py --tokens 20000000 --seeds 0,1      # on a GPU
     python experiments/paper_table1.py --smoke                            # CPU, seconds
 
-The result file is rewritten after every run (marked "partial" until the last), so a run cut
-short keeps what it finished. Seeds run apart (one per GPU, or one per session) are joined
-with `--merge`, which checks they share the model, budget and corpus:
+Finished runs survive a stop: they are kept in `<result>.partial.json`, rewritten after every
+run and removed once the result is written. Seeds run apart (one per GPU, or one per session)
+are joined with `--merge`, which checks they share the model, budget and corpus:
 
     python experiments/paper_table1.py --merge seed0.json seed1.json --out table1.json
 """
@@ -33,7 +33,9 @@ from science import (
     corpus_of,
     make_spec,
     ordering_report,
+    seed_list,
     train_allocation,
+    write_partial,
     write_result,
 )
 
@@ -46,7 +48,7 @@ VARIANTS = ["MHA", "GQA", "MQA", "SQA", "sSQA", "xSQA", "xSMQA", "lSQA"]
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--variants", default=",".join(VARIANTS))
-    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--seeds", type=seed_list, default="0,1")
     p.add_argument("--tokens", type=int, default=20_000_000, help="training tokens per run")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -64,7 +66,7 @@ def main(argv=None) -> None:
     if args.merge:
         return merge([Path(f) for f in args.merge], out)
     variants = args.variants.split(",")
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = args.seeds
     model, tokens, batch, evals = PAPER_MODEL, args.tokens, args.batch, args.eval_batches
     if args.smoke:
         model, tokens, batch, evals = SMOKE_MODEL, 2 * 4 * 64, 4, 2
@@ -85,23 +87,23 @@ def main(argv=None) -> None:
                   f"{row['val_loss'] or float('nan'):.4f} acc {row['accuracy'] or 0:.3f} "
                   f"{row['train_s'] or 0:.1f}s {row['state']} {row['fail_reason'] or ''}",
                   flush=True)
-            last = len(rows) == len(seeds) * len(variants)
-            out = write_result(name, _payload(rows, budget, model, seeds, variants,
-                                              time.perf_counter() - start, partial=not last),
-                               out=out, quiet=not last)
-    order = ordering_report(aggregate(rows), PAPER_TABLE1)
+            partial = write_partial(name, _payload(rows, budget, model, seeds, variants,
+                                                   time.perf_counter() - start), out=out)
+    payload = _payload(rows, budget, model, seeds, variants, time.perf_counter() - start)
+    order = payload["ordering"]
     print(f"our order: {' < '.join(order['our_order'])}; paper: "
           f"{' < '.join(order['paper_order'])}; Kendall tau {order['kendall_tau']}")
+    write_result(name, payload, out=out)
+    partial.unlink(missing_ok=True)
 
 
 def _payload(rows: list[dict], budget: dict, model: dict, seeds: list[int],
-             variants: list[str], wall_s: float, partial: bool = False) -> dict:
+             variants: list[str], wall_s: float) -> dict:
     agg = aggregate(rows)
     return {"experiment": "paper_table1", "budget": budget, "model": model, "seeds": seeds,
             "variants": variants, "corpus": corpus_of(rows), "wall_s": wall_s,
             "paper": PAPER_TABLE1, "runs": rows, "summary": agg,
-            "ordering": ordering_report(agg, PAPER_TABLE1), **({"partial": True} if partial
-                                                               else {})}
+            "ordering": ordering_report(agg, PAPER_TABLE1)}
 
 
 def merge(paths: list[Path], out: Path | None) -> None:
@@ -139,8 +141,9 @@ def merge(paths: list[Path], out: Path | None) -> None:
     seeds = sorted({r["seed"] for r in rows})
     variants = list(dict.fromkeys(v for _, d in parts for v in d["variants"]))
     payload = _payload(rows, first["budget"], first["model"], seeds, variants,
-                       sum(d["wall_s"] for _, d in parts),
-                       partial=any(d.get("partial") for _, d in parts))
+                       sum(d["wall_s"] for _, d in parts))
+    if any(d.get("partial") for _, d in parts):
+        payload["partial"] = True
     payload["merged_from"] = [{"file": p.name, "command": d["command"],
                                "machine": d["machine"].get("device")} for p, d in parts]
     write_result("paper_table1", payload, out=out, machine=first["machine"])

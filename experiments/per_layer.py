@@ -21,7 +21,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from science import aggregate, corpus_of, train_allocation, write_result
+from science import (
+    aggregate,
+    corpus_of,
+    seed_list,
+    train_allocation,
+    write_partial,
+    write_result,
+)
 
 from sqa_nas.cli import guarded
 from sqa_nas.errors import UserError
@@ -65,7 +72,8 @@ def main(argv=None) -> None:
     p.add_argument("--storage", help="its storage URL")
     p.add_argument("--n-trials", type=int)
     p.add_argument("--tokens", type=int, help="training tokens per run (default: the space's)")
-    p.add_argument("--seeds", default="100,101", help="fresh seeds for the retraining")
+    p.add_argument("--seeds", type=seed_list, default="100,101",
+                   help="fresh seeds for the retraining")
     p.add_argument("--uniform", default=",".join(UNIFORM), help="uniform baselines")
     p.add_argument("--tolerance", type=float, default=0.05,
                    help="throughput within this fraction counts as equal (default 5%%)")
@@ -96,7 +104,7 @@ def main(argv=None) -> None:
     retrain = parse_space(data, "retraining")
     candidates = [("mixed", best.params)] + retrain.seed_params()
     rows, reference, partial = [], {}, None
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = args.seeds
     name = "per_layer" + ("_smoke" if args.smoke else "")
     header = {
         "experiment": "per_layer", "space": spec.model_dump(mode="json"),
@@ -114,11 +122,8 @@ def main(argv=None) -> None:
             rows.append(row)
             print(f"seed {seed} {label:6s} [{row['allocation']}] val_loss {row['val_loss']:.4f} "
                   f"throughput {row['throughput_tokens_per_s']:.4g}", flush=True)
-            # Completed runs survive a stop: a partial file beside the result (never over
-            # it) is rewritten after each one and removed once the result is written.
-            partial = write_result(name + "_partial", {
-                **header, "partial": True, "corpus": corpus_of(rows), "runs": rows},
-                out=args.out and args.out.with_suffix(".partial.json"), quiet=True)
+            partial = write_partial(name, {**header, "corpus": corpus_of(rows),
+                                           "runs": rows}, out=args.out)
     agg = aggregate(rows)
     verdicts = compare(agg, args.tolerance)
     comparable = [k for k, v in verdicts.items() if v["comparable"]]

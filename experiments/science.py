@@ -7,6 +7,7 @@ fingerprint, and the command that made it.
 
 from __future__ import annotations
 
+import argparse
 import math
 import statistics
 import sys
@@ -29,6 +30,18 @@ PAPER_TABLE1 = {"MHA": 1.1976, "GQA": 1.2177, "sSQA": 1.2201, "SQA": 1.2272, "xS
 # The paper's dense model (Table 1): d_model 256, 8 layers, H 16, SwiGLU 768, context 1024.
 PAPER_MODEL = {"d_model": 256, "n_layers": 8, "n_heads": 16, "ffn_dim": 768, "seq_len": 1024}
 SMOKE_MODEL = {"d_model": 64, "n_layers": 2, "n_heads": 16, "ffn_dim": 96, "seq_len": 64}
+
+
+def seed_list(text: str) -> list[int]:
+    """``--seeds`` for argparse: distinct integers separated by commas ("0,1,2")."""
+    try:
+        seeds = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give distinct integers separated by commas, e.g. 0,1") from None
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"{text!r}: a seed is given twice")
+    return seeds
 
 
 def make_spec(*, study: str, model: dict, variants: list[str], tokens: int, batch: int,
@@ -136,6 +149,14 @@ def write_result(name: str, payload: dict, out: Path | None = None, *, quiet: bo
     if not quiet:
         print(f"wrote {path}")
     return path
+
+
+def write_partial(name: str, payload: dict, out: Path | None = None) -> Path:
+    """Finished runs survive a stop: the caller rewrites this file after every run, beside
+    the result (``<out>.partial.json``, never over a finished result), and removes it once
+    the result is written."""
+    return write_result(name + "_partial", {**payload, "partial": True},
+                        out=out and out.with_suffix(".partial.json"), quiet=True)
 
 
 def corpus_of(rows: list[dict]) -> dict | None:

@@ -50,6 +50,7 @@ def test_paper_table1_seeds_run_apart_are_merged(tmp_path, capsys):
 
     one, two = run(0), run(1)
     assert "partial" not in one and len(one["runs"]) == 2
+    assert not (tmp_path / "s0.partial.json").exists()  # removed with the result written
     out = tmp_path / "joined.json"
     paper_table1.main(["--merge", str(tmp_path / "s0.json"), str(tmp_path / "s1.json"),
                        "--out", str(out)])
@@ -78,6 +79,7 @@ def test_paper_table1_seeds_run_apart_are_merged(tmp_path, capsys):
 
 def test_paper_table1_keeps_finished_runs_when_cut_short(tmp_path, monkeypatch):
     import paper_table1
+    import results_report
 
     real, calls = paper_table1.train_allocation, []
 
@@ -92,8 +94,10 @@ def test_paper_table1_keeps_finished_runs_when_cut_short(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         paper_table1.main(["--smoke", "--variants", "MHA,SQA,xSQA", "--seeds", "0",
                            "--out", str(out)])
-    data = _load(out)
+    assert not out.exists()  # no result, and a finished one would not be overwritten
+    data = _load(out.with_suffix(".partial.json"))
     assert data["partial"] and [r["label"] for r in data["runs"]] == ["MHA", "SQA"]
+    assert "Partial: the run stopped after 2 of 3 runs" in results_report.table1(data)
 
 
 def test_light_sqa_smoke(tmp_path):
