@@ -216,7 +216,7 @@ class Search:
                                     cwd=tmp_path, env=cluster.env, stdout=o, stderr=e)
         return cls(proc, out, err, tmp_path / "runs" / name / "study.db")
 
-    def await_(self, predicate, what: str, cluster: Cluster, timeout: float = 300) -> None:
+    def wait_until(self, predicate, what: str, cluster: Cluster, timeout: float = 300) -> None:
         """Wait until `predicate()` holds while the search runs; otherwise stop it and fail
         with what the driver printed, the trials' states and the second node's log."""
         held = False
@@ -296,8 +296,9 @@ def test_trials_spread_over_both_nodes_and_survive_a_killed_worker(cluster, tmp_
         # Both nodes have finished a trial, and both workers are busy again (a trial is
         # queued behind a running one only when no worker is idle: two RUNNING = both busy):
         # kill one mid-trial.
-        search.await_(lambda: nodes_done() == 2 and _states(search.db).count("RUNNING") >= 2
-                      and cluster.worker.trial_workers(), "trials did not spread", cluster)
+        search.wait_until(lambda: nodes_done() == 2
+                          and _states(search.db).count("RUNNING") >= 2
+                          and cluster.worker.trial_workers(), "trials did not spread", cluster)
         os.kill(cluster.worker.trial_workers()[0], signal.SIGKILL)
         out, err = search.wait()
     finally:
@@ -404,9 +405,9 @@ def test_search_survives_losing_a_node(cluster, tmp_path):
     space = _space(tmp_path, "nodeloss", n_trials=4, steps=150)
     search = Search.start(cluster, tmp_path, space, "nodeloss")
     try:
-        search.await_(lambda: _states(search.db).count("RUNNING") >= 2
-                      and cluster.worker.trial_workers(), "no trial started on both nodes",
-                      cluster)
+        search.wait_until(lambda: _states(search.db).count("RUNNING") >= 2
+                          and cluster.worker.trial_workers(), "no trial started on both nodes",
+                          cluster)
         cluster.worker.kill()  # the raylet, its workers, everything of that node
         out, err = search.wait()
     finally:
