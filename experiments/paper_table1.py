@@ -146,7 +146,9 @@ def merge(paths: list[Path], out: Path | None) -> None:
         payload["partial"] = True
     payload["merged_from"] = [{"file": p.name, "command": d["command"],
                                "machine": d["machine"].get("device")} for p, d in parts]
-    write_result("paper_table1", payload, out=out, machine=first["machine"])
+    smoke = "_smoke" if first["model"] == SMOKE_MODEL else ""
+    write_result("paper_table1" + smoke, payload, out=out, machine=first["machine"])
+
 
 if __name__ == "__main__":
     sys.exit(guarded(main))

@@ -104,7 +104,6 @@ def main(argv=None) -> None:
     retrain = parse_space(data, "retraining")
     candidates = [("mixed", best.params)] + retrain.seed_params()
     rows, reference, partial = [], {}, None
-    seeds = args.seeds
     name = "per_layer" + ("_smoke" if args.smoke else "")
     header = {
         "experiment": "per_layer", "space": spec.model_dump(mode="json"),
@@ -112,8 +111,8 @@ def main(argv=None) -> None:
                    "front": [r.allocation for r in front]},
         "mixed": {"trial": best.number, "allocation": best.allocation, "params": best.params,
                   "search_values": best.values, "on_front": best in front},
-        "seeds": seeds, "tolerance": args.tolerance}
-    for seed in seeds:
+        "seeds": args.seeds, "tolerance": args.tolerance}
+    for seed in args.seeds:
         seeded = parse_space({**retrain.model_dump(mode="json"), "sampler": {
             **retrain.sampler.model_dump(), "seed": seed}}, "retraining")
         for label, params in candidates:
