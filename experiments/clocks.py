@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from sqa_nas.bench import BenchSettings, time_call, timed_step, write_rows
-from sqa_nas.cli import csv, guarded, positive, seconds
+from sqa_nas.cli import guarded
+from sqa_nas.cli.args import csv, positive, seconds
 from sqa_nas.errors import UserError
 from sqa_nas.machine import machine_info
 

@@ -33,7 +33,8 @@ from sqa_nas.bench import (
     timed_step,
     write_rows,
 )
-from sqa_nas.cli import csv, guarded, positive
+from sqa_nas.cli import guarded
+from sqa_nas.cli.args import csv, positive
 from sqa_nas.machine import machine_info
 
 

@@ -34,12 +34,13 @@ from sqa_nas.bench import (
     DEFAULT_WINDOW,
     TIMING,
     BenchSettings,
-    add_row_timeout_argument,
     expand_grid,
     run_grid,
     write_json,
 )
-from sqa_nas.cli import csv, guarded, positive, seconds
+from sqa_nas.cli import guarded
+from sqa_nas.cli.args import csv, positive, seconds
+from sqa_nas.cli.bench import add_row_timeout_argument
 
 SCHEMA = "sqa-nas/long_context/1"
 HERE = Path(__file__).resolve().parent

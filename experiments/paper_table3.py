@@ -29,13 +29,14 @@ import torch
 
 from sqa_nas.bench import (
     BenchSettings,
-    add_row_timeout_argument,
     profile_call,
     run_grid,
     timed_step,
     write_json,
 )
-from sqa_nas.cli import csv, guarded, positive, seconds
+from sqa_nas.cli import guarded
+from sqa_nas.cli.args import csv, positive, seconds
+from sqa_nas.cli.bench import add_row_timeout_argument
 from sqa_nas.machine import header_line
 
 SCHEMA = "sqa-nas/paper_table3/1"

@@ -33,8 +33,8 @@ from rich.console import Console
 from science import RESULTS, write_result
 
 from sqa_nas.cli import guarded
+from sqa_nas.cli.search import print_front, print_stats
 from sqa_nas.machine import machine_info
-from sqa_nas.search.cli import print_front, print_stats
 from sqa_nas.search.executors.ray import RayExecutor
 from sqa_nas.search.objective import pick_device
 from sqa_nas.search.records import trial_records

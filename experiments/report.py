@@ -191,11 +191,11 @@ def _timing(r: dict, speedup_key: str) -> list[str]:
 
 
 def bench_markdown(result: dict, h: str = "###") -> str:
-    from sqa_nas.bench import _tables
+    from sqa_nas.bench import group_rows
 
     out = []
     several = any("fraction_of_best" in r for r in result["rows"])
-    for title, rows in _tables(result["rows"]).items():
+    for title, rows in group_rows(result["rows"]).items():
         out.append(f"{h} {title[0].upper() + title[1:]}")
         header = ["variant", "N", "H_q/H_kv", "backend", "kernel", "ms", "TFLOP/s", "vs MHA",
                   "vs GQA"] + (["of best"] if several else [])

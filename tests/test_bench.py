@@ -405,19 +405,27 @@ def test_cli_grid_json_png_and_calibration(tmp_path, capsys):
     assert "of best" in capsys.readouterr().out
 
 
-def test_bench_module_runs_alone(tmp_path, capsys):
-    """`python -m sqa_nas.bench` parses only the bench's own arguments (the GPU machine
-    lacks the other commands' dependencies) and records its own command line."""
-    from sqa_nas.bench import main as bench_main
-
+def test_python_m_sqa_nas_bench_imports_only_what_the_bench_needs(tmp_path):
+    """`python -m sqa_nas bench` imports the bench command's module alone (the GPU machine
+    lacks the other commands' dependencies: optuna, textual, ray) and records its command."""
     out = tmp_path / "b.json"
-    assert bench_main(["--variants", "xSQA", "--seq-lens", "24", "--device", "cpu",
-                       "--n-heads", "4", "--head-dim", "8", "--repeats", "1",
-                       "--baselines", "MHA", "--json", str(out)]) == 0
+    script = textwrap.dedent(f"""
+        import sys
+        sys.argv = ["sqa_nas", "bench", "--variants", "xSQA", "--seq-lens", "24",
+                    "--device", "cpu", "--n-heads", "4", "--head-dim", "8", "--repeats", "1",
+                    "--baselines", "MHA", "--json", {str(out)!r}]
+        from sqa_nas.cli import main
+        rc = main()
+        assert not {{"optuna", "textual", "ray"}} & set(sys.modules), sorted(sys.modules)
+        assert main(["bench", "--variants", "Nope", "--device", "cpu"]) == 2
+        sys.exit(rc)
+        """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "unknown variant 'Nope'" in run.stderr
     assert json.loads(out.read_text())["settings"]["command"].startswith(
-        "python -m sqa_nas.bench --variants xSQA")
-    assert bench_main(["--variants", "Nope", "--device", "cpu"]) == 2
-    assert "unknown variant 'Nope'" in capsys.readouterr().err
+        "sqa-nas bench --variants xSQA")
 
 
 def test_a_hung_row_is_cut_with_its_stacks_and_named_in_the_json(tmp_path):
@@ -428,7 +436,7 @@ def test_a_hung_row_is_cut_with_its_stacks_and_named_in_the_json(tmp_path):
     script = textwrap.dedent(f"""
         import time
         from sqa_nas import registry
-        from sqa_nas.bench import main
+        from sqa_nas.cli import main
         from sqa_nas.kernels.sdpa import SdpaBackend
 
         class Hangs(SdpaBackend):
@@ -441,8 +449,9 @@ def test_a_hung_row_is_cut_with_its_stacks_and_named_in_the_json(tmp_path):
                 return super().forward(q, k, v, problem)
 
         registry.register_backend(Hangs)
-        argv = ["--variants", "xSQA", "--device", "cpu", "--n-heads", "4", "--head-dim", "8",
-                "--repeats", "1", "--warmup", "0", "--baselines", "MHA", "--backend", "hangs",
+        argv = ["bench", "--variants", "xSQA", "--device", "cpu", "--n-heads", "4",
+                "--head-dim", "8", "--repeats", "1", "--warmup", "0", "--baselines", "MHA",
+                "--backend", "hangs",
                 "--check-len", "64"]
         main(argv + ["--seq-lens", "32", "--row-timeout-s", "0"])  # imports done, no timer
         main(argv + ["--seq-lens", "32,96", "--row-timeout-s", "3", "--json", {str(out)!r}])

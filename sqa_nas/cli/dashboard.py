@@ -7,7 +7,10 @@ import argparse
 import contextlib
 import sys
 
-from sqa_nas.cli import seconds
+from sqa_nas.cli import console, err_console
+from sqa_nas.cli.args import seconds
+from sqa_nas.dashboard.view import StorageSource, StudyView
+from sqa_nas.errors import UserError
 
 
 def add_dashboard_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,10 +39,6 @@ def add_dashboard_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_dashboard_command(args) -> int:
-    from sqa_nas.cli import console, err_console
-    from sqa_nas.dashboard.view import StorageSource, StudyView
-    from sqa_nas.errors import UserError
-
     if args.refresh <= 0:
         raise UserError(f"--refresh must be > 0 seconds, got {args.refresh}")
     if args.once and args.json == "-":
@@ -90,8 +89,6 @@ def run_dashboard_command(args) -> int:
 @contextlib.contextmanager
 def _writing(flag: str, path: str):
     """An output that cannot be written is the user's to fix: say which and why."""
-    from sqa_nas.errors import UserError
-
     try:
         yield
     except OSError as exc:
@@ -99,8 +96,6 @@ def _writing(flag: str, path: str):
 
 
 def _axes(view, x: str | None, y: str | None) -> tuple[str, str]:
-    from sqa_nas.errors import UserError
-
     for flag, name in (("--x", x), ("--y", y)):
         if name is not None and name not in view.axes:
             raise UserError(f"{flag} {name!r}: not a metric of this study; choose from "

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from sqa_nas.cli import console
+from sqa_nas.export import export_trial, find_trial
+from sqa_nas.search.records import load_study
 
 
 def _trial_number(text: str) -> int:
@@ -35,12 +40,6 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_export_command(args) -> int:
-    from pathlib import Path
-
-    from sqa_nas.cli import console
-    from sqa_nas.export import export_trial, find_trial
-    from sqa_nas.search.records import load_study
-
     study = load_study(args.study, args.storage)
     record = find_trial(study, args.trial, args.pick, args.gpu_type)
     out = export_trial(study, record, Path(args.out), args.fmt, force_hf=args.force_hf)

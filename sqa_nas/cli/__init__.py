@@ -1,0 +1,75 @@
+"""`sqa-nas` / `python cli.py` / `python -m sqa_nas`: the command line, the top floor of the
+package. One module per command (``sqa_nas/cli/<command>.py``) parses its arguments and calls
+the library; nothing outside this package imports it.
+
+Every command reports user errors (`UserError`) as one line on stderr and exits with code 2;
+argparse does the same for malformed arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable
+
+from rich.console import Console
+from rich.markup import escape
+
+from sqa_nas import __version__
+from sqa_nas.errors import UserError
+
+# (command, help). The module sqa_nas.cli.<command> defines add_<command>_arguments(parser)
+# and run_<command>_command(args) -> exit code. Only the chosen command's module is imported
+# (most import torch), so `sqa-nas --help` and a mistyped command answer at once.
+COMMANDS = [
+    ("variants", "list attention variants and kernel backends on this machine"),
+    ("bench", "time attention variants (correctness check first)"),
+    ("dashboard", "Pareto fronts of a study: live terminal app, or --once / --png / --json"),
+    ("export", "write a trial as standalone PyTorch (or HF) model code"),
+    ("space", "validate a search space YAML and describe what it holds"),
+    ("search", "search per-layer attention allocations (Optuna)"),
+]
+
+# Logs and pipes get wide tables; terminals use their own width.
+console = Console(highlight=False, log_path=False, width=None if sys.stdout.isatty() else 120)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)  # one line per error
+
+
+def guarded(run: Callable[[], int | None]) -> int:
+    """Run a command (`run()` -> exit status or None): a UserError is printed without a
+    traceback and gives 2, Ctrl-C gives 130. Every command and experiment script uses it."""
+    try:
+        return run() or 0
+    except UserError as exc:
+        err_console.print(f"[red]error:[/] {escape(str(exc))}")
+        return 2
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        return 130
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for `argv`: only the chosen command's module is imported. Without `argv`,
+    every command is complete (for documentation and tests)."""
+    chosen = None if argv is None else next((a for a in argv if not a.startswith("-")), "")
+    parser = argparse.ArgumentParser(
+        prog="sqa-nas", description="Search and benchmark Sparse Query Attention architectures.")
+    parser.add_argument("--version", action="version", version=f"sqa-nas {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help_text in COMMANDS:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if chosen is not None and name != chosen:
+            continue
+        mod = importlib.import_module(f"{__name__}.{name}")
+        getattr(mod, f"add_{name}_arguments")(p)
+        p.set_defaults(run=getattr(mod, f"run_{name}_command"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse `argv` (default: the process's arguments) and run the command; returns the exit
+    status (0, 2 for a user error, 130 for Ctrl-C)."""
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
+    return guarded(lambda: args.run(args))
