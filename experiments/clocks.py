@@ -21,11 +21,12 @@ from pathlib import Path
 
 import torch
 
-from sqa_nas.bench import BenchSettings, time_call, timed_step, write_rows
+from sqa_nas.bench import BenchSettings, timed_step, write_rows
 from sqa_nas.cli import guarded
 from sqa_nas.cli.args import csv, positive, seconds
 from sqa_nas.errors import UserError
 from sqa_nas.machine import machine_info
+from sqa_nas.timing import time_call
 
 QUERY = "clocks.sm,power.draw,temperature.gpu,{reasons}"
 REASONS, OLD_REASONS = "clocks_event_reasons.active", "clocks_throttle_reasons.active"

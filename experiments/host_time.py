@@ -4,7 +4,7 @@ Per variant (on a CUDA GPU; on CPU, where every time is the host's, only the plu
 - ``synced_ms``: median of CUDA-event samples taken one call at a time, the device
   synchronised before each (the host's launch time lands in every sample);
 - ``queued_ms``: median of samples queued back to back, the benchmark's timing
-  (`sqa_nas.bench.time_call`);
+  (`sqa_nas.timing.time_call`);
 - ``device_ms``: the kernels' device time in one call (torch.profiler);
 - ``host_ms``: the host's wall time per call while queuing calls without synchronising.
 
@@ -28,14 +28,13 @@ from sqa_nas.bench import (
     DEFAULT_WINDOW,
     PATTERNS,
     BenchSettings,
-    profile_call,
-    time_call,
     timed_step,
     write_rows,
 )
 from sqa_nas.cli import guarded
 from sqa_nas.cli.args import csv, positive
 from sqa_nas.machine import machine_info
+from sqa_nas.timing import profile_call, time_call
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -8,7 +8,7 @@ choice, with SW-SQA and Flex-SQA added, and the same family at head_dim 64 and 1
 (presets "paper-hd64" / "paper-hd128", d_model 1024 / 2048) where attention kernels run
 near their peak. Timing: inference mode, bf16 autocast, a correctness check of the layer
 first, then warm-up per variant and the median of CUDA-event-timed repeats
-(`sqa_nas.bench.time_call`); the paper's own timers had no synchronisation.
+(`sqa_nas.timing.time_call`); the paper's own timers had no synchronisation.
 
 At 200k tokens the LM head alone writes 200,000 x 10,000 bf16 logits (4 GB): counted in the
 step, as in the paper.
@@ -27,17 +27,12 @@ from pathlib import Path
 
 import torch
 
-from sqa_nas.bench import (
-    BenchSettings,
-    profile_call,
-    run_grid,
-    timed_step,
-    write_json,
-)
+from sqa_nas.bench import BenchSettings, run_grid, timed_step, write_json
 from sqa_nas.cli import guarded
 from sqa_nas.cli.args import csv, positive, seconds
 from sqa_nas.cli.bench import add_row_timeout_argument
 from sqa_nas.machine import header_line
+from sqa_nas.timing import profile_call
 
 SCHEMA = "sqa-nas/paper_table3/1"
 HERE = Path(__file__).resolve().parent

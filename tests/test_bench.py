@@ -23,11 +23,11 @@ from sqa_nas.bench import (
     model_flops,
     run_bench,
     run_grid,
-    time_call,
 )
 from sqa_nas.cli import main
 from sqa_nas.errors import UserError
 from sqa_nas.kernels.sdpa import SdpaBackend
+from sqa_nas.timing import time_call
 
 ROW_KEYS = {"variant", "seq_len", "batch", "n_q_heads", "n_kv_heads", "head_dim", "pattern",
             "mask", "mode", "scope", "dtype", "density", "backend", "backend_reason",

@@ -26,7 +26,6 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 
 from sqa_nas.analytics import analyze, mha_baseline
-from sqa_nas.bench import time_call
 from sqa_nas.compiling import allow_recompiles
 from sqa_nas.data import IGNORE_INDEX, accuracy_counts, load_dataset
 from sqa_nas.errors import first_error
@@ -34,6 +33,7 @@ from sqa_nas.machine import device_name, machine_info
 from sqa_nas.model import ModelConfig, build_model, layer_dict
 from sqa_nas.search.records import compact_allocation
 from sqa_nas.search.space import SearchSpec
+from sqa_nas.timing import time_call
 
 Progress = Callable[[dict[str, Any]], None]
 CURVE_POINTS = 50
@@ -177,7 +177,7 @@ def _autocast(device: torch.device):
 
 def measure_throughput(model, spec: SearchSpec, device: torch.device) -> float:
     """Median tokens/s of forward (+ backward) on random tokens, after warm-up; CUDA events
-    on GPU (`sqa_nas.bench.time_call`)."""
+    on GPU (`sqa_nas.timing.time_call`)."""
     t = spec.budget.throughput
     n = t.seq_len or spec.model.seq_len
     tokens = torch.randint(0, model.config.vocab_size, (t.batch_size, n), device=device)
