@@ -39,11 +39,12 @@ import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 
-from sqa_nas.attention import AttentionConfig, BlockSparseLayout, SparseQueryAttention
+from sqa_nas.attention import AttentionConfig, BlockSparseLayout
 from sqa_nas.attention.masks import count_visible
 from sqa_nas.attention.reference import reference_layer
 from sqa_nas.cli import csv, positive, seconds
 from sqa_nas.errors import UserError, first_error
+from sqa_nas.layer import SparseQueryAttention
 from sqa_nas.machine import machine_info
 from sqa_nas.registry import get_backend, get_variant, register_backend
 

@@ -7,8 +7,11 @@ import torch
 import yaml
 
 from sqa_nas.analytics import analyze, attention_flops
+from sqa_nas.compiling import RECOMPILE_LIMIT, allow_recompiles
 from sqa_nas.errors import UserError
 from sqa_nas.model import ModelConfig, build_model, load_config
+
+pytestmark = pytest.mark.usefixtures("seeded")
 
 MIXED = {
     "vocab_size": 97, "d_model": 64, "n_layers": 4, "n_heads": 8, "ffn_dim": 96,
@@ -92,8 +95,6 @@ def test_attention_flops_follow_head_counts_and_masks():
 
 
 def test_allow_recompiles_raises_dynamos_limit_and_never_lowers_it(monkeypatch):
-    from sqa_nas.compiling import RECOMPILE_LIMIT, allow_recompiles
-
     dynamo = torch._dynamo.config
     knobs = [k for k in ("cache_size_limit", "recompile_limit") if hasattr(dynamo, k)]
     assert knobs
