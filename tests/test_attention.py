@@ -125,6 +125,19 @@ def test_projection_shapes_follow_the_paper():
     assert rsqa.o_proj.weight.shape == (256, 8 * 16)  # rSQA: H_kv = 8 heads feed W_O
 
 
+@pytest.mark.parametrize("name,heads", [("SQA", (8, 4, 2)), ("MQA", (16, 1, 16)),
+                                        ("rSQA", (8, 8, 1))])
+def test_the_problem_a_backend_is_asked(name, heads):
+    """Kernels see the heads after rSQA's tiling (H_attn = max(H_q, H_kv)), never H_q < H_kv,
+    and the layer's mask and the paper's scale 1 / sqrt(D)."""
+    layer = SparseQueryAttention(variant(name, d_model=256, n_heads=16, window=5))
+    p = layer.problem(33, "cpu", torch.float32, requires_grad=True)
+    assert (p.n_q_heads, p.n_kv_heads, p.gqa_group) == heads
+    assert (p.head_dim, p.seq_len, p.dtype, p.device_type, p.requires_grad) == (
+        16, 33, torch.float32, "cpu", True)
+    assert p.mask == MaskSpec(True, window=5) and p.scale == 16**-0.5
+
+
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("window,global_tokens", [(None, 0), (1, 0), (5, 0), (127, 0),
                                                   (128, 0), (300, 0), (5, 2), (64, 16),
