@@ -18,10 +18,10 @@ import sys
 import torch
 
 from sqa_nas.attention import MaskSpec, dense_mask
+from sqa_nas.attention.problem import AttentionProblem
 from sqa_nas.attention.reference import reference_attention
 from sqa_nas.cli import guarded
 from sqa_nas.errors import UserError
-from sqa_nas.kernels.base import AttentionProblem
 from sqa_nas.kernels.flash_attn import FlashAttnBackend
 from sqa_nas.machine import machine_info
 

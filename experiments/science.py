@@ -18,6 +18,7 @@ from report import device_slug  # beside this file
 
 from sqa_nas.bench import write_json
 from sqa_nas.machine import machine_info
+from sqa_nas.model import PRESETS
 from sqa_nas.search.objective import TrialJob, pick_device, run_trial
 from sqa_nas.search.space import SearchSpec, parse_space
 
@@ -27,8 +28,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 PAPER_TABLE1 = {"MHA": 1.1976, "GQA": 1.2177, "sSQA": 1.2201, "SQA": 1.2272, "xSQA": 1.2428,
                 "MQA": 1.2497, "xSMQA": 1.2815}
 
-# The paper's dense model (Table 1): d_model 256, 8 layers, H 16, SwiGLU 768, context 1024.
-PAPER_MODEL = {"d_model": 256, "n_layers": 8, "n_heads": 16, "ffn_dim": 768, "seq_len": 1024}
+# The paper's dense model (Table 1, the "paper" preset: d_model 256, 8 layers, H 16, SwiGLU
+# 768) at context 1024; the vocabulary is the corpus's.
+PAPER_MODEL = {**{k: v for k, v in PRESETS["paper"].items() if k != "vocab_size"},
+               "seq_len": 1024}
 SMOKE_MODEL = {"d_model": 64, "n_layers": 2, "n_heads": 16, "ffn_dim": 96, "seq_len": 64}
 
 

@@ -1,6 +1,6 @@
 """The contract every attention backend fulfils.
 
-A backend computes ``softmax(q k^T * scale + mask) v`` for one attention problem:
+A backend computes ``softmax(q k^T * scale + mask) v`` for one `AttentionProblem`:
 
     q: (B, H_q, N, D)    k, v: (B, H_kv, N, D)    ->    out: (B, H_q, N, D)
 
@@ -9,47 +9,22 @@ with H_q a multiple of H_kv, query head i reading KV head ``i // (H_q // H_kv)``
 tiling happens in the layer before the kernel, so kernels only ever see H_q >= H_kv.
 
 Adding a backend = one file here defining a subclass + one `register_backend` call (or an
-entry point in the ``sqa_nas.backends`` group). `tests/test_backend_contract.py` holds the
-test class a new backend must pass.
+entry point in the ``sqa_nas.backends`` group). `sqa_nas.testing.BackendContract` is the test
+class a new backend must pass.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from abc import ABC, abstractmethod
 
 import torch
 
-from sqa_nas.attention.masks import MaskSpec
+from sqa_nas.attention.problem import AttentionProblem
 
 
-@dataclass(frozen=True)
-class AttentionProblem:
-    """Everything a backend needs to decide whether, and how well, it can run a call."""
-
-    mask: MaskSpec
-    n_q_heads: int
-    n_kv_heads: int
-    head_dim: int
-    seq_len: int
-    dtype: torch.dtype
-    device_type: str  # "cpu" or "cuda"
-    scale: float
-    requires_grad: bool = False  # will a backward pass follow?
-
-    @property
-    def gqa_group(self) -> int:
-        return self.n_q_heads // self.n_kv_heads
-
-    @classmethod
-    def of(cls, q: torch.Tensor, k: torch.Tensor, mask: MaskSpec, scale: float):
-        grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k))
-        return cls(mask, q.shape[1], k.shape[1], q.shape[-1], q.shape[2], q.dtype,
-                   q.device.type, scale, grad)
-
-
-class AttentionBackend:
-    """Base class. Subclasses set `name` and override `availability`, `unsupported`,
-    `priority` and `forward`."""
+class AttentionBackend(ABC):
+    """Base class. Subclasses set `name` and implement `unsupported` and `forward`; they
+    override `availability`, `priority` and `kernel_name` where the defaults do not fit."""
 
     name: str = "?"
     #: One line for tables: what kernel library this is.
@@ -59,9 +34,9 @@ class AttentionBackend:
         """None when the backend can run on this machine at all, else why not."""
         return None
 
+    @abstractmethod
     def unsupported(self, problem: AttentionProblem) -> str | None:
         """None when this backend can run `problem`, else a reason in words."""
-        raise NotImplementedError
 
     def priority(self, problem: AttentionProblem) -> tuple[int, str]:
         """(score, why) for automatic selection; the highest score among backends that
@@ -74,8 +49,16 @@ class AttentionBackend:
         kernel by: its own name, unless what runs depends on what is installed."""
         return self.name
 
-    def forward(self, q, k, v, problem: AttentionProblem) -> torch.Tensor:
-        raise NotImplementedError
+    @abstractmethod
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                problem: AttentionProblem) -> torch.Tensor:
+        """Attention for `problem`.
+
+        Arguments:
+            q: (B, H_q, N, D); k, v: (B, H_kv, N, D), in `problem.dtype`.
+        Return:
+            out: (B, H_q, N, D), same dtype as q.
+        """
 
     def kernel_name(self, problem: AttentionProblem, inputs=None) -> str:
         """Which kernel runs `problem`, for result tables ('flash-attn-4', 'sdpa/cuDNN').

@@ -22,9 +22,10 @@ from pathlib import Path
 
 import torch
 
+from sqa_nas.attention.problem import AttentionProblem
 from sqa_nas.errors import UserError
 
-from .base import AttentionBackend, AttentionProblem
+from .base import AttentionBackend
 
 ENV_VAR = "SQA_NAS_CALIBRATION"
 

@@ -16,7 +16,9 @@ import importlib
 
 import torch
 
-from .base import AttentionBackend, AttentionProblem
+from sqa_nas.attention.problem import AttentionProblem
+
+from .base import AttentionBackend
 
 #: Below this head_dim flash-attn-4's backward is wrong (experiments/fa4_backward_check.py
 #: on an H200, 4.0.0b36: head_dim 16 wrong; 32, 64 and 128 within bf16 error for every

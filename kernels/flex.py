@@ -21,11 +21,13 @@ import importlib.util
 import warnings
 
 import torch
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 from sqa_nas.attention.masks import MaskSpec, dense_mask, mask_mod
+from sqa_nas.attention.problem import AttentionProblem
 from sqa_nas.compiling import allow_recompiles
 
-from .base import AttentionBackend, AttentionProblem
+from .base import AttentionBackend
 from .flash_attn import FA4_MIN_BACKWARD_HEAD_DIM
 
 # Eager flex materialises (B, H, N, N) scores; keep it to sizes a CPU handles anyway.
@@ -52,8 +54,6 @@ TILE = 128  # FlexAttention's block size
 
 @functools.lru_cache(maxsize=32)
 def _block_mask(spec: MaskSpec, n: int, device: torch.device, compiled: bool):
-    from torch.nn.attention.flex_attention import create_block_mask
-
     mod = mask_mod(spec, n, device)
     if mod is None:
         return None
@@ -109,8 +109,6 @@ def _band_tiles(spec: MaskSpec, n: int, device) -> tuple[torch.Tensor, torch.Ten
 
 def _from_tiles(partial: torch.Tensor, full: torch.Tensor, n: int, mod):
     """The BlockMask of (partial, full) tiles; `mod` decides inside the partial ones."""
-    from torch.nn.attention.flex_attention import BlockMask
-
     def indexed(sel):  # (1, 1, nb) counts, (1, 1, nb, nb) indices, selected tiles first
         order = torch.argsort(sel.int(), dim=-1, descending=True, stable=True)
         return sel.sum(-1).int()[None, None], order.int()[None, None]
@@ -121,8 +119,6 @@ def _from_tiles(partial: torch.Tensor, full: torch.Tensor, n: int, mod):
 
 @functools.cache
 def _compiled_flex():
-    from torch.nn.attention.flex_attention import flex_attention
-
     allow_recompiles()  # each (shape, mask) is a new graph
     return torch.compile(flex_attention, dynamic=False)
 
@@ -137,11 +133,6 @@ class FlexBackend(AttentionBackend):
         # Layouts on which the FLASH backend failed to build, with the error: they run on
         # the Triton backend instead, and `kernel_name` says so.
         self.flash_failures: dict[AttentionProblem, str] = {}
-
-    def availability(self) -> str | None:
-        if importlib.util.find_spec("torch.nn.attention.flex_attention") is None:
-            return f"torch {torch.__version__} has no FlexAttention (needs torch >= 2.5)"
-        return None
 
     def _compiled(self, device_type: str) -> bool:
         return self.compile if self.compile is not None else device_type == "cuda"
@@ -184,8 +175,6 @@ class FlexBackend(AttentionBackend):
         return "flex (FLASH)" if self._flash(problem) else "flex (Triton)"
 
     def forward(self, q, k, v, problem: AttentionProblem) -> torch.Tensor:
-        from torch.nn.attention.flex_attention import flex_attention
-
         compiled = self._compiled(q.device.type)
         block_mask = _block_mask(problem.mask, problem.seq_len, q.device, compiled)
         fn = _compiled_flex() if compiled else flex_attention

@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from sqa_nas.attention.masks import MaskSpec, dense_mask
+from sqa_nas.attention.problem import AttentionProblem
 
-from .base import AttentionBackend, AttentionProblem
+from .base import AttentionBackend
 
 # 16k x 16k bool mask = 256 MiB; beyond that use a backend that never builds it.
 MAX_MASKED_SEQ_LEN = 16_384

@@ -8,18 +8,19 @@ bias classes (see `attn_bias_for`); global tokens and block-sparse layouts go to
 from __future__ import annotations
 
 import functools
+import logging
 
 import torch
 
 from sqa_nas.attention.masks import MaskSpec
+from sqa_nas.attention.problem import AttentionProblem
 
-from .base import AttentionBackend, AttentionProblem
+from .base import AttentionBackend
 
 
 @functools.cache
 def _import():
-    import logging
-
+    # xformers is optional (sqa-nas[xformers]): imported on first use, not with this module.
     logging.getLogger("xformers").setLevel(logging.ERROR)
     import xformers.ops as xops
 

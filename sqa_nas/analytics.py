@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from sqa_nas.attention import AttentionConfig, MaskSpec
-from sqa_nas.attention.masks import count_visible
+from sqa_nas.attention.config import AttentionConfig
+from sqa_nas.attention.masks import MaskSpec, count_visible
 from sqa_nas.model import ModelConfig
 
 

@@ -37,10 +37,11 @@ import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 
-from sqa_nas.attention import AttentionConfig, BlockSparseLayout, SparseQueryAttention
+from sqa_nas.attention import AttentionConfig, BlockSparseLayout
 from sqa_nas.attention.masks import count_visible
 from sqa_nas.attention.reference import reference_layer
 from sqa_nas.errors import UserError, first_error
+from sqa_nas.layer import SparseQueryAttention
 from sqa_nas.machine import machine_info
 from sqa_nas.registry import get_backend, get_variant, register_backend
 from sqa_nas.timing import row_watchdog, time_call

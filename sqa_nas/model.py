@@ -33,8 +33,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 from torch import nn
 
-from sqa_nas.attention import AttentionConfig, SparseQueryAttention
+from sqa_nas.attention.config import AttentionConfig
 from sqa_nas.errors import UserError, first_error
+from sqa_nas.layer import SparseQueryAttention
+from sqa_nas.registry import get_variant
 
 # Fields of AttentionConfig that the model sets for every layer.
 _MODEL_LEVEL = ("d_model", "n_heads", "head_dim", "causal", "rope_theta")
@@ -83,8 +85,6 @@ class ModelConfig(BaseModel):
         return self
 
     def _resolve(self, i: int, spec: dict[str, Any]) -> AttentionConfig:
-        from sqa_nas.registry import get_variant
-
         where = f"layers[{i}]" if self.layers is not None else "attention"
         clash = sorted(set(spec) & set(_MODEL_LEVEL))
         if clash:

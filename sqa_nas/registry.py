@@ -13,13 +13,20 @@ subclass or instance). Entry points load on the first lookup.
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
 
-from sqa_nas.attention.config import AttentionConfig, BlockSparseLayout
+from sqa_nas.attention.config import AttentionConfig, BlockSparseLayout, Pattern, pattern_of
+from sqa_nas.attention.problem import AttentionProblem
 from sqa_nas.errors import UserError
-from sqa_nas.kernels.base import AttentionBackend, AttentionProblem
+from sqa_nas.kernels.base import AttentionBackend
+from sqa_nas.kernels.calibration import measured_order
+from sqa_nas.kernels.flash_attn import FlashAttnBackend
+from sqa_nas.kernels.flex import FlexBackend
+from sqa_nas.kernels.sdpa import SdpaBackend
+from sqa_nas.kernels.xformers import XformersBackend
 
 #: A head count against the reference H: "H", "H/4", "3H/4", or a number such as "1".
 HEAD_COUNT = re.compile(r"^(?:(\d*)H(?:/([1-9]\d*))?|(\d+))$")
@@ -51,12 +58,9 @@ class Variant:
         return AttentionConfig(d_model=d_model, n_heads=n_heads, **fields)
 
     @property
-    def pattern(self) -> str:
-        if "block_sparse" in self.defaults:
-            return "block_sparse"
-        if self.defaults.get("global_tokens"):
-            return "flex"
-        return "window" if "window" in self.defaults else "dense"
+    def pattern(self) -> Pattern:
+        d = self.defaults
+        return pattern_of(d.get("window"), d.get("global_tokens", 0), d.get("block_sparse"))
 
 
 def heads_of(expr: str | int, n_heads: int, *, exact: bool = False) -> int | None:
@@ -126,8 +130,6 @@ def _load_plugins() -> None:
             try:
                 register(ep.load())
             except Exception as exc:  # a broken plugin must not break the tool
-                import warnings
-
                 warnings.warn(f"plugin {ep.name!r} ({ep.value}) failed to load: {exc}",
                               stacklevel=2)
 
@@ -190,8 +192,6 @@ def select_backend(problem: AttentionProblem, requested: str = "auto"):
     if not candidates:
         raise UserError("no backend can run this layer: " +
                         "; ".join(f"{k}: {v}" for k, v in refusals.items()))
-    from sqa_nas.kernels.calibration import measured_order
-
     able = [b for b in candidates if ":" not in b.name] or candidates
     measured = measured_order(problem, able)
     if measured is not None:
@@ -206,16 +206,5 @@ def select_backend(problem: AttentionProblem, requested: str = "auto"):
 
 for _v in _BUILTIN_VARIANTS:
     register_variant(_v)
-
-
-def _register_builtin_backends() -> None:
-    from sqa_nas.kernels.flash_attn import FlashAttnBackend
-    from sqa_nas.kernels.flex import FlexBackend
-    from sqa_nas.kernels.sdpa import SdpaBackend
-    from sqa_nas.kernels.xformers import XformersBackend
-
-    for cls in (SdpaBackend, FlexBackend, FlashAttnBackend, XformersBackend):
-        register_backend(cls)
-
-
-_register_builtin_backends()
+for _backend in (SdpaBackend, FlexBackend, FlashAttnBackend, XformersBackend):
+    register_backend(_backend)

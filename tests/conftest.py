@@ -1,12 +1,14 @@
 """Shared fixtures: a private corpus cache for the whole session (subprocesses inherit it),
-and free loopback ports for the servers some tests start (Ray, PostgreSQL)."""
+free loopback ports for the servers some tests start (Ray, PostgreSQL), seeded RNGs."""
 
 from __future__ import annotations
 
 import os
+import random
 import socket
 
 import pytest
+import torch
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -25,3 +27,12 @@ def free_port():
             s.bind(("127.0.0.1", 0))
             return s.getsockname()[1]
     return pick
+
+
+@pytest.fixture
+def seeded():
+    """Seed Python's and torch's global RNGs, so a test draws the same numbers wherever and
+    in whatever order it runs (`pytestmark = pytest.mark.usefixtures("seeded")`)."""
+    random.seed(0)
+    torch.manual_seed(0)
+    yield

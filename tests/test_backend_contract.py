@@ -10,16 +10,19 @@ import torch
 
 from sqa_nas import registry
 from sqa_nas.attention import MaskSpec, dense_mask
+from sqa_nas.attention.problem import AttentionProblem
 from sqa_nas.bench import backend_spec
 from sqa_nas.errors import UserError
-from sqa_nas.kernels import calibration
-from sqa_nas.kernels.base import AttentionProblem
+from sqa_nas.kernels import calibration, flash_attn, flex
+from sqa_nas.kernels.base import AttentionBackend
 from sqa_nas.kernels.flash_attn import FlashAttnBackend
 from sqa_nas.kernels.flex import FlexBackend
 from sqa_nas.kernels.sdpa import SdpaBackend
 from sqa_nas.kernels.xformers import XformersBackend, attn_bias_for
-from sqa_nas.registry import select_backend
+from sqa_nas.registry import list_backends, select_backend
 from sqa_nas.testing import BackendContract
+
+pytestmark = pytest.mark.usefixtures("seeded")
 
 
 class TestSdpaContract(BackendContract):
@@ -28,6 +31,21 @@ class TestSdpaContract(BackendContract):
 
 class TestFlexContractEager(BackendContract):
     backend = FlexBackend(compile=False)
+
+
+def test_a_backend_must_implement_the_contract():
+    """`AttentionBackend` is an ABC: a subclass without `forward` / `unsupported` cannot be
+    built, so a plugin learns at registration, not at its first call."""
+    class Half(AttentionBackend):
+        name = "half"
+
+        def unsupported(self, problem):
+            return None
+
+    with pytest.raises(TypeError, match="forward"):
+        Half()
+    with pytest.raises(TypeError, match="expects an AttentionBackend"):
+        registry.register_backend(object())
 
 
 @pytest.mark.gpu
@@ -95,8 +113,6 @@ def _cuda_problem(grad=False, dtype=torch.bfloat16, **mask):
 
 
 def test_builtin_calibration_cites_measurements_and_names_real_backends():
-    from sqa_nas.registry import list_backends
-
     names = {b.name for b in list_backends()}
     for entry in calibration.BUILTIN:
         assert set(entry.order) <= names, entry
@@ -202,8 +218,6 @@ def test_kernel_names_say_what_runs():
 def test_flex_falls_back_to_triton_when_flash_fails(monkeypatch):
     """FlexAttention's FLASH backend is experimental: a layout it cannot build runs on the
     Triton backend, is remembered (every length), and the kernel name says what ran."""
-    from sqa_nas.kernels import flex
-
     calls = []
 
     def fake_flex(q, k, v, block_mask, scale, enable_gqa, kernel_options):
@@ -229,8 +243,6 @@ def test_flex_falls_back_to_triton_when_flash_fails(monkeypatch):
 
 
 def test_compiled_flex_refuses_small_head_dim():
-    from sqa_nas.kernels.base import AttentionProblem
-
     problem = AttentionProblem(MaskSpec(True, window=4, global_tokens=2), 8, 2, 8, 256,
                                torch.bfloat16, "cuda", 8**-0.5)
     assert "head_dim >= 16" in FlexBackend(compile=True).unsupported(problem)
@@ -241,8 +253,6 @@ def test_compiled_flex_refuses_small_head_dim():
 def test_flash_attn_4_trains_only_where_its_backward_is_right(monkeypatch):
     """flash-attn-4's backward is wrong at head_dim 16 (measured on an H200): it keeps the
     forward there, and training goes to the next backend with the reason stated."""
-    from sqa_nas.kernels import flash_attn
-
     monkeypatch.setattr(flash_attn, "_load", lambda: (lambda *a, **k: None, "flash-attn-4",
                                                       None))
     monkeypatch.setattr(calibration, "gpu_name", lambda index=None: "NVIDIA H200")
@@ -265,8 +275,6 @@ def test_flash_attn_4_trains_only_where_its_backward_is_right(monkeypatch):
         select_backend(problem(16, grad=True), "flash_attn")
     # FlexAttention's FLASH backend runs flash-attn-4's kernels too, backward included: a
     # windowed layer trains on flex's Triton backend there.
-    from sqa_nas.kernels import flex
-
     monkeypatch.setattr(flex, "flash_backend_available", lambda: True)
     window = dataclasses.replace(problem(16, grad=True), mask=MaskSpec(True, window=64))
     chosen, _ = select_backend(window)

@@ -60,7 +60,7 @@ def test_rows_schema_and_flops_from_mask_density():
 
 
 def _layer_params(name):
-    from sqa_nas.attention import SparseQueryAttention
+    from sqa_nas.layer import SparseQueryAttention
 
     return list(SparseQueryAttention(registry.variant(name, d_model=128, n_heads=8)).parameters())
 

@@ -1,4 +1,6 @@
-"""Masks: the library's masks equal their definitions; analytic counts equal dense counts."""
+"""Masks: the library's masks equal their definitions (`sqa_nas.attention.reference`, written
+without `sqa_nas.attention.masks`); analytic counts equal dense counts; block-sparse layouts
+are pinned to a golden literal, so a change in the layout generator fails here."""
 
 from __future__ import annotations
 
@@ -9,7 +11,9 @@ import torch
 
 from sqa_nas.attention import BlockSparseLayout, MaskSpec, count_visible, dense_mask, density
 from sqa_nas.attention.masks import block_layout
-from tests.reference import mask_from_definition
+from sqa_nas.attention.reference import reference_block_layout, reference_mask
+
+pytestmark = pytest.mark.usefixtures("seeded")
 
 
 def _random_specs(count=60, seed=0):
@@ -33,8 +37,7 @@ def _random_specs(count=60, seed=0):
 @pytest.mark.parametrize("n", [1, 2, 33, 100, 257])
 def test_dense_mask_matches_definition_and_counts(n):
     for spec in _random_specs():
-        expected = mask_from_definition(n, spec.causal, spec.window, spec.global_tokens,
-                                        spec.block_sparse)
+        expected = reference_mask(spec, n)
         got = dense_mask(spec, n)
         if got is None:
             assert spec.is_full and bool(expected.all())
@@ -42,6 +45,44 @@ def test_dense_mask_matches_definition_and_counts(n):
         assert torch.equal(got, expected), spec
         assert count_visible(spec, n) == int(expected.sum()), spec
         assert got.any(dim=1).all(), "every query must see at least one key"
+
+
+def test_window_and_global_tokens_by_hand():
+    """The definitions themselves, on a few pairs (N = 12, window 3, 2 global tokens)."""
+    causal = reference_mask(MaskSpec(True, window=3, global_tokens=2), 12)
+    assert causal[9, 6] and not causal[9, 5] and not causal[6, 7]  # 9 sees 6..9
+    assert causal[9, 1] and causal[9, 0] and not causal[1, 2]  # globals, still causal
+    both = reference_mask(MaskSpec(False, window=3, global_tokens=2), 12)
+    assert both[6, 9] and not both[6, 10] and both[1, 11] and both[11, 1]
+    assert torch.equal(dense_mask(MaskSpec(True, window=3, global_tokens=2), 12), causal)
+    assert torch.equal(dense_mask(MaskSpec(False, window=3, global_tokens=2), 12), both)
+
+
+# Golden layouts: the visible key blocks of every query block, as the generator gave them
+# when this test was written (torch.Generator seeded, `BlockSparseLayout`'s draw formula).
+GOLDEN = [
+    (BlockSparseLayout(block_size=16, local_blocks=0, global_blocks=0, random_blocks=3, seed=5),
+     150, False,
+     [[0, 1, 8, 9], [1, 8, 9], [0, 1, 2, 7], [3, 5, 6, 9], [0, 4, 6, 7], [5, 6, 9], [0, 6, 9],
+      [0, 2, 7], [0, 5, 8, 9], [2, 3, 6, 9]]),
+    (BlockSparseLayout(block_size=16, local_blocks=1, global_blocks=1, random_blocks=2, seed=3),
+     130, True,
+     [[0, 1, 2, 3, 4, 5, 6, 7, 8], [0, 1, 2], [0, 1, 2, 3], [0, 2, 3, 4], [0, 2, 3, 4, 5],
+      [0, 2, 4, 5, 6], [0, 1, 2, 5, 6, 7], [0, 3, 6, 7, 8], [0, 1, 7, 8]]),
+]
+
+
+@pytest.mark.parametrize("layout,n,causal,rows", GOLDEN, ids=["random-only", "bigbird-causal"])
+def test_block_layout_equals_the_golden_literal(layout, n, causal, rows):
+    expected = torch.zeros(len(rows), len(rows), dtype=torch.bool)
+    for r, cols in enumerate(rows):
+        expected[r, cols] = True
+    assert torch.equal(block_layout(layout, n, causal), expected)
+    assert torch.equal(reference_block_layout(layout, n, causal), expected)
+    # The token mask follows the layout: block (r, c) visible <=> its tokens are (causal cut).
+    mask = dense_mask(MaskSpec(causal, block_sparse=layout), n)
+    assert bool(mask[16 * 3 + 5, 16 * 1 + 2]) == (1 in rows[3])
+    assert bool(mask[16 * 3 + 5, 16 * 6]) == (6 in rows[3] and not causal)
 
 
 def test_density_of_window_and_causal():
@@ -56,8 +97,9 @@ def test_density_of_window_and_causal():
 def test_count_visible_scales_to_a_million_tokens():
     spec = MaskSpec(True, window=4096, global_tokens=16)
     n = 1 << 20
-    total = count_visible(spec, n)
-    assert 4096 * n < total < 4114 * n
+    # Query i sees min(i, 4096) + 1 band keys plus the globals left of its band.
+    expected = sum(min(i, 4096) + 1 + min(max(i - 4096, 0), 16) for i in range(n))
+    assert count_visible(spec, n) == expected
 
 
 def test_block_layout_is_deterministic_and_seeded():

@@ -7,8 +7,11 @@ import torch
 import yaml
 
 from sqa_nas.analytics import analyze, attention_flops
+from sqa_nas.compiling import RECOMPILE_LIMIT, allow_recompiles
 from sqa_nas.errors import UserError
 from sqa_nas.model import ModelConfig, build_model, load_config
+
+pytestmark = pytest.mark.usefixtures("seeded")
 
 MIXED = {
     "vocab_size": 97, "d_model": 64, "n_layers": 4, "n_heads": 8, "ffn_dim": 96,
@@ -91,17 +94,22 @@ def test_attention_flops_follow_head_counts_and_masks():
     assert attention_flops(windowed, 1 << 16) < attention_flops(layer, 1 << 16) / 100
 
 
-def test_allow_recompiles_raises_dynamos_limit_and_never_lowers_it(monkeypatch):
-    from sqa_nas.compiling import RECOMPILE_LIMIT, allow_recompiles
-
+def test_allow_recompiles_raises_dynamos_limit_and_never_lowers_it():
     dynamo = torch._dynamo.config
     knobs = [k for k in ("cache_size_limit", "recompile_limit") if hasattr(dynamo, k)]
     assert knobs
-    for knob in knobs:
-        monkeypatch.setattr(dynamo, knob, 8)
-    allow_recompiles()
-    assert all(getattr(dynamo, k) == RECOMPILE_LIMIT for k in knobs)
-    for knob in knobs:
-        monkeypatch.setattr(dynamo, knob, 1000)
-    allow_recompiles()
-    assert all(getattr(dynamo, k) == 1000 for k in knobs)
+    # Restored by hand: pytest's monkeypatch undoes a config-module attribute by deleting
+    # it, which hides torch's `recompile_limit` from every later test in the process.
+    saved = {k: getattr(dynamo, k) for k in knobs}
+    try:
+        for knob in knobs:
+            setattr(dynamo, knob, 8)
+        allow_recompiles()
+        assert all(getattr(dynamo, k) == RECOMPILE_LIMIT for k in knobs)
+        for knob in knobs:
+            setattr(dynamo, knob, 1000)
+        allow_recompiles()
+        assert all(getattr(dynamo, k) == 1000 for k in knobs)
+    finally:
+        for knob, value in saved.items():
+            setattr(dynamo, knob, value)

@@ -13,8 +13,9 @@ import torch
 
 from sqa_nas import registry
 from sqa_nas.attention import MaskSpec
+from sqa_nas.attention.problem import AttentionProblem
+from sqa_nas.cli import guarded
 from sqa_nas.errors import UserError
-from sqa_nas.kernels.base import AttentionProblem
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,7 +108,7 @@ def test_plugin_package_registers_through_entry_points(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "cli.py"), "variants"], env=env,
                          capture_output=True, text=True, check=True).stdout
     assert "DemoSQA" in out and "demo" in out
-    code = ("from sqa_nas.registry import variant; from sqa_nas.attention import "
+    code = ("from sqa_nas.registry import variant; from sqa_nas.layer import "
             "SparseQueryAttention; import torch; a = SparseQueryAttention(variant('DemoSQA', "
             "d_model=64, n_heads=8, backend='demo')); a(torch.randn(1, 5, 64)); "
             "print(a.backend_name, a.config.n_q_heads)")
@@ -116,8 +117,10 @@ def test_plugin_package_registers_through_entry_points(tmp_path):
     assert out.split() == ["demo", "4"]
 
 
-@pytest.mark.parametrize("module", ["sqa_nas.kernels.base", "sqa_nas.kernels.calibration",
-                                    "sqa_nas.kernels.flex", "sqa_nas.attention.layer"])
+@pytest.mark.parametrize("module", ["sqa_nas.attention", "sqa_nas.attention.reference",
+                                    "sqa_nas.kernels.base", "sqa_nas.kernels.calibration",
+                                    "sqa_nas.kernels.flex", "sqa_nas.registry", "sqa_nas.layer",
+                                    "sqa_nas.model", "sqa_nas.analytics", "sqa_nas.testing"])
 def test_every_module_imports_first(module):
     """No import cycle bites whichever module a program imports first."""
     subprocess.run([sys.executable, "-c", f"import {module}"], check=True,
@@ -126,9 +129,6 @@ def test_every_module_imports_first(module):
 
 def test_error_messages_keep_their_brackets(capsys):
     """A UserError is printed as written: '[flash]' in an install hint is not rich markup."""
-    from sqa_nas.cli import guarded
-    from sqa_nas.errors import UserError
-
     def fail():
         raise UserError("pip install 'sqa-nas[flash]' or name [bold]another[/bold] backend")
 

@@ -25,9 +25,11 @@ class BlockSparseLayout(BaseModel):
     Keys and queries are cut into blocks of ``block_size`` tokens. Query block r sees key
     block c when ``|r - c| <= local_blocks``, when ``c < global_blocks`` or ``r < global_blocks``
     (global blocks see and are seen by everything), or when c is one of ``random_blocks``
-    draws for row r from a generator seeded with ``seed`` (draws are with replacement, so a
-    draw that hits an already visible block adds nothing). Causal layers additionally mask
-    keys after the query, token by token.
+    draws for row r (draws are with replacement, so a draw that hits an already visible block
+    adds nothing). The draws, for n_blocks = ceil(N / block_size) rows: ``u = torch.rand(
+    n_blocks, random_blocks, generator=torch.Generator().manual_seed(seed))`` and row r draws
+    ``floor(u[r] * span)``, span = r + 1 when causal (later blocks are masked anyway) else
+    n_blocks. Causal layers additionally mask keys after the query, token by token.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)

@@ -32,7 +32,7 @@ from pydantic import (
 )
 
 from sqa_nas.analytics import ModelCost, analyze, mha_baseline
-from sqa_nas.attention import BlockSparseLayout
+from sqa_nas.attention import BlockSparseLayout, Pattern
 from sqa_nas.data import DataSpec
 from sqa_nas.errors import UserError, first_error
 from sqa_nas.model import ModelConfig
@@ -41,7 +41,6 @@ from sqa_nas.search.records import OBJECTIVES
 
 Objective = Literal["val_loss", "throughput_tokens_per_s", "speedup_vs_mha", "kv_cache_bytes",
                     "params", "attention_flops"]
-Pattern = Literal["dense", "window", "flex", "block_sparse"]
 HeadCount = int | str  # a string is checked against registry.HEAD_COUNT
 Positive = Annotated[int, Field(gt=0)]
 PositiveNumber = Annotated[float, Field(gt=0)]

@@ -1,4 +1,7 @@
-"""`SparseQueryAttention`: the attention layer of every variant, run through a kernel backend."""
+"""`SparseQueryAttention`: the attention layer of every variant, run through a kernel backend.
+
+It sits above the registry (it asks `select_backend` for a kernel) and below the model.
+"""
 
 from __future__ import annotations
 
@@ -7,25 +10,10 @@ from torch import nn
 
 from sqa_nas.attention.config import AttentionConfig
 from sqa_nas.attention.masks import MaskSpec, dense_mask
-
-# A module import, not a name import: `sqa_nas.kernels.base` itself imports
-# `sqa_nas.attention`, so importing it first must not need its names yet.
-from sqa_nas.kernels import base as kernels_base
-
-
-def rope_tables(n: int, head_dim: int, theta: float, device=None, dtype=torch.float32):
-    """cos, sin of shape (N, D) for rotary embeddings, rotate-half layout (LLaMA / NeoX)."""
-    inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float64)
-                         / head_dim)
-    angles = torch.arange(n, device=device, dtype=torch.float64)[:, None] * inv_freq  # (N, D/2)
-    angles = torch.cat([angles, angles], dim=-1)  # (N, D)
-    return angles.cos().to(dtype), angles.sin().to(dtype)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate (B, H, N, D) by position: x * cos + rotate_half(x) * sin."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+from sqa_nas.attention.problem import AttentionProblem
+from sqa_nas.attention.rope import apply_rope, rope_tables
+from sqa_nas.kernels.base import AttentionBackend
+from sqa_nas.registry import get_backend, select_backend
 
 
 class SparseQueryAttention(nn.Module):
@@ -47,31 +35,26 @@ class SparseQueryAttention(nn.Module):
         # H_q (or H_kv for rSQA), not H, sets W_O's input: paper section 3.2.
         self.o_proj = nn.Linear(c.attn_heads * d, c.d_model, bias=c.bias)
         self.mask_spec = MaskSpec.of(c)
-        # problem -> (backend, reason)
-        self._choices: dict[kernels_base.AttentionProblem, tuple] = {}
-        self._last: tuple | None = None
+        self._choices: dict[AttentionProblem, tuple[AttentionBackend, str]] = {}
+        self._last: tuple[AttentionBackend, str] | None = None
         self._rope: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         if c.backend != "auto":
-            from sqa_nas.registry import get_backend
-
             get_backend(c.backend)  # unknown names fail here, not at the first forward
 
     def problem(self, seq_len: int, device_type: str, dtype: torch.dtype,
-                requires_grad: bool = False) -> kernels_base.AttentionProblem:
+                requires_grad: bool = False) -> AttentionProblem:
+        """What this layer asks its backend at length `seq_len` (H_attn query heads)."""
         c = self.config
-        return kernels_base.AttentionProblem(self.mask_spec, c.attn_heads, c.n_kv_heads,
-                                             c.head_dim, seq_len, dtype, device_type, c.scale,
-                                             requires_grad)
+        return AttentionProblem(self.mask_spec, c.attn_heads, c.n_kv_heads, c.head_dim,
+                                seq_len, dtype, device_type, c.scale, requires_grad)
 
-    def select(self, problem: kernels_base.AttentionProblem):
+    def select(self, problem: AttentionProblem) -> tuple[AttentionBackend, str]:
         """(backend, reason) for `problem`, cached per layer."""
         if problem not in self._choices:
-            from sqa_nas.registry import select_backend
-
             self._choices[problem] = select_backend(problem, self.config.backend)
         return self._choices[problem]
 
-    def _current_choice(self):
+    def _current_choice(self) -> tuple[AttentionBackend, str]:
         if self._last is None:  # before any forward: what a training call here would use
             w = self.q_proj.weight
             return self.select(self.problem(1024, w.device.type, w.dtype, w.requires_grad))
@@ -113,6 +96,7 @@ class SparseQueryAttention(nn.Module):
         return q, k, v
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, N, d_model) -> (B, N, d_model)."""
         b, n, _ = x.shape
         q, k, v = self.project(x)
         grad = torch.is_grad_enabled() and q.requires_grad
