@@ -39,8 +39,12 @@ def make_study(storage_url: str, name: str = "demo", n: int = 20, seed: int = 0,
                objectives=("val_loss", "throughput_tokens_per_s"), failed: int = 2,
                running: int = 1) -> optuna.Study:
     rnd = random.Random(seed)
+    # Seeded like `rnd`: the same arguments give the same trials (for a given optuna).
+    sampler = (optuna.samplers.NSGAIISampler(seed=seed) if len(objectives) > 1
+               else optuna.samplers.TPESampler(seed=seed))
     study = optuna.create_study(study_name=name, storage=open_storage(storage_url),
-                                directions=[OBJECTIVES[o] for o in objectives])
+                                directions=[OBJECTIVES[o] for o in objectives],
+                                sampler=sampler)
     study.set_metric_names(list(objectives))
     study.set_user_attr("sqa_nas", {"format": FORMAT, "version": "test"})
     study.set_user_attr("objectives", list(objectives))

@@ -23,7 +23,8 @@ from sqa_nas.errors import UserError
 from sqa_nas.export import export_trial, find_trial, model_template
 from sqa_nas.export.torch_code import BEGIN, END, render_data, template_source
 from sqa_nas.model import ModelConfig, build_model
-from sqa_nas.search.records import load_study
+from sqa_nas.search.records import load_study, trial_records
+from tests import brute
 from tests.fakestudy import HEADS, MASKS, TINY, make_study
 
 BS = {"block_size": 8, "local_blocks": 1, "global_blocks": 1, "random_blocks": 2, "seed": 3}
@@ -346,6 +347,10 @@ def test_cli_picks_a_trial_and_writes_the_torch_files(study, tmp_path, capsys):
         ["README.md", "config.yaml", "model.py"]
     assert _cli(study, "--pick", "knee", *h200, "--out", str(tmp_path / "knee")) == 0
     assert "exported trial" in capsys.readouterr().out
+    knee = yaml.safe_load((tmp_path / "knee" / "config.yaml").read_text())["provenance"]
+    on_h200 = [r for r in trial_records(load_study("demo", study.url))
+               if r.attrs.get("device", {}).get("name") == "NVIDIA H200"]
+    assert knee["trial"] in brute.knee(on_h200, ["val_loss", "throughput_tokens_per_s"])
 
 
 @pytest.mark.parametrize("args,message", [

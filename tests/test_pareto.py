@@ -19,6 +19,7 @@ from sqa_nas.pareto import (
     pick,
 )
 from sqa_nas.search.records import TrialRecord
+from tests import brute
 
 NAMES = ["a", "b", "c", "d"]
 T0 = datetime(2026, 1, 1)
@@ -42,25 +43,6 @@ def random_records(rnd: random.Random, n: int, objectives, levels: int = 6):
     return out
 
 
-def keys(r, objectives, directions):
-    return [r.values[o] if d == "minimize" else -r.values[o]
-            for o, d in zip(objectives, directions)]
-
-
-def brute_front(records, objectives, directions):
-    pool = [r for r in records if r.state == "COMPLETE" and not r.attrs.get("infeasible")
-            and r.values and all(math.isfinite(r.values[o]) for o in objectives)]
-    front = set()
-    for r in pool:
-        kr = keys(r, objectives, directions)
-        dominated = any(
-            all(x <= y for x, y in zip(ko, kr)) and any(x < y for x, y in zip(ko, kr))
-            for ko in (keys(o, objectives, directions) for o in pool))
-        if not dominated:
-            front.add(r.number)
-    return front
-
-
 @pytest.mark.parametrize("n_obj", [1, 2, 3, 4])
 @pytest.mark.parametrize("seed", range(12))
 def test_front_equals_brute_force(n_obj, seed):
@@ -69,10 +51,10 @@ def test_front_equals_brute_force(n_obj, seed):
     directions = [rnd.choice(["minimize", "maximize"]) for _ in objectives]
     records = random_records(rnd, rnd.randrange(1, 120), objectives, levels=rnd.choice([3, 8]))
     front = pareto_front(records, objectives, directions)
-    assert {r.number for r in front} == brute_front(records, objectives, directions)
+    assert {r.number for r in front} == brute.front(records, objectives, directions)
     assert all(r.state == "COMPLETE" and r.feasible for r in front)
     assert len(front) == len({r.number for r in front})
-    first = [keys(r, objectives, directions)[0] for r in front]
+    first = [brute.key(r, objectives, directions)[0] for r in front]
     assert first == sorted(first)  # sorted by the first objective, best first
 
 
@@ -84,7 +66,7 @@ def test_front_equals_brute_force_across_many_blocks(n_obj, levels):
     directions = [rnd.choice(["minimize", "maximize"]) for _ in objectives]
     records = random_records(rnd, 400, objectives, levels=levels)
     front = pareto_front(records, objectives, directions)
-    assert {r.number for r in front} == brute_front(records, objectives, directions)
+    assert {r.number for r in front} == brute.front(records, objectives, directions)
 
 
 def test_equal_points_are_all_kept_and_nothing_else():
@@ -105,17 +87,19 @@ def test_failed_running_pruned_never_on_front_even_when_better():
     assert [r.number for r in pareto_front(records, objectives, ["minimize"] * 2)] == [0]
 
 
-def test_two_objectives_stay_fast_on_large_studies():
-    import time
-
+def test_large_study_sweep_agrees_with_the_block_comparison():
+    # 20000 trials: the two-objective sweep and the numpy blocks of 3+ objectives (here with a
+    # third objective that is equal for all, so it changes no dominance) find the same front.
+    # How fast they are is measured by benchmarks, not asserted here.
     rnd = random.Random(0)
-    records = [TrialRecord(i, "COMPLETE", {"a": rnd.random(), "b": rnd.random(),
-                                           "c": rnd.random()}, {}) for i in range(20000)]
-    start = time.perf_counter()
-    pareto_front(records, ["a", "b"], ["minimize", "maximize"])
-    pareto_front(records, ["a", "b", "c"], ["minimize", "maximize", "minimize"])
-    # A generous guard: ~0.5 s for both here; the former all-pairs test took minutes.
-    assert time.perf_counter() - start < 3.0
+    records = [TrialRecord(i, "COMPLETE", {"a": round(rnd.random(), 3), "b": rnd.random(),
+                                           "c": 1.0}, {}) for i in range(20000)]
+    two = pareto_front(records, ["a", "b"], ["minimize", "maximize"])
+    three = pareto_front(records, ["a", "b", "c"], ["minimize", "maximize", "minimize"])
+    assert [r.number for r in two] == [r.number for r in three]
+    sample = records[:500]  # brute force is quadratic: a slice of the same study
+    assert {r.number for r in pareto_front(sample, ["a", "b"], ["minimize", "maximize"])} == \
+        brute.front(sample, ["a", "b"], ["minimize", "maximize"])
 
 
 # ---------------------------------------------------------------------------------- pickers
@@ -203,10 +187,10 @@ def test_hypervolume_history_matches_recomputation(seed):
     pool = candidates(records, objectives)
     assert [r.number for r, _ in history] == [
         r.number for r in sorted(pool, key=lambda r: (r.datetime_complete, r.number))]
-    ref = [max(keys(r, objectives, directions)[i] for r in pool) for i in (0, 1)]
+    ref = [max(brute.key(r, objectives, directions)[i] for r in pool) for i in (0, 1)]
     seen = []
     for r, area in history:
-        seen.append(keys(r, objectives, directions))
+        seen.append(brute.key(r, objectives, directions))
         assert area == pytest.approx(hypervolume_2d(seen, ref), abs=1e-9)
     areas = [a for _, a in history]
     assert areas == sorted(areas)  # a front never loses area
