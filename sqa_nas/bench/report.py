@@ -29,15 +29,16 @@ def write_json(path: Path, data: dict) -> Path:
 
 
 def write_rows(path: Path | None, schema: str, machine: dict, args: argparse.Namespace,
-               rows: list[dict]) -> None:
+               rows: list[dict], *, command: str | None = None) -> None:
     """A diagnosis script's result (`path` None: none): its rows under the machine header,
-    with the command and the flags that made it."""
+    with the command (default: ``python`` and this process's arguments) and the flags
+    that made it."""
     if path is None:
         return
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     write_json(path, {"schema": schema, "machine": machine,
-                      "command": " ".join(["python", *sys.argv]), "settings": settings,
-                      "rows": rows})
+                      "command": command or " ".join(["python", *sys.argv]),
+                      "settings": settings, "rows": rows})
     print(f"wrote {path}")
 
 

@@ -134,8 +134,8 @@ def run_bench_command(args: argparse.Namespace) -> int:
             title = header_line(result.machine)
             console.print(f"wrote {plot_rows(result.rows, args.png, title=title)}")
         except ImportError:
-            console.print("[yellow]matplotlib is not installed: no plot (experiments/report.py "
-                          "draws it later from the JSON)[/]")
+            console.print("[yellow]matplotlib is not installed: no plot (python -m "
+                          "experiments.report draws it later from the JSON)[/]")
     if args.calibration_out:
         entries = order_from_rows([r.to_dict() for r in result.rows], result.machine["device"],
                                   source=f"{result.settings['command']} "
