@@ -295,3 +295,10 @@ def test_every_script_runs_as_a_module_of_the_experiments_package():
         run = subprocess.run([sys.executable, "-m", f"experiments.{name}", "--help"],
                              cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert run.returncode == 0 and "usage:" in run.stdout, (name, run.stderr)
+    # The GPU scripts and the report run where only torch is installed: no search stack.
+    gpu = ("paper_table3", "long_context", "host_time", "clocks", "report", "fa4_backward_check")
+    code = ("import sys\n" + "".join(f"import experiments.{n}\n" for n in gpu)
+            + "print(sorted({'optuna', 'ray', 'textual', 'matplotlib'} & set(sys.modules)))")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == "[]", (run.stdout, run.stderr)
