@@ -6,7 +6,7 @@ For each batch size the row's call is queued back to back for `--seconds` while
 (throttle) reasons every 50 ms. Printed and saved per batch: the median ms per call and
 per sequence of the batch, the median SM clock and power, and every reason seen.
 
-    python experiments/clocks.py --variants MHA --batch 1,4 --seq-len 32768 --head-dim 128
+    python -m experiments.clocks --variants MHA --batch 1,4 --seq-len 32768 --head-dim 128
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from experiments.common import command_line
 from sqa_nas.bench import BenchSettings, timed_step, write_rows
 from sqa_nas.cli import guarded
 from sqa_nas.cli.args import csv, positive, seconds
@@ -117,7 +118,7 @@ def main(argv=None) -> int:
                   f"| {r['sm_clock_mhz']:.0f} / {r['sm_clock_min_mhz']:.0f} | "
                   f"{r['power_w']:.0f} | {r['temperature_c']:.0f} | "
                   f"{' '.join(r['event_reasons'])} |", flush=True)
-    write_rows(args.out, "sqa-nas/clocks/1", machine, args, rows)
+    write_rows(args.out, "sqa-nas/clocks/1", machine, args, rows, command=command_line())
     return 0
 
 

@@ -7,7 +7,7 @@ for every layout, dK / dV with GQA) while head_dim 32, 64 and 128 stay within bf
 for every layout (experiments/results/fa4_backward_h200.log): why `FlashAttnBackend`
 refuses training below head_dim 32 (`FA4_MIN_BACKWARD_HEAD_DIM`).
 
-    python experiments/fa4_backward_check.py --head-dims 16,32,64,128   # a CUDA GPU
+    python -m experiments.fa4_backward_check --head-dims 16,32,64,128   # a CUDA GPU
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ Per variant (on a CUDA GPU; on CPU, where every time is the host's, only the plu
 
 Where ``host_ms`` nears ``device_ms`` the synchronised samples exceed the kernels' time.
 
-    python experiments/host_time.py --pattern flex --variants MHA,sSQA,xSQA --seq-len 131072
+    python -m experiments.host_time --pattern flex --variants MHA,sSQA,xSQA --seq-len 131072
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from experiments.common import command_line, default_device, default_dtype
 from sqa_nas.bench import (
     DEFAULT_GLOBAL_TOKENS,
     DEFAULT_WINDOW,
@@ -77,10 +78,10 @@ def measure(settings: BenchSettings, name: str, n: int, repeats: int) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(args.device)
     settings = BenchSettings(
         variants=args.variants, seq_lens=[args.seq_len], head_dim=args.head_dim,
-        dtype="bfloat16" if device.startswith("cuda") else "float32", device=device,
+        dtype=default_dtype(device), device=device,
         mode=args.mode, pattern=args.pattern, window=args.window,
         global_tokens=args.global_tokens, baselines=())
     settings.validate()  # UserError for an unknown variant, or cuda without a GPU
@@ -95,7 +96,7 @@ def main(argv=None) -> int:
         rows.append(r)
         print(f"| {name} | {r['synced_ms']:.3f} | {r['queued_ms']:.3f} | "
               f"{r['device_ms']:.3f} | {r['host_ms']:.3f} |", flush=True)
-    write_rows(args.out, "sqa-nas/host_time/1", machine, args, rows)
+    write_rows(args.out, "sqa-nas/host_time/1", machine, args, rows, command=command_line())
     return 0
 
 

@@ -5,8 +5,8 @@ Runs the search in `search_spaces/light_sqa.yaml` — one allocation for all lay
 by validation loss and measured training throughput, then plots the Pareto front with lSQA
 (12/4 at H = 16) marked and writes the answer with the data.
 
-    python experiments/light_sqa.py --tokens 10000000       # on a GPU
-    python experiments/light_sqa.py --smoke                 # CPU, a minute
+    python -m experiments.light_sqa --tokens 10000000       # on a GPU
+    python -m experiments.light_sqa --smoke                 # CPU, a minute
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from science import SMOKE_MODEL, write_result
-
+from experiments.common import SEARCH_SPACES, write_result
+from experiments.science import SMOKE_MODEL
 from sqa_nas.cli import guarded
 from sqa_nas.pareto import pareto_front
 from sqa_nas.search.executors.local import LocalExecutor
@@ -25,7 +25,7 @@ from sqa_nas.search.records import trial_records
 from sqa_nas.search.space import load_space, parse_space
 from sqa_nas.search.study import Driver
 
-SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "light_sqa.yaml"
+SPACE = SEARCH_SPACES / "light_sqa.yaml"
 
 
 def run(args) -> dict:
@@ -67,6 +67,7 @@ def run(args) -> dict:
 
 
 def plot(payload: dict, path: Path) -> None:
+    # matplotlib is optional (only the plot needs it): imported when drawing
     import matplotlib
 
     matplotlib.use("Agg")

@@ -16,8 +16,8 @@ Few distinct shapes, since compiled FlexAttention compiles once per shape: the f
 runs on three head layouts at the sweep length and on Flex-SQA's at the others. Long calls
 are timed fewer times (`--budget-s`): dense MHA at 1M tokens takes seconds a call.
 
-    python experiments/long_context.py                       # ~3 min on an H200
-    python experiments/long_context.py --dense-max-len 524288 --no-backward
+    python -m experiments.long_context                       # ~3 min on an H200
+    python -m experiments.long_context --dense-max-len 524288 --no-backward
 """
 
 from __future__ import annotations
@@ -27,12 +27,21 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
+from experiments.common import (
+    command_line,
+    default_device,
+    default_dtype,
+    default_out,
+    progress,
+    save_and_print,
+)
+from experiments.report import long_context_markdown
 from sqa_nas.bench import (
     DEFAULT_GLOBAL_TOKENS,
     DEFAULT_WINDOW,
     TIMING,
+    BenchResult,
+    BenchRow,
     BenchSettings,
     expand_grid,
     run_grid,
@@ -43,7 +52,6 @@ from sqa_nas.cli.args import csv, positive, seconds
 from sqa_nas.cli.bench import add_row_timeout_argument
 
 SCHEMA = "sqa-nas/long_context/1"
-HERE = Path(__file__).resolve().parent
 
 
 def names_or_none(text: str) -> list[str]:
@@ -128,32 +136,32 @@ def plan(args, device: str, dtype: str) -> dict[str, list[BenchSettings]]:
     return {"heads": heads, "lengths": lengths}
 
 
-def add_dense_speedups(rows: list[dict]) -> None:
+def add_dense_speedups(rows: list[BenchRow]) -> list[BenchRow]:
     """`speedup_vs_dense_MHA`: forward time of dense causal MHA at the same length over the
     row's; the question is how much a window buys against full attention."""
-    dense = {r["seq_len"]: r["ms"] for r in rows
-             if r.get("part") == "lengths" and r["variant"] == "MHA"
-             and r["pattern"] == "dense" and r["mode"] == "fwd" and "ms" in r}
-    for r in rows:
-        if r.get("part") == "lengths" and r["mode"] == "fwd" and "ms" in r \
-                and r["seq_len"] in dense:
-            r["speedup_vs_dense_MHA"] = dense[r["seq_len"]] / r["ms"]
+    dense = {r.seq_len: r.ms for r in rows
+             if r.extra.get("part") == "lengths" and r.variant == "MHA"
+             and r.pattern == "dense" and r.mode == "fwd" and r.timed}
+    return [r.model_copy(update={"speedups": r.speedups | {
+                "dense_MHA": dense[r.seq_len] / r.ms}})
+            if r.extra.get("part") == "lengths" and r.mode == "fwd" and r.timed
+            and r.seq_len in dense else r for r in rows]
 
 
 def run(args) -> dict:
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    device = default_device(args.device)
+    dtype = default_dtype(device, args.dtype)
     parts = plan(args, device, dtype)
     t0 = time.perf_counter()
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    settings |= {"device": device, "dtype": dtype, "command": " ".join(["python", *sys.argv])}
-    rows: list[dict] = []
+    settings |= {"device": device, "dtype": dtype, "command": command_line()}
+    rows: list[BenchRow] = []
 
-    def assemble(machine: dict, new_rows: list[dict], **extra) -> dict:
-        everything = rows + new_rows
-        add_dense_speedups(everything)
+    def assemble(machine: dict, new_rows: list[BenchRow], **extra) -> dict:
+        everything = add_dense_speedups(rows + new_rows)
         return {"schema": SCHEMA, "machine": machine, "timing": TIMING, "settings": settings,
-                "rows": everything, "wall_s": time.perf_counter() - t0, **extra,
+                "rows": [r.to_dict() for r in everything],
+                "wall_s": time.perf_counter() - t0, **extra,
                 "notes": ["TFLOP/s are effective: FLOPs of the keys each query sees "
                           "(count_visible), so a window's TFLOP/s compare with dense ones",
                           "speedup_vs_MHA: against MHA heads under the same mask (heads "
@@ -165,29 +173,23 @@ def run(args) -> dict:
         if not grid:
             continue
 
-        def save_partial(partial: dict, part=part) -> None:  # a cut-short run keeps its rows
+        def save_partial(partial: BenchResult, part=part) -> None:  # keeps a cut run's rows
             if args.out is not None:
-                running = {"running": partial["running"] | {"part": part}} \
-                    if "running" in partial else {}
-                write_json(args.out, assemble(partial["machine"], [r | {"part": part}
-                                                               for r in partial["rows"]],
-                                          partial=True, **running))
+                running = {"running": partial.running | {"part": part}} \
+                    if partial.running is not None else {}
+                write_json(args.out, assemble(partial.machine, [r.update(part=part)
+                                                                for r in partial.rows],
+                                              partial=True, **running))
 
-        result = run_grid(grid, progress=lambda s, p=part: print(f"  {p}: {s}",
-                                                                  file=sys.stderr, flush=True),
+        result = run_grid(grid, progress=lambda s, p=part: progress(f"{p}: {s}"),
                           extra={"command": settings["command"]}, on_cell=save_partial,
                           row_timeout_s=args.row_timeout_s)
-        rows += [r | {"part": part} for r in result["rows"]]
-    return assemble(result["machine"], [])
+        rows += [r.update(part=part) for r in result.rows]
+    return assemble(result.machine, [])
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if str(HERE) not in sys.path:
-        sys.path.insert(0, str(HERE))
-    from paper_table3 import default_out, save_and_print  # beside this file
-    from report import long_context_markdown  # no matplotlib needed for the tables
-
     args.out = args.out or default_out("long_context", args.device)
     return save_and_print(run(args), args.out, long_context_markdown)
 

@@ -7,14 +7,14 @@ data) for several seeds, through the search's own trial code. Reports validation
 perplexity, next-token accuracy and wall time with their spread, and compares the ordering
 with the paper's (MHA < GQA < sSQA < SQA < xSQA < MQA < xSMQA).
 
-    python experiments/paper_table1.py --tokens 20000000 --seeds 0,1      # on a GPU
-    python experiments/paper_table1.py --smoke                            # CPU, seconds
+    python -m experiments.paper_table1 --tokens 20000000 --seeds 0,1      # on a GPU
+    python -m experiments.paper_table1 --smoke                            # CPU, seconds
 
 Finished runs survive a stop: they are kept in `<result>.partial.json`, rewritten after every
 run and removed once the result is written. Seeds run apart (one per GPU, or one per session)
 are joined with `--merge`, which checks they share the model, budget and corpus:
 
-    python experiments/paper_table1.py --merge seed0.json seed1.json --out table1.json
+    python -m experiments.paper_table1 --merge seed0.json seed1.json --out table1.json
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-from science import (
+from experiments.common import write_partial, write_result
+from experiments.science import (
     PAPER_MODEL,
     PAPER_TABLE1,
     SMOKE_MODEL,
@@ -35,10 +36,7 @@ from science import (
     ordering_report,
     seed_list,
     train_allocation,
-    write_partial,
-    write_result,
 )
-
 from sqa_nas.cli import guarded
 from sqa_nas.errors import UserError
 

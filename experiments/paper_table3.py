@@ -13,9 +13,9 @@ first, then warm-up per variant and the median of CUDA-event-timed repeats
 At 200k tokens the LM head alone writes 200,000 x 10,000 bf16 logits (4 GB): counted in the
 step, as in the paper.
 
-    python experiments/paper_table3.py                      # head_dim 16, 64, 128
-    python experiments/paper_table3.py --head-dims 16 --quick
-    python experiments/report.py                            # tables + PNG from the JSON
+    python -m experiments.paper_table3                      # head_dim 16, 64, 128
+    python -m experiments.paper_table3 --head-dims 16 --quick
+    python -m experiments.report                            # tables + PNG from the JSON
 """
 
 from __future__ import annotations
@@ -27,16 +27,23 @@ from pathlib import Path
 
 import torch
 
-from sqa_nas.bench import BenchSettings, run_grid, timed_step, write_json
+from experiments.common import (
+    command_line,
+    default_device,
+    default_dtype,
+    default_out,
+    progress,
+    save_and_print,
+)
+from experiments.report import paper_table3_markdown
+from sqa_nas.bench import BenchResult, BenchRow, BenchSettings, run_grid, timed_step, write_json
 from sqa_nas.cli import guarded
 from sqa_nas.cli.args import csv, positive, seconds
 from sqa_nas.cli.bench import add_row_timeout_argument
-from sqa_nas.machine import header_line
+from sqa_nas.registry import get_variant
 from sqa_nas.timing import profile_call
 
 SCHEMA = "sqa-nas/paper_table3/1"
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
 PAPER_VARIANTS = ("MHA", "GQA", "MQA", "SQA", "sSQA", "xSQA")
 VARIANTS = PAPER_VARIANTS + ("SW-SQA", "Flex-SQA")
 # The paper's batch per length: 128 x 1k = 32 x 4k = 4 x 32k = 131k tokens a step.
@@ -132,52 +139,49 @@ def cells(args, device: str, dtype: str) -> list[BenchSettings]:
 def _variants_at(args, head_dim: int) -> list[str]:
     """The variants at `head_dim`: those needing compiled FlexAttention (global tokens,
     block-sparse) only at --flex-head-dims."""
-    from sqa_nas.registry import get_variant
-
     if args.flex_head_dims is None or head_dim in args.flex_head_dims:
         return list(args.variants)
     return [v for v in args.variants if get_variant(v).pattern not in ("flex", "block_sparse")]
 
 
-def annotate(row: dict) -> None:
-    """Add the paper's A100 time, our earlier H200 time and the softmax floor to a row."""
-    n, v = row["seq_len"], row["variant"]
-    if row.get("head_dim") == 16 and row.get("batch") == PAPER_BATCH.get(n):
+def annotate(row: BenchRow) -> BenchRow:
+    """The row with the paper's A100 time (and our share of it), our earlier H200 time and
+    the softmax floor added as columns where they apply."""
+    n, v = row.seq_len, row.variant
+    columns = {}
+    if row.head_dim == 16 and row.batch == PAPER_BATCH.get(n):
         if v in PAPER_A100.get(n, {}):
-            row["paper_a100_s"] = PAPER_A100[n][v]
-            if "ms" in row:
-                row["fraction_of_paper"] = row["ms"] / 1e3 / PAPER_A100[n][v]
+            columns["paper_a100_s"] = PAPER_A100[n][v]
+            if row.timed:
+                columns["fraction_of_paper"] = row.ms / 1e3 / PAPER_A100[n][v]
         if v in ANCHOR_H200_SDPA.get(n, {}):
-            row["anchor_h200_sdpa_s"] = ANCHOR_H200_SDPA[n][v]
-    if "density" in row and "n_q_heads" in row:
-        layers = row.get("n_layers", 8)
-        exps = layers * max(row["n_q_heads"], row["n_kv_heads"]) * row["batch"] \
-            * row["density"] * n * n
-        row["softmax_exp_floor_s"] = exps / EXP_PER_S
+            columns["anchor_h200_sdpa_s"] = ANCHOR_H200_SDPA[n][v]
+    if row.density is not None and row.n_q_heads is not None:
+        layers = row.extra.get("n_layers", 8)
+        exps = layers * max(row.n_q_heads, row.n_kv_heads) * row.batch * row.density * n * n
+        columns["softmax_exp_floor_s"] = exps / EXP_PER_S
+    return row.update(**columns)
 
 
 def run(args) -> dict:
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    device = default_device(args.device)
+    dtype = default_dtype(device, args.dtype)
     grid = cells(args, device, dtype)
     t0 = time.perf_counter()
 
-    def finish(result: dict) -> dict:
-        for row in result["rows"]:
-            row["n_layers"] = args.n_layers or 8
-            annotate(row)
-        return result | {"schema": SCHEMA, "reference": REFERENCE, "notes": NOTES}
+    def finish(result: BenchResult) -> dict:
+        rows = [annotate(r.update(n_layers=args.n_layers or 8)) for r in result.rows]
+        return result.replace(rows=rows).to_dict() | {"schema": SCHEMA,
+                                                      "reference": REFERENCE, "notes": NOTES}
 
-    def save_partial(result: dict) -> None:  # a run cut short keeps its finished cells
+    def save_partial(result: BenchResult) -> None:  # a run cut short keeps its finished cells
         if args.out is not None:
             write_json(args.out, finish(result))
-        if "running" not in result:  # also called before every row, with the row in flight
-            print(f"  saved {len(result['rows'])} rows to {args.out}", file=sys.stderr,
-                  flush=True)
+        if result.running is None:  # also called before every row, with the row in flight
+            progress(f"saved {len(result.rows)} rows to {args.out}")
 
-    result = finish(run_grid(grid, progress=lambda s: print(f"  {s}", file=sys.stderr,
-                                                             flush=True),
-                             extra={"command": " ".join(["python", *sys.argv]),
+    result = finish(run_grid(grid, progress=progress,
+                             extra={"command": command_line(),
                                     "paper_batch": args.batch is None},
                              on_cell=save_partial, row_timeout_s=args.row_timeout_s))
     profiles = []
@@ -197,32 +201,9 @@ def run(args) -> dict:
     return result
 
 
-def default_out(stem: str, device: str | None) -> Path:
-    """experiments/results/<stem>_<gpu>.json, e.g. paper_table3_h200.json."""
-    if str(HERE) not in sys.path:
-        sys.path.insert(0, str(HERE))
-    from report import device_slug  # beside this file
-
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    machine = {"device_type": device.type, "device": torch.cuda.get_device_name(device)
-               if device.type == "cuda" else "cpu"}
-    return RESULTS / f"{stem}_{device_slug(machine)}.json"
-
-
-def save_and_print(result: dict, out: Path, markdown) -> int:
-    """Write the results file, then print its machine header, its tables and where it went."""
-    write_json(out, result)
-    print(header_line(result["machine"]))
-    print(markdown(result))
-    print(f"wrote {out} ({result['wall_s']:.0f} s)")
-    return 0
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     args.out = args.out or default_out("paper_table3", args.device)
-    from report import paper_table3_markdown  # no matplotlib needed for the tables
-
     return save_and_print(run(args), args.out, paper_table3_markdown)
 
 

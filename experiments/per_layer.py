@@ -8,10 +8,10 @@ throughput?
    allocation (beyond `--tolerance`) and its mean validation loss is higher by more than the
    larger of the two seed spreads.
 
-    python experiments/per_layer.py --space search_spaces/quickstart.yaml --n-trials 16
-    python experiments/per_layer.py --space search_spaces/paper_dense.yaml --n-trials 20 \
+    python -m experiments.per_layer --space search_spaces/quickstart.yaml --n-trials 16
+    python -m experiments.per_layer --space search_spaces/paper_dense.yaml --n-trials 20 \
         --tokens 15000000                                   # on a GPU
-    python experiments/per_layer.py --smoke
+    python -m experiments.per_layer --smoke
 """
 
 from __future__ import annotations
@@ -21,15 +21,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-from science import (
+from experiments.common import SEARCH_SPACES, write_partial, write_result
+from experiments.science import (
+    SMOKE_PER_LAYER_HEADS,
+    SMOKE_PER_LAYER_MODEL,
     aggregate,
     corpus_of,
     seed_list,
     train_allocation,
-    write_partial,
-    write_result,
 )
-
 from sqa_nas.cli import guarded
 from sqa_nas.errors import UserError
 from sqa_nas.pareto import pareto_front
@@ -38,7 +38,6 @@ from sqa_nas.search.records import load_study, trial_records
 from sqa_nas.search.space import load_space, parse_space
 from sqa_nas.search.study import Driver
 
-ROOT = Path(__file__).resolve().parents[1]
 UNIFORM = ["MHA", "GQA", "SQA", "sSQA", "xSQA"]
 
 
@@ -47,10 +46,10 @@ def _search(args):
     data["search"]["tying"], data["search"]["group_size"] = "per_layer", None
     data["study"] = "per_layer" + ("_smoke" if args.smoke else "")
     if args.smoke:
-        data["model"].update(d_model=32, n_layers=2, n_heads=4, ffn_dim=64, seq_len=32)
+        data["model"].update(SMOKE_PER_LAYER_MODEL)
         data["budget"]["train"].update(steps=4, tokens=None, batch_size=2, eval_batches=2)
         data["budget"]["throughput"].update(batch_size=2, repeats=1)
-        data["search"].update(n_q_heads=["H", "H/2"], n_kv_heads=["H/2", 1])
+        data["search"].update(SMOKE_PER_LAYER_HEADS)
         data["seed_trials"] = ["MHA"]
     if args.n_trials:
         data["budget"]["n_trials"] = args.n_trials
@@ -67,7 +66,7 @@ def _search(args):
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--space", type=Path, default=ROOT / "search_spaces" / "quickstart.yaml")
+    p.add_argument("--space", type=Path, default=SEARCH_SPACES / "quickstart.yaml")
     p.add_argument("--study", help="use this finished study instead of searching")
     p.add_argument("--storage", help="its storage URL")
     p.add_argument("--n-trials", type=int)

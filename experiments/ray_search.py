@@ -2,9 +2,9 @@
 Ray workers holding one GPU each (`sqa_nas.search.executors.ray`), with the GPUs' busy
 fraction measured.
 
-    python experiments/ray_search.py                         # a private Ray instance, all GPUs
-    python experiments/ray_search.py --address auto          # a running cluster (see the README)
-    python experiments/ray_search.py --smoke --gpus-per-trial 0   # CPU check, about a minute
+    python -m experiments.ray_search                         # a private Ray instance, all GPUs
+    python -m experiments.ray_search --address auto          # a running cluster (see the README)
+    python -m experiments.ray_search --smoke --gpus-per-trial 0   # CPU check, about a minute
 
 Phase "throughput" searches `throughput_tokens_per_s` alone: short trials, the case where a
 fresh process per trial would idle the GPUs. Phase "quality" runs the space as written (val
@@ -18,7 +18,6 @@ results/ray_search_<gpu>_x<GPUs>.json and the console log next to it (.txt).
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import shutil
 import statistics
 import subprocess
@@ -28,20 +27,18 @@ import threading
 import time
 from pathlib import Path
 
-from report import device_slug  # beside this file
 from rich.console import Console
-from science import RESULTS, write_result
 
+from experiments.common import RESULTS, SEARCH_SPACES, device_slug, write_result
+from experiments.science import SMOKE_PER_LAYER_HEADS, SMOKE_PER_LAYER_MODEL
 from sqa_nas.cli import guarded
 from sqa_nas.cli.search import print_front, print_stats
-from sqa_nas.machine import machine_info
+from sqa_nas.machine import machine_info, package_version
 from sqa_nas.search.executors.ray import RayExecutor
 from sqa_nas.search.objective import pick_device
 from sqa_nas.search.records import trial_records
 from sqa_nas.search.space import load_space, parse_space
 from sqa_nas.search.study import Driver
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 class GpuUtilization:
@@ -91,9 +88,8 @@ def phase_spec(args, phase: str):
     if args.gpus_per_trial is not None:
         ray["gpus_per_trial"] = args.gpus_per_trial
     if args.smoke:
-        data["model"].update(d_model=32, n_layers=2, n_heads=4, ffn_dim=64, seq_len=32)
-        data["search"].update(n_q_heads=["H", "H/2"], n_kv_heads=["H/2", 1], tying="per_layer",
-                              group_size=None)
+        data["model"].update(SMOKE_PER_LAYER_MODEL)
+        data["search"].update(SMOKE_PER_LAYER_HEADS, tying="per_layer", group_size=None)
         data["budget"]["train"].update(steps=8, batch_size=2, eval_batches=2)
         data["budget"]["throughput"].update(batch_size=2, repeats=2)
         ray["cpus_per_trial"] = 1
@@ -147,7 +143,7 @@ def trial_row(r) -> dict:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--space", type=Path, default=ROOT / "search_spaces" / "ray_demo.yaml")
+    p.add_argument("--space", type=Path, default=SEARCH_SPACES / "ray_demo.yaml")
     p.add_argument("--address", help="join this Ray cluster (default: a private instance)")
     p.add_argument("--gpus-per-trial", type=float)
     p.add_argument("--throughput-trials", type=int, default=24)
@@ -175,18 +171,11 @@ def main(argv=None) -> None:
     name = f"ray_search_{device_slug(machine_info(pick_device()))}" + \
         (f"_x{n_gpus}" if n_gpus else "") + ("_smoke" if args.smoke else "")
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    versions = {k: _version(k) for k in ("ray", "optuna", "torch")}
+    versions = {k: package_version(k) for k in ("ray", "optuna", "torch")}
     write_result(name, {"versions": versions, "gpus_used": gpus, "phases": phases},
                  out=args.out_dir / f"{name}.json")
     (args.out_dir / f"{name}.txt").write_text(console.export_text())
     print(f"wrote {args.out_dir / f'{name}.txt'}", file=sys.stderr)
-
-
-def _version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 if __name__ == "__main__":

@@ -1,16 +1,17 @@
 """Result JSON -> markdown tables, target checks and PNGs: the README's Performance section.
 
-Reads what `sqa-nas bench --json`, `paper_table3.py`, `long_context.py`, and the diagnoses
-`host_time.py` and `clocks.py` wrote, checks the
+Reads what `sqa-nas bench --json`, `paper_table3`, `long_context`, and the diagnoses
+`host_time` and `clocks` wrote, checks the
 project's performance targets against it (each with its margin, and for a miss the numbers
 that explain it), draws the plots, and writes `docs/performance.md`. Nothing here runs a
 benchmark, and nothing is typed in by hand: every number comes from a result file.
 
-    python experiments/report.py                       # experiments/results/*.json
-    python experiments/report.py FILE.json ... --out docs/performance.md
-    python experiments/report.py --section             # print the README section
+    python -m experiments.report                       # experiments/results/*.json
+    python -m experiments.report FILE.json ... --out docs/performance.md
+    python -m experiments.report --section             # print the README section
 
 Only the PNG step needs matplotlib, so the GPU scripts import the table functions from here.
+The rows of bench, paper_table3 and long_context files are read as `BenchRow`s (`rows_of`).
 """
 
 from __future__ import annotations
@@ -23,23 +24,16 @@ import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-RESULTS = HERE / "results"
-DOC = ROOT / "docs" / "performance.md"
+from experiments.common import DOCS, RESULTS, ROOT
+from sqa_nas.bench import BenchRow, as_rows, group_rows, plot_rows
+from sqa_nas.machine import header_line
+
+DOC = DOCS / "performance.md"
 H200_SMS = 132  # streaming multiprocessors of an H200 SXM; used only in explanations
 PAPER_VARIANTS = ("MHA", "GQA", "MQA", "SQA", "sSQA", "xSQA")
 
 
 # ------------------------------------------------------------------------------ loading
-def device_slug(machine: dict) -> str:
-    """'NVIDIA H200' -> 'h200', any CPU -> 'cpu': the suffix of result file names."""
-    if machine.get("device_type") != "cuda":
-        return "cpu"
-    name = machine["device"].lower().removeprefix("nvidia ").strip()
-    return "".join(c if c.isalnum() else "-" for c in name).strip("-")
-
-
 def kind(result: dict) -> str:
     schema = result.get("schema", "")
     for name in ("paper_table3", "long_context", "bench", "host_time", "clocks"):
@@ -62,6 +56,12 @@ def load(paths: Iterable[str | Path]) -> list[dict]:
             data["_path"] = str(path)
             out.append(data)
     return out
+
+
+def rows_of(result: dict) -> list[BenchRow]:
+    """The rows of a bench, paper_table3 or long_context result, typed: the one reader of
+    their JSON (columns a script added are in each row's `extra`)."""
+    return as_rows(result["rows"])
 
 
 def calibration_markdown(cal: dict) -> str:
@@ -89,20 +89,27 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def _kernels(rows: list[dict]) -> str:
-    seen = sorted({f"{r.get('backend', '?')} ({r['kernel']})" if r.get("kernel") else
-                   r.get("backend", "?") for r in rows if "ms" in r})
+def _or(value, default):
+    """`value`, or `default` where the row lacks it (None)."""
+    return default if value is None else value
+
+
+def _heads(r: BenchRow) -> str:
+    return f"{_or(r.n_q_heads, '?')}/{_or(r.n_kv_heads, '?')}"
+
+
+def _kernels(rows: list[BenchRow]) -> str:
+    seen = sorted({f"{_or(r.backend, '?')} ({r.kernel})" if r.kernel else
+                   _or(r.backend, "?") for r in rows if r.timed})
     return ", ".join(seen) or "none"
 
 
-def _errors(rows: list[dict]) -> list[str]:
-    return sorted({f"{r['variant']} @ {_n(r['seq_len'])}: {r['error']}"
-                   for r in rows if "error" in r})
+def _errors(rows: list[BenchRow]) -> list[str]:
+    return sorted({f"{r.variant} @ {_n(r.seq_len)}: {r.error}"
+                   for r in rows if r.error is not None})
 
 
 def _machine_line(machine: dict) -> str:
-    from sqa_nas.machine import header_line
-
     return header_line(machine)
 
 
@@ -111,40 +118,41 @@ def paper_table3_markdown(result: dict, h: str = "###") -> str:
     """Seconds per forward step, one table per head_dim; at head_dim 16 each cell also
     gives its share of the paper's A100 time, and the last column xSQA's speedup over GQA
     (the paper's in brackets)."""
-    rows = result["rows"]
+    rows = rows_of(result)
     ref = result.get("reference", {}).get("paper_a100_s", {})
     out = []
-    for hd in sorted({r["head_dim"] for r in rows}):
-        sub = [r for r in rows if r["head_dim"] == hd]
-        variants = list(dict.fromkeys(r["variant"] for r in sub))
-        d_model = sub[0]["n_heads"] * hd
+    for hd in sorted({r.head_dim for r in rows}):
+        sub = [r for r in rows if r.head_dim == hd]
+        variants = list(dict.fromkeys(r.variant for r in sub))
+        d_model = sub[0].n_heads * hd
         what = "the paper's model" if hd == 16 else "the same family"
         out.append(f"{h} head_dim {hd} ({what}: d_model {d_model}, "
-                   f"{sub[0].get('n_layers', 8)} layers), seconds per forward step")
+                   f"{sub[0].extra.get('n_layers', 8)} layers), seconds per forward step")
         body = []
-        for n in sorted({r["seq_len"] for r in sub}):
-            at = {r["variant"]: r for r in sub if r["seq_len"] == n}
-            batch = next(iter(at.values()))["batch"]
+        for n in sorted({r.seq_len for r in sub}):
+            at = {r.variant: r for r in sub if r.seq_len == n}
+            batch = next(iter(at.values())).batch
             cells = []
             for v in variants:
-                r = at.get(v, {})
-                if "ms" not in r:
-                    cells.append("error" if "error" in r else "-")
+                r = at.get(v)
+                if r is None or not r.timed:
+                    cells.append("error" if r is not None and r.error is not None else "-")
                     continue
-                text = _sec(r["ms"] / 1e3)
-                if "fraction_of_paper" in r:
-                    text += f" ({r['fraction_of_paper']:.0%})"
+                text = _sec(r.ms / 1e3)
+                if "fraction_of_paper" in r.extra:
+                    text += f" ({r.extra['fraction_of_paper']:.0%})"
                 cells.append(text)
             gain = ""
-            if "ms" in at.get("xSQA", {}) and "ms" in at.get("GQA", {}):
-                gain = f"{at['GQA']['ms'] / at['xSQA']['ms']:.2f}x"
+            xsqa, gqa = at.get("xSQA"), at.get("GQA")
+            if xsqa is not None and gqa is not None and xsqa.timed and gqa.timed:
+                gain = f"{gqa.ms / xsqa.ms:.2f}x"
                 paper = ref.get(str(n)) or ref.get(n)
-                if paper and "fraction_of_paper" in at["xSQA"]:
+                if paper and "fraction_of_paper" in xsqa.extra:
                     gain += f" ({paper['GQA'] / paper['xSQA']:.2f}x)"
             body.append([f"{_n(n)} ({batch})", *cells, gain])
         out.append(_table(["seq (batch)", *variants, "xSQA vs GQA"], body))
         notes = [f"kernels: {_kernels(sub)}"]
-        if hd == 16 and any("fraction_of_paper" in r for r in sub):
+        if hd == 16 and any("fraction_of_paper" in r.extra for r in sub):
             notes.append("in brackets: share of the paper's A100 time (target <= 33%), and "
                          "the paper's own xSQA vs GQA")
         notes += [f"failed: {e}" for e in _errors(sub)]
@@ -153,27 +161,24 @@ def paper_table3_markdown(result: dict, h: str = "###") -> str:
 
 
 def long_context_markdown(result: dict, h: str = "###") -> str:
-    rows = result["rows"]
+    rows = rows_of(result)
     out = []
-    heads = [r for r in rows if r.get("part") == "heads"]
+    heads = [r for r in rows if r.extra.get("part") == "heads"]
     if heads:
-        n = heads[0]["seq_len"]
+        n = heads[0].seq_len
         out.append(f"{h} Same mask, different heads: {_n(n)} tokens, causal forward, "
-                   f"head_dim {heads[0]['head_dim']}")
-        body = [[r["variant"], f"{r.get('n_q_heads', '?')}/{r.get('n_kv_heads', '?')}",
-                 r.get("mask", r["pattern"]), r.get("backend_requested", "auto"),
-                 r.get("kernel", "-"), *_timing(r, "speedup_vs_MHA")] for r in heads]
+                   f"head_dim {heads[0].head_dim}")
+        body = [[r.variant, _heads(r), _or(r.mask, r.pattern), _or(r.backend_requested, "auto"),
+                 _or(r.kernel, "-"), *_timing(r, "MHA")] for r in heads]
         out.append(_table(["heads of", "H_q/H_kv", "mask", "backend", "kernel", "ms",
                            "TFLOP/s (effective)", "vs MHA heads"], body))
-    lengths = [r for r in rows if r.get("part") == "lengths"]
+    lengths = [r for r in rows if r.extra.get("part") == "lengths"]
     if lengths:
         out.append(f"{h} SW-SQA and Flex-SQA against dense attention, by length")
-        body = [[_n(r["seq_len"]), r["variant"],
-                 f"{r.get('n_q_heads', '?')}/{r.get('n_kv_heads', '?')}",
-                 r.get("mask", r["pattern"]), r["mode"], r.get("kernel", "-"),
-                 *_timing(r, "speedup_vs_dense_MHA")]
-                for r in sorted(lengths, key=lambda r: (r["seq_len"], r["pattern"] == "dense",
-                                                        r["variant"], r["mode"]))]
+        body = [[_n(r.seq_len), r.variant, _heads(r), _or(r.mask, r.pattern), r.mode,
+                 _or(r.kernel, "-"), *_timing(r, "dense_MHA")]
+                for r in sorted(lengths, key=lambda r: (r.seq_len, r.pattern == "dense",
+                                                        r.variant, r.mode))]
         out.append(_table(["seq", "variant", "H_q/H_kv", "mask", "mode", "kernel", "ms",
                            "TFLOP/s (effective)", "vs dense MHA"], body))
     errors = _errors(rows)
@@ -182,35 +187,34 @@ def long_context_markdown(result: dict, h: str = "###") -> str:
     return "\n\n".join(out)
 
 
-def _timing(r: dict, speedup_key: str) -> list[str]:
-    if "ms" not in r:
-        return [r.get("error", "-")[:80], "", ""]
-    speed = f"{r[speedup_key]:.2f}x" if speedup_key in r else "-"
-    return [f"{r['ms']:.2f}", f"{r['tflops']:.0f}" if r["tflops"] >= 10 else
-            f"{r['tflops']:.2g}", speed]
+def _timing(r: BenchRow, baseline: str) -> list[str]:
+    """ms, TFLOP/s and the speedup over `baseline`; an untimed row's error instead."""
+    if not r.timed:
+        return [_or(r.error, "-")[:80], "", ""]
+    speedup = r.speedup(baseline)
+    speed = f"{speedup:.2f}x" if speedup is not None else "-"
+    return [f"{r.ms:.2f}", f"{r.tflops:.0f}" if r.tflops >= 10 else f"{r.tflops:.2g}", speed]
 
 
 def bench_markdown(result: dict, h: str = "###") -> str:
-    from sqa_nas.bench import group_rows
-
     out = []
-    several = any("fraction_of_best" in r for r in result["rows"])
-    for title, rows in group_rows(result["rows"]).items():
+    rows_all = rows_of(result)
+    several = any(r.fraction_of_best is not None for r in rows_all)
+    for title, rows in group_rows(rows_all).items():
         out.append(f"{h} {title[0].upper() + title[1:]}")
         header = ["variant", "N", "H_q/H_kv", "backend", "kernel", "ms", "TFLOP/s", "vs MHA",
                   "vs GQA"] + (["of best"] if several else [])
         body = []
         for r in rows:
-            base = [r["variant"], _n(r["seq_len"]),
-                    f"{r.get('n_q_heads', '?')}/{r.get('n_kv_heads', '?')}",
-                    r.get("backend_requested", "auto"), r.get("kernel", "-")]
-            if "ms" not in r:
-                body.append(base + [r.get("error", "-")[:80]] + [""] * (len(header) - 6))
+            base = [r.variant, _n(r.seq_len), _heads(r), _or(r.backend_requested, "auto"),
+                    _or(r.kernel, "-")]
+            if not r.timed:
+                body.append(base + [_or(r.error, "-")[:80]] + [""] * (len(header) - 6))
                 continue
-            body.append(base + [f"{r['ms']:.3f}", f"{r['tflops']:.1f}",
-                                *[f"{r[k]:.2f}x" if k in r else "-"
-                                  for k in ("speedup_vs_MHA", "speedup_vs_GQA")]]
-                        + ([f"{r['fraction_of_best']:.0%}" if "fraction_of_best" in r
+            body.append(base + [f"{r.ms:.3f}", f"{r.tflops:.1f}",
+                                *[f"{r.speedup(b):.2f}x" if r.speedup(b) is not None else "-"
+                                  for b in ("MHA", "GQA")]]
+                        + ([f"{r.fraction_of_best:.0%}" if r.fraction_of_best is not None
                             else "-"] if several else []))
         out.append(_table(header, body))
     return "\n\n".join(out)
@@ -236,10 +240,10 @@ def _target(name: str, value: float | None, goal: float, *, at_most: bool = Fals
             "note": "" if ok else note}
 
 
-def _grid_note(r: dict) -> str:
+def _grid_note(r: BenchRow) -> str:
     """Why a small head count can fall short: the kernel's grid of 128-query tiles."""
-    tiles = r["batch"] * r.get("n_q_heads", 1) * math.ceil(r["seq_len"] / 128)
-    return (f"{r.get('kernel', r.get('backend', '?'))}: {tiles:,} query tiles of 128 for "
+    tiles = r.batch * _or(r.n_q_heads, 1) * math.ceil(r.seq_len / 128)
+    return (f"{_or(r.kernel, _or(r.backend, '?'))}: {tiles:,} query tiles of 128 for "
             f"{H200_SMS} SMs ({tiles / H200_SMS:.1f} waves)")
 
 
@@ -259,10 +263,10 @@ def targets(results: list[dict]) -> list[dict]:
     """Every target of issue 7 that the loaded results can answer; None = not measured."""
     out: list[dict] = []
     results = [r for r in results if "rows" in r]
-    bench = [r for res in results if kind(res) == "bench" for r in res["rows"]]
+    bench = [r for res in results if kind(res) == "bench" for r in rows_of(res)]
 
-    def pick(rows, **want):
-        return [r for r in rows if all(r.get(k) == v for k, v in want.items())]
+    def pick(rows: list[BenchRow], **want) -> list[BenchRow]:
+        return [r for r in rows if all(r.value(k) == v for k, v in want.items())]
 
     # 1. 128k, head_dim 128, non-causal forward: SQA >= 1.95x, xSQA >= 3.8x over MHA (auto).
     for scope in ("kernel", "layer"):
@@ -270,18 +274,19 @@ def targets(results: list[dict]) -> list[dict]:
                     mode="fwd", scope=scope, backend_requested="auto")
         for variant, goal in (("SQA", 1.95), ("xSQA", 3.8)):
             for r in pick(cell, variant=variant):
-                mha = pick(cell, variant="MHA", batch=r["batch"])
-                note = (f"MHA {mha[0]['tflops']:.0f} TFLOP/s vs {variant} {r['tflops']:.0f}; "
-                        + _grid_note(r)) if mha and "tflops" in mha[0] and "tflops" in r else ""
+                mha = pick(cell, variant="MHA", batch=r.batch)
+                note = (f"MHA {mha[0].tflops:.0f} TFLOP/s vs {variant} {r.tflops:.0f}; "
+                        + _grid_note(r)) if mha and mha[0].tflops is not None \
+                    and r.tflops is not None else ""
                 out.append(_target(f"{scope}, hd128, 128k, non-causal fwd: {variant} vs MHA "
-                                   f"(auto, batch {r['batch']})", r.get("speedup_vs_MHA"),
+                                   f"(auto, batch {r.batch})", r.speedup("MHA"),
                                    goal, note=note))
         # 2. auto >= 90% of the best raw kernel on that cell.
         for r in cell:
-            if "fraction_of_best" in r:
-                out.append(_target(f"{scope}, hd128, 128k, non-causal fwd: auto ({r['backend']})"
-                                   f" vs best kernel ({r['best_backend']}), {r['variant']}",
-                                   r["fraction_of_best"], 0.9, unit="%",
+            if r.fraction_of_best is not None:
+                out.append(_target(f"{scope}, hd128, 128k, non-causal fwd: auto ({r.backend})"
+                                   f" vs best kernel ({r.best_backend}), {r.variant}",
+                                   r.fraction_of_best, 0.9, unit="%",
                                    note="auto picked a slower kernel: update the calibration"))
     # 3. Dense causal forward, head_dim 128, 32k: >= 650 TFLOP/s, MHA, SQA and xSQA heads.
     clocks = [c | {"head_dim": res["settings"]["head_dim"],
@@ -289,61 +294,61 @@ def targets(results: list[dict]) -> list[dict]:
               for res in results if kind(res) == "clocks" for c in res["rows"]]
     for r in pick(bench, head_dim=128, seq_len=32768, causal=True, pattern="dense",
                   mode="fwd", scope="kernel", backend_requested="auto"):
-        if r["variant"] in ("MHA", "SQA", "xSQA"):
-            out.append(_target(f"kernel, hd128, 32k, causal fwd: {r['variant']} heads "
-                               f"(batch {r['batch']})", r.get("tflops"), 650, unit="TFLOP/s",
+        if r.variant in ("MHA", "SQA", "xSQA"):
+            out.append(_target(f"kernel, hd128, 32k, causal fwd: {r.variant} heads "
+                               f"(batch {r.batch})", r.tflops, 650, unit="TFLOP/s",
                                note=_grid_note(r) + _clocks_note(clocks, r)))
     # 4. Window 4096 (+ 16 global) at 128k causal fwd: >= 550 TFLOP/s; xSQA >= 3.5x MHA.
     long_files = [res for res in results if kind(res) == "long_context"]
-    long = [r | {"_file": res["_path"]} for res in long_files for r in res["rows"]]
+    long = [r for res in long_files for r in rows_of(res)]
     for pattern in ("window", "flex"):
         cell = pick(long, part="heads", seq_len=131072, mode="fwd", pattern=pattern,
                     backend_requested="auto")
         label = "SW (window)" if pattern == "window" else "Flex (window + global)"
         for r in cell:
-            if r["variant"] in ("MHA", "sSQA", "xSQA"):
-                out.append(_target(f"{label}, 128k causal fwd: {r['variant']} heads",
-                                   r.get("tflops"), 550, unit="TFLOP/s", note=_grid_note(r)))
+            if r.variant in ("MHA", "sSQA", "xSQA"):
+                out.append(_target(f"{label}, 128k causal fwd: {r.variant} heads",
+                                   r.tflops, 550, unit="TFLOP/s", note=_grid_note(r)))
         for r in pick(cell, variant="xSQA"):
             out.append(_target(f"{label}, 128k causal fwd: xSQA heads vs MHA heads",
-                               r.get("speedup_vs_MHA"), 3.5))
+                               r.speedup("MHA"), 3.5))
         if long_files and not cell:  # say so, and why, rather than leave the target out
             out.append(_target(f"{label}, 128k causal fwd", None, 550, unit="TFLOP/s",
                                note=_stopped_in(long_files, pattern)))
     # 5. 1M-token SW-SQA forward runs and is reported.
     if long:
         million = pick(long, part="lengths", seq_len=1_048_576, variant="SW-SQA", mode="fwd")
-        ran = [r for r in million if "ms" in r]
+        ran = [r for r in million if r.timed]
         out.append({"target": "SW-SQA forward at 1M tokens on one GPU", "goal": "runs",
-                    "measured": f"{ran[0]['ms']:.1f} ms" if ran else
-                    (million[0].get("error", "not run") if million else "not measured"),
+                    "measured": f"{ran[0].ms:.1f} ms" if ran else
+                    (_or(million[0].error, "not run") if million else "not measured"),
                     "ok": bool(ran) if million else None, "margin": "", "note": ""})
     # 6. Paper Table 3, head_dim 16: every cell <= 1/3 of the A100 time; xSQA/GQA >= 3.5x.
     for res in results:
         if kind(res) != "paper_table3":
             continue
-        rows = [r for r in res["rows"] if r["head_dim"] == 16 and "paper_a100_s" in r]
+        rows = [r for r in rows_of(res) if r.head_dim == 16 and "paper_a100_s" in r.extra]
         profiles = {(p["variant"], p["seq_len"]): p for p in res.get("profiles", [])
                     if p.get("head_dim") == 16}
         for r in rows:
             note = ""
-            if "ms" in r:
-                step = r["ms"] / 1e3
-                note = (f"softmax exp floor {r.get('softmax_exp_floor_s', 0):.3f} s "
-                        f"({r.get('softmax_exp_floor_s', 0) / step:.0%} of the step)")
-                prof = profiles.get((r["variant"], r["seq_len"]))
+            if r.timed:
+                step = r.ms / 1e3
+                floor = r.extra.get("softmax_exp_floor_s", 0)
+                note = (f"softmax exp floor {floor:.3f} s ({floor / step:.0%} of the step)")
+                prof = profiles.get((r.variant, r.seq_len))
                 if prof and "attention_share" in prof:
                     note += f"; attention kernels {prof['attention_share']:.0%} of GPU time"
-            out.append(_target(f"Table 3, hd16, {_n(r['seq_len'])}: {r['variant']} / A100",
-                               r.get("fraction_of_paper"), 1 / 3, at_most=True, unit="%",
-                               note=note or r.get("error", "")))
+            out.append(_target(f"Table 3, hd16, {_n(r.seq_len)}: {r.variant} / A100",
+                               r.extra.get("fraction_of_paper"), 1 / 3, at_most=True, unit="%",
+                               note=note or _or(r.error, "")))
         for n in (131072, 200000):
-            at = {r["variant"]: r for r in rows if r["seq_len"] == n and "ms" in r}
+            at = {r.variant: r for r in rows if r.seq_len == n and r.timed}
             if "xSQA" in at and "GQA" in at:
                 out.append(_target(f"Table 3, hd16, {_n(n)}: xSQA vs GQA",
-                                   at["GQA"]["ms"] / at["xSQA"]["ms"], 3.5,
-                                   note=f"GQA {at['GQA']['ms']:.0f} ms, xSQA "
-                                        f"{at['xSQA']['ms']:.0f} ms"))
+                                   at["GQA"].ms / at["xSQA"].ms, 3.5,
+                                   note=f"GQA {at['GQA'].ms:.0f} ms, xSQA "
+                                        f"{at['xSQA'].ms:.0f} ms"))
     return out
 
 
@@ -389,17 +394,18 @@ def host_time_markdown(result: dict, h: str = "###") -> str:
                       "host ms per call"], body))
 
 
-def _clocks_note(clocks: list[dict], r: dict) -> str:
-    """For a TFLOP/s miss: what the clocks did while the same row ran for seconds."""
-    same = [c for c in clocks if c["variant"] == r["variant"] and c["seq_len"] == r["seq_len"]
-            and c["head_dim"] == r["head_dim"]]
+def _clocks_note(clocks: list[dict], r: BenchRow) -> str:
+    """For a TFLOP/s miss: what the clocks did while the same row ran for seconds (`clocks`:
+    the rows of clocks files)."""
+    same = [c for c in clocks if c["variant"] == r.variant and c["seq_len"] == r.seq_len
+            and c["head_dim"] == r.head_dim]
     if not same:
         return ""
-    c = min(same, key=lambda c: c["batch"] != r["batch"])
+    c = min(same, key=lambda c: c["batch"] != r.batch)
     per_seq = ", ".join(f"batch {x['batch']} {x['ms_per_sequence']:.2f}"
                         for x in sorted(same, key=lambda x: x["batch"]))
-    held = (f" = {r['flops'] / (c['ms'] / 1e3) / 1e12:.0f} TFLOP/s"
-            if c["batch"] == r["batch"] and r.get("flops") else "")
+    held = (f" = {r.flops / (c['ms'] / 1e3) / 1e12:.0f} TFLOP/s"
+            if c["batch"] == r.batch and r.flops else "")
     return (f"; held for {c['seconds']:g} s ({c['_file']}): {c['ms']:.2f} ms a call{held}, SM "
             f"clock {c['sm_clock_mhz']:.0f} MHz median, {c['sm_clock_min_mhz']:.0f} min, at "
             f"{c['power_w']:.0f} W ({clock_events(c['event_reasons'])}); ms per sequence "
@@ -418,23 +424,24 @@ def targets_markdown(items: list[dict]) -> str:
 # ------------------------------------------------------------------------------ plots
 def write_pngs(result: dict, png_dir: Path) -> list[Path]:
     """One PNG per result file: time and speedup vs length (see `sqa_nas.bench.plot_rows`)."""
-    from sqa_nas.bench import plot_rows
-
     stem = Path(result.get("_path", "result.json")).stem
     title = _machine_line(result["machine"])
     k = kind(result)
     if k == "paper_table3":
-        return [plot_rows(result["rows"], png_dir / f"{stem}.png", title=title,
+        return [plot_rows(rows_of(result), png_dir / f"{stem}.png", title=title,
                           panel_keys=("head_dim",))]
     if k == "long_context":
-        rows = [r for r in result["rows"] if r.get("part") == "lengths"]
-        if not any("ms" in r for r in rows):  # nothing timed: no empty axes
+        rows = [r for r in rows_of(result) if r.extra.get("part") == "lengths"]
+        if not any(r.timed for r in rows):  # nothing timed: no empty axes
             return []
         return [plot_rows(rows, png_dir / f"{stem}.png", title=title, panel_keys=("mode",),
                           baseline="dense_MHA")]
-    if k != "bench" or not any("ms" in r for r in result["rows"]):  # diagnoses: tables only
+    if k != "bench":  # diagnoses: tables only
         return []
-    return [plot_rows(result["rows"], png_dir / f"{stem}.png", title=title)]
+    rows = rows_of(result)
+    if not any(r.timed for r in rows):
+        return []
+    return [plot_rows(rows, png_dir / f"{stem}.png", title=title)]
 
 
 # ------------------------------------------------------------------------------ the page
@@ -503,7 +510,7 @@ def readme_section(results: list[dict]) -> str:
              "measured. Every figure comes from a committed JSON file under "
              "`experiments/results/`; the full tables, plots and the command behind each file "
              "are in [docs/performance.md](docs/performance.md) (both generated by "
-             "`python experiments/report.py`)."]
+             "`python -m experiments.report`)."]
     misses = [t for t in items if t["ok"] is not True]
     if misses:
         lines += ["", targets_markdown(misses)]
@@ -520,14 +527,14 @@ def readme_section(results: list[dict]) -> str:
 
 
 HOW = """How this page is made: the GPU scripts write JSON with a machine header into
-`experiments/results/`, and `python experiments/report.py` turns every JSON there into
+`experiments/results/`, and `python -m experiments.report` turns every JSON there into
 the tables, target checks and PNGs below (the same text, one heading level down, is the
-README's Performance section: `python experiments/report.py --section`). The commands
+README's Performance section: `python -m experiments.report --section`). The commands
 that made each file are recorded in it and listed in `experiments/README.md`."""
 
 
 def page(results: list[dict], pngs: dict[str, list[Path]], out: Path) -> str:
-    head = ("# Performance\n\n<!-- generated by experiments/report.py from "
+    head = ("# Performance\n\n<!-- generated by python -m experiments.report from "
             "experiments/results/*.json: do not edit by hand -->\n\n" + HOW + "\n\n")
     if not results:
         return head + "No results yet: run the commands in `experiments/README.md` on a GPU.\n"
@@ -563,5 +570,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
     sys.exit(main())

@@ -1,8 +1,8 @@
 """Shared pieces of the quality experiments (paper Table 1, light SQA, per-layer search):
-train one allocation through the search's own trial code, aggregate seeds, write results.
-
-Every result file carries the machine header, the budget, the seeds, the corpus size and
-fingerprint, and the command that made it.
+the model sizes they train, a search spec for a training budget, one allocation trained
+through the search's own trial code, seeds aggregated and orderings compared. Results are
+written with `experiments.common.write_result`: every file carries the machine header, the
+budget, the seeds, the corpus size and fingerprint, and the command that made it.
 """
 
 from __future__ import annotations
@@ -10,29 +10,27 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-import sys
-from pathlib import Path
 from typing import Any
 
-from report import device_slug  # beside this file
-
-from sqa_nas.bench import write_json
-from sqa_nas.machine import machine_info
 from sqa_nas.model import PRESETS
 from sqa_nas.search.objective import TrialJob, pick_device, run_trial
 from sqa_nas.search.space import SearchSpec, parse_space
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 # The paper's Table 1 (validation loss, dense ~10-12M models, English Wikipedia, one seed).
 PAPER_TABLE1 = {"MHA": 1.1976, "GQA": 1.2177, "sSQA": 1.2201, "SQA": 1.2272, "xSQA": 1.2428,
                 "MQA": 1.2497, "xSMQA": 1.2815}
 
-# The paper's dense model (Table 1, the "paper" preset: d_model 256, 8 layers, H 16, SwiGLU
-# 768) at context 1024; the vocabulary is the corpus's.
-PAPER_MODEL = {**{k: v for k, v in PRESETS["paper"].items() if k != "vocab_size"},
-               "seq_len": 1024}
+# The paper's dense model (Table 1) as a search spec's `model`: the shape of the preset
+# "paper" (d_model 256, 8 layers, H 16, SwiGLU 768; the vocabulary is the corpus's) at the
+# paper's context of 1024.
+PAPER_MODEL = {k: PRESETS["paper"][k] for k in ("d_model", "n_layers", "n_heads", "ffn_dim")} \
+    | {"seq_len": 1024}
+# --smoke sizes (CPU tests): H = 16 kept, so every H_q of the paper's range exists...
 SMOKE_MODEL = {"d_model": 64, "n_layers": 2, "n_heads": 16, "ffn_dim": 96, "seq_len": 64}
+# ... and, for the per-layer searches, smaller still with H = 4 and two head counts a side.
+SMOKE_PER_LAYER_MODEL = {"d_model": 32, "n_layers": 2, "n_heads": 4, "ffn_dim": 64,
+                         "seq_len": 32}
+SMOKE_PER_LAYER_HEADS = {"n_q_heads": ["H", "H/2"], "n_kv_heads": ["H/2", 1]}
 
 
 def seed_list(text: str) -> list[int]:
@@ -140,27 +138,6 @@ def ordering_report(agg: dict, reference: dict[str, float]) -> dict[str, Any]:
             "kendall_tau": (concordant - discordant) / n if n else None, "pairs": pairs}
 
 
-def write_result(name: str, payload: dict, out: Path | None = None, *, quiet: bool = False,
-                 machine: dict | None = None) -> Path:
-    """Write `payload` with the machine header (this machine's unless `machine` is given:
-    results joined from another machine's files) and the command to `out`, by default
-    results/<name>_<gpu>.json."""
-    machine = machine or machine_info(pick_device())
-    path = write_json(out or RESULTS / f"{name}_{device_slug(machine)}.json", {
-        "machine": machine, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        **payload})
-    if not quiet:
-        print(f"wrote {path}")
-    return path
-
-
-def write_partial(name: str, payload: dict, out: Path | None = None) -> Path:
-    """Finished runs survive a stop: the caller rewrites this file after every run, beside
-    the result (``<out>.partial.json``, never over a finished result), and removes it once
-    the result is written."""
-    return write_result(name + "_partial", {**payload, "partial": True},
-                        out=out and out.with_suffix(".partial.json"), quiet=True)
-
-
 def corpus_of(rows: list[dict]) -> dict | None:
+    """The corpus record of the first run that has one."""
     return next((r["corpus"] for r in rows if r.get("corpus")), None)

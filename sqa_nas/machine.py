@@ -12,7 +12,8 @@ import subprocess
 import torch
 
 
-def _version(package: str) -> str | None:
+def package_version(package: str) -> str | None:
+    """The installed version of `package` (a distribution name), None when absent."""
     try:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
@@ -48,10 +49,10 @@ def machine_info(device: torch.device | str = "cpu") -> dict:
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-        "triton": _version("triton"),
-        "flash_attn": _version("flash-attn-4") or _version("flash-attn"),
-        "xformers": _version("xformers"),
-        "sqa_nas": _version("sqa-nas"),
+        "triton": package_version("triton"),
+        "flash_attn": package_version("flash-attn-4") or package_version("flash-attn"),
+        "xformers": package_version("xformers"),
+        "sqa_nas": package_version("sqa-nas"),
         "cpu_threads": torch.get_num_threads(),
     }
     if device.type == "cuda":

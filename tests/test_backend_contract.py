@@ -11,7 +11,7 @@ import torch
 from sqa_nas import registry
 from sqa_nas.attention import MaskSpec, dense_mask
 from sqa_nas.attention.problem import AttentionProblem
-from sqa_nas.bench import backend_spec
+from sqa_nas.bench import register_backend_spec
 from sqa_nas.errors import UserError
 from sqa_nas.kernels import calibration, flash_attn, flex
 from sqa_nas.kernels.base import AttentionBackend
@@ -167,7 +167,7 @@ def test_an_unmeasured_able_backend_leaves_the_choice_to_the_scores(monkeypatch)
         assert backend.name == "fa3like" and "measured order" not in reason
         # Backends under an option spec ("flex:compile=0") run only when named.
         registry._backends.pop("fa3like")
-        backend_spec("flex:compile=0")
+        register_backend_spec("flex:compile=0")
         backend, reason = select_backend(_cuda_problem(window=512))
         assert backend.name == "flex" and "flex:compile=0" not in reason
     finally:

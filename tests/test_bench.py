@@ -11,16 +11,18 @@ import time
 
 import pytest
 import torch
+from pydantic import ValidationError
 
 from sqa_nas import registry
 from sqa_nas.attention import MaskSpec, dense_mask
 from sqa_nas.attention.config import BlockSparseLayout
 from sqa_nas.bench import (
+    BenchRow,
     BenchSettings,
     add_fraction_of_best,
-    backend_spec,
     expand_grid,
     model_flops,
+    register_backend_spec,
     run_bench,
     run_grid,
 )
@@ -42,7 +44,7 @@ def _settings(**kw):
 
 
 def test_rows_schema_and_flops_from_mask_density():
-    result = run_bench(_settings(window=7, mode="fwd+bwd", scope="layer"))
+    result = run_bench(_settings(window=7, mode="fwd+bwd", scope="layer")).to_dict()
     assert {"device", "torch", "python"} <= set(result["machine"])
     assert result["settings"]["window"] == 7
     rows = {r["variant"]: r for r in result["rows"]}
@@ -64,6 +66,34 @@ def _layer_params(name):
 
     return list(SparseQueryAttention(registry.variant(name, d_model=128, n_heads=8)).parameters())
 
+def test_a_row_reads_and_writes_its_json_unchanged():
+    """Rows cross the seam as JSON: a row read from a file and written again keeps every key
+    (speedups and columns an experiment added too); absent optional fields read as None and
+    stay absent."""
+    data = {"variant": "xSQA", "seq_len": 1024, "batch": 2, "window": None,
+            "backend_requested": "auto", "ms": 1.5, "tflops": 300.0, "speedup_vs_MHA": 3.9,
+            "speedup_vs_dense_MHA": 7.5, "fraction_of_best": 0.97, "part": "lengths",
+            "paper_a100_s": 0.3759}
+    row = BenchRow.from_dict(data)
+    assert row.to_dict() == data and list(row.to_dict()) == [
+        "variant", "seq_len", "batch", "backend_requested", "window", "ms", "tflops",
+        "speedup_vs_MHA", "speedup_vs_dense_MHA", "fraction_of_best", "part", "paper_a100_s"]
+    assert row.speedup("MHA") == 3.9 and row.speedup("GQA") is None
+    assert row.extra == {"part": "lengths", "paper_a100_s": 0.3759}
+    assert row.window is None and "window" in row.to_dict()  # set to None: written as null
+    assert row.error is None and "error" not in row.to_dict()  # absent: stays absent
+    assert row.value("speedup_vs_dense_MHA") == 7.5 and row.value("part") == "lengths"
+    assert row.value("batch") == 2 and row.value("model") is None
+    updated = row.update(speedup_vs_GQA=1.2, part="heads")
+    assert updated.speedups == {"MHA": 3.9, "dense_MHA": 7.5, "GQA": 1.2}
+    assert updated.extra["part"] == "heads" and row.extra["part"] == "lengths"
+    failed = BenchRow.from_dict({"variant": "MHA", "seq_len": 8, "error": "out of memory"})
+    assert not failed.timed and failed.to_dict() == {"variant": "MHA", "seq_len": 8,
+                                                     "error": "out of memory"}
+    with pytest.raises(ValidationError):
+        BenchRow.from_dict({"seq_len": 8})
+
+
 
 def test_correctness_check_catches_a_wrong_kernel():
     class Wrong(SdpaBackend):
@@ -74,7 +104,7 @@ def test_correctness_check_catches_a_wrong_kernel():
 
     registry.register_backend(Wrong)
     try:
-        result = run_bench(_settings(backend="wrong"))
+        result = run_bench(_settings(backend="wrong")).to_dict()
     finally:
         registry._backends.pop("wrong")
     assert all("correctness check failed" in r["error"] for r in result["rows"])
@@ -107,10 +137,10 @@ def test_correctness_check_catches_a_wrong_backward_in_backward_rows():
                                    mode="fwd+bwd"))
     finally:
         registry._backends.pop("wrong_backward")
-    assert fwd["rows"][0]["check_ok"] and "ms" in fwd["rows"][0]
-    row = both["rows"][0]
-    assert not row["check_ok"] and "correctness check failed" in row["error"]
-    assert "ms" not in row
+    assert fwd.rows[0].check_ok and fwd.rows[0].timed
+    row = both.rows[0]
+    assert row.check_ok is False and "correctness check failed" in row.error
+    assert row.ms is None and not row.timed
 
 
 def test_time_call_counts_only_the_timed_part():
@@ -183,12 +213,12 @@ def test_flops_follow_each_masks_density(pattern, causal, spec):
     result = run_bench(_settings(variants=["SW-SQA"], baselines=[], seq_lens=[n],
                                  pattern=pattern, causal=causal, window=9, global_tokens=3,
                                  repeats=1, warmup=0))
-    (row,) = result["rows"]
+    (row,) = result.rows
     mask = dense_mask(spec, n)
     visible = n * n if mask is None else int(mask.sum())
-    assert row["pattern"] == pattern and row["causal"] == causal and row["check_ok"]
-    assert row["density"] == pytest.approx(visible / n**2)
-    assert row["flops"] == pytest.approx(4 * row["n_q_heads"] * 16 * visible)
+    assert row.pattern == pattern and row.causal == causal and row.check_ok
+    assert row.density == pytest.approx(visible / n**2)
+    assert row.flops == pytest.approx(4 * row.n_q_heads * 16 * visible)
 
 
 def test_grid_over_backends_reports_fraction_of_best_and_machine_header():
@@ -198,12 +228,14 @@ def test_grid_over_backends_reports_fraction_of_best_and_machine_header():
     assert len(cells) == 3
     saved = []
     result = run_grid(cells, on_cell=lambda partial: saved.append(
-        (len(partial["rows"]), partial["partial"], partial.get("running", {}).get("variant"))))
+        (len(partial.rows), partial.partial, (partial.running or {}).get("variant"))))
     # Saved before every row (naming it, should it hang) and after every cell, so a run cut
     # short keeps its rows.
     assert saved == [(n, True, v) for c in (0, 2, 4) for n, v in
                      ((c, "MHA"), (c + 1, "xSQA"), (c + 2, None))]
-    assert "partial" not in result
+    assert not result.partial and result.running is None
+    result = result.to_dict()
+    assert "partial" not in result and "running" not in result
     assert result["schema"].startswith("sqa-nas/bench/")
     assert {"device", "torch", "cuda", "cudnn", "triton", "flash_attn"} <= set(result["machine"])
     assert result["grid"] == {"backend": ["auto", "sdpa", "flex"]}
@@ -219,24 +251,24 @@ def test_grid_over_backends_reports_fraction_of_best_and_machine_header():
 
 
 def test_fraction_of_best_needs_two_backends_on_one_cell():
-    rows = [{"variant": "MHA", "seq_len": 8, "backend_requested": b, "tflops": t}
+    rows = [BenchRow(variant="MHA", seq_len=8, backend_requested=b, tflops=t)
             for b, t in (("auto", 5.0), ("sdpa", 4.0), ("flex", 2.0))]
-    rows.append({"variant": "MHA", "seq_len": 16, "backend_requested": "sdpa", "tflops": 1.0})
-    add_fraction_of_best(rows)
-    assert [r.get("fraction_of_best") for r in rows] == [1.25, 1.0, 0.5, None]
-    assert rows[0]["best_backend"] == "sdpa"
+    rows.append(BenchRow(variant="MHA", seq_len=16, backend_requested="sdpa", tflops=1.0))
+    rows = add_fraction_of_best(rows)
+    assert [r.fraction_of_best for r in rows] == [1.25, 1.0, 0.5, None]
+    assert rows[0].best_backend == "sdpa" and rows[3].best_backend is None
 
 
 def test_model_scope_times_the_paper_family_with_its_flops():
     settings = _settings(variants=["xSQA"], scope="model", n_layers=1, head_dim=8,
                          seq_lens=[40], batch=2, repeats=1, warmup=0, check_len=40)
-    (mha, xsqa) = run_bench(settings)["rows"]
-    assert xsqa["model"] == "paper-family-hd8-h8" and xsqa["check_ok"]
-    assert xsqa["backend"] == "sdpa" and xsqa["n_q_heads"] == 2
+    (mha, xsqa) = run_bench(settings).rows
+    assert xsqa.model == "paper-family-hd8-h8" and xsqa.check_ok
+    assert xsqa.backend == "sdpa" and xsqa.n_q_heads == 2
     config = settings.model_config("xSQA")
     assert (config.d_model, config.ffn_dim, config.vocab_size) == (64, 192, 10_000)
-    assert xsqa["flops"] == pytest.approx(model_flops(config, 2, 40))
-    assert mha["flops"] > xsqa["flops"]
+    assert xsqa.flops == pytest.approx(model_flops(config, 2, 40))
+    assert mha.flops > xsqa.flops
 
 
 def test_paper_presets_are_the_paper_family():
@@ -258,7 +290,8 @@ def test_a_failing_kernel_is_recorded_and_the_run_goes_on():
 
     registry.register_backend(Flaky)
     try:
-        result = run_bench(_settings(backend="flaky", seq_lens=[32, 96], check_len=64))
+        result = run_bench(_settings(backend="flaky", seq_lens=[32, 96],
+                                     check_len=64)).to_dict()
     finally:
         registry._backends.pop("flaky")
     by_len = {n: [r for r in result["rows"] if r["seq_len"] == n] for n in (32, 96)}
@@ -375,14 +408,14 @@ def test_time_call_hides_host_time_shorter_than_the_kernels():
 
 
 def test_backend_options_are_benchmarked_under_their_spec():
-    name = backend_spec("flex:compile=0")
+    name = register_backend_spec("flex:compile=0")
     assert name == "flex:compile=0" and registry.get_backend(name).compile is False
-    (mha,) = run_bench(_settings(variants=["MHA"], backend=name, repeats=1, warmup=0))["rows"]
-    assert mha["backend"] == name and mha["kernel"] == "flex (eager)"
+    (mha,) = run_bench(_settings(variants=["MHA"], backend=name, repeats=1, warmup=0)).rows
+    assert mha.backend == name and mha.kernel == "flex (eager)"
     with pytest.raises(UserError, match="takes no option"):
-        backend_spec("sdpa:tiles=3")
+        register_backend_spec("sdpa:tiles=3")
     with pytest.raises(UserError, match="key=value"):
-        backend_spec("sdpa:tiles")
+        register_backend_spec("sdpa:tiles")
 
 
 def test_cli_grid_json_png_and_calibration(tmp_path, capsys):
@@ -484,5 +517,5 @@ def test_the_kernel_is_read_again_only_after_the_timed_tensors_are_freed(monkeyp
     monkeypatch.setattr(SdpaBackend, "kernel_name", probe)
     result = run_bench(_settings(variants=["MHA"], baselines=[], batch=3, backend="sdpa",
                                  check=False))
-    assert "ms" in result["rows"][0]
+    assert result.rows[0].timed
     assert live_at_probe == [0, 0]  # before the timing, and after it once freed

@@ -1,5 +1,5 @@
-"""The GPU experiment scripts at CPU sizes: paper_table3.py, long_context.py, report.py,
-host_time.py, clocks.py.
+"""The GPU experiment scripts at CPU sizes: experiments.paper_table3, long_context, report,
+host_time, clocks; and the report reading every committed result file.
 
 The sizes are tiny so the suite stays fast; what is checked is the plumbing the GPU run
 relies on: every cell is a row with its machine header and configuration, failures are rows
@@ -12,26 +12,21 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from experiments.common import RESULTS, ROOT
+from sqa_nas.bench import BenchRow, BenchSettings
 from sqa_nas.cli import guarded
-
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 
 @pytest.fixture(scope="module")
 def scripts():
-    sys.path.insert(0, str(EXPERIMENTS))
-    try:
-        yield {name: importlib.import_module(name)
-               for name in ("paper_table3", "long_context", "report", "host_time",
-                                    "clocks")}
-    finally:
-        sys.path.remove(str(EXPERIMENTS))
+    return {name: importlib.import_module(f"experiments.{name}")
+            for name in ("paper_table3", "long_context", "report", "host_time", "clocks")}
 
 
 @pytest.fixture(scope="module")
@@ -73,16 +68,15 @@ def test_paper_table3_rows_header_and_profile(runs):
 
 def test_paper_numbers_attach_to_the_paper_cells_only(scripts):
     annotate = scripts["paper_table3"].annotate
-    row = {"variant": "GQA", "seq_len": 131072, "batch": 1, "head_dim": 16, "ms": 400.0,
-           "density": 0.5, "n_q_heads": 16, "n_kv_heads": 4}
-    annotate(row)
-    assert row["paper_a100_s"] == 1.2558 and row["anchor_h200_sdpa_s"] == 0.5831
-    assert row["fraction_of_paper"] == pytest.approx(0.4 / 1.2558)
+    row = annotate(BenchRow(variant="GQA", seq_len=131072, batch=1, head_dim=16, ms=400.0,
+                            density=0.5, n_q_heads=16, n_kv_heads=4))
+    assert row.extra["paper_a100_s"] == 1.2558 and row.extra["anchor_h200_sdpa_s"] == 0.5831
+    assert row.extra["fraction_of_paper"] == pytest.approx(0.4 / 1.2558)
     # exponentials: 8 layers x 16 heads x N^2 / 2 visible pairs, at 3.9e12 per second
-    assert row["softmax_exp_floor_s"] == pytest.approx(8 * 16 * 131072**2 / 2 / 3.9e12)
-    other = {"variant": "GQA", "seq_len": 131072, "batch": 1, "head_dim": 64, "ms": 1.0}
-    annotate(other)
-    assert "paper_a100_s" not in other
+    assert row.to_dict()["softmax_exp_floor_s"] == pytest.approx(
+        8 * 16 * 131072**2 / 2 / 3.9e12)
+    other = annotate(BenchRow(variant="GQA", seq_len=131072, batch=1, head_dim=64, ms=1.0))
+    assert "paper_a100_s" not in other.to_dict()
     assert scripts["paper_table3"].batch_for(32768) == 4
     assert scripts["paper_table3"].batch_for(65536) == 2
 
@@ -121,7 +115,7 @@ def test_report_writes_page_section_and_pngs(scripts, runs, tmp_path, capsys):
     for heading in ("# Performance", "## Targets", "## Paper Table 3",
                     "## Long context", "### head_dim 8", "| seq (batch) | MHA | GQA |"):
         assert heading in text
-    assert "paper_table3_cpu.json" in text and "experiments/report.py" in text
+    assert "paper_table3_cpu.json" in text and "python -m experiments.report" in text
     for name in ("paper_table3_cpu.png", "long_context_cpu.png"):
         assert (tmp_path / name).stat().st_size > 10_000
         assert f"](../{name})" in text  # linked relative to the page, one folder up
@@ -240,7 +234,7 @@ def test_host_time_rows_and_errors(scripts, tmp_path, capsys):
         "--device", "cpu", "--variants", "MHA,xSQA", "--seq-len", "64", "--head-dim", "8",
         "--window", "16", "--global-tokens", "2", "--repeats", "2", "--out", str(out)]) == 0
     data = json.loads(out.read_text())
-    assert data["machine"]["device_type"] == "cpu" and data["command"].startswith("python")
+    assert data["machine"]["device_type"] == "cpu" and data["command"].startswith("python ")
     assert [r["variant"] for r in data["rows"]] == ["MHA", "xSQA"]
     for r in data["rows"]:
         assert all(r[k] > 0 for k in ("synced_ms", "queued_ms", "device_ms", "host_ms"))
@@ -261,8 +255,6 @@ esac
 
 
 def test_clocks_summarises_the_sampled_clocks(scripts, tmp_path, monkeypatch):
-    from sqa_nas.bench import BenchSettings
-
     smi = tmp_path / "nvidia-smi"
     smi.write_text(FAKE_NVIDIA_SMI)
     smi.chmod(0o755)
@@ -275,3 +267,38 @@ def test_clocks_summarises_the_sampled_clocks(scripts, tmp_path, monkeypatch):
     assert r["event_reasons"] == ["0x0000000000000000", "0x0000000000000004"]
     if not torch.cuda.is_available():
         assert guarded(lambda: scripts["clocks"].main([])) == 2
+
+
+def test_every_committed_result_file_the_report_reads_still_loads(scripts, tmp_path):
+    """The typed row reads every committed benchmark file and writes each row back
+    unchanged (older files included), and the report renders every committed file."""
+    report = scripts["report"]
+    files = report.load(sorted(RESULTS.glob("*.json")))
+    kinds = [report.kind(res) for res in files if "rows" in res]
+    assert {"bench", "paper_table3", "long_context", "clocks", "host_time"} <= set(kinds)
+    for res in files:
+        if "rows" in res and report.kind(res) in ("bench", "paper_table3", "long_context"):
+            rows = report.rows_of(res)
+            assert rows and all(isinstance(r, BenchRow) for r in rows)
+            assert [r.to_dict() for r in rows] == res["rows"], res["_path"]
+    page = report.body(files, {}, tmp_path)
+    assert page.count("From [`") == len(files) and "## Targets" in page
+
+
+def test_every_script_runs_as_a_module_of_the_experiments_package():
+    """`python -m experiments.NAME --help` from the repository root, for every script."""
+    names = sorted(p.stem for p in (ROOT / "experiments").glob("*.py")
+                   if p.stem not in ("__init__", "common", "science", "results_report"))
+    assert {"paper_table3", "long_context", "report", "host_time", "clocks", "paper_table1",
+            "light_sqa", "per_layer", "ray_search", "fa4_backward_check"} == set(names)
+    for name in names:
+        run = subprocess.run([sys.executable, "-m", f"experiments.{name}", "--help"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0 and "usage:" in run.stdout, (name, run.stderr)
+    # The GPU scripts and the report run where only torch is installed: no search stack.
+    gpu = ("paper_table3", "long_context", "host_time", "clocks", "report", "fa4_backward_check")
+    code = ("import sys\n" + "".join(f"import experiments.{n}\n" for n in gpu)
+            + "print(sorted({'optuna', 'ray', 'textual', 'matplotlib'} & set(sys.modules)))")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == "[]", (run.stdout, run.stderr)

@@ -4,17 +4,13 @@ model and writes a result file with the machine header, budget, seeds and comman
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
-
-
-@pytest.fixture(autouse=True)
-def _importable(monkeypatch):
-    monkeypatch.syspath_prepend(str(EXPERIMENTS))
+from experiments import light_sqa, paper_table1, per_layer, results_report
+from experiments.common import RESULTS
+from sqa_nas.cli import guarded
 
 
 def _load(path: Path) -> dict:
@@ -24,8 +20,6 @@ def _load(path: Path) -> dict:
 
 
 def test_paper_table1_smoke(tmp_path):
-    import paper_table1
-
     out = tmp_path / "t1.json"
     paper_table1.main(["--smoke", "--variants", "MHA,SQA,xSQA", "--seeds", "0,1",
                        "--out", str(out)])
@@ -39,9 +33,6 @@ def test_paper_table1_smoke(tmp_path):
 
 
 def test_paper_table1_seeds_run_apart_are_merged(tmp_path, capsys):
-    import paper_table1
-    import results_report
-
     def run(seed: int, *extra: str) -> dict:
         out = tmp_path / f"s{seed}.json"
         paper_table1.main(["--smoke", "--variants", "MHA,xSQA", "--seeds", str(seed),
@@ -63,8 +54,6 @@ def test_paper_table1_seeds_run_apart_are_merged(tmp_path, capsys):
     assert "joined from `" in results_report.table1(joined)
 
     # The same seed twice, or another budget, is refused with exit status 2.
-    from sqa_nas.cli import guarded
-
     paper_table1.main(["--smoke", "--variants", "MHA", "--seeds", "2", "--lr", "0.01",
                        "--out", str(tmp_path / "lr.json")])
     for other, message in (("s0.json", "MHA seed 0 is in more than one"),
@@ -78,9 +67,6 @@ def test_paper_table1_seeds_run_apart_are_merged(tmp_path, capsys):
 
 
 def test_paper_table1_keeps_finished_runs_when_cut_short(tmp_path, monkeypatch):
-    import paper_table1
-    import results_report
-
     real, calls = paper_table1.train_allocation, []
 
     def train_then_stop(*args, **kwargs):
@@ -101,8 +87,6 @@ def test_paper_table1_keeps_finished_runs_when_cut_short(tmp_path, monkeypatch):
 
 
 def test_light_sqa_smoke(tmp_path):
-    import light_sqa
-
     out = tmp_path / "ls.json"
     light_sqa.main(["--smoke", "--out", str(out)])
     data = _load(out)
@@ -112,8 +96,6 @@ def test_light_sqa_smoke(tmp_path):
 
 
 def test_per_layer_smoke(tmp_path):
-    import per_layer
-
     out = tmp_path / "pl.json"
     per_layer.main(["--smoke", "--n-trials", "5", "--uniform", "MHA,xSQA",
                     "--out", str(out)])
@@ -124,8 +106,6 @@ def test_per_layer_smoke(tmp_path):
 
 
 def test_per_layer_keeps_the_runs_it_finished_when_stopped(tmp_path, monkeypatch):
-    import per_layer
-
     real, calls = per_layer.train_allocation, []
 
     def stop_on_the_third(*args, **kwargs):
@@ -144,14 +124,9 @@ def test_per_layer_keeps_the_runs_it_finished_when_stopped(tmp_path, monkeypatch
     data = _load(tmp_path / "pl.partial.json")
     assert data["partial"] is True and [r["label"] for r in data["runs"]] == ["mixed", "MHA"]
     assert data["mixed"]["allocation"] and data["corpus"]["fingerprint"]
-    import results_report
-
     assert "Stopped after 2 retraining runs" in results_report.per_layer(data)
 
 
 def test_results_page_is_generated_from_result_files(tmp_path):
-    import results_report
-
-    page = results_report.render(EXPERIMENTS / "results")
+    page = results_report.render(RESULTS)
     assert "# Results" in page
-    del sys.modules["results_report"]

@@ -49,13 +49,13 @@ def test_performance_section_is_generated_from_the_result_files():
     import sys
 
     root = Path(__file__).resolve().parents[1]
-    generated = subprocess.run([sys.executable, str(root / "experiments" / "report.py"),
-                                "--section", "--no-png"], capture_output=True, text=True,
-                               check=True).stdout
+    generated = subprocess.run([sys.executable, "-m", "experiments.report",
+                                "--section", "--no-png"], cwd=root, capture_output=True,
+                               text=True, check=True).stdout
     block = re.search(r"<!-- performance:begin[^\n]*-->\n(.*?)<!-- performance:end -->",
                       README, flags=re.S)
     assert block, "README lacks the generated Performance section"
-    assert block.group(1) == generated, "rerun: python experiments/report.py --section"
+    assert block.group(1) == generated, "rerun: python -m experiments.report --section"
 
 
 def _cli_lines() -> list[tuple[str, list[str]]]:

@@ -23,6 +23,7 @@ from sqa_nas.bench import (
     MODES,
     PATTERNS,
     SCOPES,
+    BenchResult,
     BenchSettings,
     expand_grid,
     group_rows,
@@ -121,14 +122,36 @@ def run_bench_command(args: argparse.Namespace) -> int:
         cell.validate()
     with console.status("benchmarking") as status:
         result = run_grid(cells, progress=lambda s: status.update(f"benchmarking {s}"),
-                          on_cell=(lambda partial: write_json(args.json, partial))
+                          on_cell=(lambda partial: write_json(args.json, partial.to_dict()))
                           if args.json else None,
                           row_timeout_s=args.row_timeout_s)
-    console.print(f"[bold]{header_line(result['machine'])}[/]")
-    baselines = list(cells[0].baselines)
-    several = any("fraction_of_best" in r for r in result["rows"])
+    console.print(f"[bold]{header_line(result.machine)}[/]")
+    failed = _print_tables(result, list(cells[0].baselines))
+    if args.json:
+        console.print(f"wrote {write_json(args.json, result.to_dict())}")
+    if args.png:
+        try:
+            title = header_line(result.machine)
+            console.print(f"wrote {plot_rows(result.rows, args.png, title=title)}")
+        except ImportError:
+            console.print("[yellow]matplotlib is not installed: no plot (python -m "
+                          "experiments.report draws it later from the JSON)[/]")
+    if args.calibration_out:
+        entries = order_from_rows([r.to_dict() for r in result.rows], result.machine["device"],
+                                  source=f"{result.settings['command']} "
+                                         f"({time.strftime('%Y-%m-%d')})")
+        write_json(args.calibration_out,
+                   {"machine": result.machine, "entries": [e.as_dict() for e in entries]})
+        console.print(f"wrote {args.calibration_out} ({len(entries)} measured orders)")
+    return 1 if failed else 0
+
+
+def _print_tables(result: BenchResult, baselines: list[str]) -> bool:
+    """One table per cell setting, then the masks and why each backend ran; True when a
+    correctness check failed."""
+    several = any(r.fraction_of_best is not None for r in result.rows)
     failed = False
-    for key, rows in group_rows(result["rows"]).items():
+    for key, rows in group_rows(result.rows).items():
         table = Table(title=key, box=box.SIMPLE_HEAD)
         cols = ["variant", "N", "heads", "backend", "kernel", "ms", "TFLOP/s"]
         cols += [f"vs {b}" for b in baselines] + (["of best"] if several else []) + ["check"]
@@ -136,40 +159,29 @@ def run_bench_command(args: argparse.Namespace) -> int:
             table.add_column(col, no_wrap=True, justify="left" if col in (
                 "variant", "backend", "kernel") else "right")
         for r in rows:
-            heads = f"{r.get('n_q_heads', '?')}/{r.get('n_kv_heads', '?')}"
-            if "error" in r:
-                failed = failed or "correctness" in r["error"]
-                table.add_row(r["variant"], str(r["seq_len"]), heads,
-                              r.get("backend", r["backend_requested"]), r.get("kernel", "-"),
-                              Text(r["error"], style="red"), *[""] * (len(cols) - 6))
+            heads = f"{_or(r.n_q_heads, '?')}/{_or(r.n_kv_heads, '?')}"
+            if r.error is not None:
+                failed = failed or "correctness" in r.error
+                table.add_row(r.variant, str(r.seq_len), heads,
+                              _or(r.backend, r.backend_requested), _or(r.kernel, "-"),
+                              Text(r.error, style="red"), *[""] * (len(cols) - 6))
                 continue
-            check = ("ok" if r.get("check_ok") else "") if "check_ok" in r else "skipped"
-            table.add_row(r["variant"], str(r["seq_len"]), heads, r["backend"], r["kernel"],
-                          f"{r['ms']:.3f}", f"{r['tflops']:.2f}",
-                          *[f"{r[f'speedup_vs_{b}']:.2f}x" if f"speedup_vs_{b}" in r else "-"
+            check = ("ok" if r.check_ok else "") if r.check_ok is not None else "skipped"
+            table.add_row(r.variant, str(r.seq_len), heads, r.backend, r.kernel,
+                          f"{r.ms:.3f}", f"{r.tflops:.2f}",
+                          *[f"{r.speedup(b):.2f}x" if r.speedup(b) is not None else "-"
                             for b in baselines],
-                          *([f"{r['fraction_of_best']:.0%}" if "fraction_of_best" in r
+                          *([f"{r.fraction_of_best:.0%}" if r.fraction_of_best is not None
                              else "-"] if several else []), check)
         console.print(table)
-    for mask in sorted({r["mask"] for r in result["rows"] if "mask" in r}):
+    for mask in sorted({r.mask for r in result.rows if r.mask is not None}):
         console.print(Text(f"  mask: {mask}", style="dim"))
-    for backend, reason in sorted({(r["backend"], r["backend_reason"])
-                                   for r in result["rows"] if "backend_reason" in r}):
+    for backend, reason in sorted({(r.backend, r.backend_reason)
+                                   for r in result.rows if r.backend_reason is not None}):
         console.print(Text(f"  {backend}: {reason}", style="dim"))
-    if args.json:
-        console.print(f"wrote {write_json(args.json, result)}")
-    if args.png:
-        try:
-            title = header_line(result["machine"])
-            console.print(f"wrote {plot_rows(result['rows'], args.png, title=title)}")
-        except ImportError:
-            console.print("[yellow]matplotlib is not installed: no plot (experiments/report.py "
-                          "draws it later from the JSON)[/]")
-    if args.calibration_out:
-        entries = order_from_rows(result["rows"], result["machine"]["device"],
-                                  source=f"{result['settings']['command']} "
-                                         f"({time.strftime('%Y-%m-%d')})")
-        write_json(args.calibration_out,
-                   {"machine": result["machine"], "entries": [e.as_dict() for e in entries]})
-        console.print(f"wrote {args.calibration_out} ({len(entries)} measured orders)")
-    return 1 if failed else 0
+    return failed
+
+
+def _or(value, default):
+    """`value`, or `default` where the row lacks it (None)."""
+    return default if value is None else value
