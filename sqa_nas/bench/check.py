@@ -7,8 +7,8 @@ from __future__ import annotations
 import torch
 
 from sqa_nas.attention import AttentionConfig
-from sqa_nas.layer import SparseQueryAttention
 from sqa_nas.attention.reference import reference_layer
+from sqa_nas.layer import SparseQueryAttention
 
 
 def check_layer(layer: SparseQueryAttention, n: int, dtype: torch.dtype,

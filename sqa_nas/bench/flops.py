@@ -4,8 +4,8 @@ windowed row's TFLOP/s compare with a dense one's."""
 from __future__ import annotations
 
 from sqa_nas.analytics import analyze
-from sqa_nas.layer import SparseQueryAttention
 from sqa_nas.attention.masks import count_visible
+from sqa_nas.layer import SparseQueryAttention
 from sqa_nas.model import ModelConfig
 
 # Backward costs 2.5x the forward (flash-attention's convention: 5 matmuls vs 2).

@@ -30,7 +30,6 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from sqa_nas.layer import SparseQueryAttention
 from sqa_nas.attention.masks import count_visible
 from sqa_nas.bench.check import check_config
 from sqa_nas.bench.flops import kernel_flops, model_flops, projection_flops
@@ -38,6 +37,7 @@ from sqa_nas.bench.report import add_fraction_of_best
 from sqa_nas.bench.row import BenchResult, BenchRow
 from sqa_nas.bench.settings import DTYPES, BenchSettings, paper_family
 from sqa_nas.errors import UserError
+from sqa_nas.layer import SparseQueryAttention
 from sqa_nas.machine import machine_info
 from sqa_nas.model import build_model
 from sqa_nas.timing import row_watchdog, time_call
