@@ -18,8 +18,9 @@ from report import device_slug  # beside this file
 
 from sqa_nas.bench import write_json
 from sqa_nas.machine import machine_info
-from sqa_nas.search.objective import TrialJob, pick_device, run_trial
 from sqa_nas.search.space import SearchSpec, parse_space
+from sqa_nas.search.trial import TrialJob, run_trial
+from sqa_nas.train import pick_device
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
