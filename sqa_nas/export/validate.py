@@ -94,7 +94,7 @@ def validate_trial(study_name: str, record: TrialRecord) -> ValidTrial:
     if not isinstance(study_name, str) or not _NAME.match(study_name):
         raise UserError(f"study name {_show(study_name)} cannot be exported: use letters, "
                         "digits, '_', '.' and '-'")
-    for key in sorted(EXPORTED & set(record.problems)):  # a stored value of the wrong type or shape
+    for key in sorted(EXPORTED & set(record.problems)):  # a stored value of a wrong type
         raise UserError(f"{where}: {ascii(record.problems[key])[1:-1]}")
     config = validated_config(record.model, where)
     return ValidTrial(

@@ -20,8 +20,8 @@ from sqa_nas.errors import UserError
 
 MaskPattern = Literal["dense", "window", "flex", "block_sparse"]
 
-_MASK = re.compile(r"^(?:(dense|block_sparse)|window:(\d+)|flex:(\d+)\+(\d+))$")
-_HEADS = re.compile(r"^([1-9]\d*)/([1-9]\d*)$")
+_MASK = re.compile(r"(?:(dense|block_sparse)|window:([0-9]+)|flex:([0-9]+)\+([0-9]+))")
+_HEADS = re.compile(r"([1-9][0-9]*)/([1-9][0-9]*)")
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class MaskChoice:
     def parse(cls, text: Any) -> MaskChoice:
         """``"dense"``, ``"window:W"``, ``"flex:W+G"`` or ``"block_sparse"``; anything else
         is a `UserError` naming the allowed forms."""
-        m = _MASK.match(text) if isinstance(text, str) else None
+        m = _MASK.fullmatch(text) if isinstance(text, str) else None
         if m is None:
             raise UserError(f"mask {text!r} is not a mask choice: expected 'dense', "
                             "'window:W', 'flex:W+G' or 'block_sparse' (W, G whole numbers)")
@@ -116,7 +116,7 @@ class HeadsChoice:
     @classmethod
     def parse(cls, text: Any) -> HeadsChoice:
         """``"H_q/H_kv"`` with positive whole numbers, e.g. ``"8/4"``; else a `UserError`."""
-        m = _HEADS.match(text) if isinstance(text, str) else None
+        m = _HEADS.fullmatch(text) if isinstance(text, str) else None
         if m is None:
             raise UserError(f"heads {text!r} is not a heads choice: expected 'H_q/H_kv' with "
                             "positive whole numbers, e.g. '8/4'")
