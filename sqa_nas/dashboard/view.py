@@ -19,7 +19,16 @@ from typing import Any
 
 from sqa_nas.errors import UserError
 from sqa_nas.pareto import hypervolume_history, pareto_front, pick
-from sqa_nas.search.records import OBJECTIVES, TrialRecord, finite, of_gpu_type, trial_records
+from sqa_nas.search.records import (
+    OBJECTIVES,
+    TrialRecord,
+    default_storage,
+    finite,
+    load_study,
+    objective_names,
+    of_gpu_type,
+    trial_records,
+)
 
 # metric name -> where a trial stores it when it is not one of the study's objectives
 _ANALYTICS = {"kv_cache_bytes": "kv_cache_bytes_per_token", "params": "params",
@@ -42,8 +51,6 @@ class Source:
 
 class StorageSource(Source):
     def __init__(self, name: str, storage: str | None = None):
-        from sqa_nas.search.records import default_storage, load_study, objective_names
-
         self.name = name
         self.where = storage or default_storage(name)
         self.study = load_study(name, storage)  # UserError: unknown study or storage

@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from sqa_nas.errors import UserError, first_error
 from sqa_nas.model import ModelConfig
+from sqa_nas.registry import list_variants
 from sqa_nas.search.records import OBJECTIVES, LayerRecord, TrialRecord
 
 # Backends a trial may name -> the backend model.py runs for it. model.py has no xFormers
@@ -133,8 +134,6 @@ def validated_config(model: Any, where: str = "trial") -> ModelConfig:
 
 
 def _variant_names() -> set[str]:
-    from sqa_nas.registry import list_variants
-
     return {v.name for v in list_variants() if _NAME.match(v.name)}
 
 
