@@ -277,6 +277,7 @@ def of_gpu_type(records: list[TrialRecord], gpu_type: str | None
 
 
 def objective_names(study: optuna.Study) -> list[str]:
+    """The study's objectives in order: its metric names, else the ``objectives`` attr."""
     names = study.metric_names
     if names:
         return list(names)
@@ -284,6 +285,8 @@ def objective_names(study: optuna.Study) -> list[str]:
 
 
 def trial_records(study: optuna.Study) -> list[TrialRecord]:
+    """Every trial of `study` as a typed `TrialRecord` (the one reader of trial records);
+    `values` by objective name, for COMPLETE trials only."""
     names = objective_names(study)
     out = []
     for t in study.get_trials(deepcopy=False):

@@ -52,6 +52,8 @@ from sqa_nas.train import (
 
 @dataclass
 class TrialJob:
+    """What a worker needs to run trial `number`: its params and the search space."""
+
     number: int
     params: dict[str, Any]
     spec: dict[str, Any]  # SearchSpec.model_dump(mode="json"): picklable, version-free
@@ -61,6 +63,8 @@ class TrialJob:
 
 @dataclass
 class TrialOutcome:
+    """What a worker hands back: the state, objective values and the user attrs to store."""
+
     number: int
     state: str  # COMPLETE, FAIL or PRUNED
     values: dict[str, float] = field(default_factory=dict)
