@@ -88,7 +88,7 @@ def main(argv=None) -> None:
     front = pareto_front(records, spec.objectives)
 
     def is_mixed(r):
-        return len({(x["n_q_heads"], x["n_kv_heads"], x.get("window")) for x in r.layers}) > 1
+        return len({(x.n_q_heads, x.n_kv_heads, x.window) for x in r.layers}) > 1
 
     # The best mixed allocation on the front; failing that, the best mixed one found.
     mixed = [r for r in front if is_mixed(r)] or [r for r in records if is_mixed(r)]

@@ -35,10 +35,10 @@ from sqa_nas.cli import guarded
 from sqa_nas.cli.search import print_front, print_stats
 from sqa_nas.machine import machine_info, package_version
 from sqa_nas.search.executors.ray import RayExecutor
-from sqa_nas.search.objective import pick_device
 from sqa_nas.search.records import trial_records
 from sqa_nas.search.space import load_space, parse_space
 from sqa_nas.search.study import Driver
+from sqa_nas.train import pick_device
 
 
 class GpuUtilization:

@@ -13,8 +13,9 @@ import statistics
 from typing import Any
 
 from sqa_nas.model import PRESETS
-from sqa_nas.search.objective import TrialJob, pick_device, run_trial
 from sqa_nas.search.space import SearchSpec, parse_space
+from sqa_nas.search.trial import TrialJob, run_trial
+from sqa_nas.train import pick_device
 
 # The paper's Table 1 (validation loss, dense ~10-12M models, English Wikipedia, one seed).
 PAPER_TABLE1 = {"MHA": 1.1976, "GQA": 1.2177, "sSQA": 1.2201, "SQA": 1.2272, "xSQA": 1.2428,

@@ -10,8 +10,10 @@ import torch
 
 from sqa_nas.data import load_dataset
 from sqa_nas.model import build_model
-from sqa_nas.search.objective import NonFinite, TrialJob, evaluate, lr_at, run_trial, train
+from sqa_nas.search import trial
 from sqa_nas.search.space import parse_space
+from sqa_nas.search.trial import TrialJob, run_trial, train_config
+from sqa_nas.train import NonFinite, evaluate, lr_at, train
 
 SPACE = {"model": {"d_model": 64, "n_layers": 2, "n_heads": 4, "ffn_dim": 128, "seq_len": 64},
          "budget": {"train": {"steps": 60, "batch_size": 8, "lr": 0.003, "warmup_steps": 5,
@@ -24,21 +26,21 @@ def test_validation_loss_decreases_with_training():
     params = dict(spec.seed_params())["SQA"]
     torch.manual_seed(0)
     model = build_model(spec.build_config(params, data.vocab_size))
-    device = torch.device("cpu")
-    before = evaluate(model, data, spec, device)["val_loss"]
+    device, cfg = torch.device("cpu"), train_config(spec)
+    before = evaluate(model, data, cfg, device)["val_loss"]
     assert before == pytest.approx(math.log(256), abs=0.3)  # untrained: uniform over bytes
-    curve, steps, tokens = train(model, data, spec, device, seed=0)
-    after = evaluate(model, data, spec, device)
-    assert steps == 60 and tokens == 60 * 8 * 64
+    result = train(model, data, cfg, device, seed=0)
+    after = evaluate(model, data, cfg, device)
+    assert result.steps == 60 and result.tokens == 60 * 8 * 64
     assert after["val_loss"] < before - 1.0, (before, after)
-    assert curve[-1][2] < curve[0][2]  # the training loss fell too
+    assert result.curve[-1][2] < result.curve[0][2]  # the training loss fell too
     assert 0 < after["accuracy"] < 1 and after["perplexity"] == pytest.approx(
         math.exp(after["val_loss"]))
 
 
 def test_schedule_warms_up_then_decays_to_the_floor():
     spec = parse_space(SPACE)
-    lrs = [lr_at(s, 60, spec) for s in range(60)]
+    lrs = [lr_at(s, 60, train_config(spec)) for s in range(60)]
     assert lrs[0] == pytest.approx(0.003 / 5) and max(lrs) == pytest.approx(0.003)
     assert lrs[-1] == pytest.approx(0.003 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 54 / 55))))
     assert all(a >= b for a, b in zip(lrs[5:], lrs[6:]))
@@ -61,15 +63,13 @@ def test_a_diverging_training_loss_stops_the_trial(monkeypatch):
     data = load_dataset(spec.data.model_dump(mode="json"))
     model = build_model(spec.build_config(dict(spec.seed_params())["SQA"], data.vocab_size))
     with pytest.raises(NonFinite, match=r"non-finite training loss \(nan\) at step 1$"):
-        train(model, data, spec, torch.device("cpu"), seed=0)
+        train(model, data, train_config(spec), torch.device("cpu"), seed=0)
 
 
 def test_the_mha_reference_is_the_best_of_two_measurements(monkeypatch):
     """Every speedup of a study divides by it: one slow measurement must not skew them all."""
-    from sqa_nas.search import objective
-
     measured = iter([2000.0, 100.0, 1000.0])  # the trial, then the reference twice
-    monkeypatch.setattr(objective, "measure_throughput", lambda *a: next(measured))
+    monkeypatch.setattr(trial, "measure_throughput", lambda *a: next(measured))
     spec = parse_space(SPACE | {"objectives": ["throughput_tokens_per_s"]})
     out = run_trial(TrialJob(0, dict(spec.seed_params())["SQA"], spec.model_dump(mode="json")))
     assert out.state == "COMPLETE", out.attrs.get("fail_reason")

@@ -427,7 +427,7 @@ def test_a_retry_no_worker_takes_fails_after_the_trial_time_limit():
 
     from sqa_nas.search.executors.base import Running
     from sqa_nas.search.executors.ray import RayExecutor, _Attempt
-    from sqa_nas.search.objective import TrialJob
+    from sqa_nas.search.trial import TrialJob
 
     executor = RayExecutor.__new__(RayExecutor)  # no cluster: only the bookkeeping
     executor.slots, executor.timeout, executor.counts = [], 5.0, Counter()

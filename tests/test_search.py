@@ -226,9 +226,9 @@ def test_an_outcome_for_a_trial_reaped_meanwhile_is_dropped_not_raised(tmp_path,
     from rich.console import Console
 
     from sqa_nas.search.executors.local import LocalExecutor
-    from sqa_nas.search.objective import TrialOutcome
     from sqa_nas.search.space import parse_space
     from sqa_nas.search.study import Driver
+    from sqa_nas.search.trial import TrialOutcome
 
     spec = parse_space({**TINY, "study": "race", "seed_trials": []})
     log = io.StringIO()

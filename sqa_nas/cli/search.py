@@ -115,10 +115,10 @@ def _print_front(records: list[TrialRecord], name: str, objectives: Sequence[str
         table.add_column(col, justify="left" if col in ("baseline", "per-layer H_q/H_kv")
                          else "right")
     for r in front:
-        a, m = r.attrs.get("analytics", {}), r.attrs.get("metrics", {})
-        speedup = m.get("speedup_vs_mha", a.get("analytic_speedup_vs_mha"))
+        a, m = r.analytics, r.metrics
+        speedup = a.analytic_speedup_vs_mha if m.speedup_vs_mha is None else m.speedup_vs_mha
         table.add_row(str(r.number), r.seed_variant or "", r.allocation,
                       *[f"{r.values[o]:.4g}" for o in objectives],
-                      f"{a.get('params', 0):,}", f"{a.get('kv_cache_bytes_per_token', 0):,}",
+                      f"{a.params or 0:,}", f"{a.kv_cache_bytes_per_token or 0:,}",
                       f"{speedup:.2f}x" if speedup else "-")
     console.print(table)

@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from sqa_nas.dashboard.view import Progress, StudyView, fmt_number
-from sqa_nas.search.records import TrialRecord
+from sqa_nas.search.records import LayerRecord, TrialRecord
 
 BARS = "▁▂▃▄▅▆▇█"
 STATE_STYLE = {"COMPLETE": "green", "RUNNING": "cyan", "FAIL": "red", "PRUNED": "yellow",
@@ -94,7 +94,7 @@ def layer_strip(r: TrialRecord) -> Table | Text:
     layers = r.layers
     if not layers:
         return Text("no per-layer allocation recorded", "dim")
-    n_heads = (r.model or {}).get("n_heads") or max(x["n_q_heads"] for x in layers)
+    n_heads = (r.model or {}).get("n_heads") or max(x.n_q_heads for x in layers)
     table = Table(show_header=True, header_style="bold", box=None, padding=(0, 1),
                   pad_edge=False)
     table.add_column("layer", style="bold")
@@ -105,30 +105,22 @@ def layer_strip(r: TrialRecord) -> Table | Text:
         share = min(1.0, n / n_heads)
         return f"bold white on {SHADES[min(len(SHADES) - 1, int(share * len(SHADES)))]}"
 
-    table.add_row("H_q", *(Text(f"{x['n_q_heads']:^5}", shade(x["n_q_heads"]))
-                           for x in layers))
-    table.add_row("H_kv", *(Text(f"{x['n_kv_heads']:^5}", shade(x["n_kv_heads"]))
+    table.add_row("H_q", *(Text(f"{x.n_q_heads:^5}", shade(x.n_q_heads)) for x in layers))
+    table.add_row("H_kv", *(Text(f"{x.n_kv_heads:^5}", shade(x.n_kv_heads))
                             for x in layers))
     table.add_row("mask", *(_pattern(x) for x in layers))
-    table.add_row("window", *("" if x.get("window") is None else
-                              f"{x['window']}" + (f"+{x['global_tokens']}g"
-                                                  if x.get("global_tokens") else "")
+    table.add_row("window", *("" if x.window is None else
+                              f"{x.window}" + (f"+{x.global_tokens}g"
+                                               if x.global_tokens else "")
                               for x in layers))
-    table.add_row("backend", *(x.get("backend") or "-" for x in layers))
+    table.add_row("backend", *(x.backend or "-" for x in layers))
     return table
 
 
-def _pattern(layer: dict) -> str:
-    """The layer's mask family, 'block' for short: as recorded, else as `pattern_of` tells
-    it (not imported: it would bring torch into the dashboard)."""
-    pattern = layer.get("pattern")
-    if pattern:
-        return "block" if pattern == "block_sparse" else pattern
-    if layer.get("block_sparse"):
-        return "block"
-    if layer.get("window") is not None:
-        return "flex" if layer.get("global_tokens") else "window"
-    return "dense"
+def _pattern(layer: LayerRecord) -> str:
+    """The layer's mask family, 'block' for short: as recorded, else from its sizes."""
+    pattern = layer.pattern or layer.mask.pattern
+    return "block" if pattern == "block_sparse" else pattern
 
 
 def detail(view: StudyView, r: TrialRecord | None) -> RenderableType:
@@ -145,10 +137,10 @@ def detail(view: StudyView, r: TrialRecord | None) -> RenderableType:
     if r.gpu_type:
         head.append(f"  {r.gpu_type}", "dim")
     parts: list[RenderableType] = [head, Text(r.allocation or "", "italic")]
-    if r.attrs.get("fail_reason"):
-        parts.append(Text(f"failed: {r.attrs['fail_reason']}", "red"))
-    if r.attrs.get("infeasible"):
-        parts.append(Text("infeasible: " + "; ".join(map(str, r.attrs["infeasible"])), "red"))
+    if r.fail_reason:
+        parts.append(Text(f"failed: {r.fail_reason}", "red"))
+    if r.infeasible:
+        parts.append(Text("infeasible: " + "; ".join(r.infeasible), "red"))
     parts += [Text(""), layer_strip(r), Text("")]
 
     numbers = Table.grid(padding=(0, 2))
@@ -157,29 +149,27 @@ def detail(view: StudyView, r: TrialRecord | None) -> RenderableType:
     numbers.add_column(style="bold")
     numbers.add_column(justify="right")
     cells = [(o, view.value(r, o)) for o in view.objectives]
-    metrics = r.attrs.get("metrics") or {}
-    cells += [(k, metrics[k]) for k in ("perplexity", "accuracy", "speedup_vs_mha")
-              if k in metrics and k not in view.objectives]
-    analytics = r.attrs.get("analytics") or {}
-    cells += [(label, analytics.get(key)) for label, key in (
-        ("params", "params"), ("FLOPs/token", "flops_per_token"),
-        ("attn FLOPs/token", "attention_flops_per_token"),
-        ("KV bytes/token", "kv_cache_bytes_per_token"),
-        ("analytic × MHA", "analytic_speedup_vs_mha")) if analytics.get(key) is not None]
+    m, a = r.metrics, r.analytics
+    cells += [(k, v) for k, v in (("perplexity", m.perplexity), ("accuracy", m.accuracy),
+                                  ("speedup_vs_mha", m.speedup_vs_mha))
+              if k not in view.objectives]
+    cells += [("params", a.params), ("FLOPs/token", a.flops_per_token),
+              ("attn FLOPs/token", a.attention_flops_per_token),
+              ("KV bytes/token", a.kv_cache_bytes_per_token),
+              ("analytic × MHA", a.analytic_speedup_vs_mha)]
     cells = [(k, fmt_number(v)) for k, v in cells if v is not None]
     for i in range(0, len(cells), 2):
         pair = cells[i:i + 2] + [("", "")] * (2 - len(cells[i:i + 2]))
         numbers.add_row(pair[0][0], pair[0][1], pair[1][0], pair[1][1])
     parts.append(numbers)
 
-    curve = r.attrs.get("curve") or []
-    losses = [row[2] for row in curve if len(row) > 2 and isinstance(row[2], int | float)]
+    curve = r.curve
+    losses = [loss for _, _, loss in curve]
     if losses:
         line = Text("train loss ", "bold")
         line.append(f"{fmt_number(losses[0])} → {fmt_number(losses[-1])} "
                     f"over {fmt_number(curve[-1][0])} steps", "dim")
         parts += [Text(""), line, Text(sparkline(losses, 48), "cyan")]
-    timings = r.attrs.get("timings") or {}
-    if timings.get("total_s") is not None:
-        parts.append(Text(f"took {timings['total_s']:.1f} s", "dim"))
+    if r.timings.total_s is not None:
+        parts.append(Text(f"took {r.timings.total_s:.1f} s", "dim"))
     return Group(*parts)

@@ -40,11 +40,11 @@ def front_json(view: StudyView) -> list[dict[str, Any]]:
         "values": dict(r.values or {}),
         "params": r.params,
         "allocation": r.allocation,
-        "layers": r.layers,
+        "layers": [x.stored() for x in r.layers],
         "seed_variant": r.seed_variant,
         "gpu_type": r.gpu_type,
-        "analytics": r.attrs.get("analytics"),
-        "metrics": r.attrs.get("metrics"),
+        "analytics": r.analytics.stored(),
+        "metrics": r.metrics.stored(),
     } for r in view.front]
 
 

@@ -19,7 +19,16 @@ from typing import Any
 
 from sqa_nas.errors import UserError
 from sqa_nas.pareto import hypervolume_history, pareto_front, pick
-from sqa_nas.search.records import OBJECTIVES, TrialRecord, finite, of_gpu_type
+from sqa_nas.search.records import (
+    OBJECTIVES,
+    TrialRecord,
+    default_storage,
+    finite,
+    load_study,
+    objective_names,
+    of_gpu_type,
+    trial_records,
+)
 
 # metric name -> where a trial stores it when it is not one of the study's objectives
 _ANALYTICS = {"kv_cache_bytes": "kv_cache_bytes_per_token", "params": "params",
@@ -42,8 +51,6 @@ class Source:
 
 class StorageSource(Source):
     def __init__(self, name: str, storage: str | None = None):
-        from sqa_nas.search.records import default_storage, load_study, objective_names
-
         self.name = name
         self.where = storage or default_storage(name)
         self.study = load_study(name, storage)  # UserError: unknown study or storage
@@ -54,8 +61,6 @@ class StorageSource(Source):
                             f"objectives but has {len(self.directions)} directions")
 
     def records(self) -> list[TrialRecord]:
-        from sqa_nas.search.records import trial_records
-
         return trial_records(self.study)
 
 
@@ -132,13 +137,11 @@ class StudyView:
 
     def value(self, r: TrialRecord, metric: str) -> float | None:
         """An objective's value, else the trial's measured metric, else its analytic cost."""
-        for source in (r.values, r.attrs.get("metrics")):
-            if source and finite(source.get(metric)):
-                return float(source[metric])
-        analytics = r.attrs.get("analytics") or {}
         key = _ANALYTICS.get(metric)
-        if key and finite(analytics.get(key)):
-            return float(analytics[key])
+        for value in ((r.values or {}).get(metric), r.metrics.value(metric),
+                      r.analytics.value(key) if key else None):
+            if finite(value):
+                return float(value)
         return None
 
     def points(self, x: str, y: str) -> list[tuple[TrialRecord, float, float]]:

@@ -16,6 +16,9 @@ from pathlib import Path
 import optuna
 
 from sqa_nas.errors import UserError
+from sqa_nas.export import hf
+from sqa_nas.export.readme import config_yaml, readme
+from sqa_nas.export.torch_code import render_model_py
 from sqa_nas.export.validate import ValidTrial, validate_trial
 from sqa_nas.search.records import TrialRecord, objective_names, of_gpu_type, trial_records
 
@@ -54,10 +57,6 @@ def export_trial(study: optuna.Study, record: TrialRecord, out_dir: Path, fmt: s
     configuration_sqa.py and modeling_sqa.py; refused when transformers is not installed
     (the folder could not be loaded here), unless `force_hf`.
     """
-    from sqa_nas.export import hf
-    from sqa_nas.export.readme import config_yaml, readme
-    from sqa_nas.export.torch_code import render_model_py
-
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}; formats: {', '.join(FORMATS)}")
     trial = validate_trial(study.study_name, record)

@@ -25,13 +25,16 @@ from pydantic import ValidationError
 
 from sqa_nas.errors import UserError, first_error
 from sqa_nas.model import ModelConfig
-from sqa_nas.search.records import OBJECTIVES, TrialRecord
+from sqa_nas.registry import list_variants
+from sqa_nas.search.records import OBJECTIVES, LayerRecord, TrialRecord
 
 # Backends a trial may name -> the backend model.py runs for it. model.py has no xFormers
 # path; "auto" there picks flash-attn / FlexAttention / SDPA, which compute the same thing.
 STANDALONE_BACKEND = {"auto": "auto", "sdpa": "sdpa", "flex": "flex",
                       "flash_attn": "flash_attn", "xformers": "auto"}
 
+# The trial's user attrs export writes out (a trial's `layers` only name its backends).
+EXPORTED = {"model", "analytics", "metrics", "device", "versions", "corpus", "seed_variant"}
 MAX_INT = 2**31 - 1
 MAX_DEPTH = 6
 MAX_ITEMS = 4096
@@ -79,8 +82,8 @@ def check_exportable(record: TrialRecord) -> None:
     if record.state in ("RUNNING", "WAITING"):
         raise UserError(f"trial {record.number} is {record.state}: only COMPLETE trials can "
                         "be exported; wait for it to finish")
-    reason = record.attrs.get("fail_reason")
-    why = f" ({reason})" if isinstance(reason, str) and _TEXT.match(reason) else ""
+    reason = record.fail_reason
+    why = f" ({reason})" if reason is not None and _TEXT.match(reason) else ""
     raise UserError(f"trial {record.number} is {record.state}{why}: only COMPLETE trials can "
                     "be exported")
 
@@ -92,20 +95,22 @@ def validate_trial(study_name: str, record: TrialRecord) -> ValidTrial:
     if not isinstance(study_name, str) or not _NAME.match(study_name):
         raise UserError(f"study name {_show(study_name)} cannot be exported: use letters, "
                         "digits, '_', '.' and '-'")
+    for key in sorted(EXPORTED & set(record.problems)):  # a stored value of a wrong type
+        raise UserError(f"{where}: {ascii(record.problems[key])[1:-1]}")
     config = validated_config(record.model, where)
     return ValidTrial(
         study=study_name,
         number=record.number,
         config=config,
         objectives=_objectives(record.values, where),
-        analytics=_numbers(record.attrs.get("analytics"), f"{where}: analytics"),
-        metrics=_numbers(record.attrs.get("metrics"), f"{where}: metrics"),
-        device=_text_mapping(record.attrs.get("device"), f"{where}: device"),
-        versions=_text_mapping(record.attrs.get("versions"), f"{where}: versions"),
-        corpus=_text_mapping(record.attrs.get("corpus"), f"{where}: corpus"),
+        analytics=_numbers(record.analytics.stored(), f"{where}: analytics"),
+        metrics=_numbers(record.metrics.stored(), f"{where}: metrics"),
+        device=_text_mapping(record.device.stored(), f"{where}: device"),
+        versions=_text_mapping(record.typed.versions, f"{where}: versions"),
+        corpus=_text_mapping(record.typed.corpus.stored(), f"{where}: corpus"),
         params=_text_mapping(record.params, f"{where}: params"),
-        trial_backends=_trial_backends(record.attrs.get("layers"), config, where),
-        seed_variant=_seed_variant(record.attrs.get("seed_variant"), where),
+        trial_backends=_trial_backends(record.layers, config, where),
+        seed_variant=_seed_variant(record.seed_variant, where),
     )
 
 
@@ -129,8 +134,6 @@ def validated_config(model: Any, where: str = "trial") -> ModelConfig:
 
 
 def _variant_names() -> set[str]:
-    from sqa_nas.registry import list_variants
-
     return {v.name for v in list_variants() if _NAME.match(v.name)}
 
 
@@ -240,13 +243,14 @@ def _text_tree(value: Any, path: str, depth: int = 0) -> Any:
     raise UserError(f"{path}: a {type(value).__name__} cannot be exported")
 
 
-def _trial_backends(layers: Any, config: ModelConfig, where: str) -> tuple[str | None, ...]:
-    if not isinstance(layers, list) or len(layers) != config.n_layers:
+def _trial_backends(layers: list[LayerRecord], config: ModelConfig,
+                    where: str) -> tuple[str | None, ...]:
+    if len(layers) != config.n_layers:
         return (None,) * config.n_layers
     out = []
     for i, layer in enumerate(layers):
-        name = layer.get("backend") if isinstance(layer, dict) else None
-        if name is not None and (not isinstance(name, str) or not _KEY.match(name)):
+        name = layer.backend
+        if name is not None and not _KEY.match(name):
             raise UserError(f"{where}: layers[{i}].backend {_show(name)} is not a backend name")
         out.append(name)
     return tuple(out)

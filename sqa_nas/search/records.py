@@ -12,8 +12,10 @@ Trial
   - params: per unit (``layer3``, ``layers0-3`` or ``all``): ``<unit>.heads`` = "H_q/H_kv",
     ``<unit>.mask`` = "dense" | "window:W" | "flex:W+G" | "block_sparse", and
     ``<unit>.backend`` when several backends are searched.
-  - user attrs (`TRIAL_ATTRS`): the resolved model config, per-layer allocation, analytics,
-    metrics, training curve, device, versions, corpus fingerprint, timings, failure reason.
+  - user attrs: `TrialAttrs` (pydantic, one model per part: `Analytics`, `Metrics`,
+    `Device`, `LayerRecord`, `Corpus`, `Timings`): the resolved model config, per-layer
+    allocation, analytics, metrics, training curve, device, versions, corpus fingerprint,
+    timings, failure reason. Written by `trial_attrs`, read by `trial_records`.
 """
 
 from __future__ import annotations
@@ -21,11 +23,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.storages import JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sqa_nas.errors import UserError
+from sqa_nas.search.choices import HeadsChoice, MaskChoice
 
 FORMAT = 1
 
@@ -39,68 +46,215 @@ OBJECTIVES: dict[str, str] = {
     "attention_flops": "minimize",
 }
 
-TRIAL_ATTRS = (
-    "model",         # ModelConfig.resolved(): rebuilds exactly this model (export reads it)
-    "layers",        # [{n_q_heads, n_kv_heads, pattern, window, global_tokens, backend,
-                     #   backend_reason}] per layer
-    "allocation",    # compact per-layer notation, e.g. "8/4 x2, 4/4 w64 x2"
-    "seed_variant",  # "MHA", "xSQA", ... for baseline trials, else None
-    "analytics",     # {params, flops_per_token, train_flops_per_token,
-                     #  attention_flops_per_token, kv_cache_bytes_per_token,
-                     #  analytic_speedup_vs_mha}
-    "metrics",       # {val_loss, perplexity, accuracy, throughput_tokens_per_s,
-                     #  speedup_vs_mha, train_tokens, train_steps, ...}
-    "curve",         # [[step, tokens, train_loss], ...] (subsampled)
-    "device",        # {name, type, host, node, gpu; on Ray also ray_node_id, node_ip,
-                     #  worker_pid}
-    "versions",      # torch, CUDA, cuDNN, python, sqa_nas
-    "corpus",        # {kind, fingerprint}
-    "timings",       # {build_s, throughput_s, train_s, eval_s, total_s}
-    "fail_reason",   # why a trial is FAIL or PRUNED
-    "infeasible",    # [constraint violations] for trials refused before training
-    "driver",        # {host, pid, proc_start, id} of the driver that ran it
-    "worker_deaths",  # how many times its worker or node died under it (Ray retries)
-    "retry_of",      # the trial number this one re-runs (reaped or interrupted)
-    "interrupted",   # True: stopped by Ctrl-C, re-enqueued
-    "reaped",        # True: left RUNNING by a driver that is gone, re-enqueued (if drawn)
-)
+class _Record(BaseModel):
+    """A part of a trial's stored attrs. Unknown keys are kept (a newer writer, an executor's
+    extras) and every field is optional: format-1 studies written before a field existed
+    still load."""
+
+    model_config = ConfigDict(extra="allow")
+
+    def stored(self) -> dict[str, Any]:
+        """This part as stored: the keys it was written or read with, JSON values."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+    def value(self, name: str) -> Any:
+        """The value stored under `name` (a field or an unknown key), else None."""
+        if name in type(self).model_fields:
+            return getattr(self, name)
+        return (self.model_extra or {}).get(name)
+
+
+class Analytics(_Record):
+    """Costs from the formulas (`sqa_nas.analytics.analyze`) at the space's seq_len."""
+
+    params: int | None = None
+    flops_per_token: float | None = None  # forward, whole model
+    train_flops_per_token: float | None = None  # forward + backward
+    attention_flops_per_token: float | None = None  # forward, Q K^T and P V only
+    kv_cache_bytes_per_token: int | None = None  # all layers, bf16
+    analytic_speedup_vs_mha: float | None = None  # forward FLOPs of MHA / this model's
+
+
+class Metrics(_Record):
+    """What the trial measured, plus the analytic objectives under their objective names."""
+
+    val_loss: float | None = None  # token-weighted mean cross-entropy on held-out batches
+    perplexity: float | None = None
+    accuracy: float | None = None  # next-token accuracy on the same tokens
+    val_tokens: int | None = None
+    throughput_tokens_per_s: float | None = None
+    mha_throughput_tokens_per_s: float | None = None  # the same-shape MHA model, same GPU
+    speedup_vs_mha: float | None = None
+    train_steps: int | None = None
+    train_tokens: int | None = None
+    kv_cache_bytes: int | None = None
+    params: int | None = None
+    attention_flops: float | None = None
+
+
+class Device(_Record):
+    """Where the trial ran; on Ray also its node and worker."""
+
+    name: str | None = None  # GPU or CPU name: throughput compares within one name
+    type: str | None = None  # cuda, cpu
+    host: str | None = None
+    node: str | None = None
+    gpu: int | str | None = None  # CUDA index; on Ray the GPU ids, comma-separated
+    ray_node_id: str | None = None
+    node_ip: str | None = None
+    worker_pid: int | None = None
+
+
+class LayerRecord(_Record):
+    """One layer as built (`sqa_nas.model.layer_dict`) and the backend it ran on."""
+
+    n_q_heads: int
+    n_kv_heads: int
+    pattern: str | None = None  # dense, window, flex, block_sparse
+    window: int | None = None
+    global_tokens: int | None = None
+    block_sparse: dict[str, Any] | None = None  # a BlockSparseLayout dump
+    bias: bool | None = None
+    backend: str | None = None  # what ran at the first forward on the device
+    backend_reason: str | None = None
+
+    @property
+    def mask(self) -> MaskChoice:
+        return MaskChoice.of_layer(self.stored())
+
+
+class Corpus(_Record):
+    kind: str | None = None
+    fingerprint: str | None = None
+    tokens: dict[str, int] | int | None = None  # per split (train, val)
+
+
+class Timings(_Record):
+    """Seconds spent in each phase of the trial."""
+
+    build_s: float | None = None
+    throughput_s: float | None = None
+    train_s: float | None = None
+    eval_s: float | None = None
+    total_s: float | None = None
+
+
+class TrialAttrs(_Record):
+    """Everything a trial stores as Optuna user attrs (format 1: these field names are the
+    keys). The trial writes it through `trial_attrs`; readers get it through
+    `trial_records`; the driver adds the bookkeeping flags (driver ... reaped)."""
+
+    model: dict[str, Any] | None = None  # ModelConfig.resolved(): rebuilds this model
+    layers: list[LayerRecord] = []
+    allocation: str = ""  # compact per-layer notation, e.g. "8/4 x2, 4/4 w64 x2"
+    seed_variant: str | None = None  # "MHA", "xSQA", ... for baseline trials
+    analytics: Analytics = Field(default_factory=Analytics)
+    metrics: Metrics = Field(default_factory=Metrics)
+    curve: list[tuple[int, int, float]] = []  # (step, tokens, train loss), subsampled
+    device: Device = Field(default_factory=Device)
+    versions: dict[str, str | int | None] = {}  # torch, cuda, cudnn, python, sqa_nas
+    corpus: Corpus = Field(default_factory=Corpus)
+    timings: Timings = Field(default_factory=Timings)
+    fail_reason: str | None = None  # why a trial is FAIL or PRUNED
+    traceback: str | None = None  # the end of a failed trial's traceback
+    infeasible: list[str] = []  # constraint violations of trials refused before training
+    driver: dict[str, Any] | None = None  # {host, pid, proc_start, id} of its driver
+    worker_deaths: int | None = None  # how often its worker or node died under it (Ray)
+    retry_of: int | None = None  # the trial number this one re-runs
+    interrupted: bool | None = None  # stopped by Ctrl-C, re-enqueued
+    reaped: bool | None = None  # left RUNNING by a driver that is gone, re-enqueued
+
+
+def trial_attrs(attrs: TrialAttrs) -> dict[str, Any]:
+    """The user attrs a trial stores: the fields set on `attrs`, as JSON, under the
+    format-1 keys (the one writer of a trial's record)."""
+    return attrs.stored()
+
+
+def parse_attrs(stored: dict[str, Any]) -> tuple[TrialAttrs, dict[str, str]]:
+    """A trial's stored user attrs as `TrialAttrs`, and {key: problem} for top-level keys
+    whose value did not parse (left out, so one odd trial never stops a reader)."""
+    data, problems = dict(stored), {}
+    for _ in range(len(data) + 1):
+        try:
+            return TrialAttrs.model_validate(data), problems
+        except ValidationError as exc:
+            for err in exc.errors():
+                key = str(err["loc"][0]) if err["loc"] else ""
+                problems.setdefault(key, f"{'.'.join(map(str, err['loc']))}: {err['msg']}")
+                data.pop(key, None)
+    return TrialAttrs(), problems
 
 
 @dataclass
 class TrialRecord:
-    """One trial as the dashboard and export see it."""
+    """One trial as the dashboard and export see it: Optuna's state, values and params, and
+    its user attrs typed (`record.metrics.val_loss`, `record.analytics.params`)."""
 
     number: int
     state: str  # COMPLETE, FAIL, PRUNED, RUNNING, WAITING
     values: dict[str, float] | None
     params: dict[str, Any]
-    attrs: dict[str, Any] = field(default_factory=dict)
+    attrs: dict[str, Any] = field(default_factory=dict)  # the user attrs as stored
     datetime_start: datetime | None = None
     datetime_complete: datetime | None = None
+    typed: TrialAttrs = field(init=False, repr=False, compare=False)
+    problems: dict[str, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.typed, self.problems = parse_attrs(self.attrs)
 
     @property
     def feasible(self) -> bool:
-        return not self.attrs.get("infeasible")
+        return not self.typed.infeasible
 
     @property
     def seed_variant(self) -> str | None:
-        return self.attrs.get("seed_variant")
+        return self.typed.seed_variant
 
     @property
     def allocation(self) -> str:
-        return self.attrs.get("allocation", "")
+        return self.typed.allocation
 
     @property
-    def layers(self) -> list[dict[str, Any]]:
-        return self.attrs.get("layers", [])
+    def layers(self) -> list[LayerRecord]:
+        return self.typed.layers
 
     @property
     def model(self) -> dict[str, Any] | None:
-        return self.attrs.get("model")
+        return self.typed.model
+
+    @property
+    def analytics(self) -> Analytics:
+        return self.typed.analytics
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.typed.metrics
+
+    @property
+    def device(self) -> Device:
+        return self.typed.device
+
+    @property
+    def timings(self) -> Timings:
+        return self.typed.timings
+
+    @property
+    def curve(self) -> list[tuple[int, int, float]]:
+        return self.typed.curve
+
+    @property
+    def fail_reason(self) -> str | None:
+        return self.typed.fail_reason
+
+    @property
+    def infeasible(self) -> list[str]:
+        return self.typed.infeasible
 
     @property
     def gpu_type(self) -> str | None:
-        return (self.attrs.get("device") or {}).get("name")
+        return self.typed.device.name
 
     @property
     def duration_s(self) -> float | None:
@@ -123,6 +277,7 @@ def of_gpu_type(records: list[TrialRecord], gpu_type: str | None
 
 
 def objective_names(study: optuna.Study) -> list[str]:
+    """The study's objectives in order: its metric names, else the ``objectives`` attr."""
     names = study.metric_names
     if names:
         return list(names)
@@ -130,6 +285,8 @@ def objective_names(study: optuna.Study) -> list[str]:
 
 
 def trial_records(study: optuna.Study) -> list[TrialRecord]:
+    """Every trial of `study` as a typed `TrialRecord` (the one reader of trial records);
+    `values` by objective name, for COMPLETE trials only."""
     names = objective_names(study)
     out = []
     for t in study.get_trials(deepcopy=False):
@@ -148,21 +305,14 @@ def default_storage(study_name: str) -> str:
 def open_storage(url: str, *, heartbeat: bool = False):
     """An Optuna storage for a URL: ``sqlite:///``, ``postgresql://``, ... or a journal file
     (``journal:PATH`` or a path ending in ``.log`` / ``.journal``)."""
-    from optuna.storages import JournalStorage, RDBStorage
-    from optuna.storages.journal import JournalFileBackend
-
     if url.startswith("journal:") or url.endswith((".log", ".journal")):
         path = url.removeprefix("journal:")
-        from pathlib import Path
-
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(path))
     if "://" not in url:
         raise UserError(f"storage {url!r} is not a database URL (sqlite:///PATH, "
                         "postgresql://...) or a journal file (journal:PATH)")
     if url.startswith("sqlite:///"):
-        from pathlib import Path
-
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     kwargs = {"heartbeat_interval": 10, "grace_period": 60} if heartbeat else {}
     try:
@@ -184,8 +334,6 @@ def load_study(name: str, storage: str | None = None) -> optuna.Study:
     was written by an incompatible version."""
     url = storage or default_storage(name)
     if url.startswith("sqlite:///"):
-        from pathlib import Path
-
         if not Path(url.removeprefix("sqlite:///")).exists():
             raise UserError(f"no study {name!r}: storage {url} does not exist (pass --storage, "
                             f"or run `sqa-nas search` first)")
@@ -211,7 +359,8 @@ def check_format(study: optuna.Study, where: str) -> None:
 
 
 def compact_allocation(layers: list[dict[str, Any]]) -> str:
-    """'8/4 x2, 4/4 w64 x2': each layer as H_q/H_kv plus its mask, runs collapsed."""
+    """'8/4 x2, 4/4 w64 x2': each layer as H_q/H_kv plus its mask (`MaskChoice.short`),
+    runs collapsed; `layers` as `sqa_nas.model.layer_dict` writes them."""
     tokens = [_layer_token(x) for x in layers]
     runs: list[list] = []
     for tok in tokens:
@@ -225,14 +374,9 @@ def compact_allocation(layers: list[dict[str, Any]]) -> str:
 
 
 def _layer_token(layer: dict[str, Any]) -> str:
-    tok = f"{layer['n_q_heads']}/{layer['n_kv_heads']}"
-    if layer.get("block_sparse") or layer.get("pattern") == "block_sparse":
-        return tok + " bs"
-    if layer.get("window") is not None:
-        tok += f" w{layer['window']}"
-        if layer.get("global_tokens"):
-            tok += f"+g{layer['global_tokens']}"
-    return tok
+    heads = HeadsChoice(layer["n_q_heads"], layer["n_kv_heads"])
+    mask = MaskChoice.of_layer(layer).short()
+    return f"{heads} {mask}" if mask else str(heads)
 
 
 def finite(x: Any) -> bool:

@@ -32,11 +32,12 @@ from pydantic import (
 )
 
 from sqa_nas.analytics import ModelCost, analyze, mha_baseline
-from sqa_nas.attention import BlockSparseLayout, Pattern
+from sqa_nas.attention import BlockSparseLayout
 from sqa_nas.data import DataSpec
 from sqa_nas.errors import UserError, first_error
 from sqa_nas.model import ModelConfig
-from sqa_nas.registry import HEAD_COUNT, heads_of
+from sqa_nas.registry import HEAD_COUNT, get_backend, get_variant, heads_of
+from sqa_nas.search.choices import HeadsChoice, MaskChoice, MaskPattern
 from sqa_nas.search.records import OBJECTIVES
 
 Objective = Literal["val_loss", "throughput_tokens_per_s", "speedup_vs_mha", "kv_cache_bytes",
@@ -101,7 +102,7 @@ class SearchSection(_Section):
                                      "H, H/k, mH/k with whole m, k >= 1 (H = model.n_heads)")
         return data
     allow_reverse: bool = False  # also offer rSQA pairs (H_q < H_kv)
-    patterns: Annotated[list[Pattern], Field(min_length=1)] = ["dense"]
+    patterns: Annotated[list[MaskPattern], Field(min_length=1)] = ["dense"]
     windows: list[Annotated[int, Field(ge=0)]] = []
     global_tokens: list[Positive] = [4]
     block_sparse: BlockSparseLayout | None = None
@@ -233,8 +234,6 @@ class SearchSpec(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> SearchSpec:
-        from sqa_nas.registry import get_backend, get_variant
-
         m, s = self.model, self.search
         for w in s.windows:
             if w >= m.seq_len:
@@ -302,43 +301,36 @@ class SearchSpec(_Section):
         pairs = [(q, kv) for q, kv in itertools.product(qs, kvs)
                  if (q >= kv and q % kv == 0)
                  or (self.search.allow_reverse and q < kv and kv % q == 0)]
-        choices = [f"{q}/{kv}" for q, kv in pairs]
+        choices = [str(HeadsChoice(q, kv)) for q, kv in pairs]
         for heads, _ in self._seed_choices():
-            if heads not in choices:
-                choices.append(heads)
+            if str(heads) not in choices:
+                choices.append(str(heads))
         return choices
 
     def mask_choices(self) -> list[str]:
         s = self.search
         out: list[str] = []
         for p in s.patterns:
-            if p == "dense":
-                out.append("dense")
-            elif p == "window":
-                out += [f"window:{w}" for w in s.windows]
-            elif p == "flex":
-                out += [f"flex:{w}+{g}" for w in s.windows for g in s.global_tokens]
-            else:
-                out.append("block_sparse")
+            sizes = ([{}] if p in ("dense", "block_sparse") else
+                     [{"window": w} for w in s.windows] if p == "window" else
+                     [{"window": w, "global_tokens": g}
+                      for w in s.windows for g in s.global_tokens])
+            out += [str(MaskChoice.of(p, **kw)) for kw in sizes]
         for _, mask in self._seed_choices():
-            if mask not in out:
-                out.append(mask)
+            if str(mask) not in out:
+                out.append(str(mask))
         return out
 
-    def _seed_choices(self) -> list[tuple[str, str]]:
+    def _seed_choices(self) -> list[tuple[HeadsChoice, MaskChoice]]:
         """(heads, mask) of each seed variant at this model's H; windowed variants take the
         first searched window (their window is a free parameter)."""
-        from sqa_nas.registry import get_variant
-
+        w = self.search.windows[0] if self.search.windows else self.model.seq_len // 4
+        g = self.search.global_tokens[0]
         out = []
         for name in self.seed_trials:
             v = get_variant(name)
-            hq, hkv = v.heads(self.model.n_heads)
-            w = self.search.windows[0] if self.search.windows else self.model.seq_len // 4
-            g = self.search.global_tokens[0]
-            mask = {"dense": "dense", "window": f"window:{w}", "flex": f"flex:{w}+{g}",
-                    "block_sparse": "block_sparse"}[v.pattern]
-            out.append((f"{hq}/{hkv}", mask))
+            mask = MaskChoice.of(v.pattern, window=w, global_tokens=g)
+            out.append((HeadsChoice(*v.heads(self.model.n_heads)), mask))
         return out
 
     def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
@@ -365,9 +357,9 @@ class SearchSpec(_Section):
         for name, (heads, mask) in zip(self.seed_trials, self._seed_choices()):
             params: dict[str, Any] = {}
             for unit, _ in self.units():
-                params[f"{unit}.heads"] = heads
+                params[f"{unit}.heads"] = str(heads)
                 if f"{unit}.mask" in dists:
-                    params[f"{unit}.mask"] = mask
+                    params[f"{unit}.mask"] = str(mask)
                 if f"{unit}.backend" in dists:
                     params[f"{unit}.backend"] = self.search.backends[0]
             for key in self.model.searched:
@@ -386,16 +378,26 @@ class SearchSpec(_Section):
         masks = self.mask_choices()
         layers: list[dict[str, Any]] = [{} for _ in range(m.n_layers)]
         for unit, idx in self.units():
-            hq, hkv = (int(x) for x in params[f"{unit}.heads"].split("/"))
-            layer: dict[str, Any] = {"n_q_heads": hq, "n_kv_heads": hkv,
-                                     **_mask_fields(params.get(f"{unit}.mask", masks[0]),
-                                                    self.search.block_sparse, m.seq_len)}
+            heads = HeadsChoice.parse(params[f"{unit}.heads"])
+            mask = MaskChoice.parse(params.get(f"{unit}.mask", masks[0]))
+            layer: dict[str, Any] = {"n_q_heads": heads.n_q, "n_kv_heads": heads.n_kv,
+                                     **mask.layer_fields(self._block_layout(mask))}
             backend = params.get(f"{unit}.backend", self.search.backends[0])
             if backend != "auto":
                 layer["backend"] = backend
             for i in idx:
                 layers[i] = layer
         return ModelConfig(**fields, layers=layers)
+
+    def _block_layout(self, mask: MaskChoice) -> dict[str, Any] | None:
+        """The block layout a block-sparse choice uses: the searched one, else blocks of
+        seq_len / 8 tokens (1..64)."""
+        if mask.pattern != "block_sparse":
+            return None
+        seq_len = self.model.seq_len
+        layout = (self.search.block_sparse
+                  or BlockSparseLayout(block_size=max(1, min(64, seq_len // 8))))
+        return layout.model_dump()
 
     def mha_cost(self, config: ModelConfig) -> ModelCost:
         return analyze(mha_baseline(config), self.model.seq_len)
@@ -407,19 +409,6 @@ class SearchSpec(_Section):
                                                      "constraints"})
         keep["budget"] = self.budget.model_dump(mode="json", include={"train", "throughput"})
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _mask_fields(mask: str, layout: BlockSparseLayout | None, seq_len: int) -> dict[str, Any]:
-    if mask == "dense":
-        return {}
-    if mask == "block_sparse":
-        layout = layout or BlockSparseLayout(block_size=max(1, min(64, seq_len // 8)))
-        return {"block_sparse": layout.model_dump()}
-    kind, arg = mask.split(":")
-    if kind == "window":
-        return {"window": int(arg)}
-    w, g = arg.split("+")
-    return {"window": int(w), "global_tokens": int(g)}
 
 
 def parse_space(data: Any, source: str = "search space") -> SearchSpec:

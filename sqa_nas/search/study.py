@@ -37,7 +37,6 @@ import sqa_nas
 from sqa_nas.data import load_dataset
 from sqa_nas.errors import UserError
 from sqa_nas.search.executors.base import Executor
-from sqa_nas.search.objective import TrialJob, TrialOutcome
 from sqa_nas.search.records import (
     FORMAT,
     check_format,
@@ -46,6 +45,7 @@ from sqa_nas.search.records import (
     trial_records,
 )
 from sqa_nas.search.space import SearchSpec
+from sqa_nas.search.trial import TrialJob, TrialOutcome
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 # Metric names, heartbeats and fail_stale_trials are stable in practice; the driver drives

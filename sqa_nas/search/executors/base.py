@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqa_nas.search.objective import TrialJob, TrialOutcome
+from sqa_nas.search.trial import TrialJob, TrialOutcome
 
 
 @dataclass

@@ -14,7 +14,7 @@ import time
 from multiprocessing.connection import Connection, wait
 
 from sqa_nas.search.executors.base import Event, Executor, Running, Usage, busy_fraction
-from sqa_nas.search.objective import TrialJob
+from sqa_nas.search.trial import TrialJob
 
 
 def _worker_main(conn: Connection, device: str, threads: int) -> None:
@@ -22,7 +22,7 @@ def _worker_main(conn: Connection, device: str, threads: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     import torch
 
-    from sqa_nas.search.objective import run_trial
+    from sqa_nas.search.trial import run_trial
 
     torch.set_num_threads(threads)
     parent = os.getppid()

@@ -46,8 +46,8 @@ import ray
 
 from sqa_nas.errors import UserError
 from sqa_nas.search.executors.base import Event, Executor, Running, Usage, busy_fraction
-from sqa_nas.search.objective import TrialJob, TrialOutcome
 from sqa_nas.search.space import SearchSpec
+from sqa_nas.search.trial import TrialJob, TrialOutcome
 
 CAPACITY_REFRESH_S = 5.0  # how often live nodes are re-read (nodes join, nodes die)
 PROGRESS_EVERY_S = 1.0
@@ -94,7 +94,7 @@ class TrialWorker:
 
     def run(self, job: TrialJob) -> tuple[TrialOutcome, float, float]:
         """The trial's outcome and when it ran (this node's clock, seconds since the epoch)."""
-        from sqa_nas.search.objective import run_trial
+        from sqa_nas.search.trial import run_trial
 
         self._progress = {}
         start = time.time()

@@ -1,0 +1,223 @@
+"""Training, evaluation and the learning-rate schedule of one language model, on a small typed
+config: what the search, the experiments and users call alike.
+
+`TrainConfig` holds only what training reads (the search builds it from its spec, see
+`sqa_nas.search.trial.train_config`); `lr_at` is a pure function of the step; `train` runs
+AdamW with that schedule and stops at the first of steps / tokens / seconds; `evaluate`
+scores fixed held-out batches; `measure_throughput` times a training step with the one timer,
+`sqa_nas.timing.time_call`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from sqa_nas.compiling import allow_recompiles
+from sqa_nas.data import IGNORE_INDEX, Dataset, accuracy_counts
+from sqa_nas.timing import time_call
+
+Progress = Callable[[dict[str, Any]], None]
+CURVE_POINTS = 50  # training-loss points kept per run (one host sync each)
+WARMUP_S = 0.5  # least warm-up time before throughput is timed
+
+
+class NonFinite(Exception):
+    """A training or validation loss that is NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What training and evaluation read. A run stops at the first of `steps`, `tokens`
+    (rounded up to whole steps) and `seconds`; at least one must be set."""
+
+    seq_len: int  # tokens per sequence, training and evaluation
+    batch_size: int = 8
+    steps: int | None = None
+    tokens: int | None = None
+    seconds: float | None = None
+    lr: float = 3e-3  # peak learning rate, reached at the end of warm-up
+    min_lr_ratio: float = 0.1  # the cosine decays to min_lr_ratio * lr at the last step
+    warmup_steps: int = 10
+    weight_decay: float = 0.1  # on matrices (dim >= 2) only
+    grad_clip: float | None = 1.0  # max global gradient norm; None: no clipping
+    compile: bool = False  # torch.compile the model on GPU
+    eval_batches: int = 8
+    eval_batch_size: int | None = None  # None: batch_size
+
+    def __post_init__(self) -> None:
+        if self.steps is None and self.tokens is None and self.seconds is None:
+            raise ValueError("TrainConfig needs steps, tokens or seconds")
+
+    @property
+    def planned_steps(self) -> int:
+        """Steps the schedule spans: the fewer of `steps` and `tokens` in steps; -1 when only
+        `seconds` bounds the run (the schedule cannot know its length)."""
+        per_step = self.batch_size * self.seq_len
+        options = [x for x in (self.steps, self.tokens and -(-self.tokens // per_step)) if x]
+        return min(options) if options else -1
+
+
+@dataclass(frozen=True)
+class ThroughputConfig:
+    """How `measure_throughput` times a model: `batch_size` x `seq_len` random tokens,
+    forward (+ backward when `backward`), at least `warmup` untimed calls, `repeats` timed."""
+
+    seq_len: int
+    batch_size: int = 8
+    warmup: int = 2
+    repeats: int = 5
+    backward: bool = True
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    curve: list[tuple[int, int, float]]  # (step, tokens seen, training loss), subsampled
+    steps: int
+    tokens: int
+
+
+def pick_device(preference: str = "auto") -> torch.device:
+    """The device to train on: the current CUDA device unless `preference` is "cpu" or no
+    GPU is visible."""
+    if preference == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def autocast(device: torch.device, dtype: torch.dtype = torch.bfloat16):
+    """Mixed precision on GPU (bf16 by default, as the paper trains); a no-op context on CPU,
+    where autocast would only slow the small models down."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    """The learning rate of step `step` (0-based) of `total` (-1: unknown).
+
+    Linear warm-up from lr / warmup_steps at step 0 to lr at step warmup_steps - 1, then a
+    cosine from lr at step warmup_steps down to min_lr_ratio * lr at step `total`; with
+    `total` unknown or inside the warm-up, lr is held after the warm-up."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if total <= cfg.warmup_steps:
+        return cfg.lr
+    progress = min(1.0, (step - cfg.warmup_steps) / (total - cfg.warmup_steps))
+    cosine = 0.5 * (1 + math.cos(math.pi * progress))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
+
+
+def train(model: torch.nn.Module, data: Dataset, cfg: TrainConfig, device: torch.device,
+          seed: int, progress: Progress | None = None) -> TrainResult:
+    """Train `model` in place on `data`'s training split.
+
+    AdamW (betas 0.9, 0.95; weight decay on matrices only) with `lr_at` set before every
+    step, bf16 autocast on GPU, gradient clipping; batches of (batch_size, seq_len) tokens
+    from `data.train_batches(seed=seed)`. `progress` gets {step, of, loss, lr} at each curve
+    point. Raises `NonFinite` at the first non-finite loss it reads."""
+    n, total = cfg.seq_len, cfg.planned_steps
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    other = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": other, "weight_decay": 0.0}], lr=cfg.lr,
+                            betas=(0.9, 0.95), fused=device.type == "cuda")
+    step_fn = model
+    if cfg.compile and device.type == "cuda":
+        allow_recompiles()  # every trial's model is a new graph of the same forward
+        step_fn = torch.compile(model)
+    batches: Iterator = data.train_batches(cfg.batch_size, n, seed=seed, device=device)
+    model.train()
+    curve, step, tokens, start = [], 0, 0, time.perf_counter()
+    every = max(1, (total if total > 0 else 1000) // CURVE_POINTS)
+    while True:
+        if total > 0 and step >= total:
+            break
+        if cfg.seconds and time.perf_counter() - start >= cfg.seconds:
+            break
+        lr = lr_at(step, total, cfg)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        x, y = next(batches)  # (B, N) inputs and next-token targets
+        with autocast(device):
+            logits = step_fn(x)  # (B, N, vocab)
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1),
+                               ignore_index=IGNORE_INDEX)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        step += 1
+        tokens += x.numel()
+        if step % every == 0 or step == 1:
+            value = loss.item()  # the one host sync: at curve points, not every step
+            if not math.isfinite(value):
+                raise NonFinite(f"non-finite training loss ({value}) at step {step}")
+            curve.append((step, tokens, round(value, 5)))
+            if progress:
+                progress({"step": step, "of": total, "loss": value, "lr": lr})
+    return TrainResult(curve, step, tokens)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, data: Dataset, cfg: TrainConfig,
+             device: torch.device) -> dict[str, float]:
+    """Token-weighted loss, perplexity and next-token accuracy on `data`'s fixed validation
+    batches (`eval_batches` of (eval_batch_size, seq_len)); targets equal to IGNORE_INDEX
+    are not counted. Returns {val_loss, perplexity, accuracy, val_tokens}; raises
+    `NonFinite` for a non-finite loss."""
+    model.eval()
+    loss_sum, counted, correct = 0.0, 0, 0
+    for x, y in data.val_batches(cfg.eval_batch_size or cfg.batch_size, cfg.seq_len,
+                                 cfg.eval_batches, device=device):
+        with autocast(device):
+            logits = model(x)
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1),
+                                    ignore_index=IGNORE_INDEX, reduction="sum").item()
+        c, k = accuracy_counts(logits, y)
+        correct, counted = correct + c, counted + k
+    if counted == 0:
+        raise ValueError("the validation batches have no target tokens")
+    loss = loss_sum / counted
+    if not math.isfinite(loss):
+        raise NonFinite(f"non-finite validation loss ({loss})")
+    return {"val_loss": loss, "perplexity": math.exp(min(loss, 700)),
+            "accuracy": correct / counted, "val_tokens": counted}
+
+
+def measure_throughput(model: torch.nn.Module, cfg: ThroughputConfig,
+                       device: torch.device) -> float:
+    """Median tokens/s of a training step's forward (+ backward) on random (batch_size,
+    seq_len) tokens, after warm-up; timed by `sqa_nas.timing.time_call` (CUDA events on
+    GPU). Leaves no gradients behind."""
+    tokens = torch.randint(0, model.config.vocab_size, (cfg.batch_size, cfg.seq_len),
+                           device=device)
+
+    def step(_):
+        with autocast(device):
+            logits = model(tokens)
+        if cfg.backward:
+            logits.float().square().mean().backward()
+
+    model.train(cfg.backward)
+    with torch.set_grad_enabled(cfg.backward):
+        # Warm up for at least `warmup` calls and half a second: the first calls in a fresh
+        # worker pay one-time costs (kernel selection, allocator growth, oneDNN primitives
+        # per shape) that would otherwise land in the timed samples.
+        start, calls = time.perf_counter(), 0
+        while calls < cfg.warmup or time.perf_counter() - start < WARMUP_S:
+            step(None)
+            calls += 1
+        samples = time_call(step, device=device, warmup=0, repeats=cfg.repeats)
+    model.zero_grad(set_to_none=True)
+    return cfg.batch_size * cfg.seq_len / statistics.median(samples)
