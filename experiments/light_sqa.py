@@ -19,11 +19,11 @@ from pathlib import Path
 from science import SMOKE_MODEL, write_result
 
 from sqa_nas.cli import guarded
-from sqa_nas.pareto import pareto_front
+from sqa_nas.search.driver import Driver
 from sqa_nas.search.executors.local import LocalExecutor
+from sqa_nas.search.pareto import pareto_front
 from sqa_nas.search.records import trial_records
 from sqa_nas.search.space import load_space, parse_space
-from sqa_nas.search.study import Driver
 
 SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "light_sqa.yaml"
 

@@ -35,11 +35,11 @@ from science import RESULTS, write_result
 from sqa_nas.cli import guarded
 from sqa_nas.cli.search import print_front, print_stats
 from sqa_nas.machine import machine_info
+from sqa_nas.search.driver import Driver
 from sqa_nas.search.executors.ray import RayExecutor
 from sqa_nas.search.objective import pick_device
 from sqa_nas.search.records import trial_records
 from sqa_nas.search.space import load_space, parse_space
-from sqa_nas.search.study import Driver
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -24,7 +24,7 @@ from sqa_nas.dashboard.plots import text_scatter
 from sqa_nas.dashboard.snapshot import snapshot
 from sqa_nas.dashboard.table import TrialTable
 from sqa_nas.dashboard.view import MemorySource, StorageSource, StudyView
-from sqa_nas.pareto import pick
+from sqa_nas.search.pareto import pick
 from sqa_nas.search.records import TrialRecord, load_study, trial_records
 from tests.fakestudy import make_study
 
