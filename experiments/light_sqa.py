@@ -19,11 +19,11 @@ from pathlib import Path
 from experiments.common import SEARCH_SPACES, write_result
 from experiments.science import SMOKE_MODEL
 from sqa_nas.cli import guarded
-from sqa_nas.pareto import pareto_front
+from sqa_nas.search.driver import Driver
 from sqa_nas.search.executors.local import LocalExecutor
+from sqa_nas.search.pareto import pareto_front
 from sqa_nas.search.records import trial_records
 from sqa_nas.search.space import load_space, parse_space
-from sqa_nas.search.study import Driver
 
 SPACE = SEARCH_SPACES / "light_sqa.yaml"
 

@@ -32,11 +32,11 @@ from experiments.science import (
 )
 from sqa_nas.cli import guarded
 from sqa_nas.errors import UserError
-from sqa_nas.pareto import pareto_front
+from sqa_nas.search.driver import Driver
 from sqa_nas.search.executors.local import LocalExecutor
+from sqa_nas.search.pareto import pareto_front
 from sqa_nas.search.records import load_study, trial_records
 from sqa_nas.search.space import load_space, parse_space
-from sqa_nas.search.study import Driver
 
 UNIFORM = ["MHA", "GQA", "SQA", "sSQA", "xSQA"]
 

@@ -34,11 +34,13 @@ from experiments.science import SMOKE_PER_LAYER_HEADS, SMOKE_PER_LAYER_MODEL
 from sqa_nas.cli import guarded
 from sqa_nas.cli.search import print_front, print_stats
 from sqa_nas.machine import machine_info, package_version
+from sqa_nas.search.driver import Driver
 from sqa_nas.search.executors.ray import RayExecutor
 from sqa_nas.search.records import trial_records
 from sqa_nas.search.space import load_space, parse_space
-from sqa_nas.search.study import Driver
 from sqa_nas.train import pick_device
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class GpuUtilization:

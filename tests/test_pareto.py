@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 import pytest
 
 from sqa_nas.errors import UserError
-from sqa_nas.pareto import (
+from sqa_nas.search.pareto import (
     candidates,
     hypervolume_2d,
     hypervolume_history,

@@ -10,7 +10,7 @@ import random
 
 import pytest
 
-from sqa_nas.pareto import pareto_front, pick
+from sqa_nas.search.pareto import pareto_front, pick
 from sqa_nas.search.records import TrialRecord
 from tests import brute
 

@@ -426,14 +426,15 @@ def test_a_retry_no_worker_takes_fails_after_the_trial_time_limit():
     from collections import Counter, deque
 
     from sqa_nas.search.executors.base import Running
-    from sqa_nas.search.executors.ray import RayExecutor, _Attempt
+    from sqa_nas.search.executors.ray import RayExecutor
+    from sqa_nas.search.executors.ray_worker import Attempt
     from sqa_nas.search.trial import TrialJob
 
     executor = RayExecutor.__new__(RayExecutor)  # no cluster: only the bookkeeping
     executor.slots, executor.timeout, executor.counts = [], 5.0, Counter()
-    stale = _Attempt(TrialJob(3, {}, {}), deaths=["node-b: lost"],
+    stale = Attempt(TrialJob(3, {}, {}), deaths=["node-b: lost"],
                      waiting_since=time.monotonic() - 6)
-    fresh = _Attempt(TrialJob(4, {}, {}), waiting_since=time.monotonic())
+    fresh = Attempt(TrialJob(4, {}, {}), waiting_since=time.monotonic())
     executor.retry = deque([stale, fresh])
     executor.running = {a.job.number: Running(a.job, "waiting for a worker (retry)")
                         for a in (stale, fresh)}

@@ -225,9 +225,9 @@ def test_grid_search_covers_the_grid_once(tmp_path, monkeypatch):
 def test_an_outcome_for_a_trial_reaped_meanwhile_is_dropped_not_raised(tmp_path, monkeypatch):
     from rich.console import Console
 
+    from sqa_nas.search.driver import Driver
     from sqa_nas.search.executors.local import LocalExecutor
     from sqa_nas.search.space import parse_space
-    from sqa_nas.search.study import Driver
     from sqa_nas.search.trial import TrialOutcome
 
     spec = parse_space({**TINY, "study": "race", "seed_trials": []})

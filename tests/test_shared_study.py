@@ -22,9 +22,10 @@ import optuna
 import pytest
 from rich.console import Console
 
+from sqa_nas.search.driver import Driver
 from sqa_nas.search.executors.local import LocalExecutor
+from sqa_nas.search.locks import proc_start
 from sqa_nas.search.space import parse_space
-from sqa_nas.search.study import Driver, _proc_start
 from tests.test_search import ROOT, TINY, _write
 
 pytestmark = pytest.mark.slow
@@ -134,7 +135,7 @@ def test_reaping_spares_live_drivers_here_and_elsewhere(postgres, tmp_path):
             return trial.number
 
         here_live = running({"host": host, "pid": live.pid, "id": "a",
-                             "proc_start": _proc_start(live.pid)})
+                             "proc_start": proc_start(live.pid)})
         here_dead = running({"host": host, "pid": ended.pid, "id": "b"})
         pid_reused = running({"host": host, "pid": live.pid, "id": "c", "proc_start": 1})
         elsewhere_live = running({"host": "elsewhere", "pid": live.pid, "id": "d"})

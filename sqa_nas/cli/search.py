@@ -13,11 +13,11 @@ from rich.table import Table
 from sqa_nas.cli import console
 from sqa_nas.cli.args import positive
 from sqa_nas.errors import UserError
-from sqa_nas.pareto import pareto_front
+from sqa_nas.search.driver import Driver
 from sqa_nas.search.executors import make_executor
+from sqa_nas.search.pareto import pareto_front
 from sqa_nas.search.records import TrialRecord, trial_records
 from sqa_nas.search.space import SearchSpec, load_space, parse_space
-from sqa_nas.search.study import Driver
 
 
 def _spec_with_overrides(args: argparse.Namespace) -> SearchSpec:

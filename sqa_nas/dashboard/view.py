@@ -18,7 +18,7 @@ from functools import cached_property
 from typing import Any
 
 from sqa_nas.errors import UserError
-from sqa_nas.pareto import hypervolume_history, pareto_front, pick
+from sqa_nas.search.pareto import hypervolume_history, pareto_front, pick
 from sqa_nas.search.records import (
     OBJECTIVES,
     TrialRecord,

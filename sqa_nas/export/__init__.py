@@ -38,7 +38,7 @@ def find_trial(study: optuna.Study, number: int | None = None,
         raise UserError(f"study {study.study_name!r} has no trial {number} (trials: {known})")
     if pick is None:
         raise UserError("name a trial (--trial N) or a picker (--pick knee | best:OBJECTIVE)")
-    from sqa_nas.pareto import pick as pick_trial
+    from sqa_nas.search.pareto import pick as pick_trial
 
     records, types = of_gpu_type(records, gpu_type)
     if gpu_type is None and len(types) > 1:

@@ -11,19 +11,22 @@ import multiprocessing as mp
 import os
 import signal
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 
+import torch
+
+from sqa_nas.errors import UserError
 from sqa_nas.search.executors.base import Event, Executor, Running, Usage, busy_fraction
-from sqa_nas.search.trial import TrialJob
+from sqa_nas.search.trial import TrialJob, TrialOutcome, run_trial
 
 
-def _worker_main(conn: Connection, device: str, threads: int) -> None:
+def _worker_main(conn: Connection, device: str, threads: int,
+                 trial: Callable[..., TrialOutcome]) -> None:
+    """A worker process: run each job `conn` brings with `trial` (`run_trial`) on `device`,
+    sending ("progress", number, info) and ("done", number, outcome) back; None ends it."""
     # The driver decides what Ctrl-C means; a worker just keeps computing until told.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    import torch
-
-    from sqa_nas.search.trial import run_trial
-
     torch.set_num_threads(threads)
     parent = os.getppid()
     dev = torch.device(device)
@@ -42,14 +45,16 @@ def _worker_main(conn: Connection, device: str, threads: int) -> None:
                 os._exit(1)
             conn.send(("progress", number, info))
 
-        conn.send(("done", job.number, run_trial(job, device=dev, progress=progress)))
+        conn.send(("done", job.number, trial(job, device=dev, progress=progress)))
 
 
 class _Worker:
     def __init__(self, ctx, index: int, device: str, threads: int) -> None:
         self.index, self.device = index, device
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_worker_main, args=(child, device, threads),
+        # The trial function travels by reference (spawn pickles it): the worker runs the
+        # function this module names when the worker starts.
+        self.process = ctx.Process(target=_worker_main, args=(child, device, threads, run_trial),
                                    name=f"sqa-nas-worker-{index}", daemon=True)
         self.process.start()
         child.close()
@@ -68,15 +73,20 @@ class _Worker:
 
 
 class LocalExecutor(Executor):
+    """Trials in worker processes on this machine.
+
+    Args:
+        workers: worker processes (default: one per visible GPU, else one).
+        device: "auto" (GPUs if any), "cpu" or "cuda" (refused without a GPU).
+        trial_timeout_s: seconds a trial may run, counted from its submission; past it the
+            trial is told FAIL ("exceeded the trial time limit") and its worker replaced.
+    """
+
     def __init__(self, *, workers: int | None = None, device: str = "auto",
                  trial_timeout_s: float = 1800.0) -> None:
         super().__init__()
-        import torch
-
         gpus = torch.cuda.device_count() if device != "cpu" else 0
         if device == "cuda" and gpus == 0:
-            from sqa_nas.errors import UserError
-
             raise UserError("execution.device: cuda was asked for but no CUDA GPU is visible")
         n = workers or max(1, gpus)
         self.devices = [f"cuda:{i % gpus}" for i in range(n)] if gpus else ["cpu"] * n

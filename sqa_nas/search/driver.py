@@ -15,54 +15,71 @@ exits; nothing completed is lost.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import os
-import socket
 import threading
 import time
-import uuid
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
-from rich.console import Console, Group
+from rich.console import Console
 from rich.live import Live
-from rich.table import Table
 
 import sqa_nas
+from sqa_nas.analytics import analyze
 from sqa_nas.data import load_dataset
 from sqa_nas.errors import UserError
 from sqa_nas.search.executors.base import Executor
-from sqa_nas.search.records import (
-    FORMAT,
-    check_format,
-    default_storage,
-    open_storage,
-    trial_records,
+from sqa_nas.search.locks import (
+    driver_identity,
+    reap_reason,
+    stale_trial_ids,
+    start_heartbeat,
+    study_lock,
+    uses_heartbeat,
 )
+from sqa_nas.search.progress import progress_panel
+from sqa_nas.search.records import FORMAT, check_format, default_storage, open_storage
+from sqa_nas.search.samplers import make_sampler
 from sqa_nas.search.space import SearchSpec
 from sqa_nas.search.trial import TrialJob, TrialOutcome
-
-optuna.logging.set_verbosity(optuna.logging.WARNING)
-# Metric names, heartbeats and fail_stale_trials are stable in practice; the driver drives
-# heartbeats itself (ask/tell), which Optuna's warning does not foresee.
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 
 # Flags in a trial's user attrs that keep it out of the trial budget.
 NOT_COUNTED = ("infeasible", "reaped", "interrupted")
 MAX_INFEASIBLE_IN_A_ROW = 500
 REAP_EVERY_S = 60.0  # a long search also picks up trials of drivers that died meanwhile
-SETUP_GRACE_S = 120.0  # without a study lock, a trial this young may be unsigned yet
 KEEP_STATS = 20  # executor figures of the last runs kept in the study
+
+
+@contextlib.contextmanager
+def quiet_optuna() -> Iterator[None]:
+    """Optuna at WARNING and its experimental-API warnings off while a driver works on the
+    study; the caller's verbosity and warning filters come back on exit.
+
+    Metric names, heartbeats and the multivariate TPE are stable in practice, and the driver
+    drives heartbeats itself (ask/tell), which Optuna's "Heartbeat of storage is supposed to
+    be used with Study.optimize" does not foresee. Set here, not at import: importing the
+    search leaves the process's logging and warnings as they were."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+            warnings.filterwarnings("ignore",
+                                    message="Heartbeat of storage is supposed to be used")
+            yield
+    finally:
+        optuna.logging.set_verbosity(verbosity)
 
 
 @dataclass
 class SearchResult:
+    """What `Driver.run` leaves: the study, where it is stored, how many trials of the
+    budget are evaluated, whether Ctrl-C ended it, and the executor's figures."""
+
     study: optuna.Study
     storage_url: str
     finished: int  # evaluated trials in the study (the budget's count)
@@ -70,127 +87,25 @@ class SearchResult:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
-    s = spec.sampler
-    name = s.name or ("nsga2" if len(spec.objectives) > 1 else "tpe")
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(population_size=s.population, seed=s.seed)
-    if name == "tpe":
-        # The search space is static: TPE never falls back to independent sampling (and
-        # Optuna >= 4.9 deprecates the switch that silenced that warning).
-        return optuna.samplers.TPESampler(seed=s.seed, multivariate=True)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=s.seed)
-    if name == "grid":
-        space = {k: list(d.choices) for k, d in spec.distributions().items()}
-        return _Grid(space, seed=s.seed)
-    try:
-        return optuna.samplers.GPSampler(seed=s.seed)
-    except ImportError as exc:
-        raise UserError(f"sampler.name: gp needs {exc.name} (pip install scipy)") from None
-
-
-class _Grid(optuna.samplers.GridSampler):
-    """GridSampler without its `study.stop()` once the grid is covered: that call is only
-    allowed inside `study.optimize`, and the driver's budget (capped at the grid's size in
-    `Driver.run`) already ends an ask/tell search there."""
-
-    def after_trial(self, study, trial, state, values) -> None:
-        pass
-
-
-def _driver_identity() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "id": uuid.uuid4().hex[:10],
-            "proc_start": _proc_start(os.getpid()),
-            "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-
-
-def _proc_start(pid: int) -> int | None:
-    """When a process started (clock ticks since boot, Linux), to tell a reused pid apart."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def _driver_alive(d: dict[str, Any]) -> bool:
-    """Whether the driver `d` (an identity recorded on this host) still runs."""
-    pid = d.get("pid")
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    recorded, now = d.get("proc_start"), _proc_start(pid)
-    return recorded is None or now is None or recorded == now
-
-
-@contextlib.contextmanager
-def study_lock(storage: Any, url: str, name: str):
-    """Serialise a read-then-write step on study `name` among drivers sharing it.
-
-    PostgreSQL: a session advisory lock (released if the driver dies with its connection);
-    MySQL: GET_LOCK; SQLite and journal files: an flock on a file next to them (drivers on
-    one host; neither is shared across machines). Other storages: no lock. `storage` may be
-    None (before it is opened: Optuna creating its tables in a fresh database). Yields whether
-    a lock is held."""
-    key = f"sqa-nas:{name}"
-    if url.startswith(("postgresql", "postgres://", "mysql")):
-        import sqlalchemy
-
-        engine = getattr(storage, "engine", None)
-        try:
-            if engine is None:
-                engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
-            conn = engine.connect()
-        except Exception:  # no server, no driver module: opening the storage says so
-            yield False
-            return
-        if url.startswith("mysql"):
-            lock = ("SELECT GET_LOCK(:k, -1)", "SELECT RELEASE_LOCK(:k)")
-            arg: Any = hashlib.sha256(key.encode()).hexdigest()[:60]
-        else:
-            lock = ("SELECT pg_advisory_lock(:k)", "SELECT pg_advisory_unlock(:k)")
-            arg = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
-        with conn:
-            conn.execute(sqlalchemy.text(lock[0]), {"k": arg})
-            try:
-                yield True
-            finally:
-                conn.execute(sqlalchemy.text(lock[1]), {"k": arg})
-                conn.commit()
-        return
-    path = None
-    if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
-        path = url.removeprefix("sqlite:///")
-    elif url.startswith("journal:") or url.endswith((".log", ".journal")):
-        path = url.removeprefix("journal:")
-    try:
-        import fcntl
-    except ImportError:  # Windows: one driver per study
-        path = None
-    if path is None:
-        yield False
-        return
-    lock_path = Path(f"{path}.sqa-nas.lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        yield True  # closing the file releases the lock
-
-
 class Driver:
+    """Runs a search: asks Optuna for trials, hands them to `executor`, tells the outcomes.
+
+    Args:
+        spec: the validated search space.
+        executor: where trials run (`executors.make_executor`).
+        storage_url: the Optuna storage (default: the spec's, else
+            ``sqlite:///runs/STUDY/study.db``).
+        console: where progress and log lines go.
+    """
+
+    @quiet_optuna()
     def __init__(self, spec: SearchSpec, executor: Executor, *, storage_url: str | None = None,
                  console: Console | None = None) -> None:
         self.spec = spec
         self.executor = executor
         self.url = storage_url or spec.storage or default_storage(spec.study_name)
         self.console = console or Console()
-        self.identity = _driver_identity()
+        self.identity = driver_identity()
         # Drivers started together on a fresh database would race to create Optuna's tables.
         with study_lock(None, self.url, "schema"):
             self.storage = open_storage(self.url, heartbeat=self._heartbeat_storage)
@@ -203,10 +118,13 @@ class Driver:
 
     @property
     def _heartbeat_storage(self) -> bool:
-        return "://" in self.url and not self.url.startswith("journal:")
+        return uses_heartbeat(self.url)
 
     # ------------------------------------------------------------------------- the study
+    @quiet_optuna()
     def open_study(self) -> optuna.Study:
+        """Create the study or load it (checking it was made from this space and corpus),
+        and enqueue the seed variants it lacks. Returns the study (also `self.study`)."""
         spec = self.spec
         data = load_dataset(spec.data.model_dump(mode="json"))
         self.vocab_size = data.vocab_size
@@ -247,6 +165,7 @@ class Driver:
                     f"{data.fingerprint}); validation losses on different corpora are never "
                     "compared: use --study NEW_NAME")
 
+    @quiet_optuna()
     def reap(self) -> int:
         """Fail and re-enqueue RUNNING trials whose driver is gone. Returns how many.
 
@@ -258,31 +177,16 @@ class Driver:
 
     def _reap(self, locked: bool) -> int:
         study = self.study
-        stale = set(self._stale_trial_ids())
+        stale = set(stale_trial_ids(self.storage, study, self.url))
         reaped = 0
         now = datetime.now()  # Optuna stores naive local times
         for t in study.get_trials(deepcopy=False):
             if t.state != TrialState.RUNNING:
                 continue
-            d = t.user_attrs.get("driver") or {}
-            same_host = d.get("host") == self.identity["host"]
-            who = f"{d.get('host')} pid {d.get('pid')}" if d else "unknown"
-            if d.get("id") == self.identity["id"]:
+            reason = reap_reason(t, self.identity, stale=stale, locked=locked,
+                                 heartbeat=self._heartbeat_storage, now=now)
+            if reason is None:
                 continue
-            if same_host and _driver_alive(d):
-                continue  # a live driver on this machine: its process is the authority
-            if t._trial_id in stale:
-                reason = f"reaped: its driver ({who}) stopped sending heartbeats"
-            elif not d and not locked and t.datetime_start and (
-                    now - t.datetime_start).total_seconds() < SETUP_GRACE_S:
-                # Without a lock, it may have been asked a moment ago by a driver that has
-                # not written who it is yet. Under the lock it cannot: drivers ask and sign
-                # a trial in one locked step, so an unsigned one lost its driver in between.
-                continue
-            elif not same_host and self._heartbeat_storage and d:
-                continue  # another machine, heartbeat fresh (or none yet)
-            else:
-                reason = f"reaped: its driver ({who}) is gone"
             # Marked while RUNNING (a finished trial takes no attributes), then failed; if
             # its driver told it in between after all, that outcome stands.
             try:
@@ -294,19 +198,6 @@ class Driver:
                 self._requeue(t)
                 reaped += 1
         return reaped
-
-    def _stale_trial_ids(self) -> list[int]:
-        """RUNNING trials whose heartbeat is older than the storage's grace period: what
-        Optuna's `fail_stale_trials` would fail, found before failing them so that they can
-        still be marked (`_get_stale_trial_ids` is the heartbeat interface it uses)."""
-        from optuna.storages._heartbeat import is_heartbeat_enabled
-
-        if not (self._heartbeat_storage and is_heartbeat_enabled(self.storage)):
-            return []
-        try:
-            return self.storage._get_stale_trial_ids(self.study._study_id)
-        except Exception:  # a storage without the interface: heartbeats do not decide
-            return []
 
     def _mark(self, t, **attrs) -> None:
         for key, value in attrs.items():
@@ -331,6 +222,8 @@ class Driver:
                 self.study.enqueue_trial(params, user_attrs={"seed_variant": name})
 
     def counts(self) -> dict[str, int]:
+        """The study's trials by state; ``counted`` is the budget's count (finished trials
+        not flagged in `NOT_COUNTED`), ``infeasible`` the ones refused by a constraint."""
         c = {"complete": 0, "failed": 0, "pruned": 0, "infeasible": 0, "running": 0,
              "counted": 0, "waiting": 0}
         for t in self.study.get_trials(deepcopy=False):
@@ -354,7 +247,11 @@ class Driver:
         return c
 
     # ------------------------------------------------------------------------- the loop
+    @quiet_optuna()
     def run(self, n_trials: int, max_wall_seconds: float | None = None) -> SearchResult:
+        """Open the study, reap what stopped drivers left RUNNING, and dispatch trials until
+        `n_trials` are evaluated (by this and other drivers) or `max_wall_seconds` pass.
+        Ctrl-C fails the in-flight trials, re-queues them and returns (``interrupted``)."""
         if self.spec.sampler.name == "grid" and n_trials > self.spec.cardinality():
             self.log(f"grid sampler: {self.spec.cardinality()} architectures, so "
                      f"{self.spec.cardinality()} trials instead of n_trials={n_trials}")
@@ -371,7 +268,8 @@ class Driver:
         self.executor.start()
         start = last_reap = last_render = time.monotonic()
         interrupted, infeasible_row = False, 0
-        heartbeat = self._start_heartbeat()
+        heartbeat = (start_heartbeat(self.storage, self.study, lambda: self.executor.running)
+                     if self._heartbeat_storage else threading.Event())
         try:
             with Live(self._render(n_trials), console=self.console, refresh_per_second=4,
                       transient=True) as live:
@@ -440,8 +338,6 @@ class Driver:
         whether it was submitted, or None when the study already holds `n_trials` trials
         evaluated or running (checked with the ask under the study lock, so drivers sharing
         the study never overrun the budget together)."""
-        from sqa_nas.analytics import analyze
-
         with self._study_lock():
             counts = self.counts()
             if counts["counted"] + counts["running"] >= n_trials:
@@ -503,59 +399,14 @@ class Driver:
         if requeue:
             self._requeue(t)
 
-    def _start_heartbeat(self) -> threading.Event:
-        stop = threading.Event()
-        if not self._heartbeat_storage:
-            return stop
-
-        def beat():
-            while not stop.wait(5):
-                try:
-                    numbers = list(self.executor.running)  # changes under us: may raise
-                    trials = self.study.get_trials(deepcopy=False)
-                    for number in numbers:
-                        self.storage.record_heartbeat(trials[number]._trial_id)
-                except Exception:  # a transient error must not stop the heartbeat
-                    pass
-
-        threading.Thread(target=beat, daemon=True, name="sqa-nas-heartbeat").start()
-        return stop
-
     # ------------------------------------------------------------------------- display
     def log(self, text: str) -> None:
         self.console.log(text)
 
     def _render(self, n_trials: int):
-        from sqa_nas.pareto import pareto_front
-
-        counts = self.counts() if hasattr(self, "study") else {}
-        done = counts.get("counted", 0)
-        bar_width = 30
-        filled = int(bar_width * min(done, n_trials) / max(n_trials, 1))
-        head = (f"[bold]{self.spec.study_name}[/] {'█' * filled}{'░' * (bar_width - filled)} "
-                f"{done}/{n_trials} evaluated | complete {counts.get('complete', 0)}, running "
-                f"{counts.get('running', 0)}, failed {counts.get('failed', 0)}, pruned "
-                f"{counts.get('pruned', 0)}, infeasible {counts.get('infeasible', 0)}")
-        lines = [head, f"[dim]{self.executor.describe()} | storage {self.url}[/]"]
-        if hasattr(self, "study"):
-            records = trial_records(self.study)
-            front = pareto_front(records, self.spec.objectives)
-            best = []
-            for o, d in zip(self.spec.objectives, self.spec.directions):
-                vals = [r.values[o] for r in records if r.values and r.feasible]
-                if vals:
-                    best.append(f"{o} {(min if d == 'minimize' else max)(vals):.4g}")
-            lines.append(f"best: {', '.join(best) or '-'} | Pareto front: {len(front)} trials")
-        table = Table(box=None, padding=(0, 1), show_header=bool(self.executor.running))
-        for col in ("trial", "where", "step", "loss", "elapsed"):
-            table.add_column(col)
-        for number, r in sorted(self.executor.running.items()):
-            p = r.progress
-            step = f"{p['step']}/{p['of']}" if p.get("of", -1) > 0 else str(p.get("step", "-"))
-            table.add_row(str(number), r.where, step,
-                          f"{p['loss']:.3f}" if "loss" in p else "-",
-                          f"{time.monotonic() - r.started:.0f}s")
-        return Group(*lines, table)
+        study = getattr(self, "study", None)
+        counts = self.counts() if study is not None else {}
+        return progress_panel(self.spec, self.executor, self.url, n_trials, counts, study)
 
 
 def _corpus_summary(meta: dict) -> dict:
