@@ -19,6 +19,7 @@ from pathlib import Path
 from experiments.common import SEARCH_SPACES, write_result
 from experiments.science import SMOKE_MODEL
 from sqa_nas.cli import guarded
+from sqa_nas.search.choices import HeadsChoice
 from sqa_nas.search.driver import Driver
 from sqa_nas.search.executors.local import LocalExecutor
 from sqa_nas.search.pareto import pareto_front
@@ -54,11 +55,11 @@ def run(args) -> dict:
     records = [r for r in trial_records(result.study) if r.state == "COMPLETE"]
     front = {r.number for r in pareto_front(records, spec.objectives)}
     h = spec.model.n_heads
-    light = f"{3 * h // 4}/{h // 4}"
+    light = str(HeadsChoice(3 * h // 4, h // 4))  # the paper's light SQA: H_q = 3H/4
     trials = [{"number": r.number, "allocation": r.allocation, "seed_variant": r.seed_variant,
                "val_loss": r.values["val_loss"],
                "throughput_tokens_per_s": r.values["throughput_tokens_per_s"],
-               "speedup_vs_mha": r.attrs["metrics"].get("speedup_vs_mha"),
+               "speedup_vs_mha": r.metrics.speedup_vs_mha,
                "on_front": r.number in front} for r in records]
     lsqa = [t for t in trials if t["allocation"].split(" x")[0] == light]
     return {"space": spec.model_dump(mode="json"), "trials": trials, "light": light,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from sqa_nas.attention import AttentionConfig
-from sqa_nas.attention.reference import reference_layer
+from sqa_nas.attention.reference import error_and_tolerance, reference_layer
 from sqa_nas.layer import SparseQueryAttention
 
 
@@ -32,7 +32,7 @@ def check_layer(layer: SparseQueryAttention, n: int, dtype: torch.dtype,
         with torch.no_grad():
             outs = [layer(x), reference_layer(layer, x.double(), torch.float64),
                     reference_layer(layer, x, dtype)]
-        return _error_and_tolerance(*outs)
+        return error_and_tolerance(*outs)
     grad_out = torch.randn(1, n, layer.config.d_model, generator=gen).to(device, dtype)
     outs, grads = [], []
     for run, leaf in ((layer, x), (lambda t: reference_layer(layer, t, torch.float64),
@@ -42,16 +42,8 @@ def check_layer(layer: SparseQueryAttention, n: int, dtype: torch.dtype,
         outs.append(out.detach())
         grads.append(torch.autograd.grad(out, leaf, grad_out.to(out.dtype))[0])
     layer.zero_grad(set_to_none=True)
-    return max(_error_and_tolerance(*outs), _error_and_tolerance(*grads),
+    return max(error_and_tolerance(*outs), error_and_tolerance(*grads),
                key=lambda et: et[0] / et[1])
-
-
-def _error_and_tolerance(out, ref, plain) -> tuple[float, float]:
-    """|out - ref| against twice |plain - ref| (ref in float64, plain in the working dtype)."""
-    out, ref, plain = out.double(), ref.double(), plain.double()
-    scale = ref.abs().max().item() or 1.0
-    return ((out - ref).abs().max().item(),
-            2 * (plain - ref).abs().max().item() + 1e-6 * scale)
 
 
 _CHECKS: dict[tuple, tuple[float, float]] = {}
