@@ -29,7 +29,7 @@ import optuna
 import pytest
 
 from sqa_nas.cli import main
-from tests.test_search import ROOT, TINY, _wait_for, _write
+from tests.search.test_search import ROOT, TINY, _wait_for, _write
 
 pytestmark = [
     pytest.mark.slow,

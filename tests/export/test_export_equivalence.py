@@ -5,7 +5,7 @@ computes the same logits at several lengths, and carries the config exactly; con
 rebuilds the same config; the Hugging Face wrapper computes the documented loss.
 
 The generated model.py imports only torch, so it is imported here in-process; that it runs
-without sqa_nas installed is tests/test_export.py's job."""
+without sqa_nas installed is tests/export/test_export.py's job."""
 
 from __future__ import annotations
 

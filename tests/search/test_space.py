@@ -11,7 +11,7 @@ import pytest
 from sqa_nas.cli import main
 from sqa_nas.search.space import load_space
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # (YAML text, text the error must contain)
 MALFORMED = [

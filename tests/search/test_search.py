@@ -20,7 +20,7 @@ import yaml
 from sqa_nas.cli import main
 from sqa_nas.search.records import load_study, trial_records
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 TINY = {
     "study": "tiny",

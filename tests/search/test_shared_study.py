@@ -26,7 +26,7 @@ from sqa_nas.search.driver import Driver
 from sqa_nas.search.executors.local import LocalExecutor
 from sqa_nas.search.locks import proc_start
 from sqa_nas.search.space import parse_space
-from tests.test_search import ROOT, TINY, _write
+from tests.search.test_search import ROOT, TINY, _write
 
 pytestmark = pytest.mark.slow
 

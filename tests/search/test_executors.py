@@ -25,7 +25,7 @@ from sqa_nas.search.executors.local import LocalExecutor
 from sqa_nas.search.space import parse_space
 from sqa_nas.search.trial import TrialJob
 from tests import faketrials
-from tests.test_search import ROOT, TINY
+from tests.search.test_search import ROOT, TINY
 
 MAX_POLLS = 600  # x 0.5 s: a bound so that a test fails instead of hanging
 

@@ -424,7 +424,7 @@ def test_docs_name_only_real_export_flags():
 
     from sqa_nas.cli import build_parser
 
-    text = (Path(__file__).parents[1] / "docs" / "export.md").read_text()
+    text = (Path(__file__).parents[2] / "docs" / "export.md").read_text()
     sub = build_parser()._subparsers._group_actions[0].choices["export"]
     real = {flag for action in sub._actions for flag in action.option_strings}
     named = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", text))
