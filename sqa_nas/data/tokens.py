@@ -96,15 +96,18 @@ def _scan(path: Path, array: np.ndarray, root: Path) -> dict[str, Any]:
     memo = root / "scans" / f"{key}.json"
     if memo.exists():
         return json.loads(memo.read_text())
-    digest, smallest, largest = hashlib.sha256(), 0, -1
+    digest, smallest, largest = hashlib.sha256(), None, -1
     with progress(f"scanning {path.name}", array.nbytes) as advance:
         for start in range(0, len(array), _CHUNK):
             chunk = np.ascontiguousarray(array[start:start + _CHUNK])
             digest.update(chunk.tobytes())
-            smallest = min(smallest, int(chunk.min()))
+            low = int(chunk.min())
+            smallest = low if smallest is None else min(smallest, low)
             largest = max(largest, int(chunk.max()))
             advance(chunk.nbytes)
-    scan = {"sha256": digest.hexdigest(), "min": smallest, "max": largest}
+    # An empty file reads as min 0, max -1 (no id fits any vocabulary).
+    scan = {"sha256": digest.hexdigest(), "min": 0 if smallest is None else smallest,
+            "max": largest}
     memo.parent.mkdir(parents=True, exist_ok=True)
     tmp = memo.with_name(f"{memo.name}.{os.getpid()}")
     tmp.write_text(json.dumps(scan))
