@@ -262,8 +262,8 @@ class StudyView:
         if not history:
             return []
         spans = []
-        for a in axes:
-            vals = [r.values[a] for r, _ in history if r.values is not None]  # always set: candidates
+        for a in axes:  # the history holds candidates: their values are always set
+            vals = [r.values[a] for r, _ in history if r.values is not None]
             spans.append(max(vals) - min(vals))
         box = spans[0] * spans[1]
         return [area / box if box > 0 else 0.0 for _, area in history]
