@@ -24,7 +24,7 @@ CONFIG = dict(vocab_size=256, d_model=64, n_heads=8, head_dim=8, ffn_dim=192, ca
               rope_theta=10000.0, tie_embeddings=True, norm_eps=1e-06)
 
 # One dict per block, `LayerArgs` fields; left-out fields take their defaults.
-LAYERS: list[dict] = [
+LAYERS = [
     dict(n_q_heads=8, n_kv_heads=8),
     dict(n_q_heads=4, n_kv_heads=2, window=16),
     dict(n_q_heads=4, n_kv_heads=4, window=16, global_tokens=4),
@@ -354,7 +354,7 @@ class Transformer(nn.Module):
         return self.lm_head(self.norm(x))  # (B, N, vocab_size)
 
 
-def build_model(config: dict = CONFIG, layers: list[dict] = LAYERS) -> Transformer:
+def build_model(config: dict = CONFIG, layers: list = LAYERS) -> Transformer:
     """The model, randomly initialised; load trained weights with `load_state_dict`."""
     return Transformer(ModelArgs(**config), [LayerArgs(**layer) for layer in layers])
 
