@@ -73,7 +73,9 @@ def _dense_tiles(spec: MaskSpec, n: int, device) -> tuple[torch.Tensor, torch.Te
     """(partial, full) bool (tiles, tiles) from the dense mask, padded with False to whole
     tiles: which TILE x TILE tiles have some but not all, or all, of their pairs visible."""
     nb = -(-n // TILE)
-    padded = torch.nn.functional.pad(dense_mask(spec, n, device), (0, nb * TILE - n) * 2)
+    mask = dense_mask(spec, n, device)
+    assert mask is not None  # called for block-sparse layouts, which always mask
+    padded = torch.nn.functional.pad(mask, (0, nb * TILE - n) * 2)
     tiles = padded.view(nb, TILE, nb, TILE).transpose(1, 2)  # (q tile, kv tile, TILE, TILE)
     full = tiles.all(-1).all(-1)
     return tiles.any(-1).any(-1) & ~full, full
@@ -109,7 +111,8 @@ def _band_tiles(spec: MaskSpec, n: int, device) -> tuple[torch.Tensor, torch.Ten
 
 def _from_tiles(partial: torch.Tensor, full: torch.Tensor, n: int, mod):
     """The BlockMask of (partial, full) tiles; `mod` decides inside the partial ones."""
-    def indexed(sel):  # (1, 1, nb) counts, (1, 1, nb, nb) indices, selected tiles first
+    def indexed(sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # (1, 1, nb) counts, (1, 1, nb, nb) indices, selected tiles first
         order = torch.argsort(sel.int(), dim=-1, descending=True, stable=True)
         return sel.sum(-1).int()[None, None], order.int()[None, None]
 

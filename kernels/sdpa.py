@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from contextlib import nullcontext
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -91,8 +92,8 @@ class SdpaBackend(AttentionBackend):
                 k = k.repeat_interleave(problem.gqa_group, dim=1)  # (B, H_q, N, D)
                 v = v.repeat_interleave(problem.gqa_group, dim=1)
                 gqa = False
-        kwargs = dict(attn_mask=mask, is_causal=spec.causal and mask is None,
-                      scale=problem.scale, enable_gqa=gqa)
+        kwargs: dict[str, Any] = dict(attn_mask=mask, is_causal=spec.causal and mask is None,
+                                      scale=problem.scale, enable_gqa=gqa)
         if q.is_cuda:
             with sdpa_kernel(_CUDA_ORDER, set_priority=True):
                 return F.scaled_dot_product_attention(q, k, v, **kwargs)

@@ -51,11 +51,13 @@ class ModelCost:
 def attention_flops(c: AttentionConfig, seq_len: int) -> float:
     """Forward FLOPs per token of the attention products of one layer."""
     pairs = count_visible(MaskSpec.of(c), seq_len)
+    assert c.head_dim is not None  # AttentionConfig fills it
     return 4.0 * c.attn_heads * c.head_dim * pairs / seq_len
 
 
 def layer_cost(c: AttentionConfig, ffn_dim: int, seq_len: int, kv_bytes_per_value: int = 2):
     d = c.head_dim
+    assert d is not None  # AttentionConfig fills it
     proj_out = (c.n_q_heads + 2 * c.n_kv_heads) * d  # q, k, v projections' outputs
     proj_params = c.d_model * proj_out + c.attn_heads * d * c.d_model
     bias = (proj_out + c.d_model) if c.bias else 0

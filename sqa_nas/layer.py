@@ -29,6 +29,7 @@ class SparseQueryAttention(nn.Module):
         super().__init__()
         self.config = c = config
         d = c.head_dim
+        assert d is not None  # AttentionConfig fills it
         self.q_proj = nn.Linear(c.d_model, c.n_q_heads * d, bias=c.bias)
         self.k_proj = nn.Linear(c.d_model, c.n_kv_heads * d, bias=c.bias)
         self.v_proj = nn.Linear(c.d_model, c.n_kv_heads * d, bias=c.bias)
@@ -45,6 +46,7 @@ class SparseQueryAttention(nn.Module):
                 requires_grad: bool = False) -> AttentionProblem:
         """What this layer asks its backend at length `seq_len` (H_attn query heads)."""
         c = self.config
+        assert c.head_dim is not None  # AttentionConfig fills it
         return AttentionProblem(self.mask_spec, c.attn_heads, c.n_kv_heads, c.head_dim,
                                 seq_len, dtype, device_type, c.scale, requires_grad)
 
@@ -76,8 +78,10 @@ class SparseQueryAttention(nn.Module):
     def _rope_tables(self, n: int, x: torch.Tensor):
         key = (n, x.device, x.dtype)
         if key not in self._rope:
-            self._rope = {key: rope_tables(n, self.config.head_dim, self.config.rope_theta,
-                                           x.device, x.dtype)}
+            c = self.config
+            assert c.head_dim is not None  # AttentionConfig fills it
+            assert c.rope_theta is not None  # only rotary layers ask for tables
+            self._rope = {key: rope_tables(n, c.head_dim, c.rope_theta, x.device, x.dtype)}
         return self._rope[key]
 
     def project(self, x: torch.Tensor):
@@ -103,6 +107,7 @@ class SparseQueryAttention(nn.Module):
         problem = self.problem(n, q.device.type, q.dtype, grad)
         self._last = backend, _ = self.select(problem)
         y = backend.forward(q, k, v, problem)  # (B, H_attn, N, D)
+        assert self.config.head_dim is not None  # AttentionConfig fills it
         y = y.transpose(1, 2).reshape(b, n, self.config.attn_heads * self.config.head_dim)
         return self.o_proj(y)
 

@@ -24,8 +24,9 @@ block_sparse, bias, backend), optionally starting from a named `variant`.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -227,7 +228,8 @@ class SQATransformer(nn.Module):
 
     def backends(self) -> list[tuple[str, str]]:
         """(backend, reason) per layer, for the last forward (or the default device)."""
-        return [(b.attn.backend_name, b.attn.backend_reason) for b in self.layers]
+        blocks = cast(Iterable[Block], self.layers)  # nn.ModuleList yields nn.Module
+        return [(b.attn.backend_name, b.attn.backend_reason) for b in blocks]
 
 
 def build_model(config: ModelConfig | dict | str | Path) -> SQATransformer:

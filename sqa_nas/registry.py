@@ -16,7 +16,7 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any
+from typing import Any, Literal, overload
 
 from sqa_nas.attention.config import AttentionConfig, BlockSparseLayout, Pattern, pattern_of
 from sqa_nas.attention.problem import AttentionProblem
@@ -63,6 +63,10 @@ class Variant:
         return pattern_of(d.get("window"), d.get("global_tokens", 0), d.get("block_sparse"))
 
 
+@overload
+def heads_of(expr: str | int, n_heads: int, *, exact: Literal[False] = False) -> int: ...
+@overload
+def heads_of(expr: str | int, n_heads: int, *, exact: bool) -> int | None: ...
 def heads_of(expr: str | int, n_heads: int, *, exact: bool = False) -> int | None:
     """The head count `expr` (`HEAD_COUNT`) means at H = `n_heads`. A variant rounds down,
     to at least 1, so it applies at any H; `exact` (a search space) gives None unless the
@@ -70,7 +74,9 @@ def heads_of(expr: str | int, n_heads: int, *, exact: bool = False) -> int | Non
     if isinstance(expr, int):
         value, whole = expr, True
     else:
-        num, den, absolute = HEAD_COUNT.match(expr).groups()
+        m = HEAD_COUNT.match(expr)
+        assert m is not None  # variants and search spaces check their counts on construction
+        num, den, absolute = m.groups()
         scaled = int(absolute) if absolute else n_heads * int(num or 1)
         value, whole = divmod(scaled, int(den or 1))[0], scaled % int(den or 1) == 0
     if not exact:
@@ -183,11 +189,11 @@ def select_backend(problem: AttentionProblem, requested: str = "auto"):
     if requested != "auto":
         backend = get_backend(requested)
         if backend.name in refusals:
-            able = ", ".join(b.name for b in candidates) or "none"
+            able_names = ", ".join(b.name for b in candidates) or "none"
             raise UserError(f"backend {requested!r} cannot run this layer "
                             f"({problem.mask.describe()}, {problem.dtype}, "
                             f"{problem.device_type}): {refusals[backend.name]}; backends that "
-                            f"can: {able}")
+                            f"can: {able_names}")
         return backend, f"requested by the config; {backend.priority(problem)[1]}"
     if not candidates:
         raise UserError("no backend can run this layer: " +

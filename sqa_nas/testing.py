@@ -85,7 +85,8 @@ class BackendContract:
     @pytest.mark.parametrize("heads", CONTRACT_HEADS, ids=lambda h: f"{h[0]}q{h[1]}kv")
     @pytest.mark.parametrize("mask", list(MASKS))
     def test_forward_matches_reference_or_refuses(self, mask, heads):
-        self._run(MASKS[mask], *heads, grad=False)
+        hq, hkv = heads
+        self._run(MASKS[mask], hq, hkv, grad=False)
 
     @pytest.mark.parametrize("mask", ["causal", "window-causal", "flex-causal"])
     def test_backward_matches_reference_or_refuses(self, mask):
@@ -106,17 +107,17 @@ class BackendContract:
         out = self.backend.forward(q, k, v, problem)
         assert out.shape == q.shape and out.dtype == q.dtype
         m = reference_mask(mask, self.seq_len, q.device)
-        leaves = [t.detach().double().requires_grad_(grad) for t in (q, k, v)]
-        ref64 = reference_attention(*leaves, m, problem.scale)
-        low = [t.detach().requires_grad_(grad) for t in (q, k, v)]
-        ref_low = reference_attention(*low, m, problem.scale)
+        q64, k64, v64 = (t.detach().double().requires_grad_(grad) for t in (q, k, v))
+        ref64 = reference_attention(q64, k64, v64, m, problem.scale)
+        q_low, k_low, v_low = (t.detach().requires_grad_(grad) for t in (q, k, v))
+        ref_low = reference_attention(q_low, k_low, v_low, m, problem.scale)
         assert_within_torch_error(out, ref64, ref_low, "out")
         if grad:
             gen = torch.Generator().manual_seed(7)
             g = torch.randn(out.shape, generator=gen).to(out)  # seeded upstream gradient
             grads = torch.autograd.grad(out, (q, k, v), g)
-            grads64 = torch.autograd.grad(ref64, leaves, g.double())
-            grads_low = torch.autograd.grad(ref_low, low, g)
+            grads64 = torch.autograd.grad(ref64, (q64, k64, v64), g.double())
+            grads_low = torch.autograd.grad(ref_low, (q_low, k_low, v_low), g)
             for name, a, r64, rl in zip("qkv", grads, grads64, grads_low):
                 assert_within_torch_error(a, r64, rl, f"d{name}")
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from sqa_nas.compiling import allow_recompiles
 from sqa_nas.data import IGNORE_INDEX, Dataset, accuracy_counts
+from sqa_nas.model import SQATransformer
 from sqa_nas.timing import time_call
 
 Progress = Callable[[dict[str, Any]], None]
@@ -130,7 +131,7 @@ def train(model: torch.nn.Module, data: Dataset, cfg: TrainConfig, device: torch
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": other, "weight_decay": 0.0}], lr=cfg.lr,
                             betas=(0.9, 0.95), fused=device.type == "cuda")
-    step_fn = model
+    step_fn: Callable[..., Any] = model
     if cfg.compile and device.type == "cuda":
         allow_recompiles()  # every trial's model is a new graph of the same forward
         step_fn = torch.compile(model)
@@ -195,7 +196,7 @@ def evaluate(model: torch.nn.Module, data: Dataset, cfg: TrainConfig,
             "accuracy": correct / counted, "val_tokens": counted}
 
 
-def measure_throughput(model: torch.nn.Module, cfg: ThroughputConfig,
+def measure_throughput(model: SQATransformer, cfg: ThroughputConfig,
                        device: torch.device) -> float:
     """Median tokens/s of a training step's forward (+ backward) on random (batch_size,
     seq_len) tokens, after warm-up; timed by `sqa_nas.timing.time_call` (CUDA events on

@@ -97,6 +97,7 @@ class AttentionConfig(BaseModel):
                 f"n_q_heads={hq} does not divide n_kv_heads={hkv} (rSQA tiles the queries over "
                 f"the KV heads); allowed n_q_heads below {hkv}: {_divisors(hkv)[:-1]}"
             )
+        assert self.head_dim is not None  # filled just above
         if self.rope_theta is not None and self.head_dim % 2:
             raise ValueError(
                 f"rope_theta needs an even head_dim (rotary pairs dimensions), got "
@@ -130,6 +131,7 @@ class AttentionConfig(BaseModel):
 
     @property
     def scale(self) -> float:
+        assert self.head_dim is not None  # `_check` fills it
         return self.head_dim**-0.5
 
 

@@ -112,6 +112,7 @@ def reference_layer(layer: ProjectedLayer, x: torch.Tensor,
         (B, N, d_model).
     """
     c = layer.config
+    assert c.head_dim is not None  # AttentionConfig fills it
     b, n, _ = x.shape
     x = x.to(dtype)
 

@@ -17,6 +17,7 @@ def kernel_flops(layer: SparseQueryAttention, batch: int, n: int, mode: str) -> 
     """Attention products alone: 4 * B * H_attn * d_head * (visible pairs), times the
     mode's factor."""
     c = layer.config
+    assert c.head_dim is not None  # AttentionConfig fills it
     return 4.0 * batch * c.attn_heads * c.head_dim * count_visible(layer.mask_spec, n) \
         * _MODE_FACTOR[mode]
 

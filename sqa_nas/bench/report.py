@@ -65,12 +65,14 @@ def add_fraction_of_best(rows: Sequence[BenchRow]) -> list[BenchRow]:
     out = list(rows)
     for group in groups.values():
         members = [rows[i] for i in group]
-        named = [r for r in members if r.backend_requested != "auto" and r.tflops is not None]
+        named = [(r.tflops, r) for r in members
+                 if r.backend_requested != "auto" and r.tflops is not None]
         if len({r.backend_requested for r in members}) < 2 or not named:
             continue
-        best = max(named, key=lambda r: r.tflops)
+        best_tflops, best = max(named, key=lambda pair: pair[0])
         for i in group:
-            if rows[i].tflops is not None:
+            tflops = rows[i].tflops
+            if tflops is not None:
                 out[i] = rows[i].update(best_backend=best.backend_requested,
-                                        fraction_of_best=rows[i].tflops / best.tflops)
+                                        fraction_of_best=tflops / best_tflops)
     return out

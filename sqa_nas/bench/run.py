@@ -55,6 +55,7 @@ def _timed_fn(layer, settings: BenchSettings, n: int, device, dtype, name: str):
     b, c = settings.batch, layer.config
     grad = settings.mode != "fwd"
     model = None
+    run: Callable[..., torch.Tensor]  # the model (model scope), the layer or the backend
     if settings.scope == "model":
         with torch.device(device):  # initialised where it runs: 0.5B parameters at hd128
             model = build_model(settings.model_config(name))  # float32 weights
@@ -78,6 +79,7 @@ def _timed_fn(layer, settings: BenchSettings, n: int, device, dtype, name: str):
         if settings.mode == "fwd+bwd":
             return None, lambda _: loss().backward(), model
         return loss, (lambda value: value.backward()), model
+    inputs: tuple[torch.Tensor, ...]
     if settings.scope == "layer":
         inputs = (torch.randn(b, n, c.d_model, device=device, dtype=dtype, requires_grad=grad),)
         run = layer
@@ -159,7 +161,7 @@ def expand_grid(base: BenchSettings, **axes: Sequence) -> list[BenchSettings]:
 
 def run_grid(cells: Sequence[BenchSettings], progress: Callable[[str], None] | None = None,
              extra: dict | None = None,
-             on_cell: Callable[[BenchResult], None] | None = None,
+             on_cell: Callable[[BenchResult], object] | None = None,
              row_timeout_s: float | None = None) -> BenchResult:
     """Run every cell under one machine header; rows of the same cell timed with several
     backends get `fraction_of_best`. The result's settings are the first cell's with
@@ -299,11 +301,12 @@ def _cell_label(s: BenchSettings) -> str:
 
 def _add_speedups(rows: list[BenchRow], n: int, baselines: Sequence[str]) -> list[BenchRow]:
     """The timed rows at length `n` get their speedup over each timed baseline at `n`."""
-    refs = {}
+    refs: dict[str, float] = {}
     for base in baselines:
-        ref = next((r for r in rows if r.seq_len == n and r.variant == base and r.timed), None)
-        if ref is not None:
-            refs[base] = ref.ms
+        ref_ms = next((r.ms for r in rows
+                       if r.seq_len == n and r.variant == base and r.ms is not None), None)
+        if ref_ms is not None:
+            refs[base] = ref_ms
     return [r.model_copy(update={"speedups": r.speedups | {b: ms / r.ms
                                                            for b, ms in refs.items()}})
-            if r.seq_len == n and r.timed and refs else r for r in rows]
+            if r.seq_len == n and r.ms is not None and refs else r for r in rows]

@@ -115,6 +115,7 @@ def _print_front(records: list[TrialRecord], name: str, objectives: Sequence[str
         table.add_column(col, justify="left" if col in ("baseline", "per-layer H_q/H_kv")
                          else "right")
     for r in front:
+        assert r.values is not None  # fronts hold completed trials only
         a, m = r.analytics, r.metrics
         speedup = a.analytic_speedup_vs_mha if m.speedup_vs_mha is None else m.speedup_vs_mha
         table.add_row(str(r.number), r.seed_variant or "", r.allocation,

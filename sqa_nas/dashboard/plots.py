@@ -154,9 +154,11 @@ def write_png(view: StudyView, x: str, y: str, path: str | Path, *, title: str =
         dominated = [(vx, vy) for r, vx, vy in pts if not view.on_front(r)]
         front = sorted((vx, vy) for r, vx, vy in pts if view.on_front(r))
         if dominated:
-            ax.scatter(*zip(*dominated), s=14, color="0.7", label="dominated", zorder=2)
+            dx, dy = zip(*dominated)
+            ax.scatter(dx, dy, s=14, color="0.7", label="dominated", zorder=2)
         if front:
-            ax.scatter(*zip(*front), s=36, color="tab:green", label="Pareto front", zorder=3)
+            fx, fy = zip(*front)
+            ax.scatter(fx, fy, s=36, color="tab:green", label="Pareto front", zorder=3)
             if set(view.objectives) == {x, y} and len(front) > 1:
                 x_min = view.direction(x) == "minimize"  # see _staircase
                 ax.step(*zip(*front), where="post" if x_min else "pre", color="tab:green",

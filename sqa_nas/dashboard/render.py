@@ -157,9 +157,9 @@ def detail(view: StudyView, r: TrialRecord | None) -> RenderableType:
               ("attn FLOPs/token", a.attention_flops_per_token),
               ("KV bytes/token", a.kv_cache_bytes_per_token),
               ("analytic × MHA", a.analytic_speedup_vs_mha)]
-    cells = [(k, fmt_number(v)) for k, v in cells if v is not None]
-    for i in range(0, len(cells), 2):
-        pair = cells[i:i + 2] + [("", "")] * (2 - len(cells[i:i + 2]))
+    shown = [(k, fmt_number(v)) for k, v in cells if v is not None]
+    for i in range(0, len(shown), 2):
+        pair = shown[i:i + 2] + [("", "")] * (2 - len(shown[i:i + 2]))
         numbers.add_row(pair[0][0], pair[0][1], pair[1][0], pair[1][1])
     parts.append(numbers)
 

@@ -228,13 +228,13 @@ class StudyView:
         return got
 
     # ------------------------------------------------------------------------ progress
-    def progress(self, axes: Sequence[str] | None = None) -> Progress:
+    def progress(self, axes: tuple[str, str] | None = None) -> Progress:
         memo = tuple(axes or ())
         if memo not in self._progress:
             self._progress[memo] = self._compute_progress(axes)
         return self._progress[memo]
 
-    def _compute_progress(self, axes: Sequence[str] | None) -> Progress:
+    def _compute_progress(self, axes: tuple[str, str] | None) -> Progress:
         counts = Counter(r.state for r in self.records)
         starts = [r.datetime_start for r in self.records if r.datetime_start]
         ends = [r.datetime_complete for r in self.records if r.datetime_complete]
@@ -249,10 +249,10 @@ class StudyView:
         return Progress(counts, per_hour, last_hour,
                         self.hypervolume(hv_axes) if hv_axes else [], hv_axes)
 
-    def _hv_axes(self, axes) -> tuple[str, str] | None:
+    def _hv_axes(self, axes: tuple[str, str] | None) -> tuple[str, str] | None:
         if axes and len(set(axes)) == 2 and all(a in self.objectives for a in axes):
-            return tuple(axes)
-        return tuple(self.objectives[:2]) if len(self.objectives) >= 2 else None
+            return axes
+        return (self.objectives[0], self.objectives[1]) if len(self.objectives) >= 2 else None
 
     def hypervolume(self, axes: tuple[str, str]) -> list[float]:
         """Hypervolume of the front of `axes` after each completed trial, as a fraction of
@@ -262,8 +262,8 @@ class StudyView:
         if not history:
             return []
         spans = []
-        for a in axes:
-            vals = [r.values[a] for r, _ in history]
+        for a in axes:  # the history holds candidates: their values are always set
+            vals = [r.values[a] for r, _ in history if r.values is not None]
             spans.append(max(vals) - min(vals))
         box = spans[0] * spans[1]
         return [area / box if box > 0 else 0.0 for _, area in history]

@@ -44,7 +44,7 @@ def load_hf(spec: HFSpec, root: Path) -> TokenStream:
             if eos is None:
                 raise UserError(f"hf data: tokenizer {spec.tokenizer!r} has no token "
                                 f"{spec.eos_token!r} (eos_token)")
-        splits = {"train": _split(datasets, spec, spec.train_split)}
+        splits: dict[Split, Any] = {"train": _split(datasets, spec, spec.train_split)}
         if spec.val_split is not None:
             splits["val"] = _split(datasets, spec, spec.val_split)
         meta = {"kind": "hf", "vocab_size": vocab_size, "spec": spec.model_dump()}

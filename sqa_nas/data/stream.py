@@ -61,5 +61,5 @@ class TokenStream(Dataset):
     def _batch(data: np.ndarray, starts: np.ndarray, seq_len: int,
                device: str | torch.device) -> Batch:
         windows = np.stack([data[s:s + seq_len + 1] for s in starts]).astype(np.int64)
-        windows = to_device(windows, device)  # (B, N + 1)
-        return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
+        tokens = to_device(windows, device)  # (B, N + 1)
+        return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()

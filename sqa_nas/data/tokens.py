@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from sqa_nas.data.cache import Fingerprint, cache_key, memmap, progress
+from sqa_nas.data.cache import Fingerprint, Split, cache_key, memmap, progress
 from sqa_nas.data.spec import TokensSpec
 from sqa_nas.data.stream import TokenStream
 from sqa_nas.errors import UserError
@@ -33,7 +33,8 @@ def load_tokens(spec: TokensSpec, root: Path) -> TokenStream:
     directory = Path(spec.path).expanduser()
     if not directory.is_dir():
         raise UserError(f"tokens data: no such directory {spec.path!r}")
-    arrays = {split: _open(directory, split, spec.dtype) for split in ("train", "val")}
+    splits: tuple[Split, Split] = ("train", "val")
+    arrays = {split: _open(directory, split, spec.dtype) for split in splits}
     vocab_size = spec.vocab_size or _meta_vocab_size(directory)
     fingerprint = Fingerprint(f"dtype={arrays['train'].dtype.name} separator=None")
     for split, array in arrays.items():

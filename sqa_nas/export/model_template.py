@@ -354,7 +354,7 @@ class Transformer(nn.Module):
         return self.lm_head(self.norm(x))  # (B, N, vocab_size)
 
 
-def build_model(config: dict = CONFIG, layers: list[dict] = LAYERS) -> Transformer:
+def build_model(config: dict = CONFIG, layers: list = LAYERS) -> Transformer:
     """The model, randomly initialised; load trained weights with `load_state_dict`."""
     return Transformer(ModelArgs(**config), [LayerArgs(**layer) for layer in layers])
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from sqa_nas.errors import UserError
 
@@ -59,7 +59,7 @@ class MaskChoice:
                             "'window:W', 'flex:W+G' or 'block_sparse' (W, G whole numbers)")
         named, window, flex_window, global_tokens = m.groups()
         if named:
-            return cls(named)
+            return cls(cast(MaskPattern, named))  # _MASK admits "dense" or "block_sparse"
         if window is not None:
             return cls("window", int(window))
         return cls("flex", int(flex_window), int(global_tokens))

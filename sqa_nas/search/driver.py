@@ -109,7 +109,8 @@ class Driver:
         # Drivers started together on a fresh database would race to create Optuna's tables.
         with study_lock(None, self.url, "schema"):
             self.storage = open_storage(self.url, heartbeat=self._heartbeat_storage)
-        self.distributions = spec.distributions()
+        self.distributions: dict[str, optuna.distributions.BaseDistribution] = dict(
+            spec.distributions())  # a copy typed as Study.ask takes it (dict is invariant)
         self.events: list[str] = []
         self._lock = threading.Lock()
 
@@ -295,6 +296,7 @@ class Driver:
                     told = False
                     for event in self.executor.poll(timeout=0.5):
                         if event.kind == "done":
+                            assert event.outcome is not None  # done events carry one
                             self._tell(event.outcome)
                             told = True
                     if time.monotonic() - last_reap > REAP_EVERY_S:

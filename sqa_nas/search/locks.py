@@ -31,7 +31,7 @@ from optuna.storages._heartbeat import is_heartbeat_enabled
 try:
     import fcntl
 except ImportError:  # Windows: no file lock, one driver per study
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]  # the module or None, tested before use
 
 SETUP_GRACE_S = 120.0  # without a study lock, a trial this young may be unsigned yet
 HEARTBEAT_EVERY_S = 5.0

@@ -49,6 +49,12 @@ def candidates(records: Sequence[TrialRecord], objectives: Sequence[str]) -> lis
     return out
 
 
+def _values(r: TrialRecord) -> dict[str, float]:
+    """A candidate's values: `candidates` keeps only trials that have them."""
+    assert r.values is not None
+    return r.values
+
+
 def _keyer(objectives: Sequence[str], directions: Sequence[str]):
     """A function of a trial: its values turned into 'smaller is better'."""
     signs = [1.0 if d == "minimize" else -1.0 for d in directions]
@@ -88,7 +94,7 @@ def pareto_front(records: Sequence[TrialRecord], objectives: Sequence[str],
         for other in (front_keys, block):  # [i, j]: does other[j] dominate block[i]?
             le = (other[None, :, :] <= block[:, None, :]).all(axis=2)
             lt = (other[None, :, :] < block[:, None, :]).any(axis=2)
-            dominated |= (le & lt).any(axis=1)
+            dominated |= np.any(le & lt, axis=1)  # np.any: numpy's stubs type le as maybe 0-d
         on_front[start:start + _BLOCK] = ~dominated
         front_keys = np.concatenate([front_keys, block[~dominated]])
     return [r for (_, _, r), keep in zip(keyed, on_front) if keep]
@@ -116,11 +122,11 @@ def pick(records: Sequence[TrialRecord], objectives: Sequence[str], spec: str,
                             f"({', '.join(objectives)})")
     if other:
         d = directions[objectives.index(other)]
-        best = min(pool, key=_keyer([other], [d])).values[other]
+        best = _values(min(pool, key=_keyer([other], [d])))[other]
         tol = float(m["tol"]) * (abs(best) / 100 if m["pct"] else 1.0)
         limit = best + tol if d == "minimize" else best - tol
-        pool = [r for r in pool if (r.values[other] <= limit if d == "minimize"
-                                    else r.values[other] >= limit)]
+        pool = [r for r in pool if (_values(r)[other] <= limit if d == "minimize"
+                                    else _values(r)[other] >= limit)]
     order = [obj] + [o for o in objectives if o != obj]
     key = _keyer(order, [directions[objectives.index(o)] for o in order])
     return min(pool, key=lambda r: (key(r), r.number))

@@ -24,7 +24,7 @@ import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeGuard
 
 import optuna
 from optuna.storages import JournalStorage, RDBStorage
@@ -36,8 +36,10 @@ from sqa_nas.search.choices import HeadsChoice, MaskChoice
 
 FORMAT = 1
 
+Direction = Literal["minimize", "maximize"]  # an Optuna study direction
+
 # objective name -> Optuna direction
-OBJECTIVES: dict[str, str] = {
+OBJECTIVES: dict[str, Direction] = {
     "val_loss": "minimize",
     "throughput_tokens_per_s": "maximize",
     "speedup_vs_mha": "maximize",
@@ -174,7 +176,7 @@ def trial_attrs(attrs: TrialAttrs) -> dict[str, Any]:
 def parse_attrs(stored: dict[str, Any]) -> tuple[TrialAttrs, dict[str, str]]:
     """A trial's stored user attrs as `TrialAttrs`, and {key: problem} for top-level keys
     whose value did not parse (left out, so one odd trial never stops a reader)."""
-    data, problems = dict(stored), {}
+    data, problems = dict(stored), dict[str, str]()
     for _ in range(len(data) + 1):
         try:
             return TrialAttrs.model_validate(data), problems
@@ -314,7 +316,7 @@ def open_storage(url: str, *, heartbeat: bool = False):
                         "postgresql://...) or a journal file (journal:PATH)")
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    kwargs = {"heartbeat_interval": 10, "grace_period": 60} if heartbeat else {}
+    kwargs: dict[str, Any] = {"heartbeat_interval": 10, "grace_period": 60} if heartbeat else {}
     try:
         return RDBStorage(url, engine_kwargs=_engine_kwargs(url), **kwargs)
     except Exception as exc:  # sqlalchemy errors: unreachable server, bad driver, old schema
@@ -379,5 +381,5 @@ def _layer_token(layer: dict[str, Any]) -> str:
     return f"{heads} {mask}" if mask else str(heads)
 
 
-def finite(x: Any) -> bool:
+def finite(x: Any) -> TypeGuard[float]:
     return isinstance(x, int | float) and math.isfinite(x)

@@ -38,7 +38,7 @@ from sqa_nas.errors import UserError, first_error
 from sqa_nas.model import ModelConfig
 from sqa_nas.registry import HEAD_COUNT, get_backend, get_variant, heads_of
 from sqa_nas.search.choices import HeadsChoice, MaskChoice, MaskPattern
-from sqa_nas.search.records import OBJECTIVES
+from sqa_nas.search.records import OBJECTIVES, Direction
 
 Objective = Literal["val_loss", "throughput_tokens_per_s", "speedup_vs_mha", "kv_cache_bytes",
                     "params", "attention_flops"]
@@ -239,7 +239,7 @@ class SearchSpec(_Section):
             if w >= m.seq_len:
                 raise ValueError(f"search.windows: {w} is not below model.seq_len={m.seq_len}"
                                  " (a window that wide is dense attention)")
-        if s.tying == "groups" and m.n_layers % s.group_size:
+        if s.group_size is not None and m.n_layers % s.group_size:  # set iff tying 'groups'
             raise ValueError(f"search.group_size: {s.group_size} does not divide "
                              f"model.n_layers={m.n_layers}")
         if s.block_sparse is not None and s.block_sparse.block_size > m.seq_len:
@@ -279,7 +279,7 @@ class SearchSpec(_Section):
         return self.study or "search"
 
     @property
-    def directions(self) -> list[str]:
+    def directions(self) -> list[Direction]:
         return [OBJECTIVES[o] for o in self.objectives]
 
     def units(self) -> list[tuple[str, list[int]]]:
@@ -289,15 +289,16 @@ class SearchSpec(_Section):
             return [("all", list(range(n)))]
         if self.search.tying == "groups":
             g = self.search.group_size
+            assert g is not None  # SearchSection requires it with tying 'groups'
             return [(f"layers{a}-{a + g - 1}", list(range(a, a + g))) for a in range(0, n, g)]
         return [(f"layer{i}", [i]) for i in range(n)]
 
     def head_choices(self) -> list[str]:
         h = self.model.n_heads
-        qs = sorted({heads_of(x, h, exact=True) for x in self.search.n_q_heads} - {None},
-                    reverse=True)
-        kvs = sorted({heads_of(x, h, exact=True) for x in self.search.n_kv_heads} - {None},
-                     reverse=True)
+        qs = sorted({q for x in self.search.n_q_heads
+                     if (q := heads_of(x, h, exact=True)) is not None}, reverse=True)
+        kvs = sorted({kv for x in self.search.n_kv_heads
+                      if (kv := heads_of(x, h, exact=True)) is not None}, reverse=True)
         pairs = [(q, kv) for q, kv in itertools.product(qs, kvs)
                  if (q >= kv and q % kv == 0)
                  or (self.search.allow_reverse and q < kv and kv % q == 0)]
@@ -333,9 +334,9 @@ class SearchSpec(_Section):
             out.append((HeadsChoice(*v.heads(self.model.n_heads)), mask))
         return out
 
-    def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
+    def distributions(self) -> dict[str, optuna.distributions.CategoricalDistribution]:
         cat = optuna.distributions.CategoricalDistribution
-        out: dict[str, optuna.distributions.BaseDistribution] = {}
+        out: dict[str, optuna.distributions.CategoricalDistribution] = {}
         for name, values in self.model.searched.items():
             out[f"model.{name}"] = cat(values)
         heads, masks = self.head_choices(), self.mask_choices()

@@ -161,6 +161,7 @@ def _evaluate(job: TrialJob, spec: SearchSpec, device: torch.device, outcome: Tr
         measure = throughput_config(spec)
         metrics.throughput_tokens_per_s = measure_throughput(model, measure, device)
         name = record.device.name
+        assert name is not None  # run_trial records device_name(device)
         reference = job.mha_reference.get(name)
         if reference is None:  # once per GPU type: the same-shape MHA model on this device
             mha = build_model(mha_baseline(config)).to(device)

@@ -97,7 +97,7 @@ class Executor(ABC):
 
     @staticmethod
     def failed(job: TrialJob, reason: str, where: str = "") -> TrialOutcome:
-        attrs = {"fail_reason": reason}
+        attrs: dict[str, Any] = {"fail_reason": reason}
         if where:
             attrs["device"] = {"name": where}
         return TrialOutcome(job.number, "FAIL", attrs=attrs)

@@ -127,7 +127,11 @@ class LocalExecutor(Executor):
     def poll(self, timeout: float) -> list[Event]:
         events: list[Event] = []
         busy = {w.conn: w for w in self.workers if w.job is not None}
-        ready = wait(list(busy), timeout=timeout) if busy else time.sleep(timeout) or []
+        if busy:
+            ready = wait(list(busy), timeout=timeout)
+        else:
+            time.sleep(timeout)
+            ready = []
         for conn in ready:
             worker = busy[conn]
             try:

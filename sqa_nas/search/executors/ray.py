@@ -84,7 +84,7 @@ class RayExecutor(Executor):
         self.retry: deque[Attempt] = deque()
         self.usage: dict[str, _Usage] = {}
         self.recent: deque[float] = deque(maxlen=RECENT_TRIALS)
-        self.counts = Counter()
+        self.counts: Counter[str] = Counter()
         self.by_node: Counter = Counter()
         self._next_index = 0
         self._start_failures = 0
@@ -110,9 +110,10 @@ class RayExecutor(Executor):
     def _spawn(self) -> None:
         index, self._next_index = self._next_index, self._next_index + 1
         threads = max(1, int(self.cpus))
-        actor = TrialWorker.options(num_gpus=self.gpus, num_cpus=self.cpus,
-                                    scheduling_strategy="SPREAD").remote(index, self.device,
-                                                                         threads, run_trial)
+        # mypy ignores class decorators: @ray.remote made TrialWorker an ActorClass.
+        actor = TrialWorker.options(  # type: ignore[attr-defined]
+            num_gpus=self.gpus, num_cpus=self.cpus, scheduling_strategy="SPREAD",
+        ).remote(index, self.device, threads, run_trial)
         self.slots.append(Slot(index, actor, actor.info.remote(), actor.sentinel.remote()))
         self.counts["worker_starts"] += 1
 
@@ -127,9 +128,9 @@ class RayExecutor(Executor):
     # ------------------------------------------------------------------------- interface
     def describe(self) -> str:
         gpus = sum(n["GPU"] for n in self.cluster.nodes)
-        busy = [s for s in self.slots if s.jobs and s.info]
-        used_nodes = {s.info["node_id"] for s in busy}
-        used_gpus = {(s.info["node_id"], g) for s in busy for g in s.info["gpu_ids"]}
+        busy = [s.info for s in self.slots if s.jobs and s.info]
+        used_nodes = {info["node_id"] for info in busy}
+        used_gpus = {(info["node_id"], g) for info in busy for g in info["gpu_ids"]}
         up = sum(s.info is not None for s in self.slots)
         return (f"ray ({self.cluster.name}): {len(self.cluster.nodes)} node(s), {gpus:g} "
                 f"GPU(s) | in use: {len(used_nodes)} node(s), {len(used_gpus)} GPU(s) | "
@@ -253,6 +254,7 @@ class RayExecutor(Executor):
         usage.add(start, end)
         usage.last_done_driver = now
         self.recent.append(end - start)
+        assert slot.info is not None  # it ran a job, so its worker reported
         self.by_node[slot.info["node_id"]] += 1
         if attempt.deaths:
             outcome.attrs["worker_deaths"] = attempt.deaths

@@ -171,5 +171,5 @@ def _quiet_worker_deaths() -> None:
                    for line in data.get("lines", [])):
             show(data, *args, **kwargs)
 
-    filtered._sqa_nas = True
+    filtered._sqa_nas = True  # type: ignore[attr-defined]  # a marker on the function
     worker.print_to_stdstream = filtered

@@ -26,7 +26,8 @@ from sqa_nas.machine import device_name
 from sqa_nas.search.trial import TrialJob, TrialOutcome
 
 
-@ray.remote(max_restarts=0, concurrency_groups={"monitor": 1, "sentinel": 1})
+@ray.remote(  # type: ignore[call-overload]  # ray's stubs omit the actor concurrency_groups
+    max_restarts=0, concurrency_groups={"monitor": 1, "sentinel": 1})
 class TrialWorker:
     """One long-lived process holding one GPU slot (or CPUs). `run` calls execute one at a
     time, in order; `progress` answers from a second thread while a trial runs, and
@@ -107,6 +108,7 @@ class Slot:
     def key(self) -> str:
         """The GPU (or CPU worker) this slot measures: 'host/node GPU 1'."""
         i = self.info
+        assert i is not None  # read for slots with jobs, and jobs go to reported workers
         where = f"{i['host']}/{i['node_id'][:8]}"
         return f"{where} GPU {','.join(i['gpu_ids'])}" if i["gpu_ids"] else \
             f"{where} cpu worker {self.index}"
