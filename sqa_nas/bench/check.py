@@ -30,9 +30,8 @@ def check_layer(layer: SparseQueryAttention, n: int, dtype: torch.dtype,
     x = torch.randn(1, n, layer.config.d_model, generator=gen).to(device, dtype)
     if not backward:
         with torch.no_grad():
-            outs = [layer(x), reference_layer(layer, x.double(), torch.float64),
-                    reference_layer(layer, x, dtype)]
-        return error_and_tolerance(*outs)
+            out, ref64 = layer(x), reference_layer(layer, x.double(), torch.float64)
+            return error_and_tolerance(out, ref64, reference_layer(layer, x, dtype))
     grad_out = torch.randn(1, n, layer.config.d_model, generator=gen).to(device, dtype)
     outs, grads = [], []
     for run, leaf in ((layer, x), (lambda t: reference_layer(layer, t, torch.float64),
@@ -42,8 +41,8 @@ def check_layer(layer: SparseQueryAttention, n: int, dtype: torch.dtype,
         outs.append(out.detach())
         grads.append(torch.autograd.grad(out, leaf, grad_out.to(out.dtype))[0])
     layer.zero_grad(set_to_none=True)
-    return max(error_and_tolerance(*outs), error_and_tolerance(*grads),
-               key=lambda et: et[0] / et[1])
+    return max(error_and_tolerance(outs[0], outs[1], outs[2]),
+               error_and_tolerance(grads[0], grads[1], grads[2]), key=lambda et: et[0] / et[1])
 
 
 _CHECKS: dict[tuple, tuple[float, float]] = {}
