@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from sqa_nas import train as train_module
 from sqa_nas.data import IGNORE_INDEX, Dataset
@@ -23,8 +24,9 @@ CPU = torch.device("cpu")
 
 
 class RandomData(Dataset):
-    """Random tokens; records the seeds `train_batches` is given. Validation batch i masks
-    its first i target positions (IGNORE_INDEX), so batches count different token numbers."""
+    """Random tokens; records the seeds `train_batches` is given. Validation targets repeat
+    the input at even positions, and batch i masks its first i targets (IGNORE_INDEX), so
+    batches count different numbers of tokens."""
 
     vocab_size = 64
     fingerprint = "0" * 64
@@ -48,6 +50,7 @@ class RandomData(Dataset):
         for i in range(n_batches):
             t = torch.randint(0, 64, (batch_size, seq_len + 1), generator=gen)
             y = t[:, 1:].clone()
+            y[:, ::2] = t[:, :-1:2]  # even positions: the target is the input token
             y[:, :i] = IGNORE_INDEX
             out.append((t[:, :-1].contiguous(), y))
         return out
@@ -141,15 +144,21 @@ def _by_hand(model, batches):
     return nll / counted, right / counted, counted
 
 
+class Copier(torch.nn.Module):
+    """Predicts the input token: logits 3 there and 0 elsewhere."""
+
+    def forward(self, x):
+        return 3.0 * F.one_hot(x, 64).float()  # (B, N, 64)
+
+
 def test_evaluation_weighs_tokens_not_batches_at_the_eval_batch_size():
-    model, data = _model(), RandomData()
-    with torch.no_grad():  # make predictions informative, so accuracy is not ~0
-        model.lm_head.weight.mul_(50)
+    model, data = Copier(), RandomData()
     cfg = TrainConfig(seq_len=6, batch_size=2, steps=1, eval_batches=3, eval_batch_size=5)
     scores = evaluate(model, data, cfg, CPU)
     assert data.val_shapes == [(5, 6, 3)]
     loss, accuracy, counted = _by_hand(model, RandomData().val_batches(5, 6, 3))
     assert counted == 5 * 6 * 3 - 5 * (0 + 1 + 2)
+    assert 0.4 < accuracy < 0.6  # about the copied half: every batch has hits
     assert scores["val_tokens"] == counted
     assert scores["val_loss"] == pytest.approx(loss, rel=1e-5)
     assert scores["accuracy"] == pytest.approx(accuracy)
