@@ -144,7 +144,7 @@ class LocalExecutor(Executor):
                         worker.job = None
                         events.append(self._finish(number, payload))
             except (EOFError, OSError):
-                pass  # the worker died: handled below
+                worker.process.join(timeout=10)  # its pipe closed: wait for its exit (below)
         for worker in list(self.workers):
             job = worker.job
             if job is None:

@@ -1,0 +1,247 @@
+"""sqa_nas.search.driver with an in-process executor (no worker processes, no training):
+the budget's count, the budget held by other drivers' running trials, seeds enqueued once,
+jobs carrying their seed label and the study's MHA references, references merged without
+overwriting, executor figures kept for the last runs, constraint refusals, the grid cap,
+Ctrl-C and reaping re-queueing what they stop, and a race with a trial's own driver."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+from optuna.trial import TrialState, create_trial
+from rich.console import Console
+
+from sqa_nas.errors import UserError
+from sqa_nas.search import driver as driver_module
+from sqa_nas.search.driver import Driver
+from sqa_nas.search.executors.base import Executor, Running
+from sqa_nas.search.locks import proc_start
+from sqa_nas.search.space import parse_space
+from sqa_nas.search.trial import TrialOutcome
+from tests.test_search import TINY
+
+HOST = socket.gethostname()
+
+
+class InProcess(Executor):
+    """Runs nothing: every submitted trial is done at the next poll with `outcome(job)`.
+    `interrupt`: the first poll raises KeyboardInterrupt (Ctrl-C). Polling more than
+    `max_polls` times fails the test instead of hanging it."""
+
+    def __init__(self, outcome=None, *, interrupt=False, max_polls=200):
+        super().__init__()
+        self.outcome = outcome or (lambda job: TrialOutcome(job.number, "COMPLETE", {
+            "val_loss": 1.0 + job.number, "throughput_tokens_per_s": 10.0}))
+        self.interrupt, self.max_polls = interrupt, max_polls
+        self.jobs, self.started, self.polls = [], False, 0
+
+    def start(self):
+        self.started = True
+
+    def free_slots(self):
+        return 1 - len(self.running)
+
+    def submit(self, job):
+        self.jobs.append(job)
+        self.running[job.number] = Running(job, "in process")
+
+    def poll(self, timeout):
+        self.polls += 1
+        if self.polls > self.max_polls:
+            raise AssertionError("the driver kept polling")
+        if self.interrupt:
+            raise KeyboardInterrupt
+        return [self._finish(n, self.outcome(r.job)) for n, r in list(self.running.items())]
+
+    def shutdown(self, *, cancel=False):
+        numbers = list(self.running)
+        self.running.clear()
+        return numbers if cancel else []
+
+    def stats(self):
+        return {"busy_fraction": 0.5}
+
+
+def _driver(tmp_path, executor=None, **space):
+    spec = parse_space({**TINY, "study": "drv", **space})
+    log = io.StringIO()
+    driver = Driver(spec, executor or InProcess(), storage_url=f"sqlite:///{tmp_path}/s.db",
+                    console=Console(file=log, width=300))
+    driver.text = log
+    return driver
+
+
+@pytest.fixture(scope="module")
+def ended_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def _other_live_driver() -> dict:
+    return {"host": HOST, "pid": os.getpid(), "id": "other",
+            "proc_start": proc_start(os.getpid())}
+
+
+def test_the_budget_counts_finished_trials_except_the_flagged_ones(tmp_path):
+    driver = _driver(tmp_path, seed_trials=[])
+    study = driver.open_study()
+    for state, attrs in [(TrialState.COMPLETE, {}),
+                         (TrialState.COMPLETE, {"reaped": True}),  # told after all: counts
+                         (TrialState.FAIL, {"reaped": True}),
+                         (TrialState.FAIL, {"interrupted": True}),
+                         (TrialState.PRUNED, {"infeasible": ["max_params: 2 > 1"]}),
+                         (TrialState.FAIL, {}), (TrialState.PRUNED, {}),
+                         (TrialState.RUNNING, {})]:
+        values = [1.0, 2.0] if state == TrialState.COMPLETE else None
+        study.add_trial(create_trial(state=state, values=values, user_attrs=attrs))
+    study.enqueue_trial({})
+    assert driver.counts() == {"complete": 2, "failed": 3, "pruned": 1, "infeasible": 1,
+                               "running": 1, "waiting": 1, "counted": 4}
+
+
+def test_other_drivers_running_trials_hold_their_share_of_the_budget(tmp_path):
+    executor = InProcess()
+    driver = _driver(tmp_path, executor, seed_trials=[])
+    study = driver.open_study()
+    study.add_trial(create_trial(state=TrialState.COMPLETE, values=[1.0, 2.0]))
+    theirs = study.ask(driver.distributions)
+    theirs.set_user_attr("driver", _other_live_driver())
+    assert driver._dispatch(2) is None and executor.jobs == []
+    result = driver.run(2)  # nothing to ask: it waits for no one and stops
+    assert result.finished == 1 and executor.jobs == []
+    assert study.get_trials()[theirs.number].state == TrialState.RUNNING  # not reaped
+    assert driver._dispatch(3) is True and len(executor.jobs) == 1
+
+
+def test_a_search_runs_seeds_first_and_hands_jobs_the_known_references(tmp_path):
+    def outcome(job):
+        refs = {"cpu-x": 999.0, "gpu-y": 5.0} if job.number == 0 else {}
+        return TrialOutcome(job.number, "COMPLETE", {"throughput_tokens_per_s": 10.0,
+                                                     "val_loss": 1.0 + job.number},
+                            {"allocation": "a"}, mha_reference=refs)
+
+    executor = InProcess(outcome)
+    driver = _driver(tmp_path, executor)
+    study = driver.open_study()
+    study.set_user_attr("mha_reference", {"cpu-x": 123.0})
+    result = driver.run(3)
+    assert result.finished == 3 and not result.interrupted and executor.started
+    assert [j.seed_variant for j in executor.jobs] == ["MHA", "SQA", None]
+    assert executor.jobs[0].mha_reference == {"cpu-x": 123.0}
+    assert [j.params for j in executor.jobs[:2]] == [p for _, p in driver.spec.seed_params()]
+    # A reference already known stays: every stored speedup was divided by it.
+    assert study.user_attrs["mha_reference"] == {"cpu-x": 123.0, "gpu-y": 5.0}
+    trials = study.get_trials()
+    assert [t.values for t in trials] == [[1.0, 10.0], [2.0, 10.0], [3.0, 10.0]]  # in order
+    assert study.user_attrs["executor_stats"][-1]["busy_fraction"] == 0.5
+    # The same command again: the budget is done, no executor is started.
+    again = InProcess()
+    assert _driver(tmp_path, again).run(3).finished == 3
+    assert not again.started and again.jobs == []
+
+
+def test_seeds_are_enqueued_once_however_often_the_study_is_opened(tmp_path):
+    driver = _driver(tmp_path)
+    driver.open_study()
+    driver.open_study()
+    _driver(tmp_path).open_study()
+    waiting = [t.user_attrs["seed_variant"] for t in driver.study.get_trials()
+               if t.state == TrialState.WAITING]
+    assert waiting == ["MHA", "SQA"]
+
+
+def test_executor_figures_of_the_last_runs_are_kept(tmp_path):
+    driver = _driver(tmp_path)
+    study = driver.open_study()
+    keep = driver_module.KEEP_STATS
+    study.set_user_attr("executor_stats", [{"n": i} for i in range(keep)])
+    driver._store_stats({"n": keep})
+    runs = study.user_attrs["executor_stats"]
+    assert [r["n"] for r in runs] == list(range(1, keep + 1))
+    assert runs[-1]["driver"] == driver.identity["id"]
+
+
+def test_architectures_refused_by_constraints_are_pruned_until_too_many_in_a_row(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(driver_module, "MAX_INFEASIBLE_IN_A_ROW", 3)
+    executor = InProcess()
+    driver = _driver(tmp_path, executor, seed_trials=[], constraints={"max_params": 1})
+    with pytest.raises(UserError, match="^3 sampled architectures in a row violate"):
+        driver.run(10)
+    trials = driver.study.get_trials()
+    assert [t.state for t in trials] == [TrialState.PRUNED] * 3 and executor.jobs == []
+    assert all(t.user_attrs["fail_reason"].startswith("infeasible: max_params: ")
+               for t in trials)
+    assert driver.counts()["infeasible"] == 3 and driver.counts()["counted"] == 0
+
+
+def test_a_grid_search_stops_at_the_grid_and_labels_the_baselines(tmp_path):
+    executor = InProcess()
+    driver = _driver(tmp_path, executor, search={**TINY["search"], "tying": "all"},
+                     sampler={"name": "grid"})
+    assert driver.spec.cardinality() == 5  # 4/2 4/1 2/2 2/1 and the MHA seed's 4/4
+    result = driver.run(10)
+    assert result.finished == 5 and len(executor.jobs) == 5
+    assert sorted(j.params["all.heads"] for j in executor.jobs) == [
+        "2/1", "2/2", "4/1", "4/2", "4/4"]
+    labels = {j.params["all.heads"]: j.seed_variant for j in executor.jobs}
+    assert labels["4/4"] == "MHA" and labels["2/1"] == "SQA" and labels["4/2"] is None
+    assert "grid sampler: 5 architectures" in driver.text.getvalue()
+
+
+def test_ctrl_c_fails_the_running_trial_and_queues_it_again(tmp_path):
+    driver = _driver(tmp_path, InProcess(interrupt=True), seed_trials=[])
+    result = driver.run(3)
+    assert result.interrupted and result.finished == 0
+    first, retry = driver.study.get_trials()
+    assert first.state == TrialState.FAIL and first.user_attrs["interrupted"]
+    assert retry.state == TrialState.WAITING and retry.user_attrs["retry_of"] == 0
+    assert retry.system_attrs["fixed_params"] == first.params
+
+
+def _ask_as(driver, identity):
+    trial = driver.study.ask(driver.distributions)  # takes the queued MHA seed
+    trial.set_user_attr("driver", identity)
+    return trial
+
+
+def test_reaping_fails_a_gone_drivers_trial_and_queues_it_with_its_label(tmp_path, ended_pid):
+    driver = _driver(tmp_path, seed_trials=["MHA"])
+    driver.open_study()
+    gone = _ask_as(driver, {"host": HOST, "pid": ended_pid, "id": "gone"})
+    alive = _ask_as(driver, _other_live_driver())
+    assert driver.reap() == 1
+    trials = driver.study.get_trials()
+    assert trials[alive.number].state == TrialState.RUNNING
+    reaped = trials[gone.number]
+    assert reaped.state == TrialState.FAIL and reaped.user_attrs["reaped"]
+    assert reaped.user_attrs["fail_reason"] == \
+        f"reaped: its driver ({HOST} pid {ended_pid}) is gone"
+    [retry] = [t for t in trials if t.state == TrialState.WAITING]
+    assert retry.user_attrs == {"retry_of": gone.number, "seed_variant": "MHA"}
+    assert retry.system_attrs["fixed_params"] == reaped.params
+
+
+def test_a_trial_its_own_driver_fails_while_being_reaped_is_not_queued_again(
+        tmp_path, ended_pid, monkeypatch):
+    driver = _driver(tmp_path, seed_trials=["MHA"])
+    study = driver.open_study()
+    trial = _ask_as(driver, {"host": HOST, "pid": ended_pid, "id": "slow"})
+    mark = driver._mark
+
+    def told_meanwhile(t, **attrs):  # its driver records its own failure right after
+        mark(t, **attrs)
+        driver.storage.set_trial_user_attr(t._trial_id, "fail_reason", "worker died")
+        study.tell(t.number, state=TrialState.FAIL)
+
+    monkeypatch.setattr(driver, "_mark", told_meanwhile)
+    assert driver.reap() == 0
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL]
+    assert study.get_trials()[trial.number].user_attrs["fail_reason"] == "worker died"
+
