@@ -23,7 +23,7 @@ from sqa_nas.search.executors.base import Executor, Running
 from sqa_nas.search.locks import proc_start
 from sqa_nas.search.space import parse_space
 from sqa_nas.search.trial import TrialOutcome
-from tests.test_search import TINY
+from tests.search.test_search import TINY
 
 HOST = socket.gethostname()
 
