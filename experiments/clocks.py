@@ -49,15 +49,28 @@ def sampler() -> subprocess.Popen:
     """nvidia-smi printing SM MHz, W, C and the clock-event reasons every 50 ms."""
     gpu = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0] or "0"
     try:
-        probe = subprocess.run(["nvidia-smi", f"--query-gpu={REASONS}", "--format=csv",
-                                "-i", gpu], capture_output=True, text=True)
+        probe = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={REASONS}", "--format=csv", "-i", gpu],
+            capture_output=True,
+            text=True,
+        )
     except FileNotFoundError:
         raise UserError("clocks.py needs nvidia-smi on PATH") from None
     reasons = REASONS if probe.returncode == 0 else OLD_REASONS  # renamed in driver 535
     return subprocess.Popen(
-        ["nvidia-smi", f"--query-gpu={QUERY.format(reasons=reasons)}",
-         "--format=csv,noheader,nounits", "-lms", "50", "-i", gpu],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            "nvidia-smi",
+            f"--query-gpu={QUERY.format(reasons=reasons)}",
+            "--format=csv,noheader,nounits",
+            "-lms",
+            "50",
+            "-i",
+            gpu,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def samples(proc: subprocess.Popen) -> list[tuple[float, float, float, str]]:
@@ -82,17 +95,30 @@ def measure(settings: BenchSettings, name: str, n: int, budget_s: float) -> dict
     per = min(time_call(fn, device=device, setup=setup, warmup=2, repeats=2))
     proc = sampler()
     time.sleep(0.3)  # the sampler's first lines
-    ms = [1e3 * s for s in time_call(fn, device=device, setup=setup, warmup=0,
-                                     repeats=max(3, int(budget_s / per)))]
+    ms = [
+        1e3 * s
+        for s in time_call(
+            fn, device=device, setup=setup, warmup=0, repeats=max(3, int(budget_s / per))
+        )
+    ]
     got = samples(proc)
     busy = [x for x in got if x[1] > LOADED_W] or got
     mhz, watts, celsius, reasons = zip(*busy)
-    return {"variant": name, "batch": settings.batch, "seq_len": n, "calls": len(ms),
-            "ms": statistics.median(ms), "ms_min": min(ms),
-            "ms_per_sequence": statistics.median(ms) / settings.batch,
-            "sm_clock_mhz": statistics.median(mhz), "sm_clock_min_mhz": min(mhz),
-            "power_w": statistics.median(watts), "temperature_c": max(celsius),
-            "event_reasons": sorted(set(reasons)), "samples": len(busy)}
+    return {
+        "variant": name,
+        "batch": settings.batch,
+        "seq_len": n,
+        "calls": len(ms),
+        "ms": statistics.median(ms),
+        "ms_min": min(ms),
+        "ms_per_sequence": statistics.median(ms) / settings.batch,
+        "sm_clock_mhz": statistics.median(mhz),
+        "sm_clock_min_mhz": min(mhz),
+        "power_w": statistics.median(watts),
+        "temperature_c": max(celsius),
+        "event_reasons": sorted(set(reasons)),
+        "samples": len(busy),
+    }
 
 
 def main(argv=None) -> int:
@@ -101,23 +127,36 @@ def main(argv=None) -> int:
         raise UserError("clocks.py needs a CUDA GPU and nvidia-smi")
     machine = machine_info(torch.device("cuda"))
     rows = []
-    print(f"{machine['device']} | driver {machine.get('driver', '?')} | causal fwd, head_dim "
-          f"{args.head_dim}, {args.seq_len:,} tokens, {args.seconds:g} s per row")
-    print("| variant | batch | calls | ms | ms per sequence | SM MHz (median / min) | W | "
-          "max C | clock-event reasons |")
+    print(
+        f"{machine['device']} | driver {machine.get('driver', '?')} | causal fwd, head_dim "
+        f"{args.head_dim}, {args.seq_len:,} tokens, {args.seconds:g} s per row"
+    )
+    print(
+        "| variant | batch | calls | ms | ms per sequence | SM MHz (median / min) | W | "
+        "max C | clock-event reasons |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for name in args.variants:
         for b in args.batch:
-            settings = BenchSettings(variants=[name], seq_lens=[args.seq_len], batch=b,
-                                     head_dim=args.head_dim, dtype="bfloat16", device="cuda",
-                                     baselines=())
+            settings = BenchSettings(
+                variants=[name],
+                seq_lens=[args.seq_len],
+                batch=b,
+                head_dim=args.head_dim,
+                dtype="bfloat16",
+                device="cuda",
+                baselines=(),
+            )
             settings.validate()
             r = measure(settings, name, args.seq_len, args.seconds)
             rows.append(r)
-            print(f"| {name} | {b} | {r['calls']} | {r['ms']:.3f} | {r['ms_per_sequence']:.3f} "
-                  f"| {r['sm_clock_mhz']:.0f} / {r['sm_clock_min_mhz']:.0f} | "
-                  f"{r['power_w']:.0f} | {r['temperature_c']:.0f} | "
-                  f"{' '.join(r['event_reasons'])} |", flush=True)
+            print(
+                f"| {name} | {b} | {r['calls']} | {r['ms']:.3f} | {r['ms_per_sequence']:.3f} "
+                f"| {r['sm_clock_mhz']:.0f} / {r['sm_clock_min_mhz']:.0f} | "
+                f"{r['power_w']:.0f} | {r['temperature_c']:.0f} | "
+                f"{' '.join(r['event_reasons'])} |",
+                flush=True,
+            )
     write_rows(args.out, "sqa-nas/clocks/1", machine, args, rows, command=command_line())
     return 0
 

@@ -56,8 +56,10 @@ def default_out(stem: str, device: str | None) -> Path:
     """experiments/results/<stem>_<gpu>.json, e.g. paper_table3_h200.json, for `device`
     (default: cuda when visible)."""
     device_ = torch.device(default_device(device))
-    machine = {"device_type": device_.type, "device": torch.cuda.get_device_name(device_)
-               if device_.type == "cuda" else "cpu"}
+    machine = {
+        "device_type": device_.type,
+        "device": torch.cuda.get_device_name(device_) if device_.type == "cuda" else "cpu",
+    }
     return RESULTS / f"{stem}_{device_slug(machine)}.json"
 
 
@@ -76,14 +78,22 @@ def progress(line: str) -> None:
     print(f"  {line}", file=sys.stderr, flush=True)
 
 
-def write_result(name: str, payload: dict, out: Path | None = None, *, quiet: bool = False,
-                 machine: dict | None = None) -> Path:
+def write_result(
+    name: str,
+    payload: dict,
+    out: Path | None = None,
+    *,
+    quiet: bool = False,
+    machine: dict | None = None,
+) -> Path:
     """Write `payload` with the machine header (this machine's unless `machine` is given:
     results joined from another machine's files) and the command to `out`, by default
     results/<name>_<gpu>.json; returns the path."""
     machine = machine or machine_info(default_device())
-    path = write_json(out or RESULTS / f"{name}_{device_slug(machine)}.json", {
-        "machine": machine, "command": command_line(), **payload})
+    path = write_json(
+        out or RESULTS / f"{name}_{device_slug(machine)}.json",
+        {"machine": machine, "command": command_line(), **payload},
+    )
     if not quiet:
         print(f"wrote {path}")
     return path
@@ -93,5 +103,9 @@ def write_partial(name: str, payload: dict, out: Path | None = None) -> Path:
     """Finished runs survive a stop: the caller rewrites this file after every run, beside
     the result (``<out>.partial.json``, never over a finished result), and removes it once
     the result is written."""
-    return write_result(name + "_partial", {**payload, "partial": True},
-                        out=out and out.with_suffix(".partial.json"), quiet=True)
+    return write_result(
+        name + "_partial",
+        {**payload, "partial": True},
+        out=out and out.with_suffix(".partial.json"),
+        quiet=True,
+    )

@@ -42,23 +42,29 @@ def main(argv=None) -> int:
     backend = FlashAttnBackend()
     if backend.availability():
         raise UserError(f"flash_attn: {backend.availability()}")
-    print(f"{backend.flavour} {machine_info(torch.device('cuda'))['flash_attn']} on "
-          f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
+    print(
+        f"{backend.flavour} {machine_info(torch.device('cuda'))['flash_attn']} on "
+        f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
+    )
     torch.manual_seed(0)
     compiled = torch.compile(backend.forward)
     bad = 0
     for d in (int(x) for x in args.head_dims.split(",")):
         for hq, hkv in LAYOUTS:
             for mask in MASKS:
-                q, k, v, grad_out = (torch.randn(args.batch, h, args.seq_len, d, device="cuda",
-                                                 dtype=torch.bfloat16)
-                                     for h in (hq, hkv, hkv, hq))
-                problem = AttentionProblem(mask, hq, hkv, d, args.seq_len, torch.bfloat16,
-                                           "cuda", d**-0.5,
-                                           False)  # False: ask the kernel, not the policy
+                q, k, v, grad_out = (
+                    torch.randn(
+                        args.batch, h, args.seq_len, d, device="cuda", dtype=torch.bfloat16
+                    )
+                    for h in (hq, hkv, hkv, hq)
+                )
+                problem = AttentionProblem(
+                    mask, hq, hkv, d, args.seq_len, torch.bfloat16, "cuda", d**-0.5, False
+                )  # False: ask the kernel, not the policy
                 leaves = [t.float().requires_grad_() for t in (q, k, v)]
-                ref = reference_attention(*leaves, dense_mask(mask, args.seq_len, q.device),
-                                          d**-0.5)
+                ref = reference_attention(
+                    *leaves, dense_mask(mask, args.seq_len, q.device), d**-0.5
+                )
                 ref_grads = torch.autograd.grad(ref, leaves, grad_out.float())
                 row = [f"d{d} {hq}/{hkv} {mask.describe()}"]
                 for name, fn in (("eager", backend.forward), ("compiled", compiled)):
@@ -68,8 +74,10 @@ def main(argv=None) -> int:
                     errs = [rel(out, ref)] + [rel(a, b) for a, b in zip(grads, ref_grads)]
                     flag = " BAD" if max(errs) > 0.05 else ""
                     bad += bool(flag)
-                    row.append(f"{name}: out {errs[0]:.3g} dq {errs[1]:.3g} dk {errs[2]:.3g} "
-                               f"dv {errs[3]:.3g}{flag}")
+                    row.append(
+                        f"{name}: out {errs[0]:.3g} dq {errs[1]:.3g} dk {errs[2]:.3g} "
+                        f"dv {errs[3]:.3g}{flag}"
+                    )
                 print(" | ".join(row), flush=True)
     print(f"BAD rows: {bad}")
     return 1 if bad else 0

@@ -62,8 +62,9 @@ def measure(settings: BenchSettings, name: str, n: int, repeats: int) -> dict:
             torch.cuda.synchronize(device)
 
     queued = time_call(fn, device=device, setup=setup, warmup=3, repeats=repeats)
-    synced = [time_call(fn, device=device, setup=setup, warmup=0, repeats=1)[0]
-              for _ in range(repeats)]
+    synced = [
+        time_call(fn, device=device, setup=setup, warmup=0, repeats=1)[0] for _ in range(repeats)
+    ]
     sync()
     t0 = time.perf_counter()
     for _ in range(repeats):
@@ -71,31 +72,49 @@ def measure(settings: BenchSettings, name: str, n: int, repeats: int) -> dict:
     host = (time.perf_counter() - t0) / repeats
     sync()
     prof = profile_call(lambda _: fn(setup() if setup else None), device, top=4)
-    return {"variant": name, "seq_len": n, "synced_ms": 1e3 * statistics.median(synced),
-            "queued_ms": 1e3 * statistics.median(queued), "device_ms": prof["total_ms"],
-            "host_ms": 1e3 * host, "top_kernels": prof["top"]}
+    return {
+        "variant": name,
+        "seq_len": n,
+        "synced_ms": 1e3 * statistics.median(synced),
+        "queued_ms": 1e3 * statistics.median(queued),
+        "device_ms": prof["total_ms"],
+        "host_ms": 1e3 * host,
+        "top_kernels": prof["top"],
+    }
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     device = default_device(args.device)
     settings = BenchSettings(
-        variants=args.variants, seq_lens=[args.seq_len], head_dim=args.head_dim,
-        dtype=default_dtype(device), device=device,
-        mode=args.mode, pattern=args.pattern, window=args.window,
-        global_tokens=args.global_tokens, baselines=())
+        variants=args.variants,
+        seq_lens=[args.seq_len],
+        head_dim=args.head_dim,
+        dtype=default_dtype(device),
+        device=device,
+        mode=args.mode,
+        pattern=args.pattern,
+        window=args.window,
+        global_tokens=args.global_tokens,
+        baselines=(),
+    )
     settings.validate()  # UserError for an unknown variant, or cuda without a GPU
     machine = machine_info(torch.device(device))
     rows = []
-    print(f"{machine['device']} | torch {machine['torch']} | {args.pattern} mask, "
-          f"{args.mode}, head_dim {args.head_dim}, {args.seq_len:,} tokens")
+    print(
+        f"{machine['device']} | torch {machine['torch']} | {args.pattern} mask, "
+        f"{args.mode}, head_dim {args.head_dim}, {args.seq_len:,} tokens"
+    )
     print("| variant | synced ms | queued ms | device ms (profiler) | host ms per call |")
     print("|---|---|---|---|---|")
     for name in args.variants:
         r = measure(settings, name, args.seq_len, args.repeats)
         rows.append(r)
-        print(f"| {name} | {r['synced_ms']:.3f} | {r['queued_ms']:.3f} | "
-              f"{r['device_ms']:.3f} | {r['host_ms']:.3f} |", flush=True)
+        print(
+            f"| {name} | {r['synced_ms']:.3f} | {r['queued_ms']:.3f} | "
+            f"{r['device_ms']:.3f} | {r['host_ms']:.3f} |",
+            flush=True,
+        )
     write_rows(args.out, "sqa-nas/host_time/1", machine, args, rows, command=command_line())
     return 0
 

@@ -50,21 +50,33 @@ def run(args) -> dict:
     spec = parse_space(data, str(SPACE))
     storage = args.storage or f"sqlite:///{tempfile.mkdtemp()}/light_sqa.db"
     print(f"study storage: {storage} (rerun with --storage {storage} to resume)", flush=True)
-    result = Driver(spec, LocalExecutor(workers=1, trial_timeout_s=3600),
-                    storage_url=storage).run(spec.budget.n_trials)
+    result = Driver(spec, LocalExecutor(workers=1, trial_timeout_s=3600), storage_url=storage).run(
+        spec.budget.n_trials
+    )
     records = [r for r in trial_records(result.study) if r.state == "COMPLETE"]
     front = {r.number for r in pareto_front(records, spec.objectives)}
     h = spec.model.n_heads
     light = str(HeadsChoice(3 * h // 4, h // 4))  # the paper's light SQA: H_q = 3H/4
-    trials = [{"number": r.number, "allocation": r.allocation, "seed_variant": r.seed_variant,
-               "val_loss": r.values["val_loss"],
-               "throughput_tokens_per_s": r.values["throughput_tokens_per_s"],
-               "speedup_vs_mha": r.metrics.speedup_vs_mha,
-               "on_front": r.number in front} for r in records]
+    trials = [
+        {
+            "number": r.number,
+            "allocation": r.allocation,
+            "seed_variant": r.seed_variant,
+            "val_loss": r.values["val_loss"],
+            "throughput_tokens_per_s": r.values["throughput_tokens_per_s"],
+            "speedup_vs_mha": r.metrics.speedup_vs_mha,
+            "on_front": r.number in front,
+        }
+        for r in records
+    ]
     lsqa = [t for t in trials if t["allocation"].split(" x")[0] == light]
-    return {"space": spec.model_dump(mode="json"), "trials": trials, "light": light,
-            "lsqa_on_front": bool(lsqa and lsqa[0]["on_front"]),
-            "corpus": records[0].attrs.get("corpus") if records else None}
+    return {
+        "space": spec.model_dump(mode="json"),
+        "trials": trials,
+        "light": light,
+        "lsqa_on_front": bool(lsqa and lsqa[0]["on_front"]),
+        "corpus": records[0].attrs.get("corpus") if records else None,
+    }
 
 
 def plot(payload: dict, path: Path) -> None:
@@ -77,18 +89,33 @@ def plot(payload: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     trials = payload["trials"]
     for t in trials:
-        ax.scatter(t["throughput_tokens_per_s"], t["val_loss"],
-                   c="tab:red" if t["on_front"] else "tab:gray", s=30, zorder=3)
+        ax.scatter(
+            t["throughput_tokens_per_s"],
+            t["val_loss"],
+            c="tab:red" if t["on_front"] else "tab:gray",
+            s=30,
+            zorder=3,
+        )
         label = t["allocation"].split(" x")[0]
         bold = label == payload["light"]
-        ax.annotate(label + (" (lSQA)" if bold else ""),
-                    (t["throughput_tokens_per_s"], t["val_loss"]), fontsize=8,
-                    fontweight="bold" if bold else "normal", xytext=(4, 3),
-                    textcoords="offset points")
-    front = sorted((t for t in trials if t["on_front"]),
-                   key=lambda t: t["throughput_tokens_per_s"])
-    ax.plot([t["throughput_tokens_per_s"] for t in front], [t["val_loss"] for t in front],
-            c="tab:red", lw=1, label="Pareto front")
+        ax.annotate(
+            label + (" (lSQA)" if bold else ""),
+            (t["throughput_tokens_per_s"], t["val_loss"]),
+            fontsize=8,
+            fontweight="bold" if bold else "normal",
+            xytext=(4, 3),
+            textcoords="offset points",
+        )
+    front = sorted(
+        (t for t in trials if t["on_front"]), key=lambda t: t["throughput_tokens_per_s"]
+    )
+    ax.plot(
+        [t["throughput_tokens_per_s"] for t in front],
+        [t["val_loss"] for t in front],
+        c="tab:red",
+        lw=1,
+        label="Pareto front",
+    )
     ax.set_xlabel("training throughput (tokens/s)")
     ax.set_ylabel("validation loss")
     ax.set_title(f"H_q / H_kv for all layers — lSQA on the front: {payload['lsqa_on_front']}")
@@ -103,14 +130,19 @@ def main(argv=None) -> None:
     p.add_argument("--tokens", type=int, help="training tokens per trial (default: the YAML)")
     p.add_argument("--storage", help="Optuna storage (default: a temporary SQLite file)")
     p.add_argument("--smoke", action="store_true", help="tiny model and budget (CPU test)")
-    p.add_argument("--small", action="store_true",
-                   help="d_model 128, 4 layers, context 256: a real run that fits a CPU")
+    p.add_argument(
+        "--small",
+        action="store_true",
+        help="d_model 128, 4 layers, context 256: a real run that fits a CPU",
+    )
     p.add_argument("--out", type=Path, help="result JSON (default experiments/results/...)")
     args = p.parse_args(argv)
     payload = run(args)
     on = [t["allocation"] for t in payload["trials"] if t["on_front"]]
-    print(f"Pareto front: {', '.join(on)}; lSQA ({payload['light']}) on the front: "
-          f"{payload['lsqa_on_front']}")
+    print(
+        f"Pareto front: {', '.join(on)}; lSQA ({payload['light']}) on the front: "
+        f"{payload['lsqa_on_front']}"
+    )
     name = "light_sqa" + ("_smoke" if args.smoke else "")
     path = write_result(name, {"experiment": "light_sqa", **payload}, out=args.out)
     plot(payload, path.with_suffix(".png"))

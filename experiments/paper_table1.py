@@ -52,13 +52,18 @@ def main(argv=None) -> None:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--eval-batches", type=int, default=32)
     p.add_argument("--compile", action="store_true", help="torch.compile each model (GPU)")
-    p.add_argument("--no-site-packages", action="store_true",
-                   help="standard library only (a smaller corpus)")
+    p.add_argument(
+        "--no-site-packages", action="store_true", help="standard library only (a smaller corpus)"
+    )
     p.add_argument("--smoke", action="store_true", help="tiny model and budget (CPU test)")
     p.add_argument("--out", help="result file (default experiments/results/...)")
-    p.add_argument("--merge", nargs="+", metavar="RESULT",
-                   help="join result files of this script (other seeds, same model, budget "
-                        "and corpus) into --out instead of training")
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="RESULT",
+        help="join result files of this script (other seeds, same model, budget "
+        "and corpus) into --out instead of training",
+    )
     args = p.parse_args(argv)
     out = args.out and Path(args.out)
     if args.merge:
@@ -68,40 +73,77 @@ def main(argv=None) -> None:
     model, tokens, batch, evals = PAPER_MODEL, args.tokens, args.batch, args.eval_batches
     if args.smoke:
         model, tokens, batch, evals = SMOKE_MODEL, 2 * 4 * 64, 4, 2
-    budget = {"tokens_per_run": tokens, "batch_size": batch, "seq_len": model["seq_len"],
-              "lr": args.lr, "eval_batches": evals, "compile": args.compile}
+    budget = {
+        "tokens_per_run": tokens,
+        "batch_size": batch,
+        "seq_len": model["seq_len"],
+        "lr": args.lr,
+        "eval_batches": evals,
+        "compile": args.compile,
+    }
     rows, reference, start = [], {}, time.perf_counter()
     name = "paper_table1" + ("_smoke" if args.smoke else "")
     for seed in seeds:
-        spec = make_spec(study="paper_table1", model=model, variants=variants, tokens=tokens,
-                         batch=batch, lr=args.lr, seed=seed, compile=args.compile,
-                         site_packages=not (args.smoke or args.no_site_packages),
-                         eval_batches=evals)
+        spec = make_spec(
+            study="paper_table1",
+            model=model,
+            variants=variants,
+            tokens=tokens,
+            batch=batch,
+            lr=args.lr,
+            seed=seed,
+            compile=args.compile,
+            site_packages=not (args.smoke or args.no_site_packages),
+            eval_batches=evals,
+        )
         for label, params in spec.seed_params():
-            row = train_allocation(spec, params, seed_index=seed, label=label,
-                                   mha_reference=reference)
+            row = train_allocation(
+                spec, params, seed_index=seed, label=label, mha_reference=reference
+            )
             rows.append(row)
-            print(f"seed {seed} {label:6s} {row['allocation']:8s} val_loss "
-                  f"{row['val_loss'] or float('nan'):.4f} acc {row['accuracy'] or 0:.3f} "
-                  f"{row['train_s'] or 0:.1f}s {row['state']} {row['fail_reason'] or ''}",
-                  flush=True)
-            partial = write_partial(name, _payload(rows, budget, model, seeds, variants,
-                                                   time.perf_counter() - start), out=out)
+            print(
+                f"seed {seed} {label:6s} {row['allocation']:8s} val_loss "
+                f"{row['val_loss'] or float('nan'):.4f} acc {row['accuracy'] or 0:.3f} "
+                f"{row['train_s'] or 0:.1f}s {row['state']} {row['fail_reason'] or ''}",
+                flush=True,
+            )
+            partial = write_partial(
+                name,
+                _payload(rows, budget, model, seeds, variants, time.perf_counter() - start),
+                out=out,
+            )
     payload = _payload(rows, budget, model, seeds, variants, time.perf_counter() - start)
     order = payload["ordering"]
-    print(f"our order: {' < '.join(order['our_order'])}; paper: "
-          f"{' < '.join(order['paper_order'])}; Kendall tau {order['kendall_tau']}")
+    print(
+        f"our order: {' < '.join(order['our_order'])}; paper: "
+        f"{' < '.join(order['paper_order'])}; Kendall tau {order['kendall_tau']}"
+    )
     write_result(name, payload, out=out)
     partial.unlink(missing_ok=True)
 
 
-def _payload(rows: list[dict], budget: dict, model: dict, seeds: list[int],
-             variants: list[str], wall_s: float) -> dict:
+def _payload(
+    rows: list[dict],
+    budget: dict,
+    model: dict,
+    seeds: list[int],
+    variants: list[str],
+    wall_s: float,
+) -> dict:
     agg = aggregate(rows)
-    return {"experiment": "paper_table1", "budget": budget, "model": model, "seeds": seeds,
-            "variants": variants, "corpus": corpus_of(rows), "wall_s": wall_s,
-            "paper": PAPER_TABLE1, "runs": rows, "summary": agg,
-            "ordering": ordering_report(agg, PAPER_TABLE1)}
+    return {
+        "experiment": "paper_table1",
+        "budget": budget,
+        "model": model,
+        "seeds": seeds,
+        "variants": variants,
+        "corpus": corpus_of(rows),
+        "wall_s": wall_s,
+        "paper": PAPER_TABLE1,
+        "runs": rows,
+        "summary": agg,
+        "ordering": ordering_report(agg, PAPER_TABLE1),
+    }
 
 
 def merge(paths: list[Path], out: Path | None) -> None:
@@ -119,12 +161,16 @@ def merge(paths: list[Path], out: Path | None) -> None:
     for path, data in parts[1:]:
         for key in ("model", "budget"):
             if data[key] != first[key]:
-                raise UserError(f"--merge: {path} has another {key} than {first_path} "
-                                f"({data[key]} vs {first[key]})")
+                raise UserError(
+                    f"--merge: {path} has another {key} than {first_path} "
+                    f"({data[key]} vs {first[key]})"
+                )
         if data["machine"]["device"] != first["machine"]["device"]:
-            raise UserError(f"--merge: {path} ran on {data['machine']['device']}, "
-                            f"{first_path} on {first['machine']['device']}: train times would "
-                            "not compare")
+            raise UserError(
+                f"--merge: {path} ran on {data['machine']['device']}, "
+                f"{first_path} on {first['machine']['device']}: train times would "
+                "not compare"
+            )
         fingerprint = (data.get("corpus") or {}).get("fingerprint")
         if fingerprint != (first.get("corpus") or {}).get("fingerprint"):
             raise UserError(f"--merge: {path} trained on another corpus than {first_path}")
@@ -133,17 +179,22 @@ def merge(paths: list[Path], out: Path | None) -> None:
     for path, data in parts:
         for r in data["runs"]:
             if (r["label"], r["seed"]) in seen:
-                raise UserError(f"--merge: {r['label']} seed {r['seed']} is in more than one "
-                                f"file (again in {path})")
+                raise UserError(
+                    f"--merge: {r['label']} seed {r['seed']} is in more than one "
+                    f"file (again in {path})"
+                )
             seen.add((r["label"], r["seed"]))
     seeds = sorted({r["seed"] for r in rows})
     variants = list(dict.fromkeys(v for _, d in parts for v in d["variants"]))
-    payload = _payload(rows, first["budget"], first["model"], seeds, variants,
-                       sum(d["wall_s"] for _, d in parts))
+    payload = _payload(
+        rows, first["budget"], first["model"], seeds, variants, sum(d["wall_s"] for _, d in parts)
+    )
     if any(d.get("partial") for _, d in parts):
         payload["partial"] = True
-    payload["merged_from"] = [{"file": p.name, "command": d["command"],
-                               "machine": d["machine"].get("device")} for p, d in parts]
+    payload["merged_from"] = [
+        {"file": p.name, "command": d["command"], "machine": d["machine"].get("device")}
+        for p, d in parts
+    ]
     smoke = "_smoke" if first["model"] == SMOKE_MODEL else ""
     write_result("paper_table1" + smoke, payload, out=out, machine=first["machine"])
 

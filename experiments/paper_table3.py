@@ -71,13 +71,19 @@ ANCHOR_H200_SDPA = {
 EXP_PER_S = 3.9e12
 
 
-REFERENCE = {"paper_a100_s": PAPER_A100, "paper_batch": PAPER_BATCH,
-             "anchor_h200_sdpa_s": ANCHOR_H200_SDPA, "exp_per_s": EXP_PER_S,
-             "sources": "arXiv 2510.01817 Table 3"}
-NOTES = ["seconds per forward step of the whole model, bf16 autocast, inference mode, "
-         "median of CUDA-event timings after warm-up (repeats queued back to back)",
-         "at 200k tokens the LM head writes 4 GB of bf16 logits (counted)",
-         "softmax_exp_floor_s: exponentials / 3.9e12 per s, the bound at head_dim 16"]
+REFERENCE = {
+    "paper_a100_s": PAPER_A100,
+    "paper_batch": PAPER_BATCH,
+    "anchor_h200_sdpa_s": ANCHOR_H200_SDPA,
+    "exp_per_s": EXP_PER_S,
+    "sources": "arXiv 2510.01817 Table 3",
+}
+NOTES = [
+    "seconds per forward step of the whole model, bf16 autocast, inference mode, "
+    "median of CUDA-event timings after warm-up (repeats queued back to back)",
+    "at 200k tokens the LM head writes 4 GB of bf16 logits (counted)",
+    "softmax_exp_floor_s: exponentials / 3.9e12 per s, the bound at head_dim 16",
+]
 
 
 def batch_for(n: int) -> int:
@@ -86,39 +92,72 @@ def batch_for(n: int) -> int:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--head-dims", type=csv(positive), default=[16, 64, 128],
-                   help="16 = the paper's model; 64, 128 = d_model 1024, 2048 (default all)")
-    p.add_argument("--seq-lens", type=csv(positive), default=list(PAPER_BATCH),
-                   help="default: the paper's 1024,4096,32768,131072,200000")
-    p.add_argument("--batch", type=positive,
-                   help="one batch for every length (default: the paper's per length)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--head-dims",
+        type=csv(positive),
+        default=[16, 64, 128],
+        help="16 = the paper's model; 64, 128 = d_model 1024, 2048 (default all)",
+    )
+    p.add_argument(
+        "--seq-lens",
+        type=csv(positive),
+        default=list(PAPER_BATCH),
+        help="default: the paper's 1024,4096,32768,131072,200000",
+    )
+    p.add_argument(
+        "--batch",
+        type=positive,
+        help="one batch for every length (default: the paper's per length)",
+    )
     p.add_argument("--variants", type=csv(str), default=list(VARIANTS))
-    p.add_argument("--flex-head-dims", type=csv(positive),
-                   help="head dims at which Flex-SQA runs (default: all of --head-dims); "
-                        "compiled FlexAttention compiles once per shape, ~seconds each")
-    p.add_argument("--window", type=int,
-                   help="window of SW-SQA / Flex-SQA (default: the registry's, 512)")
+    p.add_argument(
+        "--flex-head-dims",
+        type=csv(positive),
+        help="head dims at which Flex-SQA runs (default: all of --head-dims); "
+        "compiled FlexAttention compiles once per shape, ~seconds each",
+    )
+    p.add_argument(
+        "--window", type=int, help="window of SW-SQA / Flex-SQA (default: the registry's, 512)"
+    )
     p.add_argument("--n-layers", type=positive, help="override the model's 8 layers")
     p.add_argument("--backend", default="auto", help="auto or a backend name")
     p.add_argument("--device", help="default: cuda when visible")
-    p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
-                   help="autocast dtype (default: bfloat16 on GPU, float32 on CPU)")
+    p.add_argument(
+        "--dtype",
+        choices=["bfloat16", "float16", "float32"],
+        help="autocast dtype (default: bfloat16 on GPU, float32 on CPU)",
+    )
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=positive, default=5)
-    p.add_argument("--budget-s", type=seconds, default=4.0,
-                   help="timed seconds per cell before repeats are cut (>= 2 kept)")
-    p.add_argument("--quick", action="store_true",
-                   help="2 repeats, 2 s per cell: for a first look")
+    p.add_argument(
+        "--budget-s",
+        type=seconds,
+        default=4.0,
+        help="timed seconds per cell before repeats are cut (>= 2 kept)",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="2 repeats, 2 s per cell: for a first look"
+    )
     add_row_timeout_argument(p)
-    p.add_argument("--check-len", type=positive, default=1024,
-                   help="tokens of the per-variant correctness check (default 1024)")
+    p.add_argument(
+        "--check-len",
+        type=positive,
+        default=1024,
+        help="tokens of the per-variant correctness check (default 1024)",
+    )
     p.add_argument("--no-check", action="store_true")
-    p.add_argument("--profile", type=csv(positive), default=[],
-                   help="lengths at which one step per variant is profiled (top kernels)")
-    p.add_argument("--out", type=Path, help="JSON path (default: experiments/results/"
-                                            "paper_table3_<gpu>.json)")
+    p.add_argument(
+        "--profile",
+        type=csv(positive),
+        default=[],
+        help="lengths at which one step per variant is profiled (top kernels)",
+    )
+    p.add_argument(
+        "--out", type=Path, help="JSON path (default: experiments/results/paper_table3_<gpu>.json)"
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.repeats, args.budget_s = 2, 2.0
@@ -126,14 +165,33 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def cells(args, device: str, dtype: str) -> list[BenchSettings]:
-    base = dict(n_heads=16, dtype=dtype, device=device,
-                backend=args.backend, mode="fwd", scope="model", causal=True,
-                window=args.window, warmup=args.warmup, repeats=args.repeats,
-                baselines=("MHA", "GQA"), check=not args.no_check, check_len=args.check_len,
-                budget_s=args.budget_s, n_layers=args.n_layers)
-    return [BenchSettings(**{**base, "variants": _variants_at(args, hd)}, seq_lens=[n],
-                          batch=args.batch or batch_for(n), head_dim=hd)
-            for hd in args.head_dims for n in args.seq_lens]
+    base = dict(
+        n_heads=16,
+        dtype=dtype,
+        device=device,
+        backend=args.backend,
+        mode="fwd",
+        scope="model",
+        causal=True,
+        window=args.window,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        baselines=("MHA", "GQA"),
+        check=not args.no_check,
+        check_len=args.check_len,
+        budget_s=args.budget_s,
+        n_layers=args.n_layers,
+    )
+    return [
+        BenchSettings(
+            **{**base, "variants": _variants_at(args, hd)},
+            seq_lens=[n],
+            batch=args.batch or batch_for(n),
+            head_dim=hd,
+        )
+        for hd in args.head_dims
+        for n in args.seq_lens
+    ]
 
 
 def _variants_at(args, head_dim: int) -> list[str]:
@@ -171,8 +229,11 @@ def run(args) -> dict:
 
     def finish(result: BenchResult) -> dict:
         rows = [annotate(r.update(n_layers=args.n_layers or 8)) for r in result.rows]
-        return result.replace(rows=rows).to_dict() | {"schema": SCHEMA,
-                                                      "reference": REFERENCE, "notes": NOTES}
+        return result.replace(rows=rows).to_dict() | {
+            "schema": SCHEMA,
+            "reference": REFERENCE,
+            "notes": NOTES,
+        }
 
     def save_partial(result: BenchResult) -> None:  # a run cut short keeps its finished cells
         if args.out is not None:
@@ -180,10 +241,15 @@ def run(args) -> dict:
         if result.running is None:  # also called before every row, with the row in flight
             progress(f"saved {len(result.rows)} rows to {args.out}")
 
-    result = finish(run_grid(grid, progress=progress,
-                             extra={"command": command_line(),
-                                    "paper_batch": args.batch is None},
-                             on_cell=save_partial, row_timeout_s=args.row_timeout_s))
+    result = finish(
+        run_grid(
+            grid,
+            progress=progress,
+            extra={"command": command_line(), "paper_batch": args.batch is None},
+            on_cell=save_partial,
+            row_timeout_s=args.row_timeout_s,
+        )
+    )
     profiles = []
     for cell in grid:
         if cell.seq_lens[0] not in args.profile:
@@ -195,8 +261,15 @@ def run(args) -> dict:
                 prof = profile_call(fn, torch.device(device))
             except Exception as exc:  # a profile is a diagnosis: never fail the run for it
                 prof = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0][:300]}
-            profiles.append({"variant": name, "seq_len": cell.seq_lens[0],
-                             "head_dim": cell.head_dim, "batch": cell.batch} | prof)
+            profiles.append(
+                {
+                    "variant": name,
+                    "seq_len": cell.seq_lens[0],
+                    "head_dim": cell.head_dim,
+                    "batch": cell.batch,
+                }
+                | prof
+            )
     result.update(profiles=profiles, wall_s=time.perf_counter() - t0)
     return result
 

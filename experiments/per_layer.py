@@ -57,10 +57,13 @@ def _search(args):
         data["budget"]["train"].update(tokens=args.tokens, steps=None)
     spec = parse_space(data, str(args.space))
     storage = args.storage or f"sqlite:///{tempfile.mkdtemp()}/per_layer.db"
-    print(f"study storage: {storage} (rerun with --storage {storage} to resume the search)",
-          flush=True)
-    result = Driver(spec, LocalExecutor(workers=1, trial_timeout_s=3600),
-                    storage_url=storage).run(spec.budget.n_trials)
+    print(
+        f"study storage: {storage} (rerun with --storage {storage} to resume the search)",
+        flush=True,
+    )
+    result = Driver(spec, LocalExecutor(workers=1, trial_timeout_s=3600), storage_url=storage).run(
+        spec.budget.n_trials
+    )
     return spec, result.study
 
 
@@ -71,11 +74,16 @@ def main(argv=None) -> None:
     p.add_argument("--storage", help="its storage URL")
     p.add_argument("--n-trials", type=int)
     p.add_argument("--tokens", type=int, help="training tokens per run (default: the space's)")
-    p.add_argument("--seeds", type=seed_list, default="100,101",
-                   help="fresh seeds for the retraining")
+    p.add_argument(
+        "--seeds", type=seed_list, default="100,101", help="fresh seeds for the retraining"
+    )
     p.add_argument("--uniform", default=",".join(UNIFORM), help="uniform baselines")
-    p.add_argument("--tolerance", type=float, default=0.05,
-                   help="throughput within this fraction counts as equal (default 5%%)")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.05,
+        help="throughput within this fraction counts as equal (default 5%%)",
+    )
     p.add_argument("--smoke", action="store_true", help="tiny model and budget (CPU test)")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
@@ -105,36 +113,68 @@ def main(argv=None) -> None:
     rows, reference, partial = [], {}, None
     name = "per_layer" + ("_smoke" if args.smoke else "")
     header = {
-        "experiment": "per_layer", "space": spec.model_dump(mode="json"),
-        "search": {"study": study.study_name, "trials": len(records),
-                   "front": [r.allocation for r in front]},
-        "mixed": {"trial": best.number, "allocation": best.allocation, "params": best.params,
-                  "search_values": best.values, "on_front": best in front},
-        "seeds": args.seeds, "tolerance": args.tolerance}
+        "experiment": "per_layer",
+        "space": spec.model_dump(mode="json"),
+        "search": {
+            "study": study.study_name,
+            "trials": len(records),
+            "front": [r.allocation for r in front],
+        },
+        "mixed": {
+            "trial": best.number,
+            "allocation": best.allocation,
+            "params": best.params,
+            "search_values": best.values,
+            "on_front": best in front,
+        },
+        "seeds": args.seeds,
+        "tolerance": args.tolerance,
+    }
     for seed in args.seeds:
-        seeded = parse_space({**retrain.model_dump(mode="json"), "sampler": {
-            **retrain.sampler.model_dump(), "seed": seed}}, "retraining")
+        seeded = parse_space(
+            {
+                **retrain.model_dump(mode="json"),
+                "sampler": {**retrain.sampler.model_dump(), "seed": seed},
+            },
+            "retraining",
+        )
         for label, params in candidates:
-            row = train_allocation(seeded, params, seed_index=seed, label=label,
-                                   mha_reference=reference)
+            row = train_allocation(
+                seeded, params, seed_index=seed, label=label, mha_reference=reference
+            )
             rows.append(row)
-            print(f"seed {seed} {label:6s} [{row['allocation']}] val_loss {row['val_loss']:.4f} "
-                  f"throughput {row['throughput_tokens_per_s']:.4g}", flush=True)
-            partial = write_partial(name, {**header, "corpus": corpus_of(rows),
-                                           "runs": rows}, out=args.out)
+            print(
+                f"seed {seed} {label:6s} [{row['allocation']}] val_loss {row['val_loss']:.4f} "
+                f"throughput {row['throughput_tokens_per_s']:.4g}",
+                flush=True,
+            )
+            partial = write_partial(
+                name, {**header, "corpus": corpus_of(rows), "runs": rows}, out=args.out
+            )
     agg = aggregate(rows)
     verdicts = compare(agg, args.tolerance)
     comparable = [k for k, v in verdicts.items() if v["comparable"]]
     # None when no uniform variant is as slow as the mixed one: nothing to compare at equal
     # throughput.
-    beats_all = all(verdicts[k]["verdict"] == "mixed better" for k in comparable) \
-        if comparable else None
-    print(f"mixed beats every uniform variant at equal or lower throughput "
-          f"({', '.join(comparable) or 'none comparable'}): {beats_all}")
-    write_result(name, {
-        **header, "corpus": corpus_of(rows), "runs": rows, "summary": agg,
-        "verdicts": verdicts, "mixed_beats_all_comparable": beats_all,
-    }, out=args.out)
+    beats_all = (
+        all(verdicts[k]["verdict"] == "mixed better" for k in comparable) if comparable else None
+    )
+    print(
+        f"mixed beats every uniform variant at equal or lower throughput "
+        f"({', '.join(comparable) or 'none comparable'}): {beats_all}"
+    )
+    write_result(
+        name,
+        {
+            **header,
+            "corpus": corpus_of(rows),
+            "runs": rows,
+            "summary": agg,
+            "verdicts": verdicts,
+            "mixed_beats_all_comparable": beats_all,
+        },
+        out=args.out,
+    )
     if partial is not None:
         partial.unlink(missing_ok=True)
 
@@ -147,15 +187,26 @@ def compare(agg: dict, tolerance: float) -> dict:
     for label, u in agg.items():
         if label == "mixed" or "val_loss" not in u:
             continue
-        faster = (u["throughput_tokens_per_s"]["mean"]
-                  > m["throughput_tokens_per_s"]["mean"] * (1 + tolerance))
+        faster = u["throughput_tokens_per_s"]["mean"] > m["throughput_tokens_per_s"]["mean"] * (
+            1 + tolerance
+        )
         diff = u["val_loss"]["mean"] - m["val_loss"]["mean"]
         spread = max(u["val_loss"]["std"], m["val_loss"]["std"])
-        verdict = ("within spread" if abs(diff) <= spread
-                   else "mixed better" if diff > 0 else "uniform better")
-        out[label] = {"comparable": not faster, "val_loss_diff": diff, "spread": spread,
-                      "verdict": verdict, "throughput_ratio": u["throughput_tokens_per_s"][
-                          "mean"] / m["throughput_tokens_per_s"]["mean"]}
+        verdict = (
+            "within spread"
+            if abs(diff) <= spread
+            else "mixed better"
+            if diff > 0
+            else "uniform better"
+        )
+        out[label] = {
+            "comparable": not faster,
+            "val_loss_diff": diff,
+            "spread": spread,
+            "verdict": verdict,
+            "throughput_ratio": u["throughput_tokens_per_s"]["mean"]
+            / m["throughput_tokens_per_s"]["mean"],
+        }
     return out
 
 

@@ -54,10 +54,18 @@ class GpuUtilization:
         exe = shutil.which("nvidia-smi")
         if exe is None:
             return
-        self.proc = subprocess.Popen([exe, "--query-gpu=index,utilization.gpu",
-                                      "--format=csv,noheader,nounits", "-lms", "200"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     text=True)
+        self.proc = subprocess.Popen(
+            [
+                exe,
+                "--query-gpu=index,utilization.gpu",
+                "--format=csv,noheader,nounits",
+                "-lms",
+                "200",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
@@ -107,11 +115,17 @@ def phase_spec(args, phase: str):
 
 def run_phase(args, phase: str, storage_dir: Path, console: Console, util: GpuUtilization):
     spec = phase_spec(args, phase)
-    console.rule(f"phase {phase}: study {spec.study_name}, {spec.budget.n_trials} trials, "
-                 f"objectives {', '.join(spec.objectives)}")
+    console.rule(
+        f"phase {phase}: study {spec.study_name}, {spec.budget.n_trials} trials, "
+        f"objectives {', '.join(spec.objectives)}"
+    )
     started = time.time()
-    driver = Driver(spec, RayExecutor(spec), console=console,
-                    storage_url=f"sqlite:///{storage_dir}/{spec.study_name}.db")
+    driver = Driver(
+        spec,
+        RayExecutor(spec),
+        console=console,
+        storage_url=f"sqlite:///{storage_dir}/{spec.study_name}.db",
+    )
     result = driver.run(spec.budget.n_trials, spec.budget.max_wall_seconds)
     ended = time.time()
     print_front(result.study, spec.objectives, console)
@@ -121,13 +135,18 @@ def run_phase(args, phase: str, storage_dir: Path, console: Console, util: GpuUt
     first = min(starts) if starts else started
     utilization = util.mean(first, ended)
     if utilization:
-        console.print("nvidia-smi utilization from the first trial to the end: " + ", ".join(
-            f"{k} {v:.1%}" for k, v in utilization.items()))
+        console.print(
+            "nvidia-smi utilization from the first trial to the end: "
+            + ", ".join(f"{k} {v:.1%}" for k, v in utilization.items())
+        )
     return {
-        "study": spec.study_name, "objectives": spec.objectives,
-        "n_trials": spec.budget.n_trials, "wall_s": round(ended - started, 1),
+        "study": spec.study_name,
+        "objectives": spec.objectives,
+        "n_trials": spec.budget.n_trials,
+        "wall_s": round(ended - started, 1),
         "first_trial_after_s": round(first - started, 1),
-        "executor": result.stats, "nvidia_smi_utilization": utilization,
+        "executor": result.stats,
+        "nvidia_smi_utilization": utilization,
         "mha_reference": result.study.user_attrs.get("mha_reference", {}),
         "trials": [trial_row(r) for r in records],
     }
@@ -135,12 +154,20 @@ def run_phase(args, phase: str, storage_dir: Path, console: Console, util: GpuUt
 
 def trial_row(r) -> dict:
     a = r.attrs
-    return {"number": r.number, "state": r.state, "seed_variant": r.seed_variant,
-            "allocation": r.allocation, "values": r.values,
-            "speedup_vs_mha": (a.get("metrics") or {}).get("speedup_vs_mha"),
-            "device": a.get("device"), "timings": a.get("timings"),
-            "start": str(r.datetime_start), "complete": str(r.datetime_complete),
-            "fail_reason": a.get("fail_reason"), "worker_deaths": a.get("worker_deaths")}
+    return {
+        "number": r.number,
+        "state": r.state,
+        "seed_variant": r.seed_variant,
+        "allocation": r.allocation,
+        "values": r.values,
+        "speedup_vs_mha": (a.get("metrics") or {}).get("speedup_vs_mha"),
+        "device": a.get("device"),
+        "timings": a.get("timings"),
+        "start": str(r.datetime_start),
+        "complete": str(r.datetime_complete),
+        "fail_reason": a.get("fail_reason"),
+        "worker_deaths": a.get("worker_deaths"),
+    }
 
 
 def main(argv=None) -> None:
@@ -167,15 +194,23 @@ def main(argv=None) -> None:
             util.stop()
     # Each phase starts its own Ray instance, so one GPU has a new node id per phase: the
     # count is the most GPUs one phase used.
-    gpus = {name: sorted(k for k in ph["executor"].get("busy_fraction_by_gpu", {})
-                         if " GPU " in k) for name, ph in phases.items()}
+    gpus = {
+        name: sorted(k for k in ph["executor"].get("busy_fraction_by_gpu", {}) if " GPU " in k)
+        for name, ph in phases.items()
+    }
     n_gpus = max(map(len, gpus.values()), default=0)
-    name = f"ray_search_{device_slug(machine_info(pick_device()))}" + \
-        (f"_x{n_gpus}" if n_gpus else "") + ("_smoke" if args.smoke else "")
+    name = (
+        f"ray_search_{device_slug(machine_info(pick_device()))}"
+        + (f"_x{n_gpus}" if n_gpus else "")
+        + ("_smoke" if args.smoke else "")
+    )
     args.out_dir.mkdir(parents=True, exist_ok=True)
     versions = {k: package_version(k) for k in ("ray", "optuna", "torch")}
-    write_result(name, {"versions": versions, "gpus_used": gpus, "phases": phases},
-                 out=args.out_dir / f"{name}.json")
+    write_result(
+        name,
+        {"versions": versions, "gpus_used": gpus, "phases": phases},
+        out=args.out_dir / f"{name}.json",
+    )
     (args.out_dir / f"{name}.txt").write_text(console.export_text())
     print(f"wrote {args.out_dir / f'{name}.txt'}", file=sys.stderr)
 

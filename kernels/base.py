@@ -50,8 +50,9 @@ class AttentionBackend(ABC):
         return self.name
 
     @abstractmethod
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                problem: AttentionProblem) -> torch.Tensor:
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, problem: AttentionProblem
+    ) -> torch.Tensor:
         """Attention for `problem`.
 
         Arguments:

@@ -46,8 +46,13 @@ class Calibration:
     train: bool | None = None  # forward only (False) or with a backward pass (True)
 
     def matches(self, gpu: str, pattern: str, dtype: str, causal: bool, train: bool) -> bool:
-        return (self.gpu in gpu and self.pattern == pattern and self.dtype == dtype
-                and self.causal in (None, causal) and self.train in (None, train))
+        return (
+            self.gpu in gpu
+            and self.pattern == pattern
+            and self.dtype == dtype
+            and self.causal in (None, causal)
+            and self.train in (None, train)
+        )
 
     @property
     def specificity(self) -> int:
@@ -66,19 +71,31 @@ def _h200_forward(pattern: str, order: tuple[str, ...], source: str) -> Calibrat
 
 
 BUILTIN: tuple[Calibration, ...] = (
-    _h200_forward("dense", ("flash_attn", "sdpa", "flex"),
-                  "forward, head_dim 128, 32k-128k: flash-attn-4 618-708 TFLOP/s causal, cuDNN "
-                  "(SDPA) 555-678, compiled FlexAttention 360-465; head_dim 16 at 131k: "
-                  "flash-attn-4 1.55x cuDNN."),
-    _h200_forward("window", ("flash_attn", "flex", "sdpa"),
-                  "window 4096 at 128k, forward: flash-attn-4 553-662 TFLOP/s, FlexAttention "
-                  "360-465; SDPA needs an N x N mask (O(N^2) memory)."),
-    _h200_forward("flex", ("flex", "sdpa"),
-                  "window 4096 + 16 global tokens, causal, 128k: FlexAttention on the "
-                  "flash-attn-4 FLASH backend 485-630 effective TFLOP/s, Triton backend "
-                  "369-400; flash_attn_func has no global-token mask."),
-    _h200_forward("block_sparse", ("flex", "sdpa"),
-                  "only FlexAttention runs block-sparse layouts without an N x N mask."),
+    _h200_forward(
+        "dense",
+        ("flash_attn", "sdpa", "flex"),
+        "forward, head_dim 128, 32k-128k: flash-attn-4 618-708 TFLOP/s causal, cuDNN "
+        "(SDPA) 555-678, compiled FlexAttention 360-465; head_dim 16 at 131k: "
+        "flash-attn-4 1.55x cuDNN.",
+    ),
+    _h200_forward(
+        "window",
+        ("flash_attn", "flex", "sdpa"),
+        "window 4096 at 128k, forward: flash-attn-4 553-662 TFLOP/s, FlexAttention "
+        "360-465; SDPA needs an N x N mask (O(N^2) memory).",
+    ),
+    _h200_forward(
+        "flex",
+        ("flex", "sdpa"),
+        "window 4096 + 16 global tokens, causal, 128k: FlexAttention on the "
+        "flash-attn-4 FLASH backend 485-630 effective TFLOP/s, Triton backend "
+        "369-400; flash_attn_func has no global-token mask.",
+    ),
+    _h200_forward(
+        "block_sparse",
+        ("flex", "sdpa"),
+        "only FlexAttention runs block-sparse layouts without an N x N mask.",
+    ),
 )
 
 
@@ -92,9 +109,11 @@ def load_file(path: str | Path) -> tuple[Calibration, ...]:
     except OSError as exc:
         raise UserError(f"{ENV_VAR}: cannot read {path}: {exc.strerror}") from None
     except (ValueError, TypeError, KeyError) as exc:
-        raise UserError(f"{ENV_VAR}: {path} is not a calibration file (a list of entries "
-                        "with gpu, pattern, dtype, order, source; as `sqa-nas bench "
-                        f"--calibration-out` writes): {type(exc).__name__}: {exc}") from None
+        raise UserError(
+            f"{ENV_VAR}: {path} is not a calibration file (a list of entries "
+            "with gpu, pattern, dtype, order, source; as `sqa-nas bench "
+            f"--calibration-out` writes): {type(exc).__name__}: {exc}"
+        ) from None
 
 
 @functools.cache
@@ -122,15 +141,21 @@ def lookup(problem: AttentionProblem, gpu: str | None = None) -> Calibration | N
         return None
     gpu = gpu if gpu is not None else gpu_name()
     for table in (_from_env(os.environ.get(ENV_VAR, "")), BUILTIN):
-        found = [c for c in table if c.matches(gpu, problem.mask.pattern, dtype,
-                                               problem.mask.causal, problem.requires_grad)]
+        found = [
+            c
+            for c in table
+            if c.matches(
+                gpu, problem.mask.pattern, dtype, problem.mask.causal, problem.requires_grad
+            )
+        ]
         if found:
             return max(found, key=lambda c: c.specificity)  # max keeps the first tie
     return None
 
 
-def measured_order(problem: AttentionProblem, able: list[AttentionBackend],
-                   gpu: str | None = None) -> tuple[list[AttentionBackend], str] | None:
+def measured_order(
+    problem: AttentionProblem, able: list[AttentionBackend], gpu: str | None = None
+) -> tuple[list[AttentionBackend], str] | None:
     """`able` (the backends that can run `problem`) sorted by the measured order, and why;
     None when no entry applies or one of them was not measured (then no measurement
     compares it with the others, and the backends' own scores decide)."""
@@ -138,8 +163,10 @@ def measured_order(problem: AttentionProblem, able: list[AttentionBackend],
     if entry is None or not able or any(b.measured_as() not in entry.order for b in able):
         return None
     ranked = sorted(able, key=lambda b: entry.order.index(b.measured_as()))
-    return ranked, (f"measured order on {entry.gpu} for {entry.pattern} {entry.dtype}: "
-                    f"{' > '.join(entry.order)} ({entry.source})")
+    return ranked, (
+        f"measured order on {entry.gpu} for {entry.pattern} {entry.dtype}: "
+        f"{' > '.join(entry.order)} ({entry.source})"
+    )
 
 
 def order_from_rows(rows: list[dict], device: str, source: str) -> list[Calibration]:
@@ -152,8 +179,9 @@ def order_from_rows(rows: list[dict], device: str, source: str) -> list[Calibrat
             continue
         key = (r["pattern"], r["dtype"], r["causal"], r["mode"] != "fwd")
         cell = (r["variant"], r["seq_len"], r["batch"], r["head_dim"], r["mode"], r["scope"])
-        groups.setdefault(key, {}).setdefault(cell, {})[r["backend_requested"]] = \
-            r.get("tflops", 0.0)
+        groups.setdefault(key, {}).setdefault(cell, {})[r["backend_requested"]] = r.get(
+            "tflops", 0.0
+        )
     out = []
     for (pattern, dtype, causal, train), cells in sorted(groups.items()):
         names = sorted({b for c in cells.values() for b in c})
@@ -166,8 +194,17 @@ def order_from_rows(rows: list[dict], device: str, source: str) -> list[Calibrat
                 score[b] += measured.get(b, 0.0) / best / len(cells)
         order = tuple(sorted(names, key=lambda b: -score[b]))
         summary = ", ".join(f"{b} {score[b]:.2f}" for b in order)
-        out.append(Calibration(_gpu_key(device), pattern, dtype, order,
-                               f"{source}; mean fraction of the best: {summary}", causal, train))
+        out.append(
+            Calibration(
+                _gpu_key(device),
+                pattern,
+                dtype,
+                order,
+                f"{source}; mean fraction of the best: {summary}",
+                causal,
+                train,
+            )
+        )
     return out
 
 

@@ -30,9 +30,11 @@ FA4_MIN_BACKWARD_HEAD_DIM = 32
 def _load():
     """(function, flavour, error): the best flash-attn entry point installed."""
     errors = []
-    for module, flavour in (("flash_attn.cute", "flash-attn-4"),
-                            ("flash_attn_interface", "flash-attn-3"),
-                            ("flash_attn", "flash-attn-2")):
+    for module, flavour in (
+        ("flash_attn.cute", "flash-attn-4"),
+        ("flash_attn_interface", "flash-attn-3"),
+        ("flash_attn", "flash-attn-2"),
+    ):
         try:
             return importlib.import_module(module).flash_attn_func, flavour, None
         except ModuleNotFoundError:
@@ -82,13 +84,18 @@ class FlashAttnBackend(AttentionBackend):
             return f"flash-attn needs head_dim in 8..256 divisible by 8, got {problem.head_dim}"
         if problem.mask.pattern in ("flex", "block_sparse"):
             return f"flash_attn_func has no {problem.mask.pattern} mask here; use 'flex'"
-        if (problem.requires_grad and problem.head_dim < FA4_MIN_BACKWARD_HEAD_DIM
-                and self.flavour == "flash-attn-4"):
-            return (f"flash-attn-4's backward gives wrong gradients at head_dim "
-                    f"{problem.head_dim} (measured on an H200 with 4.0.0b36 at head_dim 16: "
-                    f"dQ off by ~100% for every head layout, dK/dV too with GQA; "
-                    f"experiments/fa4_backward_check.py); it runs forward-only below head_dim "
-                    f"{FA4_MIN_BACKWARD_HEAD_DIM}")
+        if (
+            problem.requires_grad
+            and problem.head_dim < FA4_MIN_BACKWARD_HEAD_DIM
+            and self.flavour == "flash-attn-4"
+        ):
+            return (
+                f"flash-attn-4's backward gives wrong gradients at head_dim "
+                f"{problem.head_dim} (measured on an H200 with 4.0.0b36 at head_dim 16: "
+                f"dQ off by ~100% for every head layout, dK/dV too with GQA; "
+                f"experiments/fa4_backward_check.py); it runs forward-only below head_dim "
+                f"{FA4_MIN_BACKWARD_HEAD_DIM}"
+            )
         return None
 
     def priority(self, problem: AttentionProblem) -> tuple[int, str]:
@@ -116,9 +123,15 @@ class FlashAttnBackend(AttentionBackend):
         none = None if fa4 else -1  # "no limit" spelled per version
         window = (none, none) if w is None else (w, 0 if problem.mask.causal else w)
         extra = {"pack_gqa": self.pack_gqa} if fa4 and self.pack_gqa is not None else {}
-        out = fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),  # (B, N, H, D)
-                 softmax_scale=problem.scale, causal=problem.mask.causal, window_size=window,
-                 **extra)
+        out = fn(
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),  # (B, N, H, D)
+            softmax_scale=problem.scale,
+            causal=problem.mask.causal,
+            window_size=window,
+            **extra,
+        )
         if isinstance(out, tuple):  # flash-attn-4 returns (out, lse)
             out = out[0]
         return out.transpose(1, 2)  # (B, H_q, N, D)

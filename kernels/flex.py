@@ -111,13 +111,15 @@ def _band_tiles(spec: MaskSpec, n: int, device) -> tuple[torch.Tensor, torch.Ten
 
 def _from_tiles(partial: torch.Tensor, full: torch.Tensor, n: int, mod):
     """The BlockMask of (partial, full) tiles; `mod` decides inside the partial ones."""
+
     def indexed(sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # (1, 1, nb) counts, (1, 1, nb, nb) indices, selected tiles first
         order = torch.argsort(sel.int(), dim=-1, descending=True, stable=True)
         return sel.sum(-1).int()[None, None], order.int()[None, None]
 
-    return BlockMask.from_kv_blocks(*indexed(partial), *indexed(full), BLOCK_SIZE=TILE,
-                                    mask_mod=mod, seq_lengths=(n, n))
+    return BlockMask.from_kv_blocks(
+        *indexed(partial), *indexed(full), BLOCK_SIZE=TILE, mask_mod=mod, seq_lengths=(n, n)
+    )
 
 
 @functools.cache
@@ -143,17 +145,22 @@ class FlexBackend(AttentionBackend):
     def _flash(self, problem: AttentionProblem) -> bool:
         """Whether the FLASH backend (flash-attn-4's kernels) runs `problem`; not for training
         below FA4_MIN_BACKWARD_HEAD_DIM, where flash-attn-4's backward is wrong."""
-        return (problem.device_type == "cuda" and problem.dtype in (torch.float16, torch.bfloat16)
-                and flash_backend_available() and _layout(problem) not in self.flash_failures
-                and not (problem.requires_grad
-                         and problem.head_dim < FA4_MIN_BACKWARD_HEAD_DIM))
+        return (
+            problem.device_type == "cuda"
+            and problem.dtype in (torch.float16, torch.bfloat16)
+            and flash_backend_available()
+            and _layout(problem) not in self.flash_failures
+            and not (problem.requires_grad and problem.head_dim < FA4_MIN_BACKWARD_HEAD_DIM)
+        )
 
     def unsupported(self, problem: AttentionProblem) -> str | None:
         if problem.device_type == "cpu" and problem.requires_grad:
             return "FlexAttention has no backward on CPU (torch refuses it); use 'sdpa'"
         if not self._compiled(problem.device_type) and problem.seq_len > MAX_EAGER_SEQ_LEN:
-            return (f"eager FlexAttention materialises the N x N scores; N={problem.seq_len} > "
-                    f"{MAX_EAGER_SEQ_LEN} (compile it on a GPU instead)")
+            return (
+                f"eager FlexAttention materialises the N x N scores; N={problem.seq_len} > "
+                f"{MAX_EAGER_SEQ_LEN} (compile it on a GPU instead)"
+            )
         if self._compiled(problem.device_type) and problem.head_dim < 16:
             # Seen on the H200: the compiled kernel refuses "embedding dimension ... must be
             # at least 16".
@@ -186,8 +193,15 @@ class FlexBackend(AttentionBackend):
             with warnings.catch_warnings():
                 # The eager path is chosen on purpose on CPU; torch warns that it is unfused.
                 warnings.filterwarnings("ignore", message="flex_attention called without")
-                return fn(q, k, v, block_mask=block_mask, scale=problem.scale,
-                          enable_gqa=problem.gqa_group > 1, kernel_options=options)
+                return fn(
+                    q,
+                    k,
+                    v,
+                    block_mask=block_mask,
+                    scale=problem.scale,
+                    enable_gqa=problem.gqa_group > 1,
+                    kernel_options=options,
+                )
 
         if not (compiled and self._flash(problem)):
             return call(None)
@@ -198,8 +212,11 @@ class FlexBackend(AttentionBackend):
         except Exception as exc:  # FLASH is experimental in torch: keep the Triton path
             why = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:200]
             self.flash_failures[_layout(problem)] = why
-            warnings.warn(f"FlexAttention's FLASH backend failed ({why}); using its Triton "
-                          "backend for this layout", stacklevel=2)
+            warnings.warn(
+                f"FlexAttention's FLASH backend failed ({why}); using its Triton "
+                "backend for this layout",
+                stacklevel=2,
+            )
             return call(None)
 
 

@@ -25,12 +25,20 @@ MAX_MASKED_SEQ_LEN = 16_384
 
 # On Hopper cuDNN is the fastest SDPA kernel (555-678 TFLOP/s fwd at head_dim 128 on the
 # H200 vs ~340 for torch's flash), but torch does not try it first: ask for it explicitly.
-_CUDA_ORDER = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION,
-               SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+_CUDA_ORDER = [
+    SDPBackend.CUDNN_ATTENTION,
+    SDPBackend.FLASH_ATTENTION,
+    SDPBackend.EFFICIENT_ATTENTION,
+    SDPBackend.MATH,
+]
 
 
-_SDPA_NAMES = {SDPBackend.CUDNN_ATTENTION: "cuDNN", SDPBackend.FLASH_ATTENTION: "flash",
-               SDPBackend.EFFICIENT_ATTENTION: "efficient", SDPBackend.MATH: "math"}
+_SDPA_NAMES = {
+    SDPBackend.CUDNN_ATTENTION: "cuDNN",
+    SDPBackend.FLASH_ATTENTION: "flash",
+    SDPBackend.EFFICIENT_ATTENTION: "efficient",
+    SDPBackend.MATH: "math",
+}
 
 
 @functools.lru_cache(maxsize=8)
@@ -45,8 +53,10 @@ class SdpaBackend(AttentionBackend):
 
     def unsupported(self, problem: AttentionProblem) -> str | None:
         if _needs_mask_tensor(problem.mask) and problem.seq_len > MAX_MASKED_SEQ_LEN:
-            return (f"sdpa would materialise an N x N mask for {problem.mask.pattern} "
-                    f"attention; N={problem.seq_len} > {MAX_MASKED_SEQ_LEN}")
+            return (
+                f"sdpa would materialise an N x N mask for {problem.mask.pattern} "
+                f"attention; N={problem.seq_len} > {MAX_MASKED_SEQ_LEN}"
+            )
         return None
 
     def priority(self, problem: AttentionProblem) -> tuple[int, str]:
@@ -74,9 +84,16 @@ class SdpaBackend(AttentionBackend):
             v = v.repeat_interleave(problem.gqa_group, dim=1)
         try:
             with sdpa_kernel(_CUDA_ORDER, set_priority=True) if q.is_cuda else nullcontext():
-                choice = torch._fused_sdp_choice(q, k, v, attn_mask=mask, dropout_p=0.0,
-                                                 is_causal=spec.causal and mask is None,
-                                                 scale=problem.scale, enable_gqa=gqa)
+                choice = torch._fused_sdp_choice(
+                    q,
+                    k,
+                    v,
+                    attn_mask=mask,
+                    dropout_p=0.0,
+                    is_causal=spec.causal and mask is None,
+                    scale=problem.scale,
+                    enable_gqa=gqa,
+                )
             return f"sdpa/{_SDPA_NAMES.get(SDPBackend(choice), SDPBackend(choice).name)}"
         except Exception:  # a private torch API: never let the label break a benchmark
             return "sdpa"
@@ -92,8 +109,12 @@ class SdpaBackend(AttentionBackend):
                 k = k.repeat_interleave(problem.gqa_group, dim=1)  # (B, H_q, N, D)
                 v = v.repeat_interleave(problem.gqa_group, dim=1)
                 gqa = False
-        kwargs: dict[str, Any] = dict(attn_mask=mask, is_causal=spec.causal and mask is None,
-                                      scale=problem.scale, enable_gqa=gqa)
+        kwargs: dict[str, Any] = dict(
+            attn_mask=mask,
+            is_causal=spec.causal and mask is None,
+            scale=problem.scale,
+            enable_gqa=gqa,
+        )
         if q.is_cuda:
             with sdpa_kernel(_CUDA_ORDER, set_priority=True):
                 return F.scaled_dot_product_attention(q, k, v, **kwargs)

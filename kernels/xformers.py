@@ -36,8 +36,7 @@ def attn_bias_for(spec: MaskSpec):
     if spec.window is None:
         return attn_bias.LowerTriangularMask() if spec.causal else None
     right = 0 if spec.causal else spec.window
-    return attn_bias.LocalAttentionFromBottomRightMask(window_left=spec.window,
-                                                       window_right=right)
+    return attn_bias.LocalAttentionFromBottomRightMask(window_left=spec.window, window_right=right)
 
 
 class XformersBackend(AttentionBackend):
@@ -74,6 +73,7 @@ class XformersBackend(AttentionBackend):
         q5 = q.transpose(1, 2).reshape(b, n, g, h, d)  # (B, N, G, H, D)
         k5 = k.transpose(1, 2)[:, :, :, None].expand(b, n, g, h, d)
         v5 = v.transpose(1, 2)[:, :, :, None].expand(b, n, g, h, d)
-        out = xops.memory_efficient_attention(q5, k5, v5, attn_bias=attn_bias_for(problem.mask),
-                                              scale=problem.scale)
+        out = xops.memory_efficient_attention(
+            q5, k5, v5, attn_bias=attn_bias_for(problem.mask), scale=problem.scale
+        )
         return out.reshape(b, n, hq, d).transpose(1, 2)  # (B, H_q, N, D)

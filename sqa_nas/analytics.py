@@ -72,12 +72,14 @@ def layer_cost(c: AttentionConfig, ffn_dim: int, seq_len: int, kv_bytes_per_valu
     )
 
 
-def analyze(config: ModelConfig, seq_len: int, kv_bytes_per_value: int = 2,
-            _baseline: bool = True) -> ModelCost:
+def analyze(
+    config: ModelConfig, seq_len: int, kv_bytes_per_value: int = 2, _baseline: bool = True
+) -> ModelCost:
     """Parameters, FLOPs per token and KV cache of `config` at `seq_len`, with the speedup
     over the dense MHA model of the same shape (same d_model, layers, causality)."""
-    layers = [layer_cost(c, config.ffn_dim, seq_len, kv_bytes_per_value)
-              for c in config.layer_configs]
+    layers = [
+        layer_cost(c, config.ffn_dim, seq_len, kv_bytes_per_value) for c in config.layer_configs
+    ]
     embed = config.vocab_size * config.d_model
     head = 0 if config.tie_embeddings else embed
     params = sum(x.params for x in layers) + embed + head + config.d_model
@@ -87,11 +89,23 @@ def analyze(config: ModelConfig, seq_len: int, kv_bytes_per_value: int = 2,
     if _baseline:
         mha = analyze(mha_baseline(config), seq_len, kv_bytes_per_value, _baseline=False)
         speedup, attn_speedup = mha.flops / flops, mha.attn_flops / attn
-    return ModelCost(seq_len, layers, params, flops, attn, sum(x.kv_bytes for x in layers),
-                     speedup, attn_speedup)
+    return ModelCost(
+        seq_len,
+        layers,
+        params,
+        flops,
+        attn,
+        sum(x.kv_bytes for x in layers),
+        speedup,
+        attn_speedup,
+    )
 
 
 def mha_baseline(config: ModelConfig) -> ModelConfig:
     """The dense MHA model of the same shape: every variant's reference point."""
-    return ModelConfig(**{**config.model_dump(exclude={"layers", "attention", "provenance"}),
-                          "attention": {"variant": "MHA"}})
+    return ModelConfig(
+        **{
+            **config.model_dump(exclude={"layers", "attention", "provenance"}),
+            "attention": {"variant": "MHA"},
+        }
+    )

@@ -42,13 +42,23 @@ class SparseQueryAttention(nn.Module):
         if c.backend != "auto":
             get_backend(c.backend)  # unknown names fail here, not at the first forward
 
-    def problem(self, seq_len: int, device_type: str, dtype: torch.dtype,
-                requires_grad: bool = False) -> AttentionProblem:
+    def problem(
+        self, seq_len: int, device_type: str, dtype: torch.dtype, requires_grad: bool = False
+    ) -> AttentionProblem:
         """What this layer asks its backend at length `seq_len` (H_attn query heads)."""
         c = self.config
         assert c.head_dim is not None  # AttentionConfig fills it
-        return AttentionProblem(self.mask_spec, c.attn_heads, c.n_kv_heads, c.head_dim,
-                                seq_len, dtype, device_type, c.scale, requires_grad)
+        return AttentionProblem(
+            self.mask_spec,
+            c.attn_heads,
+            c.n_kv_heads,
+            c.head_dim,
+            seq_len,
+            dtype,
+            device_type,
+            c.scale,
+            requires_grad,
+        )
 
     def select(self, problem: AttentionProblem) -> tuple[AttentionBackend, str]:
         """(backend, reason) for `problem`, cached per layer."""
@@ -113,5 +123,7 @@ class SparseQueryAttention(nn.Module):
 
     def extra_repr(self) -> str:
         c = self.config
-        return (f"H={c.n_heads}, H_q={c.n_q_heads}, H_kv={c.n_kv_heads}, head_dim={c.head_dim}, "
-                f"{self.mask_spec.describe()}, backend={c.backend}")
+        return (
+            f"H={c.n_heads}, H_q={c.n_q_heads}, H_kv={c.n_kv_heads}, head_dim={c.head_dim}, "
+            f"{self.mask_spec.describe()}, backend={c.backend}"
+        )

@@ -23,8 +23,12 @@ def package_version(package: str) -> str | None:
 @functools.cache
 def _driver() -> str | None:
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return out.stdout.strip().splitlines()[0] if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError, IndexError):
         return None
@@ -57,16 +61,24 @@ def machine_info(device: torch.device | str = "cpu") -> dict:
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        info.update(driver=_driver(), gpu_memory_gb=round(props.total_memory / 2**30, 1),
-                    sm_count=props.multi_processor_count,
-                    capability=f"{props.major}.{props.minor}")
+        info.update(
+            driver=_driver(),
+            gpu_memory_gb=round(props.total_memory / 2**30, 1),
+            sm_count=props.multi_processor_count,
+            capability=f"{props.major}.{props.minor}",
+        )
     return info
 
 
 def header_line(info: dict) -> str:
     parts = [info["device"], f"torch {info['torch']}"]
-    for key, label in (("cuda", "CUDA"), ("cudnn", "cuDNN"), ("driver", "driver"),
-                       ("triton", "triton"), ("flash_attn", "flash-attn")):
+    for key, label in (
+        ("cuda", "CUDA"),
+        ("cudnn", "cuDNN"),
+        ("driver", "driver"),
+        ("triton", "triton"),
+        ("flash_attn", "flash-attn"),
+    ):
         if info.get(key):
             parts.append(f"{label} {info[key]}")
     return " | ".join(parts)

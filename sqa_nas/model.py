@@ -78,11 +78,14 @@ class ModelConfig(BaseModel):
     @model_validator(mode="after")
     def _resolve_layers(self) -> ModelConfig:
         if self.layers is not None and len(self.layers) != self.n_layers:
-            raise ValueError(f"layers has {len(self.layers)} entries but n_layers="
-                             f"{self.n_layers}: give one entry per layer or none")
+            raise ValueError(
+                f"layers has {len(self.layers)} entries but n_layers="
+                f"{self.n_layers}: give one entry per layer or none"
+            )
         overrides = self.layers or [{}] * self.n_layers
-        self._layer_configs = tuple(self._resolve(i, {**self.attention, **o})
-                                    for i, o in enumerate(overrides))
+        self._layer_configs = tuple(
+            self._resolve(i, {**self.attention, **o}) for i, o in enumerate(overrides)
+        )
         return self
 
     def _resolve(self, i: int, spec: dict[str, Any]) -> AttentionConfig:

@@ -46,8 +46,10 @@ class Variant:
     def __post_init__(self) -> None:
         for expr in (self.q, self.kv):
             if not HEAD_COUNT.match(expr):
-                raise ValueError(f"variant {self.name!r}: head count {expr!r} is not of the "
-                                 "form 'H', 'H/4', '3H/4' or a number")
+                raise ValueError(
+                    f"variant {self.name!r}: head count {expr!r} is not of the "
+                    "form 'H', 'H/4', '3H/4' or a number"
+                )
 
     def heads(self, n_heads: int) -> tuple[int, int]:
         return heads_of(self.q, n_heads), heads_of(self.kv, n_heads)
@@ -95,10 +97,20 @@ _BUILTIN_VARIANTS = [
     Variant("lSQA", "3H/4", "H/4", "light SQA: three quarters of the query heads"),
     Variant("rSQA", "H/4", "H/2", "reverse SQA: fewer query than KV heads, queries tiled"),
     Variant("SW-SQA", "H/2", "H/4", "SQA heads with a sliding window", {"window": 512}),
-    Variant("Flex-SQA", "H/2", "H/2", "sSQA heads, sliding window and global tokens",
-            {"window": 512, "global_tokens": 16}),
-    Variant("BS-SQA", "H/2", "H/4", "SQA heads with a BigBird-style block-sparse layout",
-            {"block_sparse": BlockSparseLayout()}),
+    Variant(
+        "Flex-SQA",
+        "H/2",
+        "H/2",
+        "sSQA heads, sliding window and global tokens",
+        {"window": 512, "global_tokens": 16},
+    ),
+    Variant(
+        "BS-SQA",
+        "H/2",
+        "H/4",
+        "SQA heads with a BigBird-style block-sparse layout",
+        {"block_sparse": BlockSparseLayout()},
+    ),
 ]
 
 _variants: dict[str, Variant] = {}
@@ -130,14 +142,17 @@ def _load_plugins() -> None:
     if _plugins_loaded:
         return
     _plugins_loaded = True
-    for group, register in (("sqa_nas.variants", register_variant),
-                            ("sqa_nas.backends", register_backend)):
+    for group, register in (
+        ("sqa_nas.variants", register_variant),
+        ("sqa_nas.backends", register_backend),
+    ):
         for ep in entry_points(group=group):
             try:
                 register(ep.load())
             except Exception as exc:  # a broken plugin must not break the tool
-                warnings.warn(f"plugin {ep.name!r} ({ep.value}) failed to load: {exc}",
-                              stacklevel=2)
+                warnings.warn(
+                    f"plugin {ep.name!r} ({ep.value}) failed to load: {exc}", stacklevel=2
+                )
 
 
 def list_variants() -> list[Variant]:
@@ -168,8 +183,9 @@ def list_backends() -> list[AttentionBackend]:
 def get_backend(name: str) -> AttentionBackend:
     _load_plugins()
     if name not in _backends:
-        raise UserError(f"unknown backend {name!r}; known backends: {', '.join(_backends)}, "
-                        "or 'auto'")
+        raise UserError(
+            f"unknown backend {name!r}; known backends: {', '.join(_backends)}, or 'auto'"
+        )
     return _backends[name]
 
 
@@ -190,14 +206,17 @@ def select_backend(problem: AttentionProblem, requested: str = "auto"):
         backend = get_backend(requested)
         if backend.name in refusals:
             able_names = ", ".join(b.name for b in candidates) or "none"
-            raise UserError(f"backend {requested!r} cannot run this layer "
-                            f"({problem.mask.describe()}, {problem.dtype}, "
-                            f"{problem.device_type}): {refusals[backend.name]}; backends that "
-                            f"can: {able_names}")
+            raise UserError(
+                f"backend {requested!r} cannot run this layer "
+                f"({problem.mask.describe()}, {problem.dtype}, "
+                f"{problem.device_type}): {refusals[backend.name]}; backends that "
+                f"can: {able_names}"
+            )
         return backend, f"requested by the config; {backend.priority(problem)[1]}"
     if not candidates:
-        raise UserError("no backend can run this layer: " +
-                        "; ".join(f"{k}: {v}" for k, v in refusals.items()))
+        raise UserError(
+            "no backend can run this layer: " + "; ".join(f"{k}: {v}" for k, v in refusals.items())
+        )
     able = [b for b in candidates if ":" not in b.name] or candidates
     measured = measured_order(problem, able)
     if measured is not None:

@@ -37,16 +37,29 @@ MASKS = {
     "window-causal": MaskSpec(True, window=17),
     "flex": MaskSpec(False, window=5, global_tokens=4),
     "flex-causal": MaskSpec(True, window=12, global_tokens=8),
-    "block": MaskSpec(False, block_sparse=BlockSparseLayout(
-        block_size=32, local_blocks=0, global_blocks=1, random_blocks=1, seed=1)),
-    "block-causal": MaskSpec(True, block_sparse=BlockSparseLayout(
-        block_size=16, local_blocks=1, global_blocks=1, random_blocks=2, seed=2)),
+    "block": MaskSpec(
+        False,
+        block_sparse=BlockSparseLayout(
+            block_size=32, local_blocks=0, global_blocks=1, random_blocks=1, seed=1
+        ),
+    ),
+    "block-causal": MaskSpec(
+        True,
+        block_sparse=BlockSparseLayout(
+            block_size=16, local_blocks=1, global_blocks=1, random_blocks=2, seed=2
+        ),
+    ),
 }
 CONTRACT_HEADS = [(8, 8), (8, 2), (8, 1), (4, 4)]  # (H_q, H_kv) as the kernel sees them
 
 
-def assert_within_torch_error(out: torch.Tensor, ref64: torch.Tensor, plain: torch.Tensor,
-                              what: str, scale: float | None = None) -> None:
+def assert_within_torch_error(
+    out: torch.Tensor,
+    ref64: torch.Tensor,
+    plain: torch.Tensor,
+    what: str,
+    scale: float | None = None,
+) -> None:
     """Fail unless |out - ref64| <= 2 |plain - ref64| + 1e-6 scale (`error_and_tolerance`:
     `plain` is the same formula evaluated in out's dtype; `scale` defaults to max|ref64|)."""
     err, tol = error_and_tolerance(out, ref64, plain, scale=scale)
@@ -69,14 +82,27 @@ class BackendContract:
             pytest.skip("needs a CUDA GPU")
 
     def _problem(self, mask: MaskSpec, hq: int, hkv: int, grad: bool) -> AttentionProblem:
-        return AttentionProblem(mask, hq, hkv, self.head_dim, self.seq_len, self.dtype,
-                                torch.device(self.device).type, self.head_dim**-0.5, grad)
+        return AttentionProblem(
+            mask,
+            hq,
+            hkv,
+            self.head_dim,
+            self.seq_len,
+            self.dtype,
+            torch.device(self.device).type,
+            self.head_dim**-0.5,
+            grad,
+        )
 
     def _inputs(self, hq: int, hkv: int, grad: bool):
         gen = torch.Generator().manual_seed(hq * 31 + hkv)
         shape = (2, None, self.seq_len, self.head_dim)
-        return [torch.randn(shape[0], h, *shape[2:], generator=gen).to(self.device, self.dtype)
-                .requires_grad_(grad) for h in (hq, hkv, hkv)]
+        return [
+            torch.randn(shape[0], h, *shape[2:], generator=gen)
+            .to(self.device, self.dtype)
+            .requires_grad_(grad)
+            for h in (hq, hkv, hkv)
+        ]
 
     def test_describes_itself(self):
         assert self.backend.name and self.backend.name != "?"
@@ -120,4 +146,3 @@ class BackendContract:
             grads_low = torch.autograd.grad(ref_low, (q_low, k_low, v_low), g)
             for name, a, r64, rl in zip("qkv", grads, grads64, grads_low):
                 assert_within_torch_error(a, r64, rl, f"d{name}")
-

@@ -21,9 +21,16 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 
-def time_call(fn: Callable[[object], object], *, device: torch.device, warmup: int = 3,
-              repeats: int = 10, setup: Callable[[], object] | None = None,
-              budget_s: float | None = None, min_repeats: int = 2) -> list[float]:
+def time_call(
+    fn: Callable[[object], object],
+    *,
+    device: torch.device,
+    warmup: int = 3,
+    repeats: int = 10,
+    setup: Callable[[], object] | None = None,
+    budget_s: float | None = None,
+    min_repeats: int = 2,
+) -> list[float]:
     """Seconds per call of ``fn(setup())``, `repeats` samples after `warmup` calls. Only
     `fn` is timed: `perf_counter` on CPU; on CUDA, a pair of events around it.
 
@@ -74,8 +81,9 @@ def time_call(fn: Callable[[object], object], *, device: torch.device, warmup: i
         per = min(seen)
         over = per * (warmup + repeats) > budget_s
         warm = min(warmup, 1) if over else warmup
-        reps = (max(min(repeats, int(budget_s // per)), min(min_repeats, repeats))
-                if over else repeats)
+        reps = (
+            max(min(repeats, int(budget_s // per)), min(min_repeats, repeats)) if over else repeats
+        )
 
     def synchronised() -> bool:
         # On CPU every call; on CUDA the warm-up and at least two calls (when the first one
@@ -89,7 +97,7 @@ def time_call(fn: Callable[[object], object], *, device: torch.device, warmup: i
     left = warm + reps - len(seen)  # on CUDA: the repeats
     if left > 0:
         seen += queued(left)
-    return seen[warm:warm + reps]
+    return seen[warm : warm + reps]
 
 
 @contextlib.contextmanager
@@ -136,8 +144,11 @@ def profile_call(fn: Callable[[object], object], device: torch.device, top: int 
     total = sum(t for _, t in times) or 1e-12
     ranked = sorted(times, key=lambda kt: -kt[1])[:top]
     attention = sum(t for k, t in times if _ATTENTION_KERNEL.search(k))
-    return {"total_ms": total, "attention_share": attention / total,
-            "top": [{"name": k[:120], "ms": t, "share": t / total} for k, t in ranked]}
+    return {
+        "total_ms": total,
+        "attention_share": attention / total,
+        "top": [{"name": k[:120], "ms": t, "share": t / total} for k, t in ranked],
+    }
 
 
 def _self_time(event: Any, cuda: bool) -> float:

@@ -117,8 +117,14 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
 
 
-def train(model: torch.nn.Module, data: Dataset, cfg: TrainConfig, device: torch.device,
-          seed: int, progress: Progress | None = None) -> TrainResult:
+def train(
+    model: torch.nn.Module,
+    data: Dataset,
+    cfg: TrainConfig,
+    device: torch.device,
+    seed: int,
+    progress: Progress | None = None,
+) -> TrainResult:
     """Train `model` in place on `data`'s training split.
 
     AdamW (betas 0.9, 0.95; weight decay on matrices only) with `lr_at` set before every
@@ -128,9 +134,15 @@ def train(model: torch.nn.Module, data: Dataset, cfg: TrainConfig, device: torch
     n, total = cfg.seq_len, cfg.planned_steps
     decay = [p for p in model.parameters() if p.dim() >= 2]
     other = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": other, "weight_decay": 0.0}], lr=cfg.lr,
-                            betas=(0.9, 0.95), fused=device.type == "cuda")
+    opt = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": other, "weight_decay": 0.0},
+        ],
+        lr=cfg.lr,
+        betas=(0.9, 0.95),
+        fused=device.type == "cuda",
+    )
     step_fn: Callable[..., Any] = model
     if cfg.compile and device.type == "cuda":
         allow_recompiles()  # every trial's model is a new graph of the same forward
@@ -150,8 +162,9 @@ def train(model: torch.nn.Module, data: Dataset, cfg: TrainConfig, device: torch
         x, y = next(batches)  # (B, N) inputs and next-token targets
         with autocast(device):
             logits = step_fn(x)  # (B, N, vocab)
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1),
-                               ignore_index=IGNORE_INDEX)
+        loss = F.cross_entropy(
+            logits.float().view(-1, logits.size(-1)), y.view(-1), ignore_index=IGNORE_INDEX
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:
@@ -170,21 +183,27 @@ def train(model: torch.nn.Module, data: Dataset, cfg: TrainConfig, device: torch
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, data: Dataset, cfg: TrainConfig,
-             device: torch.device) -> dict[str, float]:
+def evaluate(
+    model: torch.nn.Module, data: Dataset, cfg: TrainConfig, device: torch.device
+) -> dict[str, float]:
     """Token-weighted loss, perplexity and next-token accuracy on `data`'s fixed validation
     batches (`eval_batches` of (eval_batch_size, seq_len)); targets equal to IGNORE_INDEX
     are not counted. Returns {val_loss, perplexity, accuracy, val_tokens}; raises
     `NonFinite` for a non-finite loss."""
     model.eval()
     loss_sum, counted, correct = 0.0, 0, 0
-    for x, y in data.val_batches(cfg.eval_batch_size or cfg.batch_size, cfg.seq_len,
-                                 cfg.eval_batches, device=device):
+    for x, y in data.val_batches(
+        cfg.eval_batch_size or cfg.batch_size, cfg.seq_len, cfg.eval_batches, device=device
+    ):
         with autocast(device):
             logits = model(x)
         logits = logits.float()
-        loss_sum += F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1),
-                                    ignore_index=IGNORE_INDEX, reduction="sum").item()
+        loss_sum += F.cross_entropy(
+            logits.view(-1, logits.size(-1)),
+            y.view(-1),
+            ignore_index=IGNORE_INDEX,
+            reduction="sum",
+        ).item()
         c, k = accuracy_counts(logits, y)
         correct, counted = correct + c, counted + k
     if counted == 0:
@@ -192,17 +211,23 @@ def evaluate(model: torch.nn.Module, data: Dataset, cfg: TrainConfig,
     loss = loss_sum / counted
     if not math.isfinite(loss):
         raise NonFinite(f"non-finite validation loss ({loss})")
-    return {"val_loss": loss, "perplexity": math.exp(min(loss, 700)),
-            "accuracy": correct / counted, "val_tokens": counted}
+    return {
+        "val_loss": loss,
+        "perplexity": math.exp(min(loss, 700)),
+        "accuracy": correct / counted,
+        "val_tokens": counted,
+    }
 
 
-def measure_throughput(model: SQATransformer, cfg: ThroughputConfig,
-                       device: torch.device) -> float:
+def measure_throughput(
+    model: SQATransformer, cfg: ThroughputConfig, device: torch.device
+) -> float:
     """Median tokens/s of a training step's forward (+ backward) on random (batch_size,
     seq_len) tokens, after warm-up; timed by `sqa_nas.timing.time_call` (CUDA events on
     GPU). Leaves no gradients behind."""
-    tokens = torch.randint(0, model.config.vocab_size, (cfg.batch_size, cfg.seq_len),
-                           device=device)
+    tokens = torch.randint(
+        0, model.config.vocab_size, (cfg.batch_size, cfg.seq_len), device=device
+    )
 
     def step(_):
         with autocast(device):

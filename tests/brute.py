@@ -1,7 +1,7 @@
 """Brute-force definitions of the Pareto front and the pickers, independent of
-`sqa_nas.pareto`: the one reference every test of fronts and picks compares with.
+`sqa_nas.search.pareto`: the one reference every test of fronts and picks compares with.
 
-They are written from the definitions in `sqa_nas.pareto`'s docstring, the slow and obvious
+They are written from the definitions in `sqa_nas.search.pareto`'s docstring, the slow and obvious
 way: all-pairs dominance, exact rational arithmetic for the knee, and for picks that sit on a
 floating-point boundary (a distance or a tolerance that ties up to rounding) every answer the
 definition allows.
@@ -23,16 +23,24 @@ def directions_of(objectives, directions=None) -> list[str]:
 
 def key(r, objectives, directions) -> list[float]:
     """The trial's values made 'smaller is better'."""
-    return [r.values[o] if d == "minimize" else -r.values[o]
-            for o, d in zip(objectives, directions)]
+    return [
+        r.values[o] if d == "minimize" else -r.values[o] for o, d in zip(objectives, directions)
+    ]
 
 
 def pool(records, objectives) -> list:
     """Completed, feasible trials with a finite value for every objective."""
-    return [r for r in records
-            if r.state == "COMPLETE" and not r.attrs.get("infeasible") and r.values
-            and all(isinstance(r.values.get(o), int | float) and math.isfinite(r.values[o])
-                    for o in objectives)]
+    return [
+        r
+        for r in records
+        if r.state == "COMPLETE"
+        and not r.attrs.get("infeasible")
+        and r.values
+        and all(
+            isinstance(r.values.get(o), int | float) and math.isfinite(r.values[o])
+            for o in objectives
+        )
+    ]
 
 
 def dominates(a: list[float], b: list[float]) -> bool:
@@ -80,8 +88,10 @@ def knee(records, objectives, directions=None) -> set[int]:
     exact ties either way; tests check its tie-break, the lower number, on exact data)."""
     objectives, directions = objectives[:2], directions_of(objectives, directions)[:2]
     on_front = front(records, objectives, directions)
-    trials = sorted((r for r in pool(records, objectives) if r.number in on_front),
-                    key=lambda r: (key(r, objectives, directions), r.number))
+    trials = sorted(
+        (r for r in pool(records, objectives) if r.number in on_front),
+        key=lambda r: (key(r, objectives, directions), r.number),
+    )
     if len(trials) <= 2:
         return {trials[0].number}
     pts = [[Fraction(v) for v in key(r, objectives, directions)] for r in trials]

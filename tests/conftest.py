@@ -22,10 +22,12 @@ def _private_cache(tmp_path_factory):
 def free_port():
     """A function returning a TCP port free on 127.0.0.1 right now (the OS's ephemeral
     range, so never inside Ray's default worker ports 10002-19999)."""
+
     def pick() -> int:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             return s.getsockname()[1]
+
     return pick
 
 

@@ -29,29 +29,47 @@ def layers_from_params(params: dict) -> list[dict]:
             w, g = mask.split(":")[1].split("+")
             layer.update(window=int(w), global_tokens=int(g))
         elif mask == "block_sparse":
-            layer["block_sparse"] = {"block_size": 16, "local_blocks": 1, "global_blocks": 1,
-                                     "random_blocks": 1, "seed": 0}
+            layer["block_sparse"] = {
+                "block_size": 16,
+                "local_blocks": 1,
+                "global_blocks": 1,
+                "random_blocks": 1,
+                "seed": 0,
+            }
         layers.append(layer)
     return layers
 
 
-def make_study(storage_url: str, name: str = "demo", n: int = 20, seed: int = 0,
-               objectives=("val_loss", "throughput_tokens_per_s"), failed: int = 2,
-               running: int = 1) -> optuna.Study:
+def make_study(
+    storage_url: str,
+    name: str = "demo",
+    n: int = 20,
+    seed: int = 0,
+    objectives=("val_loss", "throughput_tokens_per_s"),
+    failed: int = 2,
+    running: int = 1,
+) -> optuna.Study:
     rnd = random.Random(seed)
     # Seeded like `rnd`: the same arguments give the same trials (for a given optuna).
-    sampler = (optuna.samplers.NSGAIISampler(seed=seed) if len(objectives) > 1
-               else optuna.samplers.TPESampler(seed=seed))
-    study = optuna.create_study(study_name=name, storage=open_storage(storage_url),
-                                directions=[OBJECTIVES[o] for o in objectives],
-                                sampler=sampler)
+    sampler = (
+        optuna.samplers.NSGAIISampler(seed=seed)
+        if len(objectives) > 1
+        else optuna.samplers.TPESampler(seed=seed)
+    )
+    study = optuna.create_study(
+        study_name=name,
+        storage=open_storage(storage_url),
+        directions=[OBJECTIVES[o] for o in objectives],
+        sampler=sampler,
+    )
     study.set_metric_names(list(objectives))
     study.set_user_attr("sqa_nas", {"format": FORMAT, "version": "test"})
     study.set_user_attr("objectives", list(objectives))
     study.set_user_attr("corpus", {"kind": "embedded", "fingerprint": "f" * 16})
     dist = optuna.distributions.CategoricalDistribution
-    space = {f"layer{i}.{k}": dist(c) for i in range(4)
-             for k, c in (("heads", HEADS), ("mask", MASKS))}
+    space = {
+        f"layer{i}.{k}": dist(c) for i in range(4) for k, c in (("heads", HEADS), ("mask", MASKS))
+    }
     seeds = list(SEEDS.items())
     for number in range(n + failed + running):
         if number < len(seeds):
@@ -63,20 +81,34 @@ def make_study(storage_url: str, name: str = "demo", n: int = 20, seed: int = 0,
         layers = layers_from_params(trial.params)
         config = ModelConfig(**TINY, layers=layers)
         cost = analyze(config, 128)
-        resolved = [layer_dict(c) | {"pattern": c.pattern, "backend": "sdpa",
-                                     "backend_reason": "test"} for c in config.layer_configs]
+        resolved = [
+            layer_dict(c) | {"pattern": c.pattern, "backend": "sdpa", "backend_reason": "test"}
+            for c in config.layer_configs
+        ]
         trial.set_user_attr("model", config.resolved())
         trial.set_user_attr("layers", resolved)
         trial.set_user_attr("allocation", compact_allocation(resolved))
         trial.set_user_attr("seed_variant", seeds[number][0] if number < len(seeds) else None)
-        trial.set_user_attr("analytics", {
-            "params": cost.params, "flops_per_token": cost.flops,
-            "train_flops_per_token": cost.train_flops,
-            "attention_flops_per_token": cost.attn_flops,
-            "kv_cache_bytes_per_token": cost.kv_bytes,
-            "analytic_speedup_vs_mha": cost.speedup_vs_mha})
-        trial.set_user_attr("device", {"name": rnd.choice(["NVIDIA H200", "NVIDIA A100"]),
-                                       "type": "cuda", "host": "node-a", "node": "node-a"})
+        trial.set_user_attr(
+            "analytics",
+            {
+                "params": cost.params,
+                "flops_per_token": cost.flops,
+                "train_flops_per_token": cost.train_flops,
+                "attention_flops_per_token": cost.attn_flops,
+                "kv_cache_bytes_per_token": cost.kv_bytes,
+                "analytic_speedup_vs_mha": cost.speedup_vs_mha,
+            },
+        )
+        trial.set_user_attr(
+            "device",
+            {
+                "name": rnd.choice(["NVIDIA H200", "NVIDIA A100"]),
+                "type": "cuda",
+                "host": "node-a",
+                "node": "node-a",
+            },
+        )
         trial.set_user_attr("corpus", {"kind": "embedded", "fingerprint": "f" * 16})
         if number >= n + failed:
             continue  # left RUNNING
@@ -85,12 +117,16 @@ def make_study(storage_url: str, name: str = "demo", n: int = 20, seed: int = 0,
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             continue
         throughput = 1e5 * cost.speedup_vs_mha * rnd.uniform(0.9, 1.1)
-        val_loss = 2.0 + 0.3 / cost.attn_speedup_vs_mha ** -0.5 * rnd.uniform(0.8, 1.2)
-        metrics = {"val_loss": val_loss, "throughput_tokens_per_s": throughput,
-                   "speedup_vs_mha": cost.speedup_vs_mha, "kv_cache_bytes": cost.kv_bytes,
-                   "params": cost.params, "attention_flops": cost.attn_flops}
-        trial.set_user_attr("metrics", metrics | {"perplexity": 2.718 ** val_loss,
-                                                  "accuracy": 0.4})
+        val_loss = 2.0 + 0.3 / cost.attn_speedup_vs_mha**-0.5 * rnd.uniform(0.8, 1.2)
+        metrics = {
+            "val_loss": val_loss,
+            "throughput_tokens_per_s": throughput,
+            "speedup_vs_mha": cost.speedup_vs_mha,
+            "kv_cache_bytes": cost.kv_bytes,
+            "params": cost.params,
+            "attention_flops": cost.attn_flops,
+        }
+        trial.set_user_attr("metrics", metrics | {"perplexity": 2.718**val_loss, "accuracy": 0.4})
         trial.set_user_attr("curve", [[s, s * 1024, 5.0 - s / 10] for s in range(0, 30, 5)])
         study.tell(trial, [metrics[o] for o in objectives])
     return study

@@ -24,8 +24,11 @@ def scripted_trial(job: TrialJob, *, device=None, progress=None) -> TrialOutcome
         os.kill(os.getpid(), signal.SIGKILL)
     if progress is not None:
         progress({"step": 1, "of": 2, "loss": 0.5})
-    return TrialOutcome(job.number, "COMPLETE", {"val_loss": 1.0 + job.number / 10,
-                                                 "throughput_tokens_per_s": 100.0 - job.number})
+    return TrialOutcome(
+        job.number,
+        "COMPLETE",
+        {"val_loss": 1.0 + job.number / 10, "throughput_tokens_per_s": 100.0 - job.number},
+    )
 
 
 def dies_on_trial_0(job: TrialJob, *, device=None, progress=None) -> TrialOutcome:

@@ -66,21 +66,33 @@ def test_gqa_costs_by_hand():
     # GQA at H = 8: 8 query heads, 8 / 4 = 2 KV heads.
     cost = analyze(config(2, attention={"variant": "GQA"}), N)
     proj = 64 * (8 * 8) + 2 * 64 * (2 * 8) + (8 * 8) * 64  # 10240
-    check(cost, layer_params=proj + 2 * 64 + 3 * 64 * 128, layer_proj_params=proj,
-          layer_attn=4 * 8 * 8 * 136 / 16, kv_heads=2)
+    check(
+        cost,
+        layer_params=proj + 2 * 64 + 3 * 64 * 128,
+        layer_proj_params=proj,
+        layer_attn=4 * 8 * 8 * 136 / 16,
+        kv_heads=2,
+    )
     assert cost.layers[0].params == 34944
     assert cost.kv_bytes == 128  # a quarter of MHA's 512
     assert cost.attn_speedup_vs_mha == 1.0  # same query heads: same attention FLOPs
     assert cost.speedup_vs_mha == pytest.approx(
-        (2 * (2 * 16384 + 2 * 24576 + 2176) + 32768) / (2 * (2 * 10240 + 2 * 24576 + 2176)
-                                                         + 32768), rel=1e-12)
+        (2 * (2 * 16384 + 2 * 24576 + 2176) + 32768)
+        / (2 * (2 * 10240 + 2 * 24576 + 2176) + 32768),
+        rel=1e-12,
+    )
 
 
 def test_mqa_costs_by_hand():
     cost = analyze(config(2, attention={"variant": "MQA"}), N)
     proj = 64 * (8 * 8) + 2 * 64 * (1 * 8) + (8 * 8) * 64  # 9216
-    check(cost, layer_params=proj + 2 * 64 + 3 * 64 * 128, layer_proj_params=proj,
-          layer_attn=4 * 8 * 8 * 136 / 16, kv_heads=1)
+    check(
+        cost,
+        layer_params=proj + 2 * 64 + 3 * 64 * 128,
+        layer_proj_params=proj,
+        layer_attn=4 * 8 * 8 * 136 / 16,
+        kv_heads=1,
+    )
     assert cost.kv_bytes == 2 * 2 * 1 * 8 * 2 == 64
 
 
@@ -89,16 +101,23 @@ def test_rsqa_costs_by_hand():
     # run over max(2, 4) = 4 heads (paper section 3.2).
     cost = analyze(config(2, attention={"variant": "rSQA"}), N)
     proj = 64 * (2 * 8) + 2 * 64 * (4 * 8) + (4 * 8) * 64  # 7168
-    check(cost, layer_params=proj + 2 * 64 + 3 * 64 * 128, layer_proj_params=proj,
-          layer_attn=4 * 4 * 8 * 136 / 16, kv_heads=4)
+    check(
+        cost,
+        layer_params=proj + 2 * 64 + 3 * 64 * 128,
+        layer_proj_params=proj,
+        layer_attn=4 * 4 * 8 * 136 / 16,
+        kv_heads=4,
+    )
     assert cost.attn_speedup_vs_mha == pytest.approx(2.0, rel=1e-12)  # 8 heads / 4
 
 
 def test_mixed_per_layer_model_by_hand():
-    layers = [{"variant": "MHA", "bias": True},
-              {"variant": "GQA", "window": 3},
-              {"n_q_heads": 2, "n_kv_heads": 4, "window": 3, "global_tokens": 2},
-              {"variant": "MQA"}]
+    layers = [
+        {"variant": "MHA", "bias": True},
+        {"variant": "GQA", "window": 3},
+        {"n_q_heads": 2, "n_kv_heads": 4, "window": 3, "global_tokens": 2},
+        {"variant": "MQA"},
+    ]
     cost = analyze(config(4, layers, tie_embeddings=False), N, kv_bytes_per_value=4)
     # (projection params, bias params, attention heads, visible pairs, KV heads) per layer
     by_hand = [
@@ -134,8 +153,9 @@ def test_untied_head_and_bidirectional_pairs_by_hand():
     # Bidirectional, window 3: query i sees keys max(0, i-3)..min(15, i+3):
     # 4, 5, 6 for i = 0..2, 7 for i = 3..12, 6, 5, 4 for i = 13..15.
     pairs = 2 * (4 + 5 + 6) + 7 * 10  # 100
-    cost = analyze(config(1, [{"variant": "GQA", "window": 3}], causal=False,
-                          tie_embeddings=False), N)
+    cost = analyze(
+        config(1, [{"variant": "GQA", "window": 3}], causal=False, tie_embeddings=False), N
+    )
     proj = 64 * 64 + 2 * 64 * 16 + 64 * 64
     assert cost.params == proj + 2 * 64 + 3 * 64 * 128 + 2 * 256 * 64 + 64
     assert cost.attn_flops == pytest.approx(4 * 8 * 8 * pairs / 16, rel=1e-12)
@@ -146,14 +166,22 @@ def test_untied_head_and_bidirectional_pairs_by_hand():
 # ------------------------------------------------------------------ KV-cache constraint
 def gqa_space(**constraints):
     """A two-layer search space whose layouts are all GQA-like (H_q = 8, H_kv in {2, 4})."""
-    return parse_space({
-        "model": {"d_model": 64, "n_layers": 2, "n_heads": 8, "ffn_dim": 128, "seq_len": 16,
-                  "vocab_size": 256},
-        "search": {"n_q_heads": ["H"], "n_kv_heads": ["H/4", "H/2"]},
-        "objectives": ["val_loss", "throughput_tokens_per_s"],
-        "seed_trials": ["GQA"],
-        "constraints": constraints,
-    })
+    return parse_space(
+        {
+            "model": {
+                "d_model": 64,
+                "n_layers": 2,
+                "n_heads": 8,
+                "ffn_dim": 128,
+                "seq_len": 16,
+                "vocab_size": 256,
+            },
+            "search": {"n_q_heads": ["H"], "n_kv_heads": ["H/4", "H/2"]},
+            "objectives": ["val_loss", "throughput_tokens_per_s"],
+            "seed_trials": ["GQA"],
+            "constraints": constraints,
+        }
+    )
 
 
 def verdict(spec, layer0: str, layer1: str):
@@ -174,15 +202,18 @@ def test_kv_cache_limit_accepts_a_gqa_layout_at_the_limit_and_refuses_one_over()
     just_under = gqa_space(max_kv_cache_bytes=127)  # one byte short of GQA's 128
     violations, values = verdict(just_under, "8/2", "8/2")
     assert violations == ["max_kv_cache_bytes: 128 > 127"]
-    assert values["max_kv_cache_bytes"] == pytest.approx(128 / 127 - 1) and values[
-        "max_kv_cache_bytes"] > 0
+    assert (
+        values["max_kv_cache_bytes"] == pytest.approx(128 / 127 - 1)
+        and values["max_kv_cache_bytes"] > 0
+    )
 
 
 def test_kv_cache_limit_relative_to_mha():
     # MHA: 2 x 2 x 8 x 8 x 2 = 512 bytes; GQA 8/2 holds 128 / 512 = 0.25 of it.
     assert verdict(gqa_space(max_kv_cache_vs_mha=0.25), "8/2", "8/2")[0] == []
     assert verdict(gqa_space(max_kv_cache_vs_mha=0.24), "8/2", "8/2")[0] == [
-        "max_kv_cache_vs_mha: 0.25 > 0.24"]
+        "max_kv_cache_vs_mha: 0.25 > 0.24"
+    ]
     # 8/2 + 8/4: (64 + 128) / 512 = 0.375
     assert verdict(gqa_space(max_kv_cache_vs_mha=0.375), "8/2", "8/4")[0] == []
     assert verdict(gqa_space(max_kv_cache_vs_mha=0.37), "8/2", "8/4")[0] != []

@@ -14,15 +14,24 @@ ROOT = Path(__file__).resolve().parents[1]
 # Room (a folder or top-level module of sqa_nas/; kernels/ installs as sqa_nas.kernels) ->
 # floor. A room may import only rooms on a lower floor.
 FLOORS = {
-    "sqa_nas": 0, "errors": 0, "machine": 0, "compiling": 0,
-    "attention": 1, "data": 1, "timing": 1,
+    "sqa_nas": 0,
+    "errors": 0,
+    "machine": 0,
+    "compiling": 0,
+    "attention": 1,
+    "data": 1,
+    "timing": 1,
     "kernels": 2,
     "registry": 3,
-    "layer": 4, "testing": 4,
+    "layer": 4,
+    "testing": 4,
     "model": 5,
-    "analytics": 6, "train": 6,
-    "bench": 7, "search": 7,
-    "dashboard": 8, "export": 8,
+    "analytics": 6,
+    "train": 6,
+    "bench": 7,
+    "search": 7,
+    "dashboard": 8,
+    "export": 8,
     "cli": 9,
     "__main__": 10,  # `python -m sqa_nas`: the entry script, like cli.py
 }
@@ -73,8 +82,9 @@ FILES = library_files()
 def test_imports_go_down_only(path, parts):
     me = room(".".join(parts))
     assert me in FLOORS, f"{path}: room {me!r} has no floor in FLOORS (add it, with a reason)"
-    upward = sorted(r for r in imported_rooms(path, parts) - {me}
-                    if FLOORS.get(r, 99) >= FLOORS[me])
+    upward = sorted(
+        r for r in imported_rooms(path, parts) - {me} if FLOORS.get(r, 99) >= FLOORS[me]
+    )
     assert not upward, f"{path} (floor {FLOORS[me]}) imports {upward}: not below it"
 
 

@@ -14,17 +14,27 @@ from sqa_nas.model import ModelConfig, build_model, load_config
 pytestmark = pytest.mark.usefixtures("seeded")
 
 MIXED = {
-    "vocab_size": 97, "d_model": 64, "n_layers": 4, "n_heads": 8, "ffn_dim": 96,
+    "vocab_size": 97,
+    "d_model": 64,
+    "n_layers": 4,
+    "n_heads": 8,
+    "ffn_dim": 96,
     "attention": {"variant": "SQA"},
-    "layers": [{"variant": "MHA"}, {"variant": "xSQA", "window": 8},
-               {"n_q_heads": 2, "n_kv_heads": 4}, {"variant": "Flex-SQA", "window": 4}],
+    "layers": [
+        {"variant": "MHA"},
+        {"variant": "xSQA", "window": 8},
+        {"n_q_heads": 2, "n_kv_heads": 4},
+        {"variant": "Flex-SQA", "window": 4},
+    ],
 }
 
 
 def test_mixed_model_builds_each_layer_as_asked():
     model = build_model(MIXED)
-    heads = [(b.attn.config.n_q_heads, b.attn.config.n_kv_heads, b.attn.config.pattern)
-             for b in model.layers]
+    heads = [
+        (b.attn.config.n_q_heads, b.attn.config.n_kv_heads, b.attn.config.pattern)
+        for b in model.layers
+    ]
     assert heads == [(8, 8, "dense"), (2, 2, "window"), (2, 4, "dense"), (4, 4, "flex")]
     tokens = torch.randint(0, 97, (2, 19))
     assert model(tokens).shape == (2, 19, 97)
@@ -46,16 +56,23 @@ def test_yaml_file_preset_and_resolved_round_trip(tmp_path):
     assert (paper.d_model, paper.n_layers, paper.n_heads, paper.vocab_size) == (256, 8, 16, 10000)
 
 
-@pytest.mark.parametrize("bad,pattern", [
-    ({"layers": [{"variant": "MHA"}]}, "layers has 1 entries but n_layers=4"),
-    ({"layers": [{"variant": "MHA"}] * 3 + [{"n_q_heads": 3, "n_kv_heads": 2}]},
-     r"layers\[3\]: n_kv_heads=2 does not divide n_q_heads=3"),
-    ({"layers": [{"variant": "MHA"}] * 3 + [{"d_model": 32}]},
-     r"layers\[3\].d_model is set for the whole model"),
-    ({"attention": {"variant": "Nope"}}, r"layers\[2\]: unknown variant 'Nope'"),
-    ({"n_heads": 7}, "n_heads=7 does not divide d_model=64"),
-    ({"dropout": 0.1}, "dropout"),
-])
+@pytest.mark.parametrize(
+    "bad,pattern",
+    [
+        ({"layers": [{"variant": "MHA"}]}, "layers has 1 entries but n_layers=4"),
+        (
+            {"layers": [{"variant": "MHA"}] * 3 + [{"n_q_heads": 3, "n_kv_heads": 2}]},
+            r"layers\[3\]: n_kv_heads=2 does not divide n_q_heads=3",
+        ),
+        (
+            {"layers": [{"variant": "MHA"}] * 3 + [{"d_model": 32}]},
+            r"layers\[3\].d_model is set for the whole model",
+        ),
+        ({"attention": {"variant": "Nope"}}, r"layers\[2\]: unknown variant 'Nope'"),
+        ({"n_heads": 7}, "n_heads=7 does not divide d_model=64"),
+        ({"dropout": 0.1}, "dropout"),
+    ],
+)
 def test_bad_model_configs_name_the_field(bad, pattern):
     with pytest.raises(UserError, match=pattern):
         load_config({**MIXED, **bad})
@@ -71,8 +88,13 @@ def test_unreadable_config_file(tmp_path):
 
 @pytest.mark.parametrize("tie", [True, False])
 def test_parameter_count_matches_the_model(tie):
-    config = load_config({**MIXED, "tie_embeddings": tie,
-                          "layers": MIXED["layers"][:3] + [{"variant": "SQA", "bias": True}]})
+    config = load_config(
+        {
+            **MIXED,
+            "tie_embeddings": tie,
+            "layers": MIXED["layers"][:3] + [{"variant": "SQA", "bias": True}],
+        }
+    )
     model = build_model(config)
     assert analyze(config, 128).params == sum(p.numel() for p in model.parameters())
 
@@ -89,8 +111,9 @@ def test_attention_flops_follow_head_counts_and_masks():
     # A causal dense layer sees (N + 1) / 2 keys per query on average.
     layer = load_config({**paper, "n_layers": 1}).layer_configs[0]
     assert attention_flops(layer, 1024) == pytest.approx(4 * 16 * 16 * 1025 / 2)
-    windowed = load_config({**paper, "n_layers": 1, "attention": {"variant": "MHA",
-                                                                  "window": 63}}).layer_configs[0]
+    windowed = load_config(
+        {**paper, "n_layers": 1, "attention": {"variant": "MHA", "window": 63}}
+    ).layer_configs[0]
     assert attention_flops(windowed, 1 << 16) < attention_flops(layer, 1 << 16) / 100
 
 

@@ -21,8 +21,16 @@ def _rms(x, weight, eps):
 
 
 def test_the_forward_is_pre_norm_residual_blocks_then_norm_and_head():
-    model = build_model({"vocab_size": 50, "d_model": 32, "n_layers": 2, "n_heads": 4,
-                         "ffn_dim": 48, "attention": {"variant": "SQA"}})
+    model = build_model(
+        {
+            "vocab_size": 50,
+            "d_model": 32,
+            "n_layers": 2,
+            "n_heads": 4,
+            "ffn_dim": 48,
+            "attention": {"variant": "SQA"},
+        }
+    )
     with torch.no_grad():  # norms at their init (ones) would hide which norm is used where
         for name, p in model.named_parameters():
             if "norm" in name:
@@ -42,8 +50,9 @@ def test_the_forward_is_pre_norm_residual_blocks_then_norm_and_head():
 
 def test_projections_into_the_residual_stream_start_smaller():
     n_layers = 4
-    model = build_model({"vocab_size": 64, "d_model": 64, "n_layers": n_layers, "n_heads": 4,
-                         "ffn_dim": 256})
+    model = build_model(
+        {"vocab_size": 64, "d_model": 64, "n_layers": n_layers, "n_heads": 4, "ffn_dim": 256}
+    )
     scaled = 0.02 / math.sqrt(2 * n_layers)
     for block in model.layers:
         assert block.ffn.w2.weight.std().item() == pytest.approx(scaled, rel=0.05)
@@ -54,10 +63,16 @@ def test_projections_into_the_residual_stream_start_smaller():
 def test_layer_dict_writes_what_differs_from_the_defaults():
     base = dict(d_model=64, n_heads=8, n_q_heads=4, n_kv_heads=2)
     assert layer_dict(AttentionConfig(**base)) == {"n_q_heads": 4, "n_kv_heads": 2}
-    assert layer_dict(AttentionConfig(**base, window=16, global_tokens=2, bias=True,
-                                      backend="sdpa")) == {
-        "n_q_heads": 4, "n_kv_heads": 2, "window": 16, "global_tokens": 2, "bias": True,
-        "backend": "sdpa"}
+    assert layer_dict(
+        AttentionConfig(**base, window=16, global_tokens=2, bias=True, backend="sdpa")
+    ) == {
+        "n_q_heads": 4,
+        "n_kv_heads": 2,
+        "window": 16,
+        "global_tokens": 2,
+        "bias": True,
+        "backend": "sdpa",
+    }
 
 
 def test_a_preset_takes_overrides():

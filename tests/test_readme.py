@@ -49,11 +49,16 @@ def test_performance_section_is_generated_from_the_result_files():
     import sys
 
     root = Path(__file__).resolve().parents[1]
-    generated = subprocess.run([sys.executable, "-m", "experiments.report",
-                                "--section", "--no-png"], cwd=root, capture_output=True,
-                               text=True, check=True).stdout
-    block = re.search(r"<!-- performance:begin[^\n]*-->\n(.*?)<!-- performance:end -->",
-                      README, flags=re.S)
+    generated = subprocess.run(
+        [sys.executable, "-m", "experiments.report", "--section", "--no-png"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    block = re.search(
+        r"<!-- performance:begin[^\n]*-->\n(.*?)<!-- performance:end -->", README, flags=re.S
+    )
     assert block, "README lacks the generated Performance section"
     assert block.group(1) == generated, "rerun: python -m experiments.report --section"
 

@@ -20,10 +20,18 @@ from sqa_nas.errors import UserError
 ROOT = Path(__file__).resolve().parents[1]
 
 EXPECTED = {  # name: (H_q, H_kv, pattern) at H = 16, from the issue's table
-    "MHA": (16, 16, "dense"), "GQA": (16, 4, "dense"), "MQA": (16, 1, "dense"),
-    "SQA": (8, 4, "dense"), "sSQA": (8, 8, "dense"), "xSQA": (4, 4, "dense"),
-    "xSMQA": (4, 1, "dense"), "lSQA": (12, 4, "dense"), "rSQA": (4, 8, "dense"),
-    "SW-SQA": (8, 4, "window"), "Flex-SQA": (8, 8, "flex"), "BS-SQA": (8, 4, "block_sparse"),
+    "MHA": (16, 16, "dense"),
+    "GQA": (16, 4, "dense"),
+    "MQA": (16, 1, "dense"),
+    "SQA": (8, 4, "dense"),
+    "sSQA": (8, 8, "dense"),
+    "xSQA": (4, 4, "dense"),
+    "xSMQA": (4, 1, "dense"),
+    "lSQA": (12, 4, "dense"),
+    "rSQA": (4, 8, "dense"),
+    "SW-SQA": (8, 4, "window"),
+    "Flex-SQA": (8, 8, "flex"),
+    "BS-SQA": (8, 4, "block_sparse"),
 }
 
 
@@ -74,7 +82,8 @@ def test_select_backend_auto_and_explicit_refusal():
 def test_plugin_package_registers_through_entry_points(tmp_path):
     pkg = tmp_path / "src"
     (pkg / "sqa_demo_plugin").mkdir(parents=True)
-    (pkg / "sqa_demo_plugin" / "__init__.py").write_text(textwrap.dedent("""
+    (pkg / "sqa_demo_plugin" / "__init__.py").write_text(
+        textwrap.dedent("""
         from sqa_nas.registry import Variant
         from sqa_nas.kernels.sdpa import SdpaBackend
 
@@ -86,8 +95,10 @@ def test_plugin_package_registers_through_entry_points(tmp_path):
 
             def priority(self, problem):
                 return 0, "demo plugin backend"
-    """))
-    (pkg / "pyproject.toml").write_text(textwrap.dedent("""
+    """)
+    )
+    (pkg / "pyproject.toml").write_text(
+        textwrap.dedent("""
         [build-system]
         requires = ["setuptools"]
         build-backend = "setuptools.build_meta"
@@ -98,37 +109,74 @@ def test_plugin_package_registers_through_entry_points(tmp_path):
         demo = "sqa_demo_plugin:DEMO"
         [project.entry-points."sqa_nas.backends"]
         demo = "sqa_demo_plugin:DemoBackend"
-    """))
+    """)
+    )
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
-                    "--no-build-isolation", "--no-index", "--target", str(target), str(pkg)],
-                   check=True, capture_output=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), str(ROOT)]),
-           "COLUMNS": "200"}
-    out = subprocess.run([sys.executable, str(ROOT / "cli.py"), "variants"], env=env,
-                         capture_output=True, text=True, check=True).stdout
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(target),
+            str(pkg),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), str(ROOT)]), "COLUMNS": "200"}
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), "variants"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "DemoSQA" in out and "demo" in out
-    code = ("from sqa_nas.registry import variant; from sqa_nas.layer import "
-            "SparseQueryAttention; import torch; a = SparseQueryAttention(variant('DemoSQA', "
-            "d_model=64, n_heads=8, backend='demo')); a(torch.randn(1, 5, 64)); "
-            "print(a.backend_name, a.config.n_q_heads)")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                         text=True, check=True).stdout
+    code = (
+        "from sqa_nas.registry import variant; from sqa_nas.layer import "
+        "SparseQueryAttention; import torch; a = SparseQueryAttention(variant('DemoSQA', "
+        "d_model=64, n_heads=8, backend='demo')); a(torch.randn(1, 5, 64)); "
+        "print(a.backend_name, a.config.n_q_heads)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout
     assert out.split() == ["demo", "4"]
 
 
-@pytest.mark.parametrize("module", ["sqa_nas.attention", "sqa_nas.attention.reference",
-                                    "sqa_nas.kernels.base", "sqa_nas.kernels.calibration",
-                                    "sqa_nas.kernels.flex", "sqa_nas.registry", "sqa_nas.layer",
-                                    "sqa_nas.model", "sqa_nas.analytics", "sqa_nas.testing"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "sqa_nas.attention",
+        "sqa_nas.attention.reference",
+        "sqa_nas.kernels.base",
+        "sqa_nas.kernels.calibration",
+        "sqa_nas.kernels.flex",
+        "sqa_nas.registry",
+        "sqa_nas.layer",
+        "sqa_nas.model",
+        "sqa_nas.analytics",
+        "sqa_nas.testing",
+    ],
+)
 def test_every_module_imports_first(module):
     """No import cycle bites whichever module a program imports first."""
-    subprocess.run([sys.executable, "-c", f"import {module}"], check=True,
-                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+    subprocess.run(
+        [sys.executable, "-c", f"import {module}"],
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
 
 
 def test_error_messages_keep_their_brackets(capsys):
     """A UserError is printed as written: '[flash]' in an install hint is not rich markup."""
+
     def fail():
         raise UserError("pip install 'sqa-nas[flash]' or name [bold]another[/bold] backend")
 

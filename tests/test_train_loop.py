@@ -63,7 +63,8 @@ def _model():
 def test_lr_holds_the_peak_when_the_run_is_exactly_the_warm_up():
     cfg = TrainConfig(seq_len=8, steps=4, lr=0.02, warmup_steps=4)
     assert [lr_at(s, 4, cfg) for s in range(6)] == pytest.approx(
-        [0.005, 0.01, 0.015, 0.02, 0.02, 0.02])
+        [0.005, 0.01, 0.015, 0.02, 0.02, 0.02]
+    )
 
 
 def test_adamw_decays_only_matrices_with_the_documented_betas(monkeypatch):
@@ -76,8 +77,13 @@ def test_adamw_decays_only_matrices_with_the_documented_betas(monkeypatch):
 
     monkeypatch.setattr(torch.optim, "AdamW", SpyAdamW)
     model = _model()
-    train(model, RandomData(), TrainConfig(seq_len=8, batch_size=2, steps=1, weight_decay=0.3),
-          CPU, seed=0)
+    train(
+        model,
+        RandomData(),
+        TrainConfig(seq_len=8, batch_size=2, steps=1, weight_decay=0.3),
+        CPU,
+        seed=0,
+    )
     [(groups, kw)] = made
     named = dict(model.named_parameters())
     matrices = {n for n, p in named.items() if p.dim() == 2}  # embedding + linear weights
@@ -94,10 +100,18 @@ def test_adamw_decays_only_matrices_with_the_documented_betas(monkeypatch):
 def test_gradients_are_clipped_to_grad_clip_every_step_or_never(monkeypatch, clip):
     norms = []
     real = torch.nn.utils.clip_grad_norm_
-    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_",
-                        lambda params, max_norm: norms.append(max_norm) or real(params, max_norm))
-    train(_model(), RandomData(), TrainConfig(seq_len=8, batch_size=2, steps=3, grad_clip=clip),
-          CPU, seed=0)
+    monkeypatch.setattr(
+        torch.nn.utils,
+        "clip_grad_norm_",
+        lambda params, max_norm: norms.append(max_norm) or real(params, max_norm),
+    )
+    train(
+        _model(),
+        RandomData(),
+        TrainConfig(seq_len=8, batch_size=2, steps=3, grad_clip=clip),
+        CPU,
+        seed=0,
+    )
     assert norms == ([clip] * 3 if clip else [])
 
 
@@ -117,15 +131,21 @@ def test_the_curve_keeps_the_first_step_and_every_total_over_curve_points(monkey
     assert (result.steps, result.tokens) == (12, 192)
     assert [p["step"] for p in seen] == [1, 3, 6, 9, 12] and {p["of"] for p in seen} == {12}
     # The lr reported with a point is the one its step ran at (step s ran at lr_at(s - 1)).
-    assert [p["lr"] for p in seen] == pytest.approx([lr_at(s - 1, 12, cfg)
-                                                     for s in (1, 3, 6, 9, 12)])
+    assert [p["lr"] for p in seen] == pytest.approx(
+        [lr_at(s - 1, 12, cfg) for s in (1, 3, 6, 9, 12)]
+    )
     assert [round(p["loss"], 5) for p in seen] == [loss for _, _, loss in result.curve]
     assert all(0 < p["loss"] < 10 for p in seen)
 
 
 def test_a_time_budget_does_not_cut_a_run_that_ends_first_by_steps():
-    result = train(_model(), RandomData(), TrainConfig(seq_len=8, batch_size=2, steps=3,
-                                                       seconds=1e6), CPU, seed=0)
+    result = train(
+        _model(),
+        RandomData(),
+        TrainConfig(seq_len=8, batch_size=2, steps=3, seconds=1e6),
+        CPU,
+        seed=0,
+    )
     assert result.steps == 3
 
 
@@ -183,8 +203,11 @@ class FakeTimer:
 def test_throughput_is_tokens_over_the_median_after_counted_warm_up(monkeypatch, backward):
     model = _model()
     forwards = []
-    model.register_forward_pre_hook(lambda m, args: forwards.append(
-        (m.training, torch.is_grad_enabled(), tuple(args[0].shape))))
+    model.register_forward_pre_hook(
+        lambda m, args: forwards.append(
+            (m.training, torch.is_grad_enabled(), tuple(args[0].shape))
+        )
+    )
     timer = FakeTimer(forwards)
     monkeypatch.setattr(train_module, "time_call", timer)
     monkeypatch.setattr(train_module, "WARMUP_S", 0.0)  # the warm-up is then exactly `warmup`

@@ -5,5 +5,13 @@ from sqa_nas.attention.config import AttentionConfig, BlockSparseLayout, Pattern
 from sqa_nas.attention.masks import MaskSpec, count_visible, dense_mask, density
 from sqa_nas.attention.problem import AttentionProblem
 
-__all__ = ["AttentionConfig", "AttentionProblem", "BlockSparseLayout", "MaskSpec", "Pattern",
-           "count_visible", "dense_mask", "density"]
+__all__ = [
+    "AttentionConfig",
+    "AttentionProblem",
+    "BlockSparseLayout",
+    "MaskSpec",
+    "Pattern",
+    "count_visible",
+    "dense_mask",
+    "density",
+]

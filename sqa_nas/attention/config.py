@@ -135,8 +135,9 @@ class AttentionConfig(BaseModel):
         return self.head_dim**-0.5
 
 
-def pattern_of(window: int | None, global_tokens: int,
-               block_sparse: BlockSparseLayout | None) -> Pattern:
+def pattern_of(
+    window: int | None, global_tokens: int, block_sparse: BlockSparseLayout | None
+) -> Pattern:
     """The mask family: dense (maybe causal), window, flex (window + globals), block_sparse."""
     if block_sparse is not None:
         return "block_sparse"

@@ -55,8 +55,11 @@ def reference_block_layout(layout: BlockSparseLayout, n: int, causal: bool) -> t
     `BlockSparseLayout`'s docstring: local band, global rows and columns, seeded draws."""
     nb = -(-n // layout.block_size)
     row, col = torch.arange(nb)[:, None], torch.arange(nb)[None, :]
-    visible = (((row - col).abs() <= layout.local_blocks) | (col < layout.global_blocks)
-               | (row < layout.global_blocks))
+    visible = (
+        ((row - col).abs() <= layout.local_blocks)
+        | (col < layout.global_blocks)
+        | (row < layout.global_blocks)
+    )
     gen = torch.Generator().manual_seed(layout.seed)
     u = torch.rand(nb, layout.random_blocks, generator=gen)
     for r in range(nb):
@@ -66,8 +69,9 @@ def reference_block_layout(layout: BlockSparseLayout, n: int, causal: bool) -> t
     return visible
 
 
-def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                        mask: torch.Tensor | None, scale: float) -> torch.Tensor:
+def reference_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float
+) -> torch.Tensor:
     """Plain attention, softmax in float32 or wider.
 
     Arguments:
@@ -100,8 +104,9 @@ def reference_rope(x: torch.Tensor, theta: float) -> torch.Tensor:
     return torch.cat([a * cos - b * sin, b * cos + a * sin], dim=-1)
 
 
-def reference_layer(layer: ProjectedLayer, x: torch.Tensor,
-                    dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def reference_layer(
+    layer: ProjectedLayer, x: torch.Tensor, dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
     """One SQA layer computed plainly in `dtype` from `layer`'s config and projections
     (gradients flow to their weights and biases).
 
@@ -117,8 +122,9 @@ def reference_layer(layer: ProjectedLayer, x: torch.Tensor,
     x = x.to(dtype)
 
     def lin(m: nn.Linear, t: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(t, m.weight.to(dtype),
-                                    None if m.bias is None else m.bias.to(dtype))
+        return nn.functional.linear(
+            t, m.weight.to(dtype), None if m.bias is None else m.bias.to(dtype)
+        )
 
     q = lin(layer.q_proj, x).view(b, n, c.n_q_heads, c.head_dim).transpose(1, 2)  # (B, H_q, N, D)
     k = lin(layer.k_proj, x).view(b, n, c.n_kv_heads, c.head_dim).transpose(1, 2)
@@ -134,8 +140,13 @@ def reference_layer(layer: ProjectedLayer, x: torch.Tensor,
     return lin(layer.o_proj, y)
 
 
-def error_and_tolerance(out: torch.Tensor, ref64: torch.Tensor, plain: torch.Tensor,
-                        floor: float = 1e-6, scale: float | None = None) -> tuple[float, float]:
+def error_and_tolerance(
+    out: torch.Tensor,
+    ref64: torch.Tensor,
+    plain: torch.Tensor,
+    floor: float = 1e-6,
+    scale: float | None = None,
+) -> tuple[float, float]:
     """(error, tolerance): max |out - ref64| against twice torch's own error, max |plain -
     ref64| (plain: the same formula in the working dtype), plus `floor` times `scale`.
 
@@ -146,5 +157,7 @@ def error_and_tolerance(out: torch.Tensor, ref64: torch.Tensor, plain: torch.Ten
     out, ref64, plain = out.double(), ref64.double(), plain.double()
     if scale is None:
         scale = ref64.abs().max().item() or 1.0
-    return ((out - ref64).abs().max().item(),
-            2 * (plain - ref64).abs().max().item() + floor * scale)
+    return (
+        (out - ref64).abs().max().item(),
+        2 * (plain - ref64).abs().max().item() + floor * scale,
+    )

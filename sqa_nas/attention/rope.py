@@ -9,8 +9,9 @@ from __future__ import annotations
 import torch
 
 
-def rope_tables(n: int, head_dim: int, theta: float, device=None,
-                dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_tables(
+    n: int, head_dim: int, theta: float, device=None, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin tables for positions 0..n-1.
 
     Arguments:
@@ -20,8 +21,9 @@ def rope_tables(n: int, head_dim: int, theta: float, device=None,
     Return:
         (cos, sin), each (N, D) in `dtype`; the angles are computed in float64.
     """
-    inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float64)
-                         / head_dim)
+    inv_freq = theta ** (
+        -torch.arange(0, head_dim, 2, device=device, dtype=torch.float64) / head_dim
+    )
     angles = torch.arange(n, device=device, dtype=torch.float64)[:, None] * inv_freq  # (N, D/2)
     angles = torch.cat([angles, angles], dim=-1)  # (N, D)
     return angles.cos().to(dtype), angles.sin().to(dtype)

@@ -11,9 +11,14 @@ from sqa_nas.attention.reference import error_and_tolerance, reference_layer
 from sqa_nas.layer import SparseQueryAttention
 
 
-def check_layer(layer: SparseQueryAttention, n: int, dtype: torch.dtype,
-                device: torch.device, seed: int = 0, backward: bool = False
-                ) -> tuple[float, float]:
+def check_layer(
+    layer: SparseQueryAttention,
+    n: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    seed: int = 0,
+    backward: bool = False,
+) -> tuple[float, float]:
     """The layer's error against the float64 reference at length `n`.
 
     Arguments:
@@ -34,22 +39,34 @@ def check_layer(layer: SparseQueryAttention, n: int, dtype: torch.dtype,
             return error_and_tolerance(out, ref64, reference_layer(layer, x, dtype))
     grad_out = torch.randn(1, n, layer.config.d_model, generator=gen).to(device, dtype)
     outs, grads = [], []
-    for run, leaf in ((layer, x), (lambda t: reference_layer(layer, t, torch.float64),
-                                   x.double()), (lambda t: reference_layer(layer, t, dtype), x)):
+    for run, leaf in (
+        (layer, x),
+        (lambda t: reference_layer(layer, t, torch.float64), x.double()),
+        (lambda t: reference_layer(layer, t, dtype), x),
+    ):
         leaf = leaf.detach().requires_grad_()
         out = run(leaf)
         outs.append(out.detach())
         grads.append(torch.autograd.grad(out, leaf, grad_out.to(out.dtype))[0])
     layer.zero_grad(set_to_none=True)
-    return max(error_and_tolerance(outs[0], outs[1], outs[2]),
-               error_and_tolerance(grads[0], grads[1], grads[2]), key=lambda et: et[0] / et[1])
+    return max(
+        error_and_tolerance(outs[0], outs[1], outs[2]),
+        error_and_tolerance(grads[0], grads[1], grads[2]),
+        key=lambda et: et[0] / et[1],
+    )
 
 
 _CHECKS: dict[tuple, tuple[float, float]] = {}
 
 
-def check_config(config: AttentionConfig, backend: str, n: int, dtype: torch.dtype,
-                 device: torch.device, backward: bool = False) -> dict:
+def check_config(
+    config: AttentionConfig,
+    backend: str,
+    n: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    backward: bool = False,
+) -> dict:
     """The correctness check of `config` on `backend` at `n` tokens (the row's
     min(N, check_len)), of the gradient too when the timed row runs a backward; cached per
     process, since it does not depend on the timed length (and each new shape costs a
@@ -58,11 +75,15 @@ def check_config(config: AttentionConfig, backend: str, n: int, dtype: torch.dty
     Return:
         the row's columns: {"check_error", "check_tolerance", "check_ok", "check_len"}.
     """
-    key = (config.model_copy(update={"backend": backend}).model_dump_json(), str(dtype),
-           str(device), n, backward)
+    key = (
+        config.model_copy(update={"backend": backend}).model_dump_json(),
+        str(dtype),
+        str(device),
+        n,
+        backward,
+    )
     if key not in _CHECKS:
         checked = SparseQueryAttention(config.model_copy(update={"backend": backend}))
-        _CHECKS[key] = check_layer(checked.to(device, dtype), n, dtype, device,
-                                   backward=backward)
+        _CHECKS[key] = check_layer(checked.to(device, dtype), n, dtype, device, backward=backward)
     err, tol = _CHECKS[key]
     return {"check_error": err, "check_tolerance": tol, "check_ok": err <= tol, "check_len": n}

@@ -18,8 +18,14 @@ def kernel_flops(layer: SparseQueryAttention, batch: int, n: int, mode: str) -> 
     mode's factor."""
     c = layer.config
     assert c.head_dim is not None  # AttentionConfig fills it
-    return 4.0 * batch * c.attn_heads * c.head_dim * count_visible(layer.mask_spec, n) \
+    return (
+        4.0
+        * batch
+        * c.attn_heads
+        * c.head_dim
+        * count_visible(layer.mask_spec, n)
         * _MODE_FACTOR[mode]
+    )
 
 
 def projection_flops(layer: SparseQueryAttention, batch: int, n: int, mode: str) -> float:
@@ -33,5 +39,6 @@ def model_flops(config: ModelConfig, batch: int, n: int, mode: str = "fwd") -> f
     scale by the backward factor of attention, the rest by that of matmuls."""
     cost = analyze(config, n)
     tokens = batch * n
-    return tokens * (cost.attn_flops * _MODE_FACTOR[mode]
-                     + (cost.flops - cost.attn_flops) * _PROJ_FACTOR[mode])
+    return tokens * (
+        cost.attn_flops * _MODE_FACTOR[mode] + (cost.flops - cost.attn_flops) * _PROJ_FACTOR[mode]
+    )

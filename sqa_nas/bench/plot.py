@@ -16,9 +16,13 @@ _PANEL_KEYS = ("model", "scope", "mode", "dtype", "head_dim", "batch", "causal",
 _STYLES = ("-", "--", ":", "-.")
 
 
-def plot_rows(rows: Sequence[BenchRow | Mapping[str, Any]], path: str | Path,
-              title: str = "", baseline: str = "MHA",
-              panel_keys: Sequence[str] = _PANEL_KEYS) -> Path:
+def plot_rows(
+    rows: Sequence[BenchRow | Mapping[str, Any]],
+    path: str | Path,
+    title: str = "",
+    baseline: str = "MHA",
+    panel_keys: Sequence[str] = _PANEL_KEYS,
+) -> Path:
     """PNG with time (left, log-log) and speedup over `baseline` (right) against sequence
     length: one panel row per value of the `panel_keys` (row JSON keys) that vary, a colour
     per variant, a line style per backend. Rows may be `BenchRow`s or their JSON dicts;
@@ -48,19 +52,28 @@ def plot_rows(rows: Sequence[BenchRow | Mapping[str, Any]], path: str | Path,
         for (variant, backend), pts in lines.items():
             pts = sorted(pts, key=lambda r: r.seq_len)
             label = variant + (f" ({backend})" if len(backends) > 1 else "")
-            style = dict(color=colors[variant], linestyle=styles[backend], marker="o",
-                         markersize=3, label=label)
+            style = dict(
+                color=colors[variant],
+                linestyle=styles[backend],
+                marker="o",
+                markersize=3,
+                label=label,
+            )
             ax_t.plot([r.seq_len for r in pts], [r.ms for r in pts], **style)
-            speed = [(r.seq_len, r.speedup(baseline)) for r in pts
-                     if r.speedup(baseline) is not None]
+            speed = [
+                (r.seq_len, r.speedup(baseline)) for r in pts if r.speedup(baseline) is not None
+            ]
             if speed:
                 ax_s.plot(*zip(*speed), **style)
         ax_t.set(xscale="log", yscale="log", ylabel="ms per call", title=f"time  {panel}")
         ax_t.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
         ax_t.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
         ax_t.yaxis.set_minor_formatter(NullFormatter())
-        ax_s.set(xscale="log", ylabel=f"speedup vs {baseline} (x)",
-                 title=f"speedup vs {baseline}  {panel}")
+        ax_s.set(
+            xscale="log",
+            ylabel=f"speedup vs {baseline} (x)",
+            title=f"speedup vs {baseline}  {panel}",
+        )
         lengths = sorted({r.seq_len for r in pts_all})
         for ax in (ax_t, ax_s):
             ax.set_xlabel("sequence length (tokens)")
@@ -69,8 +82,12 @@ def plot_rows(rows: Sequence[BenchRow | Mapping[str, Any]], path: str | Path,
             ax.xaxis.set_minor_formatter(NullFormatter())
             ax.grid(True, which="both", alpha=0.3)
             ax.title.set_fontsize(9)
-        ax_s.legend(*ax_t.get_legend_handles_labels(), fontsize=7, loc="center left",
-                    bbox_to_anchor=(1.01, 0.5))
+        ax_s.legend(
+            *ax_t.get_legend_handles_labels(),
+            fontsize=7,
+            loc="center left",
+            bbox_to_anchor=(1.01, 0.5),
+        )
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()

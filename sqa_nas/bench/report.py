@@ -14,8 +14,19 @@ from sqa_nas.bench.row import BenchRow
 
 # Keys that, with the variant and length, identify a cell: rows equal on these but for the
 # backend are compared for `fraction_of_best`.
-CELL_KEYS = ("variant", "seq_len", "batch", "n_heads", "head_dim", "dtype", "causal",
-             "pattern", "mask", "mode", "scope")
+CELL_KEYS = (
+    "variant",
+    "seq_len",
+    "batch",
+    "n_heads",
+    "head_dim",
+    "dtype",
+    "causal",
+    "pattern",
+    "mask",
+    "mode",
+    "scope",
+)
 
 
 def write_json(path: Path, data: dict) -> Path:
@@ -28,17 +39,31 @@ def write_json(path: Path, data: dict) -> Path:
     return path
 
 
-def write_rows(path: Path | None, schema: str, machine: dict, args: argparse.Namespace,
-               rows: list[dict], *, command: str | None = None) -> None:
+def write_rows(
+    path: Path | None,
+    schema: str,
+    machine: dict,
+    args: argparse.Namespace,
+    rows: list[dict],
+    *,
+    command: str | None = None,
+) -> None:
     """A diagnosis script's result (`path` None: none): its rows under the machine header,
     with the command (default: ``python`` and this process's arguments) and the flags
     that made it."""
     if path is None:
         return
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    write_json(path, {"schema": schema, "machine": machine,
-                      "command": command or " ".join(["python", *sys.argv]),
-                      "settings": settings, "rows": rows})
+    write_json(
+        path,
+        {
+            "schema": schema,
+            "machine": machine,
+            "command": command or " ".join(["python", *sys.argv]),
+            "settings": settings,
+            "rows": rows,
+        },
+    )
     print(f"wrote {path}")
 
 
@@ -47,9 +72,11 @@ def group_rows(rows: Sequence[BenchRow]) -> dict[str, list[BenchRow]]:
     keyed by the table's title."""
     out: dict[str, list[BenchRow]] = {}
     for r in rows:
-        key = (f"attention {r.scope}, {r.mode}, {r.dtype}, batch {r.batch}, "
-               f"head_dim {r.head_dim}, {'causal' if r.causal else 'non-causal'}, "
-               f"{r.pattern}")
+        key = (
+            f"attention {r.scope}, {r.mode}, {r.dtype}, batch {r.batch}, "
+            f"head_dim {r.head_dim}, {'causal' if r.causal else 'non-causal'}, "
+            f"{r.pattern}"
+        )
         out.setdefault(key, []).append(r)
     return out
 
@@ -65,14 +92,18 @@ def add_fraction_of_best(rows: Sequence[BenchRow]) -> list[BenchRow]:
     out = list(rows)
     for group in groups.values():
         members = [rows[i] for i in group]
-        named = [(r.tflops, r) for r in members
-                 if r.backend_requested != "auto" and r.tflops is not None]
+        named = [
+            (r.tflops, r)
+            for r in members
+            if r.backend_requested != "auto" and r.tflops is not None
+        ]
         if len({r.backend_requested for r in members}) < 2 or not named:
             continue
         best_tflops, best = max(named, key=lambda pair: pair[0])
         for i in group:
             tflops = rows[i].tflops
             if tflops is not None:
-                out[i] = rows[i].update(best_backend=best.backend_requested,
-                                        fraction_of_best=tflops / best_tflops)
+                out[i] = rows[i].update(
+                    best_backend=best.backend_requested, fraction_of_best=tflops / best_tflops
+                )
     return out

@@ -152,8 +152,12 @@ class BenchResult:
     def to_dict(self) -> dict[str, Any]:
         """The JSON a result file holds: {"schema", "machine", "timing", "settings",
         ["grid"], "rows", ["partial", "running"]}."""
-        out: dict[str, Any] = {"schema": self.schema, "machine": self.machine,
-                               "timing": self.timing, "settings": self.settings}
+        out: dict[str, Any] = {
+            "schema": self.schema,
+            "machine": self.machine,
+            "timing": self.timing,
+            "settings": self.settings,
+        }
         if self.grid is not None:
             out["grid"] = self.grid
         out["rows"] = [r.to_dict() for r in self.rows]

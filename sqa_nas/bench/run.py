@@ -72,9 +72,11 @@ def _timed_fn(layer, settings: BenchSettings, n: int, device, dtype, name: str):
             return F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten())
 
         if settings.mode == "fwd":
+
             def forward(_):
                 with torch.inference_mode():
                     run()
+
             return None, forward, model
         if settings.mode == "fwd+bwd":
             return None, lambda _: loss().backward(), model
@@ -86,17 +88,20 @@ def _timed_fn(layer, settings: BenchSettings, n: int, device, dtype, name: str):
     else:
         problem = layer.problem(n, device.type, dtype, grad)
         backend, _ = layer.select(problem)
-        inputs = tuple(torch.randn(b, heads, n, c.head_dim, device=device, dtype=dtype,
-                                   requires_grad=grad)
-                       for heads in (c.attn_heads, c.n_kv_heads, c.n_kv_heads))
+        inputs = tuple(
+            torch.randn(b, heads, n, c.head_dim, device=device, dtype=dtype, requires_grad=grad)
+            for heads in (c.attn_heads, c.n_kv_heads, c.n_kv_heads)
+        )
 
         def run(q, k, v):
             return backend.forward(q, k, v, problem)
 
     if settings.mode == "fwd":
+
         def forward(_):
             with torch.no_grad():
                 run(*inputs)
+
         return None, forward, model
     if settings.mode == "fwd+bwd":
         return None, lambda _: run(*inputs).sum().backward(), model
@@ -104,8 +109,9 @@ def _timed_fn(layer, settings: BenchSettings, n: int, device, dtype, name: str):
     return (lambda: run(*inputs).sum()), (lambda loss: loss.backward()), model
 
 
-def timed_step(settings: BenchSettings, name: str, n: int
-               ) -> tuple[Callable[[], object] | None, Callable[[object], object]]:
+def timed_step(
+    settings: BenchSettings, name: str, n: int
+) -> tuple[Callable[[], object] | None, Callable[[object], object]]:
     """(setup, fn) of the row of variant `name` at `n` tokens in the cell `settings`, as
     `time_call` takes them (``fn(setup())`` is one step; only `fn` is timed): for timing or
     profiling a row outside `run_bench` (``profile_call(fn, device)``)."""
@@ -116,8 +122,9 @@ def timed_step(settings: BenchSettings, name: str, n: int
     return setup, fn
 
 
-def run_bench(settings: BenchSettings,
-              progress: Callable[[str], None] | None = None) -> BenchResult:
+def run_bench(
+    settings: BenchSettings, progress: Callable[[str], None] | None = None
+) -> BenchResult:
     """Benchmark every (variant, seq_len) of one cell, baselines first at each length.
     `progress` gets a line before every row. Raises `UserError` for bad settings."""
     settings.validate()
@@ -126,8 +133,9 @@ def run_bench(settings: BenchSettings,
     return BenchResult(machine=machine_info(device), settings=settings.as_dict(), rows=rows)
 
 
-def _bench_cell(settings: BenchSettings, progress, before_row=None,
-                row_timeout_s: float | None = None) -> list[BenchRow]:
+def _bench_cell(
+    settings: BenchSettings, progress, before_row=None, row_timeout_s: float | None = None
+) -> list[BenchRow]:
     device = torch.device(settings.device)
     dtype = DTYPES[settings.dtype]
     names = list(dict.fromkeys(list(settings.baselines) + list(settings.variants)))
@@ -138,9 +146,16 @@ def _bench_cell(settings: BenchSettings, progress, before_row=None,
             if progress:
                 progress(f"{name} @ {n} ({_cell_label(settings)})")
             if before_row:
-                before_row(rows, {"variant": name, "seq_len": n, "cell": _cell_label(settings),
-                                  "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                  "row_timeout_s": row_timeout_s})
+                before_row(
+                    rows,
+                    {
+                        "variant": name,
+                        "seq_len": n,
+                        "cell": _cell_label(settings),
+                        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                        "row_timeout_s": row_timeout_s,
+                    },
+                )
             with row_watchdog(row_timeout_s):
                 rows.append(BenchRow.from_dict(_bench_one(settings, name, n, device, dtype)))
             _release(device)
@@ -155,14 +170,19 @@ def expand_grid(base: BenchSettings, **axes: Sequence) -> list[BenchSettings]:
     for k in names:
         if not hasattr(base, k):
             raise UserError(f"no benchmark setting named {k!r}")
-    return [dataclasses.replace(base, **dict(zip(names, combo)))
-            for combo in itertools.product(*(axes[k] for k in names))]
+    return [
+        dataclasses.replace(base, **dict(zip(names, combo)))
+        for combo in itertools.product(*(axes[k] for k in names))
+    ]
 
 
-def run_grid(cells: Sequence[BenchSettings], progress: Callable[[str], None] | None = None,
-             extra: dict | None = None,
-             on_cell: Callable[[BenchResult], object] | None = None,
-             row_timeout_s: float | None = None) -> BenchResult:
+def run_grid(
+    cells: Sequence[BenchSettings],
+    progress: Callable[[str], None] | None = None,
+    extra: dict | None = None,
+    on_cell: Callable[[BenchResult], object] | None = None,
+    row_timeout_s: float | None = None,
+) -> BenchResult:
     """Run every cell under one machine header; rows of the same cell timed with several
     backends get `fraction_of_best`. The result's settings are the first cell's with
     `extra` merged in; its `grid` lists what varies across cells.
@@ -182,16 +202,18 @@ def run_grid(cells: Sequence[BenchSettings], progress: Callable[[str], None] | N
         values = list(dict.fromkeys(json.dumps(d[k], default=str) for d in dicts))
         if len(values) > 1:
             grid[k] = [json.loads(v) for v in values]
-    result = BenchResult(machine=machine_info(device), settings=dicts[0] | (extra or {}),
-                         grid=grid, rows=[])
+    result = BenchResult(
+        machine=machine_info(device), settings=dicts[0] | (extra or {}), grid=grid, rows=[]
+    )
 
     def before_row(done: list[BenchRow], row: dict) -> None:  # done: this cell's rows so far
         if on_cell is not None:
             on_cell(result.replace(rows=result.rows + done, partial=True, running=row))
 
     for cell in cells:
-        result = result.replace(rows=result.rows + _bench_cell(cell, progress, before_row,
-                                                                row_timeout_s))
+        result = result.replace(
+            rows=result.rows + _bench_cell(cell, progress, before_row, row_timeout_s)
+        )
         if on_cell is not None:
             on_cell(result.replace(partial=True))
     return result.replace(rows=add_fraction_of_best(result.rows))
@@ -201,40 +223,66 @@ def _bench_one(settings: BenchSettings, name: str, n: int, device, dtype) -> dic
     """One row, as the dict of `BenchRow`'s JSON keys it fills in order (the keys a row
     has depend on how far it got)."""
     grad = settings.mode != "fwd"
-    row: dict = {"variant": name, "seq_len": n, "batch": settings.batch,
-                 "n_heads": settings.n_heads, "head_dim": settings.head_dim,
-                 "mode": settings.mode, "scope": settings.scope, "dtype": settings.dtype,
-                 "causal": settings.causal, "pattern": settings.pattern,
-                 "backend_requested": settings.backend,
-                 "baseline": name in settings.baselines}
+    row: dict = {
+        "variant": name,
+        "seq_len": n,
+        "batch": settings.batch,
+        "n_heads": settings.n_heads,
+        "head_dim": settings.head_dim,
+        "mode": settings.mode,
+        "scope": settings.scope,
+        "dtype": settings.dtype,
+        "causal": settings.causal,
+        "pattern": settings.pattern,
+        "backend_requested": settings.backend,
+        "baseline": name in settings.baselines,
+    }
     try:
         config = settings.layer_config(name)
         with torch.device(device):
             layer = SparseQueryAttention(config).to(dtype)
-        row.update(n_q_heads=config.n_q_heads, n_kv_heads=config.n_kv_heads,
-                   head_dim=config.head_dim, n_heads=config.n_heads, pattern=config.pattern,
-                   window=config.window, global_tokens=config.global_tokens,
-                   mask=layer.mask_spec.describe(),
-                   density=count_visible(layer.mask_spec, n) / n**2)
+        row.update(
+            n_q_heads=config.n_q_heads,
+            n_kv_heads=config.n_kv_heads,
+            head_dim=config.head_dim,
+            n_heads=config.n_heads,
+            pattern=config.pattern,
+            window=config.window,
+            global_tokens=config.global_tokens,
+            mask=layer.mask_spec.describe(),
+            density=count_visible(layer.mask_spec, n) / n**2,
+        )
         if settings.scope == "model":
-            row["model"] = settings.preset or paper_family(settings.head_dim,
-                                                           settings.n_heads)[0]
+            row["model"] = settings.preset or paper_family(settings.head_dim, settings.n_heads)[0]
         problem = layer.problem(n, device.type, dtype, grad)
         backend, reason = layer.select(problem)
-        row.update(backend=backend.name, backend_reason=reason,
-                   kernel=backend.kernel_name(problem, _probe_inputs(backend, problem,
-                                                                     device, dtype)))
+        row.update(
+            backend=backend.name,
+            backend_reason=reason,
+            kernel=backend.kernel_name(problem, _probe_inputs(backend, problem, device, dtype)),
+        )
         if settings.check:
-            row.update(check_config(config, backend.name, min(n, settings.check_len), dtype,
-                                    device, backward=grad))
+            row.update(
+                check_config(
+                    config, backend.name, min(n, settings.check_len), dtype, device, backward=grad
+                )
+            )
             if not row["check_ok"]:
-                row["error"] = (f"correctness check failed: error {row['check_error']:.3g} > "
-                                f"tolerance {row['check_tolerance']:.3g}")
+                row["error"] = (
+                    f"correctness check failed: error {row['check_error']:.3g} > "
+                    f"tolerance {row['check_tolerance']:.3g}"
+                )
                 return row
         setup, fn, model = _timed_fn(layer, settings, n, device, dtype, name)
-        samples = time_call(fn, device=device, warmup=settings.warmup,
-                            repeats=settings.repeats, setup=setup,
-                            budget_s=settings.budget_s, min_repeats=settings.min_repeats)
+        samples = time_call(
+            fn,
+            device=device,
+            warmup=settings.warmup,
+            repeats=settings.repeats,
+            setup=setup,
+            budget_s=settings.budget_s,
+            min_repeats=settings.min_repeats,
+        )
         # What ran, read again after the calls (a backend may have fallen back inside), once
         # the timed inputs are freed: the probe's own q / k / v then reuse their memory
         # instead of adding to it (GBs at 1M tokens). Out of memory here keeps the timing
@@ -242,8 +290,9 @@ def _bench_one(settings: BenchSettings, name: str, n: int, device, dtype) -> dic
         del setup, fn
         _release(device)
         with contextlib.suppress(torch.cuda.OutOfMemoryError):
-            row["kernel"] = backend.kernel_name(problem, _probe_inputs(backend, problem,
-                                                                       device, dtype))
+            row["kernel"] = backend.kernel_name(
+                problem, _probe_inputs(backend, problem, device, dtype)
+            )
         if model is not None:
             row["backend"] = "+".join(sorted({b for b, _ in model.backends()}))
     except torch.cuda.OutOfMemoryError:
@@ -262,10 +311,15 @@ def _bench_one(settings: BenchSettings, name: str, n: int, device, dtype) -> dic
         flops = kernel_flops(layer, settings.batch, n, settings.mode)
         if settings.scope == "layer":
             flops += projection_flops(layer, settings.batch, n, settings.mode)
-    row.update(ms=median * 1e3, ms_min=min(samples) * 1e3,
-               ms_spread=(max(samples) - min(samples)) * 1e3, repeats=len(samples),
-               flops=flops, tflops=flops / median / 1e12,
-               tokens_per_s=settings.batch * n / median)
+    row.update(
+        ms=median * 1e3,
+        ms_min=min(samples) * 1e3,
+        ms_spread=(max(samples) - min(samples)) * 1e3,
+        repeats=len(samples),
+        flops=flops,
+        tflops=flops / median / 1e12,
+        tokens_per_s=settings.batch * n / median,
+    )
     return row
 
 
@@ -275,8 +329,10 @@ def _probe_inputs(backend, problem, device, dtype):
     if backend.name != "sdpa":
         return None
     shape = (1, problem.seq_len, problem.head_dim)
-    return tuple(torch.empty(shape[0], h, *shape[1:], device=device, dtype=dtype)
-                 for h in (problem.n_q_heads, problem.n_kv_heads, problem.n_kv_heads))
+    return tuple(
+        torch.empty(shape[0], h, *shape[1:], device=device, dtype=dtype)
+        for h in (problem.n_q_heads, problem.n_kv_heads, problem.n_kv_heads)
+    )
 
 
 def _one_line(exc: BaseException) -> str:
@@ -295,18 +351,24 @@ def _release(device: torch.device) -> None:
 
 
 def _cell_label(s: BenchSettings) -> str:
-    return (f"{s.scope} {s.mode} {s.dtype} hd{s.head_dim} b{s.batch} "
-            f"{'causal' if s.causal else 'non-causal'} {s.pattern} {s.backend}")
+    return (
+        f"{s.scope} {s.mode} {s.dtype} hd{s.head_dim} b{s.batch} "
+        f"{'causal' if s.causal else 'non-causal'} {s.pattern} {s.backend}"
+    )
 
 
 def _add_speedups(rows: list[BenchRow], n: int, baselines: Sequence[str]) -> list[BenchRow]:
     """The timed rows at length `n` get their speedup over each timed baseline at `n`."""
     refs: dict[str, float] = {}
     for base in baselines:
-        ref_ms = next((r.ms for r in rows
-                       if r.seq_len == n and r.variant == base and r.ms is not None), None)
+        ref_ms = next(
+            (r.ms for r in rows if r.seq_len == n and r.variant == base and r.ms is not None), None
+        )
         if ref_ms is not None:
             refs[base] = ref_ms
-    return [r.model_copy(update={"speedups": r.speedups | {b: ms / r.ms
-                                                           for b, ms in refs.items()}})
-            if r.seq_len == n and r.ms is not None and refs else r for r in rows]
+    return [
+        r.model_copy(update={"speedups": r.speedups | {b: ms / r.ms for b, ms in refs.items()}})
+        if r.seq_len == n and r.ms is not None and refs
+        else r
+        for r in rows
+    ]

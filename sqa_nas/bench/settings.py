@@ -37,8 +37,13 @@ def paper_family(head_dim: int, n_heads: int = 16) -> tuple[str, dict]:
         (name, ModelConfig fields): the preset's name where one matches, else
         ``"paper-family-hd{head_dim}-h{n_heads}"``.
     """
-    fields = dict(vocab_size=10_000, d_model=n_heads * head_dim, n_layers=8, n_heads=n_heads,
-                  ffn_dim=3 * n_heads * head_dim)
+    fields = dict(
+        vocab_size=10_000,
+        d_model=n_heads * head_dim,
+        n_layers=8,
+        n_heads=n_heads,
+        ffn_dim=3 * n_heads * head_dim,
+    )
     for name, preset in PRESETS.items():
         if preset == fields:
             return name, fields
@@ -94,8 +99,9 @@ class BenchSettings:
         if self.pattern not in PATTERNS:
             raise UserError(f"--patterns: {self.pattern!r} is not one of {', '.join(PATTERNS)}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise UserError(f"--device {self.device}: no CUDA GPU is visible on this machine; "
-                            "use --device cpu")
+            raise UserError(
+                f"--device {self.device}: no CUDA GPU is visible on this machine; use --device cpu"
+            )
         if self.device not in ("cpu",) and not self.device.startswith("cuda"):
             raise UserError(f"--device: {self.device!r} is not 'cpu' or 'cuda[:N]'")
         for name in ("batch", "n_heads", "head_dim", "repeats", "check_len"):
@@ -105,8 +111,9 @@ class BenchSettings:
             # unknown names fail before any timing
             get_backend(register_backend_spec(self.backend))
         if self.preset is not None and self.preset not in PRESETS:
-            raise UserError(f"--preset: unknown model preset {self.preset!r}; presets: "
-                            f"{', '.join(PRESETS)}")
+            raise UserError(
+                f"--preset: unknown model preset {self.preset!r}; presets: {', '.join(PRESETS)}"
+            )
         if self.warmup < 0:
             raise UserError(f"--warmup must be >= 0, got {self.warmup}")
         for name in list(self.baselines) + list(self.variants):
@@ -139,27 +146,42 @@ class BenchSettings:
         first layer)."""
         if self.scope == "model":
             return self.model_config(name).layer_configs[0]
-        overrides: dict = {"causal": self.causal, "backend": register_backend_spec(self.backend),
-                           **self.mask_overrides()}
-        return get_variant(name).config(d_model=self.n_heads * self.head_dim,
-                                        n_heads=self.n_heads, head_dim=self.head_dim,
-                                        **overrides)
+        overrides: dict = {
+            "causal": self.causal,
+            "backend": register_backend_spec(self.backend),
+            **self.mask_overrides(),
+        }
+        return get_variant(name).config(
+            d_model=self.n_heads * self.head_dim,
+            n_heads=self.n_heads,
+            head_dim=self.head_dim,
+            **overrides,
+        )
 
     def model_config(self, name: str) -> ModelConfig:
         """Model scope: `preset` (or the paper family at `head_dim`) with every layer of
         variant `name` and this cell's backend and mask."""
-        fields = (dict(PRESETS[self.preset]) if self.preset
-                  else paper_family(self.head_dim, self.n_heads)[1])
+        fields = (
+            dict(PRESETS[self.preset])
+            if self.preset
+            else paper_family(self.head_dim, self.n_heads)[1]
+        )
         if self.n_layers is not None:
             fields["n_layers"] = self.n_layers
-        attention = {"variant": name, "backend": register_backend_spec(self.backend),
-                     **self.mask_overrides()}
+        attention = {
+            "variant": name,
+            "backend": register_backend_spec(self.backend),
+            **self.mask_overrides(),
+        }
         return ModelConfig(**fields, causal=self.causal, attention=attention)
 
     def as_dict(self) -> dict:
         """The settings as a result file's header records them (`extra` merged in)."""
-        return {k: (list(v) if isinstance(v, tuple | list) else v)
-                for k, v in self.__dict__.items() if k != "extra"} | self.extra
+        return {
+            k: (list(v) if isinstance(v, tuple | list) else v)
+            for k, v in self.__dict__.items()
+            if k != "extra"
+        } | self.extra
 
 
 def register_backend_spec(spec: str) -> str:
@@ -182,8 +204,9 @@ def register_backend_spec(spec: str) -> str:
         key, sep, value = option.partition("=")
         if not sep:
             raise UserError(f"backend {spec!r}: options are key=value, got {option!r}")
-        kwargs[key] = {"0": False, "1": True, "false": False, "true": True,
-                       "none": None}.get(value.lower(), value)
+        kwargs[key] = {"0": False, "1": True, "false": False, "true": True, "none": None}.get(
+            value.lower(), value
+        )
     cls = type(get_backend(base))
     try:
         backend = cls(**kwargs)

@@ -54,7 +54,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     every command is complete (for documentation and tests)."""
     chosen = None if argv is None else next((a for a in argv if not a.startswith("-")), "")
     parser = argparse.ArgumentParser(
-        prog="sqa-nas", description="Search and benchmark Sparse Query Attention architectures.")
+        prog="sqa-nas", description="Search and benchmark Sparse Query Attention architectures."
+    )
     parser.add_argument("--version", action="version", version=f"sqa-nas {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in COMMANDS:

@@ -43,8 +43,10 @@ def _choices(allowed: Sequence[str]) -> Callable[[str], list[str]]:
         for item in items:
             if item not in allowed:
                 raise argparse.ArgumentTypeError(
-                    f"invalid choice: {item!r} (choose from {', '.join(allowed)})")
+                    f"invalid choice: {item!r} (choose from {', '.join(allowed)})"
+                )
         return items
+
     return parse
 
 
@@ -54,66 +56,124 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=csv(positive), default=[1], help="batch sizes (list)")
     p.add_argument("--n-heads", type=positive, default=16, help="reference H (default 16)")
     p.add_argument("--head-dim", type=csv(positive), default=[64], help="head dims (list)")
-    p.add_argument("--dtype", type=_choices(list(DTYPES)),
-                   help="dtypes (list); default: bfloat16 on GPU, float32 on CPU")
+    p.add_argument(
+        "--dtype",
+        type=_choices(list(DTYPES)),
+        help="dtypes (list); default: bfloat16 on GPU, float32 on CPU",
+    )
     p.add_argument("--device", help="cpu or cuda[:N] (default: cuda when visible)")
-    p.add_argument("--backend", "--backends", dest="backend", type=csv(str), default=["auto"],
-                   help="auto and/or backend names (list); options as flash_attn:pack_gqa=0")
+    p.add_argument(
+        "--backend",
+        "--backends",
+        dest="backend",
+        type=csv(str),
+        default=["auto"],
+        help="auto and/or backend names (list); options as flash_attn:pack_gqa=0",
+    )
     p.add_argument("--mode", type=_choices(MODES), default=["fwd"], help="fwd, bwd, fwd+bwd")
-    p.add_argument("--scope", choices=SCOPES, default="kernel",
-                   help="kernel: attention only; layer: with the projections; model: the "
-                        "paper's model family under autocast")
-    p.add_argument("--preset", help="model scope: a model preset (default: the paper family "
-                                    "at --head-dim)")
+    p.add_argument(
+        "--scope",
+        choices=SCOPES,
+        default="kernel",
+        help="kernel: attention only; layer: with the projections; model: the "
+        "paper's model family under autocast",
+    )
+    p.add_argument(
+        "--preset", help="model scope: a model preset (default: the paper family at --head-dim)"
+    )
     p.add_argument("--n-layers", type=positive, help="model scope: override the layer count")
     p.add_argument("--causal", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--causal-modes", type=_choices(["causal", "noncausal"]),
-                   help="both masks in one run, e.g. causal,noncausal (overrides --causal)")
-    p.add_argument("--patterns", type=_choices(PATTERNS), default=["native"],
-                   help="mask families (list): native = each variant's own; window / flex "
-                        f"use --window (default {DEFAULT_WINDOW}) and --global-tokens "
-                        f"(default {DEFAULT_GLOBAL_TOKENS})")
+    p.add_argument(
+        "--causal-modes",
+        type=_choices(["causal", "noncausal"]),
+        help="both masks in one run, e.g. causal,noncausal (overrides --causal)",
+    )
+    p.add_argument(
+        "--patterns",
+        type=_choices(PATTERNS),
+        default=["native"],
+        help="mask families (list): native = each variant's own; window / flex "
+        f"use --window (default {DEFAULT_WINDOW}) and --global-tokens "
+        f"(default {DEFAULT_GLOBAL_TOKENS})",
+    )
     p.add_argument("--window", type=int, help="sliding window for every variant")
     p.add_argument("--global-tokens", type=int, help="global tokens (needs --window)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=positive, default=10)
-    p.add_argument("--budget-s", type=seconds,
-                   help="cap the timed seconds per row: long calls get fewer repeats (>= 2)")
-    p.add_argument("--baselines", type=csv(str), default=["MHA", "GQA"],
-                   help="variants every row is compared to (default MHA,GQA)")
+    p.add_argument(
+        "--budget-s",
+        type=seconds,
+        help="cap the timed seconds per row: long calls get fewer repeats (>= 2)",
+    )
+    p.add_argument(
+        "--baselines",
+        type=csv(str),
+        default=["MHA", "GQA"],
+        help="variants every row is compared to (default MHA,GQA)",
+    )
     p.add_argument("--no-check", action="store_true", help="skip the correctness check")
-    p.add_argument("--check-len", type=positive, default=512,
-                   help="tokens of the correctness check (default 512)")
+    p.add_argument(
+        "--check-len",
+        type=positive,
+        default=512,
+        help="tokens of the correctness check (default 512)",
+    )
     add_row_timeout_argument(p)
     p.add_argument("--json", type=Path, help="write the results as JSON here")
     p.add_argument("--png", type=Path, help="plot time and speedup vs length to this PNG")
-    p.add_argument("--calibration-out", type=Path,
-                   help="write the backend order measured here (needs 2+ named backends); "
-                        "SQA_NAS_CALIBRATION=FILE makes `auto` follow it")
+    p.add_argument(
+        "--calibration-out",
+        type=Path,
+        help="write the backend order measured here (needs 2+ named backends); "
+        "SQA_NAS_CALIBRATION=FILE makes `auto` follow it",
+    )
 
 
 def add_row_timeout_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--row-timeout-s", type=seconds, default=DEFAULT_ROW_TIMEOUT_S,
-                   help="a row running longer is taken to hang: print every thread's stack "
-                        f"and exit (default {DEFAULT_ROW_TIMEOUT_S:.0f}; 0 = never)")
+    p.add_argument(
+        "--row-timeout-s",
+        type=seconds,
+        default=DEFAULT_ROW_TIMEOUT_S,
+        help="a row running longer is taken to hang: print every thread's stack "
+        f"and exit (default {DEFAULT_ROW_TIMEOUT_S:.0f}; 0 = never)",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> list[BenchSettings]:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtypes = args.dtype or ["bfloat16" if device.startswith("cuda") else "float32"]
-    causal = ([m == "causal" for m in args.causal_modes] if args.causal_modes
-              else [args.causal])
+    causal = [m == "causal" for m in args.causal_modes] if args.causal_modes else [args.causal]
     base = BenchSettings(
-        variants=args.variants, seq_lens=args.seq_lens, n_heads=args.n_heads, device=device,
-        scope=args.scope, preset=args.preset, n_layers=args.n_layers, window=args.window,
-        global_tokens=args.global_tokens, warmup=args.warmup, repeats=args.repeats,
-        budget_s=args.budget_s, baselines=args.baselines, check=not args.no_check,
+        variants=args.variants,
+        seq_lens=args.seq_lens,
+        n_heads=args.n_heads,
+        device=device,
+        scope=args.scope,
+        preset=args.preset,
+        n_layers=args.n_layers,
+        window=args.window,
+        global_tokens=args.global_tokens,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        budget_s=args.budget_s,
+        baselines=args.baselines,
+        check=not args.no_check,
         check_len=args.check_len,
-        extra={"command": getattr(args, "command_line", None)
-               or " ".join(["sqa-nas", "bench", *sys.argv[2:]])})
-    return expand_grid(base, dtype=dtypes, head_dim=args.head_dim, batch=args.batch,
-                       causal=causal, pattern=args.patterns, mode=args.mode,
-                       backend=args.backend)
+        extra={
+            "command": getattr(args, "command_line", None)
+            or " ".join(["sqa-nas", "bench", *sys.argv[2:]])
+        },
+    )
+    return expand_grid(
+        base,
+        dtype=dtypes,
+        head_dim=args.head_dim,
+        batch=args.batch,
+        causal=causal,
+        pattern=args.patterns,
+        mode=args.mode,
+        backend=args.backend,
+    )
 
 
 def run_bench_command(args: argparse.Namespace) -> int:
@@ -121,10 +181,14 @@ def run_bench_command(args: argparse.Namespace) -> int:
     for cell in cells:
         cell.validate()
     with console.status("benchmarking") as status:
-        result = run_grid(cells, progress=lambda s: status.update(f"benchmarking {s}"),
-                          on_cell=(lambda partial: write_json(args.json, partial.to_dict()))
-                          if args.json else None,
-                          row_timeout_s=args.row_timeout_s)
+        result = run_grid(
+            cells,
+            progress=lambda s: status.update(f"benchmarking {s}"),
+            on_cell=(lambda partial: write_json(args.json, partial.to_dict()))
+            if args.json
+            else None,
+            row_timeout_s=args.row_timeout_s,
+        )
     console.print(f"[bold]{header_line(result.machine)}[/]")
     failed = _print_tables(result, list(cells[0].baselines))
     if args.json:
@@ -134,14 +198,20 @@ def run_bench_command(args: argparse.Namespace) -> int:
             title = header_line(result.machine)
             console.print(f"wrote {plot_rows(result.rows, args.png, title=title)}")
         except ImportError:
-            console.print("[yellow]matplotlib is not installed: no plot (python -m "
-                          "experiments.report draws it later from the JSON)[/]")
+            console.print(
+                "[yellow]matplotlib is not installed: no plot (python -m "
+                "experiments.report draws it later from the JSON)[/]"
+            )
     if args.calibration_out:
-        entries = order_from_rows([r.to_dict() for r in result.rows], result.machine["device"],
-                                  source=f"{result.settings['command']} "
-                                         f"({time.strftime('%Y-%m-%d')})")
-        write_json(args.calibration_out,
-                   {"machine": result.machine, "entries": [e.as_dict() for e in entries]})
+        entries = order_from_rows(
+            [r.to_dict() for r in result.rows],
+            result.machine["device"],
+            source=f"{result.settings['command']} ({time.strftime('%Y-%m-%d')})",
+        )
+        write_json(
+            args.calibration_out,
+            {"machine": result.machine, "entries": [e.as_dict() for e in entries]},
+        )
         console.print(f"wrote {args.calibration_out} ({len(entries)} measured orders)")
     return 1 if failed else 0
 
@@ -156,28 +226,48 @@ def _print_tables(result: BenchResult, baselines: list[str]) -> bool:
         cols = ["variant", "N", "heads", "backend", "kernel", "ms", "TFLOP/s"]
         cols += [f"vs {b}" for b in baselines] + (["of best"] if several else []) + ["check"]
         for col in cols:
-            table.add_column(col, no_wrap=True, justify="left" if col in (
-                "variant", "backend", "kernel") else "right")
+            table.add_column(
+                col,
+                no_wrap=True,
+                justify="left" if col in ("variant", "backend", "kernel") else "right",
+            )
         for r in rows:
             heads = f"{_or(r.n_q_heads, '?')}/{_or(r.n_kv_heads, '?')}"
             if r.error is not None:
                 failed = failed or "correctness" in r.error
-                table.add_row(r.variant, str(r.seq_len), heads,
-                              _or(r.backend, r.backend_requested), _or(r.kernel, "-"),
-                              Text(r.error, style="red"), *[""] * (len(cols) - 6))
+                table.add_row(
+                    r.variant,
+                    str(r.seq_len),
+                    heads,
+                    _or(r.backend, r.backend_requested),
+                    _or(r.kernel, "-"),
+                    Text(r.error, style="red"),
+                    *[""] * (len(cols) - 6),
+                )
                 continue
             check = ("ok" if r.check_ok else "") if r.check_ok is not None else "skipped"
-            table.add_row(r.variant, str(r.seq_len), heads, r.backend, r.kernel,
-                          f"{r.ms:.3f}", f"{r.tflops:.2f}",
-                          *[f"{r.speedup(b):.2f}x" if r.speedup(b) is not None else "-"
-                            for b in baselines],
-                          *([f"{r.fraction_of_best:.0%}" if r.fraction_of_best is not None
-                             else "-"] if several else []), check)
+            table.add_row(
+                r.variant,
+                str(r.seq_len),
+                heads,
+                r.backend,
+                r.kernel,
+                f"{r.ms:.3f}",
+                f"{r.tflops:.2f}",
+                *[f"{r.speedup(b):.2f}x" if r.speedup(b) is not None else "-" for b in baselines],
+                *(
+                    [f"{r.fraction_of_best:.0%}" if r.fraction_of_best is not None else "-"]
+                    if several
+                    else []
+                ),
+                check,
+            )
         console.print(table)
     for mask in sorted({r.mask for r in result.rows if r.mask is not None}):
         console.print(Text(f"  mask: {mask}", style="dim"))
-    for backend, reason in sorted({(r.backend, r.backend_reason)
-                                   for r in result.rows if r.backend_reason is not None}):
+    for backend, reason in sorted(
+        {(r.backend, r.backend_reason) for r in result.rows if r.backend_reason is not None}
+    ):
         console.print(Text(f"  {backend}: {reason}", style="dim"))
     return failed
 

@@ -15,27 +15,56 @@ from sqa_nas.errors import UserError
 
 def add_dashboard_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("study", metavar="STUDY", help="study name")
-    p.add_argument("--storage", metavar="URL",
-                   help="Optuna storage: sqlite:///PATH, postgresql://..., journal:PATH "
-                        "(default sqlite:///runs/STUDY/study.db)")
-    p.add_argument("--once", action="store_true",
-                   help="print a static snapshot (summary and Pareto table) and exit")
+    p.add_argument(
+        "--storage",
+        metavar="URL",
+        help="Optuna storage: sqlite:///PATH, postgresql://..., journal:PATH "
+        "(default sqlite:///runs/STUDY/study.db)",
+    )
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="print a static snapshot (summary and Pareto table) and exit",
+    )
     p.add_argument("--png", metavar="FILE", help="write the Pareto scatter as a PNG and exit")
-    p.add_argument("--json", metavar="FILE",
-                   help="write the Pareto front as a JSON list ('-' for stdout) and exit")
-    p.add_argument("--pick", metavar="SPEC",
-                   help="select a trial: 'knee', 'best:OBJ' or 'best:OBJ:within=OTHER+1%%' "
-                        "(printed with --once, selected in the app)")
-    p.add_argument("--x", dest="x_axis", metavar="METRIC",
-                   help="scatter x axis (default the second objective)")
-    p.add_argument("--y", dest="y_axis", metavar="METRIC",
-                   help="scatter y axis (default the first objective)")
-    p.add_argument("--gpu-type", metavar="NAME",
-                   help="only trials measured on this GPU type (e.g. 'NVIDIA H200')")
-    p.add_argument("--refresh", type=seconds, default=2.0, metavar="SECONDS",
-                   help="how often the app re-reads the storage (default 2)")
-    p.add_argument("--export-dir", default="exports", metavar="DIR",
-                   help="where the app's export key writes (DIR/STUDY-trialN)")
+    p.add_argument(
+        "--json",
+        metavar="FILE",
+        help="write the Pareto front as a JSON list ('-' for stdout) and exit",
+    )
+    p.add_argument(
+        "--pick",
+        metavar="SPEC",
+        help="select a trial: 'knee', 'best:OBJ' or 'best:OBJ:within=OTHER+1%%' "
+        "(printed with --once, selected in the app)",
+    )
+    p.add_argument(
+        "--x",
+        dest="x_axis",
+        metavar="METRIC",
+        help="scatter x axis (default the second objective)",
+    )
+    p.add_argument(
+        "--y", dest="y_axis", metavar="METRIC", help="scatter y axis (default the first objective)"
+    )
+    p.add_argument(
+        "--gpu-type",
+        metavar="NAME",
+        help="only trials measured on this GPU type (e.g. 'NVIDIA H200')",
+    )
+    p.add_argument(
+        "--refresh",
+        type=seconds,
+        default=2.0,
+        metavar="SECONDS",
+        help="how often the app re-reads the storage (default 2)",
+    )
+    p.add_argument(
+        "--export-dir",
+        default="exports",
+        metavar="DIR",
+        help="where the app's export key writes (DIR/STUDY-trialN)",
+    )
 
 
 def run_dashboard_command(args) -> int:
@@ -58,8 +87,15 @@ def run_dashboard_command(args) -> int:
     if interactive:
         from sqa_nas.dashboard.app import Dashboard
 
-        Dashboard(source, records=records, axes=axes, gpu_type=args.gpu_type, pick=args.pick,
-                  refresh_s=args.refresh, export_dir=args.export_dir).run()
+        Dashboard(
+            source,
+            records=records,
+            axes=axes,
+            gpu_type=args.gpu_type,
+            pick=args.pick,
+            refresh_s=args.refresh,
+            export_dir=args.export_dir,
+        ).run()
         return 0
 
     title = f"{source.name} ({source.where})"
@@ -74,8 +110,13 @@ def run_dashboard_command(args) -> int:
         from sqa_nas.dashboard.plots import write_png
 
         with _writing("--png", args.png):
-            path = write_png(view, *axes, args.png, title=f"{source.name}: Pareto front",
-                             selected=picked[1].number if picked else None)
+            path = write_png(
+                view,
+                *axes,
+                args.png,
+                title=f"{source.name}: Pareto front",
+                selected=picked[1].number if picked else None,
+            )
         err_console.print(f"wrote {path}")
     if args.once:
         from sqa_nas.dashboard.snapshot import snapshot
@@ -98,7 +139,8 @@ def _writing(flag: str, path: str):
 def _axes(view, x: str | None, y: str | None) -> tuple[str, str]:
     for flag, name in (("--x", x), ("--y", y)):
         if name is not None and name not in view.axes:
-            raise UserError(f"{flag} {name!r}: not a metric of this study; choose from "
-                            f"{', '.join(view.axes)}")
+            raise UserError(
+                f"{flag} {name!r}: not a metric of this study; choose from {', '.join(view.axes)}"
+            )
     default_x, default_y = view.default_axes()
     return x or default_x, y or default_y

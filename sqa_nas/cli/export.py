@@ -24,19 +24,31 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("study", help="study name")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--trial", type=_trial_number, metavar="N", help="trial number")
-    which.add_argument("--pick", metavar="SPEC",
-                       help="knee | best:OBJECTIVE | best:OBJECTIVE:within=OTHER+1%%")
-    p.add_argument("--storage", metavar="URL",
-                   help="Optuna storage (default sqlite:///runs/STUDY/study.db)")
-    p.add_argument("--gpu-type", metavar="NAME",
-                   help="--pick among trials measured on this GPU type (needed when the "
-                        "study holds several)")
+    which.add_argument(
+        "--pick", metavar="SPEC", help="knee | best:OBJECTIVE | best:OBJECTIVE:within=OTHER+1%%"
+    )
+    p.add_argument(
+        "--storage", metavar="URL", help="Optuna storage (default sqlite:///runs/STUDY/study.db)"
+    )
+    p.add_argument(
+        "--gpu-type",
+        metavar="NAME",
+        help="--pick among trials measured on this GPU type (needed when the study holds several)",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write into")
-    p.add_argument("--format", dest="fmt", choices=("torch", "hf"), default="torch",
-                   help="torch: model.py + config.yaml + README.md (default); hf: also a "
-                        "Hugging Face folder loadable with trust_remote_code=True")
-    p.add_argument("--force-hf", action="store_true",
-                   help="write the hf folder even when transformers is not installed here")
+    p.add_argument(
+        "--format",
+        dest="fmt",
+        choices=("torch", "hf"),
+        default="torch",
+        help="torch: model.py + config.yaml + README.md (default); hf: also a "
+        "Hugging Face folder loadable with trust_remote_code=True",
+    )
+    p.add_argument(
+        "--force-hf",
+        action="store_true",
+        help="write the hf folder even when transformers is not installed here",
+    )
 
 
 def run_export_command(args) -> int:
@@ -45,6 +57,8 @@ def run_export_command(args) -> int:
     out = export_trial(study, record, Path(args.out), args.fmt, force_hf=args.force_hf)
     how = f"--pick {args.pick}" if args.pick else "--trial"
     values = ", ".join(f"{k} {v:.4g}" for k, v in (record.values or {}).items())
-    console.print(f"exported trial {record.number} ({how}; {values}) as {args.fmt} to {out}/; "
-                  f"see {out / 'README.md'}")
+    console.print(
+        f"exported trial {record.number} ({how}; {values}) as {args.fmt} to {out}/; "
+        f"see {out / 'README.md'}"
+    )
     return 0

@@ -25,17 +25,23 @@ def _spec_with_overrides(args: argparse.Namespace) -> SearchSpec:
     spec = load_space(args.space)
     data = spec.model_dump(mode="json")
     execution = data["execution"]
-    for flag, section, key in (("study", None, "study"), ("storage", None, "storage"),
-                               ("n_trials", "budget", "n_trials"),
-                               ("executor", "execution", "executor"),
-                               ("workers", "execution", "workers"),
-                               ("device", "execution", "device"),
-                               ("seed", "sampler", "seed")):
+    for flag, section, key in (
+        ("study", None, "study"),
+        ("storage", None, "storage"),
+        ("n_trials", "budget", "n_trials"),
+        ("executor", "execution", "executor"),
+        ("workers", "execution", "workers"),
+        ("device", "execution", "device"),
+        ("seed", "sampler", "seed"),
+    ):
         value = getattr(args, flag, None)
         if value is not None:
             (data[section] if section else data)[key] = value
-    for flag, key in (("address", "address"), ("gpus_per_trial", "gpus_per_trial"),
-                      ("max_concurrent", "max_concurrent")):
+    for flag, key in (
+        ("address", "address"),
+        ("gpus_per_trial", "gpus_per_trial"),
+        ("max_concurrent", "max_concurrent"),
+    ):
         value = getattr(args, flag, None)
         if value is not None:
             execution["ray"][key] = value
@@ -45,30 +51,47 @@ def _spec_with_overrides(args: argparse.Namespace) -> SearchSpec:
 def add_search_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("space", type=Path, help="search space YAML (see search_spaces/)")
     p.add_argument("--study", help="study name (default: the file's `study:` or its name)")
-    p.add_argument("--storage", help="Optuna storage URL (default sqlite:///runs/STUDY/study.db)"
-                                     " or journal:PATH")
+    p.add_argument(
+        "--storage",
+        help="Optuna storage URL (default sqlite:///runs/STUDY/study.db) or journal:PATH",
+    )
     p.add_argument("--n-trials", type=positive, help="evaluated trials to reach")
     p.add_argument("--executor", choices=["local", "ray"])
     p.add_argument("--workers", type=positive, help="local worker processes")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--seed", type=int, help="sampler seed")
     ray = p.add_argument_group("ray executor")
-    ray.add_argument("--address", help="join this Ray cluster (auto or HOST:PORT); default: "
-                                       "start a local Ray instance on loopback")
-    ray.add_argument("--gpus-per-trial", type=float, help="GPUs each trial asks Ray for "
-                     "(a fraction shares a GPU; 0: CPU trials); default 1")
-    ray.add_argument("--max-concurrent", type=positive, help="at most this many trials at "
-                     "once (default: as many as the cluster's GPUs hold)")
-    p.add_argument("--gpu-type", metavar="NAME", help="show the final Pareto front of trials "
-                   "measured on this GPU type only (default: one front per GPU type)")
+    ray.add_argument(
+        "--address",
+        help="join this Ray cluster (auto or HOST:PORT); default: "
+        "start a local Ray instance on loopback",
+    )
+    ray.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        help="GPUs each trial asks Ray for (a fraction shares a GPU; 0: CPU trials); default 1",
+    )
+    ray.add_argument(
+        "--max-concurrent",
+        type=positive,
+        help="at most this many trials at once (default: as many as the cluster's GPUs hold)",
+    )
+    p.add_argument(
+        "--gpu-type",
+        metavar="NAME",
+        help="show the final Pareto front of trials "
+        "measured on this GPU type only (default: one front per GPU type)",
+    )
 
 
 def run_search_command(args: argparse.Namespace) -> int:
     spec = _spec_with_overrides(args)
     driver = Driver(spec, make_executor(spec), console=console)
-    console.print(f"[bold]sqa-nas search[/] {args.space}: study [bold]{spec.study_name}[/], "
-                  f"{spec.cardinality():,} architectures, objectives "
-                  f"{', '.join(spec.objectives)}, storage {driver.url}")
+    console.print(
+        f"[bold]sqa-nas search[/] {args.space}: study [bold]{spec.study_name}[/], "
+        f"{spec.cardinality():,} architectures, objectives "
+        f"{', '.join(spec.objectives)}, storage {driver.url}"
+    )
     result = driver.run(spec.budget.n_trials, spec.budget.max_wall_seconds)
     print_front(result.study, spec.objectives, console, getattr(args, "gpu_type", None))
     print_stats(result.stats, console)
@@ -77,6 +100,7 @@ def run_search_command(args: argparse.Namespace) -> int:
 
 def print_stats(stats: dict, console: Console) -> None:
     """The executor's end-of-search figures, fractions as percentages."""
+
     def shown(key, value):
         if isinstance(value, float) and "fraction" in key:
             return f"{value:.1%}"
@@ -88,38 +112,62 @@ def print_stats(stats: dict, console: Console) -> None:
         console.print(f"{key}: {shown(key, value)}")
 
 
-def print_front(study: optuna.Study, objectives: Sequence[str], console: Console,
-                gpu_type: str | None = None) -> None:
+def print_front(
+    study: optuna.Study, objectives: Sequence[str], console: Console, gpu_type: str | None = None
+) -> None:
     """The Pareto front, one per GPU type when trials ran on several: measured throughput
     on different GPUs is not comparable (`gpu_type` shows one)."""
     records = trial_records(study)
     types = sorted({r.gpu_type for r in records if r.state == "COMPLETE" and r.gpu_type})
     if gpu_type is not None and gpu_type not in types:
-        raise UserError(f"--gpu-type: no completed trial ran on {gpu_type!r}; GPU types in "
-                        f"this study: {', '.join(types) or 'none recorded'}")
+        raise UserError(
+            f"--gpu-type: no completed trial ran on {gpu_type!r}; GPU types in "
+            f"this study: {', '.join(types) or 'none recorded'}"
+        )
     if gpu_type is not None or len(types) > 1:
         for name in [gpu_type] if gpu_type else types:
-            _print_front([r for r in records if r.gpu_type == name], study.study_name,
-                         objectives, console, f" on {name}")
+            _print_front(
+                [r for r in records if r.gpu_type == name],
+                study.study_name,
+                objectives,
+                console,
+                f" on {name}",
+            )
     else:
         _print_front(records, study.study_name, objectives, console, "")
 
 
-def _print_front(records: list[TrialRecord], name: str, objectives: Sequence[str],
-                 console: Console, where: str) -> None:
+def _print_front(
+    records: list[TrialRecord], name: str, objectives: Sequence[str], console: Console, where: str
+) -> None:
     front = pareto_front(records, objectives)
-    table = Table(title=f"Pareto front of {name}{where}: {len(front)} of "
-                        f"{sum(r.state == 'COMPLETE' for r in records)} completed trials")
-    for col in ["trial", "baseline", "per-layer H_q/H_kv", *objectives, "params",
-                "KV B/token", "speedup vs MHA"]:
-        table.add_column(col, justify="left" if col in ("baseline", "per-layer H_q/H_kv")
-                         else "right")
+    table = Table(
+        title=f"Pareto front of {name}{where}: {len(front)} of "
+        f"{sum(r.state == 'COMPLETE' for r in records)} completed trials"
+    )
+    for col in [
+        "trial",
+        "baseline",
+        "per-layer H_q/H_kv",
+        *objectives,
+        "params",
+        "KV B/token",
+        "speedup vs MHA",
+    ]:
+        table.add_column(
+            col, justify="left" if col in ("baseline", "per-layer H_q/H_kv") else "right"
+        )
     for r in front:
         assert r.values is not None  # fronts hold completed trials only
         a, m = r.analytics, r.metrics
         speedup = a.analytic_speedup_vs_mha if m.speedup_vs_mha is None else m.speedup_vs_mha
-        table.add_row(str(r.number), r.seed_variant or "", r.allocation,
-                      *[f"{r.values[o]:.4g}" for o in objectives],
-                      f"{a.params or 0:,}", f"{a.kv_cache_bytes_per_token or 0:,}",
-                      f"{speedup:.2f}x" if speedup else "-")
+        table.add_row(
+            str(r.number),
+            r.seed_variant or "",
+            r.allocation,
+            *[f"{r.values[o]:.4g}" for o in objectives],
+            f"{a.params or 0:,}",
+            f"{a.kv_cache_bytes_per_token or 0:,}",
+            f"{speedup:.2f}x" if speedup else "-",
+        )
     console.print(table)

@@ -26,12 +26,16 @@ def run_space_command(args: argparse.Namespace) -> int:
         return 0
     m = spec.model
     console.print(f"[bold]{args.space}[/] is valid: study [bold]{spec.study_name}[/]")
-    console.print(f"model: d_model {m.d_model}, {m.n_layers} layers, H {m.n_heads} (head_dim "
-                  f"{m.head_dim_}), ffn {m.ffn_dim}, seq_len {m.seq_len}, "
-                  f"{'causal' if m.causal else 'bidirectional'}")
+    console.print(
+        f"model: d_model {m.d_model}, {m.n_layers} layers, H {m.n_heads} (head_dim "
+        f"{m.head_dim_}), ffn {m.ffn_dim}, seq_len {m.seq_len}, "
+        f"{'causal' if m.causal else 'bidirectional'}"
+    )
     units = spec.units()
-    console.print(f"tying: {spec.search.tying} -> {len(units)} unit(s): "
-                  + ", ".join(f"{u} (layers {idx[0]}..{idx[-1]})" for u, idx in units))
+    console.print(
+        f"tying: {spec.search.tying} -> {len(units)} unit(s): "
+        + ", ".join(f"{u} (layers {idx[0]}..{idx[-1]})" for u, idx in units)
+    )
     table = Table(title="choices per unit")
     table.add_column("parameter")
     table.add_column("choices")
@@ -39,13 +43,19 @@ def run_space_command(args: argparse.Namespace) -> int:
         if name.startswith(units[0][0] + ".") or name.startswith("model."):
             table.add_row(name, ", ".join(map(str, dist.choices)))
     console.print(table)
-    console.print(f"cardinality: [bold]{spec.cardinality():,}[/] architectures; objectives: "
-                  f"{', '.join(f'{o} ({d})' for o, d in zip(spec.objectives, spec.directions))}")
+    console.print(
+        f"cardinality: [bold]{spec.cardinality():,}[/] architectures; objectives: "
+        f"{', '.join(f'{o} ({d})' for o, d in zip(spec.objectives, spec.directions))}"
+    )
     lo, hi = cost_range(spec)
-    console.print(f"analytic cost range at seq_len {m.seq_len} (per token): params "
-                  f"{lo['params']:,} .. {hi['params']:,}; attention FLOPs "
-                  f"{lo['attn_flops']:.3g} .. {hi['attn_flops']:.3g}; KV cache "
-                  f"{lo['kv_bytes']:,} .. {hi['kv_bytes']:,} bytes")
-    console.print(f"seed trials: {', '.join(spec.seed_trials) or 'none'}; sampler "
-                  f"{spec.sampler.name or 'auto'}; budget {spec.budget.n_trials} trials")
+    console.print(
+        f"analytic cost range at seq_len {m.seq_len} (per token): params "
+        f"{lo['params']:,} .. {hi['params']:,}; attention FLOPs "
+        f"{lo['attn_flops']:.3g} .. {hi['attn_flops']:.3g}; KV cache "
+        f"{lo['kv_bytes']:,} .. {hi['kv_bytes']:,} bytes"
+    )
+    console.print(
+        f"seed trials: {', '.join(spec.seed_trials) or 'none'}; sampler "
+        f"{spec.sampler.name or 'auto'}; budget {spec.budget.n_trials} trials"
+    )
     return 0

@@ -12,8 +12,12 @@ from sqa_nas.registry import list_backends, list_variants
 
 
 def add_variants_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--n-heads", type=positive, default=16,
-                   help="reference head count H used to show head numbers (default 16)")
+    p.add_argument(
+        "--n-heads",
+        type=positive,
+        default=16,
+        help="reference head count H used to show head numbers (default 16)",
+    )
 
 
 def run_variants_command(args: argparse.Namespace) -> int:
@@ -22,15 +26,24 @@ def run_variants_command(args: argparse.Namespace) -> int:
         table.add_column(col)
     for v in list_variants():
         hq, hkv = v.heads(args.n_heads)
-        table.add_row(v.name, f"{v.q} = {hq}", f"{v.kv} = {hkv}", v.pattern,
-                      f"{max(hq, hkv) / args.n_heads:.2f}x", v.description)
+        table.add_row(
+            v.name,
+            f"{v.q} = {hq}",
+            f"{v.kv} = {hkv}",
+            v.pattern,
+            f"{max(hq, hkv) / args.n_heads:.2f}x",
+            v.description,
+        )
     console.print(table)
     backends = Table(title="Kernel backends on this machine")
     for col in ("backend", "available", "what / why not"):
         backends.add_column(col)
     for b in list_backends():
         why_not = b.availability()
-        backends.add_row(b.name, "[green]yes[/]" if why_not is None else "[red]no[/]",
-                         b.description if why_not is None else why_not)
+        backends.add_row(
+            b.name,
+            "[green]yes[/]" if why_not is None else "[red]no[/]",
+            b.description if why_not is None else why_not,
+        )
     console.print(backends)
     return 0

@@ -50,8 +50,9 @@ class Scatter(Widget):
     def render(self) -> Text:
         if self.view is None:
             return Text("loading…", "dim")
-        return text_scatter(self.view, *self.axes, self.size.width, self.size.height,
-                            selected=self.selected)
+        return text_scatter(
+            self.view, *self.axes, self.size.width, self.size.height, selected=self.selected
+        )
 
 
 class Dashboard(App):
@@ -77,10 +78,17 @@ class Dashboard(App):
         Binding("q", "quit", "quit"),
     ]
 
-    def __init__(self, source: Source, *, records: list[TrialRecord] | None = None,
-                 axes: tuple[str, str] | None = None, gpu_type: str | None = None,
-                 pick: str | None = None, refresh_s: float = 2.0,
-                 export_dir: str | Path = "exports"):
+    def __init__(
+        self,
+        source: Source,
+        *,
+        records: list[TrialRecord] | None = None,
+        axes: tuple[str, str] | None = None,
+        gpu_type: str | None = None,
+        pick: str | None = None,
+        refresh_s: float = 2.0,
+        export_dir: str | Path = "exports",
+    ):
         super().__init__()
         self.source = source
         self.records = records if records is not None else source.records()
@@ -99,8 +107,13 @@ class Dashboard(App):
         self._loading = False
 
     def _make_view(self) -> StudyView:
-        return StudyView(self.records, self.source.objectives, self.source.directions,
-                         gpu_type=self.gpu_type, now=datetime.now())  # Optuna's clock
+        return StudyView(
+            self.records,
+            self.source.objectives,
+            self.source.directions,
+            gpu_type=self.gpu_type,
+            now=datetime.now(),
+        )  # Optuna's clock
 
     # ---------------------------------------------------------------------------- layout
     def compose(self) -> ComposeResult:
@@ -139,13 +152,19 @@ class Dashboard(App):
         try:
             records = self.source.records()
         except Exception as exc:  # a locked or vanished database: say so, keep the old data
-            self.call_from_thread(self.notify, f"reload failed: {exc}", severity="warning",
-                                  markup=False)
+            self.call_from_thread(
+                self.notify, f"reload failed: {exc}", severity="warning", markup=False
+            )
             records = None
         view = None
         if records is not None and _signature(records) != self.signature:
-            view = StudyView(records, self.source.objectives, self.source.directions,
-                             gpu_type=self.gpu_type, now=datetime.now())
+            view = StudyView(
+                records,
+                self.source.objectives,
+                self.source.directions,
+                gpu_type=self.gpu_type,
+                now=datetime.now(),
+            )
             view.sorted_records(self.sort_key, self.sort_reverse, front_only=self.front_only)
             view.progress(self.axes)
         self.call_from_thread(self._loaded, records, view)
@@ -167,29 +186,35 @@ class Dashboard(App):
         self.draw_selection()
 
     def rows(self) -> list[TrialRecord]:
-        return self.view.sorted_records(self.sort_key, self.sort_reverse,
-                                        front_only=self.front_only)
+        return self.view.sorted_records(
+            self.sort_key, self.sort_reverse, front_only=self.front_only
+        )
 
     def fill_table(self) -> None:
         table = self.query_one(TrialTable)
-        labels = [c.label + ((" ▼" if self.sort_reverse else " ▲") if c.key == self.sort_key
-                             else "") for c in self.view.columns]
+        labels = [
+            c.label + ((" ▼" if self.sort_reverse else " ▲") if c.key == self.sort_key else "")
+            for c in self.view.columns
+        ]
         table.set_rows(self.view, self.rows(), labels=labels, select=self.selected)
         self.selected = table.selected.number if table.selected else None
         table.border_title = f"{len(table.records)} trials" + (
-            " on the Pareto front" if self.front_only else "")
+            " on the Pareto front" if self.front_only else ""
+        )
 
     def draw_progress(self) -> None:
         title = f"{self.source.name}" + (" · Pareto only" if self.front_only else "")
         self.query_one("#progress", Static).update(
-            render.summary(self.view, self.view.progress(self.axes), title=title))
+            render.summary(self.view, self.view.progress(self.axes), title=title)
+        )
 
     def draw_selection(self) -> None:
         r = self.view.by_number.get(self.selected) if self.selected is not None else None
         self.query_one("#detail", Static).update(render.detail(self.view, r))
         self.query_one(Scatter).show(self.view, self.axes, self.selected)
-        self.query_one("#scatter").border_title = f"Pareto front · {self.axes[1]} vs " \
-                                                  f"{self.axes[0]}"
+        self.query_one("#scatter").border_title = (
+            f"Pareto front · {self.axes[1]} vs {self.axes[0]}"
+        )
 
     def select(self, number: int) -> None:
         """Select a trial, showing it in the table (leaving Pareto-only if needed)."""
@@ -231,8 +256,9 @@ class Dashboard(App):
         self.front_only = not self.front_only
         self.fill_table()
         self.draw_progress()
-        self.notify("showing the Pareto front only" if self.front_only else "showing all "
-                    "trials", timeout=2)
+        self.notify(
+            "showing the Pareto front only" if self.front_only else "showing all trials", timeout=2
+        )
 
     def action_sort(self, reverse: bool) -> None:
         keys = [c.key for c in self.view.columns]
@@ -274,8 +300,10 @@ class Dashboard(App):
             return
         export = _export_function()
         if export is None:
-            self.notify("export is not available in this sqa-nas (no sqa_nas.export."
-                        "export_trial)", severity="warning")
+            self.notify(
+                "export is not available in this sqa-nas (no sqa_nas.export.export_trial)",
+                severity="warning",
+            )
             return
         if self.source.study is None:
             self.notify("export needs a study in a storage", severity="warning")
@@ -289,11 +317,17 @@ class Dashboard(App):
         try:
             path = export(self.source.study, r, out)
         except Exception as exc:  # shown, not raised: the dashboard keeps running
-            self.call_from_thread(self.notify, f"export of trial #{r.number} failed: {exc}",
-                                  severity="error", timeout=10, markup=False)
+            self.call_from_thread(
+                self.notify,
+                f"export of trial #{r.number} failed: {exc}",
+                severity="error",
+                timeout=10,
+                markup=False,
+            )
             return
-        self.call_from_thread(self.notify, f"exported trial #{r.number} to {path}",
-                              timeout=10, markup=False)
+        self.call_from_thread(
+            self.notify, f"exported trial #{r.number} to {path}", timeout=10, markup=False
+        )
 
 
 def _export_function():

@@ -17,15 +17,22 @@ from rich.text import Text
 from sqa_nas.dashboard.view import StudyView, fmt_number
 
 # Braille cell: 2 x 4 dots; bit of the dot at (column, row) (Unicode's dot numbering).
-_DOT = {(0, 0): 0x01, (0, 1): 0x02, (0, 2): 0x04, (1, 0): 0x08, (1, 1): 0x10, (1, 2): 0x20,
-        (0, 3): 0x40, (1, 3): 0x80}
+_DOT = {
+    (0, 0): 0x01,
+    (0, 1): 0x02,
+    (0, 2): 0x04,
+    (1, 0): 0x08,
+    (1, 1): 0x10,
+    (1, 2): 0x20,
+    (0, 3): 0x40,
+    (1, 3): 0x80,
+}
 _Y_LABEL = 9  # width of the y tick labels
 _MARKS = "●◆◉"
 
 
 def axis_label(view: StudyView, metric: str) -> str:
-    return f"{metric} ({'lower' if view.direction(metric) == 'minimize' else 'higher'} " \
-           "is better)"
+    return f"{metric} ({'lower' if view.direction(metric) == 'minimize' else 'higher'} is better)"
 
 
 def _limits(values: list[float]) -> tuple[float, float]:
@@ -34,17 +41,22 @@ def _limits(values: list[float]) -> tuple[float, float]:
     return lo - pad, hi + pad
 
 
-def text_scatter(view: StudyView, x: str, y: str, width: int, height: int, *,
-                 selected: int | None = None) -> Text:
+def text_scatter(
+    view: StudyView, x: str, y: str, width: int, height: int, *, selected: int | None = None
+) -> Text:
     """A `width` x `height` character plot: dim braille dots for dominated trials, green ●
     for the front (and its staircase), magenta ◆ plus a name for baselines, a yellow ◉ for
     the selected trial."""
     width, height = max(width, _Y_LABEL + 12), max(height, 6)
     pts = view.points(x, y)
     title = Text(f"{axis_label(view, y)}  vs  {axis_label(view, x)}", "bold")
-    legend = Text.assemble(("● Pareto", "bold green"), ("  ⠂ dominated", "grey50"),
-                           ("  ◆ baseline", "magenta"), ("  ◉ selected", "bold yellow"),
-                           (f"  GPU {view.gpu_type}" if view.gpu_type else "", "italic"))
+    legend = Text.assemble(
+        ("● Pareto", "bold green"),
+        ("  ⠂ dominated", "grey50"),
+        ("  ◆ baseline", "magenta"),
+        ("  ◉ selected", "bold yellow"),
+        (f"  GPU {view.gpu_type}" if view.gpu_type else "", "italic"),
+    )
     out = Text(no_wrap=True, overflow="crop")
     for line in (title, legend):
         line.truncate(width)
@@ -58,8 +70,10 @@ def text_scatter(view: StudyView, x: str, y: str, width: int, height: int, *,
     y0, y1 = _limits([p[2] for p in pts])
 
     def dot(vx: float, vy: float) -> tuple[int, int]:  # dot coordinates, y downwards
-        return (round((vx - x0) / (x1 - x0) * (2 * cols - 1)),
-                round((y1 - vy) / (y1 - y0) * (4 * rows - 1)))
+        return (
+            round((vx - x0) / (x1 - x0) * (2 * cols - 1)),
+            round((y1 - vy) / (y1 - y0) * (4 * rows - 1)),
+        )
 
     dots: dict[tuple[int, int], list[int]] = {}  # cell -> [dominated bits, front bits]
 
@@ -90,26 +104,36 @@ def text_scatter(view: StudyView, x: str, y: str, width: int, height: int, *,
     grid: list[list[tuple[str, str]]] = [[(" ", "")] * cols for _ in range(rows)]
     for (cx, cy), (bits_dim, bits_front) in dots.items():
         if 0 <= cx < cols and 0 <= cy < rows:
-            grid[cy][cx] = (chr(0x2800 | bits_dim | bits_front),
-                            "green" if bits_front else "grey50")
+            grid[cy][cx] = (
+                chr(0x2800 | bits_dim | bits_front),
+                "green" if bits_front else "grey50",
+            )
     for (cx, cy), mark in marks.items():
         if 0 <= cx < cols and 0 <= cy < rows:
             grid[cy][cx] = mark
+
     def free(start: int, length: int) -> bool:
-        return 0 <= start and start + length <= cols and not any(
-            grid[cy][i][0] in _MARKS for i in range(start, start + length))
+        return (
+            0 <= start
+            and start + length <= cols
+            and not any(grid[cy][i][0] in _MARKS for i in range(start, start + length))
+        )
 
     for (cx, cy), name in labels:  # right of the mark, else left of it; marks stay visible
-        start = cx + 1 if free(cx + 1, len(name)) or not free(cx - len(name), len(name)) \
+        start = (
+            cx + 1
+            if free(cx + 1, len(name)) or not free(cx - len(name), len(name))
             else cx - len(name)
+        )
         for i, ch in enumerate(name):
             if 0 <= start + i < cols and grid[cy][start + i][0] not in _MARKS:
                 grid[cy][start + i] = (ch, "magenta")
 
     ticks = {0: fmt_number(y1), rows // 2: fmt_number((y0 + y1) / 2), rows - 1: fmt_number(y0)}
     for row in range(rows):
-        out.append(f"{ticks.get(row, ''):>{_Y_LABEL}}", "dim").append("┤" if row in ticks
-                                                                      else "│", "dim")
+        out.append(f"{ticks.get(row, ''):>{_Y_LABEL}}", "dim").append(
+            "┤" if row in ticks else "│", "dim"
+        )
         for style, run in groupby(grid[row], key=lambda cell: cell[1]):
             out.append("".join(ch for ch, _ in run), style)  # one span per style run
         out.append("\n")
@@ -117,7 +141,7 @@ def text_scatter(view: StudyView, x: str, y: str, width: int, height: int, *,
     left, mid, right = fmt_number(x0), fmt_number((x0 + x1) / 2), fmt_number(x1)
     axis = [" "] * cols
     for pos, label in ((0, left), (cols // 2 - len(mid) // 2, mid), (cols - len(right), right)):
-        axis[max(0, pos):max(0, pos) + len(label)] = label
+        axis[max(0, pos) : max(0, pos) + len(label)] = label
     out.append(" " * (_Y_LABEL + 1) + "".join(axis)[:cols], "dim")
     return out
 
@@ -136,8 +160,15 @@ def _staircase(front: list[tuple[int, int]], plot, view: StudyView, x: str, y: s
                 plot(round(sx + (ex - sx) * t / n), round(sy + (ey - sy) * t / n), 1)
 
 
-def write_png(view: StudyView, x: str, y: str, path: str | Path, *, title: str = "",
-              selected: int | None = None) -> Path:
+def write_png(
+    view: StudyView,
+    x: str,
+    y: str,
+    path: str | Path,
+    *,
+    title: str = "",
+    selected: int | None = None,
+) -> Path:
     """The same scatter as a PNG (matplotlib, Agg): dominated trials grey, the front in
     colour with its staircase, baselines labelled."""
     import matplotlib
@@ -161,21 +192,54 @@ def write_png(view: StudyView, x: str, y: str, path: str | Path, *, title: str =
             ax.scatter(fx, fy, s=36, color="tab:green", label="Pareto front", zorder=3)
             if set(view.objectives) == {x, y} and len(front) > 1:
                 x_min = view.direction(x) == "minimize"  # see _staircase
-                ax.step(*zip(*front), where="post" if x_min else "pre", color="tab:green",
-                        alpha=0.5, zorder=2)
+                ax.step(
+                    *zip(*front),
+                    where="post" if x_min else "pre",
+                    color="tab:green",
+                    alpha=0.5,
+                    zorder=2,
+                )
         for r, vx, vy in pts:
             if r.seed_variant:  # a green rim when the baseline is on the front
-                ax.scatter([vx], [vy], s=60, marker="D", color="tab:purple", zorder=4,
-                           edgecolors="tab:green" if view.on_front(r) else "none",
-                           linewidths=2)
-                ax.annotate(r.seed_variant, (vx, vy), xytext=(6, 4),
-                            textcoords="offset points", color="tab:purple", fontsize=9)
+                ax.scatter(
+                    [vx],
+                    [vy],
+                    s=60,
+                    marker="D",
+                    color="tab:purple",
+                    zorder=4,
+                    edgecolors="tab:green" if view.on_front(r) else "none",
+                    linewidths=2,
+                )
+                ax.annotate(
+                    r.seed_variant,
+                    (vx, vy),
+                    xytext=(6, 4),
+                    textcoords="offset points",
+                    color="tab:purple",
+                    fontsize=9,
+                )
             if r.number == selected:
-                ax.scatter([vx], [vy], s=160, facecolors="none", edgecolors="tab:orange",
-                           linewidths=2, zorder=5, label=f"trial #{r.number}")
+                ax.scatter(
+                    [vx],
+                    [vy],
+                    s=160,
+                    facecolors="none",
+                    edgecolors="tab:orange",
+                    linewidths=2,
+                    zorder=5,
+                    label=f"trial #{r.number}",
+                )
         if not pts:
-            ax.text(0.5, 0.5, "no completed trial yet", transform=ax.transAxes,
-                    ha="center", va="center", color="0.4")
+            ax.text(
+                0.5,
+                0.5,
+                "no completed trial yet",
+                transform=ax.transAxes,
+                ha="center",
+                va="center",
+                color="0.4",
+            )
         ax.set_xlabel(axis_label(view, x))
         ax.set_ylabel(axis_label(view, y))
         ax.set_title(title or "Pareto front")

@@ -13,14 +13,20 @@ from sqa_nas.dashboard.view import Progress, StudyView, fmt_number
 from sqa_nas.search.records import LayerRecord, TrialRecord
 
 BARS = "▁▂▃▄▅▆▇█"
-STATE_STYLE = {"COMPLETE": "green", "RUNNING": "cyan", "FAIL": "red", "PRUNED": "yellow",
-               "WAITING": "dim"}
+STATE_STYLE = {
+    "COMPLETE": "green",
+    "RUNNING": "cyan",
+    "FAIL": "red",
+    "PRUNED": "yellow",
+    "WAITING": "dim",
+}
 # layer strip shades, light to strong: a layer's share of the reference head count H
 SHADES = ["grey23", "grey39", "dark_cyan", "cyan3", "turquoise2"]
 
 
-def sparkline(values: Sequence[float], width: int = 40, lo: float | None = None,
-              hi: float | None = None) -> str:
+def sparkline(
+    values: Sequence[float], width: int = 40, lo: float | None = None, hi: float | None = None
+) -> str:
     """Values as block characters, resampled to at most `width` (last value kept)."""
     if not values:
         return ""
@@ -30,8 +36,7 @@ def sparkline(values: Sequence[float], width: int = 40, lo: float | None = None,
     lo = min(values) if lo is None else lo
     hi = max(values) if hi is None else hi
     span = hi - lo
-    return "".join(BARS[0 if span <= 0 else min(7, int((v - lo) / span * 7.999))]
-                   for v in values)
+    return "".join(BARS[0 if span <= 0 else min(7, int((v - lo) / span * 7.999))] for v in values)
 
 
 def summary(view: StudyView, progress: Progress, *, title: str) -> Table:
@@ -41,8 +46,10 @@ def summary(view: StudyView, progress: Progress, *, title: str) -> Table:
     grid.add_column(style="bold")
     grid.add_column()
     grid.add_row("study", title)
-    objectives = ", ".join(f"{o} ({'↓' if d == 'minimize' else '↑'})"
-                           for o, d in zip(view.objectives, view.directions))
+    objectives = ", ".join(
+        f"{o} ({'↓' if d == 'minimize' else '↑'})"
+        for o, d in zip(view.objectives, view.directions)
+    )
     grid.add_row("objectives", objectives)
     states = Text()
     for state in ("COMPLETE", "RUNNING", "FAIL", "PRUNED", "WAITING"):
@@ -55,8 +62,11 @@ def summary(view: StudyView, progress: Progress, *, title: str) -> Table:
     grid.add_row("trials", states)
     rate = "-" if progress.per_hour is None else f"{progress.per_hour:.1f}/h overall"
     grid.add_row("rate", f"{rate}, {progress.last_hour} in the last hour")
-    grid.add_row("front", f"{len(view.front)} Pareto-optimal of "
-                          f"{sum(1 for r in view.records if r.state == 'COMPLETE')} done")
+    grid.add_row(
+        "front",
+        f"{len(view.front)} Pareto-optimal of "
+        f"{sum(1 for r in view.records if r.state == 'COMPLETE')} done",
+    )
     if progress.hv_axes:
         hv = progress.hypervolume
         line = Text(sparkline(hv, 40, 0.0, 1.0), "green")
@@ -65,21 +75,29 @@ def summary(view: StudyView, progress: Progress, *, title: str) -> Table:
         grid.add_row("hypervolume", line)
     if view.front:
         picks = []
-        for spec in view.picker_specs()[:1 + len(view.objectives)]:
+        for spec in view.picker_specs()[: 1 + len(view.objectives)]:
             picks.append(f"{spec} #{view.pick(spec).number}")
         grid.add_row("picks", " · ".join(picks))
     return grid
 
 
-def pareto_table(view: StudyView, records: Sequence[TrialRecord] | None = None, *,
-                 title: str = "Pareto front", highlight: int | None = None) -> Table:
+def pareto_table(
+    view: StudyView,
+    records: Sequence[TrialRecord] | None = None,
+    *,
+    title: str = "Pareto front",
+    highlight: int | None = None,
+) -> Table:
     """The trials (the front by default) with every column of the dashboard's table."""
     rows = view.front if records is None else records
     table = Table(title=title, title_justify="left", header_style="bold")
     cols = [c for c in view.columns if c.key not in ("state", "front")]
     for col in cols:
-        table.add_column(col.label, justify="left" if col.key in ("allocation", "gpu", "seed")
-                         else "right", overflow="fold")
+        table.add_column(
+            col.label,
+            justify="left" if col.key in ("allocation", "gpu", "seed") else "right",
+            overflow="fold",
+        )
     for r in rows:
         style = "bold yellow" if r.number == highlight else None
         table.add_row(*(col.text(col.value(r)) for col in cols), style=style)
@@ -95,8 +113,7 @@ def layer_strip(r: TrialRecord) -> Table | Text:
     if not layers:
         return Text("no per-layer allocation recorded", "dim")
     n_heads = (r.model or {}).get("n_heads") or max(x.n_q_heads for x in layers)
-    table = Table(show_header=True, header_style="bold", box=None, padding=(0, 1),
-                  pad_edge=False)
+    table = Table(show_header=True, header_style="bold", box=None, padding=(0, 1), pad_edge=False)
     table.add_column("layer", style="bold")
     for i in range(len(layers)):
         table.add_column(str(i), justify="center", min_width=5)
@@ -106,13 +123,17 @@ def layer_strip(r: TrialRecord) -> Table | Text:
         return f"bold white on {SHADES[min(len(SHADES) - 1, int(share * len(SHADES)))]}"
 
     table.add_row("H_q", *(Text(f"{x.n_q_heads:^5}", shade(x.n_q_heads)) for x in layers))
-    table.add_row("H_kv", *(Text(f"{x.n_kv_heads:^5}", shade(x.n_kv_heads))
-                            for x in layers))
+    table.add_row("H_kv", *(Text(f"{x.n_kv_heads:^5}", shade(x.n_kv_heads)) for x in layers))
     table.add_row("mask", *(_pattern(x) for x in layers))
-    table.add_row("window", *("" if x.window is None else
-                              f"{x.window}" + (f"+{x.global_tokens}g"
-                                               if x.global_tokens else "")
-                              for x in layers))
+    table.add_row(
+        "window",
+        *(
+            ""
+            if x.window is None
+            else f"{x.window}" + (f"+{x.global_tokens}g" if x.global_tokens else "")
+            for x in layers
+        ),
+    )
     table.add_row("backend", *(x.backend or "-" for x in layers))
     return table
 
@@ -150,16 +171,25 @@ def detail(view: StudyView, r: TrialRecord | None) -> RenderableType:
     numbers.add_column(justify="right")
     cells = [(o, view.value(r, o)) for o in view.objectives]
     m, a = r.metrics, r.analytics
-    cells += [(k, v) for k, v in (("perplexity", m.perplexity), ("accuracy", m.accuracy),
-                                  ("speedup_vs_mha", m.speedup_vs_mha))
-              if k not in view.objectives]
-    cells += [("params", a.params), ("FLOPs/token", a.flops_per_token),
-              ("attn FLOPs/token", a.attention_flops_per_token),
-              ("KV bytes/token", a.kv_cache_bytes_per_token),
-              ("analytic × MHA", a.analytic_speedup_vs_mha)]
+    cells += [
+        (k, v)
+        for k, v in (
+            ("perplexity", m.perplexity),
+            ("accuracy", m.accuracy),
+            ("speedup_vs_mha", m.speedup_vs_mha),
+        )
+        if k not in view.objectives
+    ]
+    cells += [
+        ("params", a.params),
+        ("FLOPs/token", a.flops_per_token),
+        ("attn FLOPs/token", a.attention_flops_per_token),
+        ("KV bytes/token", a.kv_cache_bytes_per_token),
+        ("analytic × MHA", a.analytic_speedup_vs_mha),
+    ]
     shown = [(k, fmt_number(v)) for k, v in cells if v is not None]
     for i in range(0, len(shown), 2):
-        pair = shown[i:i + 2] + [("", "")] * (2 - len(shown[i:i + 2]))
+        pair = shown[i : i + 2] + [("", "")] * (2 - len(shown[i : i + 2]))
         numbers.add_row(pair[0][0], pair[0][1], pair[1][0], pair[1][1])
     parts.append(numbers)
 
@@ -167,8 +197,11 @@ def detail(view: StudyView, r: TrialRecord | None) -> RenderableType:
     losses = [loss for _, _, loss in curve]
     if losses:
         line = Text("train loss ", "bold")
-        line.append(f"{fmt_number(losses[0])} → {fmt_number(losses[-1])} "
-                    f"over {fmt_number(curve[-1][0])} steps", "dim")
+        line.append(
+            f"{fmt_number(losses[0])} → {fmt_number(losses[-1])} "
+            f"over {fmt_number(curve[-1][0])} steps",
+            "dim",
+        )
         parts += [Text(""), line, Text(sparkline(losses, 48), "cyan")]
     if r.timings.total_s is not None:
         parts.append(Text(f"took {r.timings.total_s:.1f} s", "dim"))

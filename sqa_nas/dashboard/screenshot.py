@@ -14,8 +14,14 @@ from pathlib import Path
 from sqa_nas.dashboard.view import Source
 
 
-async def capture(source: Source, out: str | Path, *, size: tuple[int, int] = (160, 48),
-                  pick: str | None = "knee", keys: tuple[str, ...] = ()) -> Path:
+async def capture(
+    source: Source,
+    out: str | Path,
+    *,
+    size: tuple[int, int] = (160, 48),
+    pick: str | None = "knee",
+    keys: tuple[str, ...] = (),
+) -> Path:
     """Open the app on `source`, select `pick`, press `keys`, and save the screen as SVG."""
     from sqa_nas.dashboard.app import Dashboard
 
@@ -36,8 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     from sqa_nas.dashboard.view import StorageSource
     from sqa_nas.errors import UserError
 
-    p = argparse.ArgumentParser(prog="python -m sqa_nas.dashboard.screenshot",
-                                description="Save an SVG screenshot of the dashboard.")
+    p = argparse.ArgumentParser(
+        prog="python -m sqa_nas.dashboard.screenshot",
+        description="Save an SVG screenshot of the dashboard.",
+    )
     p.add_argument("study")
     p.add_argument("--storage", metavar="URL")
     p.add_argument("--out", default="docs/dashboard.svg", metavar="FILE")
@@ -46,8 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         cols, rows = (int(n) for n in args.size.lower().split("x"))
-        path = asyncio.run(capture(StorageSource(args.study, args.storage), args.out,
-                                   size=(cols, rows), pick=args.pick))
+        path = asyncio.run(
+            capture(
+                StorageSource(args.study, args.storage),
+                args.out,
+                size=(cols, rows),
+                pick=args.pick,
+            )
+        )
     except ValueError as exc:  # UserError is a ValueError; so is a malformed --size
         kind = "error" if isinstance(exc, UserError) else f"--size {args.size!r}"
         print(f"{kind}: {exc}", file=sys.stderr)

@@ -17,35 +17,52 @@ from sqa_nas.dashboard.view import StudyView
 from sqa_nas.search.records import TrialRecord
 
 
-def snapshot(view: StudyView, *, title: str, axes: tuple[str, str] | None = None,
-             picked: tuple[str, TrialRecord] | None = None) -> RenderableType:
+def snapshot(
+    view: StudyView,
+    *,
+    title: str,
+    axes: tuple[str, str] | None = None,
+    picked: tuple[str, TrialRecord] | None = None,
+) -> RenderableType:
     """Summary, Pareto table, and the picked trial's detail when there is one."""
     parts: list[RenderableType] = [
-        summary(view, view.progress(axes), title=title), Text(""),
-        pareto_table(view, title=f"Pareto front ({len(view.front)} "
-                                 f"trial{'' if len(view.front) == 1 else 's'}, best "
-                                 f"{view.objectives[0]} first)",
-                     highlight=picked[1].number if picked else None)]
+        summary(view, view.progress(axes), title=title),
+        Text(""),
+        pareto_table(
+            view,
+            title=f"Pareto front ({len(view.front)} "
+            f"trial{'' if len(view.front) == 1 else 's'}, best "
+            f"{view.objectives[0]} first)",
+            highlight=picked[1].number if picked else None,
+        ),
+    ]
     if picked:
         spec, r = picked
-        parts += [Text(""), Panel(detail(view, r), title=f"picked by {spec}: trial "
-                                                         f"#{r.number}", title_align="left")]
+        parts += [
+            Text(""),
+            Panel(
+                detail(view, r), title=f"picked by {spec}: trial #{r.number}", title_align="left"
+            ),
+        ]
     return Group(*parts)
 
 
 def front_json(view: StudyView) -> list[dict[str, Any]]:
     """One object per Pareto trial, best first objective first."""
-    return [{
-        "number": r.number,
-        "values": dict(r.values or {}),
-        "params": r.params,
-        "allocation": r.allocation,
-        "layers": [x.stored() for x in r.layers],
-        "seed_variant": r.seed_variant,
-        "gpu_type": r.gpu_type,
-        "analytics": r.analytics.stored(),
-        "metrics": r.metrics.stored(),
-    } for r in view.front]
+    return [
+        {
+            "number": r.number,
+            "values": dict(r.values or {}),
+            "params": r.params,
+            "allocation": r.allocation,
+            "layers": [x.stored() for x in r.layers],
+            "seed_variant": r.seed_variant,
+            "gpu_type": r.gpu_type,
+            "analytics": r.analytics.stored(),
+            "metrics": r.metrics.stored(),
+        }
+        for r in view.front
+    ]
 
 
 def write_json(view: StudyView, path: str) -> Path | None:

@@ -64,16 +64,24 @@ class TrialTable(ScrollView, can_focus=True):
         self.front: set[int] = set()
 
     # ------------------------------------------------------------------------------ data
-    def set_rows(self, view: StudyView, records: Sequence[TrialRecord], *,
-                 labels: Sequence[str] | None = None, select: int | None = None) -> None:
+    def set_rows(
+        self,
+        view: StudyView,
+        records: Sequence[TrialRecord],
+        *,
+        labels: Sequence[str] | None = None,
+        select: int | None = None,
+    ) -> None:
         """Replace the rows; keep the cursor on trial `select` when it is among them."""
         self.columns = list(view.columns)
         self.labels = list(labels or [c.label for c in self.columns])
         self.records = list(records)
         self.front = view.front_numbers
         self.cells = [view.cells(r)[1] for r in self.records]
-        self.widths = [max([_width(label)] + [_width(row[i]) for row in self.cells])
-                       for i, label in enumerate(self.labels)]
+        self.widths = [
+            max([_width(label)] + [_width(row[i]) for row in self.cells])
+            for i, label in enumerate(self.labels)
+        ]
         self.virtual_size = Size(sum(self.widths) + 2 * len(self.widths), len(self.cells) + 1)
         index = self.index_of(select) if select is not None else None
         self.set_reactive(TrialTable.cursor, 0 if index is None else index)
@@ -149,16 +157,18 @@ class TrialTable(ScrollView, can_focus=True):
         width = self.scrollable_content_region.width
         base = self.rich_style
         if y == 0:
-            segments = [Segment(self._pad(i, label) + "  ", base + Style(bold=True,
-                                                                          underline=True))
-                        for i, label in enumerate(self.labels)]
+            segments = [
+                Segment(self._pad(i, label) + "  ", base + Style(bold=True, underline=True))
+                for i, label in enumerate(self.labels)
+            ]
         else:
             index = scroll_y + y - 1
             if index >= len(self.cells):
                 return Strip.blank(width, base)
             r = self.records[index]
-            style = base + Style(bold=r.number in self.front,
-                                 dim=r.state not in ("COMPLETE", "RUNNING"))
+            style = base + Style(
+                bold=r.number in self.front, dim=r.state not in ("COMPLETE", "RUNNING")
+            )
             if index == self.cursor:
                 style += Style(reverse=True)
             segments = []

@@ -31,9 +31,12 @@ from sqa_nas.search.records import (
 )
 
 # metric name -> where a trial stores it when it is not one of the study's objectives
-_ANALYTICS = {"kv_cache_bytes": "kv_cache_bytes_per_token", "params": "params",
-              "attention_flops": "attention_flops_per_token",
-              "speedup_vs_mha": "analytic_speedup_vs_mha"}
+_ANALYTICS = {
+    "kv_cache_bytes": "kv_cache_bytes_per_token",
+    "params": "params",
+    "attention_flops": "attention_flops_per_token",
+    "speedup_vs_mha": "analytic_speedup_vs_mha",
+}
 
 
 class Source:
@@ -57,16 +60,23 @@ class StorageSource(Source):
         self.objectives = objective_names(self.study)
         self.directions = [d.name.lower() for d in self.study.directions]
         if len(self.objectives) != len(self.directions):
-            raise UserError(f"study {name!r} in {self.where} names {len(self.objectives)} "
-                            f"objectives but has {len(self.directions)} directions")
+            raise UserError(
+                f"study {name!r} in {self.where} names {len(self.objectives)} "
+                f"objectives but has {len(self.directions)} directions"
+            )
 
     def records(self) -> list[TrialRecord]:
         return trial_records(self.study)
 
 
 class MemorySource(Source):
-    def __init__(self, name: str, objectives: Sequence[str], records: list[TrialRecord],
-                 directions: Sequence[str] | None = None):
+    def __init__(
+        self,
+        name: str,
+        objectives: Sequence[str],
+        records: list[TrialRecord],
+        directions: Sequence[str] | None = None,
+    ):
         self.name, self.where = name, "memory"
         self.objectives = list(objectives)
         self.directions = list(directions or [OBJECTIVES[o] for o in objectives])
@@ -99,9 +109,15 @@ class StudyView:
     """The records of one reload, optionally restricted to one GPU type, and everything the
     dashboard derives from them."""
 
-    def __init__(self, records: Sequence[TrialRecord], objectives: Sequence[str],
-                 directions: Sequence[str], *, gpu_type: str | None = None,
-                 now: datetime | None = None):
+    def __init__(
+        self,
+        records: Sequence[TrialRecord],
+        objectives: Sequence[str],
+        directions: Sequence[str],
+        *,
+        gpu_type: str | None = None,
+        now: datetime | None = None,
+    ):
         self.all_records = list(records)
         self.records, self.gpu_types = of_gpu_type(self.all_records, gpu_type)
         self.gpu_type = gpu_type
@@ -122,8 +138,12 @@ class StudyView:
     def axes(self) -> list[str]:
         """Metrics a scatter axis can show: the objectives first, then any other known
         metric that the trials record (e.g. KV cache when only loss and speed are searched)."""
-        extra = [m for m in OBJECTIVES if m not in self.objectives
-                 and any(self.value(r, m) is not None for r in self.front or self.records)]
+        extra = [
+            m
+            for m in OBJECTIVES
+            if m not in self.objectives
+            and any(self.value(r, m) is not None for r in self.front or self.records)
+        ]
         return self.objectives + extra
 
     def default_axes(self) -> tuple[str, str]:
@@ -138,8 +158,11 @@ class StudyView:
     def value(self, r: TrialRecord, metric: str) -> float | None:
         """An objective's value, else the trial's measured metric, else its analytic cost."""
         key = _ANALYTICS.get(metric)
-        for value in ((r.values or {}).get(metric), r.metrics.value(metric),
-                      r.analytics.value(key) if key else None):
+        for value in (
+            (r.values or {}).get(metric),
+            r.metrics.value(metric),
+            r.analytics.value(key) if key else None,
+        ):
             if finite(value):
                 return float(value)
         return None
@@ -164,20 +187,29 @@ class StudyView:
         def metric(m):
             return lambda r: self.value(r, m)
 
-        cols = [Column("number", "#", lambda r: r.number, str),
-                Column("state", "state", lambda r: r.state, str),
-                Column("front", "front", lambda r: "★" if self.on_front(r) else "",
-                       str),
-                Column("seed", "seed", lambda r: r.seed_variant or "", str)]
-        cols += [Column(o, f"{o} {'↓' if d == 'minimize' else '↑'}", metric(o), fmt_number)
-                 for o, d in zip(self.objectives, self.directions)]
-        cols += [Column(m, label, metric(m), text) for m, label, text in (
-            ("params", "params", fmt_number),
-            ("kv_cache_bytes", "KV B/token", fmt_number),
-            ("speedup_vs_mha", "× MHA", lambda v: "" if v is None else f"{v:.2f}x"))
-            if m not in self.objectives]
-        cols += [Column("gpu", "GPU", lambda r: r.gpu_type or "", str),
-                 Column("allocation", "allocation", lambda r: r.allocation, str)]
+        cols = [
+            Column("number", "#", lambda r: r.number, str),
+            Column("state", "state", lambda r: r.state, str),
+            Column("front", "front", lambda r: "★" if self.on_front(r) else "", str),
+            Column("seed", "seed", lambda r: r.seed_variant or "", str),
+        ]
+        cols += [
+            Column(o, f"{o} {'↓' if d == 'minimize' else '↑'}", metric(o), fmt_number)
+            for o, d in zip(self.objectives, self.directions)
+        ]
+        cols += [
+            Column(m, label, metric(m), text)
+            for m, label, text in (
+                ("params", "params", fmt_number),
+                ("kv_cache_bytes", "KV B/token", fmt_number),
+                ("speedup_vs_mha", "× MHA", lambda v: "" if v is None else f"{v:.2f}x"),
+            )
+            if m not in self.objectives
+        ]
+        cols += [
+            Column("gpu", "GPU", lambda r: r.gpu_type or "", str),
+            Column("allocation", "allocation", lambda r: r.allocation, str),
+        ]
         return cols
 
     def cells(self, r: TrialRecord) -> tuple[list, list[str]]:
@@ -185,12 +217,15 @@ class StudyView:
         got = self._cells.get(r.number)
         if got is None:
             values = [c.value(r) for c in self.columns]
-            got = self._cells[r.number] = (values, [c.text(v) for c, v in
-                                                    zip(self.columns, values)])
+            got = self._cells[r.number] = (
+                values,
+                [c.text(v) for c, v in zip(self.columns, values)],
+            )
         return got
 
-    def sorted_records(self, column: str = "number", reverse: bool = False, *,
-                       front_only: bool = False) -> list[TrialRecord]:
+    def sorted_records(
+        self, column: str = "number", reverse: bool = False, *, front_only: bool = False
+    ) -> list[TrialRecord]:
         """Rows for the table; missing values sort last whatever the direction."""
         i = [c.key for c in self.columns].index(column)
         rows = [(self.cells(r)[0][i], r) for r in (self.front if front_only else self.records)]
@@ -203,16 +238,21 @@ class StudyView:
         """Pickers the dashboard cycles through: the knee, the best of each objective, and the
         best of each within 1% of the best of another."""
         specs = ["knee"] + [f"best:{o}" for o in self.objectives]
-        specs += [f"best:{a}:within={b}+1%" for a in self.objectives for b in self.objectives
-                  if a != b]
+        specs += [
+            f"best:{a}:within={b}+1%" for a in self.objectives for b in self.objectives if a != b
+        ]
         return specs
 
     def pick(self, spec: str, axes: Sequence[str] | None = None) -> TrialRecord:
-        """The trial a picker spec names (`sqa_nas.pareto.pick`). The knee is taken on `axes`
+        """The trial a picker spec names (`sqa_nas.search.pareto.pick`). The knee is taken on `axes`
         when both are objectives (the pair on screen), else on the first two objectives."""
         objectives, directions = self.objectives, self.directions
-        if spec == "knee" and axes and all(a in self.objectives for a in axes) \
-                and len(set(axes)) == 2:
+        if (
+            spec == "knee"
+            and axes
+            and all(a in self.objectives for a in axes)
+            and len(set(axes)) == 2
+        ):
             # in the study's order, so that swapping the axes does not change the answer
             objectives = [o for o in self.objectives if o in axes]
             directions = [self.direction(o) for o in objectives]
@@ -246,8 +286,9 @@ class StudyView:
             per_hour = len(ends) / hours if hours > 0 else None
             last_hour = sum(1 for e in ends if (newest - e).total_seconds() <= 3600)
         hv_axes = self._hv_axes(axes)
-        return Progress(counts, per_hour, last_hour,
-                        self.hypervolume(hv_axes) if hv_axes else [], hv_axes)
+        return Progress(
+            counts, per_hour, last_hour, self.hypervolume(hv_axes) if hv_axes else [], hv_axes
+        )
 
     def _hv_axes(self, axes: tuple[str, str] | None) -> tuple[str, str] | None:
         if axes and len(set(axes)) == 2 and all(a in self.objectives for a in axes):

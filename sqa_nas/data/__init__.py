@@ -39,8 +39,19 @@ from sqa_nas.data.tokens import load_tokens
 from sqa_nas.errors import UserError, first_error
 
 __all__ = [
-    "IGNORE_INDEX", "AnySpec", "Batch", "DataSpec", "Dataset", "EmbeddedSpec", "HFSpec",
-    "MQARSpec", "TextSpec", "TokensSpec", "accuracy_counts", "cache_root", "load_dataset",
+    "IGNORE_INDEX",
+    "AnySpec",
+    "Batch",
+    "DataSpec",
+    "Dataset",
+    "EmbeddedSpec",
+    "HFSpec",
+    "MQARSpec",
+    "TextSpec",
+    "TokensSpec",
+    "accuracy_counts",
+    "cache_root",
+    "load_dataset",
 ]
 
 _LOADERS: dict[str, Callable[[Any, Path], Dataset]] = {
@@ -52,8 +63,9 @@ _LOADERS: dict[str, Callable[[Any, Path], Dataset]] = {
 }
 
 
-def load_dataset(spec: DataSpec | AnySpec | Mapping[str, Any], *,
-                 cache_dir: str | Path | None = None) -> Dataset:
+def load_dataset(
+    spec: DataSpec | AnySpec | Mapping[str, Any], *, cache_dir: str | Path | None = None
+) -> Dataset:
     """The dataset of ``spec`` (a spec or its dict form, as under ``data:`` in YAML), built
     into the cache on first use. ``cache_dir`` overrides ``$SQA_NAS_CACHE`` and
     ``~/.cache/sqa_nas``. Bad specs and unusable data raise `UserError`."""

@@ -34,14 +34,16 @@ class Dataset(ABC):
     meta: dict[str, Any]
 
     @abstractmethod
-    def train_batches(self, batch_size: int, seq_len: int, *, seed: int = 0,
-                      device: str | torch.device = "cpu") -> Iterator[Batch]:
+    def train_batches(
+        self, batch_size: int, seq_len: int, *, seed: int = 0, device: str | torch.device = "cpu"
+    ) -> Iterator[Batch]:
         """An endless stream of (x, y) training batches of shape (batch_size, seq_len),
         reproducible for a given ``seed``."""
 
     @abstractmethod
-    def val_batches(self, batch_size: int, seq_len: int, n_batches: int, *,
-                    device: str | torch.device = "cpu") -> list[Batch]:
+    def val_batches(
+        self, batch_size: int, seq_len: int, n_batches: int, *, device: str | torch.device = "cpu"
+    ) -> list[Batch]:
         """``n_batches`` validation batches, the same on every call with the same arguments,
         so validation losses of different trials compare."""
 

@@ -109,9 +109,14 @@ class CorpusWriter:
 
     def finish(self, meta: dict[str, Any]) -> None:
         """Write ``meta.json``: ``meta`` plus dtype, separator, sizes and the fingerprint."""
-        meta = {**meta, "dtype": self.dtype.name, "separator": self.separator,
-                "tokens": self.tokens, "documents": self.documents,
-                "fingerprint": self.fingerprint.hexdigest()}
+        meta = {
+            **meta,
+            "dtype": self.dtype.name,
+            "separator": self.separator,
+            "tokens": self.tokens,
+            "documents": self.documents,
+            "fingerprint": self.fingerprint.hexdigest(),
+        }
         (self.directory / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
@@ -134,7 +139,8 @@ def cached_corpus(directory: Path, build: Callable[[Path], None]) -> TokenStream
         tokens = corpus.meta["tokens"]
         Console(stderr=True, soft_wrap=True, highlight=False).print(
             f"[dim]built {corpus.meta['kind']} data ({tokens['train']:,} train + "
-            f"{tokens['val']:,} val tokens): {directory}[/dim]")
+            f"{tokens['val']:,} val tokens): {directory}[/dim]"
+        )
         return corpus
     return open_corpus(directory)
 
@@ -143,9 +149,12 @@ def open_corpus(directory: Path) -> TokenStream:
     """A built cache directory as memmaps; instant whatever the size."""
     meta = json.loads((directory / "meta.json").read_text())
     meta["cache_dir"] = str(directory)
-    return TokenStream(train=memmap(directory / "train.bin", meta["dtype"]),
-                       val=memmap(directory / "val.bin", meta["dtype"]),
-                       vocab_size=meta["vocab_size"], meta=meta)
+    return TokenStream(
+        train=memmap(directory / "train.bin", meta["dtype"]),
+        val=memmap(directory / "val.bin", meta["dtype"]),
+        vocab_size=meta["vocab_size"],
+        meta=meta,
+    )
 
 
 def memmap(path: Path, dtype: str | np.dtype) -> np.ndarray:
@@ -157,14 +166,21 @@ def memmap(path: Path, dtype: str | np.dtype) -> np.ndarray:
 
 
 @contextmanager
-def progress(description: str, total: int, *,
-             unit: Literal["bytes", "documents"] = "bytes") -> Iterator[Callable[[int], None]]:
+def progress(
+    description: str, total: int, *, unit: Literal["bytes", "documents"] = "bytes"
+) -> Iterator[Callable[[int], None]]:
     """A rich progress bar on stderr; yields ``advance(n)``. Hidden for byte jobs under
     4 MiB, which finish before a bar could be read."""
     counter = DownloadColumn() if unit == "bytes" else MofNCompleteColumn()
-    bar = Progress("[progress.description]{task.description}", BarColumn(), counter,
-                   TimeRemainingColumn(), console=Console(stderr=True), transient=True,
-                   disable=unit == "bytes" and total < 4 * 2**20)
+    bar = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        counter,
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+        disable=unit == "bytes" and total < 4 * 2**20,
+    )
     with bar:
         task = bar.add_task(description, total=total)
         yield lambda n: bar.advance(task, n)

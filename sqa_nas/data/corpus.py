@@ -64,10 +64,14 @@ def load_embedded(spec: EmbeddedSpec, root: Path) -> TokenStream:
             path = Path(sysconfig.get_paths()[label])
             if path.resolve() not in {p.resolve() for p in roots.values()}:
                 roots[label] = path
-    meta = {"kind": "embedded", "python": platform.python_version(),
-            "sources": {label: str(path) for label, path in roots.items()}}
-    return load_files(python_files(roots), val_fraction=spec.val_fraction, root=root,
-                      meta=meta, strict=False)
+    meta = {
+        "kind": "embedded",
+        "python": platform.python_version(),
+        "sources": {label: str(path) for label, path in roots.items()},
+    }
+    return load_files(
+        python_files(roots), val_fraction=spec.val_fraction, root=root, meta=meta, strict=False
+    )
 
 
 def load_text(spec: TextSpec, root: Path) -> TokenStream:
@@ -103,15 +107,18 @@ def text_files(patterns: list[str]) -> list[SourceFile]:
                 raise UserError(f"text data: pattern {pattern!r} matches no file")
             paths.update(p.resolve() for p in matched)
         elif Path(expanded).is_dir():
-            raise UserError(f"text data: {pattern!r} is a directory; name files or a glob "
-                            f"such as '{pattern.rstrip('/')}/**/*.txt'")
+            raise UserError(
+                f"text data: {pattern!r} is a directory; name files or a glob "
+                f"such as '{pattern.rstrip('/')}/**/*.txt'"
+            )
         elif Path(expanded).is_file():
             paths.add(Path(expanded).resolve())
         else:
             raise UserError(f"text data: no such file {pattern!r}")
     parent = Path(os.path.commonpath(paths)) if len(paths) > 1 else next(iter(paths)).parent
-    return sorted((_source(p.relative_to(parent).as_posix(), p) for p in paths),
-                  key=lambda f: f.name)
+    return sorted(
+        (_source(p.relative_to(parent).as_posix(), p) for p in paths), key=lambda f: f.name
+    )
 
 
 def _source(name: str, path: Path) -> SourceFile:
@@ -131,7 +138,8 @@ def _unit_hash(name: str) -> float:
 def split_files(files: list[SourceFile], val_fraction: float) -> dict[str, Split]:
     """name -> split for every file; both splits non-empty when there are two files or more."""
     splits: dict[str, Split] = {
-        f.name: "val" if in_val(f.name, val_fraction) else "train" for f in files}
+        f.name: "val" if in_val(f.name, val_fraction) else "train" for f in files
+    }
     if len(files) > 1:
         by_hash = sorted(files, key=lambda f: _unit_hash(f.name))
         if "val" not in splits.values():
@@ -141,21 +149,29 @@ def split_files(files: list[SourceFile], val_fraction: float) -> dict[str, Split
     return splits
 
 
-def load_files(files: list[SourceFile], *, val_fraction: float, root: Path,
-               meta: dict[str, Any], strict: bool) -> TokenStream:
+def load_files(
+    files: list[SourceFile], *, val_fraction: float, root: Path, meta: dict[str, Any], strict: bool
+) -> TokenStream:
     """Build (once) and open the byte corpus of ``files``. ``strict``: a file that is not
     UTF-8 is an error (text kind) instead of a skip (embedded kind, which also skips files
     over `MAX_FILE_BYTES`)."""
-    key = cache_key({"kind": meta["kind"], "val_fraction": val_fraction, "strict": strict,
-                     "files": [(f.name, str(f.path), f.size, f.mtime_ns) for f in files]})
+    key = cache_key(
+        {
+            "kind": meta["kind"],
+            "val_fraction": val_fraction,
+            "strict": strict,
+            "files": [(f.name, str(f.path), f.size, f.mtime_ns) for f in files],
+        }
+    )
     meta = {**meta, "vocab_size": 256, "val_fraction": val_fraction}
 
     def build(directory: Path) -> None:
         skipped: dict[str, list[str]] = {"not_utf8": [], "over_2MiB": []}
         splits = split_files(files, val_fraction)
-        with CorpusWriter(directory, dtype="uint8", separator=SEPARATOR) as writer, \
-                progress(f"building the {meta['kind']} corpus",
-                         sum(f.size for f in files)) as advance:
+        with (
+            CorpusWriter(directory, dtype="uint8", separator=SEPARATOR) as writer,
+            progress(f"building the {meta['kind']} corpus", sum(f.size for f in files)) as advance,
+        ):
             for f in files:
                 advance(f.size)
                 if not strict and f.size > MAX_FILE_BYTES:
@@ -166,8 +182,10 @@ def load_files(files: list[SourceFile], *, val_fraction: float, root: Path,
                     data.decode("utf-8")
                 except UnicodeDecodeError as exc:
                     if strict:
-                        raise UserError(f"text data: {f.path} is not UTF-8 text (byte "
-                                        f"{exc.start}: {exc.reason})") from None
+                        raise UserError(
+                            f"text data: {f.path} is not UTF-8 text (byte "
+                            f"{exc.start}: {exc.reason})"
+                        ) from None
                     skipped["not_utf8"].append(f.name)
                     continue
                 if len(files) == 1:  # split a single file by bytes: the tail is validation

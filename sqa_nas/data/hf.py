@@ -31,8 +31,10 @@ def load_hf(spec: HFSpec, root: Path) -> TokenStream:
             import datasets
             import tokenizers
         except ImportError as exc:
-            raise UserError(f"data kind 'hf' needs the Hugging Face packages ({exc.name} is "
-                            "missing): pip install 'sqa-nas[hf]'") from None
+            raise UserError(
+                f"data kind 'hf' needs the Hugging Face packages ({exc.name} is "
+                "missing): pip install 'sqa-nas[hf]'"
+            ) from None
         if Path(spec.tokenizer).expanduser().is_file():
             tokenizer = tokenizers.Tokenizer.from_file(str(Path(spec.tokenizer).expanduser()))
         else:
@@ -42,16 +44,20 @@ def load_hf(spec: HFSpec, root: Path) -> TokenStream:
         if spec.eos_token is not None:
             eos = tokenizer.token_to_id(spec.eos_token)
             if eos is None:
-                raise UserError(f"hf data: tokenizer {spec.tokenizer!r} has no token "
-                                f"{spec.eos_token!r} (eos_token)")
+                raise UserError(
+                    f"hf data: tokenizer {spec.tokenizer!r} has no token "
+                    f"{spec.eos_token!r} (eos_token)"
+                )
         splits: dict[Split, Any] = {"train": _split(datasets, spec, spec.train_split)}
         if spec.val_split is not None:
             splits["val"] = _split(datasets, spec, spec.val_split)
         meta = {"kind": "hf", "vocab_size": vocab_size, "spec": spec.model_dump()}
         total = sum(len(s) for s in splits.values())
         dtype = "uint16" if vocab_size <= 2**16 else "uint32"
-        with CorpusWriter(directory, dtype=dtype, separator=eos) as writer, \
-                progress(f"tokenizing {spec.name}", total, unit="documents") as advance:
+        with (
+            CorpusWriter(directory, dtype=dtype, separator=eos) as writer,
+            progress(f"tokenizing {spec.name}", total, unit="documents") as advance,
+        ):
             for split, names, texts in _batches(spec, splits):
                 encodings = tokenizer.encode_batch(texts, add_special_tokens=False)
                 for name, encoding in zip(names, encodings):
@@ -65,31 +71,38 @@ def load_hf(spec: HFSpec, root: Path) -> TokenStream:
 def _split(datasets: Any, spec: HFSpec, split: str) -> Any:
     """One split of the dataset, cut to ``max_documents``, checked for ``text_field``."""
     try:
-        data = datasets.load_dataset(spec.name, spec.config, split=split,
-                                     revision=spec.revision)
+        data = datasets.load_dataset(spec.name, spec.config, split=split, revision=spec.revision)
     except ValueError as exc:  # datasets' "Unknown split" names the available ones
-        raise UserError(f"hf data {spec.name!r}: {exc} (val_split: null carves the "
-                        "validation documents out of train_split)") from None
+        raise UserError(
+            f"hf data {spec.name!r}: {exc} (val_split: null carves the "
+            "validation documents out of train_split)"
+        ) from None
     if spec.text_field not in data.column_names:
-        raise UserError(f"hf data {spec.name!r} split {split!r} has no column "
-                        f"{spec.text_field!r} (text_field); columns: {data.column_names}")
+        raise UserError(
+            f"hf data {spec.name!r} split {split!r} has no column "
+            f"{spec.text_field!r} (text_field); columns: {data.column_names}"
+        )
     if spec.max_documents is not None and len(data) > spec.max_documents:
         data = data.select(range(spec.max_documents))
     return data
 
 
-def _batches(spec: HFSpec, splits: dict[Split, Any]
-             ) -> Iterator[tuple[Split, list[str], list[str]]]:
+def _batches(
+    spec: HFSpec, splits: dict[Split, Any]
+) -> Iterator[tuple[Split, list[str], list[str]]]:
     """(split, document names, texts) in batches of `_ENCODE_BATCH` documents, in order."""
     for split, data in splits.items():
         source = spec.train_split if split == "train" else spec.val_split
         for start in range(0, len(data), _ENCODE_BATCH):
-            texts = data[start:start + _ENCODE_BATCH][spec.text_field]
+            texts = data[start : start + _ENCODE_BATCH][spec.text_field]
             names = [f"{source}/{start + i}" for i in range(len(texts))]
             if split == "train" and spec.val_split is None:
                 for dest in ("train", "val"):
-                    keep = [i for i, n in enumerate(names)
-                            if (dest == "val") == in_val(n, spec.val_fraction)]
+                    keep = [
+                        i
+                        for i, n in enumerate(names)
+                        if (dest == "val") == in_val(n, spec.val_fraction)
+                    ]
                     yield dest, [names[i] for i in keep], [texts[i] for i in keep]
             else:
                 yield split, names, texts

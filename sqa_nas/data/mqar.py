@@ -45,37 +45,48 @@ class MQAR(Dataset):
         self.vocab_size = spec.vocab_size
         options = spec.model_dump()
         self.fingerprint = hashlib.sha256(
-            json.dumps({"generator": GENERATOR, **options}, sort_keys=True).encode()).hexdigest()
+            json.dumps({"generator": GENERATOR, **options}, sort_keys=True).encode()
+        ).hexdigest()
         self.meta = {**options, "generator": GENERATOR, "fingerprint": self.fingerprint}
 
-    def train_batches(self, batch_size: int, seq_len: int, *, seed: int = 0,
-                      device: str | torch.device = "cpu") -> Iterator[Batch]:
+    def train_batches(
+        self, batch_size: int, seq_len: int, *, seed: int = 0, device: str | torch.device = "cpu"
+    ) -> Iterator[Batch]:
         self._check(seq_len)
         rng = np.random.default_rng([self.spec.seed, 0, seed])
         while True:
             x, y = self.generate(rng, batch_size, seq_len)
             yield to_device(x, device), to_device(y, device)
 
-    def val_batches(self, batch_size: int, seq_len: int, n_batches: int, *,
-                    device: str | torch.device = "cpu") -> list[Batch]:
+    def val_batches(
+        self, batch_size: int, seq_len: int, n_batches: int, *, device: str | torch.device = "cpu"
+    ) -> list[Batch]:
         self._check(seq_len)
-        x, y = self.generate(np.random.default_rng([self.spec.seed, 1]),
-                             batch_size * n_batches, seq_len)
-        return [(to_device(xb, device), to_device(yb, device))
-                for xb, yb in zip(np.split(x, n_batches), np.split(y, n_batches))]
+        x, y = self.generate(
+            np.random.default_rng([self.spec.seed, 1]), batch_size * n_batches, seq_len
+        )
+        return [
+            (to_device(xb, device), to_device(yb, device))
+            for xb, yb in zip(np.split(x, n_batches), np.split(y, n_batches))
+        ]
 
     def _check(self, seq_len: int) -> None:
         kv = self.spec.num_kv_pairs
         if self.spec.seq_len is not None and seq_len != self.spec.seq_len:
-            raise UserError(f"mqar data is pinned to seq_len={self.spec.seq_len} by its spec; "
-                            f"the trial asked for {seq_len} (drop seq_len from the data spec "
-                            "to follow the trial's)")
+            raise UserError(
+                f"mqar data is pinned to seq_len={self.spec.seq_len} by its spec; "
+                f"the trial asked for {seq_len} (drop seq_len from the data spec "
+                "to follow the trial's)"
+            )
         if seq_len < 4 * kv:
-            raise UserError(f"mqar: seq_len={seq_len} is too short for num_kv_pairs={kv}: "
-                            f"it needs 4 * num_kv_pairs = {4 * kv}")
+            raise UserError(
+                f"mqar: seq_len={seq_len} is too short for num_kv_pairs={kv}: "
+                f"it needs 4 * num_kv_pairs = {4 * kv}"
+            )
 
-    def generate(self, rng: np.random.Generator, n: int, seq_len: int
-                 ) -> tuple[np.ndarray, np.ndarray]:
+    def generate(
+        self, rng: np.random.Generator, n: int, seq_len: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``n`` sequences: (x, y), both int64 (n, seq_len), laid out as the module says."""
         kv, vocab = self.spec.num_kv_pairs, self.spec.vocab_size
         half, context = vocab // 2, 2 * kv

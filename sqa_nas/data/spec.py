@@ -102,9 +102,11 @@ class MQARSpec(_Spec):
                 f"needs at least {self.num_kv_pairs} of each"
             )
         if self.seq_len is not None and self.seq_len < 4 * self.num_kv_pairs:
-            raise ValueError(f"seq_len={self.seq_len} is too short for num_kv_pairs="
-                             f"{self.num_kv_pairs}: it needs 4 * num_kv_pairs = "
-                             f"{4 * self.num_kv_pairs} (the pairs, then a query slot per pair)")
+            raise ValueError(
+                f"seq_len={self.seq_len} is too short for num_kv_pairs="
+                f"{self.num_kv_pairs}: it needs 4 * num_kv_pairs = "
+                f"{4 * self.num_kv_pairs} (the pairs, then a query slot per pair)"
+            )
         return self
 
 

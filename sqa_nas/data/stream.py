@@ -27,39 +27,48 @@ from sqa_nas.errors import UserError
 class TokenStream(Dataset):
     """Batches from ``train`` and ``val``: 1-D integer arrays (usually read-only memmaps)."""
 
-    def __init__(self, *, train: np.ndarray, val: np.ndarray, vocab_size: int,
-                 meta: dict[str, Any]) -> None:
+    def __init__(
+        self, *, train: np.ndarray, val: np.ndarray, vocab_size: int, meta: dict[str, Any]
+    ) -> None:
         self.train = train
         self.val = val
         self.vocab_size = vocab_size
         self.fingerprint = meta["fingerprint"]
         self.meta = meta
 
-    def train_batches(self, batch_size: int, seq_len: int, *, seed: int = 0,
-                      device: str | torch.device = "cpu") -> Iterator[Batch]:
+    def train_batches(
+        self, batch_size: int, seq_len: int, *, seed: int = 0, device: str | torch.device = "cpu"
+    ) -> Iterator[Batch]:
         last = self._last_start("train", self.train, seq_len)
         rng = np.random.default_rng(seed)
         while True:
-            yield self._batch(self.train, rng.integers(0, last + 1, size=batch_size), seq_len,
-                              device)
+            yield self._batch(
+                self.train, rng.integers(0, last + 1, size=batch_size), seq_len, device
+            )
 
-    def val_batches(self, batch_size: int, seq_len: int, n_batches: int, *,
-                    device: str | torch.device = "cpu") -> list[Batch]:
+    def val_batches(
+        self, batch_size: int, seq_len: int, n_batches: int, *, device: str | torch.device = "cpu"
+    ) -> list[Batch]:
         last = self._last_start("validation", self.val, seq_len)
         starts = np.linspace(0, last, num=batch_size * n_batches).astype(np.int64)
-        return [self._batch(self.val, s, seq_len, device)
-                for s in starts.reshape(n_batches, batch_size)]
+        return [
+            self._batch(self.val, s, seq_len, device)
+            for s in starts.reshape(n_batches, batch_size)
+        ]
 
     def _last_start(self, split: str, data: np.ndarray, seq_len: int) -> int:
         if len(data) < seq_len + 1:
-            raise UserError(f"the {split} split of this {self.meta['kind']} dataset holds "
-                            f"{len(data)} tokens; seq_len={seq_len} needs at least "
-                            f"{seq_len + 1} (more data, or a shorter seq_len)")
+            raise UserError(
+                f"the {split} split of this {self.meta['kind']} dataset holds "
+                f"{len(data)} tokens; seq_len={seq_len} needs at least "
+                f"{seq_len + 1} (more data, or a shorter seq_len)"
+            )
         return len(data) - seq_len - 1
 
     @staticmethod
-    def _batch(data: np.ndarray, starts: np.ndarray, seq_len: int,
-               device: str | torch.device) -> Batch:
-        windows = np.stack([data[s:s + seq_len + 1] for s in starts]).astype(np.int64)
+    def _batch(
+        data: np.ndarray, starts: np.ndarray, seq_len: int, device: str | torch.device
+    ) -> Batch:
+        windows = np.stack([data[s : s + seq_len + 1] for s in starts]).astype(np.int64)
         tokens = to_device(windows, device)  # (B, N + 1)
         return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()

@@ -40,16 +40,21 @@ def load_tokens(spec: TokensSpec, root: Path) -> TokenStream:
     for split, array in arrays.items():
         scan = _scan(directory / f"{split}{_suffix(directory)}", array, root)
         if not 0 <= scan["min"] <= scan["max"] < vocab_size:
-            raise UserError(f"tokens data: {split} holds token ids {scan['min']} .. "
-                            f"{scan['max']}; with vocab_size {vocab_size} they must lie in "
-                            f"0 .. {vocab_size - 1}")
+            raise UserError(
+                f"tokens data: {split} holds token ids {scan['min']} .. "
+                f"{scan['max']}; with vocab_size {vocab_size} they must lie in "
+                f"0 .. {vocab_size - 1}"
+            )
         fingerprint.add(split, split, scan["sha256"])
-    meta = {"kind": "tokens", "path": str(directory.resolve()), "vocab_size": vocab_size,
-            "dtype": arrays["train"].dtype.name,
-            "tokens": {split: len(a) for split, a in arrays.items()},
-            "fingerprint": fingerprint.hexdigest()}
-    return TokenStream(train=arrays["train"], val=arrays["val"], vocab_size=vocab_size,
-                       meta=meta)
+    meta = {
+        "kind": "tokens",
+        "path": str(directory.resolve()),
+        "vocab_size": vocab_size,
+        "dtype": arrays["train"].dtype.name,
+        "tokens": {split: len(a) for split, a in arrays.items()},
+        "fingerprint": fingerprint.hexdigest(),
+    }
+    return TokenStream(train=arrays["train"], val=arrays["val"], vocab_size=vocab_size, meta=meta)
 
 
 def _suffix(directory: Path) -> str:
@@ -61,18 +66,24 @@ def _open(directory: Path, split: str, dtype: str) -> np.ndarray:
     path = directory / f"{split}{_suffix(directory)}"
     if not path.exists():
         found = sorted(p.name for p in directory.iterdir())
-        raise UserError(f"tokens data: expected train.bin and val.bin (or train.npy and "
-                        f"val.npy) in {directory}; found {found}")
+        raise UserError(
+            f"tokens data: expected train.bin and val.bin (or train.npy and "
+            f"val.npy) in {directory}; found {found}"
+        )
     if path.suffix == ".bin":
         itemsize = np.dtype(dtype).itemsize
         if path.stat().st_size % itemsize:
-            raise UserError(f"tokens data: {path} holds {path.stat().st_size} bytes, not a "
-                            f"whole number of {dtype} tokens; is dtype right?")
+            raise UserError(
+                f"tokens data: {path} holds {path.stat().st_size} bytes, not a "
+                f"whole number of {dtype} tokens; is dtype right?"
+            )
         return memmap(path, dtype)
     array = np.load(path, mmap_mode="r", allow_pickle=False)
     if array.ndim != 1 or array.dtype.kind not in "ui":
-        raise UserError(f"tokens data: {path} holds a {array.dtype} array of shape "
-                        f"{array.shape}; expected a 1-D array of integer token ids")
+        raise UserError(
+            f"tokens data: {path} holds a {array.dtype} array of shape "
+            f"{array.shape}; expected a 1-D array of integer token ids"
+        )
     return array
 
 
@@ -83,10 +94,14 @@ def _meta_vocab_size(directory: Path) -> int:
         if isinstance(vocab_size, int) and vocab_size > 0:
             return vocab_size
         raise UserError(f"tokens data: {meta} has no positive integer 'vocab_size'")
-    hint = (" (meta.pkl is not read: unpickling a file runs its code)"
-            if (directory / "meta.pkl").exists() else "")
-    raise UserError(f"tokens data: set vocab_size in the spec or write {{\"vocab_size\": N}} "
-                    f"to {meta}{hint}")
+    hint = (
+        " (meta.pkl is not read: unpickling a file runs its code)"
+        if (directory / "meta.pkl").exists()
+        else ""
+    )
+    raise UserError(
+        f'tokens data: set vocab_size in the spec or write {{"vocab_size": N}} to {meta}{hint}'
+    )
 
 
 def _scan(path: Path, array: np.ndarray, root: Path) -> dict[str, Any]:
@@ -100,15 +115,18 @@ def _scan(path: Path, array: np.ndarray, root: Path) -> dict[str, Any]:
     digest, smallest, largest = hashlib.sha256(), None, -1
     with progress(f"scanning {path.name}", array.nbytes) as advance:
         for start in range(0, len(array), _CHUNK):
-            chunk = np.ascontiguousarray(array[start:start + _CHUNK])
+            chunk = np.ascontiguousarray(array[start : start + _CHUNK])
             digest.update(chunk.tobytes())
             low = int(chunk.min())
             smallest = low if smallest is None else min(smallest, low)
             largest = max(largest, int(chunk.max()))
             advance(chunk.nbytes)
     # An empty file reads as min 0, max -1 (no id fits any vocabulary).
-    scan = {"sha256": digest.hexdigest(), "min": 0 if smallest is None else smallest,
-            "max": largest}
+    scan = {
+        "sha256": digest.hexdigest(),
+        "min": 0 if smallest is None else smallest,
+        "max": largest,
+    }
     memo.parent.mkdir(parents=True, exist_ok=True)
     tmp = memo.with_name(f"{memo.name}.{os.getpid()}")
     tmp.write_text(json.dumps(scan))

@@ -25,9 +25,13 @@ from sqa_nas.search.records import TrialRecord, objective_names, of_gpu_type, tr
 FORMATS = ("torch", "hf")
 
 
-def find_trial(study: optuna.Study, number: int | None = None,
-               pick: str | None = None, gpu_type: str | None = None) -> TrialRecord:
-    """The trial with `number`, or the one a picker names (`sqa_nas.pareto.pick`) among the
+def find_trial(
+    study: optuna.Study,
+    number: int | None = None,
+    pick: str | None = None,
+    gpu_type: str | None = None,
+) -> TrialRecord:
+    """The trial with `number`, or the one a picker names (`sqa_nas.search.pareto.pick`) among the
     trials measured on `gpu_type`, required when the study holds several."""
     records = trial_records(study)
     if number is not None:
@@ -42,15 +46,23 @@ def find_trial(study: optuna.Study, number: int | None = None,
 
     records, types = of_gpu_type(records, gpu_type)
     if gpu_type is None and len(types) > 1:
-        raise UserError(f"--pick: this study's trials ran on several GPU types "
-                        f"({', '.join(map(repr, types))}) whose throughputs do not compare; "
-                        "choose one with --gpu-type")
+        raise UserError(
+            f"--pick: this study's trials ran on several GPU types "
+            f"({', '.join(map(repr, types))}) whose throughputs do not compare; "
+            "choose one with --gpu-type"
+        )
     directions = [d.name.lower() for d in study.directions]
     return pick_trial(records, objective_names(study), pick, directions)
 
 
-def export_trial(study: optuna.Study, record: TrialRecord, out_dir: Path, fmt: str = "torch",
-                 *, force_hf: bool = False) -> Path:
+def export_trial(
+    study: optuna.Study,
+    record: TrialRecord,
+    out_dir: Path,
+    fmt: str = "torch",
+    *,
+    force_hf: bool = False,
+) -> Path:
     """Write `record` as model code into `out_dir` (created if needed); returns `out_dir`.
 
     fmt="torch": model.py, config.yaml, README.md. fmt="hf": those plus config.json,
@@ -64,8 +76,10 @@ def export_trial(study: optuna.Study, record: TrialRecord, out_dir: Path, fmt: s
     if fmt == "hf":
         missing = hf.transformers_missing()
         if missing and not force_hf:
-            raise UserError(f"skipped the Hugging Face export: {missing}; nothing was written. "
-                            "Pass --force-hf to write the folder anyway")
+            raise UserError(
+                f"skipped the Hugging Face export: {missing}; nothing was written. "
+                "Pass --force-hf to write the folder anyway"
+            )
         files |= hf.hf_files(trial)
     files["README.md"] = readme(trial, [*files, "README.md"])
     out_dir = Path(out_dir)

@@ -116,8 +116,10 @@ class SQAForLM(PreTrainedModel):
 def transformers_missing() -> str | None:
     """Why the folder cannot be checked here, or None when transformers is installed."""
     if importlib.util.find_spec("transformers") is None:
-        return ("transformers is not installed, so the Hugging Face folder cannot be loaded or "
-                "checked here (pip install transformers, or sqa-nas[hf])")
+        return (
+            "transformers is not installed, so the Hugging Face folder cannot be loaded or "
+            "checked here (pip install transformers, or sqa-nas[hf])"
+        )
     return None
 
 
@@ -128,19 +130,25 @@ def config_json(trial: ValidTrial) -> str:
     data = {
         "model_type": MODEL_TYPE,
         "architectures": ["SQAForLM"],
-        "auto_map": {"AutoConfig": "configuration_sqa.SQAConfig",
-                     auto: "modeling_sqa.SQAForLM"},
+        "auto_map": {"AutoConfig": "configuration_sqa.SQAConfig", auto: "modeling_sqa.SQAForLM"},
         **fields,
         "layers": layer_fields(trial.config),
         "tie_word_embeddings": tie,
-        "sqa_nas": {"study": trial.study, "trial": trial.number,
-                    "objectives": {k: {"value": v, "direction": OBJECTIVES[k]}
-                                   for k, v in trial.objectives.items()}},
+        "sqa_nas": {
+            "study": trial.study,
+            "trial": trial.number,
+            "objectives": {
+                k: {"value": v, "direction": OBJECTIVES[k]} for k, v in trial.objectives.items()
+            },
+        },
     }
     return json.dumps(data, indent=2, allow_nan=False) + "\n"
 
 
 def hf_files(trial: ValidTrial) -> dict[str, str]:
     """File name -> text of the Hugging Face folder, model.py excluded."""
-    return {"config.json": config_json(trial), "configuration_sqa.py": CONFIGURATION_PY,
-            "modeling_sqa.py": MODELING_PY}
+    return {
+        "config.json": config_json(trial),
+        "configuration_sqa.py": CONFIGURATION_PY,
+        "modeling_sqa.py": MODELING_PY,
+    }

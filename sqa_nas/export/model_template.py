@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# fmt: off
 # >>> data
 CONFIG = dict(vocab_size=256, d_model=64, n_heads=8, head_dim=8, ffn_dim=192, causal=True,
               rope_theta=10000.0, tie_embeddings=True, norm_eps=1e-06)
@@ -33,6 +34,7 @@ LAYERS = [
                            seed=0)),
 ]
 # <<< data
+# fmt: on
 
 
 @dataclass(frozen=True)
@@ -165,8 +167,9 @@ def compiled_flex_attention():
 
 def rope_tables(n: int, head_dim: int, theta: float, device=None, dtype=torch.float32):
     """cos, sin of shape (N, D) for rotary embeddings, rotate-half layout (LLaMA / NeoX)."""
-    inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float64)
-                         / head_dim)
+    inv_freq = theta ** (
+        -torch.arange(0, head_dim, 2, device=device, dtype=torch.float64) / head_dim
+    )
     angles = torch.arange(n, device=device, dtype=torch.float64)[:, None] * inv_freq
     angles = torch.cat([angles, angles], dim=-1)  # (N, D)
     return angles.cos().to(dtype), angles.sin().to(dtype)
@@ -206,8 +209,10 @@ class Attention(nn.Module):
         k = self.k_proj(x).view(b, n, layer.n_kv_heads, d).transpose(1, 2)  # (B, H_kv, N, D)
         v = self.v_proj(x).view(b, n, layer.n_kv_heads, d).transpose(1, 2)
         if self.rope_theta is not None:
-            cos, sin = self.cached(("rope", n, x.device, x.dtype), lambda: rope_tables(
-                n, d, self.rope_theta, x.device, x.dtype))
+            cos, sin = self.cached(
+                ("rope", n, x.device, x.dtype),
+                lambda: rope_tables(n, d, self.rope_theta, x.device, x.dtype),
+            )
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if layer.n_q_heads < layer.n_kv_heads:
             # rSQA: tile the queries so KV head j is read by query head j % H_q.
@@ -221,8 +226,9 @@ class Attention(nn.Module):
         backend = self.layer.backend
         if backend in ("auto", "flash_attn") and self.flash_can_run(q):
             return self.flash(q, k, v)
-        if self.flex_can_run(q) and (backend == "flex" or (
-                backend == "auto" and q.is_cuda and self.layer.masked)):
+        if self.flex_can_run(q) and (
+            backend == "flex" or (backend == "auto" and q.is_cuda and self.layer.masked)
+        ):
             return self.flex(q, k, v)
         return self.sdpa(q, k, v)
 
@@ -240,8 +246,15 @@ class Attention(nn.Module):
             v = v.repeat_interleave(group, dim=1)
             group = 1
         gqa = {"enable_gqa": True} if group > 1 else {}
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale,
-                                              is_causal=self.causal and mask is None, **gqa)
+        return F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            scale=self.scale,
+            is_causal=self.causal and mask is None,
+            **gqa,
+        )
 
     def dense_mask(self, n: int, device) -> torch.Tensor:
         """(N, N) bool, True = may attend."""
@@ -266,8 +279,14 @@ class Attention(nn.Module):
         attention = compiled_flex_attention() if compiled else flex_attention
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="flex_attention called without")
-            return attention(q, k, v, block_mask=block_mask, scale=self.scale,
-                             enable_gqa=q.shape[1] != k.shape[1])
+            return attention(
+                q,
+                k,
+                v,
+                block_mask=block_mask,
+                scale=self.scale,
+                enable_gqa=q.shape[1] != k.shape[1],
+            )
 
     def flex_can_run(self, q) -> bool:
         """Compiled FlexAttention (CUDA) needs head_dim >= 16; eager runs any size."""
@@ -276,18 +295,29 @@ class Attention(nn.Module):
     def flash_can_run(self, q) -> bool:
         """flash-attn runs dense and sliding-window layers, on CUDA, in fp16 / bf16."""
         d = self.head_dim
-        return (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
-                and self.layer.block_sparse is None and not self.layer.global_tokens
-                and d % 8 == 0 and d <= 256 and load_flash_attn()[1] is not None)
+        return (
+            q.is_cuda
+            and q.dtype in (torch.float16, torch.bfloat16)
+            and self.layer.block_sparse is None
+            and not self.layer.global_tokens
+            and d % 8 == 0
+            and d <= 256
+            and load_flash_attn()[1] is not None
+        )
 
     def flash(self, q, k, v) -> torch.Tensor:
         module, flash_attn_func = load_flash_attn()
         w = self.layer.window
         unlimited = None if module == "flash_attn.cute" else -1  # "no limit", per version
         window = (unlimited, unlimited) if w is None else (w, 0 if self.causal else w)
-        out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                              softmax_scale=self.scale, causal=self.causal,
-                              window_size=window)  # (B, N, H, D) in and out
+        out = flash_attn_func(
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            softmax_scale=self.scale,
+            causal=self.causal,
+            window_size=window,
+        )  # (B, N, H, D) in and out
         if isinstance(out, tuple):  # flash-attn-4 returns (out, lse)
             out = out[0]
         return out.transpose(1, 2)

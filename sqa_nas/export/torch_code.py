@@ -67,10 +67,17 @@ def render_dict(fields: dict[str, Any], col: int, tail: int = 0) -> str:
 
 def config_fields(config: ModelConfig) -> dict[str, Any]:
     """model.py's CONFIG: `ModelArgs` fields (n_layers is len(LAYERS) there)."""
-    return dict(vocab_size=config.vocab_size, d_model=config.d_model, n_heads=config.n_heads,
-                head_dim=config.layer_configs[0].head_dim, ffn_dim=config.ffn_dim,
-                causal=config.causal, rope_theta=config.rope_theta,
-                tie_embeddings=config.tie_embeddings, norm_eps=config.norm_eps)
+    return dict(
+        vocab_size=config.vocab_size,
+        d_model=config.d_model,
+        n_heads=config.n_heads,
+        head_dim=config.layer_configs[0].head_dim,
+        ffn_dim=config.ffn_dim,
+        causal=config.causal,
+        rope_theta=config.rope_theta,
+        tie_embeddings=config.tie_embeddings,
+        norm_eps=config.norm_eps,
+    )
 
 
 def layer_fields(config: ModelConfig) -> list[dict[str, Any]]:
@@ -87,9 +94,11 @@ def layer_fields(config: ModelConfig) -> list[dict[str, Any]]:
 
 def render_data(config: ModelConfig) -> str:
     layers = "\n".join(f"    {render_dict(x, 4, 1)}," for x in layer_fields(config))
-    return (f"CONFIG = {render_dict(config_fields(config), len('CONFIG = '))}\n\n"
-            "# One dict per block, `LayerArgs` fields; left-out fields take their defaults.\n"
-            f"LAYERS = [\n{layers}\n]\n")
+    return (
+        f"CONFIG = {render_dict(config_fields(config), len('CONFIG = '))}\n\n"
+        "# One dict per block, `LayerArgs` fields; left-out fields take their defaults.\n"
+        f"LAYERS = [\n{layers}\n]\n"
+    )
 
 
 def allocation_text(config: ModelConfig) -> str:
@@ -103,28 +112,33 @@ def allocation_text(config: ModelConfig) -> str:
 
 def docstring(trial: ValidTrial) -> str:
     c = trial.config
-    objectives = ", ".join(f"{name} {value:.6g} ({OBJECTIVES[name]})"
-                           for name, value in trial.objectives.items())
+    objectives = ", ".join(
+        f"{name} {value:.6g} ({OBJECTIVES[name]})" for name, value in trial.objectives.items()
+    )
     allocation = allocation_text(c)
-    summary = (f"Trial {trial.number} of an sqa-nas search: {c.n_layers} layers, d_model "
-               f"{c.d_model}, reference heads H = {c.n_heads}, vocabulary {c.vocab_size}, "
-               f"{'causal' if c.causal else 'bidirectional'}. Objectives: {objectives}.")
-    heads = ("Layers as H_q/H_kv (w = window, g = global tokens, bs = block-sparse): "
-             f"{allocation}.")
-    needs = ("Needs only torch (>= 2.4). flash-attn and FlexAttention are used when they are "
-             "installed and can run a layer; torch's scaled_dot_product_attention otherwise. "
-             'The state_dict matches sqa-nas\'s `build_model("config.yaml")` key for key.')
+    summary = (
+        f"Trial {trial.number} of an sqa-nas search: {c.n_layers} layers, d_model "
+        f"{c.d_model}, reference heads H = {c.n_heads}, vocabulary {c.vocab_size}, "
+        f"{'causal' if c.causal else 'bidirectional'}. Objectives: {objectives}."
+    )
+    heads = f"Layers as H_q/H_kv (w = window, g = global tokens, bs = block-sparse): {allocation}."
+    needs = (
+        "Needs only torch (>= 2.4). flash-attn and FlexAttention are used when they are "
+        "installed and can run a layer; torch's scaled_dot_product_attention otherwise. "
+        'The state_dict matches sqa-nas\'s `build_model("config.yaml")` key for key.'
+    )
 
     def fill(text):
         return textwrap.fill(text, WIDTH - 4, break_on_hyphens=False)
 
     title = "A Sparse Query Attention transformer, exported from sqa-nas as plain PyTorch."
-    usage = ("    import torch\n    from model import build_model\n\n"
-             "    model = build_model()  # randomly initialised, ready to train\n"
-             '    model.load_state_dict(torch.load("weights.pt"))  # or trained weights\n'
-             "    logits = model(tokens)  # (B, N) int64 -> (B, N, vocab_size)\n")
-    return (f'"""{title}\n\n{fill(summary)}\n\n{fill(heads)}\n\n{fill(needs)}\n\n'
-            f'{usage}"""\n')
+    usage = (
+        "    import torch\n    from model import build_model\n\n"
+        "    model = build_model()  # randomly initialised, ready to train\n"
+        '    model.load_state_dict(torch.load("weights.pt"))  # or trained weights\n'
+        "    logits = model(tokens)  # (B, N) int64 -> (B, N, vocab_size)\n"
+    )
+    return f'"""{title}\n\n{fill(summary)}\n\n{fill(heads)}\n\n{fill(needs)}\n\n{usage}"""\n'
 
 
 def template_source() -> str:
@@ -135,7 +149,7 @@ def render_model_py(trial: ValidTrial) -> str:
     """The standalone model.py for a validated trial."""
     source = template_source()
     tree = ast.parse(source)
-    body = source.splitlines(keepends=True)[tree.body[0].end_lineno:]  # after the docstring
+    body = source.splitlines(keepends=True)[tree.body[0].end_lineno :]  # after the docstring
     code = "".join(body)
     head, _, rest = code.partition(BEGIN + "\n")
     _, _, tail = rest.partition(END + "\n")

@@ -30,8 +30,13 @@ from sqa_nas.search.records import OBJECTIVES, LayerRecord, TrialRecord
 
 # Backends a trial may name -> the backend model.py runs for it. model.py has no xFormers
 # path; "auto" there picks flash-attn / FlexAttention / SDPA, which compute the same thing.
-STANDALONE_BACKEND = {"auto": "auto", "sdpa": "sdpa", "flex": "flex",
-                      "flash_attn": "flash_attn", "xformers": "auto"}
+STANDALONE_BACKEND = {
+    "auto": "auto",
+    "sdpa": "sdpa",
+    "flex": "flex",
+    "flash_attn": "flash_attn",
+    "xformers": "auto",
+}
 
 # The trial's user attrs export writes out (a trial's `layers` only name its backends).
 EXPORTED = {"model", "analytics", "metrics", "device", "versions", "corpus", "seed_variant"}
@@ -69,10 +74,18 @@ class ValidTrial:
 
     def provenance(self) -> dict[str, Any]:
         """Where the config came from: config.yaml's `provenance`."""
-        return {"study": self.study, "trial": self.number, "objectives": self.objectives,
-                "seed_variant": self.seed_variant, "params": self.params,
-                "device": self.device, "versions": self.versions, "corpus": self.corpus,
-                "analytics": self.analytics, "metrics": self.metrics}
+        return {
+            "study": self.study,
+            "trial": self.number,
+            "objectives": self.objectives,
+            "seed_variant": self.seed_variant,
+            "params": self.params,
+            "device": self.device,
+            "versions": self.versions,
+            "corpus": self.corpus,
+            "analytics": self.analytics,
+            "metrics": self.metrics,
+        }
 
 
 def check_exportable(record: TrialRecord) -> None:
@@ -80,12 +93,15 @@ def check_exportable(record: TrialRecord) -> None:
     if record.state == "COMPLETE":
         return
     if record.state in ("RUNNING", "WAITING"):
-        raise UserError(f"trial {record.number} is {record.state}: only COMPLETE trials can "
-                        "be exported; wait for it to finish")
+        raise UserError(
+            f"trial {record.number} is {record.state}: only COMPLETE trials can "
+            "be exported; wait for it to finish"
+        )
     reason = record.fail_reason
     why = f" ({reason})" if reason is not None and _TEXT.match(reason) else ""
-    raise UserError(f"trial {record.number} is {record.state}{why}: only COMPLETE trials can "
-                    "be exported")
+    raise UserError(
+        f"trial {record.number} is {record.state}{why}: only COMPLETE trials can be exported"
+    )
 
 
 def validate_trial(study_name: str, record: TrialRecord) -> ValidTrial:
@@ -93,8 +109,10 @@ def validate_trial(study_name: str, record: TrialRecord) -> ValidTrial:
     check_exportable(record)
     where = f"trial {record.number}"
     if not isinstance(study_name, str) or not _NAME.match(study_name):
-        raise UserError(f"study name {_show(study_name)} cannot be exported: use letters, "
-                        "digits, '_', '.' and '-'")
+        raise UserError(
+            f"study name {_show(study_name)} cannot be exported: use letters, "
+            "digits, '_', '.' and '-'"
+        )
     for key in sorted(EXPORTED & set(record.problems)):  # a stored value of a wrong type
         raise UserError(f"{where}: {ascii(record.problems[key])[1:-1]}")
     config = validated_config(record.model, where)
@@ -117,8 +135,10 @@ def validate_trial(study_name: str, record: TrialRecord) -> ValidTrial:
 def validated_config(model: Any, where: str = "trial") -> ModelConfig:
     """The trial's ``model`` attribute as a `ModelConfig`, after the checks above."""
     if model is None:
-        raise UserError(f"{where} has no 'model' attribute: it was not written by an sqa-nas "
-                        "search, so there is nothing to export")
+        raise UserError(
+            f"{where} has no 'model' attribute: it was not written by an sqa-nas "
+            "search, so there is nothing to export"
+        )
     _check_model_value(model, "model", 0)
     if not isinstance(model, dict):
         raise UserError(f"{where}: model must be a mapping of model settings")
@@ -128,8 +148,10 @@ def validated_config(model: Any, where: str = "trial") -> ModelConfig:
         raise UserError(f"{where}: model.{first_error(exc)}") from None
     for i, c in enumerate(config.layer_configs):
         if c.backend not in STANDALONE_BACKEND:
-            raise UserError(f"{where}: model.layers[{i}].backend {c.backend!r} has no "
-                            f"standalone equivalent; export knows {', '.join(STANDALONE_BACKEND)}")
+            raise UserError(
+                f"{where}: model.layers[{i}].backend {c.backend!r} has no "
+                f"standalone equivalent; export knows {', '.join(STANDALONE_BACKEND)}"
+            )
     return config
 
 
@@ -152,8 +174,13 @@ def _check_model_value(value: Any, path: str, depth: int) -> None:
         return
     if isinstance(value, str):
         key = path.rsplit(".", 1)[-1]
-        allowed = (set(STANDALONE_BACKEND) if key == "backend" else
-                   _variant_names() if key == "variant" else set())
+        allowed = (
+            set(STANDALONE_BACKEND)
+            if key == "backend"
+            else _variant_names()
+            if key == "variant"
+            else set()
+        )
         if value not in allowed:
             what = f"one of {', '.join(sorted(allowed))}" if allowed else "a number or a flag"
             raise UserError(f"{path}: {_show(value)} is not allowed here; expected {what}")
@@ -179,8 +206,10 @@ def _objectives(values: dict | None, where: str) -> dict[str, float]:
     out = {}
     for name, value in values.items():
         if name not in OBJECTIVES:
-            raise UserError(f"{where}: objective {_show(name)} is not one sqa-nas knows "
-                            f"({', '.join(OBJECTIVES)})")
+            raise UserError(
+                f"{where}: objective {_show(name)} is not one sqa-nas knows "
+                f"({', '.join(OBJECTIVES)})"
+            )
         out[name] = _number(value, f"{where}: objective {name}")
     return out
 
@@ -227,8 +256,10 @@ def _text_tree(value: Any, path: str, depth: int = 0) -> Any:
         return _number(value, path)
     if isinstance(value, str):
         if not _TEXT.match(value):
-            raise UserError(f"{path}: {_show(value)} has characters export does not write "
-                            "(allowed: letters, digits, spaces and _ . , : ; + / @ = ( ) -)")
+            raise UserError(
+                f"{path}: {_show(value)} has characters export does not write "
+                "(allowed: letters, digits, spaces and _ . , : ; + / @ = ( ) -)"
+            )
         return value
     if isinstance(value, list | tuple) and len(value) <= MAX_ITEMS:
         return [_text_tree(x, f"{path}[{i}]", depth + 1) for i, x in enumerate(value)]
@@ -237,14 +268,18 @@ def _text_tree(value: Any, path: str, depth: int = 0) -> Any:
         for key, item in value.items():
             if not isinstance(key, str) or not _PARAM_KEY.match(key):
                 raise UserError(f"{path}: key {_show(key)} is not a plain name")
-            out[key] = _text_tree(item, f"{path}[{key!r}]" if "." in key or "-" in key
-                                  else f"{path}.{key}", depth + 1)
+            out[key] = _text_tree(
+                item,
+                f"{path}[{key!r}]" if "." in key or "-" in key else f"{path}.{key}",
+                depth + 1,
+            )
         return out
     raise UserError(f"{path}: a {type(value).__name__} cannot be exported")
 
 
-def _trial_backends(layers: list[LayerRecord], config: ModelConfig,
-                    where: str) -> tuple[str | None, ...]:
+def _trial_backends(
+    layers: list[LayerRecord], config: ModelConfig, where: str
+) -> tuple[str | None, ...]:
     if len(layers) != config.n_layers:
         return (None,) * config.n_layers
     out = []

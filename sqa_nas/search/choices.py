@@ -35,19 +35,29 @@ class MaskChoice:
     def __post_init__(self) -> None:
         windowed = self.pattern in ("window", "flex")
         if windowed != (self.window is not None) or (
-                (self.pattern == "flex") != (self.global_tokens is not None)):
-            raise UserError(f"mask {self.pattern!r} takes "
-                            + {"dense": "no sizes", "block_sparse": "no sizes",
-                               "window": "a window only",
-                               "flex": "a window and global tokens"}[self.pattern]
-                            + f", not window={self.window}, global_tokens={self.global_tokens}")
+            (self.pattern == "flex") != (self.global_tokens is not None)
+        ):
+            raise UserError(
+                f"mask {self.pattern!r} takes "
+                + {
+                    "dense": "no sizes",
+                    "block_sparse": "no sizes",
+                    "window": "a window only",
+                    "flex": "a window and global tokens",
+                }[self.pattern]
+                + f", not window={self.window}, global_tokens={self.global_tokens}"
+            )
 
     @classmethod
-    def of(cls, pattern: MaskPattern, *, window: int | None = None,
-           global_tokens: int | None = None) -> MaskChoice:
+    def of(
+        cls, pattern: MaskPattern, *, window: int | None = None, global_tokens: int | None = None
+    ) -> MaskChoice:
         """The choice for `pattern`, taking from `window` / `global_tokens` what it needs."""
-        return cls(pattern, window if pattern in ("window", "flex") else None,
-                   global_tokens if pattern == "flex" else None)
+        return cls(
+            pattern,
+            window if pattern in ("window", "flex") else None,
+            global_tokens if pattern == "flex" else None,
+        )
 
     @classmethod
     def parse(cls, text: Any) -> MaskChoice:
@@ -55,8 +65,10 @@ class MaskChoice:
         is a `UserError` naming the allowed forms."""
         m = _MASK.fullmatch(text) if isinstance(text, str) else None
         if m is None:
-            raise UserError(f"mask {text!r} is not a mask choice: expected 'dense', "
-                            "'window:W', 'flex:W+G' or 'block_sparse' (W, G whole numbers)")
+            raise UserError(
+                f"mask {text!r} is not a mask choice: expected 'dense', "
+                "'window:W', 'flex:W+G' or 'block_sparse' (W, G whole numbers)"
+            )
         named, window, flex_window, global_tokens = m.groups()
         if named:
             return cls(cast(MaskPattern, named))  # _MASK admits "dense" or "block_sparse"
@@ -118,8 +130,10 @@ class HeadsChoice:
         """``"H_q/H_kv"`` with positive whole numbers, e.g. ``"8/4"``; else a `UserError`."""
         m = _HEADS.fullmatch(text) if isinstance(text, str) else None
         if m is None:
-            raise UserError(f"heads {text!r} is not a heads choice: expected 'H_q/H_kv' with "
-                            "positive whole numbers, e.g. '8/4'")
+            raise UserError(
+                f"heads {text!r} is not a heads choice: expected 'H_q/H_kv' with "
+                "positive whole numbers, e.g. '8/4'"
+            )
         return cls(int(m.group(1)), int(m.group(2)))
 
     def __str__(self) -> str:

@@ -25,8 +25,9 @@ def cost_range(spec: SearchSpec) -> tuple[dict, dict]:
         costs = []
         for combo in _product({k: dists[k].choices for k in options}):
             cost = analyze(spec.build_config({**base, **combo}, vocab), spec.model.seq_len)
-            costs.append({k: getattr(cost, k) - lo_k for k, lo_k in
-                          ((k, getattr(ref, k)) for k in keys)})
+            costs.append(
+                {k: getattr(cost, k) - lo_k for k, lo_k in ((k, getattr(ref, k)) for k in keys)}
+            )
         for k in keys:
             lo[k] += min(c[k] for c in costs)
             hi[k] += max(c[k] for c in costs)

@@ -14,11 +14,8 @@ exits; nothing completed is lost.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
-import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -28,7 +25,6 @@ from optuna.trial import TrialState
 from rich.console import Console
 from rich.live import Live
 
-import sqa_nas
 from sqa_nas.analytics import analyze
 from sqa_nas.data import load_dataset
 from sqa_nas.errors import UserError
@@ -42,9 +38,10 @@ from sqa_nas.search.locks import (
     uses_heartbeat,
 )
 from sqa_nas.search.progress import progress_panel
-from sqa_nas.search.records import FORMAT, check_format, default_storage, open_storage
+from sqa_nas.search.records import default_storage, open_storage
 from sqa_nas.search.samplers import make_sampler
 from sqa_nas.search.space import SearchSpec
+from sqa_nas.search.study import init_or_check, quiet_optuna
 from sqa_nas.search.trial import TrialJob, TrialOutcome
 
 # Flags in a trial's user attrs that keep it out of the trial budget.
@@ -52,27 +49,6 @@ NOT_COUNTED = ("infeasible", "reaped", "interrupted")
 MAX_INFEASIBLE_IN_A_ROW = 500
 REAP_EVERY_S = 60.0  # a long search also picks up trials of drivers that died meanwhile
 KEEP_STATS = 20  # executor figures of the last runs kept in the study
-
-
-@contextlib.contextmanager
-def quiet_optuna() -> Iterator[None]:
-    """Optuna at WARNING and its experimental-API warnings off while a driver works on the
-    study; the caller's verbosity and warning filters come back on exit.
-
-    Metric names, heartbeats and the multivariate TPE are stable in practice, and the driver
-    drives heartbeats itself (ask/tell), which Optuna's "Heartbeat of storage is supposed to
-    be used with Study.optimize" does not foresee. Set here, not at import: importing the
-    search leaves the process's logging and warnings as they were."""
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-            warnings.filterwarnings("ignore",
-                                    message="Heartbeat of storage is supposed to be used")
-            yield
-    finally:
-        optuna.logging.set_verbosity(verbosity)
 
 
 @dataclass
@@ -99,8 +75,14 @@ class Driver:
     """
 
     @quiet_optuna()
-    def __init__(self, spec: SearchSpec, executor: Executor, *, storage_url: str | None = None,
-                 console: Console | None = None) -> None:
+    def __init__(
+        self,
+        spec: SearchSpec,
+        executor: Executor,
+        *,
+        storage_url: str | None = None,
+        console: Console | None = None,
+    ) -> None:
         self.spec = spec
         self.executor = executor
         self.url = storage_url or spec.storage or default_storage(spec.study_name)
@@ -110,7 +92,8 @@ class Driver:
         with study_lock(None, self.url, "schema"):
             self.storage = open_storage(self.url, heartbeat=self._heartbeat_storage)
         self.distributions: dict[str, optuna.distributions.BaseDistribution] = dict(
-            spec.distributions())  # a copy typed as Study.ask takes it (dict is invariant)
+            spec.distributions()
+        )  # a copy typed as Study.ask takes it (dict is invariant)
         self.events: list[str] = []
         self._lock = threading.Lock()
 
@@ -130,41 +113,17 @@ class Driver:
         data = load_dataset(spec.data.model_dump(mode="json"))
         self.vocab_size = data.vocab_size
         with self._study_lock():  # another driver may be creating it right now
-            study = optuna.create_study(study_name=spec.study_name, storage=self.storage,
-                                        directions=spec.directions,
-                                        sampler=make_sampler(spec), load_if_exists=True)
-            self._init_or_check(study, data)
+            study = optuna.create_study(
+                study_name=spec.study_name,
+                storage=self.storage,
+                directions=spec.directions,
+                sampler=make_sampler(spec),
+                load_if_exists=True,
+            )
+            init_or_check(study, spec, data.meta, data.fingerprint, self.url)
             self.study = study
             self.enqueue_seeds()
         return study
-
-    def _init_or_check(self, study: optuna.Study, data) -> None:
-        spec = self.spec
-        attrs = study.user_attrs
-        if not attrs:
-            study.set_metric_names(list(spec.objectives))
-            study.set_user_attr("objectives", list(spec.objectives))
-            study.set_user_attr("space", spec.model_dump(mode="json"))
-            study.set_user_attr("space_hash", spec.space_hash())
-            study.set_user_attr("units", dict(spec.units()))
-            study.set_user_attr("corpus", {**_corpus_summary(data.meta),
-                                           "fingerprint": data.fingerprint})
-            study.set_user_attr("mha_reference", {})
-            # Last: a study carrying "sqa_nas" is complete.
-            study.set_user_attr("sqa_nas", {"format": FORMAT, "version": sqa_nas.__version__})
-        else:
-            check_format(study, self.url)
-            if attrs.get("space_hash") != spec.space_hash():
-                raise UserError(
-                    f"study {spec.study_name!r} in {self.url} was created from a different "
-                    "search space (model, choices, objectives, data or per-trial budget "
-                    "changed); use --study NEW_NAME, or the original file")
-            if attrs.get("corpus", {}).get("fingerprint") != data.fingerprint:
-                raise UserError(
-                    f"study {spec.study_name!r} was run on another corpus (fingerprint "
-                    f"{attrs['corpus'].get('fingerprint')}, this machine has "
-                    f"{data.fingerprint}); validation losses on different corpora are never "
-                    "compared: use --study NEW_NAME")
 
     @quiet_optuna()
     def reap(self) -> int:
@@ -184,8 +143,14 @@ class Driver:
         for t in study.get_trials(deepcopy=False):
             if t.state != TrialState.RUNNING:
                 continue
-            reason = reap_reason(t, self.identity, stale=stale, locked=locked,
-                                 heartbeat=self._heartbeat_storage, now=now)
+            reason = reap_reason(
+                t,
+                self.identity,
+                stale=stale,
+                locked=locked,
+                heartbeat=self._heartbeat_storage,
+                now=now,
+            )
             if reason is None:
                 continue
             # Marked while RUNNING (a finished trial takes no attributes), then failed; if
@@ -225,12 +190,20 @@ class Driver:
     def counts(self) -> dict[str, int]:
         """The study's trials by state; ``counted`` is the budget's count (finished trials
         not flagged in `NOT_COUNTED`), ``infeasible`` the ones refused by a constraint."""
-        c = {"complete": 0, "failed": 0, "pruned": 0, "infeasible": 0, "running": 0,
-             "counted": 0, "waiting": 0}
+        c = {
+            "complete": 0,
+            "failed": 0,
+            "pruned": 0,
+            "infeasible": 0,
+            "running": 0,
+            "counted": 0,
+            "waiting": 0,
+        }
         for t in self.study.get_trials(deepcopy=False):
             # A completed trial counts, whatever a reaper marked on it meanwhile.
-            flags = [k for k in NOT_COUNTED if t.user_attrs.get(k)
-                     and t.state != TrialState.COMPLETE]
+            flags = [
+                k for k in NOT_COUNTED if t.user_attrs.get(k) and t.state != TrialState.COMPLETE
+            ]
             if t.state == TrialState.RUNNING:
                 c["running"] += 1
             elif t.state == TrialState.WAITING:
@@ -254,8 +227,10 @@ class Driver:
         `n_trials` are evaluated (by this and other drivers) or `max_wall_seconds` pass.
         Ctrl-C fails the in-flight trials, re-queues them and returns (``interrupted``)."""
         if self.spec.sampler.name == "grid" and n_trials > self.spec.cardinality():
-            self.log(f"grid sampler: {self.spec.cardinality()} architectures, so "
-                     f"{self.spec.cardinality()} trials instead of n_trials={n_trials}")
+            self.log(
+                f"grid sampler: {self.spec.cardinality()} architectures, so "
+                f"{self.spec.cardinality()} trials instead of n_trials={n_trials}"
+            )
             n_trials = self.spec.cardinality()
         self.open_study()
         reaped = self.reap()
@@ -263,17 +238,23 @@ class Driver:
             self.log(f"reaped {reaped} trial(s) left RUNNING by a stopped driver; re-queued")
         counts = self.counts()
         if counts["counted"] >= n_trials:
-            self.log(f"study already holds {counts['counted']} evaluated trials "
-                     f"(n_trials={n_trials}): nothing to run")
+            self.log(
+                f"study already holds {counts['counted']} evaluated trials "
+                f"(n_trials={n_trials}): nothing to run"
+            )
             return SearchResult(self.study, self.url, counts["counted"])
         self.executor.start()
         start = last_reap = last_render = time.monotonic()
         interrupted, infeasible_row = False, 0
-        heartbeat = (start_heartbeat(self.storage, self.study, lambda: self.executor.running)
-                     if self._heartbeat_storage else threading.Event())
+        heartbeat = (
+            start_heartbeat(self.storage, self.study, lambda: self.executor.running)
+            if self._heartbeat_storage
+            else threading.Event()
+        )
         try:
-            with Live(self._render(n_trials), console=self.console, refresh_per_second=4,
-                      transient=True) as live:
+            with Live(
+                self._render(n_trials), console=self.console, refresh_per_second=4, transient=True
+            ) as live:
                 while True:
                     out_of_time = max_wall_seconds and time.monotonic() - start > max_wall_seconds
                     while not out_of_time and self.executor.free_slots() > 0:
@@ -287,11 +268,14 @@ class Driver:
                             if infeasible_row >= MAX_INFEASIBLE_IN_A_ROW:
                                 raise UserError(
                                     f"{infeasible_row} sampled architectures in a row violate "
-                                    "the constraints: loosen them or narrow the search space")
+                                    "the constraints: loosen them or narrow the search space"
+                                )
                     # Nothing of ours runs: stop when the budget is done or held by trials
                     # other drivers are running (they tell them; a rerun reaps them if not).
-                    if not self.executor.running and (out_of_time or sum(
-                            self.counts()[k] for k in ("counted", "running")) >= n_trials):
+                    if not self.executor.running and (
+                        out_of_time
+                        or sum(self.counts()[k] for k in ("counted", "running")) >= n_trials
+                    ):
                         break
                     told = False
                     for event in self.executor.poll(timeout=0.5):
@@ -310,11 +294,21 @@ class Driver:
         except KeyboardInterrupt:
             interrupted = True
             for number in self.executor.shutdown(cancel=True):
-                self._tell(TrialOutcome(number, "FAIL", attrs={
-                    "interrupted": True, "fail_reason": "interrupted (Ctrl-C) mid-trial"}),
-                    requeue=True)
-            self.log("interrupted: in-flight trials recorded as FAIL and re-queued; rerun "
-                     "the same command to resume")
+                self._tell(
+                    TrialOutcome(
+                        number,
+                        "FAIL",
+                        attrs={
+                            "interrupted": True,
+                            "fail_reason": "interrupted (Ctrl-C) mid-trial",
+                        },
+                    ),
+                    requeue=True,
+                )
+            self.log(
+                "interrupted: in-flight trials recorded as FAIL and re-queued; rerun "
+                "the same command to resume"
+            )
         except BaseException:
             self.executor.shutdown(cancel=True)  # trials left RUNNING: a rerun reaps them
             raise
@@ -329,8 +323,12 @@ class Driver:
 
     def _store_stats(self, stats: dict[str, Any]) -> None:
         """Keep the executor's figures (e.g. GPU busy fraction) in the study, per run."""
-        run = {"driver": self.identity["id"], "host": self.identity["host"],
-               "ended": datetime.now(timezone.utc).isoformat(timespec="seconds"), **stats}
+        run = {
+            "driver": self.identity["id"],
+            "host": self.identity["host"],
+            "ended": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **stats,
+        }
         with self._study_lock():
             runs = list(self.study.user_attrs.get("executor_stats", []))
             self.study.set_user_attr("executor_stats", (runs + [run])[-KEEP_STATS:])
@@ -364,9 +362,13 @@ class Driver:
             trial.set_user_attr("fail_reason", "infeasible: " + "; ".join(violations))
             self.study.tell(trial, state=TrialState.PRUNED)
             return False
-        job = TrialJob(trial.number, dict(trial.params), spec.model_dump(mode="json"),
-                       trial.user_attrs.get("seed_variant"),
-                       dict(self.study.user_attrs.get("mha_reference", {})))
+        job = TrialJob(
+            trial.number,
+            dict(trial.params),
+            spec.model_dump(mode="json"),
+            trial.user_attrs.get("seed_variant"),
+            dict(self.study.user_attrs.get("mha_reference", {})),
+        )
         self.executor.submit(job)
         return True
 
@@ -380,8 +382,10 @@ class Driver:
                 self.storage.set_trial_user_attr(t._trial_id, key, value)
         except optuna.exceptions.UpdateFinishedTrialError:
             # Another driver reaped it meanwhile (and re-queued it): its verdict stands.
-            self.log(f"trial {outcome.number} was finished elsewhere meanwhile; "
-                     "this outcome is not recorded")
+            self.log(
+                f"trial {outcome.number} was finished elsewhere meanwhile; "
+                "this outcome is not recorded"
+            )
             return
         if outcome.mha_reference:
             with self._study_lock():  # a read-modify-write other drivers also do
@@ -391,8 +395,11 @@ class Driver:
                 study.set_user_attr("mha_reference", ref)
         state = TrialState[outcome.state]
         if state == TrialState.COMPLETE:
-            study.tell(outcome.number, [outcome.values[o] for o in self.spec.objectives],
-                       skip_if_finished=True)
+            study.tell(
+                outcome.number,
+                [outcome.values[o] for o in self.spec.objectives],
+                skip_if_finished=True,
+            )
             shown = ", ".join(f"{k} {v:.4g}" for k, v in outcome.values.items())
             self.log(f"trial {outcome.number} [{outcome.attrs.get('allocation', '')}]: {shown}")
         else:
@@ -409,8 +416,3 @@ class Driver:
         study = getattr(self, "study", None)
         counts = self.counts() if study is not None else {}
         return progress_panel(self.spec, self.executor, self.url, n_trials, counts, study)
-
-
-def _corpus_summary(meta: dict) -> dict:
-    keep = ("kind", "vocab_size", "tokens", "documents", "bytes")
-    return {k: meta[k] for k in keep if k in meta}

@@ -101,9 +101,13 @@ def uses_heartbeat(url: str) -> bool:
 def driver_identity() -> dict[str, Any]:
     """Who this driver is, as recorded on the trials it asks (user attr ``driver``): host,
     pid, a random id, the process start time (`proc_start`) and the UTC start."""
-    return {"host": socket.gethostname(), "pid": os.getpid(), "id": uuid.uuid4().hex[:10],
-            "proc_start": proc_start(os.getpid()),
-            "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "id": uuid.uuid4().hex[:10],
+        "proc_start": proc_start(os.getpid()),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def proc_start(pid: int) -> int | None:
@@ -143,9 +147,15 @@ def stale_trial_ids(storage: Any, study: optuna.Study, url: str) -> list[int]:
         return []
 
 
-def reap_reason(trial: optuna.trial.FrozenTrial, identity: dict[str, Any], *,
-                stale: set[int], locked: bool, heartbeat: bool,
-                now: datetime) -> str | None:
+def reap_reason(
+    trial: optuna.trial.FrozenTrial,
+    identity: dict[str, Any],
+    *,
+    stale: set[int],
+    locked: bool,
+    heartbeat: bool,
+    now: datetime,
+) -> str | None:
     """Why the RUNNING `trial` is to be failed and re-queued, or None while its driver may
     live.
 
@@ -169,8 +179,12 @@ def reap_reason(trial: optuna.trial.FrozenTrial, identity: dict[str, Any], *,
         return None  # a live driver on this machine: its process is the authority
     if trial._trial_id in stale:
         return f"reaped: its driver ({who}) stopped sending heartbeats"
-    if not d and not locked and trial.datetime_start and (
-            now - trial.datetime_start).total_seconds() < SETUP_GRACE_S:
+    if (
+        not d
+        and not locked
+        and trial.datetime_start
+        and (now - trial.datetime_start).total_seconds() < SETUP_GRACE_S
+    ):
         # Without a lock, it may have been asked a moment ago by a driver that has not
         # written who it is yet.
         return None
@@ -179,8 +193,9 @@ def reap_reason(trial: optuna.trial.FrozenTrial, identity: dict[str, Any], *,
     return f"reaped: its driver ({who}) is gone"
 
 
-def start_heartbeat(storage: Any, study: optuna.Study,
-                    running: Callable[[], Iterable[int]]) -> threading.Event:
+def start_heartbeat(
+    storage: Any, study: optuna.Study, running: Callable[[], Iterable[int]]
+) -> threading.Event:
     """Record a heartbeat every few seconds for the trials `running()` numbers, in a daemon
     thread, until the returned event is set. The caller starts it only on a storage that
     `uses_heartbeat`."""

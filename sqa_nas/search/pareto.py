@@ -32,8 +32,10 @@ from sqa_nas.errors import UserError
 from sqa_nas.search.records import OBJECTIVES, TrialRecord
 
 _BLOCK = 32  # trials per numpy comparison for 3+ objectives (fastest here: 16 to 256 tried)
-_PICK = re.compile(r"^best:(?P<obj>\w+)"
-                   r"(?::within=(?P<other>\w+)\+(?P<tol>\d+(?:\.\d+)?)(?P<pct>%)?)?$")
+_PICK = re.compile(
+    r"^best:(?P<obj>\w+)"
+    r"(?::within=(?P<other>\w+)\+(?P<tol>\d+(?:\.\d+)?)(?P<pct>%)?)?$"
+)
 
 
 def candidates(records: Sequence[TrialRecord], objectives: Sequence[str]) -> list[TrialRecord]:
@@ -65,8 +67,11 @@ def _keyer(objectives: Sequence[str], directions: Sequence[str]):
     return lambda r: tuple(s * r.values[o] for o, s in pairs)
 
 
-def pareto_front(records: Sequence[TrialRecord], objectives: Sequence[str],
-                 directions: Sequence[str] | None = None) -> list[TrialRecord]:
+def pareto_front(
+    records: Sequence[TrialRecord],
+    objectives: Sequence[str],
+    directions: Sequence[str] | None = None,
+) -> list[TrialRecord]:
     """The non-dominated trials, sorted by the first objective (best first). Trials with
     equal values are all kept (none dominates the other)."""
     directions = directions or [OBJECTIVES[o] for o in objectives]
@@ -89,19 +94,23 @@ def pareto_front(records: Sequence[TrialRecord], objectives: Sequence[str],
     keys = np.array([k for k, _, _ in keyed]).reshape(len(keyed), len(objectives))
     front_keys, on_front = keys[:0], np.zeros(len(keyed), dtype=bool)
     for start in range(0, len(keys), _BLOCK):
-        block = keys[start:start + _BLOCK]
+        block = keys[start : start + _BLOCK]
         dominated = np.zeros(len(block), dtype=bool)
         for other in (front_keys, block):  # [i, j]: does other[j] dominate block[i]?
             le = (other[None, :, :] <= block[:, None, :]).all(axis=2)
             lt = (other[None, :, :] < block[:, None, :]).any(axis=2)
             dominated |= np.any(le & lt, axis=1)  # np.any: numpy's stubs type le as maybe 0-d
-        on_front[start:start + _BLOCK] = ~dominated
+        on_front[start : start + _BLOCK] = ~dominated
         front_keys = np.concatenate([front_keys, block[~dominated]])
     return [r for (_, _, r), keep in zip(keyed, on_front) if keep]
 
 
-def pick(records: Sequence[TrialRecord], objectives: Sequence[str], spec: str,
-         directions: Sequence[str] | None = None) -> TrialRecord:
+def pick(
+    records: Sequence[TrialRecord],
+    objectives: Sequence[str],
+    spec: str,
+    directions: Sequence[str] | None = None,
+) -> TrialRecord:
     """The trial a picker names (see the module docstring). `UserError` on a bad spec or an
     empty study."""
     directions = list(directions or [OBJECTIVES[o] for o in objectives])
@@ -113,20 +122,27 @@ def pick(records: Sequence[TrialRecord], objectives: Sequence[str], spec: str,
         return _knee(front, objectives, directions)
     m = _PICK.match(spec)
     if not m:
-        raise UserError(f"--pick {spec!r}: expected 'knee', 'best:OBJECTIVE' or "
-                        "'best:OBJECTIVE:within=OTHER+TOL[%]'")
+        raise UserError(
+            f"--pick {spec!r}: expected 'knee', 'best:OBJECTIVE' or "
+            "'best:OBJECTIVE:within=OTHER+TOL[%]'"
+        )
     obj, other = m["obj"], m["other"]
     for name in filter(None, (obj, other)):
         if name not in objectives:
-            raise UserError(f"--pick {spec!r}: {name!r} is not an objective of this study "
-                            f"({', '.join(objectives)})")
+            raise UserError(
+                f"--pick {spec!r}: {name!r} is not an objective of this study "
+                f"({', '.join(objectives)})"
+            )
     if other:
         d = directions[objectives.index(other)]
         best = _values(min(pool, key=_keyer([other], [d])))[other]
         tol = float(m["tol"]) * (abs(best) / 100 if m["pct"] else 1.0)
         limit = best + tol if d == "minimize" else best - tol
-        pool = [r for r in pool if (_values(r)[other] <= limit if d == "minimize"
-                                    else _values(r)[other] >= limit)]
+        pool = [
+            r
+            for r in pool
+            if (_values(r)[other] <= limit if d == "minimize" else _values(r)[other] >= limit)
+        ]
     order = [obj] + [o for o in objectives if o != obj]
     key = _keyer(order, [directions[objectives.index(o)] for o in order])
     return min(pool, key=lambda r: (key(r), r.number))
@@ -162,10 +178,12 @@ def hypervolume_2d(points: Sequence[tuple[float, float]], ref: tuple[float, floa
     return area
 
 
-def hypervolume_history(records: Sequence[TrialRecord], objectives: Sequence[str],
-                        directions: Sequence[str] | None = None,
-                        ref: tuple[float, float] | None = None,
-                        ) -> list[tuple[TrialRecord, float]]:
+def hypervolume_history(
+    records: Sequence[TrialRecord],
+    objectives: Sequence[str],
+    directions: Sequence[str] | None = None,
+    ref: tuple[float, float] | None = None,
+) -> list[tuple[TrialRecord, float]]:
     """The hypervolume of the two-objective front after each candidate trial, in completion
     order: ``[(trial, hypervolume), ...]``. `ref` is in the objectives' own units and
     defaults to the worst value seen for each; O(n log n) plus list moves, as each trial
@@ -173,9 +191,10 @@ def hypervolume_history(records: Sequence[TrialRecord], objectives: Sequence[str
     if len(objectives) != 2:
         raise ValueError(f"hypervolume_history needs two objectives, got {len(objectives)}")
     directions = directions or [OBJECTIVES[o] for o in objectives]
-    pool = sorted(candidates(records, objectives),
-                  key=lambda r: (r.datetime_complete is None, r.datetime_complete or 0,
-                                 r.number))
+    pool = sorted(
+        candidates(records, objectives),
+        key=lambda r: (r.datetime_complete is None, r.datetime_complete or 0, r.number),
+    )
     keys = list(map(_keyer(objectives, directions), pool))
     if ref is None:
         rx, ry = (max((k[i] for k in keys), default=0.0) for i in (0, 1))
@@ -185,8 +204,10 @@ def hypervolume_history(records: Sequence[TrialRecord], objectives: Sequence[str
     ys: list[float] = []
 
     def steps(lo: int, hi: int) -> float:
-        return sum(((xs[i + 1] if i + 1 < len(xs) else rx) - xs[i]) * (ry - ys[i])
-                   for i in range(max(lo, 0), hi))
+        return sum(
+            ((xs[i + 1] if i + 1 < len(xs) else rx) - xs[i]) * (ry - ys[i])
+            for i in range(max(lo, 0), hi)
+        )
 
     area, out = 0.0, []
     for r, (x, y) in zip(pool, keys):

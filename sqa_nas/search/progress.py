@@ -18,8 +18,14 @@ from sqa_nas.search.space import SearchSpec
 BAR_WIDTH = 30
 
 
-def progress_panel(spec: SearchSpec, executor: Executor, url: str, n_trials: int,
-                   counts: Mapping[str, int], study: optuna.Study | None = None) -> Group:
+def progress_panel(
+    spec: SearchSpec,
+    executor: Executor,
+    url: str,
+    n_trials: int,
+    counts: Mapping[str, int],
+    study: optuna.Study | None = None,
+) -> Group:
     """The panel for `rich.live.Live`.
 
     Args:
@@ -34,10 +40,12 @@ def progress_panel(spec: SearchSpec, executor: Executor, url: str, n_trials: int
     """
     done = counts.get("counted", 0)
     filled = int(BAR_WIDTH * min(done, n_trials) / max(n_trials, 1))
-    head = (f"[bold]{spec.study_name}[/] {'█' * filled}{'░' * (BAR_WIDTH - filled)} "
-            f"{done}/{n_trials} evaluated | complete {counts.get('complete', 0)}, running "
-            f"{counts.get('running', 0)}, failed {counts.get('failed', 0)}, pruned "
-            f"{counts.get('pruned', 0)}, infeasible {counts.get('infeasible', 0)}")
+    head = (
+        f"[bold]{spec.study_name}[/] {'█' * filled}{'░' * (BAR_WIDTH - filled)} "
+        f"{done}/{n_trials} evaluated | complete {counts.get('complete', 0)}, running "
+        f"{counts.get('running', 0)}, failed {counts.get('failed', 0)}, pruned "
+        f"{counts.get('pruned', 0)}, infeasible {counts.get('infeasible', 0)}"
+    )
     lines = [head, f"[dim]{executor.describe()} | storage {url}[/]"]
     if study is not None:
         records = trial_records(study)
@@ -54,7 +62,11 @@ def progress_panel(spec: SearchSpec, executor: Executor, url: str, n_trials: int
     for number, r in sorted(executor.running.items()):
         p = r.progress
         step = f"{p['step']}/{p['of']}" if p.get("of", -1) > 0 else str(p.get("step", "-"))
-        table.add_row(str(number), r.where, step,
-                      f"{p['loss']:.3f}" if "loss" in p else "-",
-                      f"{time.monotonic() - r.started:.0f}s")
+        table.add_row(
+            str(number),
+            r.where,
+            step,
+            f"{p['loss']:.3f}" if "loss" in p else "-",
+            f"{time.monotonic() - r.started:.0f}s",
+        )
     return Group(*lines, table)

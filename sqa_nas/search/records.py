@@ -48,6 +48,7 @@ OBJECTIVES: dict[str, Direction] = {
     "attention_flops": "minimize",
 }
 
+
 class _Record(BaseModel):
     """A part of a trial's stored attrs. Unknown keys are kept (a newer writer, an executor's
     extras) and every field is optional: format-1 studies written before a field existed
@@ -265,16 +266,19 @@ class TrialRecord:
         return None
 
 
-def of_gpu_type(records: list[TrialRecord], gpu_type: str | None
-                ) -> tuple[list[TrialRecord], list[str]]:
+def of_gpu_type(
+    records: list[TrialRecord], gpu_type: str | None
+) -> tuple[list[TrialRecord], list[str]]:
     """(the records measured on `gpu_type`, all for None; the study's GPU types). Throughput
     is comparable only on one GPU type: an unknown one is a `UserError` naming those there."""
     types = sorted({r.gpu_type for r in records if r.gpu_type})
     if gpu_type is None:
         return list(records), types
     if gpu_type not in types:
-        raise UserError(f"no trial ran on GPU type {gpu_type!r}; GPU types in this study: "
-                        f"{', '.join(map(repr, types)) or 'none recorded'}")
+        raise UserError(
+            f"no trial ran on GPU type {gpu_type!r}; GPU types in this study: "
+            f"{', '.join(map(repr, types)) or 'none recorded'}"
+        )
     return [r for r in records if r.gpu_type == gpu_type], types
 
 
@@ -295,8 +299,17 @@ def trial_records(study: optuna.Study) -> list[TrialRecord]:
         values = None
         if t.values is not None and t.state == optuna.trial.TrialState.COMPLETE:
             values = dict(zip(names, t.values))
-        out.append(TrialRecord(t.number, t.state.name, values, dict(t.params),
-                               dict(t.user_attrs), t.datetime_start, t.datetime_complete))
+        out.append(
+            TrialRecord(
+                t.number,
+                t.state.name,
+                values,
+                dict(t.params),
+                dict(t.user_attrs),
+                t.datetime_start,
+                t.datetime_complete,
+            )
+        )
     return out
 
 
@@ -312,16 +325,19 @@ def open_storage(url: str, *, heartbeat: bool = False):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(path))
     if "://" not in url:
-        raise UserError(f"storage {url!r} is not a database URL (sqlite:///PATH, "
-                        "postgresql://...) or a journal file (journal:PATH)")
+        raise UserError(
+            f"storage {url!r} is not a database URL (sqlite:///PATH, "
+            "postgresql://...) or a journal file (journal:PATH)"
+        )
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     kwargs: dict[str, Any] = {"heartbeat_interval": 10, "grace_period": 60} if heartbeat else {}
     try:
         return RDBStorage(url, engine_kwargs=_engine_kwargs(url), **kwargs)
     except Exception as exc:  # sqlalchemy errors: unreachable server, bad driver, old schema
-        raise UserError(f"cannot open storage {url}: {type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0]}") from None
+        raise UserError(
+            f"cannot open storage {url}: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+        ) from None
 
 
 def _engine_kwargs(url: str) -> dict:
@@ -337,8 +353,10 @@ def load_study(name: str, storage: str | None = None) -> optuna.Study:
     url = storage or default_storage(name)
     if url.startswith("sqlite:///"):
         if not Path(url.removeprefix("sqlite:///")).exists():
-            raise UserError(f"no study {name!r}: storage {url} does not exist (pass --storage, "
-                            f"or run `sqa-nas search` first)")
+            raise UserError(
+                f"no study {name!r}: storage {url} does not exist (pass --storage, "
+                f"or run `sqa-nas search` first)"
+            )
     store = open_storage(url)
     try:
         study = optuna.load_study(study_name=name, storage=store)
@@ -352,12 +370,16 @@ def load_study(name: str, storage: str | None = None) -> optuna.Study:
 def check_format(study: optuna.Study, where: str) -> None:
     meta = study.user_attrs.get("sqa_nas")
     if meta is None:
-        raise UserError(f"study {study.study_name!r} in {where} was not written by sqa-nas "
-                        "(no 'sqa_nas' attribute)")
+        raise UserError(
+            f"study {study.study_name!r} in {where} was not written by sqa-nas "
+            "(no 'sqa_nas' attribute)"
+        )
     if meta.get("format") != FORMAT:
-        raise UserError(f"study {study.study_name!r} in {where} has format "
-                        f"{meta.get('format')} (sqa-nas {meta.get('version')}); this sqa-nas "
-                        f"reads format {FORMAT}: use a new study name or that version")
+        raise UserError(
+            f"study {study.study_name!r} in {where} has format "
+            f"{meta.get('format')} (sqa-nas {meta.get('version')}); this sqa-nas "
+            f"reads format {FORMAT}: use a new study name or that version"
+        )
 
 
 def compact_allocation(layers: list[dict[str, Any]]) -> str:

@@ -85,22 +85,38 @@ def _spec(spec_json: str) -> SearchSpec:
 def train_config(spec: SearchSpec) -> TrainConfig:
     """The training settings of a search space's budget, at its model's seq_len."""
     b = spec.budget.train
-    return TrainConfig(seq_len=spec.model.seq_len, batch_size=b.batch_size, steps=b.steps,
-                       tokens=b.tokens, seconds=b.seconds, lr=b.lr, min_lr_ratio=b.min_lr_ratio,
-                       warmup_steps=b.warmup_steps, weight_decay=b.weight_decay,
-                       grad_clip=b.grad_clip, compile=b.compile, eval_batches=b.eval_batches,
-                       eval_batch_size=b.eval_batch_size)
+    return TrainConfig(
+        seq_len=spec.model.seq_len,
+        batch_size=b.batch_size,
+        steps=b.steps,
+        tokens=b.tokens,
+        seconds=b.seconds,
+        lr=b.lr,
+        min_lr_ratio=b.min_lr_ratio,
+        warmup_steps=b.warmup_steps,
+        weight_decay=b.weight_decay,
+        grad_clip=b.grad_clip,
+        compile=b.compile,
+        eval_batches=b.eval_batches,
+        eval_batch_size=b.eval_batch_size,
+    )
 
 
 def throughput_config(spec: SearchSpec) -> ThroughputConfig:
     """How a search space measures throughput (seq_len defaults to the model's)."""
     t = spec.budget.throughput
-    return ThroughputConfig(seq_len=t.seq_len or spec.model.seq_len, batch_size=t.batch_size,
-                            warmup=t.warmup, repeats=t.repeats, backward=t.mode == "fwd+bwd")
+    return ThroughputConfig(
+        seq_len=t.seq_len or spec.model.seq_len,
+        batch_size=t.batch_size,
+        warmup=t.warmup,
+        repeats=t.repeats,
+        backward=t.mode == "fwd+bwd",
+    )
 
 
-def run_trial(job: TrialJob, *, device: torch.device | None = None,
-              progress: Progress | None = None) -> TrialOutcome:
+def run_trial(
+    job: TrialJob, *, device: torch.device | None = None, progress: Progress | None = None
+) -> TrialOutcome:
     """Evaluate one trial; failures are returned as FAIL / PRUNED outcomes, never raised."""
     t_start = time.perf_counter()
     spec = _spec(json.dumps(job.spec, sort_keys=True))
@@ -108,11 +124,16 @@ def run_trial(job: TrialJob, *, device: torch.device | None = None,
     outcome = TrialOutcome(job.number, "COMPLETE")
     info = machine_info(device)
     record = TrialAttrs(
-        device=Device(name=device_name(device), type=device.type, host=socket.gethostname(),
-                      node=os.environ.get("SQA_NAS_NODE", socket.gethostname()),
-                      gpu=device.index if device.type == "cuda" else None),
+        device=Device(
+            name=device_name(device),
+            type=device.type,
+            host=socket.gethostname(),
+            node=os.environ.get("SQA_NAS_NODE", socket.gethostname()),
+            gpu=device.index if device.type == "cuda" else None,
+        ),
         versions={k: info[k] for k in ("torch", "cuda", "cudnn", "python", "sqa_nas")},
-        timings=Timings())
+        timings=Timings(),
+    )
     try:
         _evaluate(job, spec, device, outcome, record, progress)
     except NonFinite as exc:
@@ -133,15 +154,22 @@ def run_trial(job: TrialJob, *, device: torch.device | None = None,
     return outcome
 
 
-def _evaluate(job: TrialJob, spec: SearchSpec, device: torch.device, outcome: TrialOutcome,
-              record: TrialAttrs, progress: Progress | None) -> None:
+def _evaluate(
+    job: TrialJob,
+    spec: SearchSpec,
+    device: torch.device,
+    outcome: TrialOutcome,
+    record: TrialAttrs,
+    progress: Progress | None,
+) -> None:
     objectives, timings = set(spec.objectives), record.timings
     seed = (spec.sampler.seed or 0) * 100_003 + job.number
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     data = _dataset(json.dumps(spec.data.model_dump(mode="json"), sort_keys=True))
-    record.corpus = Corpus(kind=data.meta.get("kind"), fingerprint=data.fingerprint,
-                           tokens=data.meta.get("tokens"))
+    record.corpus = Corpus(
+        kind=data.meta.get("kind"), fingerprint=data.fingerprint, tokens=data.meta.get("tokens")
+    )
     config = spec.build_config(job.params, data.vocab_size)
     cost = analyze(config, spec.model.seq_len)
     model = build_model(config).to(device)
@@ -150,11 +178,16 @@ def _evaluate(job: TrialJob, spec: SearchSpec, device: torch.device, outcome: Tr
     record.model, record.seed_variant = config.resolved(), job.seed_variant
     record.allocation = compact_allocation(layers)
     record.analytics = Analytics(
-        params=cost.params, flops_per_token=cost.flops, train_flops_per_token=cost.train_flops,
-        attention_flops_per_token=cost.attn_flops, kv_cache_bytes_per_token=cost.kv_bytes,
-        analytic_speedup_vs_mha=cost.speedup_vs_mha)
-    metrics = Metrics(kv_cache_bytes=cost.kv_bytes, params=cost.params,
-                      attention_flops=cost.attn_flops)
+        params=cost.params,
+        flops_per_token=cost.flops,
+        train_flops_per_token=cost.train_flops,
+        attention_flops_per_token=cost.attn_flops,
+        kv_cache_bytes_per_token=cost.kv_bytes,
+        analytic_speedup_vs_mha=cost.speedup_vs_mha,
+    )
+    metrics = Metrics(
+        kv_cache_bytes=cost.kv_bytes, params=cost.params, attention_flops=cost.attn_flops
+    )
 
     if objectives & {"throughput_tokens_per_s", "speedup_vs_mha"}:
         t0 = time.perf_counter()
@@ -188,8 +221,9 @@ def _evaluate(job: TrialJob, spec: SearchSpec, device: torch.device, outcome: Tr
         metrics.accuracy, metrics.val_tokens = scores["accuracy"], int(scores["val_tokens"])
         timings.eval_s = time.perf_counter() - t0
     # Backends are chosen at the first forward on the device: record what actually ran.
-    record.layers = [LayerRecord(**x | {"backend": b, "backend_reason": why})
-                     for x, (b, why) in zip(layers, model.backends())]
+    record.layers = [
+        LayerRecord(**x | {"backend": b, "backend_reason": why})
+        for x, (b, why) in zip(layers, model.backends())
+    ]
     record.metrics = metrics
     outcome.values = {o: float(metrics.value(o)) for o in spec.objectives}
-

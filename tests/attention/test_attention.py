@@ -36,10 +36,19 @@ def _options(name: str, mask: str) -> tuple[bool, bool]:
 
 def _layer(name, mask: MaskSpec, head_dim, backend, rope, bias=False, seed=0):
     torch.manual_seed(seed)
-    cfg = variant(name, d_model=8 * head_dim, n_heads=8, head_dim=head_dim, backend=backend,
-                  rope_theta=10_000.0 if rope else None, bias=bias, causal=mask.causal,
-                  window=mask.window, global_tokens=mask.global_tokens,
-                  block_sparse=mask.block_sparse)
+    cfg = variant(
+        name,
+        d_model=8 * head_dim,
+        n_heads=8,
+        head_dim=head_dim,
+        backend=backend,
+        rope_theta=10_000.0 if rope else None,
+        bias=bias,
+        causal=mask.causal,
+        window=mask.window,
+        global_tokens=mask.global_tokens,
+        block_sparse=mask.block_sparse,
+    )
     layer = SparseQueryAttention(cfg)
     if bias:  # nn.Linear's default biases are small; make them matter
         with torch.no_grad():
@@ -125,8 +134,9 @@ def test_projection_shapes_follow_the_paper():
     assert rsqa.o_proj.weight.shape == (256, 8 * 16)  # rSQA: H_kv = 8 heads feed W_O
 
 
-@pytest.mark.parametrize("name,heads", [("SQA", (8, 4, 2)), ("MQA", (16, 1, 16)),
-                                        ("rSQA", (8, 8, 1))])
+@pytest.mark.parametrize(
+    "name,heads", [("SQA", (8, 4, 2)), ("MQA", (16, 1, 16)), ("rSQA", (8, 8, 1))]
+)
 def test_the_problem_a_backend_is_asked(name, heads):
     """Kernels see the heads after rSQA's tiling (H_attn = max(H_q, H_kv)), never H_q < H_kv,
     and the layer's mask and the paper's scale 1 / sqrt(D)."""
@@ -134,14 +144,31 @@ def test_the_problem_a_backend_is_asked(name, heads):
     p = layer.problem(33, "cpu", torch.float32, requires_grad=True)
     assert (p.n_q_heads, p.n_kv_heads, p.gqa_group) == heads
     assert (p.head_dim, p.seq_len, p.dtype, p.device_type, p.requires_grad) == (
-        16, 33, torch.float32, "cpu", True)
+        16,
+        33,
+        torch.float32,
+        "cpu",
+        True,
+    )
     assert p.mask == MaskSpec(True, window=5) and p.scale == 16**-0.5
 
 
 @pytest.mark.parametrize("causal", [True, False])
-@pytest.mark.parametrize("window,global_tokens", [(None, 0), (1, 0), (5, 0), (127, 0),
-                                                  (128, 0), (300, 0), (5, 2), (64, 16),
-                                                  (100, 200), (129, 130)])
+@pytest.mark.parametrize(
+    "window,global_tokens",
+    [
+        (None, 0),
+        (1, 0),
+        (5, 0),
+        (127, 0),
+        (128, 0),
+        (300, 0),
+        (5, 2),
+        (64, 16),
+        (100, 200),
+        (129, 130),
+    ],
+)
 @pytest.mark.parametrize("n", [1, 77, 128, 300, 513])
 def test_band_tiles_are_the_dense_masks_tiles(causal, window, global_tokens, n):
     """Causal / window / global-token block masks are classified tile by tile without the
@@ -158,8 +185,9 @@ def test_only_long_block_sparse_masks_compile_create_block_mask(monkeypatch):
     4096 + 16 global tokens), even at 200k tokens; block-sparse ones do past the limit."""
     calls = []
     assert flex.create_block_mask is fa.create_block_mask
-    monkeypatch.setattr(flex, "create_block_mask",
-                        lambda *a, **k: calls.append(a[3]) or "compiled")
+    monkeypatch.setattr(
+        flex, "create_block_mask", lambda *a, **k: calls.append(a[3]) or "compiled"
+    )
     flex._block_mask.cache_clear()
     cpu = torch.device("cpu")
     long = flex._block_mask(MaskSpec(True, window=4096, global_tokens=16), 200_000, cpu, True)

@@ -28,10 +28,16 @@ def _random_specs(count=60, seed=0):
         elif kind == "flex":
             yield MaskSpec(causal, window=rnd.randint(0, 40), global_tokens=rnd.randint(1, 20))
         else:
-            yield MaskSpec(causal, block_sparse=BlockSparseLayout(
-                block_size=rnd.choice([1, 7, 16, 64]), local_blocks=rnd.randint(0, 2),
-                global_blocks=rnd.randint(0, 2), random_blocks=rnd.randint(0, 3),
-                seed=rnd.randint(0, 99)))
+            yield MaskSpec(
+                causal,
+                block_sparse=BlockSparseLayout(
+                    block_size=rnd.choice([1, 7, 16, 64]),
+                    local_blocks=rnd.randint(0, 2),
+                    global_blocks=rnd.randint(0, 2),
+                    random_blocks=rnd.randint(0, 3),
+                    seed=rnd.randint(0, 99),
+                ),
+            )
 
 
 @pytest.mark.parametrize("n", [1, 2, 33, 100, 257])
@@ -61,14 +67,39 @@ def test_window_and_global_tokens_by_hand():
 # Golden layouts: the visible key blocks of every query block, as the generator gave them
 # when this test was written (torch.Generator seeded, `BlockSparseLayout`'s draw formula).
 GOLDEN = [
-    (BlockSparseLayout(block_size=16, local_blocks=0, global_blocks=0, random_blocks=3, seed=5),
-     150, False,
-     [[0, 1, 8, 9], [1, 8, 9], [0, 1, 2, 7], [3, 5, 6, 9], [0, 4, 6, 7], [5, 6, 9], [0, 6, 9],
-      [0, 2, 7], [0, 5, 8, 9], [2, 3, 6, 9]]),
-    (BlockSparseLayout(block_size=16, local_blocks=1, global_blocks=1, random_blocks=2, seed=3),
-     130, True,
-     [[0, 1, 2, 3, 4, 5, 6, 7, 8], [0, 1, 2], [0, 1, 2, 3], [0, 2, 3, 4], [0, 2, 3, 4, 5],
-      [0, 2, 4, 5, 6], [0, 1, 2, 5, 6, 7], [0, 3, 6, 7, 8], [0, 1, 7, 8]]),
+    (
+        BlockSparseLayout(block_size=16, local_blocks=0, global_blocks=0, random_blocks=3, seed=5),
+        150,
+        False,
+        [
+            [0, 1, 8, 9],
+            [1, 8, 9],
+            [0, 1, 2, 7],
+            [3, 5, 6, 9],
+            [0, 4, 6, 7],
+            [5, 6, 9],
+            [0, 6, 9],
+            [0, 2, 7],
+            [0, 5, 8, 9],
+            [2, 3, 6, 9],
+        ],
+    ),
+    (
+        BlockSparseLayout(block_size=16, local_blocks=1, global_blocks=1, random_blocks=2, seed=3),
+        130,
+        True,
+        [
+            [0, 1, 2, 3, 4, 5, 6, 7, 8],
+            [0, 1, 2],
+            [0, 1, 2, 3],
+            [0, 2, 3, 4],
+            [0, 2, 3, 4, 5],
+            [0, 2, 4, 5, 6],
+            [0, 1, 2, 5, 6, 7],
+            [0, 3, 6, 7, 8],
+            [0, 1, 7, 8],
+        ],
+    ),
 ]
 
 
@@ -103,12 +134,14 @@ def test_count_visible_scales_to_a_million_tokens():
 
 
 def test_block_layout_is_deterministic_and_seeded():
-    layout = BlockSparseLayout(block_size=8, local_blocks=0, global_blocks=0, random_blocks=3,
-                               seed=5)
+    layout = BlockSparseLayout(
+        block_size=8, local_blocks=0, global_blocks=0, random_blocks=3, seed=5
+    )
     a, b = block_layout(layout, 256, False), block_layout(layout, 256, False)
     assert torch.equal(a, b)
     other = block_layout(layout.model_copy(update={"seed": 6}), 256, False)
     assert not torch.equal(a, other)
     causal = block_layout(layout, 256, True)
-    assert not torch.triu(causal & ~torch.eye(32, dtype=torch.bool), 1).any(), \
+    assert not torch.triu(causal & ~torch.eye(32, dtype=torch.bool), 1).any(), (
         "causal random blocks must lie at or left of the diagonal"
+    )

@@ -31,15 +31,44 @@ from sqa_nas.errors import UserError
 from sqa_nas.kernels.sdpa import SdpaBackend
 from sqa_nas.timing import time_call
 
-ROW_KEYS = {"variant", "seq_len", "batch", "n_q_heads", "n_kv_heads", "head_dim", "pattern",
-            "mask", "mode", "scope", "dtype", "density", "backend", "backend_reason",
-            "check_error", "check_tolerance", "check_ok", "ms", "ms_min", "ms_spread",
-            "repeats", "flops", "tflops", "speedup_vs_MHA"}
+ROW_KEYS = {
+    "variant",
+    "seq_len",
+    "batch",
+    "n_q_heads",
+    "n_kv_heads",
+    "head_dim",
+    "pattern",
+    "mask",
+    "mode",
+    "scope",
+    "dtype",
+    "density",
+    "backend",
+    "backend_reason",
+    "check_error",
+    "check_tolerance",
+    "check_ok",
+    "ms",
+    "ms_min",
+    "ms_spread",
+    "repeats",
+    "flops",
+    "tflops",
+    "speedup_vs_MHA",
+}
 
 
 def _settings(**kw):
-    base = dict(variants=["SQA", "xSQA"], seq_lens=[64], n_heads=8, head_dim=16, warmup=1,
-                repeats=2, baselines=["MHA"])
+    base = dict(
+        variants=["SQA", "xSQA"],
+        seq_lens=[64],
+        n_heads=8,
+        head_dim=16,
+        warmup=1,
+        repeats=2,
+        baselines=["MHA"],
+    )
     return BenchSettings(**{**base, **kw})
 
 
@@ -66,18 +95,40 @@ def _layer_params(name):
 
     return list(SparseQueryAttention(registry.variant(name, d_model=128, n_heads=8)).parameters())
 
+
 def test_a_row_reads_and_writes_its_json_unchanged():
     """Rows cross the seam as JSON: a row read from a file and written again keeps every key
     (speedups and columns an experiment added too); absent optional fields read as None and
     stay absent."""
-    data = {"variant": "xSQA", "seq_len": 1024, "batch": 2, "window": None,
-            "backend_requested": "auto", "ms": 1.5, "tflops": 300.0, "speedup_vs_MHA": 3.9,
-            "speedup_vs_dense_MHA": 7.5, "fraction_of_best": 0.97, "part": "lengths",
-            "paper_a100_s": 0.3759}
+    data = {
+        "variant": "xSQA",
+        "seq_len": 1024,
+        "batch": 2,
+        "window": None,
+        "backend_requested": "auto",
+        "ms": 1.5,
+        "tflops": 300.0,
+        "speedup_vs_MHA": 3.9,
+        "speedup_vs_dense_MHA": 7.5,
+        "fraction_of_best": 0.97,
+        "part": "lengths",
+        "paper_a100_s": 0.3759,
+    }
     row = BenchRow.from_dict(data)
     assert row.to_dict() == data and list(row.to_dict()) == [
-        "variant", "seq_len", "batch", "backend_requested", "window", "ms", "tflops",
-        "speedup_vs_MHA", "speedup_vs_dense_MHA", "fraction_of_best", "part", "paper_a100_s"]
+        "variant",
+        "seq_len",
+        "batch",
+        "backend_requested",
+        "window",
+        "ms",
+        "tflops",
+        "speedup_vs_MHA",
+        "speedup_vs_dense_MHA",
+        "fraction_of_best",
+        "part",
+        "paper_a100_s",
+    ]
     assert row.speedup("MHA") == 3.9 and row.speedup("GQA") is None
     assert row.extra == {"part": "lengths", "paper_a100_s": 0.3759}
     assert row.window is None and "window" in row.to_dict()  # set to None: written as null
@@ -88,11 +139,13 @@ def test_a_row_reads_and_writes_its_json_unchanged():
     assert updated.speedups == {"MHA": 3.9, "dense_MHA": 7.5, "GQA": 1.2}
     assert updated.extra["part"] == "heads" and row.extra["part"] == "lengths"
     failed = BenchRow.from_dict({"variant": "MHA", "seq_len": 8, "error": "out of memory"})
-    assert not failed.timed and failed.to_dict() == {"variant": "MHA", "seq_len": 8,
-                                                     "error": "out of memory"}
+    assert not failed.timed and failed.to_dict() == {
+        "variant": "MHA",
+        "seq_len": 8,
+        "error": "out of memory",
+    }
     with pytest.raises(ValidationError):
         BenchRow.from_dict({"seq_len": 8})
-
 
 
 def test_correctness_check_catches_a_wrong_kernel():
@@ -133,8 +186,9 @@ def test_correctness_check_catches_a_wrong_backward_in_backward_rows():
     registry.register_backend(WrongBackward)
     try:
         fwd = run_bench(_settings(backend="wrong_backward", variants=["SQA"], baselines=[]))
-        both = run_bench(_settings(backend="wrong_backward", variants=["SQA"], baselines=[],
-                                   mode="fwd+bwd"))
+        both = run_bench(
+            _settings(backend="wrong_backward", variants=["SQA"], baselines=[], mode="fwd+bwd")
+        )
     finally:
         registry._backends.pop("wrong_backward")
     assert fwd.rows[0].check_ok and fwd.rows[0].timed
@@ -145,19 +199,28 @@ def test_correctness_check_catches_a_wrong_backward_in_backward_rows():
 
 def test_time_call_counts_only_the_timed_part():
     calls = []
-    samples = time_call(lambda x: calls.append(x), device=torch.device("cpu"), warmup=2,
-                        repeats=3, setup=lambda: "arg")
+    samples = time_call(
+        lambda x: calls.append(x),
+        device=torch.device("cpu"),
+        warmup=2,
+        repeats=3,
+        setup=lambda: "arg",
+    )
     assert len(samples) == 3 and calls == ["arg"] * 5 and all(s >= 0 for s in samples)
 
 
-@pytest.mark.parametrize("kw,pattern", [
-    (dict(variants=["Nope"]), "unknown variant"),
-    (dict(seq_lens=[0]), "--seq-lens"),
-    (dict(device="tpu"), "--device"),
-    (dict(device="cuda"), "no CUDA GPU") if not torch.cuda.is_available() else
-    (dict(mode="sideways"), "--mode"),
-    (dict(dtype="int8"), "--dtype"),
-])
+@pytest.mark.parametrize(
+    "kw,pattern",
+    [
+        (dict(variants=["Nope"]), "unknown variant"),
+        (dict(seq_lens=[0]), "--seq-lens"),
+        (dict(device="tpu"), "--device"),
+        (dict(device="cuda"), "no CUDA GPU")
+        if not torch.cuda.is_available()
+        else (dict(mode="sideways"), "--mode"),
+        (dict(dtype="int8"), "--dtype"),
+    ],
+)
 def test_bad_settings(kw, pattern):
     with pytest.raises(UserError, match=pattern):
         run_bench(_settings(**kw))
@@ -165,27 +228,48 @@ def test_bad_settings(kw, pattern):
 
 def test_cli_bench_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    rc = main(["bench", "--variants", "MHA,SQA,xSQA", "--seq-lens", "32,48", "--device", "cpu",
-               "--n-heads", "8", "--head-dim", "16", "--repeats", "2", "--warmup", "1",
-               "--json", str(out)])
+    rc = main(
+        [
+            "bench",
+            "--variants",
+            "MHA,SQA,xSQA",
+            "--seq-lens",
+            "32,48",
+            "--device",
+            "cpu",
+            "--n-heads",
+            "8",
+            "--head-dim",
+            "16",
+            "--repeats",
+            "2",
+            "--warmup",
+            "1",
+            "--json",
+            str(out),
+        ]
+    )
     assert rc == 0
     data = json.loads(out.read_text())
     assert len(data["rows"]) == 2 * 4  # MHA, GQA baselines + SQA, xSQA at two lengths
     assert "TFLOP/s" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["bench", "--variants", "MHA,Foo", "--device", "cpu"], "unknown variant 'Foo'"),
-    (["bench", "--seq-lens", "12,abc"], "comma-separated"),
-    (["bench", "--repeats", "0"], "must be >= 1"),
-    (["bench", "--mode", "up"], "invalid choice"),
-    (["bench", "--row-timeout-s", "-1"], "must be a finite number >= 0"),
-    (["bench", "--device", "cpu", "--window", "-3"], "window"),
-    (["bench", "--device", "cpu", "--global-tokens", "4"], "global_tokens"),
-    (["bench", "--device", "cpu", "--warmup", "-1"], "--warmup must be >= 0"),
-    (["bench", "--budget-s", "soon"], "expected a number of seconds"),
-    (["nonsense"], "invalid choice"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["bench", "--variants", "MHA,Foo", "--device", "cpu"], "unknown variant 'Foo'"),
+        (["bench", "--seq-lens", "12,abc"], "comma-separated"),
+        (["bench", "--repeats", "0"], "must be >= 1"),
+        (["bench", "--mode", "up"], "invalid choice"),
+        (["bench", "--row-timeout-s", "-1"], "must be a finite number >= 0"),
+        (["bench", "--device", "cpu", "--window", "-3"], "window"),
+        (["bench", "--device", "cpu", "--global-tokens", "4"], "global_tokens"),
+        (["bench", "--device", "cpu", "--warmup", "-1"], "--warmup must be >= 0"),
+        (["bench", "--budget-s", "soon"], "expected a number of seconds"),
+        (["nonsense"], "invalid choice"),
+    ],
+)
 def test_cli_bad_arguments_exit_2(argv, message, capsys):
     try:
         rc = main(argv)
@@ -197,22 +281,36 @@ def test_cli_bad_arguments_exit_2(argv, message, capsys):
 
 # ------------------------------------------------------------------- grid, masks and FLOPs
 
-@pytest.mark.parametrize("pattern,causal,spec", [
-    ("dense", True, MaskSpec(True)),
-    ("dense", False, MaskSpec(False)),
-    ("window", True, MaskSpec(True, window=9)),
-    ("window", False, MaskSpec(False, window=9)),
-    ("flex", True, MaskSpec(True, window=9, global_tokens=3)),
-    ("flex", False, MaskSpec(False, window=9, global_tokens=3)),
-    ("block_sparse", True, MaskSpec(True, block_sparse=BlockSparseLayout())),
-])
+
+@pytest.mark.parametrize(
+    "pattern,causal,spec",
+    [
+        ("dense", True, MaskSpec(True)),
+        ("dense", False, MaskSpec(False)),
+        ("window", True, MaskSpec(True, window=9)),
+        ("window", False, MaskSpec(False, window=9)),
+        ("flex", True, MaskSpec(True, window=9, global_tokens=3)),
+        ("flex", False, MaskSpec(False, window=9, global_tokens=3)),
+        ("block_sparse", True, MaskSpec(True, block_sparse=BlockSparseLayout())),
+    ],
+)
 def test_flops_follow_each_masks_density(pattern, causal, spec):
     """TFLOP/s come from the keys each query really sees: the row's density and FLOPs equal
     the count of True entries of the dense mask, for every mask family."""
     n = 150
-    result = run_bench(_settings(variants=["SW-SQA"], baselines=[], seq_lens=[n],
-                                 pattern=pattern, causal=causal, window=9, global_tokens=3,
-                                 repeats=1, warmup=0))
+    result = run_bench(
+        _settings(
+            variants=["SW-SQA"],
+            baselines=[],
+            seq_lens=[n],
+            pattern=pattern,
+            causal=causal,
+            window=9,
+            global_tokens=3,
+            repeats=1,
+            warmup=0,
+        )
+    )
     (row,) = result.rows
     mask = dense_mask(spec, n)
     visible = n * n if mask is None else int(mask.sum())
@@ -223,16 +321,20 @@ def test_flops_follow_each_masks_density(pattern, causal, spec):
 
 def test_grid_over_backends_reports_fraction_of_best_and_machine_header():
     base = _settings(variants=["xSQA"], seq_lens=[48], repeats=1, warmup=0)
-    cells = expand_grid(base, backend=["auto", "sdpa", "flex"], pattern=["window"],
-                        head_dim=[8])
+    cells = expand_grid(base, backend=["auto", "sdpa", "flex"], pattern=["window"], head_dim=[8])
     assert len(cells) == 3
     saved = []
-    result = run_grid(cells, on_cell=lambda partial: saved.append(
-        (len(partial.rows), partial.partial, (partial.running or {}).get("variant"))))
+    result = run_grid(
+        cells,
+        on_cell=lambda partial: saved.append(
+            (len(partial.rows), partial.partial, (partial.running or {}).get("variant"))
+        ),
+    )
     # Saved before every row (naming it, should it hang) and after every cell, so a run cut
     # short keeps its rows.
-    assert saved == [(n, True, v) for c in (0, 2, 4) for n, v in
-                     ((c, "MHA"), (c + 1, "xSQA"), (c + 2, None))]
+    assert saved == [
+        (n, True, v) for c in (0, 2, 4) for n, v in ((c, "MHA"), (c + 1, "xSQA"), (c + 2, None))
+    ]
     assert not result.partial and result.running is None
     result = result.to_dict()
     assert "partial" not in result and "running" not in result
@@ -241,18 +343,26 @@ def test_grid_over_backends_reports_fraction_of_best_and_machine_header():
     assert result["grid"] == {"backend": ["auto", "sdpa", "flex"]}
     assert len(result["rows"]) == 3 * 2  # MHA baseline + xSQA per cell
     for r in result["rows"]:
-        assert r["backend"] == (r["backend_requested"] if r["backend_requested"] != "auto"
-                                else "sdpa")
+        assert r["backend"] == (
+            r["backend_requested"] if r["backend_requested"] != "auto" else "sdpa"
+        )
         assert r["kernel"].startswith(r["backend"])
         assert 0 < r["fraction_of_best"] <= 1.0 or r["backend_requested"] == "auto"
-        named = [x for x in result["rows"] if x["variant"] == r["variant"]
-                 and x["head_dim"] == r["head_dim"] and x["backend_requested"] != "auto"]
+        named = [
+            x
+            for x in result["rows"]
+            if x["variant"] == r["variant"]
+            and x["head_dim"] == r["head_dim"]
+            and x["backend_requested"] != "auto"
+        ]
         assert r["best_backend"] == max(named, key=lambda x: x["tflops"])["backend_requested"]
 
 
 def test_fraction_of_best_needs_two_backends_on_one_cell():
-    rows = [BenchRow(variant="MHA", seq_len=8, backend_requested=b, tflops=t)
-            for b, t in (("auto", 5.0), ("sdpa", 4.0), ("flex", 2.0))]
+    rows = [
+        BenchRow(variant="MHA", seq_len=8, backend_requested=b, tflops=t)
+        for b, t in (("auto", 5.0), ("sdpa", 4.0), ("flex", 2.0))
+    ]
     rows.append(BenchRow(variant="MHA", seq_len=16, backend_requested="sdpa", tflops=1.0))
     rows = add_fraction_of_best(rows)
     assert [r.fraction_of_best for r in rows] == [1.25, 1.0, 0.5, None]
@@ -260,8 +370,17 @@ def test_fraction_of_best_needs_two_backends_on_one_cell():
 
 
 def test_model_scope_times_the_paper_family_with_its_flops():
-    settings = _settings(variants=["xSQA"], scope="model", n_layers=1, head_dim=8,
-                         seq_lens=[40], batch=2, repeats=1, warmup=0, check_len=40)
+    settings = _settings(
+        variants=["xSQA"],
+        scope="model",
+        n_layers=1,
+        head_dim=8,
+        seq_lens=[40],
+        batch=2,
+        repeats=1,
+        warmup=0,
+        check_len=40,
+    )
     (mha, xsqa) = run_bench(settings).rows
     assert xsqa.model == "paper-family-hd8-h8" and xsqa.check_ok
     assert xsqa.backend == "sdpa" and xsqa.n_q_heads == 2
@@ -274,8 +393,10 @@ def test_model_scope_times_the_paper_family_with_its_flops():
 def test_paper_presets_are_the_paper_family():
     from sqa_nas.bench import paper_family
 
-    assert paper_family(16) == ("paper", dict(vocab_size=10_000, d_model=256, n_layers=8,
-                                              n_heads=16, ffn_dim=768))
+    assert paper_family(16) == (
+        "paper",
+        dict(vocab_size=10_000, d_model=256, n_layers=8, n_heads=16, ffn_dim=768),
+    )
     assert paper_family(128)[0] == "paper-hd128"
 
 
@@ -290,14 +411,15 @@ def test_a_failing_kernel_is_recorded_and_the_run_goes_on():
 
     registry.register_backend(Flaky)
     try:
-        result = run_bench(_settings(backend="flaky", seq_lens=[32, 96],
-                                     check_len=64)).to_dict()
+        result = run_bench(_settings(backend="flaky", seq_lens=[32, 96], check_len=64)).to_dict()
     finally:
         registry._backends.pop("flaky")
     by_len = {n: [r for r in result["rows"] if r["seq_len"] == n] for n in (32, 96)}
     assert all("ms" in r for r in by_len[32])
-    assert all(r["error"] == "RuntimeError: CUDA error: an illegal memory access"
-               and r["check_ok"] for r in by_len[96])
+    assert all(
+        r["error"] == "RuntimeError: CUDA error: an illegal memory access" and r["check_ok"]
+        for r in by_len[96]
+    )
 
 
 def test_time_call_budget_cuts_long_calls_but_keeps_min_repeats():
@@ -312,8 +434,9 @@ def test_time_call_budget_cuts_long_calls_but_keeps_min_repeats():
     samples = time_call(slow, device=torch.device("cpu"), warmup=3, repeats=10, budget_s=0.05)
     assert len(samples) == 2 and len(calls) == 3  # one warm-up, two timed
     calls.clear()
-    samples = time_call(lambda _: calls.append(1), device=torch.device("cpu"), warmup=2,
-                        repeats=4, budget_s=10.0)
+    samples = time_call(
+        lambda _: calls.append(1), device=torch.device("cpu"), warmup=2, repeats=4, budget_s=10.0
+    )
     assert len(samples) == 4 and len(calls) == 6  # fast calls: untouched
     calls.clear()
 
@@ -321,8 +444,9 @@ def test_time_call_budget_cuts_long_calls_but_keeps_min_repeats():
         calls.append(1)
         _time.sleep(0.3 if len(calls) == 1 else 0.0)
 
-    samples = time_call(compiles_first, device=torch.device("cpu"), warmup=3, repeats=4,
-                        budget_s=1.0)
+    samples = time_call(
+        compiles_first, device=torch.device("cpu"), warmup=3, repeats=4, budget_s=1.0
+    )
     assert len(calls) == 7 and len(samples) == 4 and max(samples) < 0.1  # full warm-up kept
 
 
@@ -372,8 +496,9 @@ def test_time_call_on_cuda_does_not_let_a_compile_cut_the_plan(monkeypatch):
         calls.append(1)
         time.sleep(0.3 if len(calls) == 1 else 0.0)
 
-    samples = time_call(compiles_first, device=torch.device("cuda"), warmup=3, repeats=4,
-                        budget_s=1.0)
+    samples = time_call(
+        compiles_first, device=torch.device("cuda"), warmup=3, repeats=4, budget_s=1.0
+    )
     assert len(calls) == 7 and len(samples) == 4 and max(samples) < 0.1
     clock.log.clear()
     calls.clear()
@@ -421,19 +546,51 @@ def test_backend_options_are_benchmarked_under_their_spec():
 def test_cli_grid_json_png_and_calibration(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     out, png, cal = tmp_path / "b.json", tmp_path / "b.png", tmp_path / "cal.json"
-    rc = main(["bench", "--variants", "xSQA", "--seq-lens", "32", "--device", "cpu",
-               "--n-heads", "8", "--head-dim", "8", "--repeats", "1", "--warmup", "0",
-               "--backend", "sdpa,flex", "--causal-modes", "causal,noncausal",
-               "--patterns", "window", "--window", "8", "--baselines", "MHA",
-               "--json", str(out), "--png", str(png), "--calibration-out", str(cal)])
+    rc = main(
+        [
+            "bench",
+            "--variants",
+            "xSQA",
+            "--seq-lens",
+            "32",
+            "--device",
+            "cpu",
+            "--n-heads",
+            "8",
+            "--head-dim",
+            "8",
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+            "--backend",
+            "sdpa,flex",
+            "--causal-modes",
+            "causal,noncausal",
+            "--patterns",
+            "window",
+            "--window",
+            "8",
+            "--baselines",
+            "MHA",
+            "--json",
+            str(out),
+            "--png",
+            str(png),
+            "--calibration-out",
+            str(cal),
+        ]
+    )
     assert rc == 0
     data = json.loads(out.read_text())
     assert len(data["rows"]) == 2 * 2 * 2  # backends x masks x variants
     assert {r["causal"] for r in data["rows"]} == {True, False}
     assert png.stat().st_size > 10_000
     entries = json.loads(cal.read_text())["entries"]
-    assert {(e["pattern"], e["causal"], e["train"]) for e in entries} == \
-        {("window", True, False), ("window", False, False)}
+    assert {(e["pattern"], e["causal"], e["train"]) for e in entries} == {
+        ("window", True, False),
+        ("window", False, False),
+    }
     assert all(set(e["order"]) == {"sdpa", "flex"} for e in entries)
     assert "of best" in capsys.readouterr().out
 
@@ -453,12 +610,14 @@ def test_python_m_sqa_nas_bench_imports_only_what_the_bench_needs(tmp_path):
         assert main(["bench", "--variants", "Nope", "--device", "cpu"]) == 2
         sys.exit(rc)
         """)
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
     assert run.returncode == 0, run.stderr
     assert "unknown variant 'Nope'" in run.stderr
     assert json.loads(out.read_text())["settings"]["command"].startswith(
-        "sqa-nas bench --variants xSQA")
+        "sqa-nas bench --variants xSQA"
+    )
 
 
 def test_a_hung_row_is_cut_with_its_stacks_and_named_in_the_json(tmp_path):
@@ -489,13 +648,16 @@ def test_a_hung_row_is_cut_with_its_stacks_and_named_in_the_json(tmp_path):
         main(argv + ["--seq-lens", "32", "--row-timeout-s", "0"])  # imports done, no timer
         main(argv + ["--seq-lens", "32,96", "--row-timeout-s", "3", "--json", {str(out)!r}])
         """)
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
     assert run.returncode == 1
     assert "Timeout" in run.stderr and "in forward" in run.stderr  # where it hung
     data = json.loads(out.read_text())
-    assert data["partial"] and [(r["variant"], r["seq_len"]) for r in data["rows"]] == \
-        [("MHA", 32), ("xSQA", 32)]
+    assert data["partial"] and [(r["variant"], r["seq_len"]) for r in data["rows"]] == [
+        ("MHA", 32),
+        ("xSQA", 32),
+    ]
     assert data["running"]["variant"] == "MHA" and data["running"]["seq_len"] == 96
     assert data["running"]["row_timeout_s"] == 3
 
@@ -510,12 +672,17 @@ def test_the_kernel_is_read_again_only_after_the_timed_tensors_are_freed(monkeyp
     real = SdpaBackend.kernel_name
 
     def probe(self, problem, inputs=None):
-        live_at_probe.append(sum(issubclass(type(o), torch.Tensor)
-                                 and tuple(o.shape) == timed_shape for o in gc.get_objects()))
+        live_at_probe.append(
+            sum(
+                issubclass(type(o), torch.Tensor) and tuple(o.shape) == timed_shape
+                for o in gc.get_objects()
+            )
+        )
         return real(self, problem, inputs)
 
     monkeypatch.setattr(SdpaBackend, "kernel_name", probe)
-    result = run_bench(_settings(variants=["MHA"], baselines=[], batch=3, backend="sdpa",
-                                 check=False))
+    result = run_bench(
+        _settings(variants=["MHA"], baselines=[], batch=3, backend="sdpa", check=False)
+    )
     assert result.rows[0].timed
     assert live_at_probe == [0, 0]  # before the timing, and after it once freed

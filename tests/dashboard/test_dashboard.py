@@ -71,10 +71,14 @@ def append_trial(storage: str, name: str, values: dict[str, float], like: int = 
     writing the same storage would; returns its number."""
     study = optuna.load_study(study_name=name, storage=storage)
     base = study.trials[like]
-    study.add_trial(optuna.trial.create_trial(
-        params=base.params, distributions=base.distributions,
-        values=[values[m] for m in study.metric_names],
-        user_attrs=base.user_attrs | {"seed_variant": None}))
+    study.add_trial(
+        optuna.trial.create_trial(
+            params=base.params,
+            distributions=base.distributions,
+            values=[values[m] for m in study.metric_names],
+            user_attrs=base.user_attrs | {"seed_variant": None},
+        )
+    )
     return len(study.trials) - 1
 
 
@@ -168,8 +172,12 @@ def test_pareto_filter_sort_pickers_and_gpu_filter(storage):
     assert {out["best_loss"]} == brute.best(records, OBJ, "val_loss")
     assert out["sort"] == ("state", "state ▲")
     assert out["reversed"] == (True, "state ▼")
-    losses = [r.values["val_loss"] for n in out["by_loss_desc"] for r in records
-              if r.number == n and r.values]
+    losses = [
+        r.values["val_loss"]
+        for n in out["by_loss_desc"]
+        for r in records
+        if r.number == n and r.values
+    ]
     assert losses == sorted(losses, reverse=True) and len(losses) == 12
     assert out["by_loss_desc"][-3:] == [12, 13, 14]  # no loss: last, whatever the order
     gpu, shown = out["gpu"]
@@ -199,8 +207,9 @@ def test_live_refresh_shows_trials_written_while_running(writable):
         async with app.run_test(size=SIZE) as pilot:
             await pilot.pause()
             before = len(app.query_one(TrialTable).records)
-            number = append_trial(writable, "demo",
-                                  {"val_loss": 1.0, "throughput_tokens_per_s": 1e7})
+            number = append_trial(
+                writable, "demo", {"val_loss": 1.0, "throughput_tokens_per_s": 1e7}
+            )
             for _ in range(50):  # up to 10 s; one refresh interval is 0.2 s
                 await pilot.pause(0.2)
                 if len(app.query_one(TrialTable).records) > before:
@@ -288,8 +297,11 @@ def test_once_prints_summary_and_pareto_table(storage, capsys):
     out = capsys.readouterr().out
     records = trial_records(load_study("demo", storage))
     assert "Pareto front (" in out and "12 done" in out and "hypervolume" in out
-    rows = [line.split("│")[1].strip() for line in out.splitlines()
-            if line.startswith("│") and line.split("│")[1].strip().isdigit()]
+    rows = [
+        line.split("│")[1].strip()
+        for line in out.splitlines()
+        if line.startswith("│") and line.split("│")[1].strip().isdigit()
+    ]
     assert {int(n) for n in rows} == brute.front(records, OBJ)
 
 
@@ -299,8 +311,9 @@ def test_once_with_a_picker(storage, capsys):
     out = capsys.readouterr().out
     records = trial_records(load_study("demo", storage))
     chosen = int(out.split(f"picked by {spec}: trial #")[1].split()[0].rstrip(".,;:"))
-    assert chosen in brute.best(records, OBJ, "throughput_tokens_per_s",
-                                within=("val_loss", 1.0, True))
+    assert chosen in brute.best(
+        records, OBJ, "throughput_tokens_per_s", within=("val_loss", 1.0, True)
+    )
 
 
 def test_png_is_a_png(storage, tmp_path):
@@ -340,17 +353,20 @@ def test_not_a_terminal_prints_the_snapshot(storage, capsys):
     assert "Pareto front (" in captured.out and "not a terminal" in captured.err
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["nope"], "no study 'nope'"),
-    (["demo", "--storage", "sqlite:////no/such/dir/study.db"], "does not exist"),
-    (["demo", "--x", "speed"], "--x 'speed': not a metric of this study"),
-    (["demo", "--pick", "fastest"], "expected 'knee'"),
-    (["demo", "--gpu-type", "TPU"], "no trial ran on GPU type 'TPU'"),
-    (["demo", "--pick", "best:val_loss:within=throughput_tokens_per_s+1.2.3%"], "expected"),
-    (["demo", "--json", "-"], "--once and --json - both write to stdout"),
-    (["demo", "--json", "/proc/no/such.json"], "--json /proc/no/such.json: cannot write it"),
-    (["demo", "--png", "/proc/no/such.png"], "--png /proc/no/such.png: cannot write it"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["nope"], "no study 'nope'"),
+        (["demo", "--storage", "sqlite:////no/such/dir/study.db"], "does not exist"),
+        (["demo", "--x", "speed"], "--x 'speed': not a metric of this study"),
+        (["demo", "--pick", "fastest"], "expected 'knee'"),
+        (["demo", "--gpu-type", "TPU"], "no trial ran on GPU type 'TPU'"),
+        (["demo", "--pick", "best:val_loss:within=throughput_tokens_per_s+1.2.3%"], "expected"),
+        (["demo", "--json", "-"], "--once and --json - both write to stdout"),
+        (["demo", "--json", "/proc/no/such.json"], "--json /proc/no/such.json: cannot write it"),
+        (["demo", "--png", "/proc/no/such.png"], "--png /proc/no/such.png: cannot write it"),
+    ],
+)
 def test_user_errors_exit_2_with_a_message(storage, capsys, argv, message):
     if "--storage" not in argv:
         argv = argv + ["--storage", storage]
@@ -367,8 +383,10 @@ def test_refresh_must_be_a_finite_positive_number(value, capsys):
 
 
 def test_gpu_type_option_restricts_the_front(storage, capsys):
-    assert main(["dashboard", "demo", "--storage", storage, "--once",
-                 "--gpu-type", "NVIDIA H200"]) == 0
+    assert (
+        main(["dashboard", "demo", "--storage", storage, "--once", "--gpu-type", "NVIDIA H200"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "GPU NVIDIA H200 only" in out
     assert "NVIDIA A100" not in out.split("Pareto front (")[1]
@@ -385,10 +403,23 @@ def test_screenshot_script_writes_an_svg(storage, tmp_path):
 
 def test_text_scatter_marks_and_labels():
     # loss down, speed up: #0-#2 form the front, #3 is dominated, #1 is the GQA baseline
-    points = [(2.0, 100.0, None), (2.2, 300.0, "GQA"), (2.6, 500.0, None), (2.7, 150.0, None),
-              (2.5, 120.0, "MHA")]
-    records = [TrialRecord(i, "COMPLETE", {"val_loss": v, "throughput_tokens_per_s": t}, {},
-                           {"seed_variant": seed}) for i, (v, t, seed) in enumerate(points)]
+    points = [
+        (2.0, 100.0, None),
+        (2.2, 300.0, "GQA"),
+        (2.6, 500.0, None),
+        (2.7, 150.0, None),
+        (2.5, 120.0, "MHA"),
+    ]
+    records = [
+        TrialRecord(
+            i,
+            "COMPLETE",
+            {"val_loss": v, "throughput_tokens_per_s": t},
+            {},
+            {"seed_variant": seed},
+        )
+        for i, (v, t, seed) in enumerate(points)
+    ]
     records.append(TrialRecord(9, "FAIL", None, {}))
     view = StudyView(records, OBJ, ["minimize", "maximize"])
     text = text_scatter(view, "throughput_tokens_per_s", "val_loss", 70, 20, selected=2).plain
@@ -408,8 +439,11 @@ def test_progress_counts_and_hypervolume(storage):
     source = StorageSource("demo", storage)
     view = StudyView(source.records(), source.objectives, source.directions)
     progress = view.progress()
-    assert (progress.counts["COMPLETE"], progress.counts["FAIL"],
-            progress.counts["RUNNING"]) == (12, 2, 1)
+    assert (progress.counts["COMPLETE"], progress.counts["FAIL"], progress.counts["RUNNING"]) == (
+        12,
+        2,
+        1,
+    )
     hv = progress.hypervolume
     assert len(hv) == 12 and hv == sorted(hv) and 0 < hv[-1] <= 1
     assert progress.per_hour and progress.per_hour > 0
@@ -421,22 +455,40 @@ def synthetic_records(n: int, seed: int = 0) -> list[TrialRecord]:
     out = []
     for i in range(n):
         hq, hkv = rnd.choice([1, 2, 4, 8]), rnd.choice([1, 2, 4, 8])
-        layers = [{"n_q_heads": hq, "n_kv_heads": hkv, "pattern": "dense", "backend": "sdpa"}
-                  for _ in range(8)]
+        layers = [
+            {"n_q_heads": hq, "n_kv_heads": hkv, "pattern": "dense", "backend": "sdpa"}
+            for _ in range(8)
+        ]
         state = "COMPLETE" if i % 40 else rnd.choice(["FAIL", "RUNNING", "PRUNED"])
         values = None
         if state == "COMPLETE":
-            values = {"val_loss": 2 + rnd.random() + 1 / hq,
-                      "throughput_tokens_per_s": 1e5 * (8 / hq) * rnd.uniform(0.8, 1.2)}
-        attrs = {"layers": layers, "allocation": f"{hq}/{hkv} x8",
-                 "seed_variant": ["MHA", "GQA", "SQA", "sSQA", "xSQA"][i] if i < 5 else None,
-                 "device": {"name": rnd.choice(["NVIDIA H200", "NVIDIA A100"])},
-                 "analytics": {"params": 10_000_000 + hq, "kv_cache_bytes_per_token": 64 * hkv,
-                               "analytic_speedup_vs_mha": 8 / hq},
-                 "curve": [[s, s * 1024, 5 - s / 10] for s in range(20)]}
-        out.append(TrialRecord(i, state, values, {"all.heads": f"{hq}/{hkv}"}, attrs,
-                               t0 + timedelta(seconds=10 * i),
-                               t0 + timedelta(seconds=10 * i + 9)))
+            values = {
+                "val_loss": 2 + rnd.random() + 1 / hq,
+                "throughput_tokens_per_s": 1e5 * (8 / hq) * rnd.uniform(0.8, 1.2),
+            }
+        attrs = {
+            "layers": layers,
+            "allocation": f"{hq}/{hkv} x8",
+            "seed_variant": ["MHA", "GQA", "SQA", "sSQA", "xSQA"][i] if i < 5 else None,
+            "device": {"name": rnd.choice(["NVIDIA H200", "NVIDIA A100"])},
+            "analytics": {
+                "params": 10_000_000 + hq,
+                "kv_cache_bytes_per_token": 64 * hkv,
+                "analytic_speedup_vs_mha": 8 / hq,
+            },
+            "curve": [[s, s * 1024, 5 - s / 10] for s in range(20)],
+        }
+        out.append(
+            TrialRecord(
+                i,
+                state,
+                values,
+                {"all.heads": f"{hq}/{hkv}"},
+                attrs,
+                t0 + timedelta(seconds=10 * i),
+                t0 + timedelta(seconds=10 * i + 9),
+            )
+        )
     return out
 
 

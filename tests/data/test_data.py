@@ -54,6 +54,7 @@ def _bytes(tensor: torch.Tensor) -> bytes:
 
 # --- embedded corpus -------------------------------------------------------------------------
 
+
 def test_embedded_fingerprint_is_deterministic_and_cached(embedded, cache, tmp_path):
     again = load_dataset(DataSpec(kind="embedded"), cache_dir=cache)
     assert again.meta["cache_dir"] == embedded.meta["cache_dir"]
@@ -70,8 +71,11 @@ def test_embedded_is_split_by_file(embedded):
     meta = embedded.meta
     assert meta["vocab_size"] == embedded.vocab_size == 256
     assert {"stdlib"} == set(meta["sources"])
-    files = [f for f in python_files({"stdlib": Path(meta["sources"]["stdlib"])})
-             if f.name not in meta["skipped"]["not_utf8"]]
+    files = [
+        f
+        for f in python_files({"stdlib": Path(meta["sources"]["stdlib"])})
+        if f.name not in meta["skipped"]["not_utf8"]
+    ]
     assert any(f.name == "stdlib/pydoc_data/topics.py" for f in files)
     splits = split_files(files, 0.05)
     val = [f for f in files if splits[f.name] == "val"]
@@ -102,9 +106,14 @@ def test_embedded_skips_non_utf8_huge_and_generated_files(tmp_path):
     (src / "huge.py").write_bytes(b"#" * (MAX_FILE_BYTES + 1))
     files = python_files({"root": src})
     assert [f.name for f in files] == [
-        "root/a.py", "root/huge.py", "root/latin1.py", "root/pkg/b.py"]
-    ds = load_files(files, val_fraction=0.05, root=tmp_path / "cache",
-                    meta={"kind": "embedded"}, strict=False)
+        "root/a.py",
+        "root/huge.py",
+        "root/latin1.py",
+        "root/pkg/b.py",
+    ]
+    ds = load_files(
+        files, val_fraction=0.05, root=tmp_path / "cache", meta={"kind": "embedded"}, strict=False
+    )
     assert ds.meta["skipped"] == {"not_utf8": ["root/latin1.py"], "over_2MiB": ["root/huge.py"]}
     # Two files left: the split keeps one on each side.
     assert ds.meta["documents"] == {"train": 1, "val": 1}
@@ -112,6 +121,7 @@ def test_embedded_skips_non_utf8_huge_and_generated_files(tmp_path):
 
 
 # --- batches ---------------------------------------------------------------------------------
+
 
 def test_train_batches_are_shifted_windows_and_seeded(embedded):
     x, y = next(embedded.train_batches(4, 64, seed=3))
@@ -141,6 +151,7 @@ def test_val_batches_are_identical_across_calls(embedded, cache):
 
 # --- text ------------------------------------------------------------------------------------
 
+
 def test_text_single_file_keeps_its_tail_for_validation(tmp_path):
     text = "".join(f"line {i}: the quick brown fox\n" for i in range(40))
     (tmp_path / "book.txt").write_text(text)
@@ -151,7 +162,7 @@ def test_text_single_file_keeps_its_tail_for_validation(tmp_path):
     assert ds.meta["kind"] == "text" and ds.meta["documents"] == {"train": 1, "val": 1}
     assert ds.meta["fingerprint"] == ds.fingerprint and ds.meta["vocab_size"] == 256
     x, y = ds.val_batches(2, 16, 1)[0]
-    assert _bytes(x[0]) == text[cut:cut + 16].encode()
+    assert _bytes(x[0]) == text[cut : cut + 16].encode()
     with pytest.raises(UserError, match=r"validation split .* seq_len=400"):
         ds.val_batches(1, 400, 1)
 
@@ -161,14 +172,16 @@ def test_text_glob_splits_by_file_relative_to_common_parent(tmp_path):
     (corpus / "sub").mkdir(parents=True)
     for i in range(12):
         (corpus / ("sub" if i % 2 else "") / f"n{i}.md").write_text(f"note {i}\n" * 20)
-    ds = load_dataset({"kind": "text", "paths": [f"{corpus}/**/*.md"]},
-                      cache_dir=tmp_path / "cache")
+    ds = load_dataset(
+        {"kind": "text", "paths": [f"{corpus}/**/*.md"]}, cache_dir=tmp_path / "cache"
+    )
     assert sum(ds.meta["documents"].values()) == 12
     assert ds.meta["documents"]["val"] >= 1
     moved = tmp_path / "b" / "elsewhere"
     shutil.copytree(corpus, moved)
-    again = load_dataset({"kind": "text", "paths": [f"{moved}/**/*.md"]},
-                         cache_dir=tmp_path / "cache")
+    again = load_dataset(
+        {"kind": "text", "paths": [f"{moved}/**/*.md"]}, cache_dir=tmp_path / "cache"
+    )
     assert again.meta["cache_dir"] != ds.meta["cache_dir"]
     assert again.fingerprint == ds.fingerprint
 
@@ -189,6 +202,7 @@ def test_text_errors_name_the_culprit(tmp_path):
 
 
 # --- tokens ----------------------------------------------------------------------------------
+
 
 def _token_dir(path, suffix, train, val, meta=None):
     path.mkdir()
@@ -216,13 +230,16 @@ def test_tokens_bin_and_npy(tmp_path):
     assert torch.equal(vy, (vx + 7) % 1000)
 
     as_npy = _token_dir(tmp_path / "npy", ".npy", train, val)
-    same = load_dataset({"kind": "tokens", "path": str(as_npy), "vocab_size": 1000},
-                        cache_dir=tmp_path / "c")
+    same = load_dataset(
+        {"kind": "tokens", "path": str(as_npy), "vocab_size": 1000}, cache_dir=tmp_path / "c"
+    )
     assert same.fingerprint == ds.fingerprint  # same tokens, same dtype
     assert torch.equal(same.val_batches(2, 10, 1)[0][0], vx)
     wider = _token_dir(tmp_path / "u32", ".bin", train.astype(np.uint32), val.astype(np.uint32))
-    other = load_dataset({"kind": "tokens", "path": str(wider), "dtype": "uint32",
-                          "vocab_size": 1000}, cache_dir=tmp_path / "c")
+    other = load_dataset(
+        {"kind": "tokens", "path": str(wider), "dtype": "uint32", "vocab_size": 1000},
+        cache_dir=tmp_path / "c",
+    )
     assert torch.equal(other.val_batches(2, 10, 1)[0][0], vx)
 
 
@@ -236,13 +253,16 @@ def test_tokens_errors(tmp_path):
     with pytest.raises(UserError, match="meta.pkl is not read"):
         load_dataset({"kind": "tokens", "path": str(bad)}, cache_dir=cache)
     with pytest.raises(UserError, match="not a whole number of uint32 tokens"):
-        load_dataset({"kind": "tokens", "path": str(bad), "dtype": "uint32",
-                      "vocab_size": 101}, cache_dir=cache)
+        load_dataset(
+            {"kind": "tokens", "path": str(bad), "dtype": "uint32", "vocab_size": 101},
+            cache_dir=cache,
+        )
     with pytest.raises(UserError, match="expected train.bin and val.bin"):
         load_dataset({"kind": "tokens", "path": str(tmp_path)}, cache_dir=cache)
 
 
 # --- mqar ------------------------------------------------------------------------------------
+
 
 def test_mqar_targets_are_the_values_of_the_queried_keys():
     spec = MQARSpec(vocab_size=128, num_kv_pairs=6, seed=5)
@@ -266,17 +286,24 @@ def test_mqar_is_deterministic_per_seed_with_a_fixed_validation_set():
     assert not torch.equal(next(ds.train_batches(4, 32, seed=2))[0], first[0])
     val = ds.val_batches(4, 32, 3)
     again = load_dataset({"kind": "mqar", "vocab_size": 64, "num_kv_pairs": 4})
-    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-               for a, b in zip(val, again.val_batches(4, 32, 3)))
+    assert all(
+        torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+        for a, b in zip(val, again.val_batches(4, 32, 3))
+    )
     assert not any(torch.equal(v[0], first[0]) for v in val)
     assert ds.fingerprint == again.fingerprint
-    assert ds.fingerprint != load_dataset({"kind": "mqar", "vocab_size": 64,
-                                           "num_kv_pairs": 4, "seed": 1}).fingerprint
+    assert (
+        ds.fingerprint
+        != load_dataset(
+            {"kind": "mqar", "vocab_size": 64, "num_kv_pairs": 4, "seed": 1}
+        ).fingerprint
+    )
 
 
 def test_mqar_loss_and_accuracy_count_query_positions_only():
-    ds = load_dataset({"kind": "mqar", "vocab_size": 32, "num_kv_pairs": 3,
-                       "random_non_queries": False})
+    ds = load_dataset(
+        {"kind": "mqar", "vocab_size": 32, "num_kv_pairs": 3, "random_non_queries": False}
+    )
     x, y = ds.val_batches(5, 24, 1)[0]
     assert (x[:, 6:][y[:, 6:] == IGNORE_INDEX] == 0).all()  # filler is 0 without noise
     perfect = F.one_hot(y.clamp(min=0), 32).float() * 20
@@ -298,6 +325,7 @@ def test_mqar_spec_checks_sizes():
 
 # --- spec ------------------------------------------------------------------------------------
 
+
 def test_unknown_keys_and_kinds_are_named():
     with pytest.raises(ValidationError, match="pathz"):
         DataSpec(kind="text", paths=["a.txt"], pathz=1)
@@ -313,20 +341,24 @@ def test_docstring_example_runs():
 
 # --- hf --------------------------------------------------------------------------------------
 
+
 def test_hf_without_the_packages_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # import now fails, installed or not
     monkeypatch.setitem(sys.modules, "tokenizers", None)
     with pytest.raises(UserError, match=r"pip install 'sqa-nas\[hf\]'"):
-        load_dataset({"kind": "hf", "name": "roneneldan/TinyStories", "tokenizer": "gpt2"},
-                     cache_dir=tmp_path)
+        load_dataset(
+            {"kind": "hf", "name": "roneneldan/TinyStories", "tokenizer": "gpt2"},
+            cache_dir=tmp_path,
+        )
 
 
 def test_hf_tokenizes_once_into_the_cache(tmp_path, monkeypatch):
     datasets = pytest.importorskip("datasets")
     tokenizers = pytest.importorskip("tokenizers")
     words = ["<eos>", "the", "cat", "sat", "on", "mat", "a", "dog"]
-    tokenizer = tokenizers.Tokenizer(tokenizers.models.WordLevel(
-        {w: i for i, w in enumerate(words)}, unk_token="<eos>"))
+    tokenizer = tokenizers.Tokenizer(
+        tokenizers.models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<eos>")
+    )
     tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
     tokenizer.save(str(tmp_path / "tokenizer.json"))
     docs = [" ".join(words[1 + (i + j) % 7] for j in range(3 + i % 5)) for i in range(200)]
@@ -337,8 +369,14 @@ def test_hf_tokenizes_once_into_the_cache(tmp_path, monkeypatch):
         return datasets.Dataset.from_dict({"text": docs})
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    spec = {"kind": "hf", "name": "tiny", "tokenizer": str(tmp_path / "tokenizer.json"),
-            "val_split": None, "val_fraction": 0.2, "eos_token": "<eos>"}
+    spec = {
+        "kind": "hf",
+        "name": "tiny",
+        "tokenizer": str(tmp_path / "tokenizer.json"),
+        "val_split": None,
+        "val_fraction": 0.2,
+        "eos_token": "<eos>",
+    }
     ds = load_dataset(spec, cache_dir=tmp_path / "cache")
     assert ds.vocab_size == 8 and ds.meta["dtype"] == "uint16"
     assert sum(ds.meta["documents"].values()) == 200 and ds.meta["documents"]["val"] > 10

@@ -43,8 +43,9 @@ def test_token_files_train_and_val_windows_come_from_their_own_split(tmp_path, s
             tokens.tofile(folder / f"{name}.bin")
         else:
             np.save(folder / f"{name}.npy", tokens)
-    ds = load_dataset({"kind": "tokens", "path": str(folder), "vocab_size": 1080},
-                      cache_dir=tmp_path / "cache")
+    ds = load_dataset(
+        {"kind": "tokens", "path": str(folder), "vocab_size": 1080}, cache_dir=tmp_path / "cache"
+    )
     seen = train_windows(ds)
     for w in seen:  # a contiguous run of training positions
         assert w == list(range(w[0], w[0] + SEQ + 1)) and w[-1] < 200
@@ -77,8 +78,10 @@ def occurrences(haystack: bytes, needle: bytes) -> list[int]:
 def test_single_text_file_train_and_val_windows_never_cross_the_cut(tmp_path):
     text = numbered_text(0, 60).encode()  # 420 bytes
     (tmp_path / "book.txt").write_bytes(text)
-    ds = load_dataset({"kind": "text", "paths": [str(tmp_path / "book.txt")],
-                       "val_fraction": 0.25}, cache_dir=tmp_path / "cache")
+    ds = load_dataset(
+        {"kind": "text", "paths": [str(tmp_path / "book.txt")], "val_fraction": 0.25},
+        cache_dir=tmp_path / "cache",
+    )
     cut = int(420 * 0.75)  # 315: the last quarter of the bytes is validation
     assert cut == 315 and len(ds.train) == 315 and len(ds.val) == 105
     starts = set()
@@ -107,8 +110,10 @@ def test_text_files_split_by_file_and_windows_stay_in_their_split(tmp_path):
     names = [f"n{i}.txt" for i in range(len(letters))]
     for name, letter in zip(names, letters):
         (tmp_path / name).write_text(letter * 40)
-    ds = load_dataset({"kind": "text", "paths": [str(tmp_path / "*.txt")],
-                       "val_fraction": 0.3}, cache_dir=tmp_path / "cache")
+    ds = load_dataset(
+        {"kind": "text", "paths": [str(tmp_path / "*.txt")], "val_fraction": 0.3},
+        cache_dir=tmp_path / "cache",
+    )
     val_letters = {c for n, c in zip(names, letters) if in_val_by_definition(n, 0.3)}
     train_letters = set(letters) - val_letters
     assert val_letters and train_letters  # the seed of this test: both splits hold files
@@ -121,10 +126,12 @@ def test_text_files_split_by_file_and_windows_stay_in_their_split(tmp_path):
     assert read(train_windows(ds)) == train_letters  # every train file, no val file
     assert read(windows(ds.val_batches(8, SEQ, 10))) == val_letters
     # the splits hold exactly their files' bytes and one 0xFF between consecutive files
-    assert bytes(ds.train) == b"\xff".join(c.encode() * 40 for c in sorted(
-        train_letters, key=lambda c: names[letters.index(c)]))
-    assert bytes(ds.val) == b"\xff".join(c.encode() * 40 for c in sorted(
-        val_letters, key=lambda c: names[letters.index(c)]))
+    assert bytes(ds.train) == b"\xff".join(
+        c.encode() * 40 for c in sorted(train_letters, key=lambda c: names[letters.index(c)])
+    )
+    assert bytes(ds.val) == b"\xff".join(
+        c.encode() * 40 for c in sorted(val_letters, key=lambda c: names[letters.index(c)])
+    )
 
 
 def test_token_files_boundaries_of_vocab_and_length(tmp_path):
@@ -135,8 +142,9 @@ def test_token_files_boundaries_of_vocab_and_length(tmp_path):
     cache = tmp_path / "cache"
     with pytest.raises(UserError, match=r"val holds token ids 13 \.\. 24; with vocab_size 24"):
         load_dataset({"kind": "tokens", "path": str(folder), "vocab_size": 24}, cache_dir=cache)
-    ds = load_dataset({"kind": "tokens", "path": str(folder), "vocab_size": 25},
-                      cache_dir=cache)  # the largest id is vocab_size - 1: fine
+    ds = load_dataset(
+        {"kind": "tokens", "path": str(folder), "vocab_size": 25}, cache_dir=cache
+    )  # the largest id is vocab_size - 1: fine
     assert train_windows(ds, 3) == [list(range(13))] * 24  # the only window there is
     with pytest.raises(UserError, match=r"validation split .* holds 12 tokens; seq_len=12"):
         ds.val_batches(1, SEQ, 1)
@@ -152,8 +160,10 @@ def test_a_split_the_hash_leaves_empty_gets_the_extreme_file(tmp_path, fraction,
     for i, name in enumerate(names):
         (tmp_path / name).write_text(chr(ord("a") + i) * 30)
     assert all((unit_hash(n) < fraction) == (lone == "train") for n in names)
-    ds = load_dataset({"kind": "text", "paths": [str(tmp_path / "*.txt")],
-                       "val_fraction": fraction}, cache_dir=tmp_path / "cache")
+    ds = load_dataset(
+        {"kind": "text", "paths": [str(tmp_path / "*.txt")], "val_fraction": fraction},
+        cache_dir=tmp_path / "cache",
+    )
     pick = min(names, key=unit_hash) if lone == "val" else max(names, key=unit_hash)
     alone = bytes(ds.val if lone == "val" else ds.train)
     assert alone == chr(ord("a") + names.index(pick)).encode() * 30

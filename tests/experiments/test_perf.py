@@ -25,8 +25,10 @@ from sqa_nas.cli import guarded
 
 @pytest.fixture(scope="module")
 def scripts():
-    return {name: importlib.import_module(f"experiments.{name}")
-            for name in ("paper_table3", "long_context", "report", "host_time", "clocks")}
+    return {
+        name: importlib.import_module(f"experiments.{name}")
+        for name in ("paper_table3", "long_context", "report", "host_time", "clocks")
+    }
 
 
 @pytest.fixture(scope="module")
@@ -34,18 +36,77 @@ def runs(scripts, tmp_path_factory):
     """One tiny run of each script, shared by the tests below."""
     out = tmp_path_factory.mktemp("results")
     paper, long = out / "paper_table3_cpu.json", out / "long_context_cpu.json"
-    assert scripts["paper_table3"].main([
-        "--device", "cpu", "--head-dims", "8", "--seq-lens", "32,64", "--batch", "1",
-        "--variants", "MHA,GQA,xSQA,SW-SQA", "--window", "16", "--n-layers", "1",
-        "--repeats", "1", "--warmup", "0", "--check-len", "48", "--profile", "64",
-        "--out", str(paper)]) == 0
-    assert scripts["long_context"].main([
-        "--device", "cpu", "--seq-lens", "64,96", "--sweep-len", "64", "--head-dim", "8",
-        "--n-heads", "8", "--window", "8", "--global-tokens", "2", "--dense-max-len", "64",
-        "--window-heads", "MHA,xSQA", "--flex-heads", "MHA,xSQA", "--dense", "MHA,SQA",
-        "--repeats", "1", "--warmup", "0", "--out", str(long)]) == 0
-    return {"dir": out, "paper": json.loads(paper.read_text()),
-            "long": json.loads(long.read_text())}
+    assert (
+        scripts["paper_table3"].main(
+            [
+                "--device",
+                "cpu",
+                "--head-dims",
+                "8",
+                "--seq-lens",
+                "32,64",
+                "--batch",
+                "1",
+                "--variants",
+                "MHA,GQA,xSQA,SW-SQA",
+                "--window",
+                "16",
+                "--n-layers",
+                "1",
+                "--repeats",
+                "1",
+                "--warmup",
+                "0",
+                "--check-len",
+                "48",
+                "--profile",
+                "64",
+                "--out",
+                str(paper),
+            ]
+        )
+        == 0
+    )
+    assert (
+        scripts["long_context"].main(
+            [
+                "--device",
+                "cpu",
+                "--seq-lens",
+                "64,96",
+                "--sweep-len",
+                "64",
+                "--head-dim",
+                "8",
+                "--n-heads",
+                "8",
+                "--window",
+                "8",
+                "--global-tokens",
+                "2",
+                "--dense-max-len",
+                "64",
+                "--window-heads",
+                "MHA,xSQA",
+                "--flex-heads",
+                "MHA,xSQA",
+                "--dense",
+                "MHA,SQA",
+                "--repeats",
+                "1",
+                "--warmup",
+                "0",
+                "--out",
+                str(long),
+            ]
+        )
+        == 0
+    )
+    return {
+        "dir": out,
+        "paper": json.loads(paper.read_text()),
+        "long": json.loads(long.read_text()),
+    }
 
 
 def test_paper_table3_rows_header_and_profile(runs):
@@ -54,7 +115,8 @@ def test_paper_table3_rows_header_and_profile(runs):
     assert {"device", "torch", "cuda", "cudnn", "triton", "flash_attn"} <= set(result["machine"])
     rows = result["rows"]
     assert [(r["seq_len"], r["variant"]) for r in rows] == [
-        (n, v) for n in (32, 64) for v in ("MHA", "GQA", "xSQA", "SW-SQA")]
+        (n, v) for n in (32, 64) for v in ("MHA", "GQA", "xSQA", "SW-SQA")
+    ]
     for r in rows:
         assert r["scope"] == "model" and r["check_ok"] and r["ms"] > 0 and r["n_layers"] == 1
         assert r["speedup_vs_MHA"] > 0 and r["speedup_vs_GQA"] > 0
@@ -68,13 +130,22 @@ def test_paper_table3_rows_header_and_profile(runs):
 
 def test_paper_numbers_attach_to_the_paper_cells_only(scripts):
     annotate = scripts["paper_table3"].annotate
-    row = annotate(BenchRow(variant="GQA", seq_len=131072, batch=1, head_dim=16, ms=400.0,
-                            density=0.5, n_q_heads=16, n_kv_heads=4))
+    row = annotate(
+        BenchRow(
+            variant="GQA",
+            seq_len=131072,
+            batch=1,
+            head_dim=16,
+            ms=400.0,
+            density=0.5,
+            n_q_heads=16,
+            n_kv_heads=4,
+        )
+    )
     assert row.extra["paper_a100_s"] == 1.2558 and row.extra["anchor_h200_sdpa_s"] == 0.5831
     assert row.extra["fraction_of_paper"] == pytest.approx(0.4 / 1.2558)
     # exponentials: 8 layers x 16 heads x N^2 / 2 visible pairs, at 3.9e12 per second
-    assert row.to_dict()["softmax_exp_floor_s"] == pytest.approx(
-        8 * 16 * 131072**2 / 2 / 3.9e12)
+    assert row.to_dict()["softmax_exp_floor_s"] == pytest.approx(8 * 16 * 131072**2 / 2 / 3.9e12)
     other = annotate(BenchRow(variant="GQA", seq_len=131072, batch=1, head_dim=64, ms=1.0))
     assert "paper_a100_s" not in other.to_dict()
     assert scripts["paper_table3"].batch_for(32768) == 4
@@ -86,16 +157,19 @@ def test_long_context_parts_and_dense_speedups(runs):
     assert result["schema"] == "sqa-nas/long_context/1"
     heads = [r for r in result["rows"] if r["part"] == "heads"]
     assert {(r["variant"], r["pattern"]) for r in heads} == {
-        (v, p) for v in ("MHA", "xSQA") for p in ("window", "flex")}
+        (v, p) for v in ("MHA", "xSQA") for p in ("window", "flex")
+    }
     for r in heads:
         assert r["seq_len"] == 64 and r["mode"] == "fwd" and r["check_ok"]
         assert r["check_len"] == 64 and r["window"] == 8
     assert {r["global_tokens"] for r in heads if r["pattern"] == "flex"} == {2}
     lengths = [r for r in result["rows"] if r["part"] == "lengths"]
-    windowed = {(r["variant"], r["seq_len"], r["mode"]) for r in lengths
-                if r["pattern"] != "dense"}
-    assert windowed == {(v, n, m) for v in ("SW-SQA", "Flex-SQA") for n in (64, 96)
-                        for m in ("fwd", "fwd+bwd")}
+    windowed = {
+        (r["variant"], r["seq_len"], r["mode"]) for r in lengths if r["pattern"] != "dense"
+    }
+    assert windowed == {
+        (v, n, m) for v in ("SW-SQA", "Flex-SQA") for n in (64, 96) for m in ("fwd", "fwd+bwd")
+    }
     # the check covers twice the window and the global tokens (2 x 8 + 64 tokens)
     assert {r["check_len"] for r in lengths if r["seq_len"] == 96} == {80}
     dense = {(r["variant"], r["seq_len"]) for r in lengths if r["pattern"] == "dense"}
@@ -112,8 +186,14 @@ def test_report_writes_page_section_and_pngs(scripts, runs, tmp_path, capsys):
     files = sorted(str(p) for p in runs["dir"].glob("*.json"))
     assert report.main([*files, "--out", str(page), "--png-dir", str(tmp_path)]) == 0
     text = page.read_text()
-    for heading in ("# Performance", "## Targets", "## Paper Table 3",
-                    "## Long context", "### head_dim 8", "| seq (batch) | MHA | GQA |"):
+    for heading in (
+        "# Performance",
+        "## Targets",
+        "## Paper Table 3",
+        "## Long context",
+        "### head_dim 8",
+        "| seq (batch) | MHA | GQA |",
+    ):
         assert heading in text
     assert "paper_table3_cpu.json" in text and "python -m experiments.report" in text
     for name in ("paper_table3_cpu.png", "long_context_cpu.png"):
@@ -130,23 +210,57 @@ def test_report_targets_measure_margins_from_the_rows(scripts):
     report = scripts["report"]
 
     def row(variant, speedup, tflops, **kw):
-        base = {"variant": variant, "seq_len": 131072, "batch": 1, "head_dim": 128,
-                "causal": False, "pattern": "dense", "mode": "fwd", "scope": "kernel",
-                "backend_requested": "auto", "backend": "flash_attn", "n_q_heads": 4,
-                "kernel": "flash-attn-4", "ms": 10.0 / speedup, "tflops": tflops,
-                "speedup_vs_MHA": speedup}
+        base = {
+            "variant": variant,
+            "seq_len": 131072,
+            "batch": 1,
+            "head_dim": 128,
+            "causal": False,
+            "pattern": "dense",
+            "mode": "fwd",
+            "scope": "kernel",
+            "backend_requested": "auto",
+            "backend": "flash_attn",
+            "n_q_heads": 4,
+            "kernel": "flash-attn-4",
+            "ms": 10.0 / speedup,
+            "tflops": tflops,
+            "speedup_vs_MHA": speedup,
+        }
         return base | kw
 
-    bench = {"schema": "sqa-nas/bench/2", "machine": {"device": "NVIDIA H200"}, "rows": [
-        row("MHA", 1.0, 600.0), row("SQA", 2.0, 600.0), row("xSQA", 3.7, 560.0),
-        row("MHA", 1.0, 660.0, seq_len=32768, causal=True)], "_path": "b.json"}
-    paper = {"schema": "sqa-nas/paper_table3/1", "machine": {}, "_path": "p.json", "rows": [
-        {"variant": v, "seq_len": 131072, "head_dim": 16, "batch": 1, "ms": ms,
-         "paper_a100_s": paper_s, "fraction_of_paper": ms / 1e3 / paper_s,
-         "softmax_exp_floor_s": 0.28}
-        for v, ms, paper_s in (("GQA", 380.0, 1.2558), ("xSQA", 150.0, 0.3759))],
-        "profiles": [{"variant": "GQA", "seq_len": 131072, "head_dim": 16,
-                      "attention_share": 0.8}]}
+    bench = {
+        "schema": "sqa-nas/bench/2",
+        "machine": {"device": "NVIDIA H200"},
+        "rows": [
+            row("MHA", 1.0, 600.0),
+            row("SQA", 2.0, 600.0),
+            row("xSQA", 3.7, 560.0),
+            row("MHA", 1.0, 660.0, seq_len=32768, causal=True),
+        ],
+        "_path": "b.json",
+    }
+    paper = {
+        "schema": "sqa-nas/paper_table3/1",
+        "machine": {},
+        "_path": "p.json",
+        "rows": [
+            {
+                "variant": v,
+                "seq_len": 131072,
+                "head_dim": 16,
+                "batch": 1,
+                "ms": ms,
+                "paper_a100_s": paper_s,
+                "fraction_of_paper": ms / 1e3 / paper_s,
+                "softmax_exp_floor_s": 0.28,
+            }
+            for v, ms, paper_s in (("GQA", 380.0, 1.2558), ("xSQA", 150.0, 0.3759))
+        ],
+        "profiles": [
+            {"variant": "GQA", "seq_len": 131072, "head_dim": 16, "attention_share": 0.8}
+        ],
+    }
     found = {t["target"]: t for t in report.targets([bench, paper])}
     sqa = found["kernel, hd128, 128k, non-causal fwd: SQA vs MHA (auto, batch 1)"]
     assert sqa["ok"] and sqa["margin"] == "+3%"
@@ -163,28 +277,73 @@ def test_report_targets_measure_margins_from_the_rows(scripts):
 
 
 def test_report_explains_a_tflops_miss_with_the_clocks_and_renders_the_diagnoses(
-        scripts, tmp_path):
+    scripts, tmp_path
+):
     report = scripts["report"]
     h200 = {"device": "NVIDIA H200", "device_type": "cuda", "torch": "2.11.0"}
-    bench = {"schema": "sqa-nas/bench/2", "machine": h200,
-             "_path": "b.json", "rows": [
-                 {"variant": "MHA", "seq_len": 32768, "batch": 4, "head_dim": 128,
-                  "causal": True, "pattern": "dense", "mode": "fwd", "scope": "kernel",
-                  "backend_requested": "auto", "n_q_heads": 16, "kernel": "flash-attn-4",
-                  "ms": 27.0, "tflops": 640.0, "flops": 640e12 * 0.027}]}
-    clocks = {"schema": "sqa-nas/clocks/1", "machine": h200,
-              "_path": "clocks_x.json", "command": "python experiments/clocks.py",
-              "settings": {"head_dim": 128, "seq_len": 32768, "seconds": 3.0}, "rows": [
-                  {"variant": "MHA", "batch": b, "seq_len": 32768, "calls": 9, "ms": ms,
-                   "ms_min": ms, "ms_per_sequence": ms / b, "sm_clock_mhz": 1590.0,
-                   "sm_clock_min_mhz": 1395.0, "power_w": 689.0, "temperature_c": 61.0,
-                   "event_reasons": ["0x0000000000000004"], "samples": 9}
-                  for b, ms in ((1, 6.9), (4, 28.8))]}
-    host = {"schema": "sqa-nas/host_time/1", "machine": h200,
-            "_path": "host_x.json", "settings": {"pattern": "flex", "mode": "fwd",
-                                                  "head_dim": 128, "seq_len": 131072},
-            "rows": [{"variant": "xSQA", "synced_ms": 2.2, "queued_ms": 1.7, "device_ms": 1.8,
-                      "host_ms": 0.3}]}
+    bench = {
+        "schema": "sqa-nas/bench/2",
+        "machine": h200,
+        "_path": "b.json",
+        "rows": [
+            {
+                "variant": "MHA",
+                "seq_len": 32768,
+                "batch": 4,
+                "head_dim": 128,
+                "causal": True,
+                "pattern": "dense",
+                "mode": "fwd",
+                "scope": "kernel",
+                "backend_requested": "auto",
+                "n_q_heads": 16,
+                "kernel": "flash-attn-4",
+                "ms": 27.0,
+                "tflops": 640.0,
+                "flops": 640e12 * 0.027,
+            }
+        ],
+    }
+    clocks = {
+        "schema": "sqa-nas/clocks/1",
+        "machine": h200,
+        "_path": "clocks_x.json",
+        "command": "python experiments/clocks.py",
+        "settings": {"head_dim": 128, "seq_len": 32768, "seconds": 3.0},
+        "rows": [
+            {
+                "variant": "MHA",
+                "batch": b,
+                "seq_len": 32768,
+                "calls": 9,
+                "ms": ms,
+                "ms_min": ms,
+                "ms_per_sequence": ms / b,
+                "sm_clock_mhz": 1590.0,
+                "sm_clock_min_mhz": 1395.0,
+                "power_w": 689.0,
+                "temperature_c": 61.0,
+                "event_reasons": ["0x0000000000000004"],
+                "samples": 9,
+            }
+            for b, ms in ((1, 6.9), (4, 28.8))
+        ],
+    }
+    host = {
+        "schema": "sqa-nas/host_time/1",
+        "machine": h200,
+        "_path": "host_x.json",
+        "settings": {"pattern": "flex", "mode": "fwd", "head_dim": 128, "seq_len": 131072},
+        "rows": [
+            {
+                "variant": "xSQA",
+                "synced_ms": 2.2,
+                "queued_ms": 1.7,
+                "device_ms": 1.8,
+                "host_ms": 0.3,
+            }
+        ],
+    }
     (miss,) = report.targets([bench, clocks, host])
     assert miss["ok"] is False and miss["margin"] == "-2%"
     assert "28.80 ms a call = 600 TFLOP/s" in miss["note"] and "SW power cap" in miss["note"]
@@ -197,42 +356,79 @@ def test_report_explains_a_tflops_miss_with_the_clocks_and_renders_the_diagnoses
 
 
 def test_report_names_the_row_a_cut_run_hung_in(scripts, runs, tmp_path):
-    hung = runs["long"] | {"partial": True, "running": {
-        "variant": "MHA", "seq_len": 131072, "cell": "kernel fwd bfloat16 hd128 b1 causal "
-        "flex auto", "row_timeout_s": 900.0, "part": "heads"}}
+    hung = runs["long"] | {
+        "partial": True,
+        "running": {
+            "variant": "MHA",
+            "seq_len": 131072,
+            "cell": "kernel fwd bfloat16 hd128 b1 causal flex auto",
+            "row_timeout_s": 900.0,
+            "part": "heads",
+        },
+    }
     path = tmp_path / "long_context_cpu.json"
     path.write_text(json.dumps(hung))
     page = tmp_path / "performance.md"
     assert scripts["report"].main([str(path), "--out", str(page), "--no-png"]) == 0
-    assert ("Long context: SW-SQA and Flex-SQA (partial: stopped in MHA @ 131072, kernel fwd "
-            "bfloat16 hd128 b1 causal flex auto, which did not return within 900.0 s)"
-            ) in page.read_text()
+    assert (
+        "Long context: SW-SQA and Flex-SQA (partial: stopped in MHA @ 131072, kernel fwd "
+        "bfloat16 hd128 b1 causal flex auto, which did not return within 900.0 s)"
+    ) in page.read_text()
 
 
 def test_a_target_whose_run_hung_is_listed_as_not_measured_with_why(scripts, runs, tmp_path):
     report = scripts["report"]
-    hung = runs["long"] | {"rows": [r for r in runs["long"]["rows"] if r["pattern"] != "flex"],
-                           "partial": True, "_path": str(tmp_path / "long_context_x.json"),
-                           "running": {"variant": "MHA", "seq_len": 131072, "row_timeout_s": 120.0,
-                                       "cell": "kernel fwd bfloat16 hd128 b1 causal flex auto"}}
+    hung = runs["long"] | {
+        "rows": [r for r in runs["long"]["rows"] if r["pattern"] != "flex"],
+        "partial": True,
+        "_path": str(tmp_path / "long_context_x.json"),
+        "running": {
+            "variant": "MHA",
+            "seq_len": 131072,
+            "row_timeout_s": 120.0,
+            "cell": "kernel fwd bfloat16 hd128 b1 causal flex auto",
+        },
+    }
     flex = [t for t in report.targets([hung]) if t["target"].startswith("Flex")]
     assert [(t["measured"], t["ok"]) for t in flex] == [("not measured", None)]
-    assert flex[0]["note"] == ("the run stopped while its first row was running "
-                               "(long_context_x.json; row limit 120 s)")
+    assert flex[0]["note"] == (
+        "the run stopped while its first row was running (long_context_x.json; row limit 120 s)"
+    )
     # The only long-context file may hold no rows at all; a limit of None or 0 is no limit.
     empty = hung | {"rows": [], "running": hung["running"] | {"row_timeout_s": None}}
     flex = [t for t in report.targets([empty]) if t["target"].startswith("Flex")]
-    assert flex[0]["note"] == "the run stopped while its first row was running " \
-        "(long_context_x.json)"
+    assert (
+        flex[0]["note"] == "the run stopped while its first row was running (long_context_x.json)"
+    )
     # Nothing timed: no PNG of empty axes.
     assert report.write_pngs(hung | {"rows": []}, tmp_path) == []
 
 
 def test_host_time_rows_and_errors(scripts, tmp_path, capsys):
     out = tmp_path / "host_time.json"
-    assert scripts["host_time"].main([
-        "--device", "cpu", "--variants", "MHA,xSQA", "--seq-len", "64", "--head-dim", "8",
-        "--window", "16", "--global-tokens", "2", "--repeats", "2", "--out", str(out)]) == 0
+    assert (
+        scripts["host_time"].main(
+            [
+                "--device",
+                "cpu",
+                "--variants",
+                "MHA,xSQA",
+                "--seq-len",
+                "64",
+                "--head-dim",
+                "8",
+                "--window",
+                "16",
+                "--global-tokens",
+                "2",
+                "--repeats",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     data = json.loads(out.read_text())
     assert data["machine"]["device_type"] == "cpu" and data["command"].startswith("python ")
     assert [r["variant"] for r in data["rows"]] == ["MHA", "xSQA"]
@@ -259,8 +455,7 @@ def test_clocks_summarises_the_sampled_clocks(scripts, tmp_path, monkeypatch):
     smi.write_text(FAKE_NVIDIA_SMI)
     smi.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
-    settings = BenchSettings(variants=["MHA"], seq_lens=[64], batch=2, head_dim=8,
-                             baselines=())
+    settings = BenchSettings(variants=["MHA"], seq_lens=[64], batch=2, head_dim=8, baselines=())
     r = scripts["clocks"].measure(settings, "MHA", 64, 0.05)
     assert r["calls"] >= 3 and r["ms_per_sequence"] == pytest.approx(r["ms"] / 2)
     assert r["sm_clock_min_mhz"] == 1755 and 1755 <= r["sm_clock_mhz"] <= 1980
@@ -287,18 +482,40 @@ def test_every_committed_result_file_the_report_reads_still_loads(scripts, tmp_p
 
 def test_every_script_runs_as_a_module_of_the_experiments_package():
     """`python -m experiments.NAME --help` from the repository root, for every script."""
-    names = sorted(p.stem for p in (ROOT / "experiments").glob("*.py")
-                   if p.stem not in ("__init__", "common", "science", "results_report"))
-    assert {"paper_table3", "long_context", "report", "host_time", "clocks", "paper_table1",
-            "light_sqa", "per_layer", "ray_search", "fa4_backward_check"} == set(names)
+    names = sorted(
+        p.stem
+        for p in (ROOT / "experiments").glob("*.py")
+        if p.stem not in ("__init__", "common", "science", "results_report")
+    )
+    assert {
+        "paper_table3",
+        "long_context",
+        "report",
+        "host_time",
+        "clocks",
+        "paper_table1",
+        "light_sqa",
+        "per_layer",
+        "ray_search",
+        "fa4_backward_check",
+    } == set(names)
     for name in names:
-        run = subprocess.run([sys.executable, "-m", f"experiments.{name}", "--help"],
-                             cwd=ROOT, capture_output=True, text=True, timeout=120)
+        run = subprocess.run(
+            [sys.executable, "-m", f"experiments.{name}", "--help"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert run.returncode == 0 and "usage:" in run.stdout, (name, run.stderr)
     # The GPU scripts and the report run where only torch is installed: no search stack.
     gpu = ("paper_table3", "long_context", "host_time", "clocks", "report", "fa4_backward_check")
-    code = ("import sys\n" + "".join(f"import experiments.{n}\n" for n in gpu)
-            + "print(sorted({'optuna', 'ray', 'textual', 'matplotlib'} & set(sys.modules)))")
-    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                         text=True, timeout=120)
+    code = (
+        "import sys\n"
+        + "".join(f"import experiments.{n}\n" for n in gpu)
+        + "print(sorted({'optuna', 'ray', 'textual', 'matplotlib'} & set(sys.modules)))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert run.returncode == 0 and run.stdout.strip() == "[]", (run.stdout, run.stderr)

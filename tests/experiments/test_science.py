@@ -21,8 +21,9 @@ def _load(path: Path) -> dict:
 
 def test_paper_table1_smoke(tmp_path):
     out = tmp_path / "t1.json"
-    paper_table1.main(["--smoke", "--variants", "MHA,SQA,xSQA", "--seeds", "0,1",
-                       "--out", str(out)])
+    paper_table1.main(
+        ["--smoke", "--variants", "MHA,SQA,xSQA", "--seeds", "0,1", "--out", str(out)]
+    )
     data = _load(out)
     assert data["seeds"] == [0, 1] and data["budget"]["tokens_per_run"] > 0
     assert data["corpus"]["fingerprint"] and data["corpus"]["tokens"]["train"] > 0
@@ -35,16 +36,18 @@ def test_paper_table1_smoke(tmp_path):
 def test_paper_table1_seeds_run_apart_are_merged(tmp_path, capsys):
     def run(seed: int, *extra: str) -> dict:
         out = tmp_path / f"s{seed}.json"
-        paper_table1.main(["--smoke", "--variants", "MHA,xSQA", "--seeds", str(seed),
-                           "--out", str(out), *extra])
+        paper_table1.main(
+            ["--smoke", "--variants", "MHA,xSQA", "--seeds", str(seed), "--out", str(out), *extra]
+        )
         return _load(out)
 
     one, two = run(0), run(1)
     assert "partial" not in one and len(one["runs"]) == 2
     assert not (tmp_path / "s0.partial.json").exists()  # removed with the result written
     out = tmp_path / "joined.json"
-    paper_table1.main(["--merge", str(tmp_path / "s0.json"), str(tmp_path / "s1.json"),
-                       "--out", str(out)])
+    paper_table1.main(
+        ["--merge", str(tmp_path / "s0.json"), str(tmp_path / "s1.json"), "--out", str(out)]
+    )
     joined = _load(out)
     assert joined["seeds"] == [0, 1] and len(joined["runs"]) == 4
     assert joined["machine"] == one["machine"]  # the runs' machine, not the merging one
@@ -54,13 +57,31 @@ def test_paper_table1_seeds_run_apart_are_merged(tmp_path, capsys):
     assert "joined from `" in results_report.table1(joined)
 
     # The same seed twice, or another budget, is refused with exit status 2.
-    paper_table1.main(["--smoke", "--variants", "MHA", "--seeds", "2", "--lr", "0.01",
-                       "--out", str(tmp_path / "lr.json")])
-    for other, message in (("s0.json", "MHA seed 0 is in more than one"),
-                           ("lr.json", "has another budget")):
+    paper_table1.main(
+        [
+            "--smoke",
+            "--variants",
+            "MHA",
+            "--seeds",
+            "2",
+            "--lr",
+            "0.01",
+            "--out",
+            str(tmp_path / "lr.json"),
+        ]
+    )
+    for other, message in (
+        ("s0.json", "MHA seed 0 is in more than one"),
+        ("lr.json", "has another budget"),
+    ):
         capsys.readouterr()
-        args = ["--merge", str(tmp_path / "s0.json"), str(tmp_path / other),
-                "--out", str(tmp_path / "x.json")]
+        args = [
+            "--merge",
+            str(tmp_path / "s0.json"),
+            str(tmp_path / other),
+            "--out",
+            str(tmp_path / "x.json"),
+        ]
         assert guarded(lambda args=args: paper_table1.main(args)) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
@@ -78,8 +99,9 @@ def test_paper_table1_keeps_finished_runs_when_cut_short(tmp_path, monkeypatch):
     monkeypatch.setattr(paper_table1, "train_allocation", train_then_stop)
     out = tmp_path / "cut.json"
     with pytest.raises(KeyboardInterrupt):
-        paper_table1.main(["--smoke", "--variants", "MHA,SQA,xSQA", "--seeds", "0",
-                           "--out", str(out)])
+        paper_table1.main(
+            ["--smoke", "--variants", "MHA,SQA,xSQA", "--seeds", "0", "--out", str(out)]
+        )
     assert not out.exists()  # no result, and a finished one would not be overwritten
     data = _load(out.with_suffix(".partial.json"))
     assert data["partial"] and [r["label"] for r in data["runs"]] == ["MHA", "SQA"]
@@ -97,8 +119,7 @@ def test_light_sqa_smoke(tmp_path):
 
 def test_per_layer_smoke(tmp_path):
     out = tmp_path / "pl.json"
-    per_layer.main(["--smoke", "--n-trials", "5", "--uniform", "MHA,xSQA",
-                    "--out", str(out)])
+    per_layer.main(["--smoke", "--n-trials", "5", "--uniform", "MHA,xSQA", "--out", str(out)])
     data = _load(out)
     assert data["mixed"]["allocation"] and len(data["runs"]) == 2 * 3
     assert set(data["verdicts"]) == {"MHA", "xSQA"} and "partial" not in data
@@ -118,8 +139,7 @@ def test_per_layer_keeps_the_runs_it_finished_when_stopped(tmp_path, monkeypatch
     out = tmp_path / "pl.json"
     out.write_text('{"a finished result": "a stopped rerun must not overwrite"}')
     with pytest.raises(KeyboardInterrupt):
-        per_layer.main(["--smoke", "--n-trials", "5", "--uniform", "MHA,xSQA",
-                        "--out", str(out)])
+        per_layer.main(["--smoke", "--n-trials", "5", "--uniform", "MHA,xSQA", "--out", str(out)])
     assert "a finished result" in out.read_text()
     data = _load(tmp_path / "pl.partial.json")
     assert data["partial"] is True and [r["label"] for r in data["runs"]] == ["mixed", "MHA"]

@@ -28,48 +28,83 @@ from tests import brute
 from tests.fakestudy import HEADS, MASKS, TINY, make_study
 
 BS = {"block_size": 8, "local_blocks": 1, "global_blocks": 1, "random_blocks": 2, "seed": 3}
-MHA, GQA, XSQA, RSQA = ({"n_q_heads": 8, "n_kv_heads": 8}, {"n_q_heads": 8, "n_kv_heads": 2},
-                        {"n_q_heads": 2, "n_kv_heads": 2}, {"n_q_heads": 2, "n_kv_heads": 4})
+MHA, GQA, XSQA, RSQA = (
+    {"n_q_heads": 8, "n_kv_heads": 8},
+    {"n_q_heads": 8, "n_kv_heads": 2},
+    {"n_q_heads": 2, "n_kv_heads": 2},
+    {"n_q_heads": 2, "n_kv_heads": 4},
+)
 
 # Trials covering every pattern; each model has TINY's 4 layers.
 CASES = {
     "dense-bias-untied": dict(TINY, tie_embeddings=False, layers=[{**MHA, "bias": True}] * 4),
     "window-gqa": dict(TINY, layers=[{**GQA, "window": 5}] * 4),
     "flex": dict(TINY, layers=[{**XSQA, "window": 6, "global_tokens": 3}] * 4),
-    "flex-bidirectional": dict(TINY, causal=False,
-                               layers=[{**GQA, "window": 4, "global_tokens": 2}] * 4),
+    "flex-bidirectional": dict(
+        TINY, causal=False, layers=[{**GQA, "window": 4, "global_tokens": 2}] * 4
+    ),
     "block-sparse": dict(TINY, layers=[{**GQA, "block_sparse": BS}] * 4),
-    "block-sparse-bidirectional": dict(TINY, causal=False,
-                                       layers=[{**XSQA, "block_sparse": BS}] * 4),
+    "block-sparse-bidirectional": dict(
+        TINY, causal=False, layers=[{**XSQA, "block_sparse": BS}] * 4
+    ),
     "rsqa": dict(TINY, layers=[RSQA, {"n_q_heads": 1, "n_kv_heads": 8}] * 2),
-    "mixed": dict(TINY, layers=[{**MHA, "bias": True}, {"n_q_heads": 8, "n_kv_heads": 1,
-                                                          "window": 7},
-                                {**RSQA, "window": 5, "global_tokens": 2},
-                                {**XSQA, "block_sparse": {**BS, "seed": 11}}]),
-    "mixed-bidirectional-no-rope": dict(TINY, causal=False, rope_theta=None, head_dim=12,
-                                        layers=[MHA, {**GQA, "window": 3}, RSQA,
-                                                {**XSQA, "block_sparse": BS}]),
-    "flex-backend": dict(TINY, layers=[{**GQA, "window": 6, "backend": "sdpa"},
-                                       {**XSQA, "block_sparse": BS, "backend": "flex"},
-                                       {**MHA, "backend": "sdpa"}, RSQA]),
+    "mixed": dict(
+        TINY,
+        layers=[
+            {**MHA, "bias": True},
+            {"n_q_heads": 8, "n_kv_heads": 1, "window": 7},
+            {**RSQA, "window": 5, "global_tokens": 2},
+            {**XSQA, "block_sparse": {**BS, "seed": 11}},
+        ],
+    ),
+    "mixed-bidirectional-no-rope": dict(
+        TINY,
+        causal=False,
+        rope_theta=None,
+        head_dim=12,
+        layers=[MHA, {**GQA, "window": 3}, RSQA, {**XSQA, "block_sparse": BS}],
+    ),
+    "flex-backend": dict(
+        TINY,
+        layers=[
+            {**GQA, "window": 6, "backend": "sdpa"},
+            {**XSQA, "block_sparse": BS, "backend": "flex"},
+            {**MHA, "backend": "sdpa"},
+            RSQA,
+        ],
+    ),
 }
 SEQ_LEN = 45  # not a multiple of the block size: the last block is partial
 CHOICES = {"heads": HEADS, "mask": MASKS}
 SITE = str(Path(torch.__file__).parents[1])  # the site-packages folder torch lives in
 
 
-def add_trial(study: optuna.Study, model, *, state=optuna.trial.TrialState.COMPLETE,
-              values=(9.0, 1.0), params=None, **attrs) -> int:
+def add_trial(
+    study: optuna.Study,
+    model,
+    *,
+    state=optuna.trial.TrialState.COMPLETE,
+    values=(9.0, 1.0),
+    params=None,
+    **attrs,
+) -> int:
     """Append a trial following the study contract; `model` is stored as given."""
     dist = optuna.distributions.CategoricalDistribution  # the fake study's, for its params
     params = params or {"layer0.heads": "8/2", "layer0.mask": "window:16"}
     trial = optuna.trial.create_trial(
-        state=state, values=list(values) if state.is_finished() else None, params=params,
+        state=state,
+        values=list(values) if state.is_finished() else None,
+        params=params,
         distributions={k: dist(CHOICES.get(k.split(".")[-1], [v])) for k, v in params.items()},
-        user_attrs={"model": model, "device": {"name": "NVIDIA H200", "type": "cuda"},
-                    "versions": {"torch": "2.13.0+cu130", "python": "3.12.3"},
-                    "corpus": {"kind": "embedded", "fingerprint": "f" * 16},
-                    "analytics": {"params": 123456}, **attrs})
+        user_attrs={
+            "model": model,
+            "device": {"name": "NVIDIA H200", "type": "cuda"},
+            "versions": {"torch": "2.13.0+cu130", "python": "3.12.3"},
+            "corpus": {"kind": "embedded", "fingerprint": "f" * 16},
+            "analytics": {"params": 123456},
+            **attrs,
+        },
+    )
     study.add_trial(trial)
     return study.trials[-1].number
 
@@ -78,8 +113,9 @@ def add_trial(study: optuna.Study, model, *, state=optuna.trial.TrialState.COMPL
 def study(tmp_path_factory):
     url = f"sqlite:///{tmp_path_factory.mktemp('study')}/study.db"
     study = make_study(url, n=3)
-    study.numbers = {name: add_trial(study, ModelConfig(**m).resolved())
-                     for name, m in CASES.items()}
+    study.numbers = {
+        name: add_trial(study, ModelConfig(**m).resolved()) for name, m in CASES.items()
+    }
     study.url = url
     return study
 
@@ -90,10 +126,25 @@ def record(study, number):
 
 def lint(*paths: Path) -> subprocess.CompletedProcess:
     """ruff with the project's rules, outside the project (the file lands in a user's repo)."""
-    return subprocess.run([sys.executable, "-m", "ruff", "check", "--isolated", "--no-cache",
-                           "--line-length", "99", "--target-version", "py310",
-                           "--select", "E,F,W,I,B,UP", *map(str, paths)],
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ruff",
+            "check",
+            "--isolated",
+            "--no-cache",
+            "--line-length",
+            "99",
+            "--target-version",
+            "py310",
+            "--select",
+            "E,F,W,I,B,UP",
+            *map(str, paths),
+        ],
+        capture_output=True,
+        text=True,
+    )
 
 
 # A fresh interpreter that can import torch but not sqa_nas: -I leaves out the script folder,
@@ -132,8 +183,9 @@ torch.save(results, {out!r})
 def exported(study, tmp_path_factory):
     """Every case exported, its library state_dict saved, and run in a fresh interpreter."""
     root = tmp_path_factory.mktemp("exported")
-    tokens = torch.randint(0, TINY["vocab_size"], (2, SEQ_LEN), generator=torch.Generator()
-                           .manual_seed(0))
+    tokens = torch.randint(
+        0, TINY["vocab_size"], (2, SEQ_LEN), generator=torch.Generator().manual_seed(0)
+    )
     torch.save(tokens, root / "tokens.pt")
     expected, folders = {}, []
     threads = torch.get_num_threads()
@@ -150,10 +202,18 @@ def exported(study, tmp_path_factory):
     finally:
         torch.set_num_threads(threads)
     script = root / "runner.py"
-    script.write_text(RUNNER.format(site=SITE, cases=folders,
-                                    tokens=str(root / "tokens.pt"), out=str(root / "out.pt")))
-    run = subprocess.run([sys.executable, "-I", "-S", str(script)], cwd=root,
-                         capture_output=True, text=True, timeout=120)
+    script.write_text(
+        RUNNER.format(
+            site=SITE, cases=folders, tokens=str(root / "tokens.pt"), out=str(root / "out.pt")
+        )
+    )
+    run = subprocess.run(
+        [sys.executable, "-I", "-S", str(script)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     return root, expected, torch.load(root / "out.pt")
 
@@ -168,8 +228,9 @@ def test_exported_model_matches_library_logits_without_sqa_nas(exported, name):
 
 def test_a_fresh_interpreter_really_cannot_import_sqa_nas(tmp_path):
     probe = f"import sys; sys.path.append({SITE!r}); import sqa_nas"
-    run = subprocess.run([sys.executable, "-I", "-S", "-c", probe], cwd=tmp_path,
-                         capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", probe], cwd=tmp_path, capture_output=True, text=True
+    )
     assert run.returncode != 0 and "No module named 'sqa_nas'" in run.stderr
 
 
@@ -188,18 +249,32 @@ def test_generated_data_holds_only_numbers_flags_and_backend_names(exported):
     allowed_strings = {"auto", "sdpa", "flex", "flash_attn"}
     for path in root.glob("*/model.py"):
         tree = ast.parse(path.read_text())
-        data = [n for n in tree.body if isinstance(n, ast.Assign)
-                and n.targets[0].id in ("CONFIG", "LAYERS")]
+        data = [
+            n
+            for n in tree.body
+            if isinstance(n, ast.Assign) and n.targets[0].id in ("CONFIG", "LAYERS")
+        ]
         assert len(data) == 2
         for node in ast.walk(ast.Module(body=data, type_ignores=[])):
             if isinstance(node, ast.Constant):
-                assert (node.value is None or isinstance(node.value, bool | int | float)
-                        or node.value in allowed_strings), (path, node.value)
+                assert (
+                    node.value is None
+                    or isinstance(node.value, bool | int | float)
+                    or node.value in allowed_strings
+                ), (path, node.value)
             elif isinstance(node, ast.Call):
                 assert isinstance(node.func, ast.Name) and node.func.id == "dict"
             else:
-                assert isinstance(node, ast.Assign | ast.Name | ast.List | ast.keyword
-                                  | ast.Load | ast.Store | ast.Module), (path, node)
+                assert isinstance(
+                    node,
+                    ast.Assign
+                    | ast.Name
+                    | ast.List
+                    | ast.keyword
+                    | ast.Load
+                    | ast.Store
+                    | ast.Module,
+                ), (path, node)
 
 
 def test_generated_code_is_the_template_with_the_trial_data(exported):
@@ -208,9 +283,9 @@ def test_generated_code_is_the_template_with_the_trial_data(exported):
 
     def code_around_data(text):
         lines = text.splitlines(keepends=True)
-        code = "".join(lines[ast.parse(text).body[0].end_lineno:])  # after the docstring
+        code = "".join(lines[ast.parse(text).body[0].end_lineno :])  # after the docstring
         head, _, rest = code.partition("CONFIG = ")
-        tail = rest[rest.index("\n]\n") + 3:]
+        tail = rest[rest.index("\n]\n") + 3 :]
         return head.replace(BEGIN + "\n", ""), tail.replace(END + "\n", "")
 
     template = code_around_data(template_source())
@@ -219,8 +294,9 @@ def test_generated_code_is_the_template_with_the_trial_data(exported):
     # The template's own example block is exactly what the renderer writes for it.
     source = template_source()
     block = source.split(f"\n{BEGIN}\n")[1].split(f"\n{END}\n")[0] + "\n"
-    example = ModelConfig(**model_template.CONFIG, n_layers=len(model_template.LAYERS),
-                          layers=model_template.LAYERS)
+    example = ModelConfig(
+        **model_template.CONFIG, n_layers=len(model_template.LAYERS), layers=model_template.LAYERS
+    )
     assert block == render_data(example)
 
 
@@ -237,8 +313,9 @@ def test_config_yaml_rebuilds_the_same_model_with_provenance(exported, study):
     rebuilt = build_model(root / "mixed" / "config.yaml")
     library = build_model(record(study, number).model)
     assert rebuilt.config.resolved() == library.config.resolved()
-    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == \
-        {k: v.shape for k, v in library.state_dict().items()}
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {
+        k: v.shape for k, v in library.state_dict().items()
+    }
 
 
 def test_readme_summarises_the_trial(exported, study):
@@ -255,8 +332,7 @@ def test_xformers_layers_run_on_the_standalone_auto_backend(study, tmp_path):
     model = ModelConfig(**dict(TINY, layers=[{**GQA, "backend": "xformers"}] * 4)).resolved()
     out = export_trial(study, record(study, add_trial(study, model)), tmp_path / "x")
     assert "xformers" not in (out / "model.py").read_text()
-    assert yaml.safe_load((out / "config.yaml").read_text())["layers"][0]["backend"] == \
-        "xformers"
+    assert yaml.safe_load((out / "config.yaml").read_text())["layers"][0]["backend"] == "xformers"
 
 
 # ------------------------------------------------------------------------------ safety
@@ -271,34 +347,58 @@ def _set(path, value):
             target = target[key]
         target[path[-1]] = value
         return model
+
     return edit
 
 
 CRAFTED = [
-    ("code-in-backend", _set(["layers", 1, "backend"], "__import__('os').system('x')"), {},
-     r"model\.layers\[1\]\.backend: \"__import__\('os'\)\.system\('x'\)\" is not allowed"),
+    (
+        "code-in-backend",
+        _set(["layers", 1, "backend"], "__import__('os').system('x')"),
+        {},
+        r"model\.layers\[1\]\.backend: \"__import__\('os'\)\.system\('x'\)\" is not allowed",
+    ),
     ("huge-number", _set(["vocab_size"], 10**30), {}, r"model\.vocab_size: 1000.* out of range"),
     ("extra-key", _set(["evil"], 1), {}, r"model\.evil: Extra inputs are not permitted"),
     ("string-number", _set(["d_model"], "64"), {}, r"model\.d_model: '64' is not allowed"),
     ("nan", _set(["norm_eps"], math.nan), {}, r"model\.norm_eps: nan is not a finite"),
-    ("odd-unicode-key", _set(["layers", 0, "n_q_heads\u202e"], 8), {},
-     r"model\.layers\[0\]: key 'n_q_heads\\u202e' is not a model setting"),
-    ("code-in-seed", _set(["layers", 3, "block_sparse", "seed"], "0; import os"), {},
-     r"model\.layers\[3\]\.block_sparse\.seed"),
-    ("code-in-variant", _set(["attention"], {"variant": "os.system('x')"}), {},
-     r"model\.attention\.variant"),
-    ("odd-unicode-device", None, {"device": {"name": "NVIDIA\u202eH200"}},
-     r"device\.name: 'NVIDIA\\u202eH200' has characters"),
-    ("code-in-param", None, {"params": {"layer0.note": "__import__('os')"}},
-     r"params\['layer0\.note'\]: \"__import__\('os'\)\" has characters"),
+    (
+        "odd-unicode-key",
+        _set(["layers", 0, "n_q_heads\u202e"], 8),
+        {},
+        r"model\.layers\[0\]: key 'n_q_heads\\u202e' is not a model setting",
+    ),
+    (
+        "code-in-seed",
+        _set(["layers", 3, "block_sparse", "seed"], "0; import os"),
+        {},
+        r"model\.layers\[3\]\.block_sparse\.seed",
+    ),
+    (
+        "code-in-variant",
+        _set(["attention"], {"variant": "os.system('x')"}),
+        {},
+        r"model\.attention\.variant",
+    ),
+    (
+        "odd-unicode-device",
+        None,
+        {"device": {"name": "NVIDIA\u202eH200"}},
+        r"device\.name: 'NVIDIA\\u202eH200' has characters",
+    ),
+    (
+        "code-in-param",
+        None,
+        {"params": {"layer0.note": "__import__('os')"}},
+        r"params\['layer0\.note'\]: \"__import__\('os'\)\" has characters",
+    ),
     ("no-model", lambda m: None, {}, r"has no 'model' attribute"),
     ("bad-seed-variant", None, {"seed_variant": "MHA'); import os"}, r"seed_variant"),
 ]
 
 
 @pytest.mark.parametrize("name,edit,extra,message", CRAFTED, ids=[c[0] for c in CRAFTED])
-def test_crafted_trials_are_refused_naming_the_field(study, tmp_path, name, edit, extra,
-                                                     message):
+def test_crafted_trials_are_refused_naming_the_field(study, tmp_path, name, edit, extra, message):
     model = edit(_valid()) if edit else _valid()
     number = add_trial(study, model, **extra)
     out = tmp_path / "out"
@@ -323,9 +423,11 @@ def test_cli_refuses_failed_running_and_unknown_trials(study, tmp_path, capsys):
     states = {t.number: t.state.name for t in load_study("demo", study.url).trials}
     failed = min(n for n, s in states.items() if s == "FAIL")
     running = min(n for n, s in states.items() if s == "RUNNING")
-    for number, message in ((failed, f"trial {failed} is FAIL (CUDA out of memory)"),
-                            (running, f"trial {running} is RUNNING"),
-                            (999, "study 'demo' has no trial 999")):
+    for number, message in (
+        (failed, f"trial {failed} is FAIL (CUDA out of memory)"),
+        (running, f"trial {running} is RUNNING"),
+        (999, "study 'demo' has no trial 999"),
+    ):
         assert _cli(study, "--trial", str(number), "--out", str(tmp_path / "o")) == 2
         err = " ".join(capsys.readouterr().err.split())
         assert message in err, err
@@ -339,24 +441,38 @@ def test_cli_picks_a_trial_and_writes_the_torch_files(study, tmp_path, capsys):
     h200 = ("--gpu-type", "NVIDIA H200")
     assert _cli(study, "--pick", "best:val_loss", *h200, "--out", str(tmp_path / "best")) == 0
     data = yaml.safe_load((tmp_path / "best" / "config.yaml").read_text())
-    best = min((t for t in load_study("demo", study.url).trials if t.state.name == "COMPLETE"
-                and t.user_attrs["device"]["name"] == "NVIDIA H200"),
-               key=lambda t: (t.values[0], t.number))
+    best = min(
+        (
+            t
+            for t in load_study("demo", study.url).trials
+            if t.state.name == "COMPLETE" and t.user_attrs["device"]["name"] == "NVIDIA H200"
+        ),
+        key=lambda t: (t.values[0], t.number),
+    )
     assert data["provenance"]["trial"] == best.number
-    assert sorted(p.name for p in (tmp_path / "best").iterdir()) == \
-        ["README.md", "config.yaml", "model.py"]
+    assert sorted(p.name for p in (tmp_path / "best").iterdir()) == [
+        "README.md",
+        "config.yaml",
+        "model.py",
+    ]
     assert _cli(study, "--pick", "knee", *h200, "--out", str(tmp_path / "knee")) == 0
     assert "exported trial" in capsys.readouterr().out
     knee = yaml.safe_load((tmp_path / "knee" / "config.yaml").read_text())["provenance"]
-    on_h200 = [r for r in trial_records(load_study("demo", study.url))
-               if r.attrs.get("device", {}).get("name") == "NVIDIA H200"]
+    on_h200 = [
+        r
+        for r in trial_records(load_study("demo", study.url))
+        if r.attrs.get("device", {}).get("name") == "NVIDIA H200"
+    ]
     assert knee["trial"] in brute.knee(on_h200, ["val_loss", "throughput_tokens_per_s"])
 
 
-@pytest.mark.parametrize("args,message", [
-    ((), "ran on several GPU types ('NVIDIA A100', 'NVIDIA H200'"),
-    (("--gpu-type", "TPU"), "no trial ran on GPU type 'TPU'"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        ((), "ran on several GPU types ('NVIDIA A100', 'NVIDIA H200'"),
+        (("--gpu-type", "TPU"), "no trial ran on GPU type 'TPU'"),
+    ],
+)
 def test_cli_pick_needs_one_gpu_type(study, tmp_path, capsys, args, message):
     """Throughputs measured on different GPUs do not compare: a pick takes one GPU type."""
     assert _cli(study, "--pick", "knee", *args, "--out", str(tmp_path / "o")) == 2
@@ -365,13 +481,17 @@ def test_cli_pick_needs_one_gpu_type(study, tmp_path, capsys, args, message):
 
 
 # ---------------------------------------------------------------------------------- HF
-def test_hf_format_without_transformers_is_skipped_with_a_message(study, tmp_path, capsys,
-                                                                   monkeypatch):
+def test_hf_format_without_transformers_is_skipped_with_a_message(
+    study, tmp_path, capsys, monkeypatch
+):
     from sqa_nas.export import hf
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "transformers" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "transformers" else real(name, *a),
+    )
     assert hf.transformers_missing()
     number = str(study.numbers["mixed"])
     assert _cli(study, "--trial", number, "--out", str(tmp_path / "hf"), "--format", "hf") == 2
@@ -381,8 +501,13 @@ def test_hf_format_without_transformers_is_skipped_with_a_message(study, tmp_pat
 
 
 def test_hf_files_are_written_when_forced_and_compile(study, tmp_path):
-    out = export_trial(study, record(study, study.numbers["mixed-bidirectional-no-rope"]),
-                       tmp_path / "hf", "hf", force_hf=True)
+    out = export_trial(
+        study,
+        record(study, study.numbers["mixed-bidirectional-no-rope"]),
+        tmp_path / "hf",
+        "hf",
+        force_hf=True,
+    )
     names = ["config.json", "configuration_sqa.py", "modeling_sqa.py", "model.py"]
     assert all((out / n).is_file() for n in names)
     for name in names[1:]:
@@ -391,8 +516,10 @@ def test_hf_files_are_written_when_forced_and_compile(study, tmp_path):
     assert result.returncode == 0, result.stdout
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "sqa_nas"
-    assert config["auto_map"] == {"AutoConfig": "configuration_sqa.SQAConfig",
-                                  "AutoModelForMaskedLM": "modeling_sqa.SQAForLM"}
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_sqa.SQAConfig",
+        "AutoModelForMaskedLM": "modeling_sqa.SQAForLM",
+    }
     assert config["causal"] is False and config["rope_theta"] is None
     assert config["layers"][3]["block_sparse"] == BS
 
@@ -405,16 +532,20 @@ def test_hf_folder_loads_with_trust_remote_code(study, tmp_path, name):
     out = export_trial(study, record(study, study.numbers[name]), folder, "hf")
     library = build_model(CASES[name]).eval()
     config = transformers.AutoConfig.from_pretrained(out, trust_remote_code=True)
-    auto = (transformers.AutoModelForCausalLM if CASES[name].get("causal", True)
-            else transformers.AutoModelForMaskedLM)
+    auto = (
+        transformers.AutoModelForCausalLM
+        if CASES[name].get("causal", True)
+        else transformers.AutoModelForMaskedLM
+    )
     model = auto.from_config(config, trust_remote_code=True).eval()
     model.model.load_state_dict(library.state_dict())
     tokens = torch.randint(0, TINY["vocab_size"], (2, SEQ_LEN))
     with torch.no_grad():
         assert (model(tokens).logits - library(tokens)).abs().max() <= 1e-5
     model.save_pretrained(folder.with_name(folder.name + "_saved"))
-    again = auto.from_pretrained(folder.with_name(folder.name + "_saved"),
-                                 trust_remote_code=True).eval()
+    again = auto.from_pretrained(
+        folder.with_name(folder.name + "_saved"), trust_remote_code=True
+    ).eval()
     with torch.no_grad():
         assert (again(tokens).logits - library(tokens)).abs().max() <= 1e-5
 

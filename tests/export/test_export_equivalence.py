@@ -26,33 +26,70 @@ from tests.fakestudy import HEADS, make_study
 BS = {"block_size": 8, "local_blocks": 1, "global_blocks": 1, "random_blocks": 2, "seed": 5}
 SHAPE = dict(vocab_size=256, d_model=64, n_layers=4, n_heads=8, ffn_dim=128)
 MODELS = {
-    "causal": dict(SHAPE, tie_embeddings=False, rope_theta=500.0, norm_eps=1e-5, layers=[
-        {"n_q_heads": 8, "n_kv_heads": 8, "bias": True},
-        {"n_q_heads": 8, "n_kv_heads": 2, "window": 5, "backend": "sdpa"},
-        {"n_q_heads": 2, "n_kv_heads": 4, "window": 5, "global_tokens": 2},
-        {"n_q_heads": 8, "n_kv_heads": 1, "block_sparse": BS}]),
-    "bidirectional": dict(SHAPE, causal=False, layers=[
-        {"n_q_heads": 8, "n_kv_heads": 2, "window": 4, "global_tokens": 3},
-        {"n_q_heads": 1, "n_kv_heads": 8, "backend": "xformers"},
-        {"n_q_heads": 2, "n_kv_heads": 2, "block_sparse": BS, "backend": "flex"},
-        {"n_q_heads": 8, "n_kv_heads": 8, "window": 2}]),
+    "causal": dict(
+        SHAPE,
+        tie_embeddings=False,
+        rope_theta=500.0,
+        norm_eps=1e-5,
+        layers=[
+            {"n_q_heads": 8, "n_kv_heads": 8, "bias": True},
+            {"n_q_heads": 8, "n_kv_heads": 2, "window": 5, "backend": "sdpa"},
+            {"n_q_heads": 2, "n_kv_heads": 4, "window": 5, "global_tokens": 2},
+            {"n_q_heads": 8, "n_kv_heads": 1, "block_sparse": BS},
+        ],
+    ),
+    "bidirectional": dict(
+        SHAPE,
+        causal=False,
+        layers=[
+            {"n_q_heads": 8, "n_kv_heads": 2, "window": 4, "global_tokens": 3},
+            {"n_q_heads": 1, "n_kv_heads": 8, "backend": "xformers"},
+            {"n_q_heads": 2, "n_kv_heads": 2, "block_sparse": BS, "backend": "flex"},
+            {"n_q_heads": 8, "n_kv_heads": 8, "window": 2},
+        ],
+    ),
 }
 # What model.py's CONFIG and LAYERS must hold, written out: every field, defaults left out,
 # the head_dim made explicit, xFormers (which model.py lacks) run as "auto".
 EXPECTED = {
-    "causal": (dict(vocab_size=256, d_model=64, n_heads=8, head_dim=8, ffn_dim=128,
-                    causal=True, rope_theta=500.0, tie_embeddings=False, norm_eps=1e-5),
-               [dict(n_q_heads=8, n_kv_heads=8, bias=True),
-                dict(n_q_heads=8, n_kv_heads=2, window=5, backend="sdpa"),
-                dict(n_q_heads=2, n_kv_heads=4, window=5, global_tokens=2),
-                dict(n_q_heads=8, n_kv_heads=1, block_sparse=BS)]),
-    "bidirectional": (dict(vocab_size=256, d_model=64, n_heads=8, head_dim=8, ffn_dim=128,
-                           causal=False, rope_theta=10000.0, tie_embeddings=True,
-                           norm_eps=1e-6),
-                      [dict(n_q_heads=8, n_kv_heads=2, window=4, global_tokens=3),
-                       dict(n_q_heads=1, n_kv_heads=8),
-                       dict(n_q_heads=2, n_kv_heads=2, block_sparse=BS, backend="flex"),
-                       dict(n_q_heads=8, n_kv_heads=8, window=2)]),
+    "causal": (
+        dict(
+            vocab_size=256,
+            d_model=64,
+            n_heads=8,
+            head_dim=8,
+            ffn_dim=128,
+            causal=True,
+            rope_theta=500.0,
+            tie_embeddings=False,
+            norm_eps=1e-5,
+        ),
+        [
+            dict(n_q_heads=8, n_kv_heads=8, bias=True),
+            dict(n_q_heads=8, n_kv_heads=2, window=5, backend="sdpa"),
+            dict(n_q_heads=2, n_kv_heads=4, window=5, global_tokens=2),
+            dict(n_q_heads=8, n_kv_heads=1, block_sparse=BS),
+        ],
+    ),
+    "bidirectional": (
+        dict(
+            vocab_size=256,
+            d_model=64,
+            n_heads=8,
+            head_dim=8,
+            ffn_dim=128,
+            causal=False,
+            rope_theta=10000.0,
+            tie_embeddings=True,
+            norm_eps=1e-6,
+        ),
+        [
+            dict(n_q_heads=8, n_kv_heads=2, window=4, global_tokens=3),
+            dict(n_q_heads=1, n_kv_heads=8),
+            dict(n_q_heads=2, n_kv_heads=2, block_sparse=BS, backend="flex"),
+            dict(n_q_heads=8, n_kv_heads=8, window=2),
+        ],
+    ),
 }
 LENGTHS = [1, 6, 29, 64]  # shorter than a window, a partial block, several blocks
 
@@ -66,10 +103,14 @@ def exports(tmp_path_factory):
     out = {}
     for name, model in MODELS.items():
         config = ModelConfig(**model)
-        study.add_trial(optuna.trial.create_trial(
-            values=[2.5, 1000.0], params={"layer0.heads": "8/2"},
-            distributions={"layer0.heads": dist},
-            user_attrs={"model": config.resolved(), "device": {"name": "NVIDIA H200"}}))
+        study.add_trial(
+            optuna.trial.create_trial(
+                values=[2.5, 1000.0],
+                params={"layer0.heads": "8/2"},
+                distributions={"layer0.heads": dist},
+                user_attrs={"model": config.resolved(), "device": {"name": "NVIDIA H200"}},
+            )
+        )
         record = find_trial(study, study.trials[-1].number)
         out[name] = export_trial(study, record, root / name, "hf", force_hf=True), config
     return out
@@ -79,14 +120,16 @@ def runnable(config: ModelConfig) -> ModelConfig:
     """The same model with xFormers layers on "auto": xFormers is absent on CPU machines and
     computes what SDPA does."""
     data = config.resolved()
-    data["layers"] = [{**x, "backend": "auto"} if x.get("backend") == "xformers" else x
-                      for x in data["layers"]]
+    data["layers"] = [
+        {**x, "backend": "auto"} if x.get("backend") == "xformers" else x for x in data["layers"]
+    ]
     return ModelConfig(**data)
 
 
 def import_model_py(folder, name):
-    spec = importlib.util.spec_from_file_location(f"exported_equivalence_{name}",
-                                                  folder / "model.py")
+    spec = importlib.util.spec_from_file_location(
+        f"exported_equivalence_{name}", folder / "model.py"
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while being built
     try:
@@ -150,8 +193,9 @@ def test_config_yaml_round_trips(exports, name):
     assert {k: v for k, v in data.items() if k != "provenance"} == config.resolved()
     hf_config = json.loads((folder / "config.json").read_text())
     model_py = import_model_py(folder, name)
-    assert {k: hf_config[k] for k in model_py.CONFIG if k != "tie_embeddings"} == \
-        {k: v for k, v in model_py.CONFIG.items() if k != "tie_embeddings"}
+    assert {k: hf_config[k] for k in model_py.CONFIG if k != "tie_embeddings"} == {
+        k: v for k, v in model_py.CONFIG.items() if k != "tie_embeddings"
+    }
     assert hf_config["tie_word_embeddings"] == config.tie_embeddings
     assert hf_config["layers"] == model_py.LAYERS
 
@@ -160,8 +204,9 @@ def test_config_yaml_round_trips(exports, name):
 def test_hf_model_computes_the_library_logits_and_the_documented_loss(exports, name):
     transformers = pytest.importorskip("transformers")
     folder, config = exports[name]
-    auto = (transformers.AutoModelForCausalLM if config.causal
-            else transformers.AutoModelForMaskedLM)
+    auto = (
+        transformers.AutoModelForCausalLM if config.causal else transformers.AutoModelForMaskedLM
+    )
     hf_config = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=True)
     model = auto.from_config(hf_config, trust_remote_code=True).eval()
     torch.manual_seed(11)

@@ -36,6 +36,7 @@ class TestFlexContractEager(BackendContract):
 def test_a_backend_must_implement_the_contract():
     """`AttentionBackend` is an ABC: a subclass without `forward` / `unsupported` cannot be
     built, so a plugin learns at registration, not at its first call."""
+
     class Half(AttentionBackend):
         name = "half"
 
@@ -72,6 +73,7 @@ class TestFlashAttnContract(BackendContract):
 @pytest.mark.gpu
 class TestFlashAttnContractHeadDim16(BackendContract):
     """The paper's head_dim: flash-attn-4's backward is wrong there, so it must refuse."""
+
     backend = FlashAttnBackend()
     device = "cuda"
     dtype = torch.bfloat16
@@ -85,8 +87,9 @@ class TestXformersContract(BackendContract):
     dtype = torch.bfloat16
 
 
-@pytest.mark.parametrize("spec", [MaskSpec(True), MaskSpec(True, window=5),
-                                  MaskSpec(False, window=3), MaskSpec(False)])
+@pytest.mark.parametrize(
+    "spec", [MaskSpec(True), MaskSpec(True, window=5), MaskSpec(False, window=3), MaskSpec(False)]
+)
 def test_xformers_biases_equal_our_masks(spec):
     """The bias classes are plain Python: materialise them on CPU and compare."""
     pytest.importorskip("xformers.ops")
@@ -108,8 +111,9 @@ def test_xformers_refuses_global_tokens():
 
 # --------------------------------------------------------------------------- calibration
 def _cuda_problem(grad=False, dtype=torch.bfloat16, **mask):
-    return AttentionProblem(MaskSpec(**{"causal": True, **mask}), 16, 4, 128, 4096, dtype,
-                            "cuda", 128**-0.5, grad)
+    return AttentionProblem(
+        MaskSpec(**{"causal": True, **mask}), 16, 4, 128, 4096, dtype, "cuda", 128**-0.5, grad
+    )
 
 
 def test_builtin_calibration_cites_measurements_and_names_real_backends():
@@ -117,8 +121,7 @@ def test_builtin_calibration_cites_measurements_and_names_real_backends():
     for entry in calibration.BUILTIN:
         assert set(entry.order) <= names, entry
         assert "measure" in entry.source and "TFLOP/s" in entry.source or "only" in entry.source
-    assert {e.pattern for e in calibration.BUILTIN} == {"dense", "window", "flex",
-                                                        "block_sparse"}
+    assert {e.pattern for e in calibration.BUILTIN} == {"dense", "window", "flex", "block_sparse"}
 
 
 def test_measured_order_drives_auto_and_falls_back_in_order(monkeypatch):
@@ -139,8 +142,15 @@ def test_measured_order_drives_auto_and_falls_back_in_order(monkeypatch):
 
 def test_a_measured_file_overrides_the_builtin_order(monkeypatch, tmp_path):
     monkeypatch.setattr(calibration, "gpu_name", lambda index=None: "NVIDIA H200")
-    measured = calibration.Calibration("H200", "dense", "bfloat16", ("flex", "sdpa"),
-                                       "a test measurement", causal=True, train=False)
+    measured = calibration.Calibration(
+        "H200",
+        "dense",
+        "bfloat16",
+        ("flex", "sdpa"),
+        "a test measurement",
+        causal=True,
+        train=False,
+    )
     path = tmp_path / "cal.json"
     path.write_text(json.dumps({"entries": [measured.as_dict()]}))
     monkeypatch.setenv(calibration.ENV_VAR, str(path))
@@ -175,11 +185,14 @@ def test_an_unmeasured_able_backend_leaves_the_choice_to_the_scores(monkeypatch)
         registry._backends.pop("flex:compile=0", None)
 
 
-@pytest.mark.parametrize("content,message", [
-    (None, "cannot read"),
-    ('{"entries": [{"gpu": "H200", "sourc": "typo"}]}', "is not a calibration file"),
-    ("not json", "is not a calibration file"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (None, "cannot read"),
+        ('{"entries": [{"gpu": "H200", "sourc": "typo"}]}', "is not a calibration file"),
+        ("not json", "is not a calibration file"),
+    ],
+)
 def test_a_bad_calibration_file_is_a_user_error(monkeypatch, tmp_path, content, message):
     path = tmp_path / "cal.json"
     if content is not None:
@@ -192,12 +205,27 @@ def test_a_bad_calibration_file_is_a_user_error(monkeypatch, tmp_path, content, 
 
 def test_order_from_rows_ranks_backends_by_share_of_the_best():
     def row(backend, variant, tflops):
-        return {"backend_requested": backend, "variant": variant, "tflops": tflops,
-                "pattern": "dense", "dtype": "bfloat16", "causal": True, "mode": "fwd",
-                "seq_len": 4096, "batch": 1, "head_dim": 128, "scope": "kernel"}
+        return {
+            "backend_requested": backend,
+            "variant": variant,
+            "tflops": tflops,
+            "pattern": "dense",
+            "dtype": "bfloat16",
+            "causal": True,
+            "mode": "fwd",
+            "seq_len": 4096,
+            "batch": 1,
+            "head_dim": 128,
+            "scope": "kernel",
+        }
 
-    rows = [row("auto", "MHA", 9.0), row("sdpa", "MHA", 6.0), row("flash_attn", "MHA", 7.0),
-            row("sdpa", "xSQA", 5.0), row("flash_attn", "xSQA", 4.0)]
+    rows = [
+        row("auto", "MHA", 9.0),
+        row("sdpa", "MHA", 6.0),
+        row("flash_attn", "MHA", 7.0),
+        row("sdpa", "xSQA", 5.0),
+        row("flash_attn", "xSQA", 4.0),
+    ]
     (entry,) = calibration.order_from_rows(rows, "NVIDIA H200", "test")
     # flash_attn: (1 + 0.8) / 2 = 0.9; sdpa: (6/7 + 1) / 2 = 0.93
     assert entry.order == ("sdpa", "flash_attn") and entry.gpu == "H200"
@@ -210,9 +238,10 @@ def test_kernel_names_say_what_runs():
     assert SdpaBackend().kernel_name(problem, (q, k, k)).startswith("sdpa/")
     assert SdpaBackend().kernel_name(problem) == "sdpa"
     assert FlexBackend(compile=False).kernel_name(problem) == "flex (eager)"
-    assert FlashAttnBackend(pack_gqa=False).kernel_name(problem) in ("flash_attn",
-                                                                     "flash-attn-4 "
-                                                                     "(pack_gqa=False)")
+    assert FlashAttnBackend(pack_gqa=False).kernel_name(problem) in (
+        "flash_attn",
+        "flash-attn-4 (pack_gqa=False)",
+    )
 
 
 def test_flex_falls_back_to_triton_when_flash_fails(monkeypatch):
@@ -243,25 +272,30 @@ def test_flex_falls_back_to_triton_when_flash_fails(monkeypatch):
 
 
 def test_compiled_flex_refuses_small_head_dim():
-    problem = AttentionProblem(MaskSpec(True, window=4, global_tokens=2), 8, 2, 8, 256,
-                               torch.bfloat16, "cuda", 8**-0.5)
+    problem = AttentionProblem(
+        MaskSpec(True, window=4, global_tokens=2), 8, 2, 8, 256, torch.bfloat16, "cuda", 8**-0.5
+    )
     assert "head_dim >= 16" in FlexBackend(compile=True).unsupported(problem)
-    assert FlexBackend(compile=False).unsupported(
-        AttentionProblem(MaskSpec(True), 8, 2, 8, 256, torch.float32, "cpu", 8**-0.5)) is None
+    assert (
+        FlexBackend(compile=False).unsupported(
+            AttentionProblem(MaskSpec(True), 8, 2, 8, 256, torch.float32, "cpu", 8**-0.5)
+        )
+        is None
+    )
 
 
 def test_flash_attn_4_trains_only_where_its_backward_is_right(monkeypatch):
     """flash-attn-4's backward is wrong at head_dim 16 (measured on an H200): it keeps the
     forward there, and training goes to the next backend with the reason stated."""
-    monkeypatch.setattr(flash_attn, "_load", lambda: (lambda *a, **k: None, "flash-attn-4",
-                                                      None))
+    monkeypatch.setattr(flash_attn, "_load", lambda: (lambda *a, **k: None, "flash-attn-4", None))
     monkeypatch.setattr(calibration, "gpu_name", lambda index=None: "NVIDIA H200")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     backend = FlashAttnBackend()
 
     def problem(head_dim, grad, hkv=4):
-        return AttentionProblem(MaskSpec(True), 16, hkv, head_dim, 1024, torch.bfloat16,
-                                "cuda", head_dim**-0.5, grad)
+        return AttentionProblem(
+            MaskSpec(True), 16, hkv, head_dim, 1024, torch.bfloat16, "cuda", head_dim**-0.5, grad
+        )
 
     assert backend.unsupported(problem(16, grad=False)) is None
     why = backend.unsupported(problem(16, grad=True))
@@ -280,5 +314,4 @@ def test_flash_attn_4_trains_only_where_its_backward_is_right(monkeypatch):
     chosen, _ = select_backend(window)
     assert (chosen.name, chosen.kernel_name(window)) == ("flex", "flex (Triton)")
     assert FlexBackend().kernel_name(dataclasses.replace(window, head_dim=32)) == "flex (FLASH)"
-    assert select_backend(dataclasses.replace(window, requires_grad=False))[0].name \
-        == "flash_attn"
+    assert select_backend(dataclasses.replace(window, requires_grad=False))[0].name == "flash_attn"

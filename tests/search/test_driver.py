@@ -35,8 +35,13 @@ class InProcess(Executor):
 
     def __init__(self, outcome=None, *, interrupt=False, max_polls=200):
         super().__init__()
-        self.outcome = outcome or (lambda job: TrialOutcome(job.number, "COMPLETE", {
-            "val_loss": 1.0 + job.number, "throughput_tokens_per_s": 10.0}))
+        self.outcome = outcome or (
+            lambda job: TrialOutcome(
+                job.number,
+                "COMPLETE",
+                {"val_loss": 1.0 + job.number, "throughput_tokens_per_s": 10.0},
+            )
+        )
         self.interrupt, self.max_polls = interrupt, max_polls
         self.jobs, self.started, self.polls = [], False, 0
 
@@ -70,8 +75,12 @@ class InProcess(Executor):
 def _driver(tmp_path, executor=None, **space):
     spec = parse_space({**TINY, "study": "drv", **space})
     log = io.StringIO()
-    driver = Driver(spec, executor or InProcess(), storage_url=f"sqlite:///{tmp_path}/s.db",
-                    console=Console(file=log, width=300))
+    driver = Driver(
+        spec,
+        executor or InProcess(),
+        storage_url=f"sqlite:///{tmp_path}/s.db",
+        console=Console(file=log, width=300),
+    )
     driver.text = log
     return driver
 
@@ -84,25 +93,34 @@ def ended_pid() -> int:
 
 
 def _other_live_driver() -> dict:
-    return {"host": HOST, "pid": os.getpid(), "id": "other",
-            "proc_start": proc_start(os.getpid())}
+    return {"host": HOST, "pid": os.getpid(), "id": "other", "proc_start": proc_start(os.getpid())}
 
 
 def test_the_budget_counts_finished_trials_except_the_flagged_ones(tmp_path):
     driver = _driver(tmp_path, seed_trials=[])
     study = driver.open_study()
-    for state, attrs in [(TrialState.COMPLETE, {}),
-                         (TrialState.COMPLETE, {"reaped": True}),  # told after all: counts
-                         (TrialState.FAIL, {"reaped": True}),
-                         (TrialState.FAIL, {"interrupted": True}),
-                         (TrialState.PRUNED, {"infeasible": ["max_params: 2 > 1"]}),
-                         (TrialState.FAIL, {}), (TrialState.PRUNED, {}),
-                         (TrialState.RUNNING, {})]:
+    for state, attrs in [
+        (TrialState.COMPLETE, {}),
+        (TrialState.COMPLETE, {"reaped": True}),  # told after all: counts
+        (TrialState.FAIL, {"reaped": True}),
+        (TrialState.FAIL, {"interrupted": True}),
+        (TrialState.PRUNED, {"infeasible": ["max_params: 2 > 1"]}),
+        (TrialState.FAIL, {}),
+        (TrialState.PRUNED, {}),
+        (TrialState.RUNNING, {}),
+    ]:
         values = [1.0, 2.0] if state == TrialState.COMPLETE else None
         study.add_trial(create_trial(state=state, values=values, user_attrs=attrs))
     study.enqueue_trial({})
-    assert driver.counts() == {"complete": 2, "failed": 3, "pruned": 1, "infeasible": 1,
-                               "running": 1, "waiting": 1, "counted": 4}
+    assert driver.counts() == {
+        "complete": 2,
+        "failed": 3,
+        "pruned": 1,
+        "infeasible": 1,
+        "running": 1,
+        "waiting": 1,
+        "counted": 4,
+    }
 
 
 def test_other_drivers_running_trials_hold_their_share_of_the_budget(tmp_path):
@@ -122,9 +140,13 @@ def test_other_drivers_running_trials_hold_their_share_of_the_budget(tmp_path):
 def test_a_search_runs_seeds_first_and_hands_jobs_the_known_references(tmp_path):
     def outcome(job):
         refs = {"cpu-x": 999.0, "gpu-y": 5.0} if job.number == 0 else {}
-        return TrialOutcome(job.number, "COMPLETE", {"throughput_tokens_per_s": 10.0,
-                                                     "val_loss": 1.0 + job.number},
-                            {"allocation": "a"}, mha_reference=refs)
+        return TrialOutcome(
+            job.number,
+            "COMPLETE",
+            {"throughput_tokens_per_s": 10.0, "val_loss": 1.0 + job.number},
+            {"allocation": "a"},
+            mha_reference=refs,
+        )
 
     executor = InProcess(outcome)
     driver = _driver(tmp_path, executor)
@@ -151,8 +173,11 @@ def test_seeds_are_enqueued_once_however_often_the_study_is_opened(tmp_path):
     driver.open_study()
     driver.open_study()
     _driver(tmp_path).open_study()
-    waiting = [t.user_attrs["seed_variant"] for t in driver.study.get_trials()
-               if t.state == TrialState.WAITING]
+    waiting = [
+        t.user_attrs["seed_variant"]
+        for t in driver.study.get_trials()
+        if t.state == TrialState.WAITING
+    ]
     assert waiting == ["MHA", "SQA"]
 
 
@@ -168,7 +193,8 @@ def test_executor_figures_of_the_last_runs_are_kept(tmp_path):
 
 
 def test_architectures_refused_by_constraints_are_pruned_until_too_many_in_a_row(
-        tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
     monkeypatch.setattr(driver_module, "MAX_INFEASIBLE_IN_A_ROW", 3)
     executor = InProcess()
     driver = _driver(tmp_path, executor, seed_trials=[], constraints={"max_params": 1})
@@ -176,20 +202,25 @@ def test_architectures_refused_by_constraints_are_pruned_until_too_many_in_a_row
         driver.run(10)
     trials = driver.study.get_trials()
     assert [t.state for t in trials] == [TrialState.PRUNED] * 3 and executor.jobs == []
-    assert all(t.user_attrs["fail_reason"].startswith("infeasible: max_params: ")
-               for t in trials)
+    assert all(t.user_attrs["fail_reason"].startswith("infeasible: max_params: ") for t in trials)
     assert driver.counts()["infeasible"] == 3 and driver.counts()["counted"] == 0
 
 
 def test_a_grid_search_stops_at_the_grid_and_labels_the_baselines(tmp_path):
     executor = InProcess()
-    driver = _driver(tmp_path, executor, search={**TINY["search"], "tying": "all"},
-                     sampler={"name": "grid"})
+    driver = _driver(
+        tmp_path, executor, search={**TINY["search"], "tying": "all"}, sampler={"name": "grid"}
+    )
     assert driver.spec.cardinality() == 5  # 4/2 4/1 2/2 2/1 and the MHA seed's 4/4
     result = driver.run(10)
     assert result.finished == 5 and len(executor.jobs) == 5
     assert sorted(j.params["all.heads"] for j in executor.jobs) == [
-        "2/1", "2/2", "4/1", "4/2", "4/4"]
+        "2/1",
+        "2/2",
+        "4/1",
+        "4/2",
+        "4/4",
+    ]
     labels = {j.params["all.heads"]: j.seed_variant for j in executor.jobs}
     assert labels["4/4"] == "MHA" and labels["2/1"] == "SQA" and labels["4/2"] is None
     assert "grid sampler: 5 architectures" in driver.text.getvalue()
@@ -221,15 +252,17 @@ def test_reaping_fails_a_gone_drivers_trial_and_queues_it_with_its_label(tmp_pat
     assert trials[alive.number].state == TrialState.RUNNING
     reaped = trials[gone.number]
     assert reaped.state == TrialState.FAIL and reaped.user_attrs["reaped"]
-    assert reaped.user_attrs["fail_reason"] == \
-        f"reaped: its driver ({HOST} pid {ended_pid}) is gone"
+    assert (
+        reaped.user_attrs["fail_reason"] == f"reaped: its driver ({HOST} pid {ended_pid}) is gone"
+    )
     [retry] = [t for t in trials if t.state == TrialState.WAITING]
     assert retry.user_attrs == {"retry_of": gone.number, "seed_variant": "MHA"}
     assert retry.system_attrs["fixed_params"] == reaped.params
 
 
 def test_a_trial_its_own_driver_fails_while_being_reaped_is_not_queued_again(
-        tmp_path, ended_pid, monkeypatch):
+    tmp_path, ended_pid, monkeypatch
+):
     driver = _driver(tmp_path, seed_trials=["MHA"])
     study = driver.open_study()
     trial = _ask_as(driver, {"host": HOST, "pid": ended_pid, "id": "slow"})
@@ -244,4 +277,3 @@ def test_a_trial_its_own_driver_fails_while_being_reaped_is_not_queued_again(
     assert driver.reap() == 0
     assert [t.state for t in study.get_trials()] == [TrialState.FAIL]
     assert study.get_trials()[trial.number].user_attrs["fail_reason"] == "worker died"
-

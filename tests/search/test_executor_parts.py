@@ -62,8 +62,9 @@ def test_workers_per_node_are_the_fewest_its_cpus_or_gpus_hold():
     from sqa_nas.search.executors.ray_cluster import RayCluster
 
     def cluster(gpus, cpus):
-        return RayCluster(address=None, gpus=gpus, cpus=cpus, max_concurrent=None,
-                          include_dashboard=False)
+        return RayCluster(
+            address=None, gpus=gpus, cpus=cpus, max_concurrent=None, include_dashboard=False
+        )
 
     assert cluster(1, 2).fits({"GPU": 4, "CPU": 5}) == 2
     assert cluster(1, 2).fits({"GPU": 1, "CPU": 16}) == 1
@@ -81,9 +82,13 @@ def test_a_ray_error_becomes_its_cause_in_one_line():
     pytest.importorskip("ray")
     from sqa_nas.search.executors.ray_worker import error_reason
 
-    exc = RuntimeError("ray::TrialWorker.run()\nTraceback (most recent call last):\n"
-                       '  File "x.py", line 3, in run\nValueError: boom')
+    exc = RuntimeError(
+        "ray::TrialWorker.run()\nTraceback (most recent call last):\n"
+        '  File "x.py", line 3, in run\nValueError: boom'
+    )
     assert error_reason(exc) == "ValueError: boom"
-    assert error_reason(RuntimeError("lost\nThe actor died because its node  died.\nmore")) \
+    assert (
+        error_reason(RuntimeError("lost\nThe actor died because its node  died.\nmore"))
         == "The actor died because its node died. more"
+    )
     assert error_reason(RuntimeError("")) == "RuntimeError"

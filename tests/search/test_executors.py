@@ -18,11 +18,12 @@ import pytest
 from rich.console import Console
 
 from sqa_nas.search import driver as search_driver
-from sqa_nas.search.driver import Driver, quiet_optuna
+from sqa_nas.search.driver import Driver
 from sqa_nas.search.executors import local
 from sqa_nas.search.executors.base import Event, Executor
 from sqa_nas.search.executors.local import LocalExecutor
 from sqa_nas.search.space import parse_space
+from sqa_nas.search.study import quiet_optuna
 from sqa_nas.search.trial import TrialJob
 from tests import faketrials
 from tests.search.test_search import ROOT, TINY
@@ -87,10 +88,10 @@ def test_a_local_worker_dying_mid_trial_fails_that_trial_and_is_replaced(monkeyp
     finally:
         executor.shutdown(cancel=True)
     assert outcomes[0].state == outcomes[1].state == "FAIL"
-    assert outcomes[0].attrs["fail_reason"] == \
-        "worker process died (exit code 3) during the trial"
-    assert outcomes[1].attrs["fail_reason"] == \
-        "worker process died (exit code -9) during the trial"
+    assert outcomes[0].attrs["fail_reason"] == "worker process died (exit code 3) during the trial"
+    assert (
+        outcomes[1].attrs["fail_reason"] == "worker process died (exit code -9) during the trial"
+    )
     assert outcomes[2].state == "COMPLETE"  # on the fresh worker
     stats = executor.stats()
     assert set(stats["busy_fraction_by_worker"]) == {"cpu worker 0"}
@@ -98,16 +99,25 @@ def test_a_local_worker_dying_mid_trial_fails_that_trial_and_is_replaced(monkeyp
 
 def test_a_search_goes_on_after_a_worker_dies_and_leaves_optuna_settings(monkeypatch, tmp_path):
     monkeypatch.setattr(local, "run_trial", faketrials.dies_on_trial_0)
-    spec = parse_space({**TINY, "study": "dies", "sampler": {"seed": 1},
-                        "budget": {**TINY["budget"], "n_trials": 3}})
+    spec = parse_space(
+        {
+            **TINY,
+            "study": "dies",
+            "sampler": {"seed": 1},
+            "budget": {**TINY["budget"], "n_trials": 3},
+        }
+    )
     log = io.StringIO()
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.INFO)
     try:
         filters = list(warnings.filters)
-        driver = Driver(spec, LocalExecutor(workers=1, device="cpu"),
-                        storage_url=f"sqlite:///{tmp_path}/s.db",
-                        console=Console(file=log, width=200))
+        driver = Driver(
+            spec,
+            LocalExecutor(workers=1, device="cpu"),
+            storage_url=f"sqlite:///{tmp_path}/s.db",
+            console=Console(file=log, width=200),
+        )
         result = driver.run(spec.budget.n_trials)
         assert optuna.logging.get_verbosity() == optuna.logging.INFO
         assert warnings.filters == filters
@@ -115,8 +125,10 @@ def test_a_search_goes_on_after_a_worker_dies_and_leaves_optuna_settings(monkeyp
         optuna.logging.set_verbosity(verbosity)
     trials = result.study.get_trials()
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"]
-    assert trials[0].user_attrs["fail_reason"] == \
-        "worker process died (exit code -9) during the trial"
+    assert (
+        trials[0].user_attrs["fail_reason"]
+        == "worker process died (exit code -9) during the trial"
+    )
     assert result.finished == 3 and not result.interrupted
     assert "trial 0 FAIL: worker process died" in log.getvalue()
 
@@ -131,8 +143,11 @@ def test_quiet_optuna_silences_inside_and_restores_after():
             with quiet_optuna():
                 assert optuna.logging.get_verbosity() == optuna.logging.WARNING
                 warnings.warn("x", optuna.exceptions.ExperimentalWarning, stacklevel=1)
-                warnings.warn("Heartbeat of storage is supposed to be used with Study.optimize.",
-                              UserWarning, stacklevel=1)
+                warnings.warn(
+                    "Heartbeat of storage is supposed to be used with Study.optimize.",
+                    UserWarning,
+                    stacklevel=1,
+                )
                 warnings.warn("kept", UserWarning, stacklevel=1)
             assert warnings.filters == filters
             assert optuna.logging.get_verbosity() == optuna.logging.DEBUG
@@ -161,12 +176,24 @@ added = [f for f in after[1] if f not in before[1]]
 assert after[1] == before[1], ("warning filters added", added)
 print("unchanged")
 """
-    modules = ["sqa_nas.search.driver", "sqa_nas.search.locks", "sqa_nas.search.samplers",
-               "sqa_nas.search.progress", "sqa_nas.search.pareto", "sqa_nas.search.executors",
-               "sqa_nas.search.executors.local", "sqa_nas.search.executors.ray",
-               "sqa_nas.cli.search"]
-    run = subprocess.run([sys.executable, "-c", code, *modules], cwd=ROOT,
-                         capture_output=True, text=True, timeout=300)
+    modules = [
+        "sqa_nas.search.driver",
+        "sqa_nas.search.locks",
+        "sqa_nas.search.samplers",
+        "sqa_nas.search.progress",
+        "sqa_nas.search.pareto",
+        "sqa_nas.search.executors",
+        "sqa_nas.search.executors.local",
+        "sqa_nas.search.executors.ray",
+        "sqa_nas.cli.search",
+    ]
+    run = subprocess.run(
+        [sys.executable, "-c", code, *modules],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0 and run.stdout.strip() == "unchanged", run.stderr[-2000:]
     assert search_driver.quiet_optuna is quiet_optuna
 
@@ -187,8 +214,16 @@ def test_a_ray_trial_whose_worker_always_dies_fails_after_its_retries(monkeypatc
     constants = ray._private.ray_constants
     monkeypatch.setattr(constants, "ENABLE_RAY_CLUSTER", constants.ENABLE_RAY_CLUSTER)
     monkeypatch.setattr(ray_executor, "run_trial", faketrials.dies_every_time)
-    spec = parse_space({**TINY, "execution": {"executor": "ray", "device": "cpu", "ray": {
-        "max_retries": 1, "max_concurrent": 1}}})
+    spec = parse_space(
+        {
+            **TINY,
+            "execution": {
+                "executor": "ray",
+                "device": "cpu",
+                "ray": {"max_retries": 1, "max_concurrent": 1},
+            },
+        }
+    )
     executor = ray_executor.RayExecutor(spec)
     executor.start()
     try:

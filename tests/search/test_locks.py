@@ -37,20 +37,28 @@ def ended_pid() -> int:
     return child.pid
 
 
-def _running(driver: dict | None, *, age_s: float = 3600, number: int = 3,
-             trial_id: int = 17) -> FrozenTrial:
+def _running(
+    driver: dict | None, *, age_s: float = 3600, number: int = 3, trial_id: int = 17
+) -> FrozenTrial:
     """A RUNNING trial whose storage id differs from its number (as in a storage holding
     several studies)."""
-    return FrozenTrial(number=number, state=TrialState.RUNNING, value=None,
-                       datetime_start=NOW - timedelta(seconds=age_s), datetime_complete=None,
-                       params={}, distributions={},
-                       user_attrs={} if driver is None else {"driver": driver},
-                       system_attrs={}, intermediate_values={}, trial_id=trial_id)
+    return FrozenTrial(
+        number=number,
+        state=TrialState.RUNNING,
+        value=None,
+        datetime_start=NOW - timedelta(seconds=age_s),
+        datetime_complete=None,
+        params={},
+        distributions={},
+        user_attrs={} if driver is None else {"driver": driver},
+        system_attrs={},
+        intermediate_values={},
+        trial_id=trial_id,
+    )
 
 
 def _reason(trial, *, stale=(), locked=True, heartbeat=False):
-    return reap_reason(trial, ME, stale=set(stale), locked=locked, heartbeat=heartbeat,
-                       now=NOW)
+    return reap_reason(trial, ME, stale=set(stale), locked=locked, heartbeat=heartbeat, now=NOW)
 
 
 def test_this_drivers_own_trial_is_never_reaped(ended_pid):
@@ -61,8 +69,10 @@ def test_this_drivers_own_trial_is_never_reaped(ended_pid):
 def test_on_this_host_the_process_decides(ended_pid):
     live = {"host": HOST, "pid": os.getpid(), "id": "other", "proc_start": ME["proc_start"]}
     assert _reason(_running(live), stale=[17], heartbeat=True) is None  # alive beats stale
-    assert _reason(_running({**live, "pid": ended_pid})) == \
-        f"reaped: its driver ({HOST} pid {ended_pid}) is gone"
+    assert (
+        _reason(_running({**live, "pid": ended_pid}))
+        == f"reaped: its driver ({HOST} pid {ended_pid}) is gone"
+    )
     reused = {**live, "proc_start": ME["proc_start"] + 1}  # the pid now runs another process
     assert _reason(_running(reused)) == f"reaped: its driver ({HOST} pid {os.getpid()}) is gone"
 
@@ -70,8 +80,10 @@ def test_on_this_host_the_process_decides(ended_pid):
 def test_on_another_host_the_heartbeat_decides():
     there = {"host": "elsewhere", "pid": os.getpid(), "id": "other"}  # a pid alive here
     assert _reason(_running(there), heartbeat=True) is None
-    assert _reason(_running(there), stale=[17], heartbeat=True) == \
-        f"reaped: its driver (elsewhere pid {os.getpid()}) stopped sending heartbeats"
+    assert (
+        _reason(_running(there), stale=[17], heartbeat=True)
+        == f"reaped: its driver (elsewhere pid {os.getpid()}) stopped sending heartbeats"
+    )
     assert _reason(_running(there), stale=[3], heartbeat=True) is None  # ids, not numbers
     # Without heartbeats (a journal file) nothing tells it lives: another host's is gone.
     assert _reason(_running(there)) == f"reaped: its driver (elsewhere pid {os.getpid()}) is gone"

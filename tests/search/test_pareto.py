@@ -38,8 +38,11 @@ def random_records(rnd: random.Random, n: int, objectives, levels: int = 6):
         elif rnd.random() < 0.5:  # a failed or running trial may carry values: still excluded
             values = {o: -1e9 for o in objectives}
         attrs = {"infeasible": ["kv cache too large"]} if rnd.random() < 0.05 else {}
-        out.append(TrialRecord(number, state, values, {}, attrs,
-                               T0, T0 + timedelta(minutes=rnd.randrange(1000))))
+        out.append(
+            TrialRecord(
+                number, state, values, {}, attrs, T0, T0 + timedelta(minutes=rnd.randrange(1000))
+            )
+        )
     return out
 
 
@@ -82,8 +85,9 @@ def test_failed_running_pruned_never_on_front_even_when_better():
     records = [TrialRecord(0, "COMPLETE", {"a": 5.0, "b": 5.0}, {})]
     for number, state in enumerate(["FAIL", "RUNNING", "PRUNED", "WAITING"], start=1):
         records.append(TrialRecord(number, state, {"a": 0.0, "b": 0.0}, {}))
-    records.append(TrialRecord(9, "COMPLETE", {"a": 0.0, "b": 0.0}, {},
-                               {"infeasible": ["too many heads"]}))
+    records.append(
+        TrialRecord(9, "COMPLETE", {"a": 0.0, "b": 0.0}, {}, {"infeasible": ["too many heads"]})
+    )
     assert [r.number for r in pareto_front(records, objectives, ["minimize"] * 2)] == [0]
 
 
@@ -92,20 +96,25 @@ def test_large_study_sweep_agrees_with_the_block_comparison():
     # third objective that is equal for all, so it changes no dominance) find the same front.
     # How fast they are is measured by benchmarks, not asserted here.
     rnd = random.Random(0)
-    records = [TrialRecord(i, "COMPLETE", {"a": round(rnd.random(), 3), "b": rnd.random(),
-                                           "c": 1.0}, {}) for i in range(20000)]
+    records = [
+        TrialRecord(i, "COMPLETE", {"a": round(rnd.random(), 3), "b": rnd.random(), "c": 1.0}, {})
+        for i in range(20000)
+    ]
     two = pareto_front(records, ["a", "b"], ["minimize", "maximize"])
     three = pareto_front(records, ["a", "b", "c"], ["minimize", "maximize", "minimize"])
     assert [r.number for r in two] == [r.number for r in three]
     sample = records[:500]  # brute force is quadratic: a slice of the same study
-    assert {r.number for r in pareto_front(sample, ["a", "b"], ["minimize", "maximize"])} == \
-        brute.front(sample, ["a", "b"], ["minimize", "maximize"])
+    assert {
+        r.number for r in pareto_front(sample, ["a", "b"], ["minimize", "maximize"])
+    } == brute.front(sample, ["a", "b"], ["minimize", "maximize"])
 
 
 # ---------------------------------------------------------------------------------- pickers
 def two(values):
-    return [TrialRecord(i, "COMPLETE", {"val_loss": v, "throughput_tokens_per_s": t}, {})
-            for i, (v, t) in enumerate(values)]
+    return [
+        TrialRecord(i, "COMPLETE", {"val_loss": v, "throughput_tokens_per_s": t}, {})
+        for i, (v, t) in enumerate(values)
+    ]
 
 
 OBJ = ["val_loss", "throughput_tokens_per_s"]
@@ -141,16 +150,21 @@ def test_knee_is_the_corner():
 
 
 def test_knee_with_three_objectives_uses_the_first_two():
-    records = [TrialRecord(i, "COMPLETE", {"a": a, "b": b, "c": c}, {})
-               for i, (a, b, c) in enumerate([(0, 10, 5), (1, 1, 5), (10, 0, 5), (5, 5, 0)])]
+    records = [
+        TrialRecord(i, "COMPLETE", {"a": a, "b": b, "c": c}, {})
+        for i, (a, b, c) in enumerate([(0, 10, 5), (1, 1, 5), (10, 0, 5), (5, 5, 0)])
+    ]
     assert pick(records, ["a", "b", "c"], "knee", ["minimize"] * 3).number == 1
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("fastest", "expected 'knee'"),
-    ("best:speed", "'speed' is not an objective"),
-    ("best:val_loss:within=nope+1%", "'nope' is not an objective"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("fastest", "expected 'knee'"),
+        ("best:speed", "'speed' is not an objective"),
+        ("best:val_loss:within=nope+1%", "'nope' is not an objective"),
+    ],
+)
 def test_bad_pick_specs_are_user_errors(spec, message):
     with pytest.raises(UserError, match=message):
         pick(two([(2.0, 1.0)]), OBJ, spec)
@@ -164,9 +178,13 @@ def test_pick_without_candidates():
 # ------------------------------------------------------------------------------ hypervolume
 def brute_hypervolume(points, ref):
     """Unit cells of the integer grid dominated by some point, counted one by one."""
-    return sum(1 for cx, cy in itertools.product(range(min(p[0] for p in points), ref[0]),
-                                                 range(min(p[1] for p in points), ref[1]))
-               if any(px <= cx and py <= cy for px, py in points))
+    return sum(
+        1
+        for cx, cy in itertools.product(
+            range(min(p[0] for p in points), ref[0]), range(min(p[1] for p in points), ref[1])
+        )
+        if any(px <= cx and py <= cy for px, py in points)
+    )
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -186,7 +204,8 @@ def test_hypervolume_history_matches_recomputation(seed):
     history = hypervolume_history(records, objectives, directions)
     pool = candidates(records, objectives)
     assert [r.number for r, _ in history] == [
-        r.number for r in sorted(pool, key=lambda r: (r.datetime_complete, r.number))]
+        r.number for r in sorted(pool, key=lambda r: (r.datetime_complete, r.number))
+    ]
     ref = [max(brute.key(r, objectives, directions)[i] for r in pool) for i in (0, 1)]
     seen = []
     for r, area in history:

@@ -55,8 +55,12 @@ def scaled_records(rnd: random.Random, n: int, objectives, *, coarse: bool) -> l
     return out
 
 
-CASES = [(seed, objectives, coarse) for seed in range(8) for objectives in (OBJ2, OBJ3)
-         for coarse in (False, True)]
+CASES = [
+    (seed, objectives, coarse)
+    for seed in range(8)
+    for objectives in (OBJ2, OBJ3)
+    for coarse in (False, True)
+]
 
 
 def ids(case):
@@ -74,8 +78,10 @@ def study(request):
 @pytest.mark.parametrize("flip", [False, True])
 def test_front_matches_brute_force(study, flip):
     records, objectives = study
-    directions = [("maximize" if d == "minimize" else "minimize") if flip else d
-                  for d in brute.directions_of(objectives)]
+    directions = [
+        ("maximize" if d == "minimize" else "minimize") if flip else d
+        for d in brute.directions_of(objectives)
+    ]
     front = pareto_front(records, objectives, directions)
     assert {r.number for r in front} == brute.front(records, objectives, directions)
 
@@ -106,8 +112,9 @@ def test_best_within_matches_brute_force(study, tol):
                 continue
             spec = f"best:{obj}:within={other}+{tol}"
             chosen = pick(records, objectives, spec).number
-            assert chosen in brute.best(records, objectives, obj,
-                                        within=(other, amount, percent)), spec
+            assert chosen in brute.best(
+                records, objectives, obj, within=(other, amount, percent)
+            ), spec
 
 
 def test_mixed_directions_with_three_objectives():
@@ -115,35 +122,47 @@ def test_mixed_directions_with_three_objectives():
     objectives = ["a", "b", "c"]
     for _ in range(30):
         directions = [rnd.choice(["minimize", "maximize"]) for _ in objectives]
-        records = [TrialRecord(i, "COMPLETE", {"a": rnd.randrange(4) * 1e6,
-                                               "b": rnd.randrange(4) / 1e3,
-                                               "c": float(rnd.randrange(4))}, {})
-                   for i in range(rnd.randrange(1, 25))]
+        records = [
+            TrialRecord(
+                i,
+                "COMPLETE",
+                {
+                    "a": rnd.randrange(4) * 1e6,
+                    "b": rnd.randrange(4) / 1e3,
+                    "c": float(rnd.randrange(4)),
+                },
+                {},
+            )
+            for i in range(rnd.randrange(1, 25))
+        ]
         front = {r.number for r in pareto_front(records, objectives, directions)}
         assert front == brute.front(records, objectives, directions)
         assert pick(records, objectives, "knee", directions).number in brute.knee(
-            records, objectives, directions)
+            records, objectives, directions
+        )
         for obj in objectives:
-            assert {pick(records, objectives, f"best:{obj}", directions).number} == \
-                brute.best(records, objectives, obj, directions)
+            assert {pick(records, objectives, f"best:{obj}", directions).number} == brute.best(
+                records, objectives, obj, directions
+            )
             spec = f"best:{obj}:within={objectives[0]}+10%"
             assert pick(records, objectives, spec, directions).number in brute.best(
-                records, objectives, obj, directions, within=(objectives[0], 10.0, True))
+                records, objectives, obj, directions, within=(objectives[0], 10.0, True)
+            )
 
 
 # ------------------------------------------------------------------ cases worked out by hand
 def two(values, numbers=None):
     numbers = numbers or range(len(values))
-    return [TrialRecord(n, "COMPLETE", {LOSS: v, SPEED: t}, {})
-            for n, (v, t) in zip(numbers, values)]
+    return [
+        TrialRecord(n, "COMPLETE", {LOSS: v, SPEED: t}, {}) for n, (v, t) in zip(numbers, values)
+    ]
 
 
 def test_knee_ignores_the_scale_of_each_objective():
     # Normalised ('smaller is better'), the front is (0, 1), (0.25, 0.25), (0.5, 0.125),
     # (1, 0): the knee is the second point whatever unit either objective is counted in.
     for scale in (1e-3, 1.0, 1e4):
-        records = two([(1.0, 0.0), (1.5, 6e6 * scale), (2.0, 7e6 * scale),
-                       (3.0, 8e6 * scale)])
+        records = two([(1.0, 0.0), (1.5, 6e6 * scale), (2.0, 7e6 * scale), (3.0, 8e6 * scale)])
         assert pick(records, OBJ2, "knee").number == 1
         assert brute.knee(records, OBJ2) == {1}
     # Normalised: (0, 1), (0.05, 0.5), (0.1, 0.1), (1, 0); farthest from x + y = 1: #2.
@@ -170,9 +189,12 @@ def test_knee_of_a_front_of_two_is_the_best_first_objective():
 def test_knee_uses_the_front_of_the_first_two_objectives_only():
     # On all three objectives every trial is on the front; on the first two #3 is dominated
     # by #1, and were it on that front it would be the farthest from the line (0.95 vs 0.75).
-    records = [TrialRecord(i, "COMPLETE", {LOSS: a, SPEED: b, KV: c}, {})
-               for i, (a, b, c) in enumerate([(1.0, 1e3, 9e4), (1.1, 8e6, 5e4),
-                                              (3.0, 1e7, 1e4), (2.9, 1.5e3, 1e2)])]
+    records = [
+        TrialRecord(i, "COMPLETE", {LOSS: a, SPEED: b, KV: c}, {})
+        for i, (a, b, c) in enumerate(
+            [(1.0, 1e3, 9e4), (1.1, 8e6, 5e4), (3.0, 1e7, 1e4), (2.9, 1.5e3, 1e2)]
+        )
+    ]
     assert pick(records, OBJ3, "knee").number == 1
     assert brute.knee(records, OBJ3) == {1}
 
@@ -189,9 +211,12 @@ def test_best_within_bounds_are_inclusive_for_both_directions():
 
 
 def test_best_ties_are_broken_by_the_other_objectives_in_order():
-    records = [TrialRecord(n, "COMPLETE", {LOSS: a, SPEED: b, KV: c}, {})
-               for n, (a, b, c) in zip([4, 2, 9, 1], [(1.0, 1e3, 5.0), (1.0, 1e3, 2.0),
-                                                      (1.0, 1e5, 9.0), (2.0, 1e7, 1.0)])]
+    records = [
+        TrialRecord(n, "COMPLETE", {LOSS: a, SPEED: b, KV: c}, {})
+        for n, (a, b, c) in zip(
+            [4, 2, 9, 1], [(1.0, 1e3, 5.0), (1.0, 1e3, 2.0), (1.0, 1e5, 9.0), (2.0, 1e7, 1.0)]
+        )
+    ]
     assert pick(records, OBJ3, f"best:{LOSS}").number == 9  # faster wins the loss tie
     assert pick(records, OBJ3, f"best:{KV}").number == 1
     equal = [TrialRecord(n, "COMPLETE", {LOSS: 1.0, SPEED: 1e3, KV: 2.0}, {}) for n in (8, 3, 5)]

@@ -45,14 +45,25 @@ LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED":
 # Ray turns token authentication on when ~/.ray/auth_token exists (a local `ray.init()`
 # writes one): every process of the test cluster gets the same token explicitly instead.
 AUTH = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-JOIN = ("import sys, ray._private.services as s; s.resolve_ip_for_localhost = lambda h: h; "
-        "from ray.scripts.scripts import main; sys.argv[0] = 'ray'; main()")
+JOIN = (
+    "import sys, ray._private.services as s; s.resolve_ip_for_localhost = lambda h: h; "
+    "from ray.scripts.scripts import main; sys.argv[0] = 'ray'; main()"
+)
 # A lost node is declared dead after ~3 s instead of Ray's default ~30 s.
-FAST_NODE_DEATH = {"RAY_health_check_initial_delay_ms": "1000",
-                   "RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "1000",
-                   "RAY_health_check_failure_threshold": "3"}
-NODE_ARGS = ["--block", "--node-ip-address=127.0.0.1", "--num-gpus=1", "--num-cpus=1",
-             "--object-store-memory=80000000", "--disable-usage-stats"]
+FAST_NODE_DEATH = {
+    "RAY_health_check_initial_delay_ms": "1000",
+    "RAY_health_check_period_ms": "1000",
+    "RAY_health_check_timeout_ms": "1000",
+    "RAY_health_check_failure_threshold": "3",
+}
+NODE_ARGS = [
+    "--block",
+    "--node-ip-address=127.0.0.1",
+    "--num-gpus=1",
+    "--num-cpus=1",
+    "--object-store-memory=80000000",
+    "--disable-usage-stats",
+]
 
 
 @dataclass
@@ -75,10 +86,13 @@ class Node:
     def trial_workers(self) -> list[int]:
         """Pids of this node's trial workers (children of its raylet; Ray gives each worker
         its own process group, so they are found by parent, not by group)."""
-        return [worker for raylet in self._children(self.proc.pid)
-                if "/raylet" in _cmdline(raylet).split(" ")[0]
-                for worker in self._children(raylet)
-                if _cmdline(worker).startswith("ray::TrialWorker")]
+        return [
+            worker
+            for raylet in self._children(self.proc.pid)
+            if "/raylet" in _cmdline(raylet).split(" ")[0]
+            for worker in self._children(raylet)
+            if _cmdline(worker).startswith("ray::TrialWorker")
+        ]
 
     def kill(self) -> None:
         try:
@@ -113,11 +127,13 @@ class NodeStartError(Exception):
 
 def _start_node(cmd: list[str], env: dict, log: Path) -> Node:
     with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True
+        )
     node = Node(proc, log)
-    ok = _wait_for(lambda: "Ray runtime started" in log.read_text() or proc.poll() is not None,
-                   timeout=120)
+    ok = _wait_for(
+        lambda: "Ray runtime started" in log.read_text() or proc.poll() is not None, timeout=120
+    )
     if not ok or proc.poll() is not None:
         node.kill()
         raise NodeStartError(f"{log.name}: {log.read_text()[-1500:]}")
@@ -131,16 +147,40 @@ def _start_cluster(free_port, env: dict, temp: Path) -> tuple[str, list[Node]]:
     ray = str(Path(sys.executable).with_name("ray"))
     nodes: list[Node] = []
     try:
-        nodes.append(_start_node(
-            [ray, "start", "--head", f"--port={port}", "--include-dashboard=false",
-             f"--ray-client-server-port={free_port()}",
-             f"--dashboard-agent-listen-port={free_port()}", f"--temp-dir={temp}",
-             *NODE_ARGS], env, temp / "head.log"))
+        nodes.append(
+            _start_node(
+                [
+                    ray,
+                    "start",
+                    "--head",
+                    f"--port={port}",
+                    "--include-dashboard=false",
+                    f"--ray-client-server-port={free_port()}",
+                    f"--dashboard-agent-listen-port={free_port()}",
+                    f"--temp-dir={temp}",
+                    *NODE_ARGS,
+                ],
+                env,
+                temp / "head.log",
+            )
+        )
         join_env = {k: v for k, v in env.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
-        nodes.append(_start_node(
-            [sys.executable, "-c", JOIN, "start", f"--address=127.0.0.1:{port}",
-             f"--dashboard-agent-listen-port={free_port()}", f"--temp-dir={temp}",
-             *NODE_ARGS], join_env, temp / "worker.log"))
+        nodes.append(
+            _start_node(
+                [
+                    sys.executable,
+                    "-c",
+                    JOIN,
+                    "start",
+                    f"--address=127.0.0.1:{port}",
+                    f"--dashboard-agent-listen-port={free_port()}",
+                    f"--temp-dir={temp}",
+                    *NODE_ARGS,
+                ],
+                join_env,
+                temp / "worker.log",
+            )
+        )
     except NodeStartError as exc:
         head = nodes[0].proc.poll() if nodes else "not started"
         gcs = sorted(temp.glob("session_*/logs/gcs_server.*"))
@@ -168,9 +208,15 @@ def cluster(free_port):
         pytest.fail("ray start failed twice:\n" + "\n\n".join(errors))
     ray = str(Path(sys.executable).with_name("ray"))
     try:
+
         def both_nodes_up() -> bool:
-            status = subprocess.run([ray, "status", f"--address={address}"], env=env,
-                                    capture_output=True, text=True, timeout=60).stdout
+            status = subprocess.run(
+                [ray, "status", f"--address={address}"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            ).stdout
             return status.count(" node_") == 2 and "0.0/2.0 GPU" in status
 
         assert _wait_for(both_nodes_up, timeout=60), "`ray status` does not show two nodes"
@@ -183,26 +229,39 @@ def cluster(free_port):
 
 
 def _space(tmp_path: Path, name: str, n_trials: int, steps: int, **budget) -> Path:
-    return _write(tmp_path, {**TINY, "study": name, "budget": {
-        **TINY["budget"], "n_trials": n_trials, **budget,
-        "train": {**TINY["budget"]["train"], "steps": steps}}}, f"{name}.yaml")
+    return _write(
+        tmp_path,
+        {
+            **TINY,
+            "study": name,
+            "budget": {
+                **TINY["budget"],
+                "n_trials": n_trials,
+                **budget,
+                "train": {**TINY["budget"]["train"], "steps": steps},
+            },
+        },
+        f"{name}.yaml",
+    )
 
 
 def _search_cmd(space: Path, *args: str) -> list[str]:
-    return [sys.executable, str(ROOT / "cli.py"), "search", str(space), "--executor", "ray",
-            *args]
+    return [sys.executable, str(ROOT / "cli.py"), "search", str(space), "--executor", "ray", *args]
 
 
 def _private_env(tmp_path: Path) -> dict:
     """Ray's defaults, with the token a local instance writes to ~/.ray kept in tmp_path."""
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")},
-            "HOME": str(tmp_path)}
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith("RAY_")},
+        "HOME": str(tmp_path),
+    }
 
 
 @dataclass
 class Search:
     """A search driver in the background, its output in files (a pipe nobody reads while
     the test waits could fill and stall it)."""
+
     proc: subprocess.Popen
     out: Path
     err: Path
@@ -212,8 +271,13 @@ class Search:
     def start(cls, cluster: Cluster, tmp_path: Path, space: Path, name: str) -> Search:
         out, err = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
         with open(out, "w") as o, open(err, "w") as e:
-            proc = subprocess.Popen(_search_cmd(space, "--address", cluster.address),
-                                    cwd=tmp_path, env=cluster.env, stdout=o, stderr=e)
+            proc = subprocess.Popen(
+                _search_cmd(space, "--address", cluster.address),
+                cwd=tmp_path,
+                env=cluster.env,
+                stdout=o,
+                stderr=e,
+            )
         return cls(proc, out, err, tmp_path / "runs" / name / "study.db")
 
     def wait_until(self, predicate, what: str, cluster: Cluster, timeout: float = 300) -> None:
@@ -233,11 +297,13 @@ class Search:
         code = self.proc.poll()
         self.stop()
         out, err = self.output()
-        driver = (f"exited ({code})" if code is not None else "still running: stopped")
-        pytest.fail(f"{what} after {time.monotonic() - start:.0f} s; the driver was {driver}; "
-                    f"trials: {_states(self.db)}\n--- driver stdout:\n{out[-3000:]}"
-                    f"\n--- driver stderr:\n{err[-3000:]}\n--- {cluster.worker.log.name}:\n"
-                    f"{cluster.worker.log.read_text(errors='replace')[-1500:]}")
+        driver = f"exited ({code})" if code is not None else "still running: stopped"
+        pytest.fail(
+            f"{what} after {time.monotonic() - start:.0f} s; the driver was {driver}; "
+            f"trials: {_states(self.db)}\n--- driver stdout:\n{out[-3000:]}"
+            f"\n--- driver stderr:\n{err[-3000:]}\n--- {cluster.worker.log.name}:\n"
+            f"{cluster.worker.log.read_text(errors='replace')[-1500:]}"
+        )
 
     def wait(self, timeout: float = 300) -> tuple[str, str]:
         try:
@@ -266,8 +332,7 @@ def _states(db: Path) -> list[str]:
 
 
 def _study(tmp_path: Path, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=name,
-                             storage=f"sqlite:///{tmp_path}/runs/{name}/study.db")
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/runs/{name}/study.db")
 
 
 def _finished(study: optuna.Study) -> dict[str, int]:
@@ -286,8 +351,9 @@ def test_trials_spread_over_both_nodes_and_survive_a_killed_worker(cluster, tmp_
         if not search.db.exists():
             return 0
         try:
-            done = [t for t in _study(tmp_path, "spread").get_trials()
-                    if t.state.name == "COMPLETE"]
+            done = [
+                t for t in _study(tmp_path, "spread").get_trials() if t.state.name == "COMPLETE"
+            ]
         except Exception:  # the driver may be creating the tables right now
             return 0
         return len({t.user_attrs["device"]["ray_node_id"] for t in done})
@@ -296,9 +362,15 @@ def test_trials_spread_over_both_nodes_and_survive_a_killed_worker(cluster, tmp_
         # Both nodes have finished a trial, and both workers are busy again (a trial is
         # queued behind a running one only when no worker is idle: two RUNNING = both busy):
         # kill one mid-trial.
-        search.wait_until(lambda: nodes_done() == 2
-                          and _states(search.db).count("RUNNING") >= 2
-                          and cluster.worker.trial_workers(), "trials did not spread", cluster)
+        search.wait_until(
+            lambda: (
+                nodes_done() == 2
+                and _states(search.db).count("RUNNING") >= 2
+                and cluster.worker.trial_workers()
+            ),
+            "trials did not spread",
+            cluster,
+        )
         os.kill(cluster.worker.trial_workers()[0], signal.SIGKILL)
         out, err = search.wait()
     finally:
@@ -323,11 +395,13 @@ def test_killed_driver_resumes_with_completed_trials_intact(cluster, tmp_path):
     space = _space(tmp_path, "resume", n_trials=3, steps=100)
     db = tmp_path / "runs" / "resume" / "study.db"
     cmd = _search_cmd(space, "--address", cluster.address)
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=cluster.env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=cluster.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
-        assert _wait_for(lambda: "COMPLETE" in _states(db) and "RUNNING" in _states(db),
-                         timeout=180), "no trial completed"
+        assert _wait_for(
+            lambda: "COMPLETE" in _states(db) and "RUNNING" in _states(db), timeout=180
+        ), "no trial completed"
         os.kill(proc.pid, signal.SIGKILL)  # Ray drops the actors of a driver that is gone
         proc.wait(timeout=30)
     finally:
@@ -336,8 +410,9 @@ def test_killed_driver_resumes_with_completed_trials_intact(cluster, tmp_path):
     study = _study(tmp_path, "resume")
     before = {t.number: t.values for t in study.get_trials() if t.state.name == "COMPLETE"}
     assert "RUNNING" in [t.state.name for t in study.get_trials()]
-    rerun = subprocess.run(cmd, cwd=tmp_path, env=cluster.env, capture_output=True, text=True,
-                           timeout=300)
+    rerun = subprocess.run(
+        cmd, cwd=tmp_path, env=cluster.env, capture_output=True, text=True, timeout=300
+    )
     assert rerun.returncode == 0, rerun.stderr
     study = _study(tmp_path, "resume")
     counts = _finished(study)
@@ -353,8 +428,14 @@ def test_killed_driver_resumes_with_completed_trials_intact(cluster, tmp_path):
 
 def test_trial_past_its_time_limit_is_cancelled_and_recorded(cluster, tmp_path):
     space = _space(tmp_path, "slow", n_trials=2, steps=100_000, trial_timeout_s=3)
-    run = subprocess.run(_search_cmd(space, "--address", cluster.address), cwd=tmp_path,
-                         env=cluster.env, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        _search_cmd(space, "--address", cluster.address),
+        cwd=tmp_path,
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr
     study = _study(tmp_path, "slow")
     assert _finished(study) == {"FAIL": 2}
@@ -365,14 +446,18 @@ def test_trial_past_its_time_limit_is_cancelled_and_recorded(cluster, tmp_path):
 
 def test_requests_no_node_can_hold_are_refused_up_front(cluster, tmp_path):
     space = _space(tmp_path, "big", n_trials=2, steps=4)
-    run = subprocess.run(_search_cmd(space, "--address", cluster.address, "--gpus-per-trial",
-                                     "2"), cwd=tmp_path, env=cluster.env, capture_output=True,
-                         text=True, timeout=120)
+    run = subprocess.run(
+        _search_cmd(space, "--address", cluster.address, "--gpus-per-trial", "2"),
+        cwd=tmp_path,
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 2
     assert "2 GPUs per trial, but the largest node" in run.stderr
     assert "has 1" in run.stderr and "lower --gpus-per-trial" in run.stderr
     assert not {"RUNNING", "COMPLETE"} & set(_states(tmp_path / "runs" / "big" / "study.db"))
-
 
 
 def test_default_gpu_per_trial_is_refused_without_gpus(tmp_path, monkeypatch, capsys):
@@ -389,9 +474,14 @@ def test_default_gpu_per_trial_is_refused_without_gpus(tmp_path, monkeypatch, ca
 
 def test_cpu_trials_on_a_private_local_instance(tmp_path):
     space = _space(tmp_path, "local", n_trials=2, steps=4)
-    run = subprocess.run(_search_cmd(space, "--gpus-per-trial", "0"), cwd=tmp_path,
-                         env=_private_env(tmp_path), capture_output=True, text=True,
-                         timeout=300)
+    run = subprocess.run(
+        _search_cmd(space, "--gpus-per-trial", "0"),
+        cwd=tmp_path,
+        env=_private_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr
     study = _study(tmp_path, "local")
     assert _finished(study) == {"COMPLETE": 2}
@@ -405,9 +495,11 @@ def test_search_survives_losing_a_node(cluster, tmp_path):
     space = _space(tmp_path, "nodeloss", n_trials=4, steps=150)
     search = Search.start(cluster, tmp_path, space, "nodeloss")
     try:
-        search.wait_until(lambda: _states(search.db).count("RUNNING") >= 2
-                          and cluster.worker.trial_workers(), "no trial started on both nodes",
-                          cluster)
+        search.wait_until(
+            lambda: _states(search.db).count("RUNNING") >= 2 and cluster.worker.trial_workers(),
+            "no trial started on both nodes",
+            cluster,
+        )
         cluster.worker.kill()  # the raylet, its workers, everything of that node
         out, err = search.wait()
     finally:
@@ -432,14 +524,18 @@ def test_a_retry_no_worker_takes_fails_after_the_trial_time_limit():
 
     executor = RayExecutor.__new__(RayExecutor)  # no cluster: only the bookkeeping
     executor.slots, executor.timeout, executor.counts = [], 5.0, Counter()
-    stale = Attempt(TrialJob(3, {}, {}), deaths=["node-b: lost"],
-                     waiting_since=time.monotonic() - 6)
+    stale = Attempt(
+        TrialJob(3, {}, {}), deaths=["node-b: lost"], waiting_since=time.monotonic() - 6
+    )
     fresh = Attempt(TrialJob(4, {}, {}), waiting_since=time.monotonic())
     executor.retry = deque([stale, fresh])
-    executor.running = {a.job.number: Running(a.job, "waiting for a worker (retry)")
-                        for a in (stale, fresh)}
+    executor.running = {
+        a.job.number: Running(a.job, "waiting for a worker (retry)") for a in (stale, fresh)
+    }
     (event,) = executor._check_timeouts()
-    assert event.number == 3 and "for a Ray worker to retry it on; none came up" in \
-        event.outcome.attrs["fail_reason"]
+    assert (
+        event.number == 3
+        and "for a Ray worker to retry it on; none came up" in event.outcome.attrs["fail_reason"]
+    )
     assert event.outcome.attrs["worker_deaths"] == ["node-b: lost"]
     assert list(executor.retry) == [fresh] and list(executor.running) == [4]

@@ -24,38 +24,86 @@ from sqa_nas.search.records import (
 
 # A trial's user attrs as sqa-nas 0.x (format 1) stored them, keys and JSON values verbatim.
 FORMAT1 = {
-    "device": {"name": "NVIDIA H200", "type": "cuda", "host": "gpu-3", "node": "gpu-3",
-               "gpu": 0},
-    "versions": {"torch": "2.9.0+cu128", "cuda": "12.8", "cudnn": 91002, "python": "3.12.3",
-                 "sqa_nas": "0.4.0"},
-    "timings": {"build_s": 0.4, "throughput_s": 3.1, "train_s": 60.2, "eval_s": 1.5,
-                "total_s": 65.3},
-    "corpus": {"kind": "embedded", "fingerprint": "ab" * 32,
-               "tokens": {"train": 30026861, "val": 1450164}},
-    "model": {"vocab_size": 256, "d_model": 64, "n_layers": 2, "n_heads": 8,
-              "layers": [{"n_q_heads": 4, "n_kv_heads": 2}, {"n_q_heads": 4, "n_kv_heads": 2,
-                                                             "window": 32}]},
+    "device": {"name": "NVIDIA H200", "type": "cuda", "host": "gpu-3", "node": "gpu-3", "gpu": 0},
+    "versions": {
+        "torch": "2.9.0+cu128",
+        "cuda": "12.8",
+        "cudnn": 91002,
+        "python": "3.12.3",
+        "sqa_nas": "0.4.0",
+    },
+    "timings": {
+        "build_s": 0.4,
+        "throughput_s": 3.1,
+        "train_s": 60.2,
+        "eval_s": 1.5,
+        "total_s": 65.3,
+    },
+    "corpus": {
+        "kind": "embedded",
+        "fingerprint": "ab" * 32,
+        "tokens": {"train": 30026861, "val": 1450164},
+    },
+    "model": {
+        "vocab_size": 256,
+        "d_model": 64,
+        "n_layers": 2,
+        "n_heads": 8,
+        "layers": [
+            {"n_q_heads": 4, "n_kv_heads": 2},
+            {"n_q_heads": 4, "n_kv_heads": 2, "window": 32},
+        ],
+    },
     "seed_variant": None,
     "allocation": "4/2 4/2 w32",
-    "analytics": {"params": 123456, "flops_per_token": 2.5e5, "train_flops_per_token": 7.5e5,
-                  "attention_flops_per_token": 4096.0, "kv_cache_bytes_per_token": 512,
-                  "analytic_speedup_vs_mha": 1.31},
+    "analytics": {
+        "params": 123456,
+        "flops_per_token": 2.5e5,
+        "train_flops_per_token": 7.5e5,
+        "attention_flops_per_token": 4096.0,
+        "kv_cache_bytes_per_token": 512,
+        "analytic_speedup_vs_mha": 1.31,
+    },
     "curve": [[1, 1024, 5.5], [2, 2048, 5.25]],
-    "layers": [{"n_q_heads": 4, "n_kv_heads": 2, "pattern": "dense", "backend": "sdpa",
-                "backend_reason": "auto: dense"},
-               {"n_q_heads": 4, "n_kv_heads": 2, "window": 32, "pattern": "window",
-                "backend": "flex", "backend_reason": "auto: window"}],
-    "metrics": {"kv_cache_bytes": 512, "params": 123456, "attention_flops": 4096.0,
-                "throughput_tokens_per_s": 91000.0, "mha_throughput_tokens_per_s": 70000.0,
-                "speedup_vs_mha": 1.3, "train_steps": 2, "train_tokens": 2048,
-                "val_loss": 2.25, "perplexity": 9.4877, "accuracy": 0.41, "val_tokens": 4096},
+    "layers": [
+        {
+            "n_q_heads": 4,
+            "n_kv_heads": 2,
+            "pattern": "dense",
+            "backend": "sdpa",
+            "backend_reason": "auto: dense",
+        },
+        {
+            "n_q_heads": 4,
+            "n_kv_heads": 2,
+            "window": 32,
+            "pattern": "window",
+            "backend": "flex",
+            "backend_reason": "auto: window",
+        },
+    ],
+    "metrics": {
+        "kv_cache_bytes": 512,
+        "params": 123456,
+        "attention_flops": 4096.0,
+        "throughput_tokens_per_s": 91000.0,
+        "mha_throughput_tokens_per_s": 70000.0,
+        "speedup_vs_mha": 1.3,
+        "train_steps": 2,
+        "train_tokens": 2048,
+        "val_loss": 2.25,
+        "perplexity": 9.4877,
+        "accuracy": 0.41,
+        "val_tokens": 4096,
+    },
     "driver": {"host": "gpu-3", "pid": 4242, "proc_start": 17, "id": "d1"},
 }
 
 
 def _study() -> optuna.Study:
-    study = optuna.create_study(storage=optuna.storages.InMemoryStorage(),
-                                directions=["minimize", "maximize"])
+    study = optuna.create_study(
+        storage=optuna.storages.InMemoryStorage(), directions=["minimize", "maximize"]
+    )
     study.set_metric_names(["val_loss", "throughput_tokens_per_s"])
     study.set_user_attr("sqa_nas", {"format": FORMAT, "version": "test"})
     return study
@@ -68,19 +116,33 @@ def _add(study: optuna.Study, attrs: dict, values=(2.25, 91000.0)) -> TrialRecor
 
 def test_a_written_record_reads_back_typed_through_the_study():
     written = TrialAttrs(
-        model={"d_model": 64}, allocation="8/4 w16", seed_variant="GQA",
-        layers=[LayerRecord(n_q_heads=8, n_kv_heads=4, window=16, pattern="window",
-                            backend="sdpa", backend_reason="auto")],
-        analytics=Analytics(params=1000, kv_cache_bytes_per_token=64,
-                            analytic_speedup_vs_mha=1.5),
+        model={"d_model": 64},
+        allocation="8/4 w16",
+        seed_variant="GQA",
+        layers=[
+            LayerRecord(
+                n_q_heads=8,
+                n_kv_heads=4,
+                window=16,
+                pattern="window",
+                backend="sdpa",
+                backend_reason="auto",
+            )
+        ],
+        analytics=Analytics(params=1000, kv_cache_bytes_per_token=64, analytic_speedup_vs_mha=1.5),
         metrics=Metrics(val_loss=2.5, throughput_tokens_per_s=1e5, val_tokens=512),
         curve=[(1, 256, 5.0), (2, 512, 4.5)],
         device=Device(name="NVIDIA H200", type="cuda", gpu=None),
         corpus=Corpus(kind="embedded", fingerprint="f" * 64),
-        timings=Timings(total_s=3.5), versions={"torch": "2.9.0", "cudnn": None})
+        timings=Timings(total_s=3.5),
+        versions={"torch": "2.9.0", "cudnn": None},
+    )
     stored = trial_attrs(written)
-    assert stored["metrics"] == {"val_loss": 2.5, "throughput_tokens_per_s": 1e5,
-                                 "val_tokens": 512}  # only what the trial set
+    assert stored["metrics"] == {
+        "val_loss": 2.5,
+        "throughput_tokens_per_s": 1e5,
+        "val_tokens": 512,
+    }  # only what the trial set
     assert stored["device"] == {"name": "NVIDIA H200", "type": "cuda", "gpu": None}
     assert "fail_reason" not in stored and "infeasible" not in stored
     r = _add(_study(), stored)
@@ -110,11 +172,25 @@ def test_format_1_attrs_load_with_every_field_typed():
 
 
 def test_missing_and_unknown_fields_are_tolerated():
-    ray_device = {"name": "NVIDIA H200", "gpu": "0,1", "ray_node_id": "abc", "worker_pid": 7,
-                  "rack": "r12"}
-    r = TrialRecord(3, "FAIL", None, {}, {"fail_reason": "out of memory: x",
-                                          "device": ray_device, "worker_deaths": 2,
-                                          "metrics": {"val_loss": 3.0, "new_metric": 0.5}})
+    ray_device = {
+        "name": "NVIDIA H200",
+        "gpu": "0,1",
+        "ray_node_id": "abc",
+        "worker_pid": 7,
+        "rack": "r12",
+    }
+    r = TrialRecord(
+        3,
+        "FAIL",
+        None,
+        {},
+        {
+            "fail_reason": "out of memory: x",
+            "device": ray_device,
+            "worker_deaths": 2,
+            "metrics": {"val_loss": 3.0, "new_metric": 0.5},
+        },
+    )
     assert r.problems == {} and r.fail_reason == "out of memory: x"
     assert r.device.gpu == "0,1" and r.device.value("rack") == "r12"
     assert r.metrics.value("new_metric") == 0.5 and r.metrics.value("nothing") is None
@@ -137,7 +213,8 @@ def test_compact_allocation_collapses_runs_and_prints_masks():
     layers = [{"n_q_heads": 8, "n_kv_heads": 4}] * 2 + [
         {"n_q_heads": 4, "n_kv_heads": 4, "window": 64},
         {"n_q_heads": 4, "n_kv_heads": 4, "window": 64, "global_tokens": 4},
-        {"n_q_heads": 2, "n_kv_heads": 1, "block_sparse": {"block_size": 16}}]
+        {"n_q_heads": 2, "n_kv_heads": 1, "block_sparse": {"block_size": 16}},
+    ]
     assert compact_allocation(layers) == "8/4 x2, 4/4 w64, 4/4 w64+g4, 2/1 bs"
     assert compact_allocation(layers[2:4]) == "4/4 w64 4/4 w64+g4"
 

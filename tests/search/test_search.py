@@ -28,8 +28,11 @@ TINY = {
     "search": {"n_q_heads": ["H", "H/2"], "n_kv_heads": ["H/2", 1]},
     "objectives": ["val_loss", "throughput_tokens_per_s"],
     "seed_trials": ["MHA", "SQA"],
-    "budget": {"n_trials": 4, "train": {"steps": 4, "batch_size": 2, "eval_batches": 2},
-               "throughput": {"batch_size": 2, "warmup": 1, "repeats": 1}},
+    "budget": {
+        "n_trials": 4,
+        "train": {"steps": 4, "batch_size": 2, "eval_batches": 2},
+        "throughput": {"batch_size": 2, "warmup": 1, "repeats": 1},
+    },
 }
 
 
@@ -40,8 +43,13 @@ def _write(tmp_path: Path, space: dict, name="space.yaml") -> Path:
 
 
 def _run(tmp_path, *args, **kw):
-    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], cwd=tmp_path,
-                          capture_output=True, text=True, **kw)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        **kw,
+    )
 
 
 def _states(study):
@@ -58,8 +66,7 @@ def test_search_stores_trials_and_resumes_without_repeating(tmp_path, capsys, mo
     study = load_study("tiny")
     records = trial_records(study)
     complete = [r for r in records if r.state == "COMPLETE"]
-    assert len(complete) == 4 and all(set(r.values) == set(TINY["objectives"])
-                                      for r in complete)
+    assert len(complete) == 4 and all(set(r.values) == set(TINY["objectives"]) for r in complete)
     assert [r.seed_variant for r in records[:2]] == ["MHA", "SQA"]
     first = {r.number: r.values for r in complete}
     mha = records[0]
@@ -73,20 +80,32 @@ def test_search_stores_trials_and_resumes_without_repeating(tmp_path, capsys, mo
     assert "nothing to run" in capsys.readouterr().out
     # More trials: only the difference runs, earlier trials unchanged.
     assert main(["search", str(space), "--n-trials", "6"]) == 0
-    again = {r.number: r.values for r in trial_records(load_study("tiny"))
-             if r.state == "COMPLETE"}
+    again = {
+        r.number: r.values for r in trial_records(load_study("tiny")) if r.state == "COMPLETE"
+    }
     assert len(again) == 6 and all(again[n] == v for n, v in first.items())
 
 
 def test_plain_optuna_tools_open_the_study(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert main(["search", str(_write(tmp_path, {**TINY, "budget": {
-        **TINY["budget"], "n_trials": 2}}))]) == 0
+    assert (
+        main(
+            [
+                "search",
+                str(_write(tmp_path, {**TINY, "budget": {**TINY["budget"], "n_trials": 2}})),
+            ]
+        )
+        == 0
+    )
     url = "sqlite:///runs/tiny/study.db"
     optuna_cli = Path(sys.executable).with_name("optuna")  # the console script of optuna
-    proc = subprocess.run([str(optuna_cli), "trials", "--study-name", "tiny", "--storage", url,
-                           "-f", "json"], cwd=tmp_path, capture_output=True, text=True,
-                          check=True)
+    proc = subprocess.run(
+        [str(optuna_cli), "trials", "--study-name", "tiny", "--storage", url, "-f", "json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     trials = json.loads(proc.stdout)
     assert [t["state"] for t in trials] == ["COMPLETE", "COMPLETE"]
     assert set(trials[0]["values"]) == {"val_loss", "throughput_tokens_per_s"}  # named metrics
@@ -96,9 +115,16 @@ def test_plain_optuna_tools_open_the_study(tmp_path, monkeypatch):
 
     def get(path):
         status = []
-        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": "",
-                   "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "0", "wsgi.url_scheme": "http",
-                   "wsgi.input": io.BytesIO(), "wsgi.errors": sys.stderr}
+        environ = {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": path,
+            "QUERY_STRING": "",
+            "SERVER_NAME": "127.0.0.1",
+            "SERVER_PORT": "0",
+            "wsgi.url_scheme": "http",
+            "wsgi.input": io.BytesIO(),
+            "wsgi.errors": sys.stderr,
+        }
         body = b"".join(app(environ, lambda s, h, e=None: status.append(s)))
         assert status[0].startswith("200"), status
         return json.loads(body)
@@ -133,9 +159,14 @@ def _running(db: Path) -> int:
 def test_killed_or_interrupted_search_resumes(tmp_path, sig):
     space = _write(tmp_path, {**TINY, "budget": {**TINY["budget"], "n_trials": 3}})
     db = tmp_path / "runs" / "tiny" / "study.db"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "search", str(space)],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "cli.py"), "search", str(space)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         # A trial is RUNNING from the moment it is asked for; its worker is still starting
         # (importing torch) for a few seconds after that, so a kill now lands mid-trial.
@@ -172,8 +203,12 @@ def test_search_on_user_text_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     text = tmp_path / "notes.txt"
     text.write_text("the quick brown fox jumps over the lazy dog. " * 400)
-    space = {**TINY, "study": "text", "data": {"kind": "text", "paths": [str(text)]},
-             "budget": {**TINY["budget"], "n_trials": 2}}
+    space = {
+        **TINY,
+        "study": "text",
+        "data": {"kind": "text", "paths": [str(text)]},
+        "budget": {**TINY["budget"], "n_trials": 2},
+    }
     assert main(["search", str(_write(tmp_path, space))]) == 0
     records = trial_records(load_study("text"))
     assert sum(r.state == "COMPLETE" for r in records) == 2
@@ -182,8 +217,12 @@ def test_search_on_user_text_file(tmp_path, monkeypatch):
 
 def test_constraints_make_trials_infeasible_without_training(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    space = {**TINY, "study": "cons", "constraints": {"max_kv_cache_vs_mha": 0.5},
-             "budget": {**TINY["budget"], "n_trials": 2}}
+    space = {
+        **TINY,
+        "study": "cons",
+        "constraints": {"max_kv_cache_vs_mha": 0.5},
+        "budget": {**TINY["budget"], "n_trials": 2},
+    }
     assert main(["search", str(_write(tmp_path, space))]) == 0
     records = trial_records(load_study("cons"))
     mha = records[0]
@@ -200,8 +239,14 @@ def test_other_space_or_version_is_refused(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     space = _write(tmp_path, {**TINY, "budget": {**TINY["budget"], "n_trials": 1}})
     assert main(["search", str(space)]) == 0
-    changed = {**TINY, "budget": {**TINY["budget"], "n_trials": 1,
-                                  "train": {**TINY["budget"]["train"], "lr": 0.01}}}
+    changed = {
+        **TINY,
+        "budget": {
+            **TINY["budget"],
+            "n_trials": 1,
+            "train": {**TINY["budget"]["train"], "lr": 0.01},
+        },
+    }
     assert main(["search", str(_write(tmp_path, changed, "changed.yaml")), "--study", "tiny"]) == 2
     assert "different search space" in capsys.readouterr().err
     study = load_study("tiny")
@@ -212,8 +257,13 @@ def test_other_space_or_version_is_refused(tmp_path, monkeypatch, capsys):
 
 def test_grid_search_covers_the_grid_once(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    space = {**TINY, "study": "grid", "search": {**TINY["search"], "tying": "all"},
-             "sampler": {"name": "grid"}, "budget": {**TINY["budget"], "n_trials": 10}}
+    space = {
+        **TINY,
+        "study": "grid",
+        "search": {**TINY["search"], "tying": "all"},
+        "sampler": {"name": "grid"},
+        "budget": {**TINY["budget"], "n_trials": 10},
+    }
     assert main(["search", str(_write(tmp_path, space))]) == 0
     records = [r for r in trial_records(load_study("grid")) if r.state == "COMPLETE"]
     allocations = [r.allocation for r in records]
@@ -232,8 +282,12 @@ def test_an_outcome_for_a_trial_reaped_meanwhile_is_dropped_not_raised(tmp_path,
 
     spec = parse_space({**TINY, "study": "race", "seed_trials": []})
     log = io.StringIO()
-    driver = Driver(spec, LocalExecutor(workers=1), storage_url=f"sqlite:///{tmp_path}/s.db",
-                    console=Console(file=log, width=200))
+    driver = Driver(
+        spec,
+        LocalExecutor(workers=1),
+        storage_url=f"sqlite:///{tmp_path}/s.db",
+        console=Console(file=log, width=200),
+    )
     study = driver.open_study()
     trial = study.ask(driver.distributions)
     write = driver.storage.set_trial_user_attr

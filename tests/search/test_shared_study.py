@@ -33,8 +33,10 @@ pytestmark = pytest.mark.slow
 
 def _server_binaries() -> Path | None:
     """The newest PostgreSQL server's bin directory (Debian: /usr/lib/postgresql/N/bin)."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-                   key=lambda p: int(re.search(r"/(\d+)/bin/", p).group(1)))
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        key=lambda p: int(re.search(r"/(\d+)/bin/", p).group(1)),
+    )
     if found:
         return Path(found[-1]).parent
     pg_ctl = shutil.which("pg_ctl")
@@ -64,37 +66,95 @@ def postgres(free_port):
     port = free_port()
     data = root / "data"
     try:
-        subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust",
-                        "-U", "sqa", "-E", "UTF8", "--no-sync"], check=True,
-                       capture_output=True, timeout=120)
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l",
-                        str(root / "server.log"), "-w", "-t", "60", "-o",
-                        f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off",
-                        "start"], check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            [
+                *as_user,
+                str(bindir / "initdb"),
+                "-D",
+                str(data),
+                "-A",
+                "trust",
+                "-U",
+                "sqa",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        subprocess.run(
+            [
+                *as_user,
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(root / "server.log"),
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off",
+                "start",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         con = psycopg2.connect(host="127.0.0.1", port=port, user="sqa", dbname="postgres")
         con.autocommit = True
         con.cursor().execute("CREATE DATABASE sqa_test")
         con.close()
         yield f"postgresql+psycopg2://sqa@127.0.0.1:{port}/sqa_test"
     finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate",
-                        "stop"], capture_output=True, timeout=60)
+        subprocess.run(
+            [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+            capture_output=True,
+            timeout=60,
+        )
         shutil.rmtree(root, ignore_errors=True)
 
 
 def test_two_drivers_share_one_study(postgres, tmp_path):
-    space = _write(tmp_path, {**TINY, "study": "shared", "budget": {
-        **TINY["budget"], "n_trials": 6, "train": {**TINY["budget"]["train"], "steps": 20}}})
-    cmd = [sys.executable, str(ROOT / "cli.py"), "search", str(space), "--storage", postgres,
-           "--workers", "1"]
+    space = _write(
+        tmp_path,
+        {
+            **TINY,
+            "study": "shared",
+            "budget": {
+                **TINY["budget"],
+                "n_trials": 6,
+                "train": {**TINY["budget"]["train"], "steps": 20},
+            },
+        },
+    )
+    cmd = [
+        sys.executable,
+        str(ROOT / "cli.py"),
+        "search",
+        str(space),
+        "--storage",
+        postgres,
+        "--workers",
+        "1",
+    ]
     # Started together: both create Optuna's tables and the study, enqueue the seeds and reap
     # at the same time, each while the other may already have trials in flight. One CPU each,
     # as on two machines (else their workers' threads fight over the cores).
     cpus = sorted(os.sched_getaffinity(0))
-    drivers = [subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True,
-                                preexec_fn=functools.partial(os.sched_setaffinity, 0, {cpu}))
-               for cpu in (cpus[0], cpus[-1])]
+    drivers = [
+        subprocess.Popen(
+            cmd,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=functools.partial(os.sched_setaffinity, 0, {cpu}),
+        )
+        for cpu in (cpus[0], cpus[-1])
+    ]
     try:
         outs = [p.communicate(timeout=300) for p in drivers]
     finally:
@@ -106,8 +166,11 @@ def test_two_drivers_share_one_study(postgres, tmp_path):
     states = [t.state.name for t in trials]
     assert states.count("COMPLETE") == 6 and len(trials) == 6, states  # the budget adds up
     assert not any(t.user_attrs.get("reaped") for t in trials)  # no live trial reaped
-    seeds = [t.user_attrs["seed_variant"] for t in trials
-             if t.user_attrs.get("seed_variant") and "retry_of" not in t.user_attrs]
+    seeds = [
+        t.user_attrs["seed_variant"]
+        for t in trials
+        if t.user_attrs.get("seed_variant") and "retry_of" not in t.user_attrs
+    ]
     assert sorted(seeds) == ["MHA", "SQA"]  # enqueued once, run once
     told = [{int(n) for n in re.findall(r"trial (\d+) \[", out)} for out, _ in outs]
     assert told[0] and told[1], "one driver ran every trial"
@@ -118,8 +181,12 @@ def test_two_drivers_share_one_study(postgres, tmp_path):
 
 def test_reaping_spares_live_drivers_here_and_elsewhere(postgres, tmp_path):
     spec = parse_space({**TINY, "study": "reap", "seed_trials": []})
-    driver = Driver(spec, LocalExecutor(workers=1), storage_url=postgres,
-                    console=Console(file=open(os.devnull, "w")))
+    driver = Driver(
+        spec,
+        LocalExecutor(workers=1),
+        storage_url=postgres,
+        console=Console(file=open(os.devnull, "w")),
+    )
     study = driver.open_study()
     storage = driver.storage
     host = socket.gethostname()
@@ -127,6 +194,7 @@ def test_reaping_spares_live_drivers_here_and_elsewhere(postgres, tmp_path):
     ended = subprocess.Popen(["true"])  # a driver on this host that has exited
     ended.wait()
     try:
+
         def running(identity: dict | None, drawn: bool = True) -> int:
             trial = study.ask(driver.distributions if drawn else None)
             if identity is not None:
@@ -134,8 +202,9 @@ def test_reaping_spares_live_drivers_here_and_elsewhere(postgres, tmp_path):
             storage.record_heartbeat(trial._trial_id)
             return trial.number
 
-        here_live = running({"host": host, "pid": live.pid, "id": "a",
-                             "proc_start": proc_start(live.pid)})
+        here_live = running(
+            {"host": host, "pid": live.pid, "id": "a", "proc_start": proc_start(live.pid)}
+        )
         here_dead = running({"host": host, "pid": ended.pid, "id": "b"})
         pid_reused = running({"host": host, "pid": live.pid, "id": "c", "proc_start": 1})
         elsewhere_live = running({"host": "elsewhere", "pid": live.pid, "id": "d"})
@@ -152,9 +221,13 @@ def test_reaping_spares_live_drivers_here_and_elsewhere(postgres, tmp_path):
         import sqlalchemy
 
         with storage.engine.begin() as con:
-            con.execute(sqlalchemy.text(
-                "UPDATE trial_heartbeats SET heartbeat = heartbeat - interval '5 minutes' "
-                "WHERE trial_id = :t"), {"t": study.get_trials()[elsewhere_dead]._trial_id})
+            con.execute(
+                sqlalchemy.text(
+                    "UPDATE trial_heartbeats SET heartbeat = heartbeat - interval '5 minutes' "
+                    "WHERE trial_id = :t"
+                ),
+                {"t": study.get_trials()[elsewhere_dead]._trial_id},
+            )
         assert driver.reap() == 6
     finally:
         live.kill()
@@ -165,8 +238,11 @@ def test_reaping_spares_live_drivers_here_and_elsewhere(postgres, tmp_path):
         assert trials[n].state.name == "FAIL" and trials[n].user_attrs["reaped"], n
     requeued = {t.user_attrs["retry_of"]: t for t in trials if "retry_of" in t.user_attrs}
     assert set(requeued) == {here_dead, pid_reused, elsewhere_dead, unsigned, queued_undrawn}
-    assert all(t.state.name == "WAITING" and t.system_attrs["fixed_params"] == trials[n].params
-               for n, t in requeued.items() if n != queued_undrawn)
+    assert all(
+        t.state.name == "WAITING" and t.system_attrs["fixed_params"] == trials[n].params
+        for n, t in requeued.items()
+        if n != queued_undrawn
+    )
     # A queued trial (a seed, a retry) whose driver died drawing it is queued again as it was.
     again = requeued[queued_undrawn]
     assert again.system_attrs["fixed_params"] == queued_params

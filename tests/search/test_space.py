@@ -25,20 +25,28 @@ MALFORMED = [
     ("objectives: []\n", "objectives: List should have at least 1 item"),
     ("objectives: [val_loss, beauty]\n", "objectives.1: Input should be"),
     ("objectives: [params]\n", "objectives: params alone is analytic"),
-    ("search: {patterns: [window], windows: [512]}\n",
-     "search.windows: 512 is not below model.seq_len=128"),
+    (
+        "search: {patterns: [window], windows: [512]}\n",
+        "search.windows: 512 is not below model.seq_len=128",
+    ),
     ("search: {patterns: [window]}\n", "search.windows: patterns window/flex need"),
     ("search: {patterns: [diagonal]}\n", "search.patterns.0: Input should be"),
     ("search: {n_q_heads: [H/3]}\n", "search.n_q_heads[0]: 'H/3' is not a whole number"),
     ("search: {n_q_heads: [16]}\n", "search.n_q_heads[0]: 16 is not a whole number"),
     ("search: {n_q_heads: [H, H/0]}\n", "search.n_q_heads[1]: 'H/0' is not a head count"),
-    ("model: {searched: {ffn_dim: [128, 0]}}\n",
-     "model.searched.ffn_dim[1]: 0: Input should be greater than 0"),
+    (
+        "model: {searched: {ffn_dim: [128, 0]}}\n",
+        "model.searched.ffn_dim[1]: 0: Input should be greater than 0",
+    ),
     ("model: {searched: {rope_theta: [fast]}}\n", "model.searched.rope_theta[0]: 'fast'"),
-    ("execution: {ray: {gpus_per_trial: .inf}}\n",
-     "execution.ray.gpus_per_trial: Input should be a finite number"),
-    ("search: {n_q_heads: [1], n_kv_heads: [2], allow_reverse: false}\nseed_trials: []\n",
-     "search: no valid (n_q_heads, n_kv_heads) pair"),
+    (
+        "execution: {ray: {gpus_per_trial: .inf}}\n",
+        "execution.ray.gpus_per_trial: Input should be a finite number",
+    ),
+    (
+        "search: {n_q_heads: [1], n_kv_heads: [2], allow_reverse: false}\nseed_trials: []\n",
+        "search: no valid (n_q_heads, n_kv_heads) pair",
+    ),
     ("search: {tying: groups}\n", "search.group_size: tying 'groups' needs group_size"),
     ("search: {tying: groups, group_size: 3}\n", "search.group_size: 3 does not divide"),
     ("search: {backends: [warp]}\n", "search.backends[0]: unknown backend 'warp'"),
@@ -84,8 +92,9 @@ def test_unreadable_and_missing_files(tmp_path, capsys):
 def test_no_traceback_in_a_real_process(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("model: {d_model: 64, n_heads: 7}\n")
-    proc = subprocess.run([sys.executable, str(ROOT / "cli.py"), "search", str(path)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), "search", str(path)], capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert "model.n_heads" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -98,28 +107,38 @@ def test_shipped_spaces_are_valid(name, capsys):
 
 def test_choices_exclude_invalid_pairs_and_include_seed_variants(tmp_path):
     path = tmp_path / "s.yaml"
-    path.write_text("model: {d_model: 64, n_heads: 8}\n"
-                    "search: {n_q_heads: [H, 6, H/4], n_kv_heads: [4, 1]}\n"
-                    "seed_trials: [MHA, rSQA]\n")
+    path.write_text(
+        "model: {d_model: 64, n_heads: 8}\n"
+        "search: {n_q_heads: [H, 6, H/4], n_kv_heads: [4, 1]}\n"
+        "seed_trials: [MHA, rSQA]\n"
+    )
     spec = load_space(path)
     heads = spec.head_choices()
     assert "6/4" not in heads and "2/4" in heads  # 4 does not divide 6; rSQA seed added
     assert {"8/4", "8/1", "6/1", "2/1", "8/8"} <= set(heads)
     assert spec.study_name == "s"
-    path.write_text("model: {d_model: 64, n_heads: 8}\nsearch: {n_q_heads: [2], "
-                    "n_kv_heads: [4], allow_reverse: true}\nseed_trials: []\n")
+    path.write_text(
+        "model: {d_model: 64, n_heads: 8}\nsearch: {n_q_heads: [2], "
+        "n_kv_heads: [4], allow_reverse: true}\nseed_trials: []\n"
+    )
     assert load_space(path).head_choices() == ["2/4"]
 
 
 def test_tying_units_and_model_config(tmp_path):
     path = tmp_path / "s.yaml"
-    path.write_text("model: {d_model: 64, n_heads: 8, n_layers: 6, seq_len: 64}\n"
-                    "search: {tying: groups, group_size: 3, patterns: [dense, flex],"
-                    " windows: [16], global_tokens: [2]}\n")
+    path.write_text(
+        "model: {d_model: 64, n_heads: 8, n_layers: 6, seq_len: 64}\n"
+        "search: {tying: groups, group_size: 3, patterns: [dense, flex],"
+        " windows: [16], global_tokens: [2]}\n"
+    )
     spec = load_space(path)
     assert [u for u, _ in spec.units()] == ["layers0-2", "layers3-5"]
-    params = {"layers0-2.heads": "8/2", "layers0-2.mask": "flex:16+2",
-              "layers3-5.heads": "2/2", "layers3-5.mask": "dense"}
+    params = {
+        "layers0-2.heads": "8/2",
+        "layers0-2.mask": "flex:16+2",
+        "layers3-5.heads": "2/2",
+        "layers3-5.mask": "dense",
+    }
     config = spec.build_config(params, 256)
     patterns = [(c.n_q_heads, c.n_kv_heads, c.pattern) for c in config.layer_configs]
     assert patterns == [(8, 2, "flex")] * 3 + [(2, 2, "dense")] * 3

@@ -15,9 +15,12 @@ from sqa_nas.search.space import parse_space
 from sqa_nas.search.trial import TrialJob, run_trial, train_config
 from sqa_nas.train import NonFinite, evaluate, lr_at, train
 
-SPACE = {"model": {"d_model": 64, "n_layers": 2, "n_heads": 4, "ffn_dim": 128, "seq_len": 64},
-         "budget": {"train": {"steps": 60, "batch_size": 8, "lr": 0.003, "warmup_steps": 5,
-                              "eval_batches": 4}}}
+SPACE = {
+    "model": {"d_model": 64, "n_layers": 2, "n_heads": 4, "ffn_dim": 128, "seq_len": 64},
+    "budget": {
+        "train": {"steps": 60, "batch_size": 8, "lr": 0.003, "warmup_steps": 5, "eval_batches": 4}
+    },
+}
 
 
 def test_validation_loss_decreases_with_training():
@@ -35,7 +38,8 @@ def test_validation_loss_decreases_with_training():
     assert after["val_loss"] < before - 1.0, (before, after)
     assert result.curve[-1][2] < result.curve[0][2]  # the training loss fell too
     assert 0 < after["accuracy"] < 1 and after["perplexity"] == pytest.approx(
-        math.exp(after["val_loss"]))
+        math.exp(after["val_loss"])
+    )
 
 
 def test_schedule_warms_up_then_decays_to_the_floor():
@@ -50,8 +54,10 @@ def test_a_failing_trial_is_recorded_not_raised():
     spec = parse_space(SPACE)
     params = dict(spec.seed_params())["MHA"] | {"layer0.heads": "3/2"}  # not a valid pair
     out = run_trial(TrialJob(0, params, spec.model_dump(mode="json")))
-    assert out.state == "FAIL" and "n_kv_heads=2 does not divide n_q_heads=3" in \
-        out.attrs["fail_reason"]
+    assert (
+        out.state == "FAIL"
+        and "n_kv_heads=2 does not divide n_q_heads=3" in out.attrs["fail_reason"]
+    )
 
 
 def test_a_diverging_training_loss_stops_the_trial(monkeypatch):

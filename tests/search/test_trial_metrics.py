@@ -46,14 +46,14 @@ def stand_ins(monkeypatch):
         return TrainResult([(1, 64, 5.5), (4, 256, 4.25)], 4, 256)
 
     def fake_evaluate(model, data, cfg, device):
-        return {"val_loss": 2.0, "perplexity": math.exp(2.0), "accuracy": 0.25,
-                "val_tokens": 96}
+        return {"val_loss": 2.0, "perplexity": math.exp(2.0), "accuracy": 0.25, "val_tokens": 96}
 
     measured = iter([3000.0, 1000.0, 1500.0])  # the trial, then MHA twice
 
     def fake_throughput(model, cfg, device):
-        calls["throughput"].append({"cfg": cfg, "q_heads": [
-            b.attn.config.n_q_heads for b in model.layers]})
+        calls["throughput"].append(
+            {"cfg": cfg, "q_heads": [b.attn.config.n_q_heads for b in model.layers]}
+        )
         return next(measured)
 
     monkeypatch.setattr(trial, "train", fake_train)
@@ -68,8 +68,10 @@ def _spec(**sections):
 
 def _run(spec, number=0, variant="SQA", reference=None):
     params = dict(spec.seed_params())[variant]
-    return run_trial(TrialJob(number, params, spec.model_dump(mode="json"), variant,
-                              dict(reference or {})), device=torch.device("cpu"))
+    return run_trial(
+        TrialJob(number, params, spec.model_dump(mode="json"), variant, dict(reference or {})),
+        device=torch.device("cpu"),
+    )
 
 
 def test_each_trial_trains_with_its_own_seed_from_the_samplers(stand_ins):
@@ -86,7 +88,11 @@ def test_measured_scores_curve_and_analytic_costs_are_recorded_as_such(stand_ins
     assert out.state == "COMPLETE", out.attrs.get("fail_reason")
     m = out.attrs["metrics"]
     assert (m["val_loss"], m["perplexity"], m["accuracy"], m["val_tokens"]) == (
-        2.0, pytest.approx(math.exp(2.0)), 0.25, 96)
+        2.0,
+        pytest.approx(math.exp(2.0)),
+        0.25,
+        96,
+    )
     assert (m["train_steps"], m["train_tokens"]) == (4, 256)
     assert out.attrs["curve"] == [[1, 64, 5.5], [4, 256, 4.25]]
     # SQA at H=4: H/2 = 2 query heads over H/4 = 1 KV head of head_dim 8; K and V in bf16.
@@ -108,9 +114,12 @@ def test_the_analytic_speedup_is_of_the_whole_forward_not_attention_alone(stand_
 
 
 def test_speedup_alone_measures_the_trial_and_its_mha_reference(stand_ins):
-    spec = _spec(objectives=["speedup_vs_mha"],
-                 budget={"throughput": {"seq_len": 8, "batch_size": 2, "warmup": 3,
-                                        "repeats": 4, "mode": "fwd"}})
+    spec = _spec(
+        objectives=["speedup_vs_mha"],
+        budget={
+            "throughput": {"seq_len": 8, "batch_size": 2, "warmup": 3, "repeats": 4, "mode": "fwd"}
+        },
+    )
     out = _run(spec)
     assert out.state == "COMPLETE", out.attrs.get("fail_reason")
     expected = ThroughputConfig(seq_len=8, batch_size=2, warmup=3, repeats=4, backward=False)
@@ -133,8 +142,9 @@ def test_a_known_mha_reference_is_reused_not_measured_again(stand_ins):
 
 def test_throughput_settings_default_to_the_models_length_and_a_training_step():
     spec = _spec()
-    assert throughput_config(spec) == ThroughputConfig(seq_len=16, batch_size=8, warmup=2,
-                                                       repeats=5, backward=True)
+    assert throughput_config(spec) == ThroughputConfig(
+        seq_len=16, batch_size=8, warmup=2, repeats=5, backward=True
+    )
 
 
 def test_token_and_time_budgets_reach_the_train_config():

@@ -15,5 +15,6 @@ def make_executor(spec: SearchSpec) -> Executor:
         from sqa_nas.search.executors.ray import RayExecutor
 
         return RayExecutor(spec)
-    return LocalExecutor(workers=e.workers, device=e.device,
-                         trial_timeout_s=spec.budget.trial_timeout_s)
+    return LocalExecutor(
+        workers=e.workers, device=e.device, trial_timeout_s=spec.budget.trial_timeout_s
+    )

@@ -21,8 +21,9 @@ from sqa_nas.search.executors.base import Event, Executor, Running, Usage, busy_
 from sqa_nas.search.trial import TrialJob, TrialOutcome, run_trial
 
 
-def _worker_main(conn: Connection, device: str, threads: int,
-                 trial: Callable[..., TrialOutcome]) -> None:
+def _worker_main(
+    conn: Connection, device: str, threads: int, trial: Callable[..., TrialOutcome]
+) -> None:
     """A worker process: run each job `conn` brings with `trial` (`run_trial`) on `device`,
     sending ("progress", number, info) and ("done", number, outcome) back; None ends it."""
     # The driver decides what Ctrl-C means; a worker just keeps computing until told.
@@ -54,12 +55,15 @@ class _Worker:
         self.conn, child = ctx.Pipe()
         # The trial function travels by reference (spawn pickles it): the worker runs the
         # function this module names when the worker starts.
-        self.process = ctx.Process(target=_worker_main, args=(child, device, threads, run_trial),
-                                   name=f"sqa-nas-worker-{index}", daemon=True)
+        self.process = ctx.Process(
+            target=_worker_main,
+            args=(child, device, threads, run_trial),
+            name=f"sqa-nas-worker-{index}",
+            daemon=True,
+        )
         self.process.start()
         child.close()
         self.job: TrialJob | None = None
-
 
     @property
     def where(self) -> str:
@@ -82,16 +86,20 @@ class LocalExecutor(Executor):
             trial is told FAIL ("exceeded the trial time limit") and its worker replaced.
     """
 
-    def __init__(self, *, workers: int | None = None, device: str = "auto",
-                 trial_timeout_s: float = 1800.0) -> None:
+    def __init__(
+        self, *, workers: int | None = None, device: str = "auto", trial_timeout_s: float = 1800.0
+    ) -> None:
         super().__init__()
         gpus = torch.cuda.device_count() if device != "cpu" else 0
         if device == "cuda" and gpus == 0:
             raise UserError("execution.device: cuda was asked for but no CUDA GPU is visible")
         n = workers or max(1, gpus)
         self.devices = [f"cuda:{i % gpus}" for i in range(n)] if gpus else ["cpu"] * n
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-            os.cpu_count() or 1)
+        cpus = (
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else (os.cpu_count() or 1)
+        )
         self.threads = max(1, cpus // n)
         self.timeout = trial_timeout_s
         self.ctx = mp.get_context("spawn")
@@ -151,12 +159,24 @@ class LocalExecutor(Executor):
                 continue
             if not worker.process.is_alive():
                 code = worker.process.exitcode
-                events.append(self._finish(job.number, self.failed(
-                    job, f"worker process died (exit code {code}) during the trial")))
+                events.append(
+                    self._finish(
+                        job.number,
+                        self.failed(
+                            job, f"worker process died (exit code {code}) during the trial"
+                        ),
+                    )
+                )
                 self._replace(worker)
             elif time.monotonic() - self.running[job.number].started > self.timeout:
-                events.append(self._finish(job.number, self.failed(
-                    job, f"exceeded the trial time limit ({self.timeout:g} s); killed")))
+                events.append(
+                    self._finish(
+                        job.number,
+                        self.failed(
+                            job, f"exceeded the trial time limit ({self.timeout:g} s); killed"
+                        ),
+                    )
+                )
                 self._replace(worker)
         return events
 
@@ -171,10 +191,15 @@ class LocalExecutor(Executor):
         start to its last trial's end (worker start-up, imports, idle gaps count as idle)."""
         if not self.usage:
             return {}
-        by_worker = {f"{self.devices[i]} worker {i}": busy_fraction([u])
-                     for i, u in sorted(self.usage.items())}
-        return {"executor": self.describe(), "busy_fraction": busy_fraction(self.usage.values()),
-                "busy_fraction_by_worker": by_worker}
+        by_worker = {
+            f"{self.devices[i]} worker {i}": busy_fraction([u])
+            for i, u in sorted(self.usage.items())
+        }
+        return {
+            "executor": self.describe(),
+            "busy_fraction": busy_fraction(self.usage.values()),
+            "busy_fraction_by_worker": by_worker,
+        }
 
     def _replace(self, worker: _Worker) -> None:
         worker.kill()

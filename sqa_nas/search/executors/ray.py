@@ -72,14 +72,22 @@ class RayExecutor(Executor):
         self.max_retries = r.max_retries
         self.timeout = spec.budget.trial_timeout_s
         if self.device == "cuda" and self.gpus == 0:
-            raise UserError("execution.device: cuda needs a GPU per trial; set "
-                            "--gpus-per-trial above 0 (execution.ray.gpus_per_trial)")
+            raise UserError(
+                "execution.device: cuda needs a GPU per trial; set "
+                "--gpus-per-trial above 0 (execution.ray.gpus_per_trial)"
+            )
         if self.gpus > 1 and self.gpus != int(self.gpus):
-            raise UserError(f"execution.ray.gpus_per_trial: {self.gpus:g}; above 1 Ray grants "
-                            "whole GPUs only (use 2, 3, ... or a fraction below 1)")
-        self.cluster = RayCluster(address=r.address, gpus=self.gpus, cpus=self.cpus,
-                                  max_concurrent=r.max_concurrent,
-                                  include_dashboard=r.include_dashboard)
+            raise UserError(
+                f"execution.ray.gpus_per_trial: {self.gpus:g}; above 1 Ray grants "
+                "whole GPUs only (use 2, 3, ... or a fraction below 1)"
+            )
+        self.cluster = RayCluster(
+            address=r.address,
+            gpus=self.gpus,
+            cpus=self.cpus,
+            max_concurrent=r.max_concurrent,
+            include_dashboard=r.include_dashboard,
+        )
         self.slots: list[Slot] = []
         self.retry: deque[Attempt] = deque()
         self.usage: dict[str, _Usage] = {}
@@ -112,7 +120,9 @@ class RayExecutor(Executor):
         threads = max(1, int(self.cpus))
         # mypy ignores class decorators: @ray.remote made TrialWorker an ActorClass.
         actor = TrialWorker.options(  # type: ignore[attr-defined]
-            num_gpus=self.gpus, num_cpus=self.cpus, scheduling_strategy="SPREAD",
+            num_gpus=self.gpus,
+            num_cpus=self.cpus,
+            scheduling_strategy="SPREAD",
         ).remote(index, self.device, threads, run_trial)
         self.slots.append(Slot(index, actor, actor.info.remote(), actor.sentinel.remote()))
         self.counts["worker_starts"] += 1
@@ -132,9 +142,11 @@ class RayExecutor(Executor):
         used_nodes = {info["node_id"] for info in busy}
         used_gpus = {(info["node_id"], g) for info in busy for g in info["gpu_ids"]}
         up = sum(s.info is not None for s in self.slots)
-        return (f"ray ({self.cluster.name}): {len(self.cluster.nodes)} node(s), {gpus:g} "
-                f"GPU(s) | in use: {len(used_nodes)} node(s), {len(used_gpus)} GPU(s) | "
-                f"workers {up} up of {self.cluster.target}")
+        return (
+            f"ray ({self.cluster.name}): {len(self.cluster.nodes)} node(s), {gpus:g} "
+            f"GPU(s) | in use: {len(used_nodes)} node(s), {len(used_gpus)} GPU(s) | "
+            f"workers {up} up of {self.cluster.target}"
+        )
 
     def _pipelining(self) -> bool:
         return len(self.recent) >= 2 and statistics.median(self.recent) < PIPELINE_BELOW_S
@@ -232,8 +244,10 @@ class RayExecutor(Executor):
         self.cluster.invalidate()
         self._start_failures += 1
         if self._start_failures >= MAX_START_FAILURES and not any(s.info for s in self.slots):
-            raise UserError(f"Ray workers fail to start on {self.cluster.name}: {reason} (is the "
-                            "same sqa-nas and torch installed on every node?)")
+            raise UserError(
+                f"Ray workers fail to start on {self.cluster.name}: {reason} (is the "
+                "same sqa-nas and torch installed on every node?)"
+            )
 
     def _on_result(self, slot: Slot) -> list[Event]:
         attempt, ref = slot.jobs[0]
@@ -243,8 +257,14 @@ class RayExecutor(Executor):
         except ray.exceptions.RayTaskError as exc:  # raised inside run_trial's caller
             slot.jobs.popleft()
             self._advance(slot, time.monotonic())
-            return [self._finish(job.number, self._failed(
-                attempt, f"worker error on {slot.where}: {error_reason(exc)}", slot))]
+            return [
+                self._finish(
+                    job.number,
+                    self._failed(
+                        attempt, f"worker error on {slot.where}: {error_reason(exc)}", slot
+                    ),
+                )
+            ]
         except ray.exceptions.RayError as exc:  # the worker or its node is gone
             return self._on_death(slot, error_reason(exc))
         slot.jobs.popleft()
@@ -267,10 +287,15 @@ class RayExecutor(Executor):
         if slot is not None and slot.info is not None:
             i = slot.info
             outcome.attrs["device"] = {
-                "name": i["device_name"], "type": i["device"].split(":")[0],
-                "host": i["host"], "node": f"{i['host']}/{i['node_id'][:8]}",
-                "ray_node_id": i["node_id"], "node_ip": i["ip"],
-                "gpu": ",".join(i["gpu_ids"]) or None, "worker_pid": i["pid"]}
+                "name": i["device_name"],
+                "type": i["device"].split(":")[0],
+                "host": i["host"],
+                "node": f"{i['host']}/{i['node_id'][:8]}",
+                "ray_node_id": i["node_id"],
+                "node_ip": i["ip"],
+                "gpu": ",".join(i["gpu_ids"]) or None,
+                "worker_pid": i["pid"],
+            }
         if attempt.deaths:
             outcome.attrs["worker_deaths"] = attempt.deaths
         return outcome
@@ -291,10 +316,17 @@ class RayExecutor(Executor):
             if i == 0:
                 attempt.deaths.append(f"{where}: {reason}")
                 if len(attempt.deaths) > self.max_retries:
-                    events.append(self._finish(attempt.job.number, self._failed(
-                        attempt, f"its worker died {len(attempt.deaths)} times (last on "
-                        f"{where}: {reason}); gave up after {self.max_retries} retries",
-                        slot)))
+                    events.append(
+                        self._finish(
+                            attempt.job.number,
+                            self._failed(
+                                attempt,
+                                f"its worker died {len(attempt.deaths)} times (last on "
+                                f"{where}: {reason}); gave up after {self.max_retries} retries",
+                                slot,
+                            ),
+                        )
+                    )
                     continue
                 self.counts["retries"] += 1
             attempt.waiting_since = time.monotonic()
@@ -313,9 +345,17 @@ class RayExecutor(Executor):
             if slot.jobs and now - slot.head_started > self.timeout:
                 attempt, _ = slot.jobs.popleft()
                 self.counts["timeouts"] += 1
-                events.append(self._finish(attempt.job.number, self._failed(
-                    attempt, f"exceeded the trial time limit ({self.timeout:g} s) on "
-                    f"{slot.where}; cancelled (its worker was killed and replaced)", slot)))
+                events.append(
+                    self._finish(
+                        attempt.job.number,
+                        self._failed(
+                            attempt,
+                            f"exceeded the trial time limit ({self.timeout:g} s) on "
+                            f"{slot.where}; cancelled (its worker was killed and replaced)",
+                            slot,
+                        ),
+                    )
+                )
                 for waiting, _ in slot.jobs:  # not started: no attempt spent
                     waiting.waiting_since = now
                     self.retry.append(waiting)
@@ -324,9 +364,16 @@ class RayExecutor(Executor):
         for attempt in [a for a in self.retry if now - a.waiting_since > self.timeout]:
             self.retry.remove(attempt)  # no worker came up for it (every node lost?)
             self.counts["timeouts"] += 1
-            events.append(self._finish(attempt.job.number, self._failed(
-                attempt, f"waited {self.timeout:g} s (the trial time limit) for a Ray worker "
-                "to retry it on; none came up")))
+            events.append(
+                self._finish(
+                    attempt.job.number,
+                    self._failed(
+                        attempt,
+                        f"waited {self.timeout:g} s (the trial time limit) for a Ray worker "
+                        "to retry it on; none came up",
+                    ),
+                )
+            )
         return events
 
     def _place_retries(self) -> None:
@@ -365,12 +412,19 @@ class RayExecutor(Executor):
             busy_sum, end_sum = busy_sum + busy, end_sum + span + tail
         out: dict[str, Any] = {"executor": f"ray ({self.cluster.name})"}
         if by_gpu:
-            out.update(busy_fraction=busy_fraction(self.usage.values()),
-                       busy_fraction_to_end=round(busy_sum / end_sum, 4) if end_sum else 1.0,
-                       busy_fraction_by_gpu=by_gpu, busy_fraction_to_end_by_gpu=to_end)
-        out["trials_by_node"] = {self.cluster.names.get(k, k[:8]): v
-                                 for k, v in sorted(self.by_node.items())}
-        out.update(workers_started=self.counts["worker_starts"],
-                   worker_deaths=self.counts["worker_deaths"], retries=self.counts["retries"],
-                   timeouts=self.counts["timeouts"])
+            out.update(
+                busy_fraction=busy_fraction(self.usage.values()),
+                busy_fraction_to_end=round(busy_sum / end_sum, 4) if end_sum else 1.0,
+                busy_fraction_by_gpu=by_gpu,
+                busy_fraction_to_end_by_gpu=to_end,
+            )
+        out["trials_by_node"] = {
+            self.cluster.names.get(k, k[:8]): v for k, v in sorted(self.by_node.items())
+        }
+        out.update(
+            workers_started=self.counts["worker_starts"],
+            worker_deaths=self.counts["worker_deaths"],
+            retries=self.counts["retries"],
+            timeouts=self.counts["timeouts"],
+        )
         return out

@@ -36,8 +36,15 @@ class RayCluster:
         include_dashboard: start Ray's dashboard with a private instance.
     """
 
-    def __init__(self, *, address: str | None, gpus: float, cpus: float,
-                 max_concurrent: int | None, include_dashboard: bool) -> None:
+    def __init__(
+        self,
+        *,
+        address: str | None,
+        gpus: float,
+        cpus: float,
+        max_concurrent: int | None,
+        include_dashboard: bool,
+    ) -> None:
         self.address = address
         self.gpus, self.cpus = gpus, cpus
         self.max_concurrent = max_concurrent
@@ -62,13 +69,13 @@ class RayCluster:
             self._start_embedded()
         else:
             try:
-                ray.init(address=self.address, log_to_driver=False,
-                         logging_level=logging.ERROR)
+                ray.init(address=self.address, log_to_driver=False, logging_level=logging.ERROR)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise UserError(
                     f"execution.ray.address: cannot join the Ray cluster at {self.address!r}: "
                     f"{str(exc).splitlines()[0]} (start one with `ray start --head`, see "
-                    "the README's 'Running on a cluster')") from None
+                    "the README's 'Running on a cluster')"
+                ) from None
             self._owns_ray = True
         _quiet_worker_deaths()
         try:
@@ -80,16 +87,20 @@ class RayCluster:
 
     def _start_embedded(self) -> None:
         gpus = torch.cuda.device_count()
-        self.check_fits([{"host": socket.gethostname(), "GPU": gpus,
-                          "CPU": os.cpu_count() or 1}])
+        self.check_fits([{"host": socket.gethostname(), "GPU": gpus, "CPU": os.cpu_count() or 1}])
         # A one-machine instance has nothing to say to the network: bind loopback, as Ray
         # itself does on macOS and Windows (ray_constants.ENABLE_RAY_CLUSTER).
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # for Ray's own processes
         ray._private.ray_constants.ENABLE_RAY_CLUSTER = False  # read at call time
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        ray.init(address="local", num_gpus=gpus, include_dashboard=self.include_dashboard,
-                 object_store_memory=EMBEDDED_OBJECT_STORE, log_to_driver=False,
-                 logging_level=logging.ERROR)
+        ray.init(
+            address="local",
+            num_gpus=gpus,
+            include_dashboard=self.include_dashboard,
+            object_store_memory=EMBEDDED_OBJECT_STORE,
+            log_to_driver=False,
+            logging_level=logging.ERROR,
+        )
         self._owns_ray = True
 
     def disconnect(self) -> None:
@@ -113,8 +124,14 @@ class RayCluster:
         for n in ray.nodes():
             if n.get("Alive"):
                 res = n.get("Resources", {})
-                nodes.append({"id": n["NodeID"], "host": n.get("NodeManagerHostname", "?"),
-                              "GPU": res.get("GPU", 0.0), "CPU": res.get("CPU", 0.0)})
+                nodes.append(
+                    {
+                        "id": n["NodeID"],
+                        "host": n.get("NodeManagerHostname", "?"),
+                        "GPU": res.get("GPU", 0.0),
+                        "CPU": res.get("CPU", 0.0),
+                    }
+                )
         self.nodes = nodes
         self.names.update((n["id"], f"{n['host']}/{n['id'][:8]}") for n in nodes)
         target = sum(self.fits(n) for n in nodes)
@@ -146,16 +163,19 @@ class RayCluster:
             raise UserError(
                 f"execution.ray.gpus_per_trial: {self.gpus:g} GPU per trial, but {where} has "
                 f"no GPU ({shape or 'no node'}); run the trials on CPUs with "
-                "--gpus-per-trial 0 (or execution.device: cpu)")
+                "--gpus-per-trial 0 (or execution.device: cpu)"
+            )
         if self.gpus > most_gpus:
             raise UserError(
                 f"execution.ray.gpus_per_trial: {self.gpus:g} GPUs per trial, but the largest "
                 f"node of {where} has {most_gpus:g} ({shape}); Ray would wait forever: lower "
-                "--gpus-per-trial")
+                "--gpus-per-trial"
+            )
         raise UserError(
             f"execution.ray.cpus_per_trial: no node of {where} has {self.cpus:g} CPUs "
             f"{f'and {self.gpus:g} GPUs ' if self.gpus else ''}free for one trial ({shape}); "
-            "lower cpus_per_trial")
+            "lower cpus_per_trial"
+        )
 
 
 def _quiet_worker_deaths() -> None:
@@ -167,8 +187,10 @@ def _quiet_worker_deaths() -> None:
         return
 
     def filtered(data, *args, **kwargs):
-        if not any("Worker exit type" in line or "worker died" in line.lower()
-                   for line in data.get("lines", [])):
+        if not any(
+            "Worker exit type" in line or "worker died" in line.lower()
+            for line in data.get("lines", [])
+        ):
             show(data, *args, **kwargs)
 
     filtered._sqa_nas = True  # type: ignore[attr-defined]  # a marker on the function

@@ -27,14 +27,16 @@ from sqa_nas.search.trial import TrialJob, TrialOutcome
 
 
 @ray.remote(  # type: ignore[call-overload]  # ray's stubs omit the actor concurrency_groups
-    max_restarts=0, concurrency_groups={"monitor": 1, "sentinel": 1})
+    max_restarts=0, concurrency_groups={"monitor": 1, "sentinel": 1}
+)
 class TrialWorker:
     """One long-lived process holding one GPU slot (or CPUs). `run` calls execute one at a
     time, in order; `progress` answers from a second thread while a trial runs, and
     `sentinel` never returns: its call fails the moment the process dies, idle or not."""
 
-    def __init__(self, index: int, device: str, threads: int,
-                 trial: Callable[..., TrialOutcome]) -> None:
+    def __init__(
+        self, index: int, device: str, threads: int, trial: Callable[..., TrialOutcome]
+    ) -> None:
         torch.set_num_threads(threads)
         self.index = index
         self._trial = trial  # `run_trial`, passed by reference from the driver
@@ -54,9 +56,15 @@ class TrialWorker:
         self._progress: dict[str, Any] = {}
 
     def info(self) -> dict[str, Any]:
-        return {"node_id": self.node_id, "host": self.host, "ip": self.ip, "pid": os.getpid(),
-                "gpu_ids": self.gpu_ids, "device": str(self.device),
-                "device_name": self.device_name}
+        return {
+            "node_id": self.node_id,
+            "host": self.host,
+            "ip": self.ip,
+            "pid": os.getpid(),
+            "gpu_ids": self.gpu_ids,
+            "device": str(self.device),
+            "device_name": self.device_name,
+        }
 
     def run(self, job: TrialJob) -> tuple[TrialOutcome, float, float]:
         """The trial's outcome and when it ran (this node's clock, seconds since the epoch)."""
@@ -66,8 +74,12 @@ class TrialWorker:
         end = time.time()
         device = outcome.attrs.setdefault("device", {})
         # Several Ray nodes may share a host name: the node id tells them apart.
-        device.update(node=f"{self.host}/{self.node_id[:8]}", ray_node_id=self.node_id,
-                      node_ip=self.ip, worker_pid=os.getpid())
+        device.update(
+            node=f"{self.host}/{self.node_id[:8]}",
+            ray_node_id=self.node_id,
+            node_ip=self.ip,
+            worker_pid=os.getpid(),
+        )
         if self.gpu_ids:
             device["gpu"] = ",".join(self.gpu_ids)
         return outcome, start, end
@@ -82,7 +94,6 @@ class TrialWorker:
     @ray.method(concurrency_group="sentinel")
     def sentinel(self) -> None:
         threading.Event().wait()
-
 
 
 @dataclass
@@ -110,8 +121,11 @@ class Slot:
         i = self.info
         assert i is not None  # read for slots with jobs, and jobs go to reported workers
         where = f"{i['host']}/{i['node_id'][:8]}"
-        return f"{where} GPU {','.join(i['gpu_ids'])}" if i["gpu_ids"] else \
-            f"{where} cpu worker {self.index}"
+        return (
+            f"{where} GPU {','.join(i['gpu_ids'])}"
+            if i["gpu_ids"]
+            else f"{where} cpu worker {self.index}"
+        )
 
     @property
     def where(self) -> str:
@@ -124,8 +138,12 @@ class Slot:
 def error_reason(exc: BaseException) -> str:
     """One line out of Ray's multi-paragraph errors: the cause, not the advice."""
     text = str(exc)
-    for marker in ("Worker exit detail:", "The actor died because", "The actor is dead because",
-                   "error_message:"):
+    for marker in (
+        "Worker exit detail:",
+        "The actor died because",
+        "The actor is dead because",
+        "error_message:",
+    ):
         i = text.find(marker)
         if i >= 0:
             return " ".join(text[i:].split())[:300]
