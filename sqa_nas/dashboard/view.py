@@ -244,8 +244,8 @@ class StudyView:
         return specs
 
     def pick(self, spec: str, axes: Sequence[str] | None = None) -> TrialRecord:
-        """The trial a picker spec names (`sqa_nas.search.pareto.pick`). The knee is taken on `axes`
-        when both are objectives (the pair on screen), else on the first two objectives."""
+        """The trial a picker spec names (`sqa_nas.search.pareto.pick`). The knee is taken on
+        `axes` when both are objectives (the pair on screen), else on the first two objectives."""
         objectives, directions = self.objectives, self.directions
         if (
             spec == "knee"
