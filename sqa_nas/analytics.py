@@ -16,6 +16,8 @@ from sqa_nas.model import ModelConfig
 
 @dataclass(frozen=True)
 class LayerCost:
+    """What one layer costs: parameters, forward FLOPs per token, KV-cache bytes per token."""
+
     params: int
     attn_flops: float  # per token, forward: Q K^T and P V
     proj_flops: float  # per token, forward: q, k, v and o projections
@@ -24,11 +26,15 @@ class LayerCost:
 
     @property
     def flops(self) -> float:
+        """Forward FLOPs per token of the whole layer (attention products, projections, FFN)."""
         return self.attn_flops + self.proj_flops + self.ffn_flops
 
 
 @dataclass(frozen=True)
 class ModelCost:
+    """What a whole model costs at `seq_len`, per layer and in total, and its speedup over
+    the dense MHA model of the same shape (`analyze`)."""
+
     seq_len: int
     layers: list[LayerCost]
     params: int
@@ -40,9 +46,11 @@ class ModelCost:
 
     @property
     def train_flops(self) -> float:
+        """Training FLOPs per token: forward + backward, counted as 3x the forward."""
         return 3 * self.flops
 
     def as_dict(self) -> dict:
+        """The fields as plain data (layers as dicts), with `train_flops` added."""
         d = asdict(self)
         d["train_flops"] = self.train_flops
         return d
@@ -56,6 +64,9 @@ def attention_flops(c: AttentionConfig, seq_len: int) -> float:
 
 
 def layer_cost(c: AttentionConfig, ffn_dim: int, seq_len: int, kv_bytes_per_value: int = 2):
+    """The `LayerCost` of layer `c` with an FFN of width `ffn_dim` at `seq_len` tokens.
+    Parameters count the q/k/v/o projections (and biases), the two RMSNorms and the SwiGLU
+    FFN; the KV cache stores K and V at `kv_bytes_per_value` bytes per value."""
     d = c.head_dim
     assert d is not None  # AttentionConfig fills it
     proj_out = (c.n_q_heads + 2 * c.n_kv_heads) * d  # q, k, v projections' outputs

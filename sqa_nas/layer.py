@@ -74,10 +74,13 @@ class SparseQueryAttention(nn.Module):
 
     @property
     def backend_name(self) -> str:
+        """The name of the backend the last forward used (before any forward: the one a
+        training call of length 1024 on the weights' device and dtype would use)."""
         return self._current_choice()[0].name
 
     @property
     def backend_reason(self) -> str:
+        """Why `backend_name` was chosen, in words (same timing as `backend_name`)."""
         return self._current_choice()[1]
 
     def mask(self, n: int) -> torch.Tensor | None:
@@ -122,6 +125,7 @@ class SparseQueryAttention(nn.Module):
         return self.o_proj(y)
 
     def extra_repr(self) -> str:
+        """Head counts, head_dim, mask and requested backend, for ``print(model)``."""
         c = self.config
         return (
             f"H={c.n_heads}, H_q={c.n_q_heads}, H_kv={c.n_kv_heads}, head_dim={c.head_dim}, "

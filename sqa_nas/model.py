@@ -109,6 +109,7 @@ class ModelConfig(BaseModel):
 
     @property
     def layer_configs(self) -> tuple[AttentionConfig, ...]:
+        """One resolved `AttentionConfig` per layer, from `attention` and `layers`."""
         return self._layer_configs
 
     @classmethod
@@ -127,6 +128,8 @@ class ModelConfig(BaseModel):
         return data
 
     def with_layers(self, layers: list[dict[str, Any]]) -> ModelConfig:
+        """A copy of this config with `layers` replaced (one dict of `AttentionConfig` fields, or a
+        `variant` name, per layer); validated as a new config."""
         return ModelConfig(**{**self.model_dump(exclude={"layers"}), "layers": layers})
 
 
@@ -180,10 +183,13 @@ class FeedForward(nn.Module):
         self.w2 = nn.Linear(ffn_dim, d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, N, d_model) -> (B, N, d_model)."""
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
 class Block(nn.Module):
+    """One pre-norm transformer block: x + attn(norm(x)), then x + ffn(norm(x))."""
+
     def __init__(self, attn: AttentionConfig, config: ModelConfig) -> None:
         super().__init__()
         self.attn_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
@@ -192,6 +198,7 @@ class Block(nn.Module):
         self.ffn = FeedForward(config.d_model, config.ffn_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, N, d_model) -> (B, N, d_model)."""
         x = x + self.attn(self.attn_norm(x))
         return x + self.ffn(self.ffn_norm(x))
 
@@ -224,6 +231,13 @@ class SQATransformer(nn.Module):
             nn.init.normal_(module.weight, std=0.02)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits for every position.
+
+        Arguments:
+            tokens: (B, N) int64 token ids in [0, vocab_size).
+        Return:
+            logits: (B, N, vocab_size).
+        """
         x = self.embed(tokens)  # (B, N, d_model)
         for block in self.layers:
             x = block(x)

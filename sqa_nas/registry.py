@@ -52,15 +52,20 @@ class Variant:
                 )
 
     def heads(self, n_heads: int) -> tuple[int, int]:
+        """(H_q, H_kv) at reference H = `n_heads`, each rounded down to at least 1 (`heads_of`)."""
         return heads_of(self.q, n_heads), heads_of(self.kv, n_heads)
 
     def config(self, *, d_model: int, n_heads: int, **overrides: Any) -> AttentionConfig:
+        """The `AttentionConfig` of this variant at `d_model` and H = `n_heads`: its head counts,
+        then its `defaults`, then `overrides` (later wins). Raises ``ValidationError`` when
+        the result is invalid."""
         n_q, n_kv = self.heads(n_heads)
         fields = {"n_q_heads": n_q, "n_kv_heads": n_kv, **self.defaults, **overrides}
         return AttentionConfig(d_model=d_model, n_heads=n_heads, **fields)
 
     @property
     def pattern(self) -> Pattern:
+        """The mask family its `defaults` give (dense, window, flex or block_sparse)."""
         d = self.defaults
         return pattern_of(d.get("window"), d.get("global_tokens", 0), d.get("block_sparse"))
 
@@ -156,11 +161,14 @@ def _load_plugins() -> None:
 
 
 def list_variants() -> list[Variant]:
+    """Every registered variant, built-ins first, plugins loaded on first call."""
     _load_plugins()
     return list(_variants.values())
 
 
 def get_variant(name: str) -> Variant:
+    """The variant called `name` (an exact match first, then case-insensitive); `UserError`
+    listing the known names otherwise."""
     _load_plugins()
     if name in _variants:
         return _variants[name]
@@ -176,11 +184,13 @@ def variant(name: str, *, d_model: int, n_heads: int, **overrides: Any) -> Atten
 
 
 def list_backends() -> list[AttentionBackend]:
+    """Every registered backend (available here or not), plugins loaded on first call."""
     _load_plugins()
     return list(_backends.values())
 
 
 def get_backend(name: str) -> AttentionBackend:
+    """The backend registered as `name`; `UserError` listing the known names otherwise."""
     _load_plugins()
     if name not in _backends:
         raise UserError(

@@ -81,6 +81,8 @@ class ThroughputConfig:
 
 @dataclass(frozen=True)
 class TrainResult:
+    """What `train` did: the loss curve, the steps taken and the tokens seen."""
+
     curve: list[tuple[int, int, float]]  # (step, tokens seen, training loss), subsampled
     steps: int
     tokens: int

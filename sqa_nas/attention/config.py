@@ -127,10 +127,12 @@ class AttentionConfig(BaseModel):
 
     @property
     def pattern(self) -> Pattern:
+        """The mask family: dense (maybe causal), window, flex (window + globals), block_sparse."""
         return pattern_of(self.window, self.global_tokens, self.block_sparse)
 
     @property
     def scale(self) -> float:
+        """The softmax scale, 1 / sqrt(head_dim)."""
         assert self.head_dim is not None  # `_check` fills it
         return self.head_dim**-0.5
 

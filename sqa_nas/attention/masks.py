@@ -29,10 +29,12 @@ class MaskSpec:
 
     @classmethod
     def of(cls, config: AttentionConfig) -> MaskSpec:
+        """The mask fields of `config`."""
         return cls(config.causal, config.window, config.global_tokens, config.block_sparse)
 
     @property
     def pattern(self) -> Pattern:
+        """The mask family: dense (maybe causal), window, flex (window + globals), block_sparse."""
         return pattern_of(self.window, self.global_tokens, self.block_sparse)
 
     @property
@@ -41,6 +43,7 @@ class MaskSpec:
         return not self.causal and self.pattern == "dense"
 
     def describe(self) -> str:
+        """The mask in words for tables and errors, e.g. "causal, window 512, 16 global"."""
         parts = ["causal" if self.causal else "bidirectional"]
         if self.window is not None:
             parts.append(f"window {self.window}")

@@ -69,9 +69,11 @@ class Fingerprint:
         self._hash = hashlib.sha256(f"sqa-nas data v{FORMAT} {header}\n".encode())
 
     def add(self, split: Split, name: str, digest: str) -> None:
+        """Mix in one piece: its split, its relative name and the sha256 of its token bytes."""
         self._hash.update(f"{split}\t{name}\t{digest}\n".encode())
 
     def hexdigest(self) -> str:
+        """The fingerprint so far, as 64 hex digits."""
         return self._hash.hexdigest()
 
 
@@ -98,6 +100,8 @@ class CorpusWriter:
             f.close()
 
     def add(self, split: Split, name: str, tokens: np.ndarray | list[int]) -> None:
+        """Append `tokens` as one piece of `split` (after a separator when the split already has
+        a piece and a separator is set) and add the piece to the fingerprint."""
         data = np.ascontiguousarray(tokens, dtype=self.dtype).tobytes()
         if self.documents[split] and self.separator is not None:
             self._files[split].write(np.array([self.separator], self.dtype).tobytes())

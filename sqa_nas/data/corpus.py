@@ -50,6 +50,8 @@ _SKIPPED_DIRS = {"__pycache__", "site-packages", "dist-packages"}
 
 @dataclass(frozen=True)
 class SourceFile:
+    """One file of a file corpus, with the size and mtime that key its cached tokens."""
+
     name: str  # relative to its root; decides the split and enters the fingerprint
     path: Path
     size: int

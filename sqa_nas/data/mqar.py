@@ -52,6 +52,10 @@ class MQAR(Dataset):
     def train_batches(
         self, batch_size: int, seq_len: int, *, seed: int = 0, device: str | torch.device = "cpu"
     ) -> Iterator[Batch]:
+        """Endless (x, y) batches, both int64 (batch_size, seq_len) on `device`: fresh sequences
+        from a generator seeded with ``(spec.seed, 0, seed)``; y is `IGNORE_INDEX` except at the
+        query positions, where it holds the recalled value. `UserError` when `seq_len` is under
+        4 * num_kv_pairs or differs from a seq_len the spec pins."""
         self._check(seq_len)
         rng = np.random.default_rng([self.spec.seed, 0, seed])
         while True:
@@ -61,6 +65,8 @@ class MQAR(Dataset):
     def val_batches(
         self, batch_size: int, seq_len: int, n_batches: int, *, device: str | torch.device = "cpu"
     ) -> list[Batch]:
+        """`n_batches` (x, y) batches of (batch_size, seq_len), generated from ``(spec.seed, 1)``:
+        the same on every call, never drawn by training. Same checks as `train_batches`."""
         self._check(seq_len)
         x, y = self.generate(
             np.random.default_rng([self.spec.seed, 1]), batch_size * n_batches, seq_len

@@ -39,6 +39,9 @@ class TokenStream(Dataset):
     def train_batches(
         self, batch_size: int, seq_len: int, *, seed: int = 0, device: str | torch.device = "cpu"
     ) -> Iterator[Batch]:
+        """Endless (x, y) batches, both int64 (batch_size, seq_len) on `device`: windows of
+        seq_len + 1 tokens starting at uniform random offsets (numpy generator seeded with `seed`),
+        y = x shifted by one. `UserError` when the train split is shorter than seq_len + 1."""
         last = self._last_start("train", self.train, seq_len)
         rng = np.random.default_rng(seed)
         while True:
@@ -49,6 +52,8 @@ class TokenStream(Dataset):
     def val_batches(
         self, batch_size: int, seq_len: int, n_batches: int, *, device: str | torch.device = "cpu"
     ) -> list[Batch]:
+        """`n_batches` (x, y) batches of (batch_size, seq_len) from windows evenly spaced over the
+        validation split (the module docstring says how), identical on every call."""
         last = self._last_start("validation", self.val, seq_len)
         starts = np.linspace(0, last, num=batch_size * n_batches).astype(np.int64)
         return [

@@ -30,6 +30,13 @@ _CHUNK = 2**24  # tokens per read while scanning
 
 
 def load_tokens(spec: TokensSpec, root: Path) -> TokenStream:
+    """A `TokenStream` over the ``train`` / ``val`` files in `spec.path`, mapped in place.
+
+    Each file is scanned once (sha256, token range; the scan is cached under `root`); a
+    token id outside [0, vocab_size) is a `UserError`, as is a missing directory. vocab_size
+    is the spec's, else the ``vocab_size`` of the directory's ``meta.json`` (``meta.pkl`` is
+    never unpickled).
+    """
     directory = Path(spec.path).expanduser()
     if not directory.is_dir():
         raise UserError(f"tokens data: no such directory {spec.path!r}")

@@ -39,6 +39,8 @@ _PICK = re.compile(
 
 
 def candidates(records: Sequence[TrialRecord], objectives: Sequence[str]) -> list[TrialRecord]:
+    """The records a Pareto front may contain: COMPLETE, feasible, and with a finite value
+    for every one of `objectives`."""
     out = []
     for r in records:
         if r.state != "COMPLETE" or not r.values or not r.feasible:

@@ -123,10 +123,13 @@ class LayerRecord(_Record):
 
     @property
     def mask(self) -> MaskChoice:
+        """The layer's mask as a search choice (pattern and sizes)."""
         return MaskChoice.of_layer(self.stored())
 
 
 class Corpus(_Record):
+    """Which data a trial trained on: its kind, fingerprint and token counts."""
+
     kind: str | None = None
     fingerprint: str | None = None
     tokens: dict[str, int] | int | None = None  # per split (train, val)
@@ -209,58 +212,72 @@ class TrialRecord:
 
     @property
     def feasible(self) -> bool:
+        """False when the trial was refused before training for violating a constraint."""
         return not self.typed.infeasible
 
     @property
     def seed_variant(self) -> str | None:
+        """The variant name of a seed (baseline) trial, None for sampled trials."""
         return self.typed.seed_variant
 
     @property
     def allocation(self) -> str:
+        """The compact per-layer notation, e.g. "8/4 x2, 4/4 w64 x2"."""
         return self.typed.allocation
 
     @property
     def layers(self) -> list[LayerRecord]:
+        """Each layer as built, with the backend it ran on."""
         return self.typed.layers
 
     @property
     def model(self) -> dict[str, Any] | None:
+        """The resolved `ModelConfig` dict that rebuilds this trial's model, if stored."""
         return self.typed.model
 
     @property
     def analytics(self) -> Analytics:
+        """The trial's analytic costs."""
         return self.typed.analytics
 
     @property
     def metrics(self) -> Metrics:
+        """What the trial measured."""
         return self.typed.metrics
 
     @property
     def device(self) -> Device:
+        """Where the trial ran."""
         return self.typed.device
 
     @property
     def timings(self) -> Timings:
+        """Seconds per phase of the trial."""
         return self.typed.timings
 
     @property
     def curve(self) -> list[tuple[int, int, float]]:
+        """(step, tokens, train loss) points, subsampled."""
         return self.typed.curve
 
     @property
     def fail_reason(self) -> str | None:
+        """Why the trial is FAIL or PRUNED, if it is."""
         return self.typed.fail_reason
 
     @property
     def infeasible(self) -> list[str]:
+        """The constraint violations of a trial refused before training."""
         return self.typed.infeasible
 
     @property
     def gpu_type(self) -> str | None:
+        """The GPU (or CPU) name it ran on: throughput compares within one name."""
         return self.typed.device.name
 
     @property
     def duration_s(self) -> float | None:
+        """Seconds from start to completion, None while either time is missing."""
         if self.datetime_start and self.datetime_complete:
             return (self.datetime_complete - self.datetime_start).total_seconds()
         return None
@@ -314,6 +331,7 @@ def trial_records(study: optuna.Study) -> list[TrialRecord]:
 
 
 def default_storage(study_name: str) -> str:
+    """The storage URL of study `study_name` when none is given: ``runs/<name>/study.db``."""
     return f"sqlite:///runs/{study_name}/study.db"
 
 
@@ -368,6 +386,8 @@ def load_study(name: str, storage: str | None = None) -> optuna.Study:
 
 
 def check_format(study: optuna.Study, where: str) -> None:
+    """`UserError` unless `study` was written by sqa-nas in the record format this version
+    reads; `where` names the storage in the message."""
     meta = study.user_attrs.get("sqa_nas")
     if meta is None:
         raise UserError(
@@ -404,4 +424,5 @@ def _layer_token(layer: dict[str, Any]) -> str:
 
 
 def finite(x: Any) -> TypeGuard[float]:
+    """True for an int or float that is neither infinite nor NaN."""
     return isinstance(x, int | float) and math.isfinite(x)

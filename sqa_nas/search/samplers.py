@@ -45,4 +45,5 @@ class CoveredGridSampler(optuna.samplers.GridSampler):
     `Driver.run`) already ends an ask/tell search there."""
 
     def after_trial(self, study, trial, state, values) -> None:
+        """Does nothing, where GridSampler would stop the study (see the class)."""
         pass

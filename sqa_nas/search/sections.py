@@ -76,10 +76,14 @@ class ModelSection(Section):
 
     @property
     def head_dim_(self) -> int:
+        """The head dimension in effect: `head_dim`, else d_model // n_heads."""
         return self.head_dim or self.d_model // self.n_heads
 
 
 class SearchSection(Section):
+    """What a layer may be: head counts, mask patterns and sizes, backends, and how layers
+    share choices (`tying`: per_layer, groups of `group_size`, or all)."""
+
     n_q_heads: Annotated[list[HeadCount], Field(min_length=1)] = ["H", "H/2", "H/4"]
     n_kv_heads: Annotated[list[HeadCount], Field(min_length=1)] = ["H", "H/2", "H/4", 1]
 
@@ -126,6 +130,8 @@ class Constraints(Section):
     max_attention_flops_vs_mha: PositiveNumber | None = None
 
     def violations(self, cost: ModelCost, mha: ModelCost) -> list[str]:
+        """One line per constraint `cost` breaks ("max_params: 1.2e+06 > 1e+06"); `mha` is the
+        same-shape MHA model's cost, for the ``*_vs_mha`` limits."""
         checks = [
             ("max_kv_cache_bytes", cost.kv_bytes),
             ("max_kv_cache_vs_mha", cost.kv_bytes / mha.kv_bytes),
@@ -154,12 +160,17 @@ class Constraints(Section):
 
 
 class SamplerSection(Section):
+    """Which Optuna sampler (None: NSGA-II for several objectives, TPE for one) and its seed."""
+
     name: Literal["nsga2", "tpe", "random", "grid", "gp"] | None = None  # None: by objectives
     population: Annotated[int, Field(ge=2)] = 8  # NSGA-II population
     seed: int | None = 0
 
 
 class TrainBudget(Section):
+    """Training per trial: steps, tokens or seconds (50 steps when none is set), and the
+    optimizer and evaluation settings."""
+
     steps: Positive | None = None
     tokens: Positive | None = None
     seconds: PositiveNumber | None = None
@@ -181,6 +192,8 @@ class TrainBudget(Section):
 
 
 class ThroughputBudget(Section):
+    """How a trial's throughput is timed: batch, length, warm-up calls, repeats, fwd or fwd+bwd."""
+
     seq_len: Positive | None = None  # default: model.seq_len
     batch_size: Positive = 8
     warmup: Positive = 2  # at least one: first calls pay one-time initialisation
@@ -189,6 +202,8 @@ class ThroughputBudget(Section):
 
 
 class Budget(Section):
+    """How many trials, the search's wall-clock limit, each trial's time limit and budgets."""
+
     n_trials: Positive = 10
     max_wall_seconds: PositiveNumber | None = None
     trial_timeout_s: PositiveNumber = 1800
@@ -197,6 +212,8 @@ class Budget(Section):
 
 
 class RaySection(Section):
+    """The Ray cluster and what each trial asks of it."""
+
     address: str | None = None  # None: start a local Ray instance on loopback
     gpus_per_trial: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.0
     cpus_per_trial: PositiveNumber = 1.0
@@ -206,6 +223,8 @@ class RaySection(Section):
 
 
 class Execution(Section):
+    """Where trials run: the local executor or Ray, on which device."""
+
     executor: Literal["local", "ray"] = "local"
     workers: Positive | None = None  # local: default one per visible GPU, else 1
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -50,6 +50,9 @@ from sqa_nas.search.sections import (
 
 
 class SearchSpec(Section):
+    """A validated search space file: its sections, plus the checks that span sections and
+    what derives from them (the Optuna distributions, seed trials, params -> model)."""
+
     study: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] | None = None
     model: ModelSection = ModelSection()
     search: SearchSection = SearchSection()
@@ -127,10 +130,12 @@ class SearchSpec(Section):
     # ------------------------------------------------------------------ derived structure
     @property
     def study_name(self) -> str:
+        """The study's name: `study`, else "search"."""
         return self.study or "search"
 
     @property
     def directions(self) -> list[Direction]:
+        """ "minimize" or "maximize" per objective, in order."""
         return [OBJECTIVES[o] for o in self.objectives]
 
     def units(self) -> list[tuple[str, list[int]]]:
@@ -145,6 +150,9 @@ class SearchSpec(Section):
         return [(f"layer{i}", [i]) for i in range(n)]
 
     def head_choices(self) -> list[str]:
+        """The "H_q/H_kv" choices of a layer: valid pairs from the searched counts at
+        model.n_heads (H_q a multiple of H_kv, or the reverse with `allow_reverse`), then any
+        seed variant's pair not among them."""
         h = self.model.n_heads
         qs = sorted(
             {q for x in self.search.n_q_heads if (q := heads_of(x, h, exact=True)) is not None},
@@ -166,6 +174,8 @@ class SearchSpec(Section):
         return choices
 
     def mask_choices(self) -> list[str]:
+        """The mask choices of a layer: each pattern with each searched size, then any seed
+        variant's mask not among them."""
         s = self.search
         out: list[str] = []
         for p in s.patterns:
@@ -197,6 +207,9 @@ class SearchSpec(Section):
         return out
 
     def distributions(self) -> dict[str, optuna.distributions.CategoricalDistribution]:
+        """The Optuna search space: ``model.<field>`` per searched model field, and per unit
+        (`units`) ``<unit>.heads``, plus ``<unit>.mask`` / ``<unit>.backend`` when there is more
+        than one choice."""
         cat = optuna.distributions.CategoricalDistribution
         out: dict[str, optuna.distributions.CategoricalDistribution] = {}
         for name, values in self.model.searched.items():
@@ -211,6 +224,7 @@ class SearchSpec(Section):
         return out
 
     def cardinality(self) -> int:
+        """How many distinct architectures the space holds (product of the choice counts)."""
         return math.prod(len(d.choices) for d in self.distributions().values())
 
     def seed_params(self) -> list[tuple[str, dict[str, Any]]]:
@@ -267,6 +281,7 @@ class SearchSpec(Section):
         return layout.model_dump()
 
     def mha_cost(self, config: ModelConfig) -> ModelCost:
+        """The analytic cost of the same-shape MHA model at model.seq_len."""
         return analyze(mha_baseline(config), self.model.seq_len)
 
     def space_hash(self) -> str:
@@ -280,6 +295,8 @@ class SearchSpec(Section):
 
 
 def parse_space(data: Any, source: str = "search space") -> SearchSpec:
+    """Validate `data` (a parsed YAML mapping) as a `SearchSpec`; any problem is a
+    `UserError` starting with `source`."""
     if not isinstance(data, dict):
         raise UserError(
             f"{source}: expected a mapping of sections (model, search, ...), got "

@@ -17,6 +17,8 @@ from sqa_nas.search.trial import TrialJob, TrialOutcome
 
 @dataclass
 class Event:
+    """Something an executor reports from `poll`: a running trial's progress, or its outcome."""
+
     kind: str  # "progress" or "done"
     number: int
     info: dict[str, Any] = field(default_factory=dict)  # progress: step, of, loss
@@ -25,6 +27,9 @@ class Event:
 
 @dataclass
 class Running:
+    """A trial in flight: its job, where it runs, when it started (monotonic) and its last
+    progress."""
+
     job: TrialJob
     where: str  # "cpu worker 0", "node-a GPU 1 (NVIDIA H200)"
     started: float = field(default_factory=time.monotonic)
@@ -38,9 +43,11 @@ class Usage:
     intervals: list[tuple[float, float]] = field(default_factory=list)
 
     def add(self, started: float, ended: float) -> None:
+        """Record one trial's [started, ended] (monotonic seconds)."""
         self.intervals.append((started, ended))
 
     def busy(self) -> float:
+        """Seconds inside trials: the length of the union of the intervals."""
         total, reach = 0.0, float("-inf")
         for a, b in sorted(self.intervals):  # the union: fractional GPUs overlap
             if b > reach:
@@ -67,14 +74,17 @@ class Executor(ABC):
         self.running: dict[int, Running] = {}
 
     @abstractmethod
-    def start(self) -> None: ...
+    def start(self) -> None:
+        """Bring up the workers (or connect to the cluster); called once, before anything."""
 
     @abstractmethod
     def free_slots(self) -> int:
         """How many more trials can start now."""
 
     @abstractmethod
-    def submit(self, job: TrialJob) -> None: ...
+    def submit(self, job: TrialJob) -> None:
+        """Start `job` in a free slot; the driver calls it only while `free_slots()` > 0.
+        From here until its "done" event the trial is in `running`."""
 
     @abstractmethod
     def poll(self, timeout: float) -> list[Event]:
@@ -85,6 +95,7 @@ class Executor(ABC):
         """Stop the workers; with `cancel`, kill in-flight trials and return their numbers."""
 
     def describe(self) -> str:
+        """One line for the progress panel: what runs the trials and where."""
         return type(self).__name__
 
     def stats(self) -> dict[str, Any]:
@@ -97,6 +108,8 @@ class Executor(ABC):
 
     @staticmethod
     def failed(job: TrialJob, reason: str, where: str = "") -> TrialOutcome:
+        """A FAIL outcome for `job` with `reason` as its fail_reason (and `where` as its device
+        name, when given), for trials the executor lost rather than ran."""
         attrs: dict[str, Any] = {"fail_reason": reason}
         if where:
             attrs["device"] = {"name": where}

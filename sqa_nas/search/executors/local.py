@@ -115,12 +115,14 @@ class LocalExecutor(Executor):
         self.workers = [_Worker(self.ctx, i, d, self.threads) for i, d in enumerate(self.devices)]
 
     def free_slots(self) -> int:
+        """Idle workers; an idle worker found dead (the OOM killer) is replaced first."""
         for worker in list(self.workers):
             if worker.job is None and not worker.process.is_alive():
                 self._replace(worker)  # an idle worker died (the OOM killer): a fresh one
         return sum(w.job is None for w in self.workers)
 
     def submit(self, job: TrialJob) -> None:
+        """Send `job` to the first idle worker (a fresh one if that worker died meanwhile)."""
         worker = next(w for w in self.workers if w.job is None)
         try:
             worker.conn.send(job)
@@ -133,6 +135,8 @@ class LocalExecutor(Executor):
         self.running[job.number] = Running(job, worker.where)
 
     def poll(self, timeout: float) -> list[Event]:
+        """Progress and outcomes from the workers; a trial whose worker died or that ran past
+        `trial_timeout_s` comes back as FAIL and its worker is replaced."""
         events: list[Event] = []
         busy = {w.conn: w for w in self.workers if w.job is not None}
         if busy:
@@ -206,6 +210,8 @@ class LocalExecutor(Executor):
         self.workers[worker.index] = _Worker(self.ctx, worker.index, worker.device, self.threads)
 
     def shutdown(self, *, cancel: bool = False) -> list[int]:
+        """Idle workers get a stop message and up to 5 s to exit; a worker still holding a trial
+        is killed whether or not `cancel` is set (only with `cancel` are its numbers returned)."""
         cancelled = [w.job.number for w in self.workers if w.job is not None]
         for w in self.workers:
             if w.job is None and not cancel:

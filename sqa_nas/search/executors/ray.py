@@ -100,6 +100,7 @@ class RayExecutor(Executor):
 
     # ------------------------------------------------------------------------- workers
     def start(self) -> None:
+        """Connect to (or start) the Ray cluster and start one worker actor per slot it has."""
         self.cluster.connect()
         self._maintain()
 
@@ -152,6 +153,9 @@ class RayExecutor(Executor):
         return len(self.recent) >= 2 and statistics.median(self.recent) < PIPELINE_BELOW_S
 
     def free_slots(self) -> int:
+        """Idle live workers; when none is idle and recent trials were short (median under
+        `PIPELINE_BELOW_S`), busy workers count once more, so a next trial queues behind the
+        running one. Trials waiting for a retry take slots first."""
         up = [s for s in self.slots if s.info is not None]
         depth = 2 if self._pipelining() else 1
         idle = sum(not s.jobs for s in up)
@@ -160,6 +164,7 @@ class RayExecutor(Executor):
         return max(0, free - len(self.retry))
 
     def submit(self, job: TrialJob) -> None:
+        """Queue `job` on the live worker holding the fewest jobs."""
         self._place(Attempt(job))
 
     def _place(self, attempt: Attempt) -> None:
@@ -177,6 +182,9 @@ class RayExecutor(Executor):
             self.running[number] = Running(attempt.job, where)
 
     def poll(self, timeout: float) -> list[Event]:
+        """Like the contract, and also: follows the cluster (workers started or dropped as slots
+        come and go), retries trials whose worker or node died (up to ``max_retries``), and
+        fails trials past ``trial_timeout_s``."""
         events: list[Event] = []
         self.cluster.refresh()
         self._maintain()
@@ -388,6 +396,8 @@ class RayExecutor(Executor):
                 s.progress_at = now
 
     def shutdown(self, *, cancel: bool = False) -> list[int]:
+        """Kill every worker actor and disconnect; with `cancel`, return the numbers of the trials
+        running, queued or waiting for a retry."""
         self._ended = time.monotonic()
         numbers = [a.job.number for s in self.slots for a, _ in s.jobs]
         numbers += [a.job.number for a in self.retry]

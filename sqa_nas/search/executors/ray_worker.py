@@ -56,6 +56,7 @@ class TrialWorker:
         self._progress: dict[str, Any] = {}
 
     def info(self) -> dict[str, Any]:
+        """Where this worker runs: node id, host, ip, pid, granted GPU ids, device and its name."""
         return {
             "node_id": self.node_id,
             "host": self.host,
@@ -89,15 +90,20 @@ class TrialWorker:
 
     @ray.method(concurrency_group="monitor")
     def progress(self) -> dict[str, Any]:
+        """The running trial's last progress report ({} before the first); answered while
+        `run` is busy, in its own concurrency group."""
         return self._progress
 
     @ray.method(concurrency_group="sentinel")
     def sentinel(self) -> None:
+        """Never returns: the driver waits on it, and it fails only when this worker dies."""
         threading.Event().wait()
 
 
 @dataclass
 class Attempt:
+    """One try of a trial on Ray, with why earlier tries' workers died."""
+
     job: TrialJob
     deaths: list[str] = field(default_factory=list)  # why earlier attempts' workers died
     waiting_since: float = 0.0  # when it was queued for a retry (monotonic)
@@ -105,6 +111,8 @@ class Attempt:
 
 @dataclass
 class Slot:
+    """One worker actor and its queue of jobs (the head runs, the rest wait behind it)."""
+
     index: int
     actor: Any  # ray.actor.ActorHandle
     ready_ref: Any | None  # ObjectRef of info() until the worker is up
@@ -129,6 +137,8 @@ class Slot:
 
     @property
     def where(self) -> str:
+        """The worker for the progress panel: its `key` and device name ('starting' until
+        it reports)."""
         if self.info is None:
             return f"ray worker {self.index} (starting)"
         name = self.info["device_name"] if self.info["gpu_ids"] else "cpu"
