@@ -46,6 +46,8 @@ class Calibration:
     train: bool | None = None  # forward only (False) or with a backward pass (True)
 
     def matches(self, gpu: str, pattern: str, dtype: str, causal: bool, train: bool) -> bool:
+        """Whether this entry applies to a problem on GPU `gpu` (a device name) with that mask
+        pattern, dtype name, causality and training flag."""
         return (
             self.gpu in gpu
             and self.pattern == pattern
@@ -56,9 +58,11 @@ class Calibration:
 
     @property
     def specificity(self) -> int:
+        """How many of the optional keys (causal, train) this entry pins: the higher wins."""
         return (self.causal is not None) + (self.train is not None)
 
     def as_dict(self) -> dict:
+        """The entry as JSON-able data, what `load_file` reads back."""
         return asdict(self) | {"order": list(self.order)}
 
 
@@ -126,6 +130,7 @@ def _from_env(value: str) -> tuple[Calibration, ...]:
 
 @functools.cache
 def gpu_name(index: int | None = None) -> str:
+    """The CUDA device name of GPU `index` (default: the current device), cached."""
     idx = torch.cuda.current_device() if index is None else index
     return torch.cuda.get_device_name(idx)
 

@@ -73,6 +73,7 @@ class FlashAttnBackend(AttentionBackend):
 
     @property
     def flavour(self) -> str | None:
+        """The flash-attn installed: "flash-attn-4", "flash-attn-3", "flash-attn-2", or None."""
         return _load()[1]
 
     def unsupported(self, problem: AttentionProblem) -> str | None:
@@ -117,6 +118,8 @@ class FlashAttnBackend(AttentionBackend):
         return flavour
 
     def forward(self, q, k, v, problem: AttentionProblem) -> torch.Tensor:
+        """The contract's forward; q, k, v are transposed to flash-attn's (B, N, H, D) layout and
+        the output back to (B, H_q, N, D). GQA and windows are passed natively."""
         fn, flavour, _ = _load()
         w = problem.mask.window
         fa4 = flavour == "flash-attn-4"

@@ -129,6 +129,13 @@ def _compiled_flex():
 
 
 class FlexBackend(AttentionBackend):
+    """torch FlexAttention with a block mask built from the layer's `MaskSpec`: every mask
+    family. Compiled on CUDA (on the FLASH backend where it applies), eager elsewhere.
+
+    Arguments:
+        compile: True / False force compiling or not; None compiles on CUDA only.
+    """
+
     name = "flex"
     description = "torch FlexAttention with block masks (compiled on CUDA)"
 
@@ -185,6 +192,9 @@ class FlexBackend(AttentionBackend):
         return "flex (FLASH)" if self._flash(problem) else "flex (Triton)"
 
     def forward(self, q, k, v, problem: AttentionProblem) -> torch.Tensor:
+        """The contract's forward. Where the FLASH backend applies it is tried first; a failure
+        there (other than out-of-memory) warns and is remembered for the layout (later calls
+        skip FLASH), and the call runs on FlexAttention's Triton backend instead."""
         compiled = self._compiled(q.device.type)
         block_mask = _block_mask(problem.mask, problem.seq_len, q.device, compiled)
         fn = _compiled_flex() if compiled else flex_attention

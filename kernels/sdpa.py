@@ -48,6 +48,9 @@ def _cached_mask(spec: MaskSpec, n: int, device: torch.device) -> torch.Tensor |
 
 
 class SdpaBackend(AttentionBackend):
+    """torch's `scaled_dot_product_attention`, on CUDA with cuDNN asked for first; every mask
+    family, masked ones through a materialised (N, N) mask."""
+
     name = "sdpa"
     description = "torch scaled_dot_product_attention (cuDNN > flash > efficient > math)"
 
@@ -99,6 +102,8 @@ class SdpaBackend(AttentionBackend):
             return "sdpa"
 
     def forward(self, q, k, v, problem: AttentionProblem) -> torch.Tensor:
+        """The contract's forward. With a mask tensor on CUDA, K and V are expanded to H_q heads
+        (``repeat_interleave``), since the masked CUDA kernels refuse ``enable_gqa``."""
         spec = problem.mask
         gqa = problem.gqa_group > 1
         mask = None

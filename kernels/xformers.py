@@ -40,6 +40,8 @@ def attn_bias_for(spec: MaskSpec):
 
 
 class XformersBackend(AttentionBackend):
+    """xFormers' `memory_efficient_attention` for dense, causal and window masks, on CUDA."""
+
     name = "xformers"
     description = "xFormers memory_efficient_attention (grouped GQA layout)"
 
@@ -67,6 +69,8 @@ class XformersBackend(AttentionBackend):
         return 50, "xFormers cutlass/flash kernels"
 
     def forward(self, q, k, v, problem: AttentionProblem) -> torch.Tensor:
+        """The contract's forward, through the grouped (B, N, G, H, D) layout of the module
+        docstring; K and V are broadcast over each group, not copied."""
         xops = _import()
         b, hq, n, d = q.shape
         g, h = problem.n_kv_heads, problem.gqa_group

@@ -43,6 +43,8 @@ def device_name(device: torch.device | str = "cpu") -> str:
 
 
 def machine_info(device: torch.device | str = "cpu") -> dict:
+    """The machine header of results: device, host, Python, torch, CUDA, cuDNN, installed kernel
+    libraries and sqa-nas versions, CPU threads; on a GPU also driver, memory, SMs, capability."""
     device = torch.device(device)
     info = {
         "device": device_name(device),
@@ -71,6 +73,8 @@ def machine_info(device: torch.device | str = "cpu") -> dict:
 
 
 def header_line(info: dict) -> str:
+    """One line for a benchmark's header: device, torch, then CUDA, cuDNN, driver, triton and
+    flash-attn where `info` (`machine_info`) has them."""
     parts = [info["device"], f"torch {info['torch']}"]
     for key, label in (
         ("cuda", "CUDA"),

@@ -67,6 +67,10 @@ def assert_within_torch_error(
 
 
 class BackendContract:
+    """Subclass with `backend` set (and `device`, `dtype` where the CPU float32 defaults do not
+    fit); pytest then runs the tests below for it (the module docstring says what they check).
+    Inputs are (2, H, seq_len, head_dim) with seq_len 131 and head_dim 32 unless overridden."""
+
     backend: AttentionBackend
     device: str = "cpu"
     dtype: torch.dtype = torch.float32
@@ -105,17 +109,22 @@ class BackendContract:
         ]
 
     def test_describes_itself(self):
+        """The backend has a name and a one-line description for tables."""
         assert self.backend.name and self.backend.name != "?"
         assert isinstance(self.backend.description, str) and self.backend.description
 
     @pytest.mark.parametrize("heads", CONTRACT_HEADS, ids=lambda h: f"{h[0]}q{h[1]}kv")
     @pytest.mark.parametrize("mask", list(MASKS))
     def test_forward_matches_reference_or_refuses(self, mask, heads):
+        """Every mask family x (H_q, H_kv) layout: a forward within tolerance of float64, or a
+        refusal in words."""
         hq, hkv = heads
         self._run(MASKS[mask], hq, hkv, grad=False)
 
     @pytest.mark.parametrize("mask", ["causal", "window-causal", "flex-causal"])
     def test_backward_matches_reference_or_refuses(self, mask):
+        """dq, dk, dv for causal, window and flex masks at 8 query / 2 KV heads: within tolerance
+        of float64, or a refusal in words."""
         self._run(MASKS[mask], 8, 2, grad=True)
 
     def _run(self, mask: MaskSpec, hq: int, hkv: int, grad: bool) -> None:

@@ -78,6 +78,7 @@ class BenchRow(BaseModel):
 
     @property
     def timed(self) -> bool:
+        """Whether the row holds a timing (False for rows refused or failed: see `error`)."""
         return self.ms is not None
 
     def speedup(self, baseline: str) -> float | None:
@@ -147,6 +148,7 @@ class BenchResult:
     timing: str = TIMING
 
     def replace(self, **changes: Any) -> BenchResult:
+        """A copy with `changes` applied (a frozen dataclass's ``dataclasses.replace``)."""
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:

@@ -124,6 +124,8 @@ def transformers_missing() -> str | None:
 
 
 def config_json(trial: ValidTrial) -> str:
+    """The Hugging Face ``config.json`` of `trial`: model fields, per-layer fields, auto_map
+    (causal LM or masked LM) and the trial's study, number and objectives."""
     fields: dict[str, Any] = config_fields(trial.config)
     tie = fields.pop("tie_embeddings")
     auto = "AutoModelForCausalLM" if trial.config.causal else "AutoModelForMaskedLM"

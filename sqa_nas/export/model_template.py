@@ -39,6 +39,8 @@ LAYERS = [
 
 @dataclass(frozen=True)
 class ModelArgs:
+    """The model-wide settings; `LayerArgs` holds what differs per layer."""
+
     vocab_size: int
     d_model: int
     n_heads: int  # the reference head count H of the MHA model the layers are compared to
@@ -79,6 +81,7 @@ class LayerArgs:
 
     @property
     def attn_heads(self) -> int:
+        """Heads the kernel computes and o_proj reads: max(H_q, H_kv)."""
         return max(self.n_q_heads, self.n_kv_heads)
 
     @property
@@ -155,11 +158,13 @@ def load_flash_attn():
 
 @functools.cache
 def has_flex_attention() -> bool:
+    """Whether this torch has FlexAttention (`torch.nn.attention.flex_attention`)."""
     return importlib.util.find_spec("torch.nn.attention.flex_attention") is not None
 
 
 @functools.cache
 def compiled_flex_attention():
+    """`flex_attention` compiled once for the process (static shapes)."""
     from torch.nn.attention.flex_attention import flex_attention
 
     return torch.compile(flex_attention, dynamic=False)
@@ -198,11 +203,13 @@ class Attention(nn.Module):
         self._cache: dict = {}  # (what, N, device, dtype) -> rope tables or masks
 
     def cached(self, key: tuple, make):
+        """`make()`, computed once per `key` and kept on the layer."""
         if key not in self._cache:
             self._cache[key] = make()
         return self._cache[key]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, N, d_model) -> (B, N, d_model)."""
         layer, d = self.layer, self.head_dim
         b, n, _ = x.shape
         q = self.q_proj(x).view(b, n, layer.n_q_heads, d).transpose(1, 2)  # (B, H_q, N, D)
@@ -306,6 +313,7 @@ class Attention(nn.Module):
         )
 
     def flash(self, q, k, v) -> torch.Tensor:
+        """flash-attn's `flash_attn_func` (GQA and windows native); layout as in `attend`."""
         module, flash_attn_func = load_flash_attn()
         w = self.layer.window
         unlimited = None if module == "flash_attn.cute" else -1  # "no limit", per version
@@ -333,10 +341,13 @@ class FeedForward(nn.Module):
         self.w2 = nn.Linear(ffn_dim, d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, N, d_model) -> (B, N, d_model)."""
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
 class Block(nn.Module):
+    """One pre-norm block: x + attn(norm(x)), then x + ffn(norm(x))."""
+
     def __init__(self, args: ModelArgs, layer: LayerArgs) -> None:
         super().__init__()
         self.attn_norm = nn.RMSNorm(args.d_model, eps=args.norm_eps)
@@ -345,6 +356,7 @@ class Block(nn.Module):
         self.ffn = FeedForward(args.d_model, args.ffn_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, N, d_model) -> (B, N, d_model)."""
         x = x + self.attn(self.attn_norm(x))
         return x + self.ffn(self.ffn_norm(x))
 
@@ -378,6 +390,13 @@ class Transformer(nn.Module):
             nn.init.normal_(module.weight, std=0.02)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits for every position.
+
+        Arguments:
+            tokens: (B, N) int64 token ids in [0, vocab_size).
+        Return:
+            logits: (B, N, vocab_size).
+        """
         x = self.embed(tokens)  # (B, N, d_model)
         for block in self.layers:
             x = block(x)

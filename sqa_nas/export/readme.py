@@ -57,6 +57,8 @@ def _mask(layer: dict) -> str:
 
 
 def readme(trial: ValidTrial, files: list[str]) -> str:
+    """The README.md of an export: the architecture, its costs at `README_SEQ_LEN` against the
+    same-shape MHA model, usage, and one line for each of `files` it knows."""
     c = trial.config
     cost = analyze(c, README_SEQ_LEN)
     mha = mha_baseline(c).layer_configs[0]

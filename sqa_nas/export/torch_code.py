@@ -93,6 +93,7 @@ def layer_fields(config: ModelConfig) -> list[dict[str, Any]]:
 
 
 def render_data(config: ModelConfig) -> str:
+    """The ``CONFIG = ...`` and ``LAYERS = [...]`` source replacing the template's data block."""
     layers = "\n".join(f"    {render_dict(x, 4, 1)}," for x in layer_fields(config))
     return (
         f"CONFIG = {render_dict(config_fields(config), len('CONFIG = '))}\n\n"
@@ -111,6 +112,8 @@ def allocation_text(config: ModelConfig) -> str:
 
 
 def docstring(trial: ValidTrial) -> str:
+    """The module docstring of the exported model.py: the trial, its objectives and layers,
+    what it needs, and how to use it."""
     c = trial.config
     objectives = ", ".join(
         f"{name} {value:.6g} ({OBJECTIVES[name]})" for name, value in trial.objectives.items()
@@ -142,6 +145,7 @@ def docstring(trial: ValidTrial) -> str:
 
 
 def template_source() -> str:
+    """The text of `model_template.py`, read from the installed package."""
     return files("sqa_nas.export").joinpath("model_template.py").read_text()
 
 

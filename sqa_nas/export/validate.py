@@ -70,6 +70,7 @@ class ValidTrial:
 
     @property
     def standalone_backends(self) -> tuple[str, ...]:
+        """Each layer's backend in the standalone model.py (xformers becomes "auto" there)."""
         return tuple(STANDALONE_BACKEND[c.backend] for c in self.config.layer_configs)
 
     def provenance(self) -> dict[str, Any]:
