@@ -44,10 +44,12 @@ class Scatter(Widget):
         self.selected: int | None = None
 
     def show(self, view: StudyView, axes: tuple[str, str], selected: int | None) -> None:
+        """Draw `view` on `axes` (x, y), marking trial `selected`."""
         self.view, self.axes, self.selected = view, axes, selected
         self.refresh()
 
     def render(self) -> Text:
+        """The scatter at the widget's current size ("loading…" before the first `show`)."""
         if self.view is None:
             return Text("loading…", "dim")
         return text_scatter(
@@ -56,6 +58,9 @@ class Scatter(Widget):
 
 
 class Dashboard(App):
+    """The terminal app: Pareto scatter, trial detail, search progress and the trials table
+    of one `Source`, reloaded every `refresh_s` seconds; keys in `BINDINGS`."""
+
     TITLE = "sqa-nas dashboard"
     CSS = """
     #top { height: 3fr; }
@@ -140,6 +145,7 @@ class Dashboard(App):
 
     # ---------------------------------------------------------------------------- reload
     def action_reload(self) -> None:
+        """Start a background reload unless one is in flight (also run every `refresh_s`)."""
         if not self._loading:
             self._loading = True
             self._load()
@@ -181,16 +187,19 @@ class Dashboard(App):
 
     # ---------------------------------------------------------------------------- drawing
     def redraw(self) -> None:
+        """Redraw the table, the progress panel and the selection from `view`."""
         self.fill_table()
         self.draw_progress()
         self.draw_selection()
 
     def rows(self) -> list[TrialRecord]:
+        """The table's rows in the current sort, Pareto-only when that filter is on."""
         return self.view.sorted_records(
             self.sort_key, self.sort_reverse, front_only=self.front_only
         )
 
     def fill_table(self) -> None:
+        """Refill the table (sort arrow on the sorted column), keeping the selection when shown."""
         table = self.query_one(TrialTable)
         labels = [
             c.label + ((" ▼" if self.sort_reverse else " ▲") if c.key == self.sort_key else "")
@@ -209,12 +218,13 @@ class Dashboard(App):
         )
 
     def draw_selection(self) -> None:
+        """Show the selected trial's detail and mark it on the scatter."""
         r = self.view.by_number.get(self.selected) if self.selected is not None else None
         self.query_one("#detail", Static).update(render.detail(self.view, r))
         self.query_one(Scatter).show(self.view, self.axes, self.selected)
-        self.query_one("#scatter").border_title = (
-            f"Pareto front · {self.axes[1]} vs {self.axes[0]}"
-        )
+        self.query_one(
+            "#scatter"
+        ).border_title = f"Pareto front · {self.axes[1]} vs {self.axes[0]}"
 
     def select(self, number: int) -> None:
         """Select a trial, showing it in the table (leaving Pareto-only if needed)."""
@@ -231,12 +241,15 @@ class Dashboard(App):
             self.draw_selection()
 
     def on_trial_table_header_selected(self, event: TrialTable.HeaderSelected) -> None:
+        """A click on a header sorts by that column; on the sorted one it reverses the order."""
         self.sort_reverse = not self.sort_reverse if event.key == self.sort_key else False
         self.sort_key = event.key
         self.fill_table()
 
     # ---------------------------------------------------------------------------- actions
     def action_next_axis(self, which: int) -> None:
+        """Move axis `which` (0: x, 1: y) to the next metric, skipping the other axis's (with
+        only two metrics the axes swap)."""
         axes = self.view.axes
         other = self.axes[1 - which]
         i = axes.index(self.axes[which]) if self.axes[which] in axes else -1
@@ -261,6 +274,7 @@ class Dashboard(App):
         )
 
     def action_sort(self, reverse: bool) -> None:
+        """Sort by the next column, or with `reverse` flip the current order."""
         keys = [c.key for c in self.view.columns]
         if reverse:
             self.sort_reverse = not self.sort_reverse
@@ -273,11 +287,13 @@ class Dashboard(App):
         self.apply_pick("knee")
 
     def action_best(self) -> None:
+        """Select the trial of the next picker in `StudyView.picker_specs` (after the knee)."""
         specs = self.view.picker_specs()[1:]
         self.pick_index = (self.pick_index + 1) % len(specs)
         self.apply_pick(specs[self.pick_index])
 
     def apply_pick(self, spec: str) -> None:
+        """Select the trial picker `spec` names; when it finds none, say so in a notice."""
         try:
             r = self.view.pick(spec, self.axes)
         except UserError as exc:
@@ -287,6 +303,7 @@ class Dashboard(App):
         self.notify(f"{spec}: trial #{r.number}", timeout=3)
 
     def action_gpu(self) -> None:
+        """Cycle the GPU filter: all trials, then each GPU type in turn."""
         choices = [None] + self.view.gpu_types
         self.gpu_type = choices[(choices.index(self.gpu_type) + 1) % len(choices)]
         self.view = self._make_view()
@@ -294,6 +311,7 @@ class Dashboard(App):
         self.notify(f"GPU type: {self.gpu_type or 'all'}", timeout=2)
 
     def action_export(self) -> None:
+        """Export the selected trial to `export_dir` in a background thread."""
         r = self.view.by_number.get(self.selected) if self.selected is not None else None
         if r is None:
             self.notify("select a trial to export", severity="warning")

@@ -32,6 +32,7 @@ _MARKS = "●◆◉"
 
 
 def axis_label(view: StudyView, metric: str) -> str:
+    """The metric's name with which way is better, for an axis title."""
     return f"{metric} ({'lower' if view.direction(metric) == 'minimize' else 'higher'} is better)"
 
 

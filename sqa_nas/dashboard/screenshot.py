@@ -39,6 +39,7 @@ async def capture(
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line above; returns the exit status (2 for a bad study or --size)."""
     from sqa_nas.dashboard.view import StorageSource
     from sqa_nas.errors import UserError
 

@@ -89,6 +89,7 @@ class TrialTable(ScrollView, can_focus=True):
         self.refresh()
 
     def index_of(self, number: int) -> int | None:
+        """The row index of trial `number`, None when it is not shown."""
         for i, r in enumerate(self.records):
             if r.number == number:
                 return i
@@ -96,6 +97,7 @@ class TrialTable(ScrollView, can_focus=True):
 
     @property
     def selected(self) -> TrialRecord | None:
+        """The trial under the cursor, None for an empty table."""
         return self.records[self.cursor] if self.records else None
 
     def row_text(self, index: int) -> str:
@@ -104,15 +106,18 @@ class TrialTable(ScrollView, can_focus=True):
 
     # ---------------------------------------------------------------------------- cursor
     def move_to(self, number: int) -> bool:
+        """Put the cursor on trial `number`; False when it is not shown."""
         index = self.index_of(number)
         if index is not None:
             self.cursor = index
         return index is not None
 
     def validate_cursor(self, value: int) -> int:
+        """Textual's validator: the cursor stays on a row."""
         return max(0, min(value, len(self.records) - 1))
 
     def watch_cursor(self, old: int, new: int) -> None:
+        """Keep the cursor row in view and tell the app which trial it is on."""
         self._show_cursor()
         self.refresh()
         if self.records:
@@ -122,6 +127,7 @@ class TrialTable(ScrollView, can_focus=True):
         self.cursor += step
 
     def action_page(self, direction: int) -> None:
+        """Move the cursor by a screenful of rows, up (-1) or down (+1)."""
         self.cursor += direction * max(1, self.scrollable_content_region.height - 2)
 
     def _show_cursor(self) -> None:
@@ -132,6 +138,7 @@ class TrialTable(ScrollView, can_focus=True):
             self.scroll_to(y=self.cursor - rows + 1, animate=False, immediate=True)
 
     def on_click(self, event: events.Click) -> None:
+        """A click on the header selects that column (`HeaderSelected`); on a row, moves there."""
         offset = event.get_content_offset(self)
         if offset is None:
             return
@@ -153,6 +160,8 @@ class TrialTable(ScrollView, can_focus=True):
         return gap + text if numeric else text + gap
 
     def render_line(self, y: int) -> Strip:
+        """Line `y` of the visible table: the header at 0, else a row (Pareto rows bold, rows
+        neither COMPLETE nor RUNNING dim, the cursor row reversed)."""
         scroll_x, scroll_y = self.scroll_offset
         width = self.scrollable_content_region.width
         base = self.rich_style

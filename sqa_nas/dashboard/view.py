@@ -49,10 +49,13 @@ class Source:
     study: Any = None
 
     def records(self) -> list[TrialRecord]:
+        """Every trial, read afresh."""
         raise NotImplementedError
 
 
 class StorageSource(Source):
+    """The trials of a study in an Optuna storage (default: its ``runs/<name>/study.db``)."""
+
     def __init__(self, name: str, storage: str | None = None):
         self.name = name
         self.where = storage or default_storage(name)
@@ -70,6 +73,8 @@ class StorageSource(Source):
 
 
 class MemorySource(Source):
+    """Trials already in memory, with their objectives (directions default to the known ones)."""
+
     def __init__(
         self,
         name: str,
@@ -98,6 +103,8 @@ class Column:
 
 @dataclass(frozen=True)
 class Progress:
+    """The progress panel's figures: state counts, trial rate and the hypervolume history."""
+
     counts: Counter
     per_hour: float | None  # finished trials per hour since the first trial started
     last_hour: int  # trials finished in the last hour (of the search, once it has stopped)
@@ -151,6 +158,8 @@ class StudyView:
         return (self.axes[1] if len(self.axes) > 1 else self.axes[0]), self.axes[0]
 
     def direction(self, metric: str) -> str:
+        """ "minimize" or "maximize" for `metric`: the study's direction for an objective, else
+        the known one (minimize when unknown)."""
         if metric in self.objectives:
             return self.directions[self.objectives.index(metric)]
         return OBJECTIVES.get(metric, "minimize")
@@ -179,11 +188,15 @@ class StudyView:
         return out
 
     def on_front(self, r: TrialRecord) -> bool:
+        """Whether `r` is on the Pareto front of the objectives."""
         return r.number in self.front_numbers
 
     # ------------------------------------------------------------------------- columns
     @cached_property
     def columns(self) -> list[Column]:
+        """The trials table's columns: number, state, front, seed, the objectives, cost columns
+        not already objectives, GPU and allocation."""
+
         def metric(m):
             return lambda r: self.value(r, m)
 
@@ -269,6 +282,8 @@ class StudyView:
 
     # ------------------------------------------------------------------------ progress
     def progress(self, axes: tuple[str, str] | None = None) -> Progress:
+        """The progress figures, the hypervolume on `axes` when both are objectives (else the
+        first two objectives); memoised per view."""
         memo = tuple(axes or ())
         if memo not in self._progress:
             self._progress[memo] = self._compute_progress(axes)
