@@ -410,6 +410,7 @@ class Driver:
 
     # ------------------------------------------------------------------------- display
     def log(self, text: str) -> None:
+        """A line on the rich console (`Console.log`: time-stamped, above the live panel)."""
         self.console.log(text)
 
     def _render(self, n_trials: int):

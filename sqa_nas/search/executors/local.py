@@ -108,10 +108,12 @@ class LocalExecutor(Executor):
         self._worker_of: dict[int, int] = {}  # trial number -> worker index
 
     def describe(self) -> str:
+        """ "local: N worker(s) on <devices>"."""
         kinds = sorted(set(self.devices))
         return f"local: {len(self.devices)} worker(s) on {', '.join(kinds)}"
 
     def start(self) -> None:
+        """Spawn one worker process per entry of `devices` (spawn context: CUDA-safe)."""
         self.workers = [_Worker(self.ctx, i, d, self.threads) for i, d in enumerate(self.devices)]
 
     def free_slots(self) -> int:

@@ -138,6 +138,7 @@ class RayExecutor(Executor):
 
     # ------------------------------------------------------------------------- interface
     def describe(self) -> str:
+        """The cluster (nodes, GPUs), what is in use, and how many workers are up of the target."""
         gpus = sum(n["GPU"] for n in self.cluster.nodes)
         busy = [s.info for s in self.slots if s.jobs and s.info]
         used_nodes = {info["node_id"] for info in busy}
