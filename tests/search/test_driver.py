@@ -237,7 +237,7 @@ def test_ctrl_c_fails_the_running_trial_and_queues_it_again(tmp_path):
 
 
 def _ask_as(driver, identity):
-    trial = driver.study.ask(driver.distributions)  # takes the queued MHA seed
+    trial = driver.study.ask(driver.distributions)  # the queued MHA seed first
     trial.set_user_attr("driver", identity)
     return trial
 

@@ -88,6 +88,9 @@ def test_a_ray_error_becomes_its_cause_in_one_line():
     )
     assert error_reason(exc) == "ValueError: boom"
     assert (
+        error_reason(RuntimeError('boom\n  File "x.py", line 3, in run\nray::W.run()')) == "boom"
+    )  # the last line that is not a traceback frame
+    assert (
         error_reason(RuntimeError("lost\nThe actor died because its node  died.\nmore"))
         == "The actor died because its node died. more"
     )
