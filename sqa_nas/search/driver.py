@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import optuna
+from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 from rich.console import Console
 from rich.live import Live
@@ -344,8 +345,8 @@ class Driver:
                 return None
             trial = self.study.ask(self.distributions)
             trial.set_user_attr("driver", self.identity)
-            if self._heartbeat_storage:
-                self.storage.record_heartbeat(trial._trial_id)
+            if self._heartbeat_storage and isinstance(self.storage, RDBStorage):
+                self.storage.record_heartbeat(trial._trial_id)  # databases only have one
         if "seed_variant" not in trial.user_attrs:  # a sampled baseline is still a baseline
             name = next((n for n, p in self.spec.seed_params() if p == trial.params), None)
             if name:

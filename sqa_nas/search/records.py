@@ -21,6 +21,7 @@ Trial
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -30,6 +31,7 @@ import optuna
 from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy.exc import IntegrityError
 
 from sqa_nas.errors import UserError
 from sqa_nas.search.choices import HeadsChoice, MaskChoice
@@ -335,7 +337,10 @@ def default_storage(study_name: str) -> str:
     return f"sqlite:///runs/{study_name}/study.db"
 
 
-def open_storage(url: str, *, heartbeat: bool = False):
+SCHEMA_RACE_TRIES = 5  # opening a storage whose schema another process is creating
+
+
+def open_storage(url: str, *, heartbeat: bool = False) -> RDBStorage | JournalStorage:
     """An Optuna storage for a URL: ``sqlite:///``, ``postgresql://``, ... or a journal file
     (``journal:PATH`` or a path ending in ``.log`` / ``.journal``)."""
     if url.startswith("journal:") or url.endswith((".log", ".journal")):
@@ -350,12 +355,23 @@ def open_storage(url: str, *, heartbeat: bool = False):
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     kwargs: dict[str, Any] = {"heartbeat_interval": 10, "grace_period": 60} if heartbeat else {}
-    try:
-        return RDBStorage(url, engine_kwargs=_engine_kwargs(url), **kwargs)
-    except Exception as exc:  # sqlalchemy errors: unreachable server, bad driver, old schema
-        raise UserError(
-            f"cannot open storage {url}: {type(exc).__name__}: {str(exc).splitlines()[0]}"
-        ) from None
+    for attempt in range(SCHEMA_RACE_TRIES):
+        try:
+            return RDBStorage(url, engine_kwargs=_engine_kwargs(url), **kwargs)
+        except IntegrityError:
+            # Another process (a reader such as optuna-dashboard, or a driver) created the
+            # schema at the same moment and wrote its version row first: it is there now.
+            if attempt + 1 == SCHEMA_RACE_TRIES:
+                raise UserError(
+                    f"cannot open storage {url}: its schema kept changing while "
+                    "it was being created; try again"
+                ) from None
+            time.sleep(0.2 * (attempt + 1))
+        except Exception as exc:  # sqlalchemy errors: unreachable server, bad driver, old schema
+            raise UserError(
+                f"cannot open storage {url}: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+            ) from None
+    raise AssertionError("unreachable")  # the loop returns or raises
 
 
 def _engine_kwargs(url: str) -> dict:

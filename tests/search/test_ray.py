@@ -348,7 +348,9 @@ def test_trials_spread_over_both_nodes_and_survive_a_killed_worker(cluster, tmp_
     search = Search.start(cluster, tmp_path, space, "spread")
 
     def nodes_done() -> int:
-        if not search.db.exists():
+        # Read with optuna only once a trial is complete: opening the file while the driver
+        # creates its schema would race it for Optuna's version row.
+        if "COMPLETE" not in _states(search.db):
             return 0
         try:
             done = [

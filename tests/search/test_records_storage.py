@@ -54,3 +54,33 @@ def test_records_of_one_gpu_type():
     assert of_gpu_type(records, None) == (records, ["A100", "H200"])
     with pytest.raises(UserError, match="GPU types in this study: 'A100', 'H200'"):
         of_gpu_type(records, "V100")
+
+
+def test_a_schema_created_at_the_same_moment_by_another_process_is_retried(tmp_path, monkeypatch):
+    """Two processes creating one SQLite file's schema race for Optuna's version row; the
+    loser sees IntegrityError, and the schema is whole a moment later: open it again."""
+    from sqlalchemy.exc import IntegrityError
+
+    from sqa_nas.search import records
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    real, calls = records.RDBStorage, []
+
+    def racing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            real(*args, **kwargs)  # the other process wins: the schema is there now
+            raise IntegrityError("INSERT INTO alembic_version", {}, Exception("UNIQUE"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(records, "RDBStorage", racing)
+    monkeypatch.setattr(records.time, "sleep", lambda s: None)
+    storage = open_storage(url)
+    assert len(calls) == 2 and optuna.create_study(storage=storage).study_name
+
+    def always(*args, **kwargs):
+        raise IntegrityError("INSERT INTO alembic_version", {}, Exception("UNIQUE"))
+
+    monkeypatch.setattr(records, "RDBStorage", always)
+    with pytest.raises(UserError, match="schema kept changing"):
+        open_storage(url)
