@@ -27,15 +27,22 @@ def csv(kind: Callable[[str], T]) -> Callable[[str], list[T]]:
     return parse
 
 
-def positive(text: str) -> int:
-    """A whole number >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def whole(minimum: int, what: str = "a whole number") -> Callable[[str], int]:
+    """A whole number >= `minimum`; `what` names it in the message (e.g. "a trial number")."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+positive = whole(1)  # a whole number >= 1
 
 
 def seconds(text: str) -> float:

@@ -6,24 +6,17 @@ import argparse
 from pathlib import Path
 
 from sqa_nas.cli import console
+from sqa_nas.cli.args import whole
 from sqa_nas.export import export_trial, find_trial
 from sqa_nas.search.records import load_study
-
-
-def _trial_number(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a trial number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"trial numbers start at 0, got {value}")
-    return value
 
 
 def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("study", help="study name")
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--trial", type=_trial_number, metavar="N", help="trial number")
+    which.add_argument(
+        "--trial", type=whole(0, "a trial number"), metavar="N", help="trial number"
+    )
     which.add_argument(
         "--pick", metavar="SPEC", help="knee | best:OBJECTIVE | best:OBJECTIVE:within=OTHER+1%%"
     )

@@ -435,6 +435,10 @@ def test_cli_refuses_failed_running_and_unknown_trials(study, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         _cli(study, "--out", str(tmp_path / "o"))  # neither --trial nor --pick
     assert exc.value.code == 2
+    for number, message in (("-1", "must be >= 0, got -1"), ("x", "expected a trial number")):
+        with pytest.raises(SystemExit) as exc:
+            _cli(study, "--trial", number, "--out", str(tmp_path / "o"))
+        assert exc.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_cli_picks_a_trial_and_writes_the_torch_files(study, tmp_path, capsys):
