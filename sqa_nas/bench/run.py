@@ -44,6 +44,8 @@ from sqa_nas.timing import row_watchdog, time_call
 
 
 def _autocast(device: torch.device, dtype: torch.dtype):
+    """Autocast to the row's dtype on any device (CPU rows time bf16 too), unlike
+    `train.autocast`, which training skips on CPU where it only slows small models down."""
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)

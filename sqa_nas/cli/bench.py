@@ -159,10 +159,7 @@ def settings_from_args(args: argparse.Namespace) -> list[BenchSettings]:
         baselines=args.baselines,
         check=not args.no_check,
         check_len=args.check_len,
-        extra={
-            "command": getattr(args, "command_line", None)
-            or " ".join(["sqa-nas", "bench", *sys.argv[2:]])
-        },
+        extra={"command": " ".join(["sqa-nas", "bench", *sys.argv[2:]])},
     )
     return expand_grid(
         base,
