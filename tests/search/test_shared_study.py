@@ -195,8 +195,9 @@ def test_reaping_spares_live_drivers_here_and_elsewhere(postgres, tmp_path):
     ended.wait()
     try:
 
-        def running(identity: dict | None, drawn: bool = True) -> int:
-            trial = study.ask(driver.distributions if drawn else None)
+        def running(identity: dict | None, drawn: bool = True, part: bool = False) -> int:
+            first = dict(list(driver.distributions.items())[:1])
+            trial = study.ask(first if part else driver.distributions if drawn else None)
             if identity is not None:
                 trial.set_user_attr("driver", {"started": "", **identity})
             storage.record_heartbeat(trial._trial_id)
@@ -213,6 +214,7 @@ def test_reaping_spares_live_drivers_here_and_elsewhere(postgres, tmp_path):
         # lock sees an unsigned one only when its driver died in between: before drawing its
         # architecture (nothing to re-run) or after.
         undrawn = running(None, drawn=False)
+        part_drawn = running(None, part=True)  # died between two draws: nothing to re-run
         unsigned = running(None)
         queued_params = {**study.get_trials()[here_live].params}
         study.enqueue_trial(queued_params, user_attrs={"seed_variant": "MHA"})
@@ -228,13 +230,21 @@ def test_reaping_spares_live_drivers_here_and_elsewhere(postgres, tmp_path):
                 ),
                 {"t": study.get_trials()[elsewhere_dead]._trial_id},
             )
-        assert driver.reap() == 6
+        assert driver.reap() == 7
     finally:
         live.kill()
     trials = study.get_trials()
     for n in (here_live, elsewhere_live):
         assert trials[n].state.name == "RUNNING", n
-    for n in (here_dead, pid_reused, elsewhere_dead, unsigned, undrawn, queued_undrawn):
+    for n in (
+        here_dead,
+        pid_reused,
+        elsewhere_dead,
+        unsigned,
+        undrawn,
+        part_drawn,
+        queued_undrawn,
+    ):
         assert trials[n].state.name == "FAIL" and trials[n].user_attrs["reaped"], n
     requeued = {t.user_attrs["retry_of"]: t for t in trials if "retry_of" in t.user_attrs}
     assert set(requeued) == {here_dead, pid_reused, elsewhere_dead, unsigned, queued_undrawn}
