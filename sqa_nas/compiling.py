@@ -1,10 +1,28 @@
-"""torch.compile in a process that builds many shapes or models."""
+"""torch.compile for a process that trains many models of one family: block by block, so the
+compile cost is paid once per distinct block shape per process, and only where it pays back.
+
+`compile_blocks` compiles each transformer block with ``fullgraph=True``: blocks of the same
+configuration and input shape share one compiled graph, within a model and across the models
+of later trials in the same process (dynamo's cache; inductor's FX graph cache on disk shares
+them between processes too). `decide` weighs, for one trial, the compile cost of the block
+shapes this process has not compiled yet against the step time compiling saves over the
+trial's planned steps, from figures this process measured (`CompileLedger`) or, before it has
+any, from priors measured on an H200 (`PRIOR_GRAPH_S`, `PRIOR_GAIN`), and says why.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 RECOMPILE_LIMIT = 256
+# Priors until this process has measured its own (H200, paper model, see
+# experiments/results/step_throughput_h200.json): seconds to compile one new block graph
+# (forward and backward), and compiled over eager training-step speed.
+PRIOR_GRAPH_S = 6.0
+PRIOR_GAIN = 1.4
 
 
 def allow_recompiles(limit: int = RECOMPILE_LIMIT) -> None:
@@ -17,3 +35,105 @@ def allow_recompiles(limit: int = RECOMPILE_LIMIT) -> None:
     for knob in ("cache_size_limit", "recompile_limit"):
         if hasattr(dynamo, knob):
             setattr(dynamo, knob, max(getattr(dynamo, knob), limit))
+
+
+def block_signatures(model: Any, batch: tuple[int, int], dtype: torch.dtype) -> set[tuple]:
+    """One key per distinct compiled block graph `model` needs at `batch` (B, N) tokens:
+    the block's attention layout and the input shape and dtype."""
+    d = model.config
+    return {
+        (repr(a), d.d_model, d.ffn_dim, d.norm_eps, batch, str(dtype))
+        for a in model.config.layer_configs
+    }
+
+
+def compile_blocks(model: Any, mode: str | None = None) -> list[Any]:
+    """Compiled forms of every block of `model` (an `SQATransformer`, prepared with
+    `prepare` for the shapes it will run), ``fullgraph=True``: a graph break is an error,
+    not a slow path. Pass them as ``model(tokens, blocks)``; the model itself stays eager
+    (evaluation, export). `mode` is torch.compile's ("reduce-overhead": CUDA graphs)."""
+    allow_recompiles()  # each block shape of each trial is a new graph of Block.forward
+    return [torch.compile(b, fullgraph=True, dynamic=False, mode=mode) for b in model.layers]
+
+
+@dataclass
+class CompileDecision:
+    """Whether one trial compiles, and why (stored with the trial)."""
+
+    used: bool
+    reason: str
+    new_graphs: int = 0
+    est_cost_s: float | None = None
+    est_saving_s: float | None = None
+    compile_s: float | None = None  # measured: first compiled step minus an eager step
+
+    def record(self) -> dict[str, Any]:
+        """The JSON form stored with the trial."""
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+@dataclass
+class CompileLedger:
+    """What this process has compiled and measured, per device type name."""
+
+    compiled: set[tuple] = field(default_factory=set)
+    graph_s: list[float] = field(default_factory=list)  # seconds per new block graph
+    gain: list[float] = field(default_factory=list)  # compiled / eager step speed
+
+    def estimates(self) -> tuple[float, float, str]:
+        """(seconds per new graph, gain, "measured" or "prior")."""
+        if self.graph_s and self.gain:
+            return sum(self.graph_s) / len(self.graph_s), sum(self.gain) / len(self.gain), (
+                "measured"
+            )
+        return PRIOR_GRAPH_S, PRIOR_GAIN, "prior"
+
+    def learn(self, new_graphs: int, compile_s: float, gain: float | None) -> None:
+        """Add one compiled trial's figures: its compile seconds over its new graphs and its
+        compiled / eager step speed."""
+        if new_graphs:
+            self.graph_s.append(max(0.0, compile_s) / new_graphs)
+        if gain:
+            self.gain.append(gain)
+
+
+LEDGER = CompileLedger()  # this process's; workers keep it between trials
+
+
+def decide(
+    setting: bool | str,
+    device: torch.device,
+    signatures: set[tuple],
+    planned_steps: int,
+    eager_step_s: float | None,
+    ledger: CompileLedger = LEDGER,
+) -> CompileDecision:
+    """Whether a trial compiles its blocks.
+
+    Arguments:
+        setting: True / False force it (True is refused on CPU, where a compile costs
+            ~30 s per shape: eager); "auto" compiles when the estimated saving over the
+            trial's planned steps exceeds the estimated cost of its new block graphs.
+        signatures: the trial's `block_signatures`; those in ``ledger.compiled`` cost nothing.
+        planned_steps: training steps of the trial (-1: bounded by time only).
+        eager_step_s: a measured eager training step, in seconds (needed for "auto").
+    """
+    if device.type != "cuda":
+        return CompileDecision(False, "eager: compiling pays back only on a GPU")
+    if setting is True or setting is False:
+        return CompileDecision(bool(setting), "set by budget.train.compile")
+    new = len(signatures - ledger.compiled)
+    per_graph, gain, source = ledger.estimates()
+    cost = new * per_graph
+    if planned_steps < 0 or eager_step_s is None:
+        return CompileDecision(
+            new == 0, "auto: no step count to weigh against; compiled only when cached", new
+        )
+    saving = planned_steps * eager_step_s * (1 - 1 / gain)
+    used = saving > cost
+    why = (
+        f"auto ({source} {per_graph:.1f} s per new block graph, gain x{gain:.2f}): "
+        f"{new} new graph(s) cost ~{cost:.1f} s {'<' if used else '>='} ~{saving:.1f} s "
+        "saved over the planned steps"
+    )
+    return CompileDecision(used, why, new, round(cost, 2), round(saving, 2))

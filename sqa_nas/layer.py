@@ -25,6 +25,9 @@ class SparseQueryAttention(nn.Module):
     `sqa_nas.registry.select_backend`; `backend_name` / `backend_reason` say which and why.
     """
 
+    rope_cos: torch.Tensor  # (L, D) float64 buffers of rotary layers, L >= any seq_len seen
+    rope_sin: torch.Tensor
+
     def __init__(self, config: AttentionConfig) -> None:
         super().__init__()
         self.config = c = config
@@ -36,9 +39,13 @@ class SparseQueryAttention(nn.Module):
         # H_q (or H_kv for rSQA), not H, sets W_O's input: paper section 3.2.
         self.o_proj = nn.Linear(c.attn_heads * d, c.d_model, bias=c.bias)
         self.mask_spec = MaskSpec.of(c)
-        self._choices: dict[AttentionProblem, tuple[AttentionBackend, str]] = {}
+        # (seq_len, device type, dtype, requires_grad) -> (backend, reason, problem): chosen
+        # outside any trace (`choose`), so a compiled forward only looks its choice up.
+        self._choices: dict[tuple, tuple[AttentionBackend, str, AttentionProblem]] = {}
         self._last: tuple[AttentionBackend, str] | None = None
-        self._rope: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        if c.rope_theta is not None:  # float64, cast per call; `choose` sizes them
+            self.register_buffer("rope_cos", torch.empty(0, d, dtype=torch.float64), False)
+            self.register_buffer("rope_sin", torch.empty(0, d, dtype=torch.float64), False)
         if c.backend != "auto":
             get_backend(c.backend)  # unknown names fail here, not at the first forward
 
@@ -62,9 +69,26 @@ class SparseQueryAttention(nn.Module):
 
     def select(self, problem: AttentionProblem) -> tuple[AttentionBackend, str]:
         """(backend, reason) for `problem`, cached per layer."""
-        if problem not in self._choices:
-            self._choices[problem] = select_backend(problem, self.config.backend)
-        return self._choices[problem]
+        key = (problem.seq_len, problem.device_type, problem.dtype, problem.requires_grad)
+        if key not in self._choices or self._choices[key][2] != problem:
+            backend, reason = select_backend(problem, self.config.backend)
+            self._choices[key] = backend, reason, problem
+        backend, reason, _ = self._choices[key]
+        return backend, reason
+
+    def choose(
+        self, seq_len: int, device: torch.device, dtype: torch.dtype, requires_grad: bool
+    ) -> tuple[AttentionBackend, str]:
+        """Choose the backend for calls of length `seq_len` with q in `dtype` on `device` and
+        size the RoPE tables, before any trace: a compiled forward then only reads what this
+        chose (`torch.compile(..., fullgraph=True)` needs that; `SQATransformer.prepare` calls
+        it for every layer). Chooses with and without gradients; returns (backend, reason)
+        of `requires_grad`, which `backend_name` reports."""
+        self._rope_tables(seq_len)
+        for grad in (not requires_grad, requires_grad):  # both: a no-grad call traces too
+            choice = self.select(self.problem(seq_len, device.type, dtype, grad))
+        self._last = choice
+        return choice
 
     def _current_choice(self) -> tuple[AttentionBackend, str]:
         if self._last is None:  # before any forward: what a training call here would use
@@ -88,14 +112,18 @@ class SparseQueryAttention(nn.Module):
         query sees every key (dense, non-causal)."""
         return dense_mask(self.mask_spec, n, self.q_proj.weight.device)
 
-    def _rope_tables(self, n: int, x: torch.Tensor):
-        key = (n, x.device, x.dtype)
-        if key not in self._rope:
+    def _rope_tables(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first `n` rows of the cos / sin buffers (float64), grown first when shorter:
+        outside a trace, as `choose` does it before compiling."""
+        if n > self.rope_cos.shape[0]:
             c = self.config
-            assert c.head_dim is not None  # AttentionConfig fills it
-            assert c.rope_theta is not None  # only rotary layers ask for tables
-            self._rope = {key: rope_tables(n, c.head_dim, c.rope_theta, x.device, x.dtype)}
-        return self._rope[key]
+            assert c.head_dim is not None and c.rope_theta is not None  # rotary layers only
+            size = 1 << (n - 1).bit_length()  # powers of two: few regrowths
+            device = self.rope_cos.device
+            self.rope_cos, self.rope_sin = rope_tables(
+                size, c.head_dim, c.rope_theta, device, torch.float64
+            )
+        return self.rope_cos[:n], self.rope_sin[:n]
 
     def project(self, x: torch.Tensor):
         """q (B, H_attn, N, D), k and v (B, H_kv, N, D): projected, rotated, rSQA-tiled."""
@@ -105,7 +133,8 @@ class SparseQueryAttention(nn.Module):
         k = self.k_proj(x).view(b, n, c.n_kv_heads, c.head_dim).transpose(1, 2)  # (B, H_kv, N, D)
         v = self.v_proj(x).view(b, n, c.n_kv_heads, c.head_dim).transpose(1, 2)
         if c.rope_theta is not None:
-            cos, sin = self._rope_tables(n, q)
+            cos, sin = self._rope_tables(n)
+            cos, sin = cos.to(q.dtype), sin.to(q.dtype)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if c.is_reverse:
             # rSQA: tile the queries so KV head j is read by query head j % H_q.
@@ -117,8 +146,12 @@ class SparseQueryAttention(nn.Module):
         b, n, _ = x.shape
         q, k, v = self.project(x)
         grad = torch.is_grad_enabled() and q.requires_grad
-        problem = self.problem(n, q.device.type, q.dtype, grad)
-        self._last = backend, _ = self.select(problem)
+        key = (n, q.device.type, q.dtype, grad)
+        if torch.compiler.is_compiling() and key in self._choices:
+            backend, _, problem = self._choices[key]  # chosen before the trace (`choose`)
+        else:
+            problem = self.problem(n, q.device.type, q.dtype, grad)
+            self._last = backend, _ = self.select(problem)
         y = backend.forward(q, k, v, problem)  # (B, H_attn, N, D)
         assert self.config.head_dim is not None  # AttentionConfig fills it
         y = y.transpose(1, 2).reshape(b, n, self.config.attn_heads * self.config.head_dim)

@@ -24,7 +24,7 @@ block_sparse, bias, backend), optionally starting from a named `variant`.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -230,18 +230,39 @@ class SQATransformer(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, std=0.02)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, blocks: Sequence[Callable[[torch.Tensor], torch.Tensor]] = ()
+    ) -> torch.Tensor:
         """Logits for every position.
 
         Arguments:
             tokens: (B, N) int64 token ids in [0, vocab_size).
+            blocks: callables run in place of the layers, one per layer (their compiled
+                forms: `sqa_nas.compiling.compile_blocks`); empty: the layers themselves.
         Return:
             logits: (B, N, vocab_size).
         """
         x = self.embed(tokens)  # (B, N, d_model)
-        for block in self.layers:
+        for block in blocks or self.layers:
             x = block(x)
         return self.lm_head(self.norm(x))  # (B, N, vocab)
+
+    def prepare(
+        self, seq_len: int, dtype: torch.dtype | None = None, requires_grad: bool = True
+    ) -> list[tuple[str, str]]:
+        """Choose every layer's backend for calls of length `seq_len` with activations in
+        `dtype` (default: the weights'; under autocast, its dtype) and size the RoPE tables,
+        on the weights' device: call it before `torch.compile`, so that the traced forward
+        only reads these choices (no graph breaks). Returns (backend, reason) per layer."""
+        w = self.embed.weight
+        blocks = cast(Iterable[Block], self.layers)  # nn.ModuleList yields nn.Module
+        return [
+            (b.name, why)
+            for b, why in (
+                block.attn.choose(seq_len, w.device, dtype or w.dtype, requires_grad)
+                for block in blocks
+            )
+        ]
 
     def backends(self) -> list[tuple[str, str]]:
         """(backend, reason) per layer, for the last forward (or the default device)."""

@@ -2,26 +2,30 @@
 config: what the search, the experiments and users call alike.
 
 `TrainConfig` holds only what training reads (the search builds it from its spec, see
-`sqa_nas.search.trial.train_config`); `lr_at` is a pure function of the step; `train` runs
-AdamW with that schedule and stops at the first of steps / tokens / seconds; `evaluate`
-scores fixed held-out batches; `measure_throughput` times a training step with the one timer,
-`sqa_nas.timing.time_call`.
+`sqa_nas.search.trial.train_config`); `lr_at` is a pure function of the step; `TrainStep` is
+the forward and loss of a training step, eager or with compiled blocks; `train` runs AdamW
+with that schedule on a `TrainStep` and stops at the first of steps / tokens / seconds;
+`evaluate` scores fixed held-out batches; `measure_throughput` times the same `TrainStep`
+with the one timer, `sqa_nas.timing.time_call`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
+import queue
 import statistics
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
-from sqa_nas.compiling import allow_recompiles
+from sqa_nas.compiling import compile_blocks
 from sqa_nas.data import IGNORE_INDEX, Dataset, accuracy_counts
 from sqa_nas.model import SQATransformer
 from sqa_nas.timing import time_call
@@ -50,7 +54,9 @@ class TrainConfig:
     warmup_steps: int = 10
     weight_decay: float = 0.1  # on matrices (dim >= 2) only
     grad_clip: float | None = 1.0  # max global gradient norm; None: no clipping
-    compile: bool = False  # torch.compile the model on GPU
+    # torch.compile the blocks on GPU: True, False, or "auto" (`sqa_nas.compiling.decide`;
+    # `train` itself reads "auto" as False: the caller decides and passes its `TrainStep`)
+    compile: bool | Literal["auto"] = False
     eval_batches: int = 8
     eval_batch_size: int | None = None  # None: batch_size
 
@@ -86,6 +92,12 @@ class TrainResult:
     curve: list[tuple[int, int, float]]  # (step, tokens seen, training loss), subsampled
     steps: int
     tokens: int
+    seconds: float = 0.0  # in the step loop, synchronised at its end
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Training tokens per second of the step loop."""
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
 
 
 def pick_device(preference: str = "auto") -> torch.device:
@@ -119,21 +131,119 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
 
 
+def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token loss in float32 of logits (B, N, V) against targets (B, N)."""
+    return F.cross_entropy(
+        logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=IGNORE_INDEX
+    )
+
+
+class TrainStep:
+    """The forward and loss of one training step (bf16 autocast on GPU): what `train` trains
+    with and `measure_throughput` times, so the throughput objective is the training speed.
+
+    `compiled`: the blocks run compiled (`sqa_nas.compiling.compile_blocks`, one graph per
+    distinct block shape, shared with later models in this process) and so does the loss;
+    the model itself stays eager for evaluation. Backends are chosen and RoPE tables sized
+    here, before any trace (`SQATransformer.prepare`)."""
+
+    def __init__(
+        self,
+        model: SQATransformer,
+        device: torch.device,
+        seq_len: int,
+        *,
+        compiled: bool = False,
+        mode: str | None = None,
+    ) -> None:
+        self.model, self.device, self.compiled = model, device, compiled
+        dtype = torch.bfloat16 if device.type == "cuda" else model.embed.weight.dtype
+        model.prepare(seq_len, dtype)
+        self.blocks = compile_blocks(model, mode) if compiled else []
+        self._loss = _compiled_cross_entropy() if compiled else _cross_entropy
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The mean loss of inputs x against targets y, both (B, N) int64."""
+        with autocast(self.device):
+            logits = self.model(x, self.blocks)  # (B, N, vocab)
+        return self._loss(logits, y)
+
+    def warm(self, batch_size: int, seq_len: int) -> float:
+        """Run one forward and backward on random tokens (compiling on the first call) and
+        return its seconds, synchronised; leaves no gradients behind."""
+        vocab = self.model.config.vocab_size
+        x = torch.randint(0, vocab, (batch_size, seq_len), device=self.device)
+        start = time.perf_counter()
+        self.loss(x, x).backward()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.model.zero_grad(set_to_none=True)
+        return time.perf_counter() - start
+
+
+@functools.cache
+def _compiled_cross_entropy() -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    return torch.compile(_cross_entropy, fullgraph=True, dynamic=False)
+
+
+def prefetch(batches: Iterator, depth: int = 2) -> Iterator:
+    """`batches` drawn by a background thread, `depth` ahead, so the next batch is on the
+    device (pinned, non-blocking copies) before the step needs it. Ends with the source;
+    an exception in the source is raised here."""
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def fill() -> None:
+        try:
+            for item in batches:
+                while not stop.is_set():
+                    try:
+                        ready.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            ready.put(done)
+        except BaseException as exc:  # handed to the consumer
+            ready.put(exc)
+
+    thread = threading.Thread(target=fill, name="sqa-nas-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = ready.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
 def train(
-    model: torch.nn.Module,
+    model: SQATransformer,
     data: Dataset,
     cfg: TrainConfig,
     device: torch.device,
     seed: int,
     progress: Progress | None = None,
+    *,
+    step: TrainStep | None = None,
 ) -> TrainResult:
     """Train `model` in place on `data`'s training split.
 
     AdamW (betas 0.9, 0.95; weight decay on matrices only) with `lr_at` set before every
     step, bf16 autocast on GPU, gradient clipping; batches of (batch_size, seq_len) tokens
-    from `data.train_batches(seed=seed)`. `progress` gets {step, of, loss, lr} at each curve
-    point. Raises `NonFinite` at the first non-finite loss it reads."""
+    from `data.train_batches(seed=seed)`, prefetched. `step` is the `TrainStep` to train
+    with (default: compiled when ``cfg.compile is True`` on a GPU). `progress` gets {step,
+    of, loss, lr} at each curve point, the only host syncs of the loop. `TrainResult.seconds`
+    counts the step loop only. Raises `NonFinite` at the first non-finite loss it reads."""
     n, total = cfg.seq_len, cfg.planned_steps
+    if step is None:
+        step = TrainStep(model, device, n, compiled=cfg.compile is True and device.type == "cuda")
     decay = [p for p in model.parameters() if p.dim() >= 2]
     other = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(
@@ -145,43 +255,39 @@ def train(
         betas=(0.9, 0.95),
         fused=device.type == "cuda",
     )
-    step_fn: Callable[..., Any] = model
-    if cfg.compile and device.type == "cuda":
-        allow_recompiles()  # every trial's model is a new graph of the same forward
-        step_fn = torch.compile(model)
-    batches: Iterator = data.train_batches(cfg.batch_size, n, seed=seed, device=device)
+    batches = data.train_batches(cfg.batch_size, n, seed=seed, device=device)
+    if device.type == "cuda":
+        batches = prefetch(batches)
     model.train()
-    curve, step, tokens, start = [], 0, 0, time.perf_counter()
+    curve, steps, tokens, start = [], 0, 0, time.perf_counter()
     every = max(1, (total if total > 0 else 1000) // CURVE_POINTS)
     while True:
-        if total > 0 and step >= total:
+        if total > 0 and steps >= total:
             break
         if cfg.seconds and time.perf_counter() - start >= cfg.seconds:
             break
-        lr = lr_at(step, total, cfg)
+        lr = lr_at(steps, total, cfg)
         for group in opt.param_groups:
             group["lr"] = lr
         x, y = next(batches)  # (B, N) inputs and next-token targets
-        with autocast(device):
-            logits = step_fn(x)  # (B, N, vocab)
-        loss = F.cross_entropy(
-            logits.float().view(-1, logits.size(-1)), y.view(-1), ignore_index=IGNORE_INDEX
-        )
+        loss = step.loss(x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-        step += 1
+        steps += 1
         tokens += x.numel()
-        if step % every == 0 or step == 1:
+        if steps % every == 0 or steps == 1:
             value = loss.item()  # the one host sync: at curve points, not every step
             if not math.isfinite(value):
-                raise NonFinite(f"non-finite training loss ({value}) at step {step}")
-            curve.append((step, tokens, round(value, 5)))
+                raise NonFinite(f"non-finite training loss ({value}) at step {steps}")
+            curve.append((steps, tokens, round(value, 5)))
             if progress:
-                progress({"step": step, "of": total, "loss": value, "lr": lr})
-    return TrainResult(curve, step, tokens)
+                progress({"step": steps, "of": total, "loss": value, "lr": lr})
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return TrainResult(curve, steps, tokens, time.perf_counter() - start)
 
 
 @torch.no_grad()
@@ -222,20 +328,25 @@ def evaluate(
 
 
 def measure_throughput(
-    model: SQATransformer, cfg: ThroughputConfig, device: torch.device
+    model: SQATransformer,
+    cfg: ThroughputConfig,
+    device: torch.device,
+    step: TrainStep | None = None,
 ) -> float:
-    """Median tokens/s of a training step's forward (+ backward) on random (batch_size,
-    seq_len) tokens, after warm-up; timed by `sqa_nas.timing.time_call` (CUDA events on
-    GPU). Leaves no gradients behind."""
+    """Median tokens/s of a training step's forward and loss (+ backward) on random
+    (batch_size, seq_len) tokens, after warm-up; timed by `sqa_nas.timing.time_call` (CUDA
+    events on GPU). `step` is the `TrainStep` training uses (default: an eager one), so the
+    figure is the speed the trial trains at (the optimizer update, the same for every
+    attention layout of a model, is not timed). Leaves no gradients behind."""
+    step = step or TrainStep(model, device, cfg.seq_len)
     tokens = torch.randint(
         0, model.config.vocab_size, (cfg.batch_size, cfg.seq_len), device=device
     )
 
-    def step(_):
-        with autocast(device):
-            logits = model(tokens)
+    def call(_):
+        loss = step.loss(tokens, tokens)
         if cfg.backward:
-            logits.float().square().mean().backward()
+            loss.backward()
 
     model.train(cfg.backward)
     with torch.set_grad_enabled(cfg.backward):
@@ -244,8 +355,8 @@ def measure_throughput(
         # per shape) that would otherwise land in the timed samples.
         start, calls = time.perf_counter(), 0
         while calls < cfg.warmup or time.perf_counter() - start < WARMUP_S:
-            step(None)
+            call(None)
             calls += 1
-        samples = time_call(step, device=device, warmup=0, repeats=cfg.repeats)
+        samples = time_call(call, device=device, warmup=0, repeats=cfg.repeats)
     model.zero_grad(set_to_none=True)
     return cfg.batch_size * cfg.seq_len / statistics.median(samples)

@@ -92,6 +92,7 @@ class Metrics(_Record):
     speedup_vs_mha: float | None = None
     train_steps: int | None = None
     train_tokens: int | None = None
+    train_tokens_per_s: float | None = None  # achieved in the step loop (against throughput)
     kv_cache_bytes: int | None = None
     params: int | None = None
     attention_flops: float | None = None
@@ -141,6 +142,7 @@ class Timings(_Record):
     """Seconds spent in each phase of the trial."""
 
     build_s: float | None = None
+    compile_s: float | None = None  # deciding, compiling and warming the training step
     throughput_s: float | None = None
     train_s: float | None = None
     eval_s: float | None = None
@@ -163,6 +165,7 @@ class TrialAttrs(_Record):
     versions: dict[str, str | int | None] = {}  # torch, cuda, cudnn, python, sqa_nas
     corpus: Corpus = Field(default_factory=Corpus)
     timings: Timings = Field(default_factory=Timings)
+    compile: dict[str, Any] | None = None  # `sqa_nas.compiling.CompileDecision.record()`
     fail_reason: str | None = None  # why a trial is FAIL or PRUNED
     traceback: str | None = None  # the end of a failed trial's traceback
     infeasible: list[str] = []  # constraint violations of trials refused before training

@@ -22,10 +22,11 @@ import torch
 from pydantic import ValidationError
 
 from sqa_nas.analytics import analyze, mha_baseline
+from sqa_nas.compiling import LEDGER, CompileDecision, block_signatures, decide
 from sqa_nas.data import Dataset, load_dataset
 from sqa_nas.errors import first_error
 from sqa_nas.machine import device_name, machine_info
-from sqa_nas.model import build_model, layer_dict
+from sqa_nas.model import SQATransformer, build_model, layer_dict
 from sqa_nas.search.records import (
     Analytics,
     Corpus,
@@ -43,6 +44,7 @@ from sqa_nas.train import (
     Progress,
     ThroughputConfig,
     TrainConfig,
+    TrainStep,
     evaluate,
     measure_throughput,
     pick_device,
@@ -189,41 +191,82 @@ def _evaluate(
         kv_cache_bytes=cost.kv_bytes, params=cost.params, attention_flops=cost.attn_flops
     )
 
-    if objectives & {"throughput_tokens_per_s", "speedup_vs_mha"}:
+    cfg, measure = train_config(spec), throughput_config(spec)
+    timed = bool(objectives & {"throughput_tokens_per_s", "speedup_vs_mha"})
+    t0 = time.perf_counter()
+    step, decision = training_step(model, cfg, measure if timed else None, device)
+    timings.compile_s, record.compile = time.perf_counter() - t0, decision.record()
+    backends = model.backends()
+
+    if timed:
         t0 = time.perf_counter()
-        measure = throughput_config(spec)
-        metrics.throughput_tokens_per_s = measure_throughput(model, measure, device)
+        metrics.throughput_tokens_per_s = measure_throughput(model, measure, device, step)
         name = record.device.name
         assert name is not None  # run_trial records device_name(device)
         reference = job.mha_reference.get(name)
         if reference is None:  # once per GPU type: the same-shape MHA model on this device
             mha = build_model(mha_baseline(config)).to(device)
+            mha_step = TrainStep(mha, device, measure.seq_len, compiled=step.compiled)
             # The best of two medians: every speedup of the study divides by this figure, so
             # one taken while the machine was briefly busy must not skew them all (seen on
             # a 2-core CPU: 394 tokens/s against 9,119 for the same model a moment before).
-            reference = max(measure_throughput(mha, measure, device) for _ in range(2))
+            reference = max(measure_throughput(mha, measure, device, mha_step) for _ in range(2))
             outcome.mha_reference[name] = reference
-            del mha
+            del mha, mha_step
         metrics.mha_throughput_tokens_per_s = reference
         metrics.speedup_vs_mha = metrics.throughput_tokens_per_s / reference
         timings.throughput_s = time.perf_counter() - t0
 
     if objectives & {"val_loss"}:
-        cfg = train_config(spec)
         t0 = time.perf_counter()
-        result = train(model, data, cfg, device, seed, progress)
+        result = train(model, data, cfg, device, seed, progress, step=step)
         timings.train_s = time.perf_counter() - t0
         record.curve = result.curve
         metrics.train_steps, metrics.train_tokens = result.steps, result.tokens
+        metrics.train_tokens_per_s = round(result.tokens_per_s, 1)
         t0 = time.perf_counter()
         scores = evaluate(model, data, cfg, device)
         metrics.val_loss, metrics.perplexity = scores["val_loss"], scores["perplexity"]
         metrics.accuracy, metrics.val_tokens = scores["accuracy"], int(scores["val_tokens"])
         timings.eval_s = time.perf_counter() - t0
-    # Backends are chosen at the first forward on the device: record what actually ran.
+    # Backends chosen for the training step on the device: what actually trained.
     record.layers = [
         LayerRecord(**x | {"backend": b, "backend_reason": why})
-        for x, (b, why) in zip(layers, model.backends())
+        for x, (b, why) in zip(layers, backends)
     ]
     record.metrics = metrics
     outcome.values = {o: float(metrics.value(o)) for o in spec.objectives}
+
+
+def training_step(
+    model: SQATransformer,
+    cfg: TrainConfig,
+    measure: ThroughputConfig | None,
+    device: torch.device,
+) -> tuple[TrainStep, CompileDecision]:
+    """The `TrainStep` a trial trains and is timed with, compiled or not as
+    `sqa_nas.compiling.decide` says for ``cfg.compile``, and warm: a compiled step has
+    compiled its blocks for the training (and `measure`'s) batch shape. The decision
+    carries the measured compile seconds; the process's `LEDGER` learns from them."""
+    shapes = {(cfg.batch_size, cfg.seq_len)}
+    if measure is not None:
+        shapes.add((measure.batch_size, measure.seq_len))
+    dtype = torch.bfloat16 if device.type == "cuda" else model.embed.weight.dtype
+    signatures = set().union(*(block_signatures(model, s, dtype) for s in shapes))
+    eager_s = None
+    if cfg.compile == "auto" and device.type == "cuda" and signatures - LEDGER.compiled:
+        eager = TrainStep(model, device, cfg.seq_len)
+        eager.warm(cfg.batch_size, cfg.seq_len)  # one-time costs out of the figure
+        eager_s = min(eager.warm(cfg.batch_size, cfg.seq_len) for _ in range(3))
+    decision = decide(cfg.compile, device, signatures, cfg.planned_steps, eager_s)
+    if not decision.used:
+        return TrainStep(model, device, cfg.seq_len), decision
+    step = TrainStep(model, device, cfg.seq_len, compiled=True)
+    first = sum(step.warm(*s) for s in sorted(shapes))
+    decision.compile_s = round(first - len(shapes) * (eager_s or 0.0), 2)
+    gain = None
+    if eager_s:
+        gain = eager_s / min(step.warm(cfg.batch_size, cfg.seq_len) for _ in range(3))
+    LEDGER.learn(decision.new_graphs, decision.compile_s, gain)
+    LEDGER.compiled |= signatures
+    return step, decision

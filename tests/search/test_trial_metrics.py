@@ -41,7 +41,7 @@ def stand_ins(monkeypatch):
     calls = {"train": [], "throughput": []}
     monkeypatch.setattr(trial, "_dataset", lambda _: NoData())
 
-    def fake_train(model, data, cfg, device, seed, progress=None):
+    def fake_train(model, data, cfg, device, seed, progress=None, *, step=None):
         calls["train"].append({"cfg": cfg, "seed": seed})
         return TrainResult([(1, 64, 5.5), (4, 256, 4.25)], 4, 256)
 
@@ -50,7 +50,7 @@ def stand_ins(monkeypatch):
 
     measured = iter([3000.0, 1000.0, 1500.0])  # the trial, then MHA twice
 
-    def fake_throughput(model, cfg, device):
+    def fake_throughput(model, cfg, device, step=None):
         calls["throughput"].append(
             {"cfg": cfg, "q_heads": [b.attn.config.n_q_heads for b in model.layers]}
         )
