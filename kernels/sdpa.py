@@ -41,8 +41,13 @@ _SDPA_NAMES = {
 }
 
 
-@functools.lru_cache(maxsize=8)
+@torch.compiler.assume_constant_result  # a trace takes the mask as a constant, not its making
 def _cached_mask(spec: MaskSpec, n: int, device: torch.device) -> torch.Tensor | None:
+    return _make_mask(spec, n, device)
+
+
+@functools.lru_cache(maxsize=8)
+def _make_mask(spec: MaskSpec, n: int, device: torch.device) -> torch.Tensor | None:
     with torch.inference_mode(False):  # cached: must stay usable by a later training step
         return dense_mask(spec, n, device)
 

@@ -261,8 +261,15 @@ def training_step(
     decision = decide(cfg.compile, device, signatures, cfg.planned_steps, eager_s)
     if not decision.used:
         return TrainStep(model, device, cfg.seq_len), decision
-    step = TrainStep(model, device, cfg.seq_len, compiled=True)
-    first = sum(step.warm(*s) for s in sorted(shapes))
+    try:
+        step = TrainStep(model, device, cfg.seq_len, compiled=True)
+        first = sum(step.warm(*s) for s in sorted(shapes))
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as exc:  # a backend dynamo cannot trace whole: train eagerly, say why
+        torch._dynamo.reset()
+        reason = f"eager: compiling failed ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+        return TrainStep(model, device, cfg.seq_len), CompileDecision(False, reason[:300])
     decision.compile_s = round(first - len(shapes) * (eager_s or 0.0), 2)
     gain = None
     if eager_s:
