@@ -83,9 +83,8 @@ class CompileLedger:
     def estimates(self) -> tuple[float, float, str]:
         """(seconds per new graph, gain, "measured" or "prior")."""
         if self.graph_s and self.gain:
-            return sum(self.graph_s) / len(self.graph_s), sum(self.gain) / len(self.gain), (
-                "measured"
-            )
+            graph_s = sum(self.graph_s) / len(self.graph_s)
+            return graph_s, sum(self.gain) / len(self.gain), "measured"
         return PRIOR_GRAPH_S, PRIOR_GAIN, "prior"
 
     def learn(self, new_graphs: int, compile_s: float, gain: float | None) -> None:
