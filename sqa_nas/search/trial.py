@@ -210,9 +210,10 @@ def _evaluate(
 
     if objectives & {"val_loss"}:
         cfg = train_config(spec)
-        t0 = time.perf_counter()
+        t0, started = time.perf_counter(), time.time()
         result = train(model, data, cfg, device, seed, progress)
         timings.train_s = time.perf_counter() - t0
+        timings.train_window = (started, time.time())  # the driver's training-step share
         record.curve = result.curve
         metrics.train_steps, metrics.train_tokens = result.steps, result.tokens
         t0 = time.perf_counter()
