@@ -89,7 +89,8 @@ def run_figures(run: RunStats | None) -> Text:
     in-trial fraction, "n/a" for those it did not record (a CPU search, an older run)."""
     if run is None:
         return Text("n/a (no search run has recorded its figures yet)", "dim")
-    line = Text()
+    # One line whatever the width: the panel's height is fixed, the note is cut first.
+    line = Text(no_wrap=True, overflow="ellipsis")
     for label, value in (
         ("NVML utilisation", run.nvml_util_mean),
         ("training steps", run.train_step_share),
@@ -98,8 +99,9 @@ def run_figures(run: RunStats | None) -> Text:
         line.append(f"{label} ")
         line.append("n/a" if value is None else f"{value:.1%}", "dim" if value is None else "bold")
         line.append("  ")
-    notes = [run.nvml_note] if run.nvml_note else []
-    notes += [f"last run: {', '.join(x for x in (run.host, run.ended) if x)}"] * bool(run.host)
+    ended = (run.ended or "")[:16].replace("T", " ")  # ISO 8601 UTC, to the minute
+    where = ", ".join(x for x in (run.host, ended and f"{ended} UTC") if x)
+    notes = [f"last run: {where}"] * bool(where) + [run.nvml_note] * bool(run.nvml_note)
     line.append(" · ".join(notes), "dim")
     return line
 
