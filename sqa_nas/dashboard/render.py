@@ -101,7 +101,9 @@ def run_figures(run: RunStats | None) -> Text:
         line.append("  ")
     ended = (run.ended or "")[:16].replace("T", " ")  # ISO 8601 UTC, to the minute
     where = ", ".join(x for x in (run.host, ended and f"{ended} UTC") if x)
-    notes = [f"last run: {where}"] * bool(where) + [run.nvml_note] * bool(run.nvml_note)
+    notes = [f"last run: {where}"] if where else []
+    if run.nvml_note:
+        notes.append(run.nvml_note)
     line.append(" · ".join(notes), "dim")
     return line
 

@@ -82,8 +82,9 @@ class RunMeter:
         self.ended: float | None = None
 
     def start(self) -> None:
-        """The run starts: its wall time and the sampling begin."""
-        self.started, self.ended = self.clock(), None
+        """The run starts: its wall time and the sampling begin (a meter started again
+        forgets its last run)."""
+        self.started, self.ended, self.windows = self.clock(), None, {}
         self.sampler.start()
 
     def stop(self) -> None:
@@ -189,6 +190,7 @@ class RunStats(BaseModel):
                 f"GPU utilisation (NVML): {self.nvml_util_mean:.1%}"
                 + (f" over {self.wall_s:g} s" if self.wall_s is not None else "")
                 + f" ({_each(self.nvml_util_by_gpu)})"
+                + (f"; peak memory {peak:g} GiB" if (peak := self._peak_gib()) else "")
                 + (f"; {self.nvml_note}" if self.nvml_note else "")
             )
         if self.train_step_share is None:
@@ -205,12 +207,18 @@ class RunStats(BaseModel):
             )
         return out
 
+    def _peak_gib(self) -> float | None:
+        return max(self.nvml_memory_peak_gib_by_gpu.values(), default=None)
 
-# The keys `RunStats.lines` shows (a summary prints the executor's other keys as they are).
+
+# The driver's keys: `RunStats.lines` shows them (samples and trace stay in the record); a
+# summary prints the executor's other keys as they are.
 SHOWN = (
     "wall_s",
     "nvml_util_mean",
     "nvml_util_by_gpu",
+    "nvml_memory_peak_gib_by_gpu",
+    "nvml_samples",
     "nvml_note",
     "nvml_trace",
     "train_step_share",

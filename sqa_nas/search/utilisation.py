@@ -171,8 +171,12 @@ class GpuSampler:
         self.stop()
 
     def start(self) -> None:
-        """Find the GPUs and start sampling; where NVML cannot, leave `note` saying why."""
+        """Find the GPUs and start sampling afresh; where NVML cannot, leave `note` saying
+        why."""
+        self.stop()
         self._t0 = self._t1 = self._clock()
+        self._targets, self._buckets, self._per_bucket, self.note = [], [], 1, None
+        self._stop.clear()
         if self.gpus == []:
             self.note = "no GPU to sample: the trials run on the CPU"
             return

@@ -125,6 +125,7 @@ def test_the_summary_lines_show_each_gpu_and_the_scope():
             "wall_s": 272.0,
             "nvml_util_mean": 0.87,
             "nvml_util_by_gpu": {"GPU 0 (H200)": 0.91, "GPU 1 (H200)": 0.83},
+            "nvml_memory_peak_gib_by_gpu": {"GPU 0 (H200)": 12.5, "GPU 1 (H200)": 3.0},
             "nvml_note": "this host's GPUs only (h); other hosts not sampled",
             "train_step_share": 0.9,
             "train_step_share_by_gpu": {"h GPU 0 (H200)": 0.9},
@@ -132,7 +133,7 @@ def test_the_summary_lines_show_each_gpu_and_the_scope():
     )
     assert run.lines() == [
         "GPU utilisation (NVML): 87.0% over 272 s (GPU 0 (H200) 91.0%, GPU 1 (H200) 83.0%); "
-        "this host's GPUs only (h); other hosts not sampled",
+        "peak memory 12.5 GiB; this host's GPUs only (h); other hosts not sampled",
         "training-step share: 90.0% of the wall time (h GPU 0 (H200) 90.0%)",
     ]
     assert "nvml_trace" in SHOWN and "in_trial_fraction" not in SHOWN

@@ -193,6 +193,19 @@ def test_without_the_package_the_summary_says_so(monkeypatch):
     assert u.mean is None and "nvidia-ml-py (pynvml) is not installed" in (u.note or "")
 
 
+def test_a_sampler_started_again_forgets_its_last_run():
+    nvml = FakeNvml(["H200"], [[100]])
+    sampler = GpuSampler(nvml=nvml, environ={}, clock=Clock(), period_s=60)
+    with sampler:  # its thread samples once on starting, then waits a minute: stopped first
+        pass
+    assert sampler.summary().mean == 1.0
+    nvml.util, nvml.reads = [[0]], [0]
+    with sampler:
+        pass
+    u = sampler.summary()
+    assert u.mean == 0.0 and u.samples == 1 and nvml.inits == nvml.shutdowns == 2
+
+
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="period_s"):
         GpuSampler(period_s=0)
