@@ -210,19 +210,27 @@ class GpuSampler:
         if entries is None:
             entries = [str(i) for i in range(count)]
         ordinals = range(len(entries)) if self.gpus is None else self.gpus
-        found, missing = [], []
+        names = [_text(nvml.nvmlDeviceGetName(h)) for h in handles]
+        found, missing, notes = [], [], []
         for ordinal in ordinals:
             index = nvml_index(entries[ordinal], uuids) if ordinal < len(entries) else None
             if index is None:
                 missing.append(f"cuda:{ordinal}")
-                continue
-            name = _text(nvml.nvmlDeviceGetName(handles[index]))
-            found.append(_Gpu(f"GPU {ordinal} ({name})", handles[index]))
+            else:
+                found.append(_Gpu(f"GPU {ordinal} ({names[index]})", handles[index]))
         if missing:
-            self.note = (
+            notes.append(
                 f"NVML has no device for {', '.join(missing)} "
                 f"(CUDA_VISIBLE_DEVICES={','.join(entries)}; a MIG slice has no utilisation)"
             )
+        if (
+            len(set(names)) > 1
+            and any(e.isdigit() for e in entries)
+            and environ.get("CUDA_DEVICE_ORDER") != "PCI_BUS_ID"
+        ):
+            # CUDA numbers the fastest GPU first by default, NVML in PCI order.
+            notes.append("mixed GPU models: set CUDA_DEVICE_ORDER=PCI_BUS_ID for sure labels")
+        self.note = "; ".join(notes) or None
         return found
 
     def _run(self) -> None:

@@ -111,8 +111,14 @@ def test_the_sampler_labels_gpus_in_cuda_order_through_uuids():
     sampler.stop()
     u = sampler.summary()
     assert u.by_gpu == {"GPU 0 (H100)": 0.3, "GPU 1 (H200)": 0.2}
-    assert u.mean == pytest.approx(0.25) and u.note is None and u.samples == 3
+    assert u.mean == pytest.approx(0.25) and u.samples == 3
+    assert u.note == "mixed GPU models: set CUDA_DEVICE_ORDER=PCI_BUS_ID for sure labels"
     assert nvml.shutdowns == 1
+    env = {"CUDA_VISIBLE_DEVICES": "2", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    sampler, clock = started(nvml, [0], env)
+    sampled(sampler, clock, 1)
+    sampler.stop()
+    assert list(sampler.summary().by_gpu) == ["GPU 0 (H100)"] and sampler.note is None
 
 
 def test_means_are_over_every_sample_and_the_trace_follows_the_load():
