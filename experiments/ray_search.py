@@ -1,6 +1,6 @@
 """Distributed search through Ray: a throughput-only search, then a quality search, both on
-Ray workers holding one GPU each (`sqa_nas.search.executors.ray`), with the GPUs' busy
-fraction measured.
+Ray workers holding one GPU each (`sqa_nas.search.executors.ray`), with the GPUs' in-trial
+fraction and NVML utilisation measured.
 
     python -m experiments.ray_search                         # a private Ray instance, all GPUs
     python -m experiments.ray_search --address auto          # a running cluster (see the README)
@@ -8,22 +8,20 @@ fraction measured.
 
 Phase "throughput" searches `throughput_tokens_per_s` alone: short trials, the case where a
 fresh process per trial would idle the GPUs. Phase "quality" runs the space as written (val
-loss and throughput). For each phase the result holds the executor's busy fraction per GPU
-(time inside trials / wall time from the GPU's first trial start to its last trial end, and to
-the end of the phase), nvidia-smi's mean utilization over the phase when nvidia-smi exists,
-and every trial (state, allocation, objectives, node, GPU, timings). Writes
-results/ray_search_<gpu>_x<GPUs>.json and the console log next to it (.txt).
+loss and throughput). For each phase the result holds the run's figures (`executor`:
+`sqa_nas.search.figures.RunStats`): the in-trial fraction per GPU (time inside trials / wall
+time from the GPU's first trial start to its last trial end, and to the end of the phase),
+NVML's utilisation of this host's GPUs over the phase and the training-step share, and every
+trial (state, allocation, objectives, node, GPU, timings). Writes
+results/ray_search_<gpu>_x<GPUs>.json and the console log next to it (.txt). Results written
+before the figures were renamed hold `busy_fraction*` and nvidia-smi's utilization instead.
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -36,57 +34,12 @@ from sqa_nas.cli.search import print_front, print_stats
 from sqa_nas.machine import machine_info, package_version
 from sqa_nas.search.driver import Driver
 from sqa_nas.search.executors.ray import RayExecutor
+from sqa_nas.search.figures import RunStats
 from sqa_nas.search.records import trial_records
 from sqa_nas.search.space import load_space, parse_space
 from sqa_nas.train import pick_device
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class GpuUtilization:
-    """nvidia-smi's utilization.gpu (share of time a kernel ran), sampled every 200 ms."""
-
-    def __init__(self) -> None:
-        self.samples: list[tuple[float, int, float]] = []  # (time, GPU index, percent)
-        self.proc = None
-
-    def start(self) -> None:
-        exe = shutil.which("nvidia-smi")
-        if exe is None:
-            return
-        self.proc = subprocess.Popen(
-            [
-                exe,
-                "--query-gpu=index,utilization.gpu",
-                "--format=csv,noheader,nounits",
-                "-lms",
-                "200",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            try:
-                index, util = (x.strip() for x in line.split(","))
-                self.samples.append((time.time(), int(index), float(util)))
-            except ValueError:
-                continue
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-
-    def mean(self, since: float, until: float) -> dict[str, float]:
-        by_gpu: dict[int, list[float]] = {}
-        for t, index, util in self.samples:
-            if since <= t <= until:
-                by_gpu.setdefault(index, []).append(util)
-        return {f"GPU {i}": round(statistics.mean(v) / 100, 4) for i, v in sorted(by_gpu.items())}
 
 
 def phase_spec(args, phase: str):
@@ -113,7 +66,7 @@ def phase_spec(args, phase: str):
     return parse_space(data, f"{args.space} ({phase} phase)")
 
 
-def run_phase(args, phase: str, storage_dir: Path, console: Console, util: GpuUtilization):
+def run_phase(args, phase: str, storage_dir: Path, console: Console):
     spec = phase_spec(args, phase)
     console.rule(
         f"phase {phase}: study {spec.study_name}, {spec.budget.n_trials} trials, "
@@ -133,12 +86,6 @@ def run_phase(args, phase: str, storage_dir: Path, console: Console, util: GpuUt
     records = trial_records(result.study)
     starts = [r.datetime_start.timestamp() for r in records if r.datetime_start]
     first = min(starts) if starts else started
-    utilization = util.mean(first, ended)
-    if utilization:
-        console.print(
-            "nvidia-smi utilization from the first trial to the end: "
-            + ", ".join(f"{k} {v:.1%}" for k, v in utilization.items())
-        )
     return {
         "study": spec.study_name,
         "objectives": spec.objectives,
@@ -146,7 +93,6 @@ def run_phase(args, phase: str, storage_dir: Path, console: Console, util: GpuUt
         "wall_s": round(ended - started, 1),
         "first_trial_after_s": round(first - started, 1),
         "executor": result.stats,
-        "nvidia_smi_utilization": utilization,
         "mha_reference": result.study.user_attrs.get("mha_reference", {}),
         "trials": [trial_row(r) for r in records],
     }
@@ -183,19 +129,16 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
 
     console = Console(record=True, width=120, highlight=False, log_path=False)
-    util = GpuUtilization()
-    util.start()
     phases = {}
     with tempfile.TemporaryDirectory() as storage_dir:
-        try:
-            for phase in args.phases.split(","):
-                phases[phase] = run_phase(args, phase, Path(storage_dir), console, util)
-        finally:
-            util.stop()
+        for phase in args.phases.split(","):
+            phases[phase] = run_phase(args, phase, Path(storage_dir), console)
     # Each phase starts its own Ray instance, so one GPU has a new node id per phase: the
     # count is the most GPUs one phase used.
     gpus = {
-        name: sorted(k for k in ph["executor"].get("busy_fraction_by_gpu", {}) if " GPU " in k)
+        name: sorted(
+            k for k in RunStats.read(ph["executor"]).in_trial_fraction_by_gpu if " GPU " in k
+        )
         for name, ph in phases.items()
     }
     n_gpus = max(map(len, gpus.values()), default=0)

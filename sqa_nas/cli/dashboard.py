@@ -74,7 +74,9 @@ def run_dashboard_command(args) -> int:
         raise UserError("--once and --json - both write to stdout: give --json a file name")
     source = StorageSource(args.study, args.storage)
     records = source.records()
-    view = StudyView(records, source.objectives, source.directions, gpu_type=args.gpu_type)
+    view = StudyView(
+        records, source.objectives, source.directions, gpu_type=args.gpu_type, runs=source.runs()
+    )
     axes = _axes(view, args.x_axis, args.y_axis)
     picked = None
     if args.pick:

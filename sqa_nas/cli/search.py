@@ -15,6 +15,7 @@ from sqa_nas.cli.args import positive
 from sqa_nas.errors import UserError
 from sqa_nas.search.driver import Driver
 from sqa_nas.search.executors import make_executor
+from sqa_nas.search.figures import SHOWN, RunStats
 from sqa_nas.search.pareto import pareto_front
 from sqa_nas.search.records import TrialRecord, trial_records
 from sqa_nas.search.space import SearchSpec, load_space, parse_space
@@ -99,14 +100,19 @@ def run_search_command(args: argparse.Namespace) -> int:
 
 
 def print_stats(stats: dict, console: Console) -> None:
-    """The executor's end-of-search figures, fractions as percentages."""
+    """The run's end-of-search figures: NVML utilisation and training-step share
+    (`RunStats.lines`), then the executor's, fractions as percentages."""
 
     def shown(key, value):
         if isinstance(value, float) and "fraction" in key:
             return f"{value:.1%}"
         return str(value)
 
+    for line in RunStats.read(stats).lines():
+        console.print(line, markup=False, highlight=False)
     for key, value in stats.items():
+        if key in SHOWN:
+            continue
         if isinstance(value, dict):
             value = ", ".join(f"{k} {shown(key, v)}" for k, v in value.items()) or "-"
         console.print(f"{key}: {shown(key, value)}")

@@ -26,6 +26,7 @@ from sqa_nas.dashboard.plots import text_scatter
 from sqa_nas.dashboard.table import TrialTable
 from sqa_nas.dashboard.view import Source, StudyView
 from sqa_nas.errors import UserError
+from sqa_nas.search.figures import RunStats
 from sqa_nas.search.records import TrialRecord
 
 # Trial number and state of every trial: a reload that changes neither redraws nothing.
@@ -66,7 +67,7 @@ class Dashboard(App):
     #top { height: 3fr; }
     #scatter { width: 3fr; border: round $primary; }
     #detail-box { width: 2fr; border: round $secondary; }
-    #progress { height: auto; max-height: 9; padding: 0 1; border: round $secondary; }
+    #progress { height: auto; max-height: 10; padding: 0 1; border: round $secondary; }
     #trials { height: 2fr; border: round $secondary; }
     """
     BINDINGS = [
@@ -97,6 +98,7 @@ class Dashboard(App):
         super().__init__()
         self.source = source
         self.records = records if records is not None else source.records()
+        self.runs = source.runs()
         self.signature: Signature = _signature(self.records)
         self.gpu_type = gpu_type
         self.view = self._make_view()
@@ -118,6 +120,7 @@ class Dashboard(App):
             self.source.directions,
             gpu_type=self.gpu_type,
             now=datetime.now(),
+            runs=self.runs,
         )  # Optuna's clock
 
     # ---------------------------------------------------------------------------- layout
@@ -156,30 +159,33 @@ class Dashboard(App):
         front, every row's table cells and the progress panel are the slow part at
         thousands of trials, and the UI keeps answering keys meanwhile."""
         try:
-            records = self.source.records()
+            records, runs = self.source.records(), self.source.runs()
         except Exception as exc:  # a locked or vanished database: say so, keep the old data
             self.call_from_thread(
                 self.notify, f"reload failed: {exc}", severity="warning", markup=False
             )
-            records = None
+            records, runs = None, self.runs
         view = None
-        if records is not None and _signature(records) != self.signature:
+        if records is not None and (_signature(records) != self.signature or runs != self.runs):
             view = StudyView(
                 records,
                 self.source.objectives,
                 self.source.directions,
                 gpu_type=self.gpu_type,
                 now=datetime.now(),
+                runs=runs,
             )
             view.sorted_records(self.sort_key, self.sort_reverse, front_only=self.front_only)
             view.progress(self.axes)
-        self.call_from_thread(self._loaded, records, view)
+        self.call_from_thread(self._loaded, records, runs, view)
 
-    def _loaded(self, records: list[TrialRecord] | None, view: StudyView | None) -> None:
+    def _loaded(
+        self, records: list[TrialRecord] | None, runs: list[RunStats], view: StudyView | None
+    ) -> None:
         self._loading = False
         if records is None or view is None:
             return
-        self.records, self.signature = records, _signature(records)
+        self.records, self.signature, self.runs = records, _signature(records), runs
         # The GPU filter may have changed while the worker built the view.
         self.view = view if view.gpu_type == self.gpu_type else self._make_view()
         self.reloads += 1

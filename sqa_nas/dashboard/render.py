@@ -10,6 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from sqa_nas.dashboard.view import Progress, StudyView, fmt_number
+from sqa_nas.search.figures import RunStats
 from sqa_nas.search.records import LayerRecord, TrialRecord
 
 BARS = "▁▂▃▄▅▆▇█"
@@ -40,7 +41,8 @@ def sparkline(
 
 
 def summary(view: StudyView, progress: Progress, *, title: str) -> Table:
-    """Counts, rate, front size, hypervolume trend and the pickers' choices."""
+    """Counts, rate, the last run's GPU figures, front size, hypervolume trend and the
+    pickers' choices."""
     c = progress.counts
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
@@ -62,6 +64,7 @@ def summary(view: StudyView, progress: Progress, *, title: str) -> Table:
     grid.add_row("trials", states)
     rate = "-" if progress.per_hour is None else f"{progress.per_hour:.1f}/h overall"
     grid.add_row("rate", f"{rate}, {progress.last_hour} in the last hour")
+    grid.add_row("GPU", run_figures(view.run))
     grid.add_row(
         "front",
         f"{len(view.front)} Pareto-optimal of "
@@ -79,6 +82,30 @@ def summary(view: StudyView, progress: Progress, *, title: str) -> Table:
             picks.append(f"{spec} #{view.pick(spec).number}")
         grid.add_row("picks", " · ".join(picks))
     return grid
+
+
+def run_figures(run: RunStats | None) -> Text:
+    """A search run's figures on one line: NVML utilisation, training-step share and the
+    in-trial fraction, "n/a" for those it did not record (a CPU search, an older run)."""
+    if run is None:
+        return Text("n/a (no search run has recorded its figures yet)", "dim")
+    # One line whatever the width: the panel's height is fixed, the note is cut first.
+    line = Text(no_wrap=True, overflow="ellipsis")
+    for label, value in (
+        ("NVML utilisation", run.nvml_util_mean),
+        ("training steps", run.train_step_share),
+        ("in trials", run.in_trial_fraction),
+    ):
+        line.append(f"{label} ")
+        line.append("n/a" if value is None else f"{value:.1%}", "dim" if value is None else "bold")
+        line.append("  ")
+    ended = (run.ended or "")[:16].replace("T", " ")  # ISO 8601 UTC, to the minute
+    where = ", ".join(x for x in (run.host, ended and f"{ended} UTC") if x)
+    notes = [f"last run: {where}"] if where else []
+    if run.nvml_note:
+        notes.append(run.nvml_note)
+    line.append(" · ".join(notes), "dim")
+    return line
 
 
 def pareto_table(

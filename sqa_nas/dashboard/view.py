@@ -18,6 +18,7 @@ from functools import cached_property
 from typing import Any
 
 from sqa_nas.errors import UserError
+from sqa_nas.search.figures import RunStats, run_stats
 from sqa_nas.search.pareto import hypervolume_history, pareto_front, pick
 from sqa_nas.search.records import (
     OBJECTIVES,
@@ -52,6 +53,10 @@ class Source:
         """Every trial, read afresh."""
         raise NotImplementedError
 
+    def runs(self) -> list[RunStats]:
+        """The figures of the search runs, oldest first (none by default)."""
+        return []
+
 
 class StorageSource(Source):
     """The trials of a study in an Optuna storage (default: its ``runs/<name>/study.db``)."""
@@ -71,6 +76,10 @@ class StorageSource(Source):
     def records(self) -> list[TrialRecord]:
         return trial_records(self.study)
 
+    def runs(self) -> list[RunStats]:
+        """The study's ``executor_stats``, read afresh (Optuna re-reads user attrs)."""
+        return run_stats(self.study.user_attrs.get("executor_stats"))
+
 
 class MemorySource(Source):
     """Trials already in memory, with their objectives (directions default to the known ones)."""
@@ -81,14 +90,18 @@ class MemorySource(Source):
         objectives: Sequence[str],
         records: list[TrialRecord],
         directions: Sequence[str] | None = None,
+        runs: Sequence[RunStats] = (),
     ):
         self.name, self.where = name, "memory"
         self.objectives = list(objectives)
         self.directions = list(directions or [OBJECTIVES[o] for o in objectives])
-        self._records = records
+        self._records, self._runs = records, list(runs)
 
     def records(self) -> list[TrialRecord]:
         return list(self._records)
+
+    def runs(self) -> list[RunStats]:
+        return list(self._runs)
 
 
 @dataclass(frozen=True)
@@ -114,7 +127,8 @@ class Progress:
 
 class StudyView:
     """The records of one reload, optionally restricted to one GPU type, and everything the
-    dashboard derives from them."""
+    dashboard derives from them; `run` is the last search run's figures (`Source.runs`),
+    None before any run recorded them."""
 
     def __init__(
         self,
@@ -124,7 +138,9 @@ class StudyView:
         *,
         gpu_type: str | None = None,
         now: datetime | None = None,
+        runs: Sequence[RunStats] = (),
     ):
+        self.run = runs[-1] if runs else None
         self.all_records = list(records)
         self.records, self.gpu_types = of_gpu_type(self.all_records, gpu_type)
         self.gpu_type = gpu_type

@@ -30,6 +30,7 @@ from sqa_nas.analytics import analyze
 from sqa_nas.data import load_dataset
 from sqa_nas.errors import UserError
 from sqa_nas.search.executors.base import Executor
+from sqa_nas.search.figures import RunMeter
 from sqa_nas.search.locks import (
     driver_identity,
     reap_reason,
@@ -44,6 +45,7 @@ from sqa_nas.search.samplers import make_sampler
 from sqa_nas.search.space import SearchSpec
 from sqa_nas.search.study import init_or_check, quiet_optuna
 from sqa_nas.search.trial import TrialJob, TrialOutcome
+from sqa_nas.search.utilisation import GpuSampler
 
 # Flags in a trial's user attrs that keep it out of the trial budget.
 NOT_COUNTED = ("infeasible", "reaped", "interrupted")
@@ -55,7 +57,8 @@ KEEP_STATS = 20  # executor figures of the last runs kept in the study
 @dataclass
 class SearchResult:
     """What `Driver.run` leaves: the study, where it is stored, how many trials of the
-    budget are evaluated, whether Ctrl-C ended it, and the executor's figures."""
+    budget are evaluated, whether Ctrl-C ended it, and the run's figures (the executor's
+    and `RunMeter`'s, as `figures.RunStats` reads them)."""
 
     study: optuna.Study
     storage_url: str
@@ -97,6 +100,7 @@ class Driver:
         )  # a copy typed as Study.ask takes it (dict is invariant)
         self.events: list[str] = []
         self._lock = threading.Lock()
+        self.meter = RunMeter(GpuSampler(executor.local_gpus()))  # NVML, training windows
 
     def _study_lock(self):
         return study_lock(self.storage, self.url, self.spec.study_name)
@@ -244,7 +248,12 @@ class Driver:
                 f"(n_trials={n_trials}): nothing to run"
             )
             return SearchResult(self.study, self.url, counts["counted"])
-        self.executor.start()
+        self.meter.start()  # the wall time includes bringing the workers up
+        try:
+            self.executor.start()
+        except BaseException:
+            self.meter.stop()
+            raise
         start = last_reap = last_render = time.monotonic()
         interrupted, infeasible_row = False, 0
         heartbeat = (
@@ -317,13 +326,13 @@ class Driver:
             self.executor.shutdown()
         finally:
             heartbeat.set()
-        stats = self.executor.stats()
-        if stats:
-            self._store_stats(stats)
+            self.meter.stop()
+        stats = {**self.executor.stats(), **self.meter.stats()}
+        self._store_stats(stats)
         return SearchResult(self.study, self.url, self.counts()["counted"], interrupted, stats)
 
     def _store_stats(self, stats: dict[str, Any]) -> None:
-        """Keep the executor's figures (e.g. GPU busy fraction) in the study, per run."""
+        """Keep the run's figures (`figures.RunStats`) in the study, the last `KEEP_STATS`."""
         run = {
             "driver": self.identity["id"],
             "host": self.identity["host"],
@@ -374,6 +383,7 @@ class Driver:
         return True
 
     def _tell(self, outcome: TrialOutcome, requeue: bool = False) -> None:
+        self.meter.add(outcome.attrs)  # its training ran on our device, whoever records it
         study = self.study
         t = study.get_trials(deepcopy=False)[outcome.number]
         if t.state.is_finished():

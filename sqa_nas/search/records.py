@@ -7,7 +7,8 @@ Study
   - user attrs: ``sqa_nas`` {"format", "version"}, ``space`` (the resolved search space),
     ``space_hash``, ``objectives`` (names), ``corpus`` {"kind", "fingerprint", ...},
     ``mha_reference`` {device name: MHA tokens/s}, ``units`` {unit: [layer indices]},
-    ``executor_stats`` [one entry per run: GPU busy fractions and the like].
+    ``executor_stats`` [one entry per run: `figures.RunStats`, the executor's and the
+    driver's figures (in-trial fraction, NVML utilisation, training-step share)].
 Trial
   - params: per unit (``layer3``, ``layers0-3`` or ``all``): ``<unit>.heads`` = "H_q/H_kv",
     ``<unit>.mask`` = "dense" | "window:W" | "flex:W+G" | "block_sparse", and
@@ -139,12 +140,13 @@ class Corpus(_Record):
 
 
 class Timings(_Record):
-    """Seconds spent in each phase of the trial."""
+    """Seconds spent in each phase of the trial, and when training ran."""
 
     build_s: float | None = None
     compile_s: float | None = None  # deciding, compiling and warming the training step
     throughput_s: float | None = None
     train_s: float | None = None
+    train_window: tuple[float, float] | None = None  # train() ran from, to (time.time())
     eval_s: float | None = None
     total_s: float | None = None
 

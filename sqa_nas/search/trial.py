@@ -220,7 +220,9 @@ def _evaluate(
     if objectives & {"val_loss"}:
         t0 = time.perf_counter()
         result = train(model, data, cfg, device, seed, progress, step=step)
+        ended = time.time()
         timings.train_s = time.perf_counter() - t0
+        timings.train_window = (ended - result.seconds, ended)  # the step loop, for the share
         record.curve = result.curve
         metrics.train_steps, metrics.train_tokens = result.steps, result.tokens
         metrics.train_tokens_per_s = round(result.tokens_per_s, 1)

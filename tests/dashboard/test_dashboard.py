@@ -104,6 +104,7 @@ def test_app_shows_scatter_table_detail_and_progress(storage):
     assert "12 done" in text and "1 running" in text and "2 failed" in text
     assert "trial #0 COMPLETE" in text and "baseline MHA" in text  # first row selected
     assert f"{len(view.front)} Pareto-optimal of 12 done" in text
+    assert "GPU" in text and "n/a (no search run has recorded its figures yet)" in text
 
 
 def test_navigate_select_and_switch_axes(storage):
@@ -222,6 +223,50 @@ def test_live_refresh_shows_trials_written_while_running(writable):
     assert app.reloads >= 1
     assert [r.number for r in app.view.front] == [number]  # it dominates every other trial
     assert "13 done" in text and "1 Pareto-optimal of 13 done" in text
+
+
+RUN = {
+    "driver": "d2",
+    "host": "gpu-7",
+    "ended": "2026-11-30T12:00:00+00:00",
+    "in_trial_fraction": 0.997,
+    "nvml_util_mean": 0.87,
+    "nvml_util_by_gpu": {"GPU 0 (NVIDIA H200)": 0.87},
+    "nvml_note": None,
+    "train_step_share": 0.91,
+    "train_step_share_by_gpu": {"gpu-7 GPU 0 (NVIDIA H200)": 0.91},
+}
+OLD_RUN = {"driver": "d1", "host": "gpu-7", "busy_fraction": 0.998}  # before the rename
+
+
+def test_the_search_panel_shows_the_last_runs_figures_once_a_run_stores_them(writable):
+    async def go():
+        app = Dashboard(StorageSource("demo", writable), refresh_s=0.2)
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.pause()
+            before = screen_text(app)
+            # A search ends: its figures arrive with no trial changing state.
+            study = optuna.load_study(study_name="demo", storage=writable)
+            study.set_user_attr("executor_stats", [OLD_RUN, RUN])
+            for _ in range(50):  # up to 10 s; one refresh interval is 0.2 s
+                await pilot.pause(0.2)
+                if app.view.run is not None:
+                    break
+            await pilot.pause()
+            return before, screen_text(app)
+
+    before, after = run(go())
+    assert "n/a (no search run has recorded its figures yet)" in before
+    assert "NVML utilisation 87.0%  training steps 91.0%  in trials 99.7%" in after
+    assert "last run: gpu-7, 2026-11-30 12:00 UTC" in after
+
+
+def test_once_shows_an_old_runs_in_trial_fraction_and_na_for_what_it_lacks(writable, capsys):
+    study = optuna.load_study(study_name="demo", storage=writable)
+    study.set_user_attr("executor_stats", [OLD_RUN])
+    assert main(["dashboard", "demo", "--storage", writable, "--once"]) == 0
+    out = capsys.readouterr().out
+    assert "NVML utilisation n/a  training steps n/a  in trials 99.8%" in out
 
 
 def test_a_reload_builds_its_view_off_the_ui_thread(writable, monkeypatch):

@@ -1,8 +1,9 @@
 """sqa_nas.search.driver with an in-process executor (no worker processes, no training):
 the budget's count, the budget held by other drivers' running trials, seeds enqueued once,
 jobs carrying their seed label and the study's MHA references, references merged without
-overwriting, executor figures kept for the last runs, constraint refusals, the grid cap,
-Ctrl-C and reaping re-queueing what they stop, and a race with a trial's own driver."""
+overwriting, executor figures kept for the last runs with the run's own (training-step
+share, NVML), constraint refusals, the grid cap, Ctrl-C and reaping re-queueing what they
+stop, and a race with a trial's own driver."""
 
 from __future__ import annotations
 
@@ -69,7 +70,7 @@ class InProcess(Executor):
         return numbers if cancel else []
 
     def stats(self):
-        return {"busy_fraction": 0.5}
+        return {"in_trial_fraction": 0.5}
 
 
 def _driver(tmp_path, executor=None, **space):
@@ -161,7 +162,7 @@ def test_a_search_runs_seeds_first_and_hands_jobs_the_known_references(tmp_path)
     assert study.user_attrs["mha_reference"] == {"cpu-x": 123.0, "gpu-y": 5.0}
     trials = study.get_trials()
     assert [t.values for t in trials] == [[1.0, 10.0], [2.0, 10.0], [3.0, 10.0]]  # in order
-    assert study.user_attrs["executor_stats"][-1]["busy_fraction"] == 0.5
+    assert study.user_attrs["executor_stats"][-1]["in_trial_fraction"] == 0.5
     # The same command again: the budget is done, no executor is started.
     again = InProcess()
     assert _driver(tmp_path, again).run(3).finished == 3
@@ -190,6 +191,34 @@ def test_executor_figures_of_the_last_runs_are_kept(tmp_path):
     runs = study.user_attrs["executor_stats"]
     assert [r["n"] for r in runs] == list(range(1, keep + 1))
     assert runs[-1]["driver"] == driver.identity["id"]
+
+
+def test_a_run_stores_the_training_share_of_its_trials_and_nvml_figures(tmp_path):
+    """The InProcess executor uses no GPU: NVML is n/a with the reason. The run's clock reads
+    1000 at its start and 1100 at its end; the trials' training windows fall inside."""
+    windows = {0: [1010.0, 1060.0], 1: [1000.0, 1025.0], 2: [1050.0, 1090.0]}
+
+    def outcome(job):
+        attrs = {
+            "device": {"name": "NVIDIA H200", "node": "n1", "gpu": job.number % 2},
+            "timings": {"train_window": windows[job.number]},
+        }
+        values = {"val_loss": 1.0, "throughput_tokens_per_s": 1.0}
+        return TrialOutcome(job.number, "COMPLETE", values, attrs)
+
+    driver = _driver(tmp_path, InProcess(outcome))
+    driver.meter.clock = iter([1000.0, 1100.0]).__next__
+    result = driver.run(3)
+    stats = driver.study.user_attrs["executor_stats"][-1]
+    assert result.stats == {k: v for k, v in stats.items() if k in result.stats}
+    assert stats["in_trial_fraction"] == 0.5  # the executor's own figures stay
+    assert stats["nvml_util_mean"] is None and "CPU" in stats["nvml_note"]
+    assert stats["wall_s"] == 100.0
+    assert stats["train_step_share_by_gpu"] == {
+        "n1 GPU 0 (NVIDIA H200)": 0.8,  # [1010, 1090]: two windows, overlapping
+        "n1 GPU 1 (NVIDIA H200)": 0.25,
+    }
+    assert stats["train_step_share"] == 0.525
 
 
 def test_architectures_refused_by_constraints_are_pruned_until_too_many_in_a_row(

@@ -1,4 +1,4 @@
-"""Executors' bookkeeping without running trials: the busy fraction over overlapping and
+"""Executors' bookkeeping without running trials: the in-trial fraction over overlapping and
 idle intervals, the local executor's workers and threads, what its shutdown returns, and
 the Ray cluster's arithmetic (workers per node, refusals, one-line errors), which needs Ray
 importable but no Ray instance."""
@@ -11,20 +11,20 @@ from types import SimpleNamespace
 import pytest
 
 from sqa_nas.errors import UserError
-from sqa_nas.search.executors.base import Usage, busy_fraction
+from sqa_nas.search.executors.base import Usage, in_trial_fraction
 from sqa_nas.search.executors.local import LocalExecutor
 from sqa_nas.search.trial import TrialJob
 
 
-def test_busy_time_is_the_union_of_intervals_over_their_span():
+def test_time_in_trials_is_the_union_of_intervals_over_their_span():
     u = Usage()
     for a, b in [(5.0, 6.0), (0.0, 2.0), (1.0, 3.0), (1.5, 2.5)]:  # overlaps: fractional GPUs
         u.add(a, b)
-    assert u.busy() == pytest.approx(3.0 + 1.0)  # [0, 3] and [5, 6]
+    assert u.covered() == pytest.approx(3.0 + 1.0)  # [0, 3] and [5, 6]
     assert u.span() == pytest.approx(6.0)
     idle = Usage([(10.0, 11.0)])
-    assert busy_fraction([u, idle]) == round((4.0 + 1.0) / (6.0 + 1.0), 4)
-    assert busy_fraction([Usage()]) == 1.0  # nothing ran: nothing was idle either
+    assert in_trial_fraction([u, idle]) == round((4.0 + 1.0) / (6.0 + 1.0), 4)
+    assert in_trial_fraction([Usage()]) == 1.0  # nothing ran: nothing was idle either
 
 
 def test_local_workers_share_the_cpus_with_at_least_one_thread_each():

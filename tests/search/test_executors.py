@@ -94,7 +94,7 @@ def test_a_local_worker_dying_mid_trial_fails_that_trial_and_is_replaced(monkeyp
     )
     assert outcomes[2].state == "COMPLETE"  # on the fresh worker
     stats = executor.stats()
-    assert set(stats["busy_fraction_by_worker"]) == {"cpu worker 0"}
+    assert set(stats["in_trial_fraction_by_worker"]) == {"cpu worker 0"}
 
 
 def test_a_search_goes_on_after_a_worker_dies_and_leaves_optuna_settings(monkeypatch, tmp_path):

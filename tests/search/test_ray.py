@@ -388,9 +388,9 @@ def test_trials_spread_over_both_nodes_and_survive_a_killed_worker(cluster, tmp_
     stats = study.user_attrs["executor_stats"][-1]
     assert stats["worker_deaths"] == 1 and stats["retries"] == 1
     assert stats["workers_started"] == 3  # two, and the replacement of the killed one
-    assert len(stats["busy_fraction_by_gpu"]) == 2
-    assert all(0 < f <= 1 for f in stats["busy_fraction_by_gpu"].values())
-    assert "busy_fraction:" in out and "(raylet)" not in err  # Ray's death notices stay out
+    assert len(stats["in_trial_fraction_by_gpu"]) == 2
+    assert all(0 < f <= 1 for f in stats["in_trial_fraction_by_gpu"].values())
+    assert "in_trial_fraction:" in out and "(raylet)" not in err  # Ray's death notices stay out
 
 
 def test_killed_driver_resumes_with_completed_trials_intact(cluster, tmp_path):
@@ -494,7 +494,7 @@ def test_cpu_trials_on_a_private_local_instance(tmp_path):
     assert _finished(study) == {"COMPLETE": 2}
     device = study.get_trials()[0].user_attrs["device"]
     assert device["type"] == "cpu" and device["node_ip"] == "127.0.0.1"  # loopback only
-    assert study.user_attrs["executor_stats"][-1]["busy_fraction"] > 0
+    assert study.user_attrs["executor_stats"][-1]["in_trial_fraction"] > 0
 
 
 def test_search_survives_losing_a_node(cluster, tmp_path):

@@ -62,7 +62,9 @@ def test_search_stores_trials_and_resumes_without_repeating(tmp_path, capsys, mo
     assert main(["search", str(space)]) == 0
     out = capsys.readouterr().out
     assert "Pareto front of tiny" in out
-    assert "busy_fraction:" in out  # the local executor reports its workers' busy time
+    assert "in_trial_fraction:" in out  # the local executor reports its workers' time in trials
+    assert "busy_fraction" not in out
+    assert "GPU utilisation (NVML): " in out and "training-step share: " in out
     study = load_study("tiny")
     records = trial_records(study)
     complete = [r for r in records if r.state == "COMPLETE"]
@@ -71,6 +73,10 @@ def test_search_stores_trials_and_resumes_without_repeating(tmp_path, capsys, mo
     first = {r.number: r.values for r in complete}
     mha = records[0]
     assert mha.allocation == "4/4 x2"
+    window = mha.timings.train_window
+    assert window is not None and window[0] <= window[1]
+    run = study.user_attrs["executor_stats"][-1]
+    assert 0 < run["train_step_share"] <= 1 and run["train_step_share_by_gpu"]
     assert mha.attrs["layers"][0]["backend"] == "sdpa"
     assert mha.attrs["corpus"]["fingerprint"] == study.user_attrs["corpus"]["fingerprint"]
     assert study.metric_names == TINY["objectives"]

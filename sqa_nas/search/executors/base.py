@@ -38,16 +38,17 @@ class Running:
 
 @dataclass
 class Usage:
-    """When one worker (or GPU) was inside trials, in one clock: for the busy fraction."""
+    """When one worker (or GPU) was inside trials (or training), in one clock: for the
+    in-trial fraction and the training-step share."""
 
     intervals: list[tuple[float, float]] = field(default_factory=list)
 
     def add(self, started: float, ended: float) -> None:
-        """Record one trial's [started, ended] (monotonic seconds)."""
+        """Record one trial's [started, ended] (seconds)."""
         self.intervals.append((started, ended))
 
-    def busy(self) -> float:
-        """Seconds inside trials: the length of the union of the intervals."""
+    def covered(self) -> float:
+        """Seconds inside the intervals: the length of their union."""
         total, reach = 0.0, float("-inf")
         for a, b in sorted(self.intervals):  # the union: fractional GPUs overlap
             if b > reach:
@@ -60,11 +61,13 @@ class Usage:
         return max(b for _, b in self.intervals) - min(a for a, _ in self.intervals)
 
 
-def busy_fraction(usages) -> float:
-    """Time inside trials over the spans of `usages` (idle gaps between trials count)."""
+def in_trial_fraction(usages) -> float:
+    """Time inside trials over the spans of `usages` (idle gaps between trials count). Not
+    GPU work: a trial also builds, compiles, measures and waits on the host (the GPU's own
+    figures are `figures.RunMeter`'s)."""
     usages = [u for u in usages if u.intervals]
     span = sum(u.span() for u in usages)
-    return round(sum(u.busy() for u in usages) / span, 4) if span > 0 else 1.0
+    return round(sum(u.covered() for u in usages) / span, 4) if span > 0 else 1.0
 
 
 class Executor(ABC):
@@ -99,8 +102,14 @@ class Executor(ABC):
         return type(self).__name__
 
     def stats(self) -> dict[str, Any]:
-        """Executor-specific figures for the end-of-search summary (e.g. GPU busy fraction)."""
+        """Executor-specific figures for the end-of-search summary (e.g. in-trial fraction)."""
         return {}
+
+    def local_gpus(self) -> list[int] | None:
+        """The CUDA ordinals (this process's numbering) its trials use on this host, for the
+        driver's NVML sampler: [] when they run on the CPU (the default), None for every GPU
+        this host shows (trials may land on any)."""
+        return []
 
     def _finish(self, number: int, outcome: TrialOutcome) -> Event:
         self.running.pop(number, None)

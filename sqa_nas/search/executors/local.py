@@ -17,7 +17,7 @@ from multiprocessing.connection import Connection, wait
 import torch
 
 from sqa_nas.errors import UserError
-from sqa_nas.search.executors.base import Event, Executor, Running, Usage, busy_fraction
+from sqa_nas.search.executors.base import Event, Executor, Running, Usage, in_trial_fraction
 from sqa_nas.search.trial import TrialJob, TrialOutcome, run_trial
 
 
@@ -193,19 +193,24 @@ class LocalExecutor(Executor):
         return super()._finish(number, outcome)
 
     def stats(self) -> dict:
-        """Busy fraction per worker: time inside trials over the span from its first trial's
-        start to its last trial's end (worker start-up, imports, idle gaps count as idle)."""
+        """In-trial fraction per worker: time inside trials over the span from its first
+        trial's start to its last trial's end (worker start-up, imports, idle gaps count as
+        idle; time in a trial counts whether or not the GPU works)."""
         if not self.usage:
             return {}
         by_worker = {
-            f"{self.devices[i]} worker {i}": busy_fraction([u])
+            f"{self.devices[i]} worker {i}": in_trial_fraction([u])
             for i, u in sorted(self.usage.items())
         }
         return {
             "executor": self.describe(),
-            "busy_fraction": busy_fraction(self.usage.values()),
-            "busy_fraction_by_worker": by_worker,
+            "in_trial_fraction": in_trial_fraction(self.usage.values()),
+            "in_trial_fraction_by_worker": by_worker,
         }
+
+    def local_gpus(self) -> list[int]:
+        """The CUDA ordinals of its workers' devices ([] on the CPU)."""
+        return sorted({int(d.split(":")[1]) for d in self.devices if d.startswith("cuda:")})
 
     def _replace(self, worker: _Worker) -> None:
         worker.kill()

@@ -17,9 +17,10 @@ cluster connection and its capacity are `ray_cluster.RayCluster`.
   next trial in its queue, so the driver's tell / ask / database round trip overlaps GPU work
   instead of idling the GPU between trials.
 - `stats()` reports, per GPU, the time spent inside trials over the wall time from its first
-  trial's start to its last trial's end (``busy_fraction``), and the same up to the end of
-  the search (``busy_fraction_to_end``, which also counts GPUs idle while the last trials
-  finish elsewhere). Each trial records its Ray node and GPU in ``attrs["device"]``.
+  trial's start to its last trial's end (``in_trial_fraction``: not GPU work, which the
+  driver's NVML sampler measures), and the same up to the end of the search
+  (``in_trial_fraction_to_end``, which also counts GPUs idle while the last trials finish
+  elsewhere). Each trial records its Ray node and GPU in ``attrs["device"]``.
 
 Every node needs the same environment (torch, sqa-nas); Ray puts the driver's ``sys.path``
 on its workers' path, which is enough on one machine.
@@ -36,7 +37,7 @@ from typing import Any
 import ray
 
 from sqa_nas.errors import UserError
-from sqa_nas.search.executors.base import Event, Executor, Running, Usage, busy_fraction
+from sqa_nas.search.executors.base import Event, Executor, Running, Usage, in_trial_fraction
 from sqa_nas.search.executors.ray_cluster import RayCluster
 from sqa_nas.search.executors.ray_worker import Attempt, Slot, TrialWorker, error_reason
 from sqa_nas.search.space import SearchSpec
@@ -410,24 +411,28 @@ class RayExecutor(Executor):
         return numbers if cancel else []
 
     # ------------------------------------------------------------------------- figures
+    def local_gpus(self) -> list[int] | None:
+        """Every GPU of this host (None) for GPU trials: Ray may place them on any."""
+        return None if self.gpus > 0 else []
+
     def stats(self) -> dict[str, Any]:
-        """Busy fraction per GPU (or CPU worker) and overall, workers, retries, nodes."""
+        """In-trial fraction per GPU (or CPU worker) and overall, workers, retries, nodes."""
         end = self._ended or time.monotonic()
         by_gpu, to_end = {}, {}
-        busy_sum = end_sum = 0.0
+        inside_sum = end_sum = 0.0
         for key, u in sorted(self.usage.items()):
-            busy, span = u.busy(), u.span()
+            inside, span = u.covered(), u.span()
             tail = max(0.0, end - u.last_done_driver)  # idle after its last trial
-            by_gpu[key] = busy_fraction([u])
-            to_end[key] = round(busy / (span + tail), 4) if span + tail > 0 else 1.0
-            busy_sum, end_sum = busy_sum + busy, end_sum + span + tail
+            by_gpu[key] = in_trial_fraction([u])
+            to_end[key] = round(inside / (span + tail), 4) if span + tail > 0 else 1.0
+            inside_sum, end_sum = inside_sum + inside, end_sum + span + tail
         out: dict[str, Any] = {"executor": f"ray ({self.cluster.name})"}
         if by_gpu:
             out.update(
-                busy_fraction=busy_fraction(self.usage.values()),
-                busy_fraction_to_end=round(busy_sum / end_sum, 4) if end_sum else 1.0,
-                busy_fraction_by_gpu=by_gpu,
-                busy_fraction_to_end_by_gpu=to_end,
+                in_trial_fraction=in_trial_fraction(self.usage.values()),
+                in_trial_fraction_to_end=round(inside_sum / end_sum, 4) if end_sum else 1.0,
+                in_trial_fraction_by_gpu=by_gpu,
+                in_trial_fraction_to_end_by_gpu=to_end,
             )
         out["trials_by_node"] = {
             self.cluster.names.get(k, k[:8]): v for k, v in sorted(self.by_node.items())
