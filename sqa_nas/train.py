@@ -126,13 +126,16 @@ def train(
     device: torch.device,
     seed: int,
     progress: Progress | None = None,
+    between_steps: Callable[[], None] | None = None,
 ) -> TrainResult:
     """Train `model` in place on `data`'s training split.
 
     AdamW (betas 0.9, 0.95; weight decay on matrices only) with `lr_at` set before every
     step, bf16 autocast on GPU, gradient clipping; batches of (batch_size, seq_len) tokens
     from `data.train_batches(seed=seed)`. `progress` gets {step, of, loss, lr} at each curve
-    point. Raises `NonFinite` at the first non-finite loss it reads."""
+    point; `between_steps()` is called after every optimizer step (a trial sharing its GPU
+    steps aside there, `sqa_nas.gpu_share`). Raises `NonFinite` at the first non-finite
+    loss it reads."""
     n, total = cfg.seq_len, cfg.planned_steps
     decay = [p for p in model.parameters() if p.dim() >= 2]
     other = [p for p in model.parameters() if p.dim() < 2]
@@ -172,6 +175,8 @@ def train(
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
+        if between_steps is not None:
+            between_steps()
         step += 1
         tokens += x.numel()
         if step % every == 0 or step == 1:

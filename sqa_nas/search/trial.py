@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from sqa_nas.analytics import analyze, mha_baseline
 from sqa_nas.data import Dataset, load_dataset
 from sqa_nas.errors import first_error
+from sqa_nas.gpu_share import GpuShare
 from sqa_nas.machine import device_name, machine_info
 from sqa_nas.model import build_model, layer_dict
 from sqa_nas.search.records import (
@@ -59,6 +60,7 @@ class TrialJob:
     spec: dict[str, Any]  # SearchSpec.model_dump(mode="json"): picklable, version-free
     seed_variant: str | None = None
     mha_reference: dict[str, float] = field(default_factory=dict)  # device name -> tokens/s
+    share_gpu: bool = False  # other trials train on this GPU meanwhile: time it alone
 
 
 @dataclass
@@ -134,8 +136,9 @@ def run_trial(
         versions={k: info[k] for k in ("torch", "cuda", "cudnn", "python", "sqa_nas")},
         timings=Timings(),
     )
+    share = GpuShare.for_device(device, enabled=job.share_gpu)
     try:
-        _evaluate(job, spec, device, outcome, record, progress)
+        _evaluate(job, spec, device, outcome, record, progress, share)
     except NonFinite as exc:
         outcome.state, record.fail_reason = "PRUNED", str(exc)
     except torch.OutOfMemoryError as exc:
@@ -150,6 +153,9 @@ def run_trial(
         if device.type == "cuda":
             torch.cuda.empty_cache()
     record.timings.total_s = time.perf_counter() - t_start
+    if share.enabled:
+        record.timings.window_wait_s = share.waited_s
+        record.timings.stepped_aside_s = share.stepped_aside_s
     outcome.attrs.update(trial_attrs(record))
     return outcome
 
@@ -161,6 +167,7 @@ def _evaluate(
     outcome: TrialOutcome,
     record: TrialAttrs,
     progress: Progress | None,
+    share: GpuShare,
 ) -> None:
     objectives, timings = set(spec.objectives), record.timings
     seed = (spec.sampler.seed or 0) * 100_003 + job.number
@@ -192,7 +199,8 @@ def _evaluate(
     if objectives & {"throughput_tokens_per_s", "speedup_vs_mha"}:
         t0 = time.perf_counter()
         measure = throughput_config(spec)
-        metrics.throughput_tokens_per_s = measure_throughput(model, measure, device)
+        with share.exclusive():  # alone on the GPU: other trials' steps would count
+            metrics.throughput_tokens_per_s = measure_throughput(model, measure, device)
         name = record.device.name
         assert name is not None  # run_trial records device_name(device)
         reference = job.mha_reference.get(name)
@@ -201,7 +209,8 @@ def _evaluate(
             # The best of two medians: every speedup of the study divides by this figure, so
             # one taken while the machine was briefly busy must not skew them all (seen on
             # a 2-core CPU: 394 tokens/s against 9,119 for the same model a moment before).
-            reference = max(measure_throughput(mha, measure, device) for _ in range(2))
+            with share.exclusive():
+                reference = max(measure_throughput(mha, measure, device) for _ in range(2))
             outcome.mha_reference[name] = reference
             del mha
         metrics.mha_throughput_tokens_per_s = reference
@@ -210,13 +219,18 @@ def _evaluate(
 
     if objectives & {"val_loss"}:
         cfg = train_config(spec)
-        t0 = time.perf_counter()
-        result = train(model, data, cfg, device, seed, progress)
-        timings.train_s = time.perf_counter() - t0
+        # Shared with other trials, and stepping aside for their throughput windows; held
+        # through evaluation too, whose kernels would also land in their windows.
+        with share.training():
+            t0 = time.perf_counter()
+            result = train(
+                model, data, cfg, device, seed, progress, between_steps=share.yield_if_wanted
+            )
+            timings.train_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            scores = evaluate(model, data, cfg, device)
         record.curve = result.curve
         metrics.train_steps, metrics.train_tokens = result.steps, result.tokens
-        t0 = time.perf_counter()
-        scores = evaluate(model, data, cfg, device)
         metrics.val_loss, metrics.perplexity = scores["val_loss"], scores["perplexity"]
         metrics.accuracy, metrics.val_tokens = scores["accuracy"], int(scores["val_tokens"])
         timings.eval_s = time.perf_counter() - t0
