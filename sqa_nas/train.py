@@ -232,6 +232,7 @@ def train(
     progress: Progress | None = None,
     *,
     step: TrainStep | None = None,
+    between_steps: Callable[[], None] | None = None,
 ) -> TrainResult:
     """Train `model` in place on `data`'s training split.
 
@@ -239,8 +240,10 @@ def train(
     step, bf16 autocast on GPU, gradient clipping; batches of (batch_size, seq_len) tokens
     from `data.train_batches(seed=seed)`, prefetched. `step` is the `TrainStep` to train
     with (default: compiled when ``cfg.compile is True`` on a GPU). `progress` gets {step,
-    of, loss, lr} at each curve point, the only host syncs of the loop. `TrainResult.seconds`
-    counts the step loop only. Raises `NonFinite` at the first non-finite loss it reads."""
+    of, loss, lr} at each curve point, the only host syncs of the loop; `between_steps()` is
+    called after every optimizer step (a trial sharing its GPU steps aside there,
+    `sqa_nas.gpu_share`). `TrainResult.seconds` counts the step loop only. Raises
+    `NonFinite` at the first non-finite loss it reads."""
     n, total = cfg.seq_len, cfg.planned_steps
     if step is None:
         step = TrainStep(model, device, n, compiled=cfg.compile is True and device.type == "cuda")
@@ -276,6 +279,8 @@ def train(
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
+        if between_steps is not None:
+            between_steps()
         steps += 1
         tokens += x.numel()
         if steps % every == 0 or steps == 1:

@@ -70,7 +70,8 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     ray.add_argument(
         "--gpus-per-trial",
         type=float,
-        help="GPUs each trial asks Ray for (a fraction shares a GPU; 0: CPU trials); default 1",
+        help="GPUs each trial asks Ray for (a fraction shares a GPU; 0: CPU trials); default "
+        "1 / execution.trials_per_gpu",
     )
     ray.add_argument(
         "--max-concurrent",

@@ -149,6 +149,8 @@ class Timings(_Record):
     train_window: tuple[float, float] | None = None  # train() ran from, to (time.time())
     eval_s: float | None = None
     total_s: float | None = None
+    window_wait_s: float | None = None  # of throughput_s: waiting to time alone (GPU shared)
+    stepped_aside_s: float | None = None  # of train_s: paused for others' timing windows
 
 
 class TrialAttrs(_Record):

@@ -4,6 +4,7 @@ what spans sections. Every key is validated here; unknown keys are errors naming
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -215,7 +216,8 @@ class RaySection(Section):
     """The Ray cluster and what each trial asks of it."""
 
     address: str | None = None  # None: start a local Ray instance on loopback
-    gpus_per_trial: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.0
+    # None: 1 / execution.trials_per_gpu (1 GPU by default); a fraction shares a GPU
+    gpus_per_trial: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
     cpus_per_trial: PositiveNumber = 1.0
     max_concurrent: Positive | None = None
     max_retries: Annotated[int, Field(ge=0)] = 2
@@ -223,9 +225,38 @@ class RaySection(Section):
 
 
 class Execution(Section):
-    """Where trials run: the local executor or Ray, on which device."""
+    """Where trials run: the local executor or Ray, on which device, and how many trials train
+    on one GPU at once (`trials_per_gpu`; each still times its throughput alone, see
+    `sqa_nas.gpu_share`)."""
 
     executor: Literal["local", "ray"] = "local"
-    workers: Positive | None = None  # local: default one per visible GPU, else 1
+    workers: Positive | None = None  # local: default trials_per_gpu per visible GPU, else 1
+    trials_per_gpu: Positive = 1  # local: workers per GPU; Ray: gpus_per_trial 1 / this
     device: Literal["auto", "cpu", "cuda"] = "auto"
     ray: RaySection = RaySection()
+
+    @model_validator(mode="after")
+    def _check(self) -> Execution:
+        k, asked = self.trials_per_gpu, self.ray.gpus_per_trial
+        if k > 1 and self.workers is not None:
+            raise ValueError(
+                f"trials_per_gpu: {k} starts {k} local workers per GPU, but workers is "
+                f"also set ({self.workers}); set one of execution.workers and "
+                "execution.trials_per_gpu"
+            )
+        # Consistent: a share that puts k trials on a GPU (0.3 and 0.33 both fit 3).
+        if k > 1 and asked is not None and (asked == 0 or int(1 / asked + 1e-6) != k):
+            raise ValueError(
+                f"trials_per_gpu: {k} means ray.gpus_per_trial 1/{k}, but "
+                f"ray.gpus_per_trial is {asked:g}; set one of them"
+            )
+        return self
+
+    @property
+    def ray_gpus_per_trial(self) -> float:
+        """GPUs each Ray trial asks for: `ray.gpus_per_trial`, else 1 / `trials_per_gpu`,
+        rounded down to Ray's resource step of 0.0001 so that that many fit on a GPU
+        (Ray's docs: "the precision of the fractional resource requirement is 0.0001")."""
+        if self.ray.gpus_per_trial is not None:
+            return float(self.ray.gpus_per_trial)
+        return math.floor(10_000 / self.trials_per_gpu) / 10_000

@@ -25,6 +25,7 @@ from sqa_nas.analytics import analyze, mha_baseline
 from sqa_nas.compiling import LEDGER, CompileDecision, block_signatures, decide
 from sqa_nas.data import Dataset, load_dataset
 from sqa_nas.errors import first_error
+from sqa_nas.gpu_share import GpuShare
 from sqa_nas.machine import device_name, machine_info
 from sqa_nas.model import SQATransformer, build_model, layer_dict
 from sqa_nas.search.records import (
@@ -61,6 +62,7 @@ class TrialJob:
     spec: dict[str, Any]  # SearchSpec.model_dump(mode="json"): picklable, version-free
     seed_variant: str | None = None
     mha_reference: dict[str, float] = field(default_factory=dict)  # device name -> tokens/s
+    share_gpu: bool = False  # other trials train on this GPU meanwhile: time it alone
 
 
 @dataclass
@@ -136,8 +138,9 @@ def run_trial(
         versions={k: info[k] for k in ("torch", "cuda", "cudnn", "python", "sqa_nas")},
         timings=Timings(),
     )
+    share = GpuShare.for_device(device, enabled=job.share_gpu)
     try:
-        _evaluate(job, spec, device, outcome, record, progress)
+        _evaluate(job, spec, device, outcome, record, progress, share)
     except NonFinite as exc:
         outcome.state, record.fail_reason = "PRUNED", str(exc)
     except torch.OutOfMemoryError as exc:
@@ -152,6 +155,9 @@ def run_trial(
         if device.type == "cuda":
             torch.cuda.empty_cache()
     record.timings.total_s = time.perf_counter() - t_start
+    if share.enabled:
+        record.timings.window_wait_s = share.waited_s
+        record.timings.stepped_aside_s = share.stepped_aside_s
     outcome.attrs.update(trial_attrs(record))
     return outcome
 
@@ -163,6 +169,7 @@ def _evaluate(
     outcome: TrialOutcome,
     record: TrialAttrs,
     progress: Progress | None,
+    share: GpuShare,
 ) -> None:
     objectives, timings = set(spec.objectives), record.timings
     seed = (spec.sampler.seed or 0) * 100_003 + job.number
@@ -194,13 +201,15 @@ def _evaluate(
     cfg, measure = train_config(spec), throughput_config(spec)
     timed = bool(objectives & {"throughput_tokens_per_s", "speedup_vs_mha"})
     t0 = time.perf_counter()
-    step, decision = training_step(model, cfg, measure if timed else None, device)
+    with share.training():  # compiling runs steps: out of other trials' timing windows
+        step, decision = training_step(model, cfg, measure if timed else None, device)
     timings.compile_s, record.compile = time.perf_counter() - t0, decision.record()
     backends = model.backends()
 
     if timed:
         t0 = time.perf_counter()
-        metrics.throughput_tokens_per_s = measure_throughput(model, measure, device, step)
+        with share.exclusive():  # alone on the GPU: other trials' steps would count
+            metrics.throughput_tokens_per_s = measure_throughput(model, measure, device, step)
         name = record.device.name
         assert name is not None  # run_trial records device_name(device)
         reference = job.mha_reference.get(name)
@@ -210,7 +219,10 @@ def _evaluate(
             # The best of two medians: every speedup of the study divides by this figure, so
             # one taken while the machine was briefly busy must not skew them all (seen on
             # a 2-core CPU: 394 tokens/s against 9,119 for the same model a moment before).
-            reference = max(measure_throughput(mha, measure, device, mha_step) for _ in range(2))
+            with share.exclusive():
+                reference = max(
+                    measure_throughput(mha, measure, device, mha_step) for _ in range(2)
+                )
             outcome.mha_reference[name] = reference
             del mha, mha_step
         metrics.mha_throughput_tokens_per_s = reference
@@ -218,16 +230,28 @@ def _evaluate(
         timings.throughput_s = time.perf_counter() - t0
 
     if objectives & {"val_loss"}:
-        t0 = time.perf_counter()
-        result = train(model, data, cfg, device, seed, progress, step=step)
-        ended = time.time()
-        timings.train_s = time.perf_counter() - t0
+        # Shared with other trials, and stepping aside for their throughput windows; held
+        # through evaluation too, whose kernels would also land in their windows.
+        with share.training():
+            t0 = time.perf_counter()
+            result = train(
+                model,
+                data,
+                cfg,
+                device,
+                seed,
+                progress,
+                step=step,
+                between_steps=share.yield_if_wanted,
+            )
+            ended = time.time()
+            timings.train_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            scores = evaluate(model, data, cfg, device)
         timings.train_window = (ended - result.seconds, ended)  # the step loop, for the share
         record.curve = result.curve
         metrics.train_steps, metrics.train_tokens = result.steps, result.tokens
         metrics.train_tokens_per_s = round(result.tokens_per_s, 1)
-        t0 = time.perf_counter()
-        scores = evaluate(model, data, cfg, device)
         metrics.val_loss, metrics.perplexity = scores["val_loss"], scores["perplexity"]
         metrics.accuracy, metrics.val_tokens = scores["accuracy"], int(scores["val_tokens"])
         timings.eval_s = time.perf_counter() - t0

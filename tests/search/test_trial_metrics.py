@@ -41,7 +41,7 @@ def stand_ins(monkeypatch):
     calls = {"train": [], "throughput": []}
     monkeypatch.setattr(trial, "_dataset", lambda _: NoData())
 
-    def fake_train(model, data, cfg, device, seed, progress=None, *, step=None):
+    def fake_train(model, data, cfg, device, seed, progress=None, **_):
         calls["train"].append({"cfg": cfg, "seed": seed})
         return TrainResult([(1, 64, 5.5), (4, 256, 4.25)], 4, 256)
 

@@ -16,5 +16,8 @@ def make_executor(spec: SearchSpec) -> Executor:
 
         return RayExecutor(spec)
     return LocalExecutor(
-        workers=e.workers, device=e.device, trial_timeout_s=spec.budget.trial_timeout_s
+        workers=e.workers,
+        trials_per_gpu=e.trials_per_gpu,
+        device=e.device,
+        trial_timeout_s=spec.budget.trial_timeout_s,
     )

@@ -1,5 +1,6 @@
-"""Trials in long-lived worker processes on this machine: one per visible GPU, or
-``workers`` on the CPU. Workers keep torch, CUDA contexts and compiled kernels between trials.
+"""Trials in long-lived worker processes on this machine: ``trials_per_gpu`` per visible GPU
+(one by default), or ``workers`` on the CPU. Workers keep torch, CUDA contexts and compiled
+kernels between trials; workers that share a GPU time each trial's throughput alone.
 
 A worker that dies (killed, out of host memory, segfault) fails only its trial and is
 restarted; a trial past ``budget.trial_timeout_s`` is killed with its worker and recorded.
@@ -12,6 +13,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from multiprocessing.connection import Connection, wait
 
 import torch
@@ -80,21 +82,31 @@ class LocalExecutor(Executor):
     """Trials in worker processes on this machine.
 
     Args:
-        workers: worker processes (default: one per visible GPU, else one).
+        workers: worker processes (default: `trials_per_gpu` per visible GPU, else one),
+            spread over the GPUs in turn.
+        trials_per_gpu: workers per GPU when `workers` is not given. Trials on a GPU that
+            several workers use time their throughput alone (`sqa_nas.gpu_share`).
         device: "auto" (GPUs if any), "cpu" or "cuda" (refused without a GPU).
         trial_timeout_s: seconds a trial may run, counted from its submission; past it the
             trial is told FAIL ("exceeded the trial time limit") and its worker replaced.
     """
 
     def __init__(
-        self, *, workers: int | None = None, device: str = "auto", trial_timeout_s: float = 1800.0
+        self,
+        *,
+        workers: int | None = None,
+        trials_per_gpu: int = 1,
+        device: str = "auto",
+        trial_timeout_s: float = 1800.0,
     ) -> None:
         super().__init__()
         gpus = torch.cuda.device_count() if device != "cpu" else 0
         if device == "cuda" and gpus == 0:
             raise UserError("execution.device: cuda was asked for but no CUDA GPU is visible")
-        n = workers or max(1, gpus)
+        n = workers or (gpus * trials_per_gpu if gpus else 1)
         self.devices = [f"cuda:{i % gpus}" for i in range(n)] if gpus else ["cpu"] * n
+        # Trials on a GPU that other workers train on too time their throughput alone.
+        self.shared = {d for d in self.devices if d != "cpu" and self.devices.count(d) > 1}
         cpus = (
             len(os.sched_getaffinity(0))
             if hasattr(os, "sched_getaffinity")
@@ -108,9 +120,11 @@ class LocalExecutor(Executor):
         self._worker_of: dict[int, int] = {}  # trial number -> worker index
 
     def describe(self) -> str:
-        """ "local: N worker(s) on <devices>"."""
+        """ "local: N worker(s) on <devices>", and how many share a GPU when some do."""
         kinds = sorted(set(self.devices))
-        return f"local: {len(self.devices)} worker(s) on {', '.join(kinds)}"
+        line = f"local: {len(self.devices)} worker(s) on {', '.join(kinds)}"
+        most = max((self.devices.count(d) for d in self.shared), default=1)
+        return f"{line} (up to {most} per GPU, each timed alone)" if self.shared else line
 
     def start(self) -> None:
         """Spawn one worker process per entry of `devices` (spawn context: CUDA-safe)."""
@@ -124,8 +138,10 @@ class LocalExecutor(Executor):
         return sum(w.job is None for w in self.workers)
 
     def submit(self, job: TrialJob) -> None:
-        """Send `job` to the first idle worker (a fresh one if that worker died meanwhile)."""
+        """Send `job` to the first idle worker (a fresh one if that worker died meanwhile),
+        telling it whether other workers train on its GPU."""
         worker = next(w for w in self.workers if w.job is None)
+        job = replace(job, share_gpu=worker.device in self.shared)
         try:
             worker.conn.send(job)
         except OSError:  # it died since free_slots: a fresh one takes the trial

@@ -31,7 +31,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections import Counter, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import ray
@@ -68,7 +68,10 @@ class RayExecutor(Executor):
         r = spec.execution.ray
         self.device = spec.execution.device
         # A CPU-only search asks for no GPU, whatever gpus_per_trial says.
-        self.gpus = 0.0 if self.device == "cpu" else float(r.gpus_per_trial)
+        self.gpus = 0.0 if self.device == "cpu" else spec.execution.ray_gpus_per_trial
+        # gpus_per_trial defaults to 1 / execution.trials_per_gpu. Two or more trials fit on
+        # a GPU: each times its throughput alone (sqa_nas.gpu_share).
+        self.share_gpu = 0 < self.gpus <= 0.5
         self.cpus = float(r.cpus_per_trial)
         self.max_retries = r.max_retries
         self.timeout = spec.budget.trial_timeout_s
@@ -167,7 +170,7 @@ class RayExecutor(Executor):
 
     def submit(self, job: TrialJob) -> None:
         """Queue `job` on the live worker holding the fewest jobs."""
-        self._place(Attempt(job))
+        self._place(Attempt(replace(job, share_gpu=self.share_gpu)))
 
     def _place(self, attempt: Attempt) -> None:
         slot = min((s for s in self.slots if s.info is not None), key=lambda s: len(s.jobs))
