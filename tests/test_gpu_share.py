@@ -23,13 +23,20 @@ BOUND_S = 60.0  # no wait in these tests is meant to come near it
 
 
 def _log(log, seq, who: str, what: str) -> None:
-    """One event with a global sequence number: the order across processes."""
+    """One event with a global sequence number (the order across processes), appended to
+    `who`'s file in the folder `log`. Files, not a queue: a process that put more than a
+    pipe holds on a queue nobody reads yet cannot exit (multiprocessing's docs)."""
     with seq.get_lock():
         seq.value += 1
-        log.put((seq.value, who, what))
+        with open(log / f"{who}.events", "a") as f:
+            f.write(f"{seq.value} {what}\n")
 
 
-def _trainer(directory, name, log, seq, steps, stop, results) -> None:
+def _report(log, who: str, share: GpuShare) -> None:
+    (log / f"{who}.figures").write_text(f"{share.stepped_aside_s!r} {share.waited_s!r}")
+
+
+def _trainer(directory, name, log, seq, steps, stop) -> None:
     """Trains until `stop`: a step (logged, counted in `steps`), then `yield_if_wanted`."""
     share = GpuShare(directory, synchronize=lambda: _log(log, seq, name, "sync"))
     with share.training():
@@ -40,17 +47,17 @@ def _trainer(directory, name, log, seq, steps, stop, results) -> None:
                 steps.value += 1
             time.sleep(0.002)  # the step's device work
             share.yield_if_wanted()
-    results.put((name, share.stepped_aside_s, share.waited_s))
+    _report(log, name, share)
 
 
-def _measurer(directory, name, log, seq, results) -> None:
-    """Takes one exclusive window, holding it long enough for 1 ms steps to show up in it."""
+def _measurer(directory, name, log, seq) -> None:
+    """Takes one exclusive window, holding it long enough for 2 ms steps to show up in it."""
     share = GpuShare(directory)
     with share.exclusive():
         _log(log, seq, name, "open")
         time.sleep(0.1)
         _log(log, seq, name, "close")
-    results.put((name, share.stepped_aside_s, share.waited_s))
+    _report(log, name, share)
 
 
 def _wait_until(condition, what: str) -> None:
@@ -60,13 +67,17 @@ def _wait_until(condition, what: str) -> None:
         time.sleep(0.005)
 
 
-def _events(log, seq, n_results, results) -> tuple[list[tuple[int, str, str]], dict]:
+def _events(log) -> tuple[list[tuple[int, str, str]], dict[str, tuple[float, ...]]]:
     """Every logged event in order, and each process's (stepped_aside_s, waited_s)."""
-    figures = {}
-    for _ in range(n_results):
-        name, aside, waited = results.get(timeout=BOUND_S)
-        figures[name] = (aside, waited)
-    events = [log.get(timeout=BOUND_S) for _ in range(seq.value)]
+    events = []
+    for path in log.glob("*.events"):
+        for line in path.read_text().splitlines():
+            n, what = line.split(" ", 1)
+            events.append((int(n), path.stem, what))
+    figures = {
+        path.stem: tuple(float(x) for x in path.read_text().split())
+        for path in log.glob("*.figures")
+    }
     return sorted(events), figures
 
 
@@ -87,13 +98,13 @@ def _seq_of(events, who: str, what: str) -> list[int]:
 
 def test_a_measurer_times_alone_once_trainers_stepped_aside_and_they_resume_after(tmp_path):
     ctx = mp.get_context("spawn")
-    log, results, seq, stop = ctx.Queue(), ctx.Queue(), ctx.Value("i", 0), ctx.Event()
+    gpu, log, seq, stop = tmp_path / "gpu", tmp_path, ctx.Value("i", 0), ctx.Event()
     steps = {name: ctx.Value("i", 0) for name in ("t1", "t2")}
     trainers = [
-        ctx.Process(target=_trainer, args=(tmp_path, name, log, seq, steps[name], stop, results))
+        ctx.Process(target=_trainer, args=(gpu, name, log, seq, steps[name], stop))
         for name in steps
     ]
-    measurer = ctx.Process(target=_measurer, args=(tmp_path, "m", log, seq, results))
+    measurer = ctx.Process(target=_measurer, args=(gpu, "m", log, seq))
     try:
         for p in trainers:
             p.start()
@@ -107,7 +118,7 @@ def test_a_measurer_times_alone_once_trainers_stepped_aside_and_they_resume_afte
     finally:
         stop.set()
         _join([*trainers, measurer])
-    events, figures = _events(log, seq, 3, results)
+    events, figures = _events(log)
 
     (opened,), (closed,) = _seq_of(events, "m", "open"), _seq_of(events, "m", "close")
     inside = [(s, w, e) for s, w, e in events if opened < s < closed]
@@ -120,7 +131,7 @@ def test_a_measurer_times_alone_once_trainers_stepped_aside_and_they_resume_afte
     assert figures["m"][1] > 0 and figures["m"][0] == 0  # waited for its window, never aside
 
 
-def _busy_trainer(directory, log, seq, inside, release, results) -> None:
+def _busy_trainer(directory, log, seq, inside, release) -> None:
     """Holds the GPU through one long step (until `release`), then yields once and leaves."""
     share = GpuShare(directory)
     with share.training():
@@ -130,15 +141,15 @@ def _busy_trainer(directory, log, seq, inside, release, results) -> None:
         _log(log, seq, "a", "step done")
         share.yield_if_wanted()
         _log(log, seq, "a", "back")
-    results.put(("a", share.stepped_aside_s, share.waited_s))
+    _report(log, "a", share)
 
 
-def _late_trainer(directory, log, seq, arriving, results) -> None:
+def _late_trainer(directory, log, seq, arriving) -> None:
     share = GpuShare(directory)
     arriving.set()
     with share.training():
         _log(log, seq, "b", "enter")
-    results.put(("b", share.stepped_aside_s, share.waited_s))
+    _report(log, "b", share)
 
 
 def _turnstile_held(directory) -> bool:
@@ -157,16 +168,16 @@ def _turnstile_held(directory) -> bool:
 
 def test_a_trainer_arriving_while_a_measurer_waits_enters_after_its_window(tmp_path):
     ctx = mp.get_context("spawn")
-    log, results, seq = ctx.Queue(), ctx.Queue(), ctx.Value("i", 0)
+    gpu, log, seq = tmp_path / "gpu", tmp_path, ctx.Value("i", 0)
     inside, arriving, release = ctx.Event(), ctx.Event(), ctx.Event()
-    a = ctx.Process(target=_busy_trainer, args=(tmp_path, log, seq, inside, release, results))
-    m = ctx.Process(target=_measurer, args=(tmp_path, "m", log, seq, results))
-    b = ctx.Process(target=_late_trainer, args=(tmp_path, log, seq, arriving, results))
+    a = ctx.Process(target=_busy_trainer, args=(gpu, log, seq, inside, release))
+    m = ctx.Process(target=_measurer, args=(gpu, "m", log, seq))
+    b = ctx.Process(target=_late_trainer, args=(gpu, log, seq, arriving))
     try:
         a.start()
         _wait_until(inside.is_set, "trainer a inside")
         m.start()
-        _wait_until(lambda: _turnstile_held(tmp_path), "the measurer at the turnstile")
+        _wait_until(lambda: _turnstile_held(gpu), "the measurer at the turnstile")
         b.start()
         _wait_until(arriving.is_set, "trainer b arriving")
         # Time for b to slip in if the turnstile let it: the test then fails, never the
@@ -176,7 +187,7 @@ def test_a_trainer_arriving_while_a_measurer_waits_enters_after_its_window(tmp_p
     finally:
         release.set()
         _join([a, m, b])
-    events, figures = _events(log, seq, 3, results)
+    events, figures = _events(log)
     order = [(w, e) for _, w, e in events]
     assert order.index(("a", "step done")) < order.index(("m", "open"))
     assert order.index(("m", "close")) < order.index(("b", "enter"))  # b waited its turn
