@@ -163,7 +163,7 @@ def test_a_trial_on_a_shared_gpu_times_alone_and_records_the_cost(
         asked.append(enabled)
         return _RecordingShare(tmp_path if enabled else None, log)
 
-    def measure(model, cfg, device):
+    def measure(model, cfg, device, step=None):
         log.append("measure")
         return 1000.0
 
@@ -177,9 +177,10 @@ def test_a_trial_on_a_shared_gpu_times_alone_and_records_the_cost(
     out = run_trial(job)
     assert out.state == "COMPLETE", out.attrs.get("fail_reason")
     assert asked == [share_gpu]
-    # The trial's window, the MHA reference's (the best of two), then 4 steps and the eval,
-    # inside the shared hold.
+    # Preparing (and compiling) the step inside the shared hold, the trial's window, the MHA
+    # reference's (the best of two), then 4 steps and the eval, inside the shared hold.
     assert log == [
+        *["shared", "/shared"],
         *["alone", "measure", "/alone"],
         *["alone", "measure", "measure", "/alone"],
         *["shared", *["step"] * 4, "evaluate", "/shared"],
