@@ -181,7 +181,9 @@ class TrainBudget(Section):
     warmup_steps: Annotated[int, Field(ge=0)] = 10
     weight_decay: Annotated[float, Field(ge=0)] = 0.1
     grad_clip: PositiveNumber | None = 1.0
-    compile: bool = False  # torch.compile the model on GPU (pays off on long budgets)
+    # torch.compile the blocks on GPU: true, false, or auto (each trial weighs the compile
+    # cost of its new block shapes against the time it saves; `sqa_nas.compiling.decide`)
+    compile: bool | Literal["auto"] = "auto"
     eval_batches: Positive = 8
     eval_batch_size: Positive | None = None  # default: batch_size
 

@@ -1,0 +1,191 @@
+"""How much a search learns per GPU-hour: the `paper_dense.yaml` space run by the product's
+own search command in labelled configurations, side by side in one session.
+
+Per run it records the wall time, NVML utilisation (mean and trace, sampled by the search
+itself), the share of wall time inside training steps, trials per GPU-hour, and per trial
+the timing breakdown (build, compile, throughput, train, eval), the compile decision and the
+achieved training tokens/s against the trial's measured step throughput.
+
+    python -m experiments.search_efficiency                            # on a GPU
+    python -m experiments.search_efficiency --runs eager,auto,auto-x2 --tokens 10000000
+    python -m experiments.search_efficiency --smoke                    # CPU, seconds
+
+Runs: ``eager`` (compile: false), ``auto`` (compile: auto, the default), ``auto-x2`` (compile
+auto, two trials per GPU: `execution.trials_per_gpu: 2`). Writes
+experiments/results/search_efficiency_<gpu>.json and a PNG of utilisation over time;
+``--merge`` joins result files of several sessions (runs of one label are kept apart).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import torch
+import yaml
+
+from experiments.common import SEARCH_SPACES, progress, write_result
+from sqa_nas.cli import guarded
+from sqa_nas.cli import main as cli_main
+from sqa_nas.errors import UserError
+from sqa_nas.search.figures import run_stats
+from sqa_nas.search.records import trial_records
+
+RUNS = {
+    "eager": {"compile": False, "trials_per_gpu": 1},
+    "auto": {"compile": "auto", "trials_per_gpu": 1},
+    "auto-x2": {"compile": "auto", "trials_per_gpu": 2},
+}
+
+
+def _space(label: str, tokens: int, n_trials: int, smoke: bool) -> dict:
+    space = yaml.safe_load((SEARCH_SPACES / "paper_dense.yaml").read_text())
+    run = RUNS[label]
+    space["study"] = f"efficiency_{label}"
+    space["budget"]["n_trials"] = n_trials
+    space["budget"]["train"].update(tokens=tokens, compile=run["compile"])
+    space.setdefault("execution", {})["trials_per_gpu"] = run["trials_per_gpu"]
+    if smoke:
+        space["model"].update(d_model=32, n_layers=2, n_heads=4, ffn_dim=64, seq_len=32)
+        space["budget"]["train"].update(batch_size=4, warmup_steps=2, eval_batches=2)
+        space["budget"]["throughput"].update(batch_size=2, warmup=1, repeats=2)
+        space["data"] = {"kind": "embedded"}
+        space["seed_trials"] = ["MHA", "xSQA"]
+        space["execution"].update(device="cpu", trials_per_gpu=1)
+    return space
+
+
+def run(label: str, tokens: int, n_trials: int, smoke: bool) -> dict:
+    """One search in a fresh directory; its figures as stored by the search."""
+    with tempfile.TemporaryDirectory(prefix="sqa-nas-efficiency-") as tmp:
+        path = Path(tmp) / "space.yaml"
+        path.write_text(yaml.safe_dump(_space(label, tokens, n_trials, smoke)))
+        storage = f"sqlite:///{tmp}/study.db"
+        start = time.perf_counter()
+        status = cli_main(["search", str(path), "--storage", storage])
+        wall = time.perf_counter() - start
+        if status:
+            raise UserError(f"the {label} search exited with status {status}")
+        study = optuna.load_study(study_name=f"efficiency_{label}", storage=storage)
+        stats = run_stats(study.user_attrs.get("executor_stats"))[-1]
+        trials = [r for r in trial_records(study) if r.state == "COMPLETE"]
+    rows = []
+    for r in trials:
+        a, m, t = r.typed, r.typed.metrics, r.typed.timings
+        rows.append(
+            {
+                "number": r.number,
+                "allocation": a.allocation,
+                "timings": t.stored(),
+                "compile": a.compile,
+                "throughput_tokens_per_s": m.throughput_tokens_per_s,
+                "train_tokens_per_s": m.train_tokens_per_s,
+                "train_vs_step": (
+                    round(m.train_tokens_per_s / m.throughput_tokens_per_s, 3)
+                    if m.train_tokens_per_s and m.throughput_tokens_per_s
+                    else None
+                ),
+            }
+        )
+    gpus = max(1, len(stats.nvml_util_by_gpu))
+    ratios = [x["train_vs_step"] for x in rows if x["train_vs_step"]]
+    return {
+        "label": label,
+        "settings": RUNS[label],
+        "tokens_per_trial": tokens,
+        "n_trials": len(trials),
+        "wall_s": round(wall, 1),
+        "search_wall_s": stats.wall_s,
+        "nvml_util_mean": stats.nvml_util_mean,
+        "nvml_note": stats.nvml_note,
+        "nvml_trace": stats.nvml_trace,
+        "train_step_share": stats.train_step_share,
+        "in_trial_fraction": stats.in_trial_fraction,
+        "trials_per_gpu_hour": round(len(trials) / (wall / 3600) / gpus, 1),
+        "train_vs_step_median": statistics.median(ratios) if ratios else None,
+        "trials": rows,
+    }
+
+
+def plot(result: dict, out: Path) -> None:
+    """Utilisation over time, one line per run (first GPU of each)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4))
+    for r in result["runs"]:
+        trace = r.get("nvml_trace") or {}
+        first = next(iter((trace.get("by_gpu") or {}).values()), None)
+        if first:
+            ax.plot(trace["t_s"], first, label=f"{r['label']} {r['tokens_per_trial'] / 1e6:g}M")
+    ax.set_xlabel("seconds into the search")
+    ax.set_ylabel("GPU utilisation (NVML)")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(result["machine"]["device"] + ": paper_dense search")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", default="eager,auto,auto-x2", help=f"of {', '.join(RUNS)}")
+    p.add_argument("--tokens", default="10000000", help="tokens per trial, comma-separated")
+    p.add_argument("--n-trials", type=int, default=16)
+    p.add_argument("--smoke", action="store_true", help="tiny CPU search (a test)")
+    p.add_argument("--merge", nargs="+", type=Path, help="join these result files")
+    p.add_argument("--plot", type=Path, help="only draw the PNG of this result file")
+    p.add_argument("--out", type=Path, help="result file (default experiments/results/...)")
+    args = p.parse_args(argv)
+    if args.plot:
+        plot(json.loads(args.plot.read_text()), args.plot.with_suffix(".png"))
+        return 0
+    if args.merge:
+        files = [json.loads(f.read_text()) for f in args.merge]
+        runs = [r for f in files for r in f["runs"]]
+        out = write_result(
+            "search_efficiency", {"runs": runs}, args.out, machine=files[0]["machine"]
+        )
+        return 0
+    labels = [x for x in args.runs.split(",") if x]
+    unknown = sorted(set(labels) - set(RUNS))
+    if unknown:
+        raise UserError(f"--runs: unknown {', '.join(unknown)}; known: {', '.join(RUNS)}")
+    try:
+        budgets = [int(x) for x in args.tokens.split(",") if x]
+    except ValueError:
+        raise UserError(f"--tokens: whole numbers, comma-separated, got {args.tokens!r}") from None
+    if not args.smoke and not torch.cuda.is_available():
+        raise UserError("search_efficiency needs a CUDA GPU (or --smoke on the CPU)")
+    if args.smoke:
+        budgets, args.n_trials = [2048], 2
+    runs = []
+    for tokens in budgets:
+        for label in labels:
+            runs.append(run(label, tokens, args.n_trials, args.smoke))
+            r = runs[-1]
+            progress(
+                f"{label} {tokens / 1e6:g}M: {r['n_trials']} trials in {r['wall_s']:.0f} s, "
+                f"NVML {r['nvml_util_mean']}, train-step share {r['train_step_share']}, "
+                f"{r['trials_per_gpu_hour']} trials/GPU-hour"
+            )
+    name = "search_efficiency" + ("_smoke" if args.smoke else "")
+    out = write_result(name, {"runs": runs}, args.out)
+    if not args.smoke:
+        try:
+            plot(json.loads(out.read_text()), out.with_suffix(".png"))
+        except ImportError as exc:  # a GPU machine without matplotlib: draw it with --plot
+            progress(f"no PNG ({exc}); draw it with --plot {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(guarded(main))
