@@ -1,0 +1,38 @@
+"""The efficiency scripts run end to end on the CPU (--smoke) and write what they promise."""
+
+from __future__ import annotations
+
+import json
+
+from experiments import search_efficiency, step_throughput
+from sqa_nas.cli import guarded
+
+KEYS = {"label", "tokens_per_trial", "n_trials", "wall_s", "nvml_util_mean", "train_step_share"}
+
+
+def test_search_efficiency_smoke_records_each_run(tmp_path):
+    out = tmp_path / "eff.json"
+    assert search_efficiency.main(["--smoke", "--runs", "eager,auto", "--out", str(out)]) == 0
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["label"] for r in runs] == ["eager", "auto"]
+    for r in runs:
+        assert KEYS | {"trials_per_gpu_hour"} <= set(r) and r["n_trials"] == 2
+        assert r["nvml_util_mean"] is None and "CPU" in r["nvml_note"]  # n/a, said so
+        assert 0 < r["train_step_share"] <= 1
+        for t in r["trials"]:
+            assert t["compile"]["used"] is False and t["train_tokens_per_s"] > 0
+            assert {"build_s", "compile_s", "throughput_s", "train_s", "eval_s"} <= set(
+                t["timings"]
+            )
+
+
+def test_search_efficiency_refuses_an_unknown_run():
+    assert guarded(lambda: search_efficiency.main(["--runs", "turbo"])) == 2
+
+
+def test_step_throughput_smoke(tmp_path):
+    out = tmp_path / "step.json"
+    assert step_throughput.main(["--smoke", "--variants", "MHA,xSQA", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["MHA", "xSQA"]
+    assert all(r["eager"]["tokens_per_s"] > 0 for r in rows)
