@@ -160,7 +160,7 @@ def main(argv=None) -> int:
         "model": cfg,
         "batch": batch,
         "seq_len": seq,
-        "rows": rows,
+        "variants": rows,
         "wall_s": round(time.perf_counter() - start, 1),
     }
     write_result(

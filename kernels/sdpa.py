@@ -41,9 +41,16 @@ _SDPA_NAMES = {
 }
 
 
-@torch.compiler.assume_constant_result  # a trace takes the mask as a constant, not its making
 def _cached_mask(spec: MaskSpec, n: int, device: torch.device) -> torch.Tensor | None:
     return _make_mask(spec, n, device)
+
+
+@functools.cache
+def _mask_is_a_trace_constant() -> None:
+    """A trace takes `_cached_mask`'s result as a constant instead of tracing its making
+    (a graph break). Marked when a backend is first chosen, not at import: the marking
+    imports dynamo, which changes warning filters."""
+    torch.compiler.assume_constant_result(_cached_mask)
 
 
 @functools.lru_cache(maxsize=8)
@@ -68,6 +75,7 @@ class SdpaBackend(AttentionBackend):
         return None
 
     def priority(self, problem: AttentionProblem) -> tuple[int, str]:
+        _mask_is_a_trace_constant()  # asked when choosing, before any trace: see there
         masked = _needs_mask_tensor(problem.mask)
         if problem.device_type == "cuda":
             if masked:

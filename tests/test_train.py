@@ -124,6 +124,7 @@ def test_the_trial_builds_the_train_config_from_the_budget():
         weight_decay=0.01,
         eval_batches=3,
         eval_batch_size=5,
+        compile="auto",  # the search's default
     )
 
 

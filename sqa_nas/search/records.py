@@ -11,8 +11,7 @@ Study
     driver's figures (in-trial fraction, NVML utilisation, training-step share)].
 Trial
   - params: per unit (``layer3``, ``layers0-3`` or ``all``): ``<unit>.heads`` = "H_q/H_kv",
-    ``<unit>.mask`` = "dense" | "window:W" | "flex:W+G" | "block_sparse", and
-    ``<unit>.backend`` when several backends are searched.
+    ``<unit>.mask`` = "dense" | "window:W" | "flex:W+G" | "block_sparse", ``<unit>.backend``.
   - user attrs: `TrialAttrs` (pydantic, one model per part: `Analytics`, `Metrics`,
     `Device`, `LayerRecord`, `Corpus`, `Timings`): the resolved model config, per-layer
     allocation, analytics, metrics, training curve, device, versions, corpus fingerprint,
@@ -93,7 +92,7 @@ class Metrics(_Record):
     speedup_vs_mha: float | None = None
     train_steps: int | None = None
     train_tokens: int | None = None
-    train_tokens_per_s: float | None = None  # achieved in the step loop (against throughput)
+    train_tokens_per_s: float | None = None  # achieved in the step loop
     kv_cache_bytes: int | None = None
     params: int | None = None
     attention_flops: float | None = None
@@ -143,7 +142,7 @@ class Timings(_Record):
     """Seconds spent in each phase of the trial, and when training ran."""
 
     build_s: float | None = None
-    compile_s: float | None = None  # deciding, compiling and warming the training step
+    compile_s: float | None = None  # deciding, compiling, warming the step
     throughput_s: float | None = None
     train_s: float | None = None
     train_window: tuple[float, float] | None = None  # train() ran from, to (time.time())
@@ -169,7 +168,7 @@ class TrialAttrs(_Record):
     versions: dict[str, str | int | None] = {}  # torch, cuda, cudnn, python, sqa_nas
     corpus: Corpus = Field(default_factory=Corpus)
     timings: Timings = Field(default_factory=Timings)
-    compile: dict[str, Any] | None = None  # `sqa_nas.compiling.CompileDecision.record()`
+    compile: dict[str, Any] | None = None  # `compiling.CompileDecision.record()`
     fail_reason: str | None = None  # why a trial is FAIL or PRUNED
     traceback: str | None = None  # the end of a failed trial's traceback
     infeasible: list[str] = []  # constraint violations of trials refused before training

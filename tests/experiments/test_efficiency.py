@@ -33,6 +33,6 @@ def test_search_efficiency_refuses_an_unknown_run():
 def test_step_throughput_smoke(tmp_path):
     out = tmp_path / "step.json"
     assert step_throughput.main(["--smoke", "--variants", "MHA,xSQA", "--out", str(out)]) == 0
-    rows = json.loads(out.read_text())["rows"]
+    rows = json.loads(out.read_text())["variants"]
     assert [r["variant"] for r in rows] == ["MHA", "xSQA"]
     assert all(r["eager"]["tokens_per_s"] > 0 for r in rows)

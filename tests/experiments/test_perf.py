@@ -498,6 +498,8 @@ def test_every_script_runs_as_a_module_of_the_experiments_package():
         "per_layer",
         "ray_search",
         "fa4_backward_check",
+        "step_throughput",
+        "search_efficiency",
     } == set(names)
     for name in names:
         run = subprocess.run(

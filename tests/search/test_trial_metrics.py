@@ -149,7 +149,7 @@ def test_throughput_settings_default_to_the_models_length_and_a_training_step():
 
 def test_token_and_time_budgets_reach_the_train_config():
     spec = _spec(budget={"train": {"tokens": 5000, "seconds": 30.0}})
-    assert train_config(spec) == TrainConfig(seq_len=16, tokens=5000, seconds=30.0)
+    assert train_config(spec) == TrainConfig(seq_len=16, tokens=5000, seconds=30.0, compile="auto")
 
 
 def test_a_non_finite_loss_prunes_the_trial_with_the_reason(stand_ins, monkeypatch):
