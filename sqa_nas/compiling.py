@@ -4,10 +4,12 @@ compile cost is paid once per distinct block shape per process, and only where i
 `compile_blocks` compiles each transformer block with ``fullgraph=True``: blocks of the same
 configuration and input shape share one compiled graph, within a model and across the models
 of later trials in the same process (dynamo's cache; inductor's FX graph cache on disk shares
-them between processes too). `decide` weighs, for one trial, the compile cost of the block
-shapes this process has not compiled yet against the step time compiling saves over the
-trial's planned steps, from figures this process measured (`CompileLedger`) or, before it has
-any, from priors measured on an H200 (`PRIOR_GRAPH_S`, `PRIOR_GAIN`), and says why.
+them between processes too). `decide` answers once per study and device (the search stores
+the answer beside its MHA reference, so every trial's throughput is measured the same way):
+it weighs the compile cost of the block graphs the study may need against the step time
+compiling saves over the study's training steps, from figures this process measured
+(`CompileLedger`) or, before it has any, from priors measured on an H200 (`PRIOR_GRAPH_S`,
+`PRIOR_GAIN`), and says why.
 """
 
 from __future__ import annotations
@@ -62,10 +64,11 @@ class CompileDecision:
 
     used: bool
     reason: str
-    new_graphs: int = 0
+    graphs: int = 0  # block graphs weighed ("auto")
     est_cost_s: float | None = None
     est_saving_s: float | None = None
-    compile_s: float | None = None  # measured: first compiled step minus an eager step
+    compile_s: float | None = None  # measured: first compiled steps minus eager ones
+    new_graphs: int | None = None  # graphs this trial's worker compiled for it
 
     def record(self) -> dict[str, Any]:
         """The JSON form stored with the trial."""
@@ -74,7 +77,7 @@ class CompileDecision:
 
 @dataclass
 class CompileLedger:
-    """What this process has compiled and measured, per device type name."""
+    """What this process (a worker, on one device) has compiled and measured."""
 
     compiled: set[tuple] = field(default_factory=set)
     graph_s: list[float] = field(default_factory=list)  # seconds per new block graph
@@ -102,37 +105,36 @@ LEDGER = CompileLedger()  # this process's; workers keep it between trials
 def decide(
     setting: bool | str,
     device: torch.device,
-    signatures: set[tuple],
-    planned_steps: int,
+    graphs: int,
+    steps: int,
     eager_step_s: float | None,
     ledger: CompileLedger = LEDGER,
 ) -> CompileDecision:
-    """Whether a trial compiles its blocks.
+    """Whether a study compiles its blocks on this device (one answer for every trial of
+    the study there, so their throughputs compare).
 
     Arguments:
         setting: True / False force it (True is refused on CPU, where a compile costs
             ~30 s per shape: eager); "auto" compiles when the estimated saving over the
-            trial's planned steps exceeds the estimated cost of its new block graphs.
-        signatures: the trial's `block_signatures`; those in ``ledger.compiled`` cost nothing.
-        planned_steps: training steps of the trial (-1: bounded by time only).
+            study's training steps exceeds the estimated cost of compiling its block graphs.
+        graphs: block graphs the study may compile (distinct block layouts the space can
+            draw x batch shapes, at most what its trials can hold).
+        steps: training steps of the whole study (-1: bounded by time only).
         eager_step_s: a measured eager training step, in seconds (needed for "auto").
     """
     if device.type != "cuda":
         return CompileDecision(False, "eager: compiling pays back only on a GPU")
     if setting is True or setting is False:
         return CompileDecision(bool(setting), "set by budget.train.compile")
-    new = len(signatures - ledger.compiled)
+    if steps < 0 or eager_step_s is None:
+        return CompileDecision(False, "auto: no step count to weigh the compile cost against")
     per_graph, gain, source = ledger.estimates()
-    cost = new * per_graph
-    if planned_steps < 0 or eager_step_s is None:
-        return CompileDecision(
-            new == 0, "auto: no step count to weigh against; compiled only when cached", new
-        )
-    saving = planned_steps * eager_step_s * (1 - 1 / gain)
+    cost = graphs * per_graph
+    saving = steps * eager_step_s * (1 - 1 / gain)
     used = saving > cost
     why = (
-        f"auto ({source} {per_graph:.1f} s per new block graph, gain x{gain:.2f}): "
-        f"{new} new graph(s) cost ~{cost:.1f} s {'<' if used else '>='} ~{saving:.1f} s "
-        "saved over the planned steps"
+        f"auto ({source} {per_graph:.1f} s per block graph, gain x{gain:.2f}): up to {graphs} "
+        f"graph(s) cost ~{cost:.0f} s {'<' if used else '>='} ~{saving:.0f} s saved over the "
+        "study's training steps"
     )
-    return CompileDecision(used, why, new, round(cost, 2), round(saving, 2))
+    return CompileDecision(used, why, graphs, round(cost, 2), round(saving, 2))

@@ -39,7 +39,7 @@ class SparseQueryAttention(nn.Module):
         # H_q (or H_kv for rSQA), not H, sets W_O's input: paper section 3.2.
         self.o_proj = nn.Linear(c.attn_heads * d, c.d_model, bias=c.bias)
         self.mask_spec = MaskSpec.of(c)
-        # (seq_len, device type, dtype, requires_grad) -> (backend, reason, problem): chosen
+        # (seq_len, device type, dtype, requires_grad) -> (backend, reason, problem): filled
         # outside any trace (`choose`), so a compiled forward only looks its choice up.
         self._choices: dict[tuple, tuple[AttentionBackend, str, AttentionProblem]] = {}
         self._last: tuple[AttentionBackend, str] | None = None
@@ -70,9 +70,8 @@ class SparseQueryAttention(nn.Module):
     def select(self, problem: AttentionProblem) -> tuple[AttentionBackend, str]:
         """(backend, reason) for `problem`, cached per layer."""
         key = (problem.seq_len, problem.device_type, problem.dtype, problem.requires_grad)
-        if key not in self._choices or self._choices[key][2] != problem:
-            backend, reason = select_backend(problem, self.config.backend)
-            self._choices[key] = backend, reason, problem
+        if key not in self._choices:  # the rest of a problem is fixed by the config
+            self._choices[key] = (*select_backend(problem, self.config.backend), problem)
         backend, reason, _ = self._choices[key]
         return backend, reason
 
@@ -147,11 +146,11 @@ class SparseQueryAttention(nn.Module):
         q, k, v = self.project(x)
         grad = torch.is_grad_enabled() and q.requires_grad
         key = (n, q.device.type, q.dtype, grad)
-        if torch.compiler.is_compiling() and key in self._choices:
-            backend, _, problem = self._choices[key]  # chosen before the trace (`choose`)
-        else:
-            problem = self.problem(n, q.device.type, q.dtype, grad)
-            self._last = backend, _ = self.select(problem)
+        if key not in self._choices:  # in a trace, a graph break: `choose` comes first
+            self.select(self.problem(n, q.device.type, q.dtype, grad))
+        backend, reason, problem = self._choices[key]
+        if not torch.compiler.is_compiling():  # a traced forward writes no Python state
+            self._last = backend, reason
         y = backend.forward(q, k, v, problem)  # (B, H_attn, N, D)
         assert self.config.head_dim is not None  # AttentionConfig fills it
         y = y.transpose(1, 2).reshape(b, n, self.config.attn_heads * self.config.head_dim)

@@ -91,20 +91,18 @@ def test_block_signatures_count_distinct_layouts_and_shapes():
     assert len(one | block_signatures(model, (4, 16), torch.float32)) == 4
 
 
-def test_decide_weighs_new_graphs_against_the_saving():
-    gpu, sigs = torch.device("cuda", 0), {("a",), ("b",)}
+def test_decide_weighs_the_studys_graphs_against_its_saving():
+    gpu = torch.device("cuda", 0)
     ledger = CompileLedger(graph_s=[5.0], gain=[2.0])
-    short = decide("auto", gpu, sigs, planned_steps=100, eager_step_s=0.05, ledger=ledger)
-    assert not short.used and short.new_graphs == 2 and short.est_cost_s == 10.0
-    assert short.est_saving_s == 2.5 and "measured" in short.reason
-    long = decide("auto", gpu, sigs, planned_steps=1000, eager_step_s=0.05, ledger=ledger)
+    short = decide("auto", gpu, graphs=4, steps=100, eager_step_s=0.05, ledger=ledger)
+    assert not short.used and short.est_cost_s == 20.0 and short.est_saving_s == 2.5
+    assert "measured" in short.reason and "20 s >= ~2 s" in short.reason
+    long = decide("auto", gpu, graphs=4, steps=1000, eager_step_s=0.05, ledger=ledger)
     assert long.used and long.est_saving_s == 25.0
-    ledger.compiled |= sigs  # compiled before in this process: free now
-    cached = decide("auto", gpu, sigs, planned_steps=10, eager_step_s=0.05, ledger=ledger)
-    assert cached.used and cached.est_cost_s == 0.0
-    assert "prior" in decide("auto", gpu, sigs, 10, 0.05, CompileLedger()).reason
-    assert not decide(True, torch.device("cpu"), sigs, 10, None).used  # never on CPU
-    assert decide(True, gpu, sigs, 10, None).used and not decide(False, gpu, sigs, 10, 1).used
+    assert "prior" in decide("auto", gpu, 4, 100, 0.05, CompileLedger()).reason
+    assert not decide("auto", gpu, 4, -1, 0.05, ledger).used  # time-bounded: nothing to weigh
+    assert not decide(True, torch.device("cpu"), 4, 10, None).used  # never on CPU
+    assert decide(True, gpu, 4, 10, None).used and not decide(False, gpu, 4, 10, 1).used
 
 
 def test_ledger_learns_seconds_per_graph_and_gain():

@@ -378,6 +378,7 @@ class Driver:
             spec.model_dump(mode="json"),
             trial.user_attrs.get("seed_variant"),
             dict(self.study.user_attrs.get("mha_reference", {})),
+            compile_choice=dict(self.study.user_attrs.get("compile_choice", {})),
         )
         self.executor.submit(job)
         return True
@@ -398,12 +399,10 @@ class Driver:
                 "this outcome is not recorded"
             )
             return
-        if outcome.mha_reference:
-            with self._study_lock():  # a read-modify-write other drivers also do
-                ref = dict(study.user_attrs.get("mha_reference", {}))
-                for k, v in outcome.mha_reference.items():
-                    ref.setdefault(k, v)
-                study.set_user_attr("mha_reference", ref)
+        for attr in ("mha_reference", "compile_choice"):  # per device: the first one stands
+            if new := getattr(outcome, attr):
+                with self._study_lock():  # a read-modify-write other drivers also do
+                    study.set_user_attr(attr, {**new, **study.user_attrs.get(attr, {})})
         state = TrialState[outcome.state]
         if state == TrialState.COMPLETE:
             study.tell(

@@ -6,9 +6,9 @@ Study
   - metric names (`study.set_metric_names`) = the objective names, in order.
   - user attrs: ``sqa_nas`` {"format", "version"}, ``space`` (the resolved search space),
     ``space_hash``, ``objectives`` (names), ``corpus`` {"kind", "fingerprint", ...},
-    ``mha_reference`` {device name: MHA tokens/s}, ``units`` {unit: [layer indices]},
-    ``executor_stats`` [one entry per run: `figures.RunStats`, the executor's and the
-    driver's figures (in-trial fraction, NVML utilisation, training-step share)].
+    ``mha_reference`` {device name: MHA tokens/s}, ``compile_choice`` {device name: bool},
+    ``units`` {unit: [layers]}, ``executor_stats`` [one entry per run: `figures.RunStats`,
+    the executor's and the driver's figures (in-trial fraction, NVML, training-step share)].
 Trial
   - params: per unit (``layer3``, ``layers0-3`` or ``all``): ``<unit>.heads`` = "H_q/H_kv",
     ``<unit>.mask`` = "dense" | "window:W" | "flex:W+G" | "block_sparse", ``<unit>.backend``.

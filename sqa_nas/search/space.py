@@ -223,6 +223,14 @@ class SearchSpec(Section):
                 out[f"{unit}.backend"] = cat(self.search.backends)
         return out
 
+    def layouts(self) -> int:
+        """Distinct layer layouts a trial can draw (heads x mask x backend choices of a
+        unit): each is one compiled block graph per batch shape."""
+        first = self.units()[0][0] + "."
+        return math.prod(
+            len(d.choices) for k, d in self.distributions().items() if k.startswith(first)
+        )
+
     def cardinality(self) -> int:
         """How many distinct architectures the space holds (product of the choice counts)."""
         return math.prod(len(d.choices) for d in self.distributions().values())

@@ -63,6 +63,7 @@ class TrialJob:
     seed_variant: str | None = None
     mha_reference: dict[str, float] = field(default_factory=dict)  # device name -> tokens/s
     share_gpu: bool = False  # other trials train on this GPU meanwhile: time it alone
+    compile_choice: dict[str, bool] = field(default_factory=dict)  # device name -> compiles
 
 
 @dataclass
@@ -74,6 +75,7 @@ class TrialOutcome:
     values: dict[str, float] = field(default_factory=dict)
     attrs: dict[str, Any] = field(default_factory=dict)  # user attrs, `records.trial_attrs`
     mha_reference: dict[str, float] = field(default_factory=dict)  # newly measured
+    compile_choice: dict[str, bool] = field(default_factory=dict)  # newly decided
 
 
 @functools.lru_cache(maxsize=2)
@@ -200,18 +202,23 @@ def _evaluate(
 
     cfg, measure = train_config(spec), throughput_config(spec)
     timed = bool(objectives & {"throughput_tokens_per_s", "speedup_vs_mha"})
+    name = record.device.name
+    assert name is not None  # run_trial records device_name(device)
+    # One answer per study and device, so every throughput (and the MHA reference) is
+    # measured the same way; a study made before the choice existed timed eagerly.
+    decided = job.compile_choice.get(name, False if name in job.mha_reference else None)
     t0 = time.perf_counter()
     with share.training():  # compiling runs steps: out of other trials' timing windows
-        step, decision = training_step(model, cfg, measure if timed else None, device)
+        step, decision = training_step(model, spec, timed, device, decided)
     timings.compile_s, record.compile = time.perf_counter() - t0, decision.record()
+    if decided is None:
+        outcome.compile_choice[name] = decision.used
     backends = model.backends()
 
     if timed:
         t0 = time.perf_counter()
         with share.exclusive():  # alone on the GPU: other trials' steps would count
             metrics.throughput_tokens_per_s = measure_throughput(model, measure, device, step)
-        name = record.device.name
-        assert name is not None  # run_trial records device_name(device)
         reference = job.mha_reference.get(name)
         if reference is None:  # once per GPU type: the same-shape MHA model on this device
             mha = build_model(mha_baseline(config)).to(device)
@@ -266,27 +273,35 @@ def _evaluate(
 
 def training_step(
     model: SQATransformer,
-    cfg: TrainConfig,
-    measure: ThroughputConfig | None,
+    spec: SearchSpec,
+    timed: bool,
     device: torch.device,
+    decided: bool | None,
 ) -> tuple[TrainStep, CompileDecision]:
-    """The `TrainStep` a trial trains and is timed with, compiled or not as
-    `sqa_nas.compiling.decide` says for ``cfg.compile``, and warm: a compiled step has
-    compiled its blocks for the training (and `measure`'s) batch shape. The decision
-    carries the measured compile seconds; the process's `LEDGER` learns from them."""
+    """The `TrainStep` a trial trains and is timed with (`timed`: the throughput batch shape
+    too), compiled or not as its study `decided` on this device, or, for the first trial
+    there (None), as `sqa_nas.compiling.decide` says for ``budget.train.compile``; warm: a
+    compiled step has compiled its blocks for those shapes. The decision carries the
+    measured compile seconds; the process's `LEDGER` learns from them."""
+    cfg, measure = train_config(spec), throughput_config(spec)
     shapes = {(cfg.batch_size, cfg.seq_len)}
-    if measure is not None:
+    if timed:
         shapes.add((measure.batch_size, measure.seq_len))
+    eager, eager_s = None, None
+    if decided is not None:
+        decision = CompileDecision(decided, "as its study decided on this device")
+    else:
+        if cfg.compile == "auto" and device.type == "cuda":
+            eager = TrainStep(model, device, cfg.seq_len)
+            eager.warm(cfg.batch_size, cfg.seq_len)  # one-time costs out of the figure
+            eager_s = min(eager.warm(cfg.batch_size, cfg.seq_len) for _ in range(3))
+        n, planned = spec.budget.n_trials, cfg.planned_steps
+        graphs = min(spec.layouts(), n * spec.model.n_layers) * len(shapes)
+        decision = decide(cfg.compile, device, graphs, n * planned if planned > 0 else -1, eager_s)
+    if not decision.used:
+        return eager or TrainStep(model, device, cfg.seq_len), decision
     dtype = torch.bfloat16 if device.type == "cuda" else model.embed.weight.dtype
     signatures = set().union(*(block_signatures(model, s, dtype) for s in shapes))
-    eager_s = None
-    if cfg.compile == "auto" and device.type == "cuda" and signatures - LEDGER.compiled:
-        eager = TrainStep(model, device, cfg.seq_len)
-        eager.warm(cfg.batch_size, cfg.seq_len)  # one-time costs out of the figure
-        eager_s = min(eager.warm(cfg.batch_size, cfg.seq_len) for _ in range(3))
-    decision = decide(cfg.compile, device, signatures, cfg.planned_steps, eager_s)
-    if not decision.used:
-        return TrainStep(model, device, cfg.seq_len), decision
     try:
         step = TrainStep(model, device, cfg.seq_len, compiled=True)
         first = sum(step.warm(*s) for s in sorted(shapes))
@@ -296,6 +311,7 @@ def training_step(
         torch._dynamo.reset()
         reason = f"eager: compiling failed ({type(exc).__name__}: {str(exc).splitlines()[0]})"
         return TrainStep(model, device, cfg.seq_len), CompileDecision(False, reason[:300])
+    decision.new_graphs = len(signatures - LEDGER.compiled)
     decision.compile_s = round(first - len(shapes) * (eager_s or 0.0), 2)
     gain = None
     if eager_s:

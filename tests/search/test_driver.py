@@ -147,6 +147,7 @@ def test_a_search_runs_seeds_first_and_hands_jobs_the_known_references(tmp_path)
             {"throughput_tokens_per_s": 10.0, "val_loss": 1.0 + job.number},
             {"allocation": "a"},
             mha_reference=refs,
+            compile_choice={"gpu-y": True} if job.number == 0 else {},
         )
 
     executor = InProcess(outcome)
@@ -160,6 +161,9 @@ def test_a_search_runs_seeds_first_and_hands_jobs_the_known_references(tmp_path)
     assert [j.params for j in executor.jobs[:2]] == [p for _, p in driver.spec.seed_params()]
     # A reference already known stays: every stored speedup was divided by it.
     assert study.user_attrs["mha_reference"] == {"cpu-x": 123.0, "gpu-y": 5.0}
+    # So does the compile choice: later trials there time and train the same way.
+    assert study.user_attrs["compile_choice"] == {"gpu-y": True}
+    assert executor.jobs[2].compile_choice == {"gpu-y": True}
     trials = study.get_trials()
     assert [t.values for t in trials] == [[1.0, 10.0], [2.0, 10.0], [3.0, 10.0]]  # in order
     assert study.user_attrs["executor_stats"][-1]["in_trial_fraction"] == 0.5

@@ -143,6 +143,7 @@ def test_tying_units_and_model_config(tmp_path):
     patterns = [(c.n_q_heads, c.n_kv_heads, c.pattern) for c in config.layer_configs]
     assert patterns == [(8, 2, "flex")] * 3 + [(2, 2, "dense")] * 3
     assert spec.cardinality() == (len(spec.head_choices()) * 2) ** 2
+    assert spec.layouts() == len(spec.head_choices()) * 2  # one group's heads x masks
 
 
 def test_reference_yaml_shows_every_key():

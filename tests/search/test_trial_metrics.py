@@ -66,12 +66,11 @@ def _spec(**sections):
     return parse_space({"model": MODEL, "seed_trials": ["MHA", "SQA"], **sections})
 
 
-def _run(spec, number=0, variant="SQA", reference=None):
+def _run(spec, number=0, variant="SQA", reference=None, compile_choice=None):
     params = dict(spec.seed_params())[variant]
-    return run_trial(
-        TrialJob(number, params, spec.model_dump(mode="json"), variant, dict(reference or {})),
-        device=torch.device("cpu"),
-    )
+    job = TrialJob(number, params, spec.model_dump(mode="json"), variant, dict(reference or {}))
+    job.compile_choice = dict(compile_choice or {})
+    return run_trial(job, device=torch.device("cpu"))
 
 
 def test_each_trial_trains_with_its_own_seed_from_the_samplers(stand_ins):
@@ -161,3 +160,22 @@ def test_a_non_finite_loss_prunes_the_trial_with_the_reason(stand_ins, monkeypat
     assert out.state == "PRUNED"
     assert out.attrs["fail_reason"] == "non-finite training loss (nan) at step 3"
     assert out.values == {}
+
+
+CPU = device_name(torch.device("cpu"))
+
+
+def test_the_first_trial_on_a_device_decides_compiling_for_its_study(stand_ins):
+    spec = _spec(objectives=["val_loss"])
+    first = _run(spec)
+    assert first.compile_choice == {CPU: False}  # on a CPU: eager, and said why
+    assert "GPU" in first.attrs["compile"]["reason"]
+    later = _run(spec, number=1, compile_choice={CPU: False})
+    assert later.compile_choice == {} and "study decided" in later.attrs["compile"]["reason"]
+
+
+def test_a_study_timed_before_the_compile_choice_existed_stays_eager(stand_ins):
+    """Its MHA reference was measured eagerly: a compiled trial would not compare."""
+    spec = _spec(objectives=["throughput_tokens_per_s"], budget={"train": {"compile": True}})
+    out = _run(spec, reference={CPU: 600.0})
+    assert out.compile_choice == {} and out.attrs["compile"]["used"] is False
