@@ -13,7 +13,8 @@ achieved training tokens/s against the trial's measured step throughput.
 Runs: ``eager`` (compile: false), ``auto`` (compile: auto, the default), ``auto-x2`` (compile
 auto, two trials per GPU: `execution.trials_per_gpu: 2`). Writes
 experiments/results/search_efficiency_<gpu>.json and a PNG of utilisation over time;
-``--merge`` joins result files of several sessions (runs of one label are kept apart).
+``--merge`` joins result files of several sessions (a later file's run of the same label and
+tokens per trial replaces the earlier one).
 """
 
 from __future__ import annotations
@@ -141,7 +142,9 @@ def main(argv=None) -> int:
     p.add_argument("--tokens", default="10000000", help="tokens per trial, comma-separated")
     p.add_argument("--n-trials", type=int, default=16)
     p.add_argument("--smoke", action="store_true", help="tiny CPU search (a test)")
-    p.add_argument("--merge", nargs="+", type=Path, help="join these result files")
+    p.add_argument(
+        "--merge", nargs="+", type=Path, help="join result files (later runs replace earlier)"
+    )
     p.add_argument("--plot", type=Path, help="only draw the PNG of this result file")
     p.add_argument("--out", type=Path, help="result file (default experiments/results/...)")
     args = p.parse_args(argv)
@@ -150,7 +153,9 @@ def main(argv=None) -> int:
         return 0
     if args.merge:
         files = [json.loads(f.read_text()) for f in args.merge]
-        runs = [r for f in files for r in f["runs"]]
+        # A later file's run replaces an earlier one of the same label and budget.
+        by_key = {(r["label"], r["tokens_per_trial"]): r for f in files for r in f["runs"]}
+        runs = list(by_key.values())
         out = write_result(
             "search_efficiency", {"runs": runs}, args.out, machine=files[0]["machine"]
         )

@@ -36,3 +36,20 @@ def test_step_throughput_smoke(tmp_path):
     rows = json.loads(out.read_text())["variants"]
     assert [r["variant"] for r in rows] == ["MHA", "xSQA"]
     assert all(r["eager"]["tokens_per_s"] > 0 for r in rows)
+
+
+def test_merge_replaces_a_run_of_the_same_label_and_budget(tmp_path):
+    machine = {"device": "GPU", "device_type": "cuda"}
+
+    def result(name, runs):
+        path = tmp_path / name
+        path.write_text(json.dumps({"machine": machine, "runs": runs}))
+        return str(path)
+
+    old_eager = {"label": "eager", "tokens_per_trial": 1, "wall_s": 5}
+    old = result("old.json", [{"label": "auto", "tokens_per_trial": 1, "wall_s": 9}, old_eager])
+    new = result("new.json", [{"label": "auto", "tokens_per_trial": 1, "wall_s": 7}])
+    out = tmp_path / "merged.json"
+    assert search_efficiency.main(["--merge", old, new, "--out", str(out)]) == 0
+    runs = json.loads(out.read_text())["runs"]
+    assert sorted((r["label"], r["wall_s"]) for r in runs) == [("auto", 7), ("eager", 5)]
