@@ -156,9 +156,9 @@ def main(argv=None) -> int:
         # A later file's run replaces an earlier one of the same label and budget.
         by_key = {(r["label"], r["tokens_per_trial"]): r for f in files for r in f["runs"]}
         runs = list(by_key.values())
-        out = write_result(
-            "search_efficiency", {"runs": runs}, args.out, machine=files[0]["machine"]
-        )
+        sources = [f.get("command") for f in files]  # the commands that measured them
+        payload = {"runs": runs, "merged_from": sources}
+        write_result("search_efficiency", payload, args.out, machine=files[0]["machine"])
         return 0
     labels = [x for x in args.runs.split(",") if x]
     unknown = sorted(set(labels) - set(RUNS))

@@ -6,25 +6,27 @@ configuration and input shape share one compiled graph, within a model and acros
 of later trials in the same process (dynamo's cache; inductor's FX graph cache on disk shares
 them between processes too). `decide` answers once per study and device (the search stores
 the answer beside its MHA reference, so every trial's throughput is measured the same way):
-it weighs the compile cost of the block graphs the study may need against the step time
-compiling saves over the study's training steps, from figures this process measured
-(`CompileLedger`) or, before it has any, from priors measured on an H200 (`PRIOR_GRAPH_S`,
-`PRIOR_GAIN`), and says why.
+it weighs the compile cost of the block graphs the study may need against the time
+compiling saves over the study's training steps, from the deciding trial's measured eager
+step and the compile figures measured on an H200 (`FIRST_COMPILE_S`, `GRAPH_S`, `GAIN`),
+and says why.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 RECOMPILE_LIMIT = 256
-# Priors until this process has measured its own, from experiments/results/
-# step_throughput_h200.json (paper model, batch 128 x 1024): 2.0-3.6 s to compile one new
-# block graph (forward and backward), and compiled blocks 1.66-1.85x the eager step.
-PRIOR_GRAPH_S = 3.0
-PRIOR_GAIN = 1.7
+# What compiling costs and gives in a search, measured on an H200 (experiments/results/
+# search_efficiency_h200.json: the paper_dense space, batch 64 x 1024, 16 trials): the first
+# compiled trial of a worker pays ~14 s (the loss, runtime set-up, its first block graph),
+# each further block layout ~4 s; compiled blocks cut the trials' training time 1.28x.
+FIRST_COMPILE_S = 14.0
+GRAPH_S = 4.0
+GAIN = 1.28
 
 
 def allow_recompiles(limit: int = RECOMPILE_LIMIT) -> None:
@@ -37,16 +39,6 @@ def allow_recompiles(limit: int = RECOMPILE_LIMIT) -> None:
     for knob in ("cache_size_limit", "recompile_limit"):
         if hasattr(dynamo, knob):
             setattr(dynamo, knob, max(getattr(dynamo, knob), limit))
-
-
-def block_signatures(model: Any, batch: tuple[int, int], dtype: torch.dtype) -> set[tuple]:
-    """One key per distinct compiled block graph `model` needs at `batch` (B, N) tokens:
-    the block's attention layout and the input shape and dtype."""
-    d = model.config
-    return {
-        (repr(a), d.d_model, d.ffn_dim, d.norm_eps, batch, str(dtype))
-        for a in model.config.layer_configs
-    }
 
 
 def compile_blocks(model: Any, mode: str | None = None) -> list[Any]:
@@ -68,38 +60,10 @@ class CompileDecision:
     est_cost_s: float | None = None
     est_saving_s: float | None = None
     compile_s: float | None = None  # measured: first compiled steps minus eager ones
-    new_graphs: int | None = None  # graphs this trial's worker compiled for it
 
     def record(self) -> dict[str, Any]:
         """The JSON form stored with the trial."""
         return {k: v for k, v in self.__dict__.items() if v is not None}
-
-
-@dataclass
-class CompileLedger:
-    """What this process (a worker, on one device) has compiled and measured."""
-
-    compiled: set[tuple] = field(default_factory=set)
-    graph_s: list[float] = field(default_factory=list)  # seconds per new block graph
-    gain: list[float] = field(default_factory=list)  # compiled / eager step speed
-
-    def estimates(self) -> tuple[float, float, str]:
-        """(seconds per new graph, gain, "measured" or "prior")."""
-        if self.graph_s and self.gain:
-            graph_s = sum(self.graph_s) / len(self.graph_s)
-            return graph_s, sum(self.gain) / len(self.gain), "measured"
-        return PRIOR_GRAPH_S, PRIOR_GAIN, "prior"
-
-    def learn(self, new_graphs: int, compile_s: float, gain: float | None) -> None:
-        """Add one compiled trial's figures: its compile seconds over its new graphs and its
-        compiled / eager step speed."""
-        if new_graphs:
-            self.graph_s.append(max(0.0, compile_s) / new_graphs)
-        if gain:
-            self.gain.append(gain)
-
-
-LEDGER = CompileLedger()  # this process's; workers keep it between trials
 
 
 def decide(
@@ -108,7 +72,6 @@ def decide(
     graphs: int,
     steps: int,
     eager_step_s: float | None,
-    ledger: CompileLedger = LEDGER,
 ) -> CompileDecision:
     """Whether a study compiles its blocks on this device (one answer for every trial of
     the study there, so their throughputs compare).
@@ -128,13 +91,12 @@ def decide(
         return CompileDecision(bool(setting), "set by budget.train.compile")
     if steps < 0 or eager_step_s is None:
         return CompileDecision(False, "auto: no step count to weigh the compile cost against")
-    per_graph, gain, source = ledger.estimates()
-    cost = graphs * per_graph
-    saving = steps * eager_step_s * (1 - 1 / gain)
+    cost = FIRST_COMPILE_S + (graphs - 1) * GRAPH_S
+    saving = steps * eager_step_s * (1 - 1 / GAIN)
     used = saving > cost
     why = (
-        f"auto ({source} {per_graph:.1f} s per block graph, gain x{gain:.2f}): up to {graphs} "
-        f"graph(s) cost ~{cost:.0f} s {'<' if used else '>='} ~{saving:.0f} s saved over the "
-        "study's training steps"
+        f"auto (H200 figures: {FIRST_COMPILE_S:g} s + {GRAPH_S:g} s per further block graph, "
+        f"x{GAIN:g} faster training): up to {graphs} graph(s) cost ~{cost:.0f} s "
+        f"{'<' if used else '>='} ~{saving:.0f} s saved over the study's training steps"
     )
     return CompileDecision(used, why, graphs, round(cost, 2), round(saving, 2))

@@ -22,7 +22,7 @@ import torch
 from pydantic import ValidationError
 
 from sqa_nas.analytics import analyze, mha_baseline
-from sqa_nas.compiling import LEDGER, CompileDecision, block_signatures, decide
+from sqa_nas.compiling import CompileDecision, decide
 from sqa_nas.data import Dataset, load_dataset
 from sqa_nas.errors import first_error
 from sqa_nas.gpu_share import GpuShare
@@ -282,7 +282,7 @@ def training_step(
     too), compiled or not as its study `decided` on this device, or, for the first trial
     there (None), as `sqa_nas.compiling.decide` says for ``budget.train.compile``; warm: a
     compiled step has compiled its blocks for those shapes. The decision carries the
-    measured compile seconds; the process's `LEDGER` learns from them."""
+    measured compile seconds."""
     cfg, measure = train_config(spec), throughput_config(spec)
     shapes = {(cfg.batch_size, cfg.seq_len)}
     if timed:
@@ -300,8 +300,6 @@ def training_step(
         decision = decide(cfg.compile, device, graphs, n * planned if planned > 0 else -1, eager_s)
     if not decision.used:
         return eager or TrainStep(model, device, cfg.seq_len), decision
-    dtype = torch.bfloat16 if device.type == "cuda" else model.embed.weight.dtype
-    signatures = set().union(*(block_signatures(model, s, dtype) for s in shapes))
     try:
         step = TrainStep(model, device, cfg.seq_len, compiled=True)
         first = sum(step.warm(*s) for s in sorted(shapes))
@@ -311,11 +309,5 @@ def training_step(
         torch._dynamo.reset()
         reason = f"eager: compiling failed ({type(exc).__name__}: {str(exc).splitlines()[0]})"
         return TrainStep(model, device, cfg.seq_len), CompileDecision(False, reason[:300])
-    decision.new_graphs = len(signatures - LEDGER.compiled)
     decision.compile_s = round(first - len(shapes) * (eager_s or 0.0), 2)
-    gain = None
-    if eager_s:
-        gain = eager_s / min(step.warm(cfg.batch_size, cfg.seq_len) for _ in range(3))
-    LEDGER.learn(decision.new_graphs, decision.compile_s, gain)
-    LEDGER.compiled |= signatures
     return step, decision
