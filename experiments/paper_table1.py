@@ -81,7 +81,7 @@ def main(argv=None) -> None:
         "eval_batches": evals,
         "compile": args.compile,
     }
-    rows, reference, start = [], {}, time.perf_counter()
+    rows, start = [], time.perf_counter()
     name = "paper_table1" + ("_smoke" if args.smoke else "")
     for seed in seeds:
         spec = make_spec(
@@ -97,9 +97,7 @@ def main(argv=None) -> None:
             eval_batches=evals,
         )
         for label, params in spec.seed_params():
-            row = train_allocation(
-                spec, params, seed_index=seed, label=label, mha_reference=reference
-            )
+            row = train_allocation(spec, params, seed_index=seed, label=label)
             rows.append(row)
             print(
                 f"seed {seed} {label:6s} {row['allocation']:8s} val_loss "

@@ -110,7 +110,7 @@ def main(argv=None) -> None:
         data["budget"]["train"].update(tokens=args.tokens, steps=None)
     retrain = parse_space(data, "retraining")
     candidates = [("mixed", best.params)] + retrain.seed_params()
-    rows, reference, partial = [], {}, None
+    rows, partial = [], None
     name = "per_layer" + ("_smoke" if args.smoke else "")
     header = {
         "experiment": "per_layer",
@@ -139,9 +139,7 @@ def main(argv=None) -> None:
             "retraining",
         )
         for label, params in candidates:
-            row = train_allocation(
-                seeded, params, seed_index=seed, label=label, mha_reference=reference
-            )
+            row = train_allocation(seeded, params, seed_index=seed, label=label)
             rows.append(row)
             print(
                 f"seed {seed} {label:6s} [{row['allocation']}] val_loss {row['val_loss']:.4f} "

@@ -104,15 +104,12 @@ def train_allocation(
     *,
     seed_index: int,
     label: str,
-    mha_reference: dict | None = None,
 ) -> dict[str, Any]:
-    """Train and evaluate one allocation with the search's trial code; returns its row."""
-    job = TrialJob(
-        seed_index, params, spec.model_dump(mode="json"), label, dict(mha_reference or {})
-    )
+    """Train and evaluate one allocation with the search's trial code (its weights and data
+    order from the spec's sampler seed, the same for every allocation of that seed: common
+    random numbers; its speedup paired with the MHA step); returns its row."""
+    job = TrialJob(seed_index, params, spec.model_dump(mode="json"), label)
     out = run_trial(job, device=pick_device())
-    if mha_reference is not None:
-        mha_reference.update(out.mha_reference)
     m = out.attrs.get("metrics", {})
     t = out.attrs.get("timings", {})
     row = {

@@ -5,8 +5,7 @@ config: what the search, the experiments and users call alike.
 `sqa_nas.search.trial.train_config`); `lr_at` is a pure function of the step; `TrainStep` is
 the forward and loss of a training step, eager or with compiled blocks; `train` runs AdamW
 with that schedule on a `TrainStep` and stops at the first of steps / tokens / seconds;
-`evaluate` scores fixed held-out batches; `measure_throughput` times the same `TrainStep`
-with the one timer, `sqa_nas.timing.time_call`.
+`evaluate` scores fixed held-out batches; `sqa_nas.throughput` times the same `TrainStep`.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ import contextlib
 import functools
 import math
 import queue
-import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,11 +26,9 @@ import torch.nn.functional as F
 from sqa_nas.compiling import compile_blocks
 from sqa_nas.data import IGNORE_INDEX, Dataset, accuracy_counts
 from sqa_nas.model import SQATransformer
-from sqa_nas.timing import time_call
 
 Progress = Callable[[dict[str, Any]], None]
 CURVE_POINTS = 50  # training-loss points kept per run (one host sync each)
-WARMUP_S = 0.5  # least warm-up time before throughput is timed
 
 
 class NonFinite(Exception):
@@ -75,14 +71,18 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class ThroughputConfig:
-    """How `measure_throughput` times a model: `batch_size` x `seq_len` random tokens,
-    forward (+ backward when `backward`), at least `warmup` untimed calls, `repeats` timed."""
+    """How `sqa_nas.throughput.measure` times a model: `batch_size` x `seq_len` random
+    tokens, forward (+ backward when `backward`), at least `warmup` untimed calls, then
+    rounds of `repeats` timed calls until the 95% intervals are within `ci_target`
+    (relative half-width) or `max_seconds` have passed."""
 
     seq_len: int
     batch_size: int = 8
     warmup: int = 2
     repeats: int = 5
     backward: bool = True
+    ci_target: float = 0.03
+    max_seconds: float = 20.0
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,7 @@ def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 class TrainStep:
     """The forward and loss of one training step (bf16 autocast on GPU): what `train` trains
-    with and `measure_throughput` times, so the throughput objective is the training speed.
+    with and `sqa_nas.throughput.measure` times, so the throughput objective is the training speed.
 
     `compiled`: the blocks run compiled (`sqa_nas.compiling.compile_blocks`, one graph per
     distinct block shape, shared with later models in this process) and so does the loss;
@@ -157,6 +157,7 @@ class TrainStep:
         mode: str | None = None,
     ) -> None:
         self.model, self.device, self.compiled = model, device, compiled
+        self.timed = False  # warmed and timed before (`sqa_nas.throughput.measure`)
         dtype = torch.bfloat16 if device.type == "cuda" else model.embed.weight.dtype
         model.prepare(seq_len, dtype)
         self.blocks = compile_blocks(model, mode) if compiled else []
@@ -330,38 +331,3 @@ def evaluate(
         "accuracy": correct / counted,
         "val_tokens": counted,
     }
-
-
-def measure_throughput(
-    model: SQATransformer,
-    cfg: ThroughputConfig,
-    device: torch.device,
-    step: TrainStep | None = None,
-) -> float:
-    """Median tokens/s of a training step's forward and loss (+ backward) on random
-    (batch_size, seq_len) tokens, after warm-up; timed by `sqa_nas.timing.time_call` (CUDA
-    events on GPU). `step` is the `TrainStep` training uses (default: an eager one), so the
-    figure is the speed the trial trains at (the optimizer update, the same for every
-    attention layout of a model, is not timed). Leaves no gradients behind."""
-    step = step or TrainStep(model, device, cfg.seq_len)
-    tokens = torch.randint(
-        0, model.config.vocab_size, (cfg.batch_size, cfg.seq_len), device=device
-    )
-
-    def call(_):
-        loss = step.loss(tokens, tokens)
-        if cfg.backward:
-            loss.backward()
-
-    model.train(cfg.backward)
-    with torch.set_grad_enabled(cfg.backward):
-        # Warm up for at least `warmup` calls and half a second: the first calls in a fresh
-        # worker pay one-time costs (kernel selection, allocator growth, oneDNN primitives
-        # per shape) that would otherwise land in the timed samples.
-        start, calls = time.perf_counter(), 0
-        while calls < cfg.warmup or time.perf_counter() - start < WARMUP_S:
-            call(None)
-            calls += 1
-        samples = time_call(call, device=device, warmup=0, repeats=cfg.repeats)
-    model.zero_grad(set_to_none=True)
-    return cfg.batch_size * cfg.seq_len / statistics.median(samples)

@@ -1,6 +1,6 @@
 """sqa_nas.train in detail: the optimizer's groups and settings, gradient clipping, the seed
 handed to the data, the curve's subsampling, the stopping rules, evaluation's token-weighted
-loss and accuracy over odd batch sizes, and how throughput is warmed up and timed. Expected
+loss and accuracy over odd batch sizes. Expected
 values are worked out here by hand or from the model's own forward, not by the code under
 test."""
 
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from sqa_nas import train as train_module
 from sqa_nas.data import IGNORE_INDEX, Dataset
 from sqa_nas.model import ModelConfig, build_model
-from sqa_nas.train import ThroughputConfig, TrainConfig, evaluate, lr_at, measure_throughput, train
+from sqa_nas.train import TrainConfig, evaluate, lr_at, train
 
 pytestmark = pytest.mark.usefixtures("seeded")
 
@@ -184,36 +184,3 @@ def test_evaluation_weighs_tokens_not_batches_at_the_eval_batch_size():
     assert scores["accuracy"] == pytest.approx(accuracy)
     assert scores["perplexity"] == pytest.approx(math.exp(loss), rel=1e-5)
     assert not model.training
-
-
-class FakeTimer:
-    """Stands in for `time_call`: runs the step once, records its arguments, and returns
-    fixed samples (seconds) whose median (2.0) and mean (3.0) differ."""
-
-    def __init__(self, forwards):
-        self.forwards, self.calls = forwards, []
-
-    def __call__(self, fn, *, device, warmup, repeats):
-        self.calls.append({"warmup": warmup, "repeats": repeats, "forwards": len(self.forwards)})
-        fn(None)
-        return [1.0, 2.0, 6.0]
-
-
-@pytest.mark.parametrize("backward", [True, False])
-def test_throughput_is_tokens_over_the_median_after_counted_warm_up(monkeypatch, backward):
-    model = _model()
-    forwards = []
-    model.register_forward_pre_hook(
-        lambda m, args: forwards.append(
-            (m.training, torch.is_grad_enabled(), tuple(args[0].shape))
-        )
-    )
-    timer = FakeTimer(forwards)
-    monkeypatch.setattr(train_module, "time_call", timer)
-    monkeypatch.setattr(train_module, "WARMUP_S", 0.0)  # the warm-up is then exactly `warmup`
-    cfg = ThroughputConfig(seq_len=12, batch_size=3, warmup=3, repeats=7, backward=backward)
-    tokens_per_s = measure_throughput(model, cfg, CPU)
-    assert tokens_per_s == pytest.approx(3 * 12 / 2.0)
-    assert timer.calls == [{"warmup": 0, "repeats": 7, "forwards": 3}]
-    assert forwards == [(backward, backward, (3, 12))] * 4
-    assert all(p.grad is None for p in model.parameters())  # no gradients left behind

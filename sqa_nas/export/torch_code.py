@@ -15,7 +15,8 @@ from typing import Any
 
 from sqa_nas.export.validate import STANDALONE_BACKEND, ValidTrial
 from sqa_nas.model import ModelConfig, layer_dict
-from sqa_nas.search.records import OBJECTIVES, compact_allocation
+from sqa_nas.search.choices import compact_allocation
+from sqa_nas.search.records import OBJECTIVES
 
 WIDTH = 99  # the project's line length; ruff checks the output against it
 BEGIN, END = "# >>> data", "# <<< data"

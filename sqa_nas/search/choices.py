@@ -138,3 +138,24 @@ class HeadsChoice:
 
     def __str__(self) -> str:
         return f"{self.n_q}/{self.n_kv}"
+
+
+def compact_allocation(layers: list[dict[str, Any]]) -> str:
+    """'8/4 x2, 4/4 w64 x2': each layer as H_q/H_kv plus its mask (`MaskChoice.short`),
+    runs collapsed; `layers` as `sqa_nas.model.layer_dict` writes them."""
+    tokens = [_layer_token(x) for x in layers]
+    runs: list[list] = []
+    for tok in tokens:
+        if runs and runs[-1][0] == tok:
+            runs[-1][1] += 1
+        else:
+            runs.append([tok, 1])
+    if all(count == 1 for _, count in runs):
+        return " ".join(tok for tok, _ in runs)
+    return ", ".join(tok if count == 1 else f"{tok} x{count}" for tok, count in runs)
+
+
+def _layer_token(layer: dict[str, Any]) -> str:
+    heads = HeadsChoice(layer["n_q_heads"], layer["n_kv_heads"])
+    mask = MaskChoice.of_layer(layer).short()
+    return f"{heads} {mask}" if mask else str(heads)

@@ -25,6 +25,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 
 from sqa_nas.analytics import analyze
 from sqa_nas.data import load_dataset
@@ -39,17 +40,18 @@ from sqa_nas.search.locks import (
     study_lock,
     uses_heartbeat,
 )
+from sqa_nas.search.noise import Noise
 from sqa_nas.search.progress import progress_panel
 from sqa_nas.search.records import default_storage, open_storage
+from sqa_nas.search.repeats import Repeats
 from sqa_nas.search.samplers import make_sampler
-from sqa_nas.search.space import SearchSpec
-from sqa_nas.search.study import init_or_check, quiet_optuna
+from sqa_nas.search.space import SearchSpec, layout_key
+from sqa_nas.search.study import init_or_check, quiet_optuna, trial_counts
 from sqa_nas.search.trial import TrialJob, TrialOutcome
 from sqa_nas.search.utilisation import GpuSampler
 
-# Flags in a trial's user attrs that keep it out of the trial budget.
-NOT_COUNTED = ("infeasible", "reaped", "interrupted")
 MAX_INFEASIBLE_IN_A_ROW = 500
+MAX_DUPLICATES_IN_A_ROW = 100  # then the sampler has nothing new to offer: stop
 REAP_EVERY_S = 60.0  # a long search also picks up trials of drivers that died meanwhile
 KEEP_STATS = 20  # executor figures of the last runs kept in the study
 
@@ -100,6 +102,7 @@ class Driver:
         )  # a copy typed as Study.ask takes it (dict is invariant)
         self.events: list[str] = []
         self._lock = threading.Lock()
+        self._noise_sent = False
         self.meter = RunMeter(GpuSampler(executor.local_gpus()))  # NVML, training windows
 
     def _study_lock(self):
@@ -127,6 +130,7 @@ class Driver:
             )
             init_or_check(study, spec, data.meta, data.fingerprint, self.url)
             self.study = study
+            self.repeats = Repeats(study, self.log)
             self.enqueue_seeds()
         return study
 
@@ -193,37 +197,8 @@ class Driver:
                 self.study.enqueue_trial(params, user_attrs={"seed_variant": name})
 
     def counts(self) -> dict[str, int]:
-        """The study's trials by state; ``counted`` is the budget's count (finished trials
-        not flagged in `NOT_COUNTED`), ``infeasible`` the ones refused by a constraint."""
-        c = {
-            "complete": 0,
-            "failed": 0,
-            "pruned": 0,
-            "infeasible": 0,
-            "running": 0,
-            "counted": 0,
-            "waiting": 0,
-        }
-        for t in self.study.get_trials(deepcopy=False):
-            # A completed trial counts, whatever a reaper marked on it meanwhile.
-            flags = [
-                k for k in NOT_COUNTED if t.user_attrs.get(k) and t.state != TrialState.COMPLETE
-            ]
-            if t.state == TrialState.RUNNING:
-                c["running"] += 1
-            elif t.state == TrialState.WAITING:
-                c["waiting"] += 1
-            elif "infeasible" in flags:
-                c["infeasible"] += 1
-            elif t.state == TrialState.COMPLETE:
-                c["complete"] += 1
-            elif t.state == TrialState.FAIL:
-                c["failed"] += 1
-            elif t.state == TrialState.PRUNED:
-                c["pruned"] += 1
-            if t.state.is_finished() and not flags:
-                c["counted"] += 1
-        return c
+        """The study's trials by state (`study.trial_counts`)."""
+        return trial_counts(self.study)
 
     # ------------------------------------------------------------------------- the loop
     @quiet_optuna()
@@ -255,7 +230,7 @@ class Driver:
             self.meter.stop()
             raise
         start = last_reap = last_render = time.monotonic()
-        interrupted, infeasible_row = False, 0
+        interrupted, infeasible_row, duplicate_row = False, 0, 0
         heartbeat = (
             start_heartbeat(self.storage, self.study, lambda: self.executor.running)
             if self._heartbeat_storage
@@ -267,23 +242,29 @@ class Driver:
             ) as live:
                 while True:
                     out_of_time = max_wall_seconds and time.monotonic() - start > max_wall_seconds
-                    while not out_of_time and self.executor.free_slots() > 0:
+                    stop = out_of_time or self.repeats.exhausted
+                    while not stop and self.executor.free_slots() > 0:
                         submitted = self._dispatch(n_trials)
                         if submitted is None:
                             break  # the budget is taken (by this or other drivers)
-                        if submitted:
-                            infeasible_row = 0
-                        else:
-                            infeasible_row += 1
-                            if infeasible_row >= MAX_INFEASIBLE_IN_A_ROW:
-                                raise UserError(
-                                    f"{infeasible_row} sampled architectures in a row violate "
-                                    "the constraints: loosen them or narrow the search space"
-                                )
+                        infeasible_row = infeasible_row + 1 if submitted == "infeasible" else 0
+                        duplicate_row = duplicate_row + 1 if submitted == "duplicate" else 0
+                        if infeasible_row >= MAX_INFEASIBLE_IN_A_ROW:
+                            raise UserError(
+                                f"{infeasible_row} sampled architectures in a row violate "
+                                "the constraints: loosen them or narrow the search space"
+                            )
+                        if duplicate_row >= MAX_DUPLICATES_IN_A_ROW:
+                            self.repeats.exhausted = (
+                                f"the sampler proposed {duplicate_row} evaluated layouts in a "
+                                "row: the space looks exhausted"
+                            )
+                        stop = self.repeats.exhausted
                     # Nothing of ours runs: stop when the budget is done or held by trials
                     # other drivers are running (they tell them; a rerun reaps them if not).
                     if not self.executor.running and (
                         out_of_time
+                        or self.repeats.exhausted
                         or sum(self.counts()[k] for k in ("counted", "running")) >= n_trials
                     ):
                         break
@@ -315,6 +296,7 @@ class Driver:
                     ),
                     requeue=True,
                 )
+            self.repeats.abandon("interrupted (Ctrl-C) while held")
             self.log(
                 "interrupted: in-flight trials recorded as FAIL and re-queued; rerun "
                 "the same command to resume"
@@ -324,6 +306,8 @@ class Driver:
             raise
         else:
             self.executor.shutdown()
+            if self.repeats.exhausted:
+                self.log(f"stopped before n_trials={n_trials}: {self.repeats.exhausted}")
         finally:
             heartbeat.set()
             self.meter.stop()
@@ -343,14 +327,18 @@ class Driver:
             runs = list(self.study.user_attrs.get("executor_stats", []))
             self.study.set_user_attr("executor_stats", (runs + [run])[-KEEP_STATS:])
 
-    def _dispatch(self, n_trials: int) -> bool | None:
-        """Ask for a trial; refuse it if it violates a constraint, else submit it. Returns
-        whether it was submitted, or None when the study already holds `n_trials` trials
-        evaluated or running (checked with the ask under the study lock, so drivers sharing
-        the study never overrun the budget together)."""
+    def _dispatch(self, n_trials: int) -> str | None:
+        """Ask for a trial; refuse it if it violates a constraint, tell it an evaluated
+        trial's values if its layout was evaluated (`_repeat`), else submit it. Returns
+        "submitted", "infeasible" or "duplicate", or None when the study already holds
+        `n_trials` trials evaluated or running (checked with the ask under the study lock,
+        so drivers sharing the study never overrun the budget together)."""
         with self._study_lock():
             counts = self.counts()
             if counts["counted"] + counts["running"] >= n_trials:
+                return None
+            if self.repeats.evaluated() >= self.spec.cardinality():
+                self.repeats.exhausted = f"all {self.spec.cardinality():,} layouts are evaluated"
                 return None
             trial = self.study.ask(self.distributions)
             trial.set_user_attr("driver", self.identity)
@@ -371,7 +359,20 @@ class Driver:
             trial.set_user_attr("infeasible", violations)
             trial.set_user_attr("fail_reason", "infeasible: " + "; ".join(violations))
             self.study.tell(trial, state=TrialState.PRUNED)
-            return False
+            return "infeasible"
+        layout = layout_key(config)
+        trial.set_user_attr("layout", layout)
+        if self.repeats.check(trial, layout, self.executor.running):
+            return "duplicate"
+        first_seed = spec.seed_trials[0] if spec.seed_trials else None
+        noise = None
+        if (
+            spec.budget.noise_seeds != 0
+            and "noise" not in self.study.user_attrs
+            and (trial.user_attrs.get("seed_variant") == first_seed or not first_seed)
+            and not self._noise_sent
+        ):
+            noise, self._noise_sent = spec.budget.noise_seeds, True
         job = TrialJob(
             trial.number,
             dict(trial.params),
@@ -379,11 +380,18 @@ class Driver:
             trial.user_attrs.get("seed_variant"),
             dict(self.study.user_attrs.get("mha_reference", {})),
             compile_choice=dict(self.study.user_attrs.get("compile_choice", {})),
+            noise_seeds=noise,
         )
         self.executor.submit(job)
-        return True
+        return "submitted"
 
     def _tell(self, outcome: TrialOutcome, requeue: bool = False) -> None:
+        try:
+            self._record(outcome, requeue)
+        finally:  # its repeats wait for it however it ended
+            self.repeats.release(outcome.number)
+
+    def _record(self, outcome: TrialOutcome, requeue: bool) -> None:
         self.meter.add(outcome.attrs)  # its training ran on our device, whoever records it
         study = self.study
         t = study.get_trials(deepcopy=False)[outcome.number]
@@ -399,10 +407,13 @@ class Driver:
                 "this outcome is not recorded"
             )
             return
-        for attr in ("mha_reference", "compile_choice"):  # per device: the first one stands
-            if new := getattr(outcome, attr):
-                with self._study_lock():  # a read-modify-write other drivers also do
-                    study.set_user_attr(attr, {**new, **study.user_attrs.get(attr, {})})
+        if outcome.compile_choice:  # per device: the first one stands
+            with self._study_lock():  # a read-modify-write other drivers also do
+                known = study.user_attrs.get("compile_choice", {})
+                study.set_user_attr("compile_choice", {**outcome.compile_choice, **known})
+        if outcome.noise is not None and "noise" not in study.user_attrs:
+            study.set_user_attr("noise", outcome.noise)
+            self.log(f"noise floor: {Noise.model_validate(outcome.noise).describe()}")
         state = TrialState[outcome.state]
         if state == TrialState.COMPLETE:
             study.tell(
@@ -420,8 +431,9 @@ class Driver:
 
     # ------------------------------------------------------------------------- display
     def log(self, text: str) -> None:
-        """A line on the rich console (`Console.log`: time-stamped, above the live panel)."""
-        self.console.log(text)
+        """A line on the rich console (`Console.log`: time-stamped, above the live panel);
+        plain text (an allocation's brackets are not markup)."""
+        self.console.log(escape(text))
 
     def _render(self, n_trials: int):
         study = getattr(self, "study", None)

@@ -39,11 +39,13 @@ _PICK = re.compile(
 
 
 def candidates(records: Sequence[TrialRecord], objectives: Sequence[str]) -> list[TrialRecord]:
-    """The records a Pareto front may contain: COMPLETE, feasible, and with a finite value
-    for every one of `objectives`."""
+    """The records a Pareto front may contain: COMPLETE, feasible, not a repeat of another
+    trial's layout, and with a finite value for every one of `objectives`."""
     out = []
     for r in records:
         if r.state != "COMPLETE" or not r.values or not r.feasible:
+            continue
+        if r.typed.duplicate_of is not None:  # its original stands for it
             continue
         try:
             if all(math.isfinite(r.values[o]) for o in objectives):

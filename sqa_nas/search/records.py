@@ -6,7 +6,9 @@ Study
   - metric names (`study.set_metric_names`) = the objective names, in order.
   - user attrs: ``sqa_nas`` {"format", "version"}, ``space`` (the resolved search space),
     ``space_hash``, ``objectives`` (names), ``corpus`` {"kind", "fingerprint", ...},
-    ``mha_reference`` {device name: MHA tokens/s}, ``compile_choice`` {device name: bool},
+    ``compile_choice`` {device name: bool}, ``method`` (how trials are measured:
+    `METHOD`), ``noise`` (`noise.Noise`: the study's measured noise floor), ``confirm``
+    (the last `sqa-nas confirm`), ``mha_reference`` (studies before paired timing),
     ``units`` {unit: [layers]}, ``executor_stats`` [one entry per run: `figures.RunStats`,
     the executor's and the driver's figures (in-trial fraction, NVML, training-step share)].
 Trial
@@ -34,9 +36,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.exc import IntegrityError
 
 from sqa_nas.errors import UserError
-from sqa_nas.search.choices import HeadsChoice, MaskChoice
+from sqa_nas.search.choices import MaskChoice
 
 FORMAT = 1
+# How trials are measured: 2 = paired throughput, common random numbers (1: before). Values
+# measured one way never share a front with values measured the other.
+METHOD = 2
 
 Direction = Literal["minimize", "maximize"]  # an Optuna study direction
 
@@ -83,13 +88,19 @@ class Analytics(_Record):
 class Metrics(_Record):
     """What the trial measured, plus the analytic objectives under their objective names."""
 
-    val_loss: float | None = None  # token-weighted mean cross-entropy on held-out batches
+    val_loss: float | None = None  # token-weighted cross-entropy on held-out batches (mean
+    val_loss_std: float | None = None  # over the trial's seeds, and their std: seeds >= 2)
+    val_loss_seeds: list[float] | None = None  # one per seed, in `TrialAttrs.seeds` order
     perplexity: float | None = None
     accuracy: float | None = None  # next-token accuracy on the same tokens
     val_tokens: int | None = None
     throughput_tokens_per_s: float | None = None
-    mha_throughput_tokens_per_s: float | None = None  # the same-shape MHA model, same GPU
-    speedup_vs_mha: float | None = None
+    throughput_rel_ci95: float | None = None  # relative half-width of its 95% interval
+    mha_throughput_tokens_per_s: float | None = None  # the same-shape MHA model, paired
+    speedup_vs_mha: float | None = None  # paired with that MHA step (`sqa_nas.throughput`)
+    speedup_ci95: tuple[float, float] | None = None
+    throughput_rounds: int | None = None
+    noisy_throughput: bool | None = None  # an interval stayed wider than the target
     train_steps: int | None = None
     train_tokens: int | None = None
     train_tokens_per_s: float | None = None  # achieved in the step loop
@@ -169,6 +180,10 @@ class TrialAttrs(_Record):
     corpus: Corpus = Field(default_factory=Corpus)
     timings: Timings = Field(default_factory=Timings)
     compile: dict[str, Any] | None = None  # `compiling.CompileDecision.record()`
+    seeds: list[int] = []  # weight-init and data-order seeds it trained with, in order
+    layout: str | None = None  # `space.layout_key`: equal exactly for equal architectures
+    duplicate_of: int | None = None  # an evaluated trial with the same layout: its values
+    noise_trial: bool | None = None  # trained with several seeds for the study's `noise`
     fail_reason: str | None = None  # why a trial is FAIL or PRUNED
     traceback: str | None = None  # the end of a failed trial's traceback
     infeasible: list[str] = []  # constraint violations of trials refused before training
@@ -422,27 +437,6 @@ def check_format(study: optuna.Study, where: str) -> None:
             f"{meta.get('format')} (sqa-nas {meta.get('version')}); this sqa-nas "
             f"reads format {FORMAT}: use a new study name or that version"
         )
-
-
-def compact_allocation(layers: list[dict[str, Any]]) -> str:
-    """'8/4 x2, 4/4 w64 x2': each layer as H_q/H_kv plus its mask (`MaskChoice.short`),
-    runs collapsed; `layers` as `sqa_nas.model.layer_dict` writes them."""
-    tokens = [_layer_token(x) for x in layers]
-    runs: list[list] = []
-    for tok in tokens:
-        if runs and runs[-1][0] == tok:
-            runs[-1][1] += 1
-        else:
-            runs.append([tok, 1])
-    if all(count == 1 for _, count in runs):
-        return " ".join(tok for tok, _ in runs)
-    return ", ".join(tok if count == 1 else f"{tok} x{count}" for tok, count in runs)
-
-
-def _layer_token(layer: dict[str, Any]) -> str:
-    heads = HeadsChoice(layer["n_q_heads"], layer["n_kv_heads"])
-    mask = MaskChoice.of_layer(layer).short()
-    return f"{heads} {mask}" if mask else str(heads)
 
 
 def finite(x: Any) -> TypeGuard[float]:

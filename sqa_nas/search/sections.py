@@ -195,13 +195,17 @@ class TrainBudget(Section):
 
 
 class ThroughputBudget(Section):
-    """How a trial's throughput is timed: batch, length, warm-up calls, repeats, fwd or fwd+bwd."""
+    """How a trial's throughput is timed (`sqa_nas.throughput`): batch, length, warm-up
+    calls, calls per round, fwd or fwd+bwd, and when the rounds (paired with the same-shape
+    MHA model) stop: both 95% intervals within `ci_target`, or `max_seconds`."""
 
     seq_len: Positive | None = None  # default: model.seq_len
     batch_size: Positive = 8
     warmup: Positive = 2  # at least one: first calls pay one-time initialisation
-    repeats: Positive = 5
+    repeats: Positive = 5  # calls per round; a round keeps their median
     mode: Literal["fwd", "fwd+bwd"] = "fwd+bwd"
+    ci_target: Annotated[float, Field(gt=0, lt=1)] = 0.03  # relative 95% half-width
+    max_seconds: PositiveNumber = 20.0  # then the trial is flagged noisy_throughput
 
 
 class Budget(Section):
@@ -210,8 +214,20 @@ class Budget(Section):
     n_trials: Positive = 10
     max_wall_seconds: PositiveNumber | None = None
     trial_timeout_s: PositiveNumber = 1800
+    # Every trial trains with these many seeds (weights and data order, the same seeds for
+    # every trial: common random numbers); its val_loss is their mean, with their std.
+    seeds: Positive = 1
+    # The study's noise floor: its first baseline trains with this many seeds (>= 2; 0: off)
+    # and the study stores the spread (`noise`); auto: 3 on a GPU, off on the CPU.
+    noise_seeds: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
     train: TrainBudget = TrainBudget()
     throughput: ThroughputBudget = ThroughputBudget()
+
+    @model_validator(mode="after")
+    def _check(self) -> Budget:
+        if self.noise_seeds == 1:
+            raise ValueError("noise_seeds: 1 seed measures no spread; use 0 (off), >= 2 or auto")
+        return self
 
 
 class RaySection(Section):

@@ -334,3 +334,11 @@ def load_space(path: str | Path) -> SearchSpec:
     if spec.study is None:
         spec = spec.model_copy(update={"study": path.stem})
     return spec
+
+
+def layout_key(config: ModelConfig) -> str:
+    """What makes two trials the same architecture: 16 hex digits of sha256 over the
+    resolved model (every layer's heads, mask and backend, searched model fields), so
+    different params that tie or order to the same layers give the same key."""
+    text = json.dumps(config.resolved(), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

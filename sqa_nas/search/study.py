@@ -10,11 +10,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 
 import sqa_nas
 from sqa_nas.errors import UserError
-from sqa_nas.search.records import FORMAT, check_format
+from sqa_nas.search.records import FORMAT, METHOD, check_format
 from sqa_nas.search.space import SearchSpec
+
+# Flags in a trial's user attrs that keep it out of the trial budget.
+NOT_COUNTED = ("infeasible", "reaped", "interrupted")
 
 
 @contextlib.contextmanager
@@ -53,11 +57,20 @@ def init_or_check(
         study.set_user_attr("space_hash", spec.space_hash())
         study.set_user_attr("units", dict(spec.units()))
         study.set_user_attr("corpus", {**corpus_summary(corpus_meta), "fingerprint": fingerprint})
-        study.set_user_attr("mha_reference", {})
+        study.set_user_attr("method", METHOD)
+        if spec.budget.noise_seeds == 0:
+            study.set_user_attr("noise", {"n": 0, "reason": "off: budget.noise_seeds is 0"})
         # Last: a study carrying "sqa_nas" is complete.
         study.set_user_attr("sqa_nas", {"format": FORMAT, "version": sqa_nas.__version__})
     else:
         check_format(study, url)
+        if attrs.get("method", 1) != METHOD:
+            raise UserError(
+                f"study {spec.study_name!r} in {url} was measured the old way (one "
+                "unpaired throughput median per trial, a seed and data order per trial); "
+                "its values do not compare with this version's (paired timing, common "
+                "random numbers): use --study NEW_NAME to search again"
+            )
         if attrs.get("space_hash") != spec.space_hash():
             raise UserError(
                 f"study {spec.study_name!r} in {url} was created from a different "
@@ -77,3 +90,40 @@ def corpus_summary(meta: dict[str, Any]) -> dict[str, Any]:
     """The corpus facts a study keeps (kind, vocabulary and sizes) from a dataset's meta."""
     keep = ("kind", "vocab_size", "tokens", "documents", "bytes")
     return {k: meta[k] for k in keep if k in meta}
+
+
+def trial_counts(study: optuna.Study) -> dict[str, int]:
+    """`study`'s trials by state; ``counted`` is the budget's count (finished trials
+    not flagged in `NOT_COUNTED`), ``infeasible`` the ones refused by a constraint,
+    ``duplicates`` the ones told an evaluated trial's values (in no other count)."""
+    c = {
+        "complete": 0,
+        "failed": 0,
+        "pruned": 0,
+        "infeasible": 0,
+        "running": 0,
+        "counted": 0,
+        "waiting": 0,
+        "duplicates": 0,
+    }
+    for t in study.get_trials(deepcopy=False):
+        if "duplicate_of" in t.user_attrs:  # told another trial's values: no budget
+            c["duplicates"] += 1
+            continue
+        # A completed trial counts, whatever a reaper marked on it meanwhile.
+        flags = [k for k in NOT_COUNTED if t.user_attrs.get(k) and t.state != TrialState.COMPLETE]
+        if t.state == TrialState.RUNNING:
+            c["running"] += 1
+        elif t.state == TrialState.WAITING:
+            c["waiting"] += 1
+        elif "infeasible" in flags:
+            c["infeasible"] += 1
+        elif t.state == TrialState.COMPLETE:
+            c["complete"] += 1
+        elif t.state == TrialState.FAIL:
+            c["failed"] += 1
+        elif t.state == TrialState.PRUNED:
+            c["pruned"] += 1
+        if t.state.is_finished() and not flags:
+            c["counted"] += 1
+    return c

@@ -10,9 +10,12 @@ with the reason, a non-finite loss becomes PRUNED.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
+import math
 import os
 import socket
+import statistics
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -27,7 +30,9 @@ from sqa_nas.data import Dataset, load_dataset
 from sqa_nas.errors import first_error
 from sqa_nas.gpu_share import GpuShare
 from sqa_nas.machine import device_name, machine_info
-from sqa_nas.model import SQATransformer, build_model, layer_dict
+from sqa_nas.model import ModelConfig, SQATransformer, build_model, init_weights, layer_dict
+from sqa_nas.search.choices import compact_allocation
+from sqa_nas.search.noise import Noise
 from sqa_nas.search.records import (
     Analytics,
     Corpus,
@@ -36,10 +41,11 @@ from sqa_nas.search.records import (
     Metrics,
     Timings,
     TrialAttrs,
-    compact_allocation,
     trial_attrs,
 )
 from sqa_nas.search.space import SearchSpec
+from sqa_nas.stats import std
+from sqa_nas.throughput import Throughput, measure
 from sqa_nas.train import (
     NonFinite,
     Progress,
@@ -47,7 +53,6 @@ from sqa_nas.train import (
     TrainConfig,
     TrainStep,
     evaluate,
-    measure_throughput,
     pick_device,
     train,
 )
@@ -61,9 +66,14 @@ class TrialJob:
     params: dict[str, Any]
     spec: dict[str, Any]  # SearchSpec.model_dump(mode="json"): picklable, version-free
     seed_variant: str | None = None
-    mha_reference: dict[str, float] = field(default_factory=dict)  # device name -> tokens/s
+    # device name -> MHA tokens/s: only what marks a study timed before compile choices
+    mha_reference: dict[str, float] = field(default_factory=dict)
     share_gpu: bool = False  # other trials train on this GPU meanwhile: time it alone
     compile_choice: dict[str, bool] = field(default_factory=dict)  # device name -> compiles
+    seeds: list[int] = field(default_factory=list)  # [] : `crn_seeds(spec, budget.seeds)`
+    # The study's noise trial: train with this many seeds (auto: 3 on a GPU, none on the
+    # CPU) and time each; None: an ordinary trial.
+    noise_seeds: int | str | None = None
 
 
 @dataclass
@@ -74,8 +84,8 @@ class TrialOutcome:
     state: str  # COMPLETE, FAIL or PRUNED
     values: dict[str, float] = field(default_factory=dict)
     attrs: dict[str, Any] = field(default_factory=dict)  # user attrs, `records.trial_attrs`
-    mha_reference: dict[str, float] = field(default_factory=dict)  # newly measured
     compile_choice: dict[str, bool] = field(default_factory=dict)  # newly decided
+    noise: dict[str, Any] | None = None  # the noise trial's `noise.Noise` fields
 
 
 @functools.lru_cache(maxsize=2)
@@ -117,7 +127,20 @@ def throughput_config(spec: SearchSpec) -> ThroughputConfig:
         warmup=t.warmup,
         repeats=t.repeats,
         backward=t.mode == "fwd+bwd",
+        ci_target=t.ci_target,
+        max_seconds=t.max_seconds,
     )
+
+
+def crn_seeds(spec: SearchSpec, n: int, purpose: str = "study") -> list[int]:
+    """`n` seeds for weights and data order, the same for every trial of a study (common
+    random numbers: two trials differ only in their layout). `purpose` draws another
+    family (``confirm``: fresh seeds, none of the study's)."""
+    base = spec.sampler.seed or 0
+    return [
+        int.from_bytes(hashlib.sha256(f"{base}:{purpose}:{r}".encode()).digest()[:4], "big")
+        for r in range(n)
+    ]
 
 
 def run_trial(
@@ -174,8 +197,12 @@ def _evaluate(
     share: GpuShare,
 ) -> None:
     objectives, timings = set(spec.objectives), record.timings
-    seed = (spec.sampler.seed or 0) * 100_003 + job.number
-    torch.manual_seed(seed)
+    seeds = job.seeds or crn_seeds(spec, spec.budget.seeds)
+    noise_n = _noise_seeds(job.noise_seeds, device)
+    if noise_n:
+        seeds = crn_seeds(spec, max(noise_n, len(seeds)))
+        record.noise_trial = True
+    record.seeds = seeds
     t0 = time.perf_counter()
     data = _dataset(json.dumps(spec.data.model_dump(mode="json"), sort_keys=True))
     record.corpus = Corpus(
@@ -183,7 +210,7 @@ def _evaluate(
     )
     config = spec.build_config(job.params, data.vocab_size)
     cost = analyze(config, spec.model.seq_len)
-    model = build_model(config).to(device)
+    model = build_model(config, seed=seeds[0]).to(device)
     timings.build_s = time.perf_counter() - t0
     layers = [layer_dict(c) | {"pattern": c.pattern} for c in config.layer_configs]
     record.model, record.seed_variant = config.resolved(), job.seed_variant
@@ -196,11 +223,10 @@ def _evaluate(
         kv_cache_bytes_per_token=cost.kv_bytes,
         analytic_speedup_vs_mha=cost.speedup_vs_mha,
     )
-    metrics = Metrics(
+    metrics = record.metrics = Metrics(
         kv_cache_bytes=cost.kv_bytes, params=cost.params, attention_flops=cost.attn_flops
     )
 
-    cfg, measure = train_config(spec), throughput_config(spec)
     timed = bool(objectives & {"throughput_tokens_per_s", "speedup_vs_mha"})
     name = record.device.name
     assert name is not None  # run_trial records device_name(device)
@@ -215,60 +241,117 @@ def _evaluate(
         outcome.compile_choice[name] = decision.used
     backends = model.backends()
 
-    if timed:
-        t0 = time.perf_counter()
-        with share.exclusive():  # alone on the GPU: other trials' steps would count
-            metrics.throughput_tokens_per_s = measure_throughput(model, measure, device, step)
-        reference = job.mha_reference.get(name)
-        if reference is None:  # once per GPU type: the same-shape MHA model on this device
-            mha = build_model(mha_baseline(config)).to(device)
-            mha_step = TrainStep(mha, device, measure.seq_len, compiled=step.compiled)
-            # The best of two medians: every speedup of the study divides by this figure, so
-            # one taken while the machine was briefly busy must not skew them all (seen on
-            # a 2-core CPU: 394 tokens/s against 9,119 for the same model a moment before).
-            with share.exclusive():
-                reference = max(
-                    measure_throughput(mha, measure, device, mha_step) for _ in range(2)
-                )
-            outcome.mha_reference[name] = reference
-            del mha, mha_step
-        metrics.mha_throughput_tokens_per_s = reference
-        metrics.speedup_vs_mha = metrics.throughput_tokens_per_s / reference
-        timings.throughput_s = time.perf_counter() - t0
-
-    if objectives & {"val_loss"}:
-        # Shared with other trials, and stepping aside for their throughput windows; held
-        # through evaluation too, whose kernels would also land in their windows.
-        with share.training():
+    measured: list[Throughput] = []
+    losses: list[float] = []
+    for i, seed in enumerate(seeds):
+        if i:
+            init_weights(model, seed)  # in place: the compiled blocks hold these modules
+        if timed and (i == 0 or noise_n):  # the noise trial times every seed's model
             t0 = time.perf_counter()
-            result = train(
-                model,
-                data,
-                cfg,
-                device,
-                seed,
-                progress,
-                step=step,
-                between_steps=share.yield_if_wanted,
-            )
-            ended = time.time()
-            timings.train_s = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            scores = evaluate(model, data, cfg, device)
-        timings.train_window = (ended - result.seconds, ended)  # the step loop, for the share
-        record.curve = result.curve
-        metrics.train_steps, metrics.train_tokens = result.steps, result.tokens
-        metrics.train_tokens_per_s = round(result.tokens_per_s, 1)
-        metrics.val_loss, metrics.perplexity = scores["val_loss"], scores["perplexity"]
-        metrics.accuracy, metrics.val_tokens = scores["accuracy"], int(scores["val_tokens"])
-        timings.eval_s = time.perf_counter() - t0
+            measured.append(_throughput(model, config, spec, device, step, share))
+            timings.throughput_s = (timings.throughput_s or 0.0) + time.perf_counter() - t0
+        if objectives & {"val_loss"}:
+            scores = _train(model, data, spec, device, seed, step, share, progress, record)
+            losses.append(scores["val_loss"])
+            if i == 0:
+                metrics.perplexity, metrics.accuracy = scores["perplexity"], scores["accuracy"]
+                metrics.val_tokens = int(scores["val_tokens"])
+    if measured:
+        _throughput_metrics(metrics, measured)
+    if losses:
+        metrics.val_loss = statistics.fmean(losses)
+        if len(losses) > 1:
+            metrics.val_loss_std, metrics.val_loss_seeds = std(losses), losses
+        metrics.perplexity = math.exp(min(metrics.val_loss, 700))
+    if noise_n:
+        outcome.noise = Noise.of(losses, measured, name, job.number).model_dump()
     # Backends chosen for the training step on the device: what actually trained.
     record.layers = [
         LayerRecord(**x | {"backend": b, "backend_reason": why})
         for x, (b, why) in zip(layers, backends)
     ]
-    record.metrics = metrics
     outcome.values = {o: float(metrics.value(o)) for o in spec.objectives}
+
+
+def _noise_seeds(asked: int | str | None, device: torch.device) -> int:
+    """How many seeds the noise trial trains with (0: not the noise trial, or it is off)."""
+    if asked == "auto":
+        return 3 if device.type == "cuda" else 0
+    return int(asked or 0)
+
+
+_REFERENCE: dict[str, TrainStep] = {}  # this worker's MHA step, by model and device
+
+
+def _throughput(
+    model: SQATransformer,
+    config: ModelConfig,
+    spec: SearchSpec,
+    device: torch.device,
+    step: TrainStep,
+    share: GpuShare,
+) -> Throughput:
+    """The trial's step timed in rounds paired with the same-shape MHA model's step, built
+    once per worker (and kept: its weights never change) and timed anew beside every trial."""
+    measure_cfg = throughput_config(spec)
+    mha = mha_baseline(config)
+    key = json.dumps([mha.resolved(), str(device), step.compiled], sort_keys=True)
+    if key not in _REFERENCE:
+        _REFERENCE.clear()  # one reference per worker: a study has one model shape
+        reference = build_model(mha, seed=0).to(device)
+        _REFERENCE[key] = TrainStep(reference, device, measure_cfg.seq_len, compiled=step.compiled)
+    # The rounds run until the intervals of the study's own objectives are narrow.
+    names = {"throughput_tokens_per_s": "throughput", "speedup_vs_mha": "speedup"}
+    watch = [w for o, w in names.items() if o in spec.objectives]
+    with share.exclusive():  # alone on the GPU: other trials' steps would count
+        return measure(step, measure_cfg, device, _REFERENCE[key], watch)
+
+
+def _throughput_metrics(metrics: Metrics, measured: list[Throughput]) -> None:
+    """The first measurement's figures (the noise trial's later ones only feed `noise`)."""
+    first = measured[0]
+    metrics.throughput_tokens_per_s = first.tokens_per_s
+    metrics.throughput_rel_ci95 = round(first.rel_ci95, 5)
+    metrics.mha_throughput_tokens_per_s = first.reference_tokens_per_s
+    metrics.speedup_vs_mha = first.speedup
+    if first.speedup_ci95 is not None:
+        low, high = first.speedup_ci95
+        metrics.speedup_ci95 = (round(low, 5), round(high, 5))
+    metrics.throughput_rounds = first.rounds
+    metrics.noisy_throughput = first.noisy
+
+
+def _train(
+    model: SQATransformer,
+    data: Dataset,
+    spec: SearchSpec,
+    device: torch.device,
+    seed: int,
+    step: TrainStep,
+    share: GpuShare,
+    progress: Progress | None,
+    record: TrialAttrs,
+) -> dict[str, float]:
+    """Train the model with `seed` (data order) and evaluate it; the first seed's curve,
+    steps and speed go in `record`, timings add up over seeds."""
+    cfg, timings, metrics = train_config(spec), record.timings, record.metrics
+    # Shared with other trials, and stepping aside for their throughput windows; held
+    # through evaluation too, whose kernels would also land in their windows.
+    with share.training():
+        t0 = time.perf_counter()
+        wait = share.yield_if_wanted
+        result = train(model, data, cfg, device, seed, progress, step=step, between_steps=wait)
+        ended = time.time()
+        timings.train_s = (timings.train_s or 0.0) + time.perf_counter() - t0
+        t0 = time.perf_counter()
+        scores = evaluate(model, data, cfg, device)
+        timings.eval_s = (timings.eval_s or 0.0) + time.perf_counter() - t0
+    if timings.train_window is None:
+        timings.train_window = (ended - result.seconds, ended)  # the step loop, for the share
+        record.curve = result.curve
+        metrics.train_steps, metrics.train_tokens = result.steps, result.tokens
+        metrics.train_tokens_per_s = round(result.tokens_per_s, 1)
+    return scores
 
 
 def training_step(

@@ -1,9 +1,10 @@
 """sqa_nas.search.driver with an in-process executor (no worker processes, no training):
 the budget's count, the budget held by other drivers' running trials, seeds enqueued once,
-jobs carrying their seed label and the study's MHA references, references merged without
-overwriting, executor figures kept for the last runs with the run's own (training-step
-share, NVML), constraint refusals, the grid cap, Ctrl-C and reaping re-queueing what they
-stop, and a race with a trial's own driver."""
+jobs carrying their seed label and the study's compile choice, the noise trial and its
+figures, repeated layouts told their values (held while the original runs) and never
+counted, a space exhausted, executor figures kept for the last runs with the run's own
+(training-step share, NVML), constraint refusals, the grid cap, Ctrl-C and reaping
+re-queueing what they stop, and a race with a trial's own driver."""
 
 from __future__ import annotations
 
@@ -109,6 +110,7 @@ def test_the_budget_counts_finished_trials_except_the_flagged_ones(tmp_path):
         (TrialState.FAIL, {}),
         (TrialState.PRUNED, {}),
         (TrialState.RUNNING, {}),
+        (TrialState.COMPLETE, {"duplicate_of": 0}),  # another trial's values: no budget
     ]:
         values = [1.0, 2.0] if state == TrialState.COMPLETE else None
         study.add_trial(create_trial(state=state, values=values, user_attrs=attrs))
@@ -121,6 +123,7 @@ def test_the_budget_counts_finished_trials_except_the_flagged_ones(tmp_path):
         "running": 1,
         "waiting": 1,
         "counted": 4,
+        "duplicates": 1,
     }
 
 
@@ -135,33 +138,33 @@ def test_other_drivers_running_trials_hold_their_share_of_the_budget(tmp_path):
     result = driver.run(2)  # nothing to ask: it waits for no one and stops
     assert result.finished == 1 and executor.jobs == []
     assert study.get_trials()[theirs.number].state == TrialState.RUNNING  # not reaped
-    assert driver._dispatch(3) is True and len(executor.jobs) == 1
+    assert driver._dispatch(3) == "submitted" and len(executor.jobs) == 1
 
 
-def test_a_search_runs_seeds_first_and_hands_jobs_the_known_references(tmp_path):
+def test_a_search_runs_seeds_first_and_hands_jobs_the_compile_choice_and_noise(tmp_path):
     def outcome(job):
-        refs = {"cpu-x": 999.0, "gpu-y": 5.0} if job.number == 0 else {}
         return TrialOutcome(
             job.number,
             "COMPLETE",
             {"throughput_tokens_per_s": 10.0, "val_loss": 1.0 + job.number},
             {"allocation": "a"},
-            mha_reference=refs,
             compile_choice={"gpu-y": True} if job.number == 0 else {},
+            noise={"n": 3, "val_loss_std": 0.01} if job.noise_seeds else None,
         )
 
     executor = InProcess(outcome)
     driver = _driver(tmp_path, executor)
     study = driver.open_study()
-    study.set_user_attr("mha_reference", {"cpu-x": 123.0})
+    assert study.user_attrs["method"] == 2
     result = driver.run(3)
     assert result.finished == 3 and not result.interrupted and executor.started
     assert [j.seed_variant for j in executor.jobs] == ["MHA", "SQA", None]
-    assert executor.jobs[0].mha_reference == {"cpu-x": 123.0}
     assert [j.params for j in executor.jobs[:2]] == [p for _, p in driver.spec.seed_params()]
-    # A reference already known stays: every stored speedup was divided by it.
-    assert study.user_attrs["mha_reference"] == {"cpu-x": 123.0, "gpu-y": 5.0}
-    # So does the compile choice: later trials there time and train the same way.
+    # The first baseline measures the study's noise (auto: the worker decides by device).
+    assert [j.noise_seeds for j in executor.jobs] == ["auto", None, None]
+    assert study.user_attrs["noise"] == {"n": 3, "val_loss_std": 0.01}
+    assert "noise floor: val_loss sigma 0.01 (3 seeds of trial None)" in driver.text.getvalue()
+    # The compile choice stays: later trials there time and train the same way.
     assert study.user_attrs["compile_choice"] == {"gpu-y": True}
     assert executor.jobs[2].compile_choice == {"gpu-y": True}
     trials = study.get_trials()
@@ -310,3 +313,67 @@ def test_a_trial_its_own_driver_fails_while_being_reaped_is_not_queued_again(
     assert driver.reap() == 0
     assert [t.state for t in study.get_trials()] == [TrialState.FAIL]
     assert study.get_trials()[trial.number].user_attrs["fail_reason"] == "worker died"
+
+
+def test_a_repeated_layout_is_told_the_evaluated_values_and_not_counted(tmp_path):
+    executor = InProcess(
+        lambda job: TrialOutcome(
+            job.number,
+            "COMPLETE",
+            {"val_loss": 1.0, "throughput_tokens_per_s": 2.0},
+            {"allocation": f"alloc {job.number}"},
+        )
+    )
+    driver = _driver(tmp_path, executor, seed_trials=["MHA", "SQA", "MHA"])
+    study = driver.open_study()
+    assert driver.run(3).finished == 3
+    trials = study.get_trials()
+    repeat = trials[2]
+    assert repeat.user_attrs["duplicate_of"] == 0 and repeat.values == trials[0].values
+    assert repeat.user_attrs["allocation"] == "alloc 0"
+    assert repeat.user_attrs["layout"] == trials[0].user_attrs["layout"]
+    assert [j.number for j in executor.jobs] == [0, 1, 3]  # the repeat never trained
+    assert driver.counts()["duplicates"] == 1 and driver.counts()["counted"] == 3
+    assert "trial 2 [" in driver.text.getvalue() and "repeats trial 0" in driver.text.getvalue()
+
+
+class TwoSlots(InProcess):
+    """Two trials at once; a poll finishes only the oldest."""
+
+    def free_slots(self):
+        return 2 - len(self.running)
+
+    def poll(self, timeout):
+        self.polls += 1
+        if self.polls > self.max_polls:
+            raise AssertionError("the driver kept polling")
+        number = min(self.running)
+        return [self._finish(number, self.outcome(self.running[number].job))]
+
+
+def test_a_repeat_of_a_running_trial_waits_for_it_and_gets_its_values(tmp_path):
+    def outcome(job):
+        if job.number == 1:
+            return TrialOutcome(job.number, "FAIL", attrs={"fail_reason": "out of memory"})
+        values = {"val_loss": 3.0, "throughput_tokens_per_s": 7.0}
+        return TrialOutcome(job.number, "COMPLETE", values)
+
+    executor = TwoSlots(outcome)
+    driver = _driver(tmp_path, executor, seed_trials=["MHA", "SQA", "MHA", "SQA"])
+    study = driver.open_study()
+    driver.run(3)
+    trials = study.get_trials()
+    # 0 and 1 run; 2 repeats running 0 and is held; 3 repeats running 1, which then fails.
+    assert trials[2].user_attrs["duplicate_of"] == 0 and trials[2].values == [3.0, 7.0]
+    assert trials[3].user_attrs["duplicate_of"] == 1 and trials[3].state == TrialState.FAIL
+    assert "did not complete" in trials[3].user_attrs["fail_reason"]
+    assert all(j.number not in (2, 3) for j in executor.jobs)
+
+
+def test_a_space_whose_every_layout_is_evaluated_stops_the_search(tmp_path):
+    executor = InProcess()
+    one = {"n_q_heads": ["H"], "n_kv_heads": ["H"], "tying": "all"}
+    driver = _driver(tmp_path, executor, seed_trials=[], search=one)
+    result = driver.run(5)
+    assert result.finished == 1 and len(executor.jobs) == 1
+    assert "all 1 layouts are evaluated" in driver.text.getvalue()

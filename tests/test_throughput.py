@@ -1,0 +1,152 @@
+"""sqa_nas.throughput: paired rounds stop on the confidence interval or the time cap, a load
+shared by both steps cancels in the speedup, and `measure` warms, times and cleans up as
+documented. Timers here are fakes with known noise, so the expected figures are exact."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+
+from sqa_nas import throughput as throughput_module
+from sqa_nas.model import build_model
+from sqa_nas.stats import log_ratio_ci95, mean_ci95, t975
+from sqa_nas.throughput import Throughput, measure, paired_rounds
+from sqa_nas.train import ThroughputConfig, TrainStep
+
+CPU = torch.device("cpu")
+TINY = dict(vocab_size=64, d_model=16, n_layers=1, n_heads=2, ffn_dim=32)
+
+
+class Clock:
+    """A fake clock that the fake timers advance by the time they report."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def loaded_pair(clock: Clock, model_s: float, reference_s: float, jitter: float, seed: int):
+    """Two timers under one machine load that changes every round by up to 8x (another job
+    coming and going), each with its own `jitter` (relative std)."""
+    rng = random.Random(seed)
+    state = {"calls": 0, "factor": 1.0}
+
+    def timer(base: float):
+        def once() -> float:
+            if state["calls"] % 2 == 0:  # the first call of a round, whichever step it is
+                state["factor"] = rng.choice([1.0, 1.5, 3.0, 8.0])
+            state["calls"] += 1
+            value = base * state["factor"] * (1 + rng.gauss(0, jitter))
+            clock.now += value
+            return value
+
+        return once
+
+    return timer(model_s), timer(reference_s)
+
+
+def test_a_load_that_moves_every_round_cancels_in_the_paired_speedup():
+    clock = Clock()
+    model, reference = loaded_pair(clock, 0.5, 1.0, jitter=0.005, seed=1)
+    m, r = paired_rounds(model, reference, target=0.03, max_s=1e9, watch=["speedup"], clock=clock)
+    speedup, rel = log_ratio_ci95([b / a for a, b in zip(m, r)])
+    assert speedup == pytest.approx(2.0, rel=0.01)
+    assert rel <= 0.03 and 3 <= len(m) < 20  # the interval closed early
+    # The model's own tokens/s follows the load: watching it too, the rounds run to the cap.
+    clock = Clock()
+    model, reference = loaded_pair(clock, 0.5, 1.0, jitter=0.005, seed=1)
+    m, r = paired_rounds(model, reference, target=0.03, max_s=100.0, clock=clock)
+    assert log_ratio_ci95(m)[1] > 0.03 and clock.now >= 100.0
+
+
+def test_rounds_stop_at_the_time_cap_when_the_interval_stays_wide():
+    clock = Clock()
+    model, reference = loaded_pair(clock, 0.5, 1.0, jitter=0.3, seed=2)
+    m, r = paired_rounds(model, reference, target=0.01, max_s=30.0, clock=clock)
+    assert 2 <= len(m) == len(r)
+    assert clock.now >= 30.0 and clock.now < 30.0 + 8 * 1.0 * 2 * 2  # ended by the cap
+    _, rel = log_ratio_ci95([b / a for a, b in zip(m, r)])
+    assert rel > 0.01
+
+
+def test_rounds_alternate_which_step_goes_first():
+    order = []
+    paired_rounds(
+        lambda: order.append("A") or 1.0,
+        lambda: order.append("B") or 1.0,
+        target=0.5,
+        max_s=1e9,
+        min_rounds=4,
+    )
+    assert "".join(order) == "ABBAABBA"  # equal times: the interval is 0 after 4 rounds
+
+
+def test_without_a_reference_only_the_model_is_timed():
+    m, r = paired_rounds(lambda: 1.0, None, target=0.03, max_s=1e9)
+    assert m == [1.0, 1.0, 1.0] and r == []
+
+
+def test_t_quantiles_and_intervals_match_hand_values():
+    assert t975(1) == 12.706 and t975(11) == 2.228 and t975(1000) == 1.96
+    mean, half = mean_ci95([1.0, 2.0, 3.0])
+    assert mean == 2.0 and half == pytest.approx(4.303 * 1.0 / math.sqrt(3))
+    assert mean_ci95([5.0]) == (5.0, math.inf)
+    g, rel = log_ratio_ci95([2.0, 8.0])
+    assert g == pytest.approx(4.0)
+    assert rel == pytest.approx(math.expm1(12.706 * math.log(2) * math.sqrt(2) / math.sqrt(2)))
+
+
+class FakeTimeCall:
+    """Stands in for `time_call`: runs the step once, records it, and returns samples whose
+    median is the next of `medians` (the mean differs: the median must be used)."""
+
+    def __init__(self, medians):
+        self.medians, self.calls = list(medians), []
+
+    def __call__(self, fn, *, device, warmup, repeats):
+        self.calls.append((warmup, repeats))
+        fn(None)
+        m = self.medians.pop(0)
+        return [m, m * 0.5, m * 9.0]
+
+
+@pytest.mark.parametrize("backward", [True, False])
+def test_measure_warms_each_step_then_times_them_in_pairs(monkeypatch, backward):
+    torch.manual_seed(0)
+    model, reference = build_model(TINY), build_model(TINY)
+    seen = []
+    for m in (model, reference):
+        m.register_forward_pre_hook(
+            lambda mod, args, m=m: seen.append((m is model, mod.training, torch.is_grad_enabled()))
+        )
+    # Rounds: A B, B A, A B -> model medians 1, 1, 1 and reference 2, 2, 2 (in call order).
+    fake = FakeTimeCall([1.0, 2.0, 2.0, 1.0, 1.0, 2.0])
+    monkeypatch.setattr(throughput_module, "time_call", fake)
+    monkeypatch.setattr(throughput_module, "WARMUP_S", 0.0)
+    cfg = ThroughputConfig(seq_len=12, batch_size=3, warmup=2, repeats=7, backward=backward)
+    a, b = TrainStep(model, CPU, 12), TrainStep(reference, CPU, 12)
+    out = measure(a, cfg, CPU, b)
+    assert fake.calls == [(0, 7)] * 6
+    assert out.rounds == 3 and out.tokens_per_s == pytest.approx(36.0)
+    assert out.reference_tokens_per_s == pytest.approx(18.0)
+    assert out.speedup == pytest.approx(2.0) and out.speedup_ci95 == pytest.approx((2.0, 2.0))
+    assert out.rel_ci95 == 0.0 and not out.noisy
+    # 2 warm-up calls each, then one call per timed round, all in the asked mode.
+    assert [x[0] for x in seen[:4]] == [True, True, False, False]
+    assert len(seen) == 4 + 6
+    assert {(x[1], x[2]) for x in seen} == {(backward, backward)}
+    assert all(p.grad is None for p in [*model.parameters(), *reference.parameters()])
+    assert a.timed and b.timed
+
+
+def test_a_wide_interval_is_flagged_noisy():
+    wide = Throughput(1.0, 0.05, 3, 1.0, 0.03)
+    assert wide.noisy
+    paired = Throughput(1.0, 0.01, 3, 1.0, 0.03, 2.0, 2.0, (1.8, 2.2))
+    assert paired.speedup_rel_ci95 == pytest.approx(0.1) and paired.noisy
+    assert not Throughput(1.0, 0.01, 3, 1.0, 0.03, 2.0, 2.0, (1.99, 2.01)).noisy
