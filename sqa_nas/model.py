@@ -216,7 +216,20 @@ class SQATransformer(nn.Module):
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight
-        init_weights(self)
+        self.apply(self._init)
+        # GPT-2's scaled init of the projections that write into the residual stream.
+        for name, p in self.named_parameters():
+            if name.endswith(("o_proj.weight", "w2.weight")):
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * config.n_layers))
+
+    @staticmethod
+    def _init(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
 
     def forward(
         self, tokens: torch.Tensor, blocks: Sequence[Callable[[torch.Tensor], torch.Tensor]] = ()
@@ -263,23 +276,20 @@ def build_model(
 ) -> SQATransformer:
     """Build the model from a `ModelConfig`, a dict, a preset name or a YAML path; with
     `seed`, its weights are `init_weights(model, seed)` (common random numbers), else drawn
-    from torch's global generator."""
+    from torch's global generator in module order."""
     model = SQATransformer(load_config(config))
     if seed is not None:
         init_weights(model, seed)
     return model
 
 
-def init_weights(model: SQATransformer, seed: int | None = None) -> None:
-    """(Re)initialise every weight in place, GPT-2 style: linear and embedding weights
-    N(0, 0.02), the projections that write into the residual stream (``o_proj``, ``w2``)
-    N(0, 0.02 / sqrt(2 n_layers)), biases 0, norm weights 1.
-
-    With `seed`, each parameter is drawn from its own generator, seeded by `seed`, its name
-    and its shape: two models with the same seed start from the same weights wherever their
+def init_weights(model: SQATransformer, seed: int) -> None:
+    """Re-draw every weight in place as the model's own init does (linear and embedding
+    weights N(0, 0.02), ``o_proj`` and ``w2`` N(0, 0.02 / sqrt(2 n_layers)), biases 0, norm
+    weights 1), each parameter from its own generator seeded by `seed`, its name and its
+    shape: two models with the same seed start from the same weights wherever their
     parameters have the same name and shape, whatever else differs (common random numbers:
-    two layouts that differ in one layer's heads share every other weight). Without `seed`
-    the draws come from torch's global generator."""
+    two layouts that differ in one layer's heads share every other weight)."""
     n_layers = model.config.n_layers
     with torch.no_grad():
         for name, p in model.named_parameters():  # a tied weight appears once
@@ -291,9 +301,6 @@ def init_weights(model: SQATransformer, seed: int | None = None) -> None:
                 std = 0.02
                 if name.endswith(("o_proj.weight", "w2.weight")):
                     std /= math.sqrt(2 * n_layers)
-                generator = None
-                if seed is not None:
-                    key = hashlib.sha256(f"{seed}:{name}:{tuple(p.shape)}".encode()).digest()
-                    generator = torch.Generator().manual_seed(int.from_bytes(key[:8], "big"))
-                draw = torch.empty(p.shape).normal_(0.0, std, generator=generator)
-                p.copy_(draw)
+                key = hashlib.sha256(f"{seed}:{name}:{tuple(p.shape)}".encode()).digest()
+                generator = torch.Generator().manual_seed(int.from_bytes(key[:8], "big"))
+                p.copy_(torch.empty(p.shape).normal_(0.0, std, generator=generator))

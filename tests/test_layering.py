@@ -19,6 +19,7 @@ FLOORS = {
     "machine": 0,
     "compiling": 0,
     "gpu_share": 0,  # file locks around a GPU: used by search/trial.py, imports nothing of ours
+    "stats": 0,  # small-sample intervals: used by throughput, search and experiments
     "attention": 1,
     "data": 1,
     "timing": 1,
@@ -29,6 +30,7 @@ FLOORS = {
     "model": 5,
     "analytics": 6,
     "train": 6,
+    "throughput": 6.5,  # times train's TrainStep; the search and experiments read it
     "bench": 7,
     "search": 7,
     "dashboard": 8,

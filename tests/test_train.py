@@ -176,8 +176,8 @@ def test_a_trial_trains_on_the_training_split_and_scores_the_validation_split(mo
     monkeypatch.setattr(trial, "_dataset", lambda _: data)
     build = trial.build_model
 
-    def spied_build(config):
-        model = build(config)
+    def spied_build(config, **kwargs):
+        model = build(config, **kwargs)
         seen.append(spy_inputs(model))
         return model
 

@@ -29,6 +29,7 @@ COMMANDS = [
     ("export", "write a trial as standalone PyTorch (or HF) model code"),
     ("space", "validate a search space YAML and describe what it holds"),
     ("search", "search per-layer attention allocations (Optuna)"),
+    ("confirm", "retrain a study's Pareto front with fresh seeds: which members stay on it"),
 ]
 
 # Logs and pipes get wide tables; terminals use their own width.

@@ -16,7 +16,7 @@ from sqa_nas.errors import UserError
 from sqa_nas.search.driver import Driver
 from sqa_nas.search.executors import make_executor
 from sqa_nas.search.figures import SHOWN, RunStats
-from sqa_nas.search.pareto import pareto_front
+from sqa_nas.search.noise import K_SIGMA, Noise, assess
 from sqa_nas.search.records import TrialRecord, trial_records
 from sqa_nas.search.space import SearchSpec, load_space, parse_space
 
@@ -123,8 +123,11 @@ def print_front(
     study: optuna.Study, objectives: Sequence[str], console: Console, gpu_type: str | None = None
 ) -> None:
     """The Pareto front, one per GPU type when trials ran on several: measured throughput
-    on different GPUs is not comparable (`gpu_type` shows one)."""
+    on different GPUs is not comparable (`gpu_type` shows one). Each front is read against
+    the study's noise (`noise.assess`): the trials within noise of it follow it, and one
+    sentence says whether it is resolved."""
     records = trial_records(study)
+    noise = Noise.read(study.user_attrs)
     types = sorted({r.gpu_type for r in records if r.state == "COMPLETE" and r.gpu_type})
     if gpu_type is not None and gpu_type not in types:
         raise UserError(
@@ -133,23 +136,23 @@ def print_front(
         )
     if gpu_type is not None or len(types) > 1:
         for name in [gpu_type] if gpu_type else types:
-            _print_front(
-                [r for r in records if r.gpu_type == name],
-                study.study_name,
-                objectives,
-                console,
-                f" on {name}",
-            )
+            chosen = [r for r in records if r.gpu_type == name]
+            _print_front(chosen, study.study_name, objectives, noise, console, f" on {name}")
     else:
-        _print_front(records, study.study_name, objectives, console, "")
+        _print_front(records, study.study_name, objectives, noise, console, "")
 
 
 def _print_front(
-    records: list[TrialRecord], name: str, objectives: Sequence[str], console: Console, where: str
+    records: list[TrialRecord],
+    name: str,
+    objectives: Sequence[str],
+    noise: Noise,
+    console: Console,
+    where: str,
 ) -> None:
-    front = pareto_front(records, objectives)
+    verdict = assess(records, objectives, noise)
     table = Table(
-        title=f"Pareto front of {name}{where}: {len(front)} of "
+        title=f"Pareto front of {name}{where}: {len(verdict.front)} of "
         f"{sum(r.state == 'COMPLETE' for r in records)} completed trials"
     )
     for col in [
@@ -160,21 +163,44 @@ def _print_front(
         "params",
         "KV B/token",
         "speedup vs MHA",
+        "note",
     ]:
         table.add_column(
-            col, justify="left" if col in ("baseline", "per-layer H_q/H_kv") else "right"
+            col, justify="left" if col in ("baseline", "per-layer H_q/H_kv", "note") else "right"
         )
-    for r in front:
+    for r, note in [(r, "") for r in verdict.front] + [
+        (r, f"within {K_SIGMA:g} sigma of the front") for r in verdict.indistinguishable
+    ]:
         assert r.values is not None  # fronts hold completed trials only
         a, m = r.analytics, r.metrics
         speedup = a.analytic_speedup_vs_mha if m.speedup_vs_mha is None else m.speedup_vs_mha
+        if m.noisy_throughput:
+            note = "; ".join(filter(None, [note, "noisy throughput"]))
         table.add_row(
             str(r.number),
             r.seed_variant or "",
             r.allocation,
-            *[f"{r.values[o]:.4g}" for o in objectives],
+            *[_value(r, o) for o in objectives],
             f"{a.params or 0:,}",
             f"{a.kv_cache_bytes_per_token or 0:,}",
             f"{speedup:.2f}x" if speedup else "-",
+            note,
+            style="dim" if r in verdict.indistinguishable else None,
         )
     console.print(table)
+    console.print(verdict.summary(), markup=False, highlight=False)
+
+
+def _value(r: TrialRecord, objective: str) -> str:
+    """An objective's value with its spread where the trial measured one: val_loss +- its
+    std over seeds, throughput +- its 95% interval (relative)."""
+    assert r.values is not None
+    m, value = r.metrics, r.values[objective]
+    if objective == "val_loss" and m.val_loss_std is not None:
+        return f"{value:.4g} +- {m.val_loss_std:.2g}"
+    if objective == "throughput_tokens_per_s" and m.throughput_rel_ci95 is not None:
+        return f"{value:.4g} +-{m.throughput_rel_ci95:.0%}"
+    if objective == "speedup_vs_mha" and m.speedup_ci95 is not None:
+        low, high = m.speedup_ci95
+        return f"{value:.3g} [{low:.3g}, {high:.3g}]"
+    return f"{value:.4g}"

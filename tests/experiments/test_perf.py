@@ -500,6 +500,8 @@ def test_every_script_runs_as_a_module_of_the_experiments_package():
         "fa4_backward_check",
         "step_throughput",
         "search_efficiency",
+        "noise_floor",
+        "paired_timing",
     } == set(names)
     for name in names:
         run = subprocess.run(

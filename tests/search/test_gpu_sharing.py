@@ -20,6 +20,7 @@ from sqa_nas.search.executors import make_executor
 from sqa_nas.search.executors.local import LocalExecutor
 from sqa_nas.search.space import parse_space
 from sqa_nas.search.trial import TrialJob, run_trial
+from sqa_nas.throughput import Throughput
 from tests.search.test_search import TINY
 
 
@@ -163,13 +164,13 @@ def test_a_trial_on_a_shared_gpu_times_alone_and_records_the_cost(
         asked.append(enabled)
         return _RecordingShare(tmp_path if enabled else None, log)
 
-    def measure(model, cfg, device, step=None):
-        log.append("measure")
-        return 1000.0
+    def measure(step, cfg, device, reference=None, watch=()):
+        log.append("measure paired" if reference is not None else "measure")
+        return Throughput(1000.0, 0.01, 3, 0.1, 0.03, 500.0, 2.0, (1.99, 2.01))
 
     evaluate = trial.evaluate
     monkeypatch.setattr(trial.GpuShare, "for_device", for_device)
-    monkeypatch.setattr(trial, "measure_throughput", measure)
+    monkeypatch.setattr(trial, "measure", measure)
     monkeypatch.setattr(trial, "evaluate", lambda *a: log.append("evaluate") or evaluate(*a))
     spec = parse_space(TINY)
     job = TrialJob(0, dict(spec.seed_params())["SQA"], spec.model_dump(mode="json"))
@@ -177,12 +178,11 @@ def test_a_trial_on_a_shared_gpu_times_alone_and_records_the_cost(
     out = run_trial(job)
     assert out.state == "COMPLETE", out.attrs.get("fail_reason")
     assert asked == [share_gpu]
-    # Preparing (and compiling) the step inside the shared hold, the trial's window, the MHA
-    # reference's (the best of two), then 4 steps and the eval, inside the shared hold.
+    # Preparing (and compiling) the step inside the shared hold, the trial's window (timed
+    # paired with the MHA reference), then 4 steps and the eval, inside the shared hold.
     assert log == [
         *["shared", "/shared"],
-        *["alone", "measure", "/alone"],
-        *["alone", "measure", "measure", "/alone"],
+        *["alone", "measure paired", "/alone"],
         *["shared", *["step"] * 4, "evaluate", "/shared"],
     ]
     timings = out.attrs["timings"]

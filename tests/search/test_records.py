@@ -7,6 +7,7 @@ from __future__ import annotations
 import optuna
 import pytest
 
+from sqa_nas.search.choices import compact_allocation
 from sqa_nas.search.records import (
     FORMAT,
     Analytics,
@@ -17,7 +18,6 @@ from sqa_nas.search.records import (
     Timings,
     TrialAttrs,
     TrialRecord,
-    compact_allocation,
     trial_attrs,
     trial_records,
 )

@@ -31,7 +31,7 @@ TINY = {
     "budget": {
         "n_trials": 4,
         "train": {"steps": 4, "batch_size": 2, "eval_batches": 2},
-        "throughput": {"batch_size": 2, "warmup": 1, "repeats": 1},
+        "throughput": {"batch_size": 2, "warmup": 1, "repeats": 1, "max_seconds": 1.0},
     },
 }
 
@@ -86,10 +86,13 @@ def test_search_stores_trials_and_resumes_without_repeating(tmp_path, capsys, mo
     assert "nothing to run" in capsys.readouterr().out
     # More trials: only the difference runs, earlier trials unchanged.
     assert main(["search", str(space), "--n-trials", "6"]) == 0
-    again = {
-        r.number: r.values for r in trial_records(load_study("tiny")) if r.state == "COMPLETE"
-    }
-    assert len(again) == 6 and all(again[n] == v for n, v in first.items())
+    records = trial_records(load_study("tiny"))
+    again = {r.number: r.values for r in records if r.state == "COMPLETE"}
+    trained = [r for r in records if r.state == "COMPLETE" and r.typed.duplicate_of is None]
+    assert len(trained) == 6 and all(again[n] == v for n, v in first.items())
+    for r in records:  # a repeated layout is told its original's values, never trained
+        if r.typed.duplicate_of is not None and r.state == "COMPLETE":
+            assert r.values == again[r.typed.duplicate_of]
 
 
 def test_plain_optuna_tools_open_the_study(tmp_path, monkeypatch):

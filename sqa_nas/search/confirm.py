@@ -1,0 +1,151 @@
+"""`confirm`: retrain the front's members with fresh seeds and see which stay on it.
+
+A search ranks layouts from one training run each (or `budget.seeds`); `confirm` takes the
+first `top` trials of the Pareto front (best first objective first), retrains each with `k`
+seeds it never used (`trial.crn_seeds(..., "confirm")`: the same seeds for every trial, so
+the comparison is paired), on the executor the study's space names, and recomputes the front
+with their validation losses replaced by the confirmed means. A member *survives* when it is
+on that front. The result is stored as the study's ``confirm`` user attr (the dashboard
+shows it) and returned.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime, timezone
+from typing import Any
+
+import optuna
+
+from sqa_nas.errors import UserError
+from sqa_nas.search.executors.base import Executor
+from sqa_nas.search.pareto import pareto_front
+from sqa_nas.search.records import METHOD, TrialRecord, of_gpu_type, trial_records
+from sqa_nas.search.space import SearchSpec
+from sqa_nas.search.trial import TrialJob, TrialOutcome, crn_seeds
+from sqa_nas.stats import std
+
+
+def confirm(
+    study: optuna.Study,
+    spec: SearchSpec,
+    executor: Executor,
+    *,
+    top: int,
+    seeds: int,
+    gpu_type: str | None = None,
+    on_done: Callable[[TrialOutcome], None] | None = None,
+) -> dict[str, Any]:
+    """Retrain the first `top` front members of `study` (trials measured on `gpu_type`, or
+    all) with `seeds` fresh seeds on `executor`; store and return the ``confirm`` attr
+    (`on_done` is called with each finished retraining). `UserError` for a study measured
+    the old way or without a completed trial."""
+    if study.user_attrs.get("method", 1) != METHOD:
+        raise UserError(
+            f"study {study.study_name!r} was measured the old way (unpaired timing, a seed "
+            "per trial): retrained values would not compare with its trials; search again "
+            "under a new study name first"
+        )
+    records, _ = of_gpu_type(trial_records(study), gpu_type)
+    objectives = list(spec.objectives)
+    front = pareto_front(records, objectives)[:top]
+    if not front:
+        raise UserError(f"study {study.study_name!r} has no completed trial to confirm")
+    fresh = crn_seeds(spec, seeds, "confirm")
+    jobs = [
+        TrialJob(
+            r.number,
+            dict(r.params),
+            spec.model_dump(mode="json"),
+            r.seed_variant,
+            compile_choice=dict(study.user_attrs.get("compile_choice", {})),
+            seeds=fresh,
+        )
+        for r in front
+    ]
+    outcomes = _run_all(executor, jobs, on_done)
+    confirmed = {n: _summary(o) for n, o in outcomes.items() if o.state == "COMPLETE"}
+    # The front again, with the confirmed validation losses in place of the search's.
+    updated = []
+    for r in records:
+        if r.number in confirmed and r.values is not None:
+            values = {**r.values, "val_loss": confirmed[r.number]["val_loss_mean"]}
+            r = replace(r, values=values if "val_loss" in r.values else r.values)
+        updated.append(r)
+    on_front = {r.number for r in pareto_front(updated, objectives)}
+    for number, row in confirmed.items():
+        row["on_front"] = number in on_front
+    survivors = sorted(n for n in confirmed if n in on_front)
+    failed = sorted(n for n, o in outcomes.items() if o.state != "COMPLETE")
+    summary = (
+        f"{len(survivors)} of {len(confirmed)} front members confirmed with {seeds} fresh "
+        f"seed(s) stay on the front ({', '.join(map(str, survivors)) or 'none'})"
+        + (f"; retraining failed for {', '.join(map(str, failed))}" if failed else "")
+    )
+    result = {
+        "seeds": fresh,
+        "ended": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "summary": summary,
+        "survivors": survivors,
+        "failed": {str(n): outcomes[n].attrs.get("fail_reason") for n in failed},
+        "trials": {str(n): row for n, row in confirmed.items()},
+    }
+    study.set_user_attr("confirm", result)
+    return result
+
+
+def _run_all(
+    executor: Executor, jobs: list[TrialJob], on_done: Callable[[TrialOutcome], None] | None
+) -> dict[int, TrialOutcome]:
+    """Run `jobs` on `executor` as slots free up; their outcomes by trial number."""
+    waiting, done = list(jobs), dict[int, TrialOutcome]()
+    executor.start()
+    try:
+        while len(done) < len(jobs):
+            while waiting and executor.free_slots() > 0:
+                executor.submit(waiting.pop(0))
+            for event in executor.poll(timeout=0.5):
+                if event.kind == "done" and event.outcome is not None:
+                    done[event.number] = event.outcome
+                    if on_done:
+                        on_done(event.outcome)
+    except BaseException:
+        executor.shutdown(cancel=True)
+        raise
+    executor.shutdown()
+    return done
+
+
+def _summary(outcome: TrialOutcome) -> dict[str, Any]:
+    """Mean and spread of one retrained trial (its per-seed losses, its throughput)."""
+    m = outcome.attrs.get("metrics", {})
+    losses = m.get("val_loss_seeds") or [m["val_loss"]]
+    return {
+        "val_loss_mean": statistics.fmean(losses),
+        "val_loss_std": std(losses),
+        "val_loss_seeds": losses,
+        "throughput_mean": m.get("throughput_tokens_per_s"),
+        "throughput_rel_ci95": m.get("throughput_rel_ci95"),
+        "speedup_mean": m.get("speedup_vs_mha"),
+    }
+
+
+def confirmed_rows(front: list[TrialRecord], result: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per confirmed trial for a table: number, allocation, the search's val_loss,
+    the confirmed mean and std, seeds, survives."""
+    rows = []
+    for r in front:
+        row = result["trials"].get(str(r.number))
+        if row is None:
+            continue
+        rows.append(
+            {
+                "trial": r.number,
+                "allocation": r.allocation,
+                "search_val_loss": (r.values or {}).get("val_loss"),
+                **row,
+            }
+        )
+    return rows

@@ -1,0 +1,108 @@
+"""sqa_nas.search.confirm and `sqa-nas confirm`: the front's first K members retrained with
+fresh seeds (the same for each), the front recomputed from the confirmed means, survivors
+and the result stored in the study; bad input is one line and exit code 2."""
+
+from __future__ import annotations
+
+import pytest
+from optuna.trial import TrialState
+
+from sqa_nas.cli import main
+from sqa_nas.errors import UserError
+from sqa_nas.search.confirm import confirm
+from sqa_nas.search.driver import Driver
+from sqa_nas.search.space import parse_space
+from sqa_nas.search.trial import TrialOutcome, crn_seeds
+from tests.search.test_driver import InProcess
+from tests.search.test_search import TINY
+
+
+def _study(tmp_path, losses):
+    """A study whose trials completed with `losses` (MHA, SQA, then sampled), throughput
+    rising with the trial number, so every trial is on the front."""
+    values = iter(losses)
+
+    def outcome(job):
+        loss = next(values)
+        return TrialOutcome(
+            job.number,
+            "COMPLETE",
+            {"val_loss": loss, "throughput_tokens_per_s": 10.0 * (job.number + 1)},
+            {"allocation": f"a{job.number}", "metrics": {"val_loss": loss}},
+        )
+
+    spec = parse_space({**TINY, "study": "conf"})
+    driver = Driver(spec, InProcess(outcome), storage_url=f"sqlite:///{tmp_path}/s.db")
+    driver.run(len(losses))
+    return driver.study, spec
+
+
+def retrained(losses_by_trial):
+    """An executor whose retrainings give trial N the per-seed losses `losses_by_trial[N]`."""
+
+    def outcome(job):
+        seeds = losses_by_trial[job.number]
+        assert len(job.seeds) == len(seeds)
+        m = {"val_loss": sum(seeds) / len(seeds), "val_loss_seeds": seeds}
+        return TrialOutcome(job.number, "COMPLETE", {}, {"metrics": m})
+
+    return InProcess(outcome)
+
+
+def test_the_front_is_retrained_with_fresh_seeds_and_survivors_recomputed(tmp_path):
+    # Trials 0..2 all on the front: losses 1.0, 2.0, 3.0 with speeds 10, 20, 30.
+    study, spec = _study(tmp_path, [1.0, 2.0, 3.0])
+    executor = retrained({0: [1.0, 1.2], 1: [3.5, 3.7], 2: [2.9, 3.1]})
+    result = confirm(study, spec, executor, top=3, seeds=2)
+    jobs = executor.jobs
+    assert [j.number for j in jobs] == [0, 1, 2]
+    fresh = crn_seeds(spec, 2, "confirm")
+    assert all(j.seeds == fresh for j in jobs) and result["seeds"] == fresh
+    assert set(fresh).isdisjoint(crn_seeds(spec, 2))
+    t = result["trials"]
+    assert t["0"]["val_loss_mean"] == pytest.approx(1.1)
+    assert t["0"]["val_loss_std"] == pytest.approx(0.1414, abs=1e-4)
+    # Confirmed: 1 -> 3.6 at speed 20, 2 -> 3.0 at speed 30: trial 2 now dominates trial 1.
+    assert (t["0"]["on_front"], t["1"]["on_front"], t["2"]["on_front"]) == (True, False, True)
+    assert result["survivors"] == [0, 2]
+    assert result["summary"].startswith("2 of 3 front members confirmed with 2 fresh seed(s)")
+    assert study.user_attrs["confirm"] == result
+
+
+def test_top_limits_the_retrained_members(tmp_path):
+    study, spec = _study(tmp_path, [1.0, 2.0, 3.0])
+    executor = retrained({0: [1.0, 1.0]})
+    assert list(confirm(study, spec, executor, top=1, seeds=2)["trials"]) == ["0"]
+
+
+def test_a_study_measured_the_old_way_is_refused(tmp_path):
+    study, spec = _study(tmp_path, [1.0, 2.0])
+    study.set_user_attr("method", 1)
+    with pytest.raises(UserError, match="measured the old way"):
+        confirm(study, spec, retrained({}), top=1, seeds=2)
+
+
+def test_the_command_retrains_prints_and_stores(tmp_path, monkeypatch, capsys):
+    study, _ = _study(tmp_path, [1.0, 2.0])
+    executor = retrained({0: [1.0, 1.1], 1: [2.0, 2.2]})
+    monkeypatch.setattr("sqa_nas.cli.confirm.make_executor", lambda spec: executor)
+    url = f"sqlite:///{tmp_path}/s.db"
+    assert main(["confirm", "conf", "--storage", url, "--seeds", "2", "--top", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "1.0500 +- 0.0707" in out and "2 of 2 front members" in out
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 2  # untouched
+
+
+def test_an_unknown_study_is_one_line_and_exit_code_2(tmp_path, capsys):
+    _study(tmp_path, [1.0])
+    assert main(["confirm", "nope", "--storage", f"sqlite:///{tmp_path}/s.db"]) == 2
+    assert "no study 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags, message", [(["--seeds", "1"], "must be >= 2"), (["--top", "0"], "must be >= 1")]
+)
+def test_bad_arguments_are_one_line_and_exit_code_2(capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(["confirm", "conf", *flags])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
