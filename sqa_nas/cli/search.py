@@ -12,6 +12,7 @@ from rich.table import Table
 
 from sqa_nas.cli import console
 from sqa_nas.cli.args import positive
+from sqa_nas.data import describe_data
 from sqa_nas.errors import UserError
 from sqa_nas.search.driver import Driver
 from sqa_nas.search.executors import make_executor
@@ -94,6 +95,7 @@ def run_search_command(args: argparse.Namespace) -> int:
         f"{spec.cardinality():,} architectures, objectives "
         f"{', '.join(spec.objectives)}, storage {driver.url}"
     )
+    console.print(describe_data(spec.data), markup=False)
     result = driver.run(spec.budget.n_trials, spec.budget.max_wall_seconds)
     print_front(result.study, spec.objectives, console, getattr(args, "gpu_type", None))
     print_stats(result.stats, console)

@@ -10,7 +10,8 @@ Kinds: ``embedded`` (the stdlib's Python sources as bytes; the default, no downl
 ``text`` (local files as bytes), ``tokens`` (nanoGPT ``train.bin`` / ``val.bin``), ``hf`` (a
 Hugging Face dataset and tokenizer) and ``mqar`` (associative recall, generated). The first
 four train on random windows of a token stream (`stream`), built once into the cache
-(`cache`); ``mqar`` generates its sequences (`mqar`).
+(`cache`); ``mqar`` generates its sequences (`mqar`). How the file kinds and ``hf`` divide
+training from validation, and the line that says what was made, are in `split`.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from sqa_nas.data.spec import (
     TextSpec,
     TokensSpec,
 )
+from sqa_nas.data.split import describe_split
 from sqa_nas.data.tokens import load_tokens
 from sqa_nas.errors import UserError, first_error
 
@@ -51,6 +53,8 @@ __all__ = [
     "TokensSpec",
     "accuracy_counts",
     "cache_root",
+    "describe_data",
+    "describe_split",
     "load_dataset",
 ]
 
@@ -77,3 +81,12 @@ def load_dataset(
     if isinstance(spec, DataSpec):
         spec = spec.root
     return _LOADERS[spec.kind](spec, cache_root(cache_dir))
+
+
+def describe_data(
+    spec: DataSpec | AnySpec | Mapping[str, Any], *, cache_dir: str | Path | None = None
+) -> str:
+    """One line on the dataset of ``spec``: kind, tokens, the validation share made and the
+    one asked, and how (`split.describe_split`). Loads it as `load_dataset` does: from the
+    cache once built, so cheap."""
+    return describe_split(load_dataset(spec, cache_dir=cache_dir).meta)

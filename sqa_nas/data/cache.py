@@ -36,12 +36,13 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from sqa_nas.data.split import Split, actual_fraction, describe_split
 from sqa_nas.data.stream import TokenStream
 
 # Bump when the layout or the fingerprint definition changes; it is part of every key.
 FORMAT = 1
 
-Split = Literal["train", "val"]
+__all__ = ["Split"]  # re-exported: the builders import it from here
 
 
 def cache_root(explicit: str | Path | None = None) -> Path:
@@ -112,13 +113,16 @@ class CorpusWriter:
         self.fingerprint.add(split, name, hashlib.sha256(data).hexdigest())
 
     def finish(self, meta: dict[str, Any]) -> None:
-        """Write ``meta.json``: ``meta`` plus dtype, separator, sizes and the fingerprint."""
+        """Write ``meta.json``: ``meta`` plus dtype, separator, sizes (``tokens`` and
+        ``documents`` per split, ``val_fraction_actual``: validation's share of all tokens,
+        separators included, to 4 places) and the fingerprint."""
         meta = {
             **meta,
             "dtype": self.dtype.name,
             "separator": self.separator,
             "tokens": self.tokens,
             "documents": self.documents,
+            "val_fraction_actual": actual_fraction(self.tokens),
             "fingerprint": self.fingerprint.hexdigest(),
         }
         (self.directory / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -140,10 +144,8 @@ def cached_corpus(directory: Path, build: Callable[[Path], None]) -> TokenStream
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         corpus = open_corpus(directory)
-        tokens = corpus.meta["tokens"]
         Console(stderr=True, soft_wrap=True, highlight=False).print(
-            f"[dim]built {corpus.meta['kind']} data ({tokens['train']:,} train + "
-            f"{tokens['val']:,} val tokens): {directory}[/dim]"
+            f"{describe_split(corpus.meta)}; built in {directory}", style="dim", markup=False
         )
         return corpus
     return open_corpus(directory)

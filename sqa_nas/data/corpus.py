@@ -14,12 +14,17 @@ which includes ``pydoc_data/topics.py``, the long prose of ``help()``), and with
 Skipped names are listed in ``meta["skipped"]``. **Text**: the files or globs given, all of
 which must be UTF-8 (a binary file matched by a glob is an error, not a silent skip).
 
-Split by file: a file goes to validation when the first 8 bytes of sha256(name), read as a
-fraction of 2^64, fall below ``val_fraction``, where ``name`` is the path relative to its
-root (``stdlib/json/decoder.py``; for text files, relative to their common parent). So the
-split is the same on every machine with the same files. Should the hash leave a split empty,
-the file with the smallest hash goes to validation (largest to training). A single text file
-is split instead by bytes: its last ``val_fraction`` is validation.
+Split (`split.plan_split`, sizes in bytes of the files kept, skipped ones not counted): a
+file goes to validation when the first 8 bytes of sha256(name), read as a fraction of 2^64,
+fall below ``val_fraction``, where ``name`` is the path relative to its root
+(``stdlib/json/decoder.py``; for text files, relative to their common parent); should the hash
+leave a split empty, the file with the smallest hash goes to validation (largest to
+training). That split (``split: by_file`` in the meta) is kept when validation holds
+``val_fraction`` of the bytes to within 1 percentage point. Otherwise (few or unequal files,
+and always for a single file) files in hash order go whole to validation while they fit, and
+the next one is cut: its tail is validation, to the byte (``split: fill``; exact rule in
+`split`). Either way the split is the same on every machine with the same files, and
+``val_fraction_actual`` in the meta is the share of tokens validation got.
 
 Within a split, files are joined in name order with byte 0xFF between them: 0xFF never occurs
 in UTF-8 (RFC 3629), so it marks file boundaries without colliding with any text.
@@ -28,7 +33,6 @@ in UTF-8 (RFC 3629), so it marks file boundaries without colliding with any text
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
 import platform
 import sysconfig
@@ -38,8 +42,9 @@ from typing import Any
 
 import numpy as np
 
-from sqa_nas.data.cache import CorpusWriter, Split, cache_key, cached_corpus, progress
+from sqa_nas.data.cache import CorpusWriter, cache_key, cached_corpus, progress
 from sqa_nas.data.spec import EmbeddedSpec, TextSpec
+from sqa_nas.data.split import SPLIT_RULE, plan_split
 from sqa_nas.data.stream import TokenStream
 from sqa_nas.errors import UserError
 
@@ -128,29 +133,6 @@ def _source(name: str, path: Path) -> SourceFile:
     return SourceFile(name=name, path=path, size=stat.st_size, mtime_ns=stat.st_mtime_ns)
 
 
-def in_val(name: str, val_fraction: float) -> bool:
-    """Whether file ``name`` belongs to the validation split (see the module docstring)."""
-    return _unit_hash(name) < val_fraction
-
-
-def _unit_hash(name: str) -> float:
-    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") / 2**64
-
-
-def split_files(files: list[SourceFile], val_fraction: float) -> dict[str, Split]:
-    """name -> split for every file; both splits non-empty when there are two files or more."""
-    splits: dict[str, Split] = {
-        f.name: "val" if in_val(f.name, val_fraction) else "train" for f in files
-    }
-    if len(files) > 1:
-        by_hash = sorted(files, key=lambda f: _unit_hash(f.name))
-        if "val" not in splits.values():
-            splits[by_hash[0].name] = "val"
-        if "train" not in splits.values():
-            splits[by_hash[-1].name] = "train"
-    return splits
-
-
 def load_files(
     files: list[SourceFile], *, val_fraction: float, root: Path, meta: dict[str, Any], strict: bool
 ) -> TokenStream:
@@ -161,6 +143,7 @@ def load_files(
         {
             "kind": meta["kind"],
             "val_fraction": val_fraction,
+            "split_rule": SPLIT_RULE,
             "strict": strict,
             "files": [(f.name, str(f.path), f.size, f.mtime_ns) for f in files],
         }
@@ -169,33 +152,55 @@ def load_files(
 
     def build(directory: Path) -> None:
         skipped: dict[str, list[str]] = {"not_utf8": [], "over_2MiB": []}
-        splits = split_files(files, val_fraction)
-        with (
-            CorpusWriter(directory, dtype="uint8", separator=SEPARATOR) as writer,
-            progress(f"building the {meta['kind']} corpus", sum(f.size for f in files)) as advance,
-        ):
+        sizes: dict[str, int] = {}  # the files kept, by name
+        # Every file is read twice (page cache helps): the split needs the sizes of the files
+        # kept, and which are kept is known only once each has been decoded.
+        total = 2 * sum(f.size for f in files)
+        with progress(f"building the {meta['kind']} corpus", total) as advance:
             for f in files:
                 advance(f.size)
-                if not strict and f.size > MAX_FILE_BYTES:
-                    skipped["over_2MiB"].append(f.name)
-                    continue
-                data = f.path.read_bytes()
-                try:
-                    data.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    if strict:
-                        raise UserError(
-                            f"text data: {f.path} is not UTF-8 text (byte "
-                            f"{exc.start}: {exc.reason})"
-                        ) from None
-                    skipped["not_utf8"].append(f.name)
-                    continue
-                if len(files) == 1:  # split a single file by bytes: the tail is validation
-                    cut = int(len(data) * (1 - val_fraction))
-                    writer.add("train", f"{f.name}[:{cut}]", np.frombuffer(data[:cut], np.uint8))
-                    writer.add("val", f"{f.name}[{cut}:]", np.frombuffer(data[cut:], np.uint8))
+                reason = _skip_reason(f, strict)
+                if reason:
+                    skipped[reason].append(f.name)
                 else:
-                    writer.add(splits[f.name], f.name, np.frombuffer(data, np.uint8))
-        writer.finish({**meta, "skipped": skipped})
+                    sizes[f.name] = f.size
+            plan = plan_split(sizes, val_fraction)
+            with CorpusWriter(directory, dtype="uint8", separator=SEPARATOR) as writer:
+                for f in files:
+                    advance(f.size)
+                    if f.name not in sizes:
+                        continue
+                    data = np.frombuffer(_read(f), np.uint8)
+                    where = plan.where[f.name]
+                    if isinstance(where, int):  # cut: the head trains, the tail validates
+                        writer.add("train", f"{f.name}[:{where}]", data[:where])
+                        writer.add("val", f"{f.name}[{where}:]", data[where:])
+                    else:
+                        writer.add(where, f.name, data)
+        writer.finish({**meta, "split": plan.rule, "skipped": skipped})
 
     return cached_corpus(root / "corpus" / f"{meta['kind']}-{key}", build)
+
+
+def _skip_reason(f: SourceFile, strict: bool) -> str | None:
+    """Why the build leaves ``f`` out (``over_2MiB``, ``not_utf8``), or None to keep it;
+    ``strict``: a file that is not UTF-8 raises `UserError` instead."""
+    if not strict and f.size > MAX_FILE_BYTES:
+        return "over_2MiB"
+    try:
+        _read(f).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if strict:
+            raise UserError(
+                f"text data: {f.path} is not UTF-8 text (byte {exc.start}: {exc.reason})"
+            ) from None
+        return "not_utf8"
+    return None
+
+
+def _read(f: SourceFile) -> bytes:
+    """The bytes of ``f``, which must still have the size the cache key and the split saw."""
+    data = f.path.read_bytes()
+    if len(data) != f.size:
+        raise UserError(f"{f.path} changed while the corpus was being built; run again")
+    return data

@@ -36,8 +36,9 @@ class EmbeddedSpec(_Spec):
 
 class TextSpec(_Spec):
     """Local UTF-8 text files as bytes (vocab 256). ``paths`` are files or glob patterns
-    (``**`` recurses). Several files split by file; a single file keeps its last
-    ``val_fraction`` of bytes for validation."""
+    (``**`` recurses). Validation gets ``val_fraction`` of the bytes to within a percentage
+    point: by file when the files' hashes land that close, else whole files then the tail of
+    one (a single file keeps its last ``val_fraction``); see `split`."""
 
     kind: Literal["text"] = "text"
     paths: list[str] = Field(min_length=1)
@@ -60,7 +61,8 @@ class HFSpec(_Spec):
     """A Hugging Face dataset tokenized once with a `tokenizers` tokenizer (the ``hf`` extra).
 
     ``tokenizer`` is a Hub name or a local ``tokenizer.json``. With ``val_split: null`` the
-    validation documents are drawn from ``train_split`` by ``val_fraction``. ``eos_token``,
+    validation documents are drawn from ``train_split``: ``val_fraction`` of its tokens, to
+    within a percentage point (see `split`). ``eos_token``,
     if given, separates documents (as byte 0xFF does in the byte corpora). The cache is keyed
     by these options, not by the Hub's content: pin the dataset's ``revision`` to be sure two
     machines tokenize the same data."""

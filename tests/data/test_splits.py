@@ -5,12 +5,14 @@ whose every token says where it came from, then the windows that `train_batches`
 from __future__ import annotations
 
 import hashlib
+import re
 
 import numpy as np
 import pytest
 import torch
 
 from sqa_nas.data import load_dataset
+from sqa_nas.data.split import plan_split
 from sqa_nas.errors import UserError
 
 SEQ = 12
@@ -111,12 +113,14 @@ def test_text_files_split_by_file_and_windows_stay_in_their_split(tmp_path):
     for name, letter in zip(names, letters):
         (tmp_path / name).write_text(letter * 40)
     ds = load_dataset(
-        {"kind": "text", "paths": [str(tmp_path / "*.txt")], "val_fraction": 0.3},
+        {"kind": "text", "paths": [str(tmp_path / "*.txt")], "val_fraction": 0.25},
         cache_dir=tmp_path / "cache",
     )
-    val_letters = {c for n, c in zip(names, letters) if in_val_by_definition(n, 0.3)}
+    val_letters = {c for n, c in zip(names, letters) if in_val_by_definition(n, 0.25)}
     train_letters = set(letters) - val_letters
-    assert val_letters and train_letters  # the seed of this test: both splits hold files
+    # the seed of this test: 5 of the 20 equal files hash into validation, 25% as asked, so
+    # the split by file is kept
+    assert len(val_letters) == 5 and ds.meta["split"] == "by_file"
     assert ds.meta["documents"] == {"train": len(train_letters), "val": len(val_letters)}
     assert ds.meta["tokens"] == {"train": len(ds.train), "val": len(ds.val)}  # separators too
 
@@ -153,18 +157,51 @@ def test_token_files_boundaries_of_vocab_and_length(tmp_path):
         next(ds.train_batches(1, SEQ + 1))
 
 
+def test_files_filled_and_cut_keep_train_and_val_windows_apart(tmp_path):
+    # Unequal files of numbered lines (file k holds numbers k*100000 ...): a window's numbers
+    # say which file and which line it read. 30% by name misses (one file per side), so
+    # files fill validation in hash order and one is cut.
+    lines = {"a.txt": 300, "b.txt": 40, "c.txt": 900, "d.txt": 120}
+    for k, (name, count) in enumerate(lines.items()):
+        (tmp_path / name).write_text(numbered_text(k * 100000, count))
+    ds = load_dataset(
+        {"kind": "text", "paths": [str(tmp_path / "*.txt")], "val_fraction": 0.3},
+        cache_dir=tmp_path / "cache",
+    )
+    assert ds.meta["split"] == "fill"
+    plan = plan_split({n: 7 * c for n, c in lines.items()}, 0.3)
+    is_val = set()  # the numbers whose line lies (wholly) in validation
+    for k, (name, count) in enumerate(lines.items()):
+        where = plan.where[name]
+        first_val = 0 if where == "val" else count if where == "train" else -(-where // 7)
+        is_val |= {k * 100000 + i for i in range(first_val, count)}
+    assert 0 < len(is_val) < sum(lines.values())
+
+    def numbers(window: list[int]) -> set[int]:
+        # every number has 6 digits, so a run of 6 is a whole one; 13 bytes hold one at least
+        found = {int(m) for m in re.findall(rb"\d{6}", bytes(window))}
+        assert found
+        return found
+
+    for w in train_windows(ds):
+        assert not numbers(w) & is_val, "a training window reads a validation line"
+    for w in windows(ds.val_batches(8, SEQ, 20)):
+        assert numbers(w) <= is_val, "a validation window reads a training line"
+
+
 @pytest.mark.parametrize("fraction, lone", [(1e-9, "val"), (1 - 1e-9, "train")])
-def test_a_split_the_hash_leaves_empty_gets_the_extreme_file(tmp_path, fraction, lone):
-    # Every file hashes to one side: validation takes the smallest hash, training the largest.
+def test_a_split_rounded_to_nothing_keeps_a_byte_of_the_extreme_file(tmp_path, fraction, lone):
+    # 5 files of 30 bytes: validation's share rounds to no byte (or to all of them), so the
+    # split keeps one byte on that side: the last byte of the file of smallest hash in
+    # validation, or the first byte of the file of largest hash in training.
     names = [f"doc{i}.txt" for i in range(5)]
     for i, name in enumerate(names):
         (tmp_path / name).write_text(chr(ord("a") + i) * 30)
-    assert all((unit_hash(n) < fraction) == (lone == "train") for n in names)
     ds = load_dataset(
         {"kind": "text", "paths": [str(tmp_path / "*.txt")], "val_fraction": fraction},
         cache_dir=tmp_path / "cache",
     )
     pick = min(names, key=unit_hash) if lone == "val" else max(names, key=unit_hash)
     alone = bytes(ds.val if lone == "val" else ds.train)
-    assert alone == chr(ord("a") + names.index(pick)).encode() * 30
-    assert ds.meta["documents"][lone] == 1
+    assert alone == chr(ord("a") + names.index(pick)).encode()
+    assert ds.meta["documents"][lone] == 1 and ds.meta["split"] == "fill"
