@@ -88,7 +88,7 @@ def init_or_check(
 
 def corpus_summary(meta: dict[str, Any]) -> dict[str, Any]:
     """The corpus facts a study keeps (kind, vocabulary and sizes) from a dataset's meta."""
-    keep = ("kind", "vocab_size", "tokens", "documents", "bytes")
+    keep: tuple[str, ...] = ("kind", "vocab_size", "tokens", "documents", "bytes")
     keep += ("val_fraction", "val_fraction_actual", "split")  # the split asked and made
     return {k: meta[k] for k in keep if k in meta}
 
