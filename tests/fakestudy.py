@@ -49,8 +49,15 @@ def make_study(
     objectives=("val_loss", "throughput_tokens_per_s"),
     failed: int = 2,
     running: int = 1,
+    noise: dict | None = None,
+    measured: bool = False,
 ) -> optuna.Study:
+    """`n` completed trials (the seed baselines first), `failed` failed and `running` left
+    running. `noise`: the study's ``noise`` attr. `measured`: trials carry paired-timing
+    intervals (every fifth flagged ``noisy_throughput``, its interval +-7%) and trial 0 is
+    the noise trial (three seeds)."""
     rnd = random.Random(seed)
+    spread = random.Random(seed + 1)  # apart from `rnd`: the same trials with or without
     # Seeded like `rnd`: the same arguments give the same trials (for a given optuna).
     sampler = (
         optuna.samplers.NSGAIISampler(seed=seed)
@@ -67,6 +74,8 @@ def make_study(
     study.set_user_attr("sqa_nas", {"format": FORMAT, "version": "test"})
     study.set_user_attr("objectives", list(objectives))
     study.set_user_attr("corpus", {"kind": "embedded", "fingerprint": "f" * 16})
+    if noise is not None:
+        study.set_user_attr("noise", noise)
     dist = optuna.distributions.CategoricalDistribution
     space = {
         f"layer{i}.{k}": dist(c) for i in range(4) for k, c in (("heads", HEADS), ("mask", MASKS))
@@ -127,7 +136,24 @@ def make_study(
             "params": cost.params,
             "attention_flops": cost.attn_flops,
         }
-        trial.set_user_attr("metrics", metrics | {"perplexity": 2.718**val_loss, "accuracy": 0.4})
+        extra = {"perplexity": 2.718**val_loss, "accuracy": 0.4}
+        if measured:
+            half = 0.07 if number % 5 == 4 else spread.uniform(0.005, 0.03)
+            extra |= {
+                "throughput_rel_ci95": half,
+                "speedup_ci95": [
+                    cost.speedup_vs_mha * (1 - half),
+                    cost.speedup_vs_mha * (1 + half),
+                ],
+                "throughput_rounds": 12,
+                "noisy_throughput": half > 0.05,
+            }
+            if number == 0:
+                losses = [val_loss + d for d in (-0.02, 0.0, 0.02)]
+                extra |= {"val_loss_seeds": losses, "val_loss_std": 0.02}
+                trial.set_user_attr("seeds", [0, 1, 2])
+                trial.set_user_attr("noise_trial", True)
+        trial.set_user_attr("metrics", metrics | extra)
         trial.set_user_attr("curve", [[s, s * 1024, 5.0 - s / 10] for s in range(0, 30, 5)])
         study.tell(trial, [metrics[o] for o in objectives])
     return study

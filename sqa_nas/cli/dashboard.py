@@ -75,7 +75,12 @@ def run_dashboard_command(args) -> int:
     source = StorageSource(args.study, args.storage)
     records = source.records()
     view = StudyView(
-        records, source.objectives, source.directions, gpu_type=args.gpu_type, runs=source.runs()
+        records,
+        source.objectives,
+        source.directions,
+        gpu_type=args.gpu_type,
+        runs=source.runs(),
+        study_attrs=source.study_attrs(),
     )
     axes = _axes(view, args.x_axis, args.y_axis)
     picked = None

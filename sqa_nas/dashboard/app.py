@@ -12,9 +12,10 @@ import importlib
 import importlib.util
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from rich.text import Text
-from textual import work
+from textual import events, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
@@ -29,8 +30,11 @@ from sqa_nas.errors import UserError
 from sqa_nas.search.figures import RunStats
 from sqa_nas.search.records import TrialRecord
 
-# Trial number and state of every trial: a reload that changes neither redraws nothing.
+# Trial number and state of every trial: a reload that changes neither (nor the runs' figures
+# nor the study attrs the view reads) redraws nothing.
 Signature = tuple[tuple[int, str], ...]
+VIEW_ATTRS = ("noise", "confirm")  # the study attrs a `StudyView` reads
+COMPACT_BELOW = 40  # screen rows: below this the search panel keeps its key rows only
 
 
 class Scatter(Widget):
@@ -67,7 +71,7 @@ class Dashboard(App):
     #top { height: 3fr; }
     #scatter { width: 3fr; border: round $primary; }
     #detail-box { width: 2fr; border: round $secondary; }
-    #progress { height: auto; max-height: 10; padding: 0 1; border: round $secondary; }
+    #progress { height: auto; max-height: 16; padding: 0 1; border: round $secondary; }
     #trials { height: 2fr; border: round $secondary; }
     """
     BINDINGS = [
@@ -99,6 +103,7 @@ class Dashboard(App):
         self.source = source
         self.records = records if records is not None else source.records()
         self.runs = source.runs()
+        self.attrs = _view_attrs(source.study_attrs())
         self.signature: Signature = _signature(self.records)
         self.gpu_type = gpu_type
         self.view = self._make_view()
@@ -119,9 +124,10 @@ class Dashboard(App):
             self.source.objectives,
             self.source.directions,
             gpu_type=self.gpu_type,
-            now=datetime.now(),
+            now=datetime.now(),  # Optuna's clock
             runs=self.runs,
-        )  # Optuna's clock
+            study_attrs=self.attrs,
+        )
 
     # ---------------------------------------------------------------------------- layout
     def compose(self) -> ComposeResult:
@@ -160,13 +166,16 @@ class Dashboard(App):
         thousands of trials, and the UI keeps answering keys meanwhile."""
         try:
             records, runs = self.source.records(), self.source.runs()
+            attrs = _view_attrs(self.source.study_attrs())
         except Exception as exc:  # a locked or vanished database: say so, keep the old data
             self.call_from_thread(
                 self.notify, f"reload failed: {exc}", severity="warning", markup=False
             )
-            records, runs = None, self.runs
+            records, runs, attrs = None, self.runs, self.attrs
         view = None
-        if records is not None and (_signature(records) != self.signature or runs != self.runs):
+        if records is not None and (
+            _signature(records) != self.signature or runs != self.runs or attrs != self.attrs
+        ):
             view = StudyView(
                 records,
                 self.source.objectives,
@@ -174,18 +183,24 @@ class Dashboard(App):
                 gpu_type=self.gpu_type,
                 now=datetime.now(),
                 runs=runs,
+                study_attrs=attrs,
             )
             view.sorted_records(self.sort_key, self.sort_reverse, front_only=self.front_only)
             view.progress(self.axes)
-        self.call_from_thread(self._loaded, records, runs, view)
+        self.call_from_thread(self._loaded, records, runs, attrs, view)
 
     def _loaded(
-        self, records: list[TrialRecord] | None, runs: list[RunStats], view: StudyView | None
+        self,
+        records: list[TrialRecord] | None,
+        runs: list[RunStats],
+        attrs: dict[str, Any],
+        view: StudyView | None,
     ) -> None:
         self._loading = False
         if records is None or view is None:
             return
         self.records, self.signature, self.runs = records, _signature(records), runs
+        self.attrs = attrs
         # The GPU filter may have changed while the worker built the view.
         self.view = view if view.gpu_type == self.gpu_type else self._make_view()
         self.reloads += 1
@@ -218,10 +233,17 @@ class Dashboard(App):
         )
 
     def draw_progress(self) -> None:
+        """The search panel; on a short screen (`COMPACT_BELOW` rows) its key rows only."""
         title = f"{self.source.name}" + (" · Pareto only" if self.front_only else "")
+        compact = 0 < self.size.height < COMPACT_BELOW
         self.query_one("#progress", Static).update(
-            render.summary(self.view, self.view.progress(self.axes), title=title)
+            render.summary(self.view, self.view.progress(self.axes), title=title, compact=compact)
         )
+
+    def on_resize(self, event: events.Resize) -> None:
+        """Redraw the search panel: the screen's height decides how much of it shows."""
+        if self.query("#progress"):  # composed
+            self.draw_progress()
 
     def draw_selection(self) -> None:
         """Show the selected trial's detail and mark it on the scatter."""
@@ -363,3 +385,8 @@ def _export_function():
 
 def _signature(records: list[TrialRecord]) -> Signature:
     return tuple((r.number, r.state) for r in records)
+
+
+def _view_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+    """The study attrs the view reads (`VIEW_ATTRS`): a reload compares them."""
+    return {k: attrs[k] for k in VIEW_ATTRS if k in attrs}

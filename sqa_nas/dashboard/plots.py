@@ -4,17 +4,26 @@ metrics, draw the front in colour, dim dominated trials and label the seed basel
 (MHA, GQA, SQA, sSQA, xSQA).
 
 "On the front" means non-dominated over all the study's objectives; when the two axes are
-exactly those objectives the front's staircase is drawn as well.
+exactly those objectives the front's staircase is drawn as well. Trials the study's noise
+cannot tell apart from the front (`Verdict.indistinguishable`) are drawn apart from the
+dominated ones, and every point gets a +-2 sigma error bar per axis where its spread is
+known (`spread.error_bar`): light '─' / '│' behind the dots in the terminal, matplotlib
+error bars in the PNG. A repeat of another trial's layout is not a point of its own.
 """
 
 from __future__ import annotations
 
 from itertools import groupby
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 
 from sqa_nas.dashboard.view import StudyView, fmt_number
+from sqa_nas.search.noise import K_SIGMA
+
+if TYPE_CHECKING:  # matplotlib is optional: imported where a figure is made
+    from matplotlib.figure import Figure
 
 # Braille cell: 2 x 4 dots; bit of the dot at (column, row) (Unicode's dot numbering).
 _DOT = {
@@ -28,7 +37,8 @@ _DOT = {
     (1, 3): 0x80,
 }
 _Y_LABEL = 9  # width of the y tick labels
-_MARKS = "●◆◉"
+_MARKS = "●◆◉○"
+_BAR = {"h": "─", "v": "│", "hv": "┼"}  # error bars: horizontal, vertical, crossing
 
 
 def axis_label(view: StudyView, metric: str) -> str:
@@ -45,17 +55,21 @@ def _limits(values: list[float]) -> tuple[float, float]:
 def text_scatter(
     view: StudyView, x: str, y: str, width: int, height: int, *, selected: int | None = None
 ) -> Text:
-    """A `width` x `height` character plot: dim braille dots for dominated trials, green ●
-    for the front (and its staircase), magenta ◆ plus a name for baselines, a yellow ◉ for
-    the selected trial."""
+    """A `width` x `height` character plot: dim braille dots for dominated trials, a cyan ○
+    for those within noise of the front, green ● for the front (and its staircase),
+    magenta ◆ plus a name for baselines, a yellow ◉ for the selected trial; grey ─ and │
+    error bars (+-2 sigma) behind them."""
     width, height = max(width, _Y_LABEL + 12), max(height, 6)
     pts = view.points(x, y)
+    bars = {r.number: (view.error_bar(r, x, vx), view.error_bar(r, y, vy)) for r, vx, vy in pts}
     title = Text(f"{axis_label(view, y)}  vs  {axis_label(view, x)}", "bold")
     legend = Text.assemble(
         ("● Pareto", "bold green"),
         ("  ⠂ dominated", "grey50"),
         ("  ◆ baseline", "magenta"),
         ("  ◉ selected", "bold yellow"),
+        ("  ○ within noise" if view.close_numbers else "", "bold cyan"),
+        ("  ─│ ±2σ" if any(a or b for a, b in bars.values()) else "", "grey50"),
         (f"  GPU {view.gpu_type}" if view.gpu_type else "", "italic"),
     )
     out = Text(no_wrap=True, overflow="crop")
@@ -83,13 +97,25 @@ def text_scatter(
         cell[layer] |= _DOT[(dx % 2, dy % 4)]
 
     marks: dict[tuple[int, int], tuple[str, str]] = {}  # cell -> (glyph, style)
+    lines: dict[tuple[int, int], set[str]] = {}  # cell -> error bar directions, "h", "v"
     labels: list[tuple[tuple[int, int], str]] = []
     front, sel = [], None
     for r, vx, vy in pts:
         dx, dy = dot(vx, vy)
+        bar_x, bar_y = bars[r.number]
+        if bar_x:  # along the point's row, from the left end's cell to the right end's
+            start, end = dot(vx - bar_x[0], vy)[0] // 2, dot(vx + bar_x[1], vy)[0] // 2
+            for cx in range(max(0, start), min(cols - 1, end) + 1):
+                lines.setdefault((cx, dy // 4), set()).add("h")
+        if bar_y:  # along its column, from the top end's cell (y grows upwards) down
+            top, bottom = dot(vx, vy + bar_y[1])[1] // 4, dot(vx, vy - bar_y[0])[1] // 4
+            for cy in range(max(0, top), min(rows - 1, bottom) + 1):
+                lines.setdefault((dx // 2, cy), set()).add("v")
         if view.on_front(r):
             front.append((dx, dy))
             marks[(dx // 2, dy // 4)] = ("●", "bold green")
+        elif view.within_noise(r):
+            marks[(dx // 2, dy // 4)] = ("○", "bold cyan")
         else:
             plot(dx, dy, 0)
         if r.seed_variant:
@@ -103,6 +129,9 @@ def text_scatter(
         _staircase(sorted(front), plot, view, x, y)
 
     grid: list[list[tuple[str, str]]] = [[(" ", "")] * cols for _ in range(rows)]
+    for (cx, cy), directions in lines.items():  # behind the dots and the marks
+        if 0 <= cx < cols and 0 <= cy < rows:
+            grid[cy][cx] = (_BAR["".join(sorted(directions))], "grey39")
     for (cx, cy), (bits_dim, bits_front) in dots.items():
         if 0 <= cx < cols and 0 <= cy < rows:
             grid[cy][cx] = (
@@ -170,85 +199,139 @@ def write_png(
     title: str = "",
     selected: int | None = None,
 ) -> Path:
-    """The same scatter as a PNG (matplotlib, Agg): dominated trials grey, the front in
-    colour with its staircase, baselines labelled."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """`pareto_figure` saved as a PNG at `path` (".png" added when it has no suffix);
+    returns the path written."""
     path = Path(path)
     path = path if path.suffix else path.with_suffix(".png")  # what matplotlib would write
     path.parent.mkdir(parents=True, exist_ok=True)
-    pts = view.points(x, y)
-    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
-    try:
-        dominated = [(vx, vy) for r, vx, vy in pts if not view.on_front(r)]
-        front = sorted((vx, vy) for r, vx, vy in pts if view.on_front(r))
-        if dominated:
-            dx, dy = zip(*dominated)
-            ax.scatter(dx, dy, s=14, color="0.7", label="dominated", zorder=2)
-        if front:
-            fx, fy = zip(*front)
-            ax.scatter(fx, fy, s=36, color="tab:green", label="Pareto front", zorder=3)
-            if set(view.objectives) == {x, y} and len(front) > 1:
-                x_min = view.direction(x) == "minimize"  # see _staircase
-                ax.step(
-                    *zip(*front),
-                    where="post" if x_min else "pre",
-                    color="tab:green",
-                    alpha=0.5,
-                    zorder=2,
-                )
-        for r, vx, vy in pts:
-            if r.seed_variant:  # a green rim when the baseline is on the front
-                ax.scatter(
-                    [vx],
-                    [vy],
-                    s=60,
-                    marker="D",
-                    color="tab:purple",
-                    zorder=4,
-                    edgecolors="tab:green" if view.on_front(r) else "none",
-                    linewidths=2,
-                )
-                ax.annotate(
-                    r.seed_variant,
-                    (vx, vy),
-                    xytext=(6, 4),
-                    textcoords="offset points",
-                    color="tab:purple",
-                    fontsize=9,
-                )
-            if r.number == selected:
-                ax.scatter(
-                    [vx],
-                    [vy],
-                    s=160,
-                    facecolors="none",
-                    edgecolors="tab:orange",
-                    linewidths=2,
-                    zorder=5,
-                    label=f"trial #{r.number}",
-                )
-        if not pts:
-            ax.text(
-                0.5,
-                0.5,
-                "no completed trial yet",
-                transform=ax.transAxes,
-                ha="center",
-                va="center",
-                color="0.4",
-            )
-        ax.set_xlabel(axis_label(view, x))
-        ax.set_ylabel(axis_label(view, y))
-        ax.set_title(title or "Pareto front")
-        ax.grid(True, alpha=0.3)
-        if pts:
-            ax.legend(loc="best", fontsize=8)
-        fig.tight_layout()
-        fig.savefig(path)
-    finally:
-        plt.close(fig)
+    pareto_figure(view, x, y, title=title, selected=selected).savefig(path)
     return path
+
+
+def pareto_figure(
+    view: StudyView, x: str, y: str, *, title: str = "", selected: int | None = None
+) -> Figure:
+    """The same scatter as a matplotlib figure (no pyplot: nothing global to close):
+    dominated trials grey, those within noise of the front hollow cyan, the front in
+    colour with its staircase, baselines labelled, trial `selected` circled; +-2 sigma
+    error bars on both axes where known."""
+    from matplotlib.figure import Figure  # optional: only --png needs matplotlib
+
+    pts = view.points(x, y)
+    fig = Figure(figsize=(8, 5.5), dpi=120)
+    ax = fig.add_subplot()
+    dominated = [p for p in pts if not view.on_front(p[0]) and not view.within_noise(p[0])]
+    close = [p for p in pts if view.within_noise(p[0])]
+    front_pts = sorted((p for p in pts if view.on_front(p[0])), key=lambda p: (p[1], p[2]))
+    close_style: dict[str, Any] = dict(facecolors="none", edgecolors="tab:cyan", linewidths=1.5)
+    styles: tuple[tuple[list, str, dict[str, Any]], ...] = (
+        (dominated, "0.8", dict(s=14, color="0.7", label="dominated", zorder=2)),
+        (
+            close,
+            "tab:cyan",
+            close_style | dict(s=30, label=f"within {K_SIGMA:g}σ of the front", zorder=3),
+        ),
+        (front_pts, "tab:green", dict(s=36, color="tab:green", label="Pareto front", zorder=3)),
+    )
+    bars_label: str | None = f"±{K_SIGMA:g}σ where known"  # one legend entry for the bars
+    for group, colour, style in styles:  # the points, their error bars' colour, their style
+        if group:
+            if _error_bars(ax, view, group, x, y, colour, bars_label):
+                bars_label = None
+            ax.scatter([p[1] for p in group], [p[2] for p in group], **style)
+    front = [(vx, vy) for _, vx, vy in front_pts]
+    if set(view.objectives) == {x, y} and len(front) > 1:
+        x_min = view.direction(x) == "minimize"  # see _staircase
+        ax.step(
+            *zip(*front), where="post" if x_min else "pre", color="tab:green", alpha=0.5, zorder=2
+        )
+    for r, vx, vy in pts:
+        if r.seed_variant:  # a green rim when the baseline is on the front
+            ax.scatter(
+                [vx],
+                [vy],
+                s=60,
+                marker="D",
+                color="tab:purple",
+                zorder=4,
+                edgecolors="tab:green" if view.on_front(r) else "none",
+                linewidths=2,
+            )
+            ax.annotate(
+                r.seed_variant,
+                (vx, vy),
+                xytext=(6, 4),
+                textcoords="offset points",
+                color="tab:purple",
+                fontsize=9,
+            )
+        if r.number == selected:
+            ax.scatter(
+                [vx],
+                [vy],
+                s=160,
+                facecolors="none",
+                edgecolors="tab:orange",
+                linewidths=2,
+                zorder=5,
+                label=f"trial #{r.number}",
+            )
+    if not pts:
+        ax.text(
+            0.5,
+            0.5,
+            "no completed trial yet",
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            color="0.4",
+        )
+    ax.set_xlabel(axis_label(view, x))
+    ax.set_ylabel(axis_label(view, y))
+    ax.set_title(f"{title or 'Pareto front'}\n{verdict_line(view)}", fontsize=11)
+    ax.grid(True, alpha=0.3)
+    if pts:
+        ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _error_bars(
+    ax, view: StudyView, group, x: str, y: str, colour: str, label: str | None
+) -> bool:
+    """One `errorbar` call (an ErrorbarContainer, `label` in the legend) for the points of
+    `group` that have a bar on either axis, a missing one drawn as zero; False when none
+    has a bar."""
+    rows = []
+    for r, vx, vy in group:
+        bx, by = view.error_bar(r, x, vx), view.error_bar(r, y, vy)
+        if bx or by:
+            rows.append((vx, vy, bx or (0.0, 0.0), by or (0.0, 0.0)))
+    if not rows:
+        return False
+    xs, ys, bxs, bys = zip(*rows)
+    ax.errorbar(
+        xs,
+        ys,
+        xerr=[[b[0] for b in bxs], [b[1] for b in bxs]] if any(map(any, bxs)) else None,
+        yerr=[[b[0] for b in bys], [b[1] for b in bys]] if any(map(any, bys)) else None,
+        fmt="none",
+        ecolor=colour,
+        elinewidth=0.8,
+        alpha=0.7,
+        zorder=1,
+        label=label,
+    )
+    return True
+
+
+def verdict_line(view: StudyView) -> str:
+    """The front's verdict in a few words, for a figure's title (`Verdict.summary` is the
+    sentence)."""
+    verdict = view.verdict
+    if not verdict.measured:
+        return "noise not measured: not known whether the front is resolved"
+    if verdict.indistinguishable:
+        n = len(verdict.indistinguishable)
+        return f"front NOT resolved: {n} trial{'' if n == 1 else 's'} within {K_SIGMA:g}σ of it"
+    return f"front resolved: every other trial more than {K_SIGMA:g}σ behind it"

@@ -4,11 +4,13 @@ Pareto table, and a trial's detail (per-layer strip, analytics, training curve).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from sqa_nas.dashboard.spread import noisy_note
 from sqa_nas.dashboard.view import Progress, StudyView, fmt_number
 from sqa_nas.search.figures import RunStats
 from sqa_nas.search.records import LayerRecord, TrialRecord
@@ -40,19 +42,22 @@ def sparkline(
     return "".join(BARS[0 if span <= 0 else min(7, int((v - lo) / span * 7.999))] for v in values)
 
 
-def summary(view: StudyView, progress: Progress, *, title: str) -> Table:
-    """Counts, rate, the last run's GPU figures, front size, hypervolume trend and the
-    pickers' choices."""
+def summary(view: StudyView, progress: Progress, *, title: str, compact: bool = False) -> Table:
+    """Counts, rate, the last run's GPU figures, front size, whether the noise resolves the
+    front (`Verdict.summary`, which names the noise floor), the last `sqa-nas confirm`,
+    hypervolume trend and the pickers' choices. `compact` (a short terminal) keeps the
+    trial counts, the front, the verdict and the confirm result."""
     c = progress.counts
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
-    grid.add_row("study", title)
-    objectives = ", ".join(
-        f"{o} ({'↓' if d == 'minimize' else '↑'})"
-        for o, d in zip(view.objectives, view.directions)
-    )
-    grid.add_row("objectives", objectives)
+    if not compact:
+        grid.add_row("study", title)
+        objectives = ", ".join(
+            f"{o} ({'↓' if d == 'minimize' else '↑'})"
+            for o, d in zip(view.objectives, view.directions)
+        )
+        grid.add_row("objectives", objectives)
     states = Text()
     for state in ("COMPLETE", "RUNNING", "FAIL", "PRUNED", "WAITING"):
         if c[state] or state in ("COMPLETE", "RUNNING", "FAIL"):
@@ -62,14 +67,25 @@ def summary(view: StudyView, progress: Progress, *, title: str) -> Table:
     if view.gpu_type:
         states.append(f"  (GPU {view.gpu_type} only)", "italic")
     grid.add_row("trials", states)
-    rate = "-" if progress.per_hour is None else f"{progress.per_hour:.1f}/h overall"
-    grid.add_row("rate", f"{rate}, {progress.last_hour} in the last hour")
-    grid.add_row("GPU", run_figures(view.run))
+    if not compact:
+        rate = "-" if progress.per_hour is None else f"{progress.per_hour:.1f}/h overall"
+        grid.add_row("rate", f"{rate}, {progress.last_hour} in the last hour")
+        grid.add_row("GPU", run_figures(view.run))
     grid.add_row(
         "front",
         f"{len(view.front)} Pareto-optimal of "
         f"{sum(1 for r in view.records if r.state == 'COMPLETE')} done",
     )
+    # compact: one line each, cut with an ellipsis (the sentence opens with the verdict)
+    cut: dict[str, Any] = dict(no_wrap=True, overflow="ellipsis") if compact else {}
+    verdict = view.verdict
+    grid.add_row(
+        "noise", Text(verdict.summary(), "green" if verdict.resolved else "yellow", **cut)
+    )
+    if view.confirmation is not None:
+        grid.add_row("confirm", confirm_line(view, **cut))
+    if compact:
+        return grid
     if progress.hv_axes:
         hv = progress.hypervolume
         line = Text(sparkline(hv, 40, 0.0, 1.0), "green")
@@ -82,6 +98,20 @@ def summary(view: StudyView, progress: Progress, *, title: str) -> Table:
             picks.append(f"{spec} #{view.pick(spec).number}")
         grid.add_row("picks", " · ".join(picks))
     return grid
+
+
+def confirm_line(view: StudyView, **text: Any) -> Text:
+    """The last `sqa-nas confirm`: its summary, seeds and end time (`text`: `Text`'s
+    options, e.g. no_wrap)."""
+    confirmed = view.confirmation
+    assert confirmed is not None
+    line = Text(confirmed.summary or f"trials {confirmed.survivors} survive on the front", **text)
+    k = len(confirmed.seeds)
+    ended = (confirmed.ended or "")[:16].replace("T", " ")
+    when = ", ".join(x for x in (f"{k} seed{'' if k == 1 else 's'}" if k else "", ended) if x)
+    if when:
+        line.append(f"  ({when})", "dim")
+    return line
 
 
 def run_figures(run: RunStats | None) -> Text:
@@ -125,11 +155,16 @@ def pareto_table(
             justify="left" if col.key in ("allocation", "gpu", "seed") else "right",
             overflow="fold",
         )
+    shown = [i for i, c in enumerate(view.columns) if c.key not in ("state", "front")]
     for r in rows:
         style = "bold yellow" if r.number == highlight else None
-        table.add_row(*(col.text(col.value(r)) for col in cols), style=style)
+        texts = view.cells(r)[1]  # with the noisy-timing notes
+        table.add_row(*(texts[i] for i in shown), style=style)
     if not rows:
         table.add_row(*(["-"] + [""] * (len(cols) - 1)))
+    if any(noisy_note(r, c.key) for r in rows for c in cols):
+        table.caption = "±N%: noisy throughput, its 95% interval stayed wider than the target"
+        table.caption_justify = "left"
     return table
 
 
@@ -180,6 +215,8 @@ def detail(view: StudyView, r: TrialRecord | None) -> RenderableType:
     head.append(r.state, STATE_STYLE.get(r.state, ""))
     if view.on_front(r):
         head.append("  ★ Pareto", "bold green")
+    elif view.within_noise(r):
+        head.append("  ≈ within noise of the front", "bold cyan")
     if r.seed_variant:
         head.append(f"  baseline {r.seed_variant}", "magenta")
     if r.gpu_type:
@@ -189,6 +226,14 @@ def detail(view: StudyView, r: TrialRecord | None) -> RenderableType:
         parts.append(Text(f"failed: {r.fail_reason}", "red"))
     if r.infeasible:
         parts.append(Text("infeasible: " + "; ".join(r.infeasible), "red"))
+    if r.typed.duplicate_of is not None:
+        parts.append(
+            Text(
+                f"= trial {r.typed.duplicate_of}: the same layout, told its values "
+                "(not trained again, not a point of its own)",
+                "cyan",
+            )
+        )
     parts += [Text(""), layer_strip(r), Text("")]
 
     numbers = Table.grid(padding=(0, 2))
@@ -219,6 +264,7 @@ def detail(view: StudyView, r: TrialRecord | None) -> RenderableType:
         pair = shown[i : i + 2] + [("", "")] * (2 - len(shown[i : i + 2]))
         numbers.add_row(pair[0][0], pair[0][1], pair[1][0], pair[1][1])
     parts.append(numbers)
+    parts += certainty(view, r)
 
     curve = r.curve
     losses = [loss for _, _, loss in curve]
@@ -233,3 +279,31 @@ def detail(view: StudyView, r: TrialRecord | None) -> RenderableType:
     if r.timings.total_s is not None:
         parts.append(Text(f"took {r.timings.total_s:.1f} s", "dim"))
     return Group(*parts)
+
+
+def certainty(view: StudyView, r: TrialRecord) -> list[Text]:
+    """How sure the trial's figures are: its seeds' spread, its timing's 95% intervals
+    (a noisy one flagged), and what `sqa-nas confirm` found for it."""
+    m, lines = r.metrics, []
+    seeds = m.val_loss_seeds or []
+    if len(seeds) >= 2 and m.val_loss is not None and m.val_loss_std is not None:
+        line = f"val_loss {m.val_loss:.4g} ± {m.val_loss_std:.3g} over {len(seeds)} seeds"
+        lines.append(Text(line + ("  (the study's noise trial)" if r.typed.noise_trial else "")))
+    timing = []
+    if m.noisy_throughput:
+        half = m.throughput_rel_ci95
+        noisy = "noisy throughput" + ("" if half is None else f": 95% CI ±{half:.0%}")
+        lines.append(Text(noisy, "bold yellow"))
+    elif m.throughput_rel_ci95 is not None:
+        timing.append(f"throughput 95% CI ±{m.throughput_rel_ci95:.1%}")
+    if m.speedup_ci95 is not None:
+        timing.append(f"speedup 95% CI {m.speedup_ci95[0]:.3g}-{m.speedup_ci95[1]:.3g}x")
+    if m.throughput_rounds:
+        timing.append(f"{m.throughput_rounds} paired rounds")
+    if timing:
+        lines.append(Text(", ".join(timing), "dim"))
+    confirmed = view.confirmation.of(r.number) if view.confirmation else None
+    if confirmed is not None:
+        style = "green" if confirmed.on_front else "yellow"
+        lines.append(Text(f"confirmed: {confirmed.describe()}", style))
+    return lines

@@ -1,5 +1,6 @@
 """The static outputs: `--once` (a rich snapshot: summary and Pareto table, plus the picked
-trial) and `--json` (the front as a JSON list)."""
+trial) and `--json` (the front as a JSON object: the front's trials, the noise floor and
+whether it resolves the front, the last `sqa-nas confirm`)."""
 
 from __future__ import annotations
 
@@ -47,27 +48,52 @@ def snapshot(
     return Group(*parts)
 
 
-def front_json(view: StudyView) -> list[dict[str, Any]]:
-    """One object per Pareto trial, best first objective first."""
-    return [
-        {
-            "number": r.number,
-            "values": dict(r.values or {}),
-            "params": r.params,
-            "allocation": r.allocation,
-            "layers": [x.stored() for x in r.layers],
-            "seed_variant": r.seed_variant,
-            "gpu_type": r.gpu_type,
-            "analytics": r.analytics.stored(),
-            "metrics": r.metrics.stored(),
-        }
-        for r in view.front
-    ]
+def view_json(view: StudyView) -> dict[str, Any]:
+    """What `--json` writes: ``objectives`` and ``directions``; ``gpu_type`` (the filter, or
+    null); ``noise`` (the study's `Noise`, unmeasured: ``n`` 0); ``resolved`` and ``verdict``
+    (`Verdict.resolved`, `Verdict.summary`); ``indistinguishable`` (trial numbers off the
+    front but within noise of it); ``confirm`` (the study's last `sqa-nas confirm`, or
+    null); ``front``: one object per Pareto trial, best first objective first."""
+    confirmed = view.confirmation
+    return {
+        "objectives": view.objectives,
+        "directions": view.directions,
+        "gpu_type": view.gpu_type,
+        "noise": view.noise.model_dump(mode="json"),
+        "resolved": view.verdict.resolved,
+        "verdict": view.verdict.summary(),
+        "indistinguishable": [r.number for r in view.verdict.indistinguishable],
+        "confirm": None if confirmed is None else confirmed.model_dump(mode="json"),
+        "front": [trial_json(r) for r in view.front],
+    }
+
+
+def trial_json(r: TrialRecord) -> dict[str, Any]:
+    """One trial: number, values, params, allocation, layers, seed variant, GPU type,
+    analytics and metrics, and its spread on top level (seeds' std, timing intervals, the
+    noisy flag, the trial whose layout it repeats)."""
+    m = r.metrics
+    return {
+        "number": r.number,
+        "values": dict(r.values or {}),
+        "params": r.params,
+        "allocation": r.allocation,
+        "layers": [x.stored() for x in r.layers],
+        "seed_variant": r.seed_variant,
+        "gpu_type": r.gpu_type,
+        "analytics": r.analytics.stored(),
+        "metrics": m.stored(),
+        "val_loss_std": m.val_loss_std,
+        "throughput_rel_ci95": m.throughput_rel_ci95,
+        "speedup_ci95": None if m.speedup_ci95 is None else list(m.speedup_ci95),
+        "noisy_throughput": bool(m.noisy_throughput),
+        "duplicate_of": r.typed.duplicate_of,
+    }
 
 
 def write_json(view: StudyView, path: str) -> Path | None:
     """`path` '-' writes to stdout (returns None)."""
-    text = json.dumps(front_json(view), indent=2, sort_keys=False, default=str)
+    text = json.dumps(view_json(view), indent=2, sort_keys=False, default=str)
     if path == "-":
         sys.stdout.write(text + "\n")
         return None

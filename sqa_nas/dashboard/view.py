@@ -2,24 +2,30 @@
 the per-trial columns, the search's progress. No rich or Textual here, so the interactive
 app, `--once`, `--json` and `--png` all read the same numbers.
 
-A `Source` yields the records: `StorageSource` reads an Optuna storage (and re-reads it on
-every refresh; Optuna's cached storage only re-fetches unfinished trials), `MemorySource`
-holds a list (tests, benchmarks of the renderer).
+A `Source` yields the records and the study's user attrs: `StorageSource` reads an Optuna
+storage (and re-reads it on every refresh; Optuna's cached storage only re-fetches unfinished
+trials), `MemorySource` holds a list (tests, benchmarks of the renderer).
+
+The front is read against the study's noise floor (`sqa_nas.search.noise`): the view keeps
+the `Verdict` (resolved or not, the trials within noise of the front), each point's error
+bars (`spread.error_bar`) and the study's `sqa-nas confirm` results.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
 from typing import Any
 
+from sqa_nas.dashboard.spread import TIMED, Bar, Confirmation, error_bar, noisy_note, read_noise
 from sqa_nas.errors import UserError
 from sqa_nas.search.figures import RunStats, run_stats
-from sqa_nas.search.pareto import hypervolume_history, pareto_front, pick
+from sqa_nas.search.noise import assess
+from sqa_nas.search.pareto import hypervolume_history, pick
 from sqa_nas.search.records import (
     OBJECTIVES,
     TrialRecord,
@@ -57,6 +63,10 @@ class Source:
         """The figures of the search runs, oldest first (none by default)."""
         return []
 
+    def study_attrs(self) -> dict[str, Any]:
+        """The study's user attrs, read afresh (``noise``, ``confirm``, ...; none by default)."""
+        return {}
+
 
 class StorageSource(Source):
     """The trials of a study in an Optuna storage (default: its ``runs/<name>/study.db``)."""
@@ -80,9 +90,13 @@ class StorageSource(Source):
         """The study's ``executor_stats``, read afresh (Optuna re-reads user attrs)."""
         return run_stats(self.study.user_attrs.get("executor_stats"))
 
+    def study_attrs(self) -> dict[str, Any]:
+        return dict(self.study.user_attrs)
+
 
 class MemorySource(Source):
-    """Trials already in memory, with their objectives (directions default to the known ones)."""
+    """Trials already in memory, with their objectives (directions default to the known ones)
+    and the study attrs to show (e.g. ``{"noise": {...}}``; none: the noise is unmeasured)."""
 
     def __init__(
         self,
@@ -91,17 +105,22 @@ class MemorySource(Source):
         records: list[TrialRecord],
         directions: Sequence[str] | None = None,
         runs: Sequence[RunStats] = (),
+        attrs: Mapping[str, Any] | None = None,
     ):
         self.name, self.where = name, "memory"
         self.objectives = list(objectives)
         self.directions = list(directions or [OBJECTIVES[o] for o in objectives])
         self._records, self._runs = records, list(runs)
+        self._attrs = dict(attrs or {})
 
     def records(self) -> list[TrialRecord]:
         return list(self._records)
 
     def runs(self) -> list[RunStats]:
         return list(self._runs)
+
+    def study_attrs(self) -> dict[str, Any]:
+        return dict(self._attrs)
 
 
 @dataclass(frozen=True)
@@ -112,6 +131,7 @@ class Column:
     label: str
     value: Callable[[TrialRecord], Any]  # a number or a string; None sorts last
     text: Callable[[Any], str]
+    note: Callable[[TrialRecord], str] | None = None  # appended to the cell's text
 
 
 @dataclass(frozen=True)
@@ -128,7 +148,9 @@ class Progress:
 class StudyView:
     """The records of one reload, optionally restricted to one GPU type, and everything the
     dashboard derives from them; `run` is the last search run's figures (`Source.runs`),
-    None before any run recorded them."""
+    None before any run recorded them. `study_attrs` (`Source.study_attrs`) gives the
+    study's noise floor (`noise`, unmeasured without one), hence the front's `verdict`, and
+    its `confirmation` (None until `sqa-nas confirm` ran)."""
 
     def __init__(
         self,
@@ -139,6 +161,7 @@ class StudyView:
         gpu_type: str | None = None,
         now: datetime | None = None,
         runs: Sequence[RunStats] = (),
+        study_attrs: Mapping[str, Any] | None = None,
     ):
         self.run = runs[-1] if runs else None
         self.all_records = list(records)
@@ -146,8 +169,13 @@ class StudyView:
         self.gpu_type = gpu_type
         self.objectives = list(objectives)
         self.directions = list(directions)
-        self.front = pareto_front(self.records, self.objectives, self.directions)
+        attrs = study_attrs or {}
+        self.noise = read_noise(attrs)
+        self.confirmation = Confirmation.read(attrs)
+        self.verdict = assess(self.records, self.objectives, self.noise, self.directions)
+        self.front = self.verdict.front
         self.front_numbers = {r.number for r in self.front}
+        self.close_numbers = {r.number for r in self.verdict.indistinguishable}
         self.by_number = {r.number: r for r in self.records}
         self.now = now
         # per-view memos: a view lives for one reload, and redraws (axis switch, sort,
@@ -193,10 +221,11 @@ class StudyView:
         return None
 
     def points(self, x: str, y: str) -> list[tuple[TrialRecord, float, float]]:
-        """Completed, feasible trials with finite values on both axes."""
+        """Completed, feasible trials with finite values on both axes; a repeat of another
+        trial's layout (``duplicate_of``) is not a point of its own."""
         out = []
         for r in self.records:
-            if r.state != "COMPLETE" or not r.feasible:
+            if r.state != "COMPLETE" or not r.feasible or r.typed.duplicate_of is not None:
                 continue
             vx, vy = self.value(r, x), self.value(r, y)
             if vx is not None and vy is not None:
@@ -207,6 +236,24 @@ class StudyView:
         """Whether `r` is on the Pareto front of the objectives."""
         return r.number in self.front_numbers
 
+    def within_noise(self, r: TrialRecord) -> bool:
+        """Whether `r` is off the front but indistinguishable from it (`Verdict`)."""
+        return r.number in self.close_numbers
+
+    def error_bar(self, r: TrialRecord, metric: str, value: float) -> Bar | None:
+        """The +-2 sigma bar of `r` at `value` on `metric` (`spread.error_bar`)."""
+        return error_bar(r, metric, value, self.noise)
+
+    def standing(self, r: TrialRecord) -> str:
+        """The front column: ★ on the front, ≈ within noise of it, '= trial N' for a repeat
+        of trial N's layout (told its values), else empty."""
+        if self.on_front(r):
+            return "★"
+        if self.within_noise(r):
+            return "≈"
+        original = r.typed.duplicate_of
+        return "" if original is None else f"= trial {original}"
+
     # ------------------------------------------------------------------------- columns
     @cached_property
     def columns(self) -> list[Column]:
@@ -216,18 +263,21 @@ class StudyView:
         def metric(m):
             return lambda r: self.value(r, m)
 
+        def noisy(m):  # ' ±7%' after a timed figure whose interval stayed wide
+            return (lambda r: noisy_note(r, m)) if m in TIMED else None
+
         cols = [
             Column("number", "#", lambda r: r.number, str),
             Column("state", "state", lambda r: r.state, str),
-            Column("front", "front", lambda r: "★" if self.on_front(r) else "", str),
+            Column("front", "front", self.standing, str),
             Column("seed", "seed", lambda r: r.seed_variant or "", str),
         ]
         cols += [
-            Column(o, f"{o} {'↓' if d == 'minimize' else '↑'}", metric(o), fmt_number)
+            Column(o, f"{o} {'↓' if d == 'minimize' else '↑'}", metric(o), fmt_number, noisy(o))
             for o, d in zip(self.objectives, self.directions)
         ]
         cols += [
-            Column(m, label, metric(m), text)
+            Column(m, label, metric(m), text, noisy(m))
             for m, label, text in (
                 ("params", "params", fmt_number),
                 ("kv_cache_bytes", "KV B/token", fmt_number),
@@ -248,7 +298,7 @@ class StudyView:
             values = [c.value(r) for c in self.columns]
             got = self._cells[r.number] = (
                 values,
-                [c.text(v) for c, v in zip(self.columns, values)],
+                [c.text(v) + (c.note(r) if c.note else "") for c, v in zip(self.columns, values)],
             )
         return got
 

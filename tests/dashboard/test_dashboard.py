@@ -380,7 +380,12 @@ def test_png_without_a_suffix_gets_one_and_says_so(storage, tmp_path, capsys):
 def test_json_lists_the_front_with_values_params_and_layers(storage, tmp_path):
     out = tmp_path / "front.json"
     assert main(["dashboard", "demo", "--storage", storage, "--json", str(out)]) == 0
-    front = json.loads(out.read_text())
+    doc = json.loads(out.read_text())
+    front = doc["front"]
+    # the fake study has no noise trial: the front is not known to be resolved
+    assert doc["noise"]["n"] == 0 and doc["resolved"] is False
+    assert doc["verdict"].startswith("Not known whether the front is resolved")
+    assert doc["indistinguishable"] == [] and doc["confirm"] is None
     records = {r.number: r for r in trial_records(load_study("demo", storage))}
     assert {item["number"] for item in front} == brute.front(records.values(), OBJ)
     for item in front:
