@@ -1,6 +1,5 @@
 """How sure each point of the dashboard is: the +-2 sigma error bar of a trial on one
-metric, the note on a noisy timing, the study's noise floor as read, and the results of
-`sqa-nas confirm` kept in the study (``confirm`` user attr).
+metric, the note on a noisy timing, and the study's noise floor as read.
 
 A bar's half-extent on each side is `K_SIGMA` standard deviations, the same distance the
 study's `Verdict` uses to call a trial indistinguishable from the front, so a trial whose
@@ -22,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from sqa_nas.search.noise import K_SIGMA, Noise
 from sqa_nas.search.records import TrialRecord, finite
@@ -84,60 +83,3 @@ def read_noise(study_attrs: Mapping[str, Any]) -> Noise:
         return Noise.read(dict(study_attrs))
     except ValidationError:
         return Noise(reason="the study's noise attr does not parse")
-
-
-class ConfirmedTrial(BaseModel):
-    """One front member retrained by `sqa-nas confirm` with fresh seeds."""
-
-    model_config = ConfigDict(extra="allow")
-
-    val_loss_mean: float | None = None
-    val_loss_std: float | None = None
-    val_loss_seeds: list[float] = []  # one per seed of `Confirmation.seeds`
-    throughput_mean: float | None = None  # tokens/s
-    throughput_rel_std: float | None = None
-    speedup_mean: float | None = None
-    on_front: bool | None = None  # on the front of the confirmed values
-
-    def describe(self) -> str:
-        """'val_loss 1.712 ± 0.011 over 3 seeds (survives on the front)'."""
-        k = len(self.val_loss_seeds)
-        if self.val_loss_mean is None:
-            line = "no val_loss"
-        else:
-            spread = "" if self.val_loss_std is None else f" ± {self.val_loss_std:.3g}"
-            line = f"val_loss {self.val_loss_mean:.4g}{spread}"
-        if k:
-            line += f" over {k} seed{'' if k == 1 else 's'}"
-        if self.on_front is not None:
-            line += " (survives on the front)" if self.on_front else " (drops off the front)"
-        return line
-
-
-class Confirmation(BaseModel):
-    """The study's last `sqa-nas confirm`: the seeds it trained with, when it ended, its
-    one-sentence summary, the trials that stay on the front, and each retrained trial."""
-
-    model_config = ConfigDict(extra="allow")
-
-    seeds: list[int] = []
-    ended: str | None = None  # ISO 8601
-    summary: str | None = None
-    survivors: list[int] = []  # trial numbers
-    trials: dict[int, ConfirmedTrial] = {}  # by trial number (stored as JSON string keys)
-
-    @classmethod
-    def read(cls, study_attrs: Mapping[str, Any]) -> Confirmation | None:
-        """The study's ``confirm`` attr, None when there is none or it does not parse (a
-        reader never stops on one odd attr)."""
-        stored = study_attrs.get("confirm")
-        if not isinstance(stored, dict):
-            return None
-        try:
-            return cls.model_validate(stored)
-        except ValidationError:
-            return None
-
-    def of(self, number: int) -> ConfirmedTrial | None:
-        """Trial `number`'s confirmed figures, None when it was not retrained."""
-        return self.trials.get(number)

@@ -21,8 +21,9 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any
 
-from sqa_nas.dashboard.spread import TIMED, Bar, Confirmation, error_bar, noisy_note, read_noise
+from sqa_nas.dashboard.spread import TIMED, Bar, error_bar, noisy_note, read_noise
 from sqa_nas.errors import UserError
+from sqa_nas.search.confirm import Confirmation
 from sqa_nas.search.figures import RunStats, run_stats
 from sqa_nas.search.noise import assess
 from sqa_nas.search.pareto import hypervolume_history, pick

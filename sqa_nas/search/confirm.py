@@ -6,18 +6,19 @@ seeds it never used (`trial.crn_seeds(..., "confirm")`: the same seeds for every
 the comparison is paired), on the executor the study's space names, and recomputes the front
 with their validation losses replaced by the confirmed means. A member *survives* when it is
 on that front. The result is stored as the study's ``confirm`` user attr (the dashboard
-shows it) and returned.
+shows it) and returned; `Confirmation` reads it back.
 """
 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
 import optuna
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from sqa_nas.errors import UserError
 from sqa_nas.search.executors.base import Executor
@@ -149,3 +150,60 @@ def confirmed_rows(front: list[TrialRecord], result: dict[str, Any]) -> list[dic
             }
         )
     return rows
+
+
+class ConfirmedTrial(BaseModel):
+    """One front member retrained by `sqa-nas confirm` with fresh seeds."""
+
+    model_config = ConfigDict(extra="allow")
+
+    val_loss_mean: float | None = None
+    val_loss_std: float | None = None
+    val_loss_seeds: list[float] = []  # one per seed of `Confirmation.seeds`
+    throughput_mean: float | None = None  # tokens/s
+    throughput_rel_ci95: float | None = None  # of the retrained trial's timing
+    speedup_mean: float | None = None
+    on_front: bool | None = None  # on the front of the confirmed values
+
+    def describe(self) -> str:
+        """'val_loss 1.712 ± 0.011 over 3 seeds (survives on the front)'."""
+        k = len(self.val_loss_seeds)
+        if self.val_loss_mean is None:
+            line = "no val_loss"
+        else:
+            spread = "" if self.val_loss_std is None else f" ± {self.val_loss_std:.3g}"
+            line = f"val_loss {self.val_loss_mean:.4g}{spread}"
+        if k:
+            line += f" over {k} seed{'' if k == 1 else 's'}"
+        if self.on_front is not None:
+            line += " (survives on the front)" if self.on_front else " (drops off the front)"
+        return line
+
+
+class Confirmation(BaseModel):
+    """The study's last `sqa-nas confirm`: the seeds it trained with, when it ended, its
+    one-sentence summary, the trials that stay on the front, and each retrained trial."""
+
+    model_config = ConfigDict(extra="allow")
+
+    seeds: list[int] = []
+    ended: str | None = None  # ISO 8601
+    summary: str | None = None
+    survivors: list[int] = []  # trial numbers
+    trials: dict[int, ConfirmedTrial] = {}  # by trial number (stored as JSON string keys)
+
+    @classmethod
+    def read(cls, study_attrs: Mapping[str, Any]) -> Confirmation | None:
+        """The study's ``confirm`` attr, None when there is none or it does not parse (a
+        reader never stops on one odd attr)."""
+        stored = study_attrs.get("confirm")
+        if not isinstance(stored, dict):
+            return None
+        try:
+            return cls.model_validate(stored)
+        except ValidationError:
+            return None
+
+    def of(self, number: int) -> ConfirmedTrial | None:
+        """Trial `number`'s confirmed figures, None when it was not retrained."""
+        return self.trials.get(number)

@@ -202,6 +202,9 @@ def _evaluate(
     if noise_n:
         seeds = crn_seeds(spec, max(noise_n, len(seeds)))
         record.noise_trial = True
+    elif job.noise_seeds is not None:  # auto, on a CPU: say so once, in the study
+        reason = "off on the CPU (budget.noise_seeds: auto; set a number to measure it)"
+        outcome.noise = Noise(n=0, reason=reason).model_dump()
     record.seeds = seeds
     t0 = time.perf_counter()
     data = _dataset(json.dumps(spec.data.model_dump(mode="json"), sort_keys=True))

@@ -9,7 +9,7 @@ from optuna.trial import TrialState
 
 from sqa_nas.cli import main
 from sqa_nas.errors import UserError
-from sqa_nas.search.confirm import confirm
+from sqa_nas.search.confirm import Confirmation, confirm
 from sqa_nas.search.driver import Driver
 from sqa_nas.search.space import parse_space
 from sqa_nas.search.trial import TrialOutcome, crn_seeds
@@ -106,3 +106,13 @@ def test_bad_arguments_are_one_line_and_exit_code_2(capsys, flags, message):
     with pytest.raises(SystemExit) as exit_:
         main(["confirm", "conf", *flags])
     assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_stored_result_reads_back_as_the_dashboard_shows_it(tmp_path):
+    study, spec = _study(tmp_path, [1.0, 2.0])
+    confirm(study, spec, retrained({0: [1.0, 1.2], 1: [2.0, 2.0]}), top=2, seeds=2)
+    read = Confirmation.read(study.user_attrs)
+    assert read is not None and read.survivors == [0, 1]
+    first = read.of(0)
+    assert first is not None
+    assert first.describe() == "val_loss 1.1 ± 0.141 over 2 seeds (survives on the front)"

@@ -132,7 +132,8 @@ def test_the_noise_trial_trains_and_times_every_seed_and_reports_the_spread(stan
     # On a CPU "auto" leaves the noise off: an ordinary trial.
     stand_ins["train"].clear()
     auto = _run(spec, variant="MHA", noise="auto")
-    assert auto.state == "COMPLETE" and auto.noise is None
+    assert auto.state == "COMPLETE" and auto.noise["n"] == 0
+    assert "off on the CPU" in auto.noise["reason"]
     assert len(stand_ins["train"]) == 1
 
 
