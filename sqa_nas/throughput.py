@@ -25,7 +25,8 @@ from sqa_nas.stats import log_ratio_ci95
 from sqa_nas.timing import time_call
 from sqa_nas.train import ThroughputConfig, TrainStep
 
-WARMUP_S = 0.5  # least warm-up time of a step timed for the first time in this process
+WARMUP_S = 0.5  # least warm-up time of the first step timed on a device in this process
+_warmed: dict[str, bool] = {}  # devices this process has timed a step on
 MIN_ROUNDS = 3
 MAX_ROUNDS = 200
 
@@ -112,9 +113,10 @@ def measure(
     model, is left out) in rounds of ``cfg.repeats`` calls, paired with `reference` when
     given, until the intervals `watch` names are within ``cfg.ci_target`` or
     ``cfg.max_seconds`` pass (`paired_rounds`; a search watches its objectives'). Each step is
-    warmed first: ``cfg.warmup`` calls, and `WARMUP_S` seconds the first time it is timed in
-    this process (first calls pay kernel selection, allocator growth, oneDNN primitives).
-    Leaves no gradients behind."""
+    warmed first: ``cfg.warmup`` calls (one for a step timed before, such as a worker's MHA
+    reference), and at least `WARMUP_S` seconds for the first step timed on the device in
+    this process (first calls pay kernel selection, allocator growth, oneDNN primitives; a
+    new shape's own first call is among the warm-up calls). Leaves no gradients behind."""
     tokens = cfg.batch_size * cfg.seq_len
     steps = [s for s in (step, reference) if s is not None]
 
@@ -128,12 +130,13 @@ def measure(
             if cfg.backward:
                 loss.backward()
 
-        deadline = time.perf_counter() + (0.0 if s.timed else WARMUP_S)
+        first = not _warmed.get(str(device))
+        deadline = time.perf_counter() + (WARMUP_S if first else 0.0)
         calls = 0
-        while calls < cfg.warmup or time.perf_counter() < deadline:
+        while calls < (1 if s.timed else cfg.warmup) or time.perf_counter() < deadline:
             call(None)
             calls += 1
-        s.timed = True
+        s.timed = _warmed[str(device)] = True
         return lambda: statistics.median(
             time_call(call, device=device, warmup=0, repeats=cfg.repeats)
         )

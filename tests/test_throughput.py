@@ -142,6 +142,11 @@ def test_measure_warms_each_step_then_times_them_in_pairs(monkeypatch, backward)
     assert {(x[1], x[2]) for x in seen} == {(backward, backward)}
     assert all(p.grad is None for p in [*model.parameters(), *reference.parameters()])
     assert a.timed and b.timed
+    # The next trial's step against the same reference: it warms fully, the reference once.
+    seen.clear()
+    fake.medians = [1.0, 2.0, 2.0, 1.0, 1.0, 2.0]
+    measure(TrainStep(model, CPU, 12), cfg, CPU, b)
+    assert [x[0] for x in seen[:3]] == [True, True, False] and len(seen) == 3 + 6
 
 
 def test_a_wide_interval_is_flagged_noisy():

@@ -7,8 +7,8 @@ reader of those entries (`RunStats`), for the search's summary and the dashboard
   meanwhile: it is not GPU work. Entries written before the rename hold ``busy_fraction``
   (and ``_by_worker``, ``_by_gpu``, ``_to_end``, ``_to_end_by_gpu``); they read the same.
 - ``train_step_share``: per device, the share of the run's wall time during which it was
-  inside a trial's training loop (the union of its trials' `Timings.train_window`, clipped to
-  the run); overall, the mean over the devices that trained.
+  inside a trial's training loop (the union of its trials' `Timings.train_windows`, one per
+  seed, else `train_window`, clipped to the run); overall, the mean over the devices that trained.
 - ``nvml_util_mean``: NVML's GPU utilisation over the run's wall time (`GpuSampler`), per GPU
   of this host that the trials use and their mean; None where there is none, with
   ``nvml_note`` saying why (a CPU search, no NVML) or what the figure leaves out (a Ray
@@ -96,12 +96,13 @@ class RunMeter:
     def add(self, attrs: Mapping[str, Any]) -> None:
         """Note a told trial's training window, from its attrs (`device`, `timings`)."""
         try:
-            window = Timings.model_validate(attrs.get("timings") or {}).train_window
+            timings = Timings.model_validate(attrs.get("timings") or {})
         except ValidationError:
             return
+        windows = timings.train_windows or [w for w in [timings.train_window] if w]
         key = device_key(attrs)
-        if window is not None and key is not None:
-            self.windows.setdefault(key, []).append(window)
+        if windows and key is not None:
+            self.windows.setdefault(key, []).extend(windows)
 
     def stats(self) -> dict[str, Any]:
         """The figures `RunStats` reads: ``wall_s``, ``nvml_util_mean`` (0-1 or None),

@@ -157,6 +157,7 @@ class Timings(_Record):
     throughput_s: float | None = None
     train_s: float | None = None
     train_window: tuple[float, float] | None = None  # train() ran from, to (time.time())
+    train_windows: list[tuple[float, float]] | None = None  # each seed's, with several
     eval_s: float | None = None
     total_s: float | None = None
     window_wait_s: float | None = None  # of throughput_s: waiting to time alone (GPU shared)

@@ -349,8 +349,11 @@ def _train(
         t0 = time.perf_counter()
         scores = evaluate(model, data, cfg, device)
         timings.eval_s = (timings.eval_s or 0.0) + time.perf_counter() - t0
-    if timings.train_window is None:
-        timings.train_window = (ended - result.seconds, ended)  # the step loop, for the share
+    window = (ended - result.seconds, ended)  # the step loop, for the training-step share
+    if timings.train_window is not None:
+        timings.train_windows = [*(timings.train_windows or [timings.train_window]), window]
+    else:
+        timings.train_window = window
         record.curve = result.curve
         metrics.train_steps, metrics.train_tokens = result.steps, result.tokens
         metrics.train_tokens_per_s = round(result.tokens_per_s, 1)

@@ -127,6 +127,7 @@ def test_the_noise_trial_trains_and_times_every_seed_and_reports_the_spread(stan
     assert noise["throughput_rel_std"] == pytest.approx(rel)
     assert noise["speedup_rel_std"] == pytest.approx(rel)  # the reference is fixed here
     assert out.attrs["noise_trial"] is True
+    assert len(out.attrs["timings"]["train_windows"]) == 3  # each seed's loop, for the share
     # The objective is the first measurement's, as for any trial.
     assert out.values["speedup_vs_mha"] == pytest.approx(2.0)
     # On a CPU "auto" leaves the noise off: an ordinary trial.
