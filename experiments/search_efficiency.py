@@ -11,7 +11,8 @@ achieved training tokens/s against the trial's measured step throughput.
     python -m experiments.search_efficiency --smoke                    # CPU, seconds
 
 Runs: ``eager`` (compile: false), ``auto`` (compile: auto, the default), ``auto-x2`` (compile
-auto, two trials per GPU: `execution.trials_per_gpu: 2`). Writes
+auto, two trials per GPU: `execution.trials_per_gpu: 2`), ``eager-x2`` (compile: false, two
+trials per GPU). Writes
 experiments/results/search_efficiency_<gpu>.json and a PNG of utilisation over time;
 ``--merge`` joins result files of several sessions (a later file's run of the same label and
 tokens per trial replaces the earlier one).
@@ -42,6 +43,7 @@ RUNS = {
     "eager": {"compile": False, "trials_per_gpu": 1},
     "auto": {"compile": "auto", "trials_per_gpu": 1},
     "auto-x2": {"compile": "auto", "trials_per_gpu": 2},
+    "eager-x2": {"compile": False, "trials_per_gpu": 2},
 }
 
 
