@@ -82,6 +82,7 @@ def run(tokens: int, n_trials: int, noise_seeds: int, top: int, seeds: int, smok
             for r in records
         ]
         return {
+            "experiment": "noise_floor",
             "tokens_per_trial": tokens,
             "n_trials": n_trials,
             "objectives": objectives,

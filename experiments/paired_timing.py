@@ -110,7 +110,13 @@ def measure(runs: int, load: int, smoke: bool) -> dict[str, Any]:
                 key: [min(x[key] for x in sel), max(x[key] for x in sel)]
                 for key in ("speedup_vs_mha", "unpaired_speedup", "throughput_tokens_per_s")
             } | {"median_throughput_s": statistics.median(x["throughput_s"] for x in sel)}
-    return {"competing_processes": load, "runs": runs, "rows": rows, "summary": summary}
+    return {
+        "experiment": "paired_timing",
+        "competing_processes": load,
+        "runs": runs,
+        "rows": rows,
+        "summary": summary,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,6 @@
 """Write docs/results.md from the committed result files of the quality experiments
-(paper_table1_*.json, light_sqa_*.json, per_layer_*.json; smoke runs are skipped).
+(paper_table1_*.json, light_sqa_*.json, per_layer_*.json) and of the objectives' noise
+(noise_*.json, paired_timing_*.json); smoke runs are skipped.
 
     python -m experiments.results_report
 """
@@ -154,6 +155,107 @@ def per_layer(d: dict) -> str:
     return "\n".join(lines)
 
 
+def noise(d: dict) -> str:
+    """The noise floor of a search and the confirm of its front (`noise_floor`)."""
+    n, v, c = d["noise"], d["verdict"], d.get("confirm") or {}
+    by_number = {t["number"]: t for t in d["trials"]}
+    lines = [
+        f"### The noise floor of a search, and its front confirmed ({_machine(d)})",
+        "",
+        f"`paper_dense.yaml` at {d['tokens_per_trial']:,} training tokens per trial, "
+        f"{d['n_trials']} trials (objectives {', '.join(d['objectives'])}), then `sqa-nas "
+        f"confirm` of its front with {len(c.get('seeds', []))} fresh seeds. Command: "
+        f"`{d['command']}` ({d['search_s']:.0f} s search, {d['confirm_s']:.0f} s confirm).",
+        "",
+        f"Noise, from the MHA baseline trained with {n['n']} seeds: val_loss sigma "
+        f"{n['val_loss_std']:.4f}; throughput {n['throughput_rel_std']:.2%} and speedup "
+        f"{n['speedup_rel_std']:.2%} (relative std of {n['n']} paired timings).",
+        "",
+        f"Verdict: {v['summary']}",
+        "",
+        "| trial | baseline | per-layer H_q/H_kv | val_loss (search) | speedup vs MHA "
+        "| confirmed val_loss (mean ± std) | on the front |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    confirmed = c.get("trials", {})
+    for number in v["front"] + v["indistinguishable"]:
+        t = by_number[number]
+        row = confirmed.get(str(number))
+        mean = f"{row['val_loss_mean']:.4f} ± {row['val_loss_std']:.4f}" if row else ""
+        where = "yes" if number in v["front"] else "within 2 sigma"
+        if row:
+            where += ", confirmed" if row["on_front"] else ", drops off when confirmed"
+        lines.append(
+            f"| {number} | {t['seed_variant'] or ''} | {t['allocation']} | "
+            f"{t['values']['val_loss']:.4f} | {t['metrics'].get('speedup_vs_mha', 0):.3f} | "
+            f"{mean} | {where} |"
+        )
+    if c:
+        lines += ["", f"Confirm: {c['summary']}."]
+    # What it means, from the figures above.
+    seeds = [t["values"]["val_loss"] for t in d["trials"] if t["seed_variant"] and t["values"]]
+    speeds = [t["metrics"]["speedup_vs_mha"] for t in d["trials"] if t["values"]]
+    sigma = n["val_loss_std"]
+    lines += [
+        "",
+        f"What it means: the timing noise ({n['speedup_rel_std']:.2%} of a speedup) is "
+        f"{(max(speeds) - min(speeds)) / max(n['speedup_rel_std'] * max(speeds), 1e-9):.0f} "
+        "times smaller "
+        f"than the spread of the trials' speedups ({min(speeds):.2f}-{max(speeds):.2f}x), so "
+        "on this GPU the speed axis is resolved; the quality axis is not: one seed's "
+        f"val_loss sigma ({sigma:.3f}) is {sigma / (max(seeds) - min(seeds)):.0%} of the "
+        f"whole spread of the baselines ({min(seeds):.3f}-{max(seeds):.3f}).",
+    ]
+    for number, row in confirmed.items():
+        t = by_number[int(number)]
+        shift = (row["val_loss_mean"] - t["values"]["val_loss"]) / sigma
+        lines.append(
+            f"Trial {number}'s search val_loss {t['values']['val_loss']:.4f} sits "
+            f"{abs(shift):.1f} sigma {'below' if shift > 0 else 'above'} its confirmed mean "
+            f"{row['val_loss_mean']:.4f}."
+        )
+    return "\n".join(lines)
+
+
+def paired(d: dict) -> str:
+    """Paired timing alone and under a competing load (`paired_timing`)."""
+    lines = [
+        f"### The speedup objective under a competing load ({_machine(d)})",
+        "",
+        f"The quickstart's MHA and xSQA seed trials timed by the search's trial code, "
+        f"{d['runs']} times each, alone and with {d['competing_processes']} CPU-bound "
+        f"processes competing for the cores. Command: `{d['command']}`. "
+        '"Unpaired" is what a trial would have reported before paired timing: its '
+        "tokens/s over an MHA reference measured once, alone.",
+        "",
+        "| condition | variant | paired speedup (range over runs) | unpaired speedup | "
+        "median timing s | flagged noisy |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, s in d["summary"].items():
+        condition, variant = key.split("/")
+        rows = [r for r in d["rows"] if r["condition"] == condition and r["variant"] == variant]
+        noisy = sum(bool(r["noisy_throughput"]) for r in rows)
+        lo, hi = s["speedup_vs_mha"]
+        ulo, uhi = s["unpaired_speedup"]
+        lines.append(
+            f"| {condition} | {variant} | {lo:.3f}-{hi:.3f} | {ulo:.3f}-{uhi:.3f} | "
+            f"{s['median_throughput_s']:.1f} | {noisy} of {len(rows)} |"
+        )
+    alone, loaded = d["summary"]["alone/MHA"], d["summary"]["competing/MHA"]
+    lines += [
+        "",
+        f"What it means: under the load the MHA trial's paired speedup over its own MHA "
+        f"reference stays {loaded['speedup_vs_mha'][0]:.2f}-{loaded['speedup_vs_mha'][1]:.2f} "
+        f"(alone {alone['speedup_vs_mha'][0]:.2f}-{alone['speedup_vs_mha'][1]:.2f}), where "
+        f"the unpaired ratio falls to {loaded['unpaired_speedup'][0]:.2f}-"
+        f"{loaded['unpaired_speedup'][1]:.2f}. Pairing does not make a loaded machine exact: "
+        "the other rows show how far a layout's paired speedup moved under the load, and "
+        "a timing whose interval stayed wider than the target is flagged noisy.",
+    ]
+    return "\n".join(lines)
+
+
 def render(results: Path) -> str:
     parts = [
         "# Results",
@@ -167,8 +269,13 @@ def render(results: Path) -> str:
         if "smoke" in path.name:
             continue
         data = json.loads(path.read_text())
-        kind = data.get("experiment")
-        if kind == "paper_table1":
+        # Files written before they named their experiment: by their name.
+        kind = data.get("experiment") or {"noise": "noise_floor"}.get(path.stem.split("_")[0])
+        if kind == "noise_floor":
+            parts.append(noise(data))
+        elif kind == "paired_timing":
+            parts.append(paired(data))
+        elif kind == "paper_table1":
             parts.append(table1(data))
         elif kind == "light_sqa":
             png = path.with_suffix(".png")

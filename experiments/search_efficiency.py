@@ -158,7 +158,8 @@ def main(argv=None) -> int:
         # A later file's run replaces an earlier one of the same label and budget.
         by_key = {(r["label"], r["tokens_per_trial"]): r for f in files for r in f["runs"]}
         runs = list(by_key.values())
-        sources = [f.get("command") for f in files]  # the commands that measured them
+        # The commands that measured them (a merged file's own sources, not its merge).
+        sources = [c for f in files for c in f.get("merged_from") or [f.get("command")]]
         payload = {"runs": runs, "merged_from": sources}
         write_result("search_efficiency", payload, args.out, machine=files[0]["machine"])
         return 0

@@ -39,3 +39,20 @@ def test_paired_timing_smoke_records_both_conditions(tmp_path):
         low, high = r["speedup_ci95"]
         assert low <= r["speedup_vs_mha"] <= high and r["rounds"] >= 2
     assert set(result["summary"]) == {"alone/MHA", "alone/xSQA", "competing/MHA", "competing/xSQA"}
+
+
+def test_the_report_renders_the_committed_noise_and_timing_results():
+    from experiments import results_report
+    from experiments.common import RESULTS
+
+    noise = json.loads((RESULTS / "noise_h200.json").read_text())
+    text = results_report.noise(noise)
+    assert noise["verdict"]["summary"] in text
+    for number in noise["verdict"]["front"]:
+        assert f"| {number} |" in text
+    assert "times smaller than the spread" in text
+    paired = json.loads((RESULTS / "paired_timing_cpu.json").read_text())
+    text = results_report.paired(paired)
+    low, high = paired["summary"]["competing/MHA"]["speedup_vs_mha"]
+    assert f"| competing | MHA | {low:.3f}-{high:.3f} |" in text
+    assert 0.8 <= low <= high <= 1.25  # the bar: MHA against itself under load
