@@ -8,7 +8,7 @@ with CPU-bound processes competing for every core, several times each.
 Per run it records the paired speedup and its 95% interval, the trial's tokens/s and its
 interval, the rounds and seconds the timing took, the noisy flag, and what an unpaired
 measurement would have reported: the trial's tokens/s divided by the MHA reference measured
-once, alone (how speedups were taken before). Writes
+once, alone (how speedups were taken before). Writes (``timings``: one entry per run)
 experiments/results/paired_timing_<gpu or cpu>.json.
 """
 
@@ -114,7 +114,7 @@ def measure(runs: int, load: int, smoke: bool) -> dict[str, Any]:
         "experiment": "paired_timing",
         "competing_processes": load,
         "runs": runs,
-        "rows": rows,
+        "timings": rows,
         "summary": summary,
     }
 

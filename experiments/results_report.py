@@ -234,7 +234,7 @@ def paired(d: dict) -> str:
     ]
     for key, s in d["summary"].items():
         condition, variant = key.split("/")
-        rows = [r for r in d["rows"] if r["condition"] == condition and r["variant"] == variant]
+        rows = [r for r in d["timings"] if r["condition"] == condition and r["variant"] == variant]
         noisy = sum(bool(r["noisy_throughput"]) for r in rows)
         lo, hi = s["speedup_vs_mha"]
         ulo, uhi = s["unpaired_speedup"]

@@ -6,14 +6,18 @@ Why paired: a machine's load moves every step's time (another job, clock boost, 
 CPU shared with the test runner); the ratio of two steps timed a moment apart does not move
 with it. A round times `repeats` calls of one step and keeps their median; the order flips
 every round, so a drift in the machine's speed weighs on both steps alike. The speedup is
-the geometric mean of the rounds' ratios, with a Student-t interval of their logarithms;
-tokens/s is the geometric mean of the trial's own rounds, with theirs (it follows the load,
-and its interval says by how much).
+the median of the rounds' ratios, with its distribution-free 95% interval (order statistics,
+`stats.median_ci95`, so at least 6 rounds): another job's burst slows one round of one step
+by any amount and moves the median by one rank, where it would drag a mean
+(`experiments/paired_timing.py` measures it under a competing load). Tokens/s is the median
+of the trial's own rounds, with theirs (it follows the load, and its interval says by how
+much).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 import time
 from collections.abc import Callable, Collection
@@ -21,21 +25,22 @@ from dataclasses import dataclass
 
 import torch
 
-from sqa_nas.stats import log_ratio_ci95
+from sqa_nas.stats import MEDIAN_CI_MIN, median_ci95, rel_half_width
 from sqa_nas.timing import time_call
 from sqa_nas.train import ThroughputConfig, TrainStep
 
 WARMUP_S = 0.5  # least warm-up time of the first step timed on a device in this process
 _warmed: dict[str, bool] = {}  # devices this process has timed a step on
-MIN_ROUNDS = 3
+MIN_ROUNDS = MEDIAN_CI_MIN  # fewer rounds establish no 95% interval
 MAX_ROUNDS = 200
 
 
 @dataclass(frozen=True)
 class Throughput:
-    """What `measure` found: tokens/s of the timed step and the relative half-width of its
-    95% interval; with a reference, the reference's tokens/s and the paired speedup (the
-    reference's step time over the trial's) with its 95% interval."""
+    """What `measure` found: tokens/s of the timed step and the larger relative distance to
+    an end of its 95% interval (infinite below `MIN_ROUNDS` rounds); with a reference, the
+    reference's tokens/s and the paired speedup (the reference's step time over the
+    trial's) with its 95% interval."""
 
     tokens_per_s: float
     rel_ci95: float
@@ -49,10 +54,13 @@ class Throughput:
 
     @property
     def speedup_rel_ci95(self) -> float | None:
-        """The relative half-width of the speedup's interval (None without a reference)."""
+        """The larger relative distance from the speedup to an end of its interval (None
+        without a reference; infinite below `MIN_ROUNDS` rounds: no 95% interval)."""
         if self.speedup_ci95 is None or self.speedup is None:
             return None
-        return self.speedup_ci95[1] / self.speedup - 1
+        if self.rounds < MIN_ROUNDS:
+            return math.inf
+        return rel_half_width(self.speedup, *self.speedup_ci95)
 
     @property
     def noisy(self) -> bool:
@@ -91,9 +99,9 @@ def paired_rounds(
         if n >= min_rounds:
             widths = [0.0]
             if "throughput" in watch or not reference:
-                widths.append(log_ratio_ci95(model)[1])
+                widths.append(rel_half_width(*median_ci95(model)))
             if reference and "speedup" in watch:
-                widths.append(log_ratio_ci95([r / m for r, m in zip(reference, model)])[1])
+                widths.append(rel_half_width(*median_ci95(_ratios(reference, model))))
             if max(widths) <= target:
                 break
         if n >= 2 and clock() - start >= max_s:
@@ -152,10 +160,10 @@ def measure(
         )
     for s in steps:
         s.model.zero_grad(set_to_none=True)
-    per_call, rel = log_ratio_ci95(model_s)
+    per_call = median_ci95(model_s)
     result = Throughput(
-        tokens_per_s=tokens / per_call,
-        rel_ci95=rel,
+        tokens_per_s=tokens / per_call[0],
+        rel_ci95=rel_half_width(*per_call) if len(model_s) >= MEDIAN_CI_MIN else math.inf,
         rounds=len(model_s),
         seconds=time.perf_counter() - start,
         target=cfg.ci_target,
@@ -163,10 +171,15 @@ def measure(
     )
     if not reference_s:
         return result
-    speedup, srel = log_ratio_ci95([r / m for r, m in zip(reference_s, model_s)])
+    speedup, low, high = median_ci95(_ratios(reference_s, model_s))
     return dataclasses.replace(
         result,
-        reference_tokens_per_s=tokens / log_ratio_ci95(reference_s)[0],
+        reference_tokens_per_s=tokens / statistics.median(reference_s),
         speedup=speedup,
-        speedup_ci95=(speedup / (1 + srel), speedup * (1 + srel)),
+        speedup_ci95=(low, high),
     )
+
+
+def _ratios(reference: list[float], model: list[float]) -> list[float]:
+    """Each round's speedup: the reference's time over the model's."""
+    return [r / m for r, m in zip(reference, model)]

@@ -4,7 +4,6 @@ documented. Timers here are fakes with known noise, so the expected figures are 
 
 from __future__ import annotations
 
-import math
 import random
 
 import pytest
@@ -12,7 +11,7 @@ import torch
 
 from sqa_nas import throughput as throughput_module
 from sqa_nas.model import build_model
-from sqa_nas.stats import log_ratio_ci95, mean_ci95, t975
+from sqa_nas.stats import median_ci95, rel_half_width
 from sqa_nas.throughput import Throughput, measure, paired_rounds
 from sqa_nas.train import ThroughputConfig, TrainStep
 
@@ -50,18 +49,31 @@ def loaded_pair(clock: Clock, model_s: float, reference_s: float, jitter: float,
     return timer(model_s), timer(reference_s)
 
 
+def _speedup(m, r):
+    return median_ci95([b / a for a, b in zip(m, r)])
+
+
 def test_a_load_that_moves_every_round_cancels_in_the_paired_speedup():
     clock = Clock()
     model, reference = loaded_pair(clock, 0.5, 1.0, jitter=0.005, seed=1)
     m, r = paired_rounds(model, reference, target=0.03, max_s=1e9, watch=["speedup"], clock=clock)
-    speedup, rel = log_ratio_ci95([b / a for a, b in zip(m, r)])
+    speedup, low, high = _speedup(m, r)
     assert speedup == pytest.approx(2.0, rel=0.01)
-    assert rel <= 0.03 and 3 <= len(m) < 20  # the interval closed early
+    assert rel_half_width(speedup, low, high) <= 0.03 and 6 <= len(m) < 20  # closed early
     # The model's own tokens/s follows the load: watching it too, the rounds run to the cap.
     clock = Clock()
     model, reference = loaded_pair(clock, 0.5, 1.0, jitter=0.005, seed=1)
     m, r = paired_rounds(model, reference, target=0.03, max_s=100.0, clock=clock)
-    assert log_ratio_ci95(m)[1] > 0.03 and clock.now >= 100.0
+    assert rel_half_width(*median_ci95(m)) > 0.03 and clock.now >= 100.0
+
+
+def test_a_burst_in_one_round_moves_the_median_not_the_speedup():
+    """Another job's burst slows one step of one round 15x: the median ignores it."""
+    model = iter([1.0] * 3 + [15.0] + [1.0] * 20)
+    m, r = paired_rounds(lambda: next(model), lambda: 2.0, target=0.03, max_s=1e9)
+    speedup, low, high = _speedup(m, r)
+    # The range holds the burst up to 8 rounds; from 9 the interval is ranks 2 and 8.
+    assert len(m) == 9 and speedup == 2.0 and (low, high) == (2.0, 2.0)
 
 
 def test_rounds_stop_at_the_time_cap_when_the_interval_stays_wide():
@@ -70,8 +82,7 @@ def test_rounds_stop_at_the_time_cap_when_the_interval_stays_wide():
     m, r = paired_rounds(model, reference, target=0.01, max_s=30.0, clock=clock)
     assert 2 <= len(m) == len(r)
     assert clock.now >= 30.0 and clock.now < 30.0 + 8 * 1.0 * 2 * 2  # ended by the cap
-    _, rel = log_ratio_ci95([b / a for a, b in zip(m, r)])
-    assert rel > 0.01
+    assert rel_half_width(*_speedup(m, r)) > 0.01
 
 
 def test_rounds_alternate_which_step_goes_first():
@@ -88,17 +99,17 @@ def test_rounds_alternate_which_step_goes_first():
 
 def test_without_a_reference_only_the_model_is_timed():
     m, r = paired_rounds(lambda: 1.0, None, target=0.03, max_s=1e9)
-    assert m == [1.0, 1.0, 1.0] and r == []
+    assert m == [1.0] * 6 and r == []  # six rounds: the fewest with a 95% interval
 
 
-def test_t_quantiles_and_intervals_match_hand_values():
-    assert t975(1) == 12.706 and t975(11) == 2.228 and t975(1000) == 1.96
-    mean, half = mean_ci95([1.0, 2.0, 3.0])
-    assert mean == 2.0 and half == pytest.approx(4.303 * 1.0 / math.sqrt(3))
-    assert mean_ci95([5.0]) == (5.0, math.inf)
-    g, rel = log_ratio_ci95([2.0, 8.0])
-    assert g == pytest.approx(4.0)
-    assert rel == pytest.approx(math.expm1(12.706 * math.log(2) * math.sqrt(2) / math.sqrt(2)))
+def test_the_median_interval_is_the_binomial_order_statistics():
+    # n = 6: P(Bin(6, 1/2) = 0) = 1/64 <= 0.025 < 7/64, so the range; n = 9: ranks 2 and 8.
+    assert median_ci95([5.0, 1.0, 3.0, 2.0, 6.0, 4.0]) == (3.5, 1.0, 6.0)
+    assert median_ci95([float(x) for x in range(1, 10)]) == (5.0, 2.0, 8.0)
+    # n = 17: P(Bin(17, 1/2) <= 4) = 0.0245, so ranks 5 and 13.
+    assert median_ci95([float(x) for x in range(1, 18)]) == (9.0, 5.0, 13.0)
+    assert median_ci95([3.0, 1.0]) == (2.0, 1.0, 3.0)  # below six: the range
+    assert rel_half_width(2.0, 1.9, 2.3) == pytest.approx(0.15)
 
 
 class FakeTimeCall:
@@ -124,34 +135,36 @@ def test_measure_warms_each_step_then_times_them_in_pairs(monkeypatch, backward)
         m.register_forward_pre_hook(
             lambda mod, args, m=m: seen.append((m is model, mod.training, torch.is_grad_enabled()))
         )
-    # Rounds: A B, B A, A B -> model medians 1, 1, 1 and reference 2, 2, 2 (in call order).
-    fake = FakeTimeCall([1.0, 2.0, 2.0, 1.0, 1.0, 2.0])
+    # Rounds: A B, B A, ... -> model medians 1 and reference 2 (in call order), six rounds.
+    fake = FakeTimeCall([1.0, 2.0, 2.0, 1.0] * 3)
     monkeypatch.setattr(throughput_module, "time_call", fake)
     monkeypatch.setattr(throughput_module, "WARMUP_S", 0.0)
     cfg = ThroughputConfig(seq_len=12, batch_size=3, warmup=2, repeats=7, backward=backward)
     a, b = TrainStep(model, CPU, 12), TrainStep(reference, CPU, 12)
     out = measure(a, cfg, CPU, b)
-    assert fake.calls == [(0, 7)] * 6
-    assert out.rounds == 3 and out.tokens_per_s == pytest.approx(36.0)
+    assert fake.calls == [(0, 7)] * 12
+    assert out.rounds == 6 and out.tokens_per_s == pytest.approx(36.0)
     assert out.reference_tokens_per_s == pytest.approx(18.0)
     assert out.speedup == pytest.approx(2.0) and out.speedup_ci95 == pytest.approx((2.0, 2.0))
     assert out.rel_ci95 == 0.0 and not out.noisy
     # 2 warm-up calls each, then one call per timed round, all in the asked mode.
     assert [x[0] for x in seen[:4]] == [True, True, False, False]
-    assert len(seen) == 4 + 6
+    assert len(seen) == 4 + 12
     assert {(x[1], x[2]) for x in seen} == {(backward, backward)}
     assert all(p.grad is None for p in [*model.parameters(), *reference.parameters()])
     assert a.timed and b.timed
     # The next trial's step against the same reference: it warms fully, the reference once.
     seen.clear()
-    fake.medians = [1.0, 2.0, 2.0, 1.0, 1.0, 2.0]
+    fake.medians = [1.0, 2.0, 2.0, 1.0] * 3
     measure(TrainStep(model, CPU, 12), cfg, CPU, b)
-    assert [x[0] for x in seen[:3]] == [True, True, False] and len(seen) == 3 + 6
+    assert [x[0] for x in seen[:3]] == [True, True, False] and len(seen) == 3 + 12
 
 
 def test_a_wide_interval_is_flagged_noisy():
-    wide = Throughput(1.0, 0.05, 3, 1.0, 0.03)
+    wide = Throughput(1.0, 0.05, 6, 1.0, 0.03)
     assert wide.noisy
-    paired = Throughput(1.0, 0.01, 3, 1.0, 0.03, 2.0, 2.0, (1.8, 2.2))
+    paired = Throughput(1.0, 0.01, 6, 1.0, 0.03, 2.0, 2.0, (1.8, 2.2))
     assert paired.speedup_rel_ci95 == pytest.approx(0.1) and paired.noisy
-    assert not Throughput(1.0, 0.01, 3, 1.0, 0.03, 2.0, 2.0, (1.99, 2.01)).noisy
+    assert not Throughput(1.0, 0.01, 6, 1.0, 0.03, 2.0, 2.0, (1.99, 2.01)).noisy
+    # Fewer than six rounds (the time cap came first): no 95% interval, so noisy.
+    assert Throughput(1.0, 0.01, 5, 1.0, 0.03, 2.0, 2.0, (1.99, 2.01)).noisy

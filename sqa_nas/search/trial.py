@@ -314,7 +314,8 @@ def _throughput_metrics(metrics: Metrics, measured: list[Throughput]) -> None:
     """The first measurement's figures (the noise trial's later ones only feed `noise`)."""
     first = measured[0]
     metrics.throughput_tokens_per_s = first.tokens_per_s
-    metrics.throughput_rel_ci95 = round(first.rel_ci95, 5)
+    if math.isfinite(first.rel_ci95):  # too few rounds for an interval: none is stored
+        metrics.throughput_rel_ci95 = round(first.rel_ci95, 5)
     metrics.mha_throughput_tokens_per_s = first.reference_tokens_per_s
     metrics.speedup_vs_mha = first.speedup
     if first.speedup_ci95 is not None:

@@ -29,13 +29,13 @@ def test_paired_timing_smoke_records_both_conditions(tmp_path):
     out = tmp_path / "paired.json"
     assert paired_timing.main(["--smoke", "--runs", "1", "--load", "1", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert [(r["condition"], r["variant"]) for r in result["rows"]] == [
+    assert [(r["condition"], r["variant"]) for r in result["timings"]] == [
         ("alone", "MHA"),
         ("alone", "xSQA"),
         ("competing", "MHA"),
         ("competing", "xSQA"),
     ]
-    for r in result["rows"]:
+    for r in result["timings"]:
         low, high = r["speedup_ci95"]
         assert low <= r["speedup_vs_mha"] <= high and r["rounds"] >= 2
     assert set(result["summary"]) == {"alone/MHA", "alone/xSQA", "competing/MHA", "competing/xSQA"}
