@@ -88,7 +88,8 @@ def measure(runs: int, load: int, smoke: bool) -> dict[str, Any]:
                             "speedup_vs_mha": m["speedup_vs_mha"],
                             "speedup_ci95": m["speedup_ci95"],
                             "throughput_tokens_per_s": m["throughput_tokens_per_s"],
-                            "throughput_rel_ci95": m["throughput_rel_ci95"],
+                            # None: fewer rounds than an interval needs (the time cap)
+                            "throughput_rel_ci95": m.get("throughput_rel_ci95"),
                             "rounds": m["throughput_rounds"],
                             "throughput_s": out.attrs["timings"]["throughput_s"],
                             "noisy_throughput": m["noisy_throughput"],
@@ -100,7 +101,8 @@ def measure(runs: int, load: int, smoke: bool) -> dict[str, Any]:
                         f"{label:9s} run {r} {variant:5s} speedup {row['speedup_vs_mha']:.3f} "
                         f"{row['speedup_ci95']} unpaired {row['unpaired_speedup']:.3f} "
                         f"tokens/s {row['throughput_tokens_per_s']:.0f} "
-                        f"+-{row['throughput_rel_ci95']:.1%} ({row['rounds']} rounds)"
+                        f"+-{row['throughput_rel_ci95'] or float('inf'):.1%} "
+                        f"({row['rounds']} rounds)"
                     )
     summary = {}
     for label in ("alone", "competing"):

@@ -166,7 +166,10 @@ def _running(db: Path) -> int:
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_killed_or_interrupted_search_resumes(tmp_path, sig):
-    space = _write(tmp_path, {**TINY, "budget": {**TINY["budget"], "n_trials": 3}})
+    # Long enough trials that the signal lands in the first one even when this test's
+    # process is slow to see it start (two test files share a 2-core machine in CI).
+    train = {**TINY["budget"]["train"], "steps": 150}
+    space = _write(tmp_path, {**TINY, "budget": {**TINY["budget"], "n_trials": 3, "train": train}})
     db = tmp_path / "runs" / "tiny" / "study.db"
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "cli.py"), "search", str(space)],
