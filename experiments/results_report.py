@@ -160,7 +160,8 @@ def noise(d: dict) -> str:
     n, v, c = d["noise"], d["verdict"], d.get("confirm") or {}
     by_number = {t["number"]: t for t in d["trials"]}
     lines = [
-        f"### The noise floor of a search, and its front confirmed ({_machine(d)})",
+        f"### The noise floor of a search, and its front confirmed ({_machine(d)}, "
+        f"{(c.get('ended') or '?')[:16].replace('T', ' ')})",
         "",
         f"`paper_dense.yaml` at {d['tokens_per_trial']:,} training tokens per trial, "
         f"{d['n_trials']} trials (objectives {', '.join(d['objectives'])}), then `sqa-nas "

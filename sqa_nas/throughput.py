@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from sqa_nas.stats import MEDIAN_CI_MIN, median_ci95, rel_half_width
-from sqa_nas.timing import time_call
+from sqa_nas.timing import time_queued
 from sqa_nas.train import ThroughputConfig, TrainStep
 
 WARMUP_S = 0.5  # least warm-up time of the first step timed on a device in this process
@@ -145,9 +145,10 @@ def measure(
             call(None)
             calls += 1
         s.timed = _warmed[str(device)] = True
-        return lambda: statistics.median(
-            time_call(call, device=device, warmup=0, repeats=cfg.repeats)
-        )
+        # Queued calls (one synchronisation a round): a training step's steady state, where
+        # its launches overlap the kernels before them. Synchronising each call would add
+        # the launch time to every sample, which a small model's step is mostly made of.
+        return lambda: statistics.median(time_queued(call, device=device, repeats=cfg.repeats))
 
     start = time.perf_counter()
     for s in steps:

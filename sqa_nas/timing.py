@@ -53,17 +53,7 @@ def time_call(
     warm, reps = warmup, repeats
 
     def queued(k: int) -> list[float]:  # k calls back to back, one synchronisation after
-        events = []
-        for _ in range(k):
-            arg = setup() if setup else None
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn(arg)
-            end.record()
-            events.append((start, end))
-            del arg
-        torch.cuda.synchronize(device)
-        return [start.elapsed_time(end) / 1e3 for start, end in events]
+        return time_queued(fn, device=device, repeats=k, setup=setup, synchronise_first=False)
 
     def one() -> float:  # one call, alone on the device
         if cuda:
@@ -98,6 +88,42 @@ def time_call(
     if left > 0:
         seen += queued(left)
     return seen[warm : warm + reps]
+
+
+def time_queued(
+    fn: Callable[[object], object],
+    *,
+    device: torch.device,
+    repeats: int,
+    setup: Callable[[], object] | None = None,
+    synchronise_first: bool = True,
+) -> list[float]:
+    """Seconds per call of ``fn(setup())``, `repeats` calls queued back to back: on CUDA a
+    pair of events around each call and one synchronisation after them all (and one before,
+    with `synchronise_first`), so every call but the first overlaps its launch with the
+    calls before it, as in training; on the CPU, `perf_counter` around each call. For an
+    already warm `fn` (`time_call` adds the warm-up and the budget)."""
+    if device.type != "cuda":
+        out = []
+        for _ in range(repeats):
+            arg = setup() if setup else None
+            t0 = time.perf_counter()
+            fn(arg)
+            out.append(time.perf_counter() - t0)
+        return out
+    if synchronise_first:
+        torch.cuda.synchronize(device)
+    events = []
+    for _ in range(repeats):
+        arg = setup() if setup else None
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn(arg)
+        end.record()
+        events.append((start, end))
+        del arg
+    torch.cuda.synchronize(device)
+    return [start.elapsed_time(end) / 1e3 for start, end in events]
 
 
 @contextlib.contextmanager

@@ -112,15 +112,15 @@ def test_the_median_interval_is_the_binomial_order_statistics():
     assert rel_half_width(2.0, 1.9, 2.3) == pytest.approx(0.15)
 
 
-class FakeTimeCall:
-    """Stands in for `time_call`: runs the step once, records it, and returns samples whose
+class FakeTimeQueued:
+    """Stands in for `time_queued`: runs the step once, records it, and returns samples whose
     median is the next of `medians` (the mean differs: the median must be used)."""
 
     def __init__(self, medians):
         self.medians, self.calls = list(medians), []
 
-    def __call__(self, fn, *, device, warmup, repeats):
-        self.calls.append((warmup, repeats))
+    def __call__(self, fn, *, device, repeats):
+        self.calls.append(repeats)
         fn(None)
         m = self.medians.pop(0)
         return [m, m * 0.5, m * 9.0]
@@ -136,13 +136,13 @@ def test_measure_warms_each_step_then_times_them_in_pairs(monkeypatch, backward)
             lambda mod, args, m=m: seen.append((m is model, mod.training, torch.is_grad_enabled()))
         )
     # Rounds: A B, B A, ... -> model medians 1 and reference 2 (in call order), six rounds.
-    fake = FakeTimeCall([1.0, 2.0, 2.0, 1.0] * 3)
-    monkeypatch.setattr(throughput_module, "time_call", fake)
+    fake = FakeTimeQueued([1.0, 2.0, 2.0, 1.0] * 3)
+    monkeypatch.setattr(throughput_module, "time_queued", fake)
     monkeypatch.setattr(throughput_module, "WARMUP_S", 0.0)
     cfg = ThroughputConfig(seq_len=12, batch_size=3, warmup=2, repeats=7, backward=backward)
     a, b = TrainStep(model, CPU, 12), TrainStep(reference, CPU, 12)
     out = measure(a, cfg, CPU, b)
-    assert fake.calls == [(0, 7)] * 12
+    assert fake.calls == [7] * 12
     assert out.rounds == 6 and out.tokens_per_s == pytest.approx(36.0)
     assert out.reference_tokens_per_s == pytest.approx(18.0)
     assert out.speedup == pytest.approx(2.0) and out.speedup_ci95 == pytest.approx((2.0, 2.0))
