@@ -178,6 +178,9 @@ def test_killed_or_interrupted_search_resumes(tmp_path, sig):
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        # Ctrl-C's default: a suite started in the background (`cmd &` in a script) passes
+        # SIGINT down ignored, and Python then leaves it ignored, as a user's `nohup` asks.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         # A trial is RUNNING from the moment it is asked for; its worker is still starting
