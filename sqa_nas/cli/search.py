@@ -171,7 +171,7 @@ def _print_front(
             col, justify="left" if col in ("baseline", "per-layer H_q/H_kv", "note") else "right"
         )
     for r, note in [(r, "") for r in verdict.front] + [
-        (r, f"within {K_SIGMA:g} sigma of the front") for r in verdict.indistinguishable
+        (r, f"within {K_SIGMA:g} sigma") for r in verdict.indistinguishable
     ]:
         assert r.values is not None  # fronts hold completed trials only
         a, m = r.analytics, r.metrics

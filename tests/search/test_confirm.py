@@ -116,3 +116,31 @@ def test_the_stored_result_reads_back_as_the_dashboard_shows_it(tmp_path):
     first = read.of(0)
     assert first is not None
     assert first.describe() == "val_loss 1.1 ± 0.141 over 2 seeds (survives on the front)"
+
+
+def test_the_final_table_lists_trials_within_noise_and_says_whether_resolved(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from sqa_nas.cli.search import print_front
+
+    # Losses 1.2, 1.0, 3.0 at speeds 10, 20, 30: trial 1 dominates trial 0 (0.2 lower loss,
+    # twice the speed); 1 and 2 make the front.
+    study, spec = _study(tmp_path, [1.2, 1.0, 3.0])
+
+    def table() -> str:
+        out = io.StringIO()
+        print_front(study, spec.objectives, Console(file=out, width=200))
+        return out.getvalue()
+
+    assert "Not known whether the front is resolved" in table()
+    # Sigmas of 0.01 and 1%: trial 0 stays behind by far more than 2 sigma.
+    study.set_user_attr("noise", {"n": 3, "val_loss_std": 0.01, "throughput_rel_std": 0.01})
+    text = table()
+    assert "Front resolved at this budget" in text and "within 2 sigma" not in text
+    # Sigmas of 0.5 and 50%: 2 sigma covers the gap, so trial 0 is listed, within noise.
+    study.set_user_attr("noise", {"n": 3, "val_loss_std": 0.5, "throughput_rel_std": 0.5})
+    text = table()
+    assert "Front NOT resolved at this budget: 1 trial(s) (0)" in text
+    assert "within 2 sigma" in text
