@@ -160,7 +160,11 @@ def main(argv=None) -> int:
         runs = list(by_key.values())
         # The commands that measured them (a merged file's own sources, not its merge).
         sources = [c for f in files for c in f.get("merged_from") or [f.get("command")]]
-        payload = {"runs": runs, "merged_from": sources}
+        # The files by name only: where they were kept on the merging machine says nothing.
+        command = " ".join(
+            ["python -m experiments.search_efficiency --merge"] + [f.name for f in args.merge]
+        )
+        payload = {"runs": runs, "merged_from": sources, "command": command}
         write_result("search_efficiency", payload, args.out, machine=files[0]["machine"])
         return 0
     labels = [x for x in args.runs.split(",") if x]
