@@ -45,6 +45,7 @@ def progress_panel(
         f"{done}/{n_trials} evaluated | complete {counts.get('complete', 0)}, running "
         f"{counts.get('running', 0)}, failed {counts.get('failed', 0)}, pruned "
         f"{counts.get('pruned', 0)}, infeasible {counts.get('infeasible', 0)}"
+        + (f", repeats told {counts['duplicates']}" if counts.get("duplicates") else "")
     )
     lines = [head, f"[dim]{executor.describe()} | storage {url}[/]"]
     if study is not None:
