@@ -164,7 +164,7 @@ def measure(
     per_call = median_ci95(model_s)
     result = Throughput(
         tokens_per_s=tokens / per_call[0],
-        rel_ci95=rel_half_width(*per_call) if len(model_s) >= MEDIAN_CI_MIN else math.inf,
+        rel_ci95=rel_half_width(*per_call) if len(model_s) >= MIN_ROUNDS else math.inf,
         rounds=len(model_s),
         seconds=time.perf_counter() - start,
         target=cfg.ci_target,

@@ -18,11 +18,6 @@ measured its own spread that is used, else the study's noise floor (`noise.Noise
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
-from pydantic import ValidationError
-
 from sqa_nas.search.noise import K_SIGMA, Noise
 from sqa_nas.search.records import TrialRecord, finite
 
@@ -74,12 +69,3 @@ def noisy_note(r: TrialRecord, metric: str) -> str:
     if metric == "speedup_vs_mha" and m.speedup_ci95 and finite(m.speedup_vs_mha):
         half = m.speedup_ci95[1] / m.speedup_vs_mha - 1
     return f" ±{half:.0%}" if finite(half) else " ±?"
-
-
-def read_noise(study_attrs: Mapping[str, Any]) -> Noise:
-    """The study's noise floor (`Noise.read`); an unreadable ``noise`` attr reads as
-    unmeasured, with that reason."""
-    try:
-        return Noise.read(dict(study_attrs))
-    except ValidationError:
-        return Noise(reason="the study's noise attr does not parse")

@@ -21,11 +21,11 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any
 
-from sqa_nas.dashboard.spread import TIMED, Bar, error_bar, noisy_note, read_noise
+from sqa_nas.dashboard.spread import TIMED, Bar, error_bar, noisy_note
 from sqa_nas.errors import UserError
 from sqa_nas.search.confirm import Confirmation
 from sqa_nas.search.figures import RunStats, run_stats
-from sqa_nas.search.noise import assess
+from sqa_nas.search.noise import Noise, assess
 from sqa_nas.search.pareto import hypervolume_history, pick
 from sqa_nas.search.records import (
     OBJECTIVES,
@@ -171,7 +171,7 @@ class StudyView:
         self.objectives = list(objectives)
         self.directions = list(directions)
         attrs = study_attrs or {}
-        self.noise = read_noise(attrs)
+        self.noise = Noise.read(attrs)
         self.confirmation = Confirmation.read(attrs)
         self.verdict = assess(self.records, self.objectives, self.noise, self.directions)
         self.front = self.verdict.front

@@ -69,12 +69,12 @@ def confirm(
     outcomes = _run_all(executor, jobs, on_done)
     confirmed = {n: _summary(o) for n, o in outcomes.items() if o.state == "COMPLETE"}
     # The front again, with the confirmed validation losses in place of the search's.
-    updated = []
-    for r in records:
-        if r.number in confirmed and r.values is not None:
-            values = {**r.values, "val_loss": confirmed[r.number]["val_loss_mean"]}
-            r = replace(r, values=values if "val_loss" in r.values else r.values)
-        updated.append(r)
+    updated = [
+        replace(r, values={**r.values, "val_loss": confirmed[r.number]["val_loss_mean"]})
+        if r.number in confirmed and r.values and "val_loss" in r.values
+        else r
+        for r in records
+    ]
     on_front = {r.number for r in pareto_front(updated, objectives)}
     for number, row in confirmed.items():
         row["on_front"] = number in on_front

@@ -130,7 +130,7 @@ class Driver:
             )
             init_or_check(study, spec, data.meta, data.fingerprint, self.url)
             self.study = study
-            self.repeats = Repeats(study, self.log)
+            self.repeats = Repeats(study, self.storage, self.log)
             self.enqueue_seeds()
         return study
 

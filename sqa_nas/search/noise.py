@@ -14,11 +14,11 @@ was measured and no trial is indistinguishable.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from sqa_nas.search.pareto import candidates, pareto_front
 from sqa_nas.search.records import OBJECTIVES, TrialRecord
@@ -57,10 +57,16 @@ class Noise(BaseModel):
         )
 
     @classmethod
-    def read(cls, study_attrs: dict[str, Any]) -> Noise:
-        """The study's stored noise (an unmeasured `Noise` when there is none)."""
+    def read(cls, study_attrs: Mapping[str, Any]) -> Noise:
+        """The study's stored noise: an unmeasured `Noise` when there is none, or one whose
+        reason says the stored attr does not parse (a reader never stops on it)."""
         stored = study_attrs.get("noise")
-        return cls.model_validate(stored) if isinstance(stored, dict) else cls()
+        if not isinstance(stored, dict):
+            return cls()
+        try:
+            return cls.model_validate(stored)
+        except ValidationError:
+            return cls(reason="the study's noise attr does not parse")
 
     def sigma(self, objective: str, value: float) -> float | None:
         """One standard deviation of `objective` at `value` (0 for analytic objectives, None

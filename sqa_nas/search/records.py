@@ -91,8 +91,8 @@ class Metrics(_Record):
     val_loss: float | None = None  # token-weighted cross-entropy on held-out batches (mean
     val_loss_std: float | None = None  # over the trial's seeds, and their std: seeds >= 2)
     val_loss_seeds: list[float] | None = None  # one per seed, in `TrialAttrs.seeds` order
-    perplexity: float | None = None
-    accuracy: float | None = None  # next-token accuracy on the same tokens
+    perplexity: float | None = None  # exp(val_loss)
+    accuracy: float | None = None  # next-token accuracy on the same tokens (seeds' mean)
     val_tokens: int | None = None
     throughput_tokens_per_s: float | None = None
     throughput_rel_ci95: float | None = None  # relative half-width of its 95% interval

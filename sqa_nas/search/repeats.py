@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 
 import optuna
+from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 COPIED = ("allocation", "metrics", "analytics", "model", "layers", "seeds")
@@ -21,8 +22,10 @@ COPIED = ("allocation", "metrics", "analytics", "model", "layers", "seeds")
 class Repeats:
     """The repeats of one driver: held ones by the running trial they wait for."""
 
-    def __init__(self, study: optuna.Study, log: Callable[[str], None]) -> None:
-        self.study, self.log = study, log
+    def __init__(
+        self, study: optuna.Study, storage: BaseStorage, log: Callable[[str], None]
+    ) -> None:
+        self.study, self.storage, self.log = study, storage, log
         self.held: dict[int, list[int]] = {}  # running trial -> trials with its layout
         self.exhausted = ""  # why no new layout is left, once none is
 
@@ -85,4 +88,4 @@ class Repeats:
 
     def _mark(self, t: FrozenTrial, attrs: dict) -> None:
         for key, value in attrs.items():
-            self.study._storage.set_trial_user_attr(t._trial_id, key, value)
+            self.storage.set_trial_user_attr(t._trial_id, key, value)

@@ -245,7 +245,7 @@ def _evaluate(
     backends = model.backends()
 
     measured: list[Throughput] = []
-    losses: list[float] = []
+    scores: list[dict[str, float]] = []  # per seed
     for i, seed in enumerate(seeds):
         if i:
             init_weights(model, seed)  # in place: the compiled blocks hold these modules
@@ -254,18 +254,17 @@ def _evaluate(
             measured.append(_throughput(model, config, spec, device, step, share))
             timings.throughput_s = (timings.throughput_s or 0.0) + time.perf_counter() - t0
         if objectives & {"val_loss"}:
-            scores = _train(model, data, spec, device, seed, step, share, progress, record)
-            losses.append(scores["val_loss"])
-            if i == 0:
-                metrics.perplexity, metrics.accuracy = scores["perplexity"], scores["accuracy"]
-                metrics.val_tokens = int(scores["val_tokens"])
+            scores.append(_train(model, data, spec, device, seed, step, share, progress, record))
     if measured:
         _throughput_metrics(metrics, measured)
-    if losses:
+    losses = [x["val_loss"] for x in scores]
+    if scores:  # means over the seeds (the same validation tokens for each)
         metrics.val_loss = statistics.fmean(losses)
         if len(losses) > 1:
             metrics.val_loss_std, metrics.val_loss_seeds = std(losses), losses
         metrics.perplexity = math.exp(min(metrics.val_loss, 700))
+        metrics.accuracy = statistics.fmean(x["accuracy"] for x in scores)
+        metrics.val_tokens = int(scores[0]["val_tokens"])
     if noise_n:
         outcome.noise = Noise.of(losses, measured, name, job.number).model_dump()
     # Backends chosen for the training step on the device: what actually trained.

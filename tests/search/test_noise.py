@@ -37,6 +37,8 @@ def test_the_noise_of_a_noise_trial_is_the_spread_of_its_seeds():
         "val_loss sigma 0.1, throughput 10.0%, speedup 10.0% (3 seeds of trial 0)"
     )
     assert Noise.read({}).n == 0 and Noise.read({"noise": noise.model_dump()}) == noise
+    odd = Noise.read({"noise": {"n": "three"}})  # a reader never stops on an odd attr
+    assert odd.n == 0 and odd.reason == "the study's noise attr does not parse"
 
 
 def test_trials_within_two_sigma_of_the_front_are_indistinguishable():
