@@ -12,7 +12,10 @@ achieved training tokens/s against the trial's measured step throughput.
 
 Runs: ``eager`` (compile: false), ``auto`` (compile: auto, the default), ``auto-x2`` (compile
 auto, two trials per GPU: `execution.trials_per_gpu: 2`), ``eager-x2`` (compile: false, two
-trials per GPU). Writes
+trials per GPU), ``ray-eager-x2`` (the same through Ray on every GPU of the machine).
+``issue`` and ``ray-issue`` run the configuration issue 14 measured, beside ours: the code
+of another checkout (``--baseline DIR``, e.g. ``git worktree add DIR ee8172c``) with its own
+`paper_dense.yaml` (compile: true), NVML sampled here while its search runs. Writes
 experiments/results/search_efficiency_<gpu>.json and a PNG of utilisation over time;
 ``--merge`` joins result files of several sessions (a later file's run of the same label and
 tokens per trial replaces the earlier one).
@@ -22,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,12 +43,17 @@ from sqa_nas.cli import main as cli_main
 from sqa_nas.errors import UserError
 from sqa_nas.search.figures import run_stats
 from sqa_nas.search.records import trial_records
+from sqa_nas.search.utilisation import GpuSampler
 
 RUNS = {
     "eager": {"compile": False, "trials_per_gpu": 1},
     "auto": {"compile": "auto", "trials_per_gpu": 1},
     "auto-x2": {"compile": "auto", "trials_per_gpu": 2},
     "eager-x2": {"compile": False, "trials_per_gpu": 2},
+    "ray-eager-x2": {"compile": False, "trials_per_gpu": 2, "executor": "ray"},
+    # Another checkout's code and space, untouched but for the budget (needs --baseline).
+    "issue": {"baseline": True},
+    "ray-issue": {"baseline": True, "executor": "ray"},
 }
 
 
@@ -54,6 +64,8 @@ def _space(label: str, tokens: int, n_trials: int, smoke: bool) -> dict:
     space["budget"]["n_trials"] = n_trials
     space["budget"]["train"].update(tokens=tokens, compile=run["compile"])
     space.setdefault("execution", {})["trials_per_gpu"] = run["trials_per_gpu"]
+    if "executor" in run:
+        space["execution"]["executor"] = run["executor"]
     if smoke:
         space["model"].update(d_model=32, n_layers=2, n_heads=4, ffn_dim=64, seq_len=32)
         space["budget"]["train"].update(batch_size=4, warmup_steps=2, eval_batches=2)
@@ -116,6 +128,81 @@ def run(label: str, tokens: int, n_trials: int, smoke: bool) -> dict:
     }
 
 
+def _gpu_count() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def run_baseline(label: str, tree: Path, tokens: int, n_trials: int, smoke: bool) -> dict:
+    """The search of another checkout (`tree`) on its own `paper_dense.yaml`, only the budget
+    (and, with --smoke, the model's size) changed: its command in a child process, NVML
+    sampled here over the child's wall time."""
+    space = yaml.safe_load((tree / "search_spaces" / "paper_dense.yaml").read_text())
+    space["study"] = f"efficiency_{label}"
+    space["budget"]["n_trials"] = n_trials
+    space["budget"]["train"]["tokens"] = tokens
+    if "executor" in RUNS[label]:
+        space.setdefault("execution", {})["executor"] = RUNS[label]["executor"]
+    if smoke:
+        space["model"].update(d_model=32, n_layers=2, n_heads=4, ffn_dim=64, seq_len=32)
+        space["budget"]["train"].update(batch_size=4, warmup_steps=2, compile=False)
+        space["budget"]["throughput"].update(batch_size=2, warmup=1, repeats=2)
+        space["data"] = {"kind": "embedded"}
+        space["seed_trials"] = ["MHA", "xSQA"]
+        space.setdefault("execution", {})["device"] = "cpu"
+    with tempfile.TemporaryDirectory(prefix="sqa-nas-efficiency-") as tmp:
+        path = Path(tmp) / "space.yaml"
+        path.write_text(yaml.safe_dump(space))
+        storage = f"sqlite:///{tmp}/study.db"
+        # The checkout's packages first; what the environment already adds stays behind.
+        paths = [str(tree.resolve()), os.environ.get("PYTHONPATH", "")]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+        command = [sys.executable, "cli.py", "search", str(path), "--storage", storage]
+        gpus = _gpu_count()
+        sampler = GpuSampler(list(range(gpus)) if gpus else None)
+        start = time.perf_counter()
+        with sampler:
+            done = subprocess.run(command, cwd=tree, env=env, stdout=subprocess.DEVNULL)
+        wall = time.perf_counter() - start
+        if done.returncode:
+            raise UserError(f"the {label} search ({tree}) exited with status {done.returncode}")
+        study = optuna.load_study(study_name=f"efficiency_{label}", storage=storage)
+        trials = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    u = sampler.summary()
+    rows = [{"number": t.number, "timings": t.user_attrs.get("timings")} for t in trials]
+    train = [(r["timings"] or {}).get("train_s") or 0.0 for r in rows]
+    n_gpus = max(1, len(u.by_gpu))
+    return {
+        "label": label,
+        "settings": {"baseline": tree.name, "commit": _commit(tree), **space["budget"]["train"]},
+        "tokens_per_trial": tokens,
+        "n_trials": len(trials),
+        "wall_s": round(wall, 1),
+        "nvml_util_mean": u.mean,
+        "nvml_note": u.note,
+        "nvml_trace": u.trace,
+        # Its records time whole training calls, compile included: an upper bound.
+        "train_step_share": round(sum(train) / (wall * n_gpus), 4) if train else None,
+        "train_step_share_note": "train_s per trial, torch.compile inside it (an upper bound)",
+        "trials_per_gpu_hour": round(len(trials) / (wall / 3600) / n_gpus, 1),
+        "trials": rows,
+    }
+
+
+def _commit(tree: Path) -> str | None:
+    """The checkout's commit: a COMMIT file beside its code (what a `git archive` copy
+    carries), else `git rev-parse` there."""
+    marker = tree / "COMMIT"
+    if marker.is_file():
+        return marker.read_text().strip()
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=tree, capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return done.stdout.strip()
+
+
 def plot(result: dict, out: Path) -> None:
     """Utilisation over time, one line per run (first GPU of each)."""
     import matplotlib
@@ -144,6 +231,9 @@ def main(argv=None) -> int:
     p.add_argument("--tokens", default="10000000", help="tokens per trial, comma-separated")
     p.add_argument("--n-trials", type=int, default=16)
     p.add_argument("--smoke", action="store_true", help="tiny CPU search (a test)")
+    p.add_argument(
+        "--baseline", type=Path, help="another checkout, for the issue and ray-issue runs"
+    )
     p.add_argument(
         "--merge", nargs="+", type=Path, help="join result files (later runs replace earlier)"
     )
@@ -175,6 +265,10 @@ def main(argv=None) -> int:
         budgets = [int(x) for x in args.tokens.split(",") if x]
     except ValueError:
         raise UserError(f"--tokens: whole numbers, comma-separated, got {args.tokens!r}") from None
+    if any("baseline" in RUNS[x] for x in labels) and not (
+        args.baseline and (args.baseline / "cli.py").is_file()
+    ):
+        raise UserError(f"--runs {args.runs}: give --baseline DIR, a checkout with its cli.py")
     if not args.smoke and not torch.cuda.is_available():
         raise UserError("search_efficiency needs a CUDA GPU (or --smoke on the CPU)")
     if args.smoke:
@@ -182,7 +276,10 @@ def main(argv=None) -> int:
     runs = []
     for tokens in budgets:
         for label in labels:
-            runs.append(run(label, tokens, args.n_trials, args.smoke))
+            if "baseline" in RUNS[label]:
+                runs.append(run_baseline(label, args.baseline, tokens, args.n_trials, args.smoke))
+            else:
+                runs.append(run(label, tokens, args.n_trials, args.smoke))
             r = runs[-1]
             progress(
                 f"{label} {tokens / 1e6:g}M: {r['n_trials']} trials in {r['wall_s']:.0f} s, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from experiments import search_efficiency, step_throughput
 from sqa_nas.cli import guarded
@@ -28,6 +29,25 @@ def test_search_efficiency_smoke_records_each_run(tmp_path):
 
 def test_search_efficiency_refuses_an_unknown_run():
     assert guarded(lambda: search_efficiency.main(["--runs", "turbo"])) == 2
+
+
+def test_search_efficiency_baseline_run_needs_a_checkout(tmp_path):
+    assert guarded(lambda: search_efficiency.main(["--smoke", "--runs", "issue"])) == 2
+    nothing = ["--smoke", "--runs", "issue", "--baseline", str(tmp_path)]
+    assert guarded(lambda: search_efficiency.main(nothing)) == 2
+
+
+def test_search_efficiency_runs_another_checkout_as_the_baseline(tmp_path):
+    """This checkout stands in for an older one: its CLI runs in a child process."""
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "eff.json"
+    argv = ["--smoke", "--runs", "issue", "--baseline", str(root), "--out", str(out)]
+    assert search_efficiency.main(argv) == 0
+    (r,) = json.loads(out.read_text())["runs"]
+    assert r["label"] == "issue" and r["n_trials"] == 2 and r["trials_per_gpu_hour"] > 0
+    assert r["settings"]["baseline"] == root.name and r["nvml_util_mean"] is None
+    assert all(t["timings"]["train_s"] > 0 for t in r["trials"])
+    assert 0 < r["train_step_share"] <= 1
 
 
 def test_step_throughput_smoke(tmp_path):
