@@ -166,7 +166,8 @@ def noise(d: dict) -> str:
         f"`paper_dense.yaml` at {d['tokens_per_trial']:,} training tokens per trial, "
         f"{d['n_trials']} trials (objectives {', '.join(d['objectives'])}), then `sqa-nas "
         f"confirm` of its front with {len(c.get('seeds', []))} fresh seeds. Command: "
-        f"`{d['command']}` ({d['search_s']:.0f} s search, {d['confirm_s']:.0f} s confirm).",
+        f"`{d['command']}` ({d['search_s']:.0f} s search, {d['confirm_s']:.0f} s confirm)."
+        + (f" Conditions: {d['conditions']}" if d.get("conditions") else ""),
         "",
         f"Noise, from the MHA baseline trained with {n['n']} seeds: val_loss sigma "
         f"{n['val_loss_std']:.4f}; throughput {n['throughput_rel_std']:.2%} and speedup "

@@ -246,7 +246,12 @@ def main(argv=None) -> int:
     if args.merge:
         files = [json.loads(f.read_text()) for f in args.merge]
         # A later file's run replaces an earlier one of the same label and budget.
-        by_key = {(r["label"], r["tokens_per_trial"]): r for f in files for r in f["runs"]}
+        # Each run names the file it was measured in: runs of one file share a session.
+        by_key = {
+            (r["label"], r["tokens_per_trial"]): {"source": name.name} | r
+            for name, f in zip(args.merge, files)
+            for r in f["runs"]
+        }
         runs = list(by_key.values())
         # The commands that measured them (a merged file's own sources, not its merge).
         sources = [c for f in files for c in f.get("merged_from") or [f.get("command")]]

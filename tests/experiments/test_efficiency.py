@@ -73,4 +73,6 @@ def test_merge_replaces_a_run_of_the_same_label_and_budget(tmp_path):
     assert search_efficiency.main(["--merge", old, new, "--out", str(out)]) == 0
     runs = json.loads(out.read_text())["runs"]
     assert sorted((r["label"], r["wall_s"]) for r in runs) == [("auto", 7), ("eager", 5)]
+    # Each run names the file it was measured in (runs of one file: one session).
+    assert {r["label"]: r["source"] for r in runs} == {"auto": "new.json", "eager": "old.json"}
     assert len(json.loads(out.read_text())["merged_from"]) == 2
