@@ -10,7 +10,8 @@ import optuna
 from sqa_nas.analytics import analyze
 from sqa_nas.model import ModelConfig, layer_dict
 from sqa_nas.search.choices import compact_allocation
-from sqa_nas.search.records import FORMAT, OBJECTIVES, open_storage
+from sqa_nas.search.records import FORMAT, OBJECTIVES
+from sqa_nas.search.storage import open_storage
 
 TINY = dict(vocab_size=256, d_model=64, n_layers=4, n_heads=8, ffn_dim=128)
 HEADS = ["8/8", "8/2", "8/1", "4/2", "4/4", "2/2", "2/4"]

@@ -30,13 +30,13 @@ from sqa_nas.search.pareto import hypervolume_history, pick
 from sqa_nas.search.records import (
     OBJECTIVES,
     TrialRecord,
-    default_storage,
     finite,
     load_study,
     objective_names,
     of_gpu_type,
     trial_records,
 )
+from sqa_nas.search.storage import default_storage
 
 # metric name -> where a trial stores it when it is not one of the study's objectives
 _ANALYTICS = {

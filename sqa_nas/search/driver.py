@@ -42,10 +42,10 @@ from sqa_nas.search.locks import (
 )
 from sqa_nas.search.noise import Noise
 from sqa_nas.search.progress import progress_panel
-from sqa_nas.search.records import default_storage, open_storage
 from sqa_nas.search.repeats import Repeats
 from sqa_nas.search.samplers import make_sampler
 from sqa_nas.search.space import SearchSpec, layout_key
+from sqa_nas.search.storage import default_storage, open_storage
 from sqa_nas.search.study import init_or_check, quiet_optuna, trial_counts
 from sqa_nas.search.trial import TrialJob, TrialOutcome
 from sqa_nas.search.utilisation import GpuSampler

@@ -23,20 +23,17 @@ Trial
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, TypeGuard
 
 import optuna
-from optuna.storages import JournalStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy.exc import IntegrityError
 
 from sqa_nas.errors import UserError
 from sqa_nas.search.choices import MaskChoice
+from sqa_nas.search.storage import default_storage, open_storage
 
 FORMAT = 1
 # How trials are measured: 2 = paired throughput, common random numbers (1: before). Values
@@ -164,6 +161,20 @@ class Timings(_Record):
     stepped_aside_s: float | None = None  # of train_s: paused for others' timing windows
 
 
+class Rung(_Record):
+    """A trial at one rung of the multi-fidelity scheduler (`budget.early_stopping`).
+
+    decision: ``paused`` (waiting for a promotion, its checkpoint kept), ``promoted``
+    (training on to the next rung), ``stopped`` (never promoted: the trial ended PRUNED
+    here), ``baseline`` (a seed trial, trained to the full budget whatever its rank) or
+    ``complete`` (the full budget)."""
+
+    rung: int  # index in the study's ladder, `EarlyStopping.rungs`
+    tokens: int  # training tokens seen when it was evaluated
+    values: dict[str, float] = {}  # the objectives there (throughput: measured at rung 0)
+    decision: Literal["paused", "promoted", "stopped", "baseline", "complete"] = "paused"
+
+
 class TrialAttrs(_Record):
     """Everything a trial stores as Optuna user attrs (format 1: these field names are the
     keys). The trial writes it through `trial_attrs`; readers get it through
@@ -185,6 +196,8 @@ class TrialAttrs(_Record):
     layout: str | None = None  # `space.layout_key`: equal exactly for equal architectures
     duplicate_of: int | None = None  # an evaluated trial with the same layout: its values
     noise_trial: bool | None = None  # trained with several seeds for the study's `noise`
+    rungs: list[Rung] = []  # multi-fidelity: where it was evaluated and what was decided
+    checkpoint: str | None = None  # its latest checkpoint file, while a promotion may need it
     fail_reason: str | None = None  # why a trial is FAIL or PRUNED
     traceback: str | None = None  # the end of a failed trial's traceback
     infeasible: list[str] = []  # constraint violations of trials refused before training
@@ -352,55 +365,6 @@ def trial_records(study: optuna.Study) -> list[TrialRecord]:
             )
         )
     return out
-
-
-def default_storage(study_name: str) -> str:
-    """The storage URL of study `study_name` when none is given: ``runs/<name>/study.db``."""
-    return f"sqlite:///runs/{study_name}/study.db"
-
-
-SCHEMA_RACE_TRIES = 5  # opening a storage whose schema another process is creating
-
-
-def open_storage(url: str, *, heartbeat: bool = False) -> RDBStorage | JournalStorage:
-    """An Optuna storage for a URL: ``sqlite:///``, ``postgresql://``, ... or a journal file
-    (``journal:PATH`` or a path ending in ``.log`` / ``.journal``)."""
-    if url.startswith("journal:") or url.endswith((".log", ".journal")):
-        path = url.removeprefix("journal:")
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(path))
-    if "://" not in url:
-        raise UserError(
-            f"storage {url!r} is not a database URL (sqlite:///PATH, "
-            "postgresql://...) or a journal file (journal:PATH)"
-        )
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    kwargs: dict[str, Any] = {"heartbeat_interval": 10, "grace_period": 60} if heartbeat else {}
-    for attempt in range(SCHEMA_RACE_TRIES):
-        try:
-            return RDBStorage(url, engine_kwargs=_engine_kwargs(url), **kwargs)
-        except IntegrityError:
-            # Another process (a reader such as optuna-dashboard, or a driver) created the
-            # schema at the same moment and wrote its version row first: it is there now.
-            if attempt + 1 == SCHEMA_RACE_TRIES:
-                raise UserError(
-                    f"cannot open storage {url}: its schema kept changing while "
-                    "it was being created; try again"
-                ) from None
-            time.sleep(0.2 * (attempt + 1))
-        except Exception as exc:  # sqlalchemy errors: unreachable server, bad driver, old schema
-            raise UserError(
-                f"cannot open storage {url}: {type(exc).__name__}: {str(exc).splitlines()[0]}"
-            ) from None
-    raise AssertionError("unreachable")  # the loop returns or raises
-
-
-def _engine_kwargs(url: str) -> dict:
-    if url.startswith("sqlite"):
-        # The driver and the dashboard may read while a search writes.
-        return {"connect_args": {"timeout": 60}}
-    return {"pool_pre_ping": True}
 
 
 def load_study(name: str, storage: str | None = None) -> optuna.Study:

@@ -208,6 +208,27 @@ class ThroughputBudget(Section):
     max_seconds: PositiveNumber = 20.0  # then the trial is flagged noisy_throughput
 
 
+class EarlyStopping(Section):
+    """Multi-fidelity search (`sqa_nas.search.asha`): ``mo_asha`` trains a trial to rungs of
+    `min_tokens` * eta^k tokens (then the full budget) and continues it only while it is in
+    the top 1/eta of the trials at its rung by non-dominated sorting; ``none`` trains every
+    trial to the full budget. Paused trials keep a checkpoint in `checkpoint_dir` (default:
+    ``runs/STUDY/checkpoints``), which every worker must read (a shared path on a cluster)."""
+
+    scheduler: Literal["none", "mo_asha"] = "none"
+    eta: Annotated[int, Field(ge=2)] = 3
+    min_tokens: Positive | None = None
+    checkpoint_dir: str | None = None
+
+    def rungs(self, tokens: int) -> list[int]:
+        """The ladder for a full budget of `tokens`: min_tokens * eta^k below it, then it."""
+        ladder, at = [], self.min_tokens or tokens
+        while at < tokens:
+            ladder.append(at)
+            at *= self.eta
+        return ladder + [tokens]
+
+
 class Budget(Section):
     """How many trials, the search's wall-clock limit, each trial's time limit and budgets."""
 
@@ -222,11 +243,29 @@ class Budget(Section):
     noise_seeds: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
     train: TrainBudget = TrainBudget()
     throughput: ThroughputBudget = ThroughputBudget()
+    early_stopping: EarlyStopping = EarlyStopping()
 
     @model_validator(mode="after")
     def _check(self) -> Budget:
         if self.noise_seeds == 1:
             raise ValueError("noise_seeds: 1 seed measures no spread; use 0 (off), >= 2 or auto")
+        stopping, train = self.early_stopping, self.train
+        if stopping.scheduler == "mo_asha":
+            if train.tokens is None or train.steps is not None or train.seconds is not None:
+                raise ValueError(
+                    "early_stopping: mo_asha needs the budget in train.tokens (and no steps "
+                    "or seconds): its rungs are token counts"
+                )
+            if stopping.min_tokens is None or stopping.min_tokens >= train.tokens:
+                raise ValueError(
+                    f"early_stopping.min_tokens: give a number below train.tokens "
+                    f"({train.tokens:,}), the tokens of the first rung"
+                )
+            if self.seeds > 1:
+                raise ValueError(
+                    "early_stopping: mo_asha trains one seed per trial; use seeds: 1 and "
+                    "`sqa-nas confirm` for repeats"
+                )
         return self
 
 

@@ -1,6 +1,6 @@
-"""sqa_nas.search.records around the trial record: storages opened with heartbeats only
-when asked, studies of another format refused by name, objective names read from the
-metric names or the study attr, and records filtered to one GPU type."""
+"""sqa_nas.search.records and .storage around the trial record: storages opened with
+heartbeats only when asked, studies of another format refused by name, objective names read
+from the metric names or the study attr, and records filtered to one GPU type."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from sqa_nas.search.records import (
     check_format,
     objective_names,
     of_gpu_type,
-    open_storage,
 )
+from sqa_nas.search.storage import open_storage
 
 
 @pytest.mark.parametrize("heartbeat", [True, False])
@@ -61,7 +61,7 @@ def test_a_schema_created_at_the_same_moment_by_another_process_is_retried(tmp_p
     loser sees IntegrityError, and the schema is whole a moment later: open it again."""
     from sqlalchemy.exc import IntegrityError
 
-    from sqa_nas.search import records
+    from sqa_nas.search import storage as records
 
     url = f"sqlite:///{tmp_path}/s.db"
     real, calls = records.RDBStorage, []
