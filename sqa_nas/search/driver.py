@@ -34,7 +34,7 @@ from sqa_nas.search.executors.base import Executor
 from sqa_nas.search.figures import RunMeter
 from sqa_nas.search.locks import (
     driver_identity,
-    reap_reason,
+    reap_trials,
     stale_trial_ids,
     start_heartbeat,
     study_lock,
@@ -44,6 +44,7 @@ from sqa_nas.search.noise import Noise
 from sqa_nas.search.progress import progress_panel
 from sqa_nas.search.repeats import Repeats
 from sqa_nas.search.samplers import make_sampler
+from sqa_nas.search.scheduler import Scheduler, checkpoint_folder
 from sqa_nas.search.space import SearchSpec, layout_key
 from sqa_nas.search.storage import default_storage, open_storage
 from sqa_nas.search.study import init_or_check, quiet_optuna, trial_counts
@@ -131,6 +132,8 @@ class Driver:
             init_or_check(study, spec, data.meta, data.fingerprint, self.url)
             self.study = study
             self.repeats = Repeats(study, self.storage, self.log)
+            folder = checkpoint_folder(spec, self.url)
+            self.scheduler = Scheduler(spec, study, self.storage, folder, self.log)
             self.enqueue_seeds()
         return study
 
@@ -142,41 +145,16 @@ class Driver:
         database storage, its heartbeat is older than the grace period (Optuna's
         `fail_stale_trials`). A live driver's trial is never reaped."""
         with self._study_lock() as locked:  # two drivers reaping at once would re-enqueue twice
-            return self._reap(locked)
-
-    def _reap(self, locked: bool) -> int:
-        study = self.study
-        stale = set(stale_trial_ids(self.storage, study, self.url))
-        reaped = 0
-        now = datetime.now()  # Optuna stores naive local times
-        for t in study.get_trials(deepcopy=False):
-            if t.state != TrialState.RUNNING:
-                continue
-            reason = reap_reason(
-                t,
-                self.identity,
-                stale=stale,
+            return reap_trials(
+                self.study,
+                self.storage,
+                stale=set(stale_trial_ids(self.storage, self.study, self.url)),
+                identity=self.identity,
                 locked=locked,
                 heartbeat=self._heartbeat_storage,
-                now=now,
+                keep=self.scheduler.rescue,  # paused at a checkpoint: kept for a promotion
+                requeue=self._requeue,
             )
-            if reason is None:
-                continue
-            # Marked while RUNNING (a finished trial takes no attributes), then failed; if
-            # its driver told it in between after all, that outcome stands.
-            try:
-                self._mark(t, reaped=True, fail_reason=reason)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                continue  # its driver told it just now after all: that outcome stands
-            told = study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
-            if told.state == TrialState.FAIL and told.user_attrs.get("fail_reason") == reason:
-                self._requeue(t)
-                reaped += 1
-        return reaped
-
-    def _mark(self, t, **attrs) -> None:
-        for key, value in attrs.items():
-            self.storage.set_trial_user_attr(t._trial_id, key, value)
 
     def _requeue(self, t) -> None:
         params = t.params
@@ -267,6 +245,9 @@ class Driver:
                         or self.repeats.exhausted
                         or sum(self.counts()[k] for k in ("counted", "running")) >= n_trials
                     ):
+                        if not out_of_time:  # nothing left to promote: the ladder ends
+                            with self._study_lock():
+                                self.scheduler.stop_paused(self.executor.running)
                         break
                     told = False
                     for event in self.executor.poll(timeout=0.5):
@@ -285,6 +266,9 @@ class Driver:
         except KeyboardInterrupt:
             interrupted = True
             for number in self.executor.shutdown(cancel=True):
+                if self.scheduler.rescue(self.study.get_trials(deepcopy=False)[number]):
+                    self.repeats.release(number)
+                    continue  # paused again at its last checkpoint
                 self._tell(
                     TrialOutcome(
                         number,
@@ -334,6 +318,15 @@ class Driver:
         `n_trials` trials evaluated or running (checked with the ask under the study lock,
         so drivers sharing the study never overrun the budget together)."""
         with self._study_lock():
+            promoted = self.scheduler.promote(self.executor.running, self.identity)
+        if promoted:
+            t, segment = promoted
+            self.executor.submit(self._job(t, t.number, segment=segment))
+            self.log(
+                f"trial {t.number}: promoted to rung {segment.rung} ({segment.tokens:,} tokens)"
+            )
+            return "submitted"
+        with self._study_lock():
             counts = self.counts()
             if counts["counted"] + counts["running"] >= n_trials:
                 return None
@@ -373,17 +366,23 @@ class Driver:
             and not self._noise_sent
         ):
             noise, self._noise_sent = spec.budget.noise_seeds, True
-        job = TrialJob(
-            trial.number,
+        baseline = trial.user_attrs.get("seed_variant") is not None
+        first = self.scheduler.first_segment(trial.number, baseline)
+        self.executor.submit(self._job(trial, trial.number, noise=noise, segment=first))
+        return "submitted"
+
+    def _job(self, trial, number: int, **extra) -> TrialJob:
+        """The job of trial `number` (`trial`: its Optuna trial, asked or frozen)."""
+        return TrialJob(
+            number,
             dict(trial.params),
-            spec.model_dump(mode="json"),
+            self.spec.model_dump(mode="json"),
             trial.user_attrs.get("seed_variant"),
             dict(self.study.user_attrs.get("mha_reference", {})),
             compile_choice=dict(self.study.user_attrs.get("compile_choice", {})),
-            noise_seeds=noise,
+            noise_seeds=extra.get("noise"),
+            segment=extra.get("segment"),
         )
-        self.executor.submit(job)
-        return "submitted"
 
     def _tell(self, outcome: TrialOutcome, requeue: bool = False) -> None:
         try:
@@ -397,8 +396,9 @@ class Driver:
         t = study.get_trials(deepcopy=False)[outcome.number]
         if t.state.is_finished():
             return
+        attrs = self.scheduler.merged(t, outcome.attrs)  # a later segment adds to earlier ones
         try:
-            for key, value in outcome.attrs.items():
+            for key, value in attrs.items():
                 self.storage.set_trial_user_attr(t._trial_id, key, value)
         except optuna.exceptions.UpdateFinishedTrialError:
             # Another driver reaped it meanwhile (and re-queued it): its verdict stands.
@@ -414,6 +414,13 @@ class Driver:
         if outcome.noise is not None and "noise" not in study.user_attrs:
             study.set_user_attr("noise", outcome.noise)
             self.log(f"noise floor: {Noise.model_validate(outcome.noise).describe()}")
+        if outcome.state == "PAUSED":  # at a rung, its checkpoint saved: waits for a promotion
+            self.scheduler.paused(t, attrs["checkpoint"])
+            self.log(
+                f"trial {outcome.number} [{attrs.get('allocation', '')}]: {attrs['rungs'][-1]}"
+            )
+            return
+        self.scheduler.finished(t)
         state = TrialState[outcome.state]
         if state == TrialState.COMPLETE:
             study.tell(

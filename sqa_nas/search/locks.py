@@ -213,3 +213,42 @@ def start_heartbeat(
 
     threading.Thread(target=beat, daemon=True, name="sqa-nas-heartbeat").start()
     return stop
+
+
+def reap_trials(
+    study: optuna.Study,
+    storage: Any,
+    *,
+    stale: set[int],
+    identity: dict[str, Any],
+    locked: bool,
+    heartbeat: bool,
+    keep: Callable[[optuna.trial.FrozenTrial], bool],
+    requeue: Callable[[optuna.trial.FrozenTrial], None],
+) -> int:
+    """Fail the RUNNING trials of `study` whose driver is gone (`reap_reason`) and hand each
+    to `requeue`, except those `keep` takes over (it returns True). Returns how many were
+    failed. Each is marked ``reaped`` and its ``fail_reason`` while RUNNING (a finished trial
+    takes no attributes), then failed; if its driver told it in between after all, that
+    outcome stands."""
+    reaped = 0
+    now = datetime.now()  # Optuna stores naive local times
+    for t in study.get_trials(deepcopy=False):
+        if t.state != optuna.trial.TrialState.RUNNING:
+            continue
+        reason = reap_reason(t, identity, stale=stale, locked=locked, heartbeat=heartbeat, now=now)
+        if reason is None or keep(t):
+            continue
+        try:
+            storage.set_trial_user_attr(t._trial_id, "reaped", True)
+            storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # its driver told it just now after all
+        told = study.tell(t.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+        if (
+            told.state == optuna.trial.TrialState.FAIL
+            and told.user_attrs.get("fail_reason") == reason
+        ):
+            requeue(t)
+            reaped += 1
+    return reaped

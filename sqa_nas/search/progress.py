@@ -46,6 +46,7 @@ def progress_panel(
         f"{counts.get('running', 0)}, failed {counts.get('failed', 0)}, pruned "
         f"{counts.get('pruned', 0)}, infeasible {counts.get('infeasible', 0)}"
         + (f", repeats told {counts['duplicates']}" if counts.get("duplicates") else "")
+        + (f" | paused at a rung {counts['paused']}" if counts.get("paused") else "")
     )
     lines = [head, f"[dim]{executor.describe()} | storage {url}[/]"]
     if study is not None:

@@ -4,8 +4,10 @@ Samplers propose layouts a study already holds (NSGA-II did in 2 of 10 trials of
 81-layout space). The driver keys every trial by its layout (`space.layout_key`: the
 resolved per-layer model, backends included) and hands a repeat to `Repeats`: a repeat of a
 completed trial is told its values at once; a repeat of a trial still running here waits for
-it. Either way it records ``duplicate_of`` and never counts against the trial budget. A
-repeat of a failed trial is trained again (the failure may have been the machine's).
+it; a repeat of a trial the multi-fidelity scheduler paused or stopped at a rung ends FAIL
+(the original's rungs stand for the layout). Either way it records ``duplicate_of`` and never
+counts against the trial budget. A repeat of a failed trial is trained again (the failure
+may have been the machine's).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
+RUNNING = TrialState.RUNNING
 COPIED = ("allocation", "metrics", "analytics", "model", "layers", "seeds")
 
 
@@ -41,6 +44,13 @@ class Repeats:
                 continue
             if t.state == TrialState.COMPLETE:
                 self.finish(trial.number, t)
+                return True
+            rungs = t.user_attrs.get("rungs")
+            if rungs and t.number not in running and t.state in (RUNNING, TrialState.PRUNED):
+                # Paused or stopped by the multi-fidelity scheduler: its rungs stand for both.
+                trial.set_user_attr("duplicate_of", t.number)
+                where = "paused" if t.state == RUNNING else "stopped"
+                self.finish(trial.number, None, f"trial {t.number} has it, {where} at a rung")
                 return True
             if t.state == TrialState.RUNNING and t.number in running:
                 trial.set_user_attr("duplicate_of", t.number)

@@ -117,8 +117,12 @@ class SearchSpec(Section):
                 "search: no valid (n_q_heads, n_kv_heads) pair: H_q must be a "
                 "multiple of H_kv (or allow_reverse with H_kv a multiple of H_q)"
             )
-        if self.data.root.kind == "mqar" and "val_loss" not in self.objectives:
-            pass  # accuracy is still recorded
+        stopping = self.budget.early_stopping.scheduler
+        if stopping != "none" and "val_loss" not in self.objectives:
+            raise ValueError(
+                f"budget.early_stopping: {stopping} compares trials by the val_loss they reach "
+                "at each rung: add val_loss to objectives (or use scheduler: none)"
+            )
         for o in ("kv_cache_bytes", "params", "attention_flops"):
             if self.objectives == [o]:
                 raise ValueError(

@@ -96,7 +96,8 @@ def corpus_summary(meta: dict[str, Any]) -> dict[str, Any]:
 def trial_counts(study: optuna.Study) -> dict[str, int]:
     """`study`'s trials by state; ``counted`` is the budget's count (finished trials
     not flagged in `NOT_COUNTED`), ``infeasible`` the ones refused by a constraint,
-    ``duplicates`` the ones told an evaluated trial's values (in no other count)."""
+    ``duplicates`` the ones told an evaluated trial's values (in no other count), ``paused``
+    the running ones waiting at a rung for a promotion (`search.scheduler`)."""
     c = {
         "complete": 0,
         "failed": 0,
@@ -106,6 +107,7 @@ def trial_counts(study: optuna.Study) -> dict[str, int]:
         "counted": 0,
         "waiting": 0,
         "duplicates": 0,
+        "paused": 0,
     }
     for t in study.get_trials(deepcopy=False):
         if "duplicate_of" in t.user_attrs:  # told another trial's values: no budget
@@ -115,6 +117,8 @@ def trial_counts(study: optuna.Study) -> dict[str, int]:
         flags = [k for k in NOT_COUNTED if t.user_attrs.get(k) and t.state != TrialState.COMPLETE]
         if t.state == TrialState.RUNNING:
             c["running"] += 1
+            rungs = t.user_attrs.get("rungs") or [{}]
+            c["paused"] += rungs[-1].get("decision") == "paused"  # of running: at a rung
         elif t.state == TrialState.WAITING:
             c["waiting"] += 1
         elif "infeasible" in flags:

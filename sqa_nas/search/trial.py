@@ -10,7 +10,6 @@ with the reason, a non-finite loss becomes PRUNED.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import math
 import os
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
+from sqa_nas import checkpoint
 from sqa_nas.analytics import analyze, mha_baseline
 from sqa_nas.compiling import CompileDecision, decide
 from sqa_nas.data import Dataset, load_dataset
@@ -31,6 +31,7 @@ from sqa_nas.errors import first_error
 from sqa_nas.gpu_share import GpuShare
 from sqa_nas.machine import device_name, machine_info
 from sqa_nas.model import ModelConfig, SQATransformer, build_model, init_weights, layer_dict
+from sqa_nas.search.budgets import crn_seeds, throughput_config, train_config
 from sqa_nas.search.choices import compact_allocation
 from sqa_nas.search.noise import Noise
 from sqa_nas.search.records import (
@@ -39,18 +40,19 @@ from sqa_nas.search.records import (
     Device,
     LayerRecord,
     Metrics,
+    Rung,
     Timings,
     TrialAttrs,
     trial_attrs,
 )
+from sqa_nas.search.scheduler import Segment
 from sqa_nas.search.space import SearchSpec
 from sqa_nas.stats import std
 from sqa_nas.throughput import Throughput, measure
 from sqa_nas.train import (
     NonFinite,
     Progress,
-    ThroughputConfig,
-    TrainConfig,
+    TrainState,
     TrainStep,
     evaluate,
     pick_device,
@@ -74,6 +76,8 @@ class TrialJob:
     # The study's noise trial: train with this many seeds (auto: 3 on a GPU, none on the
     # CPU) and time each; None: an ordinary trial.
     noise_seeds: int | str | None = None
+    # Multi-fidelity (`search.scheduler`): what this job trains; None: the whole budget.
+    segment: Segment | None = None
 
 
 @dataclass
@@ -96,51 +100,6 @@ def _dataset(data_json: str) -> Dataset:
 @functools.lru_cache(maxsize=4)
 def _spec(spec_json: str) -> SearchSpec:
     return SearchSpec.model_validate(json.loads(spec_json))
-
-
-def train_config(spec: SearchSpec) -> TrainConfig:
-    """The training settings of a search space's budget, at its model's seq_len."""
-    b = spec.budget.train
-    return TrainConfig(
-        seq_len=spec.model.seq_len,
-        batch_size=b.batch_size,
-        steps=b.steps,
-        tokens=b.tokens,
-        seconds=b.seconds,
-        lr=b.lr,
-        min_lr_ratio=b.min_lr_ratio,
-        warmup_steps=b.warmup_steps,
-        weight_decay=b.weight_decay,
-        grad_clip=b.grad_clip,
-        compile=b.compile,
-        eval_batches=b.eval_batches,
-        eval_batch_size=b.eval_batch_size,
-    )
-
-
-def throughput_config(spec: SearchSpec) -> ThroughputConfig:
-    """How a search space measures throughput (seq_len defaults to the model's)."""
-    t = spec.budget.throughput
-    return ThroughputConfig(
-        seq_len=t.seq_len or spec.model.seq_len,
-        batch_size=t.batch_size,
-        warmup=t.warmup,
-        repeats=t.repeats,
-        backward=t.mode == "fwd+bwd",
-        ci_target=t.ci_target,
-        max_seconds=t.max_seconds,
-    )
-
-
-def crn_seeds(spec: SearchSpec, n: int, purpose: str = "study") -> list[int]:
-    """`n` seeds for weights and data order, the same for every trial of a study (common
-    random numbers: two trials differ only in their layout). `purpose` draws another
-    family (``confirm``: fresh seeds, none of the study's)."""
-    base = spec.sampler.seed or 0
-    return [
-        int.from_bytes(hashlib.sha256(f"{base}:{purpose}:{r}".encode()).digest()[:4], "big")
-        for r in range(n)
-    ]
 
 
 def run_trial(
@@ -230,7 +189,11 @@ def _evaluate(
         kv_cache_bytes=cost.kv_bytes, params=cost.params, attention_flops=cost.attn_flops
     )
 
+    segment = job.segment
+    if segment is not None and segment.resume:  # a later segment: timed in the first one
+        record.metrics = metrics = Metrics.model_validate(segment.carry)
     timed = bool(objectives & {"throughput_tokens_per_s", "speedup_vs_mha"})
+    timed = timed and not (segment is not None and segment.resume)
     name = record.device.name
     assert name is not None  # run_trial records device_name(device)
     # One answer per study and device, so every throughput (and the MHA reference) is
@@ -246,6 +209,7 @@ def _evaluate(
 
     measured: list[Throughput] = []
     scores: list[dict[str, float]] = []  # per seed
+    on_the_way: list[tuple[int, dict[str, float]]] = []  # a baseline's rung evaluations
     for i, seed in enumerate(seeds):
         if i:
             init_weights(model, seed)  # in place: the compiled blocks hold these modules
@@ -254,7 +218,12 @@ def _evaluate(
             measured.append(_throughput(model, config, spec, device, step, share))
             timings.throughput_s = (timings.throughput_s or 0.0) + time.perf_counter() - t0
         if objectives & {"val_loss"}:
-            scores.append(_train(model, data, spec, device, seed, step, share, progress, record))
+            part = segment if i == 0 else None  # more seeds: the noise trial, a baseline
+            got, evaluated = _train(
+                model, data, spec, device, seed, step, share, progress, record, part
+            )
+            scores.append(got)
+            on_the_way += evaluated
     if measured:
         _throughput_metrics(metrics, measured)
     losses = [x["val_loss"] for x in scores]
@@ -273,6 +242,30 @@ def _evaluate(
         for x, (b, why) in zip(layers, backends)
     ]
     outcome.values = {o: float(metrics.value(o)) for o in spec.objectives}
+    if segment is not None:
+        _rungs(segment, outcome, record, on_the_way)
+
+
+def _rungs(
+    segment: Segment,
+    outcome: TrialOutcome,
+    record: TrialAttrs,
+    on_the_way: list[tuple[int, dict[str, float]]],
+) -> None:
+    """The rungs a segment reached (a baseline's on its way, then its end's) in `record`; a
+    segment that leaves a checkpoint ends PAUSED, waiting for a promotion."""
+    ladder = [*segment.eval_at, segment.tokens]
+    for tokens, scores in on_the_way:
+        values = outcome.values | {k: v for k, v in scores.items() if k in outcome.values}
+        record.rungs.append(Rung(rung=ladder.index(tokens), tokens=tokens, values=values))
+        record.rungs[-1].decision = "baseline"
+    end = "paused" if segment.save else "complete"
+    reached = record.metrics.train_tokens or segment.tokens
+    record.rungs.append(
+        Rung(rung=segment.rung, tokens=reached, values=dict(outcome.values), decision=end)
+    )
+    if segment.save:
+        outcome.state, record.checkpoint = "PAUSED", segment.save
 
 
 def _noise_seeds(asked: int | str | None, device: torch.device) -> int:
@@ -334,30 +327,54 @@ def _train(
     share: GpuShare,
     progress: Progress | None,
     record: TrialAttrs,
-) -> dict[str, float]:
-    """Train the model with `seed` (data order) and evaluate it; the first seed's curve,
-    steps and speed go in `record`, timings add up over seeds."""
+    segment: Segment | None = None,
+) -> tuple[dict[str, float], list[tuple[int, dict[str, float]]]]:
+    """Train the model with `seed` (data order) and evaluate it: the whole budget, or a
+    `segment` of it (resumed from its checkpoint, evaluated at a baseline's rungs on the
+    way, saved at its end). Returns the scores and the (tokens, scores) on the way; the
+    first seed's curve, steps and speed go in `record`, timings add up over seeds."""
     cfg, timings, metrics = train_config(spec), record.timings, record.metrics
+    per_step = cfg.batch_size * cfg.seq_len
+    state: TrainState | None = None
+    if segment is not None and segment.resume:
+        weights, state, _ = checkpoint.load(segment.resume, device)
+        model.load_state_dict(weights)
+    stops = [-(-t // per_step) for t in segment.eval_at] if segment else []
+    stops.append(-(-segment.tokens // per_step) if segment else cfg.planned_steps)
+    start = state.tokens if state is not None else 0
+    wait, evaluated, windows = share.yield_if_wanted, [], []
     # Shared with other trials, and stepping aside for their throughput windows; held
     # through evaluation too, whose kernels would also land in their windows.
     with share.training():
-        t0 = time.perf_counter()
-        wait = share.yield_if_wanted
-        result = train(model, data, cfg, device, seed, progress, step=step, between_steps=wait)
-        ended = time.time()
-        timings.train_s = (timings.train_s or 0.0) + time.perf_counter() - t0
-        t0 = time.perf_counter()
-        scores = evaluate(model, data, cfg, device)
-        timings.eval_s = (timings.eval_s or 0.0) + time.perf_counter() - t0
-    window = (ended - result.seconds, ended)  # the step loop, for the training-step share
+        for stop in stops:
+            t0 = time.perf_counter()
+            result = train(
+                model, data, cfg, device, seed, progress, step=step, between_steps=wait,
+                stop_step=stop, resume=state,
+            )  # fmt: skip
+            ended, state = time.time(), result.state
+            timings.train_s = (timings.train_s or 0.0) + time.perf_counter() - t0
+            windows.append((ended - result.seconds, ended))  # for the training-step share
+            t0 = time.perf_counter()
+            scores = evaluate(model, data, cfg, device)
+            timings.eval_s = (timings.eval_s or 0.0) + time.perf_counter() - t0
+            if stop != stops[-1]:
+                evaluated.append((result.tokens, scores))
+    if segment is not None and segment.save:
+        meta = {"rung": segment.rung, "seed": seed, "model": record.model}
+        checkpoint.save(segment.save, model, result.state, meta)
     if timings.train_window is not None:
-        timings.train_windows = [*(timings.train_windows or [timings.train_window]), window]
+        timings.train_windows = [*(timings.train_windows or [timings.train_window]), *windows]
     else:
-        timings.train_window = window
+        timings.train_window = windows[0]
+        if len(windows) > 1:
+            timings.train_windows = windows
         record.curve = result.curve
         metrics.train_steps, metrics.train_tokens = result.steps, result.tokens
-        metrics.train_tokens_per_s = round(result.tokens_per_s, 1)
-    return scores
+        seconds = sum(b - a for a, b in windows)
+        speed = (result.tokens - start) / seconds if seconds > 0 else 0.0
+        metrics.train_tokens_per_s = round(speed, 1)
+    return scores, evaluated
 
 
 def training_step(
