@@ -29,6 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from sqa_nas.errors import UserError
+from sqa_nas.search.asha import hypervolume
 from sqa_nas.search.records import OBJECTIVES, TrialRecord
 
 _BLOCK = 32  # trials per numpy comparison for 3+ objectives (fastest here: 16 to 256 tried)
@@ -172,14 +173,8 @@ def _knee(front: list[TrialRecord], objectives, directions) -> TrialRecord:
 # ------------------------------------------------------------------------------ hypervolume
 def hypervolume_2d(points: Sequence[tuple[float, float]], ref: tuple[float, float]) -> float:
     """Area dominated by `points` and bounded by `ref`, both objectives minimised. Points not
-    strictly better than `ref` in both coordinates add nothing."""
-    rx, ry = ref
-    area, best_y = 0.0, ry
-    for x, y in sorted(p for p in points if p[0] < rx and p[1] < ry):
-        if y < best_y:  # a new step of the staircase: the strip [x, rx] x [y, best_y]
-            area += (rx - x) * (best_y - y)
-            best_y = y
-    return area
+    strictly better than `ref` in both coordinates add nothing (`asha.hypervolume`)."""
+    return hypervolume(points, ref, ("minimize", "minimize"))
 
 
 def hypervolume_history(
