@@ -6,11 +6,17 @@ config: what the search, the experiments and users call alike.
 the forward and loss of a training step, eager or with compiled blocks; `train` runs AdamW
 with that schedule on a `TrainStep` and stops at the first of steps / tokens / seconds;
 `evaluate` scores fixed held-out batches; `sqa_nas.throughput` times the same `TrainStep`.
+
+A run bounded by steps or tokens can stop early (`train(stop_step=...)`) and continue later
+from its `TrainState` (`train(resume=...)`, on any device; `sqa_nas.checkpoint` writes and
+reads it with the weights): the schedule always spans the full budget and the data stream
+picks up at the next batch, so on the CPU the continued run is bitwise the unstopped one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import math
 import queue
@@ -86,18 +92,37 @@ class ThroughputConfig:
 
 
 @dataclass(frozen=True)
+class TrainState:
+    """Where a run stands after `train` returns: what a later `train(resume=...)` needs to
+    continue it exactly, given the model's weights (kept apart: `sqa_nas.checkpoint`), the
+    same `TrainConfig`, data and seed. No random number is drawn in a step (no dropout;
+    block-sparse layouts draw their random blocks from their own seeded generators) and
+    gradient clipping keeps nothing, so no RNG state is needed."""
+
+    step: int  # optimizer steps done; the data stream resumes at batch number `step`
+    tokens: int  # training tokens seen
+    curve: list[tuple[int, int, float]]  # as `TrainResult.curve`, so far
+    optimizer: dict[str, Any]  # the AdamW state_dict, tensors on the device trained on
+    seed: int  # the data seed, checked on resume
+    planned_steps: int  # the schedule's length (`TrainConfig.planned_steps`), checked too
+
+
+@dataclass(frozen=True)
 class TrainResult:
-    """What `train` did: the loss curve, the steps taken and the tokens seen."""
+    """What `train` did: the loss curve, the steps taken and the tokens seen (both counted
+    from the run's start, a resumed run's earlier calls included), and where it stands."""
 
     curve: list[tuple[int, int, float]]  # (step, tokens seen, training loss), subsampled
     steps: int
     tokens: int
-    seconds: float = 0.0  # in the step loop, synchronised at its end
+    seconds: float = 0.0  # in this call's step loop, synchronised at its end
+    state: TrainState | None = None  # to continue from (`train` always sets it)
+    tokens_before: int = 0  # tokens seen before this call (resumed from a `TrainState`)
 
     @property
     def tokens_per_s(self) -> float:
-        """Training tokens per second of the step loop."""
-        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+        """Training tokens per second of this call's step loop."""
+        return (self.tokens - self.tokens_before) / self.seconds if self.seconds > 0 else 0.0
 
 
 def pick_device(preference: str = "auto") -> torch.device:
@@ -234,6 +259,8 @@ def train(
     *,
     step: TrainStep | None = None,
     between_steps: Callable[[], None] | None = None,
+    stop_step: int | None = None,
+    resume: TrainState | None = None,
 ) -> TrainResult:
     """Train `model` in place on `data`'s training split.
 
@@ -244,8 +271,16 @@ def train(
     of, loss, lr} at each curve point, the only host syncs of the loop; `between_steps()` is
     called after every optimizer step (a trial sharing its GPU steps aside there,
     `sqa_nas.gpu_share`). `TrainResult.seconds` counts the step loop only. Raises
-    `NonFinite` at the first non-finite loss it reads."""
+    `NonFinite` at the first non-finite loss it reads.
+
+    `stop_step`: stop once that many steps are done in all (the schedule still spans
+    `cfg.planned_steps`). `resume`: continue from a `TrainResult.state` (the model already
+    holding that run's weights): the optimizer state is loaded (a copy: `resume` is not
+    changed), the data stream starts at batch `resume.step` and the curve goes on. Both
+    need a run bounded by steps or tokens; `ValueError` otherwise, and when `resume` came
+    from another seed, schedule length or batch shape."""
     n, total = cfg.seq_len, cfg.planned_steps
+    _check_resume(cfg, seed, stop_step, resume)
     if step is None:
         step = TrainStep(model, device, n, compiled=cfg.compile is True and device.type == "cuda")
     decay = [p for p in model.parameters() if p.dim() >= 2]
@@ -259,14 +294,22 @@ def train(
         betas=(0.9, 0.95),
         fused=device.type == "cuda",
     )
-    batches = data.train_batches(cfg.batch_size, n, seed=seed, device=device)
+    curve: list[tuple[int, int, float]] = []
+    steps, tokens = 0, 0
+    if resume is not None:
+        _load_optimizer(opt, resume.optimizer)
+        curve, steps, tokens = list(resume.curve), resume.step, resume.tokens
+    tokens_before = tokens
+    batches = data.train_batches(cfg.batch_size, n, seed=seed, device=device, start=steps)
     if device.type == "cuda":
         batches = prefetch(batches)
     model.train()
-    curve, steps, tokens, start = [], 0, 0, time.perf_counter()
+    start = time.perf_counter()
     every = max(1, (total if total > 0 else 1000) // CURVE_POINTS)
     while True:
         if total > 0 and steps >= total:
+            break
+        if stop_step is not None and steps >= stop_step:
             break
         if cfg.seconds and time.perf_counter() - start >= cfg.seconds:
             break
@@ -293,7 +336,48 @@ def train(
                 progress({"step": steps, "of": total, "loss": value, "lr": lr})
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return TrainResult(curve, steps, tokens, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    state = TrainState(steps, tokens, list(curve), opt.state_dict(), seed, total)
+    return TrainResult(curve, steps, tokens, seconds, state, tokens_before)
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+    """Load a copy of `saved` into `opt`, keeping `opt`'s implementation flags: a state the
+    fused CUDA AdamW saved continues with the CPU's own implementation, and the other way
+    round (torch casts the tensors onto the parameters' device, `step` too when fused)."""
+    saved = copy.deepcopy(saved)
+    for group, own in zip(saved["param_groups"], opt.param_groups):
+        group.update({k: own[k] for k in ("foreach", "capturable", "fused")})
+    opt.load_state_dict(saved)
+
+
+def _check_resume(
+    cfg: TrainConfig, seed: int, stop_step: int | None, resume: TrainState | None
+) -> None:
+    """`ValueError` unless `train` can stop at `stop_step` and continue `resume` exactly."""
+    if cfg.seconds is not None and (stop_step is not None or resume is not None):
+        raise ValueError(
+            f"a run bounded by seconds ({cfg.seconds}) cannot stop at a step or resume: "
+            "its schedule has no fixed length; bound it by steps or tokens instead"
+        )
+    done = resume.step if resume is not None else 0
+    if stop_step is not None and stop_step < done:
+        raise ValueError(f"stop_step={stop_step} is before the resumed step {done}")
+    if resume is None:
+        return
+    per_step = cfg.batch_size * cfg.seq_len
+    if resume.seed != seed:
+        raise ValueError(f"resuming a run of seed {resume.seed} with seed {seed}")
+    if resume.planned_steps != cfg.planned_steps:
+        raise ValueError(
+            f"resuming a run planned for {resume.planned_steps} steps with a config "
+            f"planned for {cfg.planned_steps}: the LR schedule would differ"
+        )
+    if resume.tokens != resume.step * per_step:
+        raise ValueError(
+            f"resuming a run of {resume.tokens} tokens in {resume.step} steps with "
+            f"batch_size * seq_len = {per_step} tokens per step"
+        )
 
 
 @torch.no_grad()

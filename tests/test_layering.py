@@ -31,6 +31,7 @@ FLOORS = {
     "analytics": 6,
     "train": 6,
     "throughput": 6.5,  # times train's TrainStep; the search and experiments read it
+    "checkpoint": 6.5,  # a stopped run's file: stores train's TrainState; the search reads it
     "bench": 7,
     "search": 7,
     "dashboard": 8,

@@ -37,8 +37,10 @@ class SplitData(Dataset):
         tokens = tokens.to(device)
         return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
 
-    def train_batches(self, batch_size, seq_len, *, seed=0, device="cpu"):
+    def train_batches(self, batch_size, seq_len, *, seed=0, device="cpu", start=0):
         gen = torch.Generator().manual_seed(seed)
+        for _ in range(start):
+            self._batch(gen, TRAIN_VOCAB, batch_size, seq_len, device)  # drawn, not served
         while True:
             self.served["train"] += 1
             yield self._batch(gen, TRAIN_VOCAB, batch_size, seq_len, device)

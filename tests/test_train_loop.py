@@ -36,9 +36,11 @@ class RandomData(Dataset):
         self.seeds: list[int] = []
         self.val_shapes: list[tuple[int, int, int]] = []
 
-    def train_batches(self, batch_size, seq_len, *, seed=0, device="cpu"):
+    def train_batches(self, batch_size, seq_len, *, seed=0, device="cpu", start=0):
         self.seeds.append(seed)
         gen = torch.Generator().manual_seed(seed)
+        for _ in range(start):
+            torch.randint(0, 64, (batch_size, seq_len + 1), generator=gen)
         while True:
             t = torch.randint(0, 64, (batch_size, seq_len + 1), generator=gen)
             yield t[:, :-1].contiguous(), t[:, 1:].contiguous()

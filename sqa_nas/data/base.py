@@ -35,10 +35,18 @@ class Dataset(ABC):
 
     @abstractmethod
     def train_batches(
-        self, batch_size: int, seq_len: int, *, seed: int = 0, device: str | torch.device = "cpu"
+        self,
+        batch_size: int,
+        seq_len: int,
+        *,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        start: int = 0,
     ) -> Iterator[Batch]:
         """An endless stream of (x, y) training batches of shape (batch_size, seq_len),
-        reproducible for a given ``seed``."""
+        reproducible for a given ``seed``. With ``start`` = k the stream begins at batch k of
+        that sequence: the same batches as drawing and discarding k, without building the
+        skipped ones (how a resumed run picks up its data, `sqa_nas.train.train`)."""
 
     @abstractmethod
     def val_batches(

@@ -50,14 +50,24 @@ class MQAR(Dataset):
         self.meta = {**options, "generator": GENERATOR, "fingerprint": self.fingerprint}
 
     def train_batches(
-        self, batch_size: int, seq_len: int, *, seed: int = 0, device: str | torch.device = "cpu"
+        self,
+        batch_size: int,
+        seq_len: int,
+        *,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        start: int = 0,
     ) -> Iterator[Batch]:
         """Endless (x, y) batches, both int64 (batch_size, seq_len) on `device`: fresh sequences
         from a generator seeded with ``(spec.seed, 0, seed)``; y is `IGNORE_INDEX` except at the
-        query positions, where it holds the recalled value. `UserError` when `seq_len` is under
-        4 * num_kv_pairs or differs from a seq_len the spec pins."""
+        query positions, where it holds the recalled value. Begins at batch number `start`:
+        the skipped batches' random numbers are drawn (`draw`), their sequences not laid out.
+        `UserError` when `seq_len` is under 4 * num_kv_pairs or differs from a seq_len the
+        spec pins."""
         self._check(seq_len)
         rng = np.random.default_rng([self.spec.seed, 0, seed])
+        for _ in range(start):
+            self.draw(rng, batch_size, seq_len)
         while True:
             x, y = self.generate(rng, batch_size, seq_len)
             yield to_device(x, device), to_device(y, device)
@@ -90,30 +100,43 @@ class MQAR(Dataset):
                 f"it needs 4 * num_kv_pairs = {4 * kv}"
             )
 
+    def draw(
+        self, rng: np.random.Generator, n: int, seq_len: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """Every random number of ``n`` sequences, in the order `generate` has always drawn
+        them: keys (n, kv), values (n, kv), uniforms (n, slots) for the query slots, and the
+        filler tokens (n * (seq_len - 3 kv),) with ``random_non_queries``, else None."""
+        kv, vocab = self.spec.num_kv_pairs, self.spec.vocab_size
+        half, slots = vocab // 2, (seq_len - 2 * kv) // 2
+        keys = np.stack([rng.choice(half - 1, kv, replace=False) + 1 for _ in range(n)])
+        values = np.stack([rng.choice(vocab - half, kv, replace=False) + half for _ in range(n)])
+        uniforms = rng.random((n, slots))
+        filler = None
+        if self.spec.random_non_queries:
+            # every token after the 2 kv context tokens but the kv queries is filler
+            filler = rng.integers(0, vocab, size=n * (seq_len - 3 * kv))
+        return keys, values, uniforms, filler
+
     def generate(
         self, rng: np.random.Generator, n: int, seq_len: int
     ) -> tuple[np.ndarray, np.ndarray]:
         """``n`` sequences: (x, y), both int64 (n, seq_len), laid out as the module says."""
-        kv, vocab = self.spec.num_kv_pairs, self.spec.vocab_size
-        half, context = vocab // 2, 2 * kv
-        keys = np.stack([rng.choice(half - 1, kv, replace=False) + 1 for _ in range(n)])
-        values = np.stack([rng.choice(vocab - half, kv, replace=False) + half for _ in range(n)])
+        kv, context = self.spec.num_kv_pairs, 2 * self.spec.num_kv_pairs
+        keys, values, uniforms, filler = self.draw(rng, n, seq_len)
         x = np.zeros((n, seq_len), dtype=np.int64)
         x[:, 0:context:2], x[:, 1:context:2] = keys, values  # (n, kv) each
 
-        slots = (seq_len - context) // 2
         a = self.spec.power_a
-        weights = a * np.arange(1, slots + 1) ** (a - 1)
+        weights = a * np.arange(1, uniforms.shape[1] + 1) ** (a - 1)
         # Efraimidis-Spirakis: the kv largest log(u) / w are a weighted draw without
         # replacement, in draw order when sorted descending.
-        scores = np.log(rng.random((n, slots))) / weights
+        scores = np.log(uniforms) / weights
         gaps = np.argsort(-scores, axis=1)[:, :kv]  # (n, kv): slot of key j's query
         query_pos = context + 2 * gaps
         np.put_along_axis(x, query_pos, keys, axis=1)
         y = np.full((n, seq_len), IGNORE_INDEX, dtype=np.int64)
         np.put_along_axis(y, query_pos, values, axis=1)
 
-        if self.spec.random_non_queries:
-            filler = x == 0  # keys and values are never 0, so only query-region filler
-            x[filler] = rng.integers(0, vocab, size=int(filler.sum()))
+        if filler is not None:
+            x[x == 0] = filler  # keys and values are never 0, so only query-region filler
         return x, y

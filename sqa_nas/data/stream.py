@@ -37,13 +37,23 @@ class TokenStream(Dataset):
         self.meta = meta
 
     def train_batches(
-        self, batch_size: int, seq_len: int, *, seed: int = 0, device: str | torch.device = "cpu"
+        self,
+        batch_size: int,
+        seq_len: int,
+        *,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        start: int = 0,
     ) -> Iterator[Batch]:
         """Endless (x, y) batches, both int64 (batch_size, seq_len) on `device`: windows of
         seq_len + 1 tokens starting at uniform random offsets (numpy generator seeded with `seed`),
-        y = x shifted by one. `UserError` when the train split is shorter than seq_len + 1."""
+        y = x shifted by one; from batch number `start` on (the skipped batches' offsets are
+        drawn, one call per batch as they would be, and nothing else). `UserError` when the
+        train split is shorter than seq_len + 1."""
         last = self._last_start("train", self.train, seq_len)
         rng = np.random.default_rng(seed)
+        for _ in range(start):
+            rng.integers(0, last + 1, size=batch_size)
         while True:
             yield self._batch(
                 self.train, rng.integers(0, last + 1, size=batch_size), seq_len, device

@@ -7,6 +7,7 @@ per session; every other test builds its own small data under ``tmp_path``.
 from __future__ import annotations
 
 import doctest
+import itertools
 import json
 import shutil
 import sys
@@ -147,6 +148,32 @@ def test_val_batches_are_identical_across_calls(embedded, cache):
     # Evenly spaced: the first window starts the split, the last one ends it.
     assert _bytes(first[0][0][0]) == bytes(embedded.val[:32])
     assert _bytes(first[-1][1][-1]) == bytes(embedded.val[-32:])
+
+
+MQAR_NOISY = {"kind": "mqar", "vocab_size": 64, "num_kv_pairs": 4}
+MQAR_QUIET = {**MQAR_NOISY, "random_non_queries": False}
+
+
+@pytest.mark.parametrize("kind", ["embedded", "mqar", "mqar-quiet"])
+def test_train_batches_from_start_k_are_batches_k_on(kind, embedded, monkeypatch):
+    # What a resumed run relies on: start=k continues the sequence of start=0 at batch k
+    # (seq_len 37: odd, so MQAR's query region ends in a slot no query can take).
+    mqar = MQAR_NOISY if kind == "mqar" else MQAR_QUIET
+    ds = embedded if kind == "embedded" else load_dataset(mqar)
+    whole = list(itertools.islice(ds.train_batches(3, 37, seed=5), 9))
+    for k in (1, 4, 7):
+        later = list(itertools.islice(ds.train_batches(3, 37, seed=5, start=k), 9 - k))
+        assert all(
+            torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+            for a, b in zip(later, whole[k:], strict=True)
+        )
+    # The skipped batches are drawn, not built: one tensor pair made per batch served.
+    module = sys.modules[type(ds).__module__]
+    made = []
+    real = module.to_device
+    monkeypatch.setattr(module, "to_device", lambda a, d: made.append(a.shape) or real(a, d))
+    next(ds.train_batches(3, 37, seed=5, start=50))
+    assert len(made) == (1 if kind == "embedded" else 2)  # (B, N + 1) windows, or x and y
 
 
 # --- text ------------------------------------------------------------------------------------
