@@ -254,16 +254,16 @@ def _rungs(
 ) -> None:
     """The rungs a segment reached (a baseline's on its way, then its end's) in `record`; a
     segment that leaves a checkpoint ends PAUSED, waiting for a promotion."""
-    ladder = [*segment.eval_at, segment.tokens]
-    for tokens, scores in on_the_way:
+    rungs = []
+    for i, (tokens, scores) in enumerate(on_the_way):  # a baseline's, at rungs 0, 1, ...
         values = outcome.values | {k: v for k, v in scores.items() if k in outcome.values}
-        record.rungs.append(Rung(rung=ladder.index(tokens), tokens=tokens, values=values))
-        record.rungs[-1].decision = "baseline"
+        rungs.append(Rung(rung=i, tokens=tokens, values=values, decision="baseline"))
     end = "paused" if segment.save else "complete"
     reached = record.metrics.train_tokens or segment.tokens
-    record.rungs.append(
+    rungs.append(
         Rung(rung=segment.rung, tokens=reached, values=dict(outcome.values), decision=end)
     )
+    record.rungs = rungs  # assigned, not appended: the record stores the fields set
     if segment.save:
         outcome.state, record.checkpoint = "PAUSED", segment.save
 
@@ -362,7 +362,8 @@ def _train(
                 evaluated.append((result.tokens, scores))
     if segment is not None and segment.save:
         meta = {"rung": segment.rung, "seed": seed, "model": record.model}
-        checkpoint.save(segment.save, model, result.state, meta)
+        assert state is not None  # train() always leaves one
+        checkpoint.save(segment.save, model, state, meta)
     if timings.train_window is not None:
         timings.train_windows = [*(timings.train_windows or [timings.train_window]), *windows]
     else:

@@ -32,6 +32,7 @@ SPACE = {
     "execution": {"device": "cpu", "workers": 1},
 }
 CPU = torch.device("cpu")
+JOBS = {**SPACE, "seed_trials": ["MHA", "SQA"]}  # both variants' params, for single jobs
 
 
 def _job(spec, segment, number=0, variant="SQA"):
@@ -40,7 +41,7 @@ def _job(spec, segment, number=0, variant="SQA"):
 
 
 def test_rung_by_rung_through_checkpoints_equals_straight_through(tmp_path):
-    spec = parse_space(SPACE)
+    spec = parse_space(JOBS)
     whole = run_trial(_job(spec, Segment(2, LADDER[-1])), device=CPU)
     assert whole.state == "COMPLETE", whole.attrs.get("fail_reason")
     saves = [str(tmp_path / f"rung-{k}.pt") for k in range(2)]
@@ -66,7 +67,7 @@ def test_rung_by_rung_through_checkpoints_equals_straight_through(tmp_path):
 
 
 def test_a_baseline_is_evaluated_at_every_rung_on_its_way():
-    spec = parse_space(SPACE)
+    spec = parse_space(JOBS)
     whole = run_trial(_job(spec, None, variant="MHA"), device=CPU)
     through = run_trial(
         _job(spec, Segment(2, LADDER[-1], eval_at=LADDER[:-1]), variant="MHA"), device=CPU
@@ -82,7 +83,7 @@ def test_a_baseline_is_evaluated_at_every_rung_on_its_way():
 
 
 def test_a_checkpoint_that_is_gone_fails_the_trial_naming_it(tmp_path):
-    spec = parse_space(SPACE)
+    spec = parse_space(JOBS)
     gone = str(tmp_path / "elsewhere" / "trial-3-rung-0.pt")
     outcome = run_trial(_job(spec, Segment(1, LADDER[1], resume=gone, carry={})), device=CPU)
     assert outcome.state == "FAIL" and gone in outcome.attrs["fail_reason"]
