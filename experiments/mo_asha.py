@@ -49,7 +49,8 @@ ARMS = ("nsga2", "mo_asha")
 OBJECTIVES = ["val_loss", "speedup_vs_mha"]
 REFERENCE = {"val_loss": 2.5, "speedup_vs_mha": 0.8}  # every trained layout beats both
 TOKENS, MIN_TOKENS, ETA = 50_000_000, 5_555_556, 3  # rungs at 5.6M, 16.7M, then 50M
-SMOKE = {"tokens": 27 * 128, "min_tokens": 3 * 128, "gpu_seconds": 25.0}
+SMOKE = {"tokens": 27 * 128, "min_tokens": 3 * 128, "gpu_seconds": 15.0}
+SMOKE_REFERENCE = {"val_loss": 8.0, "speedup_vs_mha": 0.1}  # a tiny CPU model's range
 
 
 def _space(arm: str, seed: int, gpu_seconds: float, smoke: bool, executor: str) -> dict:
@@ -73,7 +74,7 @@ def _space(arm: str, seed: int, gpu_seconds: float, smoke: bool, executor: str) 
         space["model"].update(d_model=32, n_layers=2, n_heads=4, ffn_dim=64, seq_len=32)
         space["search"].update(n_q_heads=["H", "H/2", "H/4"], n_kv_heads=["H", "H/2", 1])
         budget["train"].update(batch_size=4, warmup_steps=2, eval_batches=2, compile=False)
-        budget["throughput"].update(batch_size=2, warmup=1, repeats=2, max_seconds=1.0)
+        budget["throughput"].update(batch_size=2, warmup=1, repeats=1, max_seconds=0.3)
         if arm == "nsga2":
             space["sampler"]["population"] = 4
         space["data"] = {"kind": "embedded"}
@@ -96,7 +97,7 @@ def run(arm: str, seed: int, gpu_seconds: float, smoke: bool, executor: str) -> 
         stats = run_stats(study.user_attrs.get("executor_stats"))[-1]
     gpus = max(1, len(stats.nvml_util_by_gpu))  # the GPUs the search sampled (1 on a CPU)
     began = min(r.datetime_start for r in records if r.datetime_start)
-    ref = tuple(REFERENCE[o] for o in OBJECTIVES)
+    ref = tuple((SMOKE_REFERENCE if smoke else REFERENCE)[o] for o in OBJECTIVES)
     history = [
         [round((r.datetime_complete - began).total_seconds() * gpus, 1), round(hv, 6)]
         for r, hv in hypervolume_history(records, OBJECTIVES, ["minimize", "maximize"], ref)
@@ -113,7 +114,7 @@ def run(arm: str, seed: int, gpu_seconds: float, smoke: bool, executor: str) -> 
         "trials": {
             "complete": sum(
                 r.state == "COMPLETE" and r.typed.duplicate_of is None for r in records
-            ),  # fmt: skip
+            ),
             "stopped": sum(bool(r.typed.rungs) and r.state == "PRUNED" for r in records),
             "paused_at_end": sum(r.state == "RUNNING" for r in records),
         },
@@ -156,9 +157,15 @@ def summarise(runs: list[dict]) -> dict:
         target = full["final_hypervolume"]
         reached = next((t for t, hv in asha["history"] if hv >= target > 0), None)
         share = reached / full["gpu_seconds"] if reached is not None else None
-        pairs.append({"seed": seed, "nsga2_final_hv": target, "mo_asha_final_hv":
-                      asha["final_hypervolume"], "mo_asha_gpu_s_to_reach": reached,
-                      "share_of_nsga2_gpu_time": share and round(share, 3)})  # fmt: skip
+        pairs.append(
+            {
+                "seed": seed,
+                "nsga2_final_hv": target,
+                "mo_asha_final_hv": asha["final_hypervolume"],
+                "mo_asha_gpu_s_to_reach": reached,
+                "share_of_nsga2_gpu_time": share and round(share, 3),
+            }
+        )
     shares = [p["share_of_nsga2_gpu_time"] for p in pairs]
     met = bool(pairs) and all(s is not None and s <= 1 / 3 for s in shares)
     shown = ", ".join("never" if s is None else f"{s:.0%}" for s in shares)
@@ -169,8 +176,13 @@ def summarise(runs: list[dict]) -> dict:
             f"target {'met' if met else 'not met'}: MO-ASHA reached NSGA-II's final "
             f"hypervolume at {shown} of NSGA-II's GPU time (target <= 33%), per sampler seed"
         )
-    taus = [c["kendall_tau"] for r in runs if r["arm"] == "mo_asha" for c in r["rank_correlation"]
-            if c["kendall_tau"] is not None and c["rung"] == 0]  # fmt: skip
+    taus = [
+        c["kendall_tau"]
+        for r in runs
+        if r["arm"] == "mo_asha"
+        for c in r["rank_correlation"]
+        if c["kendall_tau"] is not None and c["rung"] == 0
+    ]
     return {
         "pairs": pairs,
         "target_met": met,
@@ -193,7 +205,7 @@ def plot(result: dict, out: Path) -> None:
             style = "-" if r["arm"] == "mo_asha" else "--"
             ax.step(xs, ys, style, where="post", label=f"{r['arm']} seed {r['seed']}")
     ax.set_xlabel("GPU-seconds since the search began")
-    ax.set_ylabel(f"hypervolume (ref {REFERENCE})")
+    ax.set_ylabel(f"hypervolume (reference {result['reference']})")
     tokens = result["settings"]["tokens"]
     ax.set_title(f"{result['machine']['device']}: paper_dense, full budget {tokens:,} tokens")
     ax.legend(fontsize=8)
@@ -219,11 +231,20 @@ def main(argv=None) -> int:
         files = [json.loads(f.read_text()) for f in args.merge]
         if len({json.dumps(f["settings"], sort_keys=True) for f in files}) > 1:
             raise UserError("--merge: the files were run with different settings")
-        runs = list({(r["arm"], r["seed"]): {"source": n.name} | r
-                     for n, f in zip(args.merge, files) for r in f["runs"]}.values())  # fmt: skip
-        payload = {"reference": REFERENCE, "settings": files[0]["settings"], "runs": runs,
-                   "summary": summarise(runs),
-                   "merged_from": [f.get("command") for f in files]}  # fmt: skip
+        runs = list(
+            {
+                (r["arm"], r["seed"]): {"source": n.name} | r
+                for n, f in zip(args.merge, files)
+                for r in f["runs"]
+            }.values()
+        )
+        payload = {
+            "reference": files[0].get("reference", REFERENCE),
+            "settings": files[0]["settings"],
+            "runs": runs,
+            "summary": summarise(runs),
+            "merged_from": [f.get("command") for f in files],
+        }
         out = write_result("mo_asha", payload, args.out, machine=files[0]["machine"])
         print(payload["summary"]["verdict"])
         return 0
@@ -242,14 +263,27 @@ def main(argv=None) -> int:
         for arm in arms:
             runs.append(run(arm, seed, seconds, args.smoke, args.executor))
             r = runs[-1]
-            progress(f"{arm} seed {seed}: {r['trials']} in {r['wall_s']:.0f} s, "
-                     f"final hypervolume {r['final_hypervolume']:.4g}")  # fmt: skip
+            progress(
+                f"{arm} seed {seed}: {r['trials']} in {r['wall_s']:.0f} s, "
+                f"final hypervolume {r['final_hypervolume']:.4g}"
+            )
     tokens = SMOKE["tokens"] if args.smoke else TOKENS
-    settings = {"tokens": tokens, "eta": ETA, "min_tokens": SMOKE["min_tokens"] if args.smoke
-                else MIN_TOKENS, "gpu_seconds_per_run": seconds, "executor": args.executor,
-                "seed_trials": ["MHA"], "noise_seeds": 0}  # fmt: skip
-    payload = {"reference": REFERENCE, "settings": settings, "runs": runs,
-               "summary": summarise(runs)}  # fmt: skip
+    settings = {
+        "tokens": tokens,
+        "eta": ETA,
+        "min_tokens": SMOKE["min_tokens"] if args.smoke else MIN_TOKENS,
+        "gpu_seconds_per_run": seconds,
+        "executor": args.executor,
+        "seed_trials": ["MHA"],
+        "noise_seeds": 0,
+    }
+    reference = SMOKE_REFERENCE if args.smoke else REFERENCE
+    payload = {
+        "reference": reference,
+        "settings": settings,
+        "runs": runs,
+        "summary": summarise(runs),
+    }
     out = write_result("mo_asha" + ("_smoke" if args.smoke else ""), payload, args.out)
     print(payload["summary"]["verdict"])
     if not args.smoke:

@@ -339,8 +339,10 @@ def _train(
     if segment is not None and segment.resume:
         weights, state, _ = checkpoint.load(segment.resume, device)
         model.load_state_dict(weights)
-    stops = [-(-t // per_step) for t in segment.eval_at] if segment else []
-    stops.append(-(-segment.tokens // per_step) if segment else cfg.planned_steps)
+    # Steps to stop at: a baseline's rungs on the way, then the segment's end (None: the
+    # budget, whatever bounds it: steps, tokens or seconds).
+    ends = [*segment.eval_at, segment.tokens] if segment else []
+    stops: list[int | None] = [-(-t // per_step) for t in ends] or [None]
     start = state.tokens if state is not None else 0
     wait, evaluated, windows = share.yield_if_wanted, [], []
     # Shared with other trials, and stepping aside for their throughput windows; held
@@ -349,9 +351,17 @@ def _train(
         for stop in stops:
             t0 = time.perf_counter()
             result = train(
-                model, data, cfg, device, seed, progress, step=step, between_steps=wait,
-                stop_step=stop, resume=state,
-            )  # fmt: skip
+                model,
+                data,
+                cfg,
+                device,
+                seed,
+                progress,
+                step=step,
+                between_steps=wait,
+                stop_step=stop,
+                resume=state,
+            )
             ended, state = time.time(), result.state
             timings.train_s = (timings.train_s or 0.0) + time.perf_counter() - t0
             windows.append((ended - result.seconds, ended))  # for the training-step share

@@ -110,6 +110,8 @@ def test_the_budget_counts_finished_trials_except_the_flagged_ones(tmp_path):
         (TrialState.FAIL, {}),
         (TrialState.PRUNED, {}),
         (TrialState.RUNNING, {}),
+        # Waiting at a rung for a promotion (multi-fidelity): running, and counted as paused.
+        (TrialState.RUNNING, {"rungs": [{"rung": 0, "tokens": 9, "decision": "paused"}]}),
         (TrialState.COMPLETE, {"duplicate_of": 0}),  # another trial's values: no budget
     ]:
         values = [1.0, 2.0] if state == TrialState.COMPLETE else None
@@ -120,10 +122,11 @@ def test_the_budget_counts_finished_trials_except_the_flagged_ones(tmp_path):
         "failed": 3,
         "pruned": 1,
         "infeasible": 1,
-        "running": 1,
+        "running": 2,
         "waiting": 1,
         "counted": 4,
         "duplicates": 1,
+        "paused": 1,
     }
 
 

@@ -63,15 +63,22 @@ def fake_segment(job, resumed: list | None = None) -> TrialOutcome:
         for i, t in enumerate(segment.eval_at)
     ]
     end = "paused" if segment.save else "complete"
-    rungs.append({"rung": segment.rung, "tokens": segment.tokens, "values": values(segment.tokens),
-                  "decision": end})  # fmt: skip
+    rungs.append(
+        {
+            "rung": segment.rung,
+            "tokens": segment.tokens,
+            "values": values(segment.tokens),
+            "decision": end,
+        }
+    )
     attrs = {"rungs": rungs, "metrics": {"val_loss": values(segment.tokens)["val_loss"]}}
     if segment.save:
         Path(segment.save).parent.mkdir(parents=True, exist_ok=True)
         Path(segment.save).write_bytes(b"weights")
         attrs["checkpoint"] = segment.save
-    return TrialOutcome(job.number, "PAUSED" if segment.save else "COMPLETE",
-                        values(segment.tokens), attrs)  # fmt: skip
+    return TrialOutcome(
+        job.number, "PAUSED" if segment.save else "COMPLETE", values(segment.tokens), attrs
+    )
 
 
 def _run(tmp_path, executor=None, **space):
@@ -110,10 +117,15 @@ class Checking(InProcess):
     def submit(self, job):
         if job.segment.resume:
             rung = job.segment.rung - 1
-            at = [(t.number, r) for t in self.driver.study.get_trials()
-                  for r in t.user_attrs.get("rungs", []) if r["rung"] == rung]  # fmt: skip
-            points = [(r["values"]["val_loss"], r["values"]["throughput_tokens_per_s"])
-                      for _, r in at]  # fmt: skip
+            at = [
+                (t.number, r)
+                for t in self.driver.study.get_trials()
+                for r in t.user_attrs.get("rungs", [])
+                if r["rung"] == rung
+            ]
+            points = [
+                (r["values"]["val_loss"], r["values"]["throughput_tokens_per_s"]) for _, r in at
+            ]
             top = [at[i][0] for i in order(points, ["minimize", "maximize"])][: len(at) // 3]
             assert job.number in top, (job.number, rung, top)
             self.checked += 1
@@ -141,8 +153,12 @@ def test_trials_climb_the_ladder_only_from_the_top_of_a_rung(tmp_path):
             assert all(r["decision"] == "promoted" for r in rungs[:-1])
             assert "stopped at rung" in t.user_attrs["fail_reason"]
     # Every promotion resumed the checkpoint its rung left, and was checked as it was sent.
-    promoted = {(t.number, r["rung"]) for t in trials for r in t.user_attrs["rungs"]
-                if r["decision"] == "promoted"}  # fmt: skip
+    promoted = {
+        (t.number, r["rung"])
+        for t in trials
+        for r in t.user_attrs["rungs"]
+        if r["decision"] == "promoted"
+    }
     assert sorted((n, k - 1) for n, k in resumed) == sorted(promoted)
     assert executor.checked == len(promoted) >= 3  # the ladder was climbed
     assert any(k == 1 for _, k in promoted)  # to the top rung too
@@ -169,12 +185,19 @@ def test_a_stopped_driver_loses_no_paused_trial(tmp_path):
         path = tmp_path / "checkpoints" / "drv" / f"trial-{new.number}-rung-0.pt"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"weights")
-        for key, value in {"rungs": rungs, "checkpoint": str(path), "driver": dead,
-                           "layout": f"elsewhere-{i}"}.items():  # fmt: skip
+        for key, value in {
+            "rungs": rungs,
+            "checkpoint": str(path),
+            "driver": dead,
+            "layout": f"elsewhere-{i}",
+        }.items():
             storage.set_trial_user_attr(new._trial_id, key, value)
     before = len(study.get_trials())
-    rerun = _driver(tmp_path, InProcess(fake_segment), **{**SPACE, "budget": {
-        **SPACE["budget"], "n_trials": 8}})  # fmt: skip
+    rerun = _driver(
+        tmp_path,
+        InProcess(fake_segment),
+        **{**SPACE, "budget": {**SPACE["budget"], "n_trials": 8}},
+    )
     rerun.run(8)
     trials = rerun.study.get_trials()
     revived = trials[before - 2 : before]
@@ -210,8 +233,9 @@ def test_a_repeat_of_a_paused_layout_is_not_trained(tmp_path):
         seen.append((json.dumps(job.params, sort_keys=True), job.segment.rung))
         return fake_segment(job)
 
-    driver, result = _run(tmp_path, InProcess(once_per_layout),
-                          search={"n_q_heads": ["H"], "n_kv_heads": ["H/2", 1]})  # fmt: skip
+    driver, result = _run(
+        tmp_path, InProcess(once_per_layout), search={"n_q_heads": ["H"], "n_kv_heads": ["H/2", 1]}
+    )
     assert len(seen) == len(set(seen))  # no layout trained twice to the same rung
     repeats = [t for t in result.study.get_trials() if "duplicate_of" in t.user_attrs]
     assert all(t.state == TrialState.FAIL for t in repeats if t.user_attrs.get("fail_reason"))

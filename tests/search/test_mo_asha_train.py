@@ -61,9 +61,11 @@ def test_rung_by_rung_through_checkpoints_equals_straight_through(tmp_path):
     assert last.attrs["curve"] == whole.attrs["curve"]
     assert last.attrs["metrics"]["train_tokens"] == whole.attrs["metrics"]["train_tokens"]
     assert last.attrs["rungs"][-1] | {"values": None} == {
-        "rung": 2, "tokens": whole.attrs["metrics"]["train_tokens"], "values": None,
+        "rung": 2,
+        "tokens": whole.attrs["metrics"]["train_tokens"],
+        "values": None,
         "decision": "complete",
-    }  # fmt: skip
+    }
 
 
 def test_a_baseline_is_evaluated_at_every_rung_on_its_way():
@@ -74,8 +76,10 @@ def test_a_baseline_is_evaluated_at_every_rung_on_its_way():
     )
     rungs = through.attrs["rungs"]
     assert [(r["rung"], r["decision"]) for r in rungs] == [
-        (0, "baseline"), (1, "baseline"), (2, "complete")
-    ]  # fmt: skip
+        (0, "baseline"),
+        (1, "baseline"),
+        (2, "complete"),
+    ]
     assert [r["tokens"] for r in rungs] == LADDER
     losses = [r["values"]["val_loss"] for r in rungs]
     assert losses[0] > losses[-1] and len(set(losses)) == 3
@@ -103,3 +107,12 @@ def test_a_search_climbs_the_ladder_and_cleans_up(tmp_path, monkeypatch):
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert all(t.user_attrs["metrics"]["train_tokens"] >= LADDER[-1] for t in complete)
     assert not list((tmp_path / "runs").rglob("*.pt"))  # every checkpoint deleted
+
+
+def test_a_trial_bounded_by_seconds_still_trains_in_one_piece():
+    """Segments are for token budgets; a seconds-bounded trial trains as it always did."""
+    budget = {**SPACE["budget"], "train": {"seconds": 0.5, "batch_size": 2, "eval_batches": 2}}
+    spec = parse_space({**JOBS, "budget": {**budget, "early_stopping": {"scheduler": "none"}}})
+    outcome = run_trial(_job(spec, None), device=CPU)
+    assert outcome.state == "COMPLETE", outcome.attrs.get("fail_reason")
+    assert outcome.attrs["metrics"]["train_steps"] > 0 and "rungs" not in outcome.attrs

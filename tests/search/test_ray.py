@@ -549,3 +549,41 @@ def test_a_retry_no_worker_takes_fails_after_the_trial_time_limit():
     )
     assert event.outcome.attrs["worker_deaths"] == ["node-b: lost"]
     assert list(executor.retry) == [fresh] and list(executor.running) == [4]
+
+
+def test_multi_fidelity_promotions_resume_through_ray(cluster, tmp_path):
+    """MO-ASHA over the two-node cluster: segments saved by one worker resume on whichever
+    worker takes the promotion (here both nodes read the study's checkpoint folder)."""
+    per_step = 2 * TINY["model"]["seq_len"]
+    budget = {
+        **TINY["budget"],
+        "n_trials": 6,
+        "train": {"tokens": 27 * per_step, "batch_size": 2, "eval_batches": 2},
+        "early_stopping": {"scheduler": "mo_asha", "eta": 3, "min_tokens": 3 * per_step},
+    }
+    space = _write(
+        tmp_path,
+        {
+            **TINY,
+            "study": "ladder",
+            "objectives": ["val_loss"],
+            "seed_trials": ["MHA"],
+            "sampler": {"name": "random", "seed": 0},
+            "budget": budget,
+        },
+        "ladder.yaml",
+    )
+    run = subprocess.run(
+        _search_cmd(space, "--address", cluster.address),
+        cwd=tmp_path,
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    trials = _study(tmp_path, "ladder").get_trials()
+    assert all(t.state.is_finished() for t in trials)
+    decisions = [r["decision"] for t in trials for r in t.user_attrs.get("rungs", [])]
+    assert "promoted" in decisions and "baseline" in decisions
+    assert not list(tmp_path.rglob("*.pt"))  # every checkpoint deleted at the end
