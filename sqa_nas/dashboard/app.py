@@ -1,5 +1,6 @@
-"""The interactive dashboard (Textual): Pareto scatter, trials table, trial detail and the
-search's progress, re-read from the storage every few seconds while a search writes it.
+"""The interactive dashboard (Textual): Pareto scatter (with the rung ladder under it in a
+multi-fidelity study), trials table, trial detail and the search's progress, re-read from the
+storage every few seconds while a search writes it.
 
 Keys: x / y cycle the scatter's axes, p shows only the Pareto front, s / S sort by the next
 column / reverse (or click a header), k selects the knee, b cycles the best-under-constraint
@@ -18,11 +19,12 @@ from rich.text import Text
 from textual import events, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, VerticalScroll
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widget import Widget
 from textual.widgets import Footer, Header, Static
 
 from sqa_nas.dashboard import render
+from sqa_nas.dashboard.ladder import last_rung
 from sqa_nas.dashboard.plots import text_scatter
 from sqa_nas.dashboard.table import TrialTable
 from sqa_nas.dashboard.view import Source, StudyView
@@ -30,11 +32,15 @@ from sqa_nas.errors import UserError
 from sqa_nas.search.figures import RunStats
 from sqa_nas.search.records import TrialRecord
 
-# Trial number and state of every trial: a reload that changes neither (nor the runs' figures
-# nor the study attrs the view reads) redraws nothing.
-Signature = tuple[tuple[int, str], ...]
-VIEW_ATTRS = ("noise", "confirm")  # the study attrs a `StudyView` reads
+# Trial number, state, highest rung and the decision there of every trial: a reload that
+# changes none of them (nor the runs' figures nor the study attrs the view reads) redraws
+# nothing. A paused trial's promotion changes its rung's decision, not its state (RUNNING).
+Signature = tuple[tuple[int, str, int, str], ...]
+VIEW_ATTRS = ("noise", "confirm", "space")  # the study attrs a `StudyView` reads
 COMPACT_BELOW = 40  # screen rows: below this the search panel keeps its key rows only
+# Screen rows from which a multi-fidelity study's rung ladder has a panel under the scatter
+# (which keeps about 8 plot rows at 48); below, it is one line of the search panel.
+LADDER_PANEL_FROM = 48
 
 
 class Scatter(Widget):
@@ -69,7 +75,9 @@ class Dashboard(App):
     TITLE = "sqa-nas dashboard"
     CSS = """
     #top { height: 3fr; }
-    #scatter { width: 3fr; border: round $primary; }
+    #left { width: 3fr; }
+    #scatter { border: round $primary; }
+    #ladder { height: auto; padding: 0 1; border: round $secondary; }
     #detail-box { width: 2fr; border: round $secondary; }
     #progress { height: auto; max-height: 16; padding: 0 1; border: round $secondary; }
     #trials { height: 2fr; border: round $secondary; }
@@ -133,7 +141,9 @@ class Dashboard(App):
     def compose(self) -> ComposeResult:
         yield Header()
         with Horizontal(id="top"):
-            yield Scatter(id="scatter")
+            with Vertical(id="left"):
+                yield Scatter(id="scatter")
+                yield Static(id="ladder")
             with VerticalScroll(id="detail-box"):
                 yield Static(id="detail")
         yield Static(id="progress")
@@ -233,15 +243,29 @@ class Dashboard(App):
         )
 
     def draw_progress(self) -> None:
-        """The search panel; on a short screen (`COMPACT_BELOW` rows) its key rows only."""
+        """The search panel and the rung ladder's panel: on a short screen (`COMPACT_BELOW`
+        rows) the search panel's key rows only; below `LADDER_PANEL_FROM` rows the ladder
+        is one line of the search panel, not a panel."""
         title = f"{self.source.name}" + (" · Pareto only" if self.front_only else "")
-        compact = 0 < self.size.height < COMPACT_BELOW
+        rows = self.size.height or LADDER_PANEL_FROM  # 0 before the first layout
+        panel = bool(self.view.ladder) and rows >= LADDER_PANEL_FROM
         self.query_one("#progress", Static).update(
-            render.summary(self.view, self.view.progress(self.axes), title=title, compact=compact)
+            render.summary(
+                self.view,
+                self.view.progress(self.axes),
+                title=title,
+                compact=rows < COMPACT_BELOW,
+                rungs=not panel,
+            )
         )
+        ladder = self.query_one("#ladder", Static)
+        ladder.display = panel
+        if panel:
+            ladder.border_title = render.ladder_title(self.view)
+            ladder.update(render.ladder_text(self.view, no_wrap=True, overflow="ellipsis"))
 
     def on_resize(self, event: events.Resize) -> None:
-        """Redraw the search panel: the screen's height decides how much of it shows."""
+        """Redraw the search and ladder panels: the screen's height decides what shows."""
         if self.query("#progress"):  # composed
             self.draw_progress()
 
@@ -384,7 +408,11 @@ def _export_function():
 
 
 def _signature(records: list[TrialRecord]) -> Signature:
-    return tuple((r.number, r.state) for r in records)
+    def rung(r: TrialRecord) -> tuple[int, str]:
+        last = last_rung(r)
+        return (-1, "") if last is None else (last.rung, last.decision)
+
+    return tuple((r.number, r.state, *rung(r)) for r in records)
 
 
 def _view_attrs(attrs: dict[str, Any]) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """Rich renderables shared by the interactive app and `--once`: the progress summary, the
-Pareto table, and a trial's detail (per-layer strip, analytics, training curve)."""
+Pareto table, the multi-fidelity rung ladder, and a trial's detail (per-layer strip,
+analytics, training curve)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from sqa_nas.dashboard.ladder import trial_rungs
 from sqa_nas.dashboard.spread import noisy_note
 from sqa_nas.dashboard.view import Progress, StudyView, fmt_number
 from sqa_nas.search.figures import RunStats
@@ -42,11 +44,15 @@ def sparkline(
     return "".join(BARS[0 if span <= 0 else min(7, int((v - lo) / span * 7.999))] for v in values)
 
 
-def summary(view: StudyView, progress: Progress, *, title: str, compact: bool = False) -> Table:
+def summary(
+    view: StudyView, progress: Progress, *, title: str, compact: bool = False, rungs: bool = False
+) -> Table:
     """Counts, rate, the last run's GPU figures, front size, whether the noise resolves the
     front (`Verdict.summary`, which names the noise floor), the last `sqa-nas confirm`,
     hypervolume trend and the pickers' choices. `compact` (a short terminal) keeps the
-    trial counts, the front, the verdict and the confirm result."""
+    trial counts, the front, the verdict and the confirm result. `rungs` adds the rung
+    ladder on one line (`ladder_line`; a multi-fidelity study whose ladder has no panel of
+    its own on screen)."""
     c = progress.counts
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
@@ -78,6 +84,8 @@ def summary(view: StudyView, progress: Progress, *, title: str, compact: bool = 
     )
     # compact: one line each, cut with an ellipsis (the sentence opens with the verdict)
     cut: dict[str, Any] = dict(no_wrap=True, overflow="ellipsis") if compact else {}
+    if rungs and view.ladder:
+        grid.add_row("rungs", ladder_line(view, no_wrap=True, overflow="ellipsis"))
     verdict = view.verdict
     grid.add_row(
         "noise", Text(verdict.summary(), "green" if verdict.resolved else "yellow", **cut)
@@ -98,6 +106,50 @@ def summary(view: StudyView, progress: Progress, *, title: str, compact: bool = 
             picks.append(f"{spec} #{view.pick(spec).number}")
         grid.add_row("picks", " · ".join(picks))
     return grid
+
+
+def ladder_text(view: StudyView, **text: Any) -> Text:
+    """The rung ladder, one line per rung, the first rung first: its tokens, how many trials
+    reached it, went on to the next rung (``on``: promoted, or a baseline training through),
+    were stopped there and wait there (paused); the top rung (the full budget) names its
+    trials. `text`: each line's `Text` options (e.g. no_wrap)."""
+    cells = []
+    for x in view.ladder:
+        line = [f"rung {x.rung}", f"{fmt_number(x.tokens)} tok", f"{x.reached} reached"]
+        if not x.top:
+            line += [f"{x.promoted} on", f"{x.stopped} stopped", f"{x.paused} paused"]
+        cells.append(line)
+    widths = [max(len(c[i]) for c in cells if i < len(c)) for i in range(max(map(len, cells)))]
+    styles = ["bold", "", "", STATE_STYLE["COMPLETE"], STATE_STYLE["PRUNED"], "cyan"]
+    out = Text(**text)
+    for i, (x, line) in enumerate(zip(view.ladder, cells)):
+        out.append("\n" if i else "")
+        for j, cell in enumerate(line):
+            out.append("  " if j else "")
+            out.append(cell.ljust(widths[j]) if j == 0 else cell.rjust(widths[j]), styles[j])
+        if x.top:
+            done = " ".join(f"#{n}" for n in x.trials) or "none yet"
+            out.append("  full budget: ", "bold").append(done, STATE_STYLE["COMPLETE"])
+    return out
+
+
+def ladder_title(view: StudyView) -> str:
+    """The ladder's title: with the study's planned scheduler, its eta (who goes on)."""
+    if view.schedule is None:
+        return "rung ladder"
+    eta = view.schedule[0].eta
+    return f"rung ladder · eta {eta}: the top 1/{eta} of a rung go on"
+
+
+def ladder_line(view: StudyView, **text: Any) -> Text:
+    """The rung ladder on one line (a short screen's search panel): the trials that reached
+    each rung, first to top, and how many the scheduler stopped or paused in all."""
+    rows = view.ladder
+    line = Text(" → ".join(str(x.reached) for x in rows) + " reached", **text)
+    line.append(f" ({fmt_number(rows[0].tokens)} → {fmt_number(rows[-1].tokens)} tok)", "dim")
+    line.append(f", {sum(x.stopped for x in rows)} stopped", STATE_STYLE["PRUNED"])
+    line.append(f", {sum(x.paused for x in rows)} paused", "cyan")
+    return line
 
 
 def confirm_line(view: StudyView, **text: Any) -> Text:
@@ -223,7 +275,20 @@ def detail(view: StudyView, r: TrialRecord | None) -> RenderableType:
         head.append(f"  {r.gpu_type}", "dim")
     parts: list[RenderableType] = [head, Text(r.allocation or "", "italic")]
     if r.fail_reason:
-        parts.append(Text(f"failed: {r.fail_reason}", "red"))
+        pruned = r.state == "PRUNED"  # stopped by the multi-fidelity scheduler
+        parts.append(
+            Text(
+                f"{'pruned' if pruned else 'failed'}: {r.fail_reason}",
+                "yellow" if pruned else "red",
+            )
+        )
+    rungs = trial_rungs(r)
+    if rungs:
+        line = Text("rungs ", "bold")
+        line.append(
+            " → ".join(f"{x.rung}: {fmt_number(x.tokens)} tok {x.decision}" for x in rungs), "dim"
+        )
+        parts.append(line)
     if r.infeasible:
         parts.append(Text("infeasible: " + "; ".join(r.infeasible), "red"))
     if r.typed.duplicate_of is not None:

@@ -1,6 +1,7 @@
-"""The static outputs: `--once` (a rich snapshot: summary and Pareto table, plus the picked
-trial) and `--json` (the front as a JSON object: the front's trials, the noise floor and
-whether it resolves the front, the last `sqa-nas confirm`)."""
+"""The static outputs: `--once` (a rich snapshot: summary and Pareto table, the rung ladder of
+a multi-fidelity study, plus the picked trial) and `--json` (the front as a JSON object: the
+front's trials, the noise floor and whether it resolves the front, the last `sqa-nas
+confirm`, the rung ladder)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from rich.console import Group, RenderableType
 from rich.panel import Panel
 from rich.text import Text
 
-from sqa_nas.dashboard.render import detail, pareto_table, summary
+from sqa_nas.dashboard.render import detail, ladder_text, ladder_title, pareto_table, summary
 from sqa_nas.dashboard.view import StudyView
 from sqa_nas.search.records import TrialRecord
 
@@ -25,7 +26,8 @@ def snapshot(
     axes: tuple[str, str] | None = None,
     picked: tuple[str, TrialRecord] | None = None,
 ) -> RenderableType:
-    """Summary, Pareto table, and the picked trial's detail when there is one."""
+    """Summary, Pareto table, the rung ladder when the study has one, and the picked trial's
+    detail when there is one."""
     parts: list[RenderableType] = [
         summary(view, view.progress(axes), title=title),
         Text(""),
@@ -37,6 +39,8 @@ def snapshot(
             highlight=picked[1].number if picked else None,
         ),
     ]
+    if view.ladder:
+        parts += [Text(""), Text(ladder_title(view).capitalize(), "italic"), ladder_text(view)]
     if picked:
         spec, r = picked
         parts += [
@@ -53,7 +57,9 @@ def view_json(view: StudyView) -> dict[str, Any]:
     null); ``noise`` (the study's `Noise`, unmeasured: ``n`` 0); ``resolved`` and ``verdict``
     (`Verdict.resolved`, `Verdict.summary`); ``indistinguishable`` (trial numbers off the
     front but within noise of it); ``confirm`` (the study's last `sqa-nas confirm`, or
-    null); ``front``: one object per Pareto trial, best first objective first."""
+    null); ``front``: one object per Pareto trial, best first objective first; ``rungs``: the
+    multi-fidelity rung ladder, one object per rung (`RungRow.as_json`; [] for a study
+    without rungs)."""
     confirmed = view.confirmation
     return {
         "objectives": view.objectives,
@@ -65,6 +71,7 @@ def view_json(view: StudyView) -> dict[str, Any]:
         "indistinguishable": [r.number for r in view.verdict.indistinguishable],
         "confirm": None if confirmed is None else confirmed.model_dump(mode="json"),
         "front": [trial_json(r) for r in view.front],
+        "rungs": [x.as_json() for x in view.ladder],
     }
 
 

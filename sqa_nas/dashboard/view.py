@@ -8,7 +8,8 @@ trials), `MemorySource` holds a list (tests, benchmarks of the renderer).
 
 The front is read against the study's noise floor (`sqa_nas.search.noise`): the view keeps
 the `Verdict` (resolved or not, the trials within noise of the front), each point's error
-bars (`spread.error_bar`) and the study's `sqa-nas confirm` results.
+bars (`spread.error_bar`) and the study's `sqa-nas confirm` results. A study searched with the
+multi-fidelity scheduler also has its rung ladder (`ladder.ladder`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any
 
+from sqa_nas.dashboard.ladder import RungRow, ladder, planned, state_label
 from sqa_nas.dashboard.spread import TIMED, Bar, error_bar, noisy_note
 from sqa_nas.errors import UserError
 from sqa_nas.search.confirm import Confirmation
@@ -151,7 +153,9 @@ class StudyView:
     dashboard derives from them; `run` is the last search run's figures (`Source.runs`),
     None before any run recorded them. `study_attrs` (`Source.study_attrs`) gives the
     study's noise floor (`noise`, unmeasured without one), hence the front's `verdict`, and
-    its `confirmation` (None until `sqa-nas confirm` ran)."""
+    its `confirmation` (None until `sqa-nas confirm` ran); its ``space`` the planned rung
+    ladder (`schedule`: the scheduler and its tokens, None unless ``mo_asha``), whence
+    `ladder` ([] for a study without rungs)."""
 
     def __init__(
         self,
@@ -173,6 +177,10 @@ class StudyView:
         attrs = study_attrs or {}
         self.noise = Noise.read(attrs)
         self.confirmation = Confirmation.read(attrs)
+        self.schedule = planned(attrs.get("space"))
+        self.ladder: list[RungRow] = ladder(
+            self.records, self.schedule[1] if self.schedule else ()
+        )
         self.verdict = assess(self.records, self.objectives, self.noise, self.directions)
         self.front = self.verdict.front
         self.front_numbers = {r.number for r in self.front}
@@ -258,8 +266,9 @@ class StudyView:
     # ------------------------------------------------------------------------- columns
     @cached_property
     def columns(self) -> list[Column]:
-        """The trials table's columns: number, state, front, seed, the objectives, cost columns
-        not already objectives, GPU and allocation."""
+        """The trials table's columns: number, state (with the rung of a trial the scheduler
+        stopped or paused), front, seed, the objectives, cost columns not already objectives,
+        GPU and allocation."""
 
         def metric(m):
             return lambda r: self.value(r, m)
@@ -269,7 +278,7 @@ class StudyView:
 
         cols = [
             Column("number", "#", lambda r: r.number, str),
-            Column("state", "state", lambda r: r.state, str),
+            Column("state", "state", state_label, str),  # "PRUNED r1": stopped at rung 1
             Column("front", "front", self.standing, str),
             Column("seed", "seed", lambda r: r.seed_variant or "", str),
         ]
