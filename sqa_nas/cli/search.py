@@ -12,6 +12,7 @@ from rich.table import Table
 
 from sqa_nas.cli import console
 from sqa_nas.cli.args import positive
+from sqa_nas.dashboard.ladder import ladder
 from sqa_nas.data import describe_data
 from sqa_nas.errors import UserError
 from sqa_nas.search.driver import Driver
@@ -98,8 +99,25 @@ def run_search_command(args: argparse.Namespace) -> int:
     console.print(describe_data(spec.data), markup=False)
     result = driver.run(spec.budget.n_trials, spec.budget.max_wall_seconds)
     print_front(result.study, spec.objectives, console, getattr(args, "gpu_type", None))
+    stopping = spec.budget.early_stopping
+    if stopping.scheduler != "none":
+        print_ladder(result.study, stopping.rungs(spec.budget.train.tokens or 0), console)
     print_stats(result.stats, console)
     return 130 if result.interrupted else 0
+
+
+def print_ladder(study: optuna.Study, tokens: Sequence[int], console: Console) -> None:
+    """The multi-fidelity ladder, one line per rung: how many trials reached it, went on,
+    were stopped there or wait there (`dashboard.ladder`)."""
+    for row in ladder(trial_records(study), tokens):
+        waiting = f", {row.paused} paused" if row.paused else ""
+        ended = f"{row.reached} complete" if row.top else f"{row.promoted} went on"
+        console.print(
+            f"rung {row.rung} ({row.tokens:,} tokens): {row.reached} reached, {ended}, "
+            f"{row.stopped} stopped{waiting}",
+            markup=False,
+            highlight=False,
+        )
 
 
 def print_stats(stats: dict, console: Console) -> None:

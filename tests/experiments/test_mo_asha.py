@@ -56,7 +56,8 @@ def test_merge_joins_runs_and_refuses_other_settings(tmp_path):
     merged = json.loads(out.read_text())
     assert {r["source"] for r in merged["runs"]} == {"a.json", "b.json"}
     (pair,) = merged["summary"]["pairs"]
-    assert pair["mo_asha_gpu_s_to_reach"] == 400.0 and pair["share_of_nsga2_gpu_time"] == 1.0
+    assert pair["mo_asha_gpu_s_to_reach"] == 400.0 and pair["nsga2_gpu_s"] == 400.0
+    assert pair["share_of_nsga2_gpu_time"] == 1.0
     assert merged["summary"]["target_met"] is False
     other = result("c.json", [one("mo_asha", 1, 1.0, 1.0)], tokens=5)
     assert guarded(lambda: mo_asha.main(["--merge", a, other, "--out", str(out)])) == 2

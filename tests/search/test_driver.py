@@ -305,14 +305,15 @@ def test_a_trial_its_own_driver_fails_while_being_reaped_is_not_queued_again(
     driver = _driver(tmp_path, seed_trials=["MHA"])
     study = driver.open_study()
     trial = _ask_as(driver, {"host": HOST, "pid": ended_pid, "id": "slow"})
-    mark = driver._mark
+    write = driver.storage.set_trial_user_attr
 
-    def told_meanwhile(t, **attrs):  # its driver records its own failure right after
-        mark(t, **attrs)
-        driver.storage.set_trial_user_attr(t._trial_id, "fail_reason", "worker died")
-        study.tell(t.number, state=TrialState.FAIL)
+    def told_meanwhile(trial_id, key, value):  # its driver records its own failure right after
+        write(trial_id, key, value)
+        if key == "fail_reason":
+            write(trial_id, "fail_reason", "worker died")
+            study.tell(trial.number, state=TrialState.FAIL)
 
-    monkeypatch.setattr(driver, "_mark", told_meanwhile)
+    monkeypatch.setattr(driver.storage, "set_trial_user_attr", told_meanwhile)
     assert driver.reap() == 0
     assert [t.state for t in study.get_trials()] == [TrialState.FAIL]
     assert study.get_trials()[trial.number].user_attrs["fail_reason"] == "worker died"

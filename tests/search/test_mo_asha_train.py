@@ -93,7 +93,7 @@ def test_a_checkpoint_that_is_gone_fails_the_trial_naming_it(tmp_path):
     assert outcome.state == "FAIL" and gone in outcome.attrs["fail_reason"]
 
 
-def test_a_search_climbs_the_ladder_and_cleans_up(tmp_path, monkeypatch):
+def test_a_search_climbs_the_ladder_and_cleans_up(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "space.yaml"
     path.write_text(yaml.safe_dump(SPACE))
@@ -107,6 +107,8 @@ def test_a_search_climbs_the_ladder_and_cleans_up(tmp_path, monkeypatch):
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert all(t.user_attrs["metrics"]["train_tokens"] >= LADDER[-1] for t in complete)
     assert not list((tmp_path / "runs").rglob("*.pt"))  # every checkpoint deleted
+    out = capsys.readouterr().out  # the final summary: one line per rung
+    assert f"rung 0 ({LADDER[0]:,} tokens): " in out and f"rung 2 ({LADDER[2]:,} tokens)" in out
 
 
 def test_a_trial_bounded_by_seconds_still_trains_in_one_piece():
