@@ -208,7 +208,7 @@ def plot(result: dict, out: Path) -> None:
             style = "-" if r["arm"] == "mo_asha" else "--"
             ax.step(xs, ys, style, where="post", label=f"{r['arm']} seed {r['seed']}")
     ax.set_xlabel("GPU-seconds since the search began")
-    ax.set_ylabel(f"hypervolume (reference {result['reference']})")
+    ax.set_ylabel("hypervolume (reference in the file)")
     tokens = result["settings"]["tokens"]
     ax.set_title(f"{result['machine']['device']}: paper_dense, full budget {tokens:,} tokens")
     ax.legend(fontsize=8)

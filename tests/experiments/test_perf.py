@@ -502,6 +502,7 @@ def test_every_script_runs_as_a_module_of_the_experiments_package():
         "search_efficiency",
         "noise_floor",
         "paired_timing",
+        "mo_asha",
     } == set(names)
     for name in names:
         run = subprocess.run(
