@@ -260,3 +260,62 @@ def test_reaping_spares_live_drivers_here_and_elsewhere(postgres, tmp_path):
     again = requeued[queued_undrawn]
     assert again.system_attrs["fixed_params"] == queued_params
     assert again.user_attrs["seed_variant"] == "MHA"
+
+
+def test_two_drivers_share_one_ladder(postgres, tmp_path):
+    """MO-ASHA with two drivers on one study: promotions are decided under the study lock,
+    so no trial is promoted to a rung twice, and the last driver to finish stops what waits."""
+    per_step = TINY["budget"]["train"]["batch_size"] * TINY["model"]["seq_len"]
+    budget = {
+        **TINY["budget"],
+        "n_trials": 8,
+        "train": {"tokens": 27 * per_step, "batch_size": 2, "eval_batches": 2},
+        "early_stopping": {"scheduler": "mo_asha", "eta": 3, "min_tokens": 3 * per_step},
+    }
+    space = _write(
+        tmp_path,
+        {
+            **TINY,
+            "study": "ladder",
+            "objectives": ["val_loss"],
+            "budget": budget,
+            "sampler": {"name": "random", "seed": 0},
+        },
+    )
+    cmd = [
+        sys.executable,
+        str(ROOT / "cli.py"),
+        "search",
+        str(space),
+        "--storage",
+        postgres,
+        "--workers",
+        "1",
+    ]
+    cpus = sorted(os.sched_getaffinity(0))
+    drivers = [
+        subprocess.Popen(
+            cmd,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=functools.partial(os.sched_setaffinity, 0, {cpu}),
+        )
+        for cpu in (cpus[0], cpus[-1])
+    ]
+    try:
+        outs = [p.communicate(timeout=300) for p in drivers]
+    finally:
+        for p in drivers:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in drivers] == [0, 0], [e for _, e in outs]
+    promoted = [
+        m for out, _ in outs for m in re.findall(r"trial (\d+): promoted to rung (\d)", out)
+    ]
+    assert promoted and len(promoted) == len(set(promoted))  # none promoted twice
+    trials = optuna.load_study(study_name="ladder", storage=postgres).get_trials()
+    assert all(t.state.is_finished() for t in trials)
+    assert not any(t.user_attrs.get("reaped") for t in trials)
+    assert not list(tmp_path.rglob("*.pt"))
