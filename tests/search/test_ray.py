@@ -29,7 +29,7 @@ import optuna
 import pytest
 
 from sqa_nas.cli import main
-from tests.search.test_search import ROOT, TINY, _wait_for, _write
+from tests.search.test_search import ROOT, TINY, _wait_for, _write, ladder_space
 
 pytestmark = [
     pytest.mark.slow,
@@ -554,25 +554,7 @@ def test_a_retry_no_worker_takes_fails_after_the_trial_time_limit():
 def test_multi_fidelity_promotions_resume_through_ray(cluster, tmp_path):
     """MO-ASHA over the two-node cluster: segments saved by one worker resume on whichever
     worker takes the promotion (here both nodes read the study's checkpoint folder)."""
-    per_step = 2 * TINY["model"]["seq_len"]
-    budget = {
-        **TINY["budget"],
-        "n_trials": 6,
-        "train": {"tokens": 27 * per_step, "batch_size": 2, "eval_batches": 2},
-        "early_stopping": {"scheduler": "mo_asha", "eta": 3, "min_tokens": 3 * per_step},
-    }
-    space = _write(
-        tmp_path,
-        {
-            **TINY,
-            "study": "ladder",
-            "objectives": ["val_loss"],
-            "seed_trials": ["MHA"],
-            "sampler": {"name": "random", "seed": 0},
-            "budget": budget,
-        },
-        "ladder.yaml",
-    )
+    space = _write(tmp_path, ladder_space("ladder", n_trials=6), "ladder.yaml")
     run = subprocess.run(
         _search_cmd(space, "--address", cluster.address),
         cwd=tmp_path,

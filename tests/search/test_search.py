@@ -36,6 +36,24 @@ TINY = {
 }
 
 
+def ladder_space(study: str, n_trials: int) -> dict:
+    """TINY under MO-ASHA: rungs at 3, 9 and 27 steps' tokens, val_loss only, random draws."""
+    per_step = TINY["budget"]["train"]["batch_size"] * TINY["model"]["seq_len"]
+    budget = {
+        **TINY["budget"],
+        "n_trials": n_trials,
+        "train": {"tokens": 27 * per_step, "batch_size": 2, "eval_batches": 2},
+        "early_stopping": {"scheduler": "mo_asha", "eta": 3, "min_tokens": 3 * per_step},
+    }
+    return {
+        **TINY,
+        "study": study,
+        "objectives": ["val_loss"],
+        "budget": budget,
+        "sampler": {"name": "random", "seed": 0},
+    }
+
+
 def _write(tmp_path: Path, space: dict, name="space.yaml") -> Path:
     path = tmp_path / name
     path.write_text(yaml.safe_dump(space))

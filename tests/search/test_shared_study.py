@@ -26,7 +26,7 @@ from sqa_nas.search.driver import Driver
 from sqa_nas.search.executors.local import LocalExecutor
 from sqa_nas.search.locks import proc_start
 from sqa_nas.search.space import parse_space
-from tests.search.test_search import ROOT, TINY, _write
+from tests.search.test_search import ROOT, TINY, _write, ladder_space
 
 pytestmark = pytest.mark.slow
 
@@ -117,37 +117,16 @@ def postgres(free_port):
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_two_drivers_share_one_study(postgres, tmp_path):
-    space = _write(
-        tmp_path,
-        {
-            **TINY,
-            "study": "shared",
-            "budget": {
-                **TINY["budget"],
-                "n_trials": 6,
-                "train": {**TINY["budget"]["train"], "steps": 20},
-            },
-        },
-    )
-    cmd = [
-        sys.executable,
-        str(ROOT / "cli.py"),
-        "search",
-        str(space),
-        "--storage",
-        postgres,
-        "--workers",
-        "1",
-    ]
-    # Started together: both create Optuna's tables and the study, enqueue the seeds and reap
-    # at the same time, each while the other may already have trials in flight. One CPU each,
-    # as on two machines (else their workers' threads fight over the cores).
+def _two_drivers(space: Path, storage: str, cwd: Path) -> list[tuple[str, str]]:
+    """Two `search` commands on one storage, started together, one CPU each (as on two
+    machines, else their workers' threads fight over the cores); their (stdout, stderr),
+    both having exited 0."""
+    cmd = [sys.executable, str(ROOT / "cli.py"), "search", str(space), "--storage", storage]
     cpus = sorted(os.sched_getaffinity(0))
     drivers = [
         subprocess.Popen(
-            cmd,
-            cwd=tmp_path,
+            [*cmd, "--workers", "1"],
+            cwd=cwd,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -162,6 +141,25 @@ def test_two_drivers_share_one_study(postgres, tmp_path):
             if p.poll() is None:
                 p.kill()
     assert [p.returncode for p in drivers] == [0, 0], [e for _, e in outs]
+    return outs
+
+
+def test_two_drivers_share_one_study(postgres, tmp_path):
+    space = _write(
+        tmp_path,
+        {
+            **TINY,
+            "study": "shared",
+            "budget": {
+                **TINY["budget"],
+                "n_trials": 6,
+                "train": {**TINY["budget"]["train"], "steps": 20},
+            },
+        },
+    )
+    # Started together: both create Optuna's tables and the study, enqueue the seeds and reap
+    # at the same time, each while the other may already have trials in flight.
+    outs = _two_drivers(space, postgres, tmp_path)
     every = optuna.load_study(study_name="shared", storage=postgres).get_trials()
     trials = [t for t in every if "duplicate_of" not in t.user_attrs]  # repeats: no budget
     states = [t.state.name for t in trials]
@@ -265,52 +263,8 @@ def test_reaping_spares_live_drivers_here_and_elsewhere(postgres, tmp_path):
 def test_two_drivers_share_one_ladder(postgres, tmp_path):
     """MO-ASHA with two drivers on one study: promotions are decided under the study lock,
     so no trial is promoted to a rung twice, and the last driver to finish stops what waits."""
-    per_step = TINY["budget"]["train"]["batch_size"] * TINY["model"]["seq_len"]
-    budget = {
-        **TINY["budget"],
-        "n_trials": 8,
-        "train": {"tokens": 27 * per_step, "batch_size": 2, "eval_batches": 2},
-        "early_stopping": {"scheduler": "mo_asha", "eta": 3, "min_tokens": 3 * per_step},
-    }
-    space = _write(
-        tmp_path,
-        {
-            **TINY,
-            "study": "ladder",
-            "objectives": ["val_loss"],
-            "budget": budget,
-            "sampler": {"name": "random", "seed": 0},
-        },
-    )
-    cmd = [
-        sys.executable,
-        str(ROOT / "cli.py"),
-        "search",
-        str(space),
-        "--storage",
-        postgres,
-        "--workers",
-        "1",
-    ]
-    cpus = sorted(os.sched_getaffinity(0))
-    drivers = [
-        subprocess.Popen(
-            cmd,
-            cwd=tmp_path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            preexec_fn=functools.partial(os.sched_setaffinity, 0, {cpu}),
-        )
-        for cpu in (cpus[0], cpus[-1])
-    ]
-    try:
-        outs = [p.communicate(timeout=300) for p in drivers]
-    finally:
-        for p in drivers:
-            if p.poll() is None:
-                p.kill()
-    assert [p.returncode for p in drivers] == [0, 0], [e for _, e in outs]
+    space = _write(tmp_path, ladder_space("ladder", n_trials=8))
+    outs = _two_drivers(space, postgres, tmp_path)
     promoted = [
         m for out, _ in outs for m in re.findall(r"trial (\d+): promoted to rung (\d)", out)
     ]
