@@ -20,6 +20,7 @@ FLOORS = {
     "compiling": 0,
     "gpu_share": 0,  # file locks around a GPU: used by search/trial.py, imports nothing of ours
     "stats": 0,  # small-sample intervals: used by throughput, search and experiments
+    "printable": 0,  # study text made safe to show: dashboard, export and the CLI's errors
     "attention": 1,
     "data": 1,
     "timing": 1,

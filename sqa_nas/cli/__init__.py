@@ -18,6 +18,7 @@ from rich.markup import escape
 
 from sqa_nas import __version__
 from sqa_nas.errors import UserError
+from sqa_nas.printable import printable
 
 # (command, help). The module sqa_nas.cli.<command> defines add_<command>_arguments(parser)
 # and run_<command>_command(args) -> exit code. Only the chosen command's module is imported
@@ -43,7 +44,7 @@ def guarded(run: Callable[[], int | None]) -> int:
     try:
         return run() or 0
     except UserError as exc:
-        err_console.print(f"[red]error:[/] {escape(str(exc))}")
+        err_console.print(f"[red]error:[/] {escape(printable(exc))}")  # may quote a study
         return 2
     except KeyboardInterrupt:
         err_console.print("interrupted")

@@ -1,4 +1,4 @@
-"""`sqa-nas export STUDY --trial N | --pick SPEC --out DIR [--format torch|hf]`."""
+"""`sqa-nas export STUDY --trial N | --pick SPEC --out DIR [--format torch|hf] [--force]`."""
 
 from __future__ import annotations
 
@@ -28,7 +28,18 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="--pick among trials measured on this GPU type (needed when the study holds several)",
     )
-    p.add_argument("--out", required=True, metavar="DIR", help="folder to write into")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="folder to write into (created); refused when it already holds a file the "
+        "export writes, unless --force",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace the files of the same names in an existing --out folder",
+    )
     p.add_argument(
         "--format",
         dest="fmt",
@@ -47,11 +58,14 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
 def run_export_command(args) -> int:
     study = load_study(args.study, args.storage)
     record = find_trial(study, args.trial, args.pick, args.gpu_type)
-    out = export_trial(study, record, Path(args.out), args.fmt, force_hf=args.force_hf)
+    out = export_trial(
+        study, record, Path(args.out), args.fmt, force_hf=args.force_hf, force=args.force
+    )
     how = f"--pick {args.pick}" if args.pick else "--trial"
     values = ", ".join(f"{k} {v:.4g}" for k, v in (record.values or {}).items())
     console.print(
         f"exported trial {record.number} ({how}; {values}) as {args.fmt} to {out}/; "
-        f"see {out / 'README.md'}"
+        f"see {out / 'README.md'}",
+        markup=False,  # a path is text, not markup
     )
     return 0

@@ -29,6 +29,7 @@ from sqa_nas.dashboard.plots import text_scatter
 from sqa_nas.dashboard.table import TrialTable
 from sqa_nas.dashboard.view import Source, StudyView
 from sqa_nas.errors import UserError
+from sqa_nas.printable import printable
 from sqa_nas.search.figures import RunStats
 from sqa_nas.search.records import TrialRecord
 
@@ -151,8 +152,8 @@ class Dashboard(App):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.title = f"sqa-nas · {self.source.name}"
-        self.sub_title = self.source.where
+        self.title = printable(f"sqa-nas · {self.source.name}")  # Textual shows these plain
+        self.sub_title = printable(self.source.where)
         self.query_one("#scatter").border_title = "Pareto front"
         self.query_one("#detail-box").border_title = "trial"
         self.query_one("#progress").border_title = "search"
@@ -179,7 +180,7 @@ class Dashboard(App):
             attrs = _view_attrs(self.source.study_attrs())
         except Exception as exc:  # a locked or vanished database: say so, keep the old data
             self.call_from_thread(
-                self.notify, f"reload failed: {exc}", severity="warning", markup=False
+                self.notify, printable(f"reload failed: {exc}"), severity="warning", markup=False
             )
             records, runs, attrs = None, self.runs, self.attrs
         view = None
@@ -238,15 +239,15 @@ class Dashboard(App):
         ]
         table.set_rows(self.view, self.rows(), labels=labels, select=self.selected)
         self.selected = table.selected.number if table.selected else None
-        table.border_title = f"{len(table.records)} trials" + (
-            " on the Pareto front" if self.front_only else ""
+        table.border_title = Text(
+            f"{len(table.records)} trials" + (" on the Pareto front" if self.front_only else "")
         )
 
     def draw_progress(self) -> None:
         """The search panel and the rung ladder's panel: on a short screen (`COMPACT_BELOW`
         rows) the search panel's key rows only; below `LADDER_PANEL_FROM` rows the ladder
         is one line of the search panel, not a panel."""
-        title = f"{self.source.name}" + (" · Pareto only" if self.front_only else "")
+        title = self.source.name + (" · Pareto only" if self.front_only else "")
         rows = self.size.height or LADDER_PANEL_FROM  # 0 before the first layout
         panel = bool(self.view.ladder) and rows >= LADDER_PANEL_FROM
         self.query_one("#progress", Static).update(
@@ -261,7 +262,7 @@ class Dashboard(App):
         ladder = self.query_one("#ladder", Static)
         ladder.display = panel
         if panel:
-            ladder.border_title = render.ladder_title(self.view)
+            ladder.border_title = render.plain(render.ladder_title(self.view))
             ladder.update(render.ladder_text(self.view, no_wrap=True, overflow="ellipsis"))
 
     def on_resize(self, event: events.Resize) -> None:
@@ -274,9 +275,9 @@ class Dashboard(App):
         r = self.view.by_number.get(self.selected) if self.selected is not None else None
         self.query_one("#detail", Static).update(render.detail(self.view, r))
         self.query_one(Scatter).show(self.view, self.axes, self.selected)
-        self.query_one(
-            "#scatter"
-        ).border_title = f"Pareto front · {self.axes[1]} vs {self.axes[0]}"
+        self.query_one("#scatter").border_title = render.plain(
+            f"Pareto front · {self.axes[1]} vs {self.axes[0]}"
+        )
 
     def select(self, number: int) -> None:
         """Select a trial, showing it in the table (leaving Pareto-only if needed)."""
@@ -349,10 +350,10 @@ class Dashboard(App):
         try:
             r = self.view.pick(spec, self.axes)
         except UserError as exc:
-            self.notify(str(exc), severity="warning", markup=False)
+            self.notify(printable(exc), severity="warning", markup=False)
             return
         self.select(r.number)
-        self.notify(f"{spec}: trial #{r.number}", timeout=3)
+        self.notify(printable(f"{spec}: trial #{r.number}"), timeout=3, markup=False)
 
     def action_gpu(self) -> None:
         """Cycle the GPU filter: all trials, then each GPU type in turn."""
@@ -360,7 +361,7 @@ class Dashboard(App):
         self.gpu_type = choices[(choices.index(self.gpu_type) + 1) % len(choices)]
         self.view = self._make_view()
         self.redraw()
-        self.notify(f"GPU type: {self.gpu_type or 'all'}", timeout=2)
+        self.notify(printable(f"GPU type: {self.gpu_type or 'all'}"), timeout=2, markup=False)
 
     def action_export(self) -> None:
         """Export the selected trial to `export_dir` in a background thread."""
@@ -379,7 +380,7 @@ class Dashboard(App):
             self.notify("export needs a study in a storage", severity="warning")
             return
         out = self.export_dir / f"{self.source.name}-trial{r.number}"
-        self.notify(f"exporting trial #{r.number} to {out} …", timeout=3, markup=False)
+        self.notify(printable(f"exporting trial #{r.number} to {out} …"), timeout=3, markup=False)
         self._export(export, r, out)
 
     @work(thread=True, group="export")
@@ -389,14 +390,17 @@ class Dashboard(App):
         except Exception as exc:  # shown, not raised: the dashboard keeps running
             self.call_from_thread(
                 self.notify,
-                f"export of trial #{r.number} failed: {exc}",
+                printable(f"export of trial #{r.number} failed: {exc}"),
                 severity="error",
                 timeout=10,
                 markup=False,
             )
             return
         self.call_from_thread(
-            self.notify, f"exported trial #{r.number} to {path}", timeout=10, markup=False
+            self.notify,
+            printable(f"exported trial #{r.number} to {path}"),
+            timeout=10,
+            markup=False,
         )
 
 

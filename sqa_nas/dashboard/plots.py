@@ -9,6 +9,10 @@ cannot tell apart from the front (`Verdict.indistinguishable`) are drawn apart f
 dominated ones, and every point gets a +-2 sigma error bar per axis where its spread is
 known (`spread.error_bar`): light '─' / '│' behind the dots in the terminal, matplotlib
 error bars in the PNG. A repeat of another trial's layout is not a point of its own.
+
+Names from the study (objectives, baselines' variants) are `printable` in both; in the PNG
+a ``$`` is escaped too, since matplotlib would read the text between two as math (and a
+malformed formula fails the whole figure).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from rich.text import Text
 
 from sqa_nas.dashboard.view import StudyView, fmt_number
+from sqa_nas.printable import printable
 from sqa_nas.search.noise import K_SIGMA
 
 if TYPE_CHECKING:  # matplotlib is optional: imported where a figure is made
@@ -42,8 +47,15 @@ _BAR = {"h": "─", "v": "│", "hv": "┼"}  # error bars: horizontal, vertical
 
 
 def axis_label(view: StudyView, metric: str) -> str:
-    """The metric's name with which way is better, for an axis title."""
-    return f"{metric} ({'lower' if view.direction(metric) == 'minimize' else 'higher'} is better)"
+    """The metric's name with which way is better, for an axis title (`printable`)."""
+    better = "lower" if view.direction(metric) == "minimize" else "higher"
+    return printable(f"{metric} ({better} is better)")
+
+
+def figure_text(text: object) -> str:
+    """Study text for a matplotlib figure: `printable`, and ``$`` shown as itself, not as
+    the start of a formula."""
+    return printable(text).replace("$", r"\$")
 
 
 def _limits(values: list[float]) -> tuple[float, float]:
@@ -70,7 +82,7 @@ def text_scatter(
         ("  ◉ selected", "bold yellow"),
         ("  ○ within noise" if view.close_numbers else "", "bold cyan"),
         ("  ─│ ±2σ" if any(a or b for a, b in bars.values()) else "", "grey50"),
-        (f"  GPU {view.gpu_type}" if view.gpu_type else "", "italic"),
+        (printable(f"  GPU {view.gpu_type}") if view.gpu_type else "", "italic"),
     )
     out = Text(no_wrap=True, overflow="crop")
     for line in (title, legend):
@@ -120,7 +132,7 @@ def text_scatter(
             plot(dx, dy, 0)
         if r.seed_variant:
             marks[(dx // 2, dy // 4)] = ("◆", "bold magenta")
-            labels.append(((dx // 2, dy // 4), r.seed_variant))
+            labels.append(((dx // 2, dy // 4), printable(r.seed_variant)))
         if r.number == selected:
             sel = (dx // 2, dy // 4)
     if sel is not None:
@@ -258,7 +270,7 @@ def pareto_figure(
                 linewidths=2,
             )
             ax.annotate(
-                r.seed_variant,
+                figure_text(r.seed_variant),
                 (vx, vy),
                 xytext=(6, 4),
                 textcoords="offset points",
@@ -274,7 +286,7 @@ def pareto_figure(
                 edgecolors="tab:orange",
                 linewidths=2,
                 zorder=5,
-                label=f"trial #{r.number}",
+                label=figure_text(f"trial #{r.number}"),
             )
     if not pts:
         ax.text(
@@ -286,9 +298,9 @@ def pareto_figure(
             va="center",
             color="0.4",
         )
-    ax.set_xlabel(axis_label(view, x))
-    ax.set_ylabel(axis_label(view, y))
-    ax.set_title(f"{title or 'Pareto front'}\n{verdict_line(view)}", fontsize=11)
+    ax.set_xlabel(figure_text(axis_label(view, x)))
+    ax.set_ylabel(figure_text(axis_label(view, y)))
+    ax.set_title(f"{figure_text(title or 'Pareto front')}\n{verdict_line(view)}", fontsize=11)
     ax.grid(True, alpha=0.3)
     if pts:
         ax.legend(loc="best", fontsize=8)

@@ -1,6 +1,11 @@
 """Rich renderables shared by the interactive app and `--once`: the progress summary, the
 Pareto table, the multi-fidelity rung ladder, and a trial's detail (per-layer strip,
-analytics, training curve)."""
+analytics, training curve).
+
+Text from the study (its name, objective names, allocations, device names, fail reasons,
+the confirm summary, a run's host) is `printable` and goes into a `Text`, never into a
+markup string: its control characters are shown, not sent, and ``[red]`` in it is shown
+as written. `plain` does both."""
 
 from __future__ import annotations
 
@@ -13,7 +18,9 @@ from rich.text import Text
 
 from sqa_nas.dashboard.ladder import trial_rungs
 from sqa_nas.dashboard.spread import noisy_note
-from sqa_nas.dashboard.view import Progress, StudyView, fmt_number
+from sqa_nas.dashboard.view import Progress, StudyView, fmt_number, objective_label
+from sqa_nas.errors import UserError
+from sqa_nas.printable import printable
 from sqa_nas.search.figures import RunStats
 from sqa_nas.search.records import LayerRecord, TrialRecord
 
@@ -27,6 +34,12 @@ STATE_STYLE = {
 }
 # layer strip shades, light to strong: a layer's share of the reference head count H
 SHADES = ["grey23", "grey39", "dark_cyan", "cyan3", "turquoise2"]
+
+
+def plain(text: object, style: str = "", **options: Any) -> Text:
+    """Study text as a `Text`: control characters shown (`printable`, newlines kept), rich
+    markup not parsed."""
+    return Text(printable(text, newlines=True), style, **options)
 
 
 def sparkline(
@@ -58,12 +71,11 @@ def summary(
     grid.add_column(style="bold")
     grid.add_column()
     if not compact:
-        grid.add_row("study", title)
+        grid.add_row("study", plain(title))
         objectives = ", ".join(
-            f"{o} ({'↓' if d == 'minimize' else '↑'})"
-            for o, d in zip(view.objectives, view.directions)
+            objective_label(o, d) for o, d in zip(view.objectives, view.directions)
         )
-        grid.add_row("objectives", objectives)
+        grid.add_row("objectives", plain(objectives))
     states = Text()
     for state in ("COMPLETE", "RUNNING", "FAIL", "PRUNED", "WAITING"):
         if c[state] or state in ("COMPLETE", "RUNNING", "FAIL"):
@@ -71,7 +83,7 @@ def summary(
             states.append(f"{c[state]} {label}", STATE_STYLE[state]).append("  ")
     states.append(f"of {sum(c.values())}")
     if view.gpu_type:
-        states.append(f"  (GPU {view.gpu_type} only)", "italic")
+        states.append(printable(f"  (GPU {view.gpu_type} only)"), "italic")
     grid.add_row("trials", states)
     if not compact:
         rate = "-" if progress.per_hour is None else f"{progress.per_hour:.1f}/h overall"
@@ -88,7 +100,7 @@ def summary(
         grid.add_row("rungs", ladder_line(view, no_wrap=True, overflow="ellipsis"))
     verdict = view.verdict
     grid.add_row(
-        "noise", Text(verdict.summary(), "green" if verdict.resolved else "yellow", **cut)
+        "noise", plain(verdict.summary(), "green" if verdict.resolved else "yellow", **cut)
     )
     if view.confirmation is not None:
         grid.add_row("confirm", confirm_line(view, **cut))
@@ -98,13 +110,16 @@ def summary(
         hv = progress.hypervolume
         line = Text(sparkline(hv, 40, 0.0, 1.0), "green")
         line.append(f"  {hv[-1]:.3f}" if hv else "  -")
-        line.append(f"  ({progress.hv_axes[0]} x {progress.hv_axes[1]})", "dim")
+        line.append(printable(f"  ({progress.hv_axes[0]} x {progress.hv_axes[1]})"), "dim")
         grid.add_row("hypervolume", line)
     if view.front:
         picks = []
         for spec in view.picker_specs()[: 1 + len(view.objectives)]:
-            picks.append(f"{spec} #{view.pick(spec).number}")
-        grid.add_row("picks", " · ".join(picks))
+            try:
+                picks.append(f"{spec} #{view.pick(spec).number}")
+            except UserError:  # an objective's name no spec can hold (a crafted study)
+                continue
+        grid.add_row("picks", plain(" · ".join(picks)))
     return grid
 
 
@@ -138,7 +153,7 @@ def ladder_title(view: StudyView) -> str:
     if view.schedule is None:
         return "rung ladder"
     eta = view.schedule[0].eta
-    return f"rung ladder · eta {eta}: the top 1/{eta} of a rung go on"
+    return printable(f"rung ladder · eta {eta}: the top 1/{eta} of a rung go on")
 
 
 def ladder_line(view: StudyView, **text: Any) -> Text:
@@ -157,12 +172,12 @@ def confirm_line(view: StudyView, **text: Any) -> Text:
     options, e.g. no_wrap)."""
     confirmed = view.confirmation
     assert confirmed is not None
-    line = Text(confirmed.summary or f"trials {confirmed.survivors} survive on the front", **text)
+    line = plain(confirmed.summary or f"trials {confirmed.survivors} survive on the front", **text)
     k = len(confirmed.seeds)
     ended = (confirmed.ended or "")[:16].replace("T", " ")
     when = ", ".join(x for x in (f"{k} seed{'' if k == 1 else 's'}" if k else "", ended) if x)
     if when:
-        line.append(f"  ({when})", "dim")
+        line.append(printable(f"  ({when})"), "dim")
     return line
 
 
@@ -186,7 +201,7 @@ def run_figures(run: RunStats | None) -> Text:
     notes = [f"last run: {where}"] if where else []
     if run.nvml_note:
         notes.append(run.nvml_note)
-    line.append(" · ".join(notes), "dim")
+    line.append(printable(" · ".join(notes)), "dim")
     return line
 
 
@@ -199,11 +214,11 @@ def pareto_table(
 ) -> Table:
     """The trials (the front by default) with every column of the dashboard's table."""
     rows = view.front if records is None else records
-    table = Table(title=title, title_justify="left", header_style="bold")
+    table = Table(title=plain(title), title_justify="left", header_style="bold")
     cols = [c for c in view.columns if c.key not in ("state", "front")]
     for col in cols:
         table.add_column(
-            col.label,
+            plain(col.label),
             justify="left" if col.key in ("allocation", "gpu", "seed") else "right",
             overflow="fold",
         )
@@ -211,7 +226,7 @@ def pareto_table(
     for r in rows:
         style = "bold yellow" if r.number == highlight else None
         texts = view.cells(r)[1]  # with the noisy-timing notes
-        table.add_row(*(texts[i] for i in shown), style=style)
+        table.add_row(*(Text(texts[i]) for i in shown), style=style)  # texts: printable
     if not rows:
         table.add_row(*(["-"] + [""] * (len(cols) - 1)))
     if any(noisy_note(r, c.key) for r in rows for c in cols):
@@ -238,7 +253,7 @@ def layer_strip(r: TrialRecord) -> Table | Text:
 
     table.add_row("H_q", *(Text(f"{x.n_q_heads:^5}", shade(x.n_q_heads)) for x in layers))
     table.add_row("H_kv", *(Text(f"{x.n_kv_heads:^5}", shade(x.n_kv_heads)) for x in layers))
-    table.add_row("mask", *(_pattern(x) for x in layers))
+    table.add_row("mask", *(plain(_pattern(x)) for x in layers))
     table.add_row(
         "window",
         *(
@@ -248,7 +263,7 @@ def layer_strip(r: TrialRecord) -> Table | Text:
             for x in layers
         ),
     )
-    table.add_row("backend", *(x.backend or "-" for x in layers))
+    table.add_row("backend", *(plain(x.backend or "-") for x in layers))
     return table
 
 
@@ -263,21 +278,21 @@ def detail(view: StudyView, r: TrialRecord | None) -> RenderableType:
     if r is None:
         return Text("no trial selected", "dim")
     head = Text()
-    head.append(f"trial #{r.number} ", "bold")
+    head.append(printable(f"trial #{r.number} "), "bold")
     head.append(r.state, STATE_STYLE.get(r.state, ""))
     if view.on_front(r):
         head.append("  ★ Pareto", "bold green")
     elif view.within_noise(r):
         head.append("  ≈ within noise of the front", "bold cyan")
     if r.seed_variant:
-        head.append(f"  baseline {r.seed_variant}", "magenta")
+        head.append(printable(f"  baseline {r.seed_variant}"), "magenta")
     if r.gpu_type:
-        head.append(f"  {r.gpu_type}", "dim")
-    parts: list[RenderableType] = [head, Text(r.allocation or "", "italic")]
+        head.append(printable(f"  {r.gpu_type}"), "dim")
+    parts: list[RenderableType] = [head, plain(r.allocation or "", "italic")]
     if r.fail_reason:
         pruned = r.state == "PRUNED"  # stopped by the multi-fidelity scheduler
         parts.append(
-            Text(
+            plain(
                 f"{'pruned' if pruned else 'failed'}: {r.fail_reason}",
                 "yellow" if pruned else "red",
             )
@@ -290,7 +305,7 @@ def detail(view: StudyView, r: TrialRecord | None) -> RenderableType:
         )
         parts.append(line)
     if r.infeasible:
-        parts.append(Text("infeasible: " + "; ".join(r.infeasible), "red"))
+        parts.append(plain("infeasible: " + "; ".join(r.infeasible), "red"))
     if r.typed.duplicate_of is not None:
         parts.append(
             Text(
@@ -327,7 +342,7 @@ def detail(view: StudyView, r: TrialRecord | None) -> RenderableType:
     shown = [(k, fmt_number(v)) for k, v in cells if v is not None]
     for i in range(0, len(shown), 2):
         pair = shown[i : i + 2] + [("", "")] * (2 - len(shown[i : i + 2]))
-        numbers.add_row(pair[0][0], pair[0][1], pair[1][0], pair[1][1])
+        numbers.add_row(*(plain(x) for x in (*pair[0], *pair[1])))  # the names: objectives
     parts.append(numbers)
     parts += certainty(view, r)
 
@@ -370,5 +385,5 @@ def certainty(view: StudyView, r: TrialRecord) -> list[Text]:
     confirmed = view.confirmation.of(r.number) if view.confirmation else None
     if confirmed is not None:
         style = "green" if confirmed.on_front else "yellow"
-        lines.append(Text(f"confirmed: {confirmed.describe()}", style))
+        lines.append(plain(f"confirmed: {confirmed.describe()}", style))
     return lines

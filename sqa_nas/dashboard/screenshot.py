@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from sqa_nas.dashboard.view import Source
+from sqa_nas.printable import printable
 
 
 async def capture(
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ValueError as exc:  # UserError is a ValueError; so is a malformed --size
         kind = "error" if isinstance(exc, UserError) else f"--size {args.size!r}"
-        print(f"{kind}: {exc}", file=sys.stderr)
+        print(printable(f"{kind}: {exc}"), file=sys.stderr)
         return 2
     print(f"wrote {path}")
     return 0

@@ -14,7 +14,14 @@ from rich.console import Group, RenderableType
 from rich.panel import Panel
 from rich.text import Text
 
-from sqa_nas.dashboard.render import detail, ladder_text, ladder_title, pareto_table, summary
+from sqa_nas.dashboard.render import (
+    detail,
+    ladder_text,
+    ladder_title,
+    pareto_table,
+    plain,
+    summary,
+)
 from sqa_nas.dashboard.view import StudyView
 from sqa_nas.search.records import TrialRecord
 
@@ -40,13 +47,15 @@ def snapshot(
         ),
     ]
     if view.ladder:
-        parts += [Text(""), Text(ladder_title(view).capitalize(), "italic"), ladder_text(view)]
+        parts += [Text(""), plain(ladder_title(view).capitalize(), "italic"), ladder_text(view)]
     if picked:
         spec, r = picked
         parts += [
             Text(""),
             Panel(
-                detail(view, r), title=f"picked by {spec}: trial #{r.number}", title_align="left"
+                detail(view, r),
+                title=plain(f"picked by {spec}: trial #{r.number}"),
+                title_align="left",
             ),
         ]
     return Group(*parts)

@@ -25,6 +25,7 @@ from typing import Any
 from sqa_nas.dashboard.ladder import RungRow, ladder, planned, state_label
 from sqa_nas.dashboard.spread import TIMED, Bar, error_bar, noisy_note
 from sqa_nas.errors import UserError
+from sqa_nas.printable import printable
 from sqa_nas.search.confirm import Confirmation
 from sqa_nas.search.figures import RunStats, run_stats
 from sqa_nas.search.noise import Noise, assess
@@ -283,7 +284,7 @@ class StudyView:
             Column("seed", "seed", lambda r: r.seed_variant or "", str),
         ]
         cols += [
-            Column(o, f"{o} {'↓' if d == 'minimize' else '↑'}", metric(o), fmt_number, noisy(o))
+            Column(o, objective_label(o, d), metric(o), fmt_number, noisy(o))
             for o, d in zip(self.objectives, self.directions)
         ]
         cols += [
@@ -302,14 +303,15 @@ class StudyView:
         return cols
 
     def cells(self, r: TrialRecord) -> tuple[list, list[str]]:
-        """A trial's values and texts for `columns`, computed once per view."""
+        """A trial's values and texts for `columns`, computed once per view; the texts are
+        `printable` (a study's strings go to the terminal as they are shown here)."""
         got = self._cells.get(r.number)
         if got is None:
             values = [c.value(r) for c in self.columns]
-            got = self._cells[r.number] = (
-                values,
-                [c.text(v) + (c.note(r) if c.note else "") for c, v in zip(self.columns, values)],
-            )
+            texts = [
+                c.text(v) + (c.note(r) if c.note else "") for c, v in zip(self.columns, values)
+            ]
+            got = self._cells[r.number] = (values, [printable(t) for t in texts])
         return got
 
     def sorted_records(
@@ -399,6 +401,12 @@ class StudyView:
             spans.append(max(vals) - min(vals))
         box = spans[0] * spans[1]
         return [area / box if box > 0 else 0.0 for _, area in history]
+
+
+def objective_label(name: str, direction: str) -> str:
+    """An objective's column label, with its arrow: "val_loss ↓" (`printable`: the name is
+    the study's)."""
+    return printable(f"{name} {'↓' if direction == 'minimize' else '↑'}")
 
 
 def fmt_number(v: Any) -> str:

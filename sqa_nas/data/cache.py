@@ -12,6 +12,10 @@ The fingerprint hashes what the build wrote and is equal on every machine that h
 data (see `Fingerprint`). A build writes into a temporary sibling directory and renames it
 into place, so a reader never sees half a cache and two processes building the same key at
 once (Ray workers) both end up with one complete copy.
+
+The cache is private to its user: every folder it creates is 0700 and every file 0600
+(`private_dir`, `private_open`), so a build that reads a file only its owner (or root) may
+read never leaves a copy of its bytes, or of its path in ``meta.json``, that others can read.
 """
 
 from __future__ import annotations
@@ -51,6 +55,25 @@ def cache_root(explicit: str | Path | None = None) -> Path:
         return Path(explicit).expanduser()
     env = os.environ.get("SQA_NAS_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "sqa_nas"
+
+
+def private_dir(path: Path) -> None:
+    """Create `path` and any missing parent as 0700 folders (`os.makedirs` would give the
+    parents the umask's mode, typically 0755); folders already there are left as they are."""
+    missing = []
+    while not path.exists() and path.parent != path:
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:  # another process (a Ray worker) made it meanwhile
+            pass
+
+
+def private_open(path: str, flags: int) -> int:
+    """`open`'s opener for cache files: created 0600 (``open(p, "wb", opener=...)``)."""
+    return os.open(path, flags, 0o600)
 
 
 def cache_key(payload: Any) -> str:
@@ -93,7 +116,10 @@ class CorpusWriter:
         self._files: dict[str, BinaryIO] = {}
 
     def __enter__(self) -> CorpusWriter:
-        self._files = {s: open(self.directory / f"{s}.bin", "wb") for s in ("train", "val")}
+        self._files = {
+            s: open(self.directory / f"{s}.bin", "wb", opener=private_open)
+            for s in ("train", "val")
+        }
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -125,7 +151,8 @@ class CorpusWriter:
             "val_fraction_actual": actual_fraction(self.tokens),
             "fingerprint": self.fingerprint.hexdigest(),
         }
-        (self.directory / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        with open(self.directory / "meta.json", "w", opener=private_open) as f:
+            f.write(json.dumps(meta, indent=2) + "\n")
 
 
 def cached_corpus(directory: Path, build: Callable[[Path], None]) -> TokenStream:
@@ -133,7 +160,8 @@ def cached_corpus(directory: Path, build: Callable[[Path], None]) -> TokenStream
     ``build`` must fill ``tmp_dir`` with a `CorpusWriter`."""
     if not (directory / "meta.json").exists():
         tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        tmp.mkdir(parents=True)
+        private_dir(tmp.parent)
+        tmp.mkdir(mode=0o700)
         try:
             build(tmp)
             try:

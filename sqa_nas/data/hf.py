@@ -22,7 +22,15 @@ from typing import Any
 
 import numpy as np
 
-from sqa_nas.data.cache import CorpusWriter, Split, cache_key, cached_corpus, memmap, progress
+from sqa_nas.data.cache import (
+    CorpusWriter,
+    Split,
+    cache_key,
+    cached_corpus,
+    memmap,
+    private_open,
+    progress,
+)
 from sqa_nas.data.spec import HFSpec
 from sqa_nas.data.split import SPLIT_RULE, plan_split
 from sqa_nas.data.stream import TokenStream
@@ -127,7 +135,7 @@ def _carve(
     scratch = directory / "documents.tmp"
     names: list[str] = []
     lengths: list[int] = []
-    with open(scratch, "wb") as out:
+    with open(scratch, "wb", opener=private_open) as out:
         for batch_names, texts in _batches(data, spec.train_split, spec.text_field):
             for name, encoding in zip(
                 batch_names, tokenizer.encode_batch(texts, add_special_tokens=False)

@@ -21,7 +21,15 @@ from typing import Any
 
 import numpy as np
 
-from sqa_nas.data.cache import Fingerprint, Split, cache_key, memmap, progress
+from sqa_nas.data.cache import (
+    Fingerprint,
+    Split,
+    cache_key,
+    memmap,
+    private_dir,
+    private_open,
+    progress,
+)
 from sqa_nas.data.spec import TokensSpec
 from sqa_nas.data.stream import TokenStream
 from sqa_nas.errors import UserError
@@ -71,11 +79,11 @@ def _suffix(directory: Path) -> str:
 def _open(directory: Path, split: str, dtype: str) -> np.ndarray:
     """``split`` of the token directory as a read-only 1-D integer array."""
     path = directory / f"{split}{_suffix(directory)}"
-    if not path.exists():
-        found = sorted(p.name for p in directory.iterdir())
+    if not path.exists():  # the folder's count, not its names: they may not be ours to show
+        found = sum(1 for _ in directory.iterdir())
         raise UserError(
-            f"tokens data: expected train.bin and val.bin (or train.npy and "
-            f"val.npy) in {directory}; found {found}"
+            f"tokens data: expected train.bin and val.bin (or train.npy and val.npy) in "
+            f"{directory}; it has no {path.name} ({found} entr{'y' if found == 1 else 'ies'})"
         )
     if path.suffix == ".bin":
         itemsize = np.dtype(dtype).itemsize
@@ -134,8 +142,9 @@ def _scan(path: Path, array: np.ndarray, root: Path) -> dict[str, Any]:
         "min": 0 if smallest is None else smallest,
         "max": largest,
     }
-    memo.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(memo.parent)
     tmp = memo.with_name(f"{memo.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(scan))
+    with open(tmp, "w", opener=private_open) as f:
+        f.write(json.dumps(scan))
     os.replace(tmp, memo)  # atomic: concurrent loaders never read half a memo
     return scan

@@ -11,6 +11,8 @@ fails a check is refused with a `UserError` and nothing is written.
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import optuna
@@ -62,12 +64,14 @@ def export_trial(
     fmt: str = "torch",
     *,
     force_hf: bool = False,
+    force: bool = False,
 ) -> Path:
     """Write `record` as model code into `out_dir` (created if needed); returns `out_dir`.
 
     fmt="torch": model.py, config.yaml, README.md. fmt="hf": those plus config.json,
     configuration_sqa.py and modeling_sqa.py; refused when transformers is not installed
-    (the folder could not be loaded here), unless `force_hf`.
+    (the folder could not be loaded here), unless `force_hf`. A folder that already holds
+    any of these files is refused unless `force` (`write_files`).
     """
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}; formats: {', '.join(FORMATS)}")
@@ -82,13 +86,41 @@ def export_trial(
             )
         files |= hf.hf_files(trial)
     files["README.md"] = readme(trial, [*files, "README.md"])
-    out_dir = Path(out_dir)
+    write_files(Path(out_dir), files, force=force)
+    return Path(out_dir)
+
+
+def write_files(out_dir: Path, files: dict[str, str], *, force: bool = False) -> None:
+    """Write `files` (name -> text) into `out_dir`, created if needed. `UserError`, with
+    nothing written, when the folder already holds one of them and not `force`; `UserError`
+    when the folder cannot be written (read-only, under a file), removing what this call
+    created. Each file is written beside its name and renamed onto it, so a failure never
+    leaves half a file, and a symlink in its place is replaced, never followed."""
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir} exists and is not a folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        (out_dir / name).write_text(text, encoding="utf-8")
-    return out_dir
+    taken = [name for name in files if os.path.lexists(out_dir / name)]
+    if taken and not force:
+        raise UserError(
+            f"--out {out_dir} already holds {', '.join(taken)}: pass --force to replace "
+            f"{'it' if len(taken) == 1 else 'them'}"
+        )
+    created = out_dir  # the topmost folder this call creates, removed again on failure
+    while not created.parent.exists() and created.parent != created:
+        created = created.parent
+    made = not created.exists()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            part = out_dir / f".{name}.{os.getpid()}.part"
+            try:
+                part.write_text(text, encoding="utf-8")
+                os.replace(part, out_dir / name)
+            finally:
+                part.unlink(missing_ok=True)
+    except OSError as exc:
+        if made:
+            shutil.rmtree(created, ignore_errors=True)
+        raise UserError(f"--out {out_dir}: cannot write there ({exc.strerror or exc})") from None
 
 
 __all__ = ["FORMATS", "ValidTrial", "export_trial", "find_trial", "validate_trial"]

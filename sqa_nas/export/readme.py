@@ -10,6 +10,7 @@ from sqa_nas.analytics import analyze, attention_flops, mha_baseline
 from sqa_nas.export.torch_code import allocation_text
 from sqa_nas.export.validate import ValidTrial
 from sqa_nas.model import layer_dict
+from sqa_nas.printable import printable
 from sqa_nas.search.records import OBJECTIVES
 
 # Sequence length of the per-layer attention columns (the trial's own analytics are given
@@ -21,12 +22,18 @@ def config_yaml(trial: ValidTrial) -> str:
     """`sqa_nas.model.build_model` reads this file; `provenance` never affects the model."""
     data: dict[str, Any] = trial.config.resolved()
     data["provenance"] = trial.provenance()
-    header = (
-        f"# sqa-nas model config: trial {trial.number} of study {trial.study}.\n"
-        '# Rebuild with sqa_nas.model.build_model("config.yaml"); model.py beside it '
-        "is the same model without sqa-nas.\n"
+    header = comment(f"sqa-nas model config: trial {trial.number} of study {trial.study}.")
+    header += comment(
+        'Rebuild with sqa_nas.model.build_model("config.yaml"); model.py beside it '
+        "is the same model without sqa-nas."
     )
     return header + yaml.safe_dump(data, sort_keys=False, allow_unicode=False)
+
+
+def comment(text: str) -> str:
+    """`text` as one ``#`` comment line (YAML's, Python's): a newline or another control
+    character in it is shown (`printable`), never starts a line of its own."""
+    return f"# {printable(text)}\n"
 
 
 def _fmt(x: float | int | None) -> str:

@@ -2,7 +2,8 @@
 
 Only `literal` turns values into source, and it writes ints, finite floats, booleans, None
 and backend names from a fixed set; anything else is a bug and raises. The values come from
-a `ModelConfig` that `validate.validated_config` parsed, never from the study directly.
+a `ModelConfig` that `validate.validated_config` parsed, never from the study directly. The
+module docstring about the trial goes through `docstring_literal`, which quotes any text.
 """
 
 from __future__ import annotations
@@ -34,6 +35,27 @@ def literal(value: Any) -> str:
     if isinstance(value, str) and value in _BACKEND_NAMES:
         return f'"{value}"'
     raise TypeError(f"export writes only numbers, flags and backend names, got {value!r}")
+
+
+def docstring_literal(text: str) -> str:
+    """`text` as a triple-quoted string literal whose value is exactly `text`, whatever it
+    holds: backslashes doubled, a quote that a second one follows (or that ends the text)
+    escaped so no run of three can close the literal, and characters that are not printable
+    ASCII (controls, bidirectional overrides) written as escapes. Checked by parsing."""
+    out = []
+    for i, ch in enumerate(text):
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch == '"' and text[i + 1 : i + 2] in ('"', ""):
+            out.append('\\"')
+        elif ch == "\n" or " " <= ch <= "~":
+            out.append(ch)
+        else:
+            out.append(ascii(ch)[1:-1])  # "\x1b", "\u202e"
+    source = '"""' + "".join(out) + '"""'
+    if ast.literal_eval(source) != text:  # cannot happen; a bug if it does
+        raise ValueError(f"docstring_literal does not round-trip {text!r}")
+    return source
 
 
 def render_dict(fields: dict[str, Any], col: int, tail: int = 0) -> str:
@@ -142,7 +164,8 @@ def docstring(trial: ValidTrial) -> str:
         '    model.load_state_dict(torch.load("weights.pt"))  # or trained weights\n'
         "    logits = model(tokens)  # (B, N) int64 -> (B, N, vocab_size)\n"
     )
-    return f'"""{title}\n\n{fill(summary)}\n\n{fill(heads)}\n\n{fill(needs)}\n\n{usage}"""\n'
+    text = f"{title}\n\n{fill(summary)}\n\n{fill(heads)}\n\n{fill(needs)}\n\n{usage}"
+    return docstring_literal(text) + "\n"
 
 
 def template_source() -> str:

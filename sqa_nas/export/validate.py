@@ -11,7 +11,13 @@ into Python source, so every value is checked against what the study contract al
 - the text that goes into config.yaml and README.md (study name, params, device, versions,
   corpus) is printable ASCII from a small character set: no quotes, backslashes, newlines or
   unicode look-alikes.
-- objective values, analytics and metrics are finite numbers under known names.
+- the trial number is an int (a crafted storage can hold text there); objective values,
+  analytics and metrics are finite numbers under known names.
+
+The files are then written from these values through one quoting function per format
+(`torch_code.docstring_literal` for model.py's docstring, `literal` for its data,
+`readme.comment` for config.yaml's header, yaml.safe_dump and json.dumps for the rest), so
+a value that got past a check still could not become code.
 """
 
 from __future__ import annotations
@@ -44,11 +50,12 @@ MAX_INT = 2**31 - 1
 MAX_DEPTH = 6
 MAX_ITEMS = 4096
 
-_KEY = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")  # keys of the model config
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")  # study names, variant names
-_PARAM_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")  # "layers0-3.heads"
+# Matched with fullmatch: `$` would let a trailing newline through.
+_KEY = re.compile(r"[a-z_][a-z0-9_]{0,63}")  # keys of the model config
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")  # study names, variant names
+_PARAM_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")  # "layers0-3.heads"
 # Free text: GPU and CPU names, versions, hosts, fingerprints, "8/2", "window:16", "flex:16+4".
-_TEXT = re.compile(r"^[A-Za-z0-9 _.,:;+/@=()\-]{0,200}$")
+_TEXT = re.compile(r"[A-Za-z0-9 _.,:;+/@=()\-]{0,200}")
 
 
 @dataclass(frozen=True)
@@ -99,7 +106,7 @@ def check_exportable(record: TrialRecord) -> None:
             "be exported; wait for it to finish"
         )
     reason = record.fail_reason
-    why = f" ({reason})" if reason is not None and _TEXT.match(reason) else ""
+    why = f" ({reason})" if reason is not None and _TEXT.fullmatch(reason) else ""
     raise UserError(
         f"trial {record.number} is {record.state}{why}: only COMPLETE trials can be exported"
     )
@@ -107,9 +114,11 @@ def check_exportable(record: TrialRecord) -> None:
 
 def validate_trial(study_name: str, record: TrialRecord) -> ValidTrial:
     """`ValidTrial` for a COMPLETE trial, or `UserError` naming the first bad field."""
+    if type(record.number) is not int or not 0 <= record.number <= MAX_INT:
+        raise UserError(f"trial number {_show(record.number)} is not a whole number")
     check_exportable(record)
     where = f"trial {record.number}"
-    if not isinstance(study_name, str) or not _NAME.match(study_name):
+    if not isinstance(study_name, str) or not _NAME.fullmatch(study_name):
         raise UserError(
             f"study name {_show(study_name)} cannot be exported: use letters, "
             "digits, '_', '.' and '-'"
@@ -157,7 +166,7 @@ def validated_config(model: Any, where: str = "trial") -> ModelConfig:
 
 
 def _variant_names() -> set[str]:
-    return {v.name for v in list_variants() if _NAME.match(v.name)}
+    return {v.name for v in list_variants() if _NAME.fullmatch(v.name)}
 
 
 def _check_model_value(value: Any, path: str, depth: int) -> None:
@@ -194,7 +203,7 @@ def _check_model_value(value: Any, path: str, depth: int) -> None:
         return
     if isinstance(value, dict):
         for key, item in value.items():
-            if not isinstance(key, str) or not _KEY.match(key):
+            if not isinstance(key, str) or not _KEY.fullmatch(key):
                 raise UserError(f"{path}: key {_show(key)} is not a model setting")
             _check_model_value(item, f"{path}.{key}", depth + 1)
         return
@@ -232,7 +241,7 @@ def _numbers(values: Any, path: str) -> dict[str, float]:
         raise UserError(f"{path}: expected a mapping of numbers")
     out = {}
     for key, value in values.items():
-        if not isinstance(key, str) or not _KEY.match(key):
+        if not isinstance(key, str) or not _KEY.fullmatch(key):
             raise UserError(f"{path}: key {_show(key)} is not a plain name")
         if value is not None:
             out[key] = _number(value, f"{path}.{key}")
@@ -256,7 +265,7 @@ def _text_tree(value: Any, path: str, depth: int = 0) -> Any:
     if isinstance(value, int | float):
         return _number(value, path)
     if isinstance(value, str):
-        if not _TEXT.match(value):
+        if not _TEXT.fullmatch(value):
             raise UserError(
                 f"{path}: {_show(value)} has characters export does not write "
                 "(allowed: letters, digits, spaces and _ . , : ; + / @ = ( ) -)"
@@ -267,7 +276,7 @@ def _text_tree(value: Any, path: str, depth: int = 0) -> Any:
     if isinstance(value, dict) and len(value) <= MAX_ITEMS:
         out = {}
         for key, item in value.items():
-            if not isinstance(key, str) or not _PARAM_KEY.match(key):
+            if not isinstance(key, str) or not _PARAM_KEY.fullmatch(key):
                 raise UserError(f"{path}: key {_show(key)} is not a plain name")
             out[key] = _text_tree(
                 item,
@@ -286,7 +295,7 @@ def _trial_backends(
     out = []
     for i, layer in enumerate(layers):
         name = layer.backend
-        if name is not None and not _KEY.match(name):
+        if name is not None and not _KEY.fullmatch(name):
             raise UserError(f"{where}: layers[{i}].backend {_show(name)} is not a backend name")
         out.append(name)
     return tuple(out)

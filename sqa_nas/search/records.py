@@ -349,7 +349,16 @@ def trial_records(study: optuna.Study) -> list[TrialRecord]:
     `values` by objective name, for COMPLETE trials only."""
     names = objective_names(study)
     out = []
-    for t in study.get_trials(deepcopy=False):
+    try:
+        trials = study.get_trials(deepcopy=False)
+    except TypeError:  # Optuna sorts the trials by number: some number is not one
+        trials = None
+    if trials is None or any(type(t.number) is not int for t in trials):  # shown, exported
+        raise UserError(
+            f"study {study.study_name!r} holds a trial number that is not an integer: "
+            "its storage was not written by Optuna"
+        )
+    for t in trials:
         values = None
         if t.values is not None and t.state == optuna.trial.TrialState.COMPLETE:
             values = dict(zip(names, t.values))
