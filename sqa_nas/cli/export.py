@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from sqa_nas.cli import console
-from sqa_nas.cli.args import whole
+from sqa_nas.cli.args import existing_storage, whole
 from sqa_nas.export import export_trial, find_trial
 from sqa_nas.search.records import load_study
 
@@ -21,7 +21,10 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
         "--pick", metavar="SPEC", help="knee | best:OBJECTIVE | best:OBJECTIVE:within=OTHER+1%%"
     )
     p.add_argument(
-        "--storage", metavar="URL", help="Optuna storage (default sqlite:///runs/STUDY/study.db)"
+        "--storage",
+        metavar="URL",
+        type=existing_storage,
+        help="Optuna storage (default sqlite:///runs/STUDY/study.db)",
     )
     p.add_argument(
         "--gpu-type",
