@@ -25,9 +25,11 @@ from rich.text import Text
 
 import sqa_nas.cli.bench as bench_cli
 import sqa_nas.cli.search as search_cli
+import sqa_nas.cli.variants as variants_cli
 from sqa_nas.cli import guarded, main, shown, visible
 from sqa_nas.data import load_dataset
 from sqa_nas.errors import UserError
+from sqa_nas.registry import Variant
 from tests.fakestudy import make_study
 
 # A valid search space that would cost next to nothing if a case slipped through: MQAR data
@@ -144,9 +146,9 @@ YAML_HAZARDS = [
         "expected a mapping of sections (model, search, ...), got str",
     ),
     ("top-level-number", "42\n", "got int"),
-    ("binary-file", b"\x7fELF\x02\x01\x01\x00\x00\xff", "is a binary file"),
+    ("binary-file", b"\x7fELF\x02\x01\x01\x00\x00\xff", "it holds NUL bytes (a binary file?)"),
     ("latin-1-text", b"study: caf\xe9\n", "is not UTF-8 text (byte 10 is 0xe9)"),
-    ("utf-16-text", "study: x\n".encode("utf-16"), "is a binary file"),
+    ("utf-16-text", "study: x\n".encode("utf-16"), "it holds NUL bytes (a binary file?)"),
     ("over-1-MiB", "# " + "x" * (1 << 20) + "\n", "larger than 1,048,576 bytes is refused"),
     (
         "python-object-tag",
@@ -157,7 +159,11 @@ YAML_HAZARDS = [
     ("two-documents", "study: a\n---\nstudy: b\n", "expected a single document in the stream"),
     ("5000-digit-integer", "model: {d_model: " + "9" * 5000 + "}\n", "(5,000 characters) as int"),
     ("impossible-date", "study: 2024-13-45\n", "cannot read '2024-13-45' as timestamp"),
-    ("bell-character", "study: a\x07b\n", "line 1: character '\\x07' is not allowed in YAML"),
+    (
+        "bell-character",
+        "study: a\x07b\n",
+        "is not valid YAML: line 1: character '\\x07' is not allowed",
+    ),
     ("unclosed-flow-map", "model: {d_model: 64\n", "expected ',' or '}'"),
     ("missing-colon", "model:\n  d_model 64\n  n_layers: 2\n", "mapping values are not allowed"),
     ("bad-indentation", "model:\n    d_model: 64\n  n_layers: 2\n", "line 3, column 3"),
@@ -177,8 +183,18 @@ SPACE_CASES = [yaml_case("space", id, text, message) for id, text, message in YA
         ["space", "nope.yaml"],
         "cannot read search space nope.yaml: No such file or directory",
     ),
-    case("space-a-directory", ["space", "d.yaml"], "d.yaml is a directory", {"d.yaml": DIR}),
-    case("space-a-fifo", ["space", "p.yaml"], "p.yaml is not a regular file", {"p.yaml": FIFO}),
+    case(
+        "space-a-directory",
+        ["space", "d.yaml"],
+        "cannot read search space d.yaml: it is a directory",
+        {"d.yaml": DIR},
+    ),
+    case(
+        "space-a-fifo",
+        ["space", "p.yaml"],
+        "cannot read search space p.yaml: not a regular file",
+        {"p.yaml": FIFO},
+    ),
     case("space-under-a-file", ["space", "f/s.yaml"], "Not a directory", {"f": "x"}),
     case("space-no-argument", ["space"], "the following arguments are required: space"),
     case(
@@ -403,7 +419,7 @@ SEARCH_CASES = [
     )
 ] + [
     case("search-missing-file", ["search", "nope.yaml"], "No such file or directory"),
-    case("search-a-directory", ["search", "d"], "d is a directory", {"d": DIR}),
+    case("search-a-directory", ["search", "d"], "search space d: it is a directory", {"d": DIR}),
     case(
         "search-bad-section",
         ["search", "s.yaml"],
@@ -700,7 +716,7 @@ DASHBOARD_CASES = [
     case(
         "dashboard-sqlite-missing",
         ["dashboard", "demo", "--storage", "sqlite:///x/s.db"],
-        "argument --storage: x/s.db does not exist",
+        "storage sqlite:///x/s.db: x/s.db does not exist (a study is read from an existing",
     ),
     case(
         "dashboard-sqlite-a-directory",
@@ -1112,3 +1128,11 @@ def test_dashboard_png_and_json_into_a_folder_write_study_named_files(cwd, study
     assert listing(cwd) == ["figs", "figs/demo.json", "figs/demo.png"]
     assert (cwd / "figs/demo.png").read_bytes()[:4] == b"\x89PNG"
     assert "wrote figs/demo.png" in capsys.readouterr().err
+
+
+def test_variants_prints_plugin_text_verbatim(capsys, monkeypatch):
+    plugin = Variant("[/b]Odd", "H", "H/2", "a plugin's [red]description[/red] :smile:")
+    monkeypatch.setattr(variants_cli, "list_variants", lambda: [plugin])
+    assert main(["variants"]) == 0
+    out = capsys.readouterr().out
+    assert "[/b]Odd" in out and "[red]description[/red] :smile:" in out

@@ -1,8 +1,8 @@
 """Argument types shared by the commands: each parses one string or raises
 `argparse.ArgumentTypeError`, which argparse prints as a one-line usage error (exit 2).
-Paths are checked here too, before any work: an output file that could not be written
-(`output_file`, `unwritable`) and a study storage that does not exist (`existing_storage`),
-without creating anything."""
+Paths are checked here too, before any work and without creating anything: an output file
+that could not be written (`output_file`, `unwritable`) and a study storage that does not
+exist (`existing_storage`, a `UserError`)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
+
+from sqa_nas.errors import UserError
 
 T = TypeVar("T")
 
@@ -87,11 +89,14 @@ def output_file(text: str) -> Path:
     return Path(text)
 
 
-def existing_storage(url: str) -> str:
-    """An Optuna storage URL to read a study from (dashboard, export, confirm): a journal
-    (``journal:PATH`` or a ``.log`` / ``.journal`` path) or ``sqlite:///PATH`` must be an
-    existing file, so that reading creates no folder and no empty storage. Server URLs
-    (``postgresql://``) are left to the storage to refuse."""
+def existing_storage(url: str | None) -> None:
+    """`UserError` unless the storage a command reads a study from (dashboard, export,
+    confirm: `--storage`, None for the default) exists: a journal (``journal:PATH`` or a
+    ``.log`` / ``.journal`` path) or ``sqlite:///PATH`` must be an existing file, so that
+    reading creates no folder and no empty storage. Server URLs (``postgresql://``) are
+    left to the storage to refuse; the default sqlite file is checked by `load_study`."""
+    if url is None:
+        return
     path = None
     if url.startswith("journal:") or url.endswith((".log", ".journal")):
         path = Path(url.removeprefix("journal:"))
@@ -99,8 +104,7 @@ def existing_storage(url: str) -> str:
         path = Path(url.removeprefix("sqlite:///"))
     if path is not None and not path.is_file():
         why = "is a directory" if path.is_dir() else "does not exist"
-        raise argparse.ArgumentTypeError(
-            f"{path} {why} (a study is read from an existing storage; "
+        raise UserError(
+            f"storage {url}: {path} {why} (a study is read from an existing storage; "
             "`sqa-nas search` creates one)"
         )
-    return url

@@ -21,10 +21,7 @@ from sqa_nas.search.space import parse_space
 def add_confirm_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("study", help="study name")
     p.add_argument(
-        "--storage",
-        metavar="URL",
-        type=existing_storage,
-        help="Optuna storage (default sqlite:///runs/STUDY/study.db)",
+        "--storage", metavar="URL", help="Optuna storage (default sqlite:///runs/STUDY/study.db)"
     )
     p.add_argument("--top", type=positive, default=3, help="front members to retrain (3)")
     p.add_argument(
@@ -36,6 +33,7 @@ def add_confirm_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_confirm_command(args: argparse.Namespace) -> int:
+    existing_storage(args.storage)  # reading creates no storage
     study = load_study(args.study, args.storage)
     stored = study.user_attrs.get("space")
     if not isinstance(stored, dict):

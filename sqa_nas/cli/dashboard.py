@@ -20,7 +20,6 @@ def add_dashboard_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--storage",
         metavar="URL",
-        type=existing_storage,
         help="Optuna storage: sqlite:///PATH, postgresql://..., journal:PATH "
         "(default sqlite:///runs/STUDY/study.db)",
     )
@@ -76,6 +75,7 @@ def add_dashboard_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_dashboard_command(args) -> int:
+    existing_storage(args.storage)  # reading creates no storage
     if args.refresh <= 0:
         raise UserError(f"--refresh must be > 0 seconds, got {args.refresh}")
     if args.once and args.json == "-":

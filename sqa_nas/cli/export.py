@@ -21,10 +21,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
         "--pick", metavar="SPEC", help="knee | best:OBJECTIVE | best:OBJECTIVE:within=OTHER+1%%"
     )
     p.add_argument(
-        "--storage",
-        metavar="URL",
-        type=existing_storage,
-        help="Optuna storage (default sqlite:///runs/STUDY/study.db)",
+        "--storage", metavar="URL", help="Optuna storage (default sqlite:///runs/STUDY/study.db)"
     )
     p.add_argument(
         "--gpu-type",
@@ -48,6 +45,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_export_command(args) -> int:
+    existing_storage(args.storage)  # reading creates no storage
     study = load_study(args.study, args.storage)
     record = find_trial(study, args.trial, args.pick, args.gpu_type)
     out = export_trial(study, record, Path(args.out), args.fmt, force_hf=args.force_hf)

@@ -29,6 +29,9 @@ MAX_VALUES = 100_000  # nodes (keys, values, items) once aliases are expanded
 class _Refused(yaml.MarkedYAMLError):
     """A document PyYAML would load that we do not (its mark names the line)."""
 
+    def __init__(self, problem: str, mark: Any) -> None:  # Any: yaml's or libyaml's Mark
+        super().__init__(problem=problem, problem_mark=mark)
+
 
 class _StrictLoader(yaml.SafeLoader):
     """`yaml.SafeLoader` that refuses duplicate keys, deep nesting and alias bombs while it
@@ -46,24 +49,24 @@ class _StrictLoader(yaml.SafeLoader):
         event = self.peek_event()
         if isinstance(event, yaml.AliasEvent):
             node = super().compose_node(parent, index)
+            assert node is not None  # an alias composes to its anchor's node, or raises
             if node not in self._extent:  # its anchor's node is still being composed
                 raise _Refused(
-                    problem=f"alias *{event.anchor} refers to a node that contains it "
+                    f"alias *{event.anchor} refers to a node that contains it "
                     "(a recursive structure)",
-                    problem_mark=event.start_mark,
+                    event.start_mark,
                 )
             if self._depth + self._extent[node][1] > MAX_DEPTH:
                 raise _Refused(
-                    problem=f"alias *{event.anchor} nests deeper than {MAX_DEPTH} levels",
-                    problem_mark=event.start_mark,
+                    f"alias *{event.anchor} nests deeper than {MAX_DEPTH} levels",
+                    event.start_mark,
                 )
             return node
         self._depth += 1
         if self._depth > MAX_DEPTH:
-            raise _Refused(
-                problem=f"nesting deeper than {MAX_DEPTH} levels", problem_mark=event.start_mark
-            )
+            raise _Refused(f"nesting deeper than {MAX_DEPTH} levels", event.start_mark)
         node = super().compose_node(parent, index)
+        assert node is not None  # a scalar, sequence or mapping event composes a node
         self._depth -= 1
         children: list[yaml.Node] = []
         if isinstance(node, yaml.SequenceNode):
@@ -73,14 +76,14 @@ class _StrictLoader(yaml.SafeLoader):
         values = 1 + sum(self._extent[c][0] for c in children)
         if values > MAX_VALUES:
             raise _Refused(
-                problem=f"this value holds more than {MAX_VALUES:,} values once its aliases "
-                "are expanded (anchors repeated inside anchors)",
-                problem_mark=node.start_mark,
+                f"this value holds more than {MAX_VALUES:,} values once its aliases are "
+                "expanded (anchors repeated inside anchors)",
+                node.start_mark,
             )
         self._extent[node] = (values, 1 + max((self._extent[c][1] for c in children), default=0))
         return node
 
-    def compose_mapping_node(self, anchor: str | None) -> yaml.MappingNode:
+    def compose_mapping_node(self, anchor: Any) -> yaml.MappingNode:
         node = super().compose_mapping_node(anchor)
         first: dict[tuple[str, str], yaml.Node] = {}  # (tag, text) of a scalar key -> it
         for key, _ in node.value:
@@ -89,9 +92,8 @@ class _StrictLoader(yaml.SafeLoader):
             earlier = first.setdefault((key.tag, key.value), key)
             if earlier is not key:
                 raise _Refused(
-                    problem=f"duplicate key {key.value!r} (first at line "
-                    f"{earlier.start_mark.line + 1})",
-                    problem_mark=key.start_mark,
+                    f"duplicate key {key.value!r} (first at line {earlier.start_mark.line + 1})",
+                    key.start_mark,
                 )
         return node
 
@@ -100,9 +102,9 @@ class _StrictLoader(yaml.SafeLoader):
             return super().construct_object(node, deep)
         except (ValueError, OverflowError) as exc:  # int('9' * 5000), date(2024, 13, 45)
             raise _Refused(
-                problem=f"cannot read {_short(str(node.value))} as "
-                f"{node.tag.rsplit(':', 1)[-1]}: {str(exc).split(';')[0]}",
-                problem_mark=node.start_mark,
+                f"cannot read {_short(str(node.value))} as {node.tag.rsplit(':', 1)[-1]}: "
+                f"{str(exc).split(';')[0]}",
+                node.start_mark,
             ) from None
 
 
@@ -118,12 +120,15 @@ def read_yaml(path: str | Path, what: str = "YAML file") -> Any:
             return loader.get_single_data()
         finally:
             loader.dispose()
-    except yaml.MarkedYAMLError as exc:
+    except _Refused as exc:  # our limits
         raise UserError(f"{path}: {_where(exc)}") from None
+    except yaml.MarkedYAMLError as exc:  # PyYAML's own: syntax, tags, aliases
+        raise UserError(f"{path} is not valid YAML: {_where(exc)}") from None
     except yaml.reader.ReaderError as exc:  # a character YAML does not allow, e.g. \x07
         line = text.count("\n", 0, exc.position) + 1
         raise UserError(
-            f"{path}: line {line}: character {chr(exc.character)!r} is not allowed in YAML"
+            f"{path} is not valid YAML: line {line}: character {chr(exc.character)!r} is not "
+            "allowed"
         ) from None
     except yaml.YAMLError as exc:  # other YAML errors carry no mark: one line anyway
         raise UserError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
@@ -134,9 +139,9 @@ def _read_text(path: Path, what: str) -> str:
     try:
         info = path.stat()
         if stat.S_ISDIR(info.st_mode):
-            raise UserError(f"{path} is a directory, not a {what} file")
-        if not stat.S_ISREG(info.st_mode):
-            raise UserError(f"{path} is not a regular file (a {what} is a YAML file)")
+            raise UserError(f"cannot read {what} {path}: it is a directory")
+        if not stat.S_ISREG(info.st_mode):  # a FIFO or a device: reading it may block
+            raise UserError(f"cannot read {what} {path}: not a regular file")
         if info.st_size > MAX_BYTES:
             raise UserError(
                 f"{path} is {info.st_size:,} bytes: a {what} larger than "
@@ -149,7 +154,7 @@ def _read_text(path: Path, what: str) -> str:
     if len(data) > MAX_BYTES:  # grew since stat
         raise UserError(f"{path}: a {what} larger than {MAX_BYTES:,} bytes is refused")
     if b"\0" in data:
-        raise UserError(f"{path} is a binary file (it holds NUL bytes), not YAML text")
+        raise UserError(f"{path} is not UTF-8 text: it holds NUL bytes (a binary file?)")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
