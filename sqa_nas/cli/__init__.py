@@ -3,7 +3,9 @@ package. One module per command (``sqa_nas/cli/<command>.py``) parses its argume
 the library; nothing outside this package imports it.
 
 Every command reports user errors (`UserError`) as one line on stderr and exits with code 2;
-argparse does the same for malformed arguments.
+argparse does the same for malformed arguments. User-given text (a path, a name, an error
+message) goes to the terminal through `shown`: verbatim, never read as rich markup, and with
+control characters made visible, so no file name can style, break or drive the terminal.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ import argparse
 import importlib
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 
 from sqa_nas import __version__
 from sqa_nas.errors import UserError
@@ -33,29 +37,55 @@ COMMANDS = [
     ("confirm", "retrain a study's Pareto front with fresh seeds: which members stay on it"),
 ]
 
-# Logs and pipes get wide tables; terminals use their own width.
-console = Console(highlight=False, log_path=False, width=None if sys.stdout.isatty() else 120)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)  # one line per error
+# Logs and pipes get wide tables; terminals use their own width. No emoji codes: a path
+# such as a:smile:b.yaml prints as itself.
+console = Console(
+    highlight=False, log_path=False, emoji=False, width=None if sys.stdout.isatty() else 120
+)
+err_console = Console(stderr=True, highlight=False, emoji=False, soft_wrap=True)  # one line
+
+
+def shown(text: object) -> str:
+    """User-given text (a path, a study name) to put into a rich markup string: `printable`,
+    and with its markup escaped, so ``[/b]x.yaml`` prints as itself wherever it is put."""
+    body = printable(text)
+    head = body.rstrip("\\")
+    if head == body:
+        return escape(body)
+    # Rich halves backslashes just before a tag and keeps them elsewhere: end trailing
+    # backslashes with an empty tag of our own, so they read the same in any context.
+    return escape(head) + "\\" * 2 * (len(body) - len(head)) + "[dim][/dim]"
 
 
 def guarded(run: Callable[[], int | None]) -> int:
     """Run a command (`run()` -> exit status or None): a UserError is printed without a
-    traceback and gives 2, Ctrl-C gives 130. Every command and experiment script uses it."""
+    traceback, verbatim on one line (`printable`), and gives 2; Ctrl-C gives 130. Every
+    command and experiment script uses it."""
     try:
         return run() or 0
     except UserError as exc:
-        err_console.print(f"[red]error:[/] {escape(printable(exc))}")  # may quote a study
+        err_console.print(Text.assemble(("error:", "red"), " ", printable(exc)))
         return 2
     except KeyboardInterrupt:
         err_console.print("interrupted")
         return 130
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (no usage block), control characters in the
+    arguments made visible (exit code 2). A missing or unknown argument points to --help;
+    a bad value ("argument --x: ...") says what is wrong with it."""
+
+    def error(self, message: str) -> NoReturn:
+        usage = "" if message.startswith("argument ") else f" (see {self.prog} --help)"
+        self.exit(2, f"{self.prog}: error: {printable(message)}{usage}\n")
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser for `argv`: only the chosen command's module is imported. Without `argv`,
     every command is complete (for documentation and tests)."""
     chosen = None if argv is None else next((a for a in argv if not a.startswith("-")), "")
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sqa-nas", description="Search and benchmark Sparse Query Attention architectures."
     )
     parser.add_argument("--version", action="version", version=f"sqa-nas {__version__}")

@@ -8,7 +8,6 @@ import argparse
 import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import torch
 from rich import box
@@ -31,8 +30,8 @@ from sqa_nas.bench import (
     run_grid,
     write_json,
 )
-from sqa_nas.cli import console
-from sqa_nas.cli.args import csv, positive, seconds
+from sqa_nas.cli import console, shown
+from sqa_nas.cli.args import csv, output_file, positive, seconds
 from sqa_nas.kernels.calibration import order_from_rows
 from sqa_nas.machine import header_line
 
@@ -119,11 +118,12 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
         help="tokens of the correctness check (default 512)",
     )
     add_row_timeout_argument(p)
-    p.add_argument("--json", type=Path, help="write the results as JSON here")
-    p.add_argument("--png", type=Path, help="plot time and speedup vs length to this PNG")
+    # Output files are checked as arguments (`output_file`): before any row runs.
+    p.add_argument("--json", type=output_file, help="write the results as JSON here")
+    p.add_argument("--png", type=output_file, help="plot time and speedup vs length to this PNG")
     p.add_argument(
         "--calibration-out",
-        type=Path,
+        type=output_file,
         help="write the backend order measured here (needs 2+ named backends); "
         "SQA_NAS_CALIBRATION=FILE makes `auto` follow it",
     )
@@ -189,11 +189,11 @@ def run_bench_command(args: argparse.Namespace) -> int:
     console.print(f"[bold]{header_line(result.machine)}[/]")
     failed = _print_tables(result, list(cells[0].baselines))
     if args.json:
-        console.print(f"wrote {write_json(args.json, result.to_dict())}")
+        console.print(f"wrote {shown(write_json(args.json, result.to_dict()))}")
     if args.png:
         try:
             title = header_line(result.machine)
-            console.print(f"wrote {plot_rows(result.rows, args.png, title=title)}")
+            console.print(f"wrote {shown(plot_rows(result.rows, args.png, title=title))}")
         except ImportError:
             console.print(
                 "[yellow]matplotlib is not installed: no plot (python -m "
@@ -209,7 +209,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
             args.calibration_out,
             {"machine": result.machine, "entries": [e.as_dict() for e in entries]},
         )
-        console.print(f"wrote {args.calibration_out} ({len(entries)} measured orders)")
+        console.print(f"wrote {shown(args.calibration_out)} ({len(entries)} measured orders)")
     return 1 if failed else 0
 
 

@@ -8,8 +8,8 @@ import argparse
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
-from sqa_nas.cli import console
-from sqa_nas.cli.args import positive, whole
+from sqa_nas.cli import console, shown
+from sqa_nas.cli.args import existing_storage, positive, whole
 from sqa_nas.errors import UserError
 from sqa_nas.search.confirm import confirm, confirmed_rows
 from sqa_nas.search.executors import make_executor
@@ -33,6 +33,7 @@ def add_confirm_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_confirm_command(args: argparse.Namespace) -> int:
+    existing_storage(args.storage)  # reading creates no storage
     study = load_study(args.study, args.storage)
     stored = study.user_attrs.get("space")
     if not isinstance(stored, dict):
@@ -45,7 +46,7 @@ def run_confirm_command(args: argparse.Namespace) -> int:
     records, _ = of_gpu_type(trial_records(study), args.gpu_type)
     front = pareto_front(records, spec.objectives)[: args.top]
     console.print(
-        f"[bold]sqa-nas confirm[/] {args.study}: retraining {len(front)} front member(s) "
+        f"[bold]sqa-nas confirm[/] {shown(args.study)}: retraining {len(front)} front member(s) "
         f"with {args.seeds} fresh seeds each"
     )
     columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -60,7 +61,7 @@ def run_confirm_command(args: argparse.Namespace) -> int:
             gpu_type=args.gpu_type,
             on_done=lambda _: bar.advance(task),
         )
-    table = Table(title=f"Confirmed front of {args.study} ({args.seeds} fresh seeds)")
+    table = Table(title=f"Confirmed front of {shown(args.study)} ({args.seeds} fresh seeds)")
     for col in ("trial", "per-layer H_q/H_kv", "search val_loss", "confirmed", "on front"):
         table.add_column(col, justify="left" if col.startswith("per") else "right")
     for row in confirmed_rows(front, result):

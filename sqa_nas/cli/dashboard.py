@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import sys
+from pathlib import Path
 
-from sqa_nas.cli import console, err_console
-from sqa_nas.cli.args import seconds
+from sqa_nas.cli import console, err_console, shown
+from sqa_nas.cli.args import existing_storage, seconds, unwritable
 from sqa_nas.dashboard.view import StorageSource, StudyView
 from sqa_nas.errors import UserError
 
@@ -26,11 +28,16 @@ def add_dashboard_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="print a static snapshot (summary and Pareto table) and exit",
     )
-    p.add_argument("--png", metavar="FILE", help="write the Pareto scatter as a PNG and exit")
+    p.add_argument(
+        "--png",
+        metavar="FILE",
+        help="write the Pareto scatter as a PNG and exit (a folder: FOLDER/STUDY.png)",
+    )
     p.add_argument(
         "--json",
         metavar="FILE",
-        help="write the Pareto front as a JSON list ('-' for stdout) and exit",
+        help="write the Pareto front as JSON ('-' for stdout; a folder: FOLDER/STUDY.json) "
+        "and exit",
     )
     p.add_argument(
         "--pick",
@@ -68,10 +75,15 @@ def add_dashboard_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_dashboard_command(args) -> int:
+    existing_storage(args.storage)  # reading creates no storage
     if args.refresh <= 0:
         raise UserError(f"--refresh must be > 0 seconds, got {args.refresh}")
     if args.once and args.json == "-":
         raise UserError("--once and --json - both write to stdout: give --json a file name")
+    if args.png:
+        args.png = _output("--png", args.png, args.study, ".png")
+    if args.json and args.json != "-":
+        args.json = _output("--json", args.json, args.study, ".json")
     source = StorageSource(args.study, args.storage)
     records = source.records()
     view = StudyView(
@@ -112,7 +124,7 @@ def run_dashboard_command(args) -> int:
         with _writing("--json", args.json):
             path = write_json(view, args.json)
         if path:
-            err_console.print(f"wrote {len(view.front)} Pareto trials to {path}")
+            err_console.print(f"wrote {len(view.front)} Pareto trials to {shown(path)}")
     if args.png:
         from sqa_nas.dashboard.plots import write_png
 
@@ -124,7 +136,7 @@ def run_dashboard_command(args) -> int:
                 title=f"{source.name}: Pareto front",
                 selected=picked[1].number if picked else None,
             )
-        err_console.print(f"wrote {path}")
+        err_console.print(f"wrote {shown(path)}")
     if args.once:
         from sqa_nas.dashboard.snapshot import snapshot
 
@@ -132,6 +144,21 @@ def run_dashboard_command(args) -> int:
     elif picked and args.json != "-":
         console.print(f"{picked[0]}: trial #{picked[1].number}")
     return 0
+
+
+def _output(flag: str, path: str, study: str, suffix: str) -> str:
+    """Where `flag` writes: `path` (for a PNG with ".png" added when it has no suffix, as
+    write_png does), or ``path/STUDY<suffix>`` when `path` is a folder; refused before the
+    study is read when it could not be written."""
+    out = Path(path)
+    if out.is_dir():
+        out /= (re.sub(r"[^A-Za-z0-9_.-]", "_", study).strip(".") or "study") + suffix
+    elif suffix == ".png" and not out.suffix:
+        out = out.with_suffix(suffix)
+    why = unwritable(out)
+    if why is not None:
+        raise UserError(f"{flag} {path}: {why}")
+    return str(out)
 
 
 @contextlib.contextmanager

@@ -6,8 +6,9 @@ import argparse
 from pathlib import Path
 
 from sqa_nas.cli import console
-from sqa_nas.cli.args import whole
+from sqa_nas.cli.args import existing_storage, whole
 from sqa_nas.export import export_trial, find_trial
+from sqa_nas.printable import printable
 from sqa_nas.search.records import load_study
 
 
@@ -56,6 +57,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_export_command(args) -> int:
+    existing_storage(args.storage)  # reading creates no storage
     study = load_study(args.study, args.storage)
     record = find_trial(study, args.trial, args.pick, args.gpu_type)
     out = export_trial(
@@ -64,8 +66,8 @@ def run_export_command(args) -> int:
     how = f"--pick {args.pick}" if args.pick else "--trial"
     values = ", ".join(f"{k} {v:.4g}" for k, v in (record.values or {}).items())
     console.print(
-        f"exported trial {record.number} ({how}; {values}) as {args.fmt} to {out}/; "
-        f"see {out / 'README.md'}",
+        f"exported trial {record.number} ({how}; {values}) as {args.fmt} to "
+        f"{printable(out)}/; see {printable(out / 'README.md')}",
         markup=False,  # a path is text, not markup
     )
     return 0

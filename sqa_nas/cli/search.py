@@ -10,10 +10,10 @@ import optuna
 from rich.console import Console
 from rich.table import Table
 
-from sqa_nas.cli import console
+from sqa_nas.cli import console, shown
 from sqa_nas.cli.args import positive
 from sqa_nas.dashboard.ladder import ladder
-from sqa_nas.data import describe_data
+from sqa_nas.data import describe_split, load_dataset
 from sqa_nas.errors import UserError
 from sqa_nas.search.driver import Driver
 from sqa_nas.search.executors import make_executor
@@ -90,13 +90,14 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_search_command(args: argparse.Namespace) -> int:
     spec = _spec_with_overrides(args)
+    data_line = check_data(spec)
     driver = Driver(spec, make_executor(spec), console=console)
     console.print(
-        f"[bold]sqa-nas search[/] {args.space}: study [bold]{spec.study_name}[/], "
+        f"[bold]sqa-nas search[/] {shown(args.space)}: study [bold]{shown(spec.study_name)}[/], "
         f"{spec.cardinality():,} architectures, objectives "
-        f"{', '.join(spec.objectives)}, storage {driver.url}"
+        f"{', '.join(spec.objectives)}, storage {shown(driver.url)}"
     )
-    console.print(describe_data(spec.data), markup=False)
+    console.print(data_line, markup=False)
     result = driver.run(spec.budget.n_trials, spec.budget.max_wall_seconds)
     print_front(result.study, spec.objectives, console, getattr(args, "gpu_type", None))
     stopping = spec.budget.early_stopping
@@ -104,6 +105,18 @@ def run_search_command(args: argparse.Namespace) -> int:
         print_ladder(result.study, stopping.rungs(spec.budget.train.tokens or 0), console)
     print_stats(result.stats, console)
     return 130 if result.interrupted else 0
+
+
+def check_data(spec: SearchSpec) -> str:
+    """Load the space's data (built into the cache once) and cut one training and one
+    validation window at model.seq_len from it: a missing path, an empty corpus or one
+    shorter than a window is refused (UserError) before the study's storage and lock are
+    created, so it leaves no empty study behind. Returns the line describing the data."""
+    data = load_dataset(spec.data.model_dump(mode="json"))
+    seq_len = spec.model.seq_len
+    next(data.train_batches(1, seq_len))
+    data.val_batches(1, seq_len, 1)
+    return describe_split(data.meta)
 
 
 def print_ladder(study: optuna.Study, tokens: Sequence[int], console: Console) -> None:
@@ -172,7 +185,7 @@ def _print_front(
 ) -> None:
     verdict = assess(records, objectives, noise)
     table = Table(
-        title=f"Pareto front of {name}{where}: {len(verdict.front)} of "
+        title=f"Pareto front of {shown(name)}{shown(where)}: {len(verdict.front)} of "
         f"{sum(r.state == 'COMPLETE' for r in records)} completed trials"
     )
     for col in [

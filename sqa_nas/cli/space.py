@@ -9,7 +9,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from sqa_nas.cli import console
+from sqa_nas.cli import console, shown
 from sqa_nas.search.costs import cost_range
 from sqa_nas.search.space import load_space
 
@@ -25,7 +25,9 @@ def run_space_command(args: argparse.Namespace) -> int:
         console.print_json(json.dumps(spec.model_dump(mode="json")))
         return 0
     m = spec.model
-    console.print(f"[bold]{args.space}[/] is valid: study [bold]{spec.study_name}[/]")
+    console.print(
+        f"[bold]{shown(args.space)}[/] is valid: study [bold]{shown(spec.study_name)}[/]"
+    )
     console.print(
         f"model: d_model {m.d_model}, {m.n_layers} layers, H {m.n_heads} (head_dim "
         f"{m.head_dim_}), ffn {m.ffn_dim}, seq_len {m.seq_len}, "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from rich.table import Table
+from rich.text import Text
 
 from sqa_nas.cli import console
 from sqa_nas.cli.args import positive
@@ -24,15 +25,17 @@ def run_variants_command(args: argparse.Namespace) -> int:
     table = Table(title=f"Attention variants (H = {args.n_heads})")
     for col in ("variant", "H_q", "H_kv", "pattern", "attention FLOPs vs MHA", "what"):
         table.add_column(col)
+    # Names, descriptions and reasons may come from plugins (entry points) or exception
+    # messages: cells are plain Text, never markup.
     for v in list_variants():
         hq, hkv = v.heads(args.n_heads)
         table.add_row(
-            v.name,
+            Text(v.name),
             f"{v.q} = {hq}",
             f"{v.kv} = {hkv}",
             v.pattern,
             f"{max(hq, hkv) / args.n_heads:.2f}x",
-            v.description,
+            Text(v.description),
         )
     console.print(table)
     backends = Table(title="Kernel backends on this machine")
@@ -41,9 +44,9 @@ def run_variants_command(args: argparse.Namespace) -> int:
     for b in list_backends():
         why_not = b.availability()
         backends.add_row(
-            b.name,
+            Text(b.name),
             "[green]yes[/]" if why_not is None else "[red]no[/]",
-            b.description if why_not is None else why_not,
+            Text(b.description if why_not is None else why_not),
         )
     console.print(backends)
     return 0

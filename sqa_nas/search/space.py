@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import optuna
-import yaml
 from pydantic import (
     Field,
     ValidationError,
@@ -47,6 +46,7 @@ from sqa_nas.search.sections import (
     SearchSection,
     Section,
 )
+from sqa_nas.search.yamlfile import read_yaml
 
 
 class SearchSpec(Section):
@@ -322,18 +322,16 @@ def parse_space(data: Any, source: str = "search space") -> SearchSpec:
 
 def load_space(path: str | Path) -> SearchSpec:
     """Read and validate a YAML search space. Any problem is a `UserError` naming the file
-    and the key path; YAML tags that would construct Python objects are refused."""
+    and the key path (or the line: `yamlfile.read_yaml` refuses duplicate keys, deep
+    nesting, alias bombs and binary files); YAML tags that would construct Python objects
+    are refused."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{path} is not UTF-8 text") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
+    data = read_yaml(path, "search space")
+    if data is None:
+        raise UserError(
+            f"{path} holds no settings: a search space is a mapping of sections "
+            "(model, search, ...); see search_spaces/reference.yaml"
+        )
     spec = parse_space(data, str(path))
     if spec.study is None:
         spec = spec.model_copy(update={"study": path.stem})
