@@ -9,7 +9,8 @@ without reaping each other's live trials. Steps that read and then write the stu
 it, enqueueing the seed trials, reaping, checking the budget before an ask) run under a
 per-study lock (`study_lock`), so drivers started together neither enqueue a seed twice nor
 overrun the trial budget. Ctrl-C records in-flight trials as FAIL, re-enqueues them, and
-exits; nothing completed is lost.
+exits; nothing completed is lost. An executor that loses what runs its trials (`ExecutorLost`:
+a Ray raylet or GCS died) gets the same, then the error ends the run.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from rich.markup import escape
 from sqa_nas.analytics import analyze
 from sqa_nas.data import load_dataset
 from sqa_nas.errors import UserError
-from sqa_nas.search.executors.base import Executor
+from sqa_nas.search.executors.base import Executor, ExecutorLost
 from sqa_nas.search.figures import RunMeter
 from sqa_nas.search.locks import (
     driver_identity,
@@ -183,7 +184,8 @@ class Driver:
     def run(self, n_trials: int, max_wall_seconds: float | None = None) -> SearchResult:
         """Open the study, reap what stopped drivers left RUNNING, and dispatch trials until
         `n_trials` are evaluated (by this and other drivers) or `max_wall_seconds` pass.
-        Ctrl-C fails the in-flight trials, re-queues them and returns (``interrupted``)."""
+        Ctrl-C fails the in-flight trials, re-queues them and returns (``interrupted``);
+        `ExecutorLost` does the same, then propagates."""
         if self.spec.sampler.name == "grid" and n_trials > self.spec.cardinality():
             self.log(
                 f"grid sampler: {self.spec.cardinality()} architectures, so "
@@ -263,24 +265,19 @@ class Driver:
                     if told or time.monotonic() - last_render > 1.0:
                         last_render = time.monotonic()
                         live.update(self._render(n_trials))
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, ExecutorLost) as exc:
+            # Ctrl-C, or what runs the trials is gone (a dead raylet): fail and re-queue them.
+            why = exc.reason if isinstance(exc, ExecutorLost) else "interrupted (Ctrl-C)"
             interrupted = True
             for number in self.executor.shutdown(cancel=True):
                 if self.scheduler.rescue(self.study.get_trials(deepcopy=False)[number]):
                     self.repeats.release(number)
                     continue  # paused again at its last checkpoint
-                self._tell(
-                    TrialOutcome(
-                        number,
-                        "FAIL",
-                        attrs={
-                            "interrupted": True,
-                            "fail_reason": "interrupted (Ctrl-C) mid-trial",
-                        },
-                    ),
-                    requeue=True,
-                )
-            self.repeats.abandon("interrupted (Ctrl-C) while held")
+                attrs = {"interrupted": True, "fail_reason": f"{why} mid-trial"}
+                self._tell(TrialOutcome(number, "FAIL", attrs=attrs), requeue=True)
+            self.repeats.abandon(f"{why} while held")
+            if isinstance(exc, ExecutorLost):
+                raise  # one line and exit code 2 (cli.guarded)
             self.log(
                 "interrupted: in-flight trials recorded as FAIL and re-queued; rerun "
                 "the same command to resume"

@@ -3,7 +3,8 @@
 logical GPU (workers see no CUDA here and run on the CPU, as the objective does without a
 GPU). Searches run through `cli.py search --executor ray --address`; a worker, the driver and
 a whole node are SIGKILLed mid-search; trials that outlive their limit are cancelled; requests
-no node can hold are refused; and with no cluster a private CPU instance runs the search.
+no node can hold are refused; a loopback address is joined as given; and with no cluster a
+private CPU instance runs the search (its faults: test_ray_faults.py).
 
 The cluster is shared by the module and kept small (one CPU and one GPU per node, a 80 MB
 object store); the node-loss test runs last because it takes the second node down.
@@ -39,8 +40,8 @@ pytestmark = [
 # `ray start` replaces 127.0.0.1 with the machine's network address unless
 # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, and with that setting it refuses to start a second node
 # ("not supported on Windows and OSX"). So the head starts with the setting, and the second
-# node starts through Ray's own CLI with loopback addresses kept as given. Drivers need the
-# setting too, to reach a cluster at 127.0.0.1.
+# node starts through Ray's own CLI with loopback addresses kept as given. Drivers get it
+# from the executor when the address is loopback (test_a_loopback_address_is_joined_as_given).
 LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
 # Ray turns token authentication on when ~/.ray/auth_token exists (a local `ray.init()`
 # writes one): every process of the test cluster gets the same token explicitly instead.
@@ -498,6 +499,26 @@ def test_cpu_trials_on_a_private_local_instance(tmp_path):
     device = study.get_trials()[0].user_attrs["device"]
     assert device["type"] == "cpu" and device["node_ip"] == "127.0.0.1"  # loopback only
     assert study.user_attrs["executor_stats"][-1]["in_trial_fraction"] > 0
+
+
+def test_a_loopback_address_is_joined_as_given(cluster, tmp_path):
+    """Without RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 in the driver's environment, Ray would
+    join 127.0.0.1 at this machine's network address, where this cluster does not listen
+    (for minutes, then fail); the executor keeps the loopback address as given."""
+    env = {k: v for k, v in cluster.env.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    space = _space(tmp_path, "loopback", n_trials=2, steps=4)
+    run = subprocess.run(
+        _search_cmd(space, "--address", cluster.address),
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert run.returncode == 0, run.stderr
+    trials = _study(tmp_path, "loopback").get_trials()
+    assert _finished(_study(tmp_path, "loopback")) == {"COMPLETE": 2}
+    assert {t.user_attrs["device"]["node_ip"] for t in trials} == {"127.0.0.1"}
 
 
 def test_search_survives_losing_a_node(cluster, tmp_path):

@@ -2,7 +2,8 @@
 
 The driver owns the Optuna study and its storage; an executor only runs `TrialJob`s and
 reports `Event`s: progress of a running trial, or its `TrialOutcome`. A trial whose worker
-dies or that outlives its time limit comes back as a FAIL outcome with the reason.
+dies or that outlives its time limit comes back as a FAIL outcome with the reason; an executor
+that loses what runs its trials altogether raises `ExecutorLost` from `poll`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,25 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqa_nas.errors import UserError
 from sqa_nas.search.trial import TrialJob, TrialOutcome
+
+
+class ExecutorLost(UserError):
+    """What runs the trials is gone (a Ray instance's raylet or GCS died), raised by `poll`.
+    The driver records the trials in flight as FAIL with `reason` and re-queues them, then
+    stops: the CLI prints the message as one line and exits with code 2.
+
+    Args:
+        reason: what died, e.g. "the private Ray instance's raylet (pid 7) died: SIGKILL".
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            f"{reason}; the trials in flight are recorded as FAIL and re-queued: rerun the "
+            "same command to resume"
+        )
+        self.reason = reason
 
 
 @dataclass

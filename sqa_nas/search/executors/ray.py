@@ -12,7 +12,8 @@ cluster connection and its capacity are `ray_cluster.RayCluster`.
 - A worker that dies mid-trial (killed, out of host memory, its node lost) fails only that
   attempt: the trial is run again on another worker, up to ``max_retries`` times, then told
   FAIL with the reason. A trial past ``budget.trial_timeout_s`` is cancelled by killing its
-  worker (a replacement starts) and told FAIL.
+  worker (a replacement starts) and told FAIL. A dead raylet or GCS ends it: `poll` raises
+  `ExecutorLost` (`RayCluster.refresh`), and the driver fails and re-queues what ran.
 - When trials are short (median under `PIPELINE_BELOW_S`), each busy worker also holds the
   next trial in its queue, so the driver's tell / ask / database round trip overlaps GPU work
   instead of idling the GPU between trials.
