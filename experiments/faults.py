@@ -39,6 +39,16 @@ FAULTS = [
         "tests/search/test_ray.py::test_search_survives_losing_a_node",
     ),
     (
+        "the private Ray instance's raylet dies mid-search",
+        "tests/search/test_ray_faults.py::"
+        "test_a_dead_raylet_fails_and_requeues_the_trials_in_flight_and_exits_2",
+    ),
+    (
+        "a SIGKILLed driver's Ray agents are left behind, then the next start",
+        "tests/search/test_ray_faults.py::"
+        "test_the_next_start_kills_the_agents_a_killed_drivers_instance_left",
+    ),
+    (
         "the driver is SIGKILLed mid-search (local), then rerun",
         "tests/search/test_search.py::test_killed_or_interrupted_search_resumes[9]",
     ),

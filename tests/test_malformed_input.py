@@ -612,7 +612,6 @@ SEARCH_CASES = [
         ["search", "s.yaml", "--executor", "ray", "--address", "127.0.0.1:9"],
         "127.0.0.1:9",
         {"s.yaml": space()},
-        other("Ray address", run=False),
     ),
 ]
 
