@@ -134,8 +134,11 @@ def _scan(path: Path, array: np.ndarray, root: Path) -> dict[str, Any]:
         "min": 0 if smallest is None else smallest,
         "max": largest,
     }
-    memo.parent.mkdir(parents=True, exist_ok=True)
-    tmp = memo.with_name(f"{memo.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(scan))
-    os.replace(tmp, memo)  # atomic: concurrent loaders never read half a memo
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_name(f"{memo.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(scan))
+        os.replace(tmp, memo)  # atomic: concurrent loaders never read half a memo
+    except OSError:  # a read-only cache: the files are read where they are, scanned again
+        pass
     return scan
