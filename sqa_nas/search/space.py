@@ -23,6 +23,7 @@ from typing import Annotated, Any
 import optuna
 import yaml
 from pydantic import (
+    AfterValidator,
     Field,
     ValidationError,
     field_validator,
@@ -47,13 +48,14 @@ from sqa_nas.search.sections import (
     SearchSection,
     Section,
 )
+from sqa_nas.search.storage import check_study_name
 
 
 class SearchSpec(Section):
     """A validated search space file: its sections, plus the checks that span sections and
     what derives from them (the Optuna distributions, seed trials, params -> model)."""
 
-    study: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] | None = None
+    study: Annotated[str, AfterValidator(check_study_name)] | None = None
     model: ModelSection = ModelSection()
     search: SearchSection = SearchSection()
     constraints: Constraints = Constraints()
