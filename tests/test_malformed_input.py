@@ -213,7 +213,7 @@ SPACE_CASES = [yaml_case("space", id, text, message) for id, text, message in YA
     # Wrong values in every section: strings for numbers, negative, zero, NaN / inf, lists
     # for scalars, unknown keys at each level.
     section_case("top-unknown-key", {"modle": {}}, "modle: Extra inputs are not permitted"),
-    section_case("study-with-space", {"study": "my study"}, "study: String should match"),
+    section_case("study-with-space", {"study": "my study"}, "is not a study name"),
     section_case("study-a-list", {"study": ["a"]}, "study: Input should be a valid string"),
     section_case("model-a-list", {"model": [1, 2]}, "model: Input should be a valid dictionary"),
     section_case("model-d_model-string", {"model.d_model": "sixty-four"}, "model.d_model"),
@@ -508,7 +508,7 @@ SEARCH_CASES = [
     case(
         "search-study-with-slash",
         ["search", "s.yaml", "--study", "a/b"],
-        "study: String should match",
+        "is not a study name",
         {"s.yaml": space()},
     ),
     case(
@@ -542,35 +542,30 @@ SEARCH_CASES = [
         ["search", "s.yaml", "--study", "s" * 300],
         "study",
         {"s.yaml": space()},
-        other("study name length"),
     ),
     case(
         "search-storage-journal-empty",
         ["search", "s.yaml", "--storage", "journal:"],
         "journal",
         {"s.yaml": space()},
-        other("storage names"),
     ),
     case(
         "search-storage-under-a-file",
         ["search", "s.yaml", "--storage", "sqlite:///f/s.db"],
         "f",
         {"s.yaml": space(), "f": "x"},
-        other("storage under a file"),
     ),
     case(
         "search-storage-in-memory",
         ["search", "s.yaml", "--storage", "sqlite://"],
         "memory",
         {"s.yaml": space()},
-        other("storage names", run=False),
     ),
     case(
         "search-study-dot-dot",
         ["search", "s.yaml", "--study", ".."],
         "study",
         {"s.yaml": space()},
-        other("storage names", run=False),
     ),
     case(
         "search-n_layers-billion",
@@ -742,7 +737,7 @@ DASHBOARD_CASES = [
     case(
         "dashboard-not-a-database",
         ["dashboard", "demo", "--storage", "sqlite:///t.db"],
-        "cannot open storage",
+        "is damaged",
         {"t.db": "not a database\n"},
     ),
     case(

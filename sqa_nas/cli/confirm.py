@@ -33,8 +33,8 @@ def add_confirm_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_confirm_command(args: argparse.Namespace) -> int:
-    existing_storage(args.storage)  # reading creates no storage
-    study = load_study(args.study, args.storage)
+    existing_storage(args.storage)  # a missing storage is not created
+    study = load_study(args.study, args.storage, write=True)  # the result is stored in it
     stored = study.user_attrs.get("space")
     if not isinstance(stored, dict):
         raise UserError(f"study {args.study!r} holds no search space to retrain from")

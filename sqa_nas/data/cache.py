@@ -42,6 +42,7 @@ from rich.progress import (
 
 from sqa_nas.data.split import Split, actual_fraction, describe_split
 from sqa_nas.data.stream import TokenStream
+from sqa_nas.errors import UserError
 
 # Bump when the layout or the fingerprint definition changes; it is part of every key.
 FORMAT = 1
@@ -159,6 +160,7 @@ def cached_corpus(directory: Path, build: Callable[[Path], None]) -> TokenStream
     """The corpus in ``directory``, first built by ``build(tmp_dir)`` if it is not there.
     ``build`` must fill ``tmp_dir`` with a `CorpusWriter`."""
     if not (directory / "meta.json").exists():
+        writable_folder(directory)
         tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         private_dir(tmp.parent)
         tmp.mkdir(mode=0o700)
@@ -177,6 +179,17 @@ def cached_corpus(directory: Path, build: Callable[[Path], None]) -> TokenStream
         )
         return corpus
     return open_corpus(directory)
+
+
+def writable_folder(directory: Path) -> None:
+    """`UserError` naming the folder when `directory` cannot be created in the cache: the
+    nearest part of it that exists must be a folder this process may write in."""
+    there = next((p for p in (directory, *directory.parents) if p.exists()), None)
+    if there is not None and not (there.is_dir() and os.access(there, os.W_OK | os.X_OK)):
+        raise UserError(
+            f"cannot build the data cache in {there}: it is not a writable folder (make it "
+            "writable, or set SQA_NAS_CACHE to a writable folder)"
+        )
 
 
 def open_corpus(directory: Path) -> TokenStream:

@@ -142,9 +142,12 @@ def _scan(path: Path, array: np.ndarray, root: Path) -> dict[str, Any]:
         "min": 0 if smallest is None else smallest,
         "max": largest,
     }
-    private_dir(memo.parent)
-    tmp = memo.with_name(f"{memo.name}.{os.getpid()}")
-    with open(tmp, "w", opener=private_open) as f:
-        f.write(json.dumps(scan))
-    os.replace(tmp, memo)  # atomic: concurrent loaders never read half a memo
+    try:
+        private_dir(memo.parent)
+        tmp = memo.with_name(f"{memo.name}.{os.getpid()}")
+        with open(tmp, "w", opener=private_open) as f:
+            f.write(json.dumps(scan))
+        os.replace(tmp, memo)  # atomic: concurrent loaders never read half a memo
+    except OSError:  # a read-only cache: the files are read where they are, scanned again
+        pass
     return scan

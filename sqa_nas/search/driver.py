@@ -47,8 +47,8 @@ from sqa_nas.search.repeats import Repeats
 from sqa_nas.search.samplers import make_sampler
 from sqa_nas.search.scheduler import Scheduler, checkpoint_folder
 from sqa_nas.search.space import SearchSpec, layout_key
-from sqa_nas.search.storage import default_storage, open_storage
-from sqa_nas.search.study import init_or_check, quiet_optuna, trial_counts
+from sqa_nas.search.storage import check_storage, check_study_name, default_storage, open_storage
+from sqa_nas.search.study import Baselines, create_or_load, quiet_optuna, trial_counts
 from sqa_nas.search.trial import TrialJob, TrialOutcome
 from sqa_nas.search.utilisation import GpuSampler
 
@@ -93,12 +93,18 @@ class Driver:
     ) -> None:
         self.spec = spec
         self.executor = executor
-        self.url = storage_url or spec.storage or default_storage(spec.study_name)
+        check_study_name(spec.study_name)  # it names folders (checkpoints) on any storage
+        url = storage_url if storage_url is not None else spec.storage  # "" is refused
+        self.url = check_storage(default_storage(spec.study_name) if url is None else url)
         self.console = console or Console()
         self.identity = driver_identity()
-        # Drivers started together on a fresh database would race to create Optuna's tables.
-        with study_lock(None, self.url, "schema"):
-            self.storage = open_storage(self.url, heartbeat=self._heartbeat_storage)
+        self.storage = open_storage(
+            self.url,
+            heartbeat=self._heartbeat_storage,
+            # Drivers started together on a fresh database would race to create its tables.
+            schema_lock=lambda: study_lock(None, self.url, "schema"),
+            study=spec.study_name,  # damaged: refused before its lock file is made
+        )
         self.distributions: dict[str, optuna.distributions.BaseDistribution] = dict(
             spec.distributions()
         )  # a copy typed as Study.ask takes it (dict is invariant)
@@ -117,25 +123,25 @@ class Driver:
     # ------------------------------------------------------------------------- the study
     @quiet_optuna()
     def open_study(self) -> optuna.Study:
-        """Create the study or load it (checking it was made from this space and corpus),
-        and enqueue the seed variants it lacks. Returns the study (also `self.study`)."""
+        """Create the study or load it (checking it was made from this space and corpus;
+        finishing one left half-created), and enqueue the seed variants it lacks. Returns
+        the study (also `self.study`)."""
         spec = self.spec
         data = load_dataset(spec.data.model_dump(mode="json"))
         self.vocab_size = data.vocab_size
-        with self._study_lock():  # another driver may be creating it right now
-            study = optuna.create_study(
-                study_name=spec.study_name,
-                storage=self.storage,
-                directions=spec.directions,
-                sampler=make_sampler(spec),
-                load_if_exists=True,
+        with self._study_lock() as locked:  # another driver may be creating it right now
+            corpus = (data.meta, data.fingerprint)
+            study = create_or_load(
+                self.storage, spec, make_sampler(spec), corpus, self.url, locked=locked
             )
-            init_or_check(study, spec, data.meta, data.fingerprint, self.url)
             self.study = study
             self.repeats = Repeats(study, self.storage, self.log)
             folder = checkpoint_folder(spec, self.url)
             self.scheduler = Scheduler(spec, study, self.storage, folder, self.log)
-            self.enqueue_seeds()
+            # A grid holds every seed allocation already; `_dispatch` labels them.
+            seeds = [] if spec.sampler.name == "grid" else spec.seed_params()
+            self.baselines = Baselines(study, seeds)
+            self.baselines.enqueue()
         return study
 
     @quiet_optuna()
@@ -165,15 +171,6 @@ class Driver:
                 return  # nothing to re-run: a fresh ask replaces it
         extra = {k: t.user_attrs[k] for k in ("seed_variant",) if k in t.user_attrs}
         self.study.enqueue_trial(params, user_attrs={"retry_of": t.number, **extra})
-
-    def enqueue_seeds(self) -> None:
-        """Enqueue the seed variants the study does not hold yet (under the study lock)."""
-        if self.spec.sampler.name == "grid":
-            return  # the grid holds every seed allocation already; `_dispatch` labels them
-        present = {t.user_attrs.get("seed_variant") for t in self.study.get_trials(deepcopy=False)}
-        for name, params in self.spec.seed_params():
-            if name not in present:
-                self.study.enqueue_trial(params, user_attrs={"seed_variant": name})
 
     def counts(self) -> dict[str, int]:
         """The study's trials by state (`study.trial_counts`)."""
@@ -432,6 +429,9 @@ class Driver:
             self.log(f"trial {outcome.number} {state.name}: {outcome.attrs.get('fail_reason')}")
         if requeue:
             self._requeue(t)
+        elif state == TrialState.FAIL and (name := self.baselines.retry(t)):
+            with self._study_lock():  # a failed baseline runs again
+                self.baselines.enqueue([name])
 
     # ------------------------------------------------------------------------- display
     def log(self, text: str) -> None:

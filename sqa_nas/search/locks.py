@@ -28,6 +28,9 @@ import optuna
 import sqlalchemy
 from optuna.storages._heartbeat import is_heartbeat_enabled
 
+from sqa_nas.errors import UserError
+from sqa_nas.search.storage import storage_file
+
 try:
     import fcntl
 except ImportError:  # Windows: no file lock, one driver per study
@@ -77,17 +80,21 @@ def study_lock(storage: Any, url: str, name: str) -> Iterator[bool]:
                 conn.execute(sqlalchemy.text(lock[1]), {"k": arg})
                 conn.commit()
         return
-    path = None
-    if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
-        path = url.removeprefix("sqlite:///")
-    elif url.startswith("journal:") or url.endswith((".log", ".journal")):
-        path = url.removeprefix("journal:")
+    path = storage_file(url)
     if path is None or fcntl is None:
         yield False
         return
     lock_path = Path(f"{path}.sqa-nas.lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as f:
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        # Read-only is enough for flock: a lock file that is there need not be writable.
+        fd = os.open(lock_path, os.O_RDONLY | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise UserError(
+            f"cannot take the study lock {lock_path}: {exc.strerror or exc} (its folder "
+            "must be writable)"
+        ) from None
+    with os.fdopen(fd) as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         yield True  # closing the file releases the lock
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Literal, TypeGuard
 
 import optuna
@@ -33,7 +32,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sqa_nas.errors import UserError
 from sqa_nas.search.choices import MaskChoice
-from sqa_nas.search.storage import default_storage, open_storage
+from sqa_nas.search.storage import (
+    check_readable,
+    check_storage,
+    check_study_name,
+    default_storage,
+    open_storage,
+    storage_file,
+)
 
 FORMAT = 1
 # How trials are measured: 2 = paired throughput, common random numbers (1: before). Values
@@ -203,6 +209,7 @@ class TrialAttrs(_Record):
     infeasible: list[str] = []  # constraint violations of trials refused before training
     driver: dict[str, Any] | None = None  # {host, pid, proc_start, id} of its driver
     worker_deaths: int | None = None  # how often its worker or node died under it (Ray)
+    lost: bool | None = None  # FAIL: its worker or node died under it (`Executor.failed`)
     retry_of: int | None = None  # the trial number this one re-runs
     interrupted: bool | None = None  # stopped by Ctrl-C, re-enqueued
     reaped: bool | None = None  # left RUNNING by a driver that is gone, re-enqueued
@@ -376,31 +383,42 @@ def trial_records(study: optuna.Study) -> list[TrialRecord]:
     return out
 
 
-def load_study(name: str, storage: str | None = None) -> optuna.Study:
-    """Open an existing sqa-nas study; `UserError` when it or its storage does not exist or
-    was written by an incompatible version."""
-    url = storage or default_storage(name)
-    if url.startswith("sqlite:///"):
-        if not Path(url.removeprefix("sqlite:///")).exists():
-            raise UserError(
-                f"no study {name!r}: storage {url} does not exist (pass --storage, "
-                f"or run `sqa-nas search` first)"
-            )
-    store = open_storage(url)
+def load_study(name: str, storage: str | None = None, *, write: bool = False) -> optuna.Study:
+    """Open an existing sqa-nas study; `UserError` when its name or storage is malformed
+    (`storage.check_storage`), the storage or the study does not exist, or it was written by
+    an incompatible version. `write`: the caller writes to the study, so its storage must be
+    writable. Nothing is created."""
+    check_study_name(name)
+    url = check_storage(default_storage(name) if storage is None else storage)  # "" refused
+    path = storage_file(url)
+    if path is not None and not path.is_file():
+        raise UserError(
+            f"no study {name!r}: storage {url} does not exist (pass --storage, "
+            f"or run `sqa-nas search` first)"
+        )
+    store = open_storage(url, write=write)
     try:
         study = optuna.load_study(study_name=name, storage=store)
     except KeyError:
         known = ", ".join(s.study_name for s in optuna.get_all_study_summaries(store)) or "none"
         raise UserError(f"no study {name!r} in {url}; studies there: {known}") from None
+    check_readable(study, url)
     check_format(study, url)
     return study
 
 
 def check_format(study: optuna.Study, where: str) -> None:
     """`UserError` unless `study` was written by sqa-nas in the record format this version
-    reads; `where` names the storage in the message."""
+    reads; `where` names the storage in the message. A study without the ``sqa_nas`` mark
+    and without trials was left half-created by a driver that stopped (`study.init_or_check`
+    finishes it): the message says to rerun the search."""
     meta = study.user_attrs.get("sqa_nas")
     if meta is None:
+        if not study.get_trials(deepcopy=False):
+            raise UserError(
+                f"study {study.study_name!r} in {where} was left half-created (its driver "
+                "stopped while creating it): rerun the search command to finish it"
+            )
         raise UserError(
             f"study {study.study_name!r} in {where} was not written by sqa-nas "
             "(no 'sqa_nas' attribute)"

@@ -22,6 +22,7 @@ from typing import Annotated, Any
 
 import optuna
 from pydantic import (
+    AfterValidator,
     Field,
     ValidationError,
     field_validator,
@@ -46,6 +47,7 @@ from sqa_nas.search.sections import (
     SearchSection,
     Section,
 )
+from sqa_nas.search.storage import check_study_name
 from sqa_nas.search.yamlfile import read_yaml
 
 
@@ -53,7 +55,7 @@ class SearchSpec(Section):
     """A validated search space file: its sections, plus the checks that span sections and
     what derives from them (the Optuna distributions, seed trials, params -> model)."""
 
-    study: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] | None = None
+    study: Annotated[str, AfterValidator(check_study_name)] | None = None
     model: ModelSection = ModelSection()
     search: SearchSection = SearchSection()
     constraints: Constraints = Constraints()

@@ -28,6 +28,9 @@ def test_database_storages_beat_only_when_asked(tmp_path, heartbeat):
 
 def test_a_study_of_another_format_or_writer_is_refused():
     study = optuna.create_study()
+    with pytest.raises(UserError, match="was left half-created .*: rerun the search command"):
+        check_format(study, "here")  # no mark, no trial: a driver stopped creating it
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))
     with pytest.raises(UserError, match="was not written by sqa-nas"):
         check_format(study, "here")
     study.set_user_attr("sqa_nas", {"format": FORMAT + 1, "version": "9"})

@@ -63,7 +63,7 @@ MALFORMED = [
     ("model: {d_model: [64\n", "is not valid YAML"),
     ("!!python/object/apply:os.system ['echo pwned']\n", "is not valid YAML"),
     ("model: !!python/name:os.getcwd\n", "is not valid YAML"),
-    ("study: 'no spaces allowed'\n", "study: String should match pattern"),
+    ("study: 'no spaces allowed'\n", "study: 'no spaces allowed' is not a study name"),
 ]
 
 

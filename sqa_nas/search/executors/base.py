@@ -135,10 +135,12 @@ class Executor(ABC):
         return Event("done", number, outcome=outcome)
 
     @staticmethod
-    def failed(job: TrialJob, reason: str, where: str = "") -> TrialOutcome:
+    def failed(job: TrialJob, reason: str, where: str = "", *, lost: bool = False) -> TrialOutcome:
         """A FAIL outcome for `job` with `reason` as its fail_reason (and `where` as its device
-        name, when given), for trials the executor lost rather than ran."""
-        attrs: dict[str, Any] = {"fail_reason": reason}
+        name, when given), for trials the executor lost rather than ran; `lost`: its worker or
+        node died (flagged ``lost``: a baseline so lost runs again, `study.baselines_to_run`),
+        not the trial's own doing (a time limit)."""
+        attrs: dict[str, Any] = {"fail_reason": reason, **({"lost": True} if lost else {})}
         if where:
             attrs["device"] = {"name": where}
         return TrialOutcome(job.number, "FAIL", attrs=attrs)

@@ -185,7 +185,9 @@ class LocalExecutor(Executor):
                     self._finish(
                         job.number,
                         self.failed(
-                            job, f"worker process died (exit code {code}) during the trial"
+                            job,
+                            f"worker process died (exit code {code}) during the trial",
+                            lost=True,
                         ),
                     )
                 )

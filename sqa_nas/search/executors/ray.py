@@ -297,7 +297,7 @@ class RayExecutor(Executor):
     @staticmethod
     def _failed(attempt: Attempt, reason: str, slot: Slot | None = None) -> TrialOutcome:
         """A FAIL outcome recording where it ran, as a finished trial's would."""
-        outcome = Executor.failed(attempt.job, reason)
+        outcome = Executor.failed(attempt.job, reason, lost=bool(attempt.deaths))  # worker died
         if slot is not None and slot.info is not None:
             i = slot.info
             outcome.attrs["device"] = {
