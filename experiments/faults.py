@@ -65,6 +65,31 @@ FAULTS = [
         "tests/search/test_mo_asha.py::test_a_stopped_driver_loses_no_paused_trial",
     ),
     (
+        "the driver is killed while it creates the study, then rerun",
+        "tests/search/test_study_faults.py::"
+        "test_a_driver_killed_while_creating_the_study_leaves_one_the_rerun_finishes",
+    ),
+    (
+        "a baseline's worker dies (the study keeps its baselines)",
+        "tests/search/test_study_faults.py::"
+        "test_a_baseline_whose_worker_died_runs_again_in_the_run_and_is_not_counted",
+    ),
+    (
+        "a damaged study database (every command)",
+        "tests/search/test_study_faults.py::"
+        "test_a_damaged_database_is_one_line_naming_it_from_every_command",
+    ),
+    (
+        "a read-only storage folder",
+        "tests/search/test_study_faults.py::"
+        "test_a_read_only_storage_folder_is_refused_before_a_search_writes",
+    ),
+    (
+        "a read-only folder for the study lock",
+        "tests/search/test_study_faults.py::"
+        "test_the_study_lock_in_a_read_only_folder_is_a_user_error",
+    ),
+    (
         "Ctrl-C while a MO-ASHA promotion trains",
         "tests/search/test_mo_asha.py::test_ctrl_c_pauses_a_promotion_in_flight_again",
     ),
@@ -97,7 +122,10 @@ def run(faults: list[tuple[str, str]]) -> dict:
             cases[name] = (not failed, float(case.get("time", 0.0)))
     rows = []
     for fault, test in faults:
-        survived, seconds = cases.get(test, (False, 0.0))
+        # A test function stands for all its parametrised cases: each must pass.
+        mine = [v for k, v in cases.items() if k == test or k.startswith(test + "[")]
+        survived = bool(mine) and all(ok for ok, _ in mine)
+        seconds = sum(s for _, s in mine)
         rows.append(
             {"fault": fault, "test": test, "survived": survived, "seconds": round(seconds, 1)}
         )
