@@ -44,10 +44,13 @@ def device_name(device: torch.device | str = "cpu") -> str:
 
 def memory_bytes(device: torch.device | str = "cpu") -> int | None:
     """Total memory of `device`: a CUDA device's own, else this machine's RAM (physical pages
-    x page size); None where the system does not say."""
+    x page size); None where the system or the driver does not say."""
     device = torch.device(device)
     if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory
+        try:
+            return torch.cuda.get_device_properties(device).total_memory
+        except (RuntimeError, AssertionError):  # no driver, or torch built without CUDA
+            return None
     try:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (AttributeError, ValueError, OSError):  # no sysconf (Windows) or no such name

@@ -9,8 +9,8 @@ nothing is built or allocated) and compared with the memory of the device of the
   workers than GPUs, or a Ray fraction `gpus_per_trial`);
 - the CPU: this machine's RAM (physical pages x page size), divided among local workers;
 - a device that is not on this machine (a Ray cluster at `execution.ray.address`, or cuda
-  asked for where no GPU is visible): `NO_DEVICE_HOLDS`, so that a typo (a billion
-  somewhere) is refused anyway.
+  asked for where no GPU is visible) or whose memory the driver does not tell:
+  `NO_DEVICE_HOLDS`, so that a typo (a billion somewhere) is refused anyway.
 
 The vocabulary is the one the space states (`model.vocab_size`, the data's ``vocab_size``,
 256 for byte-level data); data whose vocabulary only loading tells (``hf``, ``tokens``
@@ -67,7 +67,8 @@ def largest_trial(spec: SearchSpec, device_type: str) -> tuple[dict[str, Any], M
     with each combination of the searched model fields."""
     dists = spec.distributions()
     units = [u for u, _ in spec.units()]
-    per_unit = {k.split(".", 1)[1]: d.choices for k, d in dists.items() if k.startswith(units[0])}
+    first = units[0] + "."
+    per_unit = {k.removeprefix(first): d.choices for k, d in dists.items() if k.startswith(first)}
     searched = {k: d.choices for k, d in dists.items() if k.startswith("model.")}
     train, timed = spec.budget.train, spec.budget.throughput
     throughput = bool({"throughput_tokens_per_s", "speedup_vs_mha"} & set(spec.objectives))
@@ -103,15 +104,22 @@ def room(execution: Execution) -> Room:
     gpus = torch.cuda.device_count() if e.device != "cpu" and local else 0
     if e.executor == "ray" and e.ray_gpus_per_trial == 0:
         gpus = 0  # CPU trials on the Ray workers
-    if not local or (e.device == "cuda" and gpus == 0):
-        where = "a Ray cluster's workers" if not local else "a GPU, none visible here"
+    sizes = [memory_bytes(f"cuda:{i}") for i in range(gpus)]
+    where = None  # where trials run when it is not a device of this machine
+    if not local:
+        where = "a Ray cluster's workers"
+    elif e.device == "cuda" and gpus == 0:
+        where = "a GPU, none visible here"
+    elif None in sizes:
+        where = "GPUs whose memory the driver does not tell"
+    if where is not None:
         kind = "cpu" if e.device == "cpu" else "cuda"
         words = (
             f"the {format_bytes(NO_DEVICE_HOLDS)} that no one device holds (trials run on {where})"
         )
         return Room(NO_DEVICE_HOLDS, kind, words, known=False)
     if gpus:
-        total = min(memory_bytes(f"cuda:{i}") or 0 for i in range(gpus))
+        total = min(s for s in sizes if s is not None)
         if e.executor == "ray":
             share = min(1.0, e.ray_gpus_per_trial)
         else:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sqa_nas.analytics import memory_estimate
+from sqa_nas.analytics import memory_estimate, mha_baseline
 from sqa_nas.cli import main
 from sqa_nas.model import ModelConfig
 from sqa_nas.search import memory
@@ -216,3 +216,29 @@ def test_the_estimate_bounds_a_measured_cpu_training_step():
     estimate = memory_estimate(config, 512, 16)
     bound = estimate.total - estimate.runtime  # the process itself is not in the growth
     assert bound / 2 < grown <= bound, json.dumps({"grown": grown, "bound": bound})
+
+
+def test_the_largest_trial_bounds_every_trial_of_the_space():
+    """The largest trial gives every one of the twelve units the same, most demanding choice
+    (the most heads, the widest searched FFN), and no seed trial's estimate exceeds it."""
+    spec = SearchSpec.model_validate(
+        {
+            "model": {"n_layers": 12, "searched": {"ffn_dim": [96, 384]}},
+            "search": {"n_q_heads": ["H/2", "H"], "n_kv_heads": [1, "H/2"]},
+            "seed_trials": ["GQA", "SQA", "xSQA"],
+        }
+    )
+    params, largest = largest_trial(spec, "cpu")
+    assert {v for k, v in params.items() if k.endswith(".heads")} == {"8/4"}
+    assert params["model.ffn_dim"] == 384
+    for _, seed in spec.seed_params():
+        config = spec.build_config(seed, 256)
+        timed = spec.budget.throughput
+        estimate = memory_estimate(
+            config,
+            128,
+            spec.budget.train.batch_size,
+            throughput_batch=timed.batch_size,
+            reference=mha_baseline(config),
+        )
+        assert estimate.total < largest.total
