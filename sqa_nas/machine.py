@@ -42,6 +42,21 @@ def device_name(device: torch.device | str = "cpu") -> str:
     return f"CPU {platform.processor() or platform.machine()} x{os.cpu_count()}"
 
 
+def memory_bytes(device: torch.device | str = "cpu") -> int | None:
+    """Total memory of `device`: a CUDA device's own, else this machine's RAM (physical pages
+    x page size); None where the system or the driver does not say."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        try:
+            return torch.cuda.get_device_properties(device).total_memory
+        except (RuntimeError, AssertionError):  # no driver, or torch built without CUDA
+            return None
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows) or no such name
+        return None
+
+
 def machine_info(device: torch.device | str = "cpu") -> dict:
     """The machine header of results: device, host, Python, torch, CUDA, cuDNN, installed kernel
     libraries and sqa-nas versions, CPU threads; on a GPU also driver, memory, SMs, capability."""

@@ -40,6 +40,10 @@ from sqa_nas.errors import UserError, first_error
 from sqa_nas.layer import SparseQueryAttention
 from sqa_nas.registry import get_variant
 
+# The most layers a model may have: every layer is a config, a module and, in a search, a
+# unit of choices; a typo (a billion) must be refused before any of them is made.
+MAX_LAYERS = 4096
+
 # Fields of AttentionConfig that the model sets for every layer.
 _MODEL_LEVEL = ("d_model", "n_heads", "head_dim", "causal", "rope_theta")
 
@@ -61,7 +65,7 @@ class ModelConfig(BaseModel):
 
     vocab_size: int = Field(256, gt=0)
     d_model: int = Field(256, gt=0)
-    n_layers: int = Field(8, gt=0)
+    n_layers: int = Field(8, gt=0, le=MAX_LAYERS)
     n_heads: int = Field(16, gt=0)
     head_dim: int | None = Field(None, gt=0)
     ffn_dim: int = Field(768, gt=0)

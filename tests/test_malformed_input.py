@@ -572,35 +572,30 @@ SEARCH_CASES = [
         ["search", "s.yaml"],
         "n_layers",
         {"s.yaml": space({"model.n_layers": 10**9})},
-        other("sizes", run=False),
     ),
     case(
         "search-seq_len-billion",
         ["search", "s.yaml"],
         "seq_len",
         {"s.yaml": space({"model.seq_len": 10**9})},
-        other("sizes", run=False),
     ),
     case(
         "search-batch_size-billion",
         ["search", "s.yaml"],
         "batch_size",
         {"s.yaml": space({"budget.train.batch_size": 10**9})},
-        other("sizes", run=False),
     ),
     case(
         "search-vocab-billion",
         ["search", "s.yaml"],
         "vocab",
         {"s.yaml": space({"model.vocab_size": 10**9})},
-        other("sizes", run=False),
     ),
     case(
         "search-head_dim-billion",
         ["search", "s.yaml"],
         "head_dim",
         {"s.yaml": space({"model.head_dim": 10**9})},
-        other("sizes", run=False),
     ),
     case(
         "search-ray-nobody-listens",
@@ -674,8 +669,7 @@ BENCH_CASES = [
     case(
         "bench-seq-len-billion",
         [*BENCH, "--seq-lens", str(10**9)],
-        "memory",
-        marks=other("sizes", run=False),
+        "more than this machine's",
     ),
 ]
 

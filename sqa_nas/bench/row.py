@@ -23,6 +23,7 @@ SCHEMA = "sqa-nas/bench/2"
 #: device before every CUDA repeat, adding the host's launch time to each sample.
 TIMING = "CUDA events around each call; warm-up calls alone, repeats queued back to back"
 SPEEDUP_PREFIX = "speedup_vs_"
+OUT_OF_MEMORY = "out of memory"  # how a row's `error` starts when an allocation failed
 
 
 class BenchRow(BaseModel):
@@ -80,6 +81,11 @@ class BenchRow(BaseModel):
     def timed(self) -> bool:
         """Whether the row holds a timing (False for rows refused or failed: see `error`)."""
         return self.ms is not None
+
+    @property
+    def out_of_memory(self) -> bool:
+        """Whether the row failed for want of memory (its `error` says how much was asked)."""
+        return self.error is not None and self.error.startswith(OUT_OF_MEMORY)
 
     def speedup(self, baseline: str) -> float | None:
         """Time of `baseline` over this row's in the same cell (None: not measured)."""

@@ -5,11 +5,12 @@ variants x sequence lengths; `run_grid` runs many cells under one machine header
 (`BenchRow`) carries its whole configuration, the backend and kernel that ran, ms, TFLOP/s
 from the mask's real density (`count_visible`), the speedup over the MHA and GQA rows of the
 same cell, and, when several backends were timed on the same cell, the fraction of the
-fastest one's TFLOP/s. A cell that fails (out of memory, a kernel error, a backend that
-refuses) records the error in its row and the run goes on; a row that never returns (a
-kernel build that hangs cannot be interrupted from Python) is cut by `row_timeout_s`: every
-thread's stack is printed, the process exits, and the results file saved before the row
-names it under "running".
+fastest one's TFLOP/s. Rows that no device of the run can hold are refused before anything
+runs (`BenchSettings.validate`, `bench.memory`). A cell that fails (out of memory, a kernel
+error, a backend that refuses) records the error in its row and the run goes on; a row that
+never returns (a kernel build that hangs cannot be interrupted from Python) is cut by
+`row_timeout_s`: every thread's stack is printed, the process exits, and the results file
+saved before the row names it under "running".
 
 Scopes: ``kernel`` times the attention call alone on (B, H, N, D) inputs; ``layer`` the
 whole `SparseQueryAttention` (projections, RoPE when set); ``model`` a forward (or training
@@ -23,6 +24,7 @@ import dataclasses
 import gc
 import itertools
 import json
+import re
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -30,17 +32,20 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from sqa_nas.analytics import format_bytes
 from sqa_nas.attention.masks import count_visible
 from sqa_nas.bench.check import check_config
 from sqa_nas.bench.flops import kernel_flops, model_flops, projection_flops
 from sqa_nas.bench.report import add_fraction_of_best
-from sqa_nas.bench.row import BenchResult, BenchRow
+from sqa_nas.bench.row import OUT_OF_MEMORY, BenchResult, BenchRow
 from sqa_nas.bench.settings import DTYPES, BenchSettings, paper_family
 from sqa_nas.errors import UserError
 from sqa_nas.layer import SparseQueryAttention
 from sqa_nas.machine import machine_info
 from sqa_nas.model import build_model
 from sqa_nas.timing import row_watchdog, time_call
+
+_TRIED = re.compile(r"[Tt]ried to allocate (\d+(?:\.\d+)? ?(?:[KMGTP]i?B|bytes))")
 
 
 def _autocast(device: torch.device, dtype: torch.dtype):
@@ -297,8 +302,8 @@ def _bench_one(settings: BenchSettings, name: str, n: int, device, dtype) -> dic
             )
         if model is not None:
             row["backend"] = "+".join(sorted({b for b, _ in model.backends()}))
-    except torch.cuda.OutOfMemoryError:
-        row["error"] = "out of memory"
+    except torch.OutOfMemoryError as exc:  # torch.cuda.OutOfMemoryError is the same class
+        row["error"] = out_of_memory(exc)
         return row
     except UserError as exc:
         row["error"] = str(exc)
@@ -340,9 +345,23 @@ def _probe_inputs(backend, problem, device, dtype):
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     message = text[0] if text else ""
-    if "out of memory" in message.lower():
-        return "out of memory"
+    lowered = message.lower()
+    if "out of memory" in lowered or "can't allocate memory" in lowered:
+        return out_of_memory(exc)
     return f"{type(exc).__name__}: {message}"[:300]
+
+
+def out_of_memory(exc: BaseException) -> str:
+    """A row's error for a failed allocation (`BenchRow.out_of_memory`), with the size
+    torch tried to allocate when its message says (CUDA: "Tried to allocate 8.00 GiB"; the
+    CPU allocator: "you tried to allocate 8000000000 bytes")."""
+    found = _TRIED.search(str(exc))
+    if found is None:
+        return OUT_OF_MEMORY
+    size = found.group(1)
+    if size.endswith(" bytes"):
+        size = format_bytes(int(size.removesuffix(" bytes")))
+    return f"{OUT_OF_MEMORY} (tried to allocate {size})"
 
 
 def _release(device: torch.device) -> None:

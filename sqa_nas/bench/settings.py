@@ -9,9 +9,12 @@ from dataclasses import dataclass, field
 import torch
 from pydantic import ValidationError
 
+from sqa_nas.analytics import format_bytes
 from sqa_nas.attention import AttentionConfig, BlockSparseLayout
+from sqa_nas.bench.memory import row_memory
 from sqa_nas.errors import UserError, first_error
-from sqa_nas.model import PRESETS, ModelConfig
+from sqa_nas.machine import memory_bytes
+from sqa_nas.model import MAX_LAYERS, PRESETS, ModelConfig
 from sqa_nas.registry import get_backend, get_variant, list_backends, register_backend
 
 MODES = ("fwd", "bwd", "fwd+bwd")
@@ -116,11 +119,41 @@ class BenchSettings:
             )
         if self.warmup < 0:
             raise UserError(f"--warmup must be >= 0, got {self.warmup}")
+        if self.n_layers is not None and not 1 <= self.n_layers <= MAX_LAYERS:
+            raise UserError(f"--n-layers: {self.n_layers:,} is not in 1..{MAX_LAYERS:,}")
         for name in list(self.baselines) + list(self.variants):
             try:  # --window, --global-tokens and the variant together: refused before timing
                 self.layer_config(name)
             except ValidationError as exc:
                 raise UserError(f"{name}: {first_error(exc)}") from None
+        self.check_memory()
+
+    def check_memory(self) -> None:
+        """Raise `UserError` for the first row that needs more memory than the device has
+        (`bench.memory.row_memory`, from formulas: before anything is allocated)."""
+        room = memory_bytes(self.device)
+        if room is None:
+            return
+        where = f"this machine's {format_bytes(room)} of RAM"
+        if self.device.startswith("cuda"):
+            where = (
+                f"{self.device}'s {format_bytes(room)} ({torch.cuda.get_device_name(self.device)})"
+            )
+        for n in self.seq_lens:
+            for name in dict.fromkeys(list(self.baselines) + list(self.variants)):
+                need = row_memory(self, name, n, DTYPES[self.dtype].itemsize)
+                if need.total <= room:
+                    continue
+                causes = {
+                    need.weights: f"--n-heads {self.n_heads:,} x --head-dim {self.head_dim:,}",
+                    need.check: f"--seq-lens {n:,} with --check-len {self.check_len:,}",
+                    need.timed: f"--seq-lens {n:,} x --batch {self.batch:,}",
+                }  # the largest part names its flags (the timed call's, on a tie)
+                raise UserError(
+                    f"{causes[max(causes)]}: the row {name} at N={n:,} ({self.scope} "
+                    f"{self.mode} {self.dtype}) needs ~{format_bytes(need.total)} "
+                    f"({need.describe()}), more than {where}"
+                )
 
     def mask_overrides(self) -> dict:
         """AttentionConfig fields that set the mask, per `pattern`."""

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from rich import box
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -23,6 +24,7 @@ from sqa_nas.bench import (
     PATTERNS,
     SCOPES,
     BenchResult,
+    BenchRow,
     BenchSettings,
     expand_grid,
     group_rows,
@@ -30,7 +32,8 @@ from sqa_nas.bench import (
     run_grid,
     write_json,
 )
-from sqa_nas.cli import console, shown
+from sqa_nas.bench.row import OUT_OF_MEMORY
+from sqa_nas.cli import console, err_console, shown
 from sqa_nas.cli.args import csv, output_file, positive, seconds
 from sqa_nas.kernels.calibration import order_from_rows
 from sqa_nas.machine import header_line
@@ -49,7 +52,17 @@ def _choices(allowed: Sequence[str]) -> Callable[[str], list[str]]:
     return parse
 
 
+EXIT_STATUS = (
+    "Exit status: 0 when every row ran or was refused by its backend; 1 when a correctness "
+    "check failed; 2 for bad arguments, for a row that needs more memory than the device "
+    "has (refused before anything runs: the estimate is in the message), and for a row "
+    "that ran out of memory anyway (the table marks it 'out of memory', the other rows "
+    "run, and one line at the end names it)."
+)
+
+
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = EXIT_STATUS
     p.add_argument("--variants", type=csv(str), default=["MHA", "GQA", "SQA", "sSQA", "xSQA"])
     p.add_argument("--seq-lens", type=csv(int), default=[1024, 4096])
     p.add_argument("--batch", type=csv(positive), default=[1], help="batch sizes (list)")
@@ -188,6 +201,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
         )
     console.print(f"[bold]{header_line(result.machine)}[/]")
     failed = _print_tables(result, list(cells[0].baselines))
+    short = [r for r in result.rows if r.out_of_memory]
     if args.json:
         console.print(f"wrote {shown(write_json(args.json, result.to_dict()))}")
     if args.png:
@@ -210,7 +224,25 @@ def run_bench_command(args: argparse.Namespace) -> int:
             {"machine": result.machine, "entries": [e.as_dict() for e in entries]},
         )
         console.print(f"wrote {shown(args.calibration_out)} ({len(entries)} measured orders)")
-    return 1 if failed else 0
+    if short:
+        err_console.print(f"[red]error:[/] {escape(_short_of_memory(short))}")
+    return 1 if failed else 2 if short else 0
+
+
+def _short_of_memory(rows: list[BenchRow]) -> str:
+    """One line naming the rows that ran out of memory, with what each tried to allocate."""
+    named = []
+    for r in rows[:3]:
+        asked = (r.error or "").removeprefix(OUT_OF_MEMORY).strip(" ()")  # "tried to ..."
+        named.append(
+            f"{r.variant} at N={r.seq_len:,} (batch {r.batch}, head_dim {r.head_dim}, "
+            f"{r.scope} {r.mode} {r.dtype})" + (f": {asked}" if asked else "")
+        )
+    more = f" and {len(rows) - 3} more" if len(rows) > 3 else ""
+    return (
+        f"{len(rows)} row(s) ran out of memory: {'; '.join(named)}{more}; the other rows ran"
+        " (lower --seq-lens or --batch, or free the device)"
+    )
 
 
 def _print_tables(result: BenchResult, baselines: list[str]) -> bool:
@@ -238,7 +270,8 @@ def _print_tables(result: BenchResult, baselines: list[str]) -> bool:
                     heads,
                     _or(r.backend, r.backend_requested),
                     _or(r.kernel, "-"),
-                    Text(r.error, style="red"),
+                    # the size it asked for: in the JSON and the closing line
+                    Text(OUT_OF_MEMORY if r.out_of_memory else r.error, style="red"),
                     *[""] * (len(cols) - 6),
                 )
                 continue

@@ -1,5 +1,6 @@
-"""`sqa-nas space SPACE.yaml`: validate a search space and describe its choices, cardinality
-and analytic cost range (formulas only: nothing is built or allocated)."""
+"""`sqa-nas space SPACE.yaml`: validate a search space and describe its choices, cardinality,
+analytic cost range and the memory its largest trial needs on the device of the run
+(formulas only: nothing is built or allocated)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from pathlib import Path
 
 from rich.table import Table
 
+from sqa_nas.analytics import format_bytes
 from sqa_nas.cli import console, shown
 from sqa_nas.search.costs import cost_range
+from sqa_nas.search.memory import largest_trial, room
 from sqa_nas.search.space import load_space
 
 
@@ -55,6 +58,14 @@ def run_space_command(args: argparse.Namespace) -> int:
         f"{lo['params']:,} .. {hi['params']:,}; attention FLOPs "
         f"{lo['attn_flops']:.3g} .. {hi['attn_flops']:.3g}; KV cache "
         f"{lo['kv_bytes']:,} .. {hi['kv_bytes']:,} bytes"
+    )
+    space = room(spec.execution)
+    _, need = largest_trial(spec, space.device_type)  # load_space refused what does not fit
+    where = f"fits {space.words}" if space.known else f"checked against {space.words}"
+    console.print(
+        f"memory: the largest trial needs ~{format_bytes(need.total)} ({need.describe()}); "
+        + where,
+        markup=False,
     )
     console.print(
         f"seed trials: {', '.join(spec.seed_trials) or 'none'}; sampler "

@@ -15,9 +15,10 @@ from pydantic import (
     model_validator,
 )
 
-from sqa_nas.analytics import ModelCost
+from sqa_nas.analytics import MAX_SEQ_LEN, ModelCost
 from sqa_nas.attention import BlockSparseLayout
 from sqa_nas.errors import first_error
+from sqa_nas.model import MAX_LAYERS
 from sqa_nas.registry import HEAD_COUNT
 from sqa_nas.search.choices import MaskPattern
 
@@ -31,6 +32,9 @@ Objective = Literal[
 ]
 HeadCount = int | str  # a string is checked against registry.HEAD_COUNT
 Positive = Annotated[int, Field(gt=0)]
+SeqLen = Annotated[int, Field(gt=0, le=MAX_SEQ_LEN)]
+MAX_SEEDS = 100  # seeds a trial trains with: repeats, not a sweep (each is a whole training)
+MAX_REPEATS = 10_000  # calls a throughput round queues (a pair of CUDA events each)
 PositiveNumber = Annotated[float, Field(gt=0)]
 
 
@@ -44,13 +48,13 @@ class ModelSection(Section):
     """The fixed part of the model; ``searched`` lists model fields searched too."""
 
     d_model: Positive = 64
-    n_layers: Positive = 4
+    n_layers: Annotated[int, Field(gt=0, le=MAX_LAYERS)] = 4
     n_heads: Positive = 8
     head_dim: Positive | None = None
     ffn_dim: Positive = 192
     vocab_size: Positive | None = None  # None: the data's vocabulary
     causal: bool = True
-    seq_len: Positive = 128
+    seq_len: SeqLen = 128
     rope_theta: PositiveNumber | None = 10_000.0
     tie_embeddings: bool = True
     searched: dict[
@@ -199,10 +203,10 @@ class ThroughputBudget(Section):
     calls, calls per round, fwd or fwd+bwd, and when the rounds (paired with the same-shape
     MHA model) stop: both 95% intervals within `ci_target`, or `max_seconds`."""
 
-    seq_len: Positive | None = None  # default: model.seq_len
+    seq_len: SeqLen | None = None  # default: model.seq_len
     batch_size: Positive = 8
     warmup: Positive = 2  # at least one: first calls pay one-time initialisation
-    repeats: Positive = 5  # calls per round; a round keeps their median
+    repeats: Annotated[int, Field(gt=0, le=MAX_REPEATS)] = 5  # calls per round; their median
     mode: Literal["fwd", "fwd+bwd"] = "fwd+bwd"
     ci_target: Annotated[float, Field(gt=0, lt=1)] = 0.03  # relative 95% half-width
     max_seconds: PositiveNumber = 20.0  # then the trial is flagged noisy_throughput
@@ -237,7 +241,7 @@ class Budget(Section):
     trial_timeout_s: PositiveNumber = 1800
     # Every trial trains with these many seeds (weights and data order, the same seeds for
     # every trial: common random numbers); its val_loss is their mean, with their std.
-    seeds: Positive = 1
+    seeds: Annotated[int, Field(gt=0, le=MAX_SEEDS)] = 1
     # The study's noise floor: its first baseline trains with this many seeds (>= 2; 0: off)
     # and the study stores the spread (`noise`); auto: 3 on a GPU, off on the CPU.
     noise_seeds: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
@@ -249,6 +253,8 @@ class Budget(Section):
     def _check(self) -> Budget:
         if self.noise_seeds == 1:
             raise ValueError("noise_seeds: 1 seed measures no spread; use 0 (off), >= 2 or auto")
+        if isinstance(self.noise_seeds, int) and self.noise_seeds > MAX_SEEDS:
+            raise ValueError(f"noise_seeds: {self.noise_seeds:,} is more than {MAX_SEEDS} seeds")
         stopping, train = self.early_stopping, self.train
         if stopping.scheduler == "mo_asha":
             if train.tokens is None or train.steps is not None or train.seconds is not None:

@@ -29,13 +29,14 @@ from pydantic import (
     model_validator,
 )
 
-from sqa_nas.analytics import ModelCost, analyze, mha_baseline
+from sqa_nas.analytics import MAX_BLOCKS, ModelCost, analyze, mha_baseline
 from sqa_nas.attention import BlockSparseLayout
 from sqa_nas.data import DataSpec
 from sqa_nas.errors import UserError, first_error
 from sqa_nas.model import ModelConfig
 from sqa_nas.registry import get_backend, get_variant, heads_of
 from sqa_nas.search.choices import HeadsChoice, MaskChoice
+from sqa_nas.search.memory import check_fits
 from sqa_nas.search.records import OBJECTIVES, Direction
 from sqa_nas.search.sections import (
     Budget,
@@ -114,6 +115,16 @@ class SearchSpec(Section):
                     get_backend(name)
                 except UserError as exc:
                     raise ValueError(f"search.backends[{i}]: {exc}") from None
+        for mask in self.mask_choices():
+            layout = self._block_layout(MaskChoice.parse(mask))
+            size = layout["block_size"] if layout else m.seq_len
+            if -(-m.seq_len // size) > MAX_BLOCKS:
+                raise ValueError(
+                    f"search.block_sparse.block_size: {size} cuts model.seq_len={m.seq_len:,} "
+                    f"into {-(-m.seq_len // size):,} blocks, more than {MAX_BLOCKS:,} (the "
+                    f"layout is a blocks x blocks matrix): use blocks of at least "
+                    f"{-(-m.seq_len // MAX_BLOCKS):,} tokens"
+                )
         if not self.head_choices():
             raise ValueError(
                 "search: no valid (n_q_heads, n_kv_heads) pair: H_q must be a "
@@ -309,17 +320,20 @@ class SearchSpec(Section):
 
 
 def parse_space(data: Any, source: str = "search space") -> SearchSpec:
-    """Validate `data` (a parsed YAML mapping) as a `SearchSpec`; any problem is a
-    `UserError` starting with `source`."""
+    """Validate `data` (a parsed YAML mapping) as a `SearchSpec`, and check that its largest
+    trial fits the device of the run (`memory.check_fits`); any problem is a `UserError`
+    starting with `source`."""
     if not isinstance(data, dict):
         raise UserError(
             f"{source}: expected a mapping of sections (model, search, ...), got "
             f"{type(data).__name__}"
         )
     try:
-        return SearchSpec.model_validate(data)
+        spec = SearchSpec.model_validate(data)
     except ValidationError as exc:
         raise UserError(f"{source}: {first_error(exc)}") from None
+    check_fits(spec, source)
+    return spec
 
 
 def load_space(path: str | Path) -> SearchSpec:
