@@ -503,6 +503,7 @@ def test_every_script_runs_as_a_module_of_the_experiments_package():
         "noise_floor",
         "paired_timing",
         "mo_asha",
+        "faults",
     } == set(names)
     for name in names:
         run = subprocess.run(
