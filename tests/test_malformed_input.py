@@ -710,7 +710,7 @@ DASHBOARD_CASES = [
     case(
         "dashboard-sqlite-a-directory",
         ["dashboard", "demo", "--storage", "sqlite:///d"],
-        "d is a directory",
+        "d is a folder",
         {"d": DIR},
     ),
     case(

@@ -21,6 +21,7 @@ from sqa_nas.search.figures import SHOWN, RunStats
 from sqa_nas.search.noise import K_SIGMA, Noise, assess
 from sqa_nas.search.records import TrialRecord, trial_records
 from sqa_nas.search.space import SearchSpec, load_space, parse_space
+from sqa_nas.search.storage import check_storage, default_storage
 
 
 def _spec_with_overrides(args: argparse.Namespace) -> SearchSpec:
@@ -90,6 +91,8 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_search_command(args: argparse.Namespace) -> int:
     spec = _spec_with_overrides(args)
+    # The storage is checked before the data (cheap first): "" is refused, not defaulted.
+    check_storage(default_storage(spec.study_name) if spec.storage is None else spec.storage)
     data_line = check_data(spec)
     driver = Driver(spec, make_executor(spec), console=console)
     console.print(

@@ -384,11 +384,13 @@ def trial_records(study: optuna.Study) -> list[TrialRecord]:
 
 
 def load_study(name: str, storage: str | None = None, *, write: bool = False) -> optuna.Study:
-    """Open an existing sqa-nas study; `UserError` when its name or storage is malformed
+    """Open an existing sqa-nas study; `UserError` when its storage (or, without one, its
+    name, which then names the default storage's folder) is malformed
     (`storage.check_storage`), the storage or the study does not exist, or it was written by
     an incompatible version. `write`: the caller writes to the study, so its storage must be
     writable. Nothing is created."""
-    check_study_name(name)
+    if storage is None:  # the name makes the path (runs/NAME): it must be a safe one
+        check_study_name(name)
     url = check_storage(default_storage(name) if storage is None else storage)  # "" refused
     path = storage_file(url)
     if path is not None and not path.is_file():

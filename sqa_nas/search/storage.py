@@ -218,6 +218,11 @@ def check_readable(study: optuna.Study, where: str) -> None:
     try:
         dict(study.user_attrs)  # read for its errors, like every trial:
         study.get_trials(deepcopy=False)
+    except TypeError:  # Optuna sorts the trials by number: some number is not one
+        raise UserError(
+            f"study {study.study_name!r} holds a trial number that is not an integer: "
+            "its storage was not written by Optuna"
+        ) from None
     except (ValueError, SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
         raise UserError(
             f"storage {where} is damaged: study {study.study_name!r} does not read "

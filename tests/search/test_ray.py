@@ -449,9 +449,15 @@ def test_trial_past_its_time_limit_is_cancelled_and_recorded(cluster, tmp_path):
     )
     assert run.returncode == 0, run.stderr
     study = _study(tmp_path, "slow")
-    assert _finished(study) == {"FAIL": 2}
-    for t in study.get_trials():
+    # Both were baselines that failed by themselves: counted, and queued once more.
+    trained = [t for t in study.get_trials() if t.state.name != "WAITING"]
+    assert [t.state.name for t in trained] == ["FAIL", "FAIL"]
+    for t in trained:
         assert "exceeded the trial time limit (3 s)" in t.user_attrs["fail_reason"]
+    retries = [
+        t.user_attrs.get("retry_of") for t in study.get_trials() if t.state.name == "WAITING"
+    ]
+    assert sorted(retries) == [t.number for t in trained]
     assert study.user_attrs["executor_stats"][-1]["timeouts"] == 2
 
 
