@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TypeVar
 
 from sqa_nas.errors import UserError
-from sqa_nas.search.storage import check_storage
 
 T = TypeVar("T")
 
@@ -98,6 +97,9 @@ def existing_storage(url: str | None) -> None:
     left to the storage to refuse; the default sqlite file is checked by `load_study`."""
     if url is None:
         return
+    # Here, not at the top: bench and the GPU scripts import this module without Optuna.
+    from sqa_nas.search.storage import check_storage
+
     check_storage(url)  # a malformed storage is named as such first
     path = None
     if url.startswith("journal:") or url.endswith((".log", ".journal")):
