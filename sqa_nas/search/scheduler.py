@@ -20,7 +20,6 @@ the driver's study lock.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from sqa_nas.checkpoint import delete as delete_checkpoint
 from sqa_nas.search.asha import Entry, promotable
 from sqa_nas.search.space import SearchSpec
 
@@ -191,13 +191,13 @@ class Scheduler:
         before = t.user_attrs.get("checkpoint")
         self._set(t, checkpoint=checkpoint)
         if before and before != checkpoint:
-            _delete(before)
+            delete_checkpoint(before)
 
     def finished(self, t: FrozenTrial) -> None:
         """Trial `t` ended (COMPLETE, FAIL or PRUNED): its checkpoint is deleted."""
         path = t.user_attrs.get("checkpoint")
         if path:
-            _delete(path)
+            delete_checkpoint(path)
 
     def rescue(self, t: FrozenTrial) -> bool:
         """For a RUNNING trial whose driver is gone or interrupted: True when the scheduler
@@ -254,10 +254,3 @@ def _add_timings(before: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     windows = [w for t in (before, new) for w in t.get("train_windows") or [t.get("train_window")]]
     out["train_windows"] = [w for w in windows if w]
     return out
-
-
-def _delete(path: str) -> None:
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
