@@ -25,7 +25,7 @@ one); the model scope's float32 model, with gradients for a backward, and autoca
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from sqa_nas.analytics import (
     MASK_BUILD_BYTES,
@@ -37,9 +37,28 @@ from sqa_nas.analytics import (
 )
 from sqa_nas.attention.config import AttentionConfig
 from sqa_nas.kernels.sdpa import MAX_MASKED_SEQ_LEN
+from sqa_nas.model import ModelConfig
 
-if TYPE_CHECKING:  # settings.py imports this module to check what it validates
-    from sqa_nas.bench.settings import BenchSettings
+
+class BenchSettings(Protocol):
+    """What a row's estimate reads of the benchmark's settings: `settings.BenchSettings` has
+    it. Described here, not imported, because settings.py calls `row_memory` to validate."""
+
+    @property
+    def batch(self) -> int: ...
+    @property
+    def device(self) -> str: ...
+    @property
+    def mode(self) -> str: ...
+    @property
+    def scope(self) -> str: ...
+    @property
+    def check(self) -> bool: ...
+    @property
+    def check_len(self) -> int: ...
+
+    def layer_config(self, name: str) -> AttentionConfig: ...
+    def model_config(self, name: str) -> ModelConfig: ...
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,9 @@ from __future__ import annotations
 import itertools
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+import optuna
 import torch
 
 from sqa_nas.analytics import (
@@ -33,17 +34,35 @@ from sqa_nas.analytics import (
     mha_baseline,
     param_count,
 )
+from sqa_nas.data import DataSpec
 from sqa_nas.errors import UserError
 from sqa_nas.machine import memory_bytes
+from sqa_nas.model import ModelConfig
+from sqa_nas.search.sections import Budget, Execution, ModelSection, Objective
 from sqa_nas.search.utilisation import load_nvml, nvml_index, visible_entries
-
-if TYPE_CHECKING:  # space.py imports this module to check what it validates
-    from sqa_nas.search.sections import Execution
-    from sqa_nas.search.space import SearchSpec
 
 # More than any one GPU (an H200 holds 141 GB, a B300 288 GB) or common machine holds.
 NO_DEVICE_HOLDS = 4 * 10**12
 BYTE_VOCAB = 256  # embedded and text data: bytes
+
+
+class SearchSpec(Protocol):
+    """What this module reads of a search space: `space.SearchSpec` has it. Described here,
+    not imported, because space.py calls `check_fits` while it validates."""
+
+    @property
+    def model(self) -> ModelSection: ...
+    @property
+    def data(self) -> DataSpec: ...
+    @property
+    def budget(self) -> Budget: ...
+    @property
+    def execution(self) -> Execution: ...
+    @property
+    def objectives(self) -> list[Objective]: ...
+    def units(self) -> list[tuple[str, list[int]]]: ...
+    def distributions(self) -> dict[str, optuna.distributions.CategoricalDistribution]: ...
+    def build_config(self, params: dict[str, Any], vocab_size: int) -> ModelConfig: ...
 
 
 @dataclass(frozen=True)
