@@ -77,14 +77,14 @@ def run_convert_command(args) -> int:
     check_out(out, args.force)
     if not 0 <= args.ridge < math.inf:
         raise UserError(f"--ridge must be a finite number >= 0, got {args.ridge}")
+    device = pick_device("cpu" if args.device == "cpu" else "auto")
+    if args.device == "cuda" and device.type != "cuda":
+        raise UserError("--device cuda: no GPU is visible")
     data_spec = read_data_spec(args.calibration, "--calibration")
     source = read_source(args.src)
     src = source.model.config
     target = target_config(src, args.allocation, args.kv_heads)
     check_conversion(src, target, args.method)
-    device = pick_device("cpu" if args.device == "cpu" else "auto")
-    if args.device == "cuda" and device.type != "cuda":
-        raise UserError("--device cuda: no GPU is visible")
     cal = Calibration(
         args.calibration_batches, args.calibration_batch_size, args.calibration_seq_len
     )

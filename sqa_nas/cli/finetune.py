@@ -59,12 +59,12 @@ def run_finetune_command(args) -> int:
     if out.resolve() == folder.resolve():
         raise UserError(f"--out {out} is DIR itself: give another folder")
     check_out(out, args.force)
-    spec = read_data_spec(args.data)
-    model = load_export(folder)
-    data = load_data(spec, model.config.vocab_size)
     device = pick_device("cpu" if args.device == "cpu" else "auto")
     if args.device == "cuda" and device.type != "cuda":
         raise UserError("--device cuda: no GPU is visible")
+    spec = read_data_spec(args.data)
+    model = load_export(folder)
+    data = load_data(spec, model.config.vocab_size)
     settings = FinetuneSettings(
         tokens=args.tokens,
         lr=args.lr,

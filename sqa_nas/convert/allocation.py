@@ -31,8 +31,9 @@ from sqa_nas.search.choices import HeadsChoice, MaskChoice
 from sqa_nas.search.yamlfile import read_yaml
 
 MASK_FIELDS = ("window", "global_tokens", "block_sparse")
-# What an allocation may set per layer (bias comes from the source's weights).
-LAYER_FIELDS = ("n_q_heads", "n_kv_heads", *MASK_FIELDS, "backend")
+# What an allocation may set per layer; a `bias` there must be the source's (it comes with
+# the source's weights), so that an export's config.yaml reads as an allocation.
+LAYER_FIELDS = ("n_q_heads", "n_kv_heads", *MASK_FIELDS, "backend", "bias")
 _MASK = re.compile(r"w([0-9]+)(?:\+g([0-9]+))?")
 _REPEAT = re.compile(r"x([1-9][0-9]*)")
 
@@ -47,7 +48,12 @@ def target_config(source: ModelConfig, spec: str, kv_heads: str | None = None) -
             _with_kv(e, kv_heads, c.n_kv_heads) for e, c in zip(entries, source.layer_configs)
         ]
     layers = []
-    for entry, src in zip(entries, source.layer_configs):
+    for i, (entry, src) in enumerate(zip(entries, source.layer_configs)):
+        if entry.pop("bias", src.bias) != src.bias:
+            raise UserError(
+                f"allocation {spec!r}: layers[{i}].bias differs from the source layer's "
+                f"({src.bias}): biases come with the source's weights"
+            )
         base = layer_dict(src)
         if any(k in entry for k in MASK_FIELDS):  # the allocation names the mask: its own
             base = {k: v for k, v in base.items() if k not in MASK_FIELDS}

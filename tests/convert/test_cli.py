@@ -55,6 +55,10 @@ def test_an_export_and_a_checkpoint_convert(tmp_path, export_dir, capsys):
         assert converted.config.provenance["convert"]["source"]["kind"] == (
             "export" if name == "a" else "checkpoint"
         )
+    # An export's config.yaml is an allocation: the same layers again.
+    again = tmp_path / "again"
+    assert convert(export_dir, str(tmp_path / "a" / "config.yaml"), "select", again) == 0
+    assert [c.n_q_heads for c in load_export(again).config.layer_configs] == [8, 4]
     # A bf16 source is written back in bf16.
     hf_bf16 = tmp_path / "bf16"
     model16 = build_model(GQA, seed=0).to(torch.bfloat16)
@@ -229,6 +233,29 @@ def test_bad_allocations_are_one_line_and_exit_2(case, tmp_path, hf_dir, capsys)
     _, extra, words = case
     out = tmp_path / "out"
     _refused(convert_argv(hf_dir, "SQA", "select", out, *extra), out, words, capsys)
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("layers: [{n_q_heads: 4", "not valid YAML"),
+        (
+            "layers: [{n_q_heads: 4, n_kv_heads: 2, bias: true}, {n_q_heads: 4, n_kv_heads: 2}]",
+            "layers[0].bias differs",
+        ),
+        (
+            "layers: [{n_q_heads: 4, n_kv_heads: 2, heads: 3}, {n_q_heads: 4, n_kv_heads: 2}]",
+            "layers[0].heads is not an allocation field",
+        ),
+        ("layers: [{n_q_heads: 4}, {n_q_heads: 4, n_kv_heads: 2}]", "layers[0] lacks n_kv_heads"),
+        ("layers: [{n_q_heads: 4, n_kv_heads: 2}]", "1 layers; the source model has 2"),
+        ("[1, 2]", "expected a 'layers:' list"),
+    ],
+)
+def test_bad_allocation_files_are_one_line_and_exit_2(text, words, tmp_path, hf_dir, capsys):
+    spec = _write(tmp_path / "alloc.yaml", text)
+    out = tmp_path / "out"
+    _refused(convert_argv(hf_dir, str(spec), "select", out), out, words, capsys)
 
 
 def test_output_folders_and_vocabularies_are_checked_first(tmp_path, hf_dir, capsys):
