@@ -11,12 +11,13 @@ warm-up and cosine); and compare, on the same validation batches, with the GQA p
 scratch for the same total tokens (105% / 110%: one run of 110% read at 105% on its way,
 its LR there 0.105 x peak against 0.1 x at the end; `lr_at`).
 
-GPU plan (one H200; the Table 1 model compiled trains at ~2-2.5M tokens/s at batch 64,
-experiments/results/step_throughput_h200.json; SQA variants are faster): per seed at the
-default 200M tokens, pretraining 200M (~1.5 min), fine-tunes 9 x 30M = 270M (~2 min), GQA
-continued 30M, scratch 3 x 220M = 660M (~4.5 min), block compiles (4 shapes, ~1 min) and
-evaluations (~40 x 2M tokens, ~15 s): about 9-10 minutes (plus the corpus's first build,
-about a minute). One seed per run, joined with --merge:
+GPU plan (one H200). The Table 1 model with compiled blocks trains GQA at ~2.5M tokens/s,
+SQA and sSQA at ~3.3M and xSQA at ~4M (experiments/results/step_throughput_h200.json, batch
+128; paper_table1_h200.json measured 1.5-2.1M eager at batch 64). Per seed at the default
+200M tokens: pretraining GQA 200M (~1.5 min), fine-tunes 9 x 30M = 270M (~1.5 min), GQA
+continued 30M (~15 s), scratch 3 x 220M = 660M (~3.5 min), block compiles (4 shapes) and
+36 evaluations of 2M tokens (~1 min): about 8 minutes, plus the corpus's first build with
+site-packages (a minute or two, cached after). One seed per run, joined with --merge:
 
     python -m experiments.convert_gqa --seeds 0 --out experiments/results/convert_h200_s0.json
     python -m experiments.convert_gqa --seeds 1 --out experiments/results/convert_h200_s1.json
@@ -30,7 +31,6 @@ Finished runs survive a stop in `<result>.partial.json` (rewritten after every r
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 import sys
@@ -145,6 +145,13 @@ def _fresh(config: ModelConfig, seed: int, device: torch.device) -> SQATransform
     return build_model(config, seed=seed).to(device)
 
 
+def _copy(model: SQATransformer) -> SQATransformer:
+    """A new model with `model`'s config and weights (no compiled or backend state shared)."""
+    twin = build_model(model.config).to(model.embed.weight.device)
+    twin.load_state_dict(model.state_dict())
+    return twin
+
+
 def run_seed(seed: int, data, setup: dict, device: torch.device):
     """Yield the rows of one seed: parent, conversions (before and after fine-tuning),
     parent continued, scratch."""
@@ -182,14 +189,14 @@ def run_seed(seed: int, data, setup: dict, device: torch.device):
             error = statistics.fmean(done.errors or [0.0])
             yield _row(seed, variant, method, 0.0, before, None, output_error=error)
             for f, s in settings.items():
-                model = copy.deepcopy(done.model)
+                model = _copy(done.model)
                 record = finetune(model, data, s, device, evaluate_before=False)
                 row = _row(seed, variant, method, f, record["val_after"], None)
                 row.update(train_s=record["seconds"], tokens_per_s=record["tokens_per_s"])
                 row.update(val_loss_before=before["val_loss"], output_error=error)
                 yield row
     for f, s in settings.items():
-        record = finetune(copy.deepcopy(parent), data, s, device, evaluate_before=False)
+        record = finetune(_copy(parent), data, s, device, evaluate_before=False)
         yield _row(seed, "GQA", "continued", f, record["val_after"], None)
     if b["scratch"]:
         yield from _scratch(seed, data, setup, config, device)
