@@ -40,7 +40,6 @@ from sqa_nas.export.torch_code import allocation_text
 from sqa_nas.model import ModelConfig, SQATransformer, build_model
 
 DEFAULT_RIDGE = 1e-3
-_PROJ = tuple(f"{p}_proj.{w}" for p in "qkvo" for w in ("weight", "bias"))
 
 
 @dataclass
@@ -112,7 +111,7 @@ def convert_model(
     model = build_model(target).to(device)
     state = {k: v for k, v in source.state_dict().items() if not _is_attn(k)}
     for i, plan in enumerate(plans):
-        own = {p: t for p in _PROJ if (t := _get(source, f"layers.{i}.attn.{p}")) is not None}
+        own = attention(source, i).state_dict()  # {q,k,v,o}_proj.{weight,bias}
         for name, tensor in layer_weights(own, srcs[i], plan, method).items():
             state[f"layers.{i}.attn.{name}"] = tensor
     model.load_state_dict(state)
@@ -132,13 +131,6 @@ def convert_model(
 def _is_attn(name: str) -> bool:
     parts = name.split(".")
     return len(parts) > 3 and parts[2] == "attn"
-
-
-def _get(model: SQATransformer, name: str) -> torch.Tensor | None:
-    try:
-        return model.get_parameter(name)
-    except AttributeError:  # a layer without biases
-        return None
 
 
 def write_conversion(
