@@ -35,6 +35,8 @@ COMMANDS = [
     ("space", "validate a search space YAML and describe what it holds"),
     ("search", "search per-layer attention allocations (Optuna)"),
     ("confirm", "retrain a study's Pareto front with fresh seeds: which members stay on it"),
+    ("convert", "rewrite a trained MHA/GQA model (HF Llama, export, checkpoint) as SQA"),
+    ("finetune", "continue training an exported (converted) model; loss curve recorded"),
 ]
 
 # Logs and pipes get wide tables; terminals use their own width. No emoji codes: a path
