@@ -145,6 +145,8 @@ def load_export(folder: str | Path) -> SQATransformer:
 
 def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], str]:
     """The weights of an sqa-nas checkpoint file, and the provenance line that says so."""
+    if path.exists() and not path.is_file():  # a folder or a pipe: never opened
+        raise UserError(f"--weights {path}: not a file (an sqa-nas checkpoint file is)")
     try:
         state_dict, state, _ = load_checkpoint(path, "cpu")
     except CheckpointError as exc:

@@ -155,7 +155,7 @@ def grouped_attention(q, k, v, mask, scale: float) -> torch.Tensor:
     if mask is not None:
         mask = mask.repeat(group, 1)  # (G * M, L)
     y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-    return y.view(b, h, m, d)
+    return y.reshape(b, h, m, d)  # a copy where the kernel returns (B, L, H, D) transposed
 
 
 def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None):

@@ -154,3 +154,37 @@ def test_the_rendered_model_py_decodes_like_the_template(tmp_path):
     rendered.load_state_dict(template.state_dict())
     idx = prompt()
     assert torch.equal(rendered.generate(idx, NEW, temperature=0), template.generate(idx, NEW, 0))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_cached_decoding_on_cuda_matches_the_full_forward(dtype):
+    """The GPU path: SDPA's CUDA kernels on the folded query heads, the ring of a window."""
+    layers = [
+        {**x, "n_q_heads": x["n_q_heads"] * 4, "n_kv_heads": x["n_kv_heads"] * 4}
+        for x in LAYERS["mixed"]
+    ]
+    config = ModelConfig(
+        vocab_size=64, d_model=256, n_layers=4, n_heads=16, ffn_dim=256, layers=layers
+    )
+    with torch.device("cuda"):
+        torch.manual_seed(0)
+        model = (
+            model_template.build_model(config_fields(config), layer_fields(config))
+            .to(dtype)
+            .eval()
+        )
+    tokens = prompt(n=40).cuda()
+    with torch.no_grad():
+        full = model(tokens).float()
+        cache = model.new_cache(40)
+        parts = [model(tokens[:, :20], cache)] + [
+            model(tokens[:, t : t + 1], cache) for t in range(20, 40)
+        ]
+    got = torch.cat(parts, 1).float()
+    tolerance = 1e-4 if dtype == torch.float32 else 5e-2
+    assert (got - full).abs().max() <= tolerance * full.abs().max()
+    assert [c.tensors()[0].shape[1] for c in cache.layers] == [
+        x.n_kv_heads for x in config.layer_configs
+    ]

@@ -6,6 +6,9 @@ masked LM that does not generate."""
 
 from __future__ import annotations
 
+import re
+import sys
+
 import pytest
 import torch
 
@@ -132,3 +135,21 @@ def test_a_bidirectional_export_is_a_masked_lm_that_does_not_generate(tmp_path):
     tokens = prompt(9)
     with torch.no_grad():
         assert (model(tokens).logits - library(tokens)).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
+def test_the_folder_readme_examples_run_in_the_folder(tmp_path, monkeypatch, causal):
+    """Every python block of an hf export's README.md runs, in the folder, as written."""
+    config = ModelConfig(**SHAPE, n_layers=2, causal=causal)
+    folder = export_model(config, tmp_path / f"hf_readme_{causal}", fmt="hf")
+    blocks = re.findall(r"```python\n(.*?)```", (folder / "README.md").read_text(), re.S)
+    assert len(blocks) == 3  # model.py, sqa-nas, transformers
+    assert ("generate(" in blocks[0]) is causal and ("generate(" in blocks[2]) is causal
+    monkeypatch.chdir(folder)
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.delitem(sys.modules, "model", raising=False)
+    try:
+        for block in blocks:
+            exec(compile(block, "README.md", "exec"), {})
+    finally:
+        sys.modules.pop("model", None)
