@@ -164,6 +164,12 @@ class SQAForCausalLM(SQAPreTrainedModel, GenerationMixin):
             input_ids = input_ids[:, state.length:]
         return {"input_ids": input_ids, CACHE: state, "attention_mask": attention_mask,
                 "use_cache": use_cache}
+
+
+# save_pretrained copies this file, model.py and configuration_sqa.py only for a class
+# registered with its auto class (transformers 4.x does not register a remote class itself).
+SQAForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+SQAForMaskedLM.register_for_auto_class("AutoModelForMaskedLM")
 '''
 
 
