@@ -20,6 +20,11 @@ from sqa_nas.search.records import OBJECTIVES
 INIT_SEED = 0  # the seed of an untrained export's weights (`sqa_nas.model.init_weights`)
 UNTRAINED = f"untrained: initialised weights (sqa_nas.model.init_weights, seed {INIT_SEED})"
 GIVEN = "trained: the state_dict given to sqa_nas.export.export_model"
+# How trained weights replace initialised ones: config.yaml's header and the README say it.
+TRAIN_HOW = (
+    "sqa-nas export ... --weights CHECKPOINT (an sqa-nas checkpoint file), or "
+    "sqa-nas finetune DIR --data ... --tokens N"
+)
 DEFAULT_TITLE = "A Sparse Query Attention transformer"
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import yaml
 
 from sqa_nas.analytics import analyze, attention_flops, mha_baseline
-from sqa_nas.export.info import ExportInfo
+from sqa_nas.export.info import TRAIN_HOW, ExportInfo
 from sqa_nas.export.torch_code import allocation_text
 from sqa_nas.export.validate import STANDALONE_BACKEND
 from sqa_nas.model import layer_dict
@@ -28,6 +28,8 @@ def config_yaml(info: ExportInfo) -> str:
         'Rebuild with sqa_nas.model.build_model("config.yaml"), weights and all with '
         'sqa_nas.export.load_export("."); model.py beside it is the same model without sqa-nas.'
     )
+    if not info.trained:
+        header += comment(f"model.safetensors: {info.weights}; trained weights: {TRAIN_HOW}.")
     return header + yaml.safe_dump(data, sort_keys=False, allow_unicode=False)
 
 

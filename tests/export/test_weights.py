@@ -182,8 +182,10 @@ def test_an_export_without_weights_is_the_seeded_initialisation_and_says_untrain
         "model.py",
         WEIGHTS_FILE,
     ]
-    provenance = yaml.safe_load((out / "config.yaml").read_text())["provenance"]
-    assert provenance == {"weights": UNTRAINED}
+    text = (out / "config.yaml").read_text()
+    assert yaml.safe_load(text)["provenance"] == {"weights": UNTRAINED}
+    assert f"# model.safetensors: {UNTRAINED}; trained weights: sqa-nas export" in text
+    assert "--weights CHECKPOINT" in text and "sqa-nas finetune DIR --data ... --tokens N" in text
     assert UNTRAINED.startswith("untrained: initialised weights")
     readme = (out / "README.md").read_text()
     assert readme.startswith("# My tiny model\n")
@@ -207,6 +209,7 @@ def test_an_export_with_a_state_dict_loads_back_the_same_model(tmp_path):
     assert data["provenance"]["source"] == "unit test"
     assert data["provenance"]["weights"].startswith("trained:")
     assert "untrained" not in (out / "README.md").read_text()
+    assert "untrained" not in (out / "config.yaml").read_text()
     assert same_weights(load_export(out), trained)
 
 
