@@ -15,7 +15,7 @@ import textwrap
 from importlib.resources import files
 from typing import Any
 
-from sqa_nas.export.info import ExportInfo
+from sqa_nas.export.info import DEFAULT_TITLE, ExportInfo
 from sqa_nas.export.validate import STANDALONE_BACKEND
 from sqa_nas.model import ModelConfig, layer_dict
 from sqa_nas.search.choices import compact_allocation
@@ -154,8 +154,10 @@ def docstring(info: ExportInfo) -> str:
         summary = (
             f"Trial {info.trial.number} of an sqa-nas search: {shape} Objectives: {objectives}."
         )
-    else:
+    elif info.title != DEFAULT_TITLE:  # the default would repeat the first line
         summary = f"{info.title}: {shape}"
+    else:
+        summary = f"The model: {shape}"
     heads = (
         "Layers as H_q/H_kv (w = window, g = global tokens, bs = block-sparse): "
         f"{allocation_text(c)}."
