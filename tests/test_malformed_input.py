@@ -811,6 +811,29 @@ EXPORT_CASES = [
         "f",
         {"f": "x"},
     ),
+    case(
+        "export-weights-missing",
+        [*EXPORT, "--trial", "1", "--out", "o", "--weights", "ck.pt"],
+        "checkpoint ck.pt: no such file",
+    ),
+    case(
+        "export-weights-not-a-checkpoint",
+        [*EXPORT, "--trial", "1", "--out", "o", "--weights", "ck.pt"],
+        "checkpoint ck.pt: unreadable",
+        {"ck.pt": "not a checkpoint"},
+    ),
+    case(
+        "export-weights-folder",
+        [*EXPORT, "--trial", "1", "--out", "o", "--weights", "ck"],
+        "--weights ck: not a file",
+        {"ck": DIR},
+    ),
+    case(
+        "export-weights-fifo",
+        [*EXPORT, "--trial", "1", "--out", "o", "--weights", "ck"],
+        "--weights ck: not a file",
+        {"ck": FIFO},
+    ),
 ]
 
 CONFIRM = ["confirm", "demo", "--storage", "{db}"]

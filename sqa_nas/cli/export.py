@@ -1,4 +1,5 @@
-"""`sqa-nas export STUDY --trial N | --pick SPEC --out DIR [--format torch|hf] [--force]`."""
+"""`sqa-nas export STUDY --trial N | --pick SPEC --out DIR [--format torch|hf] [--weights CKPT]
+[--force]`."""
 
 from __future__ import annotations
 
@@ -50,6 +51,12 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
         "Hugging Face folder loadable with trust_remote_code=True",
     )
     p.add_argument(
+        "--weights",
+        metavar="CHECKPOINT",
+        help="write the weights of this sqa-nas checkpoint file (refused unless its keys and "
+        "shapes are the trial's model's); default: the model's initialisation, untrained",
+    )
+    p.add_argument(
         "--force-hf",
         action="store_true",
         help="write the hf folder even when transformers is not installed here",
@@ -60,13 +67,21 @@ def run_export_command(args) -> int:
     existing_storage(args.storage)  # reading creates no storage
     study = load_study(args.study, args.storage)
     record = find_trial(study, args.trial, args.pick, args.gpu_type)
+    weights = Path(args.weights) if args.weights else None
     out = export_trial(
-        study, record, Path(args.out), args.fmt, force_hf=args.force_hf, force=args.force
+        study,
+        record,
+        Path(args.out),
+        args.fmt,
+        weights=weights,
+        force_hf=args.force_hf,
+        force=args.force,
     )
     how = f"--pick {args.pick}" if args.pick else "--trial"
     values = ", ".join(f"{k} {v:.4g}" for k, v in (record.values or {}).items())
     console.print(
-        f"exported trial {record.number} ({how}; {values}) as {args.fmt} to "
+        f"exported trial {record.number} ({how}; {values}) as {args.fmt}, "
+        f"{'weights of ' + printable(weights.name) if weights else 'untrained weights'}, to "
         f"{printable(out)}/; see {printable(out / 'README.md')}",
         markup=False,  # a path is text, not markup
     )

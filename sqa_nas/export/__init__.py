@@ -1,27 +1,44 @@
-"""Export a trial as model code: a standalone PyTorch `model.py` (or a Hugging Face folder),
-the `config.yaml` sqa-nas builds the same model from, and a README about the trial.
+"""Export a model as code and weights: a standalone PyTorch `model.py` (or a Hugging Face
+folder), the `config.yaml` sqa-nas builds the same model from, its weights
+(`model.safetensors`) and a README about it.
 
-    from sqa_nas.export import export_trial, find_trial
+    from sqa_nas.export import export_model, export_trial, find_trial, load_export
     study = load_study("demo")
-    export_trial(study, find_trial(study, pick="knee"), Path("winner"))
+    export_trial(study, find_trial(study, pick="knee"), Path("winner"))  # a searched trial
+    export_model(config, Path("mine"), state_dict=weights, title="My model")  # any config
+    model = load_export("winner")  # the sqa-nas model, weights loaded
 
-Everything written comes from values `validate.validate_trial` checked first; a trial that
+Both write through one writer (`_write`). Everything written comes from values checked first
+(`validate.validate_trial`, `validate.validated_config`, `weights.check_state_dict`); what
 fails a check is refused with a `UserError` and nothing is written.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
+from typing import Any
 
 import optuna
+import torch
 
+from sqa_nas.checkpoint import CheckpointError
+from sqa_nas.checkpoint import load as load_checkpoint
 from sqa_nas.errors import UserError
 from sqa_nas.export import hf
+from sqa_nas.export.files import write_files
+from sqa_nas.export.info import INIT_SEED, UNTRAINED, ExportInfo, model_info, trial_info
 from sqa_nas.export.readme import config_yaml, readme
 from sqa_nas.export.torch_code import render_model_py
-from sqa_nas.export.validate import ValidTrial, validate_trial
+from sqa_nas.export.validate import ValidTrial, validate_trial, validated_config
+from sqa_nas.export.weights import (
+    WEIGHTS_FILE,
+    check_state_dict,
+    load_weights,
+    save_weights,
+    weights_bytes,
+)
+from sqa_nas.model import ModelConfig, SQATransformer, build_model
+from sqa_nas.printable import printable
 from sqa_nas.search.records import TrialRecord, objective_names, of_gpu_type, trial_records
 
 FORMATS = ("torch", "hf")
@@ -63,20 +80,99 @@ def export_trial(
     out_dir: Path,
     fmt: str = "torch",
     *,
+    weights: Path | None = None,
     force_hf: bool = False,
     force: bool = False,
 ) -> Path:
-    """Write `record` as model code into `out_dir` (created if needed); returns `out_dir`.
+    """Write `record` as model code and weights into `out_dir` (created if needed); returns
+    `out_dir`.
 
-    fmt="torch": model.py, config.yaml, README.md. fmt="hf": those plus config.json,
-    configuration_sqa.py and modeling_sqa.py; refused when transformers is not installed
-    (the folder could not be loaded here), unless `force_hf`. A folder that already holds
-    any of these files is refused unless `force` (`write_files`).
+    fmt="torch": model.py, config.yaml, model.safetensors, README.md. fmt="hf": those plus
+    config.json, configuration_sqa.py and modeling_sqa.py; refused when transformers is not
+    installed (the folder could not be loaded here), unless `force_hf`. `weights`: an sqa-nas
+    checkpoint file (`sqa_nas.checkpoint`) whose weights are written, refused unless its keys
+    and shapes are the trial's model's; without it the weights are the initialisation. A
+    folder that already holds any of these files is refused unless `force` (`write_files`).
     """
+    _check_format(fmt)
+    trial = validate_trial(study.study_name, record)
+    state_dict, how = (None, UNTRAINED) if weights is None else read_checkpoint(Path(weights))
+    source = f"--weights {weights}"
+    return _write(trial_info(trial, how), Path(out_dir), fmt, state_dict, source, force, force_hf)
+
+
+def export_model(
+    config: ModelConfig,
+    out_dir: Path,
+    *,
+    fmt: str = "torch",
+    state_dict: dict[str, torch.Tensor] | None = None,
+    provenance: dict[str, Any] | None = None,
+    title: str = "",
+    force: bool = False,
+) -> Path:
+    """Write `config` as model code and weights into `out_dir` (created if needed), as
+    `export_trial` writes a trial; returns `out_dir`.
+
+    `state_dict`: the weights, keyed as `sqa_nas.model.SQATransformer`'s (a tied LM head may
+    be left out); `UserError` naming the first key that is missing, unexpected or of another
+    shape. None: the model's initialisation (`sqa_nas.model.init_weights`, seed `INIT_SEED`),
+    which config.yaml's provenance and the README call "untrained: initialised weights".
+    `provenance`: plain data written under config.yaml's `provenance` (a ``weights`` line of
+    your own replaces the default one). `title`: the README's heading. fmt="hf" is refused
+    when transformers is not installed.
+    """
+    _check_format(fmt)
+    config = validated_config(config.resolved(), "export_model config")
+    info = model_info(config, title, provenance, trained=state_dict is not None)
+    return _write(info, Path(out_dir), fmt, state_dict, "state_dict", force, force_hf=False)
+
+
+def load_export(folder: str | Path) -> SQATransformer:
+    """The sqa-nas model of an export folder: built from its config.yaml
+    (`sqa_nas.model.build_model`), its model.safetensors loaded (`weights.load_weights`).
+    `UserError` for a folder that is not an export or whose weights do not fit."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such folder")
+    if not (folder / "config.yaml").is_file():
+        raise UserError(f"{folder} is not an sqa-nas export: it has no config.yaml")
+    with torch.random.fork_rng(devices=[]):  # the caller's random numbers stay as they were
+        model = build_model(folder / "config.yaml")
+    load_weights(model, folder)
+    return model
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """The weights of an sqa-nas checkpoint file, and the provenance line that says so."""
+    if path.exists() and not path.is_file():  # a folder or a pipe: never opened
+        raise UserError(f"--weights {path}: not a file (an sqa-nas checkpoint file is)")
+    try:
+        state_dict, state, _ = load_checkpoint(path, "cpu")
+    except CheckpointError as exc:
+        raise UserError(f"--weights: {exc}") from None
+    if not isinstance(state_dict, dict):
+        raise UserError(f"--weights {path}: the checkpoint's model is not a state_dict")
+    how = f"trained: checkpoint {path.name} (step {state.step}, {state.tokens:,} tokens)"
+    return state_dict, printable(how)
+
+
+def _check_format(fmt: str) -> None:
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}; formats: {', '.join(FORMATS)}")
-    trial = validate_trial(study.study_name, record)
-    files = {"model.py": render_model_py(trial), "config.yaml": config_yaml(trial)}
+
+
+def _write(
+    info: ExportInfo,
+    out_dir: Path,
+    fmt: str,
+    state_dict: dict[str, torch.Tensor] | None,
+    source: str,
+    force: bool,
+    force_hf: bool,
+) -> Path:
+    """The one writer of an export: `state_dict` (from `source`, for messages) checked and
+    serialised, or the initialisation, then every file written (`write_files`), or none."""
     if fmt == "hf":
         missing = hf.transformers_missing()
         if missing and not force_hf:
@@ -84,43 +180,32 @@ def export_trial(
                 f"skipped the Hugging Face export: {missing}; nothing was written. "
                 "Pass --force-hf to write the folder anyway"
             )
-        files |= hf.hf_files(trial)
-    files["README.md"] = readme(trial, [*files, "README.md"])
-    write_files(Path(out_dir), files, force=force)
-    return Path(out_dir)
+    with torch.random.fork_rng(devices=[]):  # the caller's random numbers stay as they were
+        model = build_model(info.config, seed=INIT_SEED)
+    if state_dict is not None:
+        check_state_dict(model, state_dict, source)
+        model.load_state_dict(state_dict, strict=False)  # checked; a tied name loads once
+    files: dict[str, str | bytes] = {
+        "model.py": render_model_py(info),
+        "config.yaml": config_yaml(info),
+    }
+    if fmt == "hf":
+        files |= hf.hf_files(info)
+    files[WEIGHTS_FILE] = weights_bytes(model.state_dict())
+    files["README.md"] = readme(info, [*files, "README.md"])
+    write_files(out_dir, files, force=force)
+    return out_dir
 
 
-def write_files(out_dir: Path, files: dict[str, str], *, force: bool = False) -> None:
-    """Write `files` (name -> text) into `out_dir`, created if needed. `UserError`, with
-    nothing written, when the folder already holds one of them and not `force`; `UserError`
-    when the folder cannot be written (read-only, under a file), removing what this call
-    created. Each file is written beside its name and renamed onto it, so a failure never
-    leaves half a file, and a symlink in its place is replaced, never followed."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"--out {out_dir} exists and is not a folder")
-    taken = [name for name in files if os.path.lexists(out_dir / name)]
-    if taken and not force:
-        raise UserError(
-            f"--out {out_dir} already holds {', '.join(taken)}: pass --force to replace "
-            f"{'it' if len(taken) == 1 else 'them'}"
-        )
-    created = out_dir  # the topmost folder this call creates, removed again on failure
-    while not created.parent.exists() and created.parent != created:
-        created = created.parent
-    made = not created.exists()
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for name, text in files.items():
-            part = out_dir / f".{name}.{os.getpid()}.part"
-            try:
-                part.write_text(text, encoding="utf-8")
-                os.replace(part, out_dir / name)
-            finally:
-                part.unlink(missing_ok=True)
-    except OSError as exc:
-        if made:
-            shutil.rmtree(created, ignore_errors=True)
-        raise UserError(f"--out {out_dir}: cannot write there ({exc.strerror or exc})") from None
-
-
-__all__ = ["FORMATS", "ValidTrial", "export_trial", "find_trial", "validate_trial"]
+__all__ = [
+    "FORMATS",
+    "WEIGHTS_FILE",
+    "ValidTrial",
+    "export_model",
+    "export_trial",
+    "find_trial",
+    "load_export",
+    "load_weights",
+    "save_weights",
+    "validate_trial",
+]

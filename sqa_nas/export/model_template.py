@@ -1,10 +1,11 @@
 """The model.py that `sqa-nas export` writes, as a working module.
 
-`sqa_nas.export.torch_code` copies this file with two changes: a docstring about the trial
-replaces this one, and the trial's CONFIG and LAYERS replace the block between the
-``# >>> data`` and ``# <<< data`` lines (markers dropped). Everything else is copied as it is,
-so this file must import nothing but torch and the standard library. The example data below
-is the `tiny` preset with one layer of each mask pattern.
+`sqa_nas.export.torch_code` copies this file with three changes: a docstring about the model
+replaces this one; its CONFIG and LAYERS replace the block between the ``# >>> data`` and
+``# <<< data`` lines (markers dropped); and the code of `decode_template.py` (the KV cache,
+sampling) replaces the ``# >>> decode`` line, its import here dropped. Everything else is
+copied as it is, so this file must import nothing but torch, the standard library and that
+section. The example data below is the `tiny` preset with one layer of each mask pattern.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from sqa_nas.export.decode_template import KVCache, LayerCache, generate_tokens
 
 # fmt: off
 # >>> data
@@ -186,6 +189,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
 
+# >>> decode
 # ------------------------------------------------------------------------------ model
 class Attention(nn.Module):
     """(B, N, d_model) -> (B, N, d_model). q_proj: d_model -> H_q * D, k_proj and v_proj:
@@ -208,24 +212,44 @@ class Attention(nn.Module):
             self._cache[key] = make()
         return self._cache[key]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, N, d_model) -> (B, N, d_model)."""
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
+        """x (B, N, d_model) -> (B, N, d_model). With `cache`, x holds the N tokens after the
+        ones it has seen (positions cache.length..), and their keys and values join it."""
         layer, d = self.layer, self.head_dim
         b, n, _ = x.shape
+        start = 0 if cache is None else cache.length
         q = self.q_proj(x).view(b, n, layer.n_q_heads, d).transpose(1, 2)  # (B, H_q, N, D)
         k = self.k_proj(x).view(b, n, layer.n_kv_heads, d).transpose(1, 2)  # (B, H_kv, N, D)
         v = self.v_proj(x).view(b, n, layer.n_kv_heads, d).transpose(1, 2)
         if self.rope_theta is not None:
+            end = n if start == 0 else 1 << (start + n - 1).bit_length()  # decoding: 2^k rows
             cos, sin = self.cached(
-                ("rope", n, x.device, x.dtype),
-                lambda: rope_tables(n, d, self.rope_theta, x.device, x.dtype),
+                ("rope", end, x.device, x.dtype),
+                lambda: rope_tables(end, d, self.rope_theta, x.device, x.dtype),
             )
+            cos, sin = cos[start : start + n], sin[start : start + n]
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if layer.n_q_heads < layer.n_kv_heads:
             # rSQA: tile the queries so KV head j is read by query head j % H_q.
             q = q.repeat(1, layer.n_kv_heads // layer.n_q_heads, 1, 1)  # (B, H_kv, N, D)
-        y = self.attend(q, k, v)  # (B, H_attn, N, D)
+        if cache is None or start == 0:  # a whole sequence, or a prompt: the forward's kernels
+            y = self.attend(q, k, v)  # (B, H_attn, N, D)
+            if cache is not None:
+                cache.write(k, v)
+        else:
+            y = cache.attend(q, k, v, self.scale, self.mask_at)
         return self.o_proj(y.transpose(1, 2).reshape(b, n, layer.attn_heads * d))
+
+    def mask_at(self, q_pos: torch.Tensor, k_pos: torch.Tensor, n: int) -> torch.Tensor:
+        """(M, L) bool: which keys at positions k_pos (L,) the queries at q_pos (M,) see, in
+        a sequence of n tokens (a key at -1 is an empty cache slot, seen by none)."""
+        size = 1 << (n - 1).bit_length()  # block layouts grow by doubling while decoding
+        mod = self.cached(
+            ("mask_mod", size, q_pos.device),
+            lambda: mask_mod(self.layer, self.causal, size, q_pos.device),
+        )
+        zero = torch.zeros((), dtype=torch.long, device=q_pos.device)
+        return mod(zero, zero, q_pos[:, None], k_pos[None, :]) & (k_pos >= 0)
 
     def attend(self, q, k, v) -> torch.Tensor:
         """q (B, H, N, D), k and v (B, H_kv, N, D) -> (B, H, N, D), through the fastest
@@ -253,14 +277,9 @@ class Attention(nn.Module):
             v = v.repeat_interleave(group, dim=1)
             group = 1
         gqa = {"enable_gqa": True} if group > 1 else {}
+        causal = self.causal and mask is None
         return F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            scale=self.scale,
-            is_causal=self.causal and mask is None,
-            **gqa,
+            q, k, v, attn_mask=mask, scale=self.scale, is_causal=causal, **gqa
         )
 
     def dense_mask(self, n: int, device) -> torch.Tensor:
@@ -284,16 +303,10 @@ class Attention(nn.Module):
 
         block_mask = self.cached(("block_mask", n, q.device), make_block_mask)
         attention = compiled_flex_attention() if compiled else flex_attention
+        gqa = q.shape[1] != k.shape[1]
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="flex_attention called without")
-            return attention(
-                q,
-                k,
-                v,
-                block_mask=block_mask,
-                scale=self.scale,
-                enable_gqa=q.shape[1] != k.shape[1],
-            )
+            return attention(q, k, v, block_mask=block_mask, scale=self.scale, enable_gqa=gqa)
 
     def flex_can_run(self, q) -> bool:
         """Compiled FlexAttention (CUDA) needs head_dim >= 16; eager runs any size."""
@@ -318,14 +331,10 @@ class Attention(nn.Module):
         w = self.layer.window
         unlimited = None if module == "flash_attn.cute" else -1  # "no limit", per version
         window = (unlimited, unlimited) if w is None else (w, 0 if self.causal else w)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, N, H, D) in and out
         out = flash_attn_func(
-            q.transpose(1, 2),
-            k.transpose(1, 2),
-            v.transpose(1, 2),
-            softmax_scale=self.scale,
-            causal=self.causal,
-            window_size=window,
-        )  # (B, N, H, D) in and out
+            q, k, v, softmax_scale=self.scale, causal=self.causal, window_size=window
+        )
         if isinstance(out, tuple):  # flash-attn-4 returns (out, lse)
             out = out[0]
         return out.transpose(1, 2)
@@ -355,9 +364,9 @@ class Block(nn.Module):
         self.ffn_norm = nn.RMSNorm(args.d_model, eps=args.norm_eps)
         self.ffn = FeedForward(args.d_model, args.ffn_dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, N, d_model) -> (B, N, d_model)."""
-        x = x + self.attn(self.attn_norm(x))
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
+        """x (B, N, d_model) -> (B, N, d_model); `cache`: see Attention.forward."""
+        x = x + self.attn(self.attn_norm(x), cache)
         return x + self.ffn(self.ffn_norm(x))
 
 
@@ -367,7 +376,7 @@ class Transformer(nn.Module):
 
     def __init__(self, args: ModelArgs, layers: list[LayerArgs]) -> None:
         super().__init__()
-        self.args = args
+        self.args, self.layer_args = args, list(layers)
         self.embed = nn.Embedding(args.vocab_size, args.d_model)
         self.layers = nn.ModuleList(Block(args, layer) for layer in layers)
         self.norm = nn.RMSNorm(args.d_model, eps=args.norm_eps)
@@ -389,18 +398,38 @@ class Transformer(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, std=0.02)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """Logits for every position.
 
         Arguments:
             tokens: (B, N) int64 token ids in [0, vocab_size).
+            cache: a `new_cache()`: tokens continue the sequences it has seen, and join it.
         Return:
             logits: (B, N, vocab_size).
         """
         x = self.embed(tokens)  # (B, N, d_model)
-        for block in self.layers:
-            x = block(x)
+        caches = cache.layers if cache is not None else [None] * len(self.layers)
+        for block, layer_cache in zip(self.layers, caches, strict=True):
+            x = block(x, layer_cache)
         return self.lm_head(self.norm(x))  # (B, N, vocab_size)
+
+    def new_cache(self, capacity: int = 0) -> KVCache:
+        """An empty KV cache for a causal model, its dense layers sized for `capacity` tokens
+        (they grow past it); windowed layers hold at most global_tokens + window + 1."""
+        if not self.args.causal:
+            raise ValueError("a bidirectional model sees later tokens: it cannot decode")
+        return KVCache([
+            LayerCache(window=x.window, global_tokens=x.global_tokens,
+                       sparse=x.block_sparse is not None, capacity=capacity)
+            for x in self.layer_args
+        ])  # fmt: skip
+
+    def generate(self, idx, max_new_tokens: int, temperature=1.0, top_k=None, use_cache=True):
+        """Continue each row of idx (B, N) int64 by max_new_tokens tokens -> (B, N +
+        max_new_tokens): the most likely token when temperature is 0, else sampled (`sample`).
+        With use_cache, each new token runs alone against the layers' KV caches; without,
+        each step runs the whole sequence (the same tokens, N times the work)."""
+        return generate_tokens(self, idx, max_new_tokens, temperature, top_k, use_cache)
 
 
 def build_model(config: dict = CONFIG, layers: list = LAYERS) -> Transformer:
@@ -413,3 +442,5 @@ if __name__ == "__main__":
     tokens = torch.randint(0, model.args.vocab_size, (1, 64))
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{n_params:,} parameters; logits {tuple(model(tokens).shape)}")
+    if model.args.causal:
+        print(f"generated {model.generate(tokens, 16, top_k=50)[0, 64:].tolist()}")

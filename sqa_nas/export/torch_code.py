@@ -1,4 +1,5 @@
-"""Render model.py: `model_template.py` with the trial's docstring, CONFIG and LAYERS.
+"""Render model.py: `model_template.py`, with `decode_template.py`'s code pasted in, given the
+export's docstring, CONFIG and LAYERS.
 
 Only `literal` turns values into source, and it writes ints, finite floats, booleans, None
 and backend names from a fixed set; anything else is a bug and raises. The values come from
@@ -14,13 +15,16 @@ import textwrap
 from importlib.resources import files
 from typing import Any
 
-from sqa_nas.export.validate import STANDALONE_BACKEND, ValidTrial
+from sqa_nas.export.info import DEFAULT_TITLE, ExportInfo
+from sqa_nas.export.validate import STANDALONE_BACKEND
 from sqa_nas.model import ModelConfig, layer_dict
 from sqa_nas.search.choices import compact_allocation
 from sqa_nas.search.records import OBJECTIVES
 
 WIDTH = 99  # the project's line length; ruff checks the output against it
 BEGIN, END = "# >>> data", "# <<< data"
+DECODE = "# >>> decode"  # model_template.py's line where decode_template.py's code goes
+DECODE_IMPORT = "from sqa_nas.export.decode_template import "
 _BACKEND_NAMES = frozenset(STANDALONE_BACKEND.values())
 
 
@@ -134,22 +138,34 @@ def allocation_text(config: ModelConfig) -> str:
     return text
 
 
-def docstring(trial: ValidTrial) -> str:
-    """The module docstring of the exported model.py: the trial, its objectives and layers,
-    what it needs, and how to use it."""
-    c = trial.config
-    objectives = ", ".join(
-        f"{name} {value:.6g} ({OBJECTIVES[name]})" for name, value in trial.objectives.items()
+def docstring(info: ExportInfo) -> str:
+    """The module docstring of the exported model.py: the model (its trial and objectives
+    when it has one), its layers, its weights, what it needs, and how to use it."""
+    c = info.config
+    shape = (
+        f"{c.n_layers} layers, d_model {c.d_model}, reference heads H = {c.n_heads}, "
+        f"vocabulary {c.vocab_size}, {'causal' if c.causal else 'bidirectional'}."
     )
-    allocation = allocation_text(c)
-    summary = (
-        f"Trial {trial.number} of an sqa-nas search: {c.n_layers} layers, d_model "
-        f"{c.d_model}, reference heads H = {c.n_heads}, vocabulary {c.vocab_size}, "
-        f"{'causal' if c.causal else 'bidirectional'}. Objectives: {objectives}."
+    if info.trial is not None:
+        objectives = ", ".join(
+            f"{name} {value:.6g} ({OBJECTIVES[name]})"
+            for name, value in info.trial.objectives.items()
+        )
+        summary = (
+            f"Trial {info.trial.number} of an sqa-nas search: {shape} Objectives: {objectives}."
+        )
+    elif info.title != DEFAULT_TITLE:  # the default would repeat the first line
+        summary = f"{info.title}: {shape}"
+    else:
+        summary = f"The model: {shape}"
+    heads = (
+        "Layers as H_q/H_kv (w = window, g = global tokens, bs = block-sparse): "
+        f"{allocation_text(c)}."
     )
-    heads = f"Layers as H_q/H_kv (w = window, g = global tokens, bs = block-sparse): {allocation}."
+    weights = f"Weights in model.safetensors beside this file: {info.weights}."
     needs = (
-        "Needs only torch (>= 2.4). flash-attn and FlexAttention are used when they are "
+        "Needs only torch (>= 2.4), and safetensors to read the weights. flash-attn and "
+        "FlexAttention are used when they are "
         "installed and can run a layer; torch's scaled_dot_product_attention otherwise. "
         'The state_dict matches sqa-nas\'s `build_model("config.yaml")` key for key.'
     )
@@ -159,22 +175,41 @@ def docstring(trial: ValidTrial) -> str:
 
     title = "A Sparse Query Attention transformer, exported from sqa-nas as plain PyTorch."
     usage = (
-        "    import torch\n    from model import build_model\n\n"
-        "    model = build_model()  # randomly initialised, ready to train\n"
-        '    model.load_state_dict(torch.load("weights.pt"))  # or trained weights\n'
+        "    from safetensors.torch import load_model\n    from model import build_model\n\n"
+        "    model = build_model()\n"
+        '    load_model(model, "model.safetensors")  # the weights (a tied head loads tied)\n'
         "    logits = model(tokens)  # (B, N) int64 -> (B, N, vocab_size)\n"
     )
-    text = f"{title}\n\n{fill(summary)}\n\n{fill(heads)}\n\n{fill(needs)}\n\n{usage}"
-    return docstring_literal(text) + "\n"
+    if c.causal:
+        usage += "    out = model.generate(tokens, max_new_tokens=64, top_k=50)  # KV-cached\n"
+    parts = [title, fill(summary), fill(heads), fill(weights), fill(needs), usage]
+    return docstring_literal("\n\n".join(parts)) + "\n"
 
 
 def template_source() -> str:
-    """The text of `model_template.py`, read from the installed package."""
-    return files("sqa_nas.export").joinpath("model_template.py").read_text()
+    """The text model.py is rendered from: `model_template.py` with `decode_template.py`'s
+    code (after its imports) in place of the ``# >>> decode`` line, and the template's import
+    of it dropped. Both are read from the installed package."""
+    package = files("sqa_nas.export")
+    lines = package.joinpath("model_template.py").read_text().splitlines(keepends=True)
+    decode = package.joinpath("decode_template.py").read_text()
+    tree = ast.parse(decode)
+    imports = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
+    ours = {ast.unparse(n) for n in ast.parse("".join(lines)).body}
+    if not {ast.unparse(n) for n in imports} <= ours:  # the pasted code needs no other import
+        raise RuntimeError("decode_template.py imports what model_template.py does not")
+    code = "".join(decode.splitlines(keepends=True)[imports[-1].end_lineno :]).strip("\n")
+    marks = [i for i, line in enumerate(lines) if line.rstrip("\n") == DECODE]
+    uses = [i for i, line in enumerate(lines) if line.startswith(DECODE_IMPORT)]
+    if len(marks) != 1 or len(uses) != 1 or lines[uses[0] - 1] != "\n":
+        raise RuntimeError(f"model_template.py lost its {DECODE!r} line or its import")
+    lines[marks[0]] = code + "\n\n\n"
+    del lines[uses[0] - 1 : uses[0] + 1]  # the import and the blank line above it
+    return "".join(lines)
 
 
-def render_model_py(trial: ValidTrial) -> str:
-    """The standalone model.py for a validated trial."""
+def render_model_py(info: ExportInfo) -> str:
+    """The standalone model.py of an export."""
     source = template_source()
     tree = ast.parse(source)
     body = source.splitlines(keepends=True)[tree.body[0].end_lineno :]  # after the docstring
@@ -183,4 +218,4 @@ def render_model_py(trial: ValidTrial) -> str:
     _, _, tail = rest.partition(END + "\n")
     if not tail:
         raise RuntimeError(f"model_template.py lost its {BEGIN!r} / {END!r} markers")
-    return docstring(trial) + head + render_data(trial.config) + tail
+    return docstring(info) + head + render_data(info.config) + tail

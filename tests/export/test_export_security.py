@@ -126,8 +126,8 @@ def test_a_payload_in_the_trials_other_attributes_never_becomes_code(study, tmp_
         layers=layers,
     )
     out = export_trial(study, find_trial(study, number), tmp_path / "out")
-    for path in out.iterdir():
-        assert OWNED not in path.read_text(), path.name
+    for path in out.iterdir():  # the weights too
+        assert OWNED.encode() not in path.read_bytes(), path.name
     model_py = (out / "model.py").read_text()
     tree = ast.parse(model_py)
     assert isinstance(tree.body[0], ast.Expr) and isinstance(tree.body[0].value, ast.Constant)
@@ -287,6 +287,7 @@ def test_an_out_folder_holding_the_exports_files_is_refused_unless_force(study, 
         "README.md",
         "config.yaml",
         "model.py",
+        "model.safetensors",
         "notes.txt",
     ]
 
@@ -328,7 +329,7 @@ def test_a_read_only_out_is_one_line_and_leaves_nothing(
 
         return method
 
-    for name in ("mkdir", "write_text"):
+    for name in ("mkdir", "write_text", "write_bytes"):
         monkeypatch.setattr(Path, name, refusing(getattr(Path, name)))
 
     out = folder if existing else folder / "new" / "deeper"
