@@ -16,7 +16,6 @@ in `sqa_nas.convert.methods` and docs/convert.md.
 
 from __future__ import annotations
 
-from sqa_nas.convert._export_shim import export_model, load_export
 from sqa_nas.convert.allocation import target_config
 from sqa_nas.convert.calibrate import (
     Calibration,
@@ -34,6 +33,7 @@ from sqa_nas.convert.pipeline import (
     write_conversion,
 )
 from sqa_nas.convert.source import Source, read_source
+from sqa_nas.export import export_model, load_export
 
 __all__ = [
     "DEFAULT_RIDGE",

@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 
-from sqa_nas.convert._export_shim import export_model
 from sqa_nas.convert.calibrate import (
     attention,
     head_importance,
@@ -36,6 +35,7 @@ from sqa_nas.convert.methods import (
     solve_output,
 )
 from sqa_nas.errors import UserError
+from sqa_nas.export import export_model
 from sqa_nas.export.torch_code import allocation_text
 from sqa_nas.model import ModelConfig, SQATransformer, build_model
 

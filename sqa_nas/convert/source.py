@@ -23,9 +23,10 @@ from pydantic import ValidationError
 from safetensors import safe_open
 
 from sqa_nas import checkpoint
-from sqa_nas.convert._export_shim import WEIGHTS_FILE, load_export
 from sqa_nas.convert.llama import read_llama_folder
 from sqa_nas.errors import UserError, first_error
+from sqa_nas.export import load_export
+from sqa_nas.export.weights import WEIGHTS_FILE
 from sqa_nas.model import ModelConfig, SQATransformer, build_model
 
 _SAFETENSORS_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}

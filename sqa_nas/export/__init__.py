@@ -184,6 +184,9 @@ def _write(
         model = build_model(info.config, seed=INIT_SEED)
     if state_dict is not None:
         check_state_dict(model, state_dict, source)
+        dtypes = {t.dtype for t in state_dict.values() if t.is_floating_point()}
+        if len(dtypes) == 1:  # weights are written in the dtype they came in (bf16 stays bf16)
+            model.to(dtypes.pop())
         model.load_state_dict(state_dict, strict=False)  # checked; a tied name loads once
     files: dict[str, str | bytes] = {
         "model.py": render_model_py(info),

@@ -179,7 +179,7 @@ CONVERT_CASES = [
         "export without weights",
         lambda t, h, e: (e / "model.safetensors").unlink() or e,
         [],
-        "missing weights",
+        "model.safetensors: no such file",
     ),
 ]
 ALLOCATION_CASES = [  # against the HF folder: 8/2 per layer, H = 8
@@ -275,7 +275,7 @@ def test_output_folders_and_vocabularies_are_checked_first(tmp_path, hf_dir, cap
 
 
 FINETUNE_CASES = [
-    ("missing folder", lambda t, e: [str(t / "nope")], "no such export folder"),
+    ("missing folder", lambda t, e: [str(t / "nope")], "no such folder"),
     ("not an export", lambda t, e: [str((t / "plain").mkdir() or t / "plain")], "no config.yaml"),
     ("zero tokens", lambda t, e: [str(e), "--tokens", "0"], "must be >= 1"),
     ("zero lr", lambda t, e: [str(e), "--lr", "0"], "--lr"),
