@@ -1,20 +1,27 @@
-"""The paper's Table 1 (dense models, validation loss) at a budget that fits our GPU time.
+"""The paper's Table 1 (dense models, validation loss) with confidence intervals.
 
 Same architecture family as the paper (d_model 256, 8 layers, H = 16, SwiGLU 768, context
-1024), every variant trained for the same number of tokens on the embedded corpus (the
-Python sources installed on the machine, site-packages included, so a run never repeats its
-data) for several seeds, through the search's own trial code. Reports validation loss,
-perplexity, next-token accuracy and wall time with their spread, and compares the ordering
-with the paper's (MHA < GQA < sSQA < SQA < xSQA < MQA < xSMQA).
+1024), every variant trained for the same number of tokens, for several seeds, through the
+search's own trial code, on the embedded corpus (the Python sources installed on the
+machine) or an English prose corpus (`experiments.corpora`). Common random numbers: a seed
+fixes the data order (and the weights' seed) for every variant, and every run is evaluated
+on the same validation batches, so variants are compared seed by seed: each variant against
+MHA and GQA, and each of the paper's pairwise claims (GQA < sSQA < SQA < ...), with the 95%
+t-interval of the per-seed differences and a verdict. Each run is also evaluated at
+`--curve-points` token counts on the way: the learning curves (PNG beside the result).
 
-    python -m experiments.paper_table1 --tokens 20000000 --seeds 0,1      # on a GPU
-    python -m experiments.paper_table1 --smoke                            # CPU, seconds
+    python -m experiments.paper_table1 --seeds 0,1,2 --tokens 200000000 --compile   # GPU
+    python -m experiments.paper_table1 --corpus DIR ...     # DIR from experiments.corpora
+    python -m experiments.paper_table1 --smoke                                      # CPU
 
 Finished runs survive a stop: they are kept in `<result>.partial.json`, rewritten after every
-run and removed once the result is written. Seeds run apart (one per GPU, or one per session)
-are joined with `--merge`, which checks they share the model, budget and corpus:
+run and removed once the result is written. Runs made apart (other seeds or variants, on
+another GPU or in another session) are joined with `--merge`, which refuses files that differ
+in model, budget, corpus or GPU; a single file merged is analysed again. `--scaling` reads
+Table 1 results at several budgets and says whether the gaps grow, shrink or stay:
 
     python -m experiments.paper_table1 --merge seed0.json seed1.json --out table1.json
+    python -m experiments.paper_table1 --scaling t12M.json t50M.json t200M.json --out s.json
 """
 
 from __future__ import annotations
@@ -27,13 +34,19 @@ from pathlib import Path
 
 from experiments.common import write_partial, write_result
 from experiments.science import (
+    INTERVAL,
     PAPER_MODEL,
     PAPER_TABLE1,
     SMOKE_MODEL,
     aggregate,
     corpus_of,
+    corpus_spec,
+    curves,
+    git_revision,
     make_spec,
     ordering_report,
+    pairwise,
+    scaling,
     seed_list,
     train_allocation,
 )
@@ -46,33 +59,56 @@ VARIANTS = ["MHA", "GQA", "MQA", "SQA", "sSQA", "xSQA", "xSMQA", "lSQA"]
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--variants", default=",".join(VARIANTS))
-    p.add_argument("--seeds", type=seed_list, default="0,1")
-    p.add_argument("--tokens", type=int, default=20_000_000, help="training tokens per run")
+    p.add_argument("--seeds", type=seed_list, default="0,1,2")
+    p.add_argument("--tokens", type=int, default=200_000_000, help="training tokens per run")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--eval-batches", type=int, default=32)
+    p.add_argument("--curve-points", type=int, default=10, help="evaluations on the way (0: none)")
     p.add_argument("--compile", action="store_true", help="torch.compile each model (GPU)")
     p.add_argument(
-        "--no-site-packages", action="store_true", help="standard library only (a smaller corpus)"
+        "--corpus",
+        default="embedded",
+        help="embedded (Python sources, site-packages included), stdlib, or a folder made "
+        "by experiments.corpora (its prose/)",
     )
+    p.add_argument("--no-site-packages", action="store_true", help="the same as --corpus stdlib")
+    p.add_argument("--timing", action="store_true", help="also time each step paired with MHA's")
     p.add_argument("--smoke", action="store_true", help="tiny model and budget (CPU test)")
     p.add_argument("--out", help="result file (default experiments/results/...)")
     p.add_argument(
         "--merge",
         nargs="+",
         metavar="RESULT",
-        help="join result files of this script (other seeds, same model, budget "
-        "and corpus) into --out instead of training",
+        help="join result files of this script (other seeds or variants, same model, "
+        "budget and corpus) into --out instead of training",
+    )
+    p.add_argument(
+        "--scaling", nargs="+", metavar="RESULT", help="Table 1 results at several budgets"
+    )
+    p.add_argument(
+        "--margin",
+        type=float,
+        default=0.005,
+        help="--scaling: a change of a gap within +-margin (nats) counts as staying",
     )
     args = p.parse_args(argv)
     out = args.out and Path(args.out)
     if args.merge:
         return merge([Path(f) for f in args.merge], out)
+    if args.scaling:
+        return scale([Path(f) for f in args.scaling], out, args.margin)
     variants = args.variants.split(",")
-    seeds = args.seeds
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise UserError(f"--variants: unknown {', '.join(unknown)}; choose from {VARIANTS}")
+    corpus_name, data = corpus_spec(
+        "stdlib" if args.no_site_packages else args.corpus, smoke=args.smoke
+    )
     model, tokens, batch, evals = PAPER_MODEL, args.tokens, args.batch, args.eval_batches
+    curve_points = args.curve_points
     if args.smoke:
-        model, tokens, batch, evals = SMOKE_MODEL, 2 * 4 * 64, 4, 2
+        model, tokens, batch, evals, curve_points = SMOKE_MODEL, 2 * 4 * 64, 4, 2, 1
     budget = {
         "tokens_per_run": tokens,
         "batch_size": batch,
@@ -80,10 +116,22 @@ def main(argv=None) -> None:
         "lr": args.lr,
         "eval_batches": evals,
         "compile": args.compile,
+        "curve_points": curve_points,
     }
-    rows, start = [], time.perf_counter()
-    name = "paper_table1" + ("_smoke" if args.smoke else "")
-    for seed in seeds:
+    header = {
+        "budget": budget,
+        "model": model,
+        "seeds": args.seeds,
+        "variants": variants,
+        "corpus_name": corpus_name,
+        "data": data,
+        "git_revision": git_revision(),
+    }
+    rows: list[dict] = []
+    start, partial = time.perf_counter(), None
+    name = "paper_table1" + ("" if corpus_name == "embedded" else f"_{corpus_name}")
+    name += "_smoke" if args.smoke else ""
+    for seed in args.seeds:
         spec = make_spec(
             study="paper_table1",
             model=model,
@@ -93,11 +141,15 @@ def main(argv=None) -> None:
             lr=args.lr,
             seed=seed,
             compile=args.compile,
-            site_packages=not (args.smoke or args.no_site_packages),
+            site_packages=False,
             eval_batches=evals,
+            data=data,
+            objectives=("val_loss", "throughput_tokens_per_s") if args.timing else ("val_loss",),
         )
         for label, params in spec.seed_params():
-            row = train_allocation(spec, params, seed_index=seed, label=label)
+            row = train_allocation(
+                spec, params, seed_index=seed, label=label, curve_points=curve_points
+            )
             rows.append(row)
             print(
                 f"seed {seed} {label:6s} {row['allocation']:8s} val_loss "
@@ -105,59 +157,69 @@ def main(argv=None) -> None:
                 f"{row['train_s'] or 0:.1f}s {row['state']} {row['fail_reason'] or ''}",
                 flush=True,
             )
-            partial = write_partial(
-                name,
-                _payload(rows, budget, model, seeds, variants, time.perf_counter() - start),
-                out=out,
-            )
-    payload = _payload(rows, budget, model, seeds, variants, time.perf_counter() - start)
+            payload = _payload(rows, header, time.perf_counter() - start)
+            partial = write_partial(name, payload, out=out)
+    payload = _payload(rows, header, time.perf_counter() - start)
     order = payload["ordering"]
     print(
         f"our order: {' < '.join(order['our_order'])}; paper: "
         f"{' < '.join(order['paper_order'])}; Kendall tau {order['kendall_tau']}"
     )
-    write_result(name, payload, out=out)
-    partial.unlink(missing_ok=True)
+    for pair in payload["pairwise"]:
+        print(_pair_line(pair))
+    path = write_result(name, payload, out=out)
+    plot_curves(payload, path.with_suffix(".png"))
+    if partial is not None:
+        partial.unlink(missing_ok=True)
 
 
-def _payload(
-    rows: list[dict],
-    budget: dict,
-    model: dict,
-    seeds: list[int],
-    variants: list[str],
-    wall_s: float,
-) -> dict:
+def _payload(rows: list[dict], header: dict, wall_s: float) -> dict:
     agg = aggregate(rows)
     return {
         "experiment": "paper_table1",
-        "budget": budget,
-        "model": model,
-        "seeds": seeds,
-        "variants": variants,
+        **header,
         "corpus": corpus_of(rows),
         "wall_s": wall_s,
         "paper": PAPER_TABLE1,
+        "interval": INTERVAL,
         "runs": rows,
         "summary": agg,
+        "pairwise": pairwise(rows, header["variants"]),
         "ordering": ordering_report(agg, PAPER_TABLE1),
+        "curves": curves(rows),
     }
 
 
+def _pair_line(pair: dict) -> str:
+    """One pairwise comparison as a line: `GQA - MHA: +0.0200 [+0.0100, +0.0300] higher`."""
+    what = pair.get("claim") or f"{pair['a']} - {pair['b']}"
+    if pair["ci95_low"] is None:
+        return f"{what}: n={pair['n']}, cannot tell"
+    return (
+        f"{what}: {pair['diff_mean']:+.4f} [{pair['ci95_low']:+.4f}, "
+        f"{pair['ci95_high']:+.4f}] n={pair['n']} {pair['verdict']}"
+    )
+
+
+def _read(path: Path, experiment: str, flag: str) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{flag}: cannot read {path}: {exc}") from None
+    if not isinstance(data, dict) or data.get("experiment") != experiment:
+        raise UserError(f"{flag}: {path} is not a {experiment} result")
+    # Files from before issue 19 name their corpus by kind only.
+    data.setdefault("corpus_name", (data.get("corpus") or {}).get("kind", "embedded"))
+    return data
+
+
 def merge(paths: list[Path], out: Path | None) -> None:
-    """One result from several runs of this script that differ only in their seeds."""
-    parts = []
-    for path in paths:
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise UserError(f"--merge: cannot read {path}: {exc}") from None
-        if data.get("experiment") != "paper_table1":
-            raise UserError(f"--merge: {path} is not a paper_table1 result")
-        parts.append((path, data))
+    """One result from several runs of this script that differ only in their seeds or
+    variants; refuses another model, budget, corpus or GPU, and a run found twice."""
+    parts = [(path, _read(path, "paper_table1", "--merge")) for path in paths]
     first_path, first = parts[0]
     for path, data in parts[1:]:
-        for key in ("model", "budget"):
+        for key in ("model", "budget", "corpus_name"):
             if data[key] != first[key]:
                 raise UserError(
                     f"--merge: {path} has another {key} than {first_path} "
@@ -172,7 +234,6 @@ def merge(paths: list[Path], out: Path | None) -> None:
         fingerprint = (data.get("corpus") or {}).get("fingerprint")
         if fingerprint != (first.get("corpus") or {}).get("fingerprint"):
             raise UserError(f"--merge: {path} trained on another corpus than {first_path}")
-    rows = [r for _, d in parts for r in d["runs"]]
     seen = set()
     for path, data in parts:
         for r in data["runs"]:
@@ -182,19 +243,147 @@ def merge(paths: list[Path], out: Path | None) -> None:
                     f"file (again in {path})"
                 )
             seen.add((r["label"], r["seed"]))
-    seeds = sorted({r["seed"] for r in rows})
-    variants = list(dict.fromkeys(v for _, d in parts for v in d["variants"]))
-    payload = _payload(
-        rows, first["budget"], first["model"], seeds, variants, sum(d["wall_s"] for _, d in parts)
-    )
+    rows = [r for _, d in parts for r in d["runs"]]
+    header = {
+        "budget": first["budget"],
+        "model": first["model"],
+        "seeds": sorted({r["seed"] for r in rows}),
+        "variants": list(dict.fromkeys(v for _, d in parts for v in d["variants"])),
+        "corpus_name": first["corpus_name"],
+        "data": first.get("data"),
+        "git_revision": first.get("git_revision"),
+    }
+    payload = _payload(rows, header, sum(d["wall_s"] for _, d in parts))
     if any(d.get("partial") for _, d in parts):
         payload["partial"] = True
     payload["merged_from"] = [
-        {"file": p.name, "command": d["command"], "machine": d["machine"].get("device")}
+        {
+            "file": p.name,
+            "command": d["command"],
+            "machine": d["machine"].get("device"),
+            "git_revision": d.get("git_revision"),
+        }
         for p, d in parts
     ]
     smoke = "_smoke" if first["model"] == SMOKE_MODEL else ""
-    write_result("paper_table1" + smoke, payload, out=out, machine=first["machine"])
+    corpus = "" if first["corpus_name"] == "embedded" else f"_{first['corpus_name']}"
+    path = write_result(
+        "paper_table1" + corpus + smoke, payload, out=out, machine=first["machine"]
+    )
+    if payload["curves"]:
+        plot_curves(payload, path.with_suffix(".png"))
+
+
+def scale(paths: list[Path], out: Path | None, margin: float) -> None:
+    """The scaling result (`science.scaling`) of Table 1 files at several budgets."""
+    if len(paths) < 2:
+        raise UserError("--scaling: give Table 1 results at two budgets or more")
+    tables = [_read(path, "paper_table1", "--scaling") for path in paths]
+    result = scaling(tables, margin)
+    first = min(tables, key=lambda t: t["budget"]["tokens_per_run"])
+    payload = {
+        "experiment": "scaling",
+        "model": first["model"],
+        "corpus_name": first["corpus_name"],
+        "corpus": first.get("corpus"),
+        "seeds": sorted({r["seed"] for t in tables for r in t["runs"]}),
+        "budget": {"tokens_per_run": result["budgets"]},
+        "git_revision": git_revision(),
+        "interval": INTERVAL,
+        "tables": [
+            {
+                "file": p.name,
+                "tokens_per_run": t["budget"]["tokens_per_run"],
+                "command": t["command"],
+                "git_revision": t.get("git_revision"),
+            }
+            for p, t in zip(paths, tables)
+        ],
+        **result,
+    }
+    for t in result["trends"]:
+        low, high = t["ci95_low"], t["ci95_high"]
+        ci = "" if low is None else f" [{low:+.4f}, {high:+.4f}]"
+        print(f"{t['a']} - {t['b']}: {t['verdict']}{ci}")
+    smoke = "_smoke" if first["model"] == SMOKE_MODEL else ""
+    corpus = "" if first["corpus_name"] == "embedded" else f"_{first['corpus_name']}"
+    path = write_result("scaling" + corpus + smoke, payload, out=out, machine=first["machine"])
+    plot_scaling(payload, path.with_suffix(".png"))
+
+
+def _pyplot():
+    # matplotlib is optional (only the plots need it): imported when drawing
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(payload: dict, path: Path) -> None:
+    """Validation loss against training tokens per variant: the mean over seeds with a
+    band of +-1 std; the right panel zooms on the second half."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for label, c in payload["curves"].items():
+        final = payload["summary"].get(label, {})
+        tokens = [*c["tokens"], payload["budget"]["tokens_per_run"]]
+        mean = [*c["mean"], final.get("mean", float("nan"))]
+        std = [*c["std"], final.get("std", 0.0)]
+        for ax in axes:
+            (line,) = ax.plot(tokens, mean, label=f"{label} (n={final.get('n', 0)})")
+            low = [m - s for m, s in zip(mean, std)]
+            high = [m + s for m, s in zip(mean, std)]
+            ax.fill_between(tokens, low, high, color=line.get_color(), alpha=0.2)
+    half = payload["budget"]["tokens_per_run"] / 2
+    late = [
+        m for c in payload["curves"].values() for t, m in zip(c["tokens"], c["mean"]) if t >= half
+    ]
+    late += [s["mean"] for s in payload["summary"].values() if "mean" in s]
+    axes[1].set_xlim(half, payload["budget"]["tokens_per_run"] * 1.01)
+    if late:
+        axes[1].set_ylim(min(late) - 0.02, max(late) + 0.02)
+    for ax in axes:
+        ax.set_xlabel("training tokens")
+        ax.set_ylabel("validation loss (nats/byte)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(
+        f"Learning curves, {payload['corpus_name']} corpus, "
+        f"{payload['budget']['tokens_per_run']:,} tokens, seeds {payload['seeds']} "
+        "(mean +- 1 std)"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+def plot_scaling(payload: dict, path: Path) -> None:
+    """Each gap a - b against the budget (log scale), with its 95% interval."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    budgets = payload["budgets"]
+    for i, trend in enumerate(payload["trends"]):
+        gaps = [pt["gaps"][i] for pt in payload["points"]]
+        xs = [b * (1 + 0.03 * (i - 2)) for b in budgets]  # side by side, not on top
+        ys = [g["diff_mean"] if g["diff_mean"] is not None else float("nan") for g in gaps]
+        err = [
+            [y - (g["ci95_low"] if g["ci95_low"] is not None else y) for y, g in zip(ys, gaps)],
+            [(g["ci95_high"] if g["ci95_high"] is not None else y) - y for y, g in zip(ys, gaps)],
+        ]
+        label = f"{trend['a']} - {trend['b']}: {trend['verdict']}"
+        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label)
+    ax.axhline(0, color="gray", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("training tokens per run")
+    ax.set_ylabel("val loss gap (nats/byte), 95% CI")
+    ax.set_title(f"Gaps between variants vs budget ({payload['corpus_name']} corpus)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
