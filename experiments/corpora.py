@@ -32,6 +32,7 @@ import io
 import json
 import lzma
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -328,20 +329,31 @@ def unpack(archive: Path, out: Path) -> dict:
         raise UserError(f"no such archive {archive}")
     if (out / "prose").exists():
         raise UserError(f"{out / 'prose'} exists; unpack into an empty folder")
+    made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(archive, "r:xz") as tar:
-        tar.extractall(out, filter="data")
-    dataset = load_dataset({"kind": "text", "paths": [f"{out / 'prose'}/**/*.txt"]})
-    found = {"tokens": dataset.meta["tokens"], "fingerprint": dataset.fingerprint}
-    manifest_path = archive.with_name("manifest.json")
-    if manifest_path.exists():
-        expected = json.loads(manifest_path.read_text())["fingerprint"]
-        if expected != dataset.fingerprint:
-            raise UserError(
-                f"{archive} unpacked to fingerprint {dataset.fingerprint[:16]}, the manifest "
-                f"says {expected[:16]}"
-            )
-    return found
+    try:
+        with tarfile.open(archive, "r:xz") as tar:
+            names = tar.getnames()
+            if not names or any(not n.startswith("prose/") for n in names):
+                raise UserError(f"{archive} is not a prose archive (files outside prose/)")
+            tar.extractall(out, filter="data")
+        dataset = load_dataset({"kind": "text", "paths": [f"{out / 'prose'}/**/*.txt"]})
+        manifest_path = archive.with_name("manifest.json")
+        if manifest_path.exists():
+            expected = json.loads(manifest_path.read_text())["fingerprint"]
+            if expected != dataset.fingerprint:
+                raise UserError(
+                    f"{archive} unpacked to fingerprint {dataset.fingerprint[:16]}, the "
+                    f"manifest beside it says {expected[:16]}"
+                )
+    except (tarfile.TarError, lzma.LZMAError, EOFError, UserError) as exc:
+        shutil.rmtree(out / "prose", ignore_errors=True)
+        if made:
+            shutil.rmtree(out, ignore_errors=True)
+        if isinstance(exc, UserError):
+            raise
+        raise UserError(f"{archive}: not a readable tar.xz ({exc})") from None
+    return {"tokens": dataset.meta["tokens"], "fingerprint": dataset.fingerprint}
 
 
 def main(argv=None) -> int:
@@ -362,13 +374,15 @@ def main(argv=None) -> int:
         )
         print(f"data: {{kind: text, paths: ['{args.out / 'prose'}/**/*.txt']}}")
         return 0
-    args.out.mkdir(parents=True, exist_ok=True)
     if args.debs:
         debs = {s.package: _find_deb(args.debs, s) for s in SOURCES}
+        args.out.mkdir(parents=True, exist_ok=True)
         manifest = build(debs, args.out)
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            manifest = build(download(SOURCES, Path(tmp)), args.out)
+            debs = download(SOURCES, Path(tmp))
+            args.out.mkdir(parents=True, exist_ok=True)
+            manifest = build(debs, args.out)
     print(
         f"prose corpus: {manifest['documents']:,} documents, {manifest['bytes'] / 1e6:.1f} MB "
         f"(train {manifest['tokens']['train']:,} / val {manifest['tokens']['val']:,} bytes), "

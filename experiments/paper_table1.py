@@ -129,8 +129,7 @@ def main(argv=None) -> None:
     }
     rows: list[dict] = []
     start, partial = time.perf_counter(), None
-    name = "paper_table1" + ("" if corpus_name == "embedded" else f"_{corpus_name}")
-    name += "_smoke" if args.smoke else ""
+    name = result_name("paper_table1", corpus_name, tokens, args.smoke)
     for seed in args.seeds:
         spec = make_spec(
             study="paper_table1",
@@ -171,6 +170,13 @@ def main(argv=None) -> None:
     plot_curves(payload, path.with_suffix(".png"))
     if partial is not None:
         partial.unlink(missing_ok=True)
+
+
+def result_name(stem: str, corpus_name: str, tokens: int | None, smoke: bool) -> str:
+    """The default result name: `paper_table1_prose_200M`, `paper_table1_50M_smoke`..."""
+    corpus = "" if corpus_name == "embedded" else f"_{corpus_name}"
+    budget = f"_{tokens / 1e6:g}M" if tokens and not smoke else ""
+    return stem + corpus + budget + ("_smoke" if smoke else "")
 
 
 def _payload(rows: list[dict], header: dict, wall_s: float) -> dict:
@@ -265,11 +271,9 @@ def merge(paths: list[Path], out: Path | None) -> None:
         }
         for p, d in parts
     ]
-    smoke = "_smoke" if first["model"] == SMOKE_MODEL else ""
-    corpus = "" if first["corpus_name"] == "embedded" else f"_{first['corpus_name']}"
-    path = write_result(
-        "paper_table1" + corpus + smoke, payload, out=out, machine=first["machine"]
-    )
+    tokens, smoke = first["budget"]["tokens_per_run"], first["model"] == SMOKE_MODEL
+    name = result_name("paper_table1", first["corpus_name"], tokens, smoke)
+    path = write_result(name, payload, out=out, machine=first["machine"])
     if payload["curves"]:
         plot_curves(payload, path.with_suffix(".png"))
 
@@ -305,9 +309,8 @@ def scale(paths: list[Path], out: Path | None, margin: float) -> None:
         low, high = t["ci95_low"], t["ci95_high"]
         ci = "" if low is None else f" [{low:+.4f}, {high:+.4f}]"
         print(f"{t['a']} - {t['b']}: {t['verdict']}{ci}")
-    smoke = "_smoke" if first["model"] == SMOKE_MODEL else ""
-    corpus = "" if first["corpus_name"] == "embedded" else f"_{first['corpus_name']}"
-    path = write_result("scaling" + corpus + smoke, payload, out=out, machine=first["machine"])
+    name = result_name("scaling", first["corpus_name"], None, first["model"] == SMOKE_MODEL)
+    path = write_result(name, payload, out=out, machine=first["machine"])
     plot_scaling(payload, path.with_suffix(".png"))
 
 
