@@ -6,9 +6,9 @@ seeds at the Table 1 budget, through the same code and settings as `paper_table1
 random numbers: a seed fixes the data order for every allocation). Each allocation is scored
 by its validation loss and its training speed (tokens/s of its whole training run), each
 with a 95% t-interval over the seeds, and placed against the front with those intervals:
-``on the front`` when no other allocation can be at least as good on both axes within its
-intervals, ``off the front`` when another is better beyond the noise on one axis and not
-worse beyond it on the other, else ``not resolved``. Runs a Table 1 result already holds
+``off the front`` when another is as fast (within 2%) and has a lower loss beyond the
+noise, ``on the front`` when no other's intervals even reach as good on both axes, else
+``not resolved``. Runs a Table 1 result already holds
 (same budget, corpus, model and GPU) are reused with `--table1`: only the three allocations
 Table 1 lacks are trained.
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -55,10 +56,13 @@ def _diff(a: dict[int, float], b: dict[int, float]) -> tuple[float, float] | Non
     return ci and (ci[1], ci[2])
 
 
-def front_verdicts(rows: list[dict]) -> dict[str, dict]:
-    """Per allocation (label): its place against the front with intervals (module
-    docstring), and the allocations that decide it. Lower loss and higher speed are
-    better; both are compared seed by seed."""
+def front_verdicts(rows: list[dict], tolerance: float = 0.02) -> dict[str, dict]:
+    """Per allocation (label): its place against the front with intervals, and the
+    allocations that decide it. Both axes are compared seed by seed; speeds within
+    `tolerance` count as equal. Allocation a is ``off the front`` when some b has a lower
+    loss beyond the noise (the 95% interval of b - a below 0) and is as fast (the interval
+    of its speed minus a's reaches no lower than -tolerance * a's speed); ``on the front``
+    when no b's intervals even reach as good on both axes; else ``not resolved``."""
     done = [r for r in rows if r["state"] == "COMPLETE" and r.get("train_tokens_per_s")]
     labels = list(dict.fromkeys(r["label"] for r in done))
     loss = {k: {r["seed"]: r["val_loss"] for r in done if r["label"] == k} for k in labels}
@@ -75,10 +79,10 @@ def front_verdicts(rows: list[dict]) -> dict[str, dict]:
             if dl is None or ds is None:
                 maybe.append(b)
                 continue
-            worse = dl[0] > 0 or ds[1] < 0  # b loses beyond the noise on an axis
-            if (dl[1] < 0 or ds[0] > 0) and not worse:  # and wins beyond it on one
+            slack = tolerance * statistics.fmean(speed[a].values())
+            if dl[1] < 0 and ds[0] >= -slack:  # lower loss beyond the noise, as fast
                 beaten_by.append(b)
-            elif dl[0] <= 0 and ds[1] >= 0:  # its intervals reach as good on both
+            elif dl[0] <= 0 and ds[1] >= -slack:  # its intervals reach as good on both
                 maybe.append(b)
         verdict = "off the front" if beaten_by else "not resolved" if maybe else "on the front"
         out[a] = {"verdict": verdict, "beaten_by": beaten_by, "could_be_beaten_by": maybe}

@@ -330,12 +330,9 @@ def plot_curves(payload: dict, path: Path) -> None:
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for label, c in payload["curves"].items():
-        final = payload["summary"].get(label, {})
-        tokens = [*c["tokens"], payload["budget"]["tokens_per_run"]]
-        mean = [*c["mean"], final.get("mean", float("nan"))]
-        std = [*c["std"], final.get("std", 0.0)]
+        tokens, mean, std = c["tokens"], c["mean"], c["std"]  # the last point: the end
         for ax in axes:
-            (line,) = ax.plot(tokens, mean, label=f"{label} (n={final.get('n', 0)})")
+            (line,) = ax.plot(tokens, mean, label=f"{label} (n={c['n'][-1]})")
             low = [m - s for m, s in zip(mean, std)]
             high = [m + s for m, s in zip(mean, std)]
             ax.fill_between(tokens, low, high, color=line.get_color(), alpha=0.2)
@@ -343,7 +340,6 @@ def plot_curves(payload: dict, path: Path) -> None:
     late = [
         m for c in payload["curves"].values() for t, m in zip(c["tokens"], c["mean"]) if t >= half
     ]
-    late += [s["mean"] for s in payload["summary"].values() if "mean" in s]
     axes[1].set_xlim(half, payload["budget"]["tokens_per_run"] * 1.01)
     if late:
         axes[1].set_ylim(min(late) - 0.02, max(late) + 0.02)

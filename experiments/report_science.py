@@ -103,10 +103,11 @@ def table1(d: dict, png: Path | None = None) -> str:
             f"{d['paper'].get(name, '-')} |"
         )
     o = d["ordering"]
+    tau = "-" if o["kendall_tau"] is None else f"{o['kendall_tau']:.2f}"
     lines += [
         "",
         f"Our order (means): {' < '.join(o['our_order'])}; the paper's: "
-        f"{' < '.join(o['paper_order'])}; Kendall tau {o['kendall_tau']:.2f}. Intervals: "
+        f"{' < '.join(o['paper_order'])}; Kendall tau {tau}. Intervals: "
         f"{d.get('interval') or INTERVAL}.",
         "",
     ]

@@ -128,8 +128,8 @@ def train_allocation(
     order from the spec's sampler seed, the same for every allocation of that seed: common
     random numbers; its speedup paired with the MHA step); returns its row. With
     `curve_points`, the model is also evaluated at that many evenly spaced token counts
-    before the end (the same run, stopped and resumed exactly: `Segment.eval_at`), the
-    row's ``curve`` of [tokens, val_loss]."""
+    before the end (the same run, stopped and resumed exactly: `Segment.eval_at`): the
+    row's ``curve`` of [tokens, val_loss], its last point the end of the run."""
     job = TrialJob(seed_index, params, spec.model_dump(mode="json"), label)
     tokens = spec.budget.train.tokens
     if curve_points and tokens:
@@ -379,8 +379,8 @@ def scaling(tables: list[dict], margin: float) -> dict[str, Any]:
     results at different ``tokens_per_run`` (same model, corpus and other settings). Per
     budget, each gap with its paired interval; per pair, the change of the gap from the
     smallest budget to the largest, paired by seed and signed so that positive means the
-    gap widens: ``grows`` or ``shrinks`` when its 95% interval excludes 0, ``stays`` when
-    the interval lies within +-`margin`, else ``cannot tell``. Each budget is its own run
+    gap widens: ``stays`` when its 95% interval lies within +-`margin`, else ``grows`` or
+    ``shrinks`` when the interval excludes 0, else ``cannot tell``. Each budget is its own run
     with its own LR schedule: a learning curve's point at 50M tokens of a 200M run is not
     the 50M budget, so curves are not used here."""
     tables = sorted(tables, key=lambda t: t["budget"]["tokens_per_run"])
@@ -415,14 +415,14 @@ def scaling(tables: list[dict], margin: float) -> dict[str, Any]:
         sign = 1.0 if (small["diff_mean"] or 0.0) >= 0 else -1.0
         change = [sign * (dl[s] - ds[s]) for s in seeds]
         ci = mean_ci95(change)
-        if ci is None or len(points) < 2:
+        if ci is None:
             verdict = "cannot tell"
+        elif -margin <= ci[1] and ci[2] <= margin:  # whatever its sign, too small to matter
+            verdict = "stays"
         elif ci[1] > 0:
             verdict = "grows"
         elif ci[2] < 0:
             verdict = "shrinks"
-        elif -margin <= ci[1] and ci[2] <= margin:
-            verdict = "stays"
         else:
             verdict = "cannot tell"
         trends.append(
