@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from experiments.common import write_partial, write_result
+from experiments.common import SEARCH_SPACES, write_partial, write_result
 from experiments.science import (
     INTERVAL,
     PAPER_MODEL,
@@ -36,6 +36,7 @@ from experiments.science import (
     corpus_spec,
     git_revision,
     make_spec,
+    resumed_runs,
     seed_list,
     train_allocation,
 )
@@ -43,9 +44,11 @@ from sqa_nas.cli import guarded
 from sqa_nas.errors import UserError
 from sqa_nas.machine import device_name
 from sqa_nas.search.choices import HeadsChoice
+from sqa_nas.search.space import load_space
 from sqa_nas.stats import mean_ci95
 from sqa_nas.train import pick_device
 
+SPACE = SEARCH_SPACES / "light_sqa.yaml"  # its grid of H_q / H_kv pairs
 TABLE1_VARIANTS = ["MHA", "GQA", "MQA", "SQA", "sSQA", "xSQA", "xSMQA", "lSQA"]
 
 
@@ -125,6 +128,12 @@ def main(argv=None) -> None:
     p.add_argument("--corpus", default="embedded", help="as paper_table1's --corpus")
     p.add_argument("--allocations", help="H_q/H_kv pairs, e.g. 16/16,12/4 (default: all)")
     p.add_argument("--table1", type=Path, help="reuse this Table 1 result's runs")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the finished runs of a stopped run of this command (its partial file "
+        "beside --out) and train only the rest",
+    )
     p.add_argument("--smoke", action="store_true", help="tiny model and budget (CPU test)")
     p.add_argument("--out", type=Path, help="result JSON (default experiments/results/...)")
     args = p.parse_args(argv)
@@ -159,7 +168,7 @@ def main(argv=None) -> None:
     }
     spec = seeded[args.seeds[0]]
     names = {params["all.heads"]: label for label, params in spec.seed_params()}
-    grid = [str(c) for c in spec.distributions()["all.heads"].choices]
+    grid = [str(c) for c in load_space(SPACE).distributions()["all.heads"].choices]
     if args.allocations:
         asked = args.allocations.split(",")
         unknown = [a for a in asked if a not in grid]
@@ -168,7 +177,6 @@ def main(argv=None) -> None:
         grid = asked
     rows = _reused(args.table1, budget, model, args.seeds, corpus_name) if args.table1 else []
     rows = [r for r in rows if r["allocation"].split(" x")[0] in grid]
-    have = {(r["allocation"].split(" x")[0], r["seed"]) for r in rows}
     header = {
         "experiment": "light_sqa",
         "budget": budget,
@@ -181,6 +189,11 @@ def main(argv=None) -> None:
         "reused_from": str(args.table1) if args.table1 else None,
         "interval": INTERVAL + "; speed: training tokens/s of each run, paired likewise",
     }
+    if args.resume:
+        same = {k: header[k] for k in ("budget", "model", "seeds", "allocations", "corpus_name")}
+        made = {(r["label"], r["seed"]) for r in rows}  # reused from Table 1 again
+        rows += [r for r in resumed_runs(args.out, same) if (r["label"], r["seed"]) not in made]
+    have = {(r["allocation"].split(" x")[0], r["seed"]) for r in rows}
     name = "light_sqa" + ("" if corpus_name == "embedded" else f"_{corpus_name}")
     name += "_smoke" if args.smoke else ""
     start, partial = time.perf_counter(), None

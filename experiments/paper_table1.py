@@ -31,8 +31,10 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from experiments.common import write_partial, write_result
+from experiments.report_science import plot_curves, plot_scaling
 from experiments.science import (
     INTERVAL,
     PAPER_MODEL,
@@ -45,13 +47,15 @@ from experiments.science import (
     git_revision,
     make_spec,
     ordering_report,
+    paired,
     pairwise,
-    scaling,
+    resumed_runs,
     seed_list,
     train_allocation,
 )
 from sqa_nas.cli import guarded
 from sqa_nas.errors import UserError
+from sqa_nas.stats import mean_ci95
 
 VARIANTS = ["MHA", "GQA", "MQA", "SQA", "sSQA", "xSQA", "xSMQA", "lSQA"]
 
@@ -74,6 +78,12 @@ def main(argv=None) -> None:
     )
     p.add_argument("--no-site-packages", action="store_true", help="the same as --corpus stdlib")
     p.add_argument("--timing", action="store_true", help="also time each step paired with MHA's")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the finished runs of a stopped run of this command (its partial file "
+        "beside --out) and train only the rest",
+    )
     p.add_argument("--smoke", action="store_true", help="tiny model and budget (CPU test)")
     p.add_argument("--out", help="result file (default experiments/results/...)")
     p.add_argument(
@@ -127,7 +137,9 @@ def main(argv=None) -> None:
         "data": data,
         "git_revision": git_revision(),
     }
-    rows: list[dict] = []
+    same = {k: header[k] for k in ("budget", "model", "seeds", "variants", "corpus_name")}
+    rows = resumed_runs(out, same) if args.resume else []
+    done = {(r["label"], r["seed"]) for r in rows}
     start, partial = time.perf_counter(), None
     name = result_name("paper_table1", corpus_name, tokens, args.smoke)
     for seed in args.seeds:
@@ -146,6 +158,8 @@ def main(argv=None) -> None:
             objectives=("val_loss", "throughput_tokens_per_s") if args.timing else ("val_loss",),
         )
         for label, params in spec.seed_params():
+            if (label, seed) in done:
+                continue
             row = train_allocation(
                 spec, params, seed_index=seed, label=label, curve_points=curve_points
             )
@@ -314,75 +328,77 @@ def scale(paths: list[Path], out: Path | None, margin: float) -> None:
     plot_scaling(payload, path.with_suffix(".png"))
 
 
-def _pyplot():
-    # matplotlib is optional (only the plots need it): imported when drawing
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+# Budget keys that may differ between the tables of a scaling comparison (compiling changes
+# the speed, not the arithmetic).
+_NOT_COMPARED = ("tokens_per_run", "curve_points", "compile")
+SCALING_PAIRS = [("GQA", "MHA"), ("SQA", "MHA"), ("xSQA", "MHA"), ("SQA", "GQA"), ("xSQA", "GQA")]
 
 
-def plot_curves(payload: dict, path: Path) -> None:
-    """Validation loss against training tokens per variant: the mean over seeds with a
-    band of +-1 std; the right panel zooms on the second half."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for label, c in payload["curves"].items():
-        tokens, mean, std = c["tokens"], c["mean"], c["std"]  # the last point: the end
-        for ax in axes:
-            (line,) = ax.plot(tokens, mean, label=f"{label} (n={c['n'][-1]})")
-            low = [m - s for m, s in zip(mean, std)]
-            high = [m + s for m, s in zip(mean, std)]
-            ax.fill_between(tokens, low, high, color=line.get_color(), alpha=0.2)
-    half = payload["budget"]["tokens_per_run"] / 2
-    late = [
-        m for c in payload["curves"].values() for t, m in zip(c["tokens"], c["mean"]) if t >= half
+def scaling(tables: list[dict], margin: float) -> dict[str, Any]:
+    """How the gaps a - b of `SCALING_PAIRS` change with the training budget, from Table 1
+    results at different ``tokens_per_run`` (same model, corpus and other settings). Per
+    budget, each gap with its paired interval; per pair, the change of the gap from the
+    smallest budget to the largest, paired by seed and signed so that positive means the
+    gap widens: ``stays`` when its 95% interval lies within +-`margin`, else ``grows`` or
+    ``shrinks`` when the interval excludes 0, else ``cannot tell``. Each budget is its own run
+    with its own LR schedule: a learning curve's point at 50M tokens of a 200M run is not
+    the 50M budget, so curves are not used here."""
+    tables = sorted(tables, key=lambda t: t["budget"]["tokens_per_run"])
+    first = tables[0]
+    for t in tables[1:]:
+        for key in ("model", "corpus_name"):
+            if t.get(key) != first.get(key):
+                raise UserError(f"--scaling: the tables differ in {key}")
+        fp = (t.get("corpus") or {}).get("fingerprint")
+        if fp != (first.get("corpus") or {}).get("fingerprint"):
+            raise UserError("--scaling: the tables trained on different corpora")
+        rest = {k: v for k, v in t["budget"].items() if k not in _NOT_COMPARED}
+        mine = {k: v for k, v in first["budget"].items() if k not in _NOT_COMPARED}
+        if rest != mine:
+            raise UserError(f"--scaling: the tables differ in more than tokens ({rest} vs {mine})")
+    budgets = [t["budget"]["tokens_per_run"] for t in tables]
+    if len(set(budgets)) != len(budgets):
+        raise UserError(f"--scaling: two tables at the same budget ({budgets})")
+    points = [
+        {
+            "tokens": t["budget"]["tokens_per_run"],
+            "gaps": [paired(t["runs"], a, b) for a, b in SCALING_PAIRS],
+        }
+        for t in tables
     ]
-    axes[1].set_xlim(half, payload["budget"]["tokens_per_run"] * 1.01)
-    if late:
-        axes[1].set_ylim(min(late) - 0.02, max(late) + 0.02)
-    for ax in axes:
-        ax.set_xlabel("training tokens")
-        ax.set_ylabel("validation loss (nats/byte)")
-    axes[0].legend(fontsize=8)
-    fig.suptitle(
-        f"Learning curves, {payload['corpus_name']} corpus, "
-        f"{payload['budget']['tokens_per_run']:,} tokens, seeds {payload['seeds']} "
-        "(mean +- 1 std)"
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    print(f"wrote {path}")
-
-
-def plot_scaling(payload: dict, path: Path) -> None:
-    """Each gap a - b against the budget (log scale), with its 95% interval."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    budgets = payload["budgets"]
-    for i, trend in enumerate(payload["trends"]):
-        gaps = [pt["gaps"][i] for pt in payload["points"]]
-        xs = [b * (1 + 0.03 * (i - 2)) for b in budgets]  # side by side, not on top
-        ys = [g["diff_mean"] if g["diff_mean"] is not None else float("nan") for g in gaps]
-        err = [
-            [y - (g["ci95_low"] if g["ci95_low"] is not None else y) for y, g in zip(ys, gaps)],
-            [(g["ci95_high"] if g["ci95_high"] is not None else y) - y for y, g in zip(ys, gaps)],
-        ]
-        label = f"{trend['a']} - {trend['b']}: {trend['verdict']}"
-        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label)
-    ax.axhline(0, color="gray", lw=0.8)
-    ax.set_xscale("log")
-    ax.set_xlabel("training tokens per run")
-    ax.set_ylabel("val loss gap (nats/byte), 95% CI")
-    ax.set_title(f"Gaps between variants vs budget ({payload['corpus_name']} corpus)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    print(f"wrote {path}")
+    trends = []
+    for i, (a, b) in enumerate(SCALING_PAIRS):
+        small, large = points[0]["gaps"][i], points[-1]["gaps"][i]
+        seeds = sorted(set(small["seeds"]) & set(large["seeds"]))
+        ds = dict(zip(small["seeds"], small["diffs"]))
+        dl = dict(zip(large["seeds"], large["diffs"]))
+        sign = 1.0 if (small["diff_mean"] or 0.0) >= 0 else -1.0
+        change = [sign * (dl[s] - ds[s]) for s in seeds]
+        ci = mean_ci95(change)
+        if ci is None:
+            verdict = "cannot tell"
+        elif -margin <= ci[1] and ci[2] <= margin:  # whatever its sign, too small to matter
+            verdict = "stays"
+        elif ci[1] > 0:
+            verdict = "grows"
+        elif ci[2] < 0:
+            verdict = "shrinks"
+        else:
+            verdict = "cannot tell"
+        trends.append(
+            {
+                "a": a,
+                "b": b,
+                "from_tokens": points[0]["tokens"],
+                "to_tokens": points[-1]["tokens"],
+                "seeds": seeds,
+                "change_mean": ci and ci[0],
+                "ci95_low": ci and ci[1],
+                "ci95_high": ci and ci[2],
+                "verdict": verdict,
+            }
+        )
+    return {"budgets": budgets, "points": points, "trends": trends, "margin": margin}
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from experiments.science import (
     corpus_spec,
     git_revision,
     paired,
+    resumed_runs,
     seed_list,
     train_allocation,
 )
@@ -120,6 +121,12 @@ def main(argv=None) -> None:
         default=0.05,
         help="throughput within this fraction counts as equal (default 5%%)",
     )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the finished runs of a stopped run of this command (its partial file "
+        "beside --out) and train only the rest",
+    )
     p.add_argument("--smoke", action="store_true", help="tiny model and budget (CPU test)")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
@@ -183,6 +190,9 @@ def main(argv=None) -> None:
         "git_revision": git_revision(),
         "interval": INTERVAL,
     }
+    if args.resume:
+        rows = resumed_runs(args.out, {k: header[k] for k in ("mixed", "budget", "seeds")})
+    done = {(r["label"], r["seed"]) for r in rows}
     start = time.perf_counter()
     for seed in args.seeds:
         seeded = parse_space(
@@ -193,6 +203,8 @@ def main(argv=None) -> None:
             "retraining",
         )
         for label, params in candidates:
+            if (label, seed) in done:
+                continue
             row = train_allocation(seeded, params, seed_index=seed, label=label)
             rows.append(row)
             print(

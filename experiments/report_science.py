@@ -173,19 +173,25 @@ def scaling(d: dict, png: Path | None = None) -> str:
 def light(d: dict, png: Path | None) -> str:
     """Light SQA: each allocation with intervals over seeds and its place on the front."""
     if "front" not in d:  # a file from before issue 19: one run per allocation
-        on = [t["allocation"].split(" x")[0] for t in d["trials"] if t["on_front"]]
-        return "\n".join(
-            [
-                f"### Light SQA, one run per allocation ({machine_text(d)})",
-                "",
-                f"{len(d['trials'])} allocations, one seed each, "
-                f"{d['space']['budget']['train'].get('tokens')} tokens; {corpus_text(d)}. "
-                f"Command: `{d['command']}`. On the front: {', '.join(on)}; lSQA "
-                f"({d['light']}) on it: {d['lsqa_on_front']}. One seed cannot tell a gap "
-                "from the seed spread.",
-            ]
-            + _png(png, "light SQA front")
-        )
+        lines = [
+            f"### Light SQA, one run per allocation ({machine_text(d)})",
+            "",
+            f"{len(d['trials'])} allocations, one seed each, "
+            f"{d['space']['budget']['train'].get('tokens')} tokens; {corpus_text(d)}. "
+            f"Command: `{d['command']}`. lSQA ({d['light']}) on the front: "
+            f"{d['lsqa_on_front']}; one seed cannot tell a gap from the seed spread.",
+            "",
+            "| H_q/H_kv | val loss | speedup vs MHA | on front |",
+            "|---|---|---|---|",
+        ]
+        for t in sorted(d["trials"], key=lambda t: t["val_loss"]):
+            sp = t.get("speedup_vs_mha")
+            lines.append(
+                f"| {t['allocation'].split(' x')[0]} {t.get('seed_variant') or ''} | "
+                f"{t['val_loss']:.4f} | {f'{sp:.2f}x' if sp else '-'} | "
+                f"{'yes' if t['on_front'] else ''} |"
+            )
+        return "\n".join(lines + _png(png, "light SQA front"))
     b = d["budget"]
     lines = [
         f"### Light SQA (H_q = 3H/4) with intervals ({machine_text(d)})",
@@ -259,3 +265,74 @@ def per_layer(d: dict) -> str:
                 f"{'yes' if c['comparable'] else 'no'} | {_ci(c)} | {c['verdict']} |"
             )
     return "\n".join(lines)
+
+
+def _pyplot():
+    # matplotlib is optional (only the plots need it): imported when drawing
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(payload: dict, path: Path) -> None:
+    """Validation loss against training tokens per variant: the mean over seeds with a
+    band of +-1 std; the right panel zooms on the second half."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for label, c in payload["curves"].items():
+        tokens, mean, std = c["tokens"], c["mean"], c["std"]  # the last point: the end
+        for ax in axes:
+            (line,) = ax.plot(tokens, mean, label=f"{label} (n={c['n'][-1]})")
+            low = [m - s for m, s in zip(mean, std)]
+            high = [m + s for m, s in zip(mean, std)]
+            ax.fill_between(tokens, low, high, color=line.get_color(), alpha=0.2)
+    half = payload["budget"]["tokens_per_run"] / 2
+    late = [
+        m for c in payload["curves"].values() for t, m in zip(c["tokens"], c["mean"]) if t >= half
+    ]
+    axes[1].set_xlim(half, payload["budget"]["tokens_per_run"] * 1.01)
+    if late:
+        axes[1].set_ylim(min(late) - 0.02, max(late) + 0.02)
+    for ax in axes:
+        ax.set_xlabel("training tokens")
+        ax.set_ylabel("validation loss (nats/byte)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(
+        f"Learning curves, {payload['corpus_name']} corpus, "
+        f"{payload['budget']['tokens_per_run']:,} tokens, seeds {payload['seeds']} "
+        "(mean +- 1 std)"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+def plot_scaling(payload: dict, path: Path) -> None:
+    """Each gap a - b against the budget (log scale), with its 95% interval."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    budgets = payload["budgets"]
+    for i, trend in enumerate(payload["trends"]):
+        gaps = [pt["gaps"][i] for pt in payload["points"]]
+        xs = [b * (1 + 0.03 * (i - 2)) for b in budgets]  # side by side, not on top
+        ys = [g["diff_mean"] if g["diff_mean"] is not None else float("nan") for g in gaps]
+        err = [
+            [y - (g["ci95_low"] if g["ci95_low"] is not None else y) for y, g in zip(ys, gaps)],
+            [(g["ci95_high"] if g["ci95_high"] is not None else y) - y for y, g in zip(ys, gaps)],
+        ]
+        label = f"{trend['a']} - {trend['b']}: {trend['verdict']}"
+        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label)
+    ax.axhline(0, color="gray", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("training tokens per run")
+    ax.set_ylabel("val loss gap (nats/byte), 95% CI")
+    ax.set_title(f"Gaps between variants vs budget ({payload['corpus_name']} corpus)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"wrote {path}")

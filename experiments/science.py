@@ -8,6 +8,7 @@ budget, the seeds, the corpus size and fingerprint, and the command that made it
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import statistics
@@ -368,74 +369,20 @@ def curves(rows: list[dict]) -> dict[str, dict[str, list]]:
     return out
 
 
-# Budget keys that may differ between the tables of a scaling comparison (compiling changes
-# the speed, not the arithmetic).
-_NOT_COMPARED = ("tokens_per_run", "curve_points", "compile")
-SCALING_PAIRS = [("GQA", "MHA"), ("SQA", "MHA"), ("xSQA", "MHA"), ("SQA", "GQA"), ("xSQA", "GQA")]
-
-
-def scaling(tables: list[dict], margin: float) -> dict[str, Any]:
-    """How the gaps a - b of `SCALING_PAIRS` change with the training budget, from Table 1
-    results at different ``tokens_per_run`` (same model, corpus and other settings). Per
-    budget, each gap with its paired interval; per pair, the change of the gap from the
-    smallest budget to the largest, paired by seed and signed so that positive means the
-    gap widens: ``stays`` when its 95% interval lies within +-`margin`, else ``grows`` or
-    ``shrinks`` when the interval excludes 0, else ``cannot tell``. Each budget is its own run
-    with its own LR schedule: a learning curve's point at 50M tokens of a 200M run is not
-    the 50M budget, so curves are not used here."""
-    tables = sorted(tables, key=lambda t: t["budget"]["tokens_per_run"])
-    first = tables[0]
-    for t in tables[1:]:
-        for key in ("model", "corpus_name"):
-            if t.get(key) != first.get(key):
-                raise UserError(f"--scaling: the tables differ in {key}")
-        fp = (t.get("corpus") or {}).get("fingerprint")
-        if fp != (first.get("corpus") or {}).get("fingerprint"):
-            raise UserError("--scaling: the tables trained on different corpora")
-        rest = {k: v for k, v in t["budget"].items() if k not in _NOT_COMPARED}
-        mine = {k: v for k, v in first["budget"].items() if k not in _NOT_COMPARED}
-        if rest != mine:
-            raise UserError(f"--scaling: the tables differ in more than tokens ({rest} vs {mine})")
-    budgets = [t["budget"]["tokens_per_run"] for t in tables]
-    if len(set(budgets)) != len(budgets):
-        raise UserError(f"--scaling: two tables at the same budget ({budgets})")
-    points = [
-        {
-            "tokens": t["budget"]["tokens_per_run"],
-            "gaps": [paired(t["runs"], a, b) for a, b in SCALING_PAIRS],
-        }
-        for t in tables
-    ]
-    trends = []
-    for i, (a, b) in enumerate(SCALING_PAIRS):
-        small, large = points[0]["gaps"][i], points[-1]["gaps"][i]
-        seeds = sorted(set(small["seeds"]) & set(large["seeds"]))
-        ds = dict(zip(small["seeds"], small["diffs"]))
-        dl = dict(zip(large["seeds"], large["diffs"]))
-        sign = 1.0 if (small["diff_mean"] or 0.0) >= 0 else -1.0
-        change = [sign * (dl[s] - ds[s]) for s in seeds]
-        ci = mean_ci95(change)
-        if ci is None:
-            verdict = "cannot tell"
-        elif -margin <= ci[1] and ci[2] <= margin:  # whatever its sign, too small to matter
-            verdict = "stays"
-        elif ci[1] > 0:
-            verdict = "grows"
-        elif ci[2] < 0:
-            verdict = "shrinks"
-        else:
-            verdict = "cannot tell"
-        trends.append(
-            {
-                "a": a,
-                "b": b,
-                "from_tokens": points[0]["tokens"],
-                "to_tokens": points[-1]["tokens"],
-                "seeds": seeds,
-                "change_mean": ci and ci[0],
-                "ci95_low": ci and ci[1],
-                "ci95_high": ci and ci[2],
-                "verdict": verdict,
-            }
-        )
-    return {"budgets": budgets, "points": points, "trends": trends, "margin": margin}
+def resumed_runs(out: Path | None, header: dict[str, Any]) -> list[dict]:
+    """The finished runs of an earlier run of the same command that was stopped (its partial
+    file beside `out`, `experiments.common.write_partial`); [] when there is none.
+    `UserError` when that run had another value for a key of `header`."""
+    if out is None:
+        raise UserError("--resume needs --out: the partial file it resumes lies beside it")
+    path = out.with_suffix(".partial.json")
+    if not path.exists():
+        return []
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--resume: cannot read {path}: {exc}") from None
+    for key, value in header.items():
+        if data.get(key) != value:
+            raise UserError(f"--resume: {path} was made with another {key}; remove it first")
+    return [r for r in data.get("runs", []) if r.get("state") == "COMPLETE"]

@@ -89,7 +89,7 @@ def test_paper_table1_refuses_bad_input(tmp_path, capsys, args, message):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_paper_table1_keeps_finished_runs_when_cut_short(tmp_path, monkeypatch):
+def test_paper_table1_keeps_finished_runs_when_cut_short(tmp_path, monkeypatch, capsys):
     real, calls = paper_table1.train_allocation, []
 
     def train_then_stop(*args, **kwargs):
@@ -106,6 +106,18 @@ def test_paper_table1_keeps_finished_runs_when_cut_short(tmp_path, monkeypatch):
     data = _load(out.with_suffix(".partial.json"))
     assert data["partial"] and [r["label"] for r in data["runs"]] == ["MHA"]
     assert "Partial: the run stopped after 1 of 2 runs" in results_report.table1(data)
+
+    # --resume trains only what is missing; a stopped run of other settings is refused.
+    again = ["--smoke", "--variants", "MHA,xSQA", "--seeds", "0", "--out", str(out), "--resume"]
+    assert guarded(lambda: paper_table1.main([*again, "--lr", "0.01"])) == 2
+    assert "was made with another budget" in capsys.readouterr().err
+    monkeypatch.setattr(
+        paper_table1, "train_allocation", lambda *a, **k: calls.append(k) or real(*a, **k)
+    )
+    paper_table1.main(again)
+    assert [c["label"] for c in calls[1:]] == ["xSQA"]
+    assert [r["label"] for r in _load(out)["runs"]] == ["MHA", "xSQA"]
+    assert not out.with_suffix(".partial.json").exists()
 
 
 def test_light_sqa_reuses_table1_and_places_lsqa(table1, tmp_path, capsys):

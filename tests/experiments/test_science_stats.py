@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from experiments import light_sqa, paper_table1, per_layer, report_science
-from experiments.science import SMOKE_MODEL, aggregate, curves, pairwise, scaling
+from experiments.paper_table1 import scaling
+from experiments.science import SMOKE_MODEL, aggregate, curves, pairwise
 from sqa_nas.cli import guarded
 from sqa_nas.errors import UserError
 
