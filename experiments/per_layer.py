@@ -1,32 +1,45 @@
 """Does a per-layer allocation found by the search beat every uniform variant at equal
-throughput?
+throughput, beyond the noise?
 
-1. Run a per-layer search (or read an existing study with --study / --storage).
-2. Take the search's best mixed allocation (layers differ) on the Pareto front by val loss.
-3. Retrain it and the uniform baselines (MHA, GQA, SQA, sSQA, xSQA) with fresh seeds.
-4. A uniform variant is beaten at equal throughput when it is not faster than the mixed
-   allocation (beyond `--tolerance`) and its mean validation loss is higher by more than the
-   larger of the two seed spreads.
+1. Run the noise-aware per-layer search (its first baseline trained with several seeds:
+   the study's noise floor; `--scheduler mo_asha` for multi-fidelity), or read a finished
+   study with --study / --storage.
+2. Confirm its front: the mixed allocations on it (layers differ; up to `--top`, best val
+   loss first) are retrained at the full budget with fresh seeds, and the uniform variants
+   (MHA, GQA, MQA, SQA, sSQA, xSQA, xSMQA, lSQA) with the same seeds: common random
+   numbers, so every comparison is paired by seed.
+3. A uniform variant is comparable with a mixed allocation when it is not faster (its
+   paired throughput at most `--tolerance` above); the mixed one beats it when the 95%
+   t-interval of their per-seed val-loss differences lies above 0.
+4. The answer: **yes** when a mixed allocation beats every comparable uniform variant (and
+   there is one), **no** when every mixed allocation is beaten beyond the noise by a
+   comparable uniform variant, else **not resolved**.
 
-    python -m experiments.per_layer --space search_spaces/quickstart.yaml --n-trials 16
-    python -m experiments.per_layer --space search_spaces/paper_dense.yaml --n-trials 20 \
-        --tokens 15000000                                   # on a GPU
+    python -m experiments.per_layer --space search_spaces/paper_dense.yaml --n-trials 48 \\
+        --scheduler mo_asha --tokens 200000000 --seeds 100,101,102          # on a GPU
     python -m experiments.per_layer --smoke
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from experiments.common import SEARCH_SPACES, write_partial, write_result
 from experiments.science import (
+    INTERVAL,
     SMOKE_PER_LAYER_HEADS,
     SMOKE_PER_LAYER_MODEL,
     aggregate,
     corpus_of,
+    corpus_spec,
+    git_revision,
+    paired,
+    resumed_runs,
     seed_list,
     train_allocation,
 )
@@ -36,26 +49,45 @@ from sqa_nas.search.driver import Driver
 from sqa_nas.search.executors.local import LocalExecutor
 from sqa_nas.search.pareto import pareto_front
 from sqa_nas.search.records import load_study, trial_records
-from sqa_nas.search.space import load_space, parse_space
+from sqa_nas.search.space import SearchSpec, load_space, parse_space
 
-UNIFORM = ["MHA", "GQA", "SQA", "sSQA", "xSQA"]
+UNIFORM = ["MHA", "GQA", "MQA", "SQA", "sSQA", "xSQA", "xSMQA", "lSQA"]
 
 
-def _search(args):
+def search_space(args) -> SearchSpec:
+    """The per-layer search of `args.space` with the command line's changes."""
     data = load_space(args.space).model_dump(mode="json")
     data["search"]["tying"], data["search"]["group_size"] = "per_layer", None
     data["study"] = "per_layer" + ("_smoke" if args.smoke else "")
+    budget = data["budget"]
     if args.smoke:
         data["model"].update(SMOKE_PER_LAYER_MODEL)
-        data["budget"]["train"].update(steps=4, tokens=None, batch_size=2, eval_batches=2)
-        data["budget"]["throughput"].update(batch_size=2, repeats=1)
+        budget["train"].update(steps=None, tokens=8 * 64, batch_size=2, eval_batches=2)
+        budget["throughput"].update(
+            batch_size=2, warmup=1, repeats=1, max_seconds=0.5, ci_target=0.5
+        )
         data["search"].update(SMOKE_PER_LAYER_HEADS)
         data["seed_trials"] = ["MHA"]
     if args.n_trials:
-        data["budget"]["n_trials"] = args.n_trials
+        budget["n_trials"] = args.n_trials
     if args.tokens:
-        data["budget"]["train"].update(tokens=args.tokens, steps=None)
-    spec = parse_space(data, str(args.space))
+        budget["train"].update(tokens=args.tokens, steps=None)
+    if args.noise_seeds is not None:
+        budget["noise_seeds"] = args.noise_seeds
+    if args.scheduler == "mo_asha":
+        tokens = budget["train"]["tokens"]
+        budget["early_stopping"] = {
+            "scheduler": "mo_asha",
+            "eta": 3,
+            "min_tokens": args.min_tokens or max(1, tokens // 9),
+        }
+    if args.corpus:
+        data["data"] = corpus_spec(args.corpus, smoke=args.smoke)[1]
+    return parse_space(data, str(args.space))
+
+
+def _search(args):
+    spec = search_space(args)
     storage = args.storage or f"sqlite:///{tempfile.mkdtemp()}/per_layer.db"
     print(
         f"study storage: {storage} (rerun with --storage {storage} to resume the search)",
@@ -69,14 +101,19 @@ def _search(args):
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--space", type=Path, default=SEARCH_SPACES / "quickstart.yaml")
+    p.add_argument("--space", type=Path, default=SEARCH_SPACES / "paper_dense.yaml")
     p.add_argument("--study", help="use this finished study instead of searching")
     p.add_argument("--storage", help="its storage URL")
     p.add_argument("--n-trials", type=int)
     p.add_argument("--tokens", type=int, help="training tokens per run (default: the space's)")
+    p.add_argument("--scheduler", choices=["none", "mo_asha"], default="none")
+    p.add_argument("--min-tokens", type=int, help="mo_asha's first rung (default tokens / 9)")
     p.add_argument(
-        "--seeds", type=seed_list, default="100,101", help="fresh seeds for the retraining"
+        "--noise-seeds", type=int, help="seeds of the study's noise trial (default: auto)"
     )
+    p.add_argument("--corpus", help="as paper_table1's --corpus (default: the space's data)")
+    p.add_argument("--seeds", type=seed_list, default="100,101,102", help="confirm seeds")
+    p.add_argument("--top", type=int, default=3, help="mixed front members to confirm")
     p.add_argument("--uniform", default=",".join(UNIFORM), help="uniform baselines")
     p.add_argument(
         "--tolerance",
@@ -84,9 +121,17 @@ def main(argv=None) -> None:
         default=0.05,
         help="throughput within this fraction counts as equal (default 5%%)",
     )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the finished runs of a stopped run of this command (its partial file "
+        "beside --out) and train only the rest",
+    )
     p.add_argument("--smoke", action="store_true", help="tiny model and budget (CPU test)")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
+    if len(args.seeds) < 2:
+        raise UserError("--seeds: give two seeds or more (an interval needs pairs)")
     if args.study:
         study = load_study(args.study, args.storage)
         spec = parse_space(study.user_attrs["space"], f"study {args.study}")
@@ -98,19 +143,25 @@ def main(argv=None) -> None:
     def is_mixed(r):
         return len({(x.n_q_heads, x.n_kv_heads, x.window) for x in r.layers}) > 1
 
-    # The best mixed allocation on the front; failing that, the best mixed one found.
-    mixed = [r for r in front if is_mixed(r)] or [r for r in records if is_mixed(r)]
+    # The mixed allocations on the front, best first; failing that, the best mixed found.
+    def loss(r) -> float:
+        return (r.values or {}).get("val_loss", math.inf)
+
+    mixed = [r for r in front if is_mixed(r)] or sorted(
+        (r for r in records if is_mixed(r)), key=loss
+    )[:1]
     if not mixed:
         raise UserError("the search found no mixed allocation; run more trials")
-    best = min(mixed, key=lambda r: r.values["val_loss"])
-    where = "on the front" if best in front else "off the front"
-    print(f"best mixed allocation ({where}): trial {best.number} [{best.allocation}]")
+    mixed = sorted(mixed, key=loss)[: args.top]
     data = {**spec.model_dump(mode="json"), "seed_trials": args.uniform.split(",")}
+    data["budget"]["early_stopping"] = {"scheduler": "none"}  # the full budget, straight
     if args.tokens:  # also for a study searched elsewhere (--study)
         data["budget"]["train"].update(tokens=args.tokens, steps=None)
     retrain = parse_space(data, "retraining")
-    candidates = [("mixed", best.params)] + retrain.seed_params()
-    rows, partial = [], None
+    labels = [f"mixed{i + 1}" for i in range(len(mixed))]
+    candidates = [(k, r.params) for k, r in zip(labels, mixed)] + retrain.seed_params()
+    rows: list[dict] = []
+    partial = None
     name = "per_layer" + ("_smoke" if args.smoke else "")
     header = {
         "experiment": "per_layer",
@@ -119,17 +170,30 @@ def main(argv=None) -> None:
             "study": study.study_name,
             "trials": len(records),
             "front": [r.allocation for r in front],
+            "scheduler": spec.budget.early_stopping.scheduler,
+            "noise": study.user_attrs.get("noise"),
         },
-        "mixed": {
-            "trial": best.number,
-            "allocation": best.allocation,
-            "params": best.params,
-            "search_values": best.values,
-            "on_front": best in front,
-        },
+        "mixed": [
+            {
+                "label": k,
+                "trial": r.number,
+                "allocation": r.allocation,
+                "params": r.params,
+                "search_values": r.values,
+                "on_front": r in front,
+            }
+            for k, r in zip(labels, mixed)
+        ],
+        "budget": {"tokens_per_run": retrain.budget.train.tokens},
         "seeds": args.seeds,
         "tolerance": args.tolerance,
+        "git_revision": git_revision(),
+        "interval": INTERVAL,
     }
+    if args.resume:
+        rows = resumed_runs(args.out, {k: header[k] for k in ("mixed", "budget", "seeds")})
+    done = {(r["label"], r["seed"]) for r in rows}
+    start = time.perf_counter()
     for seed in args.seeds:
         seeded = parse_space(
             {
@@ -139,37 +203,33 @@ def main(argv=None) -> None:
             "retraining",
         )
         for label, params in candidates:
+            if (label, seed) in done:
+                continue
             row = train_allocation(seeded, params, seed_index=seed, label=label)
             rows.append(row)
             print(
-                f"seed {seed} {label:6s} [{row['allocation']}] val_loss {row['val_loss']:.4f} "
-                f"throughput {row['throughput_tokens_per_s']:.4g}",
+                f"seed {seed} {label:6s} [{row['allocation']}] val_loss "
+                f"{row['val_loss'] or float('nan'):.4f} throughput "
+                f"{row['throughput_tokens_per_s'] or 0:.4g} {row['state']}",
                 flush=True,
             )
             partial = write_partial(
                 name, {**header, "corpus": corpus_of(rows), "runs": rows}, out=args.out
             )
     agg = aggregate(rows)
-    verdicts = compare(agg, args.tolerance)
-    comparable = [k for k, v in verdicts.items() if v["comparable"]]
-    # None when no uniform variant is as slow as the mixed one: nothing to compare at equal
-    # throughput.
-    beats_all = (
-        all(verdicts[k]["verdict"] == "mixed better" for k in comparable) if comparable else None
-    )
-    print(
-        f"mixed beats every uniform variant at equal or lower throughput "
-        f"({', '.join(comparable) or 'none comparable'}): {beats_all}"
-    )
+    comparisons = compare(rows, agg, labels, args.tolerance)
+    verdict = answer(comparisons)
+    print(f"per-layer question: {verdict['answer']} ({verdict['why']})")
     write_result(
         name,
         {
             **header,
             "corpus": corpus_of(rows),
+            "wall_s": time.perf_counter() - start,
             "runs": rows,
             "summary": agg,
-            "verdicts": verdicts,
-            "mixed_beats_all_comparable": beats_all,
+            "comparisons": comparisons,
+            "verdict": verdict,
         },
         out=args.out,
     )
@@ -177,35 +237,55 @@ def main(argv=None) -> None:
         partial.unlink(missing_ok=True)
 
 
-def compare(agg: dict, tolerance: float) -> dict:
-    """Per uniform variant: is it comparable (not faster than mixed beyond the tolerance),
-    and is mixed better, worse, or within the seed spread on validation loss?"""
-    m = agg["mixed"]
-    out = {}
-    for label, u in agg.items():
-        if label == "mixed" or "val_loss" not in u:
-            continue
-        faster = u["throughput_tokens_per_s"]["mean"] > m["throughput_tokens_per_s"]["mean"] * (
-            1 + tolerance
-        )
-        diff = u["val_loss"]["mean"] - m["val_loss"]["mean"]
-        spread = max(u["val_loss"]["std"], m["val_loss"]["std"])
-        verdict = (
-            "within spread"
-            if abs(diff) <= spread
-            else "mixed better"
-            if diff > 0
-            else "uniform better"
-        )
-        out[label] = {
-            "comparable": not faster,
-            "val_loss_diff": diff,
-            "spread": spread,
-            "verdict": verdict,
-            "throughput_ratio": u["throughput_tokens_per_s"]["mean"]
-            / m["throughput_tokens_per_s"]["mean"],
-        }
+def compare(rows: list[dict], agg: dict, mixed: list[str], tolerance: float) -> dict:
+    """Per mixed allocation, per uniform variant: comparable (not faster than the mixed one
+    beyond `tolerance`), the throughput ratio, and the paired val-loss difference
+    uniform - mixed with its interval and verdict (``mixed better``, ``uniform better``,
+    ``cannot tell``)."""
+    out: dict[str, dict] = {}
+    for m in mixed:
+        out[m] = {}
+        speed = agg.get(m, {}).get("throughput_tokens_per_s")
+        for u, s in agg.items():
+            if u in mixed or "val_loss" not in s or not speed:
+                continue
+            ratio = s["throughput_tokens_per_s"]["mean"] / speed["mean"]
+            p = paired(rows, u, m)
+            low, high = p["ci95_low"], p["ci95_high"]
+            verdict = (
+                "cannot tell"
+                if low is None or low <= 0 <= high
+                else "mixed better"
+                if low > 0
+                else "uniform better"
+            )
+            out[m][u] = {
+                "comparable": ratio <= 1 + tolerance,
+                "throughput_ratio": ratio,
+                **{k: p[k] for k in ("n", "diff_mean", "ci95_low", "ci95_high")},
+                "verdict": verdict,
+            }
     return out
+
+
+def answer(comparisons: dict) -> dict:
+    """yes / no / not resolved (module docstring), with the allocations that decide it."""
+    winners, beaten = [], []
+    for m, against in comparisons.items():
+        comparable = {u: c for u, c in against.items() if c["comparable"]}
+        if comparable and all(c["verdict"] == "mixed better" for c in comparable.values()):
+            winners.append(m)
+        if any(c["verdict"] == "uniform better" for c in comparable.values()):
+            beaten.append(m)
+    if winners:
+        return {"answer": "yes", "why": f"{', '.join(winners)} beat every comparable uniform"}
+    if comparisons and len(beaten) == len(comparisons):
+        return {"answer": "no", "why": "every mixed allocation loses to a comparable uniform"}
+    return {
+        "answer": "not resolved",
+        "why": "no mixed allocation beats every comparable uniform variant beyond the noise, "
+        "and not every one is beaten",
+    }
 
 
 if __name__ == "__main__":

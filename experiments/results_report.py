@@ -1,5 +1,6 @@
 """Write docs/results.md from the committed result files of the quality experiments
-(paper_table1_*.json, light_sqa_*.json, per_layer_*.json) and of the objectives' noise
+(paper_table1_*.json, scaling_*.json, light_sqa_*.json, per_layer_*.json; their sections are
+in `report_science`) and of the objectives' noise
 (noise_*.json, paired_timing_*.json); smoke runs are skipped.
 
     python -m experiments.results_report
@@ -12,147 +13,14 @@ import sys
 from pathlib import Path
 
 from experiments.common import DOCS, RESULTS
-
-
-def _machine(d: dict) -> str:
-    m = d["machine"]
-    parts = [m["device"], f"torch {m['torch']}"] + ([f"CUDA {m['cuda']}"] if m.get("cuda") else [])
-    return ", ".join(parts)
-
-
-def _corpus(d: dict) -> str:
-    c = d.get("corpus") or {}
-    tokens = (c.get("tokens") or {}).get("train")
-    size = f"{tokens / 1e6:.1f}M training tokens" if tokens else "size not recorded"
-    return f"{c.get('kind', '?')} corpus, {size}, fingerprint {str(c.get('fingerprint'))[:16]}"
-
-
-def table1(d: dict) -> str:
-    b = d["budget"]
-    lines = [
-        f"### Paper Table 1 at our budget ({_machine(d)})",
-        "",
-        f"Model d_model {d['model']['d_model']}, {d['model']['n_layers']} layers, "
-        f"H {d['model']['n_heads']}, context {b['seq_len']}; {b['tokens_per_run']:,} "
-        f"training tokens per run (batch {b['batch_size']}, lr {b['lr']}), seeds "
-        f"{d['seeds']}; {_corpus(d)}. Command: `{d['command']}`"
-        + "".join(f"; joined from `{m['command']}`" for m in d.get("merged_from", []))
-        + ".",
-        "",
-    ]
-    if d.get("partial"):
-        lines += [
-            f"**Partial: the run stopped after {len(d['runs'])} of "
-            f"{len(d['seeds']) * len(d['variants'])} runs.**",
-            "",
-        ]
-    lines += [
-        "| variant | H_q/H_kv | val loss (mean ± std) | perplexity | accuracy | train s | "
-        "paper val loss |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name, s in sorted(
-        d["summary"].items(), key=lambda kv: kv[1].get("val_loss", {}).get("mean", 1e9)
-    ):
-        if "val_loss" not in s:
-            lines.append(f"| {name} | | failed | | | | |")
-            continue
-        v = s["val_loss"]
-        paper = d["paper"].get(name)
-        lines.append(
-            f"| {name} | {s['allocation'].split(' x')[0]} | {v['mean']:.4f} ± "
-            f"{v['std']:.4f} | {s['perplexity']['mean']:.3f} | "
-            f"{s['accuracy']['mean']:.4f} | {s['train_s']['mean']:.1f} | "
-            f"{paper if paper is not None else '-'} |"
-        )
-    o = d["ordering"]
-    lines += [
-        "",
-        f"Our order: {' < '.join(o['our_order'])}. The paper's: "
-        f"{' < '.join(o['paper_order'])}. Kendall tau {o['kendall_tau']:.2f}.",
-        "",
-    ]
-    for p in o["pairs"]:
-        lines.append(f"- {p['pair']}: {p['verdict']} ({p['ours'][0]:.4f} vs {p['ours'][1]:.4f})")
-    return "\n".join(lines)
-
-
-def light(d: dict, png: Path | None) -> str:
-    space = d["space"]
-    lines = [
-        f"### Light SQA (open question 3) ({_machine(d)})",
-        "",
-        f"One allocation for all layers, {len(d['trials'])} trials, "
-        f"{space['budget']['train'].get('tokens') or space['budget']['train'].get('steps')}"
-        f" training tokens/steps each, one training run (seed) per allocation, so "
-        f"differences smaller than the seed spread of Table 1 are noise; {_corpus(d)}. "
-        f"Command: `{d['command']}`.",
-        "",
-        f"**lSQA ({d['light']}) on the Pareto front: {d['lsqa_on_front']}.**",
-        "",
-        "| H_q/H_kv | baseline | val loss | tokens/s | speedup vs MHA | on front |",
-        "|---|---|---|---|---|---|",
-    ]
-    for t in sorted(d["trials"], key=lambda t: t["val_loss"]):
-        sp = t.get("speedup_vs_mha")
-        lines.append(
-            f"| {t['allocation'].split(' x')[0]} | {t.get('seed_variant') or ''} | "
-            f"{t['val_loss']:.4f} | {t['throughput_tokens_per_s']:.4g} | "
-            f"{f'{sp:.2f}x' if sp else '-'} | {'yes' if t['on_front'] else ''} |"
-        )
-    if png:
-        lines += ["", f"![light SQA Pareto front](../experiments/results/{png.name})"]
-    return "\n".join(lines)
-
-
-def per_layer(d: dict) -> str:
-    lines = [
-        f"### Per-layer allocation vs uniform variants ({_machine(d)})",
-        "",
-        f"Search: study {d['search']['study']}, {d['search']['trials']} trials; best mixed "
-        f"allocation [{d['mixed']['allocation']}] retrained with seeds {d['seeds']}; "
-        f"{_corpus(d)}. Command: `{d['command']}`.",
-        "",
-    ]
-    if d.get("partial"):
-        lines += [
-            f"**Stopped after {len(d['runs'])} retraining runs; no verdict.**",
-            "",
-            "| allocation | seed | val loss | tokens/s |",
-            "|---|---|---|---|",
-        ]
-        lines += [
-            f"| {r['label']} [{r['allocation']}] | {r['seed']} | {r['val_loss']:.4f} | "
-            f"{r['throughput_tokens_per_s']:.4g} |"
-            for r in d["runs"]
-            if r.get("val_loss") is not None
-        ]
-        return "\n".join(lines)
-    lines += [
-        "| allocation | val loss (mean ± std) | tokens/s | verdict at equal throughput |",
-        "|---|---|---|---|",
-    ]
-    for name, s in d["summary"].items():
-        v = d["verdicts"].get(name, {})
-        verdict = (
-            "-"
-            if name == "mixed"
-            else (
-                v.get("verdict", "")
-                if v.get("comparable")
-                else "faster than mixed: not comparable"
-            )
-        )
-        lines.append(
-            f"| {name} [{s['allocation']}] | {s['val_loss']['mean']:.4f} ± "
-            f"{s['val_loss']['std']:.4f} | "
-            f"{s['throughput_tokens_per_s']['mean']:.4g} | {verdict} |"
-        )
-    lines += [
-        "",
-        f"**Mixed beats every comparable uniform variant: {d['mixed_beats_all_comparable']}.**",
-    ]
-    return "\n".join(lines)
+from experiments.report_science import (
+    light,
+    machine_text,
+    per_layer,
+    scaling,
+    table1,
+    table1_budgets,
+)
 
 
 def noise(d: dict) -> str:
@@ -160,7 +28,7 @@ def noise(d: dict) -> str:
     n, v, c = d["noise"], d["verdict"], d.get("confirm") or {}
     by_number = {t["number"]: t for t in d["trials"]}
     lines = [
-        f"### The noise floor of a search, and its front confirmed ({_machine(d)}, "
+        f"### The noise floor of a search, and its front confirmed ({machine_text(d)}, "
         f"{(c.get('ended') or '?')[:16].replace('T', ' ')})",
         "",
         f"`paper_dense.yaml` at {d['tokens_per_trial']:,} training tokens per trial, "
@@ -222,7 +90,7 @@ def noise(d: dict) -> str:
 def paired(d: dict) -> str:
     """Paired timing alone and under a competing load (`paired_timing`)."""
     lines = [
-        f"### The speedup objective under a competing load ({_machine(d)})",
+        f"### The speedup objective under a competing load ({machine_text(d)})",
         "",
         f"The quickstart's MHA and xSQA seed trials timed by the search's trial code, "
         f"{d['runs']} times each, alone and with {d['competing_processes']} CPU-bound "
@@ -262,7 +130,7 @@ def multi_fidelity(d: dict, png: Path | None) -> str:
     """MO-ASHA against full-budget NSGA-II under the same GPU time (`mo_asha`)."""
     st, sm = d["settings"], d["summary"]
     lines = [
-        f"### Multi-fidelity search: MO-ASHA against NSGA-II ({_machine(d)})",
+        f"### Multi-fidelity search: MO-ASHA against NSGA-II ({machine_text(d)})",
         "",
         f"`paper_dense.yaml` (objectives val_loss, speedup_vs_mha), full budget "
         f"{st['tokens']:,} tokens per trial, {st['gpu_seconds_per_run']:g} GPU-seconds per run "
@@ -326,6 +194,8 @@ def render(results: Path) -> str:
         "record the machine, budget, seeds and the command that made them.",
         "",
     ]
+    tables: list[dict] = []  # the Table 1 results, also shown side by side
+    first_table = None
     for path in sorted(results.glob("*.json")):
         if "smoke" in path.name:
             continue
@@ -338,7 +208,13 @@ def render(results: Path) -> str:
         elif kind == "paired_timing":
             parts.append(paired(data))
         elif kind == "paper_table1":
-            parts.append(table1(data))
+            first_table = len(parts) if first_table is None else first_table
+            tables.append(data)
+            png = path.with_suffix(".png")
+            parts.append(table1(data, png if png.exists() else None))
+        elif kind == "scaling":
+            png = path.with_suffix(".png")
+            parts.append(scaling(data, png if png.exists() else None))
         elif kind == "light_sqa":
             png = path.with_suffix(".png")
             parts.append(light(data, png if png.exists() else None))
@@ -350,6 +226,8 @@ def render(results: Path) -> str:
         else:
             continue
         parts.append("")
+    if len(tables) > 1 and first_table is not None:
+        parts[first_table:first_table] = [table1_budgets(tables), ""]
     if len(parts) == 4:
         parts.append("No result files yet.")
     return "\n".join(parts) + "\n"

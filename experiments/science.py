@@ -8,13 +8,20 @@ budget, the seeds, the corpus size and fingerprint, and the command that made it
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import statistics
+import subprocess
+from pathlib import Path
 from typing import Any
 
+from sqa_nas.errors import UserError
 from sqa_nas.model import PRESETS
+from sqa_nas.search.scheduler import Segment
 from sqa_nas.search.space import SearchSpec, parse_space
 from sqa_nas.search.trial import TrialJob, run_trial
+from sqa_nas.stats import mean_ci95
 from sqa_nas.train import pick_device
 
 # The paper's Table 1 (validation loss, dense ~10-12M models, English Wikipedia, one seed).
@@ -39,6 +46,15 @@ SMOKE_MODEL = {"d_model": 64, "n_layers": 2, "n_heads": 16, "ffn_dim": 96, "seq_
 # ... and, for the per-layer searches, smaller still with H = 4 and two head counts a side.
 SMOKE_PER_LAYER_MODEL = {"d_model": 32, "n_layers": 2, "n_heads": 4, "ffn_dim": 64, "seq_len": 32}
 SMOKE_PER_LAYER_HEADS = {"n_q_heads": ["H", "H/2"], "n_kv_heads": ["H/2", 1]}
+
+# The paper's Table 1 order (MHA < GQA < sSQA < SQA < xSQA < MQA < xSMQA): its pairwise
+# claims are the adjacent pairs "a < b" (a's validation loss lower), e.g. GQA < sSQA.
+_PAPER_ORDER = sorted(PAPER_TABLE1, key=PAPER_TABLE1.__getitem__)
+INTERVAL = (
+    "paired by seed: the 95% t-interval (n - 1 degrees of freedom) of the per-seed "
+    "differences a - b of validation loss, over the seeds where both completed; not "
+    "adjusted for the number of pairs"
+)
 
 
 def seed_list(text: str) -> list[int]:
@@ -68,8 +84,11 @@ def make_spec(
     eval_batches: int,
     tying: str = "all",
     extra: dict | None = None,
+    data: dict | None = None,
+    objectives: tuple[str, ...] = ("val_loss", "throughput_tokens_per_s"),
 ) -> SearchSpec:
-    """A search spec whose per-trial budget is the experiment's training budget."""
+    """A search spec whose per-trial budget is the experiment's training budget, on `data`
+    (a ``data:`` spec; default the embedded corpus)."""
     space = {
         "study": study,
         "model": model,
@@ -78,7 +97,7 @@ def make_spec(
             "n_kv_heads": ["H", "H/2", "H/4", 1],
             "tying": tying,
         },
-        "objectives": ["val_loss", "throughput_tokens_per_s"],
+        "objectives": list(objectives),
         "seed_trials": variants,
         "sampler": {"seed": seed},
         "budget": {
@@ -92,7 +111,7 @@ def make_spec(
             },
             "throughput": {"batch_size": batch, "warmup": 2, "repeats": 5},
         },
-        "data": {"kind": "embedded", "include_site_packages": site_packages},
+        "data": data or {"kind": "embedded", "include_site_packages": site_packages},
         **(extra or {}),
     }
     return parse_space(space, study)
@@ -104,11 +123,19 @@ def train_allocation(
     *,
     seed_index: int,
     label: str,
+    curve_points: int = 0,
 ) -> dict[str, Any]:
     """Train and evaluate one allocation with the search's trial code (its weights and data
     order from the spec's sampler seed, the same for every allocation of that seed: common
-    random numbers; its speedup paired with the MHA step); returns its row."""
+    random numbers; its speedup paired with the MHA step); returns its row. With
+    `curve_points`, the model is also evaluated at that many evenly spaced token counts
+    before the end (the same run, stopped and resumed exactly: `Segment.eval_at`): the
+    row's ``curve`` of [tokens, val_loss], its last point the end of the run."""
     job = TrialJob(seed_index, params, spec.model_dump(mode="json"), label)
+    tokens = spec.budget.train.tokens
+    if curve_points and tokens:
+        at = [tokens * k // (curve_points + 1) for k in range(1, curve_points + 1)]
+        job.segment = Segment(rung=len(at), tokens=tokens, eval_at=at)
     out = run_trial(job, device=pick_device())
     m = out.attrs.get("metrics", {})
     t = out.attrs.get("timings", {})
@@ -129,6 +156,11 @@ def train_allocation(
         "backends": sorted({x.get("backend") for x in out.attrs.get("layers", [])}),
         "corpus": out.attrs.get("corpus"),
         "fail_reason": out.attrs.get("fail_reason"),
+        "curve": [
+            [r["tokens"], r["values"]["val_loss"]]
+            for r in out.attrs.get("rungs") or []
+            if "val_loss" in r.get("values", {})
+        ],
     }
     if row["train_s"] and row["train_tokens"]:
         row["train_tokens_per_s"] = row["train_tokens"] / row["train_s"]
@@ -146,7 +178,8 @@ def aggregate(
         "throughput_tokens_per_s",
     ),
 ):
-    """Mean, sample std, min and max per label over its seeds (COMPLETE runs only)."""
+    """Mean, sample std, n, min and max per label over its seeds (COMPLETE runs only); the
+    val_loss figures also as the label's own ``mean``, ``std`` and ``n``."""
     out: dict[str, dict] = {}
     for label in dict.fromkeys(r["label"] for r in rows):
         done = [r for r in rows if r["label"] == label and r["state"] == "COMPLETE"]
@@ -160,9 +193,12 @@ def aggregate(
                 stats[k] = {
                     "mean": statistics.fmean(vals),
                     "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+                    "n": len(vals),
                     "min": min(vals),
                     "max": max(vals),
                 }
+        if "val_loss" in stats:  # the figure the table is about, at the top
+            stats |= {k: stats["val_loss"][k] for k in ("mean", "std", "n")}
         out[label] = stats
     return out
 
@@ -206,3 +242,147 @@ def ordering_report(agg: dict, reference: dict[str, float]) -> dict[str, Any]:
 def corpus_of(rows: list[dict]) -> dict | None:
     """The corpus record of the first run that has one."""
     return next((r["corpus"] for r in rows if r.get("corpus")), None)
+
+
+def git_revision() -> str | None:
+    """The code's revision: ``$SQA_NAS_GIT_REVISION`` where set (a copy of the tree without
+    .git, as on a lent GPU machine), else ``git rev-parse HEAD`` with ``-dirty`` when a
+    tracked file differs from it; None outside a repository."""
+    if os.environ.get("SQA_NAS_GIT_REVISION"):
+        return os.environ["SQA_NAS_GIT_REVISION"]
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("-dirty" if dirty else "")
+
+
+def corpus_spec(corpus: str, smoke: bool = False) -> tuple[str, dict]:
+    """``--corpus`` as (name, data spec): ``embedded`` (the Python sources, site-packages
+    included), ``stdlib`` (the standard library's alone) or a folder that
+    `experiments.corpora` built or unpacked (``prose/**/*.txt`` in it, kind ``text``)."""
+    if corpus in ("embedded", "stdlib"):
+        site = corpus == "embedded" and not smoke
+        return corpus, {"kind": "embedded", "include_site_packages": site}
+    folder = Path(corpus).expanduser()
+    if not (folder / "prose").is_dir():
+        raise UserError(
+            f"--corpus {corpus!r}: not embedded, stdlib, or a folder with prose/ in it "
+            "(python -m experiments.corpora prose --out DIR builds one)"
+        )
+    return "prose", {"kind": "text", "paths": [f"{folder.resolve()}/prose/**/*.txt"]}
+
+
+def losses_by_seed(rows: list[dict], label: str) -> dict[int, float]:
+    """seed -> val_loss of `label`'s COMPLETE runs."""
+    return {
+        r["seed"]: r["val_loss"]
+        for r in rows
+        if r["label"] == label and r["state"] == "COMPLETE" and r.get("val_loss") is not None
+    }
+
+
+def paired(rows: list[dict], a: str, b: str) -> dict[str, Any]:
+    """a - b in validation loss, paired by seed (`INTERVAL`): n, the seeds, the mean and
+    std of the differences and their 95% interval (None below two pairs)."""
+    la, lb = losses_by_seed(rows, a), losses_by_seed(rows, b)
+    seeds = sorted(set(la) & set(lb))
+    diffs = [la[s] - lb[s] for s in seeds]
+    ci = mean_ci95(diffs)
+    return {
+        "a": a,
+        "b": b,
+        "n": len(seeds),
+        "seeds": seeds,
+        "diffs": diffs,
+        "diff_mean": statistics.fmean(diffs) if diffs else None,
+        "diff_std": statistics.stdev(diffs) if len(diffs) > 1 else None,
+        "ci95_low": ci and ci[1],
+        "ci95_high": ci and ci[2],
+    }
+
+
+def claim_verdict(low: float | None, high: float | None) -> str:
+    """For a claim "a < b" and the interval of a - b: ``supports`` (wholly below 0),
+    ``contradicts`` (wholly above) or ``cannot tell``."""
+    if low is None or high is None or low <= 0 <= high:
+        return "cannot tell"
+    return "supports" if high < 0 else "contradicts"
+
+
+def pairwise(
+    rows: list[dict],
+    variants: list[str],
+    baselines: tuple[str, ...] = ("MHA", "GQA"),
+) -> list[dict[str, Any]]:
+    """Every variant against each baseline (``kind`` "vs MHA": verdict ``higher``,
+    ``lower`` or ``cannot tell`` for a's loss; a baseline against an earlier one once),
+    then the paper's claims among the variants that ran: each adjacent pair "a < b" of the
+    paper's order restricted to them (``kind`` "paper claim", verdict by
+    `claim_verdict`)."""
+    out = []
+    for i, base in enumerate(baselines):
+        if base not in variants:
+            continue
+        for v in variants:
+            if v != base and v not in baselines[:i]:
+                p = paired(rows, v, base)
+                verdict = claim_verdict(p["ci95_low"], p["ci95_high"])
+                word = {"supports": "lower", "contradicts": "higher"}.get(verdict, verdict)
+                out.append({**p, "kind": f"vs {base}", "verdict": word})
+    ran = [v for v in _PAPER_ORDER if v in variants]
+    for a, b in zip(ran, ran[1:]):
+        p = paired(rows, a, b)
+        verdict = claim_verdict(p["ci95_low"], p["ci95_high"])
+        out.append({**p, "kind": "paper claim", "claim": f"{a} < {b}", "verdict": verdict})
+    return out
+
+
+def curves(rows: list[dict]) -> dict[str, dict[str, list]]:
+    """Per label, its validation-loss curve over the seeds: the token counts every seed's
+    curve has, with the mean, std and n there."""
+    out: dict[str, dict[str, list]] = {}
+    for label in dict.fromkeys(r["label"] for r in rows):
+        runs = [
+            dict(map(tuple, r["curve"])) for r in rows if r["label"] == label and r.get("curve")
+        ]
+        if not runs:
+            continue
+        tokens = sorted(set.intersection(*(set(c) for c in runs)))
+        values = [[c[t] for c in runs] for t in tokens]
+        out[label] = {
+            "tokens": tokens,
+            "mean": [statistics.fmean(v) for v in values],
+            "std": [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values],
+            "n": [len(v) for v in values],
+        }
+    return out
+
+
+def resumed_runs(out: Path | None, header: dict[str, Any]) -> list[dict]:
+    """The finished runs of an earlier run of the same command that was stopped (its partial
+    file beside `out`, `experiments.common.write_partial`); [] when there is none.
+    `UserError` when that run had another value for a key of `header`."""
+    if out is None:
+        raise UserError("--resume needs --out: the partial file it resumes lies beside it")
+    path = out.with_suffix(".partial.json")
+    if not path.exists():
+        return []
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--resume: cannot read {path}: {exc}") from None
+    for key, value in header.items():
+        if data.get(key) != value:
+            raise UserError(f"--resume: {path} was made with another {key}; remove it first")
+    return [r for r in data.get("runs", []) if r.get("state") == "COMPLETE"]

@@ -37,3 +37,43 @@ def rel_half_width(center: float, low: float, high: float) -> float:
 def std(xs: Sequence[float]) -> float | None:
     """The sample standard deviation of `xs` (n - 1), None for fewer than two values."""
     return statistics.stdev(xs) if len(xs) >= 2 else None
+
+
+def t_quantile_975(df: int) -> float:
+    """The 0.975 quantile of Student's t with `df` (>= 1) degrees of freedom: the factor of
+    a two-sided 95% t-interval. Found by bisection on the exact CDF for integer degrees of
+    freedom (Abramowitz & Stegun 26.7.3-4: a finite series in cos(atan(t / sqrt(df))))."""
+    if df < 1:
+        raise ValueError(f"t_quantile_975 needs df >= 1, got {df}")
+
+    def inside(t: float) -> float:  # P(|T| < t)
+        theta = math.atan(t / math.sqrt(df))
+        c2, term = math.cos(theta) ** 2, 1.0
+        if df % 2:  # odd: (2/pi) (theta + sin cos (1 + 2/3 cos^2 + 2.4/3.5 cos^4 + ...))
+            total = 1.0 if df > 1 else 0.0
+            for k in range(1, (df - 1) // 2):
+                term *= c2 * (2 * k) / (2 * k + 1)
+                total += term
+            return 2 / math.pi * (theta + math.sin(theta) * math.cos(theta) * total)
+        total = 1.0  # even: sin (1 + 1/2 cos^2 + 1.3/2.4 cos^4 + ...)
+        for k in range(1, df // 2):
+            term *= c2 * (2 * k - 1) / (2 * k)
+            total += term
+        return math.sin(theta) * total
+
+    low, high = 0.0, 1000.0
+    for _ in range(100):
+        mid = (low + high) / 2
+        low, high = (mid, high) if inside(mid) < 0.95 else (low, mid)
+    return (low + high) / 2
+
+
+def mean_ci95(xs: Sequence[float]) -> tuple[float, float, float] | None:
+    """(mean, low, high): the mean of `xs` and its two-sided 95% t-interval, mean +- t(n-1)
+    * s / sqrt(n) (it assumes the values are roughly normal; with paired differences, the
+    per-pair differences are). None below two values."""
+    if len(xs) < 2:
+        return None
+    mean = statistics.fmean(xs)
+    half = t_quantile_975(len(xs) - 1) * statistics.stdev(xs) / math.sqrt(len(xs))
+    return mean, mean - half, mean + half

@@ -1,5 +1,6 @@
-"""Smoke runs of the quality experiments (issue 8): each script runs end to end on a tiny
-model and writes a result file with the machine header, budget, seeds and command."""
+"""Smoke runs of the quality experiments (issues 8 and 19): each script trains a tiny model
+end to end on the CPU and writes a result file with the machine header, budget, seeds,
+corpus fingerprint, command and git revision, the keys issue 19 asks for, and its PNG."""
 
 from __future__ import annotations
 
@@ -16,82 +17,83 @@ from sqa_nas.cli import guarded
 def _load(path: Path) -> dict:
     data = json.loads(path.read_text())
     assert {"device", "torch"} <= set(data["machine"]) and data["command"]
+    assert data["git_revision"] and data["corpus"]["fingerprint"]
     return data
 
 
-def test_paper_table1_smoke(tmp_path):
-    out = tmp_path / "t1.json"
-    paper_table1.main(
-        ["--smoke", "--variants", "MHA,SQA,xSQA", "--seeds", "0,1", "--out", str(out)]
-    )
-    data = _load(out)
+@pytest.fixture(scope="module")
+def table1(tmp_path_factory) -> Path:
+    """Table 1 at the smoke size: MHA and xSQA, seeds 0 and 1 (4 runs)."""
+    out = tmp_path_factory.mktemp("t1") / "t1.json"
+    paper_table1.main(["--smoke", "--variants", "MHA,xSQA", "--seeds", "0,1", "--out", str(out)])
+    return out
+
+
+def test_paper_table1_smoke_has_the_keys_issue_19_asks_for(table1):
+    data = _load(table1)
     assert data["seeds"] == [0, 1] and data["budget"]["tokens_per_run"] > 0
-    assert data["corpus"]["fingerprint"] and data["corpus"]["tokens"]["train"] > 0
-    assert len(data["runs"]) == 6 and all(r["state"] == "COMPLETE" for r in data["runs"])
-    summary = data["summary"]["xSQA"]["val_loss"]
-    assert summary["min"] <= summary["mean"] <= summary["max"] and summary["std"] >= 0
-    assert data["ordering"]["our_order"] and data["ordering"]["pairs"]
+    assert len(data["runs"]) == 4 and all(r["state"] == "COMPLETE" for r in data["runs"])
+    for variant in ("MHA", "xSQA"):
+        s = data["summary"][variant]
+        assert s["n"] == 2 and s["std"] >= 0 and s["mean"] == s["val_loss"]["mean"]
+    pairs = {(p["kind"], p["a"], p["b"]): p for p in data["pairwise"]}
+    assert set(pairs) == {("vs MHA", "xSQA", "MHA"), ("paper claim", "MHA", "xSQA")}
+    for p in pairs.values():
+        assert {"diff_mean", "ci95_low", "ci95_high", "verdict"} <= set(p)
+        assert p["ci95_low"] <= p["diff_mean"] <= p["ci95_high"]
+    assert "t-interval" in data["interval"]
+    # The curve: the point on the way, then the end; the learning-curve PNG beside.
+    assert all(len(r["curve"]) == 2 and r["curve"][-1][1] == r["val_loss"] for r in data["runs"])
+    assert data["curves"]["MHA"]["n"] == [2, 2]
+    assert table1.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    page = results_report.table1(data, table1.with_suffix(".png"))
+    assert "paper claim MHA < xSQA" in page and "t1.png" in page
 
 
-def test_paper_table1_seeds_run_apart_are_merged(tmp_path, capsys):
-    def run(seed: int, *extra: str) -> dict:
-        out = tmp_path / f"s{seed}.json"
-        paper_table1.main(
-            ["--smoke", "--variants", "MHA,xSQA", "--seeds", str(seed), "--out", str(out), *extra]
-        )
-        return _load(out)
+def test_paper_table1_runs_made_apart_are_merged(table1, tmp_path, capsys):
+    out = tmp_path / "s2.json"
+    paper_table1.main(["--smoke", "--variants", "MHA", "--seeds", "2", "--out", str(out)])
+    assert not (tmp_path / "s2.partial.json").exists()  # removed with the result written
+    joined = tmp_path / "joined.json"
+    paper_table1.main(["--merge", str(table1), str(out), "--out", str(joined)])
+    data, one = _load(joined), _load(table1)
+    assert data["seeds"] == [0, 1, 2] and len(data["runs"]) == 5
+    assert data["summary"]["MHA"]["n"] == 3 and data["summary"]["xSQA"]["n"] == 2
+    assert data["machine"] == one["machine"]  # the runs' machine, not the merging one
+    assert [m["command"] for m in data["merged_from"]][0] == one["command"]
+    assert "joined from `" in results_report.table1(data)
 
-    one, two = run(0), run(1)
-    assert "partial" not in one and len(one["runs"]) == 2
-    assert not (tmp_path / "s0.partial.json").exists()  # removed with the result written
-    out = tmp_path / "joined.json"
+    # Another budget is refused with exit status 2, and nothing is written.
+    lr = tmp_path / "lr.json"
     paper_table1.main(
-        ["--merge", str(tmp_path / "s0.json"), str(tmp_path / "s1.json"), "--out", str(out)]
+        ["--smoke", "--variants", "MHA", "--seeds", "3", "--lr", "0.01", "--out", str(lr)]
     )
-    joined = _load(out)
-    assert joined["seeds"] == [0, 1] and len(joined["runs"]) == 4
-    assert joined["machine"] == one["machine"]  # the runs' machine, not the merging one
-    losses = [r["val_loss"] for r in one["runs"] + two["runs"] if r["label"] == "xSQA"]
-    assert joined["summary"]["xSQA"]["val_loss"]["min"] == min(losses)
-    assert [m["command"] for m in joined["merged_from"]] == [one["command"], two["command"]]
-    assert "joined from `" in results_report.table1(joined)
-
-    # The same seed twice, or another budget, is refused with exit status 2.
-    paper_table1.main(
-        [
-            "--smoke",
-            "--variants",
-            "MHA",
-            "--seeds",
-            "2",
-            "--lr",
-            "0.01",
-            "--out",
-            str(tmp_path / "lr.json"),
-        ]
-    )
-    for other, message in (
-        ("s0.json", "MHA seed 0 is in more than one"),
-        ("lr.json", "has another budget"),
-    ):
-        capsys.readouterr()
-        args = [
-            "--merge",
-            str(tmp_path / "s0.json"),
-            str(tmp_path / other),
-            "--out",
-            str(tmp_path / "x.json"),
-        ]
-        assert guarded(lambda args=args: paper_table1.main(args)) == 2
-        assert message in capsys.readouterr().err
+    capsys.readouterr()
+    args = ["--merge", str(table1), str(lr), "--out", str(tmp_path / "x.json")]
+    assert guarded(lambda: paper_table1.main(args)) == 2
+    assert "has another budget" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
 
 
-def test_paper_table1_keeps_finished_runs_when_cut_short(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--variants", "MHA,XQA"], "--variants: unknown XQA"),
+        (["--corpus", "/no/such/folder"], "not embedded, stdlib, or a folder with prose/"),
+    ],
+)
+def test_paper_table1_refuses_bad_input(tmp_path, capsys, args, message):
+    out = tmp_path / "r.json"
+    assert guarded(lambda: paper_table1.main(["--smoke", *args, "--out", str(out)])) == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_paper_table1_keeps_finished_runs_when_cut_short(tmp_path, monkeypatch, capsys):
     real, calls = paper_table1.train_allocation, []
 
     def train_then_stop(*args, **kwargs):
-        if len(calls) == 2:
+        if len(calls) == 1:
             raise KeyboardInterrupt
         calls.append(1)
         return real(*args, **kwargs)
@@ -99,54 +101,79 @@ def test_paper_table1_keeps_finished_runs_when_cut_short(tmp_path, monkeypatch):
     monkeypatch.setattr(paper_table1, "train_allocation", train_then_stop)
     out = tmp_path / "cut.json"
     with pytest.raises(KeyboardInterrupt):
-        paper_table1.main(
-            ["--smoke", "--variants", "MHA,SQA,xSQA", "--seeds", "0", "--out", str(out)]
-        )
+        paper_table1.main(["--smoke", "--variants", "MHA,xSQA", "--seeds", "0", "--out", str(out)])
     assert not out.exists()  # no result, and a finished one would not be overwritten
     data = _load(out.with_suffix(".partial.json"))
-    assert data["partial"] and [r["label"] for r in data["runs"]] == ["MHA", "SQA"]
-    assert "Partial: the run stopped after 2 of 3 runs" in results_report.table1(data)
+    assert data["partial"] and [r["label"] for r in data["runs"]] == ["MHA"]
+    assert "Partial: the run stopped after 1 of 2 runs" in results_report.table1(data)
+
+    # --resume trains only what is missing; a stopped run of other settings is refused.
+    again = ["--smoke", "--variants", "MHA,xSQA", "--seeds", "0", "--out", str(out), "--resume"]
+    assert guarded(lambda: paper_table1.main([*again, "--lr", "0.01"])) == 2
+    assert "was made with another budget" in capsys.readouterr().err
+    monkeypatch.setattr(
+        paper_table1, "train_allocation", lambda *a, **k: calls.append(k) or real(*a, **k)
+    )
+    paper_table1.main(again)
+    assert [c["label"] for c in calls[1:]] == ["xSQA"]
+    assert [r["label"] for r in _load(out)["runs"]] == ["MHA", "xSQA"]
+    assert not out.with_suffix(".partial.json").exists()
 
 
-def test_light_sqa_smoke(tmp_path):
+def test_light_sqa_reuses_table1_and_places_lsqa(table1, tmp_path, capsys):
     out = tmp_path / "ls.json"
-    light_sqa.main(["--smoke", "--out", str(out)])
+    args = ["--smoke", "--seeds", "0,1", "--allocations", "16/16,12/4,4/4", "--out", str(out)]
+    light_sqa.main([*args, "--table1", str(table1)])
     data = _load(out)
-    assert len(data["trials"]) == 4 and any(t["on_front"] for t in data["trials"])
-    assert isinstance(data["lsqa_on_front"], bool)
+    trained = [r for r in data["runs"] if r["label"] == "lSQA"]
+    assert len(data["runs"]) == 6 and len(trained) == 2  # MHA and xSQA came from Table 1
+    assert data["lsqa"]["verdict"] in {"on the front", "off the front", "not resolved"}
+    assert set(data["front"]) == {"MHA", "lSQA", "xSQA"}
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    assert "Light SQA (H_q = 3H/4) with intervals" in results_report.light(data, None)
+    capsys.readouterr()
+    bad = [*args[:-1], str(tmp_path / "no.json")]
+    for extra, message in (
+        (["--allocations", "16/3"], "not in the grid"),
+        (["--compile", "--table1", str(table1)], "trained another budget"),
+    ):
+        assert guarded(lambda extra=extra: light_sqa.main([*bad, *extra])) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "no.json").exists()
 
 
-def test_per_layer_smoke(tmp_path):
+def test_per_layer_smoke_answers_with_intervals(tmp_path, capsys):
     out = tmp_path / "pl.json"
-    per_layer.main(["--smoke", "--n-trials", "5", "--uniform", "MHA,xSQA", "--out", str(out)])
+    args = ["--smoke", "--n-trials", "3", "--top", "1", "--uniform", "MHA", "--out", str(out)]
+    per_layer.main([*args, "--seeds", "100,101"])
     data = _load(out)
-    assert data["mixed"]["allocation"] and len(data["runs"]) == 2 * 3
-    assert set(data["verdicts"]) == {"MHA", "xSQA"} and "partial" not in data
-    assert not (tmp_path / "pl.partial.json").exists()  # removed once the result is written
+    assert [m["label"] for m in data["mixed"]] == ["mixed1"] and len(data["runs"]) == 4
+    assert set(data["comparisons"]["mixed1"]) == {"MHA"} and "partial" not in data
+    assert data["verdict"]["answer"] in {"yes", "no", "not resolved"}
+    assert "Answer:" in results_report.per_layer(data)
+    capsys.readouterr()
+    assert guarded(lambda: per_layer.main([*args, "--seeds", "100"])) == 2
+    assert "give two seeds or more" in capsys.readouterr().err
 
 
-def test_per_layer_keeps_the_runs_it_finished_when_stopped(tmp_path, monkeypatch):
-    real, calls = per_layer.train_allocation, []
-
-    def stop_on_the_third(*args, **kwargs):
-        calls.append(kwargs["label"])
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(per_layer, "train_allocation", stop_on_the_third)
-    out = tmp_path / "pl.json"
-    out.write_text('{"a finished result": "a stopped rerun must not overwrite"}')
-    with pytest.raises(KeyboardInterrupt):
-        per_layer.main(["--smoke", "--n-trials", "5", "--uniform", "MHA,xSQA", "--out", str(out)])
-    assert "a finished result" in out.read_text()
-    data = _load(tmp_path / "pl.partial.json")
-    assert data["partial"] is True and [r["label"] for r in data["runs"]] == ["mixed", "MHA"]
-    assert data["mixed"]["allocation"] and data["corpus"]["fingerprint"]
-    assert "Stopped after 2 retraining runs" in results_report.per_layer(data)
+def test_per_layer_search_can_use_mo_asha(tmp_path):
+    args = per_layer.argparse.Namespace(
+        space=per_layer.SEARCH_SPACES / "paper_dense.yaml",
+        smoke=True,
+        n_trials=9,
+        tokens=None,
+        noise_seeds=2,
+        scheduler="mo_asha",
+        min_tokens=None,
+        corpus=None,
+    )
+    spec = per_layer.search_space(args)
+    stopping = spec.budget.early_stopping
+    assert stopping.scheduler == "mo_asha" and stopping.rungs(spec.budget.train.tokens)[0] == 56
+    assert spec.budget.noise_seeds == 2 and spec.search.tying == "per_layer"
 
 
-def test_results_page_is_generated_from_result_files(tmp_path):
+def test_results_page_is_generated_from_result_files():
     page = results_report.render(RESULTS)
-    assert "# Results" in page
+    assert "# Results" in page and "Paper Table 1 at 12M tokens per run" in page
+    assert "paper claim GQA < sSQA" in page

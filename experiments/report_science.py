@@ -1,0 +1,338 @@
+"""The docs/results.md sections of the quality experiments (issue 19): Table 1 with its
+paired intervals and the paper's claims, Table 1 at every budget side by side, the scaling of
+the gaps with the budget, light SQA against the front and the per-layer question. Each
+function turns one result file (as the script wrote it) into Markdown; `results_report`
+puts them on the page.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from experiments.science import INTERVAL, PAPER_TABLE1, pairwise
+
+
+def machine_text(d: dict) -> str:
+    """The machine a result ran on, in words."""
+    m = d["machine"]
+    parts = [m["device"], f"torch {m['torch']}"] + ([f"CUDA {m['cuda']}"] if m.get("cuda") else [])
+    return ", ".join(parts)
+
+
+def corpus_text(d: dict) -> str:
+    """The corpus a result trained on: name, size and fingerprint."""
+    c = d.get("corpus") or {}
+    tokens = (c.get("tokens") or {}).get("train")
+    size = f"{tokens / 1e6:.1f}M training tokens" if tokens else "size not recorded"
+    name = d.get("corpus_name") or c.get("kind", "?")
+    return f"{name} corpus, {size}, fingerprint {str(c.get('fingerprint'))[:16]}"
+
+
+def _provenance(d: dict) -> str:
+    """The command (and the ones merged), and the git revision, as a sentence."""
+    merged = "".join(f"; joined from `{m['command']}`" for m in d.get("merged_from", []))
+    revision = f" Git revision {d['git_revision']}." if d.get("git_revision") else ""
+    return f"Command: `{d['command']}`{merged}.{revision}"
+
+
+def _ci(p: dict | None) -> str:
+    """A paired difference as `+0.0123 [+0.0050, +0.0196]`, or what is missing."""
+    if not p or p.get("diff_mean") is None:
+        return "-"
+    if p.get("ci95_low") is None:
+        return f"{p['diff_mean']:+.4f} (n={p['n']})"
+    return f"{p['diff_mean']:+.4f} [{p['ci95_low']:+.4f}, {p['ci95_high']:+.4f}]"
+
+
+def _flip(p: dict | None) -> dict | None:
+    """b - a from a paired a - b."""
+    if p is None or p.get("diff_mean") is None:
+        return p
+    low, high = p.get("ci95_low"), p.get("ci95_high")
+    return {
+        **p,
+        "diff_mean": -p["diff_mean"],
+        "ci95_low": high and -high,
+        "ci95_high": low and -low,
+    }
+
+
+def _png(path: Path | None, what: str) -> list[str]:
+    return ["", f"![{what}](../experiments/results/{path.name})"] if path else []
+
+
+def table1(d: dict, png: Path | None = None) -> str:
+    """A Table 1 result: mean +- std per variant, the paired differences from MHA and GQA
+    with their 95% intervals, the paper's claims with verdicts, the learning curves."""
+    b, m = d["budget"], d["model"]
+    pairs = d.get("pairwise") or pairwise(d["runs"], d["variants"])
+    lines = [
+        f"### Paper Table 1 at {b['tokens_per_run'] / 1e6:g}M tokens per run, "
+        f"{d.get('corpus_name', 'embedded')} corpus ({machine_text(d)})",
+        "",
+        f"Model d_model {m['d_model']}, {m['n_layers']} layers, H {m['n_heads']}, context "
+        f"{b['seq_len']}; {b['tokens_per_run']:,} training tokens per run (batch "
+        f"{b['batch_size']}, lr {b['lr']}{', compiled' if b.get('compile') else ''}), seeds "
+        f"{d['seeds']}; {corpus_text(d)}. {_provenance(d)}",
+        "",
+    ]
+    if d.get("partial"):
+        lines += [
+            f"**Partial: the run stopped after {len(d['runs'])} of "
+            f"{len(d['seeds']) * len(d['variants'])} runs.**",
+            "",
+        ]
+    by = {(p["a"], p["b"]): p for p in pairs if p.get("kind", "").startswith("vs")}
+    lines += [
+        "| variant | H_q/H_kv | val loss (mean ± std, n) | − MHA [95% CI] | − GQA [95% CI] | "
+        "accuracy | train tokens/s | paper |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, s in sorted(
+        d["summary"].items(), key=lambda kv: kv[1].get("val_loss", {}).get("mean", 1e9)
+    ):
+        if "val_loss" not in s:
+            lines.append(f"| {name} | | failed | | | | | |")
+            continue
+        v, speed = s["val_loss"], s.get("train_tokens_per_s", {}).get("mean")
+        gqa = by.get((name, "GQA")) or _flip(by.get(("GQA", name)))
+        lines.append(
+            f"| {name} | {s['allocation'].split(' x')[0]} | {v['mean']:.4f} ± {v['std']:.4f} "
+            f"({v.get('n', s['runs'])}) | {_ci(by.get((name, 'MHA')))} | {_ci(gqa)} | "
+            f"{s['accuracy']['mean']:.4f} | {f'{speed:,.0f}' if speed else '-'} | "
+            f"{d['paper'].get(name, '-')} |"
+        )
+    o = d["ordering"]
+    tau = "-" if o["kendall_tau"] is None else f"{o['kendall_tau']:.2f}"
+    lines += [
+        "",
+        f"Our order (means): {' < '.join(o['our_order'])}; the paper's: "
+        f"{' < '.join(o['paper_order'])}; Kendall tau {tau}. Intervals: "
+        f"{d.get('interval') or INTERVAL}.",
+        "",
+    ]
+    for p in pairs:
+        if p.get("kind") == "paper claim":
+            lines.append(f"- paper claim {p['claim']}: **{p['verdict']}** ({_ci(p)})")
+    return "\n".join(lines + _png(png, "learning curves"))
+
+
+def table1_budgets(tables: list[dict]) -> str:
+    """Every Table 1 result side by side, by corpus and budget: the low-budget rows kept."""
+    cols = sorted(
+        tables, key=lambda t: (t.get("corpus_name", "embedded"), t["budget"]["tokens_per_run"])
+    )
+    head = [
+        f"{t.get('corpus_name', 'embedded')} {t['budget']['tokens_per_run'] / 1e6:g}M"
+        for t in cols
+    ]
+    variants = list(dict.fromkeys(v for t in cols for v in t["summary"]))
+    lines = [
+        "### Paper Table 1 at every budget run (val loss, mean ± std over seeds, n)",
+        "",
+        "| variant | " + " | ".join(head) + " | paper (1.5B) |",
+        "|---|" + "---|" * (len(cols) + 1),
+    ]
+    for v in variants:
+        cells = []
+        for t in cols:
+            s = t["summary"].get(v, {}).get("val_loss")
+            cells.append(f"{s['mean']:.4f} ± {s['std']:.4f} ({s.get('n', '?')})" if s else "")
+        lines.append(f"| {v} | " + " | ".join(cells) + f" | {PAPER_TABLE1.get(v, '-')} |")
+    return "\n".join(lines)
+
+
+def scaling(d: dict, png: Path | None = None) -> str:
+    """The gaps between variants at each budget, and whether they grow."""
+    budgets = [f"{t / 1e6:g}M" for t in d["budgets"]]
+    lines = [
+        f"### Does the gap between variants grow with the budget? ({d.get('corpus_name')} "
+        f"corpus, {machine_text(d)})",
+        "",
+        f"Table 1 runs at {', '.join(budgets)} tokens per run, seeds {d['seeds']}; each "
+        "budget is its own run with its own learning-rate schedule (a 200M run's curve at 50M "
+        "is not the 50M budget, so curves are not used). Gap = a − b in val loss, paired by "
+        f"seed, 95% CI; a change within ±{d['margin']} counts as staying. " + _provenance(d),
+        "",
+        "| gap | " + " | ".join(budgets) + " | change (largest − smallest) | verdict |",
+        "|---|" + "---|" * (len(budgets) + 2),
+    ]
+    for i, t in enumerate(d["trends"]):
+        cells = [_ci(pt["gaps"][i]) for pt in d["points"]]
+        change = _ci(
+            {"diff_mean": t["change_mean"], "n": len(t["seeds"])} | t
+            if t["change_mean"] is not None
+            else None
+        )
+        lines.append(
+            f"| {t['a']} − {t['b']} | " + " | ".join(cells) + f" | {change} | **{t['verdict']}** |"
+        )
+    return "\n".join(lines + _png(png, "gaps against the budget"))
+
+
+def light(d: dict, png: Path | None) -> str:
+    """Light SQA: each allocation with intervals over seeds and its place on the front."""
+    if "front" not in d:  # a file from before issue 19: one run per allocation
+        lines = [
+            f"### Light SQA, one run per allocation ({machine_text(d)})",
+            "",
+            f"{len(d['trials'])} allocations, one seed each, "
+            f"{d['space']['budget']['train'].get('tokens')} tokens; {corpus_text(d)}. "
+            f"Command: `{d['command']}`. lSQA ({d['light']}) on the front: "
+            f"{d['lsqa_on_front']}; one seed cannot tell a gap from the seed spread.",
+            "",
+            "| H_q/H_kv | val loss | speedup vs MHA | on front |",
+            "|---|---|---|---|",
+        ]
+        for t in sorted(d["trials"], key=lambda t: t["val_loss"]):
+            sp = t.get("speedup_vs_mha")
+            lines.append(
+                f"| {t['allocation'].split(' x')[0]} {t.get('seed_variant') or ''} | "
+                f"{t['val_loss']:.4f} | {f'{sp:.2f}x' if sp else '-'} | "
+                f"{'yes' if t['on_front'] else ''} |"
+            )
+        return "\n".join(lines + _png(png, "light SQA front"))
+    b = d["budget"]
+    lines = [
+        f"### Light SQA (H_q = 3H/4) with intervals ({machine_text(d)})",
+        "",
+        f"One H_q/H_kv for all layers, {len(d['allocations'])} allocations x seeds "
+        f"{d['seeds']}, {b['tokens_per_run']:,} tokens per run; {corpus_text(d)}"
+        + (f"; Table 1 runs reused from {d['reused_from']}" if d.get("reused_from") else "")
+        + f". {_provenance(d)}",
+        "",
+        f"**lSQA ({d['light']}): {d['lsqa']['verdict']}**"
+        + (
+            f" (beaten by {', '.join(d['lsqa']['beaten_by'])})"
+            if d["lsqa"].get("beaten_by")
+            else ""
+        )
+        + ".",
+        "",
+        "| allocation | val loss (mean ± std, n) | train tokens/s (mean ± std) | front | "
+        "beaten beyond noise by | could be beaten by |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, s in sorted(d["summary"].items(), key=lambda kv: kv[1].get("mean", 1e9)):
+        if "val_loss" not in s or "train_tokens_per_s" not in s:
+            continue
+        f, v, t = d["front"].get(label, {}), s["val_loss"], s["train_tokens_per_s"]
+        lines.append(
+            f"| {label} ({s['allocation'].split(' x')[0]}) | {v['mean']:.4f} ± {v['std']:.4f} "
+            f"({v['n']}) | {t['mean']:,.0f} ± {t['std']:,.0f} | {f.get('verdict', '')} | "
+            f"{', '.join(f.get('beaten_by', []))} | {', '.join(f.get('could_be_beaten_by', []))} |"
+        )
+    return "\n".join(lines + _png(png, "light SQA front with intervals"))
+
+
+def per_layer(d: dict) -> str:
+    """The per-layer question: the confirmed mixed allocations against uniform variants."""
+    lines = [
+        f"### Per-layer allocation vs uniform variants ({machine_text(d)})",
+        "",
+        f"Search: study {d['search']['study']}, {d['search']['trials']} trials"
+        + (f", scheduler {d['search']['scheduler']}" if d["search"].get("scheduler") else "")
+        + f"; retrained with seeds {d['seeds']}; {corpus_text(d)}. {_provenance(d)}",
+        "",
+    ]
+    if d.get("partial"):
+        lines += [f"**Stopped after {len(d['runs'])} retraining runs; no verdict.**", ""]
+        return "\n".join(lines)
+    if "comparisons" not in d:  # a file from before issue 19: seed spreads, no intervals
+        v = d["verdicts"]
+        return "\n".join(
+            lines
+            + [
+                f"Mixed [{d['mixed']['allocation']}]: "
+                + "; ".join(f"{u}: {x['verdict']}" for u, x in v.items())
+                + f". Mixed beats every comparable uniform variant: "
+                f"{d['mixed_beats_all_comparable']}."
+            ]
+        )
+    lines += [
+        f"**Answer: {d['verdict']['answer']}** ({d['verdict']['why']}). Comparable: the "
+        f"uniform variant is at most {d['tolerance']:.0%} faster; difference = uniform − "
+        "mixed val loss, paired by seed, 95% CI.",
+        "",
+        "| mixed allocation | uniform | throughput ratio | comparable | val loss diff | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    alloc = {m["label"]: m["allocation"] for m in d["mixed"]}
+    for m, against in d["comparisons"].items():
+        for u, c in against.items():
+            lines.append(
+                f"| {m} [{alloc.get(m, '')}] | {u} | {c['throughput_ratio']:.3f} | "
+                f"{'yes' if c['comparable'] else 'no'} | {_ci(c)} | {c['verdict']} |"
+            )
+    return "\n".join(lines)
+
+
+def _pyplot():
+    # matplotlib is optional (only the plots need it): imported when drawing
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(payload: dict, path: Path) -> None:
+    """Validation loss against training tokens per variant: the mean over seeds with a
+    band of +-1 std; the right panel zooms on the second half."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for label, c in payload["curves"].items():
+        tokens, mean, std = c["tokens"], c["mean"], c["std"]  # the last point: the end
+        for ax in axes:
+            (line,) = ax.plot(tokens, mean, label=f"{label} (n={c['n'][-1]})")
+            low = [m - s for m, s in zip(mean, std)]
+            high = [m + s for m, s in zip(mean, std)]
+            ax.fill_between(tokens, low, high, color=line.get_color(), alpha=0.2)
+    half = payload["budget"]["tokens_per_run"] / 2
+    late = [
+        m for c in payload["curves"].values() for t, m in zip(c["tokens"], c["mean"]) if t >= half
+    ]
+    axes[1].set_xlim(half, payload["budget"]["tokens_per_run"] * 1.01)
+    if late:
+        axes[1].set_ylim(min(late) - 0.02, max(late) + 0.02)
+    for ax in axes:
+        ax.set_xlabel("training tokens")
+        ax.set_ylabel("validation loss (nats/byte)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(
+        f"Learning curves, {payload['corpus_name']} corpus, "
+        f"{payload['budget']['tokens_per_run']:,} tokens, seeds {payload['seeds']} "
+        "(mean +- 1 std)"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+def plot_scaling(payload: dict, path: Path) -> None:
+    """Each gap a - b against the budget (log scale), with its 95% interval."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    budgets = payload["budgets"]
+    for i, trend in enumerate(payload["trends"]):
+        gaps = [pt["gaps"][i] for pt in payload["points"]]
+        xs = [b * (1 + 0.03 * (i - 2)) for b in budgets]  # side by side, not on top
+        ys = [g["diff_mean"] if g["diff_mean"] is not None else float("nan") for g in gaps]
+        err = [
+            [y - (g["ci95_low"] if g["ci95_low"] is not None else y) for y, g in zip(ys, gaps)],
+            [(g["ci95_high"] if g["ci95_high"] is not None else y) - y for y, g in zip(ys, gaps)],
+        ]
+        label = f"{trend['a']} - {trend['b']}: {trend['verdict']}"
+        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label)
+    ax.axhline(0, color="gray", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("training tokens per run")
+    ax.set_ylabel("val loss gap (nats/byte), 95% CI")
+    ax.set_title(f"Gaps between variants vs budget ({payload['corpus_name']} corpus)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"wrote {path}")

@@ -1,0 +1,207 @@
+"""The analysis of issue 19's results on made-up runs (no training): paired intervals and
+verdicts, the paper's claims, the scaling of gaps, light SQA's front with intervals, the
+per-layer answer, and the command-line refusals of `--merge` and `--scaling`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from experiments import light_sqa, paper_table1, per_layer, report_science
+from experiments.paper_table1 import scaling
+from experiments.science import SMOKE_MODEL, aggregate, curves, pairwise
+from sqa_nas.cli import guarded
+from sqa_nas.errors import UserError
+
+MHA = {0: 1.00, 1: 1.10, 2: 1.20}
+
+
+def _rows(losses: dict[str, dict[int, float]], speed: dict[str, float] | None = None):
+    """COMPLETE runs with these val losses by label and seed."""
+    return [
+        {
+            "label": label,
+            "seed": seed,
+            "state": "COMPLETE",
+            "allocation": "16/16 x8",
+            "val_loss": loss,
+            "accuracy": 0.5,
+            "train_tokens_per_s": (speed or {}).get(label, 1e6) * (1 + 0.001 * seed),
+            "throughput_tokens_per_s": (speed or {}).get(label, 1e6),
+            "curve": [[100, loss + 1.0], [200, loss + 0.5]],
+            "corpus": {"kind": "embedded", "fingerprint": "f" * 64, "tokens": {"train": 9}},
+        }
+        for label, by_seed in losses.items()
+        for seed, loss in by_seed.items()
+    ]
+
+
+def _shift(by_seed: dict[int, float], *deltas: float) -> dict[int, float]:
+    return {s: v + d for (s, v), d in zip(by_seed.items(), deltas)}
+
+
+def test_pairwise_says_supports_contradicts_or_cannot_tell():
+    rows = _rows(
+        {
+            "MHA": MHA,
+            "GQA": _shift(MHA, 0.020, 0.021, 0.019),  # above MHA on every seed: the paper's
+            "sSQA": _shift(MHA, 0.010, 0.011, 0.009),  # below GQA: "GQA < sSQA" contradicted
+            "SQA": _shift(MHA, 0.05, -0.04, 0.02),  # noisy: cannot tell against sSQA
+        }
+    )
+    pairs = pairwise(rows, ["MHA", "GQA", "sSQA", "SQA"])
+    by = {(p["kind"], p["a"], p["b"]): p for p in pairs}
+    gqa = by[("vs MHA", "GQA", "MHA")]
+    assert gqa["n"] == 3 and gqa["diff_mean"] == pytest.approx(0.02)
+    assert gqa["ci95_low"] > 0 and gqa["verdict"] == "higher"
+    assert by[("vs GQA", "sSQA", "GQA")]["verdict"] == "lower"
+    assert ("vs GQA", "MHA", "GQA") not in by  # MHA - GQA is GQA - MHA again
+    claims = {p["claim"]: p["verdict"] for p in pairs if p["kind"] == "paper claim"}
+    assert claims == {
+        "MHA < GQA": "supports",
+        "GQA < sSQA": "contradicts",
+        "sSQA < SQA": "cannot tell",
+    }
+    agg = aggregate(rows)
+    assert {k: agg["GQA"][k] for k in ("n",)} == {"n": 3}
+    assert agg["GQA"]["mean"] == agg["GQA"]["val_loss"]["mean"]
+    assert curves(rows)["MHA"]["tokens"] == [100, 200]
+
+
+def test_a_pair_with_one_seed_cannot_tell():
+    rows = _rows({"MHA": {0: 1.0}, "GQA": {0: 1.5}})
+    (pair, claim) = pairwise(rows, ["MHA", "GQA"])
+    assert pair["ci95_low"] is None and pair["verdict"] == "cannot tell"
+    assert claim["verdict"] == "cannot tell"
+
+
+def _table(tokens: int, gaps: dict[str, tuple[float, ...]], **extra) -> dict:
+    losses = {"MHA": MHA} | {v: _shift(MHA, *d) for v, d in gaps.items()}
+    rows = _rows(losses)
+    header = {
+        "budget": {"tokens_per_run": tokens, "batch_size": 4, "seq_len": 64, "lr": 2e-3}
+        | {"eval_batches": 2, "compile": False, "curve_points": 1},
+        "model": SMOKE_MODEL,
+        "seeds": [0, 1, 2],
+        "variants": list(losses),
+        "corpus_name": "embedded",
+        "data": {"kind": "embedded"},
+        "git_revision": "abc",
+    }
+    table = paper_table1._payload(rows, header, 1.0) | extra
+    return table | {"machine": {"device": "cpu", "torch": "x"}, "command": f"made {tokens}"}
+
+
+def test_scaling_says_grows_shrinks_stays():
+    small = _table(
+        1000, {"GQA": (0.01, 0.011, 0.009), "SQA": (0.05, 0.051, 0.049), "xSQA": (0.03,) * 3}
+    )
+    large = _table(
+        4000, {"GQA": (0.03, 0.031, 0.029), "SQA": (0.01, 0.011, 0.009), "xSQA": (0.0301,) * 3}
+    )
+    result = scaling([large, small], margin=0.005)
+    assert result["budgets"] == [1000, 4000]
+    verdicts = {(t["a"], t["b"]): t["verdict"] for t in result["trends"]}
+    assert verdicts[("GQA", "MHA")] == "grows"
+    assert verdicts[("SQA", "MHA")] == "shrinks"
+    assert verdicts[("xSQA", "MHA")] == "stays"
+    assert "**grows**" in report_science.scaling(result | {"seeds": [0, 1, 2]} | small)
+    with pytest.raises(UserError, match="differ in model"):
+        scaling([small, _table(4000, {}, model={"d_model": 1})], margin=0.005)
+
+
+def test_light_sqa_front_with_intervals():
+    base = {0: 1.0, 1: 1.1, 2: 1.2}
+    rows = _rows(
+        {
+            "MHA": base,
+            "lSQA": _shift(base, 0.05, 0.051, 0.049),  # worse than SQA, and slower
+            "SQA": _shift(base, 0.01, 0.011, 0.009),
+            "xSQA": _shift(base, 0.05, -0.05, 0.0),  # fastest; its loss is noise
+        },
+        speed={"MHA": 1e6, "lSQA": 1.3e6, "SQA": 1.5e6, "xSQA": 2e6},
+    )
+    front = light_sqa.front_verdicts(rows)
+    assert front["lSQA"]["verdict"] == "off the front" and "SQA" in front["lSQA"]["beaten_by"]
+    assert front["xSQA"]["verdict"] == "on the front"  # fastest beyond the noise
+    # The lowest loss, but xSQA's loss is noise: it may be as good and it is faster.
+    assert front["MHA"] == {
+        "verdict": "not resolved",
+        "beaten_by": [],
+        "could_be_beaten_by": ["xSQA"],
+    }
+    clear = [r | {"val_loss": r["val_loss"] + 0.3} if r["label"] == "xSQA" else r for r in rows]
+    assert light_sqa.front_verdicts(clear)["MHA"]["verdict"] == "on the front"
+
+
+def test_per_layer_answer_yes_no_not_resolved():
+    base = {100: 1.0, 101: 1.1, 102: 1.2}
+    speed = {"mixed1": 1.5e6, "MHA": 1e6, "SQA": 1.5e6, "xSQA": 2e6}
+
+    def answer(mixed_shift):
+        rows = _rows(
+            {
+                "mixed1": _shift(base, *mixed_shift),
+                "MHA": _shift(base, -0.1, -0.1, -0.1),
+                "SQA": base,
+                "xSQA": _shift(base, 0.2, 0.2, 0.2),
+            },
+            speed=speed,
+        )
+        comparisons = per_layer.compare(rows, aggregate(rows), ["mixed1"], 0.05)
+        assert comparisons["mixed1"]["xSQA"]["comparable"] is False  # faster than mixed
+        return per_layer.answer(comparisons)["answer"]
+
+    assert answer((-0.20, -0.21, -0.19)) == "yes"  # beats MHA and SQA beyond the noise
+    assert answer((0.05, 0.051, 0.049)) == "no"  # SQA, as fast, is better
+    assert answer((-0.05, 0.05, 0.0)) == "not resolved"
+
+
+def _write(path: Path, data: dict) -> str:
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def _refused(capsys, main, args, message):
+    capsys.readouterr()
+    assert guarded(lambda: main(args)) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_merge_and_scaling_refuse_what_does_not_join(tmp_path, capsys):
+    one = _write(tmp_path / "one.json", _table(1000, {"GQA": (0.01,) * 3}))
+    other = _table(1000, {"GQA": (0.01,) * 3}, corpus_name="prose")
+    other["runs"] = [r | {"seed": r["seed"] + 10} for r in other["runs"]]
+    out = str(tmp_path / "out.json")
+    cases = [
+        ([_write(tmp_path / "bad.json", {}) + "x"], "cannot read"),  # no such file
+        ([_write(tmp_path / "t3.json", {"experiment": "paper_table3"})], "not a paper_table1"),
+        ([one, one], "MHA seed 0 is in more than one"),
+        ([one, _write(tmp_path / "p.json", other)], "has another corpus_name"),
+    ]
+    for files, message in cases:
+        _refused(capsys, paper_table1.main, ["--merge", *files, "--out", out], message)
+    later = _write(tmp_path / "later.json", _table(1000, {"GQA": (0.02,) * 3}))
+    for files, message in (
+        ([one], "two budgets or more"),
+        ([one, later], "two tables at the same budget"),
+    ):
+        _refused(capsys, paper_table1.main, ["--scaling", *files, "--out", out], message)
+    assert not Path(out).exists() and not Path(out).with_suffix(".png").exists()
+
+
+def test_scaling_command_writes_the_verdicts_and_a_plot(tmp_path):
+    files = [
+        _write(tmp_path / f"t{n}.json", _table(n, {"GQA": (g, g + 0.001, g - 0.001)}))
+        for n, g in ((1000, 0.01), (4000, 0.02), (16000, 0.04))
+    ]
+    out = tmp_path / "s.json"
+    paper_table1.main(["--scaling", *files, "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert data["budgets"] == [1000, 4000, 16000] and data["git_revision"]
+    assert {(t["a"], t["verdict"]) for t in data["trends"]} >= {("GQA", "grows")}
+    assert [t["command"] for t in data["tables"]] == ["made 1000", "made 4000", "made 16000"]
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
