@@ -1,5 +1,6 @@
 """Small-sample statistics for figures a user decides on: medians with distribution-free 95%
-confidence intervals, and sample standard deviations."""
+confidence intervals, means with t-intervals (paired differences over seeds), and sample
+standard deviations."""
 
 from __future__ import annotations
 
