@@ -304,9 +304,12 @@ class Attention(nn.Module):
         block_mask = self.cached(("block_mask", n, q.device), make_block_mask)
         attention = compiled_flex_attention() if compiled else flex_attention
         gqa = q.shape[1] != k.shape[1]
+        # < 128 queries: Inductor's flex-decoding template found no config on an H200 (2.11)
+        options = {"FORCE_USE_FLEX_ATTENTION": True} if compiled else None
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="flex_attention called without")
-            return attention(q, k, v, block_mask=block_mask, scale=self.scale, enable_gqa=gqa)
+            kwargs = {"block_mask": block_mask, "scale": self.scale, "enable_gqa": gqa}
+            return attention(q, k, v, kernel_options=options, **kwargs)
 
     def flex_can_run(self, q) -> bool:
         """Compiled FlexAttention (CUDA) needs head_dim >= 16; eager runs any size."""
