@@ -17,7 +17,14 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Column
 
 Clock = Callable[[], float]
@@ -39,8 +46,9 @@ def rate_text(per_second: float | None, unit: str) -> str:
     if per_second is None:
         return f"- {unit}/h"
     for scale, per in ((1.0, "s"), (60.0, "min"), (3600.0, "h")):
-        if per_second * scale >= 1 or per == "h":
-            return f"{per_second * scale:.3g} {unit}/{per}"
+        value = per_second * scale
+        if value >= 1 or per == "h":
+            return f"{value:,.0f} {unit}/{per}" if value >= 100 else f"{value:.3g} {unit}/{per}"
     raise AssertionError("unreachable: the last scale always returns")
 
 
@@ -100,7 +108,7 @@ class Bar:
         self._lines = 0  # plain lines printed
         self._shown_done = -1  # `done` when the last plain line was printed
         self._progress: Progress | None = None
-        self._task = None
+        self._task: TaskID | None = None
 
     def __enter__(self) -> Bar:
         self._start = self._last_line = self.clock()
