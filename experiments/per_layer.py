@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from experiments.common import SEARCH_SPACES, write_partial, write_result
+from experiments.common import SEARCH_SPACES, tracked, write_partial, write_result
 from experiments.science import (
     SMOKE_PER_LAYER_HEADS,
     SMOKE_PER_LAYER_MODEL,
@@ -130,7 +130,8 @@ def main(argv=None) -> None:
         "seeds": args.seeds,
         "tolerance": args.tolerance,
     }
-    for seed in args.seeds:
+    runs = [(seed, label, params) for seed in args.seeds for label, params in candidates]
+    for seed, label, params in tracked(runs, "runs", lambda x: f"seed {x[0]} {x[1]}"):
         seeded = parse_space(
             {
                 **retrain.model_dump(mode="json"),
@@ -138,17 +139,16 @@ def main(argv=None) -> None:
             },
             "retraining",
         )
-        for label, params in candidates:
-            row = train_allocation(seeded, params, seed_index=seed, label=label)
-            rows.append(row)
-            print(
-                f"seed {seed} {label:6s} [{row['allocation']}] val_loss {row['val_loss']:.4f} "
-                f"throughput {row['throughput_tokens_per_s']:.4g}",
-                flush=True,
-            )
-            partial = write_partial(
-                name, {**header, "corpus": corpus_of(rows), "runs": rows}, out=args.out
-            )
+        row = train_allocation(seeded, params, seed_index=seed, label=label)
+        rows.append(row)
+        print(
+            f"seed {seed} {label:6s} [{row['allocation']}] val_loss {row['val_loss']:.4f} "
+            f"throughput {row['throughput_tokens_per_s']:.4g}",
+            flush=True,
+        )
+        partial = write_partial(
+            name, {**header, "corpus": corpus_of(rows), "runs": rows}, out=args.out
+        )
     agg = aggregate(rows)
     verdicts = compare(agg, args.tolerance)
     comparable = [k for k, v in verdicts.items() if v["comparable"]]
