@@ -80,7 +80,8 @@ def test_the_header_counts_repeats_told_only_when_there_are_some():
     text = shown(progress(n_trials=4).panel(counts, None))
     assert "2/4 evaluated" in text and "repeats told 3" in text
     assert "complete 2, running 1, failed 0, pruned 0, infeasible 0" in text
-    assert "repeats told" not in shown(progress(n_trials=4).panel({**counts, "duplicates": 0}, None))
+    none_told = progress(n_trials=4).panel({**counts, "duplicates": 0}, None)
+    assert "repeats told" not in shown(none_told)
 
 
 def test_rates_and_eta_count_this_runs_trials_only():
