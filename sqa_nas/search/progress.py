@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 import optuna
 from rich.console import Console, Group
@@ -110,6 +111,7 @@ class SearchProgress:
         self.started = self._last_line = clock()
         self._before: tuple[int, int] | None = None  # (evaluated, tokens) when the run began
         self._line_done = -1  # the evaluated count of the last plain line
+        self._seen: dict[int, tuple[int, int]] = {}  # trial -> (last step, steps before it)
         self._live: Live | None = None
         # A bar drawn inside the panel (never started on its own): rich's columns, our pace.
         self._bar = Progress(
@@ -186,17 +188,30 @@ class SearchProgress:
         )
 
     def tokens_trained(self, records: list[TrialRecord]) -> int:
-        """Training tokens of every trial: what its record says, or for a trial running
-        here, its step times the tokens of a step when that is more (a promoted trial's
-        step counts from its start, so the larger of the two is its total)."""
+        """Training tokens of every trial: its record's (times its seeds: a trial trained
+        with several records one seed's tokens), or for a trial running here what its steps
+        say when that is more. A running trial's step starts again with each seed and, once
+        promoted, goes on from its checkpoint's: the steps are summed across restarts, and
+        the larger of that and its record is its total."""
         running = {
-            n: r.progress.get("step", 0) * self.tokens_per_step
+            n: self._steps(n, r.progress) * self.tokens_per_step
             for n, r in self.executor.running.items()
         }
         total = 0
         for r in records:
-            total += max(r.metrics.train_tokens or 0, running.pop(r.number, 0))
+            recorded = (r.metrics.train_tokens or 0) * max(1, len(r.typed.seeds))
+            total += max(recorded, running.pop(r.number, 0))
         return total + sum(running.values())
+
+    def _steps(self, number: int, progress: Mapping[str, Any]) -> int:
+        """Steps trial `number` has trained in all, its progress's `step` summed across
+        restarts (a step lower than the last one seen: the next seed began)."""
+        step = int(progress.get("step", 0))
+        last, before = self._seen.get(number, (0, 0))
+        if step < last:
+            before += last
+        self._seen[number] = (step, before)
+        return before + step
 
     def line(self, counts: Mapping[str, int], records: list[TrialRecord]) -> str:
         """The plain line: evaluated of n_trials, the trials by state, tokens and rates,

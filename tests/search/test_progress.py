@@ -127,6 +127,14 @@ def test_tokens_trained_count_running_trials_steps_once():
     assert p.tokens_trained(records) == 500 + 10 * TOKENS_PER_STEP + 3 * TOKENS_PER_STEP
     text = shown(p.panel({"counted": 1, "running": 2}, None))
     assert "10/20" in text and "cpu worker 1" in text
+    # trial 2 starts its second seed: its steps count again from 1, the first seed's stay
+    executor.running[2].progress = {"step": 1, "of": 20}
+    assert p.tokens_trained(records) == 500 + 10 * TOKENS_PER_STEP + 4 * TOKENS_PER_STEP
+    # a trial trained with 3 seeds records one seed's tokens
+    three = TrialRecord(
+        3, "COMPLETE", None, {}, {"metrics": {"train_tokens": 100}, "seeds": [1, 2, 3]}
+    )
+    assert progress().tokens_trained([three]) == 300
 
 
 def test_the_panel_on_a_terminal_has_the_bar_rate_and_eta():
