@@ -312,7 +312,7 @@ def bench_sheets(rows: Sequence[BenchRow], baselines: Sequence[str]) -> list[She
             heads = f"{_or(r.n_q_heads, '?')}/{_or(r.n_kv_heads, '?')}"
             if r.error is not None:
                 why = (
-                    "out of memory"
+                    OUT_OF_MEMORY
                     if r.out_of_memory
                     else ("check failed" if "correctness" in r.error else "error")
                 )
