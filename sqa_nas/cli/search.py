@@ -187,7 +187,7 @@ def print_front(
         write_data(json_text(front_data(study.study_name, objectives, fronts)))
         return
     if fmt == "csv":
-        write_data(csv_text([t for f in fronts for t in _trials(f, objectives)]))
+        write_data(csv_text([t for f in fronts for _, t in _trials(f, objectives)]))
         return
     for where, records, verdict in fronts:
         sheet = front_sheet(study.study_name, objectives, where, records, verdict)
@@ -242,8 +242,7 @@ def front_sheet(
             Column("note", right=False, wrap=True),
         ],
     )
-    for t in _trials((where, records, verdict), objectives):
-        r = t["record"]
+    for r, t in _trials((where, records, verdict), objectives):
         sheet.add(
             [
                 str(r.number),
@@ -260,9 +259,9 @@ def front_sheet(
     return sheet
 
 
-def _trials(front: Front, objectives: Sequence[str]) -> list[dict[str, Any]]:
-    """The front's trials, then those within noise of it, as flat records at full
-    precision (what csv and json print; ``record`` is the `TrialRecord`, left out there)."""
+def _trials(front: Front, objectives: Sequence[str]) -> list[tuple[TrialRecord, dict[str, Any]]]:
+    """The front's trials, then those within noise of it: each `TrialRecord` and its flat
+    record at full precision (what csv and json print, one line or object each)."""
     where, _, verdict = front
     out = []
     for r, close in [(r, False) for r in verdict.front] + [
@@ -276,26 +275,28 @@ def _trials(front: Front, objectives: Sequence[str]) -> list[dict[str, Any]]:
             "noisy throughput" if m.noisy_throughput else "",
         ]
         out.append(
-            {
-                "record": r,
-                "trial": r.number,
-                "gpu_type": where,
-                "baseline": r.seed_variant,
-                "allocation": r.allocation,
-                **{o: r.values[o] for o in objectives},
-                "val_loss_std": m.val_loss_std,
-                "throughput_rel_ci95": m.throughput_rel_ci95,
-                "speedup_ci95_low": low,
-                "speedup_ci95_high": high,
-                "params": a.params,
-                "kv_cache_bytes_per_token": a.kv_cache_bytes_per_token,
-                "speedup_vs_mha": (
-                    a.analytic_speedup_vs_mha if m.speedup_vs_mha is None else m.speedup_vs_mha
-                ),
-                "within_noise": close,
-                "noisy_throughput": bool(m.noisy_throughput),
-                "note": "; ".join(filter(None, notes)),
-            }
+            (
+                r,
+                {
+                    "trial": r.number,
+                    "gpu_type": where,
+                    "baseline": r.seed_variant,
+                    "allocation": r.allocation,
+                    **{o: r.values[o] for o in objectives},
+                    "val_loss_std": m.val_loss_std,
+                    "throughput_rel_ci95": m.throughput_rel_ci95,
+                    "speedup_ci95_low": low,
+                    "speedup_ci95_high": high,
+                    "params": a.params,
+                    "kv_cache_bytes_per_token": a.kv_cache_bytes_per_token,
+                    "speedup_vs_mha": (
+                        a.analytic_speedup_vs_mha if m.speedup_vs_mha is None else m.speedup_vs_mha
+                    ),
+                    "within_noise": close,
+                    "noisy_throughput": bool(m.noisy_throughput),
+                    "note": "; ".join(filter(None, notes)),
+                },
+            )
         )
     return out
 
@@ -314,10 +315,7 @@ def front_data(name: str, objectives: Sequence[str], fronts: list[Front]) -> dic
                 "completed": sum(r.state == "COMPLETE" for r in records),
                 "resolved": verdict.resolved,
                 "verdict": verdict.summary(),
-                "trials": [
-                    {k: v for k, v in t.items() if k != "record"}
-                    for t in _trials((where, records, verdict), objectives)
-                ],
+                "trials": [t for _, t in _trials((where, records, verdict), objectives)],
             }
             for where, records, verdict in fronts
         ],

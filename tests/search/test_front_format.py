@@ -81,7 +81,9 @@ def test_piped_the_front_is_plain_with_full_rows(study):
 
 def test_csv_and_json_hold_the_values_at_full_precision(study, capsys):
     print_front(study, OBJECTIVES, Console(file=io.StringIO()), fmt="csv")
-    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    reader = csv.DictReader(io.StringIO(capsys.readouterr().out))
+    rows = list(reader)
+    assert reader.fieldnames[:6] == ["trial", "gpu_type", "baseline", "allocation", *OBJECTIVES]
     assert [int(r["trial"]) for r in rows] == [0, 1, 2, 3]  # best val_loss first
     assert float(rows[3]["val_loss"]) == 2.0 + 0.1 * 3 + 1e-9
     assert float(rows[3]["throughput_tokens_per_s"]) == 100_000.0 + 12_345.678901 * 3
@@ -93,6 +95,7 @@ def test_csv_and_json_hold_the_values_at_full_precision(study, capsys):
     assert front["completed"] == 4 and [t["trial"] for t in front["trials"]] == [0, 1, 2, 3]
     assert front["trials"][3]["speedup_vs_mha"] == 1.0 + 0.123456789 * 3
     assert front["resolved"] is False and "noise" in front["verdict"]
+    assert list(front["trials"][0]) == reader.fieldnames  # the same fields as the csv
 
 
 @pytest.mark.parametrize("value", ["xml", "", "Plain"])
