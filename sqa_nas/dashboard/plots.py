@@ -145,11 +145,15 @@ def text_scatter(
             top, bottom = dot(vx, vy + bar_y[1])[1] // 4, dot(vx, vy - bar_y[0])[1] // 4
             for cy in range(max(0, top), min(rows - 1, bottom) + 1):
                 lines.setdefault((dx // 2, cy), set()).add("v")
+        cell = (dx // 2, dy // 4)
+        baseline_there = marks.get(cell, ("",))[0] == "◆"  # its name stays next to its mark
         if view.on_front(r):
             front.append((dx, dy))
-            marks[(dx // 2, dy // 4)] = ("●", "bold green")
+            if not baseline_there:
+                marks[cell] = ("●", "bold green")
         elif view.within_noise(r):
-            marks[(dx // 2, dy // 4)] = ("○", "bold cyan")
+            if not baseline_there:
+                marks[cell] = ("○", "bold cyan")
         else:
             plot(dx, dy, 0)
         if r.seed_variant:

@@ -108,3 +108,21 @@ def test_baseline_names_never_cover_a_mark_nor_each_other():
             assert "◆" in (before + after), row  # next to a mark
         shown = re.findall(r"[A-Za-z]+", row)
         assert 0 < len(shown) < len(names)  # some left out, and the rest readable
+
+
+def test_a_baseline_keeps_its_mark_when_a_later_trial_shares_its_cell():
+    records = [
+        TrialRecord(
+            0,
+            "COMPLETE",
+            {"val_loss": 2.0, "throughput_tokens_per_s": 100.0},
+            {},
+            {"seed_variant": "GQA"},
+        ),
+        TrialRecord(1, "COMPLETE", {"val_loss": 1.9999, "throughput_tokens_per_s": 100.0}, {}, {}),
+        TrialRecord(2, "COMPLETE", {"val_loss": 3.0, "throughput_tokens_per_s": 300.0}, {}, {}),
+    ]
+    view = StudyView(records, OBJ, ["minimize", "maximize"])
+    assert view.on_front(records[1])  # on the front, drawn in the baseline's cell
+    text = text_scatter(view, "throughput_tokens_per_s", "val_loss", 50, 14).plain
+    assert "◆GQA" in text and "●GQA" not in text
