@@ -1,6 +1,7 @@
 """What every experiment script shares: where results go and how they are named, the
 command line a result records, the default device and dtype, writing a result (and the
-partial file that keeps finished runs when a run is stopped), and printing progress.
+partial file that keeps finished runs when a run is stopped), and showing progress
+(`progress_bar`: done / total, rate, ETA).
 
 It imports the benchmark and the machine header only, never the search (optuna): the GPU
 scripts run where only torch is installed. The quality experiments' training helpers are
@@ -10,19 +11,23 @@ in `experiments.science`.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import torch
+from rich.console import Console
 
 from sqa_nas.bench import write_json
 from sqa_nas.machine import header_line, machine_info
+from sqa_nas.progress import Bar
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
 DOCS = ROOT / "docs"
 SEARCH_SPACES = ROOT / "search_spaces"
+T = TypeVar("T")
 
 
 def device_slug(machine: dict) -> str:
@@ -76,6 +81,36 @@ def save_and_print(result: dict, out: Path, markdown: Callable[[dict], str]) -> 
 def progress(line: str) -> None:
     """A benchmark's progress line, on stderr (stdout holds the tables)."""
     print(f"  {line}", file=sys.stderr, flush=True)
+
+
+def progress_bar(total: int, unit: str = "runs") -> Bar:
+    """A progress bar on stderr (stdout holds the tables) for `total` units of `unit` (a
+    plural noun: "rows", "runs", "variants"): done / total, rate, elapsed and ETA; rich on a
+    terminal, plain lines in a log (`sqa_nas.progress.Bar`)::
+
+        with progress_bar(len(variants), "variants") as bar:
+            for v in variants:
+                bar.begin(v)  # v starts; the one before it is done
+                ...
+                bar.log(f"{v}: ...")  # a line above the bar
+            bar.finish()
+
+    A benchmark grid passes ``progress=bar.begin`` to `sqa_nas.bench.run_grid`, with
+    ``total=sqa_nas.bench.grid_size(cells)``; a plain loop uses `tracked`."""
+    return Bar(total, unit, console=Console(stderr=True, highlight=False))
+
+
+def tracked(
+    items: Sequence[T], unit: str = "runs", label: Callable[[T], str] = str
+) -> Iterator[T]:
+    """`items` one by one under a `progress_bar` (each shown by `label(item)` while it
+    runs): ``for v in tracked(variants, "variants"):``. Lines printed to stderr meanwhile
+    (`progress`) show above the bar."""
+    with progress_bar(len(items), unit) as bar:
+        for item in items:
+            bar.begin(label(item))
+            yield item
+        bar.finish()
 
 
 def write_result(

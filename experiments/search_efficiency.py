@@ -37,7 +37,7 @@ import optuna
 import torch
 import yaml
 
-from experiments.common import SEARCH_SPACES, progress, write_result
+from experiments.common import SEARCH_SPACES, progress, tracked, write_result
 from sqa_nas.cli import guarded
 from sqa_nas.cli import main as cli_main
 from sqa_nas.errors import UserError
@@ -279,18 +279,18 @@ def main(argv=None) -> int:
     if args.smoke:
         budgets, args.n_trials = [2048], 2
     runs = []
-    for tokens in budgets:
-        for label in labels:
-            if "baseline" in RUNS[label]:
-                runs.append(run_baseline(label, args.baseline, tokens, args.n_trials, args.smoke))
-            else:
-                runs.append(run(label, tokens, args.n_trials, args.smoke))
-            r = runs[-1]
-            progress(
-                f"{label} {tokens / 1e6:g}M: {r['n_trials']} trials in {r['wall_s']:.0f} s, "
-                f"NVML {r['nvml_util_mean']}, train-step share {r['train_step_share']}, "
-                f"{r['trials_per_gpu_hour']} trials/GPU-hour"
-            )
+    grid = [(tokens, label) for tokens in budgets for label in labels]
+    for tokens, label in tracked(grid, "runs", lambda x: f"{x[1]} {x[0] / 1e6:g}M"):
+        if "baseline" in RUNS[label]:
+            runs.append(run_baseline(label, args.baseline, tokens, args.n_trials, args.smoke))
+        else:
+            runs.append(run(label, tokens, args.n_trials, args.smoke))
+        r = runs[-1]
+        progress(
+            f"{label} {tokens / 1e6:g}M: {r['n_trials']} trials in {r['wall_s']:.0f} s, "
+            f"NVML {r['nvml_util_mean']}, train-step share {r['train_step_share']}, "
+            f"{r['trials_per_gpu_hour']} trials/GPU-hour"
+        )
     name = "search_efficiency" + ("_smoke" if args.smoke else "")
     out = write_result(name, {"runs": runs}, args.out)
     if not args.smoke:

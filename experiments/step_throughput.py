@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from experiments.common import progress, write_result
+from experiments.common import progress, tracked, write_result
 from sqa_nas.cli import guarded
 from sqa_nas.errors import UserError
 from sqa_nas.model import ModelConfig, build_model
@@ -134,7 +134,7 @@ def main(argv=None) -> int:
     if unknown:
         raise UserError(f"--variants: unknown {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
     start, rows = time.perf_counter(), []
-    for v in variants:
+    for v in tracked(variants, "variants"):
         if smoke:  # the CPU compile costs ~30 s per shape: the smoke test times eager only
             model = build_model(ModelConfig(**cfg, attention={"variant": v}))
             step = TrainStep(model, device, seq)

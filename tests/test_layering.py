@@ -21,6 +21,7 @@ FLOORS = {
     "gpu_share": 0,  # file locks around a GPU: used by search/trial.py, imports nothing of ours
     "stats": 0,  # small-sample intervals: used by throughput, search and experiments
     "printable": 0,  # study text made safe to show: dashboard, export and the CLI's errors
+    "progress": 0,  # rate, ETA and a rich bar (plain lines off a terminal): bench, search, CLI
     "attention": 1,
     "data": 1,
     "timing": 1,

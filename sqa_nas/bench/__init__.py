@@ -10,7 +10,13 @@ float64), `flops`, `run` (the grid), `plot`. The command line is ``python -m sqa
 from sqa_nas.bench.check import check_config, check_layer
 from sqa_nas.bench.flops import kernel_flops, model_flops, projection_flops
 from sqa_nas.bench.plot import plot_rows
-from sqa_nas.bench.report import add_fraction_of_best, group_rows, write_json, write_rows
+from sqa_nas.bench.report import (
+    add_fraction_of_best,
+    grid_size,
+    group_rows,
+    write_json,
+    write_rows,
+)
 from sqa_nas.bench.row import SCHEMA, TIMING, BenchResult, BenchRow, as_rows
 from sqa_nas.bench.run import expand_grid, run_bench, run_grid, timed_step
 from sqa_nas.bench.settings import (
@@ -44,6 +50,7 @@ __all__ = [
     "check_config",
     "check_layer",
     "expand_grid",
+    "grid_size",
     "group_rows",
     "kernel_flops",
     "model_flops",

@@ -1,5 +1,6 @@
-"""Result files and the tables drawn from them: writing a result (atomically), grouping
-rows into one table per cell setting, and each row's share of the best backend's TFLOP/s."""
+"""Result files and the tables drawn from them: writing a result (atomically), how many rows
+a grid has, grouping rows into one table per cell setting, and each row's share of the best
+backend's TFLOP/s."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sqa_nas.bench.row import BenchRow
+from sqa_nas.bench.settings import BenchSettings
 
 # Keys that, with the variant and length, identify a cell: rows equal on these but for the
 # backend are compared for `fraction_of_best`.
@@ -65,6 +67,12 @@ def write_rows(
         },
     )
     print(f"wrote {path}")
+
+
+def grid_size(cells: Sequence[BenchSettings]) -> int:
+    """The rows `run_grid` times for `cells`: per cell, each length x each variant, the
+    baselines among them once (a progress bar's total)."""
+    return sum(len(c.seq_lens) * len(dict.fromkeys([*c.baselines, *c.variants])) for c in cells)
 
 
 def group_rows(rows: Sequence[BenchRow]) -> dict[str, list[BenchRow]]:

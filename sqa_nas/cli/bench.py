@@ -1,6 +1,8 @@
 """`sqa-nas bench` (also `python -m sqa_nas bench`): times attention variants x sequence
 lengths, after a correctness check against the float64 reference, and prints one table per
-setting; `--json` / `--png` / `--calibration-out` write the results."""
+setting (`--format`: fitted to the terminal, plain, csv or json; `sqa_nas.cli.tables`) with a
+progress bar on stderr while the rows run; `--json` / `--png` / `--calibration-out` write
+the results."""
 
 from __future__ import annotations
 
@@ -10,10 +12,8 @@ import time
 from collections.abc import Callable, Sequence
 
 import torch
-from rich import box
+from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
-from rich.text import Text
 
 from sqa_nas.bench import (
     DEFAULT_GLOBAL_TOKENS,
@@ -27,16 +27,29 @@ from sqa_nas.bench import (
     BenchRow,
     BenchSettings,
     expand_grid,
+    grid_size,
     group_rows,
     plot_rows,
     run_grid,
     write_json,
 )
 from sqa_nas.bench.row import OUT_OF_MEMORY
-from sqa_nas.cli import console, err_console, shown
+from sqa_nas.cli import err_console, shown
 from sqa_nas.cli.args import csv, output_file, positive, seconds
+from sqa_nas.cli.tables import (
+    Column,
+    Sheet,
+    add_format_argument,
+    chatter,
+    chosen_format,
+    csv_text,
+    json_text,
+    print_sheet,
+    write_data,
+)
 from sqa_nas.kernels.calibration import order_from_rows
 from sqa_nas.machine import header_line
+from sqa_nas.progress import Bar
 
 
 def _choices(allowed: Sequence[str]) -> Callable[[str], list[str]]:
@@ -131,6 +144,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
         help="tokens of the correctness check (default 512)",
     )
     add_row_timeout_argument(p)
+    add_format_argument(p, "the tables")
     # Output files are checked as arguments (`output_file`): before any row runs.
     p.add_argument("--json", type=output_file, help="write the results as JSON here")
     p.add_argument("--png", type=output_file, help="plot time and speedup vs length to this PNG")
@@ -190,26 +204,38 @@ def run_bench_command(args: argparse.Namespace) -> int:
     cells = settings_from_args(args)
     for cell in cells:
         cell.validate()
-    with console.status("benchmarking") as status:
+    fmt = chosen_format(args)
+    say = chatter(fmt)  # stdout, or stderr when stdout holds csv / json
+    with Bar(grid_size(cells), "rows", console=err_console) as bar:
         result = run_grid(
             cells,
-            progress=lambda s: status.update(f"benchmarking {s}"),
+            progress=bar.begin,
             on_cell=(lambda partial: write_json(args.json, partial.to_dict()))
             if args.json
             else None,
             row_timeout_s=args.row_timeout_s,
         )
-    console.print(f"[bold]{header_line(result.machine)}[/]")
-    failed = _print_tables(result, list(cells[0].baselines))
+        bar.finish()
+    failed = any(r.error is not None and "correctness" in r.error for r in result.rows)
+    if fmt == "table":
+        say.print(f"[bold]{escape(header_line(result.machine))}[/]")
+    else:  # plain, or on stderr beside csv / json
+        say.print(header_line(result.machine), markup=False, highlight=False, soft_wrap=True)
+    if fmt == "json":
+        write_data(json_text(result.to_dict()))
+    elif fmt == "csv":
+        write_data(csv_text([r.to_dict() for r in result.rows]))
+    else:
+        _print_tables(result, list(cells[0].baselines), fmt, say)
     short = [r for r in result.rows if r.out_of_memory]
     if args.json:
-        console.print(f"wrote {shown(write_json(args.json, result.to_dict()))}")
+        say.print(f"wrote {shown(write_json(args.json, result.to_dict()))}")
     if args.png:
         try:
             title = header_line(result.machine)
-            console.print(f"wrote {shown(plot_rows(result.rows, args.png, title=title))}")
+            say.print(f"wrote {shown(plot_rows(result.rows, args.png, title=title))}")
         except ImportError:
-            console.print(
+            say.print(
                 "[yellow]matplotlib is not installed: no plot (python -m "
                 "experiments.report draws it later from the JSON)[/]"
             )
@@ -223,7 +249,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
             args.calibration_out,
             {"machine": result.machine, "entries": [e.as_dict() for e in entries]},
         )
-        console.print(f"wrote {shown(args.calibration_out)} ({len(entries)} measured orders)")
+        say.print(f"wrote {shown(args.calibration_out)} ({len(entries)} measured orders)")
     if short:
         err_console.print(f"[red]error:[/] {escape(_short_of_memory(short))}")
     return 1 if failed else 2 if short else 0
@@ -245,61 +271,83 @@ def _short_of_memory(rows: list[BenchRow]) -> str:
     )
 
 
-def _print_tables(result: BenchResult, baselines: list[str]) -> bool:
-    """One table per cell setting, then the masks and why each backend ran; True when a
-    correctness check failed."""
-    several = any(r.fraction_of_best is not None for r in result.rows)
-    failed = False
-    for key, rows in group_rows(result.rows).items():
-        table = Table(title=key, box=box.SIMPLE_HEAD)
-        cols = ["variant", "N", "heads", "backend", "kernel", "ms", "TFLOP/s"]
-        cols += [f"vs {b}" for b in baselines] + (["of best"] if several else []) + ["check"]
-        for col in cols:
-            table.add_column(
-                col,
-                no_wrap=True,
-                justify="left" if col in ("variant", "backend", "kernel") else "right",
-            )
-        for r in rows:
+def _print_tables(result: BenchResult, baselines: list[str], fmt: str, out: Console) -> None:
+    """One table per cell setting (`bench_sheets`), then the masks and why each backend
+    ran, as `fmt` (table or plain)."""
+    sheets = bench_sheets(result.rows, baselines)
+    masks = sorted({r.mask for r in result.rows if r.mask is not None})
+    reasons = sorted(
+        {(r.backend, r.backend_reason) for r in result.rows if r.backend_reason is not None}
+    )
+    sheets[-1].notes += [f"mask: {m}" for m in masks] + [f"{b}: {why}" for b, why in reasons]
+    for sheet in sheets:
+        print_sheet(sheet, fmt, out)
+
+
+def bench_sheets(rows: Sequence[BenchRow], baselines: Sequence[str]) -> list[Sheet]:
+    """One `Sheet` per cell setting (`group_rows`): variant, N, heads, backend, kernel, ms,
+    TFLOP/s, the speedup over each baseline, the share of the best backend (when several
+    timed a cell) and the check. A row without a timing says why in the ms column
+    (``out of memory``, ``check failed``, ``error``) and in a note under its table. On a
+    narrow terminal a column with one value in every row goes first, then the kernel, the
+    share of the best, the later baselines (last first), the heads, the backend, the check,
+    the TFLOP/s and the first baseline: the variant, N and ms stay."""
+    several = any(r.fraction_of_best is not None for r in rows)
+    columns = [
+        Column("variant", right=False),
+        Column("N"),
+        Column("heads", drop=4),
+        Column("backend", right=False, drop=5),
+        Column("kernel", right=False, drop=1),
+        Column("ms"),
+        Column("TFLOP/s", drop=7),
+        *(Column(f"vs {b}", drop=3 if i else 8) for i, b in enumerate(baselines)),
+        *([Column("of best", drop=2)] if several else []),
+        Column("check", right=False, drop=6),
+    ]
+    sheets = []
+    for title, group in group_rows(rows).items():
+        sheet = Sheet(title, columns)
+        for r in group:
             heads = f"{_or(r.n_q_heads, '?')}/{_or(r.n_kv_heads, '?')}"
             if r.error is not None:
-                failed = failed or "correctness" in r.error
-                table.add_row(
+                why = (
+                    OUT_OF_MEMORY
+                    if r.out_of_memory
+                    else ("check failed" if "correctness" in r.error else "error")
+                )
+                head = [r.variant, str(r.seq_len), heads, _or(r.backend, r.backend_requested)]
+                sheet.add(
+                    [*head, _or(r.kernel, "-"), why, *[""] * (len(columns) - 6)], style="red"
+                )
+                if not r.out_of_memory:  # its size is in the closing line and the JSON
+                    sheet.notes.append(f"{r.variant} N={r.seq_len} {head[3]}: {r.error}")
+                continue
+            check = ("ok" if r.check_ok else "") if r.check_ok is not None else "skipped"
+            sheet.add(
+                [
                     r.variant,
                     str(r.seq_len),
                     heads,
-                    _or(r.backend, r.backend_requested),
+                    _or(r.backend, "-"),
                     _or(r.kernel, "-"),
-                    # the size it asked for: in the JSON and the closing line
-                    Text(OUT_OF_MEMORY if r.out_of_memory else r.error, style="red"),
-                    *[""] * (len(cols) - 6),
-                )
-                continue
-            check = ("ok" if r.check_ok else "") if r.check_ok is not None else "skipped"
-            table.add_row(
-                r.variant,
-                str(r.seq_len),
-                heads,
-                r.backend,
-                r.kernel,
-                f"{r.ms:.3f}",
-                f"{r.tflops:.2f}",
-                *[f"{r.speedup(b):.2f}x" if r.speedup(b) is not None else "-" for b in baselines],
-                *(
-                    [f"{r.fraction_of_best:.0%}" if r.fraction_of_best is not None else "-"]
-                    if several
-                    else []
-                ),
-                check,
+                    f"{r.ms:.3f}",
+                    f"{r.tflops:.2f}",
+                    *[_times(r.speedup(b)) for b in baselines],
+                    *(
+                        [f"{r.fraction_of_best:.0%}" if r.fraction_of_best is not None else "-"]
+                        if several
+                        else []
+                    ),
+                    check,
+                ]
             )
-        console.print(table)
-    for mask in sorted({r.mask for r in result.rows if r.mask is not None}):
-        console.print(Text(f"  mask: {mask}", style="dim"))
-    for backend, reason in sorted(
-        {(r.backend, r.backend_reason) for r in result.rows if r.backend_reason is not None}
-    ):
-        console.print(Text(f"  {backend}: {reason}", style="dim"))
-    return failed
+        sheets.append(sheet)
+    return sheets
+
+
+def _times(speedup: float | None) -> str:
+    return "-" if speedup is None else f"{speedup:.2f}x"
 
 
 def _or(value, default):

@@ -1,24 +1,36 @@
-"""`sqa-nas search SPACE.yaml`: run (or resume) a search, then print its Pareto front."""
+"""`sqa-nas search SPACE.yaml`: run (or resume) a search, then print its Pareto front
+(`--format`: fitted to the terminal, plain, csv or json; `sqa_nas.cli.tables`)."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import optuna
 from rich.console import Console
-from rich.table import Table
 
-from sqa_nas.cli import console, shown
+from sqa_nas.cli import shown
 from sqa_nas.cli.args import positive
+from sqa_nas.cli.tables import (
+    Column,
+    Sheet,
+    add_format_argument,
+    chatter,
+    chosen_format,
+    csv_text,
+    json_text,
+    print_sheet,
+    write_data,
+)
 from sqa_nas.dashboard.ladder import ladder
 from sqa_nas.data import describe_split, load_dataset
 from sqa_nas.errors import UserError
 from sqa_nas.search.driver import Driver
 from sqa_nas.search.executors import make_executor
 from sqa_nas.search.figures import SHOWN, RunStats
-from sqa_nas.search.noise import K_SIGMA, Noise, assess
+from sqa_nas.search.noise import K_SIGMA, Noise, Verdict, assess
 from sqa_nas.search.records import TrialRecord, trial_records
 from sqa_nas.search.space import SearchSpec, load_space, parse_space
 from sqa_nas.search.storage import check_storage, default_storage
@@ -87,26 +99,29 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
         help="show the final Pareto front of trials "
         "measured on this GPU type only (default: one front per GPU type)",
     )
+    add_format_argument(p, "the final Pareto front")
 
 
 def run_search_command(args: argparse.Namespace) -> int:
+    fmt = chosen_format(args)
+    say = chatter(fmt)  # stdout, or stderr when stdout holds csv / json
     spec = _spec_with_overrides(args)
     # The storage is checked before the data (cheap first): "" is refused, not defaulted.
     check_storage(default_storage(spec.study_name) if spec.storage is None else spec.storage)
     data_line = check_data(spec)
-    driver = Driver(spec, make_executor(spec), console=console)
-    console.print(
+    driver = Driver(spec, make_executor(spec), console=say)
+    say.print(
         f"[bold]sqa-nas search[/] {shown(args.space)}: study [bold]{shown(spec.study_name)}[/], "
         f"{spec.cardinality():,} architectures, objectives "
         f"{', '.join(spec.objectives)}, storage {shown(driver.url)}"
     )
-    console.print(data_line, markup=False)
+    say.print(data_line, markup=False)
     result = driver.run(spec.budget.n_trials, spec.budget.max_wall_seconds)
-    print_front(result.study, spec.objectives, console, getattr(args, "gpu_type", None))
+    print_front(result.study, spec.objectives, say, getattr(args, "gpu_type", None), fmt)
     stopping = spec.budget.early_stopping
     if stopping.scheduler != "none":
-        print_ladder(result.study, stopping.rungs(spec.budget.train.tokens or 0), console)
-    print_stats(result.stats, console)
+        print_ladder(result.study, stopping.rungs(spec.budget.train.tokens or 0), say)
+    print_stats(result.stats, say)
     return 130 if result.interrupted else 0
 
 
@@ -156,12 +171,34 @@ def print_stats(stats: dict, console: Console) -> None:
 
 
 def print_front(
-    study: optuna.Study, objectives: Sequence[str], console: Console, gpu_type: str | None = None
+    study: optuna.Study,
+    objectives: Sequence[str],
+    console: Console,
+    gpu_type: str | None = None,
+    fmt: str = "table",
 ) -> None:
     """The Pareto front, one per GPU type when trials ran on several: measured throughput
     on different GPUs is not comparable (`gpu_type` shows one). Each front is read against
     the study's noise (`noise.assess`): the trials within noise of it follow it, and one
-    sentence says whether it is resolved."""
+    sentence says whether it is resolved. `fmt`: table (fitted to `console`), plain, or csv
+    / json on stdout (`front_data`)."""
+    fronts = _fronts(study, objectives, gpu_type)
+    if fmt == "json":
+        write_data(json_text(front_data(study.study_name, objectives, fronts)))
+        return
+    if fmt == "csv":
+        write_data(csv_text([t for f in fronts for _, t in _trials(f, objectives)]))
+        return
+    for where, records, verdict in fronts:
+        sheet = front_sheet(study.study_name, objectives, where, records, verdict)
+        print_sheet(sheet, fmt, console)
+        console.print(verdict.summary(), markup=False, highlight=False, soft_wrap=fmt == "plain")
+
+
+Front = tuple[str | None, list[TrialRecord], Verdict]  # GPU type (None: all), records, verdict
+
+
+def _fronts(study: optuna.Study, objectives: Sequence[str], gpu_type: str | None) -> list[Front]:
     records = trial_records(study)
     noise = Noise.read(study.user_attrs)
     types = sorted({r.gpu_type for r in records if r.state == "COMPLETE" and r.gpu_type})
@@ -170,61 +207,119 @@ def print_front(
             f"--gpu-type: no completed trial ran on {gpu_type!r}; GPU types in "
             f"this study: {', '.join(types) or 'none recorded'}"
         )
-    if gpu_type is not None or len(types) > 1:
-        for name in [gpu_type] if gpu_type else types:
-            chosen = [r for r in records if r.gpu_type == name]
-            _print_front(chosen, study.study_name, objectives, noise, console, f" on {name}")
-    else:
-        _print_front(records, study.study_name, objectives, noise, console, "")
+    if gpu_type is None and len(types) <= 1:
+        return [(None, records, assess(records, objectives, noise))]
+    out: list[Front] = []
+    for name in [gpu_type] if gpu_type else types:
+        chosen = [r for r in records if r.gpu_type == name]
+        out.append((name, chosen, assess(chosen, objectives, noise)))
+    return out
 
 
-def _print_front(
-    records: list[TrialRecord],
+def front_sheet(
     name: str,
     objectives: Sequence[str],
-    noise: Noise,
-    console: Console,
-    where: str,
-) -> None:
-    verdict = assess(records, objectives, noise)
-    table = Table(
-        title=f"Pareto front of {shown(name)}{shown(where)}: {len(verdict.front)} of "
-        f"{sum(r.state == 'COMPLETE' for r in records)} completed trials"
+    where: str | None,
+    records: list[TrialRecord],
+    verdict: Verdict,
+) -> Sheet:
+    """The front's table: trial, baseline, per-layer allocation (wrapping between layers),
+    the objectives with their spread, params, KV-cache bytes per token, speedup over MHA and
+    a note; the trials within noise of the front follow it, dim. A narrow terminal gives up
+    the KV bytes, then the params, the baseline and the speedup."""
+    on = f" on {where}" if where else ""
+    completed = sum(r.state == "COMPLETE" for r in records)
+    sheet = Sheet(
+        f"Pareto front of {name}{on}: {len(verdict.front)} of {completed} completed trials",
+        [
+            Column("trial"),
+            Column("baseline", right=False, drop=3),
+            Column("per-layer H_q/H_kv", right=False, wrap=True),
+            *(Column(o) for o in objectives),
+            Column("params", drop=2),
+            Column("KV B/token", drop=1),
+            Column("speedup vs MHA", drop=4),
+            Column("note", right=False, wrap=True),
+        ],
     )
-    for col in [
-        "trial",
-        "baseline",
-        "per-layer H_q/H_kv",
-        *objectives,
-        "params",
-        "KV B/token",
-        "speedup vs MHA",
-        "note",
-    ]:
-        table.add_column(
-            col, justify="left" if col in ("baseline", "per-layer H_q/H_kv", "note") else "right"
+    for r, t in _trials((where, records, verdict), objectives):
+        sheet.add(
+            [
+                str(r.number),
+                r.seed_variant or "",
+                r.allocation,
+                *[_value(r, o) for o in objectives],
+                f"{t['params'] or 0:,}",
+                f"{t['kv_cache_bytes_per_token'] or 0:,}",
+                f"{t['speedup_vs_mha']:.2f}x" if t["speedup_vs_mha"] else "-",
+                t["note"],
+            ],
+            style="dim" if t["within_noise"] else None,
         )
-    for r, note in [(r, "") for r in verdict.front] + [
-        (r, f"within {K_SIGMA:g} sigma") for r in verdict.indistinguishable
+    return sheet
+
+
+def _trials(front: Front, objectives: Sequence[str]) -> list[tuple[TrialRecord, dict[str, Any]]]:
+    """The front's trials, then those within noise of it: each `TrialRecord` and its flat
+    record at full precision (what csv and json print, one line or object each)."""
+    where, _, verdict = front
+    out = []
+    for r, close in [(r, False) for r in verdict.front] + [
+        (r, True) for r in verdict.indistinguishable
     ]:
         assert r.values is not None  # fronts hold completed trials only
         a, m = r.analytics, r.metrics
-        speedup = a.analytic_speedup_vs_mha if m.speedup_vs_mha is None else m.speedup_vs_mha
-        if m.noisy_throughput:
-            note = "; ".join(filter(None, [note, "noisy throughput"]))
-        table.add_row(
-            str(r.number),
-            r.seed_variant or "",
-            r.allocation,
-            *[_value(r, o) for o in objectives],
-            f"{a.params or 0:,}",
-            f"{a.kv_cache_bytes_per_token or 0:,}",
-            f"{speedup:.2f}x" if speedup else "-",
-            note,
-            style="dim" if r in verdict.indistinguishable else None,
+        low, high = m.speedup_ci95 or (None, None)
+        notes = [
+            f"within {K_SIGMA:g} sigma" if close else "",
+            "noisy throughput" if m.noisy_throughput else "",
+        ]
+        out.append(
+            (
+                r,
+                {
+                    "trial": r.number,
+                    "gpu_type": where,
+                    "baseline": r.seed_variant,
+                    "allocation": r.allocation,
+                    **{o: r.values[o] for o in objectives},
+                    "val_loss_std": m.val_loss_std,
+                    "throughput_rel_ci95": m.throughput_rel_ci95,
+                    "speedup_ci95_low": low,
+                    "speedup_ci95_high": high,
+                    "params": a.params,
+                    "kv_cache_bytes_per_token": a.kv_cache_bytes_per_token,
+                    "speedup_vs_mha": (
+                        a.analytic_speedup_vs_mha if m.speedup_vs_mha is None else m.speedup_vs_mha
+                    ),
+                    "within_noise": close,
+                    "noisy_throughput": bool(m.noisy_throughput),
+                    "note": "; ".join(filter(None, notes)),
+                },
+            )
         )
-    console.print(table)
-    console.print(verdict.summary(), markup=False, highlight=False)
+    return out
+
+
+def front_data(name: str, objectives: Sequence[str], fronts: list[Front]) -> dict[str, Any]:
+    """What ``--format json`` prints: the study, its objectives, and per front (one per GPU
+    type when trials ran on several) its GPU type, completed trials, whether the noise
+    resolves it, the verdict's sentence, and its trials (`_trials`; csv prints the same
+    trials, one line each)."""
+    return {
+        "study": name,
+        "objectives": list(objectives),
+        "fronts": [
+            {
+                "gpu_type": where,
+                "completed": sum(r.state == "COMPLETE" for r in records),
+                "resolved": verdict.resolved,
+                "verdict": verdict.summary(),
+                "trials": [t for _, t in _trials((where, records, verdict), objectives)],
+            }
+            for where, records, verdict in fronts
+        ],
+    }
 
 
 def _value(r: TrialRecord, objective: str) -> str:

@@ -20,12 +20,11 @@ from textual import events, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widget import Widget
 from textual.widgets import Footer, Header, Static
 
 from sqa_nas.dashboard import render
 from sqa_nas.dashboard.ladder import last_rung
-from sqa_nas.dashboard.plots import text_scatter
+from sqa_nas.dashboard.scatter import Scatter
 from sqa_nas.dashboard.table import TrialTable
 from sqa_nas.dashboard.view import Source, StudyView
 from sqa_nas.errors import UserError
@@ -38,35 +37,13 @@ from sqa_nas.search.records import TrialRecord
 # nothing. A paused trial's promotion changes its rung's decision, not its state (RUNNING).
 Signature = tuple[tuple[int, str, int, str], ...]
 VIEW_ATTRS = ("noise", "confirm", "space")  # the study attrs a `StudyView` reads
-COMPACT_BELOW = 40  # screen rows: below this the search panel keeps its key rows only
+# Screen rows: below this the search panel keeps its key rows only and moves beside the
+# scatter, over the trial's detail, so that at 80x24 the scatter keeps 10 plot rows and its
+# axes and the table 5 trials.
+COMPACT_BELOW = 40
 # Screen rows from which a multi-fidelity study's rung ladder has a panel under the scatter
 # (which keeps about 8 plot rows at 48); below, it is one line of the search panel.
 LADDER_PANEL_FROM = 48
-
-
-class Scatter(Widget):
-    """The braille Pareto scatter; re-rendered at whatever size the layout gives it."""
-
-    DEFAULT_CSS = "Scatter { height: 1fr; min-height: 10; }"
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.view: StudyView | None = None
-        self.axes: tuple[str, str] = ("", "")
-        self.selected: int | None = None
-
-    def show(self, view: StudyView, axes: tuple[str, str], selected: int | None) -> None:
-        """Draw `view` on `axes` (x, y), marking trial `selected`."""
-        self.view, self.axes, self.selected = view, axes, selected
-        self.refresh()
-
-    def render(self) -> Text:
-        """The scatter at the widget's current size ("loading…" before the first `show`)."""
-        if self.view is None:
-            return Text("loading…", "dim")
-        return text_scatter(
-            self.view, *self.axes, self.size.width, self.size.height, selected=self.selected
-        )
 
 
 class Dashboard(App):
@@ -75,13 +52,20 @@ class Dashboard(App):
 
     TITLE = "sqa-nas dashboard"
     CSS = """
-    #top { height: 3fr; }
+    #top { height: 3fr; min-height: 16; }
     #left { width: 3fr; }
-    #scatter { border: round $primary; }
+    #right { width: 2fr; }
+    #scatter { border: round $primary; border-subtitle-align: left; }
     #ladder { height: auto; padding: 0 1; border: round $secondary; }
-    #detail-box { width: 2fr; border: round $secondary; }
-    #progress { height: auto; max-height: 16; padding: 0 1; border: round $secondary; }
-    #trials { height: 2fr; border: round $secondary; }
+    #detail-box { border: round $secondary; }
+    #progress, #progress-side { height: auto; padding: 0 1; border: round $secondary; }
+    #progress { max-height: 16; }
+    #progress-side { display: none; }
+    #trials { height: 2fr; min-height: 8; border: round $secondary; }
+    .compact #top { height: 1fr; min-height: 14; }
+    .compact #progress { display: none; }
+    .compact #progress-side { display: block; }
+    .compact #trials { height: 8; border-bottom: none; }
     """
     BINDINGS = [
         Binding("x", "next_axis(0)", "x axis"),
@@ -145,8 +129,10 @@ class Dashboard(App):
             with Vertical(id="left"):
                 yield Scatter(id="scatter")
                 yield Static(id="ladder")
-            with VerticalScroll(id="detail-box"):
-                yield Static(id="detail")
+            with Vertical(id="right"):
+                yield Static(id="progress-side")  # the search panel on a short screen
+                with VerticalScroll(id="detail-box"):
+                    yield Static(id="detail")
         yield Static(id="progress")
         yield TrialTable(id="trials")
         yield Footer()
@@ -157,6 +143,7 @@ class Dashboard(App):
         self.query_one("#scatter").border_title = "Pareto front"
         self.query_one("#detail-box").border_title = "trial"
         self.query_one("#progress").border_title = "search"
+        self.query_one("#progress-side").border_title = "search"
         self.redraw()
         if self.initial_pick:
             self.apply_pick(self.initial_pick)
@@ -250,12 +237,14 @@ class Dashboard(App):
         title = self.source.name + (" · Pareto only" if self.front_only else "")
         rows = self.size.height or LADDER_PANEL_FROM  # 0 before the first layout
         panel = bool(self.view.ladder) and rows >= LADDER_PANEL_FROM
-        self.query_one("#progress", Static).update(
+        compact = rows < COMPACT_BELOW
+        self.screen.set_class(compact, "compact")
+        self.query_one("#progress-side" if compact else "#progress", Static).update(
             render.summary(
                 self.view,
                 self.view.progress(self.axes),
                 title=title,
-                compact=rows < COMPACT_BELOW,
+                compact=compact,
                 rungs=not panel,
             )
         )
@@ -275,9 +264,6 @@ class Dashboard(App):
         r = self.view.by_number.get(self.selected) if self.selected is not None else None
         self.query_one("#detail", Static).update(render.detail(self.view, r))
         self.query_one(Scatter).show(self.view, self.axes, self.selected)
-        self.query_one("#scatter").border_title = render.plain(
-            f"Pareto front · {self.axes[1]} vs {self.axes[0]}"
-        )
 
     def select(self, number: int) -> None:
         """Select a trial, showing it in the table (leaving Pareto-only if needed)."""

@@ -64,32 +64,54 @@ def _limits(values: list[float]) -> tuple[float, float]:
     return lo - pad, hi + pad
 
 
-def text_scatter(
-    view: StudyView, x: str, y: str, width: int, height: int, *, selected: int | None = None
-) -> Text:
-    """A `width` x `height` character plot: dim braille dots for dominated trials, a cyan ○
-    for those within noise of the front, green ● for the front (and its staircase),
-    magenta ◆ plus a name for baselines, a yellow ◉ for the selected trial; grey ─ and │
-    error bars (+-2 sigma) behind them."""
-    width, height = max(width, _Y_LABEL + 12), max(height, 6)
-    pts = view.points(x, y)
-    bars = {r.number: (view.error_bar(r, x, vx), view.error_bar(r, y, vy)) for r, vx, vy in pts}
-    title = Text(f"{axis_label(view, y)}  vs  {axis_label(view, x)}", "bold")
-    legend = Text.assemble(
+def legend(view: StudyView, x: str, y: str) -> Text:
+    """What the scatter's marks mean (the error bars' and the noise mark's only when
+    drawn, the GPU filter when one is set)."""
+    bars = any(
+        view.error_bar(r, x, vx) or view.error_bar(r, y, vy) for r, vx, vy in view.points(x, y)
+    )
+    return Text.assemble(
         ("● Pareto", "bold green"),
         ("  ⠂ dominated", "grey50"),
         ("  ◆ baseline", "magenta"),
         ("  ◉ selected", "bold yellow"),
         ("  ○ within noise" if view.close_numbers else "", "bold cyan"),
-        ("  ─│ ±2σ" if any(a or b for a, b in bars.values()) else "", "grey50"),
+        ("  ─│ ±2σ" if bars else "", "grey50"),
         (printable(f"  GPU {view.gpu_type}") if view.gpu_type else "", "italic"),
     )
+
+
+def text_scatter(
+    view: StudyView,
+    x: str,
+    y: str,
+    width: int,
+    height: int,
+    *,
+    selected: int | None = None,
+    header: bool = True,
+) -> Text:
+    """A `width` x `height` character plot: dim braille dots for dominated trials, a cyan ○
+    for those within noise of the front, green ● for the front (and its staircase),
+    magenta ◆ plus a name for baselines, a yellow ◉ for the selected trial; grey ─ and │
+    error bars (+-2 sigma) behind them; the y axis with three ticks on the left, the x axis
+    with three under it. `header`: a title line (the axes, which way is better) and the
+    `legend` above the plot; without it (a short screen) every row but the x axis's two
+    is plot, and the caller shows them elsewhere (the app: in the panel's border).
+
+    A baseline's name goes right of its mark, else left of it; a name that would cover a
+    mark or come within a cell of another name is left out (the table names every trial)."""
+    width, height = max(width, _Y_LABEL + 12), max(height, 6 if header else 4)
+    pts = view.points(x, y)
+    bars = {r.number: (view.error_bar(r, x, vx), view.error_bar(r, y, vy)) for r, vx, vy in pts}
     out = Text(no_wrap=True, overflow="crop")
-    for line in (title, legend):
-        line.truncate(width)
-        out.append_text(line)
-        out.append("\n")
-    cols, rows = width - _Y_LABEL - 1, height - 4  # plot area in characters
+    if header:
+        title = Text(f"{axis_label(view, y)}  vs  {axis_label(view, x)}", "bold")
+        for line in (title, legend(view, x, y)):
+            line.truncate(width)
+            out.append_text(line)
+            out.append("\n")
+    cols, rows = width - _Y_LABEL - 1, height - (4 if header else 2)  # plot area, characters
     if not pts:
         out.append("\n" + "no completed trial yet".center(width), "dim")
         return out
@@ -123,11 +145,15 @@ def text_scatter(
             top, bottom = dot(vx, vy + bar_y[1])[1] // 4, dot(vx, vy - bar_y[0])[1] // 4
             for cy in range(max(0, top), min(rows - 1, bottom) + 1):
                 lines.setdefault((dx // 2, cy), set()).add("v")
+        cell = (dx // 2, dy // 4)
+        baseline_there = marks.get(cell, ("",))[0] == "◆"  # its name stays next to its mark
         if view.on_front(r):
             front.append((dx, dy))
-            marks[(dx // 2, dy // 4)] = ("●", "bold green")
+            if not baseline_there:
+                marks[cell] = ("●", "bold green")
         elif view.within_noise(r):
-            marks[(dx // 2, dy // 4)] = ("○", "bold cyan")
+            if not baseline_there:
+                marks[cell] = ("○", "bold cyan")
         else:
             plot(dx, dy, 0)
         if r.seed_variant:
@@ -154,22 +180,23 @@ def text_scatter(
         if 0 <= cx < cols and 0 <= cy < rows:
             grid[cy][cx] = mark
 
-    def free(start: int, length: int) -> bool:
+    named: set[tuple[int, int]] = set()  # cells of the names placed, a cell around each
+
+    def free(row: int, start: int, length: int) -> bool:
+        cells = range(start, start + length)
         return (
             0 <= start
             and start + length <= cols
-            and not any(grid[cy][i][0] in _MARKS for i in range(start, start + length))
+            and not any(grid[row][i][0] in _MARKS or (i, row) in named for i in cells)
         )
 
-    for (cx, cy), name in labels:  # right of the mark, else left of it; marks stay visible
-        start = (
-            cx + 1
-            if free(cx + 1, len(name)) or not free(cx - len(name), len(name))
-            else cx - len(name)
-        )
+    for (cx, cy), name in labels:  # right of the mark, else left of it, else left out
+        at = next((s for s in (cx + 1, cx - len(name)) if free(cy, s, len(name))), None)
+        if at is None:
+            continue
         for i, ch in enumerate(name):
-            if 0 <= start + i < cols and grid[cy][start + i][0] not in _MARKS:
-                grid[cy][start + i] = (ch, "magenta")
+            grid[cy][at + i] = (ch, "magenta")
+        named.update((i, cy) for i in range(at - 1, at + len(name) + 1))
 
     ticks = {0: fmt_number(y1), rows // 2: fmt_number((y0 + y1) / 2), rows - 1: fmt_number(y0)}
     for row in range(rows):
@@ -337,13 +364,21 @@ def _error_bars(
     return True
 
 
-def verdict_line(view: StudyView) -> str:
+def verdict_line(view: StudyView, short: bool = False) -> str:
     """The front's verdict in a few words, for a figure's title (`Verdict.summary` is the
-    sentence)."""
+    sentence); `short`: fewer still, for a narrow panel (``NOT resolved: 2 within 2σ``)."""
     verdict = view.verdict
     if not verdict.measured:
-        return "noise not measured: not known whether the front is resolved"
+        return (
+            "not measured"
+            if short
+            else ("noise not measured: not known whether the front is resolved")
+        )
     if verdict.indistinguishable:
         n = len(verdict.indistinguishable)
+        if short:
+            return f"NOT resolved: {n} within {K_SIGMA:g}σ"
         return f"front NOT resolved: {n} trial{'' if n == 1 else 's'} within {K_SIGMA:g}σ of it"
+    if short:
+        return "resolved"
     return f"front resolved: every other trial more than {K_SIGMA:g}σ behind it"

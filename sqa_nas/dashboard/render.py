@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from sqa_nas.dashboard.ladder import trial_rungs
+from sqa_nas.dashboard.plots import verdict_line
 from sqa_nas.dashboard.spread import noisy_note
 from sqa_nas.dashboard.view import Progress, StudyView, fmt_number, objective_label
 from sqa_nas.errors import UserError
@@ -62,10 +63,10 @@ def summary(
 ) -> Table:
     """Counts, rate, the last run's GPU figures, front size, whether the noise resolves the
     front (`Verdict.summary`, which names the noise floor), the last `sqa-nas confirm`,
-    hypervolume trend and the pickers' choices. `compact` (a short terminal) keeps the
-    trial counts, the front, the verdict and the confirm result. `rungs` adds the rung
-    ladder on one line (`ladder_line`; a multi-fidelity study whose ladder has no panel of
-    its own on screen)."""
+    hypervolume trend and the pickers' choices. `compact` (a short terminal, the panel
+    beside the scatter) keeps the trial counts, the front, the verdict in a few words and
+    the confirm result. `rungs` adds the rung ladder on one line (`ladder_line`; a
+    multi-fidelity study whose ladder has no panel of its own on screen)."""
     c = progress.counts
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
@@ -89,19 +90,18 @@ def summary(
         rate = "-" if progress.per_hour is None else f"{progress.per_hour:.1f}/h overall"
         grid.add_row("rate", f"{rate}, {progress.last_hour} in the last hour")
         grid.add_row("GPU", run_figures(view.run))
+    done = sum(1 for r in view.records if r.state == "COMPLETE")
     grid.add_row(
-        "front",
-        f"{len(view.front)} Pareto-optimal of "
-        f"{sum(1 for r in view.records if r.state == 'COMPLETE')} done",
+        "front", f"{len(view.front)} {'of' if compact else 'Pareto-optimal of'} {done} done"
     )
-    # compact: one line each, cut with an ellipsis (the sentence opens with the verdict)
+    # compact: the verdict in a few words (`verdict_line`), the rungs and the confirm on one
+    # line each, cut with an ellipsis
     cut: dict[str, Any] = dict(no_wrap=True, overflow="ellipsis") if compact else {}
     if rungs and view.ladder:
         grid.add_row("rungs", ladder_line(view, no_wrap=True, overflow="ellipsis"))
     verdict = view.verdict
-    grid.add_row(
-        "noise", plain(verdict.summary(), "green" if verdict.resolved else "yellow", **cut)
-    )
+    sentence = verdict_line(view, short=True) if compact else verdict.summary()
+    grid.add_row("noise", plain(sentence, "green" if verdict.resolved else "yellow"))
     if view.confirmation is not None:
         grid.add_row("confirm", confirm_line(view, **cut))
     if compact:

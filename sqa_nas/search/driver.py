@@ -25,7 +25,6 @@ import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 from rich.console import Console
-from rich.live import Live
 from rich.markup import escape
 
 from sqa_nas.analytics import analyze
@@ -42,7 +41,7 @@ from sqa_nas.search.locks import (
     uses_heartbeat,
 )
 from sqa_nas.search.noise import Noise
-from sqa_nas.search.progress import progress_panel
+from sqa_nas.search.progress import SearchProgress
 from sqa_nas.search.repeats import Repeats
 from sqa_nas.search.samplers import make_sampler
 from sqa_nas.search.scheduler import Scheduler, checkpoint_folder
@@ -214,9 +213,15 @@ class Driver:
             else threading.Event()
         )
         try:
-            with Live(
-                self._render(n_trials), console=self.console, refresh_per_second=4, transient=True
-            ) as live:
+            with SearchProgress(
+                self.spec,
+                self.executor,
+                self.url,
+                n_trials,
+                max_wall_seconds,
+                console=self.console,
+            ) as shown:
+                shown.update(self.counts(), self.study)
                 while True:
                     out_of_time = max_wall_seconds and time.monotonic() - start > max_wall_seconds
                     stop = out_of_time or self.repeats.exhausted
@@ -261,7 +266,7 @@ class Driver:
                     # The panel reads the whole study: on a result, else about once a second.
                     if told or time.monotonic() - last_render > 1.0:
                         last_render = time.monotonic()
-                        live.update(self._render(n_trials))
+                        shown.update(self.counts(), self.study)
         except (KeyboardInterrupt, ExecutorLost) as exc:
             # Ctrl-C, or what runs the trials is gone (a dead raylet): fail and re-queue them.
             why = exc.reason if isinstance(exc, ExecutorLost) else "interrupted (Ctrl-C)"
@@ -438,8 +443,3 @@ class Driver:
         """A line on the rich console (`Console.log`: time-stamped, above the live panel);
         plain text (an allocation's brackets are not markup)."""
         self.console.log(escape(text))
-
-    def _render(self, n_trials: int):
-        study = getattr(self, "study", None)
-        counts = self.counts() if study is not None else {}
-        return progress_panel(self.spec, self.executor, self.url, n_trials, counts, study)

@@ -94,7 +94,7 @@ def test_app_shows_scatter_table_detail_and_progress(storage):
 
     text, rows, view = run(go())
     assert rows == list(range(15))  # every trial, failed and running included
-    assert "Pareto front · val_loss vs throughput_tokens_per_s" in text
+    assert "Pareto front · val_loss ↓ vs throughput_tokens_per_s ↑" in text
     scatter = "\n".join(line.split("││")[0] for line in text.splitlines()[1:24])
     assert "● Pareto  ⠂ dominated  ◆ baseline  ◉ selected" in scatter
     # The fake study's trials come from optuna's sampler (seeded, but they may change with
@@ -137,7 +137,7 @@ def test_navigate_select_and_switch_axes(storage):
     assert "backend  sdpa   sdpa   sdpa   sdpa" in detail
     assert "train loss" in detail
     assert out["axes_x"] == ("speedup_vs_mha", "val_loss")  # x moved on to the next metric
-    assert "Pareto front · val_loss vs speedup_vs_mha" in out["screen_x"]
+    assert "Pareto front · val_loss ↓ vs speedup_vs_mha ↑" in out["screen_x"]
     assert out["axes_y"] == ("speedup_vs_mha", "throughput_tokens_per_s")
     assert out["last"] == 14 and "trial #14 RUNNING" in out["screen_last"]
 

@@ -297,10 +297,12 @@ def test_on_a_smaller_screen_the_ladder_is_one_line_of_the_search_panel(ladder_d
     assert len(lines) == size[1] and all(len(line) <= size[0] for line in lines)
     assert not shown and "rung ladder" not in text
     line = "11 → 7 → 4 reached (1M → 9M tok), 4 stopped, 2 paused"
+    if size[0] < 100:  # the narrow panel beside the scatter: cut at its edge
+        line = "11 → 7 → 4 reached"
     assert re.search(rf"│ rungs +{re.escape(line)}", text)
-    # the scatter keeps its axes and a few plot rows; the table shows several trials
+    # the scatter keeps its axes and 10 plot rows; the table shows 5 trials (test_screens)
     assert sum(1 for line in lines if "┤" in line) >= 3
-    assert sum(1 for line in lines if "COMPLETE" in line or "PRUNED" in line) >= 3
+    assert sum(1 for line in lines if "COMPLETE" in line or "PRUNED" in line) >= 5
 
 
 def test_a_promotion_is_redrawn_though_no_state_changed(writable):

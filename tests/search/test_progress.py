@@ -1,5 +1,7 @@
-"""sqa_nas.search.progress: the live panel's header counts, repeats told included only when
-there are some."""
+"""sqa_nas.search.progress: the live panel (a rich progress bar of trials or of the time
+budget, tokens trained, rates, ETA, the trials by state) and, off a terminal, plain lines;
+rates count this run's trials only. A driver's run logs those lines without a control
+character."""
 
 from __future__ import annotations
 
@@ -7,10 +9,18 @@ import io
 
 from rich.console import Console
 
-from sqa_nas.search.executors.base import Executor
-from sqa_nas.search.progress import progress_panel
+from sqa_nas.progress import Pace, clock_time, rate_text
+from sqa_nas.search.driver import Driver
+from sqa_nas.search.executors.base import Executor, Running
+from sqa_nas.search.progress import SearchProgress
+from sqa_nas.search.records import TrialRecord
 from sqa_nas.search.space import parse_space
+from sqa_nas.search.trial import TrialJob
+from tests.search.test_driver import InProcess
 from tests.search.test_search import TINY
+
+SPEC = parse_space(TINY)
+TOKENS_PER_STEP = 2 * 32  # TINY: batch 2, seq_len 32
 
 
 class Idle(Executor):
@@ -28,16 +38,138 @@ class Idle(Executor):
         return []
 
 
-def _text(counts) -> str:
-    out = io.StringIO()
-    Console(file=out, width=200).print(
-        progress_panel(parse_space(TINY), Idle(), "sqlite:///x.db", 4, counts)
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def trained(number: int, tokens: int, loss: float = 2.0) -> TrialRecord:
+    return TrialRecord(
+        number,
+        "COMPLETE",
+        {"val_loss": loss, "throughput_tokens_per_s": 100.0 + number},
+        {},
+        {"metrics": {"train_tokens": tokens}},
     )
+
+
+def shown(renderable, width: int = 200) -> str:
+    out = io.StringIO()
+    Console(file=out, width=width, color_system=None).print(renderable)
     return out.getvalue()
+
+
+def progress(executor=None, n_trials=10, wall=None, terminal=False, clock=None):
+    console = Console(file=io.StringIO(), width=120, force_terminal=terminal)
+    return SearchProgress(
+        SPEC,
+        executor or Idle(),
+        "sqlite:///x.db",
+        n_trials,
+        wall,
+        console=console,
+        clock=clock or Clock(),
+    )
 
 
 def test_the_header_counts_repeats_told_only_when_there_are_some():
     counts = {"counted": 2, "complete": 2, "running": 1, "duplicates": 3}
-    text = _text(counts)
+    text = shown(progress(n_trials=4).panel(counts, None))
     assert "2/4 evaluated" in text and "repeats told 3" in text
-    assert "repeats told" not in _text({**counts, "duplicates": 0})
+    assert "complete 2, running 1, failed 0, pruned 0, infeasible 0" in text
+    none_told = progress(n_trials=4).panel({**counts, "duplicates": 0}, None)
+    assert "repeats told" not in shown(none_told)
+
+
+def test_rates_and_eta_count_this_runs_trials_only():
+    clock = Clock()
+    p = progress(clock=clock)
+    # a resumed study: 4 trials (4,000 tokens) evaluated before this run
+    before = [trained(i, 1000) for i in range(4)]
+    assert p.status({"counted": 4}, before).trials.rate is None  # nothing new yet
+    clock.now += 3600.0  # an hour later, 2 more trials of 3,600 tokens each
+    now = before + [trained(4, 3600), trained(5, 3600)]
+    s = p.status({"counted": 6}, now)
+    assert s.trials.rate == 2 / 3600 and s.limit == "n_trials"
+    assert s.trials.eta == 4 / (2 / 3600)  # 4 to go at 2 an hour: 2 hours
+    assert s.tokens == 11_200 and s.tokens_per_s == 2.0
+    assert s.eta_text() == "ETA 2:00:00 (n_trials)"
+    assert s.rates() == "11,200 tokens trained, 2 trials/h, 2 tokens/s"
+
+
+def test_the_time_budget_limits_when_it_ends_the_run_first():
+    clock = Clock()
+    p = progress(wall=1800.0, clock=clock)
+    p.status({"counted": 0}, [])
+    clock.now += 600.0
+    s = p.status({"counted": 1}, [trained(0, 10)])
+    # 9 trials to go at 6 an hour take 1.5 hours; the budget has 20 minutes left
+    assert s.limit == "time" and s.eta == 1200.0
+    assert s.eta_text() == "ETA 0:20:00 (time budget)"
+    text = shown(p.panel({"counted": 1, "complete": 1}, None))
+    assert "1 evaluated, time budget 0:10:00 of 0:30:00" in text and "ETA 0:20:00" in text
+    clock.now += 600.0
+    fast = p.status({"counted": 8}, [trained(0, 10)])  # 8 in 20 min: 2 more in 5, of 10 left
+    assert fast.limit == "n_trials" and fast.eta_text() == "ETA 0:05:00 (n_trials)"
+
+
+def test_tokens_trained_count_running_trials_steps_once():
+    executor = Idle()
+    job = TrialJob(1, {}, {}, None, {})
+    executor.running[1] = Running(job, "cpu worker 0", progress={"step": 10, "of": 20})
+    executor.running[2] = Running(job, "cpu worker 1", progress={"step": 3, "of": 20})
+    p = progress(executor)
+    # trial 1 was paused at 320 tokens and resumed: its step counts from its start
+    records = [trained(0, 500), trained(1, 320)]
+    assert p.tokens_trained(records) == 500 + 10 * TOKENS_PER_STEP + 3 * TOKENS_PER_STEP
+    text = shown(p.panel({"counted": 1, "running": 2}, None))
+    assert "10/20" in text and "cpu worker 1" in text
+    # trial 2 starts its second seed: its steps count again from 1, the first seed's stay
+    executor.running[2].progress = {"step": 1, "of": 20}
+    assert p.tokens_trained(records) == 500 + 10 * TOKENS_PER_STEP + 4 * TOKENS_PER_STEP
+    # a trial trained with 3 seeds records one seed's tokens
+    three = TrialRecord(
+        3, "COMPLETE", None, {}, {"metrics": {"train_tokens": 100}, "seeds": [1, 2, 3]}
+    )
+    assert progress().tokens_trained([three]) == 300
+
+
+def test_the_panel_on_a_terminal_has_the_bar_rate_and_eta():
+    clock = Clock()
+    p = progress(terminal=True, clock=clock)
+    p.status({"counted": 0}, [])
+    clock.now += 1800.0
+    records = [trained(0, 6400), trained(1, 6400, loss=1.5)]
+    out = io.StringIO()
+    Console(file=out, width=80, force_terminal=True).print(p.panel({"counted": 2}, None))
+    text = out.getvalue()
+    assert "━" in text and "2/10 evaluated" in text and "ETA 2:00:00 (n_trials)" in text
+    assert "0:30:00" in text  # elapsed
+    line = p.line({"counted": 2, "complete": 2}, records)
+    assert line.startswith("progress: 2/10 evaluated (complete 2, running 0, failed 0,")
+    assert "12,800 tokens trained, 4 trials/h, 7 tokens/s" in line
+    assert "0:30:00 elapsed, ETA 2:00:00 (n_trials) | Pareto front: 1 trials" in line
+
+
+def test_pace_and_its_words():
+    assert Pace(10, 10, 5.0).eta_text() == "done"
+    assert Pace(10, 3, 5.0, done_before=3).eta_text() == "ETA -"
+    assert clock_time(90061) == "1d 1:01:01" and clock_time(59.6) == "0:01:00"
+    assert rate_text(2.5, "rows") == "2.5 rows/s" and rate_text(0.05, "rows") == "3 rows/min"
+    assert rate_text(1 / 7200, "trials") == "0.5 trials/h" and rate_text(None, "x") == "- x/h"
+
+
+def test_a_search_off_a_terminal_logs_plain_progress_lines(tmp_path):
+    out = io.StringIO()
+    console = Console(file=out, width=120)  # a file: not a terminal
+    spec = parse_space({**TINY, "study": "plainlog"})
+    driver = Driver(spec, InProcess(), storage_url=f"sqlite:///{tmp_path}/s.db", console=console)
+    driver.run(4)
+    text = out.getvalue()
+    assert "\x1b" not in text and "\r" not in text  # no control sequences in a log
+    lines = [x for x in text.splitlines() if "progress:" in x]
+    assert lines and "4/4 evaluated (complete 4, running 0" in lines[-1]
+    assert "tokens trained" in lines[-1] and " trials/" in lines[-1] and "done" in lines[-1]
