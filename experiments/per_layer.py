@@ -37,6 +37,8 @@ from sqa_nas.search.executors.local import LocalExecutor
 from sqa_nas.search.pareto import pareto_front
 from sqa_nas.search.records import load_study, trial_records
 from sqa_nas.search.space import load_space, parse_space
+from sqa_nas.search.storage import default_storage
+from sqa_nas.search.study_attrs import read_study_attrs
 
 UNIFORM = ["MHA", "GQA", "SQA", "sSQA", "xSQA"]
 
@@ -89,7 +91,8 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if args.study:
         study = load_study(args.study, args.storage)
-        spec = parse_space(study.user_attrs["space"], f"study {args.study}")
+        attrs = read_study_attrs(study, args.storage or default_storage(args.study))
+        spec = parse_space(attrs.space or {}, f"study {args.study}")
     else:
         spec, study = _search(args)
     records = [r for r in trial_records(study) if r.state == "COMPLETE"]
