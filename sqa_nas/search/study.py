@@ -211,10 +211,15 @@ def baselines_to_run(study: optuna.Study, names: Iterable[str]) -> list[str]:
 
 
 def corpus_summary(meta: dict[str, Any]) -> dict[str, Any]:
-    """The corpus facts a study keeps (kind, vocabulary and sizes) from a dataset's meta."""
-    keep: tuple[str, ...] = ("kind", "vocab_size", "tokens", "documents", "bytes", "skipped")
+    """The corpus facts a study keeps (kind, vocabulary, sizes, split, files skipped by
+    reason: ``binary``, ``not_utf8``, ``over_2MiB``) from a dataset's meta."""
+    keep: tuple[str, ...] = ("kind", "vocab_size", "tokens", "documents", "bytes")
     keep += ("val_fraction", "val_fraction_actual", "split")  # the split asked and made
-    return {k: meta[k] for k in keep if k in meta}
+    summary = {k: meta[k] for k in keep if k in meta}
+    skipped = meta.get("skipped")  # file names by reason: counted here
+    if isinstance(skipped, dict):
+        summary["skipped"] = {k: len(v) for k, v in skipped.items() if isinstance(v, list) and v}
+    return summary
 
 
 def trial_counts(study: optuna.Study) -> dict[str, int]:
