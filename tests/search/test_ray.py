@@ -142,6 +142,9 @@ def _start_node(cmd: list[str], env: dict, log: Path) -> Node:
     return node
 
 
+_HAS_GRPC = importlib.util.find_spec("grpc") is not None  # ray[client] or ray[default]
+
+
 def _start_cluster(free_port, env: dict, temp: Path) -> tuple[str, list[Node]]:
     """A head and a joined second node; on failure, nothing left running and an error that
     carries both nodes' logs and the head's GCS log."""
@@ -157,7 +160,8 @@ def _start_cluster(free_port, env: dict, temp: Path) -> tuple[str, list[Node]]:
                     "--head",
                     f"--port={port}",
                     "--include-dashboard=false",
-                    f"--ray-client-server-port={free_port()}",
+                    # Ray Core (what sqa-nas installs) has no client server; ray[client] does.
+                    *([f"--ray-client-server-port={free_port()}"] if _HAS_GRPC else []),
                     f"--dashboard-agent-listen-port={free_port()}",
                     f"--temp-dir={temp}",
                     *NODE_ARGS,
