@@ -62,7 +62,9 @@ def artifact_folder(url: str | None, study_name: str) -> Path | None:
     return None
 
 
-def write_record(study: optuna.Study, url: str | None, kind: str, value: Mapping[str, Any]):
+def write_record(
+    study: optuna.Study, url: str | None, kind: str, value: Mapping[str, Any]
+) -> None:
     """Store record `kind` (one of `RECORDS`) of `study`: a JSON artifact under
     `artifact_folder`, or, where there is none, the user attributes format 1 used. A folder
     that cannot be made or written is a `UserError` naming it."""
