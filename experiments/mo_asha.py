@@ -44,6 +44,7 @@ from sqa_nas.search.asha import kendall_tau
 from sqa_nas.search.figures import run_stats
 from sqa_nas.search.pareto import hypervolume_history
 from sqa_nas.search.records import trial_records
+from sqa_nas.search.study_attrs import read_study_attrs
 
 ARMS = ("nsga2", "mo_asha")
 OBJECTIVES = ["val_loss", "speedup_vs_mha"]
@@ -94,7 +95,7 @@ def run(arm: str, seed: int, gpu_seconds: float, smoke: bool, executor: str) -> 
         wall = time.perf_counter() - start
         study = optuna.load_study(study_name=f"mo_asha_{arm}_{seed}", storage=storage)
         records = trial_records(study)
-        stats = run_stats(study.user_attrs.get("executor_stats"))[-1]
+        stats = run_stats(read_study_attrs(study, storage).runs)[-1]
     gpus = max(1, len(stats.nvml_util_by_gpu))  # the GPUs the search sampled (1 on a CPU)
     began = min(r.datetime_start for r in records if r.datetime_start)
     ref = tuple((SMOKE_REFERENCE if smoke else REFERENCE)[o] for o in OBJECTIVES)

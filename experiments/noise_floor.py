@@ -30,6 +30,7 @@ from sqa_nas.cli import main as cli_main
 from sqa_nas.errors import UserError
 from sqa_nas.search.noise import Noise, assess
 from sqa_nas.search.records import trial_records
+from sqa_nas.search.study_attrs import read_study_attrs
 
 
 def _space(tokens: int, n_trials: int, noise_seeds: int, smoke: bool) -> dict:
@@ -95,7 +96,7 @@ def run(tokens: int, n_trials: int, noise_seeds: int, top: int, seeds: int, smok
                 "resolved": verdict.resolved,
                 "summary": verdict.summary(),
             },
-            "confirm": study.user_attrs.get("confirm"),
+            "confirm": read_study_attrs(study, storage).confirm,
             "trials": trials,
         }
 

@@ -50,6 +50,8 @@ from sqa_nas.search.executors.local import LocalExecutor
 from sqa_nas.search.pareto import pareto_front
 from sqa_nas.search.records import load_study, trial_records
 from sqa_nas.search.space import SearchSpec, load_space, parse_space
+from sqa_nas.search.storage import default_storage
+from sqa_nas.search.study_attrs import read_study_attrs
 
 UNIFORM = ["MHA", "GQA", "MQA", "SQA", "sSQA", "xSQA", "xSMQA", "lSQA"]
 
@@ -134,7 +136,8 @@ def main(argv=None) -> None:
         raise UserError("--seeds: give two seeds or more (an interval needs pairs)")
     if args.study:
         study = load_study(args.study, args.storage)
-        spec = parse_space(study.user_attrs["space"], f"study {args.study}")
+        attrs = read_study_attrs(study, args.storage or default_storage(args.study))
+        spec = parse_space(attrs.space or {}, f"study {args.study}")
     else:
         spec, study = _search(args)
     records = [r for r in trial_records(study) if r.state == "COMPLETE"]

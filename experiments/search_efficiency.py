@@ -43,6 +43,7 @@ from sqa_nas.cli import main as cli_main
 from sqa_nas.errors import UserError
 from sqa_nas.search.figures import run_stats
 from sqa_nas.search.records import trial_records
+from sqa_nas.search.study_attrs import read_study_attrs
 from sqa_nas.search.utilisation import GpuSampler
 
 RUNS = {
@@ -88,7 +89,7 @@ def run(label: str, tokens: int, n_trials: int, smoke: bool) -> dict:
         if status:
             raise UserError(f"the {label} search exited with status {status}")
         study = optuna.load_study(study_name=f"efficiency_{label}", storage=storage)
-        stats = run_stats(study.user_attrs.get("executor_stats"))[-1]
+        stats = run_stats(read_study_attrs(study, storage).runs)[-1]
         trials = [r for r in trial_records(study) if r.state == "COMPLETE"]
     rows = []
     for r in trials:

@@ -16,6 +16,8 @@ from sqa_nas.search.executors import make_executor
 from sqa_nas.search.pareto import pareto_front
 from sqa_nas.search.records import load_study, of_gpu_type, trial_records
 from sqa_nas.search.space import parse_space
+from sqa_nas.search.storage import default_storage
+from sqa_nas.search.study_attrs import read_study_attrs
 
 
 def add_confirm_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,9 +37,12 @@ def add_confirm_arguments(p: argparse.ArgumentParser) -> None:
 def run_confirm_command(args: argparse.Namespace) -> int:
     existing_storage(args.storage)  # a missing storage is not created
     study = load_study(args.study, args.storage, write=True)  # the result is stored in it
-    stored = study.user_attrs.get("space")
-    if not isinstance(stored, dict):
-        raise UserError(f"study {args.study!r} holds no search space to retrain from")
+    url = args.storage or default_storage(args.study)
+    attrs = read_study_attrs(study, url)
+    stored = attrs.space
+    if stored is None:
+        where = f" (its records belong in {attrs.folder})" if attrs.folder else ""
+        raise UserError(f"study {args.study!r} holds no search space to retrain from{where}")
     execution = dict(stored.get("execution", {}))
     for key in ("device", "workers"):
         if getattr(args, key) is not None:
@@ -58,6 +63,7 @@ def run_confirm_command(args: argparse.Namespace) -> int:
             make_executor(spec),
             top=args.top,
             seeds=args.seeds,
+            url=url,
             gpu_type=args.gpu_type,
             on_done=lambda _: bar.advance(task),
         )

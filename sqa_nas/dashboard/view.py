@@ -40,6 +40,7 @@ from sqa_nas.search.records import (
     trial_records,
 )
 from sqa_nas.search.storage import default_storage
+from sqa_nas.search.study_attrs import read_study_attrs
 
 # metric name -> where a trial stores it when it is not one of the study's objectives
 _ANALYTICS = {
@@ -91,11 +92,11 @@ class StorageSource(Source):
         return trial_records(self.study)
 
     def runs(self) -> list[RunStats]:
-        """The study's ``executor_stats``, read afresh (Optuna re-reads user attrs)."""
-        return run_stats(self.study.user_attrs.get("executor_stats"))
+        """The study's run records, read afresh (`read_study_attrs`)."""
+        return run_stats(read_study_attrs(self.study, self.where).runs)
 
     def study_attrs(self) -> dict[str, Any]:
-        return dict(self.study.user_attrs)
+        return read_study_attrs(self.study, self.where).as_attrs()
 
 
 class MemorySource(Source):

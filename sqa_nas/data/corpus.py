@@ -11,8 +11,13 @@ which includes ``pydoc_data/topics.py``, the long prose of ``help()``), and with
 - ``_sysconfigdata*.py``: generated at build time with the install's paths, so it would make
   two identical Pythons installed in different places disagree.
 
-Skipped names are listed in ``meta["skipped"]``. **Text**: the files or globs given, all of
-which must be UTF-8 (a binary file matched by a glob is an error, not a silent skip).
+Skipped names are listed in ``meta["skipped"]``. **Text**: the files, globs and directories
+given. A file named or matched by a glob must be UTF-8 (a binary one is an error, not a silent
+skip). A directory brings every file under it (recursively, symbolic links followed, each
+directory once, so a link loop ends; names starting with ``.`` left out, as ``.git``), and
+there a *binary* file (a NUL byte in its first 8 KiB, or bytes that are not UTF-8: images,
+archives, Latin-1 text) is skipped and counted (``meta["skipped"]["binary"]``, which the
+search's data line shows). A file reached twice (a link and its target) counts once.
 
 Split (`split.plan_split`, sizes in bytes of the files kept, skipped ones not counted): a
 file goes to validation when the first 8 bytes of sha256(name), read as a fraction of 2^64,
@@ -49,6 +54,7 @@ from sqa_nas.data.stream import TokenStream
 from sqa_nas.errors import UserError
 
 MAX_FILE_BYTES = 2 * 2**20
+SNIFF_BYTES = 8192  # a NUL byte in the first 8 KiB marks a binary file (as git decides)
 SEPARATOR = 0xFF
 _SKIPPED_DIRS = {"__pycache__", "site-packages", "dist-packages"}
 
@@ -61,6 +67,7 @@ class SourceFile:
     path: Path
     size: int
     mtime_ns: int
+    found: bool = False  # found in a directory: skipped when binary, not an error
 
 
 def load_embedded(spec: EmbeddedSpec, root: Path) -> TokenStream:
@@ -103,9 +110,11 @@ def python_files(roots: dict[str, Path]) -> list[SourceFile]:
 
 
 def text_files(patterns: list[str]) -> list[SourceFile]:
-    """The files that ``patterns`` (paths or globs) name, each named relative to the common
-    parent of them all (just the file name for a single file)."""
-    paths: set[Path] = set()
+    """The files that ``patterns`` (paths, globs or directories) name, each named relative to
+    the common parent of them all (just the file name for a single file), in name order.
+    Files found under a directory are marked ``found`` (skipped when binary)."""
+    paths: set[Path] = set()  # named, or matched by a glob
+    found: set[Path] = set()  # under a directory given
     for pattern in patterns:
         expanded = os.path.expanduser(pattern)
         if any(c in expanded for c in "*?["):  # a glob pattern
@@ -114,23 +123,53 @@ def text_files(patterns: list[str]) -> list[SourceFile]:
                 raise UserError(f"text data: pattern {pattern!r} matches no file")
             paths.update(p.resolve() for p in matched)
         elif Path(expanded).is_dir():
-            raise UserError(
-                f"text data: {pattern!r} is a directory; name files or a glob "
-                f"such as '{pattern.rstrip('/')}/**/*.txt'"
-            )
+            inside = directory_files(Path(expanded))
+            if not inside:
+                raise UserError(f"text data: directory {pattern!r} holds no file")
+            found.update(inside)
         elif Path(expanded).is_file():
             paths.add(Path(expanded).resolve())
         else:
             raise UserError(f"text data: no such file {pattern!r}")
-    parent = Path(os.path.commonpath(paths)) if len(paths) > 1 else next(iter(paths)).parent
+    found -= paths  # a file also named is held to the named files' rule
+    everything = paths | found
+    parent = (
+        Path(os.path.commonpath(everything))
+        if len(everything) > 1
+        else next(iter(everything)).parent
+    )
     return sorted(
-        (_source(p.relative_to(parent).as_posix(), p) for p in paths), key=lambda f: f.name
+        (_source(p.relative_to(parent).as_posix(), p, found=p in found) for p in everything),
+        key=lambda f: f.name,
     )
 
 
-def _source(name: str, path: Path) -> SourceFile:
+def directory_files(top: Path) -> set[Path]:
+    """Every regular file under ``top``, resolved: recursively, following symbolic links to
+    directories but entering each directory once (a link loop, or two links to one place,
+    ends there), leaving out names that start with ``.``; an unreadable directory is
+    passed over, as ``find`` does after saying so."""
+    files: set[Path] = set()
+    seen: set[Path] = set()
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+        here = Path(dirpath).resolve()
+        if here in seen:
+            dirnames[:] = []
+            continue
+        seen.add(here)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for filename in filenames:
+            path = Path(dirpath, filename)
+            if not filename.startswith(".") and path.is_file():  # not a dangling link
+                files.add(path.resolve())
+    return files
+
+
+def _source(name: str, path: Path, *, found: bool = False) -> SourceFile:
     stat = path.stat()
-    return SourceFile(name=name, path=path, size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+    return SourceFile(
+        name=name, path=path, size=stat.st_size, mtime_ns=stat.st_mtime_ns, found=found
+    )
 
 
 def load_files(
@@ -145,13 +184,17 @@ def load_files(
             "val_fraction": val_fraction,
             "split_rule": SPLIT_RULE,
             "strict": strict,
-            "files": [(f.name, str(f.path), f.size, f.mtime_ns) for f in files],
+            # ("found",) only where it is: the keys of corpora built before stay as they were
+            "files": [
+                (f.name, str(f.path), f.size, f.mtime_ns) + (("found",) if f.found else ())
+                for f in files
+            ],
         }
     )
     meta = {**meta, "vocab_size": 256, "val_fraction": val_fraction}
 
     def build(directory: Path) -> None:
-        skipped: dict[str, list[str]] = {"not_utf8": [], "over_2MiB": []}
+        skipped: dict[str, list[str]] = {"not_utf8": [], "over_2MiB": []}  # and "binary"
         sizes: dict[str, int] = {}  # the files kept, by name
         # Every file is read twice (page cache helps): the split needs the sizes of the files
         # kept, and which are kept is known only once each has been decoded.
@@ -161,9 +204,12 @@ def load_files(
                 advance(f.size)
                 reason = _skip_reason(f, strict)
                 if reason:
-                    skipped[reason].append(f.name)
+                    skipped.setdefault(reason, []).append(f.name)
                 else:
                     sizes[f.name] = f.size
+            if files and not sizes:
+                why = ", ".join(f"{len(v)} {k}" for k, v in skipped.items() if v)
+                raise UserError(f"{meta['kind']} data: none of its files is text ({why})")
             plan = plan_split(sizes, val_fraction)
             with CorpusWriter(directory, dtype="uint8", separator=SEPARATOR) as writer:
                 for f in files:
@@ -183,13 +229,19 @@ def load_files(
 
 
 def _skip_reason(f: SourceFile, strict: bool) -> str | None:
-    """Why the build leaves ``f`` out (``over_2MiB``, ``not_utf8``), or None to keep it;
-    ``strict``: a file that is not UTF-8 raises `UserError` instead."""
+    """Why the build leaves ``f`` out (``over_2MiB``, ``not_utf8``, ``binary``: a file found
+    in a directory with a NUL byte in its first `SNIFF_BYTES` or not UTF-8), or None to keep
+    it; ``strict``: a file that is not UTF-8 raises `UserError` instead, unless ``found``."""
     if not strict and f.size > MAX_FILE_BYTES:
         return "over_2MiB"
+    data = _read(f)
+    if f.found and 0 in data[:SNIFF_BYTES]:
+        return "binary"
     try:
-        _read(f).decode("utf-8")
+        data.decode("utf-8")
     except UnicodeDecodeError as exc:
+        if f.found:
+            return "binary"
         if strict:
             raise UserError(
                 f"text data: {f.path} is not UTF-8 text (byte {exc.start}: {exc.reason})"

@@ -3,7 +3,7 @@
 One model per kind, told apart by ``kind`` (a pydantic discriminated union)::
 
     data: {kind: embedded}                                    # stdlib sources, bytes, no download
-    data: {kind: text, paths: ["notes/*.md"]}                 # your files, bytes
+    data: {kind: text, paths: ["notes/*.md"]}                 # your files (or folders), bytes
     data: {kind: tokens, path: data/owt, dtype: uint16}       # nanoGPT train.bin / val.bin
     data: {kind: hf, name: roneneldan/TinyStories, tokenizer: gpt2}
     data: {kind: mqar, vocab_size: 8192, num_kv_pairs: 8}     # associative recall, generated
@@ -35,10 +35,12 @@ class EmbeddedSpec(_Spec):
 
 
 class TextSpec(_Spec):
-    """Local UTF-8 text files as bytes (vocab 256). ``paths`` are files or glob patterns
-    (``**`` recurses). Validation gets ``val_fraction`` of the bytes to within a percentage
-    point: by file when the files' hashes land that close, else whole files then the tail of
-    one (a single file keeps its last ``val_fraction``); see `split`."""
+    """Local UTF-8 text files as bytes (vocab 256). ``paths`` are files, glob patterns
+    (``**`` recurses) or directories (every file under one, extensionless ones too, hidden
+    names left out; binary files skipped and counted, `corpus`). Validation gets
+    ``val_fraction`` of the bytes to within a percentage point: by file when the files'
+    hashes land that close, else whole files then the tail of one (a single file keeps its
+    last ``val_fraction``); see `split`."""
 
     kind: Literal["text"] = "text"
     paths: list[str] = Field(min_length=1)

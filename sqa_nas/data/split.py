@@ -105,8 +105,9 @@ def actual_fraction(tokens: Mapping[str, int]) -> float:
 
 def describe_split(meta: Mapping[str, Any]) -> str:
     """One line on a dataset's split from its ``meta`` (`Dataset.meta`): kind, tokens, the
-    validation share made and the one asked, and how it was made, e.g. ``data: text,
-    1,234,567 tokens, validation 5.0% (asked 5.0%), split by file, one file cut``."""
+    validation share made and the one asked, how it was made, and the binary files a
+    directory held, e.g. ``data: text, 1,234,567 tokens, validation 5.0% (asked 5.0%), split
+    by file, one file cut, 2 binary files skipped``."""
     kind = meta["kind"]
     tokens = meta.get("tokens")
     if tokens is None:  # mqar: sequences are generated, validation from its own seed
@@ -123,4 +124,6 @@ def describe_split(meta: Mapping[str, Any]) -> str:
         "fill": f"split by {piece}, one {piece} cut",
         "named": f"the {meta.get('spec', {}).get('val_split')!r} split",
     }.get(meta.get("split", ""), f"from the {kind} data's own validation split")
-    return f"{line}, {how}"
+    binary = len((meta.get("skipped") or {}).get("binary") or [])
+    skipped = f", {binary} binary file{'s' * (binary != 1)} skipped" if binary else ""
+    return f"{line}, {how}{skipped}"

@@ -5,8 +5,9 @@ first `top` trials of the Pareto front (best first objective first), retrains ea
 seeds it never used (`trial.crn_seeds(..., "confirm")`: the same seeds for every trial, so
 the comparison is paired), on the executor the study's space names, and recomputes the front
 with their validation losses replaced by the confirmed means. A member *survives* when it is
-on that front. The result is stored as the study's ``confirm`` user attr (the dashboard
-shows it) and returned; `Confirmation` reads it back.
+on that front. The result is stored as the study's ``confirm`` record (`study_attrs`: an
+artifact beside the storage; the dashboard shows it) and returned; `Confirmation` reads it
+back.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from sqa_nas.search.executors.base import Executor
 from sqa_nas.search.pareto import pareto_front
 from sqa_nas.search.records import METHOD, TrialRecord, of_gpu_type, trial_records
 from sqa_nas.search.space import SearchSpec
+from sqa_nas.search.study_attrs import write_record
 from sqa_nas.search.trial import TrialJob, TrialOutcome, crn_seeds
 from sqa_nas.stats import std
 
@@ -36,11 +38,13 @@ def confirm(
     *,
     top: int,
     seeds: int,
+    url: str | None,
     gpu_type: str | None = None,
     on_done: Callable[[TrialOutcome], None] | None = None,
 ) -> dict[str, Any]:
     """Retrain the first `top` front members of `study` (trials measured on `gpu_type`, or
-    all) with `seeds` fresh seeds on `executor`; store and return the ``confirm`` attr
+    all) with `seeds` fresh seeds on `executor`; store the ``confirm`` record beside `url`,
+    the storage `study` was opened from (`study_attrs.write_record`), and return it
     (`on_done` is called with each finished retraining). `UserError` for a study measured
     the old way or without a completed trial."""
     if study.user_attrs.get("method", 1) != METHOD:
@@ -93,7 +97,7 @@ def confirm(
         "failed": {str(n): outcomes[n].attrs.get("fail_reason") for n in failed},
         "trials": {str(n): row for n, row in confirmed.items()},
     }
-    study.set_user_attr("confirm", result)
+    write_record(study, url, "confirm", result)
     return result
 
 
@@ -194,8 +198,8 @@ class Confirmation(BaseModel):
 
     @classmethod
     def read(cls, study_attrs: Mapping[str, Any]) -> Confirmation | None:
-        """The study's ``confirm`` attr, None when there is none or it does not parse (a
-        reader never stops on one odd attr)."""
+        """The ``confirm`` record of a study's attrs (`StudyAttrs.as_attrs`), None when there
+        is none or it does not parse (a reader never stops on one odd attr)."""
         stored = study_attrs.get("confirm")
         if not isinstance(stored, dict):
             return None

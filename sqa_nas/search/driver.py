@@ -48,13 +48,13 @@ from sqa_nas.search.scheduler import Scheduler, checkpoint_folder
 from sqa_nas.search.space import SearchSpec, layout_key
 from sqa_nas.search.storage import check_storage, check_study_name, default_storage, open_storage
 from sqa_nas.search.study import Baselines, create_or_load, quiet_optuna, trial_counts
+from sqa_nas.search.study_attrs import write_record
 from sqa_nas.search.trial import TrialJob, TrialOutcome
 from sqa_nas.search.utilisation import GpuSampler
 
 MAX_INFEASIBLE_IN_A_ROW = 500
 MAX_DUPLICATES_IN_A_ROW = 100  # then the sampler has nothing new to offer: stop
 REAP_EVERY_S = 60.0  # a long search also picks up trials of drivers that died meanwhile
-KEEP_STATS = 20  # executor figures of the last runs kept in the study
 
 
 @dataclass
@@ -299,16 +299,16 @@ class Driver:
         return SearchResult(self.study, self.url, self.counts()["counted"], interrupted, stats)
 
     def _store_stats(self, stats: dict[str, Any]) -> None:
-        """Keep the run's figures (`figures.RunStats`) in the study, the last `KEEP_STATS`."""
+        """Keep the run's figures (`figures.RunStats`) in the study: a ``run`` record of its
+        own (`study_attrs`), which `read_study_attrs` lists with the earlier runs'."""
         run = {
             "driver": self.identity["id"],
             "host": self.identity["host"],
             "ended": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             **stats,
         }
-        with self._study_lock():
-            runs = list(self.study.user_attrs.get("executor_stats", []))
-            self.study.set_user_attr("executor_stats", (runs + [run])[-KEEP_STATS:])
+        with self._study_lock():  # the in-memory fallback reads, then writes, a list
+            write_record(self.study, self.url, "run", run)
 
     def _dispatch(self, n_trials: int) -> str | None:
         """Ask for a trial; refuse it if it violates a constraint, tell it an evaluated

@@ -26,7 +26,7 @@ from typing import Any
 
 import optuna
 import sqlalchemy
-from optuna.storages._heartbeat import is_heartbeat_enabled
+from optuna.storages import RDBStorage
 
 from sqa_nas.errors import UserError
 from sqa_nas.search.storage import storage_file
@@ -145,13 +145,30 @@ def driver_alive(d: dict[str, Any]) -> bool:
 def stale_trial_ids(storage: Any, study: optuna.Study, url: str) -> list[int]:
     """RUNNING trials (storage ids) whose heartbeat is older than the storage's grace period:
     what Optuna's `fail_stale_trials` would fail, found before failing them so that they can
-    still be marked (`_get_stale_trial_ids` is the heartbeat interface it uses)."""
-    if not (uses_heartbeat(url) and is_heartbeat_enabled(storage)):
+    still be marked, and so that paused trials (`Scheduler.rescue`) and trials of a live
+    driver on this host are spared. Empty unless `url` is a database (`uses_heartbeat`)
+    opened with heartbeats.
+
+    Optuna has no public call that names stale trials without failing them, so this is the
+    one place that calls its private `RDBStorage._get_stale_trial_ids` (Optuna 4.0-5.x);
+    `RuntimeError` names it if Optuna changed it, rather than cross-host reaping silently
+    stopping (tests/search/test_locks.py checks it against the installed Optuna)."""
+    if not (
+        uses_heartbeat(url)
+        and isinstance(storage, RDBStorage)
+        and storage.get_heartbeat_interval() is not None
+    ):
         return []
+    study_id = storage.get_study_id_from_name(study.study_name)
     try:
-        return storage._get_stale_trial_ids(study._study_id)
-    except Exception:  # a storage without the interface: heartbeats do not decide
-        return []
+        stale = storage._get_stale_trial_ids(study_id)
+    except (AttributeError, NotImplementedError, TypeError) as exc:  # renamed or changed
+        raise RuntimeError(
+            f"optuna {optuna.__version__} changed RDBStorage._get_stale_trial_ids, which "
+            f"sqa-nas uses to find trials of drivers on other machines that stopped ({exc}); "
+            "install the optuna version pyproject.toml names"
+        ) from exc
+    return list(stale)
 
 
 def reap_reason(

@@ -4,13 +4,16 @@ dashboard and export (which read). Plain Optuna storage, so `optuna-dashboard` a
 
 Study
   - metric names (`study.set_metric_names`) = the objective names, in order.
-  - user attrs: ``sqa_nas`` {"format", "version"}, ``space`` (the resolved search space),
-    ``space_hash``, ``objectives`` (names), ``corpus`` {"kind", "fingerprint", ...},
+  - user attrs, small (`study_attrs.USER_ATTRS_BOUND`): ``sqa_nas`` {"format", "version"},
+    ``space_hash``, ``objectives`` (names), ``corpus`` {"kind", "fingerprint"},
     ``compile_choice`` {device name: bool}, ``method`` (how trials are measured:
-    `METHOD`), ``noise`` (`noise.Noise`: the study's measured noise floor), ``confirm``
-    (the last `sqa-nas confirm`), ``mha_reference`` (studies before paired timing),
-    ``units`` {unit: [layers]}, ``executor_stats`` [one entry per run: `figures.RunStats`,
-    the executor's and the driver's figures (in-trial fraction, NVML, training-step share)].
+    `METHOD`), ``noise`` (`noise.Noise`: the study's measured noise floor),
+    ``mha_reference`` (studies before paired timing).
+  - records, Optuna artifacts beside the storage (`study_attrs`; format 1 kept them as user
+    attrs): ``space`` (the resolved search space), ``units`` {unit: [layers]}, the corpus
+    summary, one per run [`figures.RunStats`: the executor's and the driver's figures
+    (in-trial fraction, NVML, training-step share)], ``confirm`` (the last `sqa-nas
+    confirm`). `study_attrs.read_study_attrs` is their one reader.
 Trial
   - params: per unit (``layer3``, ``layers0-3`` or ``all``): ``<unit>.heads`` = "H_q/H_kv",
     ``<unit>.mask`` = "dense" | "window:W" | "flex:W+G" | "block_sparse", ``<unit>.backend``.
@@ -41,7 +44,8 @@ from sqa_nas.search.storage import (
     storage_file,
 )
 
-FORMAT = 1
+FORMAT = 2  # 2: the large study records are artifacts (`study_attrs`)
+READS_FORMATS = (1, 2)  # 1: every study record a user attr
 # How trials are measured: 2 = paired throughput, common random numbers (1: before). Values
 # measured one way never share a front with values measured the other.
 METHOD = 2
@@ -425,11 +429,12 @@ def check_format(study: optuna.Study, where: str) -> None:
             f"study {study.study_name!r} in {where} was not written by sqa-nas "
             "(no 'sqa_nas' attribute)"
         )
-    if meta.get("format") != FORMAT:
+    if meta.get("format") not in READS_FORMATS:
         raise UserError(
             f"study {study.study_name!r} in {where} has format "
             f"{meta.get('format')} (sqa-nas {meta.get('version')}); this sqa-nas "
-            f"reads format {FORMAT}: use a new study name or that version"
+            f"reads formats {', '.join(map(str, READS_FORMATS))}: use a new study name or "
+            "that version"
         )
 
 

@@ -1,6 +1,6 @@
 """A study's own attributes: written once when it is created (objectives, space, units,
-corpus, format), checked whenever a driver resumes it, and Optuna kept quiet while a driver
-works on it."""
+corpus, format; the large ones as a record, `study_attrs`), checked whenever a driver resumes
+it, and Optuna kept quiet while a driver works on it."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import sqa_nas
 from sqa_nas.errors import UserError
 from sqa_nas.search.records import FORMAT, METHOD, check_format
 from sqa_nas.search.space import SearchSpec
+from sqa_nas.search.study_attrs import write_record
 
 # Flags in a trial's user attrs that keep it out of the trial budget.
 NOT_COUNTED = ("infeasible", "reaped", "interrupted")
@@ -57,21 +58,23 @@ def init_or_check(
 ) -> None:
     """A new study gets the space, objectives, units and corpus it is run on; an existing one
     must have been made by sqa-nas (`check_format`) from the same space and corpus, else a
-    `UserError` says what differs. `url` names the storage in messages.
+    `UserError` says what differs. `url` names the storage in messages and says where the
+    study's records go (`study_attrs.write_record`): the user attrs hold only the small ones.
 
     A study a driver stopped while creating it (`unfinished`: no ``sqa_nas`` mark, which is
     written last, and no trial) is finished here as a new one, so the rerun adopts it."""
     attrs = study.user_attrs
     if unfinished(study):
+        summary = corpus_summary(corpus_meta)
         study.set_metric_names(list(spec.objectives))
         study.set_user_attr("objectives", list(spec.objectives))
-        study.set_user_attr("space", spec.model_dump(mode="json"))
         study.set_user_attr("space_hash", spec.space_hash())
-        study.set_user_attr("units", dict(spec.units()))
-        study.set_user_attr("corpus", {**corpus_summary(corpus_meta), "fingerprint": fingerprint})
+        study.set_user_attr("corpus", {"kind": summary.get("kind"), "fingerprint": fingerprint})
         study.set_user_attr("method", METHOD)
         if spec.budget.noise_seeds == 0:
             study.set_user_attr("noise", {"n": 0, "reason": "off: budget.noise_seeds is 0"})
+        space, units = spec.model_dump(mode="json"), dict(spec.units())
+        write_record(study, url, "study", {"space": space, "units": units, "corpus": summary})
         # Last: a study carrying "sqa_nas" is complete.
         study.set_user_attr("sqa_nas", {"format": FORMAT, "version": sqa_nas.__version__})
     else:
@@ -208,10 +211,15 @@ def baselines_to_run(study: optuna.Study, names: Iterable[str]) -> list[str]:
 
 
 def corpus_summary(meta: dict[str, Any]) -> dict[str, Any]:
-    """The corpus facts a study keeps (kind, vocabulary and sizes) from a dataset's meta."""
+    """The corpus facts a study keeps (kind, vocabulary, sizes, split, files skipped by
+    reason: ``binary``, ``not_utf8``, ``over_2MiB``) from a dataset's meta."""
     keep: tuple[str, ...] = ("kind", "vocab_size", "tokens", "documents", "bytes")
     keep += ("val_fraction", "val_fraction_actual", "split")  # the split asked and made
-    return {k: meta[k] for k in keep if k in meta}
+    summary = {k: meta[k] for k in keep if k in meta}
+    skipped = meta.get("skipped")  # file names by reason: counted here
+    if isinstance(skipped, dict):
+        summary["skipped"] = {k: len(v) for k, v in skipped.items() if isinstance(v, list) and v}
+    return summary
 
 
 def trial_counts(study: optuna.Study) -> dict[str, int]:

@@ -12,6 +12,7 @@ from sqa_nas.errors import UserError
 from sqa_nas.search.confirm import Confirmation, confirm
 from sqa_nas.search.driver import Driver
 from sqa_nas.search.space import parse_space
+from sqa_nas.search.study_attrs import read_study_attrs
 from sqa_nas.search.trial import TrialOutcome, crn_seeds
 from tests.search.test_driver import InProcess
 from tests.search.test_search import TINY
@@ -34,7 +35,7 @@ def _study(tmp_path, losses):
     spec = parse_space({**TINY, "study": "conf"})
     driver = Driver(spec, InProcess(outcome), storage_url=f"sqlite:///{tmp_path}/s.db")
     driver.run(len(losses))
-    return driver.study, spec
+    return driver.study, spec, driver.url
 
 
 def retrained(losses_by_trial):
@@ -51,9 +52,9 @@ def retrained(losses_by_trial):
 
 def test_the_front_is_retrained_with_fresh_seeds_and_survivors_recomputed(tmp_path):
     # Trials 0..2 all on the front: losses 1.0, 2.0, 3.0 with speeds 10, 20, 30.
-    study, spec = _study(tmp_path, [1.0, 2.0, 3.0])
+    study, spec, url = _study(tmp_path, [1.0, 2.0, 3.0])
     executor = retrained({0: [1.0, 1.2], 1: [3.5, 3.7], 2: [2.9, 3.1]})
-    result = confirm(study, spec, executor, top=3, seeds=2)
+    result = confirm(study, spec, executor, top=3, seeds=2, url=url)
     jobs = executor.jobs
     assert [j.number for j in jobs] == [0, 1, 2]
     fresh = crn_seeds(spec, 2, "confirm")
@@ -66,24 +67,25 @@ def test_the_front_is_retrained_with_fresh_seeds_and_survivors_recomputed(tmp_pa
     assert (t["0"]["on_front"], t["1"]["on_front"], t["2"]["on_front"]) == (True, False, True)
     assert result["survivors"] == [0, 2]
     assert result["summary"].startswith("2 of 3 front members confirmed with 2 fresh seed(s)")
-    assert study.user_attrs["confirm"] == result
+    assert read_study_attrs(study, url).confirm == result
+    assert "confirm" not in study.user_attrs  # a record beside the storage
 
 
 def test_top_limits_the_retrained_members(tmp_path):
-    study, spec = _study(tmp_path, [1.0, 2.0, 3.0])
+    study, spec, url = _study(tmp_path, [1.0, 2.0, 3.0])
     executor = retrained({0: [1.0, 1.0]})
-    assert list(confirm(study, spec, executor, top=1, seeds=2)["trials"]) == ["0"]
+    assert list(confirm(study, spec, executor, top=1, seeds=2, url=url)["trials"]) == ["0"]
 
 
 def test_a_study_measured_the_old_way_is_refused(tmp_path):
-    study, spec = _study(tmp_path, [1.0, 2.0])
+    study, spec, url = _study(tmp_path, [1.0, 2.0])
     study.set_user_attr("method", 1)
     with pytest.raises(UserError, match="measured the old way"):
-        confirm(study, spec, retrained({}), top=1, seeds=2)
+        confirm(study, spec, retrained({}), top=1, seeds=2, url=url)
 
 
 def test_the_command_retrains_prints_and_stores(tmp_path, monkeypatch, capsys):
-    study, _ = _study(tmp_path, [1.0, 2.0])
+    study, _, _ = _study(tmp_path, [1.0, 2.0])
     executor = retrained({0: [1.0, 1.1], 1: [2.0, 2.2]})
     monkeypatch.setattr("sqa_nas.cli.confirm.make_executor", lambda spec: executor)
     url = f"sqlite:///{tmp_path}/s.db"
@@ -109,9 +111,9 @@ def test_bad_arguments_are_one_line_and_exit_code_2(capsys, flags, message):
 
 
 def test_the_stored_result_reads_back_as_the_dashboard_shows_it(tmp_path):
-    study, spec = _study(tmp_path, [1.0, 2.0])
-    confirm(study, spec, retrained({0: [1.0, 1.2], 1: [2.0, 2.0]}), top=2, seeds=2)
-    read = Confirmation.read(study.user_attrs)
+    study, spec, url = _study(tmp_path, [1.0, 2.0])
+    confirm(study, spec, retrained({0: [1.0, 1.2], 1: [2.0, 2.0]}), top=2, seeds=2, url=url)
+    read = Confirmation.read(read_study_attrs(study, url).as_attrs())
     assert read is not None and read.survivors == [0, 1]
     first = read.of(0)
     assert first is not None
@@ -127,7 +129,7 @@ def test_the_final_table_lists_trials_within_noise_and_says_whether_resolved(tmp
 
     # Losses 1.2, 1.0, 3.0 at speeds 10, 20, 30: trial 1 dominates trial 0 (0.2 lower loss,
     # twice the speed); 1 and 2 make the front.
-    study, spec = _study(tmp_path, [1.2, 1.0, 3.0])
+    study, spec, _ = _study(tmp_path, [1.2, 1.0, 3.0])
 
     def table() -> str:
         out = io.StringIO()

@@ -24,6 +24,7 @@ from sqa_nas.search.driver import Driver
 from sqa_nas.search.executors.base import Executor, Running
 from sqa_nas.search.locks import proc_start
 from sqa_nas.search.space import parse_space
+from sqa_nas.search.study_attrs import KEEP_STATS, read_study_attrs
 from sqa_nas.search.trial import TrialOutcome
 from tests.search.test_search import TINY
 
@@ -172,7 +173,7 @@ def test_a_search_runs_seeds_first_and_hands_jobs_the_compile_choice_and_noise(t
     assert executor.jobs[2].compile_choice == {"gpu-y": True}
     trials = study.get_trials()
     assert [t.values for t in trials] == [[1.0, 10.0], [2.0, 10.0], [3.0, 10.0]]  # in order
-    assert study.user_attrs["executor_stats"][-1]["in_trial_fraction"] == 0.5
+    assert read_study_attrs(study, driver.url).runs[-1]["in_trial_fraction"] == 0.5
     # The same command again: the budget is done, no executor is started.
     again = InProcess()
     assert _driver(tmp_path, again).run(3).finished == 3
@@ -195,12 +196,12 @@ def test_seeds_are_enqueued_once_however_often_the_study_is_opened(tmp_path):
 def test_executor_figures_of_the_last_runs_are_kept(tmp_path):
     driver = _driver(tmp_path)
     study = driver.open_study()
-    keep = driver_module.KEEP_STATS
-    study.set_user_attr("executor_stats", [{"n": i} for i in range(keep)])
-    driver._store_stats({"n": keep})
-    runs = study.user_attrs["executor_stats"]
-    assert [r["n"] for r in runs] == list(range(1, keep + 1))
+    for i in range(KEEP_STATS + 1):
+        driver._store_stats({"n": i})  # one record each, beside the storage
+    runs = read_study_attrs(study, driver.url).runs
+    assert [r["n"] for r in runs] == list(range(1, KEEP_STATS + 1))  # the last ones
     assert runs[-1]["driver"] == driver.identity["id"]
+    assert "executor_stats" not in study.user_attrs
 
 
 def test_a_run_stores_the_training_share_of_its_trials_and_nvml_figures(tmp_path):
@@ -219,7 +220,7 @@ def test_a_run_stores_the_training_share_of_its_trials_and_nvml_figures(tmp_path
     driver = _driver(tmp_path, InProcess(outcome))
     driver.meter.clock = iter([1000.0, 1100.0]).__next__
     result = driver.run(3)
-    stats = driver.study.user_attrs["executor_stats"][-1]
+    stats = read_study_attrs(driver.study, driver.url).runs[-1]
     assert result.stats == {k: v for k, v in stats.items() if k in result.stats}
     assert stats["in_trial_fraction"] == 0.5  # the executor's own figures stay
     assert stats["nvml_util_mean"] is None and "CPU" in stats["nvml_note"]

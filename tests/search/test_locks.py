@@ -1,7 +1,9 @@
 """sqa_nas.search.locks without a database server: `reap_reason` decided case by case (this
 driver's own trial, a live or ended driver on this host, a reused pid, a stale heartbeat, an
 unsigned trial with and without the study lock, another machine), `driver_alive`,
-`proc_start` against /proc's clock, `uses_heartbeat` and the file lock of SQLite storages."""
+`proc_start` against /proc's clock, `uses_heartbeat`, the file lock of SQLite storages, and
+`stale_trial_ids` on a SQLite storage with heartbeats (Optuna's private interface it uses is
+checked against the installed Optuna: a change fails loudly, never silently)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,10 @@ import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import optuna
 import pytest
+import sqlalchemy
+from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from sqa_nas.search.locks import (
@@ -20,9 +25,11 @@ from sqa_nas.search.locks import (
     driver_alive,
     proc_start,
     reap_reason,
+    stale_trial_ids,
     study_lock,
     uses_heartbeat,
 )
+from sqa_nas.search.storage import open_storage
 
 HOST = socket.gethostname()
 NOW = datetime(2025, 1, 1, 12, 0, 0)
@@ -134,3 +141,50 @@ def test_sqlite_and_journal_storages_lock_a_file_next_to_them(tmp_path):
         assert locked and (tmp_path / "j.journal.sqa-nas.lock").exists()
     with study_lock(None, "sqlite://", "study") as locked:  # in memory: nothing to share
         assert not locked
+
+
+def _study_with_heartbeats(tmp_path, *, heartbeat=True):
+    """A SQLite study (opened as the driver opens it) with two RUNNING trials that beat once;
+    the first one's heartbeat is then moved 5 minutes back, past the 60 s grace period."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    storage = open_storage(url, heartbeat=heartbeat)
+    optuna.create_study(study_name="other", storage=storage).ask()  # storage ids != numbers
+    study = optuna.create_study(study_name="s", storage=storage)
+    stale, fresh = study.ask(), study.ask()
+    if heartbeat:
+        for trial in (stale, fresh):
+            storage.record_heartbeat(trial._trial_id)
+        with storage.engine.begin() as con:
+            con.execute(
+                sqlalchemy.text(
+                    "UPDATE trial_heartbeats SET heartbeat = datetime(heartbeat, '-5 minutes') "
+                    "WHERE trial_id = :t"
+                ),
+                {"t": stale._trial_id},
+            )
+    return url, storage, study, stale
+
+
+def test_stale_trials_are_those_whose_heartbeat_is_past_the_grace_period(tmp_path):
+    url, storage, study, stale = _study_with_heartbeats(tmp_path)
+    assert stale_trial_ids(storage, study, url) == [stale._trial_id]
+    assert study.get_trials()[stale.number].state == TrialState.RUNNING  # found, not failed
+    assert stale_trial_ids(storage, study, f"journal:{tmp_path}/j.journal") == []
+
+
+def test_without_heartbeats_no_trial_is_stale(tmp_path):
+    url, storage, study, _ = _study_with_heartbeats(tmp_path, heartbeat=False)
+    assert stale_trial_ids(storage, study, url) == []
+
+
+@pytest.mark.parametrize("change", ["removed", "new arguments"])
+def test_a_changed_optuna_heartbeat_interface_fails_loudly(tmp_path, monkeypatch, change):
+    """Were Optuna to rename or change the private call, reaping must stop with an error that
+    names it, not go on without cross-host reaping."""
+    url, storage, study, _ = _study_with_heartbeats(tmp_path)
+    if change == "removed":
+        monkeypatch.delattr(RDBStorage, "_get_stale_trial_ids")
+    else:
+        monkeypatch.setattr(RDBStorage, "_get_stale_trial_ids", lambda self, study_id, now: [])
+    with pytest.raises(RuntimeError, match="changed RDBStorage._get_stale_trial_ids"):
+        stale_trial_ids(storage, study, url)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import optuna
 import pytest
-from optuna.storages._heartbeat import is_heartbeat_enabled
 
 from sqa_nas.errors import UserError
 from sqa_nas.search.records import (
@@ -22,7 +21,7 @@ from sqa_nas.search.storage import open_storage
 @pytest.mark.parametrize("heartbeat", [True, False])
 def test_database_storages_beat_only_when_asked(tmp_path, heartbeat):
     storage = open_storage(f"sqlite:///{tmp_path}/a/s.db", heartbeat=heartbeat)
-    assert is_heartbeat_enabled(storage) is heartbeat
+    assert (storage.get_heartbeat_interval() is not None) is heartbeat
     assert (tmp_path / "a").is_dir()
 
 

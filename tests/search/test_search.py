@@ -19,6 +19,8 @@ import yaml
 
 from sqa_nas.cli import main
 from sqa_nas.search.records import load_study, trial_records
+from sqa_nas.search.storage import default_storage
+from sqa_nas.search.study_attrs import read_study_attrs
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -93,7 +95,7 @@ def test_search_stores_trials_and_resumes_without_repeating(tmp_path, capsys, mo
     assert mha.allocation == "4/4 x2"
     window = mha.timings.train_window
     assert window is not None and window[0] <= window[1]
-    run = study.user_attrs["executor_stats"][-1]
+    run = read_study_attrs(study, default_storage("tiny")).runs[-1]
     assert 0 < run["train_step_share"] <= 1 and run["train_step_share_by_gpu"]
     assert mha.attrs["layers"][0]["backend"] == "sdpa"
     assert mha.attrs["corpus"]["fingerprint"] == study.user_attrs["corpus"]["fingerprint"]

@@ -26,8 +26,10 @@ from sqa_nas.data import load_dataset
 from sqa_nas.errors import UserError
 from sqa_nas.search.driver import Driver
 from sqa_nas.search.locks import study_lock
+from sqa_nas.search.records import FORMAT
 from sqa_nas.search.space import parse_space
 from sqa_nas.search.study import trial_counts
+from sqa_nas.search.study_attrs import read_study_attrs
 from sqa_nas.search.trial import TrialOutcome
 from tests.search.test_driver import InProcess, _driver
 from tests.search.test_search import TINY
@@ -105,7 +107,7 @@ def test_a_driver_killed_while_creating_the_study_leaves_one_the_rerun_finishes(
         "from tests.search.test_search import TINY\n"
         "real = optuna.Study.set_user_attr\n"
         "def dying(study, key, value):\n"
-        "    if key == 'units':  # midway through the study's attributes\n"
+        "    if key == 'method':  # midway through the study's attributes\n"
         "        os.kill(os.getpid(), signal.SIGKILL)\n"
         "    real(study, key, value)\n"
         "optuna.Study.set_user_attr = dying\n"
@@ -115,13 +117,14 @@ def test_a_driver_killed_while_creating_the_study_leaves_one_the_rerun_finishes(
     killed = subprocess.run([sys.executable, "-c", code, url], cwd=ROOT, capture_output=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
     left = optuna.load_study(study_name="drv", storage=url)
-    assert "space" in left.user_attrs and "sqa_nas" not in left.user_attrs  # half-created
+    assert "space_hash" in left.user_attrs and "sqa_nas" not in left.user_attrs  # half-made
     assert main(["dashboard", "drv", "--storage", url, "--once"]) == 2  # says to rerun
 
     driver = _driver(tmp_path, InProcess(ok))  # the same command again
     assert driver.run(3).finished == 3
     attrs = driver.study.user_attrs
-    assert attrs["sqa_nas"]["format"] == 1 and attrs["units"] and attrs["objectives"]
+    assert attrs["sqa_nas"]["format"] == FORMAT and attrs["objectives"]
+    assert read_study_attrs(driver.study, driver.url).units
     assert [t.user_attrs.get("seed_variant") for t in driver.study.get_trials()][:2] == [
         "MHA",
         "SQA",
@@ -144,7 +147,7 @@ def test_a_study_creation_interrupted_at_any_attribute_is_finished_by_the_rerun(
         _driver(tmp_path).open_study()
     monkeypatch.undo()
     study = _driver(tmp_path).open_study()
-    assert study.user_attrs["sqa_nas"]["format"] == 1
+    assert study.user_attrs["sqa_nas"]["format"] == FORMAT
     assert [t.state for t in study.get_trials()] == [TrialState.WAITING] * 2  # the seeds
 
 
