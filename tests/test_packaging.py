@@ -91,3 +91,16 @@ def test_the_flash_extra_installs_the_kernel_the_code_imports(monkeypatch):
     if FlashAttnBackend().flavour is None:
         message = FlashAttnBackend().availability() or ""
         assert f"pip install {flash.name}" in message and "sqa-nas[flash]" in message
+
+
+def test_every_package_of_the_source_tree_is_installed():
+    """A folder of sqa_nas/ with an __init__.py that `packages` misses would be absent from a
+    wheel (an editable install still finds it, so nothing else would notice)."""
+    root = PYPROJECT.parent
+    listed = set(tomllib.loads(PYPROJECT.read_text())["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join(p.parent.relative_to(root).parts)
+        for p in (root / "sqa_nas").rglob("__init__.py")
+        if "kernels" not in p.parts
+    }
+    assert found - listed == set()
