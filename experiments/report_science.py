@@ -57,6 +57,32 @@ def _flip(p: dict | None) -> dict | None:
     }
 
 
+def _mean_std(s: dict) -> str:
+    """A val-loss summary as `0.6145 ± 0.0024 (2)`, or `0.6301 (1)` for one run (no std)."""
+    n = s.get("n", "?")
+    if isinstance(n, int) and n < 2:
+        return f"{s['mean']:.4f} ({n})"
+    return f"{s['mean']:.4f} ± {s['std']:.4f} ({n})"
+
+
+def _unequal_seeds(d: dict) -> str | None:
+    """Which variants have fewer runs than the file's seeds, as a sentence; None when every
+    variant that ran has one run per seed."""
+    counts = {
+        v: s["val_loss"].get("n", s.get("runs"))
+        for v, s in d["summary"].items()
+        if "val_loss" in s
+    }
+    if all(n == len(d["seeds"]) for n in counts.values()):
+        return None
+    groups: dict[int, list[str]] = {}
+    for v, n in counts.items():
+        groups.setdefault(n, []).append(v)
+    return "; ".join(
+        f"n = {n} for {', '.join(vs)}" for n, vs in sorted(groups.items(), reverse=True)
+    )
+
+
 def _png(path: Path | None, what: str) -> list[str]:
     return ["", f"![{what}](../experiments/results/{path.name})"] if path else []
 
@@ -82,6 +108,13 @@ def table1(d: dict, png: Path | None = None) -> str:
             f"{len(d['seeds']) * len(d['variants'])} runs.**",
             "",
         ]
+    elif unequal := _unequal_seeds(d):
+        lines += [
+            f"**Partial: not every variant has every seed of {d['seeds']} ({unequal}).** A "
+            "difference with n = 1 has no interval (shown with its n) and its verdict is "
+            "cannot tell; the order below compares means over unequal numbers of runs.",
+            "",
+        ]
     by = {(p["a"], p["b"]): p for p in pairs if p.get("kind", "").startswith("vs")}
     lines += [
         "| variant | H_q/H_kv | val loss (mean ± std, n) | − MHA [95% CI] | − GQA [95% CI] | "
@@ -97,8 +130,8 @@ def table1(d: dict, png: Path | None = None) -> str:
         v, speed = s["val_loss"], s.get("train_tokens_per_s", {}).get("mean")
         gqa = by.get((name, "GQA")) or _flip(by.get(("GQA", name)))
         lines.append(
-            f"| {name} | {s['allocation'].split(' x')[0]} | {v['mean']:.4f} ± {v['std']:.4f} "
-            f"({v.get('n', s['runs'])}) | {_ci(by.get((name, 'MHA')))} | {_ci(gqa)} | "
+            f"| {name} | {s['allocation'].split(' x')[0]} | "
+            f"{_mean_std({'n': s['runs'], **v})} | {_ci(by.get((name, 'MHA')))} | {_ci(gqa)} | "
             f"{s['accuracy']['mean']:.4f} | {f'{speed:,.0f}' if speed else '-'} | "
             f"{d['paper'].get(name, '-')} |"
         )
@@ -117,8 +150,10 @@ def table1(d: dict, png: Path | None = None) -> str:
     return "\n".join(lines + _png(png, "learning curves"))
 
 
-def table1_budgets(tables: list[dict]) -> str:
-    """Every Table 1 result side by side, by corpus and budget: the low-budget rows kept."""
+def table1_budgets(tables: list[dict], standalone: bool = True) -> str:
+    """Every Table 1 result side by side, by corpus and budget: the low-budget rows kept;
+    standalone, with a heading and a note naming each partial column (a column whose
+    variants have unequal numbers of seeds); else the table alone."""
     cols = sorted(
         tables, key=lambda t: (t.get("corpus_name", "embedded"), t["budget"]["tokens_per_run"])
     )
@@ -127,9 +162,12 @@ def table1_budgets(tables: list[dict]) -> str:
         for t in cols
     ]
     variants = list(dict.fromkeys(v for t in cols for v in t["summary"]))
-    lines = [
-        "### Paper Table 1 at every budget run (val loss, mean ± std over seeds, n)",
-        "",
+    lines = (
+        ["### Paper Table 1 at every budget run (val loss, mean ± std over seeds, n)", ""]
+        if standalone
+        else []
+    )
+    lines += [
         "| variant | " + " | ".join(head) + " | paper (1.5B) |",
         "|---|" + "---|" * (len(cols) + 1),
     ]
@@ -137,9 +175,15 @@ def table1_budgets(tables: list[dict]) -> str:
         cells = []
         for t in cols:
             s = t["summary"].get(v, {}).get("val_loss")
-            cells.append(f"{s['mean']:.4f} ± {s['std']:.4f} ({s.get('n', '?')})" if s else "")
+            cells.append(_mean_std(s) if s else "")
         lines.append(f"| {v} | " + " | ".join(cells) + f" | {PAPER_TABLE1.get(v, '-')} |")
-    return "\n".join(lines)
+    notes = [
+        f"- {name}: partial, {_unequal_seeds(t) or 'stopped before its last run'} "
+        f"(seeds {t['seeds']})."
+        for name, t in zip(head, cols, strict=True)
+        if t.get("partial") or _unequal_seeds(t)
+    ]
+    return "\n".join(lines + ([""] + notes if notes and standalone else []))
 
 
 def scaling(d: dict, png: Path | None = None) -> str:
@@ -265,6 +309,30 @@ def per_layer(d: dict) -> str:
                 f"{'yes' if c['comparable'] else 'no'} | {_ci(c)} | {c['verdict']} |"
             )
     return "\n".join(lines)
+
+
+def table1_digest(d: dict) -> str:
+    """One line on a Table 1 result: budget, seeds (partial or not), the paper's claims by
+    verdict, Kendall tau, and the differences whose 95% interval excludes 0."""
+    pairs = d.get("pairwise") or pairwise(d["runs"], d["variants"])
+    claims = [p["verdict"] for p in pairs if p.get("kind") == "paper claim"]
+    counts = ", ".join(f"{claims.count(v)} {v}" for v in dict.fromkeys(claims))
+    resolved = [
+        f"{p['a']} − {p['b']} {_ci(p)}"
+        for p in pairs
+        if p.get("kind", "").startswith("vs") and p.get("ci95_low") is not None
+        if p["ci95_low"] > 0 or p["ci95_high"] < 0
+    ]
+    unequal = _unequal_seeds(d)
+    tau = d["ordering"]["kendall_tau"]
+    return (
+        f"{d.get('corpus_name', 'embedded')} {d['budget']['tokens_per_run'] / 1e6:g}M "
+        f"({d['machine']['device']}; "
+        + (f"partial: {unequal}" if unequal else f"{len(d['seeds'])} seeds per variant")
+        + f"): the paper's {len(claims)} pairwise claims: {counts or 'none'}; Kendall tau with "
+        f"its order {'-' if tau is None else f'{tau:.2f}'}; differences from MHA or GQA whose "
+        f"95% interval excludes 0: {'; '.join(resolved) or 'none'}."
+    )
 
 
 def _pyplot():

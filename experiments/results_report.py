@@ -1,18 +1,29 @@
-"""Write docs/results.md from the committed result files of the quality experiments
-(paper_table1_*.json, scaling_*.json, light_sqa_*.json, per_layer_*.json; their sections are
-in `report_science`) and of the objectives' noise
-(noise_*.json, paired_timing_*.json); smoke runs are skipped.
+"""Write docs/results.md, and print the README's Results section, from the committed result
+files: Table 1, its scaling, light SQA and the per-layer question (paper_table1_*.json,
+scaling_*.json, light_sqa_*.json, per_layer_*.json; their sections are in `report_science`),
+converting a trained GQA model (convert_*.json, `report_convert`), decoding with the exported
+model (decode_*.json, `report_inference`), the objectives' noise (noise_*.json,
+paired_timing_*.json) and MO-ASHA (mo_asha_*.json); smoke runs are skipped. A result file
+that cannot be rendered stops it in one line naming the file, before anything is written.
 
-    python -m experiments.results_report
+    python -m experiments.results_report             # writes docs/results.md
+    python -m experiments.results_report --section   # prints the README's Results section
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from experiments.common import DOCS, RESULTS
+from experiments.report_convert import convert
+from experiments.report_convert import digest as convert_digest
+from experiments.report_inference import decode
+from experiments.report_inference import digest as decode_digest
 from experiments.report_science import (
     light,
     machine_text,
@@ -20,7 +31,10 @@ from experiments.report_science import (
     scaling,
     table1,
     table1_budgets,
+    table1_digest,
 )
+from sqa_nas.cli import guarded
+from sqa_nas.errors import UserError
 
 
 def noise(d: dict) -> str:
@@ -185,7 +199,113 @@ def multi_fidelity(d: dict, png: Path | None) -> str:
     return "\n".join(lines)
 
 
+def light_digest(d: dict) -> str:
+    """One line on a light-SQA result: is lSQA on the front."""
+    if "front" not in d:  # a file from before issue 19: one run per allocation
+        tokens = d["space"]["budget"]["train"].get("tokens")
+        return (
+            f"**Light SQA** ({len(d['trials'])} allocations, one seed each, {tokens:,} tokens, "
+            f"{d['machine']['device']}): lSQA ({d['light']}) "
+            f"{'on' if d['lsqa_on_front'] else 'not on'} the front; one seed cannot tell a "
+            "gap from the seed spread."
+        )
+    return (
+        f"**Light SQA** ({len(d['allocations'])} allocations x seeds {d['seeds']}, "
+        f"{d['budget']['tokens_per_run']:,} tokens, {d['machine']['device']}): lSQA "
+        f"({d['light']}) {d['lsqa']['verdict']}."
+    )
+
+
+def per_layer_digest(d: dict) -> str:
+    """One line on a per-layer result: does a mixed allocation beat the uniform ones."""
+    head = (
+        f"**Per-layer allocation** (a search of {d['search']['trials']} trials, its mixed "
+        f"allocations retrained with seeds {d['seeds']}, {d['machine']['device']}): "
+    )
+    if d.get("partial"):
+        return head + "stopped before its last run; no verdict."
+    if "comparisons" not in d:  # a file from before issue 19: seed spreads, no intervals
+        beats = "beats" if d["mixed_beats_all_comparable"] else "does not beat"
+        verdicts: dict[str, list[str]] = {}
+        for uniform, v in d["verdicts"].items():
+            verdicts.setdefault(v["verdict"], []).append(uniform)
+        return head + (
+            f"the mixed allocation [{d['mixed']['allocation']}] {beats} every comparable "
+            "uniform variant ("
+            + "; ".join(f"{k}: {', '.join(us)}" for k, us in verdicts.items())
+            + "; seed spreads, no intervals)."
+        )
+    return head + f"{d['verdict']['answer']} ({d['verdict']['why']})."
+
+
+# The page's order: the quality questions, converting and decoding trained models, then
+# the objectives' noise and the search's efficiency. Within a kind: by file name.
+ORDER = [
+    "paper_table1",
+    "scaling",
+    "light_sqa",
+    "per_layer",
+    "convert_gqa",
+    "decode",
+    "noise_floor",
+    "paired_timing",
+    "mo_asha",
+]
+
+
+def load(results: Path) -> list[tuple[str, Path, dict]]:
+    """(kind, path, data) of every result file in `results` that the page renders, in the
+    page's order; smoke runs are skipped. A file that is not JSON is a UserError."""
+    found = []
+    for path in sorted(results.glob("*.json")):
+        if "smoke" in path.name:
+            continue
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{path}: not a readable result file ({exc})") from None
+        if not isinstance(data, dict):
+            raise UserError(f"{path}: not a result file (a JSON object was expected)")
+        # Files written before they named their experiment: by their name.
+        stem = path.stem.split("_")[0]
+        kind = data.get("experiment") or {"noise": "noise_floor", "decode": "decode"}.get(stem)
+        kind = "mo_asha" if path.stem.startswith("mo_asha_") else kind
+        if kind in ORDER:
+            found.append((kind, path, {**data, "_file": path.name}))
+    return sorted(found, key=lambda f: ORDER.index(f[0]))
+
+
+def _rendered(path: Path, kind: str, draw: Callable[[], str]) -> str:
+    """`draw()`, or a UserError naming the file when the file lacks what its kind has."""
+    try:
+        return draw()
+    except KeyError as exc:
+        problem = f"missing key {exc}"
+    except (TypeError, ValueError, IndexError, AttributeError, ZeroDivisionError) as exc:
+        problem = f"{type(exc).__name__}: {exc}"
+    raise UserError(f"{path}: cannot render this {kind} result: {problem}")
+
+
+def section(kind: str, path: Path, data: dict, tables: list[dict]) -> str:
+    """The page's section of one result file (`tables`: every Table 1 result)."""
+    png = path.with_suffix(".png")
+    picture = png if png.exists() else None
+    draw: dict[str, Callable[[], str]] = {
+        "paper_table1": lambda: table1(data, picture),
+        "scaling": lambda: scaling(data, picture),
+        "light_sqa": lambda: light(data, picture),
+        "per_layer": lambda: per_layer(data),
+        "convert_gqa": lambda: convert(data, picture, tables),
+        "decode": lambda: decode(data, picture),
+        "noise_floor": lambda: noise(data),
+        "paired_timing": lambda: paired(data),
+        "mo_asha": lambda: multi_fidelity(data, picture),
+    }
+    return _rendered(path, kind, draw[kind])
+
+
 def render(results: Path) -> str:
+    """docs/results.md: a section per result file, Table 1 at every budget before them."""
     parts = [
         "# Results",
         "",
@@ -194,51 +314,82 @@ def render(results: Path) -> str:
         "record the machine, budget, seeds and the command that made them.",
         "",
     ]
-    tables: list[dict] = []  # the Table 1 results, also shown side by side
-    first_table = None
-    for path in sorted(results.glob("*.json")):
-        if "smoke" in path.name:
-            continue
-        data = json.loads(path.read_text())
-        # Files written before they named their experiment: by their name.
-        kind = data.get("experiment") or {"noise": "noise_floor"}.get(path.stem.split("_")[0])
-        kind = "mo_asha" if path.stem.startswith("mo_asha_") else kind
-        if kind == "noise_floor":
-            parts.append(noise(data))
-        elif kind == "paired_timing":
-            parts.append(paired(data))
-        elif kind == "paper_table1":
-            first_table = len(parts) if first_table is None else first_table
-            tables.append(data)
-            png = path.with_suffix(".png")
-            parts.append(table1(data, png if png.exists() else None))
-        elif kind == "scaling":
-            png = path.with_suffix(".png")
-            parts.append(scaling(data, png if png.exists() else None))
-        elif kind == "light_sqa":
-            png = path.with_suffix(".png")
-            parts.append(light(data, png if png.exists() else None))
-        elif kind == "per_layer":
-            parts.append(per_layer(data))
-        elif kind == "mo_asha":
-            png = path.with_suffix(".png")
-            parts.append(multi_fidelity(data, png if png.exists() else None))
-        else:
-            continue
-        parts.append("")
-    if len(tables) > 1 and first_table is not None:
-        parts[first_table:first_table] = [table1_budgets(tables), ""]
-    if len(parts) == 4:
+    found = load(results)
+    tables = [data for kind, _, data in found if kind == "paper_table1"]
+    if len(tables) > 1:
+        parts += [_rendered(results, "Table 1", lambda: table1_budgets(tables)), ""]
+    for kind, path, data in found:
+        parts += [section(kind, path, data, tables), ""]
+    if not found:
         parts.append("No result files yet.")
     return "\n".join(parts) + "\n"
 
 
-def main() -> int:
-    DOCS.mkdir(exist_ok=True)
-    (DOCS / "results.md").write_text(render(RESULTS))
-    print(f"wrote {DOCS / 'results.md'}")
+def readme_section(results: Path) -> str:
+    """The README's Results section: Table 1 at every budget with each table's claims in a
+    line, then a line per GPU result of the other quality and inference experiments."""
+    found = load(results)
+    tables = [data for kind, _, data in found if kind == "paper_table1"]
+    lines = [
+        "## Results: does the paper's quality ordering hold?",
+        "",
+        "Generated by `python -m experiments.results_report --section` from the committed "
+        "result files in `experiments/results/`; the full tables, intervals, commands and "
+        "plots are in [docs/results.md](docs/results.md) (`python -m "
+        "experiments.results_report`).",
+    ]
+    if tables:
+        lines += [
+            "",
+            "**Paper Table 1** (val loss, mean ± std over seeds (n); the paper trained ~1.5B "
+            "tokens per run; each seed fixes the data order and validation batches of every "
+            "variant):",
+            "",
+            _rendered(results, "Table 1", lambda: table1_budgets(tables, standalone=False)),
+            "",
+        ]
+        by_budget = sorted(
+            ((path, data) for kind, path, data in found if kind == "paper_table1"),
+            key=lambda f: (f[1].get("corpus_name", "embedded"), f[1]["budget"]["tokens_per_run"]),
+        )
+        for path, data in by_budget:
+            lines.append("- " + _rendered(path, "paper_table1", partial(table1_digest, data)))
+    digests: dict[str, Callable[[dict], str]] = {
+        "light_sqa": light_digest,
+        "per_layer": per_layer_digest,
+        "convert_gqa": lambda d: convert_digest(d, tables),
+        "decode": decode_digest,
+    }
+    for kind, path, data in found:
+        if kind in digests and data["machine"].get("device_type") == "cuda":
+            lines += ["", _rendered(path, kind, partial(digests[kind], data))]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write docs/results.md, or print the README's Results section (`--section`)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--section", action="store_true", help="print the README's Results section instead"
+    )
+    parser.add_argument(
+        "--results", type=Path, default=RESULTS, help="folder of result files (default: ours)"
+    )
+    parser.add_argument("--out", type=Path, help="the page (default docs/results.md)")
+    args = parser.parse_args(argv)
+    if not args.results.is_dir():
+        raise UserError(f"--results {args.results}: not a folder")
+    if args.section:
+        print(readme_section(args.results), end="")
+        return 0
+    out = args.out or DOCS / "results.md"
+    if not out.parent.is_dir():
+        raise UserError(f"--out {out}: no folder {out.parent}")
+    page = render(args.results)  # every file rendered before anything is written
+    out.write_text(page)
+    print(f"wrote {out}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guarded(main))

@@ -63,6 +63,19 @@ def test_performance_section_is_generated_from_the_result_files():
     assert block.group(1) == generated, "rerun: python -m experiments.report --section"
 
 
+def test_results_section_is_generated_from_the_result_files():
+    from experiments.common import RESULTS
+    from experiments.results_report import readme_section
+
+    block = re.search(
+        r"<!-- results:begin[^\n]*-->\n(.*?)<!-- results:end -->", README, flags=re.S
+    )
+    assert block, "README lacks the generated Results section"
+    assert block.group(1) == readme_section(RESULTS), (
+        "rerun: python -m experiments.results_report --section"
+    )
+
+
 def _cli_lines() -> list[tuple[str, list[str]]]:
     """(where, argv) of every `python cli.py ...` / `sqa-nas ...` line in the bash blocks of
     the README and docs/, continuation lines joined and leading VAR=value settings dropped."""

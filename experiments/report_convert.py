@@ -1,0 +1,279 @@
+"""The docs/results.md section of issue 20's experiment (`experiments.convert_gqa`): a
+pretrained GQA model converted to SQA layouts by each method, before and after a short
+fine-tune, against the same variants trained from scratch for the same total tokens and the
+GQA parent; and the answer to the paper's question, with the numbers. With few seeds the
+seed-to-seed spread comes from Table 1 at the same budget and corpus (`spread`).
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+from experiments.report_science import machine_text
+
+SPREAD_FACTOR = 2  # a gap is beyond the spread when larger than 2 sigma
+
+
+def spread(d: dict, tables: list[dict]) -> dict | None:
+    """The seed-to-seed std of val loss at this experiment's budget: the largest over the
+    Table 1 variants with two or more seeds at the same tokens per run and corpus, and over
+    this file's own cells with two or more seeds; None when neither has one."""
+    found: list[tuple[float, str, int]] = []
+    for t in tables:
+        same = t["budget"]["tokens_per_run"] == d["budget"]["pretrain_tokens"]
+        if not same or t["corpus"].get("fingerprint") != d["corpus"].get("fingerprint"):
+            continue
+        for name, s in t["summary"].items():
+            v = s.get("val_loss", {})
+            if v.get("n", 0) >= 2:
+                found.append((v["std"], f"{name} in {t.get('_file', 'Table 1')}", v["n"]))
+    for key, s in d["summary"].items():
+        if s["runs"] >= 2:
+            found.append((s["std"], f"{key} here", s["runs"]))
+    if not found:
+        return None
+    sigma, where, n = max(found)
+    return {"sigma": sigma, "where": where, "n": n, "all": found}
+
+
+def _cell(s: dict | None) -> str:
+    if not s:
+        return ""
+    return (
+        f"{s['mean']:.4f}" if s["runs"] < 2 else f"{s['mean']:.4f} ± {s['std']:.4f} ({s['runs']})"
+    )
+
+
+def gaps(d: dict) -> list[dict]:
+    """Per variant and fine-tune fraction: the best conversion (lowest mean val loss over the
+    methods), scratch at the same total tokens and the GQA parent, with the differences."""
+    summary, parent = d["summary"], d["summary"].get("GQA/parent/0.0")
+    out = []
+    for variant in d["variants"]:
+        for f in d["budget"]["fractions"]:
+            done = {m: summary[f"{variant}/{m}/{f}"] for m in d["methods"]}
+            method, best = min(done.items(), key=lambda kv: kv[1]["mean"])
+            scratch = summary.get(f"{variant}/scratch/{f}")
+            out.append(
+                {
+                    "variant": variant,
+                    "fraction": f,
+                    "method": method,
+                    "best": best["mean"],
+                    "scratch": scratch and scratch["mean"],
+                    "vs_scratch": scratch and best["mean"] - scratch["mean"],
+                    "vs_parent": parent and best["mean"] - parent["mean"],
+                }
+            )
+    return out
+
+
+def _judged(gap: float | None, sigma: float | None) -> str:
+    if gap is None:
+        return "-"
+    if sigma is None:
+        return f"{gap:+.4f}"
+    beyond = abs(gap) > SPREAD_FACTOR * sigma
+    return f"{gap:+.4f} ({'beyond' if beyond else 'within'})"
+
+
+def answer(d: dict, found: dict | None) -> tuple[str, str]:
+    """(yes | no | not resolved, why): does a converted GQA model, fine-tuned, reach the
+    same variant trained from scratch for the same total tokens, beyond the spread?"""
+    rows = [g for g in gaps(d) if g["vs_scratch"] is not None]
+    if not rows:
+        return "not resolved", "no from-scratch runs to compare with"
+    if found is None:
+        return "not resolved", "no seed-to-seed spread at this budget to judge the gaps by"
+    limit = SPREAD_FACTOR * found["sigma"]
+    low = min(rows, key=lambda g: g["vs_scratch"])
+    high = max(rows, key=lambda g: g["vs_scratch"])
+    span = f"{low['vs_scratch']:+.4f} to {high['vs_scratch']:+.4f}"
+    if low["vs_scratch"] > limit:
+        return "no", (
+            f"every conversion, fine-tuned for "
+            f"{' or '.join(f'{f:.0%}' for f in d['budget']['fractions'])} of the pretraining "
+            f"tokens, ends above the same variant trained from scratch for the same total "
+            f"tokens, by {span} in val loss, each more than {SPREAD_FACTOR} sigma "
+            f"({limit:.4f})"
+        )
+    if high["vs_scratch"] < -limit:
+        return "yes", f"every conversion ends below scratch, by {span}, beyond {limit:.4f}"
+    return "not resolved", f"conversion − scratch spans {span}, some within {limit:.4f}"
+
+
+def convert(d: dict, png: Path | None = None, tables: list[dict] | None = None) -> str:
+    """A convert_gqa result: the runs' table, the gaps judged against the seed spread and
+    the answer to the paper's question."""
+    b, m, seeds, summary = d["budget"], d["model"], d["seeds"], d["summary"]
+    fractions = b["fractions"]
+    cal = b["calibration"]
+    merged = "".join(f"; joined from `{x['command']}`" for x in d.get("merged_from", []))
+    lines = [
+        f"### Converting the trained GQA model to SQA layouts ({machine_text(d)})",
+        "",
+        "The paper's first open question: can a pretrained GQA model become SQA with a short "
+        f"fine-tune, instead of training SQA from scratch? Its GQA model (d_model {m['d_model']}, "
+        f"{m['n_layers']} layers, H {m['n_heads']}, FFN "
+        f"{m['ffn_dim']}, context {m['seq_len']}) pretrained for {b['pretrain_tokens']:,} "
+        f"tokens (batch {b['batch_size']}, lr {b['lr']}"
+        f"{', compiled' if b.get('compile') else ''}) on the {d['corpus']['kind']} corpus "
+        f"(fingerprint {str(d['corpus'].get('fingerprint'))[:16]}); converted to "
+        f"{', '.join(d['variants'])} by {', '.join(d['methods'])} (`sqa_nas.convert`, "
+        f"calibration {cal['batches']} x {cal['batch_size']} x {cal['seq_len']} tokens); each "
+        f"conversion fine-tuned for "
+        + " and ".join(f"{f:.0%}" for f in fractions)
+        + f" of the pretraining tokens (lr {b['ft_lr']}, each its own run); compared with "
+        "the same variants trained from scratch for the same total tokens and with the "
+        f"parent continued for the same extra tokens. Seeds {seeds}. Command: "
+        f"`{d['command']}`{merged}.",
+        "",
+    ]
+    found = spread(d, tables or [])
+    sigma = found["sigma"] if found else None
+    if len(seeds) == 1:
+        lines += [f"**One seed ({seeds[0]}): every value below is a single run.**", ""]
+    if found:
+        lines.append(
+            f"The seed-to-seed spread at this budget is taken from {found['where']}: val loss "
+            f"std {found['sigma']:.4f} over {found['n']} seeds, the largest of "
+            f"{len(found['all'])} such stds (the others "
+            f"{', '.join(f'{s:.4f}' for s, w, _ in sorted(found['all'])[:-1]) or 'none'}). "
+            f"A gap counts as beyond the spread when larger than {SPREAD_FACTOR} sigma = "
+            f"{SPREAD_FACTOR * found['sigma']:.4f}: a rough yardstick from "
+            f"{found['n']} seeds, not an interval."
+        )
+    else:
+        lines.append("No seed-to-seed spread at this budget: the gaps below are not judged.")
+    kind, why = answer(d, found)
+    count = "one seed" if len(seeds) == 1 else f"{len(seeds)} seeds"
+    lines += ["", f"**Answer ({count}): {kind}** ({why}).", ""]
+    lines += [
+        "| variant | method | output error on calibration (mean of layers) | "
+        "val loss, converted | " + " | ".join(f"after +{f:.0%}" for f in fractions) + " |",
+        "|---|---|---|---|" + "---|" * len(fractions),
+        f"| GQA | parent ({b['pretrain_tokens'] / 1e6:g}M tokens) | | "
+        f"{_cell(summary.get('GQA/parent/0.0'))} |" + " |" * len(fractions),
+        "| GQA | parent continued | | | "
+        + " | ".join(_cell(summary.get(f"GQA/continued/{f}")) for f in fractions)
+        + " |",
+    ]
+    for v in d["variants"]:
+        for method in d["methods"]:
+            errors = [
+                r["output_error"]
+                for r in d["runs"]
+                if r["variant"] == v and r["method"] == method and r["fraction"] == 0.0
+                if r.get("output_error") is not None
+            ]
+            error = f"{statistics.fmean(errors):.3f}" if errors else ""
+            lines.append(
+                f"| {v} | {method} | {error} | {_cell(summary.get(f'{v}/{method}/0.0'))} | "
+                + " | ".join(_cell(summary.get(f"{v}/{method}/{f}")) for f in fractions)
+                + " |"
+            )
+        lines.append(
+            f"| {v} | scratch (same total tokens) | | | "
+            + " | ".join(_cell(summary.get(f"{v}/scratch/{f}")) for f in fractions)
+            + " |"
+        )
+    lines += [
+        "",
+        "| variant | fine-tune | best conversion | scratch | conversion − scratch | "
+        "conversion − GQA parent |",
+        "|---|---|---|---|---|---|",
+    ]
+    for g in gaps(d):
+        lines.append(
+            f"| {g['variant']} | +{g['fraction']:.0%} | {g['method']} {g['best']:.4f} | "
+            f"{'-' if g['scratch'] is None else format(g['scratch'], '.4f')} | "
+            f"{_judged(g['vs_scratch'], sigma)} | {_judged(g['vs_parent'], sigma)} |"
+        )
+    lines += ["", *notes(d, tables or [])]
+    if png is not None:
+        lines += [
+            "",
+            f"![conversion before and after fine-tuning](../experiments/results/{png.name})",
+        ]
+    return "\n".join(lines)
+
+
+def notes(d: dict, tables: list[dict]) -> list[str]:
+    """What else the numbers show: the best method before fine-tuning, the scratch runs'
+    learning rate where they are read, the parent continued, the parent against Table 1."""
+    summary, out = d["summary"], []
+    for v in d["variants"]:
+        before = {m: summary[f"{v}/{m}/0.0"]["mean"] for m in d["methods"]}
+        order = sorted(before, key=lambda m: before[m])
+        out.append(
+            f"- {v} before fine-tuning: "
+            + ", ".join(f"{m} {before[m]:.4f}" for m in order)
+            + "; after the longest fine-tune the order is "
+            + ", ".join(
+                sorted(
+                    d["methods"],
+                    key=lambda m: summary[f"{v}/{m}/{d['budget']['fractions'][-1]}"]["mean"],
+                )
+            )
+            + "."
+        )
+    lrs = sorted({r["fraction"]: r["lr_at_eval"] for r in d["runs"] if "lr_at_eval" in r}.items())
+    if lrs:
+        out.append(
+            "- The from-scratch runs are one run per variant, planned for the longest budget "
+            "and read on the way: their learning rate at each reading is "
+            + ", ".join(f"{lr:.3f} x peak at +{f:.0%}" for f, lr in lrs)
+            + "."
+        )
+    parent = summary.get("GQA/parent/0.0")
+    continued = [(f, summary.get(f"GQA/continued/{f}")) for f in d["budget"]["fractions"]]
+    if parent and all(c for _, c in continued):
+        out.append(
+            f"- The parent ({parent['mean']:.4f}) continued: "
+            + ", ".join(f"+{f:.0%} {c['mean']:.4f}" for f, c in continued if c)
+            + "."
+        )
+    first = d["budget"]["fractions"][0]
+    for t in tables:
+        if t["budget"]["tokens_per_run"] != d["budget"]["pretrain_tokens"]:
+            continue
+        theirs = {(r["label"], r["seed"]): r.get("val_loss") for r in t["runs"]}
+        for seed in d["seeds"]:
+            pairs = [("GQA", "parent", 0.0), *((v, "scratch", first) for v in d["variants"])]
+            mine = {
+                (r["variant"], r["method"], r["fraction"]): r["val_loss"]
+                for r in d["runs"]
+                if r["seed"] == seed
+            }
+            cells = [
+                f"{v} {theirs[v, seed]:.4f} (here, {method}"
+                + (f" at +{f:.0%}" if f else "")
+                + f": {mine[v, method, f]:.4f}, {mine[v, method, f] - theirs[v, seed]:+.4f})"
+                for v, method, f in pairs
+                if theirs.get((v, seed)) is not None and (v, method, f) in mine
+            ]
+            if cells:
+                out.append(
+                    f"- Table 1 at the same tokens per run ({t.get('_file', 'Table 1')}), "
+                    f"seed {seed}: " + "; ".join(cells) + "."
+                )
+    return out
+
+
+def digest(d: dict, tables: list[dict]) -> str:
+    """The README's line on the conversion experiment: the answer and its numbers."""
+    kind, why = answer(d, spread(d, tables))
+    seeds = d["seeds"]
+    count = "one seed" if len(seeds) == 1 else f"{len(seeds)} seeds"
+    after = [g for g in gaps(d) if g["fraction"] == d["budget"]["fractions"][-1]]
+    parent = ", ".join(
+        f"{g['variant']} {g['vs_parent']:+.4f}" for g in after if g["vs_parent"] is not None
+    )
+    return (
+        f"**Converting a trained GQA model to SQA layouts** ({count}, "
+        f"{d['budget']['pretrain_tokens'] / 1e6:g}M-token parent, {d['machine']['device']}): "
+        f"does a short fine-tune reach training from scratch? **{kind}**: {why}. After "
+        f"+{d['budget']['fractions'][-1]:.0%} the best conversions stay above the GQA parent "
+        f"by {parent}."
+    )
