@@ -514,6 +514,8 @@ def test_every_script_runs_as_a_module_of_the_experiments_package():
         "mo_asha",
         "faults",
         "corpora",
+        "decode",
+        "convert_gqa",
     } == set(names)
     for name in names:
         run = subprocess.run(
