@@ -39,9 +39,13 @@ def comment(text: str) -> str:
     return f"# {printable(text)}\n"
 
 
-def _fmt(x: float | int | None) -> str:
+def _fmt(x: float | int | bool | list[float] | None) -> str:
     if x is None:
         return "-"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, list):
+        return "[" + ", ".join(_fmt(v) for v in x) + "]"
     if isinstance(x, int) or float(x).is_integer() and abs(x) < 1e15:
         return f"{int(x):,}"
     return f"{x:.4g}"

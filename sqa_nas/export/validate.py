@@ -58,6 +58,10 @@ _PARAM_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")  # "layers0-3.hea
 _TEXT = re.compile(r"[A-Za-z0-9 _.,:;+/@=()\-]{0,200}")
 
 
+Metric = float | bool | list[float]
+MAX_METRIC_LIST = 64  # a trial's seeds (`val_loss_seeds`) or an interval's two ends
+
+
 @dataclass(frozen=True)
 class ValidTrial:
     """A trial that passed every check: everything export writes comes from here."""
@@ -67,7 +71,7 @@ class ValidTrial:
     config: ModelConfig
     objectives: dict[str, float]  # name -> value, in the study's order
     analytics: dict[str, float] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, Metric] = field(default_factory=dict)
     device: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, Any] = field(default_factory=dict)
     corpus: dict[str, Any] = field(default_factory=dict)
@@ -132,7 +136,7 @@ def validate_trial(study_name: str, record: TrialRecord) -> ValidTrial:
         config=config,
         objectives=_objectives(record.values, where),
         analytics=_numbers(record.analytics.stored(), f"{where}: analytics"),
-        metrics=_numbers(record.metrics.stored(), f"{where}: metrics"),
+        metrics=_metrics(record.metrics.stored(), f"{where}: metrics"),
         device=_text_mapping(record.device.stored(), f"{where}: device"),
         versions=_text_mapping(record.typed.versions, f"{where}: versions"),
         corpus=_text_mapping(record.typed.corpus.stored(), f"{where}: corpus"),
@@ -234,7 +238,8 @@ def _number(value: Any, path: str) -> float | int:
     return value
 
 
-def _numbers(values: Any, path: str) -> dict[str, float]:
+def _numbers(values: Any, path: str, check: bool = True) -> dict[str, Any]:
+    """A mapping of plain names to numbers (`_number`; not checked when not `check`)."""
     if values is None:
         return {}
     if not isinstance(values, dict):
@@ -244,7 +249,22 @@ def _numbers(values: Any, path: str) -> dict[str, float]:
         if not isinstance(key, str) or not _KEY.fullmatch(key):
             raise UserError(f"{path}: key {_show(key)} is not a plain name")
         if value is not None:
-            out[key] = _number(value, f"{path}.{key}")
+            out[key] = _number(value, f"{path}.{key}") if check else value
+    return out
+
+
+def _metrics(values: Any, path: str) -> dict[str, Metric]:
+    """A trial's metrics: numbers, flags (``noisy_throughput``) and short lists of numbers
+    (``val_loss_seeds``, ``speedup_ci95``), each checked as `_number` checks one."""
+    out: dict[str, Metric] = {}
+    for key, value in _numbers(values, path, check=False).items():
+        where = f"{path}.{key}"
+        if isinstance(value, bool):
+            out[key] = value
+        elif isinstance(value, list) and len(value) <= MAX_METRIC_LIST:
+            out[key] = [_number(x, f"{where}[{i}]") for i, x in enumerate(value)]
+        else:
+            out[key] = _number(value, where)
     return out
 
 
