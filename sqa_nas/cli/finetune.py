@@ -24,6 +24,7 @@ from sqa_nas.convert import (
     write_record,
 )
 from sqa_nas.errors import UserError
+from sqa_nas.export import hf
 from sqa_nas.export.torch_code import allocation_text
 from sqa_nas.train import pick_device
 
@@ -64,6 +65,9 @@ def run_finetune_command(args) -> int:
         raise UserError("--device cuda: no GPU is visible")
     spec = read_data_spec(args.data)
     model = load_export(folder)
+    fmt = "hf" if (folder / "config.json").is_file() else "torch"  # the source's format
+    if fmt == "hf" and (missing := hf.transformers_missing()):
+        raise UserError(f"{folder} is a Hugging Face export and {missing}: nothing was trained")
     data = load_data(spec, model.config.vocab_size)
     settings = FinetuneSettings(
         tokens=args.tokens,
@@ -104,11 +108,13 @@ def run_finetune_command(args) -> int:
         "val_loss_before": before["val_loss"],
         "val_loss_after": after["val_loss"],
     }
+    provenance["weights"] = f"fine-tuned for {record['tokens']:,} tokens (sqa-nas finetune)"
     state = model.to("cpu").state_dict()
     title = f"{allocation_text(model.config)}: fine-tuned for {record['tokens']:,} tokens"
     export_model(
         model.config,
         out,
+        fmt=fmt,
         state_dict=state,
         provenance=provenance,
         title=title,

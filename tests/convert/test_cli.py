@@ -297,3 +297,18 @@ def test_bad_finetune_input_is_one_line_and_exit_2(case, tmp_path, export_dir, c
         argv += ["--tokens", "64"]
     out = export_dir.with_name(export_dir.name + "-finetuned")
     _refused(argv, out, words, capsys)
+
+
+def test_finetune_keeps_a_hugging_face_export_loadable_and_says_what_its_weights_are(tmp_path):
+    pytest.importorskip("transformers")
+    model = build_model(GQA, seed=0)
+    src = export_model(GQA, tmp_path / "hf", fmt="hf", state_dict=model.state_dict())
+    ft = tmp_path / "ft"
+    argv = "--tokens 128 --seq-len 16 --batch-size 4 --eval-batches 1".split()
+    assert main(["finetune", str(src), *argv, "--out", str(ft)]) == 0
+    assert {"config.json", "modeling_sqa.py", "configuration_sqa.py"} <= {
+        p.name for p in ft.iterdir()
+    }
+    tuned = load_export(ft)
+    assert tuned.config.provenance["weights"] == "fine-tuned for 128 tokens (sqa-nas finetune)"
+    assert "untrained" not in (ft / "README.md").read_text()

@@ -568,3 +568,18 @@ def test_docs_name_only_real_export_flags():
     named = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", text))
     assert named and named <= real, named - real
     assert {"--trial", "--pick", "--out", "--format", "--force-hf", "--weights"} <= named
+
+
+def test_a_measured_trial_exports_with_its_intervals_flags_and_seeds(tmp_path):
+    """A real search's trials carry `speedup_ci95` (a pair), `noisy_throughput` (a flag) and,
+    for the noise trial, `val_loss_seeds` (a list): kept in the provenance, shown in the
+    README, never a reason to refuse the trial."""
+    url = f"sqlite:///{tmp_path}/measured.db"
+    study = make_study(url, n=5, failed=0, running=0, measured=True)
+    for number in (0, 4):  # the noise trial (3 seeds) and a trial flagged noisy
+        out = export_trial(study, find_trial(study, number), tmp_path / f"t{number}")
+        metrics = yaml.safe_load((out / "config.yaml").read_text())["provenance"]["metrics"]
+        assert isinstance(metrics["noisy_throughput"], bool)
+        assert len(metrics["speedup_ci95"]) == 2
+        assert ("val_loss_seeds" in metrics) == (number == 0)
+        assert "metrics.speedup_ci95 | [" in (out / "README.md").read_text()
