@@ -229,7 +229,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
         _print_tables(result, list(cells[0].baselines), fmt, say)
     short = [r for r in result.rows if r.out_of_memory]
     if args.json:
-        say.print(f"wrote {shown(write_json(args.json, result.to_dict()))}")
+        say.print(f"wrote {shown(write_json(args.json, result.to_dict()))}", soft_wrap=True)
     if args.png:
         try:
             title = header_line(result.machine)

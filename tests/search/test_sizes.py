@@ -194,7 +194,7 @@ def test_space_allocates_nothing_proportional_to_the_sizes(tmp_path, n_layers, s
 
 def test_the_estimate_bounds_a_measured_cpu_training_step():
     """A training step (forward, backward, AdamW) in a fresh process grows its peak memory
-    by less than the estimate, and by more than half of it: an upper bound, not a guess."""
+    by less than the estimate, and by more than 40% of it: an upper bound, not a guess."""
     shape = dict(vocab_size=256, d_model=256, n_layers=4, n_heads=8, ffn_dim=768)
     script = (
         "import json, resource, torch\n"
@@ -215,7 +215,9 @@ def test_the_estimate_bounds_a_measured_cpu_training_step():
     config = ModelConfig(**shape, attention={"variant": "GQA"})
     estimate = memory_estimate(config, 512, 16)
     bound = estimate.total - estimate.runtime  # the process itself is not in the growth
-    assert bound / 2 < grown <= bound, json.dumps({"grown": grown, "bound": bound})
+    # The peak resident size's growth depends on how the allocator reuses freed blocks: 0.49
+    # of the bound was seen in a CI run on a loaded machine, 0.5-0.6 usually.
+    assert 0.4 * bound < grown <= bound, json.dumps({"grown": grown, "bound": bound})
 
 
 def test_the_largest_trial_bounds_every_trial_of_the_space():
