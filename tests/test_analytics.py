@@ -1,5 +1,6 @@
 """Analytics against numbers worked out by hand, for layers where H_q != H_kv (GQA, MQA, rSQA)
-and for a mixed per-layer model, plus the KV-cache constraint of a search space.
+and for a mixed per-layer model, plus the KV-cache constraint of a search space and the
+memory estimate's parts.
 
 Every expected value below is written as the arithmetic of the formula it checks, with
 literal sizes, so that it does not depend on the library. The shapes: d_model D = 64,
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import pytest
 
-from sqa_nas.analytics import analyze
+from sqa_nas.analytics import analyze, memory_estimate
 from sqa_nas.model import ModelConfig
 from sqa_nas.search.space import parse_space
 
@@ -217,3 +218,71 @@ def test_kv_cache_limit_relative_to_mha():
     # 8/2 + 8/4: (64 + 128) / 512 = 0.375
     assert verdict(gqa_space(max_kv_cache_vs_mha=0.375), "8/2", "8/4")[0] == []
     assert verdict(gqa_space(max_kv_cache_vs_mha=0.37), "8/2", "8/4")[0] != []
+
+
+# ----------------------------------------------------------------------- memory estimate
+# The dense MHA layer (H_q = H_kv = 8, d = 8) keeps per token, for the backward pass
+# (`activation_bytes`), with a bytes per activation (4 on the CPU, 2 under bf16 on a GPU):
+# 16 D (float32 norms and residual sums) + a (4 D + (4 H_q + 3 H_kv) d + 4 F) + 4 H_q.
+def layer_bytes(a: int) -> int:
+    return 16 * 64 + a * (4 * 64 + (4 * 8 + 3 * 8) * 8 + 4 * 128) + 4 * 8
+
+
+def step_bytes(n_layers: int, tokens: int, a: int, backward: bool) -> int:
+    """A dense model's activations: every layer and two more with a backward (two without);
+    per token the embedding and final norm (12 D), the logits ((a + 12) V with a backward,
+    (a + 8) V without) and the ids (48)."""
+    kept = (n_layers + 2 if backward else 2) * layer_bytes(a)
+    outer = 12 * 64 + (a + (12 if backward else 8)) * 256 + 48
+    return tokens * (kept + outer)
+
+
+MHA2_PARAMS = 2 * MHA_LAYER_PARAMS + 256 * 64 + 64  # tied head, final norm
+MHA3_PARAMS = 3 * MHA_LAYER_PARAMS + 256 * 64 + 64
+
+
+def test_memory_estimate_parts_by_hand():
+    # Training (B 2, N 16) outweighs one evaluation batch: float32 weights (4 bytes each),
+    # gradients (4), AdamW's moments and its update's temporary (12), one GB for the process.
+    cpu = memory_estimate(config(2), 16, 2)
+    assert (cpu.weights, cpu.gradients, cpu.optimizer) == (
+        4 * MHA2_PARAMS,
+        4 * MHA2_PARAMS,
+        12 * MHA2_PARAMS,
+    )
+    assert (cpu.reference, cpu.runtime, cpu.batch) == (0, 10**9, "train")
+    assert cpu.activations == step_bytes(2, 2 * 16, 4, backward=True)
+    assert cpu.total == 20 * MHA2_PARAMS + cpu.activations + 10**9
+    # A GPU adds autocast's bf16 copy of the weights (6 bytes each) and keeps bf16
+    # activations; the MHA reference keeps its weights and gradients (6 + 4 bytes each).
+    gpu = memory_estimate(
+        config(2), 16, 2, device_type="cuda", throughput_batch=1, reference=config(3)
+    )
+    assert (gpu.weights, gpu.gradients, gpu.optimizer) == (
+        6 * MHA2_PARAMS,
+        4 * MHA2_PARAMS,
+        12 * MHA2_PARAMS,
+    )
+    assert gpu.reference == 10 * MHA3_PARAMS and gpu.batch == "train"
+    assert gpu.activations == step_bytes(2, 2 * 16, 2, backward=True)
+
+
+def test_memory_estimate_takes_the_largest_batch_by_hand():
+    # Evaluation: 10 batches of 64 held at once (16 bytes of ids a token), no backward.
+    ev = memory_estimate(config(2), 16, 2, eval_batch_size=64, eval_batches=10)
+    assert ev.batch == "eval"
+    assert ev.activations == step_bytes(2, 64 * 16, 4, backward=False) + 16 * 10 * 64 * 16
+    # Throughput at its own length (4 x 64 tokens), with a backward: the 3-layer reference
+    # keeps one layer more than the model, so its step is the largest; on the CPU it keeps
+    # float32 weights and gradients (4 + 4 bytes each).
+    timed = memory_estimate(
+        config(2), 16, 2, throughput_batch=4, throughput_seq_len=64, reference=config(3)
+    )
+    assert timed.batch == "reference" and timed.reference == 8 * MHA3_PARAMS
+    assert timed.activations == step_bytes(3, 4 * 64, 4, backward=True)
+    # Forward only: no backward's layers and logits' gradient.
+    forward = memory_estimate(
+        config(2), 16, 2, throughput_batch=64, throughput_seq_len=64, throughput_backward=False
+    )
+    assert forward.batch == "throughput" and forward.reference == 0
+    assert forward.activations == step_bytes(2, 64 * 64, 4, backward=False)

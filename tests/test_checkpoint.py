@@ -89,6 +89,7 @@ def test_a_stopped_and_resumed_run_is_bitwise_the_unstopped_one(data, unstopped,
     a, b = model.state_dict(), whole.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert result.tokens_before == stops[-1] * 64  # this call's own tokens per second
+    assert result.tokens_per_s == pytest.approx((7680 - stops[-1] * 64) / result.seconds)
 
 
 def test_a_state_from_the_fused_gpu_optimizer_continues_on_the_cpu_one(data, unstopped, tmp_path):
@@ -124,6 +125,27 @@ def test_a_stop_returns_the_state_to_continue_from(data):
     train(model, data, CFG, CPU, SEED, stop_step=40, resume=state)
     assert all(float(s["step"]) == 37 for s in opt["state"].values())
     assert all(torch.equal(opt["state"][k]["exp_avg"], v) for k, v in before.items())
+
+
+def test_a_resume_told_to_stop_where_it_stands_trains_nothing(data):
+    model = build_model(CONFIG, seed=0)
+    state = train(model, data, CFG, CPU, SEED, stop_step=5).state
+    assert state is not None
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    again = train(model, data, CFG, CPU, SEED, stop_step=5, resume=state)
+    assert (again.steps, again.tokens, again.tokens_before) == (5, 320, 320)
+    assert again.curve == state.curve
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_run_bounded_by_tokens_first_keeps_its_token_schedule_across_a_stop(data):
+    # 120 steps or 50 x 64 tokens: the tokens end it first, and the state says so.
+    cfg = TrainConfig(seq_len=16, batch_size=4, steps=120, tokens=50 * 64, warmup_steps=5)
+    model = build_model(CONFIG, seed=0)
+    state = train(model, data, cfg, CPU, SEED, stop_step=20).state
+    assert state is not None and state.planned_steps == cfg.planned_steps == 50
+    result = train(model, data, cfg, CPU, SEED, resume=state)
+    assert (result.steps, result.tokens) == (50, 50 * 64)
 
 
 def test_resume_refuses_what_would_not_continue_the_same_run(data):
@@ -191,6 +213,25 @@ def test_save_replaces_an_older_file_and_delete_is_idempotent(data, tmp_path):
     assert not path.exists() and list(tmp_path.iterdir()) == []
 
 
+def test_a_failed_write_leaves_the_old_checkpoint_and_no_temporary_file(
+    data, tmp_path, monkeypatch
+):
+    model = build_model(CONFIG, seed=0)
+    state = train(model, data, CFG, CPU, SEED, stop_step=2).state
+    path = checkpoint.save(tmp_path / "t.pt", model, state, {"rung": 0})
+
+    def disk_full(obj, f) -> None:
+        f.write(b"half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left on device"):
+        checkpoint.save(path, model, state, {"rung": 1})
+    assert [p.name for p in tmp_path.iterdir()] == ["t.pt"]
+    monkeypatch.undo()
+    assert checkpoint.load(path, CPU)[2] == {"rung": 0}
+
+
 def test_missing_damaged_and_foreign_files_raise_checkpoint_error(data, tmp_path):
     model = build_model(CONFIG, seed=0)
     state = train(model, data, CFG, CPU, SEED, stop_step=2).state
@@ -214,6 +255,11 @@ def test_missing_damaged_and_foreign_files_raise_checkpoint_error(data, tmp_path
         checkpoint.load(other, CPU)
     torch.save({"format": 1, "model": {}, "state": {"step": 3}, "meta": {}}, other)
     with pytest.raises(CheckpointError, match="other.pt: its state is incomplete"):
+        checkpoint.load(other, CPU)
+    payload = torch.load(good, weights_only=True)
+    payload["state"]["step"] = "three"  # every key there, one value not a number
+    torch.save(payload, other)
+    with pytest.raises(CheckpointError, match=r"other.pt: .* malformed \(ValueError"):
         checkpoint.load(other, CPU)
 
 

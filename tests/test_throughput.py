@@ -4,6 +4,8 @@ documented. Timers here are fakes with known noise, so the expected figures are 
 
 from __future__ import annotations
 
+import itertools
+import math
 import random
 
 import pytest
@@ -11,7 +13,7 @@ import torch
 
 from sqa_nas import throughput as throughput_module
 from sqa_nas.model import build_model
-from sqa_nas.stats import median_ci95, rel_half_width
+from sqa_nas.stats import median_ci95, rel_half_width, std
 from sqa_nas.throughput import Throughput, measure, paired_rounds
 from sqa_nas.train import ThroughputConfig, TrainStep
 
@@ -112,6 +114,43 @@ def test_the_median_interval_is_the_binomial_order_statistics():
     assert rel_half_width(2.0, 1.9, 2.3) == pytest.approx(0.15)
 
 
+def test_the_sample_standard_deviation_divides_by_n_minus_one():
+    assert std([1.0, 3.0]) == pytest.approx(math.sqrt(2))  # two values: the fewest with one
+    assert std([2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]) == pytest.approx(math.sqrt(32 / 7))
+    assert std([5.0]) is None and std([]) is None
+
+
+def test_without_a_reference_the_models_interval_decides_whatever_is_watched():
+    # Only the speedup watched, but no reference to pair with: the model's own interval is
+    # the one figure measured, and its wide times run the rounds on to the cap.
+    clock = Clock()
+    times = itertools.cycle([1.0, 3.0])
+
+    def model() -> float:
+        clock.now += (value := next(times))
+        return value
+
+    m, r = paired_rounds(model, None, target=0.03, max_s=40.0, watch=["speedup"], clock=clock)
+    assert r == [] and len(m) == 20 and clock.now >= 40.0
+
+
+def test_the_time_cap_ends_the_rounds_after_two_at_least():
+    clock = Clock()
+
+    def slow() -> float:
+        clock.now += 100.0
+        return 100.0
+
+    m, r = paired_rounds(slow, slow, target=0.03, max_s=1.0, clock=clock)
+    assert len(m) == len(r) == 2  # one round alone is past the cap, but no interval
+
+
+def test_rounds_end_at_max_rounds_when_nothing_else_ends_them():
+    times = itertools.cycle([1.0, 3.0])  # the interval never closes; no time cap
+    m, r = paired_rounds(lambda: next(times), None, target=0.01, max_s=math.inf)
+    assert len(m) == throughput_module.MAX_ROUNDS == 200 and r == []
+
+
 class FakeTimeQueued:
     """Stands in for `time_queued`: runs the step once, records it, and returns samples whose
     median is the next of `medians` (the mean differs: the median must be used)."""
@@ -168,3 +207,41 @@ def test_a_wide_interval_is_flagged_noisy():
     assert not Throughput(1.0, 0.01, 6, 1.0, 0.03, 2.0, 2.0, (1.99, 2.01)).noisy
     # Fewer than six rounds (the time cap came first): no 95% interval, so noisy.
     assert Throughput(1.0, 0.01, 5, 1.0, 0.03, 2.0, 2.0, (1.99, 2.01)).noisy
+    # An interval exactly as wide as the target is within it: noisy means wider.
+    assert not Throughput(1.0, 0.03, 6, 1.0, 0.03).noisy
+
+
+def test_measure_without_a_reference_watches_the_models_interval(monkeypatch):
+    # Asked to watch the speedup alone, without a reference: the rounds aim at the model's
+    # interval, and the time cap ending them before six rounds leaves the result noisy.
+    monkeypatch.setattr(throughput_module, "time_queued", FakeTimeQueued([1.0, 3.0] * 100))
+    monkeypatch.setattr(throughput_module, "WARMUP_S", 0.0)
+    cfg = ThroughputConfig(seq_len=12, batch_size=3, warmup=1, repeats=3, max_seconds=1e-9)
+    out = measure(TrainStep(build_model(TINY), CPU, 12), cfg, CPU, watch=["speedup"])
+    assert out.speedup is None and out.rounds == 2
+    assert "throughput" in out.watched and out.noisy
+
+
+def test_only_the_first_step_on_a_device_warms_for_warmup_s(monkeypatch):
+    class FakeTime:  # one second passes at every reading
+        now = 0.0
+
+        def perf_counter(self) -> float:
+            self.now += 1.0
+            return self.now
+
+    monkeypatch.setattr(throughput_module, "time", FakeTime())
+    monkeypatch.setattr(throughput_module, "WARMUP_S", 5.0)
+    monkeypatch.setattr(throughput_module, "_warmed", {})  # nothing timed on the CPU yet
+    monkeypatch.setattr(throughput_module, "time_queued", FakeTimeQueued([1.0] * 12))
+    torch.manual_seed(0)
+    model, reference = build_model(TINY), build_model(TINY)
+    seen = []
+    for m in (model, reference):
+        m.register_forward_pre_hook(lambda mod, args, m=m: seen.append(m is model))
+    cfg = ThroughputConfig(seq_len=12, batch_size=3, warmup=2, repeats=1)
+    measure(TrainStep(model, CPU, 12), cfg, CPU, TrainStep(reference, CPU, 12))
+    first = seen.index(False)  # the model's warm-up calls, then the reference's
+    second = seen.index(True, first) - first
+    assert first > cfg.warmup  # the device's first step: WARMUP_S (5 fake seconds) of calls
+    assert second == cfg.warmup  # the device is warm: its own warm-up calls only

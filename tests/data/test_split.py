@@ -218,6 +218,28 @@ def test_plan_split_keeps_a_unit_on_each_side():
     assert high.where[last] == 1 and {high.where[n] for n in sizes if n != last} == {"val"}
 
 
+def test_an_empty_side_takes_the_piece_of_extreme_hash_and_keeps_the_rule_by_name():
+    # Hashes 0.36 (doc0) and 0.83 (doc2): at 5% both train by name, at 95% both validate.
+    # The fix-up moves the smallest hash to validation (the largest to training); the piece
+    # moved holds the asked share here, so the by-name rule stands.
+    assert 0.05 < unit_hash("doc0.txt") < unit_hash("doc2.txt") < 0.95
+    expected = {"doc0.txt": "val", "doc2.txt": "train"}
+    low = plan_split({"doc0.txt": 5, "doc2.txt": 95}, 0.05)
+    assert (low.rule, low.where) == ("by_file", expected)
+    high = plan_split({"doc0.txt": 95, "doc2.txt": 5}, 0.95)
+    assert (high.rule, high.where) == ("by_file", expected)
+
+
+def test_a_piece_that_fills_validation_exactly_is_whole_and_the_next_trains_whole():
+    # doc3 (hash 0.16) and doc14 (0.27) validate by name at 30%: 70 of 100, so fill. V = 30:
+    # doc3, of lowest hash, is exactly V (whole, not cut at 0); nothing is left for doc14,
+    # which trains whole (not cut at its end).
+    assert unit_hash("doc3.txt") < unit_hash("doc14.txt") < 0.3 < unit_hash("doc2.txt")
+    plan = plan_split({"doc3.txt": 30, "doc14.txt": 40, "doc2.txt": 30}, 0.3)
+    assert plan.rule == "fill"
+    assert plan.where == {"doc3.txt": "val", "doc14.txt": "train", "doc2.txt": "train"}
+
+
 # --------------------------------------------------------------------------- reporting
 def test_the_line_names_the_share_made_and_asked(tmp_path, capsys):
     write_lettered(tmp_path / "licenses", LICENSES)

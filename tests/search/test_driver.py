@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 
+import optuna
 import pytest
 from optuna.trial import TrialState, create_trial
 from rich.console import Console
@@ -23,6 +24,7 @@ from sqa_nas.search import driver as driver_module
 from sqa_nas.search.driver import Driver
 from sqa_nas.search.executors.base import Executor, Running
 from sqa_nas.search.locks import proc_start
+from sqa_nas.search.repeats import Repeats
 from sqa_nas.search.space import parse_space
 from sqa_nas.search.study_attrs import KEEP_STATS, read_study_attrs
 from sqa_nas.search.trial import TrialOutcome
@@ -382,3 +384,96 @@ def test_a_space_whose_every_layout_is_evaluated_stops_the_search(tmp_path):
     result = driver.run(5)
     assert result.finished == 1 and len(executor.jobs) == 1
     assert "all 1 layouts are evaluated" in driver.text.getvalue()
+
+
+# ------------------------------------------------------------------ repeats, one by one
+def _repeats() -> tuple[optuna.Study, Repeats]:
+    study = optuna.create_study(directions=["minimize", "maximize"])
+    return study, Repeats(study, study._storage, lambda line: None)
+
+
+def _asked(study: optuna.Study, layout: str | None, **attrs) -> optuna.Trial:
+    trial = study.ask()
+    for key, value in {"layout": layout, **attrs}.items():
+        if value is not None:
+            trial.set_user_attr(key, value)
+    return trial
+
+
+RUNG = {"rung": 0, "tokens": 64, "values": {"val_loss": 2.0}}
+
+
+def test_a_repeat_of_a_promoted_trial_running_here_waits_and_gets_every_figure():
+    study, repeats = _repeats()
+    _asked(study, "L", rungs=[{**RUNG, "decision": "promoted"}])  # in flight, here
+    assert repeats.check(_asked(study, "L"), "L", running={0})
+    assert repeats.held == {0: [1]} and study.trials[1].state == TrialState.RUNNING
+    figures = {
+        "allocation": "alloc",
+        "metrics": {"val_loss": 1.0},
+        "analytics": {"params": 10},
+        "model": {"d_model": 8},
+        "layers": [{"heads": "2/1"}],
+        "seeds": [7],
+    }
+    original = study.trials[0]._trial_id
+    for key, value in figures.items():
+        study._storage.set_trial_user_attr(original, key, value)
+    study.tell(0, [1.0, 2.0])
+    repeats.release(0)
+    repeat = study.trials[1]
+    assert repeat.state == TrialState.COMPLETE and repeat.values == [1.0, 2.0]
+    assert {k: repeat.user_attrs[k] for k in figures} == figures
+    assert repeat.user_attrs["duplicate_of"] == 0 and repeats.held == {}
+
+
+@pytest.mark.parametrize(
+    "state, words", [(TrialState.RUNNING, "paused"), (TrialState.PRUNED, "stopped")]
+)
+def test_a_repeat_of_a_trial_left_at_a_rung_fails_saying_where(state, words):
+    study, repeats = _repeats()
+    _asked(study, "L", rungs=[{**RUNG, "decision": "paused"}])
+    if state == TrialState.PRUNED:
+        study.tell(0, state=TrialState.PRUNED)
+    assert repeats.check(_asked(study, "L"), "L", running=set())
+    repeat = study.trials[1]
+    assert repeat.state == TrialState.FAIL and repeat.user_attrs["duplicate_of"] == 0
+    assert repeat.user_attrs["fail_reason"] == f"duplicate: trial 0 has it, {words} at a rung"
+
+
+def test_a_trial_running_under_another_driver_is_not_waited_for():
+    study, repeats = _repeats()
+    _asked(study, "L")  # RUNNING, no rungs, not one of this driver's
+    assert not repeats.check(_asked(study, "L"), "L", running=set())
+    assert repeats.held == {} and "duplicate_of" not in study.trials[1].user_attrs
+
+
+def test_evaluated_counts_the_distinct_layouts_of_completed_trials():
+    study, repeats = _repeats()
+    for layout in ("L", "L", "M", None):  # None: a trial of a study older than layouts
+        _asked(study, layout)
+    _asked(study, "N")  # fails: not evaluated
+    for number in range(4):
+        study.tell(number, [1.0, 1.0])
+    study.tell(4, state=TrialState.FAIL)
+    assert repeats.evaluated() == 2
+
+
+def test_a_held_repeat_finished_meanwhile_is_left_as_it_is():
+    study, repeats = _repeats()
+    _asked(study, "L")
+    assert repeats.check(_asked(study, "L"), "L", running={0})
+    study.tell(1, state=TrialState.FAIL)  # reaped while held
+    study.tell(0, [1.0, 2.0])
+    repeats.release(0)
+    assert study.trials[1].state == TrialState.FAIL and repeats.held == {}
+
+
+def test_abandoned_repeats_fail_naming_their_original():
+    study, repeats = _repeats()
+    _asked(study, "L")
+    assert repeats.check(_asked(study, "L"), "L", running={0})
+    repeats.abandon("interrupted")
+    repeat = study.trials[1]
+    assert repeat.state == TrialState.FAIL and repeat.user_attrs["duplicate_of"] == 0
+    assert repeat.user_attrs["fail_reason"] == "duplicate: interrupted" and repeats.held == {}

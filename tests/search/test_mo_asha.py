@@ -14,16 +14,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 from optuna.trial import TrialState
 from pydantic import ValidationError
 
 from sqa_nas.search.asha import order
+from sqa_nas.search.scheduler import Scheduler, Segment, checkpoint_folder
 from sqa_nas.search.sections import Budget, EarlyStopping
 from sqa_nas.search.space import parse_space
 from sqa_nas.search.study import trial_counts
 from sqa_nas.search.trial import TrialOutcome
 from tests.search.test_driver import InProcess, _driver
+from tests.search.test_search import TINY
 
 PER_STEP = 2 * 32  # TINY's batch_size x seq_len
 LADDER = [3 * PER_STEP, 9 * PER_STEP, 27 * PER_STEP]
@@ -239,3 +242,160 @@ def test_a_repeat_of_a_paused_layout_is_not_trained(tmp_path):
     assert len(seen) == len(set(seen))  # no layout trained twice to the same rung
     repeats = [t for t in result.study.get_trials() if "duplicate_of" in t.user_attrs]
     assert all(t.state == TrialState.FAIL for t in repeats if t.user_attrs.get("fail_reason"))
+
+
+# ------------------------------------------------------- the scheduler's decisions, unit by unit
+def _scheduler(tmp_path) -> Scheduler:
+    spec = parse_space({**TINY, "study": "drv", **SPACE})
+    study = optuna.create_study(directions=[str(d) for d in spec.directions])
+    return Scheduler(spec, study, study._storage, tmp_path / "ckpt", lambda line: None)
+
+
+def _at(s: Scheduler, losses: list[float], decisions: list[str], state=None, **attrs) -> int:
+    """A trial with one rung entry per loss (rungs 0, 1, ...); RUNNING unless `state`. Its
+    checkpoint, when paused, is a file that is there."""
+    trial = s.study.ask()
+    rungs = [
+        {
+            "rung": i,
+            "tokens": LADDER[i],
+            "values": {"val_loss": loss, "throughput_tokens_per_s": 5.0},
+            "decision": decision,
+        }
+        for i, (loss, decision) in enumerate(zip(losses, decisions))
+    ]
+    trial.set_user_attr("rungs", rungs)
+    if decisions[-1] == "paused":
+        path = s.checkpoint_path(trial.number, len(rungs) - 1)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"weights")
+        trial.set_user_attr("checkpoint", str(path))
+        trial.set_user_attr("metrics", {"val_loss": losses[-1]})
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+    if state is not None:
+        values = [losses[-1], 5.0] if state == TrialState.COMPLETE else None
+        s.study.tell(trial.number, values, state=state)
+    return trial.number
+
+
+def _ladder(s: Scheduler) -> dict[str, int]:
+    """Rung 0: six trials, top two (6 // 3) are d (promoted) and a (paused); rung 1: three
+    trials, the top one d (paused). b, c stopped at rung 0; e complete; f stopped at rung 1."""
+    pruned = TrialState.PRUNED
+    return {
+        "a": _at(s, [1.0], ["paused"]),
+        "b": _at(s, [3.0], ["stopped"], pruned),
+        "c": _at(s, [3.1], ["stopped"], pruned),
+        "d": _at(s, [0.9, 0.5], ["promoted", "paused"]),
+        "e": _at(s, [2.0, 0.6, 0.3], ["promoted", "promoted", "complete"], TrialState.COMPLETE),
+        "f": _at(s, [2.1, 0.9], ["promoted", "stopped"], pruned),
+    }
+
+
+def test_the_highest_rung_is_promoted_first_to_the_last_rung_without_a_checkpoint(tmp_path):
+    s = _scheduler(tmp_path)
+    n = _ladder(s)
+    trial, segment = s.promote(set(), {"id": "me"})
+    assert trial.number == n["d"]
+    assert segment == Segment(
+        2,
+        LADDER[2],
+        resume=str(s.checkpoint_path(n["d"], 1)),
+        save=None,  # the last rung: nothing continues from it
+        carry={"val_loss": 0.5},
+    )
+    stored = s.study.trials[n["d"]].user_attrs
+    assert stored["rungs"][-1]["decision"] == "promoted" and stored["driver"] == {"id": "me"}
+    # d is in flight now: a is next, and saves a checkpoint at the middle rung.
+    trial, segment = s.promote({n["d"]}, {"id": "me"})
+    assert trial.number == n["a"]
+    assert (segment.rung, segment.save) == (1, str(s.checkpoint_path(n["a"], 1)))
+
+
+def test_a_trial_in_flight_here_is_not_promoted_again(tmp_path):
+    s = _scheduler(tmp_path)
+    n = _ladder(s)
+    trial, _ = s.promote({n["d"]}, {"id": "me"})  # d's stored rung still says paused
+    assert trial.number == n["a"]
+
+
+def test_failed_trials_and_repeats_take_no_place_at_a_rung(tmp_path):
+    s = _scheduler(tmp_path)
+    n = _ladder(s)
+    # Better than everyone at rung 0 and 1: counted, they would push a and d out of the top.
+    _at(s, [0.1], ["promoted"], TrialState.FAIL)
+    _at(s, [0.1, 0.1], ["promoted", "promoted"], TrialState.COMPLETE, duplicate_of=n["e"])
+    trial, _ = s.promote(set(), {"id": "me"})
+    assert trial.number == n["d"]
+    trial, _ = s.promote({n["d"]}, {"id": "me"})
+    assert trial.number == n["a"]
+
+
+def test_first_segments_stop_at_the_first_rung_and_baselines_run_through(tmp_path):
+    s = _scheduler(tmp_path)
+    assert s.first_segment(4, baseline=False) == Segment(
+        0, LADDER[0], save=str(tmp_path / "ckpt" / "trial-4-rung-0.pt")
+    )
+    assert s.first_segment(5, baseline=True) == Segment(2, LADDER[2], eval_at=LADDER[:2])
+
+
+def test_checkpoints_go_where_the_space_says_else_beside_the_study(tmp_path):
+    spec = parse_space({**TINY, "study": "drv", **SPACE})
+    assert (
+        checkpoint_folder(spec, f"sqlite:///{tmp_path}/s.db") == tmp_path / "checkpoints" / "drv"
+    )
+    assert checkpoint_folder(spec, "postgresql://db/x") == Path("runs/drv/checkpoints")
+    stopping = {**SPACE["budget"]["early_stopping"], "checkpoint_dir": "~/ckpt"}
+    chosen = parse_space(
+        {
+            **TINY,
+            "study": "drv",
+            **SPACE,
+            "budget": {**SPACE["budget"], "early_stopping": stopping},
+        }
+    )
+    assert checkpoint_folder(chosen, "sqlite:///s.db") == Path("~/ckpt").expanduser()
+
+
+def test_a_later_segment_adds_its_timings_and_rungs_to_the_earlier_ones(tmp_path):
+    s = _scheduler(tmp_path)
+    number = _at(s, [1.0], ["paused"], timings={"train_s": 2.0, "train_window": [0.0, 2.0]})
+    t = s.study.trials[number]
+    again = {"rung": 0, "tokens": LADDER[0], "values": {"val_loss": 0.9}, "decision": "promoted"}
+    new = {"rung": 1, "tokens": LADDER[1], "values": {"val_loss": 0.8}, "decision": "paused"}
+    attrs = {"rungs": [again, new], "timings": {"train_s": 3.0, "train_window": [5.0, 8.0]}}
+    out = s.merged(t, attrs)
+    assert out["rungs"] == [again, new]  # rung 0 run again: the new entry replaces it
+    assert out["timings"] == {
+        "train_s": 5.0,
+        "train_window": [0.0, 2.0],
+        "train_windows": [[0.0, 2.0], [5.0, 8.0]],
+    }
+
+
+def test_pausing_again_at_the_same_checkpoint_keeps_it(tmp_path):
+    s = _scheduler(tmp_path)
+    number = _at(s, [1.0], ["paused"])
+    t = s.study.trials[number]
+    path = Path(t.user_attrs["checkpoint"])
+    s.paused(t, str(path))  # the same rung run again after its worker died
+    assert path.is_file()
+    later = s.checkpoint_path(number, 1)
+    later.write_bytes(b"weights")
+    s.paused(s.study.trials[number], str(later))
+    assert not path.exists() and later.is_file()  # the rung before: no longer needed
+
+
+def test_rescue_keeps_a_promoted_trial_only_while_its_checkpoint_is_there(tmp_path):
+    s = _scheduler(tmp_path)
+    kept = _at(s, [1.0], ["paused"])
+    s._set(
+        s.study.trials[kept],
+        rungs=[{**s.study.trials[kept].user_attrs["rungs"][0], "decision": "promoted"}],
+    )
+    assert s.rescue(s.study.trials[kept])
+    assert s.study.trials[kept].user_attrs["rungs"][-1]["decision"] == "paused"
+    gone = _at(s, [1.0], ["paused"])
+    Path(s.study.trials[gone].user_attrs["checkpoint"]).unlink()
+    assert not s.rescue(s.study.trials[gone])  # failed and queued again, as a first segment

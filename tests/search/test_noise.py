@@ -41,6 +41,38 @@ def test_the_noise_of_a_noise_trial_is_the_spread_of_its_seeds():
     assert odd.n == 0 and odd.reason == "the study's noise attr does not parse"
 
 
+def test_a_noise_trial_without_timings_counts_its_seeds_by_their_losses():
+    noise = Noise.of([2.0, 2.1, 2.2], [], "cpu", 0)  # throughput not an objective: no timing
+    assert noise.n == 3 and noise.val_loss_std == pytest.approx(0.1)
+    assert noise.throughput_rel_std is None and noise.speedup_rel_std is None
+    assert noise.describe() == "val_loss sigma 0.1 (3 seeds of trial 0)"
+
+
+def test_two_seeds_are_the_fewest_that_measure_the_noise():
+    two = Noise(n=2, val_loss_std=0.05, throughput_rel_std=0.02, trial=4)
+    assert two.describe() == "val_loss sigma 0.05, throughput 2.0% (2 seeds of trial 4)"
+    records = [_record(0, 2.0, 100.0), _record(1, 2.5, 50.0)]
+    assert assess(records, OBJ, two).measured
+    # One seed has no spread: whatever figures an odd stored attr holds, nothing is measured.
+    one = Noise(n=1, val_loss_std=0.05, throughput_rel_std=0.02, trial=4)
+    assert not assess(records, OBJ, one).measured
+    assert one.describe() == "noise not measured (no noise trial yet)"
+
+
+def test_a_trial_exactly_two_sigma_behind_the_front_is_indistinguishable():
+    # params is analytic (sigma 0) and equal; val_loss is 2 sigma behind, exactly in binary:
+    # moved 2 sigma towards better, trial 1 equals trial 0, which does not dominate it.
+    objectives = ["val_loss", "params"]
+
+    def record(number: int, loss: float) -> TrialRecord:
+        return TrialRecord(number, "COMPLETE", {"val_loss": loss, "params": 100.0}, {}, {})
+
+    records = [record(0, 1.0), record(1, 1.25), record(2, 1.375)]
+    verdict = assess(records, objectives, Noise(n=3, val_loss_std=0.125))
+    assert [r.number for r in verdict.front] == [0]
+    assert [r.number for r in verdict.indistinguishable] == [1]  # 2 is 3 sigma behind
+
+
 def test_trials_within_two_sigma_of_the_front_are_indistinguishable():
     records = [
         _record(0, 2.00, 100.0),  # front

@@ -10,15 +10,18 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
 
 from sqa_nas.analytics import memory_estimate, mha_baseline
 from sqa_nas.cli import main
+from sqa_nas.errors import UserError
 from sqa_nas.model import ModelConfig
 from sqa_nas.search import memory
-from sqa_nas.search.memory import largest_trial
+from sqa_nas.search.memory import Room, largest_trial
+from sqa_nas.search.sections import Execution
 from sqa_nas.search.space import SearchSpec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,6 +93,14 @@ TOO_BIG = [
     (
         "budget: {throughput: {batch_size: 1000000000}}\n",
         "model.seq_len 128 x budget.throughput.batch_size 1,000,000,000",
+    ),
+    (  # the speedup objective times the step too
+        "objectives: [val_loss, speedup_vs_mha]\nbudget: {throughput: {batch_size: 1000000000}}\n",
+        "model.seq_len 128 x budget.throughput.batch_size 1,000,000,000",
+    ),
+    (
+        "budget: {throughput: {seq_len: 4194304}}\n",
+        "budget.throughput.seq_len 4,194,304 x budget.throughput.batch_size 8",
     ),
     # sizes a device could hold, but not this one
     ("model: {n_layers: 4096}\n", "more than this machine's 24 GB of RAM"),
@@ -244,3 +255,96 @@ def test_the_largest_trial_bounds_every_trial_of_the_space():
             reference=mha_baseline(config),
         )
         assert estimate.total < largest.total
+
+
+# ---------------------------------------------------------------- the room of one trial
+GPUS = [(80 * GB, "NVIDIA H100"), (40 * GB, "NVIDIA A100")]
+
+
+@pytest.fixture
+def two_gpus(monkeypatch):
+    """This machine, as the checks see it: two GPUs of 80 and 40 GB, 24 GB of RAM."""
+    monkeypatch.setattr(memory.torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(memory, "gpu_memory", lambda n: GPUS[:n])
+    monkeypatch.setattr(memory, "memory_bytes", lambda device="cpu": 24 * GB)
+
+
+def _room(**execution) -> Room:
+    return memory.room(Execution.model_validate(execution))
+
+
+def test_a_gpu_trial_gets_the_smallest_gpu_shared_by_the_trials_on_it(two_gpus):
+    gpu = "this machine's 40 GB GPU (NVIDIA H100)"
+    assert _room(device="cuda") == Room(40 * GB, "cuda", gpu)
+    # 3 local workers on 2 GPUs: 2 share one
+    assert _room(workers=3) == Room(20 * GB, "cuda", gpu + ", 0.5 of it per trial")
+    assert _room(trials_per_gpu=4) == Room(10 * GB, "cuda", gpu + ", 0.25 of it per trial")
+    # Ray on this machine: the fraction each trial asks for
+    ray = _room(executor="ray", ray={"gpus_per_trial": 0.25})
+    assert ray == Room(10 * GB, "cuda", gpu + ", 0.25 of it per trial")
+
+
+def test_cpu_trials_get_the_ram_shared_by_the_local_workers_only(two_gpus):
+    ram = "this machine's 24 GB of RAM"
+    assert _room(device="cpu", workers=4) == Room(6 * GB, "cpu", ram + ", shared by 4 workers")
+    # Ray trials on the CPU (no GPU asked): Ray starts its own workers, `workers` is not read
+    assert _room(executor="ray", ray={"gpus_per_trial": 0}) == Room(24 * GB, "cpu", ram)
+    assert _room(executor="ray", device="cpu", workers=4) == Room(24 * GB, "cpu", ram)
+
+
+def test_devices_that_are_not_known_here_are_held_to_what_no_device_holds(two_gpus, monkeypatch):
+    cluster = _room(executor="ray", ray={"address": "10.0.0.1:6379"})
+    assert (cluster.bytes, cluster.known) == (memory.NO_DEVICE_HOLDS, False)
+    assert cluster.words.endswith("(trials run on a Ray cluster's workers)")
+    monkeypatch.setattr(memory, "gpu_memory", lambda n: [GPUS[0], (None, "cuda:1")])
+    untold = _room(device="cuda")
+    assert (untold.bytes, untold.device_type, untold.known) == (
+        memory.NO_DEVICE_HOLDS,
+        "cuda",
+        False,
+    )
+    assert untold.words.endswith("(trials run on GPUs whose memory the driver does not tell)")
+
+
+class FakeNvml:
+    """NVML on a host of two GPUs (names as old pynvml returns them: bytes)."""
+
+    def nvmlInit(self) -> None: ...
+
+    def nvmlShutdown(self) -> None: ...
+
+    def nvmlDeviceGetCount(self) -> int:
+        return 2
+
+    def nvmlDeviceGetHandleByIndex(self, i: int) -> int:
+        return i
+
+    def nvmlDeviceGetUUID(self, h: int) -> str:
+        return f"GPU-{h}0000000-aaaa"
+
+    def nvmlDeviceGetMemoryInfo(self, h: int) -> SimpleNamespace:
+        return SimpleNamespace(total=GPUS[h][0])
+
+    def nvmlDeviceGetName(self, h: int) -> bytes:
+        return GPUS[h][1].encode()
+
+
+def test_gpu_memory_reads_the_visible_gpus_through_nvml(monkeypatch):
+    monkeypatch.setattr(memory, "load_nvml", FakeNvml)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert memory.gpu_memory(2) == GPUS
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-1")
+    assert memory.gpu_memory(1) == [GPUS[1]]
+    # CUDA sees more devices than the variable lists: the others' sizes are not known here
+    assert memory.gpu_memory(2) == [GPUS[1], (None, "cuda:1")]
+
+
+def test_a_trial_that_needs_exactly_the_room_fits(monkeypatch):
+    monkeypatch.setattr(memory.torch.cuda, "device_count", lambda: 0)
+    spec = SearchSpec.model_validate({"execution": {"device": "cpu"}})
+    _, estimate = largest_trial(spec, "cpu")
+    monkeypatch.setattr(memory, "memory_bytes", lambda device="cpu": estimate.total)
+    assert memory.check_fits(spec, "s.yaml") == estimate
+    monkeypatch.setattr(memory, "memory_bytes", lambda device="cpu": estimate.total - 1)
+    with pytest.raises(UserError, match="s.yaml: .* more than this machine's"):
+        memory.check_fits(spec, "s.yaml")

@@ -24,10 +24,12 @@ from rich.console import Console
 from sqa_nas.cli import main
 from sqa_nas.data import load_dataset
 from sqa_nas.errors import UserError
+from sqa_nas.search import storage as storage_module
 from sqa_nas.search.driver import Driver
 from sqa_nas.search.locks import study_lock
 from sqa_nas.search.records import FORMAT
 from sqa_nas.search.space import parse_space
+from sqa_nas.search.storage import MAX_NAME, check_storage, check_study_name, open_storage
 from sqa_nas.search.study import trial_counts
 from sqa_nas.search.study_attrs import read_study_attrs
 from sqa_nas.search.trial import TrialOutcome
@@ -304,6 +306,28 @@ def test_a_malformed_storage_is_one_line_and_creates_nothing(
     assert main(args) == 2
     assert message in _one_error(capsys)
     assert tree(tmp_path) == before
+
+
+def test_the_longest_study_name_and_a_database_server_are_accepted(tmp_path, monkeypatch):
+    assert check_study_name("a" * MAX_NAME) == "a" * MAX_NAME
+    with pytest.raises(UserError, match=f"at most {MAX_NAME} characters"):
+        check_study_name("a" * (MAX_NAME + 1))
+    monkeypatch.chdir(tmp_path)
+    url = "postgresql://user@127.0.0.1:5432/studies"  # a server keeps it: no file to check
+    assert check_storage(url) == url and tree(tmp_path) == []
+
+
+def test_a_database_the_user_may_not_read_is_named_as_such(tmp_path, monkeypatch):
+    db = tmp_path / "s.db"
+    optuna.create_study(study_name="drv", storage=f"sqlite:///{db}")
+    allowed = os.access
+
+    def access(path, mode, **kwargs) -> bool:  # as a user other than root sees a mode 000 file
+        return False if mode == os.R_OK and Path(path) == db else allowed(path, mode, **kwargs)
+
+    monkeypatch.setattr(storage_module.os, "access", access)
+    with pytest.raises(UserError, match=f"cannot read the storage {db}: permission denied"):
+        open_storage(f"sqlite:///{db}")
 
 
 # ------------------------------------------------------------ damaged storages

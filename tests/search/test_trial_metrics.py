@@ -208,6 +208,54 @@ def test_throughput_settings_default_to_the_models_length_and_a_training_step():
     )
 
 
+def test_every_budget_setting_reaches_its_config():
+    spec = _spec(
+        budget={
+            "train": {
+                **{"steps": 7, "tokens": 9000, "seconds": 30.0, "batch_size": 3, "lr": 1e-3},
+                **{"min_lr_ratio": 0.25, "warmup_steps": 2, "weight_decay": 0.05},
+                **{"grad_clip": 0.5, "compile": False, "eval_batches": 3, "eval_batch_size": 5},
+            },
+            "throughput": {
+                **{"seq_len": 32, "batch_size": 2, "warmup": 4, "repeats": 9, "mode": "fwd"},
+                **{"ci_target": 0.1, "max_seconds": 7.5},
+            },
+        }
+    )
+    assert train_config(spec) == TrainConfig(
+        seq_len=16,
+        batch_size=3,
+        steps=7,
+        tokens=9000,
+        seconds=30.0,
+        lr=1e-3,
+        min_lr_ratio=0.25,
+        warmup_steps=2,
+        weight_decay=0.05,
+        grad_clip=0.5,
+        compile=False,
+        eval_batches=3,
+        eval_batch_size=5,
+    )
+    assert throughput_config(spec) == ThroughputConfig(
+        seq_len=32,
+        batch_size=2,
+        warmup=4,
+        repeats=9,
+        backward=False,
+        ci_target=0.1,
+        max_seconds=7.5,
+    )
+
+
+def test_common_seeds_stay_the_same_across_versions():
+    # A study continued by a later version must train its new trials with the seeds its
+    # earlier trials recorded (common random numbers): the values are pinned.
+    assert crn_seeds(_spec(), 3) == [946392355, 2850522383, 2665385305]
+    assert crn_seeds(_spec(), 2, "confirm") == [1395115724, 156542938]
+    assert crn_seeds(_spec(sampler={"seed": 2}), 2) == [3308588633, 86166984]
+
+
 def test_token_and_time_budgets_reach_the_train_config():
     spec = _spec(budget={"train": {"tokens": 5000, "seconds": 30.0}})
     assert train_config(spec) == TrainConfig(seq_len=16, tokens=5000, seconds=30.0, compile="auto")
