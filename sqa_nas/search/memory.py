@@ -178,12 +178,14 @@ def room(execution: Execution) -> Room:
         )
         return Room(NO_DEVICE_HOLDS, kind, words, known=False)
     if gpus:
-        total = min(s for s in sizes if s is not None)
+        total, name = min((s, n) for s, n in found if s is not None)
+        if len(set(sizes)) > 1:  # a trial may land on any of them: the smallest bounds it
+            name += f", the smallest of {gpus}"
         if e.executor == "ray":
             share = min(1.0, e.ray_gpus_per_trial)
         else:
             share = 1 / (-(-e.workers // gpus) if e.workers else e.trials_per_gpu)
-        words = f"this machine's {format_bytes(total)} GPU ({found[0][1]})"
+        words = f"this machine's {format_bytes(total)} GPU ({name})"
         if share < 1:
             words += f", {share:.2g} of it per trial"
         return Room(int(total * share), "cuda", words)

@@ -274,7 +274,8 @@ def _room(**execution) -> Room:
 
 
 def test_a_gpu_trial_gets_the_smallest_gpu_shared_by_the_trials_on_it(two_gpus):
-    gpu = "this machine's 40 GB GPU (NVIDIA H100)"
+    # the trials may land on either GPU: the smallest bounds them, and is the one named
+    gpu = "this machine's 40 GB GPU (NVIDIA A100, the smallest of 2)"
     assert _room(device="cuda") == Room(40 * GB, "cuda", gpu)
     # 3 local workers on 2 GPUs: 2 share one
     assert _room(workers=3) == Room(20 * GB, "cuda", gpu + ", 0.5 of it per trial")
