@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 from experiments.common import write_partial, write_result
-from experiments.science import PAPER_MODEL, SMOKE_MODEL, seed_list
+from experiments.science import PAPER_MODEL, SMOKE_MODEL, claim_verdict, seed_list
 from sqa_nas.cli import guarded
 from sqa_nas.convert import (
     Calibration,
@@ -54,6 +54,7 @@ from sqa_nas.convert import (
 from sqa_nas.data import load_dataset
 from sqa_nas.errors import UserError
 from sqa_nas.model import ModelConfig, SQATransformer, build_model
+from sqa_nas.stats import mean_ci95
 from sqa_nas.train import TrainConfig, TrainStep, evaluate, lr_at, pick_device, train
 
 EXPERIMENT = "convert_gqa"
@@ -265,34 +266,78 @@ def summarize(rows: list[dict]) -> dict[str, dict]:
     }
 
 
-def answer(summary: dict, setup: dict) -> list[str]:
-    """One line per variant and fraction: the best conversion against scratch (a difference
-    within the larger seed std is 'within spread') and against the GQA parent."""
-    lines = []
+def _paired(rows: list[dict], a: tuple, b: tuple) -> dict[str, Any]:
+    """Cell a - cell b in val loss, paired by seed (a cell: variant, method, fraction; the
+    GQA parent's fraction is 0.0 at every seed): n, the differences, their mean and 95%
+    t-interval (None below two seeds) and the verdict for "a is lower"."""
+    by = {(r["variant"], r["method"], r["fraction"], r["seed"]): r["val_loss"] for r in rows}
+    seeds = sorted({r["seed"] for r in rows if (*a, r["seed"]) in by and (*b, r["seed"]) in by})
+    diffs = [by[(*a, s)] - by[(*b, s)] for s in seeds]
+    ci = mean_ci95(diffs)
+    return {
+        "n": len(diffs),
+        "diffs": diffs,
+        "mean": statistics.fmean(diffs) if diffs else None,
+        "ci95": None if ci is None else [ci[1], ci[2]],
+        "verdict": claim_verdict(*(ci[1:] if ci else (None, None))),
+    }
+
+
+def gaps(d: dict) -> list[dict]:
+    """Per variant and fine-tune fraction: the best conversion (lowest mean val loss over the
+    methods), the same variant from scratch for the same total tokens and the GQA parent,
+    with the best conversion's differences from both paired by seed (`_paired`)."""
+    summary = d["summary"]
     parent = summary.get("GQA/parent/0.0")
-    for variant in setup["variants"]:
-        for f in setup["budget"]["fractions"]:
-            done = {m: summary.get(f"{variant}/{m}/{f}") for m in setup["methods"]}
+    out = []
+    for variant in d["variants"]:
+        for f in d["budget"]["fractions"]:
+            done = {m: summary.get(f"{variant}/{m}/{f}") for m in d["methods"]}
             done = {m: s for m, s in done.items() if s}
-            scratch = summary.get(f"{variant}/scratch/{f}")
             if not done:
                 continue
             method, best = min(done.items(), key=lambda kv: kv[1]["mean"])
-            text = f"{variant} +{f:.0%}: best conversion {method} {best['mean']:.4f}"
-            if scratch:
-                delta = best["mean"] - scratch["mean"]
-                spread = max(best["std"], scratch["std"])
-                verdict = (
-                    "within spread"
-                    if abs(delta) <= spread
-                    else "conversion better"
-                    if delta < 0
-                    else "scratch better"
-                )
-                text += f" vs scratch {scratch['mean']:.4f} ({delta:+.4f}, {verdict})"
-            if parent:
-                text += f"; GQA parent {parent['mean']:.4f}"
-            lines.append(text)
+            scratch = summary.get(f"{variant}/scratch/{f}")
+            cell = (variant, method, f)
+            out.append(
+                {
+                    "variant": variant,
+                    "fraction": f,
+                    "method": method,
+                    "best": best["mean"],
+                    "scratch": scratch and scratch["mean"],
+                    "vs_scratch": scratch and _paired(d["runs"], cell, (variant, "scratch", f)),
+                    "parent": parent and parent["mean"],
+                    "vs_parent": parent and _paired(d["runs"], cell, ("GQA", "parent", 0.0)),
+                }
+            )
+    return out
+
+
+def _said(p: dict) -> str:
+    """A paired difference in words: `+0.0432 [+0.0375, +0.0489] n=2, scratch lower`."""
+    if p["ci95"] is None:
+        return f"{p['mean']:+.4f}, n={p['n']}, cannot tell"
+    word = {"supports": "conversion lower", "contradicts": "conversion higher"}
+    return (
+        f"{p['mean']:+.4f} [{p['ci95'][0]:+.4f}, {p['ci95'][1]:+.4f}] n={p['n']}, "
+        f"{word.get(p['verdict'], p['verdict'])}"
+    )
+
+
+def answer(d: dict) -> list[str]:
+    """One line per variant and fraction: the best conversion against scratch and against the
+    GQA parent, each paired by seed with its interval."""
+    lines = []
+    for g in gaps(d):
+        text = (
+            f"{g['variant']} +{g['fraction']:.0%}: best conversion {g['method']} {g['best']:.4f}"
+        )
+        if g["vs_scratch"]:
+            text += f"; vs scratch {g['scratch']:.4f}: {_said(g['vs_scratch'])}"
+        if g["vs_parent"]:
+            text += f"; vs GQA parent {g['parent']:.4f}: {_said(g['vs_parent'])}"
+        lines.append(text)
     return lines
 
 
@@ -307,7 +352,7 @@ def _payload(rows, setup, seeds, corpus_meta, wall_s) -> dict:
         "wall_s": round(wall_s, 1),
         "runs": rows,
         "summary": summary,
-        "answer": answer(summary, setup),
+        "answer": answer({**setup, "summary": summary, "runs": rows}),
     }
 
 

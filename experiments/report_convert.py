@@ -1,8 +1,9 @@
 """The docs/results.md section of issue 20's experiment (`experiments.convert_gqa`): a
 pretrained GQA model converted to SQA layouts by each method, before and after a short
 fine-tune, against the same variants trained from scratch for the same total tokens and the
-GQA parent; and the answer to the paper's question, with the numbers. With few seeds the
-seed-to-seed spread comes from Table 1 at the same budget and corpus (`spread`).
+GQA parent; and the answer to the paper's question, with the numbers: from two seeds on,
+differences paired by seed with their intervals; with one seed, judged against the
+seed-to-seed spread of Table 1 at the same budget and corpus (`spread`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+from experiments.convert_gqa import gaps
 from experiments.report_science import machine_text
 
 SPREAD_FACTOR = 2  # a gap is beyond the spread when larger than 2 sigma
@@ -45,60 +47,72 @@ def _cell(s: dict | None) -> str:
     )
 
 
-def gaps(d: dict) -> list[dict]:
-    """Per variant and fine-tune fraction: the best conversion (lowest mean val loss over the
-    methods), scratch at the same total tokens and the GQA parent, with the differences."""
-    summary, parent = d["summary"], d["summary"].get("GQA/parent/0.0")
-    out = []
-    for variant in d["variants"]:
+def _check_cells(d: dict) -> None:
+    """A finished result has every variant's every method at every fine-tune fraction: a
+    missing one raises KeyError naming it (the report refuses the file) rather than the
+    best conversion being picked among the others."""
+    for v in d["variants"]:
         for f in d["budget"]["fractions"]:
-            done = {m: summary[f"{variant}/{m}/{f}"] for m in d["methods"]}
-            method, best = min(done.items(), key=lambda kv: kv[1]["mean"])
-            scratch = summary.get(f"{variant}/scratch/{f}")
-            out.append(
-                {
-                    "variant": variant,
-                    "fraction": f,
-                    "method": method,
-                    "best": best["mean"],
-                    "scratch": scratch and scratch["mean"],
-                    "vs_scratch": scratch and best["mean"] - scratch["mean"],
-                    "vs_parent": parent and best["mean"] - parent["mean"],
-                }
-            )
-    return out
+            for m in d["methods"]:
+                d["summary"][f"{v}/{m}/{f}"]
 
 
-def _judged(gap: float | None, sigma: float | None) -> str:
-    if gap is None:
+def _judged(gap: dict | None, sigma: float | None) -> str:
+    """A paired difference: with its interval from two seeds on, else judged by the spread."""
+    if not gap:
         return "-"
+    if gap["ci95"] is not None:
+        low, high = gap["ci95"]
+        return f"{gap['mean']:+.4f} [{low:+.4f}, {high:+.4f}]"
     if sigma is None:
-        return f"{gap:+.4f}"
-    beyond = abs(gap) > SPREAD_FACTOR * sigma
-    return f"{gap:+.4f} ({'beyond' if beyond else 'within'})"
+        return f"{gap['mean']:+.4f}"
+    beyond = abs(gap["mean"]) > SPREAD_FACTOR * sigma
+    return f"{gap['mean']:+.4f} ({'beyond' if beyond else 'within'})"
 
 
 def answer(d: dict, found: dict | None) -> tuple[str, str]:
     """(yes | no | not resolved, why): does a converted GQA model, fine-tuned, reach the
-    same variant trained from scratch for the same total tokens, beyond the spread?"""
-    rows = [g for g in gaps(d) if g["vs_scratch"] is not None]
+    same variant trained from scratch for the same total tokens? With two seeds or more each
+    best conversion is judged by its interval paired by seed; with one, by the spread."""
+    rows = [g for g in gaps(d) if g["vs_scratch"]]
     if not rows:
         return "not resolved", "no from-scratch runs to compare with"
+    fractions = " or ".join(f"{f:.0%}" for f in d["budget"]["fractions"])
+    means = sorted(g["vs_scratch"]["mean"] for g in rows)
+    span = f"{means[0]:+.4f} to {means[-1]:+.4f}"
+    if all(g["vs_scratch"]["ci95"] is not None for g in rows):
+        n = min(g["vs_scratch"]["n"] for g in rows)
+        by = {
+            v: [g for g in rows if g["vs_scratch"]["verdict"] == v]
+            for v in ("contradicts", "supports", "cannot tell")
+        }
+        if len(by["contradicts"]) == len(rows):
+            return "no", (
+                f"every best conversion, fine-tuned for {fractions} of the pretraining tokens, "
+                f"ends above the same variant trained from scratch for the same total tokens, "
+                f"by {span} in val loss, each 95% interval paired by seed (n={n}) above 0"
+            )
+        if len(by["supports"]) == len(rows):
+            return "yes", f"every best conversion ends below scratch, by {span}, n={n}"
+        named = "; ".join(
+            f"{g['variant']} +{g['fraction']:.0%} {_judged(g['vs_scratch'], None)}"
+            for g in by["cannot tell"]
+        )
+        return "not resolved", (
+            f"of {len(rows)} best conversions (n={n} seeds), {len(by['contradicts'])} end above "
+            f"scratch and {len(by['supports'])} below beyond their 95% intervals paired by "
+            f"seed; the interval spans 0 for {named}"
+        )
     if found is None:
         return "not resolved", "no seed-to-seed spread at this budget to judge the gaps by"
     limit = SPREAD_FACTOR * found["sigma"]
-    low = min(rows, key=lambda g: g["vs_scratch"])
-    high = max(rows, key=lambda g: g["vs_scratch"])
-    span = f"{low['vs_scratch']:+.4f} to {high['vs_scratch']:+.4f}"
-    if low["vs_scratch"] > limit:
+    if means[0] > limit:
         return "no", (
-            f"every conversion, fine-tuned for "
-            f"{' or '.join(f'{f:.0%}' for f in d['budget']['fractions'])} of the pretraining "
-            f"tokens, ends above the same variant trained from scratch for the same total "
-            f"tokens, by {span} in val loss, each more than {SPREAD_FACTOR} sigma "
-            f"({limit:.4f})"
+            f"every conversion, fine-tuned for {fractions} of the pretraining tokens, ends "
+            f"above the same variant trained from scratch for the same total tokens, by "
+            f"{span} in val loss, each more than {SPREAD_FACTOR} sigma ({limit:.4f})"
         )
-    if high["vs_scratch"] < -limit:
+    if means[-1] < -limit:
         return "yes", f"every conversion ends below scratch, by {span}, beyond {limit:.4f}"
     return "not resolved", f"conversion − scratch spans {span}, some within {limit:.4f}"
 
@@ -130,11 +144,19 @@ def convert(d: dict, png: Path | None = None, tables: list[dict] | None = None) 
         f"`{d['command']}`{merged}.",
         "",
     ]
+    _check_cells(d)
     found = spread(d, tables or [])
     sigma = found["sigma"] if found else None
     if len(seeds) == 1:
         lines += [f"**One seed ({seeds[0]}): every value below is a single run.**", ""]
-    if found:
+    if len(seeds) >= 2:
+        lines.append(
+            "Each difference below is the best conversion's val loss minus the other's, "
+            f"paired by seed, with its 95% t-interval over {len(seeds)} seeds; a difference "
+            "whose interval spans 0 is not resolved. The best method is picked by the same "
+            "means, so its interval is slightly optimistic."
+        )
+    elif found:
         lines.append(
             f"The seed-to-seed spread at this budget is taken from {found['where']}: val loss "
             f"std {found['sigma']:.4f} over {found['n']} seeds, the largest of "
@@ -263,17 +285,18 @@ def notes(d: dict, tables: list[dict]) -> list[str]:
 
 def digest(d: dict, tables: list[dict]) -> str:
     """The README's line on the conversion experiment: the answer and its numbers."""
+    _check_cells(d)
     kind, why = answer(d, spread(d, tables))
     seeds = d["seeds"]
     count = "one seed" if len(seeds) == 1 else f"{len(seeds)} seeds"
     after = [g for g in gaps(d) if g["fraction"] == d["budget"]["fractions"][-1]]
+    sigma = (spread(d, tables) or {}).get("sigma")
     parent = ", ".join(
-        f"{g['variant']} {g['vs_parent']:+.4f}" for g in after if g["vs_parent"] is not None
+        f"{g['variant']} {_judged(g['vs_parent'], sigma)}" for g in after if g["vs_parent"]
     )
     return (
         f"**Converting a trained GQA model to SQA layouts** ({count}, "
         f"{d['budget']['pretrain_tokens'] / 1e6:g}M-token parent, {d['machine']['device']}): "
         f"does a short fine-tune reach training from scratch? **{kind}**: {why}. After "
-        f"+{d['budget']['fractions'][-1]:.0%} the best conversions stay above the GQA parent "
-        f"by {parent}."
+        f"+{d['budget']['fractions'][-1]:.0%}, best conversion − GQA parent: {parent}."
     )

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments import report_convert, report_inference, results_report
+from experiments import paper_table1, report_convert, report_inference, results_report
 from experiments.common import RESULTS
 from sqa_nas.cli import guarded
 
@@ -67,56 +67,123 @@ def test_decode_findings_name_what_differs_and_claim_nothing_without_peers(decod
     assert report_inference.findings(alone) == []
 
 
-def test_convert_section_answers_with_one_seed_against_table1_spread(converted, table_200m):
+@pytest.fixture(scope="module")
+def one_seed() -> dict:
+    return {**json.loads((RESULTS / "parts" / "convert_h200_s0.json").read_text()), "_file": "s0"}
+
+
+T975 = {1: 12.706, 2: 4.303, 3: 3.182}  # Student's t, 97.5% quantile, by degrees of freedom
+
+
+def _ci(diffs: list[float]) -> tuple[float, float, float]:
+    """Mean and 95% t-interval of a few numbers, from first principles (not sqa_nas.stats)."""
+    n, mean = len(diffs), sum(diffs) / len(diffs)
+    sd = (sum((x - mean) ** 2 for x in diffs) / (n - 1)) ** 0.5
+    half = T975[n - 1] * sd / n**0.5
+    return mean, mean - half, mean + half
+
+
+def test_convert_section_judges_each_gap_by_its_interval_paired_by_seed(converted, table_200m):
     text = report_convert.convert(converted, None, [table_200m])
-    assert "**One seed (0): every value below is a single run.**" in text
-    sigma = max(
-        s["val_loss"]["std"] for s in table_200m["summary"].values() if s["val_loss"]["n"] >= 2
-    )
-    assert f"val loss std {sigma:.4f} over 2 seeds" in text and f"{2 * sigma:.4f}" in text
-    assert "**Answer (one seed): no**" in text
-    summary = converted["summary"]
+    seeds = converted["seeds"]
+    assert len(seeds) >= 2 and "One seed" not in text
+    assert f"paired by seed, with its 95% t-interval over {len(seeds)} seeds" in text
+    loss = {
+        (r["variant"], r["method"], r["fraction"], r["seed"]): r["val_loss"]
+        for r in converted["runs"]
+    }
+    summary, verdicts = converted["summary"], []
     for variant in converted["variants"]:
-        best = min(summary[f"{variant}/{m}/0.1"]["mean"] for m in converted["methods"])
-        gap = best - summary[f"{variant}/scratch/0.1"]["mean"]
-        assert f"| {variant} | +10% | " in text and f"{gap:+.4f} (beyond)" in text
-    assert f"| GQA | parent (200M tokens) | | {summary['GQA/parent/0.0']['mean']:.4f} |" in text
+        for f in converted["budget"]["fractions"]:
+            method = min(converted["methods"], key=lambda m: summary[f"{variant}/{m}/{f}"]["mean"])
+            diffs = [loss[variant, method, f, s] - loss[variant, "scratch", f, s] for s in seeds]
+            mean, low, high = _ci(diffs)
+            row = f"| {variant} | +{f:.0%} | {method} "
+            assert row in text and f"{mean:+.4f} [{low:+.4f}, {high:+.4f}]" in text.split(row)[1]
+            verdicts.append("above" if low > 0 else "below" if high < 0 else "spans 0")
+    kind = {frozenset({"above"}): "no", frozenset({"below"}): "yes"}.get(
+        frozenset(verdicts), "not resolved"
+    )
+    assert f"**Answer ({len(seeds)} seeds): {kind}**" in text
+    if kind == "not resolved":
+        assert f"{verdicts.count('above')} end above scratch" in text
+    assert f"| GQA | parent (200M tokens) | | {summary['GQA/parent/0.0']['mean']:.4f} ± " in text
     assert "Table 1 at the same tokens per run (paper_table1_200M_h200.json), seed 0: GQA" in text
     assert "convert_h200.json" in converted["command"] and converted["merged_from"]
 
 
-def test_convert_answer_is_yes_no_or_not_resolved_by_the_spread(converted, table_200m):
-    def shifted(by: float) -> dict:
+def test_convert_answer_with_intervals_is_yes_no_or_not_resolved(converted):
+    def shifted(by: float, spread: float) -> dict:
+        """Every conversion `by` away from scratch at each seed, +-`spread` by seed."""
         d = copy.deepcopy(converted)
-        for key, s in d["summary"].items():
-            if key.split("/")[1] in d["methods"] and not key.endswith("/0.0"):
-                s["mean"] = d["summary"][key.replace(key.split("/")[1], "scratch")]["mean"] + by
+        scratch = {
+            (r["variant"], r["fraction"], r["seed"]): r["val_loss"]
+            for r in d["runs"]
+            if r["method"] == "scratch"
+        }
+        for r in d["runs"]:
+            if r["method"] in d["methods"] and r["fraction"] > 0:
+                sign = 1 if r["seed"] % 2 else -1
+                r["val_loss"] = (
+                    scratch[r["variant"], r["fraction"], r["seed"]] + by + sign * spread
+                )
         return d
 
-    assert (
-        report_convert.answer(shifted(-0.1), report_convert.spread(converted, [table_200m]))[0]
-        == "yes"
-    )
-    kind, why = report_convert.answer(
-        shifted(0.001), report_convert.spread(converted, [table_200m])
-    )
+    assert report_convert.answer(shifted(-0.05, 0.001), None)[0] == "yes"
+    kind, why = report_convert.answer(shifted(0.05, 0.001), None)
+    assert kind == "no" and "each 95% interval paired by seed (n=2) above 0" in why
+    kind, why = report_convert.answer(shifted(0.05, 0.04), None)
+    assert kind == "not resolved" and "0 end above scratch and 0 below" in why
+
+
+def test_one_seed_is_judged_against_table1_spread(one_seed, table_200m):
+    found = report_convert.spread(one_seed, [table_200m])
+    sigma = max(s["val_loss"]["std"] for s in table_200m["summary"].values())
+    assert found is not None and found["sigma"] == sigma
+    text = report_convert.convert(one_seed, None, [table_200m])
+    assert "**One seed (0): every value below is a single run.**" in text
+    assert f"val loss std {sigma:.4f} over 3 seeds" in text and f"{2 * sigma:.4f}" in text
+    gaps = [g["vs_scratch"]["mean"] for g in report_convert.gaps(one_seed)]
+    for g in gaps:
+        assert f"{g:+.4f} ({'beyond' if g > 2 * sigma else 'within'})" in text
+    kind = report_convert.answer(one_seed, found)[0]
+    assert kind == ("no" if min(gaps) > 2 * sigma else "not resolved")
+    # a spread small enough: every gap beyond it; a large one: some within
+    assert report_convert.answer(one_seed, {**found, "sigma": min(gaps) / 3})[0] == "no"
+    kind, why = report_convert.answer(one_seed, {**found, "sigma": 1.0})
     assert kind == "not resolved" and "some within" in why
     # Without a spread at this budget (no Table 1 file of its tokens) nothing is judged.
-    kind, why = report_convert.answer(converted, report_convert.spread(converted, []))
+    kind, why = report_convert.answer(one_seed, report_convert.spread(one_seed, []))
     assert kind == "not resolved" and "no seed-to-seed spread" in why
     other = {**table_200m, "budget": {**table_200m["budget"], "tokens_per_run": 12_000_000}}
-    assert report_convert.spread(converted, [other]) is None
-    assert "the gaps below are not judged" in report_convert.convert(converted, None, [other])
+    assert report_convert.spread(one_seed, [other]) is None
+    assert "the gaps below are not judged" in report_convert.convert(one_seed, None, [other])
 
 
-def test_table1_at_200m_is_partial_with_n_per_variant(table_200m):
-    text = results_report.table1(table_200m)
+def _partial(table: dict, keep: set[tuple[str, int]]) -> dict:
+    """`table` as if only the runs in `keep` (label, seed) had finished."""
+    computed = {"corpus", "wall_s", "paper", "interval", "runs", "summary", "pairwise"}
+    computed |= {"ordering", "curves", "experiment"}
+    header = {k: v for k, v in table.items() if k not in computed}
+    rows = [r for r in table["runs"] if (r["label"], r["seed"]) in keep]
+    return paper_table1._payload(rows, header, table["wall_s"])
+
+
+def test_table1_with_unequal_seeds_is_partial_with_n_per_variant(table_200m):
+    first = {"MHA", "GQA", "SQA", "xSMQA"}
+    keep = {
+        (r["label"], r["seed"])
+        for r in table_200m["runs"]
+        if r["seed"] == 0 or (r["seed"] == 1 and r["label"] in first)
+    }
+    text = results_report.table1(_partial(table_200m, keep))
     assert (
-        "**Partial: not every variant has every seed of [0, 1] (n = 2 for MHA, GQA, SQA, "
+        "**Partial: not every variant has every seed of [0, 1, 2] (n = 2 for MHA, GQA, SQA, "
         "xSMQA; n = 1 for MQA, lSQA, sSQA, xSQA).**"
     ) in text
-    assert "| sSQA | 8/8 | 0.6301 (1) | +0.0140 (n=1) |" in text and "± 0.0000" not in text
-    assert "paper claim GQA < sSQA: **cannot tell**" in text
+    s0 = {r["label"]: r["val_loss"] for r in table_200m["runs"] if r["seed"] == 0}
+    assert f"| sSQA | 8/8 | {s0['sSQA']:.4f} (1) | {s0['sSQA'] - s0['MHA']:+.4f} (n=1) |" in text
+    assert "± 0.0000" not in text and "paper claim GQA < sSQA: **cannot tell**" in text
 
 
 def test_page_and_readme_section_render_every_new_result():
@@ -124,19 +191,20 @@ def test_page_and_readme_section_render_every_new_result():
     for title in (
         "### Paper Table 1 at every budget run",
         "### Paper Table 1 at 200M tokens per run",
+        "### Paper Table 1 at 50M tokens per run",
         "### Paper Table 1 at 12M tokens per run",
+        "### Does the gap between variants grow with the budget?",
         "### Converting the trained GQA model to SQA layouts",
         "### Decoding with the exported model",
     ):
         assert page.count(title) == 1, title
-    assert "- embedded 200M: partial, n = 2 for MHA" in page
-    # The low-budget column stays beside the 200M one.
-    assert "| variant | embedded 12M | embedded 200M | paper (1.5B) |" in page
+    # The low-budget columns stay beside the 200M one.
+    assert "| variant | embedded 12M | embedded 50M | embedded 200M | paper (1.5B) |" in page
     section = results_report.readme_section(RESULTS)
     assert section.startswith("## Results: does the paper's quality ordering hold?")
     assert "- embedded 12M (NVIDIA H200; 3 seeds per variant)" in section
-    assert "- embedded 200M (NVIDIA H200; partial: n = 2 for MHA, GQA, SQA, xSMQA" in section
-    assert "**Converting a trained GQA model to SQA layouts** (one seed" in section
+    assert "- embedded 200M (NVIDIA H200; 3 seeds per variant)" in section
+    assert "**Converting a trained GQA model to SQA layouts** (2 seeds" in section
     assert "**Decoding with the exported model**" in section
     assert "CPU" not in section  # the README's lines are the GPU results
 
