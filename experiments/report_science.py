@@ -193,7 +193,12 @@ def scaling(d: dict, png: Path | None = None) -> str:
         f"### Does the gap between variants grow with the budget? ({d.get('corpus_name')} "
         f"corpus, {machine_text(d)})",
         "",
-        f"Table 1 runs at {', '.join(budgets)} tokens per run, seeds {d['seeds']}; each "
+        f"Table 1 runs at {', '.join(budgets)} tokens per run, seeds "
+        + ", ".join(
+            f"{b} {sorted({s for g in pt['gaps'] for s in g['seeds']})}"
+            for b, pt in zip(budgets, d["points"], strict=True)
+        )
+        + "; the change from the smallest budget to the largest pairs the seeds both have; each "
         "budget is its own run with its own learning-rate schedule (a 200M run's curve at 50M "
         "is not the 50M budget, so curves are not used). Gap = a − b in val loss, paired by "
         f"seed, 95% CI; a change within ±{d['margin']} counts as staying. " + _provenance(d),

@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from experiments import paper_table1, report_convert, report_inference, results_report
+from experiments import (
+    paper_table1,
+    report_convert,
+    report_inference,
+    report_science,
+    results_report,
+)
 from experiments.common import RESULTS
 from sqa_nas.cli import guarded
 
@@ -267,3 +273,11 @@ def test_the_page_is_written_where_asked(tmp_path, capsys):
     assert results_report.main(["--out", str(out)]) == 0
     assert out.read_text() == results_report.render(RESULTS)
     assert Path(capsys.readouterr().out.split()[-1]) == out
+
+
+def test_scaling_names_the_seeds_of_each_budget():
+    d = json.loads((RESULTS / "scaling_h200.json").read_text())
+    text = report_science.scaling(d)
+    for budget, point in zip(d["budgets"], d["points"], strict=True):
+        seeds = sorted({s for gap in point["gaps"] for s in gap["seeds"]})
+        assert f"{budget / 1e6:g}M {seeds}" in text
