@@ -90,7 +90,8 @@ class Bar:
 
     `begin(label)` says what starts (the unit before it is done): the form of a callback
     called before each row, as `bench.run_grid`'s ``progress``; `advance()` counts a unit
-    done. `log(text)` prints a line above the bar (or in the log)."""
+    done, `update(done)` sets the count. `log(text)` prints a line above the bar (or in the
+    log)."""
 
     def __init__(
         self,
@@ -156,7 +157,13 @@ class Bar:
 
     def advance(self, label: str | None = None) -> None:
         """One unit is done (`label`: what shows next to the bar now)."""
-        self.done = min(self.total, self.done + 1)
+        self.update(self.done + 1, label)
+
+    def update(self, done: int, label: str | None = None) -> None:
+        """`done` units are done, a count that may jump (a training loop reports every few
+        steps); `label`: what shows next to the bar now. ``update(0)`` shows the bar before
+        the first unit is done (off a terminal: the first line)."""
+        self.done = max(0, min(self.total, done))
         if label is not None:
             self.label = label
         self._show(changed=True)
