@@ -6,7 +6,8 @@ work done before it started, a resumed study's trials, does not make it look fas
 `rich.progress` bar (done / total, rate, elapsed, ETA) when its console is a terminal, and
 otherwise a plain line now and then (``rows 3/12 (25%), 0:00:41 elapsed, 4.4 rows/min, ETA
 0:02:03``), so a log holds no control characters. The search draws its own panel
-(`sqa_nas.search.progress`) with the same `Pace` and the same words.
+(`sqa_nas.search.progress`) with the same `Pace` and the same words, and logs its lines
+through `log_line`: `Console.log` on a terminal, unpadded stamped lines elsewhere.
 """
 
 from __future__ import annotations
@@ -50,6 +51,18 @@ def rate_text(per_second: float | None, unit: str) -> str:
         if value >= 1 or per == "h":
             return f"{value:,.0f} {unit}/{per}" if value >= 100 else f"{value:.3g} {unit}/{per}"
     raise AssertionError("unreachable: the last scale always returns")
+
+
+def log_line(console: Console, text: str) -> None:
+    """`text` (plain: never markup or emoji codes) as a time-stamped line: `Console.log` on
+    a terminal (above a live display), else ``[12:34:56] text`` on one line however long,
+    with no trailing spaces (`Console.log` pads its lines to the console's width: a log file
+    fills with blanks)."""
+    if console.is_terminal:
+        console.log(text, markup=False, emoji=False, highlight=False)
+    else:
+        line = f"{time.strftime('[%X]')} {text}"
+        console.print(line, markup=False, emoji=False, highlight=False, soft_wrap=True)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from sqa_nas.progress import Clock, Pace, clock_time, rate_text
+from sqa_nas.progress import Clock, Pace, clock_time, log_line, rate_text
 from sqa_nas.search.executors.base import Executor
 from sqa_nas.search.noise import Noise
 from sqa_nas.search.pareto import pareto_front
@@ -155,9 +155,7 @@ class SearchProgress:
         now = self.clock()
         if counts.get("counted", 0) != self._line_done or now - self._last_line >= PLAIN_EVERY_S:
             self._last_line, self._line_done = now, counts.get("counted", 0)
-            # One line however long, stamped as `Console.log` stamps the driver's lines.
-            line = f"{time.strftime('[%X]')} {self.line(counts, trial_records(study))}"
-            self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+            log_line(self.console, self.line(counts, trial_records(study)))
 
     # ------------------------------------------------------------------------ figures
     def status(self, counts: Mapping[str, int], records: list[TrialRecord]) -> Status:

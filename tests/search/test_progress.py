@@ -170,6 +170,10 @@ def test_a_search_off_a_terminal_logs_plain_progress_lines(tmp_path):
     driver.run(4)
     text = out.getvalue()
     assert "\x1b" not in text and "\r" not in text  # no control sequences in a log
+    # One line each, unpadded (Console.log pads to the console's width), time-stamped.
+    assert all(x == x.rstrip() for x in text.splitlines())
+    told = [x for x in text.splitlines() if "] trial " in x]
+    assert len(told) == 4 and all(x.startswith("[") for x in told)
     lines = [x for x in text.splitlines() if "progress:" in x]
     assert lines and "4/4 evaluated (complete 4, running 0" in lines[-1]
     assert "tokens trained" in lines[-1] and " trials/" in lines[-1] and "done" in lines[-1]
