@@ -6,7 +6,8 @@ work done before it started, a resumed study's trials, does not make it look fas
 `rich.progress` bar (done / total, rate, elapsed, ETA) when its console is a terminal, and
 otherwise a plain line now and then (``rows 3/12 (25%), 0:00:41 elapsed, 4.4 rows/min, ETA
 0:02:03``), so a log holds no control characters. The search draws its own panel
-(`sqa_nas.search.progress`) with the same `Pace` and the same words.
+(`sqa_nas.search.progress`) with the same `Pace` and the same words, and logs its lines
+through `log_line`: `Console.log` on a terminal, unpadded stamped lines elsewhere.
 """
 
 from __future__ import annotations
@@ -52,6 +53,18 @@ def rate_text(per_second: float | None, unit: str) -> str:
     raise AssertionError("unreachable: the last scale always returns")
 
 
+def log_line(console: Console, text: str) -> None:
+    """`text` (plain: never markup or emoji codes) as a time-stamped line: `Console.log` on
+    a terminal (above a live display), else ``[12:34:56] text`` on one line however long,
+    with no trailing spaces (`Console.log` pads its lines to the console's width: a log file
+    fills with blanks)."""
+    if console.is_terminal:
+        console.log(text, markup=False, emoji=False, highlight=False)
+    else:
+        line = f"{time.strftime('[%X]')} {text}"
+        console.print(line, markup=False, emoji=False, highlight=False, soft_wrap=True)
+
+
 @dataclass(frozen=True)
 class Pace:
     """`done` of `total` units after `elapsed` seconds of this run, `done_before` of them
@@ -90,7 +103,8 @@ class Bar:
 
     `begin(label)` says what starts (the unit before it is done): the form of a callback
     called before each row, as `bench.run_grid`'s ``progress``; `advance()` counts a unit
-    done. `log(text)` prints a line above the bar (or in the log)."""
+    done, `update(done)` sets the count. `log(text)` prints a line above the bar (or in the
+    log)."""
 
     def __init__(
         self,
@@ -156,7 +170,13 @@ class Bar:
 
     def advance(self, label: str | None = None) -> None:
         """One unit is done (`label`: what shows next to the bar now)."""
-        self.done = min(self.total, self.done + 1)
+        self.update(self.done + 1, label)
+
+    def update(self, done: int, label: str | None = None) -> None:
+        """`done` units are done, a count that may jump (a training loop reports every few
+        steps); `label`: what shows next to the bar now. ``update(0)`` shows the bar before
+        the first unit is done (off a terminal: the first line)."""
+        self.done = max(0, min(self.total, done))
         if label is not None:
             self.label = label
         self._show(changed=True)

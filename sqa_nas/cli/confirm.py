@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import argparse
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
 from sqa_nas.cli import console, shown
 from sqa_nas.cli.args import existing_storage, positive, whole
 from sqa_nas.errors import UserError
+from sqa_nas.progress import Bar
 from sqa_nas.search.confirm import confirm, confirmed_rows
 from sqa_nas.search.executors import make_executor
 from sqa_nas.search.pareto import pareto_front
@@ -54,9 +54,8 @@ def run_confirm_command(args: argparse.Namespace) -> int:
         f"[bold]sqa-nas confirm[/] {shown(args.study)}: retraining {len(front)} front member(s) "
         f"with {args.seeds} fresh seeds each"
     )
-    columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task("retraining", total=len(front))
+    with Bar(len(front), "members", console=console) as bar:
+        bar.update(0)
         result = confirm(
             study,
             spec,
@@ -65,7 +64,7 @@ def run_confirm_command(args: argparse.Namespace) -> int:
             seeds=args.seeds,
             url=url,
             gpu_type=args.gpu_type,
-            on_done=lambda _: bar.advance(task),
+            on_done=lambda _: bar.advance(),
         )
     table = Table(title=f"Confirmed front of {shown(args.study)} ({args.seeds} fresh seeds)")
     for col in ("trial", "per-layer H_q/H_kv", "search val_loss", "confirmed", "on front"):

@@ -9,8 +9,6 @@ import argparse
 import math
 from pathlib import Path
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
 from sqa_nas.cli import console, shown
 from sqa_nas.cli.args import positive, whole
 from sqa_nas.cli.convert import check_out
@@ -26,6 +24,7 @@ from sqa_nas.convert import (
 from sqa_nas.errors import UserError
 from sqa_nas.export import hf
 from sqa_nas.export.torch_code import allocation_text
+from sqa_nas.progress import Bar
 from sqa_nas.train import pick_device
 
 
@@ -80,24 +79,16 @@ def run_finetune_command(args) -> int:
         compile=args.compile,
     )
     total = settings.train_config().planned_steps
-    bar = Progress(
-        TextColumn("fine-tune"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[loss]}"),
-        TimeRemainingColumn(),
-        console=console,
-    )
-    with bar:
-        task = bar.add_task("steps", total=total, loss="")
+    with Bar(total, "steps", console=console) as bar:
+        bar.update(0, "evaluating before training")
         record = finetune(
             model,
             data,
             settings,
             device,
-            lambda p: bar.update(task, completed=p["step"], loss=f"loss {p['loss']:.4f}"),
+            lambda p: bar.update(p["step"], f"loss {p['loss']:.4f}"),
         )
-        bar.update(task, completed=record["steps"])
+        bar.update(record["steps"])
     record = {"source": str(folder), "data_spec": spec, **record}
     before, after = record["val_before"], record["val_after"]
     provenance = dict(model.config.provenance or {})

@@ -25,11 +25,11 @@ import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 from rich.console import Console
-from rich.markup import escape
 
 from sqa_nas.analytics import analyze
 from sqa_nas.data import load_dataset
 from sqa_nas.errors import UserError
+from sqa_nas.progress import log_line
 from sqa_nas.search.executors.base import Executor, ExecutorLost
 from sqa_nas.search.figures import RunMeter
 from sqa_nas.search.locks import (
@@ -440,6 +440,6 @@ class Driver:
 
     # ------------------------------------------------------------------------- display
     def log(self, text: str) -> None:
-        """A line on the rich console (`Console.log`: time-stamped, above the live panel);
-        plain text (an allocation's brackets are not markup)."""
-        self.console.log(escape(text))
+        """A time-stamped line on the console (`log_line`: above the live panel on a
+        terminal, unpadded in a log); plain text (an allocation's brackets are not markup)."""
+        log_line(self.console, text)

@@ -28,7 +28,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from sqa_nas.progress import Clock, Pace, clock_time, rate_text
+from sqa_nas.progress import Clock, Pace, clock_time, log_line, rate_text
 from sqa_nas.search.executors.base import Executor
 from sqa_nas.search.noise import Noise
 from sqa_nas.search.pareto import pareto_front
@@ -112,6 +112,7 @@ class SearchProgress:
         self._before: tuple[int, int] | None = None  # (evaluated, tokens) when the run began
         self._line_done = -1  # the evaluated count of the last plain line
         self._seen: dict[int, tuple[int, int]] = {}  # trial -> (last step, steps before it)
+        self._finished: dict[int, TrialRecord] = {}  # finished trials' records: read once
         self._live: Live | None = None
         # A bar drawn inside the panel (never started on its own): rich's columns, our pace.
         self._bar = Progress(
@@ -155,11 +156,14 @@ class SearchProgress:
         now = self.clock()
         if counts.get("counted", 0) != self._line_done or now - self._last_line >= PLAIN_EVERY_S:
             self._last_line, self._line_done = now, counts.get("counted", 0)
-            # One line however long, stamped as `Console.log` stamps the driver's lines.
-            line = f"{time.strftime('[%X]')} {self.line(counts, trial_records(study))}"
-            self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+            log_line(self.console, self.line(counts, self.records(study)))
 
     # ------------------------------------------------------------------------ figures
+    def records(self, study: optuna.Study) -> list[TrialRecord]:
+        """The study's trials as records, each refresh: a finished trial's record is read
+        once and kept, so a refresh reads only the trials that are new or still running."""
+        return trial_records(study, self._finished)
+
     def status(self, counts: Mapping[str, int], records: list[TrialRecord]) -> Status:
         """The figures of this moment (the first call, with the study open, sets the counts
         this run started from)."""
@@ -227,7 +231,7 @@ class SearchProgress:
     # ------------------------------------------------------------------------ the panel
     def panel(self, counts: Mapping[str, int], study: optuna.Study | None) -> Group:
         """The live panel (header lines, the bar, the running trials' table)."""
-        records = trial_records(study) if study is not None else []
+        records = self.records(study) if study is not None else []
         s = self.status(counts, records)
         time_bar = s.limit == "time" and self.max_wall_seconds is not None
         self._bar.update(

@@ -355,11 +355,14 @@ def objective_names(study: optuna.Study) -> list[str]:
     return list(study.user_attrs.get("objectives", []))
 
 
-def trial_records(study: optuna.Study) -> list[TrialRecord]:
+def trial_records(
+    study: optuna.Study, known: dict[int, TrialRecord] | None = None
+) -> list[TrialRecord]:
     """Every trial of `study` as a typed `TrialRecord` (the one reader of trial records);
-    `values` by objective name, for COMPLETE trials only."""
+    `values` by objective name, for COMPLETE trials only. `known`: finished trials' records
+    by number, reused, not read again (a finished trial takes no more attributes), and
+    those of the finished trials read now are added to it."""
     names = objective_names(study)
-    out = []
     try:
         trials = study.get_trials(deepcopy=False)
     except TypeError:  # Optuna sorts the trials by number: some number is not one
@@ -369,22 +372,21 @@ def trial_records(study: optuna.Study) -> list[TrialRecord]:
             f"study {study.study_name!r} holds a trial number that is not an integer: "
             "its storage was not written by Optuna"
         )
-    for t in trials:
-        values = None
-        if t.values is not None and t.state == optuna.trial.TrialState.COMPLETE:
-            values = dict(zip(names, t.values))
-        out.append(
-            TrialRecord(
-                t.number,
-                t.state.name,
-                values,
-                dict(t.params),
-                dict(t.user_attrs),
-                t.datetime_start,
-                t.datetime_complete,
-            )
-        )
+    cache: dict[int, TrialRecord] = {} if known is None else known
+    out = [cache.get(t.number) or trial_record(t, names) for t in trials]
+    cache.update({t.number: r for t, r in zip(trials, out) if t.state.is_finished()})
     return out
+
+
+def trial_record(t: optuna.trial.FrozenTrial, names: list[str]) -> TrialRecord:
+    """Trial `t` as a `TrialRecord`, its values named by `names` (the study's objectives)."""
+    values = None
+    if t.values is not None and t.state == optuna.trial.TrialState.COMPLETE:
+        values = dict(zip(names, t.values))
+    start, end = t.datetime_start, t.datetime_complete
+    return TrialRecord(
+        t.number, t.state.name, values, dict(t.params), dict(t.user_attrs), start, end
+    )
 
 
 def load_study(name: str, storage: str | None = None, *, write: bool = False) -> optuna.Study:

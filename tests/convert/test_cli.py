@@ -312,3 +312,13 @@ def test_finetune_keeps_a_hugging_face_export_loadable_and_says_what_its_weights
     tuned = load_export(ft)
     assert tuned.config.provenance["weights"] == "fine-tuned for 128 tokens (sqa-nas finetune)"
     assert "untrained" not in (ft / "README.md").read_text()
+
+
+def test_a_piped_finetune_logs_plain_progress_lines(tmp_path, export_dir, capsys):
+    argv = "--tokens 256 --seq-len 16 --batch-size 4 --eval-batches 1".split()
+    assert main(["finetune", str(export_dir), *argv, "--out", str(tmp_path / "ft")]) == 0
+    out = capsys.readouterr().out  # capsys: not a terminal, as a pipe or a log file
+    assert "\x1b" not in out and "\r" not in out
+    lines = [x for x in out.splitlines() if x.startswith("steps ")]
+    assert lines[0].startswith("steps 0/4 (0%), 0:00:00 elapsed, - steps/h, ETA -")
+    assert lines[-1].startswith("steps 4/4 (100%), ") and lines[-1].endswith(", done")

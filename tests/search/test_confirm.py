@@ -95,6 +95,19 @@ def test_the_command_retrains_prints_and_stores(tmp_path, monkeypatch, capsys):
     assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 2  # untouched
 
 
+def test_the_command_off_a_terminal_logs_plain_progress_lines(tmp_path, monkeypatch, capsys):
+    _study(tmp_path, [1.0, 2.0])
+    executor = retrained({0: [1.0, 1.1], 1: [2.0, 2.2]})
+    monkeypatch.setattr("sqa_nas.cli.confirm.make_executor", lambda spec: executor)
+    url = f"sqlite:///{tmp_path}/s.db"
+    assert main(["confirm", "conf", "--storage", url, "--seeds", "2", "--top", "2"]) == 0
+    out = capsys.readouterr().out  # capsys: not a terminal, as a pipe or a log file
+    assert "\x1b" not in out and "\r" not in out
+    lines = [x for x in out.splitlines() if x.startswith("members ")]
+    assert lines[0].startswith("members 0/2 (0%), 0:00:00 elapsed, - members/h, ETA -")
+    assert lines[-1].startswith("members 2/2 (100%), ") and lines[-1].endswith(", done")
+
+
 def test_an_unknown_study_is_one_line_and_exit_code_2(tmp_path, capsys):
     _study(tmp_path, [1.0])
     assert main(["confirm", "nope", "--storage", f"sqlite:///{tmp_path}/s.db"]) == 2

@@ -6,15 +6,19 @@ character."""
 from __future__ import annotations
 
 import io
+from collections import Counter
 
+import optuna
 from rich.console import Console
 
 from sqa_nas.progress import Pace, clock_time, rate_text
+from sqa_nas.search import records
 from sqa_nas.search.driver import Driver
 from sqa_nas.search.executors.base import Executor, Running
-from sqa_nas.search.progress import SearchProgress
-from sqa_nas.search.records import TrialRecord
+from sqa_nas.search.progress import PLAIN_EVERY_S, SearchProgress
+from sqa_nas.search.records import TrialRecord, trial_records
 from sqa_nas.search.space import parse_space
+from sqa_nas.search.study import trial_counts
 from sqa_nas.search.trial import TrialJob
 from tests.search.test_driver import InProcess
 from tests.search.test_search import TINY
@@ -137,6 +141,67 @@ def test_tokens_trained_count_running_trials_steps_once():
     assert progress().tokens_trained([three]) == 300
 
 
+def test_a_refresh_reads_new_and_running_trials_only_and_shows_a_full_recounts_figures(
+    monkeypatch,
+):
+    reads = Counter[int]()  # trial number -> times its record was read
+    read = records.trial_record
+
+    def counted(t, names):
+        reads[t.number] += 1
+        return read(t, names)
+
+    monkeypatch.setattr(records, "trial_record", counted)
+    study = optuna.create_study(directions=SPEC.directions)
+    study.set_metric_names(list(SPEC.objectives))
+    executor, clock = Idle(), Clock()
+    live = progress(executor, clock=clock)  # plain lines: one a refresh (the clock moves)
+    full = progress(executor, clock=clock)  # the same figures from every record each time
+    job = TrialJob(0, {}, {}, None, {})
+
+    def start(step: int) -> optuna.Trial:
+        t = study.ask()
+        executor.running[t.number] = Running(job, "cpu worker", progress={"step": step})
+        return t
+
+    def finish(t: optuna.Trial, tokens: int, seeds: int = 1) -> None:
+        t.set_user_attr("metrics", {"train_tokens": tokens})
+        t.set_user_attr("seeds", list(range(seeds)))
+        study.tell(t, [2.0 - t.number / 10, 100.0 - t.number])  # both on the front
+        del executor.running[t.number]
+
+    def refresh(expected_reads: set[int]) -> str:
+        clock.now += PLAIN_EVERY_S
+        counts = trial_counts(study)
+        want = full.line(counts, trial_records(study))  # a full recount
+        reads.clear()
+        live.update(counts, study)
+        assert set(reads) == expected_reads and all(n == 1 for n in reads.values())
+        shown = live.console.file.getvalue().splitlines()[-1]
+        assert shown.split("] ", 1)[1] == want  # after the time stamp
+        return want
+
+    first = start(3)
+    assert "192 tokens trained" in refresh({0})  # 3 steps of 64 tokens
+    finish(first, 1000)
+    second = start(5)
+    assert "1,320 tokens trained" in refresh({0, 1})  # 0 read once more: it finished
+    executor.running[1].progress = {"step": 2}  # its second seed began: 5 + 2 steps
+    third = start(1)
+    assert "1,512 tokens trained" in refresh({1, 2})  # trial 0 is not read again
+    finish(second, 640, seeds=2)
+    study.tell(third, state=optuna.trial.TrialState.FAIL)
+    del executor.running[2]
+    assert "2,280 tokens trained" in refresh({1, 2})  # 1000 + 2 x 640 + 0
+    assert "Pareto front: 2 trials" in refresh(set())  # all finished: nothing read
+    # The live panel on a terminal reads the same way.
+    panel = progress(executor, terminal=True, clock=clock)
+    reads.clear()
+    panel.panel(trial_counts(study), study)
+    panel.panel(trial_counts(study), study)
+    assert reads == {0: 1, 1: 1, 2: 1}
+
+
 def test_the_panel_on_a_terminal_has_the_bar_rate_and_eta():
     clock = Clock()
     p = progress(terminal=True, clock=clock)
@@ -170,6 +235,10 @@ def test_a_search_off_a_terminal_logs_plain_progress_lines(tmp_path):
     driver.run(4)
     text = out.getvalue()
     assert "\x1b" not in text and "\r" not in text  # no control sequences in a log
+    # One line each, unpadded (Console.log pads to the console's width), time-stamped.
+    assert all(x == x.rstrip() for x in text.splitlines())
+    told = [x for x in text.splitlines() if "] trial " in x]
+    assert len(told) == 4 and all(x.startswith("[") for x in told)
     lines = [x for x in text.splitlines() if "progress:" in x]
     assert lines and "4/4 evaluated (complete 4, running 0" in lines[-1]
     assert "tokens trained" in lines[-1] and " trials/" in lines[-1] and "done" in lines[-1]
