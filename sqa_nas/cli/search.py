@@ -113,9 +113,10 @@ def run_search_command(args: argparse.Namespace) -> int:
     say.print(
         f"[bold]sqa-nas search[/] {shown(args.space)}: study [bold]{shown(spec.study_name)}[/], "
         f"{spec.cardinality():,} architectures, objectives "
-        f"{', '.join(spec.objectives)}, storage {shown(driver.url)}"
+        f"{', '.join(spec.objectives)}, storage {shown(driver.url)}",
+        soft_wrap=not say.is_terminal,  # a log gets one line, never one cut with blanks
     )
-    say.print(data_line, markup=False)
+    say.print(data_line, markup=False, soft_wrap=not say.is_terminal)
     result = driver.run(spec.budget.n_trials, spec.budget.max_wall_seconds)
     print_front(result.study, spec.objectives, say, getattr(args, "gpu_type", None), fmt)
     stopping = spec.budget.early_stopping

@@ -82,6 +82,12 @@ def test_search_stores_trials_and_resumes_without_repeating(tmp_path, capsys, mo
     assert main(["search", str(space)]) == 0
     out = capsys.readouterr().out
     assert "Pareto front of tiny" in out
+    # Piped: the header is one line however long, and no line is padded with blanks.
+    (header,) = [x for x in out.splitlines() if "architectures, objectives" in x]
+    assert header.startswith("sqa-nas search ") and header.endswith(
+        "storage sqlite:///runs/tiny/study.db"
+    )
+    assert all(x == x.rstrip() for x in out.splitlines())
     assert "in_trial_fraction:" in out  # the local executor reports its workers' time in trials
     assert "busy_fraction" not in out
     assert "GPU utilisation (NVML): " in out and "training-step share: " in out
