@@ -144,6 +144,16 @@ class KVCache:
         return sum(t.numel() * t.element_size() for c in self.layers for t in c.tensors())
 
 
+# The kernels a decoding step may use: every one but cuDNN's, which builds a new execution
+# plan (tens of ms) for each key length it meets, and a growing cache meets a new one at
+# every step (pytorch/pytorch#155958). Flash and memory-efficient attention take any length.
+DECODE_BACKENDS = [
+    torch.nn.attention.SDPBackend.FLASH_ATTENTION,
+    torch.nn.attention.SDPBackend.EFFICIENT_ATTENTION,
+    torch.nn.attention.SDPBackend.MATH,
+]
+
+
 def grouped_attention(q, k, v, mask, scale: float) -> torch.Tensor:
     """q (B, H, M, D) over k, v (B, H_kv, L, D), query head i reading KV head i // (H // H_kv);
     mask (M, L) bool (True = may attend) or None -> (B, H, M, D). The query heads of a group
@@ -154,7 +164,8 @@ def grouped_attention(q, k, v, mask, scale: float) -> torch.Tensor:
     q = q.reshape(b, k.shape[1], group * m, d)  # (B, H_kv, G * M, D)
     if mask is not None:
         mask = mask.repeat(group, 1)  # (G * M, L)
-    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    with torch.nn.attention.sdpa_kernel(DECODE_BACKENDS):
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     return y.reshape(b, h, m, d)  # a copy where the kernel returns (B, L, H, D) transposed
 
 

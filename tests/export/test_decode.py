@@ -188,3 +188,31 @@ def test_cached_decoding_on_cuda_matches_the_full_forward(dtype):
     assert [c.tensors()[0].shape[1] for c in cache.layers] == [
         x.n_kv_heads for x in config.layer_configs
     ]
+
+
+def test_decoding_steps_keep_off_cudnn_attention_and_prefill_does_not(monkeypatch):
+    """cuDNN's attention builds an execution plan per key length, and a growing cache has a
+    new length at every step: a decoding step's attention runs with cuDNN disabled (flash,
+    memory-efficient or math), while a prompt keeps every kernel the forward may use."""
+    from sqa_nas.export import decode_template
+
+    seen: list[tuple[int, bool]] = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, *args, **kwargs):
+        seen.append((q.shape[2], torch.backends.cuda.cudnn_sdp_enabled()))
+        return real(q, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    model, _ = build(LAYERS["GQA"], dtype=torch.float32)
+    cache = model.new_cache(PROMPT + 2)
+    with torch.no_grad():
+        model(prompt(), cache)
+        prefill = list(seen)
+        seen.clear()
+        model(prompt(n=1), cache)
+    assert torch.backends.cuda.cudnn_sdp_enabled()  # as it was: only the step turned it off
+    assert prefill and all(enabled for _, enabled in prefill)
+    # GQA's 4 query heads over 1 KV head: one group of 4 rows per new token, each layer
+    assert seen == [(4, False)] * len(LAYERS["GQA"])
+    assert torch.nn.attention.SDPBackend.CUDNN_ATTENTION not in decode_template.DECODE_BACKENDS
