@@ -169,6 +169,7 @@ def measure(variant: str, args, device: torch.device, root: Path) -> dict:
         row[f"batch_{batch}"] = cell = {
             "decode_tokens_per_s": round(batch * args.new / decode_s, 1),
             "ms_per_step": round(1e3 * decode_s / args.new, 3),
+            "ms_per_step_runs": [round(1e3 * s / args.new, 3) for s in decode],
             "prefill_ms": round(1e3 * statistics.median(prefill), 2),
             "kv_cache_bytes": measured,
             "kv_cache_bytes_analytics": expected,
@@ -239,7 +240,9 @@ def main(argv=None) -> int:
     p.add_argument("--batch", default="1,32", help="batch sizes, comma-separated")
     p.add_argument("--prompt", type=int, default=4096, help="prompt tokens (prefill)")
     p.add_argument("--new", type=int, default=128, help="tokens decoded one at a time")
-    p.add_argument("--repeats", type=int, default=2, help="runs per batch size (median)")
+    p.add_argument(
+        "--repeats", type=int, default=5, help="runs per batch size (median; all are kept)"
+    )
     p.add_argument("--window", type=int, help="SW-SQA's window (default: the variant's)")
     p.add_argument("--check-prompt", type=int, default=64, help="prompt of the check")
     p.add_argument("--smoke", action="store_true", help="tiny model on the CPU (a test)")

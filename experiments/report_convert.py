@@ -17,14 +17,20 @@ from experiments.report_science import machine_text
 SPREAD_FACTOR = 2  # a gap is beyond the spread when larger than 2 sigma
 
 
+def comparable(d: dict, t: dict) -> bool:
+    """Whether Table 1 result `t` ran at this experiment's pretraining tokens per run on
+    the same corpus (its fingerprint), so that its runs compare with this file's."""
+    same = t["budget"]["tokens_per_run"] == d["budget"]["pretrain_tokens"]
+    return same and t["corpus"].get("fingerprint") == d["corpus"].get("fingerprint")
+
+
 def spread(d: dict, tables: list[dict]) -> dict | None:
     """The seed-to-seed std of val loss at this experiment's budget: the largest over the
     Table 1 variants with two or more seeds at the same tokens per run and corpus, and over
     this file's own cells with two or more seeds; None when neither has one."""
     found: list[tuple[float, str, int]] = []
     for t in tables:
-        same = t["budget"]["tokens_per_run"] == d["budget"]["pretrain_tokens"]
-        if not same or t["corpus"].get("fingerprint") != d["corpus"].get("fingerprint"):
+        if not comparable(d, t):
             continue
         for name, s in t["summary"].items():
             v = s.get("val_loss", {})
@@ -223,7 +229,8 @@ def convert(d: dict, png: Path | None = None, tables: list[dict] | None = None) 
 
 def notes(d: dict, tables: list[dict]) -> list[str]:
     """What else the numbers show: the best method before fine-tuning, the scratch runs'
-    learning rate where they are read, the parent continued, the parent against Table 1."""
+    learning rate where they are read, the parent continued, the parent against Table 1
+    (of the same budget and corpus)."""
     summary, out = d["summary"], []
     for v in d["variants"]:
         before = {m: summary[f"{v}/{m}/0.0"]["mean"] for m in d["methods"]}
@@ -258,7 +265,7 @@ def notes(d: dict, tables: list[dict]) -> list[str]:
         )
     first = d["budget"]["fractions"][0]
     for t in tables:
-        if t["budget"]["tokens_per_run"] != d["budget"]["pretrain_tokens"]:
+        if not comparable(d, t):
             continue
         theirs = {(r["label"], r["seed"]): r.get("val_loss") for r in t["runs"]}
         for seed in d["seeds"]:

@@ -6,9 +6,12 @@ section on the page and its digest in the README.
 
 from __future__ import annotations
 
+import math
+import statistics
 from pathlib import Path
 
 from experiments.report_science import machine_text
+from sqa_nas.stats import t_quantile_975
 
 
 def binary_bytes(n: float) -> str:
@@ -44,39 +47,78 @@ def _span(values: list[float], fmt: str) -> str:
     return format(low, fmt) if low == high else f"{format(low, fmt)}-{format(high, fmt)}"
 
 
+def cache_trend(d: dict, rows: list[dict], batch: int) -> dict | None:
+    """How a decoding step's time at `batch` follows the KV cache across `rows`: Pearson's
+    r, whether it differs from 0 (two-sided t-test, 5%), and the least-squares line
+    (ms = fixed + per_gib x GiB); None with fewer than 3 rows or caches all equal."""
+    x = [r[f"batch_{batch}"]["kv_cache_bytes"] / 2**30 for r in rows]
+    y = [r[f"batch_{batch}"]["ms_per_step"] for r in rows]
+    if len(rows) < 3 or len(set(x)) == 1 or len(set(y)) == 1:
+        return None
+    r = statistics.correlation(x, y)
+    slope, fixed = statistics.linear_regression(x, y)
+    t = abs(r) * math.sqrt((len(x) - 2) / max(1 - r * r, 1e-12))
+    return {
+        "r": r,
+        "resolved": t > t_quantile_975(len(x) - 2),
+        "fixed_ms": fixed,
+        "per_gib_ms": slope,
+        "gb_per_s": 2**30 / 1e9 / (slope / 1e3) if slope > 0 else None,
+    }
+
+
+def _runs_spread(d: dict, rows: list[dict]) -> str:
+    """The spread of the timed runs behind each median, or that the file has none."""
+    runs = [r[f"batch_{b}"].get("ms_per_step_runs") for r in rows for b in d["batch"]]
+    if any(not x or len(x) < 2 for x in runs):
+        return (
+            f"the file keeps only the median of {d['repeats']} runs, not their spread, "
+            "so the differences of a few tenths of a ms between rows are not resolved"
+        )
+    worst = max((max(x) - min(x)) / statistics.median(x) for x in runs)
+    return f"the runs behind each median differ by up to {worst:.0%} of it"
+
+
 def findings(d: dict, brief: bool = False) -> list[str]:
-    """What the numbers show, as sentences: decode speed against H_q and H_kv (and, unless
-    `brief`, against the batch), the KV cache against H_kv, the windowed variant; each
-    figure computed from the file."""
+    """What the numbers show, as sentences: how the step time follows the KV cache at each
+    batch (and, unless `brief`, how much the runs behind the medians spread), the KV cache
+    against H_kv, the windowed variant; each figure computed from the file."""
     rows, batches = d["variants"], d["batch"]
     full = [r for r in rows if r["layers"].get("window") is None]
     windowed = [r for r in rows if r["layers"].get("window") is not None]
-    small, large = batches[0], batches[-1]
+    large = batches[-1]
     out = []
     if len(full) > 1:
-        ms = {b: [r[f"batch_{b}"]["ms_per_step"] for r in full] for b in batches}
-        speed = {b: [r[f"batch_{b}"]["decode_tokens_per_s"] for r in full] for b in batches}
         kv = [per_token(d, r) for r in full]
-        cells = "; ".join(
-            f"batch {b}: {_span(ms[b], '.1f')} ms a step, {_span(speed[b], ',.0f')} tokens/s"
-            for b in batches
-        )
         out.append(
-            f"Decode speed does not follow H_q or H_kv here: the {len(full)} variants that "
-            f"keep every token ({', '.join(r['variant'] for r in full)}) decode within one "
-            f"band ({cells}), while their KV caches differ {max(kv) / min(kv):g}-fold "
-            f"({binary_bytes(min(kv))} to {binary_bytes(max(kv))} per token)."
+            f"The {len(full)} variants that keep every token "
+            f"({', '.join(r['variant'] for r in full)}) "
+            f"hold KV caches that differ {max(kv) / min(kv):g}-fold ({binary_bytes(min(kv))} to "
+            f"{binary_bytes(max(kv))} per token)."
         )
-        if large != small and not brief:
-            ratio = [
-                r[f"batch_{large}"]["ms_per_step"] / r[f"batch_{small}"]["ms_per_step"]
-                for r in full
-            ]
-            out.append(
-                f"A step at batch {large} takes {_span(ratio, '.2f')} times as long as at "
-                f"batch {small}, though it reads a {large // small}-times larger cache: at this "
-                "size the step time is not set by the cache's bytes."
+        for b in batches:
+            ms = [r[f"batch_{b}"]["ms_per_step"] for r in full]
+            caches = [r[f"batch_{b}"]["kv_cache_bytes"] for r in full]
+            band = (
+                f"{_span(ms, '.1f')} ms a step for {binary_bytes(min(caches))} to "
+                f"{binary_bytes(max(caches))} of cache"
             )
+            trend = cache_trend(d, full, b)
+            if trend and trend["resolved"] and trend["gb_per_s"]:
+                out.append(
+                    f"At batch {b} the step time rises with the cache ({band}; r = "
+                    f"{trend['r']:.2f}): a least-squares line gives {trend['fixed_ms']:.1f} ms "
+                    f"plus {trend['per_gib_ms']:.3f} ms per GiB, as if the cache were read "
+                    f"at {trend['gb_per_s'] / 1e3:.1f} TB/s on top of a fixed cost."
+                )
+            else:
+                r = f"; r = {trend['r']:.2f}, not different from 0" if trend else ""
+                out.append(
+                    f"At batch {b} the step time does not follow the cache ({band}{r}): "
+                    "at this size something other than reading the cache sets it."
+                )
+        if not brief:
+            out.append(f"Between rows, {_runs_spread(d, full)}.")
     groups: dict[int, list[dict]] = {}
     for r in full:
         groups.setdefault(r["layers"]["n_kv_heads"], []).append(r)
@@ -107,10 +149,18 @@ def findings(d: dict, brief: bool = False) -> list[str]:
             faster = [
                 twin[f"batch_{b}"]["ms_per_step"] / w[f"batch_{b}"]["ms_per_step"] for b in batches
             ]
-            text += (
-                f", {_span(faster, '.1f')} times faster than {twin['variant']}, which has the "
-                "same heads and no window"
-            )
+            if max(abs(f - 1) for f in faster) <= 0.1:
+                text += (
+                    f", within 10% of {twin['variant']}, which has the same heads and no "
+                    f"window ({twin['variant']}'s step / {w['variant']}'s: "
+                    f"{_span(faster, '.2f')}): at {d['prompt'] + d['new']:,} tokens the full "
+                    "cache costs a step no more than the window"
+                )
+            else:
+                text += (
+                    f", {_span(faster, '.1f')} times as fast as {twin['variant']}, which has "
+                    "the same heads and no window"
+                )
         out.append(text + ".")
     return out
 

@@ -28,6 +28,8 @@ def test_decode_smoke_writes_a_row_per_variant_and_batch(tmp_path, capsys):
             cell = row[f"batch_{batch}"]
             assert cell["decode_tokens_per_s"] > 0 and cell["prefill_ms"] > 0
             assert cell["kv_cache_bytes"] == cell["kv_cache_bytes_analytics"] > 0
+            runs = cell["ms_per_step_runs"]  # every timed run, not only their median
+            assert len(runs) == data["repeats"] and min(runs) <= cell["ms_per_step"] <= max(runs)
             kv[row["variant"], batch] = cell["kv_cache_bytes"]
     # float32, 2 layers, head_dim 8, 30 tokens: K and V of H_kv heads per token
     assert kv["MHA", 1] == 2 * 2 * 4 * 8 * 4 * 30

@@ -55,11 +55,52 @@ def test_decode_section_has_a_row_per_variant_and_what_it_shows(decode):
         assert f"({row['batch_1']['ms_per_step']:.1f}) | {speed:,.0f} (" in text
         assert f"| {kib:g} KiB | " in text.split(f"| {row['variant']} | ")[1].split("\n")[0]
     assert "equals `sqa_nas.analytics`' count in every row" in text
-    assert "Decode speed does not follow H_q or H_kv here: the 7 variants" in text
+    assert "The 7 variants that keep every token (MHA, GQA, MQA, SQA, sSQA, xSQA, xSMQA)" in text
+    for b in decode["batch"]:  # each batch's sentence is what its own correlation says
+        r, t = _pearson(decode, b)
+        said = (
+            f"At batch {b} the step time rises with the cache"
+            if t > 2.571
+            else (f"At batch {b} the step time does not follow the cache")
+        )
+        assert said in text and f"r = {r:.2f}" in text.split(f"At batch {b} ")[1]
     assert "H_kv 4: GQA (16/4), SQA (8/4), xSQA (4/4) hold 16 KiB per token" in text
     assert "| SW-SQA | 8/4 | " in text and "513 (window 512)" in text
-    assert "times faster than SQA, which has the same heads and no window" in text
+    assert "SQA, which has the same heads and no window" in text
+    assert "the file keeps only the median of 2 runs, not their spread" in text
     assert "decode_h200.png" in text
+
+
+def _pearson(d: dict, batch: int) -> tuple[float, float]:
+    """Pearson's r between KV-cache bytes and step time over the full-cache rows, and its t
+    statistic (n - 2 degrees of freedom), from first principles."""
+    rows = [r[f"batch_{batch}"] for r in d["variants"] if r["layers"].get("window") is None]
+    x = [c["kv_cache_bytes"] for c in rows]
+    y = [c["ms_per_step"] for c in rows]
+    mx, my = sum(x) / len(x), sum(y) / len(y)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
+    r = sxy / (sum((a - mx) ** 2 for a in x) * sum((b - my) ** 2 for b in y)) ** 0.5
+    return r, abs(r) * ((len(x) - 2) / (1 - r * r)) ** 0.5  # 2.571: t, 97.5%, df 5
+
+
+def test_decode_trend_is_a_line_through_the_cache_only_when_the_points_say_so(decode):
+    exact = copy.deepcopy(decode)
+    for row in exact["variants"]:
+        for b in exact["batch"]:  # 4 ms + 0.25 ms per GiB: reads at 2^30 / 0.25 ms
+            cell = row[f"batch_{b}"]
+            cell["ms_per_step"] = 4 + 0.25 * cell["kv_cache_bytes"] / 2**30
+            cell["ms_per_step_runs"] = [cell["ms_per_step"] * 0.98, cell["ms_per_step"] * 1.03]
+    said = report_inference.findings(exact)
+    assert any("the step time rises with the cache" in f and "r = 1.00" in f for f in said)
+    assert any("4.0 ms plus 0.250 ms per GiB" in f and "at 4.3 TB/s" in f for f in said)
+    assert "Between rows, the runs behind each median differ by up to 5% of it." in said
+    flat = copy.deepcopy(decode)
+    for i, row in enumerate(flat["variants"]):
+        for b in flat["batch"]:  # alternating, unrelated to the cache
+            row[f"batch_{b}"]["ms_per_step"] = 5.0 + (0.3 if i % 2 else -0.3)
+    said = report_inference.findings(flat)
+    assert not any("rises with the cache" in f for f in said)
+    assert sum("the step time does not follow the cache" in f for f in said) == len(flat["batch"])
 
 
 def test_decode_findings_name_what_differs_and_claim_nothing_without_peers(decode):
@@ -166,6 +207,16 @@ def test_one_seed_is_judged_against_table1_spread(one_seed, table_200m):
     assert "the gaps below are not judged" in report_convert.convert(one_seed, None, [other])
 
 
+def test_convert_compares_only_with_table1_of_its_corpus(converted, table_200m):
+    prose = _load("paper_table1_prose_200M_h200.json")
+    assert prose["corpus"]["fingerprint"] != converted["corpus"]["fingerprint"]
+    assert prose["budget"]["tokens_per_run"] == converted["budget"]["pretrain_tokens"]
+    said = "\n".join(report_convert.notes(converted, [table_200m, prose]))
+    assert "(paper_table1_200M_h200.json), seed 0" in said
+    assert "paper_table1_prose_200M_h200.json" not in said
+    assert report_convert.spread(converted, [prose])["where"].endswith(" here")
+
+
 def _partial(table: dict, keep: set[tuple[str, int]]) -> dict:
     """`table` as if only the runs in `keep` (label, seed) had finished."""
     computed = {"corpus", "wall_s", "paper", "interval", "runs", "summary", "pairwise"}
@@ -196,7 +247,8 @@ def test_page_and_readme_section_render_every_new_result():
     page = results_report.render(RESULTS)
     for title in (
         "### Paper Table 1 at every budget run",
-        "### Paper Table 1 at 200M tokens per run",
+        "### Paper Table 1 at 200M tokens per run, embedded corpus",
+        "### Paper Table 1 at 200M tokens per run, prose corpus",
         "### Paper Table 1 at 50M tokens per run",
         "### Paper Table 1 at 12M tokens per run",
         "### Does the gap between variants grow with the budget?",
@@ -205,11 +257,15 @@ def test_page_and_readme_section_render_every_new_result():
     ):
         assert page.count(title) == 1, title
     # The low-budget columns stay beside the 200M one.
-    assert "| variant | embedded 12M | embedded 50M | embedded 200M | paper (1.5B) |" in page
+    assert (
+        "| variant | embedded 12M | embedded 50M | embedded 200M | prose 200M | paper (1.5B) |"
+    ) in page
     section = results_report.readme_section(RESULTS)
     assert section.startswith("## Results: does the paper's quality ordering hold?")
     assert "- embedded 12M (NVIDIA H200; 3 seeds per variant)" in section
     assert "- embedded 200M (NVIDIA H200; 3 seeds per variant)" in section
+    assert "- embedded 50M (NVIDIA H200; 3 seeds per variant)" in section
+    assert "- prose 200M (NVIDIA H200; " in section
     assert "**Converting a trained GQA model to SQA layouts** (2 seeds" in section
     assert "**Decoding with the exported model**" in section
     assert "CPU" not in section  # the README's lines are the GPU results
