@@ -25,6 +25,9 @@ def corpus_text(d: dict) -> str:
     tokens = (c.get("tokens") or {}).get("train")
     size = f"{tokens / 1e6:.1f}M training tokens" if tokens else "size not recorded"
     name = d.get("corpus_name") or c.get("kind", "?")
+    per_run = (d.get("budget") or {}).get("tokens_per_run")
+    if tokens and per_run and per_run > tokens:  # a run sees its text more than once
+        size += f" (a run reads them {per_run / tokens:.1f} times)"
     return f"{name} corpus, {size}, fingerprint {str(c.get('fingerprint'))[:16]}"
 
 

@@ -217,6 +217,13 @@ def test_convert_compares_only_with_table1_of_its_corpus(converted, table_200m):
     assert report_convert.spread(converted, [prose])["where"].endswith(" here")
 
 
+def test_a_table1_that_reads_its_corpus_more_than_once_says_how_often(table_200m):
+    prose = _load("paper_table1_prose_200M_h200.json")
+    passes = prose["budget"]["tokens_per_run"] / prose["corpus"]["tokens"]["train"]
+    assert passes > 1 and f"(a run reads them {passes:.1f} times)" in results_report.table1(prose)
+    assert "a run reads them" not in results_report.table1(table_200m)  # 200M of 377M
+
+
 def _partial(table: dict, keep: set[tuple[str, int]]) -> dict:
     """`table` as if only the runs in `keep` (label, seed) had finished."""
     computed = {"corpus", "wall_s", "paper", "interval", "runs", "summary", "pairwise"}
