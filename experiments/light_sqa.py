@@ -41,6 +41,7 @@ from experiments.science import (
     train_allocation,
 )
 from sqa_nas.cli import guarded
+from sqa_nas.data import load_dataset
 from sqa_nas.errors import UserError
 from sqa_nas.machine import device_name
 from sqa_nas.search.choices import HeadsChoice
@@ -93,9 +94,10 @@ def front_verdicts(rows: list[dict], tolerance: float = 0.02) -> dict[str, dict]
 
 
 def _reused(
-    path: Path, budget: dict, model: dict, seeds: list[int], corpus_name: str
+    path: Path, budget: dict, model: dict, seeds: list[int], corpus_name: str, data: dict
 ) -> list[dict]:
-    """The runs of Table 1 result `path` that this experiment would make itself."""
+    """The runs of Table 1 result `path` that this experiment would make itself; refused
+    before anything trains when they ran another budget, model, corpus or GPU."""
     try:
         table = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
@@ -117,7 +119,16 @@ def _reused(
             f"--table1: {path} ran on {table['machine']['device']}, this machine has "
             f"{here}: speeds would not compare"
         )
-    return [r for r in table["runs"] if r["seed"] in seeds]
+    runs = [r for r in table["runs"] if r["seed"] in seeds]
+    theirs = {(r.get("corpus") or {}).get("fingerprint") for r in runs}
+    here = load_dataset(data).fingerprint  # built once here, then read from the cache
+    if runs and theirs != {here}:
+        raise UserError(
+            f"--table1: {path} trained on a corpus of another fingerprint "
+            f"({', '.join(sorted(map(str, theirs)))[:40]}...) than this machine's "
+            f"{corpus_name} corpus ({here[:16]}...): its runs would not compare"
+        )
+    return runs
 
 
 def main(argv=None) -> None:
@@ -175,7 +186,9 @@ def main(argv=None) -> None:
         if unknown:
             raise UserError(f"--allocations: {', '.join(unknown)} not in the grid {grid}")
         grid = asked
-    rows = _reused(args.table1, budget, model, args.seeds, corpus_name) if args.table1 else []
+    rows = (
+        _reused(args.table1, budget, model, args.seeds, corpus_name, data) if args.table1 else []
+    )
     rows = [r for r in rows if r["allocation"].split(" x")[0] in grid]
     header = {
         "experiment": "light_sqa",

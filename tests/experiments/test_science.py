@@ -142,6 +142,23 @@ def test_light_sqa_reuses_table1_and_places_lsqa(table1, tmp_path, capsys):
     assert not (tmp_path / "no.json").exists()
 
 
+def test_light_sqa_refuses_table1_of_another_corpus_before_training(
+    table1, tmp_path, capsys, monkeypatch
+):
+    other = _load(table1)
+    for run in other["runs"]:
+        run["corpus"] = {**run["corpus"], "fingerprint": "f" * 64}
+    path = tmp_path / "other.json"
+    path.write_text(json.dumps(other))
+    monkeypatch.setattr(light_sqa, "train_allocation", lambda *a, **k: pytest.fail("trained"))
+    out = tmp_path / "ls.json"
+    argv = ["--smoke", "--seeds", "0,1", "--table1", str(path), "--out", str(out)]
+    assert guarded(lambda: light_sqa.main(argv)) == 2
+    err = capsys.readouterr().err
+    assert "trained on a corpus of another fingerprint (ffff" in err and "Traceback" not in err
+    assert not out.exists() and not out.with_suffix(".partial.json").exists()
+
+
 def test_per_layer_smoke_answers_with_intervals(tmp_path, capsys):
     out = tmp_path / "pl.json"
     args = ["--smoke", "--n-trials", "3", "--top", "1", "--uniform", "MHA", "--out", str(out)]
