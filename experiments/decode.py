@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from experiments.common import default_out, progress, write_result
+from experiments.science import git_revision
 from sqa_nas.analytics import analyze, format_bytes
 from sqa_nas.cli import guarded
 from sqa_nas.errors import UserError
@@ -283,6 +284,7 @@ def main(argv=None) -> int:
         "repeats": args.repeats,
         "variants": rows,
         "wall_s": round(time.perf_counter() - start, 1),
+        "git_revision": git_revision(),
     }
     print(markdown(payload))
     out = args.out or default_out("decode" + ("_smoke" if args.smoke else ""), str(device))

@@ -192,7 +192,8 @@ def decode(d: dict, png: Path | None = None) -> str:
         f"against the KV cache; the median of {d['repeats']} runs. Before timing, cached "
         "decoding matched the full forward (float32; largest relative difference "
         f"{max(r['check_error'] for r in d['variants']):.1e}). The KV cache is measured from "
-        f"its tensors after the {seen:,} tokens and {counted}. Command: `{d['command']}`.",
+        f"its tensors after the {seen:,} tokens and {counted}. Command: `{d['command']}`."
+        + (f" Git revision {d['git_revision']}." if d.get("git_revision") else ""),
         "",
         "| variant | H_q/H_kv | "
         + " | ".join(f"decode tokens/s, batch {b} (ms a step)" for b in batches)

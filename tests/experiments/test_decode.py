@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from experiments import decode
+from experiments.science import git_revision
 from sqa_nas.cli import guarded
 
 
@@ -19,6 +20,7 @@ def test_decode_smoke_writes_a_row_per_variant_and_batch(tmp_path, capsys):
     assert decode.main(argv) == 0
     data = json.loads(out.read_text())
     assert data["machine"]["device_type"] == "cpu" and data["command"]
+    assert data["git_revision"] == git_revision()  # the code that measured, in the file
     assert [r["variant"] for r in data["variants"]] == ["MHA", "GQA", "xSMQA", "SW-SQA"]
     assert data["batch"] == [1, 3] and data["prompt"] == 24 and data["new"] == 6
     kv = {}
