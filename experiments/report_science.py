@@ -189,6 +189,35 @@ def table1_budgets(tables: list[dict], standalone: bool = True) -> str:
     return "\n".join(lines + ([""] + notes if notes and standalone else []))
 
 
+def claims_by_budget(tables: list[dict]) -> str:
+    """The paper's pairwise claims (rows) judged by every Table 1 result (columns, as in
+    `table1_budgets`): each cell the verdict and its paired 95% interval; empty where a
+    table lacks a variant of the claim."""
+    cols = sorted(
+        tables, key=lambda t: (t.get("corpus_name", "embedded"), t["budget"]["tokens_per_run"])
+    )
+    judged = [
+        {p["claim"]: p for p in t.get("pairwise") or [] if p.get("kind") == "paper claim"}
+        for t in cols
+    ]
+    claims = dict.fromkeys(c for j in sorted(judged, key=len, reverse=True) for c in j)
+    lines = [
+        "| paper's claim | "
+        + " | ".join(
+            f"{t.get('corpus_name', 'embedded')} {t['budget']['tokens_per_run'] / 1e6:g}M"
+            for t in cols
+        )
+        + " |",
+        "|---|" + "---|" * len(cols),
+    ]
+    for claim in claims:
+        cells = [
+            f"**{j[claim]['verdict']}** {_ci(j[claim])}" if claim in j else "" for j in judged
+        ]
+        lines.append(f"| {claim} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def scaling(d: dict, png: Path | None = None) -> str:
     """The gaps between variants at each budget, and whether they grow."""
     budgets = [f"{t / 1e6:g}M" for t in d["budgets"]]

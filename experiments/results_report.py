@@ -25,6 +25,7 @@ from experiments.report_convert import digest as convert_digest
 from experiments.report_inference import decode
 from experiments.report_inference import digest as decode_digest
 from experiments.report_science import (
+    claims_by_budget,
     light,
     machine_text,
     per_layer,
@@ -318,6 +319,13 @@ def render(results: Path) -> str:
     tables = [data for kind, _, data in found if kind == "paper_table1"]
     if len(tables) > 1:
         parts += [_rendered(results, "Table 1", lambda: table1_budgets(tables)), ""]
+        parts += [
+            "The paper's pairwise claims in every Table 1 run (a − b in val loss, paired by "
+            "seed, 95% t-interval; a claim holds when the interval lies below 0):",
+            "",
+            _rendered(results, "Table 1", lambda: claims_by_budget(tables)),
+            "",
+        ]
     for kind, path, data in found:
         parts += [section(kind, path, data, tables), ""]
     if not found:
@@ -354,6 +362,12 @@ def readme_section(results: Path) -> str:
         )
         for path, data in by_budget:
             lines.append("- " + _rendered(path, "paper_table1", partial(table1_digest, data)))
+        lines += [
+            "",
+            "The paper's pairwise claims (a − b in val loss, paired by seed, 95% interval):",
+            "",
+            _rendered(results, "Table 1", lambda: claims_by_budget(tables)),
+        ]
     digests: dict[str, Callable[[dict], str]] = {
         "light_sqa": light_digest,
         "per_layer": per_layer_digest,

@@ -217,6 +217,44 @@ def test_convert_compares_only_with_table1_of_its_corpus(converted, table_200m):
     assert report_convert.spread(converted, [prose])["where"].endswith(" here")
 
 
+def test_the_paper_claims_have_one_row_each_and_a_column_per_table1_run():
+    tables = [_load(p.name) for p in sorted(RESULTS.glob("paper_table1*_h200.json"))]
+    text = report_science.claims_by_budget(tables)
+    header, _, *rows = text.splitlines()
+    cols = [c.strip() for c in header.strip("|").split("|")][1:]
+    assert "embedded 12M" in cols and "prose 200M" in cols and len(cols) == len(tables)
+    by_col = {
+        f"{t.get('corpus_name', 'embedded')} {t['budget']['tokens_per_run'] / 1e6:g}M": t
+        for t in tables
+    }
+    claims = set()
+    for row in rows:
+        claim, *cells = [c.strip() for c in row.strip("|").split("|")]
+        claims.add(claim)
+        for col, cell in zip(cols, cells, strict=True):
+            p = next((p for p in by_col[col]["pairwise"] if p.get("claim") == claim), None)
+            if p is None:
+                assert cell == ""
+                continue
+            mine = _ci(_paired(by_col[col], *claim.split(" < ")))
+            said = cell.replace("[", "").replace("]", "").replace(",", "").split()[-3:]
+            assert cell.startswith(f"**{p['verdict']}** ")
+            assert all(abs(float(x) - y) < 3e-4 for x, y in zip(said, mine, strict=True))
+            low, high = mine[1:]
+            expected = "supports" if high < 0 else "contradicts" if low > 0 else "cannot tell"
+            assert p["verdict"] == expected
+    assert len(claims) == len(rows) and {"MHA < GQA", "MQA < xSMQA", "GQA < SQA"} <= claims
+    assert text in results_report.render(RESULTS) and text in results_report.readme_section(
+        RESULTS
+    )
+
+
+def _paired(table: dict, a: str, b: str) -> list[float]:
+    """a - b in val loss per seed where both ran, from the runs."""
+    loss = {(r["label"], r["seed"]): r["val_loss"] for r in table["runs"]}
+    return [loss[a, s] - loss[b, s] for s in table["seeds"] if (a, s) in loss and (b, s) in loss]
+
+
 def test_a_table1_that_reads_its_corpus_more_than_once_says_how_often(table_200m):
     prose = _load("paper_table1_prose_200M_h200.json")
     passes = prose["budget"]["tokens_per_run"] / prose["corpus"]["tokens"]["train"]
