@@ -266,7 +266,7 @@ def main(argv=None) -> int:
     if device.type != "cuda" and not args.smoke:
         raise UserError("decode needs a CUDA GPU (or --smoke on the CPU)")
     if args.smoke:
-        args.prompt, args.new, args.repeats, args.check_prompt = 24, 6, 1, 16
+        args.prompt, args.new, args.repeats, args.check_prompt = 24, 6, 2, 16
         args.batch, args.window = [1, 3], 8
     machine = machine_info(device)
     print(header_line(machine), flush=True)

@@ -120,13 +120,16 @@ def _reused(
             f"{here}: speeds would not compare"
         )
     runs = [r for r in table["runs"] if r["seed"] in seeds]
-    theirs = {(r.get("corpus") or {}).get("fingerprint") for r in runs}
+    whole = (table.get("corpus") or {}).get("fingerprint")  # for runs that name none
+    theirs = {(r.get("corpus") or {}).get("fingerprint") or whole for r in runs}
+    if runs and None in theirs:
+        raise UserError(f"--table1: {path} does not record the fingerprint of its corpus")
     here = load_dataset(data).fingerprint  # built once here, then read from the cache
     if runs and theirs != {here}:
         raise UserError(
             f"--table1: {path} trained on a corpus of another fingerprint "
-            f"({', '.join(sorted(map(str, theirs)))[:40]}...) than this machine's "
-            f"{corpus_name} corpus ({here[:16]}...): its runs would not compare"
+            f"({', '.join(f[:16] for f in sorted(theirs))}) than this machine's "
+            f"{corpus_name} corpus ({here[:16]}): its runs would not compare"
         )
     return runs
 

@@ -48,32 +48,73 @@ def _span(values: list[float], fmt: str) -> str:
 
 
 def cache_trend(d: dict, rows: list[dict], batch: int) -> dict | None:
-    """How a decoding step's time at `batch` follows the KV cache across `rows`: Pearson's
-    r, whether it differs from 0 (two-sided t-test, 5%), and the least-squares line
-    (ms = fixed + per_gib x GiB); None with fewer than 3 rows or caches all equal."""
+    """How a decoding step's time at `batch` follows the KV cache across `rows`: n, Pearson's
+    r, whether it differs from 0 (two-sided t-test, 5%), the least-squares line (ms = fixed
+    + per_gib x GiB), and, when resolved, the row without which it would not be (`rests_on`,
+    with r then; None when no single row carries it); None below 3 rows or 2 cache sizes."""
     x = [r[f"batch_{batch}"]["kv_cache_bytes"] / 2**30 for r in rows]
     y = [r[f"batch_{batch}"]["ms_per_step"] for r in rows]
     if len(rows) < 3 or len(set(x)) == 1 or len(set(y)) == 1:
         return None
-    r = statistics.correlation(x, y)
+
+    def test(xs: list[float], ys: list[float]) -> tuple[float, bool]:
+        if len(set(xs)) == 1 or len(set(ys)) == 1:
+            return 0.0, False
+        r = statistics.correlation(xs, ys)
+        t = abs(r) * math.sqrt((len(xs) - 2) / max(1 - r * r, 1e-12))
+        return r, t > t_quantile_975(len(xs) - 2)
+
+    r, resolved = test(x, y)
     slope, fixed = statistics.linear_regression(x, y)
-    t = abs(r) * math.sqrt((len(x) - 2) / max(1 - r * r, 1e-12))
+    rests_on = None
+    if resolved and len(rows) > 3:
+        without = [(test(x[:i] + x[i + 1 :], y[:i] + y[i + 1 :]), rows[i]) for i in range(len(x))]
+        lost = [(abs(r_i), row["variant"], r_i) for (r_i, kept), row in without if not kept]
+        rests_on = min(lost)[1:] if lost else None
     return {
+        "n": len(rows),
         "r": r,
-        "resolved": t > t_quantile_975(len(x) - 2),
+        "resolved": resolved,
         "fixed_ms": fixed,
         "per_gib_ms": slope,
         "gb_per_s": 2**30 / 1e9 / (slope / 1e3) if slope > 0 else None,
+        "rests_on": rests_on,
     }
+
+
+def _trend_text(b: int, band: str, trend: dict | None) -> str:
+    """One sentence on how the step time at batch `b` follows the cache (`cache_trend`)."""
+    if trend is None:
+        return f"At batch {b}: {band}; too few rows or cache sizes to relate the two."
+    stat = f"r = {trend['r']:.2f}, n = {trend['n']}"
+    if not trend["resolved"]:
+        return (
+            f"At batch {b} ({band}) whether the step time follows the cache cannot be told "
+            f"({stat}, not different from 0 at 5%)."
+        )
+    if trend["per_gib_ms"] < 0:
+        return f"At batch {b} the step time falls as the cache grows ({band}; {stat})."
+    text = (
+        f"At batch {b} the step time rises with the cache ({band}; {stat}): a least-squares "
+        f"line gives {trend['fixed_ms']:.1f} ms plus {trend['per_gib_ms']:.3f} ms per GiB, as "
+        f"if the cache were read at {trend['gb_per_s'] / 1e3:.1f} TB/s on top of a fixed cost"
+    )
+    if trend["rests_on"]:
+        variant, r_without = trend["rests_on"]
+        text += (
+            f"; the line rests on {variant}: without it r = {r_without:.2f}, not different from 0"
+        )
+    return text + "."
 
 
 def _runs_spread(d: dict, rows: list[dict]) -> str:
     """The spread of the timed runs behind each median, or that the file has none."""
     runs = [r[f"batch_{b}"].get("ms_per_step_runs") for r in rows for b in d["batch"]]
     if any(not x or len(x) < 2 for x in runs):
+        kept = "one run each" if d["repeats"] == 1 else f"only the median of {d['repeats']} runs"
         return (
-            f"the file keeps only the median of {d['repeats']} runs, not their spread, "
-            "so the differences of a few tenths of a ms between rows are not resolved"
+            f"the file keeps {kept}, not their spread, so no difference between two rows "
+            "is resolved"
         )
     worst = max((max(x) - min(x)) / statistics.median(x) for x in runs)
     return f"the runs behind each median differ by up to {worst:.0%} of it"
@@ -103,20 +144,7 @@ def findings(d: dict, brief: bool = False) -> list[str]:
                 f"{_span(ms, '.1f')} ms a step for {binary_bytes(min(caches))} to "
                 f"{binary_bytes(max(caches))} of cache"
             )
-            trend = cache_trend(d, full, b)
-            if trend and trend["resolved"] and trend["gb_per_s"]:
-                out.append(
-                    f"At batch {b} the step time rises with the cache ({band}; r = "
-                    f"{trend['r']:.2f}): a least-squares line gives {trend['fixed_ms']:.1f} ms "
-                    f"plus {trend['per_gib_ms']:.3f} ms per GiB, as if the cache were read "
-                    f"at {trend['gb_per_s'] / 1e3:.1f} TB/s on top of a fixed cost."
-                )
-            else:
-                r = f"; r = {trend['r']:.2f}, not different from 0" if trend else ""
-                out.append(
-                    f"At batch {b} the step time does not follow the cache ({band}{r}): "
-                    "at this size something other than reading the cache sets it."
-                )
+            out.append(_trend_text(b, band, cache_trend(d, full, b)))
         if not brief:
             out.append(f"Between rows, {_runs_spread(d, full)}.")
     groups: dict[int, list[dict]] = {}
@@ -149,18 +177,10 @@ def findings(d: dict, brief: bool = False) -> list[str]:
             faster = [
                 twin[f"batch_{b}"]["ms_per_step"] / w[f"batch_{b}"]["ms_per_step"] for b in batches
             ]
-            if max(abs(f - 1) for f in faster) <= 0.1:
-                text += (
-                    f", within 10% of {twin['variant']}, which has the same heads and no "
-                    f"window ({twin['variant']}'s step / {w['variant']}'s: "
-                    f"{_span(faster, '.2f')}): at {d['prompt'] + d['new']:,} tokens the full "
-                    "cache costs a step no more than the window"
-                )
-            else:
-                text += (
-                    f", {_span(faster, '.1f')} times as fast as {twin['variant']}, which has "
-                    "the same heads and no window"
-                )
+            text += (
+                f"; {twin['variant']}, which has the same heads and no window, takes "
+                f"{_span(faster, '.2f')} times as long a step"
+            )
         out.append(text + ".")
     return out
 

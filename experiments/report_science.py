@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from experiments.science import INTERVAL, PAPER_TABLE1, pairwise
+from experiments.science import INTERVAL, PAPER_TABLE1, claim_verdict, paired, pairwise
 
 
 def machine_text(d: dict) -> str:
@@ -190,17 +190,18 @@ def table1_budgets(tables: list[dict], standalone: bool = True) -> str:
 
 
 def claims_by_budget(tables: list[dict]) -> str:
-    """The paper's pairwise claims (rows) judged by every Table 1 result (columns, as in
-    `table1_budgets`): each cell the verdict and its paired 95% interval; empty where a
-    table lacks a variant of the claim."""
+    """The paper's pairwise claims (rows: every adjacent pair of its order that some Table 1
+    result judged) in every Table 1 result (columns, as in `table1_budgets`) where both
+    variants ran: the verdict, the paired a - b with its 95% interval, and n."""
     cols = sorted(
         tables, key=lambda t: (t.get("corpus_name", "embedded"), t["budget"]["tokens_per_run"])
     )
-    judged = [
-        {p["claim"]: p for p in t.get("pairwise") or [] if p.get("kind") == "paper claim"}
-        for t in cols
-    ]
-    claims = dict.fromkeys(c for j in sorted(judged, key=len, reverse=True) for c in j)
+    claims = dict.fromkeys(
+        p["claim"]
+        for t in sorted(cols, key=lambda t: -len(t["summary"]))
+        for p in t.get("pairwise") or []
+        if p.get("kind") == "paper claim"
+    )
     lines = [
         "| paper's claim | "
         + " | ".join(
@@ -211,9 +212,13 @@ def claims_by_budget(tables: list[dict]) -> str:
         "|---|" + "---|" * len(cols),
     ]
     for claim in claims:
-        cells = [
-            f"**{j[claim]['verdict']}** {_ci(j[claim])}" if claim in j else "" for j in judged
-        ]
+        a, b = claim.split(" < ")
+        cells = []
+        for t in cols:
+            p = paired(t["runs"], a, b)
+            verdict = claim_verdict(p["ci95_low"], p["ci95_high"])
+            n = f" (n={p['n']})" if p["ci95_low"] is not None else ""
+            cells.append(f"**{verdict}** {_ci(p)}{n}" if p["n"] else "")
         lines.append(f"| {claim} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -157,6 +157,12 @@ def test_light_sqa_refuses_table1_of_another_corpus_before_training(
     err = capsys.readouterr().err
     assert "trained on a corpus of another fingerprint (ffff" in err and "Traceback" not in err
     assert not out.exists() and not out.with_suffix(".partial.json").exists()
+    for run in other["runs"]:  # none recorded, by the runs or the file
+        del run["corpus"]
+    other["corpus"] = None
+    path.write_text(json.dumps(other))
+    assert guarded(lambda: light_sqa.main(argv)) == 2
+    assert "does not record the fingerprint of its corpus" in capsys.readouterr().err
 
 
 def test_per_layer_smoke_answers_with_intervals(tmp_path, capsys):
