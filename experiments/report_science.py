@@ -153,17 +153,23 @@ def table1(d: dict, png: Path | None = None) -> str:
     return "\n".join(lines + _png(png, "learning curves"))
 
 
+def _columns(tables: list[dict]) -> tuple[list[str], list[dict]]:
+    """Table 1 results in column order (by corpus, then budget), and their headings."""
+    cols = sorted(
+        tables, key=lambda t: (t.get("corpus_name", "embedded"), t["budget"]["tokens_per_run"])
+    )
+    name = "{} {:g}M"
+    return [
+        name.format(t.get("corpus_name", "embedded"), t["budget"]["tokens_per_run"] / 1e6)
+        for t in cols
+    ], cols
+
+
 def table1_budgets(tables: list[dict], standalone: bool = True) -> str:
     """Every Table 1 result side by side, by corpus and budget: the low-budget rows kept;
     standalone, with a heading and a note naming each partial column (a column whose
     variants have unequal numbers of seeds); else the table alone."""
-    cols = sorted(
-        tables, key=lambda t: (t.get("corpus_name", "embedded"), t["budget"]["tokens_per_run"])
-    )
-    head = [
-        f"{t.get('corpus_name', 'embedded')} {t['budget']['tokens_per_run'] / 1e6:g}M"
-        for t in cols
-    ]
+    head, cols = _columns(tables)
     variants = list(dict.fromkeys(v for t in cols for v in t["summary"]))
     lines = (
         ["### Paper Table 1 at every budget run (val loss, mean ± std over seeds, n)", ""]
@@ -193,24 +199,14 @@ def claims_by_budget(tables: list[dict]) -> str:
     """The paper's pairwise claims (rows: every adjacent pair of its order that some Table 1
     result judged) in every Table 1 result (columns, as in `table1_budgets`) where both
     variants ran: the verdict, the paired a - b with its 95% interval, and n."""
-    cols = sorted(
-        tables, key=lambda t: (t.get("corpus_name", "embedded"), t["budget"]["tokens_per_run"])
-    )
+    head, cols = _columns(tables)
     claims = dict.fromkeys(
         p["claim"]
         for t in sorted(cols, key=lambda t: -len(t["summary"]))
         for p in t.get("pairwise") or []
         if p.get("kind") == "paper claim"
     )
-    lines = [
-        "| paper's claim | "
-        + " | ".join(
-            f"{t.get('corpus_name', 'embedded')} {t['budget']['tokens_per_run'] / 1e6:g}M"
-            for t in cols
-        )
-        + " |",
-        "|---|" + "---|" * len(cols),
-    ]
+    lines = ["| paper's claim | " + " | ".join(head) + " |", "|---|" + "---|" * len(cols)]
     for claim in claims:
         a, b = claim.split(" < ")
         cells = []
