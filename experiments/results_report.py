@@ -36,6 +36,7 @@ from experiments.report_science import (
 )
 from sqa_nas.cli import guarded
 from sqa_nas.errors import UserError
+from sqa_nas.stats import mean_ci95
 
 
 def noise(d: dict) -> str:
@@ -210,10 +211,41 @@ def light_digest(d: dict) -> str:
             f"{'on' if d['lsqa_on_front'] else 'not on'} the front; one seed cannot tell a "
             "gap from the seed spread."
         )
-    return (
+    head = (
         f"**Light SQA** ({len(d['allocations'])} allocations x seeds {d['seeds']}, "
         f"{d['budget']['tokens_per_run']:,} tokens, {d['machine']['device']}): lSQA "
-        f"({d['light']}) {d['lsqa']['verdict']}."
+        f"({d['light']}) {d['lsqa']['verdict']}"
+    )
+    deciders = d["lsqa"]["beaten_by"] or d["lsqa"]["could_be_beaten_by"]
+    if not deciders:
+        return head + "."
+    verb = "beaten beyond the noise by" if d["lsqa"]["beaten_by"] else "could be beaten by"
+    return (
+        f"{head}, {verb} "
+        + "; ".join(_light_pair(d, b) for b in deciders)
+        + f". lSQA was compared with each of the other {len(d['summary']) - 1} allocations; "
+        "the intervals are not adjusted for that many comparisons."
+    )
+
+
+def _light_pair(d: dict, b: str) -> str:
+    """`b` against lSQA, paired by seed: the val-loss difference and the speed ratio."""
+    runs = [r for r in d["runs"] if r["state"] == "COMPLETE"]
+
+    def per_seed(label: str, key: str) -> dict:
+        return {r["seed"]: r[key] for r in runs if r["label"] == label}
+
+    loss_b, loss_l = per_seed(b, "val_loss"), per_seed("lSQA", "val_loss")
+    speed_b, speed_l = per_seed(b, "train_tokens_per_s"), per_seed("lSQA", "train_tokens_per_s")
+    seeds = sorted(set(loss_b) & set(loss_l))
+    loss = mean_ci95([loss_b[s] - loss_l[s] for s in seeds])
+    speed = mean_ci95([speed_b[s] / speed_l[s] - 1 for s in seeds])
+    if loss is None or speed is None:
+        return f"{b} (n={len(seeds)}, no interval)"
+    return (
+        f"{b} ({d['summary'][b]['allocation'].split()[0]}): val loss {loss[0]:+.4f} "
+        f"[{loss[1]:+.4f}, {loss[2]:+.4f}], tokens/s {speed[0]:+.1%} "
+        f"[{speed[1]:+.1%}, {speed[2]:+.1%}] (n={len(seeds)}, paired by seed)"
     )
 
 

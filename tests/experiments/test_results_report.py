@@ -422,3 +422,54 @@ def test_scaling_names_the_seeds_of_each_budget():
     for budget, point in zip(d["budgets"], d["points"], strict=True):
         seeds = sorted({s for gap in point["gaps"] for s in gap["seeds"]})
         assert f"{budget / 1e6:g}M {seeds}" in text
+
+
+def _light(losses: dict[str, list[float]], speeds: dict[str, list[float]], front: dict) -> dict:
+    """A light-SQA result of the issue-19 format with these per-seed values."""
+    runs = [
+        {"label": k, "seed": s, "state": "COMPLETE", "val_loss": x, "train_tokens_per_s": v}
+        for k in losses
+        for s, (x, v) in enumerate(zip(losses[k], speeds[k]))
+    ]
+    return {
+        "allocations": ["12/4", "8/8", "8/4"],
+        "seeds": [0, 1, 2],
+        "budget": {"tokens_per_run": 1000},
+        "machine": {"device": "test"},
+        "light": "12/4",
+        "summary": {
+            "lSQA": {"allocation": "12/4 x8"},
+            "sSQA": {"allocation": "8/8 x8"},
+            "SQA": {"allocation": "8/4 x8"},
+        },
+        "runs": runs,
+        "front": front,
+        "lsqa": front["lSQA"],
+    }
+
+
+def test_the_light_sqa_line_gives_the_intervals_that_decide_lsqa():
+    losses = {"lSQA": [0.640, 0.638, 0.637], "sSQA": [0.630, 0.632, 0.626], "SQA": [0.64] * 3}
+    speeds = {"lSQA": [100.0, 100.0, 100.0], "sSQA": [104.0, 103.0, 105.0], "SQA": [99.0] * 3}
+    beaten = {
+        "lSQA": {"verdict": "off the front", "beaten_by": ["sSQA"], "could_be_beaten_by": ["SQA"]}
+    }
+    line = results_report.light_digest(_light(losses, speeds, beaten))
+    # sSQA - lSQA per seed: -0.010, -0.006, -0.011; speed ratios 1.04, 1.03, 1.05
+    assert (
+        "lSQA (12/4) off the front, beaten beyond the noise by sSQA (8/8): val loss -0.0090"
+        in line
+    )
+    assert "tokens/s +4.0% [+1.5%, +6.5%] (n=3, paired by seed)" in line
+    assert "SQA (8/4)" not in line  # the undecided ones are named only when none decides
+    assert "the other 2 allocations; the intervals are not adjusted" in line
+
+    undecided = {
+        "lSQA": {"verdict": "not resolved", "beaten_by": [], "could_be_beaten_by": ["SQA"]}
+    }
+    line = results_report.light_digest(_light(losses, speeds, undecided))
+    assert "not resolved, could be beaten by SQA (8/4): val loss +0.0017" in line
+
+    alone = {"lSQA": {"verdict": "on the front", "beaten_by": [], "could_be_beaten_by": []}}
+    line = results_report.light_digest(_light(losses, speeds, alone))
+    assert line.endswith("lSQA (12/4) on the front.")
