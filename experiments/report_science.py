@@ -1,8 +1,7 @@
 """The docs/results.md sections of the quality experiments (issue 19): Table 1 with its
 paired intervals and the paper's claims, Table 1 at every budget side by side, the scaling of
-the gaps with the budget, light SQA against the front and the per-layer question. Each
-function turns one result file (as the script wrote it) into Markdown; `results_report`
-puts them on the page.
+the gaps with the budget. Each function turns one result file (as the script wrote it) into
+Markdown; `results_report` puts them on the page.
 """
 
 from __future__ import annotations
@@ -31,14 +30,14 @@ def corpus_text(d: dict) -> str:
     return f"{name} corpus, {size}, fingerprint {str(c.get('fingerprint'))[:16]}"
 
 
-def _provenance(d: dict) -> str:
+def provenance(d: dict) -> str:
     """The command (and the ones merged), and the git revision, as a sentence."""
     merged = "".join(f"; joined from `{m['command']}`" for m in d.get("merged_from", []))
     revision = f" Git revision {d['git_revision']}." if d.get("git_revision") else ""
     return f"Command: `{d['command']}`{merged}.{revision}"
 
 
-def _ci(p: dict | None) -> str:
+def ci_text(p: dict | None) -> str:
     """A paired difference as `+0.0123 [+0.0050, +0.0196]`, or what is missing."""
     if not p or p.get("diff_mean") is None:
         return "-"
@@ -86,7 +85,7 @@ def _unequal_seeds(d: dict) -> str | None:
     )
 
 
-def _png(path: Path | None, what: str) -> list[str]:
+def png_lines(path: Path | None, what: str) -> list[str]:
     return ["", f"![{what}](../experiments/results/{path.name})"] if path else []
 
 
@@ -102,7 +101,7 @@ def table1(d: dict, png: Path | None = None) -> str:
         f"Model d_model {m['d_model']}, {m['n_layers']} layers, H {m['n_heads']}, context "
         f"{b['seq_len']}; {b['tokens_per_run']:,} training tokens per run (batch "
         f"{b['batch_size']}, lr {b['lr']}{', compiled' if b.get('compile') else ''}), seeds "
-        f"{d['seeds']}; {corpus_text(d)}. {_provenance(d)}",
+        f"{d['seeds']}; {corpus_text(d)}. {provenance(d)}",
         "",
     ]
     if d.get("partial"):
@@ -134,7 +133,8 @@ def table1(d: dict, png: Path | None = None) -> str:
         gqa = by.get((name, "GQA")) or _flip(by.get(("GQA", name)))
         lines.append(
             f"| {name} | {s['allocation'].split(' x')[0]} | "
-            f"{_mean_std({'n': s['runs'], **v})} | {_ci(by.get((name, 'MHA')))} | {_ci(gqa)} | "
+            f"{_mean_std({'n': s['runs'], **v})} | {ci_text(by.get((name, 'MHA')))} | "
+            f"{ci_text(gqa)} | "
             f"{s['accuracy']['mean']:.4f} | {f'{speed:,.0f}' if speed else '-'} | "
             f"{d['paper'].get(name, '-')} |"
         )
@@ -149,8 +149,8 @@ def table1(d: dict, png: Path | None = None) -> str:
     ]
     for p in pairs:
         if p.get("kind") == "paper claim":
-            lines.append(f"- paper claim {p['claim']}: **{p['verdict']}** ({_ci(p)})")
-    return "\n".join(lines + _png(png, "learning curves"))
+            lines.append(f"- paper claim {p['claim']}: **{p['verdict']}** ({ci_text(p)})")
+    return "\n".join(lines + png_lines(png, "learning curves"))
 
 
 def _columns(tables: list[dict]) -> tuple[list[str], list[dict]]:
@@ -214,7 +214,7 @@ def claims_by_budget(tables: list[dict]) -> str:
             p = paired(t["runs"], a, b)
             verdict = claim_verdict(p["ci95_low"], p["ci95_high"])
             n = f" (n={p['n']})" if p["ci95_low"] is not None else ""
-            cells.append(f"**{verdict}** {_ci(p)}{n}" if p["n"] else "")
+            cells.append(f"**{verdict}** {ci_text(p)}{n}" if p["n"] else "")
         lines.append(f"| {claim} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -234,14 +234,14 @@ def scaling(d: dict, png: Path | None = None) -> str:
         + "; the change from the smallest budget to the largest pairs the seeds both have; each "
         "budget is its own run with its own learning-rate schedule (a 200M run's curve at 50M "
         "is not the 50M budget, so curves are not used). Gap = a − b in val loss, paired by "
-        f"seed, 95% CI; a change within ±{d['margin']} counts as staying. " + _provenance(d),
+        f"seed, 95% CI; a change within ±{d['margin']} counts as staying. " + provenance(d),
         "",
         "| gap | " + " | ".join(budgets) + " | change (largest − smallest) | verdict |",
         "|---|" + "---|" * (len(budgets) + 2),
     ]
     for i, t in enumerate(d["trends"]):
-        cells = [_ci(pt["gaps"][i]) for pt in d["points"]]
-        change = _ci(
+        cells = [ci_text(pt["gaps"][i]) for pt in d["points"]]
+        change = ci_text(
             {"diff_mean": t["change_mean"], "n": len(t["seeds"])} | t
             if t["change_mean"] is not None
             else None
@@ -249,104 +249,7 @@ def scaling(d: dict, png: Path | None = None) -> str:
         lines.append(
             f"| {t['a']} − {t['b']} | " + " | ".join(cells) + f" | {change} | **{t['verdict']}** |"
         )
-    return "\n".join(lines + _png(png, "gaps against the budget"))
-
-
-def light(d: dict, png: Path | None) -> str:
-    """Light SQA: each allocation with intervals over seeds and its place on the front."""
-    if "front" not in d:  # a file from before issue 19: one run per allocation
-        lines = [
-            f"### Light SQA, one run per allocation ({machine_text(d)})",
-            "",
-            f"{len(d['trials'])} allocations, one seed each, "
-            f"{d['space']['budget']['train'].get('tokens')} tokens; {corpus_text(d)}. "
-            f"Command: `{d['command']}`. lSQA ({d['light']}) on the front: "
-            f"{d['lsqa_on_front']}; one seed cannot tell a gap from the seed spread.",
-            "",
-            "| H_q/H_kv | val loss | speedup vs MHA | on front |",
-            "|---|---|---|---|",
-        ]
-        for t in sorted(d["trials"], key=lambda t: t["val_loss"]):
-            sp = t.get("speedup_vs_mha")
-            lines.append(
-                f"| {t['allocation'].split(' x')[0]} {t.get('seed_variant') or ''} | "
-                f"{t['val_loss']:.4f} | {f'{sp:.2f}x' if sp else '-'} | "
-                f"{'yes' if t['on_front'] else ''} |"
-            )
-        return "\n".join(lines + _png(png, "light SQA front"))
-    b = d["budget"]
-    lines = [
-        f"### Light SQA (H_q = 3H/4) with intervals ({machine_text(d)})",
-        "",
-        f"One H_q/H_kv for all layers, {len(d['allocations'])} allocations x seeds "
-        f"{d['seeds']}, {b['tokens_per_run']:,} tokens per run; {corpus_text(d)}"
-        + (f"; Table 1 runs reused from {d['reused_from']}" if d.get("reused_from") else "")
-        + f". {_provenance(d)}",
-        "",
-        f"**lSQA ({d['light']}): {d['lsqa']['verdict']}**"
-        + (
-            f" (beaten by {', '.join(d['lsqa']['beaten_by'])})"
-            if d["lsqa"].get("beaten_by")
-            else ""
-        )
-        + ".",
-        "",
-        "| allocation | val loss (mean ± std, n) | train tokens/s (mean ± std) | front | "
-        "beaten beyond noise by | could be beaten by |",
-        "|---|---|---|---|---|---|",
-    ]
-    for label, s in sorted(d["summary"].items(), key=lambda kv: kv[1].get("mean", 1e9)):
-        if "val_loss" not in s or "train_tokens_per_s" not in s:
-            continue
-        f, v, t = d["front"].get(label, {}), s["val_loss"], s["train_tokens_per_s"]
-        lines.append(
-            f"| {label} ({s['allocation'].split(' x')[0]}) | {v['mean']:.4f} ± {v['std']:.4f} "
-            f"({v['n']}) | {t['mean']:,.0f} ± {t['std']:,.0f} | {f.get('verdict', '')} | "
-            f"{', '.join(f.get('beaten_by', []))} | {', '.join(f.get('could_be_beaten_by', []))} |"
-        )
-    return "\n".join(lines + _png(png, "light SQA front with intervals"))
-
-
-def per_layer(d: dict) -> str:
-    """The per-layer question: the confirmed mixed allocations against uniform variants."""
-    lines = [
-        f"### Per-layer allocation vs uniform variants ({machine_text(d)})",
-        "",
-        f"Search: study {d['search']['study']}, {d['search']['trials']} trials"
-        + (f", scheduler {d['search']['scheduler']}" if d["search"].get("scheduler") else "")
-        + f"; retrained with seeds {d['seeds']}; {corpus_text(d)}. {_provenance(d)}",
-        "",
-    ]
-    if d.get("partial"):
-        lines += [f"**Stopped after {len(d['runs'])} retraining runs; no verdict.**", ""]
-        return "\n".join(lines)
-    if "comparisons" not in d:  # a file from before issue 19: seed spreads, no intervals
-        v = d["verdicts"]
-        return "\n".join(
-            lines
-            + [
-                f"Mixed [{d['mixed']['allocation']}]: "
-                + "; ".join(f"{u}: {x['verdict']}" for u, x in v.items())
-                + f". Mixed beats every comparable uniform variant: "
-                f"{d['mixed_beats_all_comparable']}."
-            ]
-        )
-    lines += [
-        f"**Answer: {d['verdict']['answer']}** ({d['verdict']['why']}). Comparable: the "
-        f"uniform variant is at most {d['tolerance']:.0%} faster; difference = uniform − "
-        "mixed val loss, paired by seed, 95% CI.",
-        "",
-        "| mixed allocation | uniform | throughput ratio | comparable | val loss diff | verdict |",
-        "|---|---|---|---|---|---|",
-    ]
-    alloc = {m["label"]: m["allocation"] for m in d["mixed"]}
-    for m, against in d["comparisons"].items():
-        for u, c in against.items():
-            lines.append(
-                f"| {m} [{alloc.get(m, '')}] | {u} | {c['throughput_ratio']:.3f} | "
-                f"{'yes' if c['comparable'] else 'no'} | {_ci(c)} | {c['verdict']} |"
-            )
-    return "\n".join(lines)
+    return "\n".join(lines + png_lines(png, "gaps against the budget"))
 
 
 def table1_digest(d: dict) -> str:
@@ -356,7 +259,7 @@ def table1_digest(d: dict) -> str:
     claims = [p["verdict"] for p in pairs if p.get("kind") == "paper claim"]
     counts = ", ".join(f"{claims.count(v)} {v}" for v in dict.fromkeys(claims))
     resolved = [
-        f"{p['a']} − {p['b']} {_ci(p)}"
+        f"{p['a']} − {p['b']} {ci_text(p)}"
         for p in pairs
         if p.get("kind", "").startswith("vs") and p.get("ci95_low") is not None
         if p["ci95_low"] > 0 or p["ci95_high"] < 0

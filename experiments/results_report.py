@@ -1,6 +1,6 @@
 """Write docs/results.md, and print the README's Results section, from the committed result
-files: Table 1, its scaling, light SQA and the per-layer question (paper_table1_*.json,
-scaling_*.json, light_sqa_*.json, per_layer_*.json; their sections are in `report_science`),
+files: Table 1 and its scaling (paper_table1_*.json, scaling_*.json, `report_science`), light
+SQA and the per-layer question (light_sqa_*.json, per_layer_*.json, `report_allocation`),
 converting a trained GQA model (convert_*.json, `report_convert`), decoding with the exported
 model (decode_*.json, `report_inference`), the objectives' noise (noise_*.json,
 paired_timing_*.json) and MO-ASHA (mo_asha_*.json); smoke runs are skipped. A result file
@@ -20,15 +20,14 @@ from functools import partial
 from pathlib import Path
 
 from experiments.common import DOCS, RESULTS
+from experiments.report_allocation import light, light_digest, per_layer, per_layer_digest
 from experiments.report_convert import convert
 from experiments.report_convert import digest as convert_digest
 from experiments.report_inference import decode
 from experiments.report_inference import digest as decode_digest
 from experiments.report_science import (
     claims_by_budget,
-    light,
     machine_text,
-    per_layer,
     scaling,
     table1,
     table1_budgets,
@@ -36,7 +35,6 @@ from experiments.report_science import (
 )
 from sqa_nas.cli import guarded
 from sqa_nas.errors import UserError
-from sqa_nas.stats import mean_ci95
 
 
 def noise(d: dict) -> str:
@@ -199,76 +197,6 @@ def multi_fidelity(d: dict, png: Path | None) -> str:
     if png is not None:
         lines += ["", f"![hypervolume against GPU-seconds](../experiments/results/{png.name})"]
     return "\n".join(lines)
-
-
-def light_digest(d: dict) -> str:
-    """One line on a light-SQA result: is lSQA on the front."""
-    if "front" not in d:  # a file from before issue 19: one run per allocation
-        tokens = d["space"]["budget"]["train"].get("tokens")
-        return (
-            f"**Light SQA** ({len(d['trials'])} allocations, one seed each, {tokens:,} tokens, "
-            f"{d['machine']['device']}): lSQA ({d['light']}) "
-            f"{'on' if d['lsqa_on_front'] else 'not on'} the front; one seed cannot tell a "
-            "gap from the seed spread."
-        )
-    head = (
-        f"**Light SQA** ({len(d['allocations'])} allocations x seeds {d['seeds']}, "
-        f"{d['budget']['tokens_per_run']:,} tokens, {d['machine']['device']}): lSQA "
-        f"({d['light']}) {d['lsqa']['verdict']}"
-    )
-    deciders = d["lsqa"]["beaten_by"] or d["lsqa"]["could_be_beaten_by"]
-    if not deciders:
-        return head + "."
-    verb = "beaten beyond the noise by" if d["lsqa"]["beaten_by"] else "could be beaten by"
-    return (
-        f"{head}, {verb} "
-        + "; ".join(_light_pair(d, b) for b in deciders)
-        + f". lSQA was compared with each of the other {len(d['summary']) - 1} allocations; "
-        "the intervals are not adjusted for that many comparisons."
-    )
-
-
-def _light_pair(d: dict, b: str) -> str:
-    """`b` against lSQA, paired by seed: the val-loss difference and the speed ratio."""
-    runs = [r for r in d["runs"] if r["state"] == "COMPLETE"]
-
-    def per_seed(label: str, key: str) -> dict:
-        return {r["seed"]: r[key] for r in runs if r["label"] == label}
-
-    loss_b, loss_l = per_seed(b, "val_loss"), per_seed("lSQA", "val_loss")
-    speed_b, speed_l = per_seed(b, "train_tokens_per_s"), per_seed("lSQA", "train_tokens_per_s")
-    seeds = sorted(set(loss_b) & set(loss_l))
-    loss = mean_ci95([loss_b[s] - loss_l[s] for s in seeds])
-    speed = mean_ci95([speed_b[s] / speed_l[s] - 1 for s in seeds])
-    if loss is None or speed is None:
-        return f"{b} (n={len(seeds)}, no interval)"
-    return (
-        f"{b} ({d['summary'][b]['allocation'].split()[0]}): val loss {loss[0]:+.4f} "
-        f"[{loss[1]:+.4f}, {loss[2]:+.4f}], tokens/s {speed[0]:+.1%} "
-        f"[{speed[1]:+.1%}, {speed[2]:+.1%}] (n={len(seeds)}, paired by seed)"
-    )
-
-
-def per_layer_digest(d: dict) -> str:
-    """One line on a per-layer result: does a mixed allocation beat the uniform ones."""
-    head = (
-        f"**Per-layer allocation** (a search of {d['search']['trials']} trials, its mixed "
-        f"allocations retrained with seeds {d['seeds']}, {d['machine']['device']}): "
-    )
-    if d.get("partial"):
-        return head + "stopped before its last run; no verdict."
-    if "comparisons" not in d:  # a file from before issue 19: seed spreads, no intervals
-        beats = "beats" if d["mixed_beats_all_comparable"] else "does not beat"
-        verdicts: dict[str, list[str]] = {}
-        for uniform, v in d["verdicts"].items():
-            verdicts.setdefault(v["verdict"], []).append(uniform)
-        return head + (
-            f"the mixed allocation [{d['mixed']['allocation']}] {beats} every comparable "
-            "uniform variant ("
-            + "; ".join(f"{k}: {', '.join(us)}" for k, us in verdicts.items())
-            + "; seed spreads, no intervals)."
-        )
-    return head + f"{d['verdict']['answer']} ({d['verdict']['why']})."
 
 
 # The page's order: the quality questions, converting and decoding trained models, then
