@@ -6,10 +6,13 @@ the uniform variants, and what the confirm says about the search that chose them
 
 from __future__ import annotations
 
+import math
+import statistics
 from pathlib import Path
 
 from experiments.report_science import ci_text, corpus_text, machine_text, png_lines, provenance
-from sqa_nas.stats import mean_ci95
+from sqa_nas.search.noise import Noise
+from sqa_nas.stats import mean_ci95, t_quantile_975
 
 
 def light(d: dict, png: Path | None) -> str:
@@ -106,7 +109,89 @@ def per_layer(d: dict) -> str:
                 f"| {m} [{alloc.get(m, '')}] | {u} | {c['throughput_ratio']:.3f} | "
                 f"{'yes' if c['comparable'] else 'no'} | {ci_text(c)} | {c['verdict']} |"
             )
-    return "\n".join(lines)
+    check = search_check(d)
+    return "\n".join(lines + ["", *check["lines"]])
+
+
+def _losses(d: dict) -> dict[str, list[float]]:
+    """The confirm's val losses per label."""
+    out: dict[str, list[float]] = {}
+    for r in d["runs"]:
+        if r["state"] == "COMPLETE" and r.get("val_loss") is not None:
+            out.setdefault(r["label"], []).append(r["val_loss"])
+    return out
+
+
+def search_check(d: dict) -> dict:
+    """What the confirm says about the search that chose its mixed allocations.
+
+    - The noise floor: the search judged its front with one layout's seed spread (its noise
+      trial); the confirm measures the spread of every allocation it retrains, pooled over
+      them (each allocation's own mean removed).
+    - Selection: a mixed allocation's search value is one run; a fresh seed lands within the
+      95% prediction interval of the confirm's runs (mean +- t * s * sqrt(1 + 1/n)). A search
+      value below it was chosen for its luck (the winner's curse).
+
+    Returns ``lines`` for the page and ``short`` for the README."""
+    losses = _losses(d)
+    df = sum(len(xs) - 1 for xs in losses.values())
+    pooled = (
+        math.sqrt(
+            sum(statistics.variance(xs) * (len(xs) - 1) for xs in losses.values() if len(xs) > 1)
+            / df
+        )
+        if df
+        else None
+    )
+    noise = Noise.read({"noise": d["search"].get("noise")})
+    lines, short = [], []
+    if pooled is None:
+        return {"lines": ["No allocation was retrained with two seeds: no spread."], "short": ""}
+    each = ", ".join(f"{k} {statistics.stdev(xs):.4f}" for k, xs in losses.items() if len(xs) > 1)
+    if noise.n >= 2 and noise.val_loss_std:
+        ratio = pooled / noise.val_loss_std
+        lines.append(
+            f"The search's noise floor, val_loss sigma {noise.val_loss_std:.4f} "
+            f"({noise.n} seeds of trial {noise.trial}: one layout, {noise.n - 1} degrees of "
+            f"freedom), against the seed spread the confirm measured, pooled over its "
+            f"{len(losses)} allocations: {pooled:.4f} ({df} degrees of freedom), "
+            f"{ratio:.1f} times the floor. Per allocation (std over seeds): {each}."
+        )
+        short.append(f"seed spread {pooled:.4f}, {ratio:.1f} times the search's noise floor")
+    else:
+        lines.append(
+            f"The search measured no noise floor: {noise.reason or 'no noise trial'}. The "
+            f"confirm's seed spread, pooled over its {len(losses)} allocations: {pooled:.4f} "
+            f"({df} degrees of freedom). Per allocation (std over seeds): {each}."
+        )
+    below = []
+    for m in d["mixed"]:
+        xs, found = losses.get(m["label"], []), (m.get("search_values") or {}).get("val_loss")
+        if len(xs) < 2 or found is None:
+            continue
+        mean, n = statistics.fmean(xs), len(xs)
+        half = t_quantile_975(n - 1) * statistics.stdev(xs) * math.sqrt(1 + 1 / n)
+        where = (
+            "below it: the search chose it on a lucky run"
+            if found < mean - half
+            else "above it"
+            if found > mean + half
+            else "within it"
+        )
+        if found < mean - half:
+            below.append(m["label"])
+        lines.append(
+            f"- {m['label']} (trial {m['trial']}): search val_loss {found:.4f}; a fresh seed "
+            f"lands in {mean - half:.4f}-{mean + half:.4f} (the confirm's {n} runs, 95% "
+            f"prediction interval): {where}."
+        )
+    judged = sum(1 for line in lines if line.startswith("- "))
+    if judged:
+        short.append(
+            f"{len(below)} of {judged} mixed allocations' search values below where a fresh "
+            "seed lands"
+        )
+    return {"lines": lines, "short": "; ".join(short)}
 
 
 def light_digest(d: dict) -> str:
@@ -176,4 +261,9 @@ def per_layer_digest(d: dict) -> str:
             + "; ".join(f"{k}: {', '.join(us)}" for k, us in verdicts.items())
             + "; seed spreads, no intervals)."
         )
-    return head + f"{d['verdict']['answer']} ({d['verdict']['why']})."
+    short = search_check(d)["short"]
+    return (
+        head
+        + f"{d['verdict']['answer']} ({d['verdict']['why']})"
+        + (f". The search against its confirm: {short}." if short else ".")
+    )

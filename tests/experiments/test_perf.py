@@ -492,6 +492,7 @@ def test_every_script_runs_as_a_module_of_the_experiments_package():
             "science",
             "results_report",
             "report_science",
+            "report_allocation",
             "report_convert",
             "report_inference",
         )

@@ -13,6 +13,7 @@ import pytest
 
 from experiments import (
     paper_table1,
+    report_allocation,
     report_convert,
     report_inference,
     report_science,
@@ -454,7 +455,7 @@ def test_the_light_sqa_line_gives_the_intervals_that_decide_lsqa():
     beaten = {
         "lSQA": {"verdict": "off the front", "beaten_by": ["sSQA"], "could_be_beaten_by": ["SQA"]}
     }
-    line = results_report.light_digest(_light(losses, speeds, beaten))
+    line = report_allocation.light_digest(_light(losses, speeds, beaten))
     # sSQA - lSQA per seed: -0.010, -0.006, -0.011; speed ratios 1.04, 1.03, 1.05
     assert (
         "lSQA (12/4) off the front, beaten beyond the noise by sSQA (8/8): val loss -0.0090"
@@ -467,9 +468,56 @@ def test_the_light_sqa_line_gives_the_intervals_that_decide_lsqa():
     undecided = {
         "lSQA": {"verdict": "not resolved", "beaten_by": [], "could_be_beaten_by": ["SQA"]}
     }
-    line = results_report.light_digest(_light(losses, speeds, undecided))
+    line = report_allocation.light_digest(_light(losses, speeds, undecided))
     assert "not resolved, could be beaten by SQA (8/4): val loss +0.0017" in line
 
     alone = {"lSQA": {"verdict": "on the front", "beaten_by": [], "could_be_beaten_by": []}}
-    line = results_report.light_digest(_light(losses, speeds, alone))
+    line = report_allocation.light_digest(_light(losses, speeds, alone))
     assert line.endswith("lSQA (12/4) on the front.")
+
+
+def _per_layer(losses: dict[str, list[float]], noise: dict | None, found: float) -> dict:
+    """A per-layer result whose confirm retrained these labels with these val losses."""
+    runs = [
+        {"label": k, "seed": 100 + i, "state": "COMPLETE", "val_loss": x}
+        for k, xs in losses.items()
+        for i, x in enumerate(xs)
+    ]
+    return {
+        "search": {"trials": 48, "noise": noise},
+        "seeds": [100, 101, 102],
+        "machine": {"device": "test"},
+        "mixed": [{"label": "mixed1", "trial": 17, "search_values": {"val_loss": found}}],
+        "runs": runs,
+        "verdict": {"answer": "not resolved", "why": "the reason"},
+        "comparisons": {},
+    }
+
+
+def test_the_per_layer_confirm_checks_the_search_noise_floor_and_its_choice():
+    losses = {"mixed1": [0.640, 0.650, 0.660], "MHA": [0.610, 0.614, 0.618]}
+    floor = {"n": 3, "val_loss_std": 0.001, "trial": 0, "device": "test"}
+    # pooled: variances 1e-4 and 1.6e-5 with 2 df each -> sqrt(5.8e-5) = 0.0076, 7.6x the floor
+    # mixed1's prediction interval: 0.650 +- 4.303 * 0.01 * sqrt(4/3) = 0.650 +- 0.0497
+    lucky = report_allocation.search_check(_per_layer(losses, floor, 0.5990))
+    text = "\n".join(lucky["lines"])
+    assert "val_loss sigma 0.0010 (3 seeds of trial 0: one layout, 2 degrees of freedom)" in text
+    assert "pooled over its 2 allocations: 0.0076 (4 degrees of freedom), 7.6 times" in text
+    assert "Per allocation (std over seeds): mixed1 0.0100, MHA 0.0040." in text
+    assert "lands in 0.6003-0.6997" in text and "below it: the search chose it on a lucky" in text
+    assert lucky["short"] == (
+        "seed spread 0.0076, 7.6 times the search's noise floor; 1 of 1 mixed allocations' "
+        "search values below where a fresh seed lands"
+    )
+    fair = report_allocation.search_check(_per_layer(losses, floor, 0.6010))
+    assert "within it" in "\n".join(fair["lines"]) and "0 of 1 mixed" in fair["short"]
+
+    unmeasured = {"n": 0, "reason": "off on the CPU"}
+    text = "\n".join(report_allocation.search_check(_per_layer(losses, unmeasured, 0.6))["lines"])
+    assert "The search measured no noise floor: off on the CPU. The confirm's seed spread" in text
+    line = report_allocation.per_layer_digest(_per_layer(losses, floor, 0.5990))
+    assert line.endswith(
+        "(the reason). The search against its confirm: seed spread 0.0076, "
+        "7.6 times the search's noise floor; 1 of 1 mixed allocations' search "
+        "values below where a fresh seed lands."
+    )
