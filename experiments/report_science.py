@@ -31,9 +31,22 @@ def corpus_text(d: dict) -> str:
 
 
 def provenance(d: dict) -> str:
-    """The command (and the ones merged), and the git revision, as a sentence."""
-    merged = "".join(f"; joined from `{m['command']}`" for m in d.get("merged_from", []))
-    revision = f" Git revision {d['git_revision']}." if d.get("git_revision") else ""
+    """The command (and the ones merged), and the git revision of the code that ran them
+    (each one's, when the merged files ran at different revisions), as a sentence."""
+    parts = d.get("merged_from", [])
+    merged = "".join(f"; joined from `{m['command']}`" for m in parts)
+    revisions: dict[str, list[str]] = {}
+    for m in parts:
+        revisions.setdefault(m.get("git_revision") or "not recorded", []).append(
+            Path(m["file"]).name
+        )
+    if len(revisions) > 1:
+        revision = " Git revisions: " + "; ".join(
+            f"{r} ({', '.join(files)})" for r, files in revisions.items()
+        )
+        revision += "."
+    else:
+        revision = f" Git revision {d['git_revision']}." if d.get("git_revision") else ""
     return f"Command: `{d['command']}`{merged}.{revision}"
 
 

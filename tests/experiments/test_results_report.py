@@ -521,3 +521,17 @@ def test_the_per_layer_confirm_checks_the_search_noise_floor_and_its_choice():
         "7.6 times the search's noise floor; 1 of 1 mixed allocations' search "
         "values below where a fresh seed lands."
     )
+
+
+def test_a_merged_table_names_the_revision_each_of_its_parts_ran_at():
+    one = {"command": "merge", "git_revision": "aaa", "merged_from": []}
+    assert report_science.provenance(one).endswith("Git revision aaa.")
+    parts = [
+        {"file": "parts/t_s0.json", "command": "c0", "git_revision": "aaa"},
+        {"file": "parts/t_s1.json", "command": "c1", "git_revision": "aaa"},
+        {"file": "parts/t_s2.json", "command": "c2", "git_revision": "bbb"},
+    ]
+    text = report_science.provenance({**one, "merged_from": parts})
+    assert text.endswith("Git revisions: aaa (t_s0.json, t_s1.json); bbb (t_s2.json).")
+    same = report_science.provenance({**one, "merged_from": parts[:2]})
+    assert same.endswith("joined from `c1`. Git revision aaa.")
