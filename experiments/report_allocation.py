@@ -44,7 +44,8 @@ def light(d: dict, png: Path | None) -> str:
         f"One H_q/H_kv for all layers, {len(d['allocations'])} allocations x seeds "
         f"{d['seeds']}, {b['tokens_per_run']:,} tokens per run; {corpus_text(d)}"
         + (f"; Table 1 runs reused from {d['reused_from']}" if d.get("reused_from") else "")
-        + f". {provenance(d)}",
+        + f". {provenance(d)}"
+        + _reuse_caveat(d),
         "",
         f"**lSQA ({d['light']}): {d['lsqa']['verdict']}**"
         + (
@@ -192,6 +193,20 @@ def search_check(d: dict) -> dict:
             "seed lands"
         )
     return {"lines": lines, "short": "; ".join(short)}
+
+
+def _reuse_caveat(d: dict) -> str:
+    """When Table 1's runs were reused: which allocations this command trained, and what
+    comparing speeds across the two groups includes."""
+    if not d.get("reused_from"):
+        return ""
+    trained = [k for k in d["summary"] if "/" in k]  # Table 1's variants go by their names
+    return (
+        f" The Table 1 variants' runs come from that file; {', '.join(trained)} were trained "
+        "by this command, in other processes (and on another machine of the same kind when "
+        "run in another session), so a speed difference between the two groups also holds "
+        "their machines' difference, which pairing by seed does not remove."
+    )
 
 
 def light_digest(d: dict) -> str:

@@ -80,6 +80,35 @@ def _mean_std(s: dict) -> str:
     return f"{s['mean']:.4f} ± {s['std']:.4f} ({n})"
 
 
+def _speed_range(s: dict | None) -> str:
+    """Training tokens/s over a variant's runs as `3.52M (2.96-4.71M)`: the spread a speed
+    comparison between runs has to clear (one run: its figure alone)."""
+    if not s:
+        return "-"
+    if s.get("n", 1) < 2:
+        return f"{s['mean'] / 1e6:.2f}M"
+    return f"{s['mean'] / 1e6:.2f}M ({s['min'] / 1e6:.2f}-{s['max'] / 1e6:.2f}M)"
+
+
+def _speed_spread(d: dict) -> str:
+    """How far apart the training speeds of one variant's runs lie, at most, as a sentence
+    (empty below two runs a variant)."""
+    spreads = {
+        v: (t["max"] - t["min"]) / t["mean"]
+        for v, s in d["summary"].items()
+        if (t := s.get("train_tokens_per_s")) and t.get("n", 0) > 1
+    }
+    if not spreads:
+        return ""
+    worst = max(spreads, key=spreads.__getitem__)
+    return (
+        f"Train tokens/s times each run's whole training loop, once: the runs of one variant "
+        f"lie up to {spreads[worst]:.0%} of its mean apart ({worst}), so this column ranks "
+        "two variants only where their ranges do not overlap. The search's speed objective "
+        "is a paired timing instead (a trial's step against MHA's, interleaved)."
+    )
+
+
 def _unequal_seeds(d: dict) -> str | None:
     """Which variants have fewer runs than the file's seeds, as a sentence; None when every
     variant that ran has one run per seed."""
@@ -133,7 +162,7 @@ def table1(d: dict, png: Path | None = None) -> str:
     by = {(p["a"], p["b"]): p for p in pairs if p.get("kind", "").startswith("vs")}
     lines += [
         "| variant | H_q/H_kv | val loss (mean ± std, n) | − MHA [95% CI] | − GQA [95% CI] | "
-        "accuracy | train tokens/s | paper |",
+        "accuracy | train tokens/s, mean (min-max) | paper |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, s in sorted(
@@ -142,17 +171,18 @@ def table1(d: dict, png: Path | None = None) -> str:
         if "val_loss" not in s:
             lines.append(f"| {name} | | failed | | | | | |")
             continue
-        v, speed = s["val_loss"], s.get("train_tokens_per_s", {}).get("mean")
+        v, speed = s["val_loss"], s.get("train_tokens_per_s")
         gqa = by.get((name, "GQA")) or _flip(by.get(("GQA", name)))
         lines.append(
             f"| {name} | {s['allocation'].split(' x')[0]} | "
             f"{_mean_std({'n': s['runs'], **v})} | {ci_text(by.get((name, 'MHA')))} | "
             f"{ci_text(gqa)} | "
-            f"{s['accuracy']['mean']:.4f} | {f'{speed:,.0f}' if speed else '-'} | "
+            f"{s['accuracy']['mean']:.4f} | {_speed_range(speed)} | "
             f"{d['paper'].get(name, '-')} |"
         )
     o = d["ordering"]
     tau = "-" if o["kendall_tau"] is None else f"{o['kendall_tau']:.2f}"
+    lines += [_speed_spread(d), ""] if _speed_spread(d) else []
     lines += [
         "",
         f"Our order (means): {' < '.join(o['our_order'])}; the paper's: "

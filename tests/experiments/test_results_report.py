@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -535,3 +536,20 @@ def test_a_merged_table_names_the_revision_each_of_its_parts_ran_at():
     assert text.endswith("Git revisions: aaa (t_s0.json, t_s1.json); bbb (t_s2.json).")
     same = report_science.provenance({**one, "merged_from": parts[:2]})
     assert same.endswith("joined from `c1`. Git revision aaa.")
+
+
+def test_table1_gives_the_range_of_each_variant_s_training_speed_and_its_worst_spread(
+    table_200m,
+):
+    page = report_science.table1(table_200m)
+    speeds = {}
+    for r in table_200m["runs"]:
+        if r["state"] == "COMPLETE":
+            speeds.setdefault(r["label"], []).append(r["train_tokens_per_s"])
+    low, high = min(speeds["xSQA"]) / 1e6, max(speeds["xSQA"]) / 1e6
+    assert f"({low:.2f}-{high:.2f}M) |" in page
+    worst = max(
+        speeds, key=lambda v: (max(speeds[v]) - min(speeds[v])) / statistics.fmean(speeds[v])
+    )
+    spread = (max(speeds[worst]) - min(speeds[worst])) / statistics.fmean(speeds[worst])
+    assert f"lie up to {spread:.0%} of its mean apart ({worst})" in page
