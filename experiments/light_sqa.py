@@ -131,7 +131,7 @@ def _reused(
             f"({', '.join(f[:16] for f in sorted(theirs))}) than this machine's "
             f"{corpus_name} corpus ({here[:16]}): its runs would not compare"
         )
-    return runs
+    return [{**r, "reused": True} for r in runs]
 
 
 def main(argv=None) -> None:

@@ -6,10 +6,12 @@ the uniform variants, and what the confirm says about the search that chose them
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from pathlib import Path
 
+from experiments.common import ROOT
 from experiments.report_science import ci_text, corpus_text, machine_text, png_lines, provenance
 from sqa_nas.search.noise import Noise
 from sqa_nas.stats import mean_ci95, t_quantile_975
@@ -200,12 +202,23 @@ def _reuse_caveat(d: dict) -> str:
     comparing speeds across the two groups includes."""
     if not d.get("reused_from"):
         return ""
-    trained = [k for k in d["summary"] if "/" in k]  # Table 1's variants go by their names
+    reused = {(r["label"], r["seed"]) for r in d["runs"] if r.get("reused")}
+    table = ROOT / d["reused_from"]
+    if not reused and table.is_file():  # a file from before runs were marked
+        theirs = json.loads(table.read_text())["runs"]
+        reused = {(r["label"], r["seed"]) for r in theirs} & {
+            (r["label"], r["seed"]) for r in d["runs"]
+        }
+    trained = list(
+        dict.fromkeys(r["label"] for r in d["runs"] if (r["label"], r["seed"]) not in reused)
+    )
+    if not trained:
+        return ""
     return (
-        f" The Table 1 variants' runs come from that file; {', '.join(trained)} were trained "
-        "by this command, in other processes (and on another machine of the same kind when "
-        "run in another session), so a speed difference between the two groups also holds "
-        "their machines' difference, which pairing by seed does not remove."
+        f" {', '.join(trained)} were trained by this command, the others reused, in other "
+        "processes (and on another machine of the same kind when run in another session): "
+        "a speed difference between the two groups also holds their machines' difference, "
+        "which pairing by seed does not remove."
     )
 
 

@@ -130,7 +130,10 @@ def test_light_sqa_reuses_table1_and_places_lsqa(table1, tmp_path, capsys):
     assert data["lsqa"]["verdict"] in {"on the front", "off the front", "not resolved"}
     assert set(data["front"]) == {"MHA", "lSQA", "xSQA"}
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
-    assert "Light SQA (H_q = 3H/4) with intervals" in results_report.light(data, None)
+    assert sum(1 for r in data["runs"] if r.get("reused")) == 4
+    page = results_report.light(data, None)
+    assert "Light SQA (H_q = 3H/4) with intervals" in page
+    assert " lSQA were trained by this command, the others reused" in page
     capsys.readouterr()
     bad = [*args[:-1], str(tmp_path / "no.json")]
     for extra, message in (
