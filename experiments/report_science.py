@@ -101,11 +101,22 @@ def _speed_spread(d: dict) -> str:
     if not spreads:
         return ""
     worst = max(spreads, key=spreads.__getitem__)
+    runs = sorted(
+        (r for r in d["runs"] if r["label"] == worst and r.get("train_tokens_per_s")),
+        key=lambda r: r["train_tokens_per_s"],
+    )
+    busy = [r.get("gpu_busy_training") for r in (runs[0], runs[-1])] if runs else []
+    why = (
+        f" NVML: its slowest run kept the GPU busy {busy[0]:.0%} of its training steps' "
+        f"time, its fastest {busy[1]:.0%}."
+        if busy and None not in busy
+        else ""
+    )
     return (
         f"Train tokens/s times each run's whole training loop, once: the runs of one variant "
         f"lie up to {spreads[worst]:.0%} of its mean apart ({worst}), so this column ranks "
-        "two variants only where their ranges do not overlap. The search's speed objective "
-        "is a paired timing instead (a trial's step against MHA's, interleaved)."
+        "two variants only where their ranges do not overlap." + why + " The search's speed "
+        "objective is a paired timing instead (a trial's step against MHA's, interleaved)."
     )
 
 

@@ -13,6 +13,7 @@ import math
 import os
 import statistics
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from sqa_nas.model import PRESETS
 from sqa_nas.search.scheduler import Segment
 from sqa_nas.search.space import SearchSpec, parse_space
 from sqa_nas.search.trial import TrialJob, run_trial
+from sqa_nas.search.utilisation import GpuSampler, Utilisation
 from sqa_nas.stats import mean_ci95
 from sqa_nas.train import pick_device
 
@@ -136,7 +138,15 @@ def train_allocation(
     if curve_points and tokens:
         at = [tokens * k // (curve_points + 1) for k in range(1, curve_points + 1)]
         job.segment = Segment(rung=len(at), tokens=tokens, eval_at=at)
-    out = run_trial(job, device=pick_device())
+    device = pick_device()
+    sampler, wall0 = GpuSampler([0]) if device.type == "cuda" else None, time.time()
+    if sampler is not None:
+        sampler.start()
+    try:
+        out = run_trial(job, device=device)
+    finally:
+        if sampler is not None:
+            sampler.stop()
     m = out.attrs.get("metrics", {})
     t = out.attrs.get("timings", {})
     row = {
@@ -164,7 +174,27 @@ def train_allocation(
     }
     if row["train_s"] and row["train_tokens"]:
         row["train_tokens_per_s"] = row["train_tokens"] / row["train_s"]
+    if sampler is not None:
+        windows = t.get("train_windows") or ([t["train_window"]] if t.get("train_window") else [])
+        row |= gpu_busy(sampler.summary(), wall0, windows)
     return row
+
+
+def gpu_busy(seen: Utilisation, wall0: float, windows: list) -> dict[str, Any]:
+    """What NVML saw of a run (`seen`, sampled from `wall0`, epoch seconds): the share of
+    the run's time its GPU ran a kernel, and of its training steps' time (`windows`,
+    epoch (start, end) pairs) alone: below 1 there, the steps waited on the host."""
+    if seen.mean is None:
+        return {"gpu_busy": None, "gpu_busy_note": seen.note}
+    label = next(iter(seen.by_gpu))
+    points = zip(seen.trace["t_s"], seen.trace["by_gpu"][label])
+    inside = [
+        u for t_s, u in points if u is not None and any(a <= wall0 + t_s <= b for a, b in windows)
+    ]
+    return {
+        "gpu_busy": seen.by_gpu[label],
+        "gpu_busy_training": round(statistics.fmean(inside), 4) if inside else None,
+    }
 
 
 def aggregate(

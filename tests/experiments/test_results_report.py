@@ -553,3 +553,37 @@ def test_table1_gives_the_range_of_each_variant_s_training_speed_and_its_worst_s
     )
     spread = (max(speeds[worst]) - min(speeds[worst])) / statistics.fmean(speeds[worst])
     assert f"lie up to {spread:.0%} of its mean apart ({worst})" in page
+
+
+def test_gpu_busy_counts_only_the_samples_inside_the_training_steps():
+    from experiments.science import gpu_busy
+    from sqa_nas.search.utilisation import Utilisation
+
+    seen = Utilisation(
+        0.5,
+        {"GPU 0": 0.5},
+        trace={"t_s": [1.0, 2.0, 3.0, 4.0], "by_gpu": {"GPU 0": [0.0, 1.0, 0.6, None]}},
+    )
+    # sampled from t = 100 s; training ran 101.5-103.5 s: the samples at 102 and 103 s
+    assert gpu_busy(seen, 100.0, [(101.5, 103.5)]) == {
+        "gpu_busy": 0.5,
+        "gpu_busy_training": 0.8,
+    }
+    assert gpu_busy(seen, 100.0, [])["gpu_busy_training"] is None
+    assert gpu_busy(Utilisation(None, note="no NVML"), 0.0, []) == {
+        "gpu_busy": None,
+        "gpu_busy_note": "no NVML",
+    }
+
+
+def test_table1_says_how_busy_the_gpu_was_in_the_slowest_and_fastest_run(table_200m):
+    d = copy.deepcopy(table_200m)
+    xsqa = sorted(
+        (r for r in d["runs"] if r["label"] == "xSQA"), key=lambda r: r["train_tokens_per_s"]
+    )
+    xsqa[0]["gpu_busy_training"], xsqa[-1]["gpu_busy_training"] = 0.61, 0.99
+    assert (
+        "its slowest run kept the GPU busy 61% of its training steps' time, its fastest 99%"
+        in (report_science.table1(d))
+    )
+    assert "kept the GPU busy" not in report_science.table1(table_200m)  # not recorded there

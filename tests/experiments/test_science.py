@@ -203,3 +203,68 @@ def test_results_page_is_generated_from_result_files():
     page = results_report.render(RESULTS)
     assert "# Results" in page and "Paper Table 1 at 12M tokens per run" in page
     assert "paper claim GQA < sSQA" in page
+
+
+def test_a_gpu_run_records_what_nvml_saw_of_it(monkeypatch):
+    """The wiring of `train_allocation` on a GPU (here a fake one: the trial and NVML are
+    stand-ins) -- a run's row gets the GPU's busy share overall and in its training steps."""
+    import time
+    from types import SimpleNamespace
+
+    import torch
+
+    from experiments import science
+    from sqa_nas.search.utilisation import GpuSampler
+
+    class Nvml:  # one GPU, busy 100% (a kernel ran the whole sample period)
+        def nvmlInit(self):
+            pass
+
+        def nvmlShutdown(self):
+            pass
+
+        def nvmlDeviceGetCount(self):
+            return 1
+
+        def nvmlDeviceGetHandleByIndex(self, i):
+            return i
+
+        def nvmlDeviceGetUUID(self, h):
+            return "GPU-0"
+
+        def nvmlDeviceGetName(self, h):
+            return "Fake GPU"
+
+        def nvmlDeviceGetUtilizationRates(self, h):
+            return SimpleNamespace(gpu=100)
+
+        def nvmlDeviceGetMemoryInfo(self, h):
+            return SimpleNamespace(used=2**30)
+
+    def trial(job, device):
+        start = time.time()
+        time.sleep(0.5)  # sampled at 5 Hz meanwhile
+        timings = {"train_s": 0.5, "train_window": [start, time.time()]}
+        metrics = {"val_loss": 1.0, "train_tokens": 1000}
+        return SimpleNamespace(state="COMPLETE", attrs={"metrics": metrics, "timings": timings})
+
+    monkeypatch.setattr(science, "pick_device", lambda: torch.device("cuda"))
+    monkeypatch.setattr(science, "run_trial", trial)
+    monkeypatch.setattr(
+        science, "GpuSampler", lambda gpus: GpuSampler(gpus, nvml=Nvml(), period_s=0.05)
+    )
+    spec = science.make_spec(
+        study="fake",
+        model=science.SMOKE_MODEL,
+        variants=["MHA"],
+        tokens=1000,
+        batch=2,
+        lr=1e-3,
+        seed=0,
+        site_packages=False,
+        compile=False,
+        eval_batches=1,
+    )
+    row = science.train_allocation(spec, spec.seed_params()[0][1], seed_index=0, label="MHA")
+    assert row["gpu_busy"] == 1.0 and row["gpu_busy_training"] == 1.0
+    assert row["train_tokens_per_s"] == 2000
