@@ -51,6 +51,7 @@ from sqa_nas.train import pick_device
 
 SPACE = SEARCH_SPACES / "light_sqa.yaml"  # its grid of H_q / H_kv pairs
 TABLE1_VARIANTS = ["MHA", "GQA", "MQA", "SQA", "sSQA", "xSQA", "xSMQA", "lSQA"]
+SPEED_TOLERANCE = 0.02  # speeds this close (a fraction of the slower's) count as equal
 
 
 def _diff(a: dict[int, float], b: dict[int, float]) -> tuple[float, float] | None:
@@ -60,7 +61,7 @@ def _diff(a: dict[int, float], b: dict[int, float]) -> tuple[float, float] | Non
     return ci and (ci[1], ci[2])
 
 
-def front_verdicts(rows: list[dict], tolerance: float = 0.02) -> dict[str, dict]:
+def front_verdicts(rows: list[dict], tolerance: float = SPEED_TOLERANCE) -> dict[str, dict]:
     """Per allocation (label): its place against the front with intervals, and the
     allocations that decide it. Both axes are compared seed by seed; speeds within
     `tolerance` count as equal. Allocation a is ``off the front`` when some b has a lower

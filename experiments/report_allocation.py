@@ -12,9 +12,10 @@ import statistics
 from pathlib import Path
 
 from experiments.common import ROOT
+from experiments.light_sqa import SPEED_TOLERANCE
 from experiments.report_science import ci_text, corpus_text, machine_text, png_lines, provenance
 from sqa_nas.search.noise import Noise
-from sqa_nas.stats import mean_ci95, t_quantile_975
+from sqa_nas.stats import f_sf, mean_ci95, t_quantile_975
 
 
 def light(d: dict, png: Path | None) -> str:
@@ -116,79 +117,130 @@ def per_layer(d: dict) -> str:
     return "\n".join(lines + ["", *check["lines"]])
 
 
-def _losses(d: dict) -> dict[str, list[float]]:
-    """The confirm's val losses per label."""
-    out: dict[str, list[float]] = {}
+def _by_seed(d: dict) -> dict[str, dict[int, float]]:
+    """The confirm's val losses per label and seed (COMPLETE runs)."""
+    out: dict[str, dict[int, float]] = {}
     for r in d["runs"]:
         if r["state"] == "COMPLETE" and r.get("val_loss") is not None:
-            out.setdefault(r["label"], []).append(r["val_loss"])
+            out.setdefault(r["label"], {})[r["seed"]] = r["val_loss"]
     return out
+
+
+def noise_parts(losses: dict[str, dict[int, float]], seeds: list[int]) -> dict | None:
+    """The confirm's runs as a table of allocations x seeds (those with every seed), split
+    into what the seeds share and what is left (two-way analysis of variance):
+
+    - ``pair``: the allocation x seed part, sigma and degrees of freedom ((A-1)(S-1)). Two
+      allocations trained with one seed differ by it alone (times sqrt 2): the shared part
+      cancels, as it does between the trials of a search (common random numbers).
+    - ``shared``: the seeds' own effect (data order and initialisation), sigma (0 when the
+      table shows none beyond the rest).
+
+    None below two allocations or two seeds."""
+    full = {k: v for k, v in losses.items() if all(s in v for s in seeds)}
+    a, n = len(full), len(seeds)
+    if a < 2 or n < 2:
+        return None
+    grand = statistics.fmean(x for v in full.values() for x in v.values())
+    rows = {k: statistics.fmean(v.values()) for k, v in full.items()}
+    cols = {s: statistics.fmean(v[s] for v in full.values()) for s in seeds}
+    df = (a - 1) * (n - 1)
+    pair = sum((v[s] - rows[k] - cols[s] + grand) ** 2 for k, v in full.items() for s in seeds)
+    pair /= df
+    shared = a * sum((c - grand) ** 2 for c in cols.values()) / (n - 1)
+    return {
+        "pair": math.sqrt(pair),
+        "df": df,
+        "shared": math.sqrt(max(0.0, (shared - pair) / a)),
+        "allocations": a,
+    }
 
 
 def search_check(d: dict) -> dict:
     """What the confirm says about the search that chose its mixed allocations.
 
-    - The noise floor: the search judged its front with one layout's seed spread (its noise
-      trial); the confirm measures the spread of every allocation it retrains, pooled over
-      them (each allocation's own mean removed).
-    - Selection: a mixed allocation's search value is one run; a fresh seed lands within the
-      95% prediction interval of the confirm's runs (mean +- t * s * sqrt(1 + 1/n)). A search
-      value below it was chosen for its luck (the winner's curse).
+    - Noise: the search judged its front with its noise floor, one layout's spread over a
+      few seeds. Its trials share their seeds, so what their comparisons face is the
+      allocation x seed part of the noise (`noise_parts`), which the confirm measures over
+      every allocation it retrains. The floor holds that part and the seeds' shared one,
+      so a part beyond the floor (one-sided F test, p < 0.05) says the floor is too small.
+    - Selection: a mixed allocation's search value is one run. A fresh seed lands within
+      the 95% prediction interval of the confirm's runs, mean +- t(n-1) * s * sqrt(1 +
+      1/n); a search value below it is what choosing on a lucky run gives (the winner's
+      curse), though each such check alone also errs low 2.5% of the time.
 
     Returns ``lines`` for the page and ``short`` for the README."""
-    losses = _losses(d)
-    df = sum(len(xs) - 1 for xs in losses.values())
-    pooled = (
-        math.sqrt(
-            sum(statistics.variance(xs) * (len(xs) - 1) for xs in losses.values() if len(xs) > 1)
-            / df
-        )
-        if df
-        else None
-    )
+    losses = _by_seed(d)
+    parts = noise_parts(losses, d["seeds"])
+    if parts is None:
+        return {
+            "lines": ["Fewer than two allocations have every seed: no noise figure."],
+            "short": "",
+        }
     noise = Noise.read({"noise": d["search"].get("noise")})
+    each = ", ".join(
+        f"{k} {statistics.stdev(v.values()):.4f}" for k, v in losses.items() if len(v) > 1
+    )
+    measured = (
+        f"the allocation x seed part of the noise, what two allocations trained with one "
+        f"seed differ by, has sigma {parts['pair']:.4f} ({parts['allocations']} allocations "
+        f"x {len(d['seeds'])} seeds, {parts['df']} degrees of freedom); the seeds' shared "
+        f"part, which cancels there, sigma {parts['shared']:.4f}"
+    )
     lines, short = [], []
-    if pooled is None:
-        return {"lines": ["No allocation was retrained with two seeds: no spread."], "short": ""}
-    each = ", ".join(f"{k} {statistics.stdev(xs):.4f}" for k, xs in losses.items() if len(xs) > 1)
     if noise.n >= 2 and noise.val_loss_std:
-        ratio = pooled / noise.val_loss_std
-        lines.append(
-            f"The search's noise floor, val_loss sigma {noise.val_loss_std:.4f} "
-            f"({noise.n} seeds of trial {noise.trial}: one layout, {noise.n - 1} degrees of "
-            f"freedom), against the seed spread the confirm measured, pooled over its "
-            f"{len(losses)} allocations: {pooled:.4f} ({df} degrees of freedom), "
-            f"{ratio:.1f} times the floor. Per allocation (std over seeds): {each}."
+        ratio = parts["pair"] / noise.val_loss_std
+        p = f_sf(ratio**2, parts["df"], noise.n - 1)
+        verdict = (
+            "the floor is smaller than the noise the search's comparisons face, beyond chance"
+            if p < 0.05
+            else "the floor cannot be told from it"
         )
-        short.append(f"seed spread {pooled:.4f}, {ratio:.1f} times the search's noise floor")
+        lines.append(
+            f"Noise: the search judged its front with val_loss sigma {noise.val_loss_std:.4f} "
+            f"({noise.n} seeds of trial {noise.trial}, one layout, {noise.n - 1} degrees of "
+            f"freedom). In the confirm, {measured}. The first is {ratio:.1f} times the "
+            f"floor (one-sided F test, p = {p:.3f}): {verdict}. Std over seeds per "
+            f"allocation: {each}."
+        )
+        short.append(
+            f"allocation x seed noise sigma {parts['pair']:.4f}, {ratio:.1f} times the "
+            f"search's noise floor (p = {p:.3f})"
+        )
     else:
-        lines.append(
-            f"The search measured no noise floor: {noise.reason or 'no noise trial'}. The "
-            f"confirm's seed spread, pooled over its {len(losses)} allocations: {pooled:.4f} "
-            f"({df} degrees of freedom). Per allocation (std over seeds): {each}."
+        why = noise.reason or (
+            "its noise trial measured no val_loss spread" if noise.n >= 2 else "no noise trial"
         )
-    below = []
+        lines.append(
+            f"Noise: the search measured no noise floor ({why}). In the confirm, {measured}. "
+            f"Std over seeds per allocation: {each}."
+        )
+    searched = d["space"]["budget"]["train"].get("tokens") if d.get("space") else None
+    if searched != d["budget"]["tokens_per_run"]:
+        lines.append(
+            f"The search trained {searched} tokens per trial, the confirm "
+            f"{d['budget']['tokens_per_run']}: their val losses do not compare."
+        )
+        return {"lines": lines, "short": "; ".join(short)}
+    below, judged = [], 0
     for m in d["mixed"]:
-        xs, found = losses.get(m["label"], []), (m.get("search_values") or {}).get("val_loss")
+        xs = list(losses.get(m["label"], {}).values())
+        found = (m.get("search_values") or {}).get("val_loss")
         if len(xs) < 2 or found is None:
             continue
+        judged += 1
         mean, n = statistics.fmean(xs), len(xs)
         half = t_quantile_975(n - 1) * statistics.stdev(xs) * math.sqrt(1 + 1 / n)
-        where = (
-            "below it: the search chose it on a lucky run"
-            if found < mean - half
-            else "above it"
-            if found > mean + half
-            else "within it"
-        )
         if found < mean - half:
             below.append(m["label"])
+            where = "below it, as choosing on a lucky run gives (the winner's curse)"
+        else:
+            where = "above it" if found > mean + half else "within it"
         lines.append(
             f"- {m['label']} (trial {m['trial']}): search val_loss {found:.4f}; a fresh seed "
             f"lands in {mean - half:.4f}-{mean + half:.4f} (the confirm's {n} runs, 95% "
             f"prediction interval): {where}."
         )
-    judged = sum(1 for line in lines if line.startswith("- "))
     if judged:
         short.append(
             f"{len(below)} of {judged} mixed allocations' search values below where a fresh "
@@ -204,21 +256,29 @@ def _reuse_caveat(d: dict) -> str:
         return ""
     reused = {(r["label"], r["seed"]) for r in d["runs"] if r.get("reused")}
     table = ROOT / d["reused_from"]
-    if not reused and table.is_file():  # a file from before runs were marked
-        theirs = json.loads(table.read_text())["runs"]
-        reused = {(r["label"], r["seed"]) for r in theirs} & {
+    table = json.loads(table.read_text()) if table.is_file() else None
+    if not reused:  # a file from before runs were marked: matched against the table
+        if table is None:
+            return " Which runs were reused is not recorded, and the table is not here."
+        reused = {(r["label"], r["seed"]) for r in table["runs"]} & {
             (r["label"], r["seed"]) for r in d["runs"]
         }
     trained = list(
         dict.fromkeys(r["label"] for r in d["runs"] if (r["label"], r["seed"]) not in reused)
     )
+    revisions = ""
+    if table is not None:
+        parts = table.get("merged_from") or [table]
+        seen = dict.fromkeys(str(m.get("git_revision"))[:7] for m in parts)
+        word = "revisions" if len(seen) > 1 else "revision"
+        revisions = f" (reused runs: git {word} {', '.join(seen)})"
     if not trained:
-        return ""
+        return f" Every run was reused{revisions}."
     return (
-        f" {', '.join(trained)} were trained by this command, the others reused, in other "
-        "processes (and on another machine of the same kind when run in another session): "
-        "a speed difference between the two groups also holds their machines' difference, "
-        "which pairing by seed does not remove."
+        f" {', '.join(trained)} were trained by this command, the others reused{revisions}, "
+        "in other processes (and on another machine of the same kind when run in another "
+        "session): a speed difference between the two groups also holds their machines' "
+        "difference, which pairing by seed does not remove."
     )
 
 
@@ -237,21 +297,24 @@ def light_digest(d: dict) -> str:
         f"{d['budget']['tokens_per_run']:,} tokens, {d['machine']['device']}): lSQA "
         f"({d['light']}) {d['lsqa']['verdict']}"
     )
-    deciders = d["lsqa"]["beaten_by"] or d["lsqa"]["could_be_beaten_by"]
+    beaten = d["lsqa"].get("beaten_by", [])
+    deciders = beaten or d["lsqa"].get("could_be_beaten_by", [])
     if not deciders:
         return head + "."
-    verb = "beaten beyond the noise by" if d["lsqa"]["beaten_by"] else "could be beaten by"
+    verb = "beaten beyond the noise by" if beaten else "could be beaten by"
     return (
         f"{head}, {verb} "
         + "; ".join(_light_pair(d, b) for b in deciders)
-        + f". lSQA was compared with each of the other {len(d['summary']) - 1} allocations; "
+        + f". lSQA was compared with each of the other {len(d['front']) - 1} allocations; "
         "the intervals are not adjusted for that many comparisons."
     )
 
 
 def _light_pair(d: dict, b: str) -> str:
-    """`b` against lSQA, paired by seed: the val-loss difference and the speed ratio."""
-    runs = [r for r in d["runs"] if r["state"] == "COMPLETE"]
+    """`b` against lSQA as `light_sqa.front_verdicts` judged it, over the same runs: the
+    val-loss and speed differences b - lSQA paired by seed, the speed's as a share of
+    lSQA's mean speed (within `SPEED_TOLERANCE` below it counts as as fast)."""
+    runs = [r for r in d["runs"] if r["state"] == "COMPLETE" and r.get("train_tokens_per_s")]
 
     def per_seed(label: str, key: str) -> dict:
         return {r["seed"]: r[key] for r in runs if r["label"] == label}
@@ -260,13 +323,15 @@ def _light_pair(d: dict, b: str) -> str:
     speed_b, speed_l = per_seed(b, "train_tokens_per_s"), per_seed("lSQA", "train_tokens_per_s")
     seeds = sorted(set(loss_b) & set(loss_l))
     loss = mean_ci95([loss_b[s] - loss_l[s] for s in seeds])
-    speed = mean_ci95([speed_b[s] / speed_l[s] - 1 for s in seeds])
+    speed = mean_ci95([speed_b[s] - speed_l[s] for s in seeds])
     if loss is None or speed is None:
         return f"{b} (n={len(seeds)}, no interval)"
+    base = statistics.fmean(speed_l.values())
     return (
-        f"{b} ({d['summary'][b]['allocation'].split()[0]}): val loss {loss[0]:+.4f} "
-        f"[{loss[1]:+.4f}, {loss[2]:+.4f}], tokens/s {speed[0]:+.1%} "
-        f"[{speed[1]:+.1%}, {speed[2]:+.1%}] (n={len(seeds)}, paired by seed)"
+        f"{b} ({d['summary'][b]['allocation'].split()[0]}): val loss {b} − lSQA "
+        f"{loss[0]:+.4f} [{loss[1]:+.4f}, {loss[2]:+.4f}], tokens/s {speed[0] / base:+.1%} "
+        f"[{speed[1] / base:+.1%}, {speed[2] / base:+.1%}] of lSQA's (n={len(seeds)}, paired "
+        f"by seed; down to -{SPEED_TOLERANCE:.0%} counts as as fast)"
     )
 
 

@@ -102,13 +102,17 @@ def _speed_spread(d: dict) -> str:
         return ""
     worst = max(spreads, key=spreads.__getitem__)
     runs = sorted(
-        (r for r in d["runs"] if r["label"] == worst and r.get("train_tokens_per_s")),
+        (
+            r
+            for r in d["runs"]
+            if r["label"] == worst and r["state"] == "COMPLETE" and r.get("train_tokens_per_s")
+        ),
         key=lambda r: r["train_tokens_per_s"],
     )
     busy = [r.get("gpu_busy_training") for r in (runs[0], runs[-1])] if runs else []
     why = (
-        f" NVML: its slowest run kept the GPU busy {busy[0]:.0%} of its training steps' "
-        f"time, its fastest {busy[1]:.0%}."
+        f" NVML (the whole GPU: another job on it would count too): its slowest run kept "
+        f"the GPU busy {busy[0]:.0%} of its training steps' time, its fastest {busy[1]:.0%}."
         if busy and None not in busy
         else ""
     )
@@ -193,7 +197,8 @@ def table1(d: dict, png: Path | None = None) -> str:
         )
     o = d["ordering"]
     tau = "-" if o["kendall_tau"] is None else f"{o['kendall_tau']:.2f}"
-    lines += [_speed_spread(d), ""] if _speed_spread(d) else []
+    spread = _speed_spread(d)
+    lines += ["", spread] if spread else []
     lines += [
         "",
         f"Our order (means): {' < '.join(o['our_order'])}; the paper's: "

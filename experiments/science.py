@@ -139,7 +139,8 @@ def train_allocation(
         at = [tokens * k // (curve_points + 1) for k in range(1, curve_points + 1)]
         job.segment = Segment(rung=len(at), tokens=tokens, eval_at=at)
     device = pick_device()
-    sampler, wall0 = GpuSampler([0]) if device.type == "cuda" else None, time.time()
+    sampler = GpuSampler([0]) if device.type == "cuda" else None
+    wall0 = time.time()  # the sampler's clock starts now: its trace's times count from here
     if sampler is not None:
         sampler.start()
     try:
@@ -183,7 +184,8 @@ def train_allocation(
 def gpu_busy(seen: Utilisation, wall0: float, windows: list) -> dict[str, Any]:
     """What NVML saw of a run (`seen`, sampled from `wall0`, epoch seconds): the share of
     the run's time its GPU ran a kernel, and of its training steps' time (`windows`,
-    epoch (start, end) pairs) alone: below 1 there, the steps waited on the host."""
+    epoch (start, end) pairs) alone: below 1 there, the steps waited on the host. NVML
+    counts the whole GPU: another job's kernels on it count too."""
     if seen.mean is None:
         return {"gpu_busy": None, "gpu_busy_note": seen.note}
     label = next(iter(seen.by_gpu))

@@ -78,3 +78,49 @@ def mean_ci95(xs: Sequence[float]) -> tuple[float, float, float] | None:
     mean = statistics.fmean(xs)
     half = t_quantile_975(len(xs) - 1) * statistics.stdev(xs) / math.sqrt(len(xs))
     return mean, mean - half, mean + half
+
+
+def f_sf(x: float, d1: float, d2: float) -> float:
+    """P(F > x) for Fisher's F with (`d1`, `d2`) degrees of freedom: the one-sided p-value
+    of a variance ratio s1^2 / s2^2 (d1, d2 > 0). Through the regularized incomplete beta
+    function, I_{d2 / (d2 + d1 x)}(d2 / 2, d1 / 2) (Abramowitz & Stegun 26.6.2)."""
+    if d1 <= 0 or d2 <= 0:
+        raise ValueError(f"f_sf needs positive degrees of freedom, got {d1}, {d2}")
+    if x <= 0:
+        return 1.0
+    return _incomplete_beta(d2 / (d2 + d1 * x), d2 / 2, d1 / 2)
+
+
+def _incomplete_beta(x: float, a: float, b: float) -> float:
+    """The regularized incomplete beta function I_x(a, b), 0 <= x <= 1: its continued
+    fraction (A&S 26.5.8) where it converges fast, else through I_x(a, b) = 1 - I_1-x(b, a)."""
+    if x <= 0 or x >= 1:
+        return 0.0 if x <= 0 else 1.0
+    front = math.exp(
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    )
+    if x < (a + 1) / (a + b + 2):
+        return front * _beta_fraction(x, a, b) / a
+    return 1 - front * _beta_fraction(1 - x, b, a) / b
+
+
+def _beta_fraction(x: float, a: float, b: float) -> float:
+    """The continued fraction of I_x(a, b), evaluated by the modified Lentz method."""
+    tiny = 1e-300
+
+    def guard(v: float) -> float:
+        return v if abs(v) > tiny else tiny
+
+    c, d = 1.0, 1 / guard(1 - (a + b) * x / (a + 1))
+    h = d
+    for m in range(1, 500):
+        for numerator in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
+            d = 1 / guard(1 + numerator * d)
+            c = guard(1 + numerator / c)
+            h *= d * c
+        if abs(d * c - 1) < 1e-15:
+            break
+    return h

@@ -1,4 +1,5 @@
-"""The t-interval of `sqa_nas.stats` against tabulated Student t quantiles."""
+"""`sqa_nas.stats`: the t-interval against tabulated Student t quantiles, the F test's p-value
+against closed forms and tables."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import math
 
 import pytest
 
-from sqa_nas.stats import mean_ci95, t_quantile_975
+from sqa_nas.stats import f_sf, mean_ci95, t_quantile_975
 
 
 @pytest.mark.parametrize(
@@ -28,3 +29,24 @@ def test_mean_ci95_is_the_t_interval_with_n_minus_one_dof():
     assert high - mean == pytest.approx(4.3027 / math.sqrt(3), abs=1e-4)
     assert mean - low == pytest.approx(high - mean)
     assert mean_ci95([0.5]) is None  # one value: no spread, no interval
+
+
+@pytest.mark.parametrize("d1, x", [(1, 2.0), (4, 0.5), (16, 3.0), (30, 10.0)])
+def test_f_sf_matches_the_closed_form_with_two_denominator_degrees_of_freedom(d1, x):
+    # F(d1, 2): P(F > x) = 1 - (1 + 2 / (d1 x))^(-d1 / 2)
+    assert f_sf(x, d1, 2) == pytest.approx(1 - (1 + 2 / (d1 * x)) ** (-d1 / 2), rel=1e-12)
+
+
+@pytest.mark.parametrize("d2, x", [(2, 1.0), (5, 0.7), (16, 3.0)])
+def test_f_sf_matches_the_closed_form_with_two_numerator_degrees_of_freedom(d2, x):
+    # F(2, d2): P(F > x) = (1 + 2 x / d2)^(-d2 / 2)
+    assert f_sf(x, 2, d2) == pytest.approx((1 + 2 * x / d2) ** (-d2 / 2), rel=1e-12)
+
+
+def test_f_sf_at_tabled_critical_values_and_its_edges():
+    assert f_sf(3.3258, 5, 10) == pytest.approx(0.05, abs=1e-4)  # F(5, 10) 95% point
+    assert f_sf(19.43, 16, 2) == pytest.approx(0.05, abs=1e-4)  # F(16, 2) 95% point
+    assert f_sf(1.0, 7, 7) == pytest.approx(0.5)  # symmetric about 1
+    assert f_sf(0.0, 3, 4) == 1.0 and f_sf(1e9, 3, 4) < 1e-9
+    with pytest.raises(ValueError, match="positive degrees of freedom"):
+        f_sf(1.0, 0, 3)

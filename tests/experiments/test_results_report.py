@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from experiments import (
 )
 from experiments.common import RESULTS
 from sqa_nas.cli import guarded
+from sqa_nas.stats import f_sf
 
 
 def _load(name: str) -> dict:
@@ -426,7 +428,7 @@ def test_scaling_names_the_seeds_of_each_budget():
         assert f"{budget / 1e6:g}M {seeds}" in text
 
 
-def _light(losses: dict[str, list[float]], speeds: dict[str, list[float]], front: dict) -> dict:
+def _light(losses: dict[str, list[float]], speeds: dict[str, list[float]], lsqa: dict) -> dict:
     """A light-SQA result of the issue-19 format with these per-seed values."""
     runs = [
         {"label": k, "seed": s, "state": "COMPLETE", "val_loss": x, "train_tokens_per_s": v}
@@ -445,36 +447,72 @@ def _light(losses: dict[str, list[float]], speeds: dict[str, list[float]], front
             "SQA": {"allocation": "8/4 x8"},
         },
         "runs": runs,
-        "front": front,
-        "lsqa": front["lSQA"],
+        "front": {"lSQA": lsqa, "sSQA": {}, "SQA": {}},
+        "lsqa": lsqa,
     }
 
 
 def test_the_light_sqa_line_gives_the_intervals_that_decide_lsqa():
     losses = {"lSQA": [0.640, 0.638, 0.637], "sSQA": [0.630, 0.632, 0.626], "SQA": [0.64] * 3}
     speeds = {"lSQA": [100.0, 100.0, 100.0], "sSQA": [104.0, 103.0, 105.0], "SQA": [99.0] * 3}
-    beaten = {
-        "lSQA": {"verdict": "off the front", "beaten_by": ["sSQA"], "could_be_beaten_by": ["SQA"]}
-    }
+    beaten = {"verdict": "off the front", "beaten_by": ["sSQA"], "could_be_beaten_by": ["SQA"]}
     line = report_allocation.light_digest(_light(losses, speeds, beaten))
-    # sSQA - lSQA per seed: -0.010, -0.006, -0.011; speed ratios 1.04, 1.03, 1.05
+    # sSQA - lSQA per seed: -0.010, -0.006, -0.011; speeds +4, +3, +5 on lSQA's 100
     assert (
-        "lSQA (12/4) off the front, beaten beyond the noise by sSQA (8/8): val loss -0.0090"
-        in line
+        "lSQA (12/4) off the front, beaten beyond the noise by sSQA (8/8): val loss sSQA − lSQA "
+        "-0.0090" in line
     )
-    assert "tokens/s +4.0% [+1.5%, +6.5%] (n=3, paired by seed)" in line
+    assert "tokens/s +4.0% [+1.5%, +6.5%] of lSQA's (n=3, paired by seed; down to -2%" in line
     assert "SQA (8/4)" not in line  # the undecided ones are named only when none decides
     assert "the other 2 allocations; the intervals are not adjusted" in line
 
-    undecided = {
-        "lSQA": {"verdict": "not resolved", "beaten_by": [], "could_be_beaten_by": ["SQA"]}
-    }
+    undecided = {"verdict": "not resolved", "beaten_by": [], "could_be_beaten_by": ["SQA"]}
     line = report_allocation.light_digest(_light(losses, speeds, undecided))
-    assert "not resolved, could be beaten by SQA (8/4): val loss +0.0017" in line
+    assert "not resolved, could be beaten by SQA (8/4): val loss SQA − lSQA +0.0017" in line
 
-    alone = {"lSQA": {"verdict": "on the front", "beaten_by": [], "could_be_beaten_by": []}}
+    alone = {"verdict": "on the front", "beaten_by": [], "could_be_beaten_by": []}
     line = report_allocation.light_digest(_light(losses, speeds, alone))
     assert line.endswith("lSQA (12/4) on the front.")
+    not_run = report_allocation.light_digest(_light(losses, speeds, {"verdict": "not run"}))
+    assert not_run.endswith("lSQA (12/4) not run.")
+
+    no_speed = _light(losses, speeds, beaten)  # a run without a speed: left out, as judged
+    del no_speed["runs"][0]["train_tokens_per_s"]
+    assert "(n=2, paired by seed" in report_allocation.light_digest(no_speed)
+
+
+def test_the_light_page_names_what_it_trained_and_what_it_reused(tmp_path):
+    table = {"runs": [{"label": "MHA", "seed": 0}], "git_revision": "abcdef123"}
+    (tmp_path / "t1.json").write_text(json.dumps(table))
+    runs = [{"label": "MHA", "seed": 0}, {"label": "16/8", "seed": 0}]
+    d = {"reused_from": str(tmp_path / "t1.json"), "runs": runs}  # absolute: ROOT / it is it
+    text = report_allocation._reuse_caveat(d)
+    assert text.startswith(
+        " 16/8 were trained by this command, the others reused (reused runs: git revision abcdef1)"
+    )
+    d["reused_from"] = str(tmp_path / "gone.json")  # unmarked runs, no table to match
+    assert report_allocation._reuse_caveat(d) == (
+        " Which runs were reused is not recorded, and the table is not here."
+    )
+    d["runs"][0]["reused"] = True  # marked runs need no table
+    assert report_allocation._reuse_caveat(d).startswith(" 16/8 were trained by this command")
+
+
+def test_noise_parts_split_the_seeds_shared_effect_from_the_rest():
+    # y = allocation + seed + e: with e = 0 everything is shared, nothing pairs
+    seeds = [0, 1, 2]
+    shared = {"a": {0: 1.0, 1: 1.1, 2: 0.9}, "b": {0: 2.0, 1: 2.1, 2: 1.9}}
+    parts = report_allocation.noise_parts(shared, seeds)
+    assert parts["pair"] == pytest.approx(0.0, abs=1e-12) and parts["df"] == 2
+    assert parts["shared"] == pytest.approx(0.1)  # the seed means' std: 1.5 +- 0.1
+    # a residual of +-d on one seed pair: residuals d/2... by hand: table [[0, d], [0, -d]]
+    d = 0.02
+    table = {"a": {0: 0.0, 1: d, 2: 0.0}, "b": {0: 0.0, 1: -d, 2: 0.0}, "c": {0: 0.0}}
+    parts = report_allocation.noise_parts(table, seeds)  # c lacks seeds: left out
+    # row means d/3, -d/3; column means 0; residuals: a: -d/3, 2d/3, -d/3; b the negatives
+    ss = 2 * (d**2 / 9 + 4 * d**2 / 9 + d**2 / 9)
+    assert parts["allocations"] == 2 and parts["pair"] == pytest.approx(math.sqrt(ss / 2))
+    assert report_allocation.noise_parts({"a": {0: 1.0, 1: 2.0}}, [0, 1]) is None
 
 
 def _per_layer(losses: dict[str, list[float]], noise: dict | None, found: float) -> dict:
@@ -485,6 +523,8 @@ def _per_layer(losses: dict[str, list[float]], noise: dict | None, found: float)
         for i, x in enumerate(xs)
     ]
     return {
+        "space": {"budget": {"train": {"tokens": 1000}}},
+        "budget": {"tokens_per_run": 1000},
         "search": {"trials": 48, "noise": noise},
         "seeds": [100, 101, 102],
         "machine": {"device": "test"},
@@ -498,30 +538,38 @@ def _per_layer(losses: dict[str, list[float]], noise: dict | None, found: float)
 def test_the_per_layer_confirm_checks_the_search_noise_floor_and_its_choice():
     losses = {"mixed1": [0.640, 0.650, 0.660], "MHA": [0.610, 0.614, 0.618]}
     floor = {"n": 3, "val_loss_std": 0.001, "trial": 0, "device": "test"}
-    # pooled: variances 1e-4 and 1.6e-5 with 2 df each -> sqrt(5.8e-5) = 0.0076, 7.6x the floor
-    # mixed1's prediction interval: 0.650 +- 4.303 * 0.01 * sqrt(4/3) = 0.650 +- 0.0497
+    # two-way table: seed means 0.625, 0.632, 0.639, allocation means 0.650, 0.614; the
+    # residuals +-0.003, 0, -+0.003 -> SS 4 * 9e-6 = 3.6e-5 over (2-1)(3-1) = 2 df
+    pair = math.sqrt(3.6e-5 / 2)
+    p = f_sf((pair / 0.001) ** 2, 2, 2)
     lucky = report_allocation.search_check(_per_layer(losses, floor, 0.5990))
     text = "\n".join(lucky["lines"])
-    assert "val_loss sigma 0.0010 (3 seeds of trial 0: one layout, 2 degrees of freedom)" in text
-    assert "pooled over its 2 allocations: 0.0076 (4 degrees of freedom), 7.6 times" in text
-    assert "Per allocation (std over seeds): mixed1 0.0100, MHA 0.0040." in text
-    assert "lands in 0.6003-0.6997" in text and "below it: the search chose it on a lucky" in text
+    assert "val_loss sigma 0.0010 (3 seeds of trial 0, one layout, 2 degrees of freedom)" in text
+    assert f"has sigma {pair:.4f} (2 allocations x 3 seeds, 2 degrees of freedom)" in text
+    assert f"{pair / 0.001:.1f} times the floor (one-sided F test, p = {p:.3f})" in text
+    verdict = "beyond chance" if p < 0.05 else "cannot be told from it"
+    assert verdict in text
+    assert "Std over seeds per allocation: mixed1 0.0100, MHA 0.0040." in text
+    # mixed1's prediction interval: 0.650 +- 4.303 * 0.01 * sqrt(4/3) = 0.650 +- 0.0497
+    assert "lands in 0.6003-0.6997" in text and "below it, as choosing on a lucky run" in text
     assert lucky["short"] == (
-        "seed spread 0.0076, 7.6 times the search's noise floor; 1 of 1 mixed allocations' "
-        "search values below where a fresh seed lands"
+        f"allocation x seed noise sigma {pair:.4f}, {pair / 0.001:.1f} times the search's "
+        f"noise floor (p = {p:.3f}); 1 of 1 mixed allocations' search values below where a "
+        "fresh seed lands"
     )
     fair = report_allocation.search_check(_per_layer(losses, floor, 0.6010))
     assert "within it" in "\n".join(fair["lines"]) and "0 of 1 mixed" in fair["short"]
 
     unmeasured = {"n": 0, "reason": "off on the CPU"}
     text = "\n".join(report_allocation.search_check(_per_layer(losses, unmeasured, 0.6))["lines"])
-    assert "The search measured no noise floor: off on the CPU. The confirm's seed spread" in text
+    assert "Noise: the search measured no noise floor (off on the CPU). In the confirm" in text
+    other = _per_layer(losses, floor, 0.5990)
+    other["budget"]["tokens_per_run"] = 2000  # a study searched at another budget
+    text = "\n".join(report_allocation.search_check(other)["lines"])
+    assert "The search trained 1000 tokens per trial, the confirm 2000" in text
+    assert "lands in" not in text
     line = report_allocation.per_layer_digest(_per_layer(losses, floor, 0.5990))
-    assert line.endswith(
-        "(the reason). The search against its confirm: seed spread 0.0076, "
-        "7.6 times the search's noise floor; 1 of 1 mixed allocations' search "
-        "values below where a fresh seed lands."
-    )
+    assert line.endswith(f"(the reason). The search against its confirm: {lucky['short']}.")
 
 
 def test_a_merged_table_names_the_revision_each_of_its_parts_ran_at():

@@ -207,7 +207,8 @@ def test_results_page_is_generated_from_result_files():
 
 def test_a_gpu_run_records_what_nvml_saw_of_it(monkeypatch):
     """The wiring of `train_allocation` on a GPU (here a fake one: the trial and NVML are
-    stand-ins) -- a run's row gets the GPU's busy share overall and in its training steps."""
+    stand-ins) -- a run's row gets the GPU's busy share overall and in its training steps
+    alone."""
     import time
     from types import SimpleNamespace
 
@@ -216,7 +217,9 @@ def test_a_gpu_run_records_what_nvml_saw_of_it(monkeypatch):
     from experiments import science
     from sqa_nas.search.utilisation import GpuSampler
 
-    class Nvml:  # one GPU, busy 100% (a kernel ran the whole sample period)
+    busy = {"now": 0}  # percent: 100 while the fake trial trains, 0 around it
+
+    class Nvml:  # one GPU
         def nvmlInit(self):
             pass
 
@@ -236,15 +239,18 @@ def test_a_gpu_run_records_what_nvml_saw_of_it(monkeypatch):
             return "Fake GPU"
 
         def nvmlDeviceGetUtilizationRates(self, h):
-            return SimpleNamespace(gpu=100)
+            return SimpleNamespace(gpu=busy["now"])
 
         def nvmlDeviceGetMemoryInfo(self, h):
             return SimpleNamespace(used=2**30)
 
     def trial(job, device):
-        start = time.time()
-        time.sleep(0.5)  # sampled at 5 Hz meanwhile
-        timings = {"train_s": 0.5, "train_window": [start, time.time()]}
+        time.sleep(0.3)  # building: idle
+        start, busy["now"] = time.time(), 100
+        time.sleep(0.5)  # training, sampled at 20 Hz meanwhile
+        end, busy["now"] = time.time(), 0
+        time.sleep(0.3)  # evaluating: idle
+        timings = {"train_s": 0.5, "train_window": [start + 0.05, end - 0.05]}
         metrics = {"val_loss": 1.0, "train_tokens": 1000}
         return SimpleNamespace(state="COMPLETE", attrs={"metrics": metrics, "timings": timings})
 
@@ -266,5 +272,5 @@ def test_a_gpu_run_records_what_nvml_saw_of_it(monkeypatch):
         eval_batches=1,
     )
     row = science.train_allocation(spec, spec.seed_params()[0][1], seed_index=0, label="MHA")
-    assert row["gpu_busy"] == 1.0 and row["gpu_busy_training"] == 1.0
+    assert row["gpu_busy_training"] == 1.0 and 0.2 < row["gpu_busy"] < 0.8
     assert row["train_tokens_per_s"] == 2000
