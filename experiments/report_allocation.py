@@ -14,6 +14,7 @@ from pathlib import Path
 from experiments.common import ROOT
 from experiments.light_sqa import SPEED_TOLERANCE
 from experiments.report_science import ci_text, corpus_text, machine_text, png_lines, provenance
+from experiments.science import noise_parts
 from sqa_nas.search.noise import Noise
 from sqa_nas.stats import f_sf, mean_ci95, t_quantile_975
 
@@ -124,36 +125,6 @@ def _by_seed(d: dict) -> dict[str, dict[int, float]]:
         if r["state"] == "COMPLETE" and r.get("val_loss") is not None:
             out.setdefault(r["label"], {})[r["seed"]] = r["val_loss"]
     return out
-
-
-def noise_parts(losses: dict[str, dict[int, float]], seeds: list[int]) -> dict | None:
-    """The confirm's runs as a table of allocations x seeds (those with every seed), split
-    into what the seeds share and what is left (two-way analysis of variance):
-
-    - ``pair``: the allocation x seed part, sigma and degrees of freedom ((A-1)(S-1)). Two
-      allocations trained with one seed differ by it alone (times sqrt 2): the shared part
-      cancels, as it does between the trials of a search (common random numbers).
-    - ``shared``: the seeds' own effect (data order and initialisation), sigma (0 when the
-      table shows none beyond the rest).
-
-    None below two allocations or two seeds."""
-    full = {k: v for k, v in losses.items() if all(s in v for s in seeds)}
-    a, n = len(full), len(seeds)
-    if a < 2 or n < 2:
-        return None
-    grand = statistics.fmean(x for v in full.values() for x in v.values())
-    rows = {k: statistics.fmean(v.values()) for k, v in full.items()}
-    cols = {s: statistics.fmean(v[s] for v in full.values()) for s in seeds}
-    df = (a - 1) * (n - 1)
-    pair = sum((v[s] - rows[k] - cols[s] + grand) ** 2 for k, v in full.items() for s in seeds)
-    pair /= df
-    shared = a * sum((c - grand) ** 2 for c in cols.values()) / (n - 1)
-    return {
-        "pair": math.sqrt(pair),
-        "df": df,
-        "shared": math.sqrt(max(0.0, (shared - pair) / a)),
-        "allocations": a,
-    }
 
 
 def search_check(d: dict) -> dict:

@@ -6,9 +6,17 @@ Markdown; `results_report` puts them on the page.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
-from experiments.science import INTERVAL, PAPER_TABLE1, claim_verdict, paired, pairwise
+from experiments.science import (
+    INTERVAL,
+    PAPER_TABLE1,
+    claim_verdict,
+    noise_parts,
+    paired,
+    pairwise,
+)
 
 
 def machine_text(d: dict) -> str:
@@ -88,6 +96,29 @@ def _speed_range(s: dict | None) -> str:
     if s.get("n", 1) < 2:
         return f"{s['mean'] / 1e6:.2f}M"
     return f"{s['mean'] / 1e6:.2f}M ({s['min'] / 1e6:.2f}-{s['max'] / 1e6:.2f}M)"
+
+
+def _noise_text(d: dict) -> str:
+    """The val-loss noise of a Table 1 under common random numbers (`noise_parts`), as a
+    paragraph: what the seeds share, and what a paired difference faces (empty when fewer
+    than two variants have every seed)."""
+    losses: dict[str, dict[int, float]] = {}
+    for r in d["runs"]:
+        if r["state"] == "COMPLETE" and r.get("val_loss") is not None:
+            losses.setdefault(r["label"], {})[r["seed"]] = r["val_loss"]
+    parts = noise_parts(losses, d["seeds"])
+    if parts is None:
+        return ""
+    n = len(d["seeds"])
+    return (
+        f"Noise: a seed fixes the data order, initialisation and validation batches of every "
+        f"variant, so its runs share part of their noise, sigma {parts['shared']:.4f} here; "
+        f"the rest, the variant x seed part pooled over the variants, has sigma "
+        f"{parts['pair']:.4f} "
+        f"({parts['allocations']} variants x {n} seeds, {parts['df']} degrees of freedom). "
+        f"Only that part reaches a paired difference: sigma {parts['pair'] * math.sqrt(2):.4f} "
+        f"at one seed, {parts['pair'] * math.sqrt(2 / n):.4f} for the mean over {n}."
+    )
 
 
 def _speed_spread(d: dict) -> str:
@@ -197,8 +228,8 @@ def table1(d: dict, png: Path | None = None) -> str:
         )
     o = d["ordering"]
     tau = "-" if o["kendall_tau"] is None else f"{o['kendall_tau']:.2f}"
-    spread = _speed_spread(d)
-    lines += ["", spread] if spread else []
+    lines += ["", text] if (text := _speed_spread(d)) else []
+    lines += ["", text] if (text := _noise_text(d)) else []
     lines += [
         "",
         f"Our order (means): {' < '.join(o['our_order'])}; the paper's: "

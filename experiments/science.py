@@ -329,6 +329,36 @@ def paired(rows: list[dict], a: str, b: str) -> dict[str, Any]:
     }
 
 
+def noise_parts(losses: dict[str, dict[int, float]], seeds: list[int]) -> dict | None:
+    """The confirm's runs as a table of allocations x seeds (those with every seed), split
+    into what the seeds share and what is left (two-way analysis of variance):
+
+    - ``pair``: the allocation x seed part, sigma and degrees of freedom ((A-1)(S-1)). Two
+      allocations trained with one seed differ by it alone (times sqrt 2): the shared part
+      cancels, as it does between the trials of a search (common random numbers).
+    - ``shared``: the seeds' own effect (data order and initialisation), sigma (0 when the
+      table shows none beyond the rest).
+
+    None below two allocations or two seeds."""
+    full = {k: v for k, v in losses.items() if all(s in v for s in seeds)}
+    a, n = len(full), len(seeds)
+    if a < 2 or n < 2:
+        return None
+    grand = statistics.fmean(x for v in full.values() for x in v.values())
+    rows = {k: statistics.fmean(v.values()) for k, v in full.items()}
+    cols = {s: statistics.fmean(v[s] for v in full.values()) for s in seeds}
+    df = (a - 1) * (n - 1)
+    pair = sum((v[s] - rows[k] - cols[s] + grand) ** 2 for k, v in full.items() for s in seeds)
+    pair /= df
+    shared = a * sum((c - grand) ** 2 for c in cols.values()) / (n - 1)
+    return {
+        "pair": math.sqrt(pair),
+        "df": df,
+        "shared": math.sqrt(max(0.0, (shared - pair) / a)),
+        "allocations": a,
+    }
+
+
 def claim_verdict(low: float | None, high: float | None) -> str:
     """For a claim "a < b" and the interval of a - b: ``supports`` (wholly below 0),
     ``contradicts`` (wholly above) or ``cannot tell``."""

@@ -498,23 +498,6 @@ def test_the_light_page_names_what_it_trained_and_what_it_reused(tmp_path):
     assert report_allocation._reuse_caveat(d).startswith(" 16/8 were trained by this command")
 
 
-def test_noise_parts_split_the_seeds_shared_effect_from_the_rest():
-    # y = allocation + seed + e: with e = 0 everything is shared, nothing pairs
-    seeds = [0, 1, 2]
-    shared = {"a": {0: 1.0, 1: 1.1, 2: 0.9}, "b": {0: 2.0, 1: 2.1, 2: 1.9}}
-    parts = report_allocation.noise_parts(shared, seeds)
-    assert parts["pair"] == pytest.approx(0.0, abs=1e-12) and parts["df"] == 2
-    assert parts["shared"] == pytest.approx(0.1)  # the seed means' std: 1.5 +- 0.1
-    # a residual of +-d on one seed pair: residuals d/2... by hand: table [[0, d], [0, -d]]
-    d = 0.02
-    table = {"a": {0: 0.0, 1: d, 2: 0.0}, "b": {0: 0.0, 1: -d, 2: 0.0}, "c": {0: 0.0}}
-    parts = report_allocation.noise_parts(table, seeds)  # c lacks seeds: left out
-    # row means d/3, -d/3; column means 0; residuals: a: -d/3, 2d/3, -d/3; b the negatives
-    ss = 2 * (d**2 / 9 + 4 * d**2 / 9 + d**2 / 9)
-    assert parts["allocations"] == 2 and parts["pair"] == pytest.approx(math.sqrt(ss / 2))
-    assert report_allocation.noise_parts({"a": {0: 1.0, 1: 2.0}}, [0, 1]) is None
-
-
 def _per_layer(losses: dict[str, list[float]], noise: dict | None, found: float) -> dict:
     """A per-layer result whose confirm retrained these labels with these val losses."""
     runs = [
@@ -635,3 +618,16 @@ def test_table1_says_how_busy_the_gpu_was_in_the_slowest_and_fastest_run(table_2
         in (report_science.table1(d))
     )
     assert "kept the GPU busy" not in report_science.table1(table_200m)  # not recorded there
+
+
+def test_table1_splits_its_noise_into_the_seeds_shared_part_and_what_pairs_face(table_200m):
+    from experiments.science import noise_parts
+
+    losses: dict = {}
+    for r in table_200m["runs"]:
+        losses.setdefault(r["label"], {})[r["seed"]] = r["val_loss"]
+    parts = noise_parts(losses, [0, 1, 2])
+    page = report_science.table1(table_200m)
+    assert f"share part of their noise, sigma {parts['shared']:.4f} here" in page
+    assert f"has sigma {parts['pair']:.4f} (8 variants x 3 seeds, 14 degrees of freedom)" in page
+    assert f"sigma {parts['pair'] * math.sqrt(2):.4f} at one seed" in page

@@ -1,17 +1,19 @@
 """The analysis of issue 19's results on made-up runs (no training): paired intervals and
 verdicts, the paper's claims, the scaling of gaps, light SQA's front with intervals, the
-per-layer answer, and the command-line refusals of `--merge` and `--scaling`."""
+per-layer answer, the split of the noise under common random numbers, and the command-line
+refusals of `--merge` and `--scaling`."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 
 from experiments import light_sqa, paper_table1, per_layer, report_science
 from experiments.paper_table1 import scaling
-from experiments.science import SMOKE_MODEL, aggregate, curves, pairwise
+from experiments.science import SMOKE_MODEL, aggregate, curves, noise_parts, pairwise
 from sqa_nas.cli import guarded
 from sqa_nas.errors import UserError
 
@@ -205,3 +207,20 @@ def test_scaling_command_writes_the_verdicts_and_a_plot(tmp_path):
     assert {(t["a"], t["verdict"]) for t in data["trends"]} >= {("GQA", "grows")}
     assert [t["command"] for t in data["tables"]] == ["made 1000", "made 4000", "made 16000"]
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_noise_parts_split_the_seeds_shared_effect_from_the_rest():
+    # y = allocation + seed + e: with e = 0 everything is shared, nothing pairs
+    seeds = [0, 1, 2]
+    shared = {"a": {0: 1.0, 1: 1.1, 2: 0.9}, "b": {0: 2.0, 1: 2.1, 2: 1.9}}
+    parts = noise_parts(shared, seeds)
+    assert parts["pair"] == pytest.approx(0.0, abs=1e-12) and parts["df"] == 2
+    assert parts["shared"] == pytest.approx(0.1)  # the seed means' std: 1.5 +- 0.1
+    # a residual of +-d on one seed pair: residuals d/2... by hand: table [[0, d], [0, -d]]
+    d = 0.02
+    table = {"a": {0: 0.0, 1: d, 2: 0.0}, "b": {0: 0.0, 1: -d, 2: 0.0}, "c": {0: 0.0}}
+    parts = noise_parts(table, seeds)  # c lacks seeds: left out
+    # row means d/3, -d/3; column means 0; residuals: a: -d/3, 2d/3, -d/3; b the negatives
+    ss = 2 * (d**2 / 9 + 4 * d**2 / 9 + d**2 / 9)
+    assert parts["allocations"] == 2 and parts["pair"] == pytest.approx(math.sqrt(ss / 2))
+    assert noise_parts({"a": {0: 1.0, 1: 2.0}}, [0, 1]) is None
