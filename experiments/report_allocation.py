@@ -14,7 +14,7 @@ from pathlib import Path
 from experiments.common import ROOT
 from experiments.light_sqa import SPEED_TOLERANCE
 from experiments.report_science import ci_text, corpus_text, machine_text, png_lines, provenance
-from experiments.science import noise_parts
+from experiments.science import losses_by_label, noise_parts
 from sqa_nas.search.noise import Noise
 from sqa_nas.stats import f_sf, mean_ci95, t_quantile_975
 
@@ -118,15 +118,6 @@ def per_layer(d: dict) -> str:
     return "\n".join(lines + ["", *check["lines"]])
 
 
-def _by_seed(d: dict) -> dict[str, dict[int, float]]:
-    """The confirm's val losses per label and seed (COMPLETE runs)."""
-    out: dict[str, dict[int, float]] = {}
-    for r in d["runs"]:
-        if r["state"] == "COMPLETE" and r.get("val_loss") is not None:
-            out.setdefault(r["label"], {})[r["seed"]] = r["val_loss"]
-    return out
-
-
 def search_check(d: dict) -> dict:
     """What the confirm says about the search that chose its mixed allocations.
 
@@ -141,7 +132,7 @@ def search_check(d: dict) -> dict:
       curse), though each such check alone also errs low 2.5% of the time.
 
     Returns ``lines`` for the page and ``short`` for the README."""
-    losses = _by_seed(d)
+    losses = losses_by_label(d["runs"])
     parts = noise_parts(losses, d["seeds"])
     if parts is None:
         return {
@@ -170,7 +161,7 @@ def search_check(d: dict) -> dict:
         lines.append(
             f"Noise: the search judged its front with val_loss sigma {noise.val_loss_std:.4f} "
             f"({noise.n} seeds of trial {noise.trial}, one layout, {noise.n - 1} degrees of "
-            f"freedom). In the confirm, {measured}. The first is {ratio:.1f} times the "
+            f"freedom). In the confirm, {measured}. That part is {ratio:.1f} times the "
             f"floor (one-sided F test, p = {p:.3f}): {verdict}. Std over seeds per "
             f"allocation: {each}."
         )

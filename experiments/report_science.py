@@ -13,6 +13,7 @@ from experiments.science import (
     INTERVAL,
     PAPER_TABLE1,
     claim_verdict,
+    losses_by_label,
     noise_parts,
     paired,
     pairwise,
@@ -102,11 +103,7 @@ def _noise_text(d: dict) -> str:
     """The val-loss noise of a Table 1 under common random numbers (`noise_parts`), as a
     paragraph: what the seeds share, and what a paired difference faces (empty when fewer
     than two variants have every seed)."""
-    losses: dict[str, dict[int, float]] = {}
-    for r in d["runs"]:
-        if r["state"] == "COMPLETE" and r.get("val_loss") is not None:
-            losses.setdefault(r["label"], {})[r["seed"]] = r["val_loss"]
-    parts = noise_parts(losses, d["seeds"])
+    parts = noise_parts(losses_by_label(d["runs"]), d["seeds"])
     if parts is None:
         return ""
     n = len(d["seeds"])

@@ -300,6 +300,12 @@ def corpus_spec(corpus: str, smoke: bool = False) -> tuple[str, dict]:
     return "prose", {"kind": "text", "paths": [f"{folder.resolve()}/prose/**/*.txt"]}
 
 
+def losses_by_label(rows: list[dict]) -> dict[str, dict[int, float]]:
+    """label -> seed -> val_loss of the COMPLETE runs (labels with none left out)."""
+    labels = dict.fromkeys(r["label"] for r in rows)
+    return {k: v for k in labels if (v := losses_by_seed(rows, k))}
+
+
 def losses_by_seed(rows: list[dict], label: str) -> dict[int, float]:
     """seed -> val_loss of `label`'s COMPLETE runs."""
     return {
