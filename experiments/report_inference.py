@@ -47,7 +47,7 @@ def _span(values: list[float], fmt: str) -> str:
     return format(low, fmt) if low == high else f"{format(low, fmt)}-{format(high, fmt)}"
 
 
-def cache_trend(d: dict, rows: list[dict], batch: int) -> dict | None:
+def cache_trend(rows: list[dict], batch: int) -> dict | None:
     """How a decoding step's time at `batch` follows the KV cache across `rows`: n, Pearson's
     r, whether it differs from 0 (two-sided t-test, 5%), the least-squares line (ms = fixed
     + per_gib x GiB), and, when resolved, the row without which it would not be (`rests_on`,
@@ -144,7 +144,7 @@ def findings(d: dict, brief: bool = False) -> list[str]:
                 f"{_span(ms, '.1f')} ms a step for {binary_bytes(min(caches))} to "
                 f"{binary_bytes(max(caches))} of cache"
             )
-            out.append(_trend_text(b, band, cache_trend(d, full, b)))
+            out.append(_trend_text(b, band, cache_trend(full, b)))
         if not brief:
             out.append(f"Between rows, {_runs_spread(d, full)}.")
     groups: dict[int, list[dict]] = {}

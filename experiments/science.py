@@ -336,8 +336,9 @@ def paired(rows: list[dict], a: str, b: str) -> dict[str, Any]:
 
 
 def noise_parts(losses: dict[str, dict[int, float]], seeds: list[int]) -> dict | None:
-    """The confirm's runs as a table of allocations x seeds (those with every seed), split
-    into what the seeds share and what is left (two-way analysis of variance):
+    """Val losses (label -> seed -> loss, `losses_by_label`) as a table of allocations x
+    seeds (those with every seed), split into what the seeds share and what is left
+    (two-way analysis of variance):
 
     - ``pair``: the allocation x seed part, sigma and degrees of freedom ((A-1)(S-1)). Two
       allocations trained with one seed differ by it alone (times sqrt 2): the shared part
