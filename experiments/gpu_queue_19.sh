@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The issue-19 GPU queue that is still to run (experiments/gpu_plan_19.md), for a GPU machine
-# whose commands are cut after a few minutes: each call starts the queue in the background if
-# it is not running, waits WAIT seconds, then copies what exists into OUT. Run it again, on
+# whose commands are cut after a few minutes: each call runs what is not done for WAIT
+# seconds at most, then copies what exists into OUT. Run it again, on
 # the same machine or a fresh one, until the queue says it is done. Jobs skip what is done:
 # the per-layer search resumes its study and the confirm its partial file.
 #
@@ -12,8 +12,8 @@
 # study) and per_layer_h200.partial.json (finished confirm runs). A fresh machine starts from
 # them; copy the returned pl.db and pl.partial.json over them after every call and commit.
 # What a fresh machine does not get: MO-ASHA's paused trials keep checkpoints beside the study
-# (tens of MB each); the first search there fails and re-queues those trials, which train
-# their first rung again.
+# (tens of MB each); there they wait with their rung values, and one that is promoted trains
+# again from its start (Segment.restart).
 set -u
 cd "$(dirname "$0")/.."
 WAIT=${WAIT:-555}
@@ -27,10 +27,10 @@ if ! python3 -c "import optuna, pydantic, sqlalchemy" 2>/dev/null; then
   if [ ! -d /tmp/site/optuna ]; then
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
   fi
-  export PYTHONPATH=/tmp/site:$PWD
-else
-  export PYTHONPATH=$PWD
 fi
+# sqa_nas.kernels installs from kernels/ (pyproject's package-dir); run from the tree, a link.
+[ -e sqa_nas/kernels ] || ln -s ../kernels sqa_nas/kernels
+export PYTHONPATH=/tmp/site:$PWD
 export SQA_NAS_GIT_REVISION=${SQA_NAS_GIT_REVISION:-unknown}
 
 # A fresh machine starts from the state in the tree (never over newer state on this one).
@@ -38,18 +38,18 @@ export SQA_NAS_GIT_REVISION=${SQA_NAS_GIT_REVISION:-unknown}
 [ -f "$R/pl.partial.json" ] || { [ -f $PARTS/per_layer_h200.partial.json ] &&
   cp $PARTS/per_layer_h200.partial.json "$R/pl.partial.json"; }
 
-if ! pgrep -f "m experiments[.]per_layer" >/dev/null && [ ! -f "$R/pl.json" ]; then
-  echo "$(date -u +%T) starting the per-layer search and confirm" >> "$R/queue.log"
-  nohup python3 -m experiments.per_layer --space search_spaces/paper_dense.yaml \
-    --scheduler mo_asha --n-trials 48 --tokens 200000000 --seeds 100,101,102 --top 3 \
-    --uniform MHA,GQA,SQA,sSQA,xSQA,lSQA --storage "sqlite:///$R/pl.db" --out "$R/pl.json" \
-    --resume >> "$R/pl.log" 2>&1 &
+# The command runs in the foreground: a call's end stops what it started in the background
+# (seen on the lent machine). SIGINT lets the driver record its in-flight trial (re-queued)
+# or pause a promotion again; the confirm keeps its finished runs in the partial file.
+if [ ! -f "$R/pl.json" ]; then
+  left=$(( WAIT - $(date +%s) + t0 - 20 ))
+  echo "$(date -u +%T) per-layer search and confirm, ${left} s" >> "$R/queue.log"
+  timeout -s INT -k 15 "$left" python3 -m experiments.per_layer \
+    --space search_spaces/paper_dense.yaml --scheduler mo_asha --n-trials 48 \
+    --tokens 200000000 --seeds 100,101,102 --top 3 --uniform MHA,GQA,SQA,sSQA,xSQA,lSQA \
+    --storage "sqlite:///$R/pl.db" --out "$R/pl.json" --resume >> "$R/pl.log" 2>&1
+  echo "$(date -u +%T) exit $?" >> "$R/queue.log"
 fi
-
-while [ $(( $(date +%s) - t0 )) -lt "$WAIT" ]; do
-  if [ -f "$R/pl.json" ] || ! pgrep -f "m experiments[.]per_layer" >/dev/null; then break; fi
-  sleep 5
-done
 python3 - "$R/pl.db" "$OUT/pl.db" <<'PY'
 import sqlite3, sys
 src, dst = sqlite3.connect(sys.argv[1]), sqlite3.connect(sys.argv[2])

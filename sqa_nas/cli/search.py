@@ -119,9 +119,8 @@ def run_search_command(args: argparse.Namespace) -> int:
     say.print(data_line, markup=False, soft_wrap=not say.is_terminal)
     result = driver.run(spec.budget.n_trials, spec.budget.max_wall_seconds)
     print_front(result.study, spec.objectives, say, getattr(args, "gpu_type", None), fmt)
-    stopping = spec.budget.early_stopping
-    if stopping.scheduler != "none":
-        print_ladder(result.study, stopping.rungs(spec.budget.train.tokens or 0), say)
+    if spec.budget.early_stopping.scheduler != "none":
+        print_ladder(result.study, spec.ladder(), say)
     print_stats(result.stats, say)
     return 130 if result.interrupted else 0
 

@@ -61,9 +61,9 @@ class RungRow:
 
 def planned(space: Any) -> tuple[EarlyStopping, list[int]] | None:
     """The study's scheduler and its token ladder (`EarlyStopping.rungs` of
-    ``budget.train.tokens``), read from the stored search space (the ``space`` study attr);
-    None when the study did not use ``mo_asha`` or its space cannot be read (an older or
-    newer version wrote it)."""
+    ``budget.train.tokens``, whole training steps apart), read from the stored search space
+    (the ``space`` study attr); None when the study did not use ``mo_asha`` or its space
+    cannot be read (an older or newer version wrote it)."""
     budget = space.get("budget") if isinstance(space, Mapping) else None
     if not isinstance(budget, Mapping):
         return None
@@ -74,7 +74,12 @@ def planned(space: Any) -> tuple[EarlyStopping, list[int]] | None:
         return None
     if stopping.scheduler != "mo_asha" or not isinstance(tokens, int) or tokens <= 0:
         return None
-    return stopping, stopping.rungs(tokens)
+    batch = (budget.get("train") or {}).get("batch_size")
+    seq_len = (space.get("model") or {}).get("seq_len")
+    step = 1  # tokens a training step takes, when the stored space says
+    if isinstance(batch, int) and isinstance(seq_len, int) and batch > 0 and seq_len > 0:
+        step = batch * seq_len
+    return stopping, stopping.rungs(tokens, step)
 
 
 def trial_rungs(r: TrialRecord) -> list[Rung]:

@@ -133,6 +133,9 @@ class Driver:
             study = create_or_load(
                 self.storage, spec, make_sampler(spec), corpus, self.url, locked=locked
             )
+            drawn = len(study.get_trials(deepcopy=False))
+            if drawn:  # resumed or shared: draw past what the study holds (`make_sampler`)
+                study.sampler = make_sampler(spec, drawn)
             self.study = study
             self.repeats = Repeats(study, self.storage, self.log)
             folder = checkpoint_folder(spec, self.url)

@@ -14,7 +14,9 @@ promotable, the paused trials end PRUNED at their rung and their checkpoints are
 Everything the scheduler knows lives in the study (each trial's ``rungs`` and
 ``checkpoint``), so several drivers share one ladder, and a driver that died loses no
 checkpoint: its paused trials stay paused, and a promoted trial whose driver died is paused
-again at its last checkpoint (`rescue`). Decisions that read then write the ladder run under
+again at its last checkpoint (`rescue`). A study moved to another machine keeps its ladder:
+a paused trial whose checkpoint stayed behind waits with its rung values, and trains again
+from its start if promoted. Decisions that read then write the ladder run under
 the driver's study lock.
 """
 
@@ -39,17 +41,25 @@ class Segment:
     """What one job of a multi-fidelity trial trains (`search.trial.TrialJob.segment`).
 
     rung: the ladder index it trains to; tokens: the tokens seen at its end;
-    resume: the checkpoint it continues from (None: from scratch); save: where it leaves its
-    checkpoint (None: the last rung, nothing to continue); eval_at: tokens at which a baseline
-    is also evaluated on its way (its rung values); carry: the trial's stored metrics (its
-    throughput, measured in the first segment only)."""
+    resume: the checkpoint it continues from (None: from scratch); restart: a promoted
+    trial whose checkpoint is gone (the study moved to another machine, or the folder was
+    cleaned) trains again from its start to this rung, with the same seed; save: where it
+    leaves its checkpoint (None: the last rung, nothing to continue); eval_at: tokens at
+    which a baseline is also evaluated on its way (its rung values); carry: the trial's
+    stored metrics (its throughput, measured in the first segment only)."""
 
     rung: int
     tokens: int
     resume: str | None = None
+    restart: bool = False
     save: str | None = None
     eval_at: list[int] = field(default_factory=list)
     carry: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def continues(self) -> bool:
+        """A later segment of a trial (resumed or restarted): timed in its first one."""
+        return self.resume is not None or self.restart
 
 
 def checkpoint_folder(spec: SearchSpec, storage_url: str) -> Path:
@@ -85,8 +95,7 @@ class Scheduler:
     ) -> None:
         stopping = spec.budget.early_stopping
         self.enabled = stopping.scheduler == "mo_asha"
-        tokens = spec.budget.train.tokens or 0
-        self.ladder = stopping.rungs(tokens) if self.enabled else []
+        self.ladder = spec.ladder()
         self.eta, self.objectives = stopping.eta, list(spec.objectives)
         self.directions = [str(d) for d in spec.directions]
         self.study, self.storage, self.folder, self.log = study, storage, folder, log
@@ -137,10 +146,18 @@ class Scheduler:
                 rungs[-1] = {**rungs[-1], "decision": "promoted"}
                 self._set(t, rungs=rungs, driver=driver)
                 last = rung + 1 == len(self.ladder) - 1
+                resume = t.user_attrs.get("checkpoint")
+                if not resume or not Path(resume).is_file():
+                    self.log(
+                        f"trial {number}: its checkpoint {resume} is gone; it trains again "
+                        f"from the start to rung {rung + 1}"
+                    )
+                    resume = None
                 segment = Segment(
                     rung + 1,
                     self.ladder[rung + 1],
-                    resume=t.user_attrs.get("checkpoint"),
+                    resume=resume,
+                    restart=resume is None,
                     save=None if last else str(self.checkpoint_path(number, rung + 1)),
                     carry=dict(t.user_attrs.get("metrics") or {}),
                 )
@@ -202,17 +219,19 @@ class Scheduler:
     def rescue(self, t: FrozenTrial) -> bool:
         """For a RUNNING trial whose driver is gone or interrupted: True when the scheduler
         keeps it (a paused trial stays paused; a promoted one in flight is paused again at
-        its last checkpoint, promotable again), False when it is an ordinary running trial
-        (its first segment: fail and re-queue it as before)."""
+        its last rung, promotable again), False when it is an ordinary running trial (its
+        first segment: fail and re-queue it as before). A kept trial whose checkpoint is
+        gone (another machine) keeps its rung values; a promotion trains it again from the
+        start (`Segment.restart`)."""
         if not self.enabled or t.state != TrialState.RUNNING:
             return False
-        rungs, checkpoint = self.rungs_of(t), t.user_attrs.get("checkpoint")
-        if not rungs or not checkpoint or not Path(checkpoint).is_file():
+        rungs = self.rungs_of(t)
+        if not rungs or rungs[-1]["decision"] not in ("paused", "promoted"):
             return False
         if rungs[-1]["decision"] == "promoted":
             rungs[-1] = {**rungs[-1], "decision": "paused"}
             self._set(t, rungs=rungs)
-            self.log(f"trial {t.number}: its promotion stopped; paused again at its checkpoint")
+            self.log(f"trial {t.number}: its promotion stopped; paused again at its last rung")
         return True
 
     def stop_paused(self, in_flight: Collection[int]) -> int:

@@ -224,10 +224,15 @@ class EarlyStopping(Section):
     min_tokens: Positive | None = None
     checkpoint_dir: str | None = None
 
-    def rungs(self, tokens: int) -> list[int]:
-        """The ladder for a full budget of `tokens`: min_tokens * eta^k below it, then it."""
+    def rungs(self, tokens: int, step_tokens: int = 1) -> list[int]:
+        """The ladder for a full budget of `tokens`: min_tokens * eta^k below it, then it.
+        Training stops at whole steps of `step_tokens` (batch x sequence length), so a rung
+        that ends at the full budget's step is the full budget and is left out: 200M tokens
+        with min_tokens 200M // 9 would otherwise end with rungs at 199,999,998 and at
+        200,000,000, the same 3,052 steps of 65,536 tokens."""
+        last_step = -(-tokens // step_tokens)
         ladder, at = [], self.min_tokens or tokens
-        while at < tokens:
+        while -(-at // step_tokens) < last_step:
             ladder.append(at)
             at *= self.eta
         return ladder + [tokens]

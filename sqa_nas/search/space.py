@@ -150,6 +150,14 @@ class SearchSpec(Section):
         """The study's name: `study`, else "search"."""
         return self.study or "search"
 
+    def ladder(self) -> list[int]:
+        """MO-ASHA's rungs in tokens (`EarlyStopping.rungs`), whole training steps apart;
+        [] when the scheduler is off."""
+        stopping, train = self.budget.early_stopping, self.budget.train
+        if stopping.scheduler == "none":
+            return []
+        return stopping.rungs(train.tokens or 0, train.batch_size * self.model.seq_len)
+
     @property
     def directions(self) -> list[Direction]:
         """ "minimize" or "maximize" per objective, in order."""

@@ -190,10 +190,10 @@ def _evaluate(
     )
 
     segment = job.segment
-    if segment is not None and segment.resume:  # a later segment: timed in the first one
+    later = segment is not None and segment.continues  # timed in the trial's first segment
+    if segment is not None and later:
         record.metrics = metrics = Metrics.model_validate(segment.carry)
-    timed = bool(objectives & {"throughput_tokens_per_s", "speedup_vs_mha"})
-    timed = timed and not (segment is not None and segment.resume)
+    timed = bool(objectives & {"throughput_tokens_per_s", "speedup_vs_mha"}) and not later
     name = record.device.name
     assert name is not None  # run_trial records device_name(device)
     # One answer per study and device, so every throughput (and the MHA reference) is

@@ -9,6 +9,7 @@ re-queueing what they stop, and a race with a trial's own driver."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import socket
 import subprocess
@@ -477,3 +478,21 @@ def test_abandoned_repeats_fail_naming_their_original():
     repeat = study.trials[1]
     assert repeat.state == TrialState.FAIL and repeat.user_attrs["duplicate_of"] == 0
     assert repeat.user_attrs["fail_reason"] == "duplicate: interrupted" and repeats.held == {}
+
+
+def test_a_resumed_search_draws_past_the_layouts_it_drew(tmp_path):
+    """Seeded as the first run was, a resumed search proposed that run's layouts again, each
+    a repeat (13 in a row in the H200 study of issue 19); seeded past the study's trials,
+    its draws are new."""
+    space = {
+        "model": {**TINY["model"], "n_layers": 4},
+        "search": {"n_q_heads": ["H", "H/2", "H/4"], "n_kv_heads": ["H", "H/2", 1]},
+        "seed_trials": [],
+        "sampler": {"name": "random", "seed": 5},
+    }
+    _driver(tmp_path, **space).run(4)
+    again = _driver(tmp_path, **space)
+    again.run(8)
+    trials = again.study.get_trials()
+    assert [t.user_attrs.get("duplicate_of") for t in trials] == [None] * 8
+    assert len({json.dumps(t.params, sort_keys=True) for t in trials}) == 8

@@ -19,10 +19,11 @@ import pytest
 from optuna.trial import TrialState
 from pydantic import ValidationError
 
+from experiments.common import SEARCH_SPACES
 from sqa_nas.search.asha import order
 from sqa_nas.search.scheduler import Scheduler, Segment, checkpoint_folder
 from sqa_nas.search.sections import Budget, EarlyStopping
-from sqa_nas.search.space import parse_space
+from sqa_nas.search.space import load_space, parse_space
 from sqa_nas.search.study import trial_counts
 from sqa_nas.search.trial import TrialOutcome
 from tests.search.test_driver import InProcess, _driver
@@ -92,6 +93,22 @@ def _run(tmp_path, executor=None, **space):
 def test_the_ladder_and_settings_that_cannot_work():
     assert EarlyStopping(scheduler="mo_asha", eta=3, min_tokens=5).rungs(50) == [5, 15, 45, 50]
     assert EarlyStopping(scheduler="mo_asha", eta=2, min_tokens=10).rungs(40) == [10, 20, 40]
+    # Training stops at whole steps: a rung that ends in the full budget's step is it.
+    assert EarlyStopping(scheduler="mo_asha", eta=3, min_tokens=5).rungs(50, 10) == [5, 15, 50]
+    assert EarlyStopping(scheduler="mo_asha", eta=3, min_tokens=5).rungs(50, 4) == [5, 15, 45, 50]
+
+
+def test_a_ladder_of_200m_tokens_in_steps_of_65536_has_three_rungs():
+    """paper_dense at 200M tokens with min_tokens 200M // 9: 199,999,998 tokens end in step
+    3,052, as 200M do (the H200 study of issue 19 trained both)."""
+    data = load_space(SEARCH_SPACES / "paper_dense.yaml").model_dump(mode="json")
+    data["budget"]["train"].update(tokens=200_000_000, batch_size=64)
+    data["budget"]["early_stopping"] = {"scheduler": "mo_asha", "min_tokens": 22_222_222}
+    spec = parse_space(data)
+    assert spec.model.seq_len == 1024
+    assert spec.ladder() == [22_222_222, 66_666_666, 200_000_000]
+    data["budget"]["early_stopping"] = {"scheduler": "none"}
+    assert parse_space(data).ladder() == []
     bad = [
         ({"train": {"steps": 10}}, "train.tokens"),
         ({"train": {"tokens": 100}, "early_stopping": {"min_tokens": 100}}, "below"),
@@ -387,7 +404,7 @@ def test_pausing_again_at_the_same_checkpoint_keeps_it(tmp_path):
     assert not path.exists() and later.is_file()  # the rung before: no longer needed
 
 
-def test_rescue_keeps_a_promoted_trial_only_while_its_checkpoint_is_there(tmp_path):
+def test_rescue_keeps_a_trial_at_a_rung_with_or_without_its_checkpoint(tmp_path):
     s = _scheduler(tmp_path)
     kept = _at(s, [1.0], ["paused"])
     s._set(
@@ -396,6 +413,21 @@ def test_rescue_keeps_a_promoted_trial_only_while_its_checkpoint_is_there(tmp_pa
     )
     assert s.rescue(s.study.trials[kept])
     assert s.study.trials[kept].user_attrs["rungs"][-1]["decision"] == "paused"
-    gone = _at(s, [1.0], ["paused"])
-    Path(s.study.trials[gone].user_attrs["checkpoint"]).unlink()
-    assert not s.rescue(s.study.trials[gone])  # failed and queued again, as a first segment
+    moved = _at(s, [1.0], ["paused"])  # its checkpoint stayed on another machine
+    Path(s.study.trials[moved].user_attrs["checkpoint"]).unlink()
+    assert s.rescue(s.study.trials[moved])  # keeps its rung value: not trained again
+    first = s.study.ask()  # in its first segment: no rung yet
+    assert not s.rescue(s.study.trials[first.number])  # failed and queued again
+
+
+def test_a_promotion_whose_checkpoint_is_gone_trains_from_the_start(tmp_path):
+    s = _scheduler(tmp_path)
+    n = _ladder(s)
+    gone = s.study.trials[n["d"]].user_attrs["checkpoint"]
+    Path(gone).unlink()
+    lines: list[str] = []
+    s.log = lines.append
+    trial, segment = s.promote(set(), {"id": "me"})
+    assert trial.number == n["d"]
+    assert segment == Segment(2, LADDER[2], restart=True, save=None, carry={"val_loss": 0.5})
+    assert segment.continues and gone in lines[0] and "from the start" in lines[0]

@@ -68,6 +68,24 @@ def test_rung_by_rung_through_checkpoints_equals_straight_through(tmp_path):
     }
 
 
+def test_a_restart_from_the_start_ends_where_the_checkpoint_would_have(tmp_path):
+    """A study moved to another machine: the trial paused at rung 0 there, its checkpoint
+    stayed behind; promoted here, it trains again from step 0 to rung 1, keeping the
+    throughput measured in its first segment."""
+    spec = parse_space(JOBS)
+    save = str(tmp_path / "rung-0.pt")
+    first = run_trial(_job(spec, Segment(0, LADDER[0], save=save)), device=CPU)
+    carry = {**first.attrs["metrics"], "throughput_tokens_per_s": 123.0}
+    resumed = run_trial(_job(spec, Segment(1, LADDER[1], resume=save, carry=carry)), device=CPU)
+    again = run_trial(_job(spec, Segment(1, LADDER[1], restart=True, carry=carry)), device=CPU)
+    assert again.state == resumed.state == "COMPLETE", again.attrs.get("fail_reason")
+    assert again.values["val_loss"] == resumed.values["val_loss"]  # bit for bit on the CPU
+    metrics = again.attrs["metrics"]
+    assert metrics["throughput_tokens_per_s"] == 123.0  # carried, not timed again
+    assert metrics["train_tokens"] == resumed.attrs["metrics"]["train_tokens"]
+    assert again.attrs["rungs"][-1]["rung"] == 1
+
+
 def test_a_baseline_is_evaluated_at_every_rung_on_its_way():
     spec = parse_space(JOBS)
     whole = run_trial(_job(spec, None, variant="MHA"), device=CPU)
