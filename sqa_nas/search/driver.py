@@ -400,7 +400,9 @@ class Driver:
             return
         attrs = self.scheduler.merged(t, outcome.attrs)  # a later segment adds to earlier ones
         try:
-            for key, value in attrs.items():
+            # Rungs last: another driver promotes a trial once its last rung reads paused,
+            # and must then find the checkpoint it resumes from already stored.
+            for key, value in sorted(attrs.items(), key=lambda kv: kv[0] == "rungs"):
                 self.storage.set_trial_user_attr(t._trial_id, key, value)
         except optuna.exceptions.UpdateFinishedTrialError:
             # Another driver reaped it meanwhile (and re-queued it): its verdict stands.
