@@ -23,14 +23,14 @@ PARTS=experiments/results/parts
 mkdir -p "$R" "$OUT"
 t0=$(date +%s)
 
-if ! python3 -c "import optuna, pydantic, sqlalchemy" 2>/dev/null; then
-  if [ ! -d /tmp/site/optuna ]; then
-    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
-  fi
+SITE="$R/site"  # the wheels in .whl/ (optuna, pydantic, ...), where the machine lacks them
+if ! python3 -c "import optuna, pydantic, sqlalchemy" 2>/dev/null && [ ! -d "$SITE/optuna" ]; then
+  python3 -m pip install -q --no-index --no-deps --target "$SITE" .whl/*.whl
 fi
-# sqa_nas.kernels installs from kernels/ (pyproject's package-dir); run from the tree, a link.
-[ -e sqa_nas/kernels ] || ln -s ../kernels sqa_nas/kernels
-export PYTHONPATH=/tmp/site:$PWD
+export PYTHONPATH=$SITE:$PWD
+# sqa_nas.kernels is kernels/ (pyproject's package-dir); uninstalled, python reads the tree,
+# so the copy there gets a link (a machine with `pip install -e .` needs none).
+python3 -c "import sqa_nas.kernels" 2>/dev/null || ln -s ../kernels sqa_nas/kernels
 export SQA_NAS_GIT_REVISION=${SQA_NAS_GIT_REVISION:-unknown}
 
 # A fresh machine starts from the state in the tree (never over newer state on this one).
