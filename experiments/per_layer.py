@@ -8,12 +8,16 @@ throughput, beyond the noise?
    loss first) are retrained at the full budget with fresh seeds, and the uniform variants
    (MHA, GQA, MQA, SQA, sSQA, xSQA, xSMQA, lSQA) with the same seeds: common random
    numbers, so every comparison is paired by seed.
-3. A uniform variant is comparable with a mixed allocation when it is not faster (its
-   paired throughput at most `--tolerance` above); the mixed one beats it when the 95%
-   t-interval of their per-seed val-loss differences lies above 0.
-4. The answer: **yes** when a mixed allocation beats every comparable uniform variant (and
-   there is one), **no** when every mixed allocation is beaten beyond the noise by a
-   comparable uniform variant, else **not resolved**.
+3. Each mixed allocation against each uniform variant, both axes paired by seed with 95%
+   intervals: the val-loss difference and the speed ratio (their speedups over MHA, each
+   paired with the MHA step inside its run). The mixed one is **better** when its loss is
+   lower beyond the noise and it is at least as fast (the ratio's interval reaches no
+   higher than 1 + `--tolerance`); the uniform one likewise; a **trade-off** when the one
+   with the lower loss is slower beyond the tolerance; else **cannot tell**.
+4. The answer: **yes** when a mixed allocation is better than some uniform variant and
+   better or a trade-off against every other (none at its speed or faster has a lower loss),
+   **no** when every mixed allocation has a uniform variant better than it, else
+   **not resolved**.
 
     python -m experiments.per_layer --space search_spaces/paper_dense.yaml --n-trials 48 \\
         --scheduler mo_asha --tokens 200000000 --seeds 100,101,102          # on a GPU
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import sys
 import tempfile
 import time
@@ -52,6 +57,7 @@ from sqa_nas.search.records import load_study, trial_records
 from sqa_nas.search.space import SearchSpec, load_space, parse_space
 from sqa_nas.search.storage import default_storage
 from sqa_nas.search.study_attrs import read_study_attrs
+from sqa_nas.stats import mean_ci95
 
 UNIFORM = ["MHA", "GQA", "MQA", "SQA", "sSQA", "xSQA", "xSMQA", "lSQA"]
 
@@ -121,7 +127,7 @@ def main(argv=None) -> None:
         "--tolerance",
         type=float,
         default=0.05,
-        help="throughput within this fraction counts as equal (default 5%%)",
+        help="speed ratios within this fraction of 1 count as equal (default 5%%)",
     )
     p.add_argument(
         "--resume",
@@ -240,31 +246,60 @@ def main(argv=None) -> None:
         partial.unlink(missing_ok=True)
 
 
+def speeds_by_seed(rows: list[dict], label: str) -> dict[int, float]:
+    """seed -> speed of `label`'s COMPLETE runs: its speedup over MHA, paired with the MHA
+    step inside the run (`sqa_nas.throughput`), so drift of the machine between runs
+    cancels; its measured throughput where a run has no speedup."""
+    out = {}
+    for r in rows:
+        if r["label"] == label and r["state"] == "COMPLETE":
+            speed = r.get("speedup_vs_mha") or r.get("throughput_tokens_per_s")
+            if speed:
+                out[r["seed"]] = speed
+    return out
+
+
+def speed_ratio(rows: list[dict], a: str, b: str) -> dict:
+    """a's speed over b's, paired by seed: the geometric mean of the per-seed ratios and
+    its 95% t-interval (on their logarithms; None below two seeds)."""
+    sa, sb = speeds_by_seed(rows, a), speeds_by_seed(rows, b)
+    logs = [math.log(sa[s] / sb[s]) for s in sorted(set(sa) & set(sb))]
+    ci = mean_ci95(logs)
+    return {
+        "ratio": math.exp(statistics.fmean(logs)) if logs else None,
+        "ci95": [math.exp(ci[1]), math.exp(ci[2])] if ci else None,
+    }
+
+
 def compare(rows: list[dict], agg: dict, mixed: list[str], tolerance: float) -> dict:
-    """Per mixed allocation, per uniform variant: comparable (not faster than the mixed one
-    beyond `tolerance`), the throughput ratio, and the paired val-loss difference
-    uniform - mixed with its interval and verdict (``mixed better``, ``uniform better``,
-    ``cannot tell``)."""
+    """Per mixed allocation, per uniform variant: the speed ratio uniform / mixed and the
+    val-loss difference uniform - mixed, both paired by seed with their 95% intervals, and
+    the verdict (module docstring): ``mixed better`` (lower loss beyond the noise and at
+    least as fast: the ratio's interval reaches no higher than 1 + `tolerance`),
+    ``uniform better`` (the same the other way round), ``trade-off`` (lower loss beyond
+    the noise, but slower beyond the tolerance) or ``cannot tell``."""
     out: dict[str, dict] = {}
     for m in mixed:
         out[m] = {}
-        speed = agg.get(m, {}).get("throughput_tokens_per_s")
         for u, s in agg.items():
-            if u in mixed or "val_loss" not in s or not speed:
+            if u in mixed or "val_loss" not in s or m not in agg:
                 continue
-            ratio = s["throughput_tokens_per_s"]["mean"] / speed["mean"]
+            speed = speed_ratio(rows, u, m)
             p = paired(rows, u, m)
             low, high = p["ci95_low"], p["ci95_high"]
-            verdict = (
-                "cannot tell"
-                if low is None or low <= 0 <= high
-                else "mixed better"
-                if low > 0
-                else "uniform better"
-            )
+            if low is None or speed["ci95"] is None or low <= 0 <= high:
+                verdict = "cannot tell"
+            elif low > 0:  # the mixed allocation's loss is lower
+                verdict = "mixed better" if speed["ci95"][1] <= 1 + tolerance else "trade-off"
+            else:
+                verdict = "uniform better" if speed["ci95"][0] >= 1 - tolerance else "trade-off"
+            if verdict == "trade-off" and not (
+                speed["ci95"][0] > 1 + tolerance or speed["ci95"][1] < 1 - tolerance
+            ):
+                verdict = "cannot tell"  # the faster one is not faster beyond the tolerance
             out[m][u] = {
-                "comparable": ratio <= 1 + tolerance,
-                "throughput_ratio": ratio,
+                "speed_ratio": speed["ratio"],
+                "speed_ci95": speed["ci95"],
                 **{k: p[k] for k in ("n", "diff_mean", "ci95_low", "ci95_high")},
                 "verdict": verdict,
             }
@@ -273,21 +308,33 @@ def compare(rows: list[dict], agg: dict, mixed: list[str], tolerance: float) -> 
 
 def answer(comparisons: dict) -> dict:
     """yes / no / not resolved (module docstring), with the allocations that decide it."""
-    winners, beaten = [], []
-    for m, against in comparisons.items():
-        comparable = {u: c for u, c in against.items() if c["comparable"]}
-        if comparable and all(c["verdict"] == "mixed better" for c in comparable.values()):
-            winners.append(m)
-        if any(c["verdict"] == "uniform better" for c in comparable.values()):
-            beaten.append(m)
+    winners = [
+        m
+        for m, against in comparisons.items()
+        if any(c["verdict"] == "mixed better" for c in against.values())
+        and all(c["verdict"] in ("mixed better", "trade-off") for c in against.values())
+    ]
+    beaten = [
+        m
+        for m, against in comparisons.items()
+        if any(c["verdict"] == "uniform better" for c in against.values())
+    ]
     if winners:
-        return {"answer": "yes", "why": f"{', '.join(winners)} beat every comparable uniform"}
+        return {
+            "answer": "yes",
+            "why": f"{', '.join(winners)} beat every uniform variant at least as slow, and "
+            "no faster one has a lower loss",
+        }
     if comparisons and len(beaten) == len(comparisons):
-        return {"answer": "no", "why": "every mixed allocation loses to a comparable uniform"}
+        return {
+            "answer": "no",
+            "why": "every mixed allocation has a uniform variant at least as fast with a "
+            "lower loss",
+        }
     return {
         "answer": "not resolved",
-        "why": "no mixed allocation beats every comparable uniform variant beyond the noise, "
-        "and not every one is beaten",
+        "why": "no mixed allocation beats every uniform variant at its speed beyond the "
+        "noise, and not every one is beaten",
     }
 
 

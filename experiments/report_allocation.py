@@ -13,7 +13,14 @@ from pathlib import Path
 
 from experiments.common import ROOT
 from experiments.light_sqa import SPEED_TOLERANCE
-from experiments.report_science import ci_text, corpus_text, machine_text, png_lines, provenance
+from experiments.report_science import (
+    ci_text,
+    corpus_text,
+    machine_text,
+    png_lines,
+    provenance,
+    speed_text,
+)
 from experiments.science import losses_by_label, noise_parts
 from sqa_nas.search.noise import Noise
 from sqa_nas.stats import f_sf, mean_ci95, t_quantile_975
@@ -100,19 +107,19 @@ def per_layer(d: dict) -> str:
             ]
         )
     lines += [
-        f"**Answer: {d['verdict']['answer']}** ({d['verdict']['why']}). Comparable: the "
-        f"uniform variant is at most {d['tolerance']:.0%} faster; difference = uniform − "
-        "mixed val loss, paired by seed, 95% CI.",
+        f"**Answer: {d['verdict']['answer']}** ({d['verdict']['why']}). Speed ratio = "
+        "uniform / mixed speedup over MHA; difference = uniform − mixed val loss; both "
+        f"paired by seed, 95% CI; speeds within {d['tolerance']:.0%} count as equal.",
         "",
-        "| mixed allocation | uniform | throughput ratio | comparable | val loss diff | verdict |",
-        "|---|---|---|---|---|---|",
+        "| mixed allocation | uniform | speed ratio | val loss diff | verdict |",
+        "|---|---|---|---|---|",
     ]
     alloc = {m["label"]: m["allocation"] for m in d["mixed"]}
     for m, against in d["comparisons"].items():
         for u, c in against.items():
             lines.append(
-                f"| {m} [{alloc.get(m, '')}] | {u} | {c['throughput_ratio']:.3f} | "
-                f"{'yes' if c['comparable'] else 'no'} | {ci_text(c)} | {c['verdict']} |"
+                f"| {m} [{alloc.get(m, '')}] | {u} | {speed_text(c)} | {ci_text(c)} | "
+                f"{c['verdict']} |"
             )
     check = search_check(d)
     return "\n".join(lines + ["", *check["lines"]])

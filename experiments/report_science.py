@@ -68,6 +68,18 @@ def ci_text(p: dict | None) -> str:
     return f"{p['diff_mean']:+.4f} [{p['ci95_low']:+.4f}, {p['ci95_high']:+.4f}]"
 
 
+def speed_text(c: dict) -> str:
+    """A paired speed ratio as `1.034 [0.981, 1.090]`; a file from before it was paired
+    holds the ratio of mean throughputs, shown as such."""
+    if c.get("speed_ratio") is None:
+        ratio = c.get("throughput_ratio")
+        return "-" if ratio is None else f"{ratio:.3f} (mean throughputs)"
+    if not c.get("speed_ci95"):
+        return f"{c['speed_ratio']:.3f} (n={c['n']})"
+    low, high = c["speed_ci95"]
+    return f"{c['speed_ratio']:.3f} [{low:.3f}, {high:.3f}]"
+
+
 def _flip(p: dict | None) -> dict | None:
     """b - a from a paired a - b."""
     if p is None or p.get("diff_mean") is None:

@@ -163,6 +163,7 @@ def train_allocation(
         "train_s": t.get("train_s"),
         "throughput_tokens_per_s": m.get("throughput_tokens_per_s"),
         "speedup_vs_mha": m.get("speedup_vs_mha"),
+        "speedup_ci95": m.get("speedup_ci95"),  # its interval within the run
         "kv_cache_bytes": m.get("kv_cache_bytes"),
         "backends": sorted({x.get("backend") for x in out.attrs.get("layers", [])}),
         "corpus": out.attrs.get("corpus"),

@@ -142,23 +142,60 @@ def test_per_layer_answer_yes_no_not_resolved():
     base = {100: 1.0, 101: 1.1, 102: 1.2}
     speed = {"mixed1": 1.5e6, "MHA": 1e6, "SQA": 1.5e6, "xSQA": 2e6}
 
-    def answer(mixed_shift):
+    def answer(mixed_shift, xsqa_shift=(0.2, 0.2, 0.2)):
         rows = _rows(
             {
                 "mixed1": _shift(base, *mixed_shift),
                 "MHA": _shift(base, -0.1, -0.1, -0.1),
                 "SQA": base,
-                "xSQA": _shift(base, 0.2, 0.2, 0.2),
+                "xSQA": _shift(base, *xsqa_shift),
             },
             speed=speed,
         )
         comparisons = per_layer.compare(rows, aggregate(rows), ["mixed1"], 0.05)
-        assert comparisons["mixed1"]["xSQA"]["comparable"] is False  # faster than mixed
-        return per_layer.answer(comparisons)["answer"]
+        assert comparisons["mixed1"]["xSQA"]["speed_ratio"] == pytest.approx(4 / 3)
+        return per_layer.answer(comparisons)["answer"], {
+            u: c["verdict"] for u, c in comparisons["mixed1"].items()
+        }
 
-    assert answer((-0.20, -0.21, -0.19)) == "yes"  # beats MHA and SQA beyond the noise
-    assert answer((0.05, 0.051, 0.049)) == "no"  # SQA, as fast, is better
-    assert answer((-0.05, 0.05, 0.0)) == "not resolved"
+    # Better than MHA (slower) and SQA (as fast); xSQA is faster with a higher loss.
+    assert answer((-0.20, -0.21, -0.19)) == (
+        "yes",
+        {"MHA": "mixed better", "SQA": "mixed better", "xSQA": "trade-off"},
+    )
+    # SQA, as fast, has the lower loss; MHA's lower loss is bought with speed.
+    assert answer((0.05, 0.051, 0.049)) == (
+        "no",
+        {"MHA": "trade-off", "SQA": "uniform better", "xSQA": "trade-off"},
+    )
+    assert answer((-0.05, 0.05, 0.0))[0] == "not resolved"
+    # A faster uniform variant with a lower loss beats it, however much faster.
+    assert answer((-0.20, -0.21, -0.19), xsqa_shift=(-0.3, -0.3, -0.3)) == (
+        "no",
+        {"MHA": "mixed better", "SQA": "mixed better", "xSQA": "uniform better"},
+    )
+
+
+def test_per_layer_speed_is_the_paired_speedup_with_its_interval():
+    base = {100: 1.0, 101: 1.1, 102: 1.2}
+    rows = _rows({"mixed1": _shift(base, -0.2, -0.21, -0.19), "SQA": base})
+    # The machine drifts between seeds (throughputs), the paired speedups do not.
+    drift = {100: 1.0, 101: 1.3, 102: 0.8}
+    speedup = {"mixed1": {100: 1.2, 101: 1.21, 102: 1.19}, "SQA": {100: 1.2, 101: 1.2, 102: 1.2}}
+    for r in rows:
+        r["throughput_tokens_per_s"] = 1e6 * drift[r["seed"]] * speedup[r["label"]][r["seed"]]
+        r["speedup_vs_mha"] = speedup[r["label"]][r["seed"]]
+    c = per_layer.compare(rows, aggregate(rows), ["mixed1"], 0.05)["mixed1"]["SQA"]
+    low, high = c["speed_ci95"]
+    assert c["speed_ratio"] == pytest.approx(1.0, abs=1e-3)
+    assert low < c["speed_ratio"] < high < 1.05
+    assert c["verdict"] == "mixed better"
+    # Speeds too noisy to say whether the mixed one is as fast: no verdict.
+    for r in rows:
+        if r["label"] == "SQA":
+            r["speedup_vs_mha"] = {100: 1.0, 101: 1.6, 102: 1.2}[r["seed"]]
+    c = per_layer.compare(rows, aggregate(rows), ["mixed1"], 0.05)["mixed1"]["SQA"]
+    assert c["speed_ci95"][1] > 1.05 and c["verdict"] == "cannot tell"
 
 
 def _write(path: Path, data: dict) -> str:
