@@ -23,7 +23,7 @@ from experiments.report_science import (
 )
 from experiments.science import losses_by_label, noise_parts
 from sqa_nas.search.noise import Noise
-from sqa_nas.stats import f_sf, mean_ci95, t_quantile_975
+from sqa_nas.stats import f_sf, mean_ci95, std_ci95, t_quantile_975
 
 
 def light(d: dict, png: Path | None) -> str:
@@ -125,6 +125,12 @@ def per_layer(d: dict) -> str:
     return "\n".join(lines + ["", *check["lines"]])
 
 
+def sigma_ci(sigma: float, df: int) -> str:
+    """A standard deviation's 95% interval (`std_ci95`) from its degrees of freedom."""
+    low, high = std_ci95(sigma, df + 1) or (math.nan, math.nan)
+    return f"[{low:.4f}, {high:.4f}]"
+
+
 def search_check(d: dict) -> dict:
     """What the confirm says about the search that chose its mixed allocations.
 
@@ -152,7 +158,8 @@ def search_check(d: dict) -> dict:
     )
     measured = (
         f"the allocation x seed part of the noise, what two allocations trained with one "
-        f"seed differ by, has sigma {parts['pair']:.4f} ({parts['allocations']} allocations "
+        f"seed differ by, has sigma {parts['pair']:.4f} {sigma_ci(parts['pair'], parts['df'])} "
+        f"({parts['allocations']} allocations "
         f"x {len(d['seeds'])} seeds, {parts['df']} degrees of freedom); the seeds' shared "
         f"part, which cancels there, sigma {parts['shared']:.4f}"
     )
@@ -167,8 +174,9 @@ def search_check(d: dict) -> dict:
         )
         lines.append(
             f"Noise: the search judged its front with val_loss sigma {noise.val_loss_std:.4f} "
-            f"({noise.n} seeds of trial {noise.trial}, one layout, {noise.n - 1} degrees of "
-            f"freedom). In the confirm, {measured}. That part is {ratio:.1f} times the "
+            f"{sigma_ci(noise.val_loss_std, noise.n - 1)} ({noise.n} seeds of trial "
+            f"{noise.trial}, one layout, {noise.n - 1} degrees of freedom). In the confirm, "
+            f"{measured}. That part is {ratio:.1f} times the "
             f"floor (one-sided F test, p = {p:.3f}): {verdict}. Std over seeds per "
             f"allocation: {each}."
         )

@@ -1,5 +1,5 @@
 """`sqa_nas.stats`: the t-interval against tabulated Student t quantiles, the F test's p-value
-against closed forms and tables."""
+and the chi-square quantiles against closed forms and tables."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from sqa_nas.stats import f_sf, mean_ci95, t_quantile_975
+from sqa_nas.stats import chi2_cdf, chi2_quantile, f_sf, mean_ci95, std_ci95, t_quantile_975
 
 
 @pytest.mark.parametrize(
@@ -50,3 +50,32 @@ def test_f_sf_at_tabled_critical_values_and_its_edges():
     assert f_sf(0.0, 3, 4) == 1.0 and f_sf(1e9, 3, 4) < 1e-9
     with pytest.raises(ValueError, match="positive degrees of freedom"):
         f_sf(1.0, 0, 3)
+
+
+@pytest.mark.parametrize("x", [0.1, 1.0, 5.0, 40.0])
+def test_chi2_cdf_matches_the_closed_form_with_two_degrees_of_freedom(x):
+    assert chi2_cdf(x, 2) == pytest.approx(1 - math.exp(-x / 2), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("p", "df", "table"),
+    [
+        (0.025, 2, 0.05064),
+        (0.975, 2, 7.3778),
+        (0.975, 1, 5.0239),
+        (0.025, 10, 3.2470),
+        (0.975, 10, 20.4832),
+        (0.975, 100, 129.5612),
+    ],
+)
+def test_chi2_quantile_matches_the_table(p, df, table):
+    assert chi2_quantile(p, df) == pytest.approx(table, abs=5e-4)
+
+
+def test_a_std_of_three_values_is_known_within_a_factor_of_twelve():
+    low, high = std_ci95(1.0, 3)
+    assert low == pytest.approx(math.sqrt(2 / 7.3778), abs=1e-4)
+    assert high == pytest.approx(math.sqrt(2 / 0.05064), abs=1e-3)
+    assert std_ci95(1.0, 1) is None
+    with pytest.raises(ValueError, match="df >= 1"):
+        chi2_cdf(1.0, 0)

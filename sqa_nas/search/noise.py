@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from sqa_nas.search.pareto import candidates, pareto_front
 from sqa_nas.search.records import OBJECTIVES, TrialRecord
-from sqa_nas.stats import std
+from sqa_nas.stats import std, std_ci95
 
 K_SIGMA = 2.0  # how many standard deviations a difference must exceed to count
 
@@ -82,13 +82,32 @@ class Noise(BaseModel):
             return None if r is None else r * abs(value)
         return 0.0
 
+    def upper(self) -> Noise:
+        """This noise at the upper end of its 95% interval (`std_ci95`, every spread): the
+        floor a few seeds cannot rule out."""
+        if self.n < 2:
+            return self
+
+        def high(x: float | None) -> float | None:
+            return None if x is None else std_ci95(x, self.n)[1]  # type: ignore[index]
+
+        return self.model_copy(
+            update={
+                "val_loss_std": high(self.val_loss_std),
+                "throughput_rel_std": high(self.throughput_rel_std),
+                "speedup_rel_std": high(self.speedup_rel_std),
+            }
+        )
+
     def describe(self) -> str:
-        """'val_loss sigma 0.012, throughput 1.4%, speedup 0.8% (3 seeds of trial 0)'."""
+        """'val_loss sigma 0.012 [0.0062, 0.075], throughput 1.4%, speedup 0.8% (3 seeds of
+        trial 0)': the loss's sigma with its 95% interval (`std_ci95`)."""
         if self.n < 2:
             return f"noise not measured ({self.reason or 'no noise trial yet'})"
         parts = []
         if self.val_loss_std is not None:
-            parts.append(f"val_loss sigma {self.val_loss_std:.4g}")
+            low, high = std_ci95(self.val_loss_std, self.n) or (0.0, 0.0)
+            parts.append(f"val_loss sigma {self.val_loss_std:.4g} [{low:.2g}, {high:.2g}]")
         if self.throughput_rel_std is not None:
             parts.append(f"throughput {self.throughput_rel_std:.1%}")
         if self.speedup_rel_std is not None:
@@ -110,6 +129,7 @@ class Verdict:
     indistinguishable: list[TrialRecord]
     noise: Noise
     measured: bool  # the noise of every objective is known
+    within_upper: list[TrialRecord] = field(default_factory=list)  # close at `Noise.upper`
 
     @property
     def resolved(self) -> bool:
@@ -131,10 +151,19 @@ class Verdict:
                 f"({numbers}{more}) lie within {K_SIGMA:g} sigma of it ({self.noise.describe()}); "
                 "more tokens per trial, budget.seeds or `sqa-nas confirm` can separate them."
             )
-        return (
+        text = (
             f"Front resolved at this budget: every other trial lies more than {K_SIGMA:g} "
             f"sigma behind it ({self.noise.describe()})."
         )
+        if self.within_upper:
+            numbers = ", ".join(str(r.number) for r in self.within_upper[:8])
+            text += (
+                f" But {self.noise.n} seeds place sigma only within its interval: at its "
+                f"upper end {len(self.within_upper)} trial(s) ({numbers}"
+                f"{'' if len(self.within_upper) <= 8 else ', ...'}) would lie within it; "
+                "more budget.noise_seeds narrow the floor."
+            )
+        return text
 
 
 def assess(
@@ -148,27 +177,39 @@ def assess(
     front = pareto_front(records, objectives, directions)
     sigmas = {o: noise.sigma(o, 1.0) for o in objectives}
     measured = noise.n >= 2 and all(s is not None for s in sigmas.values())
-    close = []
-    if measured:
-        on_front = {r.number for r in front}
-        signs = [1.0 if d == "minimize" else -1.0 for d in directions]
+    if not measured:
+        return Verdict(front, [], noise, measured)
+    close = _within(records, objectives, directions, front, noise)
+    upper = [] if close else _within(records, objectives, directions, front, noise.upper())
+    return Verdict(front, close, noise, measured, upper)
 
-        def key(r: TrialRecord, shift: float) -> list[float]:  # smaller is better
-            assert r.values is not None  # candidates have values
-            out = []
-            for o, sign in zip(objectives, signs):
-                value = r.values[o]
-                out.append(sign * value - shift * (noise.sigma(o, value) or 0.0))
-            return out
 
-        front_keys = [key(f, 0.0) for f in front]
-        for r in candidates(records, objectives):
-            if r.number in on_front:
-                continue
-            best_case = key(r, K_SIGMA)
-            if not any(_dominates(f, best_case) for f in front_keys):
-                close.append(r)
-    return Verdict(front, close, noise, measured)
+def _within(
+    records: Sequence[TrialRecord],
+    objectives: Sequence[str],
+    directions: Sequence[str],
+    front: list[TrialRecord],
+    noise: Noise,
+) -> list[TrialRecord]:
+    """The trials off `front` that `K_SIGMA` sigmas of `noise` towards better put out of
+    reach of every front member."""
+    on_front = {r.number for r in front}
+    signs = [1.0 if d == "minimize" else -1.0 for d in directions]
+
+    def key(r: TrialRecord, shift: float) -> list[float]:  # smaller is better
+        assert r.values is not None  # candidates have values
+        out = []
+        for o, sign in zip(objectives, signs):
+            value = r.values[o]
+            out.append(sign * value - shift * (noise.sigma(o, value) or 0.0))
+        return out
+
+    front_keys = [key(f, 0.0) for f in front]
+    return [
+        r
+        for r in candidates(records, objectives)
+        if r.number not in on_front and not any(_dominates(f, key(r, K_SIGMA)) for f in front_keys)
+    ]
 
 
 def _dominates(a: list[float], b: list[float]) -> bool:

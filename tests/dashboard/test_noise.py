@@ -311,7 +311,10 @@ def test_once_flags_noisy_rows_of_the_front_and_says_the_verdict(noisy_db, capsy
     assert main(["dashboard", "noisy", "--storage", noisy_db, "--once"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "Front NOT resolved at this budget" in out
-    assert "val_loss sigma 0.05, throughput 2.0%, speedup 2.0% (3 seeds of trial 0)" in out
+    assert (
+        "val_loss sigma 0.05 [0.026, 0.31], throughput 2.0%, speedup 2.0% (3 seeds of trial 0)"
+        in out
+    )
     assert "±7%" in out and "±N%: noisy throughput" in out  # trial 4 is on the front
 
 

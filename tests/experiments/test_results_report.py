@@ -527,8 +527,13 @@ def test_the_per_layer_confirm_checks_the_search_noise_floor_and_its_choice():
     p = f_sf((pair / 0.001) ** 2, 2, 2)
     lucky = report_allocation.search_check(_per_layer(losses, floor, 0.5990))
     text = "\n".join(lucky["lines"])
-    assert "val_loss sigma 0.0010 (3 seeds of trial 0, one layout, 2 degrees of freedom)" in text
-    assert f"has sigma {pair:.4f} (2 allocations x 3 seeds, 2 degrees of freedom)" in text
+    # Two degrees of freedom place a sigma within 0.52-6.3 times the measured one.
+    floor_ci = "[0.0005, 0.0063]"
+    assert f"val_loss sigma 0.0010 {floor_ci} (3 seeds of trial 0, one layout, 2 degrees" in text
+    low, high = 0.5207 * pair, 6.2847 * pair
+    assert f"has sigma {pair:.4f} [{low:.4f}, {high:.4f}] (2 allocations x 3 seeds, 2 degrees" in (
+        text
+    )
     assert f"{pair / 0.001:.1f} times the floor (one-sided F test, p = {p:.3f})" in text
     verdict = "beyond chance" if p < 0.05 else "cannot be told from it"
     assert verdict in text

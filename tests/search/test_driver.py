@@ -170,7 +170,10 @@ def test_a_search_runs_seeds_first_and_hands_jobs_the_compile_choice_and_noise(t
     # The first baseline measures the study's noise (auto: the worker decides by device).
     assert [j.noise_seeds for j in executor.jobs] == ["auto", None, None]
     assert study.user_attrs["noise"] == {"n": 3, "val_loss_std": 0.01}
-    assert "noise floor: val_loss sigma 0.01 (3 seeds of trial None)" in driver.text.getvalue()
+    assert (
+        "noise floor: val_loss sigma 0.01 [0.0052, 0.063] (3 seeds of trial None)"
+        in driver.text.getvalue()
+    )
     # The compile choice stays: later trials there time and train the same way.
     assert study.user_attrs["compile_choice"] == {"gpu-y": True}
     assert executor.jobs[2].compile_choice == {"gpu-y": True}

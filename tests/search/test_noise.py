@@ -34,7 +34,7 @@ def test_the_noise_of_a_noise_trial_is_the_spread_of_its_seeds():
     assert noise.sigma("throughput_tokens_per_s", 200.0) == pytest.approx(20.0)
     assert noise.sigma("kv_cache_bytes", 1e6) == 0.0  # analytic: exact
     assert noise.describe() == (
-        "val_loss sigma 0.1, throughput 10.0%, speedup 10.0% (3 seeds of trial 0)"
+        "val_loss sigma 0.1 [0.052, 0.63], throughput 10.0%, speedup 10.0% (3 seeds of trial 0)"
     )
     assert Noise.read({}).n == 0 and Noise.read({"noise": noise.model_dump()}) == noise
     odd = Noise.read({"noise": {"n": "three"}})  # a reader never stops on an odd attr
@@ -45,12 +45,14 @@ def test_a_noise_trial_without_timings_counts_its_seeds_by_their_losses():
     noise = Noise.of([2.0, 2.1, 2.2], [], "cpu", 0)  # throughput not an objective: no timing
     assert noise.n == 3 and noise.val_loss_std == pytest.approx(0.1)
     assert noise.throughput_rel_std is None and noise.speedup_rel_std is None
-    assert noise.describe() == "val_loss sigma 0.1 (3 seeds of trial 0)"
+    assert noise.describe() == "val_loss sigma 0.1 [0.052, 0.63] (3 seeds of trial 0)"
 
 
 def test_two_seeds_are_the_fewest_that_measure_the_noise():
     two = Noise(n=2, val_loss_std=0.05, throughput_rel_std=0.02, trial=4)
-    assert two.describe() == "val_loss sigma 0.05, throughput 2.0% (2 seeds of trial 4)"
+    assert (
+        two.describe() == "val_loss sigma 0.05 [0.022, 1.6], throughput 2.0% (2 seeds of trial 4)"
+    )
     records = [_record(0, 2.0, 100.0), _record(1, 2.5, 50.0)]
     assert assess(records, OBJ, two).measured
     # One seed has no spread: whatever figures an odd stored attr holds, nothing is measured.
@@ -90,6 +92,13 @@ def test_trials_within_two_sigma_of_the_front_are_indistinguishable():
     tight = assess(records, OBJ, Noise(n=3, val_loss_std=0.01, throughput_rel_std=0.01))
     assert tight.indistinguishable == [] and tight.resolved
     assert tight.summary().startswith("Front resolved at this budget")
+    # Three seeds cannot rule out a sigma 6 times larger: there, trial 2 is within noise.
+    assert [r.number for r in tight.within_upper] == [2]
+    assert "But 3 seeds place sigma only within its interval: at its upper end 1 trial(s) (2)" in (
+        tight.summary()
+    )
+    many = assess(records, OBJ, Noise(n=30, val_loss_std=0.01, throughput_rel_std=0.01))
+    assert many.resolved and many.within_upper == [] and "But" not in many.summary()
 
 
 def test_without_a_measured_noise_the_verdict_is_not_known():
