@@ -40,14 +40,16 @@ export SQA_NAS_GIT_REVISION=${SQA_NAS_GIT_REVISION:-unknown}
 
 # The command runs in the foreground: a call's end stops what it started in the background
 # (seen on the lent machine). SIGINT lets the driver record its in-flight trial (re-queued)
-# or pause a promotion again; the confirm keeps its finished runs in the partial file.
+# or pause a promotion again; the confirm keeps its finished runs in the partial file and
+# starts none that would not end in time (--stop-after), so no call ends in a lost run.
 if [ ! -f "$R/pl.json" ]; then
   left=$(( WAIT - $(date +%s) + t0 - 20 ))
   echo "$(date -u +%T) per-layer search and confirm, ${left} s" >> "$R/queue.log"
   timeout -s INT -k 15 "$left" python3 -m experiments.per_layer \
     --space search_spaces/paper_dense.yaml --scheduler mo_asha --n-trials 48 \
     --tokens 200000000 --seeds 100,101,102 --top 3 --uniform MHA,GQA,SQA,sSQA,xSQA,lSQA \
-    --storage "sqlite:///$R/pl.db" --out "$R/pl.json" --resume >> "$R/pl.log" 2>&1
+    --storage "sqlite:///$R/pl.db" --out "$R/pl.json" --resume --stop-after $((left - 10)) \
+    >> "$R/pl.log" 2>&1
   echo "$(date -u +%T) exit $?" >> "$R/queue.log"
 fi
 python3 - "$R/pl.db" "$OUT/pl.db" <<'PY'

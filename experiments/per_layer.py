@@ -135,9 +135,17 @@ def main(argv=None) -> None:
         help="keep the finished runs of a stopped run of this command (its partial file "
         "beside --out) and train only the rest",
     )
+    p.add_argument(
+        "--stop-after",
+        type=float,
+        metavar="SECONDS",
+        help="start no confirm run that would end later than this many seconds after the "
+        "command started (judged by the longest run so far); finish the rest with --resume",
+    )
     p.add_argument("--smoke", action="store_true", help="tiny model and budget (CPU test)")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
+    began = time.monotonic()
     if len(args.seeds) < 2:
         raise UserError("--seeds: give two seeds or more (an interval needs pairs)")
     if args.study:
@@ -214,7 +222,17 @@ def main(argv=None) -> None:
         for label, params in candidates:
             if (label, seed) in done:
                 continue
+            elapsed = time.monotonic() - began
+            if not fits(elapsed, [r.get("wall_s") for r in rows], args.stop_after):
+                print(
+                    f"stopped before seed {seed} {label}: {elapsed:.0f} s of --stop-after "
+                    f"{args.stop_after:g} gone; {len(rows)} runs done, rerun with --resume",
+                    flush=True,
+                )
+                return
+            t0 = time.monotonic()
             row = train_allocation(seeded, params, seed_index=seed, label=label)
+            row["wall_s"] = time.monotonic() - t0
             rows.append(row)
             print(
                 f"seed {seed} {label:6s} [{row['allocation']}] val_loss "
@@ -244,6 +262,14 @@ def main(argv=None) -> None:
     )
     if partial is not None:
         partial.unlink(missing_ok=True)
+
+
+def fits(elapsed: float, walls: list, stop_after: float | None) -> bool:
+    """Whether a run started `elapsed` seconds in ends within `stop_after`, if it takes as
+    long as the longest of `walls` (those known; 0 when none is)."""
+    if stop_after is None:
+        return True
+    return elapsed + max((w for w in walls if w), default=0.0) <= stop_after
 
 
 def speeds_by_seed(rows: list[dict], label: str) -> dict[int, float]:

@@ -171,8 +171,11 @@ def test_light_sqa_refuses_table1_of_another_corpus_before_training(
 def test_per_layer_smoke_answers_with_intervals(tmp_path, capsys):
     out = tmp_path / "pl.json"
     args = ["--smoke", "--n-trials", "3", "--top", "1", "--uniform", "MHA", "--out", str(out)]
-    per_layer.main([*args, "--seeds", "100,101"])
+    per_layer.main([*args, "--seeds", "100,101", "--stop-after", "0"])  # searches, then stops
+    assert not out.exists() and "stopped before seed 100 mixed1" in capsys.readouterr().out
+    per_layer.main([*args, "--seeds", "100,101", "--resume"])
     data = _load(out)
+    assert all(r["wall_s"] > 0 for r in data["runs"])
     assert [m["label"] for m in data["mixed"]] == ["mixed1"] and len(data["runs"]) == 4
     assert set(data["comparisons"]["mixed1"]) == {"MHA"} and "partial" not in data
     assert data["verdict"]["answer"] in {"yes", "no", "not resolved"}

@@ -261,3 +261,10 @@ def test_noise_parts_split_the_seeds_shared_effect_from_the_rest():
     ss = 2 * (d**2 / 9 + 4 * d**2 / 9 + d**2 / 9)
     assert parts["allocations"] == 2 and parts["pair"] == pytest.approx(math.sqrt(ss / 2))
     assert noise_parts({"a": {0: 1.0, 1: 2.0}}, [0, 1]) is None
+
+
+def test_a_confirm_run_starts_only_when_it_would_end_in_time():
+    assert per_layer.fits(100.0, [], None) and per_layer.fits(100.0, [], 100.0)
+    assert not per_layer.fits(100.5, [], 100.0)  # past the limit, whatever a run takes
+    assert per_layer.fits(300.0, [90.0, None, 100.0], 400.0)
+    assert not per_layer.fits(301.0, [90.0, None, 100.0], 400.0)  # the longest run decides
