@@ -192,6 +192,9 @@ def search_check(d: dict) -> dict:
             f"Noise: the search measured no noise floor ({why}). In the confirm, {measured}. "
             f"Std over seeds per allocation: {each}."
         )
+    speed = speed_check(d["runs"], noise)
+    lines += speed["lines"]
+    short += speed["short"]
     searched = d["space"]["budget"]["train"].get("tokens") if d.get("space") else None
     if searched != d["budget"]["tokens_per_run"]:
         lines.append(
@@ -224,6 +227,49 @@ def search_check(d: dict) -> dict:
             "seed lands"
         )
     return {"lines": lines, "short": "; ".join(short)}
+
+
+def speed_check(runs: list[dict], noise: Noise) -> dict:
+    """The speed axis against the search's floor: how much one allocation's speedup over
+    MHA differs between its confirm runs (the std of its logarithm, a relative std, pooled
+    over the allocations run with two seeds or more), beside the relative sigma the search
+    took from its noise trial (timed once per seed in one process), with a one-sided F
+    test. ``lines`` and ``short`` as `search_check`'s; none without two runs of a layout."""
+    logs: dict[str, list[float]] = {}
+    for r in runs:
+        if r["state"] == "COMPLETE" and r.get("speedup_vs_mha"):
+            logs.setdefault(r["label"], []).append(math.log(r["speedup_vs_mha"]))
+    groups = [xs for xs in logs.values() if len(xs) > 1]
+    df = sum(len(xs) - 1 for xs in groups)
+    if not df:
+        return {"lines": [], "short": []}
+    spread = math.sqrt(sum((x - statistics.fmean(xs)) ** 2 for xs in groups for x in xs) / df)
+    low, high = std_ci95(spread, df + 1) or (math.nan, math.nan)
+    text = (
+        f"Speed: one allocation's speedup over MHA differs between its confirm runs by "
+        f"{spread:.2%} [{low:.2%}, {high:.2%}] (relative std pooled over {len(groups)} "
+        f"allocations, {df} degrees of freedom)"
+    )
+    floor = noise.speedup_rel_std
+    if noise.n < 2 or not floor:
+        return {"lines": [text + "; the search measured no speed floor."], "short": []}
+    ratio = spread / floor
+    p = f_sf(ratio**2, df, noise.n - 1)
+    verdict = (
+        "between runs the speed axis is noisier than the search's floor, beyond chance"
+        if p < 0.05
+        else "the floor cannot be told from it"
+    )
+    return {
+        "lines": [
+            f"{text}; the search took {floor:.2%} ({noise.n} timings of its noise trial in "
+            f"one process): {ratio:.1f} times that (one-sided F test, p = {p:.3f}), {verdict}."
+        ],
+        "short": [
+            f"speedup spread between runs {spread:.2%}, {ratio:.1f} times the search's "
+            f"speed floor (p = {p:.3f})"
+        ],
+    }
 
 
 def _reuse_caveat(d: dict) -> str:

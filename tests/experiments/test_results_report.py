@@ -560,6 +560,33 @@ def test_the_per_layer_confirm_checks_the_search_noise_floor_and_its_choice():
     assert line.endswith(f"(the reason). The search against its confirm: {lucky['short']}.")
 
 
+def test_the_per_layer_confirm_checks_the_search_speed_floor():
+    losses = {"mixed1": [0.640, 0.650, 0.660], "MHA": [0.610, 0.614, 0.618]}
+    floor = {"n": 3, "val_loss_std": 0.001, "speedup_rel_std": 0.001, "trial": 0}
+    d = _per_layer(losses, floor, 0.65)
+    speedups = {"mixed1": [1.0, 1.1, 1.2], "MHA": [1.0, 1.0, 1.0]}
+    for r in d["runs"]:
+        r["speedup_vs_mha"] = speedups[r["label"]][r["seed"] - 100]
+    logs = [math.log(x) for x in speedups["mixed1"]]
+    mean = sum(logs) / 3
+    spread = math.sqrt(sum((x - mean) ** 2 for x in logs) / 4)  # MHA's 2 df add no spread
+    check = report_allocation.search_check(d)
+    text = "\n".join(check["lines"])
+    assert f"differs between its confirm runs by {spread:.2%}" in text
+    assert "pooled over 2 allocations, 4 degrees of freedom" in text
+    assert "the search took 0.10% (3 timings of its noise trial in one process): " in text
+    assert f"{spread / 0.001:.1f} times that" in text and "noisier than the search's floor" in text
+    assert f"speedup spread between runs {spread:.2%}" in check["short"]
+    # Within the floor: the same spread against a floor as large.
+    calm = report_allocation.Noise(n=3, speedup_rel_std=spread)
+    assert (
+        "the floor cannot be told from it"
+        in (report_allocation.speed_check(d["runs"], calm)["lines"][0])
+    )
+    # No run repeated: nothing to say about speed.
+    assert report_allocation.speed_check(d["runs"][:1], report_allocation.Noise())["lines"] == []
+
+
 def test_a_merged_table_names_the_revision_each_of_its_parts_ran_at():
     one = {"command": "merge", "git_revision": "aaa", "merged_from": []}
     assert report_science.provenance(one).endswith("Git revision aaa.")
