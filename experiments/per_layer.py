@@ -14,10 +14,11 @@ throughput, beyond the noise?
    lower beyond the noise and it is at least as fast (the ratio's interval reaches no
    higher than 1 + `--tolerance`); the uniform one likewise; a **trade-off** when the one
    with the lower loss is slower beyond the tolerance; else **cannot tell**.
-4. The answer: **yes** when a mixed allocation is better than some uniform variant and
-   better or a trade-off against every other (none at its speed or faster has a lower loss),
-   **no** when every mixed allocation has a uniform variant better than it, else
-   **not resolved**.
+4. The answer: **yes** when a mixed allocation has a lower loss beyond the noise than every
+   uniform variant at its speed (the speed ratio's interval within the tolerance of 1: one
+   such variant at least, each `better`) and than every faster one (`better` or a
+   `trade-off` in its favour); slower ones do not count. **No** when every mixed allocation
+   has a uniform variant better than it; else **not resolved**.
 
     python -m experiments.per_layer --space search_spaces/paper_dense.yaml --n-trials 48 \\
         --scheduler mo_asha --tokens 200000000 --seeds 100,101,102          # on a GPU
@@ -223,7 +224,7 @@ def main(argv=None) -> None:
             if (label, seed) in done:
                 continue
             elapsed = time.monotonic() - began
-            if not fits(elapsed, [r.get("wall_s") for r in rows], args.stop_after):
+            if not fits(elapsed, rows, args.stop_after):
                 print(
                     f"stopped before seed {seed} {label}: {elapsed:.0f} s of --stop-after "
                     f"{args.stop_after:g} gone; {len(rows)} runs done, rerun with --resume",
@@ -245,7 +246,7 @@ def main(argv=None) -> None:
             )
     agg = aggregate(rows)
     comparisons = compare(rows, agg, labels, args.tolerance)
-    verdict = answer(comparisons)
+    verdict = answer(comparisons, args.tolerance)
     print(f"per-layer question: {verdict['answer']} ({verdict['why']})")
     write_result(
         name,
@@ -264,36 +265,48 @@ def main(argv=None) -> None:
         partial.unlink(missing_ok=True)
 
 
-def fits(elapsed: float, walls: list, stop_after: float | None) -> bool:
+RUN_OVERHEAD = 1.3  # a run's wall time over its training time (H200: 95-105 s for 80 s)
+
+
+def fits(elapsed: float, rows: list[dict], stop_after: float | None) -> bool:
     """Whether a run started `elapsed` seconds in ends within `stop_after`, if it takes as
-    long as the longest of `walls` (those known; 0 when none is)."""
+    long as the longest of `rows` (their wall time; for rows from before it was kept, their
+    training time times `RUN_OVERHEAD`; 0 when no row has either)."""
     if stop_after is None:
         return True
-    return elapsed + max((w for w in walls if w), default=0.0) <= stop_after
+    walls = [r.get("wall_s") or (r.get("train_s") or 0.0) * RUN_OVERHEAD for r in rows]
+    return elapsed + max(walls, default=0.0) <= stop_after
 
 
-def speeds_by_seed(rows: list[dict], label: str) -> dict[int, float]:
-    """seed -> speed of `label`'s COMPLETE runs: its speedup over MHA, paired with the MHA
-    step inside the run (`sqa_nas.throughput`), so drift of the machine between runs
-    cancels; its measured throughput where a run has no speedup."""
-    out = {}
-    for r in rows:
-        if r["label"] == label and r["state"] == "COMPLETE":
-            speed = r.get("speedup_vs_mha") or r.get("throughput_tokens_per_s")
-            if speed:
-                out[r["seed"]] = speed
-    return out
+def speeds_by_seed(rows: list[dict], label: str, key: str) -> dict[int, float]:
+    """seed -> `key` (a speed) of `label`'s COMPLETE runs that have it."""
+    return {
+        r["seed"]: r[key]
+        for r in rows
+        if r["label"] == label and r["state"] == "COMPLETE" and r.get(key)
+    }
 
 
 def speed_ratio(rows: list[dict], a: str, b: str) -> dict:
-    """a's speed over b's, paired by seed: the geometric mean of the per-seed ratios and
-    its 95% t-interval (on their logarithms; None below two seeds)."""
-    sa, sb = speeds_by_seed(rows, a), speeds_by_seed(rows, b)
-    logs = [math.log(sa[s] / sb[s]) for s in sorted(set(sa) & set(sb))]
+    """a's speed over b's, paired by seed: the geometric mean of the per-seed ratios, its
+    95% t-interval (on their logarithms; None below two seeds) and n. The speed is the
+    speedup over MHA, paired with the MHA step inside each run, so the machine's drift
+    between runs cancels; where a seed lacks it for either, both runs' throughputs."""
+    by_key = {
+        k: (speeds_by_seed(rows, a, k), speeds_by_seed(rows, b, k))
+        for k in ("speedup_vs_mha", "throughput_tokens_per_s")
+    }
+    logs = []
+    for seed in sorted({r["seed"] for r in rows}):
+        for sa, sb in by_key.values():
+            if seed in sa and seed in sb:
+                logs.append(math.log(sa[seed] / sb[seed]))
+                break
     ci = mean_ci95(logs)
     return {
         "ratio": math.exp(statistics.fmean(logs)) if logs else None,
         "ci95": [math.exp(ci[1]), math.exp(ci[2])] if ci else None,
+        "n": len(logs),
     }
 
 
@@ -303,12 +316,16 @@ def compare(rows: list[dict], agg: dict, mixed: list[str], tolerance: float) -> 
     the verdict (module docstring): ``mixed better`` (lower loss beyond the noise and at
     least as fast: the ratio's interval reaches no higher than 1 + `tolerance`),
     ``uniform better`` (the same the other way round), ``trade-off`` (lower loss beyond
-    the noise, but slower beyond the tolerance) or ``cannot tell``."""
+    the noise, but slower beyond the tolerance) or ``cannot tell``. A uniform variant with
+    no finished run is listed with verdict ``no runs``."""
     out: dict[str, dict] = {}
     for m in mixed:
         out[m] = {}
         for u, s in agg.items():
-            if u in mixed or "val_loss" not in s or m not in agg:
+            if u in mixed or m not in agg:
+                continue
+            if "val_loss" not in s:
+                out[m][u] = {"verdict": "no runs"}
                 continue
             speed = speed_ratio(rows, u, m)
             p = paired(rows, u, m)
@@ -326,20 +343,29 @@ def compare(rows: list[dict], agg: dict, mixed: list[str], tolerance: float) -> 
             out[m][u] = {
                 "speed_ratio": speed["ratio"],
                 "speed_ci95": speed["ci95"],
+                "speed_n": speed["n"],
                 **{k: p[k] for k in ("n", "diff_mean", "ci95_low", "ci95_high")},
                 "verdict": verdict,
             }
     return out
 
 
-def answer(comparisons: dict) -> dict:
+def answer(comparisons: dict, tolerance: float) -> dict:
     """yes / no / not resolved (module docstring), with the allocations that decide it."""
-    winners = [
-        m
-        for m, against in comparisons.items()
-        if any(c["verdict"] == "mixed better" for c in against.values())
-        and all(c["verdict"] in ("mixed better", "trade-off") for c in against.values())
-    ]
+
+    def wins(against: dict) -> bool:  # lower loss than every uniform at its speed or faster
+        at_speed = 0
+        for c in against.values():
+            speed = c.get("speed_ci95")
+            if speed and speed[1] < 1 - tolerance:
+                continue  # slower beyond the tolerance: whatever its loss, not at this speed
+            if c["verdict"] == "mixed better":
+                at_speed += speed[0] <= 1 + tolerance
+            elif not (c["verdict"] == "trade-off" and c["ci95_low"] > 0):
+                return False  # as fast or faster, and its loss is not beaten
+        return at_speed > 0
+
+    winners = [m for m, against in comparisons.items() if against and wins(against)]
     beaten = [
         m
         for m, against in comparisons.items()
@@ -348,8 +374,8 @@ def answer(comparisons: dict) -> dict:
     if winners:
         return {
             "answer": "yes",
-            "why": f"{', '.join(winners)} beat every uniform variant at least as slow, and "
-            "no faster one has a lower loss",
+            "why": f"{', '.join(winners)}: a lower loss beyond the noise than every uniform "
+            "variant at its speed (one at least) and every faster one",
         }
     if comparisons and len(beaten) == len(comparisons):
         return {
@@ -359,8 +385,8 @@ def answer(comparisons: dict) -> dict:
         }
     return {
         "answer": "not resolved",
-        "why": "no mixed allocation beats every uniform variant at its speed beyond the "
-        "noise, and not every one is beaten",
+        "why": "no mixed allocation has a lower loss beyond the noise than every uniform "
+        "variant at its speed and faster, and not every one is beaten",
     }
 
 

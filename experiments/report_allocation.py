@@ -125,6 +125,11 @@ def per_layer(d: dict) -> str:
     return "\n".join(lines + ["", *check["lines"]])
 
 
+def p_text(p: float) -> str:
+    """A p-value as `p = 0.012`, or `p < 0.001`."""
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
 def sigma_ci(sigma: float, df: int) -> str:
     """A standard deviation's 95% interval (`std_ci95`) from its degrees of freedom."""
     low, high = std_ci95(sigma, df + 1) or (math.nan, math.nan)
@@ -147,12 +152,16 @@ def search_check(d: dict) -> dict:
     Returns ``lines`` for the page and ``short`` for the README."""
     losses = losses_by_label(d["runs"])
     parts = noise_parts(losses, d["seeds"])
+    noise = Noise.read({"noise": d["search"].get("noise")})
+    speed = speed_check(d["runs"], noise)
     if parts is None:
         return {
-            "lines": ["Fewer than two allocations have every seed: no noise figure."],
-            "short": "",
+            "lines": [
+                "Fewer than two allocations have every seed: no val_loss noise figure.",
+                *speed["lines"],
+            ],
+            "short": "; ".join(speed["short"]),
         }
-    noise = Noise.read({"noise": d["search"].get("noise")})
     each = ", ".join(
         f"{k} {statistics.stdev(v.values()):.4f}" for k, v in losses.items() if len(v) > 1
     )
@@ -192,7 +201,6 @@ def search_check(d: dict) -> dict:
             f"Noise: the search measured no noise floor ({why}). In the confirm, {measured}. "
             f"Std over seeds per allocation: {each}."
         )
-    speed = speed_check(d["runs"], noise)
     lines += speed["lines"]
     short += speed["short"]
     searched = d["space"]["budget"]["train"].get("tokens") if d.get("space") else None
@@ -263,11 +271,11 @@ def speed_check(runs: list[dict], noise: Noise) -> dict:
     return {
         "lines": [
             f"{text}; the search took {floor:.2%} ({noise.n} timings of its noise trial in "
-            f"one process): {ratio:.1f} times that (one-sided F test, p = {p:.3f}), {verdict}."
+            f"one process): {ratio:.1f} times that (one-sided F test, {p_text(p)}), {verdict}."
         ],
         "short": [
             f"speedup spread between runs {spread:.2%}, {ratio:.1f} times the search's "
-            f"speed floor (p = {p:.3f})"
+            f"speed floor ({p_text(p)})"
         ],
     }
 

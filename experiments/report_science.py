@@ -75,7 +75,7 @@ def speed_text(c: dict) -> str:
         ratio = c.get("throughput_ratio")
         return "-" if ratio is None else f"{ratio:.3f} (mean throughputs)"
     if not c.get("speed_ci95"):
-        return f"{c['speed_ratio']:.3f} (n={c['n']})"
+        return f"{c['speed_ratio']:.3f} (n={c.get('speed_n', c.get('n'))})"
     low, high = c["speed_ci95"]
     return f"{c['speed_ratio']:.3f} [{low:.3f}, {high:.3f}]"
 

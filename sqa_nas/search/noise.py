@@ -160,7 +160,8 @@ class Verdict:
             text += (
                 f" But {self.noise.n} seeds place sigma only within its interval: at its "
                 f"upper end {len(self.within_upper)} trial(s) ({numbers}"
-                f"{'' if len(self.within_upper) <= 8 else ', ...'}) would lie within it; "
+                f"{'' if len(self.within_upper) <= 8 else ', ...'}) would lie within "
+                f"{K_SIGMA:g} sigma of the front; "
                 "more budget.noise_seeds narrow the floor."
             )
         return text

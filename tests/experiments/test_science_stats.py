@@ -154,7 +154,7 @@ def test_per_layer_answer_yes_no_not_resolved():
         )
         comparisons = per_layer.compare(rows, aggregate(rows), ["mixed1"], 0.05)
         assert comparisons["mixed1"]["xSQA"]["speed_ratio"] == pytest.approx(4 / 3)
-        return per_layer.answer(comparisons)["answer"], {
+        return per_layer.answer(comparisons, 0.05)["answer"], {
             u: c["verdict"] for u, c in comparisons["mixed1"].items()
         }
 
@@ -179,23 +179,56 @@ def test_per_layer_answer_yes_no_not_resolved():
 def test_per_layer_speed_is_the_paired_speedup_with_its_interval():
     base = {100: 1.0, 101: 1.1, 102: 1.2}
     rows = _rows({"mixed1": _shift(base, -0.2, -0.21, -0.19), "SQA": base})
-    # The machine drifts between seeds (throughputs), the paired speedups do not.
-    drift = {100: 1.0, 101: 1.3, 102: 0.8}
+    # The machine drifts from run to run (throughputs); the speedups, paired with the MHA
+    # step inside each run, do not.
+    drift = {("mixed1", 100): 2.0, ("mixed1", 101): 1.3, ("SQA", 102): 0.8}
     speedup = {"mixed1": {100: 1.2, 101: 1.21, 102: 1.19}, "SQA": {100: 1.2, 101: 1.2, 102: 1.2}}
     for r in rows:
-        r["throughput_tokens_per_s"] = 1e6 * drift[r["seed"]] * speedup[r["label"]][r["seed"]]
+        key = (r["label"], r["seed"])
         r["speedup_vs_mha"] = speedup[r["label"]][r["seed"]]
+        r["throughput_tokens_per_s"] = 1e6 * drift.get(key, 1.0) * r["speedup_vs_mha"]
     c = per_layer.compare(rows, aggregate(rows), ["mixed1"], 0.05)["mixed1"]["SQA"]
     low, high = c["speed_ci95"]
-    assert c["speed_ratio"] == pytest.approx(1.0, abs=1e-3)
+    assert c["speed_ratio"] == pytest.approx(1.0, abs=1e-3) and c["speed_n"] == 3
     assert low < c["speed_ratio"] < high < 1.05
     assert c["verdict"] == "mixed better"
+    # A seed whose run lacks its speedup compares throughputs, never one with the other.
+    del rows[0]["speedup_vs_mha"]  # mixed1, seed 100
+    ratio = per_layer.speed_ratio(rows, "SQA", "mixed1")
+    seed100 = 1.2 / (2.0 * 1.2)  # SQA over mixed1 throughputs: mixed1's run drifted 2x
+    expected = (seed100 * (1.2 / 1.21) * (1.2 / 1.19)) ** (1 / 3)  # speedups at 101, 102
+    assert ratio["n"] == 3 and ratio["ratio"] == pytest.approx(expected)
     # Speeds too noisy to say whether the mixed one is as fast: no verdict.
     for r in rows:
         if r["label"] == "SQA":
             r["speedup_vs_mha"] = {100: 1.0, 101: 1.6, 102: 1.2}[r["seed"]]
     c = per_layer.compare(rows, aggregate(rows), ["mixed1"], 0.05)["mixed1"]["SQA"]
     assert c["speed_ci95"][1] > 1.05 and c["verdict"] == "cannot tell"
+
+
+def test_per_layer_yes_needs_a_uniform_variant_at_its_speed():
+    base = {100: 1.0, 101: 1.1, 102: 1.2}
+    rows = _rows(
+        {
+            "mixed1": _shift(base, -0.20, -0.21, -0.19),
+            "MHA": base,
+            "SQA": _shift(base, -0.5, -0.5, -0.5),
+        },
+        speed={"mixed1": 1.5e6, "MHA": 1e6, "SQA": 0.5e6},
+    )
+    # Better than MHA only where MHA is slower; SQA is slower still, with a lower loss.
+    comparisons = per_layer.compare(rows, aggregate(rows), ["mixed1"], 0.05)
+    assert {u: c["verdict"] for u, c in comparisons["mixed1"].items()} == {
+        "MHA": "mixed better",
+        "SQA": "trade-off",
+    }
+    assert per_layer.answer(comparisons, 0.05)["answer"] == "not resolved"
+    # A uniform variant without a finished run leaves the question open.
+    rows = [r for r in rows if r["label"] != "SQA"] + [
+        {"label": "SQA", "seed": 100, "state": "FAIL", "val_loss": None}
+    ]
+    comparisons = per_layer.compare(rows, aggregate(rows), ["mixed1"], 0.05)
+    assert comparisons["mixed1"]["SQA"] == {"verdict": "no runs"}
 
 
 def _write(path: Path, data: dict) -> str:
@@ -266,5 +299,10 @@ def test_noise_parts_split_the_seeds_shared_effect_from_the_rest():
 def test_a_confirm_run_starts_only_when_it_would_end_in_time():
     assert per_layer.fits(100.0, [], None) and per_layer.fits(100.0, [], 100.0)
     assert not per_layer.fits(100.5, [], 100.0)  # past the limit, whatever a run takes
-    assert per_layer.fits(300.0, [90.0, None, 100.0], 400.0)
-    assert not per_layer.fits(301.0, [90.0, None, 100.0], 400.0)  # the longest run decides
+    rows = [{"wall_s": 90.0}, {"wall_s": None}, {"wall_s": 100.0}]
+    assert per_layer.fits(300.0, rows, 400.0)
+    assert not per_layer.fits(301.0, rows, 400.0)  # the longest run decides
+    # A row from before wall times were kept: its training time, with the run's overhead.
+    old = [{"train_s": 80.0}]
+    assert per_layer.fits(300.0, old, 300.0 + 80 * per_layer.RUN_OVERHEAD)
+    assert not per_layer.fits(300.0, old, 300.0 + 80.0)
