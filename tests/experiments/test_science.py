@@ -171,6 +171,7 @@ def test_light_sqa_refuses_table1_of_another_corpus_before_training(
 def test_per_layer_smoke_answers_with_intervals(tmp_path, capsys):
     out = tmp_path / "pl.json"
     args = ["--smoke", "--n-trials", "3", "--top", "1", "--uniform", "MHA", "--out", str(out)]
+    args += ["--storage", f"sqlite:///{tmp_path / 'study.db'}"]  # the resume reads the search
     per_layer.main([*args, "--seeds", "100,101", "--stop-after", "0"])  # searches, then stops
     assert not out.exists() and "stopped before seed 100 mixed1" in capsys.readouterr().out
     per_layer.main([*args, "--seeds", "100,101", "--resume"])
