@@ -186,12 +186,12 @@ def search_check(d: dict) -> dict:
             f"{sigma_ci(noise.val_loss_std, noise.n - 1)} ({noise.n} seeds of trial "
             f"{noise.trial}, one layout, {noise.n - 1} degrees of freedom). In the confirm, "
             f"{measured}. That part is {ratio:.1f} times the "
-            f"floor (one-sided F test, p = {p:.3f}): {verdict}. Std over seeds per "
+            f"floor (one-sided F test, {p_text(p)}): {verdict}. Std over seeds per "
             f"allocation: {each}."
         )
         short.append(
             f"allocation x seed noise sigma {parts['pair']:.4f}, {ratio:.1f} times the "
-            f"search's noise floor (p = {p:.3f})"
+            f"search's noise floor ({p_text(p)})"
         )
     else:
         why = noise.reason or (

@@ -4,6 +4,7 @@ standard deviations with their chi-square intervals."""
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from collections.abc import Sequence
@@ -95,12 +96,14 @@ def chi2_cdf(x: float, df: int) -> float:
         n += 1
         term *= h / (a + n)
         total += term
-    return min(1.0, total * math.exp(a * math.log(h) - h - math.lgamma(a)))
+    value = total * math.exp(a * math.log(h) - h - math.lgamma(a))
+    return value if math.isfinite(value) and value < 1 else 1.0  # far in the tail: 1
 
 
+@functools.lru_cache(maxsize=256)
 def chi2_quantile(p: float, df: int) -> float:
     """The `p` quantile of chi-square with `df` degrees of freedom, by bisection on
-    `chi2_cdf`."""
+    `chi2_cdf` (cached: a noise floor's interval is asked for on every dashboard frame)."""
     if not 0 < p < 1:
         raise ValueError(f"chi2_quantile needs 0 < p < 1, got {p}")
     low, high = 0.0, df + 50.0 * math.sqrt(df) + 100

@@ -77,5 +77,6 @@ def test_a_std_of_three_values_is_known_within_a_factor_of_twelve():
     assert low == pytest.approx(math.sqrt(2 / 7.3778), abs=1e-4)
     assert high == pytest.approx(math.sqrt(2 / 0.05064), abs=1e-3)
     assert std_ci95(1.0, 1) is None
+    assert chi2_cdf(1e6, 3) == 1.0  # the series overflows that far in the tail: the limit
     with pytest.raises(ValueError, match="df >= 1"):
         chi2_cdf(1.0, 0)
