@@ -20,6 +20,9 @@ WAIT=${WAIT:-555}
 R=${R:-/tmp/r19}
 OUT=${OUT:-$R/out}
 PARTS=experiments/results/parts
+if [ -f experiments/results/per_layer_200M_h200.json ]; then
+  echo "queue: done (experiments/results/per_layer_200M_h200.json)"; exit 0
+fi
 mkdir -p "$R" "$OUT"
 t0=$(date +%s)
 

@@ -155,7 +155,8 @@ def main(argv=None) -> None:
         spec = parse_space(attrs.space or {}, f"study {args.study}")
     else:
         spec, study = _search(args)
-    records = [r for r in trial_records(study) if r.state == "COMPLETE"]
+    evaluated = [r for r in trial_records(study) if r.state in ("COMPLETE", "PRUNED")]
+    records = [r for r in evaluated if r.state == "COMPLETE"]
     front = pareto_front(records, spec.objectives)
 
     def is_mixed(r):
@@ -186,7 +187,8 @@ def main(argv=None) -> None:
         "space": spec.model_dump(mode="json"),
         "search": {
             "study": study.study_name,
-            "trials": len(records),
+            "trials": len(evaluated),  # those a scheduler stopped at a rung included
+            "full_budget": len(records),
             "front": [r.allocation for r in front],
             "scheduler": spec.budget.early_stopping.scheduler,
             "noise": study.user_attrs.get("noise"),

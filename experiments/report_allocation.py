@@ -87,9 +87,11 @@ def per_layer(d: dict) -> str:
     lines = [
         f"### Per-layer allocation vs uniform variants ({machine_text(d)})",
         "",
-        f"Search: study {d['search']['study']}, {d['search']['trials']} trials"
+        f"Search: study {d['search']['study']}, {trials_text(d)}"
         + (f", scheduler {d['search']['scheduler']}" if d["search"].get("scheduler") else "")
-        + f"; retrained with seeds {d['seeds']}; {corpus_text(d)}. {provenance(d)}",
+        + f"; retrained with seeds {d['seeds']}"
+        + (f", {run_tokens(d):,} tokens per run" if run_tokens(d) else "")
+        + f"; {corpus_text(d)}. {provenance(d)}",
         "",
     ]
     if d.get("partial"):
@@ -122,7 +124,70 @@ def per_layer(d: dict) -> str:
                 f"{c['verdict']} |"
             )
     check = search_check(d)
-    return "\n".join(lines + ["", *check["lines"]])
+    still = what_keeps_it_open(d)["lines"]
+    return "\n".join(lines + ["", *still, *check["lines"]])
+
+
+def run_tokens(d: dict) -> int | None:
+    """Training tokens per confirm run; a file from before it recorded its budget trained
+    its space's (None when that counted steps)."""
+    return (d.get("budget") or {}).get("tokens_per_run") or d["space"]["budget"]["train"].get(
+        "tokens"
+    )
+
+
+def trials_text(d: dict) -> str:
+    """`48 trials (13 at the full budget)`; a file from before the count of trials stopped
+    at a rung counted only those at the full budget."""
+    s = d["search"]
+    full = s.get("full_budget")
+    if full is None or full == s["trials"]:
+        return f"{s['trials']} trials"
+    return f"{s['trials']} trials, {full} at the full budget"
+
+
+def what_keeps_it_open(d: dict) -> dict:
+    """For an answer that is not resolved, which axis leaves the comparisons open: the
+    pairs whose loss difference is beyond the noise (named), and how many speed ratios
+    are settled -- their interval within the tolerance of 1 (as fast) or wholly beyond it
+    (faster or slower) -- with the intervals' median width. ``lines`` for the page and
+    ``short`` for the README; both empty for a resolved answer or one without pairs."""
+    if d["verdict"]["answer"] != "not resolved":
+        return {"lines": [], "short": ""}
+    tol, pairs, settled, widths = d["tolerance"], [], 0, []
+    for m, against in d["comparisons"].items():
+        for u, c in against.items():
+            if c.get("ci95_low") is None:
+                continue
+            pairs.append((m, u, c))
+            speed = c.get("speed_ci95")
+            if speed:
+                low, high = speed
+                widths.append(high - low)
+                settled += (low >= 1 - tol and high <= 1 + tol) or low > 1 + tol or high < 1 - tol
+    if not pairs:
+        return {"lines": [], "short": ""}
+    beyond = [(m, u, c) for m, u, c in pairs if c["ci95_low"] > 0 or c["ci95_high"] < 0]
+    named = "; ".join(
+        f"{u if c['ci95_high'] < 0 else m} lower than {m if c['ci95_high'] < 0 else u} by "
+        f"{abs(c['diff_mean']):.4f} [{min(abs(c['ci95_low']), abs(c['ci95_high'])):.4f}, "
+        f"{max(abs(c['ci95_low']), abs(c['ci95_high'])):.4f}]"
+        for m, u, c in beyond
+    )
+    loss = f"the val loss differs beyond the noise in {len(beyond)} of {len(pairs)} pairs" + (
+        f" ({named})" if beyond else ""
+    )
+    width = (
+        f", their 95% intervals a median {statistics.median(widths):.2f} wide" if widths else ""
+    )
+    speed = (
+        f"the speed ratio is settled (within {tol:.0%} of 1, or beyond that) in {settled} of "
+        f"{len(pairs)}{width}"
+    )
+    return {
+        "lines": [f"What keeps it open: {loss}; {speed}.", ""],
+        "short": f"{loss}; {speed}",
+    }
 
 
 def p_text(p: float) -> str:
@@ -369,8 +434,10 @@ def _light_pair(d: dict, b: str) -> str:
 def per_layer_digest(d: dict) -> str:
     """One line on a per-layer result: does a mixed allocation beat the uniform ones."""
     head = (
-        f"**Per-layer allocation** (a search of {d['search']['trials']} trials, its mixed "
-        f"allocations retrained with seeds {d['seeds']}, {d['machine']['device']}): "
+        f"**Per-layer allocation** (a search of {trials_text(d)}, its mixed "
+        f"allocations retrained with seeds {d['seeds']}"
+        + (f" at {run_tokens(d):,} tokens" if run_tokens(d) else "")
+        + f", {d['machine']['device']}): "
     )
     if d.get("partial"):
         return head + "stopped before its last run; no verdict."
@@ -386,8 +453,10 @@ def per_layer_digest(d: dict) -> str:
             + "; seed spreads, no intervals)."
         )
     short = search_check(d)["short"]
+    still = what_keeps_it_open(d)["short"]
     return (
         head
         + f"{d['verdict']['answer']} ({d['verdict']['why']})"
+        + (f". What keeps it open: {still}" if still else "")
         + (f". The search against its confirm: {short}." if short else ".")
     )

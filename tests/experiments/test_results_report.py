@@ -515,6 +515,7 @@ def _per_layer(losses: dict[str, list[float]], noise: dict | None, found: float)
         "runs": runs,
         "verdict": {"answer": "not resolved", "why": "the reason"},
         "comparisons": {},
+        "tolerance": 0.05,
     }
 
 
@@ -585,6 +586,60 @@ def test_the_per_layer_confirm_checks_the_search_speed_floor():
     )
     # No run repeated: nothing to say about speed.
     assert report_allocation.speed_check(d["runs"][:1], report_allocation.Noise())["lines"] == []
+
+
+def test_an_open_per_layer_answer_says_which_axis_keeps_it_open():
+    d = _per_layer({"mixed1": [0.64, 0.65, 0.66]}, None, 0.65)
+    d["comparisons"] = {
+        "mixed1": {
+            # MHA: lower loss beyond the noise, speed within 5% of the mixed one's: settled
+            "MHA": {
+                "speed_ci95": [0.97, 1.04],
+                "diff_mean": -0.03,
+                "ci95_low": -0.04,
+                "ci95_high": -0.02,
+            },
+            # GQA: mixed lower beyond the noise, speed open (the interval crosses 1.05)
+            "GQA": {
+                "speed_ci95": [0.90, 1.30],
+                "diff_mean": 0.01,
+                "ci95_low": 0.002,
+                "ci95_high": 0.018,
+            },
+            # SQA: loss within the noise, wholly faster: settled
+            "SQA": {
+                "speed_ci95": [1.10, 1.20],
+                "diff_mean": 0.0,
+                "ci95_low": -0.01,
+                "ci95_high": 0.01,
+            },
+            "xSQA": {"verdict": "no runs"},  # not a pair
+        }
+    }
+    still = report_allocation.what_keeps_it_open(d)
+    assert still["short"] == (
+        "the val loss differs beyond the noise in 2 of 3 pairs (MHA lower than mixed1 by "
+        "0.0300 [0.0200, 0.0400]; mixed1 lower than GQA by 0.0100 [0.0020, 0.0180]); the "
+        "speed ratio is settled (within 5% of 1, or beyond that) in 2 of 3, their 95% "
+        "intervals a median 0.10 wide"
+    )
+    assert still["lines"][0] == f"What keeps it open: {still['short']}."
+    assert "What keeps it open: " + still["short"] in report_allocation.per_layer_digest(d)
+    d["verdict"]["answer"] = "no"
+    assert report_allocation.what_keeps_it_open(d) == {"lines": [], "short": ""}
+
+
+def test_a_per_layer_result_names_its_budget_and_the_trials_a_scheduler_stopped():
+    d = _per_layer({"mixed1": [0.64, 0.65]}, None, 0.65)
+    assert report_allocation.trials_text(d) == "48 trials"  # from before the count
+    d["search"]["full_budget"] = 13
+    assert report_allocation.trials_text(d) == "48 trials, 13 at the full budget"
+    assert report_allocation.run_tokens(d) == 1000
+    del d["budget"]  # a file from before its budget: its space's tokens
+    d["space"]["budget"]["train"]["tokens"] = 15_000_000
+    line = report_allocation.per_layer_digest(d)
+    assert "(a search of 48 trials, 13 at the full budget, its mixed allocations " in line
+    assert "retrained with seeds [100, 101, 102] at 15,000,000 tokens, test)" in line
 
 
 def test_a_merged_table_names_the_revision_each_of_its_parts_ran_at():

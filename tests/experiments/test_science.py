@@ -179,6 +179,7 @@ def test_per_layer_smoke_answers_with_intervals(tmp_path, capsys):
     assert all(r["wall_s"] > 0 for r in data["runs"])
     assert [m["label"] for m in data["mixed"]] == ["mixed1"] and len(data["runs"]) == 4
     assert set(data["comparisons"]["mixed1"]) == {"MHA"} and "partial" not in data
+    assert data["search"]["trials"] == data["search"]["full_budget"] == 3  # none stopped early
     assert data["verdict"]["answer"] in {"yes", "no", "not resolved"}
     assert "Answer:" in results_report.per_layer(data)
     capsys.readouterr()
