@@ -20,6 +20,7 @@ WAIT=${WAIT:-555}
 R=${R:-/tmp/r19}
 OUT=${OUT:-$R/out}
 PARTS=experiments/results/parts
+# Done once the result is in the tree; move it away to run the queue again.
 if [ -f experiments/results/per_layer_200M_h200.json ]; then
   echo "queue: done (experiments/results/per_layer_200M_h200.json)"; exit 0
 fi

@@ -95,6 +95,14 @@ def search_space(args) -> SearchSpec:
     return parse_space(data, str(args.space))
 
 
+def trial_counts(records) -> dict[str, int]:
+    """``trials``: the search's evaluated trials, those a scheduler stopped at a rung
+    (PRUNED) included; ``full_budget``: those that trained it all (COMPLETE). A failed or
+    unfinished trial counts in neither."""
+    full = sum(r.state == "COMPLETE" for r in records)
+    return {"trials": full + sum(r.state == "PRUNED" for r in records), "full_budget": full}
+
+
 def _search(args):
     spec = search_space(args)
     storage = args.storage or f"sqlite:///{tempfile.mkdtemp()}/per_layer.db"
@@ -155,8 +163,8 @@ def main(argv=None) -> None:
         spec = parse_space(attrs.space or {}, f"study {args.study}")
     else:
         spec, study = _search(args)
-    evaluated = [r for r in trial_records(study) if r.state in ("COMPLETE", "PRUNED")]
-    records = [r for r in evaluated if r.state == "COMPLETE"]
+    every = trial_records(study)
+    records = [r for r in every if r.state == "COMPLETE"]
     front = pareto_front(records, spec.objectives)
 
     def is_mixed(r):
@@ -187,8 +195,7 @@ def main(argv=None) -> None:
         "space": spec.model_dump(mode="json"),
         "search": {
             "study": study.study_name,
-            "trials": len(evaluated),  # those a scheduler stopped at a rung included
-            "full_budget": len(records),
+            **trial_counts(every),
             "front": [r.allocation for r in front],
             "scheduler": spec.budget.early_stopping.scheduler,
             "noise": study.user_attrs.get("noise"),

@@ -137,7 +137,7 @@ def run_tokens(d: dict) -> int | None:
 
 
 def trials_text(d: dict) -> str:
-    """`48 trials (13 at the full budget)`; a file from before the count of trials stopped
+    """`48 trials, 13 at the full budget`; a file from before the count of trials stopped
     at a rung counted only those at the full budget."""
     s = d["search"]
     full = s.get("full_budget")
@@ -147,42 +147,43 @@ def trials_text(d: dict) -> str:
 
 
 def what_keeps_it_open(d: dict) -> dict:
-    """For an answer that is not resolved, which axis leaves the comparisons open: the
-    pairs whose loss difference is beyond the noise (named), and how many speed ratios
-    are settled -- their interval within the tolerance of 1 (as fast) or wholly beyond it
-    (faster or slower) -- with the intervals' median width. ``lines`` for the page and
-    ``short`` for the README; both empty for a resolved answer or one without pairs."""
+    """For an answer that is not resolved, what leaves its comparisons open. A verdict needs
+    both axes (`per_layer.compare`): a val-loss difference beyond the noise, and a speed
+    interval that shows which of the two is at least as fast -- the uniform / mixed ratio at
+    or above 1 - tolerance, or at or below 1 + tolerance. Names the pairs whose loss differs
+    beyond the noise, with their speed ratio and verdict, and counts the pairs whose speed
+    interval shows one of the two at least as fast, with the intervals' median width.
+    ``lines`` for the page and ``short`` for the README; both empty for a resolved answer or
+    one without pairs."""
     if d["verdict"]["answer"] != "not resolved":
         return {"lines": [], "short": ""}
-    tol, pairs, settled, widths = d["tolerance"], [], 0, []
+    tol, pairs, placed, widths = d["tolerance"], [], 0, []
     for m, against in d["comparisons"].items():
         for u, c in against.items():
             if c.get("ci95_low") is None:
                 continue
             pairs.append((m, u, c))
-            speed = c.get("speed_ci95")
-            if speed:
-                low, high = speed
+            if c.get("speed_ci95"):
+                low, high = c["speed_ci95"]
                 widths.append(high - low)
-                settled += (low >= 1 - tol and high <= 1 + tol) or low > 1 + tol or high < 1 - tol
+                placed += low >= 1 - tol or high <= 1 + tol
     if not pairs:
         return {"lines": [], "short": ""}
     beyond = [(m, u, c) for m, u, c in pairs if c["ci95_low"] > 0 or c["ci95_high"] < 0]
     named = "; ".join(
         f"{u if c['ci95_high'] < 0 else m} lower than {m if c['ci95_high'] < 0 else u} by "
         f"{abs(c['diff_mean']):.4f} [{min(abs(c['ci95_low']), abs(c['ci95_high'])):.4f}, "
-        f"{max(abs(c['ci95_low']), abs(c['ci95_high'])):.4f}]"
+        f"{max(abs(c['ci95_low']), abs(c['ci95_high'])):.4f}], speed ratio {speed_text(c)}: "
+        f"{c['verdict']}"
         for m, u, c in beyond
     )
     loss = f"the val loss differs beyond the noise in {len(beyond)} of {len(pairs)} pairs" + (
         f" ({named})" if beyond else ""
     )
-    width = (
-        f", their 95% intervals a median {statistics.median(widths):.2f} wide" if widths else ""
-    )
+    width = f", the intervals a median {statistics.median(widths):.2f} wide" if widths else ""
     speed = (
-        f"the speed ratio is settled (within {tol:.0%} of 1, or beyond that) in {settled} of "
-        f"{len(pairs)}{width}"
+        f"the speed interval shows one of the two at least as fast (ratio at or above "
+        f"{1 - tol:.2f}, or at or below {1 + tol:.2f}) in {placed} of {len(pairs)}{width}"
     )
     return {
         "lines": [f"What keeps it open: {loss}; {speed}.", ""],

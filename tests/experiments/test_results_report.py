@@ -590,38 +590,36 @@ def test_the_per_layer_confirm_checks_the_search_speed_floor():
 
 def test_an_open_per_layer_answer_says_which_axis_keeps_it_open():
     d = _per_layer({"mixed1": [0.64, 0.65, 0.66]}, None, 0.65)
+
+    def pair(speed, diff, low, high, verdict="cannot tell"):
+        return {
+            "speed_ratio": sum(speed) / 2,
+            "speed_ci95": speed,
+            "diff_mean": diff,
+            "ci95_low": low,
+            "ci95_high": high,
+            "verdict": verdict,
+        }
+
     d["comparisons"] = {
         "mixed1": {
-            # MHA: lower loss beyond the noise, speed within 5% of the mixed one's: settled
-            "MHA": {
-                "speed_ci95": [0.97, 1.04],
-                "diff_mean": -0.03,
-                "ci95_low": -0.04,
-                "ci95_high": -0.02,
-            },
-            # GQA: mixed lower beyond the noise, speed open (the interval crosses 1.05)
-            "GQA": {
-                "speed_ci95": [0.90, 1.30],
-                "diff_mean": 0.01,
-                "ci95_low": 0.002,
-                "ci95_high": 0.018,
-            },
-            # SQA: loss within the noise, wholly faster: settled
-            "SQA": {
-                "speed_ci95": [1.10, 1.20],
-                "diff_mean": 0.0,
-                "ci95_low": -0.01,
-                "ci95_high": 0.01,
-            },
+            # uniform lower beyond the noise; its speed at least the mixed one's less 5%
+            "MHA": pair([0.97, 1.04], -0.03, -0.04, -0.02, "uniform better"),
+            # mixed lower beyond the noise; the speed interval shows neither as fast
+            "GQA": pair([0.90, 1.30], 0.01, 0.002, 0.018),
+            "SQA": pair([1.10, 1.20], 0.0, -0.01, 0.01),  # the uniform one faster
+            "lSQA": pair([0.80, 0.90], 0.0, -0.01, 0.01),  # the mixed one faster
+            "sSQA": pair([0.95, 1.20], 0.0, -0.01, 0.01),  # at the edge: as fast
             "xSQA": {"verdict": "no runs"},  # not a pair
         }
     }
     still = report_allocation.what_keeps_it_open(d)
     assert still["short"] == (
-        "the val loss differs beyond the noise in 2 of 3 pairs (MHA lower than mixed1 by "
-        "0.0300 [0.0200, 0.0400]; mixed1 lower than GQA by 0.0100 [0.0020, 0.0180]); the "
-        "speed ratio is settled (within 5% of 1, or beyond that) in 2 of 3, their 95% "
-        "intervals a median 0.10 wide"
+        "the val loss differs beyond the noise in 2 of 5 pairs (MHA lower than mixed1 by "
+        "0.0300 [0.0200, 0.0400], speed ratio 1.005 [0.970, 1.040]: uniform better; mixed1 "
+        "lower than GQA by 0.0100 [0.0020, 0.0180], speed ratio 1.100 [0.900, 1.300]: cannot "
+        "tell); the speed interval shows one of the two at least as fast (ratio at or above "
+        "0.95, or at or below 1.05) in 4 of 5, the intervals a median 0.10 wide"
     )
     assert still["lines"][0] == f"What keeps it open: {still['short']}."
     assert "What keeps it open: " + still["short"] in report_allocation.per_layer_digest(d)

@@ -187,6 +187,12 @@ def test_per_layer_smoke_answers_with_intervals(tmp_path, capsys):
     assert "give two seeds or more" in capsys.readouterr().err
 
 
+def test_per_layer_counts_the_trials_a_scheduler_stopped_and_not_the_failed_ones():
+    states = ["COMPLETE", "PRUNED", "PRUNED", "FAIL", "COMPLETE", "RUNNING", "WAITING"]
+    records = [per_layer.argparse.Namespace(state=s) for s in states]
+    assert per_layer.trial_counts(records) == {"trials": 4, "full_budget": 2}
+
+
 def test_per_layer_search_can_use_mo_asha(tmp_path):
     args = per_layer.argparse.Namespace(
         space=per_layer.SEARCH_SPACES / "paper_dense.yaml",
