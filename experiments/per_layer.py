@@ -266,6 +266,7 @@ def main(argv=None) -> None:
             "runs": rows,
             "summary": agg,
             "comparisons": comparisons,
+            "pairwise": pairwise_rows(comparisons),
             "verdict": verdict,
         },
         out=args.out,
@@ -357,6 +358,18 @@ def compare(rows: list[dict], agg: dict, mixed: list[str], tolerance: float) -> 
                 "verdict": verdict,
             }
     return out
+
+
+def pairwise_rows(comparisons: dict) -> list[dict]:
+    """`compare`'s table as the rows every science result carries (``pairwise``): a is the
+    uniform variant, b the mixed allocation, the difference a - b in val loss with its
+    interval, the speed ratio a / b with its interval, and the verdict."""
+    keys = ("n", "diff_mean", "ci95_low", "ci95_high", "speed_ratio", "speed_ci95", "speed_n")
+    return [
+        {"a": u, "b": m, **{k: c.get(k) for k in keys}, "verdict": c["verdict"]}
+        for m, against in comparisons.items()
+        for u, c in against.items()
+    ]
 
 
 def answer(comparisons: dict, tolerance: float) -> dict:

@@ -180,6 +180,15 @@ def test_per_layer_smoke_answers_with_intervals(tmp_path, capsys):
     assert [m["label"] for m in data["mixed"]] == ["mixed1"] and len(data["runs"]) == 4
     assert set(data["comparisons"]["mixed1"]) == {"MHA"} and "partial" not in data
     assert data["search"]["trials"] == data["search"]["full_budget"] == 3  # none stopped early
+    (row,) = data["pairwise"]  # the comparison as the rows every science result carries
+    assert row["a"] == "MHA" and row["b"] == "mixed1"
+    c = data["comparisons"]["mixed1"]["MHA"]
+    assert [row[k] for k in ("diff_mean", "ci95_low", "ci95_high", "verdict")] == [
+        c["diff_mean"],
+        c["ci95_low"],
+        c["ci95_high"],
+        c["verdict"],
+    ]
     assert data["verdict"]["answer"] in {"yes", "no", "not resolved"}
     assert "Answer:" in results_report.per_layer(data)
     capsys.readouterr()
